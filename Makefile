@@ -1,0 +1,32 @@
+# Two commands for a fresh machine with Python 3.11 and pip:
+#   make demo   -- set up .venv, generate the shipped example, train, evaluate, plot
+#   make test   -- set up .venv and run the test suite
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+
+.PHONY: setup demo test test-slow clean
+
+$(BIN)/mlpot: pyproject.toml
+	$(PY) -m venv $(VENV)
+	# torch first, pinned, so that no CUDA build is pulled in by a dependency range
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e '.[test]'
+	touch $(BIN)/mlpot
+
+setup: $(BIN)/mlpot
+
+demo: setup
+	$(BIN)/python examples/water_emt/make_dataset.py
+	$(BIN)/mlpot train examples/water_emt/config.yaml
+	$(BIN)/mlpot test examples/water_emt/out/model.pt examples/water_emt/test.extxyz --plot examples/water_emt/out/parity.png
+	$(BIN)/mlpot plot losses examples/water_emt/out/debug.log --output examples/water_emt/out/losses.png
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+test-slow: setup
+	$(BIN)/python -m pytest -q -m slow
+
+clean:
+	rm -rf $(VENV) build *.egg-info

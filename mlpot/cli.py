@@ -1,0 +1,66 @@
+"""The ``mlpot`` command.
+
+A thin dispatcher: each sub-command lives in ``mlpot/commands/<name>.py`` and exposes
+``add_arguments(parser)`` and ``run(args) -> int``. Modules are imported only when their command
+runs, so ``mlpot --help`` stays fast. Errors derived from :class:`mlpot.errors.MlpotError` are
+printed as one short line (file, frame, key and what is wrong) with exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from typing import List, Optional
+
+from mlpot import __version__
+from mlpot.errors import MlpotError
+
+# command name -> (module, one-line help)
+COMMANDS = {
+    "train": ("mlpot.commands.train", "train a model from a native YAML, DeePMD input.json, NequIP or MACE-SCF config"),
+    "test": ("mlpot.commands.test", "evaluate a model on a dataset (RMSE/MAE per label, detail files, parity plot)"),
+    "freeze": ("mlpot.commands.freeze", "turn a training checkpoint into a standalone model file"),
+    "convert": ("mlpot.commands.convert", "convert a peer config (DeePMD, NequIP, MACE-SCF) into native YAML"),
+    "data": ("mlpot.commands.data", "inspect datasets (`mlpot data info PATH...`)"),
+    "plot": ("mlpot.commands.plot", "plots: loss curves from a debug log, parity plots"),
+    "bands": ("mlpot.commands.bands", "neural empirical pseudopotentials: fit, eval, plot band structures"),
+}
+
+
+def _load(name: str):
+    module_name = COMMANDS[name][0]
+    return importlib.import_module(module_name)
+
+
+def build_parser(only: Optional[str] = None) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mlpot", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"mlpot {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (_, help_text) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        if only is None or only == name:
+            _load(name).add_arguments(p)
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = next((a for a in argv if not a.startswith("-")), None)
+    parser = build_parser(only=command if command in COMMANDS else "__none__")
+    args = parser.parse_args(argv)
+    if not args.command:
+        parser.print_help()
+        return 1
+    try:
+        return int(_load(args.command).run(args) or 0)
+    except MlpotError as exc:
+        print(f"mlpot {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"mlpot {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Implementations of the ``mlpot`` sub-commands (top layer: may import every other layer)."""

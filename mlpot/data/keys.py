@@ -1,0 +1,137 @@
+"""Key names of the batch dictionary, defined once.
+
+A batch is a ``dict[str, torch.Tensor]`` holding one or more frames concatenated along the atom
+(and edge) dimension. Every key is described here with its *level* (per ``atom``, per ``edge`` or
+per ``frame``), the trailing shape of one item, its dtype kind and its unit. Batching, splitting and
+export read these records; no other module spells a key as a raw string.
+
+Conventions
+-----------
+* ``edge_index[0]`` is the centre atom i, ``edge_index[1]`` the neighbour j; the edge vector is
+  ``r_ij = positions[j] - positions[i] + edge_shifts @ cell`` (shifts are integer multiples of the
+  cell rows, stored as float).
+* ``cell`` rows are the lattice vectors (ASE / DeePMD convention). A non-periodic frame keeps its
+  cell (possibly all zeros) and has ``pbc = [False, False, False]``.
+* Every label ``X`` has a per-frame weight ``X_weight`` (1 = present, 0 = missing; a missing label
+  never counts as zero in a loss). ``dipole_weight`` may be a 3-vector (per-component mask).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Dict, Tuple
+
+__all__ = [
+    "KeySpec",
+    "KEYS",
+    "LABELS",
+    "weight_key",
+    "level_of",
+    # structure / inputs
+    "POSITIONS", "ATOM_TYPES", "NUMBERS", "CELL", "PBC", "BATCH", "N_ATOMS", "PTR",
+    "EDGE_INDEX", "EDGE_SHIFTS", "FPARAM", "APARAM", "TOTAL_CHARGE", "FERMI_LEVEL",
+    "EXTERNAL_FIELD", "FRAME_ID",
+    # labels
+    "ENERGY", "ATOM_ENERGY", "FORCES", "VIRIAL", "STRESS", "CHARGES", "ATOMIC_MULTIPOLES",
+    "DIPOLE", "ATOMIC_DIPOLE", "POLARIZABILITY", "ATOMIC_POLARIZABILITY", "ESPS", "DOS",
+    "ATOM_DOS", "ATOM_PREF", "HESSIAN",
+]
+
+
+@dataclass(frozen=True)
+class KeySpec:
+    """Description of one batch key.
+
+    level: "atom" | "edge" | "frame"; shape: trailing shape of one item (() for scalars, -1 for a
+    size fixed per dataset such as numb_dos); kind: "float" | "int" | "bool"; unit: physical unit.
+    label: True for a learnable target that carries a ``<key>_weight``.
+    """
+
+    name: str
+    level: str
+    shape: Tuple[int, ...]
+    kind: str
+    unit: str
+    doc: str
+    label: bool = False
+
+
+KEYS: Dict[str, KeySpec] = {}
+
+
+def _key(name, level, shape, kind, unit, doc, label=False) -> str:
+    if name in KEYS:
+        raise ValueError(f"duplicate batch key {name!r}")
+    KEYS[name] = KeySpec(name, level, tuple(shape), kind, unit, doc, label)
+    return name
+
+
+# ---- structure and inputs -------------------------------------------------------------
+POSITIONS = _key("positions", "atom", (3,), "float", "Å", "Cartesian positions (n_atoms, 3)")
+ATOM_TYPES = _key("atom_types", "atom", (), "int", "-", "type index into the model's type_map (n_atoms,)")
+NUMBERS = _key("numbers", "atom", (), "int", "-", "atomic numbers Z (n_atoms,); 0 when unknown")
+CELL = _key("cell", "frame", (3, 3), "float", "Å", "lattice vectors as rows (n_frames, 3, 3)")
+PBC = _key("pbc", "frame", (3,), "bool", "-", "periodicity per cell direction (n_frames, 3)")
+BATCH = _key("batch", "atom", (), "int", "-", "frame index of each atom (n_atoms,)")
+N_ATOMS = _key("n_atoms", "frame", (), "int", "-", "atoms per frame (n_frames,)")
+PTR = _key("ptr", "frame", (), "int", "-", "offsets of each frame's first atom (n_frames + 1,)")
+FRAME_ID = _key("frame_id", "frame", (), "int", "-", "index of the frame in its dataset (n_frames,)")
+EDGE_INDEX = _key("edge_index", "edge", (), "int", "-", "(2, n_edges): row 0 centre i, row 1 neighbour j")
+EDGE_SHIFTS = _key("edge_shifts", "edge", (3,), "float", "-", "integer cell shifts of neighbour j (n_edges, 3)")
+FPARAM = _key("fparam", "frame", (-1,), "float", "any", "frame parameters (n_frames, numb_fparam)")
+APARAM = _key("aparam", "atom", (-1,), "float", "any", "atomic parameters (n_atoms, numb_aparam)")
+TOTAL_CHARGE = _key("total_charge", "frame", (), "float", "e", "net charge of the frame (n_frames,)")
+EXTERNAL_FIELD = _key(
+    "external_field", "frame", (3,), "float", "V/Å",
+    "gradient of the applied potential, i.e. minus the physical E-field (n_frames, 3)",
+)
+
+# ---- labels ---------------------------------------------------------------------------
+ENERGY = _key("energy", "frame", (), "float", "eV", "total energy (n_frames,)", True)
+ATOM_ENERGY = _key("atom_energy", "atom", (), "float", "eV", "per-atom energy (n_atoms,)", True)
+FORCES = _key("forces", "atom", (3,), "float", "eV/Å", "forces (n_atoms, 3)", True)
+VIRIAL = _key("virial", "frame", (3, 3), "float", "eV", "virial, DeePMD sign convention (n_frames, 3, 3)", True)
+STRESS = _key("stress", "frame", (3, 3), "float", "eV/Å^3", "stress = -virial / volume (n_frames, 3, 3)", True)
+CHARGES = _key("charges", "atom", (), "float", "e", "atomic charges (n_atoms,)", True)
+ATOMIC_MULTIPOLES = _key(
+    "atomic_multipoles", "atom", (-1,), "float", "e, e·Å",
+    "Gaussian multipole coefficients [Q, d_y, d_z, d_x, ...] (n_atoms, (L+1)^2)", True,
+)
+DIPOLE = _key("dipole", "frame", (3,), "float", "e·Å (or dataset unit)", "Cartesian dipole (n_frames, 3)", True)
+ATOMIC_DIPOLE = _key("atomic_dipole", "atom", (3,), "float", "dataset unit", "atomic dipoles (n_atoms, 3)", True)
+POLARIZABILITY = _key(
+    "polarizability", "frame", (3, 3), "float", "e·Å^2/V (or dataset unit)", "polarizability (n_frames, 3, 3)", True
+)
+ATOMIC_POLARIZABILITY = _key(
+    "atomic_polarizability", "atom", (3, 3), "float", "dataset unit", "atomic polarizabilities (n_atoms, 3, 3)", True
+)
+FERMI_LEVEL = _key("fermi_level", "frame", (), "float", "eV", "Fermi level (n_frames,)", True)
+ESPS = _key("esps", "atom", (), "float", "V", "electrostatic potential at each nucleus (n_atoms,)", True)
+DOS = _key("dos", "frame", (-1,), "float", "states/eV", "density of states (n_frames, numb_dos)", True)
+ATOM_DOS = _key("atom_dos", "atom", (-1,), "float", "states/eV", "atomic DOS (n_atoms, numb_dos)", True)
+HESSIAN = _key("hessian", "frame", (-1,), "float", "eV/Å^2", "flattened Hessian (n_frames, (3N)^2)", True)
+ATOM_PREF = _key("atom_pref", "atom", (), "float", "-", "per-atom force weight (n_atoms,)")
+
+LABELS = tuple(name for name, spec in KEYS.items() if spec.label)
+
+
+def weight_key(label: str) -> str:
+    """Name of the per-frame weight of ``label`` (e.g. ``energy_weight``); shape (n_frames,)."""
+    if label not in KEYS or not KEYS[label].label:
+        raise KeyError(f"{label!r} is not a label key; labels are {', '.join(LABELS)}")
+    return f"{label}_weight"
+
+
+for _label in LABELS:
+    KEYS[f"{_label}_weight"] = KeySpec(
+        f"{_label}_weight", "frame", (3,) if _label == DIPOLE else (), "float", "-",
+        f"weight of {_label} per frame (0 = label missing)",
+    )
+
+
+def level_of(key: str) -> str:
+    """'atom', 'edge' or 'frame' for a known key; raises KeyError naming the key otherwise."""
+    try:
+        return KEYS[key].level
+    except KeyError:
+        raise KeyError(f"unknown batch key {key!r}") from None

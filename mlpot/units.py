@@ -1,0 +1,28 @@
+"""Physical constants and unit conversions. The only place constants live.
+
+Internal units: energy eV, length Å, charge e, potential V, field V/Å, time fs (MD) or ps (DeePMD
+docs). Band-structure code works in atomic units internally (Hartree, Bohr) and converts here.
+"""
+
+import math
+
+# CODATA 2018 values
+BOHR_ANGSTROM = 0.529177210903  # Å per Bohr
+HARTREE_EV = 27.211386245988  # eV per Hartree
+RYDBERG_EV = HARTREE_EV / 2.0
+ELEMENTARY_CHARGE = 1.602176634e-19  # C
+EPSILON0_SI = 8.8541878128e-12  # F/m
+
+# vacuum permittivity in e^2 / (eV Å)
+EPSILON0 = EPSILON0_SI / ELEMENTARY_CHARGE * 1e-10  # = 5.526349406e-3
+# Coulomb constant k_e = 1 / (4 pi eps0) in eV Å / e^2  (= 14.399645)
+COULOMB_CONSTANT = 1.0 / (4.0 * math.pi * EPSILON0)
+# 1/eps0 in eV Å / e^2 (MACE-SCF's FIELD_CONSTANT)
+FIELD_CONSTANT = 1.0 / EPSILON0
+
+# pressure: 1 eV/Å^3 in GPa and bar
+EV_PER_A3_TO_GPA = ELEMENTARY_CHARGE * 1e30 / 1e9
+EV_PER_A3_TO_BAR = EV_PER_A3_TO_GPA * 1e4
+
+# Madelung constant of the simple-cubic point-charge lattice used by the Makov-Payne correction
+MADELUNG_CUBIC = 2.837297
