@@ -1,1 +1,20 @@
-"""mlpot.nn."""
+"""Building blocks with no physics: DeePMD-style MLPs, activations, switching functions, scatter sums, registry."""
+
+from mlpot.nn.activations import ACTIVATIONS, get_activation
+from mlpot.nn.mlp import MLP, EmbeddingNet, FittingNet, MLPLayer
+from mlpot.nn.registry import Registry
+from mlpot.nn.scatter import scatter_sum, segment_sum
+from mlpot.nn.switch import smooth_switch
+
+__all__ = [
+    "ACTIVATIONS",
+    "get_activation",
+    "MLP",
+    "MLPLayer",
+    "EmbeddingNet",
+    "FittingNet",
+    "Registry",
+    "scatter_sum",
+    "segment_sum",
+    "smooth_switch",
+]

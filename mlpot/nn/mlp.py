@@ -1,0 +1,139 @@
+"""Multilayer perceptrons with DeePMD-kit's layer rule (spec deepmd.md §2.3, §3.1).
+
+One layer computes ``y = act(x W + b)``; with a time step (``resnet_dt``) y is multiplied by a
+trainable vector ``idt``; with ``resnet`` a skip is added when the width is kept (``y + x``) or doubled
+(``y + [x, x]``). The time step exists only on layers that have a skip (as in DeePMD-kit, where it
+scales the residual branch). Initialisation: W ~ N(0, 1/sqrt(n_in + n_out)), b ~ N(0, 1),
+idt ~ N(0.1, 0.001), drawn from a generator seeded by ``seed`` when given.
+
+* ``EmbeddingNet``: every layer is a resnet layer (descriptor embedding nets).
+* ``FittingNet``: resnet hidden layers, then a linear output layer with bias (fitting nets).
+
+Shapes: input (..., n_in) -> output (..., n_out); no physical units.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import torch
+
+from mlpot.nn.activations import get_activation
+
+__all__ = ["MLPLayer", "MLP", "EmbeddingNet", "FittingNet"]
+
+
+def _generator(seed: Optional[int]) -> Optional[torch.Generator]:
+    if seed is None:
+        return None
+    generator = torch.Generator()
+    generator.manual_seed(int(seed))
+    return generator
+
+
+class MLPLayer(torch.nn.Module):
+    """One DeePMD layer ``x -> act(x W + b) [* idt] [+ skip]``; (..., n_in) -> (..., n_out)."""
+
+    def __init__(
+        self,
+        n_in: int,
+        n_out: int,
+        activation: Optional[str] = "tanh",
+        *,
+        resnet: bool = False,
+        resnet_dt: bool = False,
+        bias: bool = True,
+        trainable: bool = True,
+        dtype: torch.dtype = torch.float64,
+        generator: Optional[torch.Generator] = None,
+    ):
+        super().__init__()
+        self.n_in, self.n_out = int(n_in), int(n_out)
+        self.activation_name = activation
+        self.activation = get_activation(activation)
+        self.skip = resnet and (n_out == n_in or n_out == 2 * n_in)
+        weight = torch.randn(n_in, n_out, generator=generator, dtype=torch.float64) / (n_in + n_out) ** 0.5
+        self.weight = torch.nn.Parameter(weight.to(dtype), requires_grad=trainable)
+        self.bias = (
+            torch.nn.Parameter(torch.randn(n_out, generator=generator, dtype=torch.float64).to(dtype), requires_grad=trainable)
+            if bias
+            else None
+        )
+        if resnet_dt and self.skip:
+            idt = 0.1 + 0.001 * torch.randn(n_out, generator=generator, dtype=torch.float64)
+            self.idt = torch.nn.Parameter(idt.to(dtype), requires_grad=trainable)
+        else:
+            self.idt = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = x @ self.weight if self.bias is None else torch.addmm(self.bias, x.reshape(-1, self.n_in), self.weight).reshape(
+            x.shape[:-1] + (self.n_out,)
+        )
+        y = self.activation(y)
+        if self.idt is not None:
+            y = y * self.idt
+        if self.skip:
+            y = y + (x if self.n_out == self.n_in else torch.cat([x, x], dim=-1))
+        return y
+
+    def extra_repr(self) -> str:
+        return f"{self.n_in} -> {self.n_out}, act={self.activation_name}, skip={self.skip}, idt={self.idt is not None}"
+
+
+class MLP(torch.nn.Module):
+    """A stack of ``MLPLayer``; hidden widths ``neuron``, optional linear output of width ``out_dim``.
+
+    ``trainable`` is one bool or one per layer (hidden layers, then the output layer).
+    """
+
+    def __init__(
+        self,
+        in_dim: int,
+        neuron: Sequence[int],
+        out_dim: Optional[int] = None,
+        *,
+        activation: Optional[str] = "tanh",
+        resnet: bool = True,
+        resnet_dt: bool = False,
+        bias_out: bool = True,
+        trainable: bool | Sequence[bool] = True,
+        dtype: torch.dtype = torch.float64,
+        seed: Optional[int] = None,
+    ):
+        super().__init__()
+        n_layers = len(neuron) + (out_dim is not None)
+        flags = [bool(trainable)] * n_layers if isinstance(trainable, bool) else [bool(t) for t in trainable]
+        if len(flags) != n_layers:
+            raise ValueError(f"trainable has {len(flags)} entries, expected {n_layers} (one per layer)")
+        generator = _generator(seed)
+        layers = []
+        width = int(in_dim)
+        for index, n_out in enumerate(neuron):
+            layers.append(
+                MLPLayer(width, n_out, activation, resnet=resnet, resnet_dt=resnet_dt, trainable=flags[index], dtype=dtype, generator=generator)
+            )
+            width = int(n_out)
+        if out_dim is not None:
+            layers.append(MLPLayer(width, out_dim, None, bias=bias_out, trainable=flags[-1], dtype=dtype, generator=generator))
+            width = int(out_dim)
+        self.layers = torch.nn.ModuleList(layers)
+        self.in_dim, self.out_dim = int(in_dim), width
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for layer in self.layers:
+            x = layer(x)
+        return x
+
+
+class EmbeddingNet(MLP):
+    """DeePMD embedding net: every layer resnet (skip when width kept or doubled), no output layer."""
+
+    def __init__(self, in_dim: int, neuron: Sequence[int], **kwargs):
+        super().__init__(in_dim, neuron, None, resnet=True, **kwargs)
+
+
+class FittingNet(MLP):
+    """DeePMD fitting net: resnet hidden layers ``neuron`` and a linear output layer of ``out_dim``."""
+
+    def __init__(self, in_dim: int, neuron: Sequence[int], out_dim: int = 1, **kwargs):
+        super().__init__(in_dim, neuron, out_dim, resnet=True, **kwargs)
