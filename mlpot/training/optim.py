@@ -1,0 +1,110 @@
+"""Optimizers and learning-rate schedulers by name.
+
+``build_optimizer("adamw", params, lr=1e-3, weight_decay=1e-2)`` returns any ``torch.optim``
+optimizer by case-insensitive class name; ``params_or_groups`` is an iterable of tensors or a list
+of parameter-group dicts (each may carry its own ``lr``, ``weight_decay``, ...). Unknown names raise
+ConfigError listing the valid ones.
+
+``build_lr_scheduler(optimizer, type, start_lr=..., **options)`` returns a torch scheduler:
+a ``LambdaLR`` driven by a schedule of :mod:`mlpot.training.schedules` (``exp``, ``step``,
+``cosine``, ``constant``; the factor is ``lr(step) / start_lr`` so every group keeps its own base lr)
+or ``ReduceLROnPlateau`` for ``plateau`` (stepped with a validation metric).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, Iterable, List, Optional, Union
+
+import torch
+
+from mlpot.errors import ConfigError, suggest
+from mlpot.training.schedules import build_schedule
+
+__all__ = ["OPTIMIZERS", "build_optimizer", "build_lr_scheduler", "ScheduleFactor", "current_lr"]
+
+
+def _optimizer_classes() -> Dict[str, type]:
+    classes = {}
+    for name in dir(torch.optim):
+        obj = getattr(torch.optim, name)
+        if isinstance(obj, type) and issubclass(obj, torch.optim.Optimizer) and obj is not torch.optim.Optimizer:
+            classes[name.lower()] = obj
+    return classes
+
+
+OPTIMIZERS: Dict[str, type] = _optimizer_classes()
+
+
+def build_optimizer(
+    name: str,
+    params_or_groups: Union[Iterable[torch.Tensor], List[Dict[str, Any]]],
+    *,
+    key: str = "optimizer.name",
+    file: Optional[str] = None,
+    **kwargs,
+) -> torch.optim.Optimizer:
+    """A ``torch.optim`` optimizer by case-insensitive name (``adam``, ``AdamW``, ``sgd``, ...).
+
+    kwargs go to the optimizer's constructor (``lr``, ``betas``, ``weight_decay``, ...); a keyword
+    the class does not accept raises ConfigError naming it.
+    """
+    cls = OPTIMIZERS.get(str(name).lower())
+    if cls is None:
+        valid = sorted(c.__name__ for c in OPTIMIZERS.values())
+        hint = suggest(str(name), valid) or suggest(str(name).lower(), OPTIMIZERS)
+        raise ConfigError(
+            f"unknown optimizer {name!r}; valid: {', '.join(valid)}",
+            file=file, key=key, hint=f"did you mean {hint!r}?" if hint else None,
+        )
+    params = list(params_or_groups)
+    try:
+        return cls(params, **kwargs)
+    except TypeError as exc:
+        raise ConfigError(f"invalid options for optimizer {cls.__name__}: {exc}", file=file, key=key) from None
+
+
+class ScheduleFactor:
+    """Picklable ``step -> lr(step) / start_lr`` for ``LambdaLR``."""
+
+    def __init__(self, schedule):
+        self.schedule = schedule
+
+    def __call__(self, step: int) -> float:
+        return self.schedule.lr(step) / self.schedule.start_lr
+
+
+def build_lr_scheduler(
+    optimizer: torch.optim.Optimizer,
+    type: str = "constant",
+    *,
+    start_lr: Optional[float] = None,
+    key: str = "lr_schedule",
+    file: Optional[str] = None,
+    **options,
+):
+    """Scheduler for ``optimizer``; call ``.step()`` after every optimizer step (``.step(metric)``
+    for ``plateau``). ``start_lr`` defaults to the first group's lr.
+
+    plateau options: ``factor`` (0.5), ``patience`` (10), ``threshold``, ``min_lr``, ``mode`` ('min').
+    """
+    if start_lr is None:
+        start_lr = optimizer.param_groups[0]["lr"]
+    if str(type).lower() == "plateau":
+        allowed = {"factor", "patience", "threshold", "threshold_mode", "cooldown", "min_lr", "eps", "mode"}
+        for option in options:
+            if option not in allowed:
+                hint = suggest(option, allowed)
+                raise ConfigError(
+                    f"unknown option of the 'plateau' schedule; valid: {', '.join(sorted(allowed))}",
+                    file=file, key=f"{key}.{option}", hint=f"did you mean {hint!r}?" if hint else None,
+                )
+        return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, **options)
+    schedule = build_schedule(type, start_lr, key=key, file=file, **options)
+    for group in optimizer.param_groups:
+        group.setdefault("initial_lr", group["lr"])
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, ScheduleFactor(schedule))
+
+
+def current_lr(optimizer: torch.optim.Optimizer) -> float:
+    """Learning rate of the first parameter group (the one DeePMD displays)."""
+    return float(optimizer.param_groups[0]["lr"])
