@@ -1,0 +1,289 @@
+"""The DeePMD-kit input.json key table: every key of the spec (deepmd.md §2-5), with its status.
+
+One record per key, grouped by section. A section whose keys depend on a ``type`` value (descriptor,
+fitting_net, loss, learning_rate, model) has one table per type. Status:
+
+* ``SUPPORTED``  -- read and honoured by mlpot;
+* ``IGNORED``    -- accepted and deliberately without effect (documented why; e.g. a TF-only
+  performance switch or a cosmetic option), never silently for a key that changes the result;
+* ``UNSUPPORTED`` -- the feature is not built yet: using it raises
+  ``ConfigError("not supported yet: <path>")``. Setting such a key to its DeePMD default (which
+  requests nothing) is accepted, so unchanged default-filled files (``out.json``) still load.
+
+``docs/deepmd_keys.md`` is generated from this table (``python -m mlpot.config.deepmd --keys-md``) and
+a test checks that the two agree.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Dict, Tuple
+
+SUPPORTED = "supported"
+IGNORED = "ignored"
+UNSUPPORTED = "not supported yet"
+_NO_DEFAULT = object()
+
+
+@dataclass(frozen=True)
+class DeepmdKey:
+    """One input key: status, accepted aliases, DeePMD default and a note for the docs."""
+
+    status: str
+    aliases: Tuple[str, ...] = ()
+    default: Any = _NO_DEFAULT
+    note: str = ""
+
+    def requests_nothing(self, value: Any) -> bool:
+        """True when ``value`` equals the DeePMD default, so an unsupported key asks for nothing."""
+        return self.default is not _NO_DEFAULT and value == self.default
+
+
+def _k(status: str, *aliases: str, default: Any = _NO_DEFAULT, note: str = "") -> DeepmdKey:
+    return DeepmdKey(status, tuple(aliases), default, note)
+
+
+S, I, U = SUPPORTED, IGNORED, UNSUPPORTED
+
+# ---- descriptors (model/descriptor) -------------------------------------------------------------
+_SMOOTH_ENV = {
+    "type": _k(S),
+    "sel": _k(S, note='list, int, "auto" or "auto:factor" (rounded up to a multiple of 4)'),
+    "rcut": _k(S, note="Å"),
+    "rcut_smth": _k(S, note="Å"),
+    "neuron": _k(S),
+    "activation_function": _k(S),
+    "resnet_dt": _k(S),
+    "precision": _k(S, note='"default", "float64" or "float32"'),
+    "trainable": _k(S),
+    "seed": _k(S),
+    "exclude_types": _k(S),
+    "env_protection": _k(S, default=0.0),
+    "set_davg_zero": _k(S),
+}
+SE_E2_A = {**_SMOOTH_ENV, "axis_neuron": _k(S, "n_axis_neuron"), "type_one_side": _k(S)}
+SE_E2_R = {**_SMOOTH_ENV, "type_one_side": _k(S)}
+SE_E3 = dict(_SMOOTH_ENV)
+_ATTENTION = {
+    **_SMOOTH_ENV,
+    "axis_neuron": _k(S, "n_axis_neuron"),
+    "type_one_side": _k(S),
+    "tebd_dim": _k(S),
+    "tebd_input_mode": _k(S),
+    "attn": _k(S),
+    "attn_layer": _k(S),
+    "attn_dotr": _k(S),
+    "attn_mask": _k(U, default=False),
+    "scaling_factor": _k(S),
+    "normalize": _k(S),
+    "temperature": _k(S),
+    "concat_output_tebd": _k(S),
+    "trainable_ln": _k(S),
+    "ln_eps": _k(S),
+    "use_econf_tebd": _k(U, default=False),
+    "use_tebd_bias": _k(U, default=False),
+    "type_map": _k(I, note="taken from model/type_map"),
+}
+SE_ATTEN = {**_ATTENTION, "smooth_type_embedding": _k(S, "stripped_type_embedding")}
+SE_ATTEN_V2 = dict(_ATTENTION)
+HYBRID = {"type": _k(S), "list": _k(S)}
+
+DESCRIPTOR_ALIASES = {
+    "se_a": "se_e2_a", "se_r": "se_e2_r", "se_at": "se_e3", "se_a_3be": "se_e3", "se_t": "se_e3",
+    "dpa1": "se_atten",
+}
+DESCRIPTORS: Dict[str, Dict[str, DeepmdKey]] = {
+    "se_e2_a": SE_E2_A, "se_e2_r": SE_E2_R, "se_e3": SE_E3, "se_atten": SE_ATTEN,
+    "se_atten_v2": SE_ATTEN_V2, "hybrid": HYBRID,
+}
+# descriptor types of DeePMD-kit that mlpot does not build (any key of them is rejected)
+UNBUILT_DESCRIPTORS = (
+    "dpa2", "dpa3", "dpa4", "se_e3_tebd", "se_a_tpe", "se_a_ebd", "se_a_ebd_v2", "se_a_mask",
+    "loc_frame", "se_a_tebd_v2",
+)
+
+# ---- fittings (model/fitting_net) ---------------------------------------------------------------
+_FITTING = {
+    "type": _k(S, default="ener"),
+    "neuron": _k(S, "n_neuron"),
+    "activation_function": _k(S),
+    "resnet_dt": _k(S),
+    "precision": _k(S),
+    "seed": _k(S),
+    "trainable": _k(S, note="bool or one bool per layer"),
+    "numb_fparam": _k(S),
+    "numb_aparam": _k(S),
+    "default_fparam": _k(U, default=None),
+    "dim_case_embd": _k(U, default=0),
+    "layer_name": _k(U, default=None),
+    "use_aparam_as_mask": _k(U, default=False),
+}
+FIT_ENER = {**_FITTING, "rcond": _k(S), "atom_ener": _k(S)}
+FIT_DIPOLE = {
+    **_FITTING, "sel_type": _k(S, "dipole_type"),
+    "r_differentiable": _k(I, note="mlpot's dipole is always differentiable"),
+    "c_differentiable": _k(I, note="mlpot's dipole is always differentiable"),
+}
+FIT_POLAR = {
+    **_FITTING, "sel_type": _k(S, "pol_type"), "fit_diag": _k(S), "scale": _k(S), "shift_diag": _k(S),
+}
+FIT_DOS = {**_FITTING, "rcond": _k(S), "numb_dos": _k(S)}
+FITTINGS = {"ener": FIT_ENER, "dipole": FIT_DIPOLE, "polar": FIT_POLAR, "dos": FIT_DOS}
+UNBUILT_FITTINGS = ("property", "population", "dens")
+
+# ---- model --------------------------------------------------------------------------------------
+MODEL = {
+    "type": _k(S, default="standard", note="standard; frozen, pairtab, linear_ener: not supported yet"),
+    "type_map": _k(S),
+    "descriptor": _k(S),
+    "fitting_net": _k(S),
+    "data_stat_nbatch": _k(S),
+    "data_stat_protect": _k(S),
+    "data_bias_nsample": _k(S),
+    "pair_exclude_types": _k(S),
+    "atom_exclude_types": _k(S),
+    "preset_out_bias": _k(U, default=None),
+    "srtab_add_bias": _k(U, default=True),
+    "use_srtab": _k(U, default=None),
+    "smin_alpha": _k(U, default=None),
+    "sw_rmin": _k(U, default=None),
+    "sw_rmax": _k(U, default=None),
+    "type_embedding": _k(U, default=None),
+    "modifier": _k(U, default=None),
+    "compress": _k(U, default=None),
+    "spin": _k(U, default=None),
+    "finetune_head": _k(U, default=None),
+    "shared_dict": _k(U, default=None),
+    "model_dict": _k(U, default=None),
+    "fitting_net_dict": _k(U, default=None),
+    "tab_file": _k(U, default=None),
+    "model_file": _k(U, default=None),
+    "models": _k(U, default=None),
+    "weights": _k(U, default=None),
+}
+UNBUILT_MODELS = ("frozen", "pairtab", "linear_ener", "pairwise_dprc", "zbl", "multi")
+
+# ---- learning rate, loss, optimizer ------------------------------------------------------------
+LEARNING_RATE = {
+    "type": _k(S, default="exp", note="exp"),
+    "start_lr": _k(S),
+    "stop_lr": _k(S),
+    "stop_lr_ratio": _k(S),
+    "decay_steps": _k(S),
+    "decay_rate": _k(S),
+    "smooth": _k(U, default=False),
+    "scale_by_worker": _k(S, note="linear / sqrt / none, by the data-parallel world size"),
+    "warmup_steps": _k(U, default=0),
+    "warmup_ratio": _k(U, default=None),
+    "warmup_start_factor": _k(U, default=0.0),
+}
+_PREFACTOR_TERMS = ("e", "f", "v", "ae", "pf", "gf", "h")
+LOSS_ENER = {"type": _k(S, default="ener")}
+for _term in _PREFACTOR_TERMS:
+    _status = S if _term in ("e", "f", "v", "ae", "pf") else U
+    LOSS_ENER[f"start_pref_{_term}"] = _k(_status, default=0.0 if _status == U else _NO_DEFAULT)
+    LOSS_ENER[f"limit_pref_{_term}"] = _k(_status, default=0.0 if _status == U else _NO_DEFAULT)
+LOSS_ENER.update(
+    {
+        "relative_f": _k(S),
+        "enable_atom_ener_coeff": _k(U, default=False),
+        "numb_generalized_coord": _k(U, default=0),
+        "use_huber": _k(U, default=False),
+        "huber_delta": _k(U, default=0.01),
+        "loss_func": _k(U, default="mse"),
+        "f_use_norm": _k(U, default=False),
+        "intensive_ener_virial": _k(S),
+        "use_default_pf": _k(U, default=False),
+    }
+)
+LOSS_TENSOR = {"type": _k(S), "pref": _k(S), "pref_atomic": _k(S), "enable_atomic_weight": _k(U, default=False)}
+LOSS_DOS = {"type": _k(S)}
+for _term in ("dos", "cdf", "ados", "acdf"):
+    LOSS_DOS[f"start_pref_{_term}"] = _k(S)
+    LOSS_DOS[f"limit_pref_{_term}"] = _k(S)
+LOSSES = {"ener": LOSS_ENER, "tensor": LOSS_TENSOR, "dos": LOSS_DOS}
+UNBUILT_LOSSES = ("ener_spin", "property", "population", "dens")
+OPTIMIZER = {
+    "type": _k(S, default="Adam", note="Adam, AdamW (any torch.optim name)"),
+    "adam_beta1": _k(S),
+    "adam_beta2": _k(S),
+    "weight_decay": _k(S),
+}
+
+# ---- training -----------------------------------------------------------------------------------
+DATA_SECTION = {
+    "systems": _k(S, note="list of system folders, or one folder searched recursively for type.raw"),
+    "set_prefix": _k(S),
+    "batch_size": _k(S, note='int, list, "auto", "auto:N", "max:N", "filter:N"; "mixed:N" not yet'),
+    "auto_prob": _k(S, "auto_prob_style"),
+    "sys_probs": _k(S, "sys_weights"),
+    "rglob_patterns": _k(U, default=None),
+}
+VALIDATION_DATA = {**DATA_SECTION, "numb_btch": _k(S, "numb_batch")}
+TRAINING = {
+    "training_data": _k(S),
+    "validation_data": _k(S),
+    "numb_steps": _k(S, "stop_batch", "num_steps"),
+    "numb_epoch": _k(U, default=None),
+    "seed": _k(S),
+    "disp_file": _k(S),
+    "disp_freq": _k(S),
+    "save_freq": _k(S),
+    "save_ckpt": _k(S),
+    "max_ckpt_keep": _k(S),
+    "save_dir": _k(U, default=None),
+    "disp_training": _k(S),
+    "time_training": _k(S),
+    "disp_avg": _k(U, default=False),
+    "tensorboard": _k(S),
+    "tensorboard_log_dir": _k(S),
+    "tensorboard_freq": _k(S),
+    "mixed_precision": _k(U, default=None, note="TF-only in DeePMD-kit"),
+    "gradient_max_norm": _k(S),
+    "warmup_steps": _k(U, default=0),
+    "stat_file": _k(S),
+    "stat_file_mode": _k(I, note="mlpot's statistics cache is always read-if-valid, write-if-new"),
+    "opt_type": _k(S, note="Adam or AdamW; LKF not supported yet"),
+    "profiling": _k(I, note="TF timeline profiling; use the step timer of `time_training`"),
+    "profiling_file": _k(I),
+    "enable_profiler": _k(I),
+    "change_bias_after_training": _k(U, default=False),
+    "enable_ema": _k(S),
+    "ema_decay": _k(S),
+    "enable_compile": _k(I, note="mlpot does not use torch.compile for training"),
+    "zero_stage": _k(U, default=0),
+    "acc_freq": _k(U, default=1),
+    "data_dict": _k(U, default=None),
+    "model_prob": _k(U, default=None),
+    "num_epoch_dict": _k(U, default=None),
+    "kf_blocksize": _k(U, default=None),
+    "kf_start_pref_e": _k(U, default=None),
+    "kf_limit_pref_e": _k(U, default=None),
+    "kf_start_pref_f": _k(U, default=None),
+    "kf_limit_pref_f": _k(U, default=None),
+}
+TOP = {
+    "model": _k(S),
+    "learning_rate": _k(S),
+    "loss": _k(S),
+    "training": _k(S),
+    "optimizer": _k(S),
+    "validating": _k(U, default=None),
+    "nvnmd": _k(U, default=None),
+    "loss_dict": _k(U, default=None),
+    "learning_rate_dict": _k(U, default=None),
+}
+
+
+def all_tables() -> Dict[str, Dict[str, DeepmdKey]]:
+    """Every table by a display path (``model/descriptor[se_e2_a]`` ...), for the docs."""
+    tables = {"(top level)": TOP, "model": MODEL}
+    tables.update({f"model/descriptor[{name}]": table for name, table in DESCRIPTORS.items()})
+    tables.update({f"model/fitting_net[{name}]": table for name, table in FITTINGS.items()})
+    tables["learning_rate[exp]"] = LEARNING_RATE
+    tables.update({f"loss[{name}]": table for name, table in LOSSES.items()})
+    tables["optimizer"] = OPTIMIZER
+    tables["training"] = TRAINING
+    tables["training/training_data"] = DATA_SECTION
+    tables["training/validation_data"] = VALIDATION_DATA
+    return tables

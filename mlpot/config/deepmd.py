@@ -1,0 +1,338 @@
+"""DeePMD-kit front-end: read an ``input.json`` (or .yaml) unchanged and turn it into the native config.
+
+Note for the training engine (``mlpot train``): call ``mlpot.config.deepmd.convert(path) -> dict``
+when ``is_deepmd_config(path)`` is true; the dict is the native config (paths already resolved
+relative to the input file), ready for the native schema.
+
+What this module does, in order:
+
+1. load JSON or YAML (:func:`load_file`);
+2. check every key against the key table of ``_deepmd_keys.py`` (:func:`check_keys`): keys starting
+   with ``_comment`` are dropped at any depth; an unknown key is a :class:`ConfigError` naming the
+   file and key path with the closest valid key; a key of a feature that is not built yet is
+   ``ConfigError("not supported yet: model/descriptor/<key>")`` unless its value is DeePMD's default
+   (which requests nothing); aliases (``se_a``, ``stop_batch``, ``n_neuron``...) are renamed to
+   their canonical names;
+3. translate the checked sections into the native layout (:func:`to_native`).
+
+The translation is a table lookup with no physics; defaults that DeePMD fills in (``out.json``)
+are filled here too, so that the native file ``mlpot convert`` writes shows every value used.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Union
+
+import yaml
+
+from mlpot.config import _deepmd_keys as table
+from mlpot.config._deepmd_keys import IGNORED, UNSUPPORTED, DeepmdKey
+from mlpot.errors import ConfigError, suggest
+
+__all__ = ["convert", "convert_dict", "check_keys", "is_deepmd_config", "load_file", "keys_markdown"]
+
+PathLike = Union[str, Path]
+
+
+def load_file(path: PathLike) -> Dict[str, Any]:
+    """Parse a JSON or YAML file into a dict; errors name the file (and line for JSON)."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file ({exc.strerror})", file=str(path)) from None
+    try:
+        data = json.loads(text) if path.suffix.lower() == ".json" else yaml.safe_load(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}", file=str(path)) from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"invalid YAML: {exc}", file=str(path)) from None
+    if not isinstance(data, dict):
+        raise ConfigError("the top level must be a mapping", file=str(path))
+    return data
+
+
+def is_deepmd_config(path_or_dict: Union[PathLike, Dict[str, Any]]) -> bool:
+    """True for a DeePMD-kit input: a mapping with ``model`` and ``training`` whose model carries
+    ``descriptor``/``fitting_net`` (or a multi-task ``model_dict``) and a ``training`` section
+    with ``training_data`` or ``data_dict``."""
+    data = path_or_dict if isinstance(path_or_dict, dict) else None
+    if data is None:
+        try:
+            data = load_file(path_or_dict)
+        except ConfigError:
+            return False
+    model, training = data.get("model"), data.get("training")
+    if not isinstance(model, dict) or not isinstance(training, dict):
+        return False
+    has_model = "descriptor" in model or "fitting_net" in model or "model_dict" in model
+    has_data = "training_data" in training or "data_dict" in training
+    return has_model and has_data
+
+
+# ---- key checking ------------------------------------------------------------------------------
+
+
+def _slash(path: List[Union[str, int]]) -> str:
+    return "/".join(str(p) for p in path)
+
+
+def _check_section(
+    section: Any, keys: Dict[str, DeepmdKey], path: List[Union[str, int]], file: Optional[str]
+) -> Dict[str, Any]:
+    """Validate one mapping against its key table; return it with comments dropped and aliases renamed."""
+    if not isinstance(section, dict):
+        raise ConfigError(f"expected a mapping, got {type(section).__name__}", file=file, key=path)
+    alias_of = {alias: name for name, record in keys.items() for alias in record.aliases}
+    out: Dict[str, Any] = {}
+    for key, value in section.items():
+        if str(key).startswith("_comment"):
+            continue
+        name = alias_of.get(key, key)
+        if name not in keys:
+            hint = suggest(key, list(keys) + list(alias_of))
+            raise ConfigError(
+                "unknown key", file=file, key=path + [key], hint=f"did you mean '{hint}'?" if hint else None
+            )
+        if name in out:
+            raise ConfigError(f"given twice (as '{name}' and an alias)", file=file, key=path + [key])
+        record = keys[name]
+        if record.status == UNSUPPORTED and not record.requests_nothing(value):
+            raise ConfigError(f"not supported yet: {_slash(path + [name])}", file=file, key=path + [key])
+        if record.status == IGNORED:
+            continue
+        out[name] = value
+    return out
+
+
+def _typed(section: Any, tables: Dict[str, Dict[str, DeepmdKey]], unbuilt, default_type, aliases, path, file):
+    """Check a section whose key table depends on its ``type`` (descriptor, fitting, loss...)."""
+    if not isinstance(section, dict):
+        raise ConfigError(f"expected a mapping, got {type(section).__name__}", file=file, key=path)
+    kind = section.get("type", default_type)
+    if kind is None:
+        raise ConfigError("missing required key 'type'", file=file, key=path)
+    kind = aliases.get(kind, kind)
+    if kind in unbuilt:
+        raise ConfigError(f"not supported yet: {_slash(path + ['type'])}={kind}", file=file, key=path + ["type"])
+    if kind not in tables:
+        hint = suggest(kind, list(tables) + list(aliases))
+        raise ConfigError(
+            f"unknown type '{kind}' (valid: {', '.join(tables)})",
+            file=file, key=path + ["type"], hint=f"did you mean '{hint}'?" if hint else None,
+        )
+    out = _check_section(section, tables[kind], path, file)
+    out["type"] = kind
+    return out
+
+
+def _check_descriptor(section: Any, path, file) -> Dict[str, Any]:
+    out = _typed(section, table.DESCRIPTORS, table.UNBUILT_DESCRIPTORS, None, table.DESCRIPTOR_ALIASES, path, file)
+    if out["type"] == "hybrid":
+        members = out.get("list")
+        if not isinstance(members, list) or not members:
+            raise ConfigError("hybrid needs a non-empty list of descriptors", file=file, key=path + ["list"])
+        out["list"] = [_check_descriptor(member, path + ["list", i], file) for i, member in enumerate(members)]
+    return out
+
+
+def check_keys(config: Dict[str, Any], file: Optional[str] = None) -> Dict[str, Any]:
+    """Validate a DeePMD input dict key by key; return a cleaned deep copy.
+
+    Comments are dropped, aliases renamed to canonical names, ignored keys removed. Raises
+    :class:`ConfigError` for unknown keys (with a suggestion) and for features not built yet.
+    """
+    config = copy.deepcopy(config)
+    out = _check_section(config, table.TOP, [], file)
+    for required in ("model", "training"):
+        if required not in out:
+            raise ConfigError(f"missing required section '{required}'", file=file, key=required)
+    model = _check_section(out["model"], table.MODEL, ["model"], file)
+    model_type = model.get("type", "standard")
+    if model_type != "standard":
+        status = "not supported yet" if model_type in table.UNBUILT_MODELS else "unknown model type"
+        raise ConfigError(f"{status}: model/type={model_type}", file=file, key=["model", "type"])
+    for required in ("type_map", "descriptor", "fitting_net"):
+        if required not in model:
+            raise ConfigError(f"missing required key '{required}'", file=file, key=["model", required])
+    model["descriptor"] = _check_descriptor(model["descriptor"], ["model", "descriptor"], file)
+    model["fitting_net"] = _typed(
+        model["fitting_net"], table.FITTINGS, table.UNBUILT_FITTINGS, "ener", {}, ["model", "fitting_net"], file
+    )
+    out["model"] = model
+    out["learning_rate"] = _typed(
+        out.get("learning_rate", {}), {"exp": table.LEARNING_RATE}, ("cosine", "wsd"), "exp", {},
+        ["learning_rate"], file,
+    )
+    out["loss"] = _typed(out.get("loss", {}), table.LOSSES, table.UNBUILT_LOSSES, "ener", {}, ["loss"], file)
+    out["optimizer"] = _check_section(out.get("optimizer", {}), table.OPTIMIZER, ["optimizer"], file)
+    training = _check_section(out["training"], table.TRAINING, ["training"], file)
+    if "training_data" not in training:
+        raise ConfigError("missing required key 'training_data'", file=file, key=["training", "training_data"])
+    training["training_data"] = _check_section(
+        training["training_data"], table.DATA_SECTION, ["training", "training_data"], file
+    )
+    if training.get("validation_data") is not None:
+        training["validation_data"] = _check_section(
+            training["validation_data"], table.VALIDATION_DATA, ["training", "validation_data"], file
+        )
+    out["training"] = training
+    return out
+
+
+def keys_markdown() -> str:
+    """The key-status tables of docs/deepmd_keys.md, generated from the key table."""
+    lines = []
+    for title, keys in table.all_tables().items():
+        lines += [f"### `{title}`", "", "| key | aliases | status | note |", "|---|---|---|---|"]
+        for name, record in keys.items():
+            aliases = ", ".join(f"`{a}`" for a in record.aliases)
+            lines.append(f"| `{name}` | {aliases} | {record.status} | {record.note} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+# ---- translation into the native layout --------------------------------------------------------
+
+_DEFAULT_PREFACTORS = {"e": (0.02, 1.0), "f": (1000.0, 1.0), "v": (0.0, 0.0), "ae": (0.0, 0.0), "pf": (0.0, 0.0)}
+# DeePMD loss-term suffix -> batch label it weighs (native loss names are the batch keys)
+_ENER_TERMS = {"e": "energy", "f": "forces", "v": "virial", "ae": "atom_energy", "pf": "atom_pref"}
+
+
+def _resolve_systems(systems: Any, base: Path, path: List[str], file: Optional[str]) -> List[str]:
+    """System folders as absolute paths; a single string is a root searched for ``type.raw``."""
+    if isinstance(systems, str):
+        root = (base / systems).resolve()
+        found = sorted({str(p.parent) for p in root.rglob("type.raw")})
+        if not found:
+            raise ConfigError(f"no system (folder with type.raw) under {root}", file=file, key=path)
+        return found
+    if not isinstance(systems, list) or not systems:
+        raise ConfigError("expected a non-empty list of system folders", file=file, key=path)
+    return [str((base / str(s)).resolve()) for s in systems]
+
+
+def _data_section(section: Dict[str, Any], base: Path, path: List[str], file: Optional[str]) -> Dict[str, Any]:
+    batch_size = section.get("batch_size", "auto")
+    if isinstance(batch_size, str) and batch_size.startswith("mixed"):
+        raise ConfigError(f"not supported yet: {'/'.join(path)}/batch_size={batch_size}", file=file, key=path + ["batch_size"])
+    out = {
+        "format": "deepmd",
+        "paths": _resolve_systems(section.get("systems"), base, path + ["systems"], file),
+        "batch_size": batch_size,
+        "set_prefix": section.get("set_prefix", "set"),
+        "auto_prob": section.get("auto_prob", "prob_sys_size"),
+        "sys_probs": section.get("sys_probs"),
+    }
+    if "numb_btch" in section:
+        out["numb_btch"] = section["numb_btch"]
+    return out
+
+
+def _loss_section(loss: Dict[str, Any]) -> Dict[str, Any]:
+    """DeePMD loss -> native loss: one entry per term with start/limit prefactors (lr-coupled)."""
+    kind = loss["type"]
+    if kind != "ener":
+        return dict(loss)  # tensor / dos keep DeePMD's names (pref, pref_atomic, start_pref_dos...)
+    terms = {}
+    for suffix, label in _ENER_TERMS.items():
+        start = float(loss.get(f"start_pref_{suffix}", _DEFAULT_PREFACTORS[suffix][0]))
+        limit = float(loss.get(f"limit_pref_{suffix}", _DEFAULT_PREFACTORS[suffix][1]))
+        # [COMPAT] PyTorch backend: a term is on only when start AND limit are non-zero (spec 4.2)
+        if start != 0.0 and limit != 0.0:
+            terms[label] = {"start_pref": start, "limit_pref": limit}
+    return {
+        "type": "ener",
+        "terms": terms,
+        "relative_f": loss.get("relative_f"),
+        "intensive_ener_virial": bool(loss.get("intensive_ener_virial", False)),
+        "prefactor_schedule": "lr_ratio",
+    }
+
+
+def to_native(config: Dict[str, Any], base_dir: PathLike = ".", file: Optional[str] = None) -> Dict[str, Any]:
+    """Translate a checked DeePMD dict (see :func:`check_keys`) into the native config dict.
+
+    Relative system paths and ``stat_file`` are resolved against ``base_dir`` (the folder of the
+    input file, where ``dp train`` is normally run); output files (lcurve, checkpoints,
+    TensorBoard) stay relative, i.e. they are written in the working directory as ``dp`` does.
+    """
+    base = Path(base_dir)
+    training = config["training"]
+    lr = config["learning_rate"]
+    optimizer = dict(config.get("optimizer") or {})
+    opt_name = optimizer.pop("type", training.get("opt_type", "Adam"))
+    if opt_name not in ("Adam", "AdamW"):
+        raise ConfigError(f"not supported yet: optimizer/type={opt_name}", file=file, key=["optimizer", "type"])
+    numb_steps = training.get("numb_steps")
+    if numb_steps is None:
+        raise ConfigError("missing required key 'numb_steps'", file=file, key=["training", "numb_steps"])
+    native: Dict[str, Any] = {
+        "family": "deepmd",
+        "model": copy.deepcopy(config["model"]),
+        "data": {"train": _data_section(training["training_data"], base, ["training", "training_data"], file)},
+        "optimizer": {
+            "name": opt_name,
+            "betas": [optimizer.get("adam_beta1", 0.9), optimizer.get("adam_beta2", 0.999)],
+            "weight_decay": optimizer.get("weight_decay", 0.0),
+        },
+        "lr_schedule": {
+            "type": "exp",
+            "start_lr": lr.get("start_lr", 1e-3),
+            "stop_lr": lr.get("stop_lr"),
+            "stop_lr_ratio": lr.get("stop_lr_ratio"),
+            "decay_steps": lr.get("decay_steps", 5000),
+            "decay_rate": lr.get("decay_rate"),
+            "scale_by_worker": lr.get("scale_by_worker", "linear"),
+        },
+        "loss": _loss_section(config["loss"]),
+        "training": {
+            "max_steps": int(numb_steps),
+            "seed": training.get("seed"),
+            "gradient_max_norm": training.get("gradient_max_norm"),
+            "ema_decay": training.get("ema_decay", 0.999) if training.get("enable_ema") else None,
+            "stat_file": str((base / training["stat_file"]).resolve()) if training.get("stat_file") else None,
+        },
+        "logging": {
+            "lcurve": training.get("disp_file", "lcurve.out"),
+            "disp_freq": training.get("disp_freq", 1000),
+            "disp_training": training.get("disp_training", True),
+            "time_training": training.get("time_training", True),
+            "tensorboard": bool(training.get("tensorboard", False)),
+            "tensorboard_log_dir": training.get("tensorboard_log_dir", "log"),
+            "tensorboard_freq": training.get("tensorboard_freq", 1),
+        },
+        "checkpoint": {
+            "prefix": training.get("save_ckpt", "model.ckpt"),
+            "every": training.get("save_freq", 1000),
+            "keep": training.get("max_ckpt_keep", 5),
+        },
+    }
+    if training.get("validation_data") is not None:
+        native["data"]["valid"] = _data_section(training["validation_data"], base, ["training", "validation_data"], file)
+    return native
+
+
+def convert_dict(config: Dict[str, Any], base_dir: PathLike = ".", file: Optional[str] = None) -> Dict[str, Any]:
+    """Check and translate an in-memory DeePMD input dict (see :func:`convert`)."""
+    return to_native(check_keys(config, file=file), base_dir=base_dir, file=file)
+
+
+def convert(path: PathLike) -> Dict[str, Any]:
+    """Read a DeePMD-kit ``input.json``/``.yaml`` and return the native config dict.
+
+    Raises :class:`ConfigError` naming the file and key path for unknown keys (with a suggestion)
+    and for features not built yet (``not supported yet: <key path>``).
+    """
+    path = Path(path)
+    return convert_dict(load_file(path), base_dir=path.resolve().parent, file=str(path))
+
+
+if __name__ == "__main__":  # pragma: no cover - regenerates docs/deepmd_keys.md tables
+    import sys
+
+    if "--keys-md" in sys.argv:
+        print(keys_markdown())

@@ -1,0 +1,176 @@
+"""DeePMD input.json front-end: key checking, aliases, comments, errors and the native mapping."""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from mlpot.config import deepmd
+from mlpot.config import _deepmd_keys as table
+from mlpot.errors import ConfigError
+
+REPO = Path(__file__).resolve().parents[1]
+WATER_INPUT = REPO / "examples" / "deepmd_water" / "input.json"
+
+
+@pytest.fixture
+def water_input(shared_data):
+    """The water se_e2_a example with its systems pointing at the shared data."""
+    config = json.loads(WATER_INPUT.read_text())
+    config["training"]["training_data"]["systems"] = [
+        str(shared_data("deepmd_water/data_0")), str(shared_data("deepmd_water/data_1"))
+    ]
+    config["training"]["validation_data"]["systems"] = [str(shared_data("deepmd_water/data_3"))]
+    return config
+
+
+def test_water_example_maps_every_key(water_input):
+    native = deepmd.convert_dict(water_input, file="input.json")
+    model = native["model"]
+    assert model["type_map"] == ["O", "H"]
+    assert model["descriptor"] == {
+        "type": "se_e2_a", "sel": [46, 92], "rcut_smth": 0.5, "rcut": 6.0, "neuron": [25, 50, 100],
+        "resnet_dt": False, "axis_neuron": 16, "type_one_side": True, "precision": "float64", "seed": 1,
+    }
+    assert model["fitting_net"] == {
+        "type": "ener", "neuron": [240, 240, 240], "resnet_dt": True, "precision": "float64", "seed": 1,
+    }
+    assert native["lr_schedule"]["start_lr"] == 1e-3
+    assert native["lr_schedule"]["stop_lr"] == 3.51e-8
+    assert native["lr_schedule"]["decay_steps"] == 5000
+    # PT rule: v has start = limit = 0, so it is off; e and f follow the lr-coupled schedule
+    assert native["loss"]["terms"] == {
+        "energy": {"start_pref": 0.02, "limit_pref": 1.0},
+        "forces": {"start_pref": 1000.0, "limit_pref": 1.0},
+    }
+    train, valid = native["data"]["train"], native["data"]["valid"]
+    assert [Path(p).name for p in train["paths"]] == ["data_0", "data_1"]
+    assert train["batch_size"] == "auto" and train["auto_prob"] == "prob_sys_size"
+    assert valid["batch_size"] == 1 and valid["numb_btch"] == 3
+    assert native["training"]["max_steps"] == 1_000_000 and native["training"]["seed"] == 10
+    assert native["logging"]["lcurve"] == "lcurve.out" and native["logging"]["disp_freq"] == 100
+    assert native["checkpoint"] == {"prefix": "model.ckpt", "every": 1000, "keep": 5}
+    # no _comment survives anywhere
+    assert "_comment" not in json.dumps(native)
+
+
+def test_convert_from_file_resolves_relative_systems(tmp_path, water_input, shared_data):
+    data_root = shared_data("deepmd_water")
+    water_input["training"]["training_data"]["systems"] = [str(data_root / "data_0")]
+    water_input["training"]["validation_data"]["systems"] = str(data_root)  # a root: searched for type.raw
+    path = tmp_path / "input.json"
+    path.write_text(json.dumps(water_input))
+    native = deepmd.convert(path)
+    assert [Path(p).name for p in native["data"]["valid"]["paths"]] == ["data_0", "data_1", "data_3"]
+    assert deepmd.is_deepmd_config(path)
+    assert not deepmd.is_deepmd_config({"model": {"r_max": 5.0}, "training": {}})
+
+
+def test_aliases_are_canonicalised(water_input):
+    water_input["model"]["descriptor"]["type"] = "se_a"
+    water_input["model"]["fitting_net"]["n_neuron"] = water_input["model"]["fitting_net"].pop("neuron")
+    water_input["training"]["stop_batch"] = water_input["training"].pop("numb_steps")
+    water_input["training"]["validation_data"]["numb_batch"] = water_input["training"]["validation_data"].pop("numb_btch")
+    native = deepmd.convert_dict(water_input)
+    assert native["model"]["descriptor"]["type"] == "se_e2_a"
+    assert native["model"]["fitting_net"]["neuron"] == [240, 240, 240]
+    assert native["training"]["max_steps"] == 1_000_000
+    assert native["data"]["valid"]["numb_btch"] == 3
+
+
+def test_comments_ignored_at_any_depth(water_input):
+    water_input["_comment2"] = "x"
+    water_input["model"]["descriptor"]["_comment_sel"] = "why 46"
+    water_input["training"]["training_data"]["_comment"] = {"nested": True}
+    assert deepmd.convert_dict(water_input) == deepmd.convert_dict(
+        json.loads(json.dumps(water_input).replace('"_comment2": "x", ', ""))
+    )
+
+
+@pytest.mark.parametrize(
+    "where, typo, suggestion",
+    [
+        (("model", "descriptor"), "rcutt", "rcut"),
+        (("model", "fitting_net"), "nueron", "neuron"),
+        (("training",), "disp_freqq", "disp_freq"),
+        (("learning_rate",), "start_lrr", "start_lr"),
+        ((), "trainning", "training"),
+    ],
+)
+def test_typo_key_errors_with_suggestion(water_input, where, typo, suggestion):
+    section = water_input
+    for key in where:
+        section = section[key]
+    section[typo] = 1
+    key_path = ".".join(where + (typo,))
+    with pytest.raises(ConfigError, match=rf"input\.json: {re.escape(key_path)}: unknown key \(did you mean '{suggestion}'\?\)"):
+        deepmd.convert_dict(water_input, file="input.json")
+
+
+def test_unbuilt_feature_errors(water_input):
+    bad = copy.deepcopy(water_input)
+    bad["model"]["descriptor"]["attn_mask"] = True
+    bad["model"]["descriptor"]["type"] = "se_atten"
+    bad["model"]["descriptor"]["sel"] = 120
+    with pytest.raises(ConfigError, match="not supported yet: model/descriptor/attn_mask"):
+        deepmd.convert_dict(bad, file="input.json")
+    bad = copy.deepcopy(water_input)
+    bad["model"]["descriptor"]["type"] = "dpa2"
+    with pytest.raises(ConfigError, match="not supported yet: model/descriptor/type=dpa2"):
+        deepmd.convert_dict(bad)
+    bad = copy.deepcopy(water_input)
+    bad["model"]["use_srtab"] = "H2O_tab_potential.txt"
+    with pytest.raises(ConfigError, match="not supported yet: model/use_srtab"):
+        deepmd.convert_dict(bad)
+    bad = copy.deepcopy(water_input)
+    bad["training"]["training_data"]["batch_size"] = "mixed:4"
+    with pytest.raises(ConfigError, match="not supported yet: training/training_data/batch_size=mixed:4"):
+        deepmd.convert_dict(bad)
+
+
+def test_unsupported_key_at_default_value_is_accepted(water_input):
+    """out.json files list every key with its default; a default requests nothing."""
+    water_input["training"]["mixed_precision"] = None
+    water_input["training"]["warmup_steps"] = 0
+    water_input["loss"]["start_pref_gf"] = 0.0
+    water_input["learning_rate"]["smooth"] = False
+    deepmd.convert_dict(water_input)
+
+
+def test_missing_sections_and_bad_types(water_input, tmp_path):
+    bad = copy.deepcopy(water_input)
+    del bad["model"]["descriptor"]["type"]
+    with pytest.raises(ConfigError, match=r"model\.descriptor: missing required key 'type'"):
+        deepmd.convert_dict(bad)
+    bad = copy.deepcopy(water_input)
+    bad["model"]["descriptor"]["type"] = "se_e2_x"
+    with pytest.raises(ConfigError, match=r"unknown type 'se_e2_x'.*did you mean 'se_e2_[ar]'"):
+        deepmd.convert_dict(bad)
+    bad = copy.deepcopy(water_input)
+    bad["training"]["training_data"] = [1, 2]
+    with pytest.raises(ConfigError, match=r"training\.training_data: expected a mapping, got list"):
+        deepmd.convert_dict(bad)
+    broken = tmp_path / "input.json"
+    broken.write_text('{"model": {,}}')
+    with pytest.raises(ConfigError, match=r"input\.json: invalid JSON at line 1"):
+        deepmd.convert(broken)
+
+
+def test_yaml_input_gives_the_same_config(tmp_path, water_input):
+    import yaml
+
+    (tmp_path / "input.yaml").write_text(yaml.safe_dump(water_input))
+    (tmp_path / "input.json").write_text(json.dumps(water_input))
+    assert deepmd.convert(tmp_path / "input.yaml") == deepmd.convert(tmp_path / "input.json")
+
+
+def test_keys_doc_is_in_sync_with_the_table():
+    doc = (REPO / "docs" / "deepmd_keys.md").read_text()
+    assert deepmd.keys_markdown() in doc, "regenerate with: python -m mlpot.config.deepmd --keys-md"
+    for title, keys in table.all_tables().items():
+        for name in keys:
+            assert f"| `{name}` |" in doc, f"{title}/{name} missing from docs/deepmd_keys.md"
