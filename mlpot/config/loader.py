@@ -1,0 +1,150 @@
+"""Load and validate a native YAML config; turn pydantic errors into located ConfigErrors.
+
+``load_config(path)`` reads the YAML, resolves relative data paths and ``output_dir`` against the
+file's folder, checks that every data path exists and validates with :class:`NativeConfig`.
+``validate_config(dict, file=..., base_dir=...)`` does the same for a dict produced by a peer
+front-end. Every error is a :class:`ConfigError` whose message reads
+``<file>: <key path>: <what is wrong>`` and, for an unknown key, suggests the closest valid key.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import typing
+from pathlib import Path
+from typing import Any, Dict, Optional, Union
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from mlpot.config.schema import NativeConfig
+from mlpot.errors import ConfigError, suggest
+
+__all__ = ["load_config", "validate_config", "read_yaml"]
+
+PathLike = Union[str, os.PathLike]
+
+
+def read_yaml(path: PathLike) -> Dict[str, Any]:
+    """The YAML mapping in ``path``; a missing file or a YAML syntax error raises ConfigError."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"cannot read config: {exc.strerror}", file=str(path)) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError(f"invalid YAML{where}: {getattr(exc, 'problem', exc)}", file=str(path)) from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"expected a mapping at the top level, got {type(data).__name__}", file=str(path))
+    return data
+
+
+def _model_classes(annotation) -> list:
+    """BaseModel classes reachable from an annotation through Optional/Union/List/Dict."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    out = []
+    for arg in typing.get_args(annotation):
+        out.extend(_model_classes(arg))
+    return out
+
+
+def _valid_keys(loc: tuple) -> list:
+    """Field names (and aliases) valid at the mapping that holds the last element of ``loc``."""
+    models = [NativeConfig]
+    for part in loc[:-1]:
+        by_name = [m for m in models if m.__name__ == part]
+        if by_name:  # a union member tag inserted by pydantic
+            models = by_name
+            continue
+        nxt = []
+        for model in models:
+            field = model.model_fields.get(part) if isinstance(part, str) else None
+            if field is not None:
+                nxt.extend(_model_classes(field.annotation))
+        if nxt:
+            models = nxt
+    names = []
+    for model in models:
+        for name, field in model.model_fields.items():
+            names.append(name)
+            alias = field.validation_alias
+            names.extend(getattr(alias, "choices", []) if alias is not None else [])
+    return sorted(set(n for n in names if isinstance(n, str)))
+
+
+def _clean_loc(loc: tuple) -> tuple:
+    """Drop pydantic's union-member tags (class or type names) from a location."""
+    tags = {"float", "int", "str", "list[int]", "bool", "LossTerm", "function-after", "union"}
+    return tuple(p for p in loc if not (isinstance(p, str) and (p in tags or "[" in p)))
+
+
+def _to_config_error(exc: ValidationError, file: Optional[str]) -> ConfigError:
+    errors = exc.errors()
+    # prefer the most informative error: unknown keys first, then the deepest location
+    errors.sort(key=lambda e: (e["type"] != "extra_forbidden", -len(e["loc"])))
+    err = errors[0]
+    loc = _clean_loc(tuple(err["loc"]))
+    if err["type"] == "extra_forbidden":
+        hint = suggest(str(loc[-1]), _valid_keys(tuple(err["loc"])))
+        return ConfigError("unknown key", file=file, key=list(loc),
+                           hint=f"did you mean {hint!r}?" if hint else None)
+    if err["type"] == "missing":
+        return ConfigError("missing required key", file=file, key=list(loc))
+    message = err["msg"].removeprefix("Value error, ")
+    if "input" in err and err["type"] not in ("value_error",) and not isinstance(err["input"], dict):
+        message += f", got {err['input']!r}"
+    return ConfigError(message, file=file, key=list(loc) or None)
+
+
+def _resolve_paths(data: Dict[str, Any], base: Path, file: Optional[str]) -> None:
+    """Make relative data paths and output_dir absolute against ``base``; check data paths exist."""
+    data.setdefault("output_dir", ".")
+    if isinstance(data["output_dir"], str) and not os.path.isabs(data["output_dir"]):
+        data["output_dir"] = os.path.normpath(base / data["output_dir"])
+    sections = data.get("data") if isinstance(data.get("data"), dict) else {}
+    for split in ("train", "valid"):
+        section = sections.get(split)
+        if not isinstance(section, dict) or not isinstance(section.get("paths"), list):
+            continue
+        section["paths"] = [str(base / p) if isinstance(p, str) and not os.path.isabs(p) else p
+                            for p in section["paths"]]
+    if isinstance(sections.get("stat_file"), str) and not os.path.isabs(sections["stat_file"]):
+        sections["stat_file"] = str(base / sections["stat_file"])
+
+
+def _check_paths_exist(config: NativeConfig, file: Optional[str]) -> None:
+    for split in ("train", "valid"):
+        section = getattr(config.data, split)
+        if section is None:
+            continue
+        for index, path in enumerate(section.paths):
+            if not os.path.exists(path):
+                raise ConfigError(f"no such file or directory: {path}", file=file,
+                                  key=["data", split, "paths", index])
+
+
+def validate_config(data: Dict[str, Any], *, file: Optional[str] = None,
+                    base_dir: Optional[PathLike] = None) -> NativeConfig:
+    """Validate a config dict (relative paths resolved against ``base_dir`` when given)."""
+    data = copy.deepcopy(dict(data))
+    if base_dir is not None:
+        _resolve_paths(data, Path(base_dir), file)
+    try:
+        config = NativeConfig.model_validate(data)
+    except ValidationError as exc:
+        raise _to_config_error(exc, file) from None
+    _check_paths_exist(config, file)
+    return config
+
+
+def load_config(path: PathLike) -> NativeConfig:
+    """Read, resolve and validate the native YAML config at ``path``."""
+    path = Path(path)
+    return validate_config(read_yaml(path), file=str(path), base_dir=path.resolve().parent)
+

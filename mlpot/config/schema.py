@@ -1,0 +1,250 @@
+"""The native configuration schema (pydantic 2, unknown keys forbidden everywhere).
+
+A native config is one YAML file; peer front-ends (``config/deepmd.py``, ...) produce the same
+dictionary. Sections (full reference with defaults and units in docs/config.md):
+
+``seed``, ``dtype`` (model precision), ``output_dir``, ``family`` (where the config came from),
+``model`` (passed unchanged to ``mlpot.models.build_model``), ``data`` (train/valid datasets,
+batching and sampling), ``optimizer``, ``lr_schedule``, ``loss`` (terms with constant or
+lr-coupled DeePMD prefactors), ``training`` (length, clipping, non-finite policy),
+``train_schedule`` (stages), ``ema``, ``logging``, ``checkpoint``.
+
+Units: learning rates are per optimizer step; ``cutoff`` is in Å; stage ``start``/``end`` are
+0-based and inclusive, counted in ``training.unit`` (steps or epochs).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Dict, List, Literal, Optional, Union
+
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator, model_validator
+
+__all__ = [
+    "Strict", "DataSection", "DataConfig", "OptimizerGroup", "OptimizerConfig", "LRScheduleConfig",
+    "LossTerm", "LossConfig", "TrainingConfig", "Stage", "EMAConfig", "LoggingConfig",
+    "CheckpointConfig", "NativeConfig",
+]
+
+_BATCH_SIZE = re.compile(r"^(auto|auto:\d+|max:\d+|filter:\d+)$")
+
+
+class Strict(BaseModel):
+    """Base of every section: unknown keys are errors; values are validated on assignment too."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, populate_by_name=True)
+
+
+class DataSection(Strict):
+    """One dataset (training or validation): a list of systems/files and how to batch them."""
+
+    paths: List[str] = Field(min_length=1, description="DeePMD system folders or extxyz files")
+    format: str = Field("auto", description="auto | deepmd | deepmd/npy | deepmd/raw | extxyz")
+    key_map: Dict[str, str] = Field(default_factory=dict, description="file key -> batch key")
+    type_map: Optional[List[str]] = None
+    set_prefix: str = "set"
+    batch_size: Union[int, List[int], str] = Field("auto", description="int | list | auto | auto:N | max:N | filter:N")
+    sampler: Literal["deepmd", "epoch"] = Field("epoch", description="deepmd: random system per step; epoch: shuffled passes")
+    auto_prob: str = "prob_sys_size"
+    sys_probs: Optional[List[float]] = None
+    numb_btch: int = Field(1, ge=1, validation_alias=AliasChoices("numb_btch", "numb_batch"),
+                           description="validation batches per evaluation (DeePMD); 0 = all")
+    shuffle: bool = True
+
+    @field_validator("batch_size")
+    @classmethod
+    def _batch_size(cls, value):
+        if isinstance(value, str) and not _BATCH_SIZE.match(value):
+            raise ValueError(f"expected an int or auto, auto:N, max:N, filter:N; got {value!r}")
+        if isinstance(value, int) and value < 1:
+            raise ValueError("batch_size must be >= 1")
+        return value
+
+
+class DataConfig(Strict):
+    train: DataSection
+    valid: Optional[DataSection] = None
+    cutoff: Optional[float] = Field(None, gt=0, description="neighbour cutoff override in Å (default: the model's)")
+    stat_file: Optional[str] = Field(None, description="cache of dataset statistics")
+
+
+class OptimizerGroup(Strict):
+    """A parameter group: parameters whose name matches any of ``params`` (fnmatch patterns)."""
+
+    name: str
+    params: List[str] = Field(min_length=1)
+    lr: Optional[float] = Field(None, gt=0)
+    weight_decay: Optional[float] = Field(None, ge=0)
+    kwargs: Dict[str, Any] = Field(default_factory=dict)
+
+
+class OptimizerConfig(Strict):
+    name: str = "adam"
+    lr: Optional[float] = Field(None, gt=0, description="default: lr_schedule.start_lr, else 1e-3")
+    weight_decay: Optional[float] = Field(None, ge=0)
+    betas: Optional[List[float]] = Field(None, min_length=2, max_length=2)
+    kwargs: Dict[str, Any] = Field(default_factory=dict, description="any other optimizer keyword")
+    groups: List[OptimizerGroup] = Field(default_factory=list)
+
+
+class LRScheduleConfig(Strict):
+    type: Literal["exp", "step", "cosine", "plateau", "constant"] = "constant"
+    start_lr: Optional[float] = Field(None, gt=0)
+    stop_lr: Optional[float] = Field(None, ge=0)
+    stop_lr_ratio: Optional[float] = Field(None, gt=0, description="stop_lr = start_lr * ratio")
+    decay_steps: int = Field(5000, ge=1)
+    decay_rate: Optional[float] = Field(None, gt=0)
+    smooth: bool = False
+    warmup_steps: int = Field(0, ge=0)
+    warmup_ratio: Optional[float] = Field(None, ge=0, lt=1)
+    warmup_start_factor: float = Field(0.0, ge=0)
+    step_size: int = Field(1000, ge=1)
+    gamma: float = Field(0.5, gt=0)
+    factor: float = Field(0.5, gt=0, lt=1, description="plateau")
+    patience: int = Field(10, ge=0, description="plateau, in validations")
+    min_lr: float = Field(0.0, ge=0, description="plateau")
+    scale_by_worker: Literal["linear", "sqrt", "none"] = "none"
+
+
+class LossTerm(Strict):
+    """One loss term. ``weight`` is constant; with ``start_pref``/``limit_pref`` (DeePMD) the weight
+    is ``limit + (start - limit) * lr / start_lr``."""
+
+    weight: float = Field(1.0, ge=0)
+    start_pref: Optional[float] = Field(None, ge=0)
+    limit_pref: Optional[float] = Field(None, ge=0)
+    label: Optional[str] = Field(None, description="batch key compared (default: from the term name)")
+    function: Literal["mse", "mae", "huber"] = "mse"
+    huber_delta: float = Field(0.01, gt=0)
+    atom_norm: Optional[Literal["none", "per_atom", "sqrt", "per_atom_sq"]] = Field(
+        None, description="residual divided by 1, N, sqrt(N) or N^2 (default: from the term name)")
+    relative: Optional[float] = Field(None, gt=0, description="forces: divide by |F*| + relative")
+
+    @model_validator(mode="after")
+    def _both_prefs(self):
+        if (self.start_pref is None) != (self.limit_pref is None):
+            raise ValueError("start_pref and limit_pref must be given together")
+        return self
+
+
+class LossConfig(Strict):
+    type: Literal["native", "ener"] = Field("native", description="ener: DeePMD normalisation and metrics")
+    terms: Dict[str, LossTerm] = Field(default_factory=dict, description="name -> weight or LossTerm")
+    intensive_ener_virial: bool = False
+
+    @field_validator("terms", mode="before")
+    @classmethod
+    def _as_terms(cls, terms):
+        """A bare number is shorthand for ``{weight: number}``."""
+        if not isinstance(terms, dict):
+            return terms
+        return {name: {"weight": t} if isinstance(t, (int, float)) and not isinstance(t, bool) else t
+                for name, t in terms.items()}
+
+
+class TrainingConfig(Strict):
+    numb_steps: Optional[int] = Field(None, ge=1, validation_alias=AliasChoices("numb_steps", "num_steps", "max_steps"))
+    numb_epochs: Optional[int] = Field(None, ge=1, validation_alias=AliasChoices("numb_epochs", "num_epochs", "max_epochs"))
+    clip_grad_norm: Optional[float] = Field(None, gt=0, validation_alias=AliasChoices("clip_grad_norm", "gradient_max_norm"))
+    max_nonfinite: int = Field(100, ge=0, description="stop after this many skipped non-finite steps")
+    valid_freq: Optional[int] = Field(None, ge=1, description="validate every N steps (default disp_freq)")
+
+    @model_validator(mode="after")
+    def _length(self):
+        if (self.numb_steps is None) == (self.numb_epochs is None):
+            raise ValueError("give exactly one of numb_steps or numb_epochs")
+        return self
+
+    @property
+    def unit(self) -> str:
+        return "steps" if self.numb_steps is not None else "epochs"
+
+    @property
+    def length(self) -> int:
+        return int(self.numb_steps if self.numb_steps is not None else self.numb_epochs)
+
+
+class Stage(Strict):
+    """A stage of ``train_schedule``: [start, end] inclusive in training units."""
+
+    name: str
+    start: int = Field(ge=0)
+    end: int = Field(ge=0)
+    lr: Optional[float] = Field(None, gt=0, description="base lr of the stage (groups keep their ratios)")
+    group_lr: Dict[str, float] = Field(default_factory=dict, description="optimizer group name -> lr")
+    loss: Optional[Dict[str, LossTerm]] = Field(None, description="replaces loss.terms")
+    model_options: Dict[str, Any] = Field(default_factory=dict, description="passed to model.set_options")
+
+    @field_validator("loss", mode="before")
+    @classmethod
+    def _as_terms(cls, terms):
+        return LossConfig._as_terms(terms)
+
+    @model_validator(mode="after")
+    def _order(self):
+        if self.end < self.start:
+            raise ValueError(f"end ({self.end}) is before start ({self.start})")
+        return self
+
+
+class EMAConfig(Strict):
+    decay: float = Field(0.999, gt=0, lt=1)
+    warmup: bool = Field(True, description="effective decay min(decay, (1+n)/(10+n))")
+
+
+class LoggingConfig(Strict):
+    disp_freq: int = Field(100, ge=1)
+    lcurve: Optional[str] = "lcurve.out"
+    metrics_csv: Optional[str] = "metrics.csv"
+    debug_log: Optional[str] = "debug.log"
+    log_file: Optional[str] = "train.log"
+    tensorboard: bool = False
+    tensorboard_log_dir: str = "tensorboard"
+    tensorboard_freq: int = Field(1, ge=1)
+    progress_bar: bool = True
+    disp_training: bool = True
+    time_training: bool = True
+
+
+class CheckpointConfig(Strict):
+    dir: str = "."
+    prefix: str = "model.ckpt"
+    every: int = Field(1000, ge=1, description="steps")
+    keep: int = Field(5, ge=1)
+
+
+class NativeConfig(Strict):
+    family: Optional[str] = None
+    seed: int = 0
+    dtype: Literal["float32", "float64"] = "float64"
+    output_dir: str = "."
+    model: Dict[str, Any]
+    data: DataConfig
+    optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
+    lr_schedule: LRScheduleConfig = Field(default_factory=LRScheduleConfig)
+    loss: LossConfig = Field(default_factory=LossConfig)
+    training: TrainingConfig
+    train_schedule: List[Stage] = Field(default_factory=list)
+    ema: Optional[EMAConfig] = None
+    logging: LoggingConfig = Field(default_factory=LoggingConfig)
+    checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
+
+    @model_validator(mode="after")
+    def _stages_contiguous(self):
+        expected = 0
+        for index, stage in enumerate(self.train_schedule):
+            if stage.start != expected:
+                raise ValueError(f"train_schedule[{index}] ({stage.name!r}) starts at {stage.start}, expected {expected}")
+            expected = stage.end + 1
+        if self.train_schedule and expected != self.training.length:
+            raise ValueError(
+                f"train_schedule ends at {expected - 1} but training lasts {self.training.length} {self.training.unit}")
+        if not self.loss.terms and not any(s.loss for s in self.train_schedule):
+            raise ValueError("loss.terms is empty: give at least one loss term")
+        return self
+
+    def stages(self) -> List[Stage]:
+        """The stages, or one stage 'train' covering the whole run when none are given."""
+        if self.train_schedule:
+            return list(self.train_schedule)
+        return [Stage(name="train", start=0, end=self.training.length - 1)]
