@@ -1,0 +1,134 @@
+"""Datasets with cached neighbour lists, and batching frames of different sizes.
+
+:class:`AtomsDataset` wraps a list of frames, computes each frame's neighbour list once (on first
+access) and returns frames with ``EDGE_INDEX``, ``EDGE_SHIFTS`` and ``FRAME_ID`` added.
+:func:`collate` concatenates frames into one batch dictionary of tensors (atoms and edges along
+the first dimension, frame-level keys stacked) with ``BATCH``, ``PTR`` and ``N_ATOMS``.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+import torch
+
+from mlpot.data import keys as K
+from mlpot.data.frames import FrameList
+from mlpot.data.neighbors import neighbor_list
+
+__all__ = ["AtomsDataset", "collate", "MIN_SANE_DISTANCE"]
+
+# Å; closer atoms are almost surely a unit or parsing error (H2 bond: 0.74 Å)
+MIN_SANE_DISTANCE = 0.5
+
+# inputs that have a physical default when a frame lacks them (MACE-SCF: neutral, no field)
+_DEFAULT_ZERO_INPUTS = (K.TOTAL_CHARGE, K.EXTERNAL_FIELD)
+
+
+class AtomsDataset(torch.utils.data.Dataset):
+    """Frames with neighbour lists at ``cutoff`` (Å), each computed once and cached.
+
+    frames: a list of frames (e.g. a :class:`FrameList`, or several concatenated); ``type_map`` and
+    ``source`` are taken from it when present. Items are new dicts (the frames are not modified)
+    holding the frame's arrays plus ``EDGE_INDEX`` (2, n_edges), ``EDGE_SHIFTS`` (n_edges, 3) and
+    ``FRAME_ID`` () = the index in this dataset. ``warn_distance`` (Å) warns once per frame about
+    atoms closer than that.
+    """
+
+    def __init__(self, frames: Sequence[dict], cutoff: float, *, type_map: Optional[Sequence[str]] = None,
+                 warn_distance: float = MIN_SANE_DISTANCE):
+        self.frames = frames
+        self.cutoff = float(cutoff)
+        self.type_map = list(type_map if type_map is not None else getattr(frames, "type_map", []))
+        self.source = getattr(frames, "source", None)
+        self.warn_distance = warn_distance
+        self._edges: List[Optional[tuple]] = [None] * len(frames)
+
+    def __len__(self) -> int:
+        return len(self.frames)
+
+    def edges(self, index: int):
+        """(edge_index (2, E) int64, shifts (E, 3) float64) of frame ``index``, cached."""
+        if self._edges[index] is None:
+            frame = self.frames[index]
+            edge_index, shifts = neighbor_list(frame[K.POSITIONS], frame[K.CELL], frame[K.PBC], self.cutoff)
+            if edge_index.shape[1]:
+                vectors = (frame[K.POSITIONS][edge_index[1]] - frame[K.POSITIONS][edge_index[0]]
+                           + shifts @ frame[K.CELL])
+                closest = float(np.sqrt((vectors ** 2).sum(1).min()))
+                if closest < self.warn_distance:
+                    warnings.warn(f"{self.source or 'dataset'}: frame {index}: atoms only {closest:.3f} Å "
+                                  f"apart (below {self.warn_distance} Å); check units and positions")
+            self._edges[index] = (edge_index, shifts)
+        return self._edges[index]
+
+    def __getitem__(self, index: int) -> Dict[str, np.ndarray]:
+        frame = dict(self.frames[index])
+        frame[K.EDGE_INDEX], frame[K.EDGE_SHIFTS] = self.edges(index)
+        frame[K.FRAME_ID] = np.array(index, dtype=np.int64)
+        return frame
+
+
+def _torch_dtype(kind: str, dtype: torch.dtype) -> torch.dtype:
+    return {"float": dtype, "int": torch.long, "bool": torch.bool}[kind]
+
+
+def collate(frames: Sequence[dict], dtype: torch.dtype = torch.float64) -> Dict[str, torch.Tensor]:
+    """Batch frames of any sizes into one dictionary of tensors.
+
+    Atom- and edge-level keys are concatenated (``EDGE_INDEX`` offset by each frame's first atom),
+    frame-level keys stacked. Adds ``BATCH`` (n_atoms,), ``PTR`` (n_frames + 1,) and ``N_ATOMS``
+    (n_frames,). A label present in some frames only is filled with zeros elsewhere and its
+    ``<label>_weight`` is 0 there; ``TOTAL_CHARGE``/``EXTERNAL_FIELD`` default to zero. Float
+    arrays become ``dtype``; keys unknown to :mod:`mlpot.data.keys` are dropped.
+    """
+    if not frames:
+        raise ValueError("collate needs at least one frame")
+    n_atoms = np.array([len(f[K.POSITIONS]) for f in frames], dtype=np.int64)
+    ptr = np.concatenate([[0], np.cumsum(n_atoms)])
+    batch: Dict[str, torch.Tensor] = {
+        K.N_ATOMS: torch.from_numpy(n_atoms),
+        K.PTR: torch.from_numpy(ptr),
+        K.BATCH: torch.from_numpy(np.repeat(np.arange(len(frames)), n_atoms)),
+    }
+    present = [key for key in dict.fromkeys(k for f in frames for k in f) if key in K.KEYS]
+    for key in present:
+        if key in (K.N_ATOMS, K.PTR, K.BATCH) or key.endswith("_weight"):
+            continue
+        spec = K.KEYS[key]
+        if key == K.EDGE_INDEX:
+            parts = [np.asarray(f[key]) + ptr[n] for n, f in enumerate(frames)]
+            batch[key] = torch.from_numpy(np.concatenate(parts, axis=1).astype(np.int64))
+            continue
+        example = np.asarray(next(f[key] for f in frames if key in f))
+        parts = []
+        for n, frame in enumerate(frames):
+            if key in frame:
+                parts.append(np.asarray(frame[key]))
+            elif spec.label or key in _DEFAULT_ZERO_INPUTS:
+                rows = (n_atoms[n],) if spec.level == "atom" else ()
+                parts.append(np.zeros(rows + example.shape[1 if spec.level == "atom" else 0:]))
+            else:
+                raise ValueError(f"key {key!r} is in some frames of the batch but not in frame {n}")
+        array = np.concatenate(parts) if spec.level in ("atom", "edge") else np.stack(parts)
+        batch[key] = torch.as_tensor(array, dtype=_torch_dtype(spec.kind, dtype))
+        if spec.label:
+            weight_name = K.weight_key(key)
+            shape = (3,) if key == K.DIPOLE else ()
+            weights = [np.broadcast_to(np.asarray(f.get(weight_name, 1.0), dtype=np.float64), shape)
+                       if key in f else np.zeros(shape) for f in frames]
+            batch[weight_name] = torch.as_tensor(np.stack(weights), dtype=dtype)
+    return batch
+
+
+def concat_frame_lists(systems: Sequence[FrameList]) -> FrameList:
+    """Concatenate systems that share one type_map into a single FrameList (source: first system)."""
+    type_map = systems[0].type_map if systems else []
+    out = FrameList(type_map=type_map, source=systems[0].source if systems else None)
+    for system in systems:
+        if system.type_map != type_map:
+            raise ValueError(f"type maps differ: {system.type_map} vs {type_map}")
+        out.extend(system)
+    return out

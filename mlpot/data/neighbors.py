@@ -1,0 +1,127 @@
+"""Neighbour lists (vesin) and DeePMD's padded per-type neighbour matrices ("sel").
+
+``neighbor_list`` returns a full (both directions) edge list of one frame, with integer cell
+shifts, for periodic, mixed-periodic (slab, wire) and isolated frames; vesin does the cell-list
+search. ``build_sel_matrix`` turns an edge list into DeePMD's fixed-width neighbour matrix: per
+centre atom, one section per neighbour type (in type order), nearest first, truncated to ``sel[t]``
+and padded with -1 (spec deepmd.md §2.1). It is written by hand (no library builds this layout)
+with sorts and scatters only, so it has no Python loop over atoms.
+
+Conventions: ``edge_index[0]`` = centre i, ``edge_index[1]`` = neighbour j,
+``r_ij = positions[j] - positions[i] + shifts @ cell``.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence, Tuple, Union
+
+import numpy as np
+import torch
+from vesin import NeighborList
+
+__all__ = ["neighbor_list", "edge_vectors", "build_sel_matrix", "neighbor_counts"]
+
+
+def neighbor_list(positions, cell, pbc, cutoff: float) -> Tuple[np.ndarray, np.ndarray]:
+    """All pairs (i, j) with 0 < |r_ij| < cutoff, including periodic images.
+
+    positions: (n_atoms, 3) Å; cell: (3, 3) Å, rows = lattice vectors (zeros allowed when no
+    direction is periodic); pbc: (3,) bool or bool; cutoff: Å.
+    Returns ``edge_index`` (2, n_edges) int64 [centre i; neighbour j] sorted by i, and ``shifts``
+    (n_edges, 3) float64 integer cell shifts of j.
+    """
+    positions = np.ascontiguousarray(positions, dtype=np.float64)
+    cell = np.ascontiguousarray(cell, dtype=np.float64).reshape(3, 3)
+    pbc = np.broadcast_to(np.asarray(pbc, dtype=bool), (3,))
+    if positions.shape[0] == 0:
+        return np.zeros((2, 0), dtype=np.int64), np.zeros((0, 3))
+    if not pbc.any():
+        # the cell plays no role; vesin needs no box when nothing is periodic
+        cell = np.zeros((3, 3))
+    elif abs(np.linalg.det(cell)) < 1e-12:
+        # degenerate vectors along non-periodic directions: replace them by an orthogonal,
+        # large-enough vector so that vesin sees a proper box (no images are made along them)
+        cell = _complete_cell(cell, pbc, positions)
+    searcher = NeighborList(cutoff=float(cutoff), full_list=True)
+    i, j, shifts = searcher.compute(positions, cell, [bool(p) for p in pbc], quantities="ijS")
+    edge_index = np.stack([i.astype(np.int64), j.astype(np.int64)])
+    order = np.lexsort((edge_index[1], edge_index[0]))
+    return edge_index[:, order], shifts[order].astype(np.float64)
+
+
+def _complete_cell(cell: np.ndarray, pbc: np.ndarray, positions: np.ndarray) -> np.ndarray:
+    cell = cell.copy()
+    extent = np.ptp(positions, axis=0).max() + 1.0 + np.abs(cell).max()
+    for axis in np.flatnonzero(~pbc):
+        if np.linalg.norm(cell[axis]) < 1e-12:
+            others = cell[[a for a in range(3) if a != axis]]
+            normal = np.cross(others[0], others[1]) if axis != 1 else np.cross(others[1], others[0])
+            if np.linalg.norm(normal) < 1e-12:
+                normal = np.eye(3)[axis]
+            cell[axis] = normal / np.linalg.norm(normal) * extent
+    return cell
+
+
+def edge_vectors(positions: torch.Tensor, edge_index: torch.Tensor, edge_shifts: torch.Tensor,
+                 cell: torch.Tensor, batch: torch.Tensor = None) -> torch.Tensor:
+    """Edge vectors r_ij = r_j - r_i + shift @ cell, differentiable in positions and cell.
+
+    positions: (n_atoms, 3) Å; edge_index: (2, n_edges); edge_shifts: (n_edges, 3);
+    cell: (3, 3) or (n_frames, 3, 3) Å; batch: (n_atoms,) frame of each atom (needed with a
+    batched cell). Returns (n_edges, 3) Å.
+    """
+    i, j = edge_index[0], edge_index[1]
+    if cell.dim() == 2:
+        offsets = edge_shifts.to(positions.dtype) @ cell
+    else:
+        frame_cell = cell[batch[i]]  # (n_edges, 3, 3)
+        offsets = torch.einsum("ea,eab->eb", edge_shifts.to(positions.dtype), frame_cell)
+    return positions[j] - positions[i] + offsets
+
+
+def build_sel_matrix(edge_index: torch.Tensor, edge_distance: torch.Tensor, neighbor_types: torch.Tensor,
+                     n_atoms: int, sel: Union[Sequence[int], int], mixed_types: bool = False
+                     ) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Padded neighbour matrix of edge indices, DeePMD layout.
+
+    edge_index: (2, n_edges) int64; edge_distance: (n_edges,) Å; neighbor_types: (n_edges,) int64
+    type of neighbour j; n_atoms: number of centre atoms; sel: per-type slots (list) or, with
+    ``mixed_types=True``, one int.
+    Returns ``nlist`` (n_atoms, sum(sel)) int64 of edge indices (-1 = padding) — sections in type
+    order, nearest first — and ``overflow``: neighbours dropped because a section was full,
+    (n_types,) int64 per neighbour type, or a 0-d tensor when ``mixed_types``. DeePMD drops them
+    silently; callers should warn when ``overflow.sum() > 0``.
+    """
+    device = edge_index.device
+    centre = edge_index[0].long()
+    if mixed_types:
+        sel_t = torch.tensor([int(sel)], device=device)
+        group_type = torch.zeros_like(centre)
+    else:
+        sel_t = torch.as_tensor(list(sel), device=device, dtype=torch.long)
+        group_type = neighbor_types.long()
+    n_types = sel_t.numel()
+    width = int(sel_t.sum())
+    # stable sorts: distance, then type, then centre -> grouped by (centre, type), nearest first
+    order = torch.argsort(edge_distance, stable=True)
+    order = order[torch.argsort(group_type[order], stable=True)]
+    order = order[torch.argsort(centre[order], stable=True)]
+    group = centre[order] * n_types + group_type[order]
+    counts = torch.bincount(group, minlength=n_atoms * n_types)
+    group_start = torch.cumsum(counts, 0) - counts
+    rank = torch.arange(order.numel(), device=device) - group_start[group]
+    sorted_type = group_type[order]
+    keep = rank < sel_t[sorted_type]
+    section_offset = torch.cumsum(sel_t, 0) - sel_t
+    column = section_offset[sorted_type] + rank
+    nlist = torch.full((n_atoms, width), -1, dtype=torch.long, device=device)
+    nlist[centre[order][keep], column[keep]] = order[keep]
+    dropped = torch.bincount(sorted_type[~keep], minlength=n_types)
+    return nlist, (dropped.sum() if mixed_types else dropped)
+
+
+def neighbor_counts(edge_index, neighbor_types, n_atoms: int, n_types: int) -> np.ndarray:
+    """Number of neighbours of each type around every atom; (n_atoms, n_types) int64 (numpy)."""
+    centre = np.asarray(edge_index)[0]
+    flat = centre * n_types + np.asarray(neighbor_types)
+    return np.bincount(flat, minlength=n_atoms * n_types).reshape(n_atoms, n_types)

@@ -1,0 +1,210 @@
+"""Batch samplers: DeePMD-style system sampling and plain epochs; deterministic and resumable.
+
+* :func:`resolve_batch_sizes` — DeePMD ``batch_size`` rules (spec deepmd.md §5.2): int, list,
+  ``"auto"`` (= ``"auto:32"``), ``"auto:N"`` -> ceil(N / natoms), ``"max:N"`` ->
+  max(1, floor(N / natoms)), ``"filter:N"`` -> like max:N but 0 (system dropped) above N atoms.
+* :func:`system_probabilities` — ``prob_uniform``, ``prob_sys_size`` (proportional to the number of
+  batches ceil(nframes / bs), [COMPAT] PT), ``"prob_sys_size;s:e:w;..."`` and ``sys_probs`` (§5.3).
+* :class:`SystemSampler` — every step draws a system with those probabilities, then the next batch
+  from that system's shuffled order (reshuffled when exhausted). A batch never mixes systems.
+* :class:`EpochSampler` — shuffles all frames each epoch and cuts batches of ``batch_size`` frames.
+
+Both yield lists of *global* frame indices (systems concatenated in order), so they plug into
+``torch.utils.data.DataLoader(dataset, batch_sampler=sampler, collate_fn=collate)``. Their
+``state_dict()`` holds the exact position (JSON-serialisable): after ``load_state_dict`` the same
+batches follow. The state counts batches *drawn*; a DataLoader with workers prefetches, so an exact
+resume needs ``num_workers=0`` or a state taken from the sampler when the batch was used.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Iterator, List, Optional, Sequence, Union
+
+import numpy as np
+import torch
+
+from mlpot.errors import ConfigError
+
+__all__ = ["resolve_batch_sizes", "system_probabilities", "SystemSampler", "EpochSampler"]
+
+
+def resolve_batch_sizes(batch_size: Union[int, str, Sequence[int]], n_atoms: Sequence[int]) -> List[int]:
+    """Batch size per system (frames) from DeePMD's ``batch_size`` and the atoms per system.
+
+    Returns 0 for a system that ``"filter:N"`` drops.
+    """
+    n_atoms = [int(n) for n in n_atoms]
+    if isinstance(batch_size, bool):
+        raise ConfigError(f"expected an int, a list or 'auto[:N]'/'max:N'/'filter:N', got {batch_size!r}",
+                          key="batch_size")
+    if isinstance(batch_size, int):
+        return [batch_size] * len(n_atoms)
+    if isinstance(batch_size, (list, tuple)):
+        if len(batch_size) != len(n_atoms):
+            raise ConfigError(f"{len(batch_size)} batch sizes for {len(n_atoms)} systems", key="batch_size")
+        return [int(b) for b in batch_size]
+    rule, _, value = str(batch_size).partition(":")
+    if rule == "auto":
+        target = int(value) if value else 32
+        return [math.ceil(target / n) for n in n_atoms]
+    if rule in ("max", "filter") and value:
+        target = int(value)
+        sizes = [max(1, target // n) for n in n_atoms]
+        if rule == "filter":
+            sizes = [0 if n > target else s for s, n in zip(sizes, n_atoms)]
+        return sizes
+    raise ConfigError(f"expected an int, a list or 'auto[:N]'/'max:N'/'filter:N', got {batch_size!r}",
+                      key="batch_size")
+
+
+def system_probabilities(n_batches: Sequence[int], auto_prob: str = "prob_sys_size",
+                         sys_probs: Optional[Sequence[float]] = None) -> np.ndarray:
+    """Probability of drawing each system per step (spec §5.3); (n_systems,) float64 summing to 1.
+
+    n_batches: batches per system, ceil(nframes / batch_size) (0 for dropped systems).
+    """
+    n_batches = np.asarray(n_batches, dtype=np.float64)
+    n = len(n_batches)
+    if sys_probs is not None:
+        probs = np.asarray(sys_probs, dtype=np.float64)
+        if probs.shape != (n,):
+            raise ConfigError(f"{probs.size} entries for {n} systems", key="sys_probs")
+        assigned = probs >= 0
+        if probs[assigned].sum() > 1 + 1e-10:
+            raise ConfigError(f"assigned probabilities sum to {probs[assigned].sum():.6g} > 1", key="sys_probs")
+        out = np.where(assigned, probs, 0.0)
+        rest = 1.0 - out.sum()
+        if (~assigned).any():
+            free = n_batches * ~assigned
+            out = out + rest * free / free.sum()
+        return out / out.sum()
+    if auto_prob == "prob_uniform":
+        out = (n_batches > 0).astype(np.float64)
+        return out / out.sum()
+    head, *blocks = str(auto_prob).split(";")
+    if head != "prob_sys_size":
+        raise ConfigError(f"unknown auto_prob {auto_prob!r}; expected prob_uniform, prob_sys_size "
+                          "or 'prob_sys_size;s:e:w;...'", key="auto_prob")
+    if not blocks:
+        return n_batches / n_batches.sum()
+    out = np.zeros(n)
+    try:
+        parsed = [(int(s), int(e), float(w)) for s, e, w in (b.split(":") for b in blocks)]
+    except ValueError:
+        raise ConfigError(f"cannot parse {auto_prob!r}; expected 'prob_sys_size;start:end:weight;...'",
+                          key="auto_prob") from None
+    total_weight = sum(w for _, _, w in parsed)
+    for start, end, weight in parsed:
+        block = n_batches[start:end]
+        out[start:end] += weight / total_weight * block / block.sum()
+    return out
+
+
+class _ResumableSampler(torch.utils.data.Sampler):
+    def __init__(self, seed: int):
+        self.seed = int(seed)
+        self.rng = np.random.default_rng(self.seed)
+
+    def __iter__(self) -> Iterator[List[int]]:
+        while True:
+            batch = self.next_batch()
+            if batch is None:
+                return
+            yield batch
+
+    def _rng_state(self):
+        return self.rng.bit_generator.state
+
+    def _set_rng_state(self, state):
+        self.rng = np.random.default_rng()
+        self.rng.bit_generator.state = state
+
+
+class SystemSampler(_ResumableSampler):
+    """DeePMD sampling: a system per step by probability, then its next shuffled batch. Endless.
+
+    system_sizes: frames per system; batch_size: DeePMD rule (int, list, "auto[:N]", "max:N",
+    "filter:N"); n_atoms: atoms per system (needed by the string rules); auto_prob, sys_probs: as
+    in :func:`system_probabilities`. Yields lists of global indices into the concatenated systems.
+    """
+
+    def __init__(self, system_sizes: Sequence[int], batch_size="auto", *, n_atoms: Optional[Sequence[int]] = None,
+                 auto_prob: str = "prob_sys_size", sys_probs: Optional[Sequence[float]] = None, seed: int = 0):
+        super().__init__(seed)
+        self.system_sizes = [int(s) for s in system_sizes]
+        if isinstance(batch_size, str) and n_atoms is None:
+            raise ConfigError(f"batch_size {batch_size!r} needs the atoms per system", key="batch_size")
+        self.batch_sizes = resolve_batch_sizes(batch_size, n_atoms if n_atoms is not None else [1] * len(system_sizes))
+        self.n_batches = [math.ceil(n / b) if b > 0 else 0 for n, b in zip(self.system_sizes, self.batch_sizes)]
+        self.probabilities = system_probabilities(self.n_batches, auto_prob, sys_probs)
+        self.offsets = np.concatenate([[0], np.cumsum(self.system_sizes)]).astype(int)
+        self.orders: List[Optional[List[int]]] = [None] * len(self.system_sizes)
+        self.cursors = [0] * len(self.system_sizes)
+        self.last_system: Optional[int] = None
+
+    def next_batch(self) -> List[int]:
+        """Global frame indices of the next batch; ``last_system`` tells which system it came from."""
+        system = int(self.rng.choice(len(self.system_sizes), p=self.probabilities))
+        if self.orders[system] is None or self.cursors[system] >= self.system_sizes[system]:
+            self.orders[system] = self.rng.permutation(self.system_sizes[system]).tolist()
+            self.cursors[system] = 0
+        start = self.cursors[system]
+        local = self.orders[system][start:start + self.batch_sizes[system]]
+        self.cursors[system] = start + self.batch_sizes[system]
+        self.last_system = system
+        return [int(self.offsets[system] + i) for i in local]
+
+    def __len__(self) -> int:
+        """Batches in one nominal epoch (sum over systems); iteration itself never ends."""
+        return int(sum(self.n_batches))
+
+    def state_dict(self) -> dict:
+        return {"seed": self.seed, "rng": self._rng_state(), "orders": self.orders, "cursors": list(self.cursors)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self._set_rng_state(state["rng"])
+        self.orders = [None if o is None else list(o) for o in state["orders"]]
+        self.cursors = list(state["cursors"])
+
+
+class EpochSampler(_ResumableSampler):
+    """Shuffle all frames each epoch (seeded by seed and epoch) and cut batches of ``batch_size``.
+
+    One iteration covers one epoch (``epoch`` advances at its end); ``drop_last`` drops a short
+    final batch. ``n_frames``: frames in the dataset.
+    """
+
+    def __init__(self, n_frames: int, batch_size: int, *, shuffle: bool = True, drop_last: bool = False,
+                 seed: int = 0):
+        super().__init__(seed)
+        if int(batch_size) < 1:
+            raise ConfigError(f"batch_size must be >= 1, got {batch_size}", key="batch_size")
+        self.n_frames, self.batch_size = int(n_frames), int(batch_size)
+        self.shuffle, self.drop_last = shuffle, drop_last
+        self.epoch, self.cursor = 0, 0
+
+    def _order(self) -> np.ndarray:
+        if not self.shuffle:
+            return np.arange(self.n_frames)
+        return np.random.default_rng([self.seed, self.epoch]).permutation(self.n_frames)
+
+    def __len__(self) -> int:
+        full, rest = divmod(self.n_frames, self.batch_size)
+        return full + (1 if rest and not self.drop_last else 0)
+
+    def next_batch(self) -> Optional[List[int]]:
+        """Next batch of this epoch, or None at its end (then the next epoch starts)."""
+        end = self.cursor + self.batch_size
+        if self.cursor >= self.n_frames or (self.drop_last and end > self.n_frames):
+            self.epoch, self.cursor = self.epoch + 1, 0
+            return None
+        batch = self._order()[self.cursor:end].tolist()
+        self.cursor = end
+        return batch
+
+    def state_dict(self) -> dict:
+        return {"seed": self.seed, "epoch": self.epoch, "cursor": self.cursor}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.seed, self.epoch, self.cursor = int(state["seed"]), int(state["epoch"]), int(state["cursor"])
