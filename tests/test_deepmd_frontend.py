@@ -39,6 +39,7 @@ def test_water_example_maps_every_key(water_input):
     assert model["fitting_net"] == {
         "type": "ener", "neuron": [240, 240, 240], "resnet_dt": True, "precision": "float64", "seed": 1,
     }
+    assert native["family"] == "deepmd" and native["dtype"] == "float64" and native["seed"] == 10
     assert native["lr_schedule"]["start_lr"] == 1e-3
     assert native["lr_schedule"]["stop_lr"] == 3.51e-8
     assert native["lr_schedule"]["decay_steps"] == 5000
@@ -50,12 +51,29 @@ def test_water_example_maps_every_key(water_input):
     train, valid = native["data"]["train"], native["data"]["valid"]
     assert [Path(p).name for p in train["paths"]] == ["data_0", "data_1"]
     assert train["batch_size"] == "auto" and train["auto_prob"] == "prob_sys_size"
+    assert train["sampler"] == "deepmd" and train["format"] == "deepmd"
     assert valid["batch_size"] == 1 and valid["numb_btch"] == 3
-    assert native["training"]["max_steps"] == 1_000_000 and native["training"]["seed"] == 10
+    assert native["training"] == {"numb_steps": 1_000_000}
     assert native["logging"]["lcurve"] == "lcurve.out" and native["logging"]["disp_freq"] == 100
     assert native["checkpoint"] == {"prefix": "model.ckpt", "every": 1000, "keep": 5}
     # no _comment survives anywhere
     assert "_comment" not in json.dumps(native)
+
+
+def test_native_config_validates_against_the_schema(water_input):
+    from mlpot.config import validate_config
+
+    config = validate_config(deepmd.convert_dict(water_input), file="input.json")
+    assert config.loss.type == "ener"
+    assert config.loss.terms["forces"].start_pref == 1000.0
+    assert config.lr_schedule.type == "exp" and config.lr_schedule.decay_steps == 5000
+    assert config.data.valid.numb_btch == 3 and config.training.numb_steps == 1_000_000
+    water_input["loss"]["relative_f"] = 0.5
+    water_input["training"]["gradient_max_norm"] = 5.0
+    water_input["training"]["enable_ema"] = True
+    config = validate_config(deepmd.convert_dict(water_input))
+    assert config.loss.terms["forces"].relative == 0.5
+    assert config.training.clip_grad_norm == 5.0 and config.ema.decay == 0.999
 
 
 def test_convert_from_file_resolves_relative_systems(tmp_path, water_input, shared_data):
@@ -78,7 +96,7 @@ def test_aliases_are_canonicalised(water_input):
     native = deepmd.convert_dict(water_input)
     assert native["model"]["descriptor"]["type"] == "se_e2_a"
     assert native["model"]["fitting_net"]["neuron"] == [240, 240, 240]
-    assert native["training"]["max_steps"] == 1_000_000
+    assert native["training"]["numb_steps"] == 1_000_000
     assert native["data"]["valid"]["numb_btch"] == 3
 
 

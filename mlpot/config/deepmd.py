@@ -129,8 +129,17 @@ def _typed(section: Any, tables: Dict[str, Dict[str, DeepmdKey]], unbuilt, defau
     return out
 
 
+def _require_built(kind: str, registry, path, file) -> None:
+    """A type known to DeePMD and to the key table but not (yet) registered by the models layer."""
+    if kind not in registry:
+        raise ConfigError(f"not supported yet: {_slash(path + ['type'])}={kind}", file=file, key=path + ["type"])
+
+
 def _check_descriptor(section: Any, path, file) -> Dict[str, Any]:
+    from mlpot.models.descriptors import DESCRIPTORS
+
     out = _typed(section, table.DESCRIPTORS, table.UNBUILT_DESCRIPTORS, None, table.DESCRIPTOR_ALIASES, path, file)
+    _require_built(out["type"], DESCRIPTORS, path, file)
     if out["type"] == "hybrid":
         members = out.get("list")
         if not isinstance(members, list) or not members:
@@ -162,6 +171,9 @@ def check_keys(config: Dict[str, Any], file: Optional[str] = None) -> Dict[str, 
     model["fitting_net"] = _typed(
         model["fitting_net"], table.FITTINGS, table.UNBUILT_FITTINGS, "ener", {}, ["model", "fitting_net"], file
     )
+    from mlpot.models.fitting import FITTINGS
+
+    _require_built(model["fitting_net"]["type"], FITTINGS, ["model", "fitting_net"], file)
     out["model"] = model
     out["learning_rate"] = _typed(
         out.get("learning_rate", {}), {"exp": table.LEARNING_RATE}, ("cosine", "wsd"), "exp", {},
@@ -224,6 +236,8 @@ def _data_section(section: Dict[str, Any], base: Path, path: List[str], file: Op
         "paths": _resolve_systems(section.get("systems"), base, path + ["systems"], file),
         "batch_size": batch_size,
         "set_prefix": section.get("set_prefix", "set"),
+        # DeePMD draws a random system per step, then the next batch of that system (spec 5.3)
+        "sampler": "deepmd",
         "auto_prob": section.get("auto_prob", "prob_sys_size"),
         "sys_probs": section.get("sys_probs"),
     }
@@ -233,32 +247,38 @@ def _data_section(section: Dict[str, Any], base: Path, path: List[str], file: Op
 
 
 def _loss_section(loss: Dict[str, Any]) -> Dict[str, Any]:
-    """DeePMD loss -> native loss: one entry per term with start/limit prefactors (lr-coupled)."""
+    """DeePMD loss -> native loss: one term per label with start/limit prefactors (lr-coupled)."""
     kind = loss["type"]
     if kind != "ener":
-        return dict(loss)  # tensor / dos keep DeePMD's names (pref, pref_atomic, start_pref_dos...)
-    terms = {}
+        # the native loss registry has no tensor/dos terms with DeePMD normalisation yet
+        raise ConfigError(f"not supported yet: loss/type={kind}", key=["loss", "type"])
+    terms: Dict[str, Any] = {}
     for suffix, label in _ENER_TERMS.items():
         start = float(loss.get(f"start_pref_{suffix}", _DEFAULT_PREFACTORS[suffix][0]))
         limit = float(loss.get(f"limit_pref_{suffix}", _DEFAULT_PREFACTORS[suffix][1]))
         # [COMPAT] PyTorch backend: a term is on only when start AND limit are non-zero (spec 4.2)
         if start != 0.0 and limit != 0.0:
             terms[label] = {"start_pref": start, "limit_pref": limit}
-    return {
-        "type": "ener",
-        "terms": terms,
-        "relative_f": loss.get("relative_f"),
-        "intensive_ener_virial": bool(loss.get("intensive_ener_virial", False)),
-        "prefactor_schedule": "lr_ratio",
-    }
+    if loss.get("relative_f") is not None and "forces" in terms:
+        terms["forces"]["relative"] = float(loss["relative_f"])
+    return {"type": "ener", "terms": terms, "intensive_ener_virial": bool(loss.get("intensive_ener_virial", False))}
+
+
+def _model_dtype(model: Dict[str, Any]) -> str:
+    """Native ``dtype``: the fitting's precision, else the descriptor's, else float64 (DeePMD default)."""
+    for section in (model.get("fitting_net", {}), model.get("descriptor", {})):
+        if section.get("precision") in ("float32", "float64"):
+            return section["precision"]
+    return "float64"
 
 
 def to_native(config: Dict[str, Any], base_dir: PathLike = ".", file: Optional[str] = None) -> Dict[str, Any]:
-    """Translate a checked DeePMD dict (see :func:`check_keys`) into the native config dict.
+    """Translate a checked DeePMD dict (see :func:`check_keys`) into the native config dict
+    (layout of :class:`mlpot.config.schema.NativeConfig`).
 
     Relative system paths and ``stat_file`` are resolved against ``base_dir`` (the folder of the
     input file, where ``dp train`` is normally run); output files (lcurve, checkpoints,
-    TensorBoard) stay relative, i.e. they are written in the working directory as ``dp`` does.
+    TensorBoard) stay relative to ``output_dir: "."``.
     """
     base = Path(base_dir)
     training = config["training"]
@@ -270,32 +290,37 @@ def to_native(config: Dict[str, Any], base_dir: PathLike = ".", file: Optional[s
     numb_steps = training.get("numb_steps")
     if numb_steps is None:
         raise ConfigError("missing required key 'numb_steps'", file=file, key=["training", "numb_steps"])
+    data: Dict[str, Any] = {"train": _data_section(training["training_data"], base, ["training", "training_data"], file)}
+    if training.get("validation_data") is not None:
+        data["valid"] = _data_section(training["validation_data"], base, ["training", "validation_data"], file)
+    if training.get("stat_file"):
+        data["stat_file"] = str((base / training["stat_file"]).resolve())
+    lr_schedule = {
+        "type": "exp",
+        "start_lr": lr.get("start_lr", 1e-3),
+        "decay_steps": lr.get("decay_steps", 5000),
+        "scale_by_worker": lr.get("scale_by_worker", "linear"),
+    }
+    for key in ("stop_lr", "stop_lr_ratio", "decay_rate"):
+        if lr.get(key) is not None:
+            lr_schedule[key] = lr[key]
+    if "stop_lr" not in lr_schedule and "stop_lr_ratio" not in lr_schedule:
+        lr_schedule["stop_lr"] = 1e-8  # DeePMD-kit's default stop_lr
     native: Dict[str, Any] = {
         "family": "deepmd",
+        "seed": int(training.get("seed") or 0),
+        "dtype": _model_dtype(config["model"]),
+        "output_dir": ".",
         "model": copy.deepcopy(config["model"]),
-        "data": {"train": _data_section(training["training_data"], base, ["training", "training_data"], file)},
+        "data": data,
         "optimizer": {
-            "name": opt_name,
+            "name": opt_name.lower(),
             "betas": [optimizer.get("adam_beta1", 0.9), optimizer.get("adam_beta2", 0.999)],
             "weight_decay": optimizer.get("weight_decay", 0.0),
         },
-        "lr_schedule": {
-            "type": "exp",
-            "start_lr": lr.get("start_lr", 1e-3),
-            "stop_lr": lr.get("stop_lr"),
-            "stop_lr_ratio": lr.get("stop_lr_ratio"),
-            "decay_steps": lr.get("decay_steps", 5000),
-            "decay_rate": lr.get("decay_rate"),
-            "scale_by_worker": lr.get("scale_by_worker", "linear"),
-        },
+        "lr_schedule": lr_schedule,
         "loss": _loss_section(config["loss"]),
-        "training": {
-            "max_steps": int(numb_steps),
-            "seed": training.get("seed"),
-            "gradient_max_norm": training.get("gradient_max_norm"),
-            "ema_decay": training.get("ema_decay", 0.999) if training.get("enable_ema") else None,
-            "stat_file": str((base / training["stat_file"]).resolve()) if training.get("stat_file") else None,
-        },
+        "training": {"numb_steps": int(numb_steps)},
         "logging": {
             "lcurve": training.get("disp_file", "lcurve.out"),
             "disp_freq": training.get("disp_freq", 1000),
@@ -311,8 +336,10 @@ def to_native(config: Dict[str, Any], base_dir: PathLike = ".", file: Optional[s
             "keep": training.get("max_ckpt_keep", 5),
         },
     }
-    if training.get("validation_data") is not None:
-        native["data"]["valid"] = _data_section(training["validation_data"], base, ["training", "validation_data"], file)
+    if training.get("gradient_max_norm") is not None:
+        native["training"]["clip_grad_norm"] = training["gradient_max_norm"]
+    if training.get("enable_ema"):
+        native["ema"] = {"decay": training.get("ema_decay", 0.999)}
     return native
 
 
