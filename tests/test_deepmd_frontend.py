@@ -192,3 +192,18 @@ def test_keys_doc_is_in_sync_with_the_table():
     for title, keys in table.all_tables().items():
         for name in keys:
             assert f"| `{name}` |" in doc, f"{title}/{name} missing from docs/deepmd_keys.md"
+
+
+def test_convert_command_writes_loadable_yaml(tmp_path, water_input, capsys):
+    from mlpot.cli import main
+    from mlpot.config import load_config
+
+    source = tmp_path / "input.json"
+    source.write_text(json.dumps(water_input))
+    assert main(["convert", str(source), "-o", str(tmp_path / "native.yaml")]) == 0
+    config = load_config(tmp_path / "native.yaml")
+    assert config.model["descriptor"]["sel"] == [46, 92] and config.family == "deepmd"
+    water_input["model"]["descriptor"]["rcutt"] = 6.0
+    source.write_text(json.dumps(water_input))
+    assert main(["convert", str(source)]) == 2
+    assert "model.descriptor.rcutt: unknown key (did you mean 'rcut'?)" in capsys.readouterr().err
