@@ -185,9 +185,13 @@ class EpochSampler(_ResumableSampler):
         self.epoch, self.cursor = 0, 0
 
     def _order(self) -> np.ndarray:
-        if not self.shuffle:
-            return np.arange(self.n_frames)
-        return np.random.default_rng([self.seed, self.epoch]).permutation(self.n_frames)
+        """This epoch's frame order (a function of seed and epoch only, so resuming needs no RNG state)."""
+        if getattr(self, "_cached", (None,))[0] != (self.seed, self.epoch):
+            order = np.arange(self.n_frames)
+            if self.shuffle:
+                order = np.random.default_rng([self.seed, self.epoch]).permutation(self.n_frames)
+            self._cached = ((self.seed, self.epoch), order)
+        return self._cached[1]
 
     def __len__(self) -> int:
         full, rest = divmod(self.n_frames, self.batch_size)
