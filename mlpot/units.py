@@ -26,3 +26,6 @@ EV_PER_A3_TO_BAR = EV_PER_A3_TO_GPA * 1e4
 
 # Madelung constant of the simple-cubic point-charge lattice used by the Makov-Payne correction
 MADELUNG_CUBIC = 2.837297
+
+# DeePseudopot's Hartree->eV factor (AUTOEV); its reference band files were written with it [COMPAT]
+DEEPSEUDOPOT_HARTREE_EV = 27.2114

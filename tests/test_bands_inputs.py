@@ -82,8 +82,8 @@ def test_system_readers(shared_data, tmp_path):
         read_band_weights(_write(tmp_path, "1\n2\n", "bandWeights_0.par"), 16)
     with pytest.raises(DataError, match=r"system_0.par: atoms: line 7: expected 'Symbol f1 f2 f3'"):
         read_system(_write(tmp_path, "scale = 1\ncell\n1 0 0\n0 1 0\n0 0 1\natoms\nCd 0 0\n", "system_0.par"))
-    with pytest.raises(DataError, match=r"kpoints_0.par: file not found"):
-        read_system_bundle(tmp_path, 0)
+    with pytest.raises(DataError, match=r"system_0.par: file not found"):
+        read_system_bundle(tmp_path / "empty", 0)
 
 
 def test_model_catalog_shapes_and_gates():
