@@ -95,6 +95,8 @@ def read_systems(paths: Union[str, Path, Sequence[Union[str, Path]]], fmt: Optio
     """
     if isinstance(paths, (str, Path)):
         paths = [paths]
+    if fmt is not None:
+        fmt = _canonical(fmt, paths[0] if paths else None)
     expanded: List[Path] = []
     for path in paths:
         path = Path(path)
