@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, Iterable, List, Optional, Sequence
+from typing import Dict, List, Sequence
 
 import numpy as np
 
@@ -26,6 +26,9 @@ __all__ = [
     "weighted_average",
     "format_report",
     "write_detail_files",
+    "predict_batch",
+    "iterate_predictions",
+    "evaluate_frames",
 ]
 
 # label -> (report name, unit) in the order dp test prints them
@@ -163,3 +166,67 @@ def write_detail_files(prefix: str, result: SystemResult) -> List[Path]:
             _append(path, f"{result.name}: {' '.join(names)}", np.concatenate([ref2, pred2], axis=1))
             written.append(path)
     return written
+
+
+# ---- running a model over frames --------------------------------------------------------------
+
+
+def predict_batch(model, batch: Dict[str, "torch.Tensor"], virial: bool = True) -> Dict[str, "torch.Tensor"]:
+    """Energy (n_frames,) eV, forces (n_atoms, 3) eV/Å and, when ``virial``, virial (n_frames, 3, 3) eV
+    of a collated batch (with edges), detached and on the CPU (the batch is moved to the model's
+    device first). Forces/virial come from the generic autograd
+    wrapper ``mlpot.models.derivatives.compute_derivatives``."""
+    import torch
+
+    from mlpot.models.derivatives import compute_derivatives
+
+    device = next(iter(model.parameters()), torch.empty(0)).device
+    batch = {key: value.to(device) for key, value in batch.items()}
+    with torch.enable_grad():
+        outputs = compute_derivatives(model, batch, forces=True, virial=virial)
+    return {key: value.detach().cpu() for key, value in outputs.items() if torch.is_tensor(value)}
+
+
+def iterate_predictions(model, frames: Sequence[dict], batch_size: int = 8):
+    """Yield (frame, prediction) for each frame; prediction holds numpy ``energy`` (), ``forces``
+    (n_atoms, 3) and, for periodic frames, ``virial`` (3, 3) and ``stress`` (3, 3) eV/Å^3."""
+    import torch
+
+    from mlpot.data import AtomsDataset, collate
+    from mlpot.data.keys import CELL, ENERGY, FORCES, PBC, PTR, VIRIAL
+
+    dataset = AtomsDataset(frames, cutoff=model.cutoff, type_map=getattr(frames, "type_map", model.type_map))
+    for start in range(0, len(dataset), batch_size):
+        items = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
+        batch = collate(items, dtype=torch.float64)
+        periodic = bool(batch[PBC].all())
+        out = predict_batch(model, batch, virial=periodic)
+        ptr = batch[PTR].numpy()
+        for n, item in enumerate(items):
+            prediction = {
+                "energy": out[ENERGY][n].numpy(),
+                "forces": out[FORCES][ptr[n]:ptr[n + 1]].numpy(),
+            }
+            if periodic and VIRIAL in out:
+                virial = out[VIRIAL][n].numpy()
+                volume = abs(float(np.linalg.det(batch[CELL][n].numpy())))
+                prediction["virial"] = virial
+                prediction["stress"] = -virial / volume
+            yield item, prediction
+
+
+def evaluate_frames(model, frames: Sequence[dict], name: str, batch_size: int = 8) -> SystemResult:
+    """Run ``model`` over ``frames`` (read with the model's type_map) and collect the labels they
+    carry: energy, forces, and for periodic frames virial and stress."""
+    from mlpot.data.keys import ENERGY, FORCES, PBC, STRESS, VIRIAL, weight_key
+
+    result = SystemResult(name, len(frames))
+    for frame, prediction in iterate_predictions(model, frames, batch_size):
+        n_atoms = len(frame[FORCES]) if FORCES in frame else len(prediction["forces"])
+        for key, label in ((ENERGY, "energy"), (FORCES, "forces"), (VIRIAL, "virial"), (STRESS, "stress")):
+            if key not in frame or float(np.max(frame.get(weight_key(key), 1.0))) <= 0:
+                continue
+            if label in ("virial", "stress") and (label not in prediction or not np.all(frame[PBC])):
+                continue
+            result.add(label, frame[key], prediction[label], n_atoms)
+    return result

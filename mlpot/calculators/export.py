@@ -1,0 +1,132 @@
+"""Frozen models: a training checkpoint turned into one standalone file, and loading it back.
+
+A frozen file (``torch.save`` of a plain dict, no pickled classes) holds:
+
+* ``format``: ``"mlpot-frozen"``, ``format_version``: 1;
+* ``model_config``: the model section (``build_model(model_config)`` rebuilds the architecture);
+* ``state_dict``: weights and data-derived buffers (davg/dstd, output bias), tensors only;
+* ``dtype``: the precision the model was trained in; ``metadata``: type_map, cutoff (Å),
+  number of parameters, the mlpot version, the source checkpoint and its step, the time of freezing.
+
+``load_model(path)`` accepts a frozen file or a training checkpoint and returns the model in eval
+mode. The model is rebuilt from its config rather than unpickled, so a frozen file stays loadable
+as long as the config keys exist (and loading never executes code from the file: ``weights_only``).
+TorchScript is not used: the models take a dict batch whose optional keys TorchScript cannot type.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Dict, Union
+
+import torch
+
+from mlpot.errors import CheckpointError
+
+__all__ = ["FROZEN_FORMAT", "freeze", "load_model", "read_model_file"]
+
+FROZEN_FORMAT = "mlpot-frozen"
+FORMAT_VERSION = 1
+_DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+PathLike = Union[str, os.PathLike]
+
+
+def read_model_file(path: PathLike) -> Dict[str, Any]:
+    """Load a frozen model or a checkpoint as a dict; a truncated or foreign file is a CheckpointError."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError("no such file", file=str(path))
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:
+        # not a plain-tensor file: a training checkpoint (it holds RNG states) or a broken file;
+        # the trainer's loader checks its format and names the file in its error
+        from mlpot.training.checkpoint import load_checkpoint
+
+        payload = load_checkpoint(path)
+    if not isinstance(payload, dict):
+        raise CheckpointError("not an mlpot model file (expected a dict)", file=str(path))
+    return payload
+
+
+def _model_parts(payload: Dict[str, Any], file: str):
+    """(model_config, state_dict, dtype name, step) from a frozen file or a training checkpoint."""
+    if payload.get("format") == FROZEN_FORMAT:
+        if payload.get("format_version", 0) > FORMAT_VERSION:
+            raise CheckpointError(f"frozen format version {payload['format_version']} is newer than this mlpot", file=file)
+        return payload["model_config"], payload["state_dict"], payload.get("dtype", "float64"), payload["metadata"].get("step")
+    # training checkpoint: the model config and weights under the trainer's keys; EMA weights win
+    config = payload.get("model_config")
+    state = payload.get("ema_state_dict") or payload.get("model_state_dict") or payload.get("model")
+    if config is None and isinstance(payload.get("config"), dict):
+        config = payload["config"].get("model")
+    if not isinstance(config, dict) or not isinstance(state, dict):
+        raise CheckpointError("neither a frozen model nor a training checkpoint (no model config and weights)", file=file)
+    dtype = payload.get("dtype") or (payload.get("config") or {}).get("dtype") or "float64"
+    return config, state, dtype, payload.get("step")
+
+
+def load_model(path: PathLike, device: Union[str, torch.device] = "cpu"):
+    """The model stored in ``path`` (frozen file or checkpoint), in eval mode on ``device``."""
+    from mlpot.models import build_model
+
+    payload = read_model_file(path)
+    config, state, dtype, _ = _model_parts(payload, str(path))
+    model = build_model(config, dtype=_DTYPES.get(dtype, torch.float64))
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise CheckpointError(
+            f"weights do not fit the model config (missing: {missing[:5]}, unexpected: {unexpected[:5]})",
+            file=str(path),
+        )
+    return model.to(device).eval()
+
+
+def _atomic_save(obj: Any, path: Path) -> None:
+    """Write to a temporary file in the same folder, then rename (never a half-written file)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.close(handle)
+    try:
+        torch.save(obj, temporary)
+        os.replace(temporary, path)
+    finally:
+        if os.path.exists(temporary):
+            os.unlink(temporary)
+
+
+def freeze(checkpoint: PathLike, output: PathLike) -> Dict[str, Any]:
+    """Write the frozen model of ``checkpoint`` to ``output``; returns its metadata.
+
+    The model is rebuilt and its weights loaded before writing, so a frozen file that was written
+    is known to load.
+    """
+    from mlpot import __version__
+
+    checkpoint, output = Path(checkpoint), Path(output)
+    payload = read_model_file(checkpoint)
+    config, state, dtype, step = _model_parts(payload, str(checkpoint))
+    model = load_model(checkpoint)
+    metadata = {
+        "type_map": list(model.type_map),
+        "cutoff": float(model.cutoff),
+        "num_parameters": int(model.num_parameters()),
+        "mlpot_version": __version__,
+        "source": str(checkpoint.resolve()),
+        "step": step,
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
+    frozen = {
+        "format": FROZEN_FORMAT,
+        "format_version": FORMAT_VERSION,
+        "model_config": config,
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "dtype": dtype,
+        "metadata": metadata,
+    }
+    _atomic_save(frozen, output)
+    return metadata

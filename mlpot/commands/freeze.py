@@ -1,0 +1,45 @@
+"""``mlpot freeze [CHECKPOINT] -o model.pt``: turn a training checkpoint into a standalone model file.
+
+CHECKPOINT defaults to the latest checkpoint named in ``./checkpoint`` (DeePMD's pointer file) or
+``model.ckpt.pt``; ``-c DIR`` looks in DIR instead (as ``dp freeze -c``). The output loads with
+``mlpot.calculators.load_model(path)`` and ``mlpot test``; see :mod:`mlpot.calculators.export`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from mlpot.errors import CheckpointError
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("checkpoint", nargs="?", default=None, help="training checkpoint (default: the latest)")
+    parser.add_argument("-c", "--checkpoint-folder", type=Path, default=Path("."), help="folder with the checkpoints")
+    parser.add_argument("-o", "--output", type=Path, default=Path("frozen_model.pt"), help="frozen model file")
+
+
+def latest_checkpoint(folder: Path) -> Path:
+    """The checkpoint named in ``folder/checkpoint``, else ``folder/model.ckpt.pt``."""
+    pointer = folder / "checkpoint"
+    if pointer.is_file():
+        name = pointer.read_text().strip().splitlines()[0].strip()
+        name = name.split(":", 1)[1].strip().strip('"') if ":" in name else name
+        candidate = folder / name
+        if candidate.exists():
+            return candidate
+    candidate = folder / "model.ckpt.pt"
+    if candidate.exists():
+        return candidate
+    raise CheckpointError("no checkpoint found (no 'checkpoint' pointer file or model.ckpt.pt)", file=str(folder))
+
+
+def run(args) -> int:
+    from mlpot.calculators import freeze
+
+    checkpoint = Path(args.checkpoint) if args.checkpoint else latest_checkpoint(args.checkpoint_folder)
+    metadata = freeze(checkpoint, args.output)
+    print(
+        f"froze {checkpoint} (step {metadata['step']}) into {args.output}: type_map {metadata['type_map']}, "
+        f"cutoff {metadata['cutoff']} Å, {metadata['num_parameters']} parameters"
+    )
+    return 0

@@ -1,0 +1,88 @@
+"""``mlpot test MODEL DATA...``: evaluate a model on datasets, as DeePMD-kit's ``dp test``.
+
+For each system (a DeePMD system folder, a folder searched for systems, or an extxyz file) it
+prints the number of test frames and the Energy / Energy-per-atom, Force and (periodic frames with
+labels) Virial and Stress MAE/RMSE lines, then a weighted average over all systems. ``-d PREFIX``
+writes the detail files (``PREFIX.e.out``, ``.e_peratom.out``, ``.f.out``, ``.v.out``,
+``.v_peratom.out``, ``.s.out``); ``--plot PNG`` draws a parity plot from them. DeePMD's options
+``-m MODEL`` and ``-s SYSTEM`` are accepted too. MODEL is a frozen model or a checkpoint.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from mlpot.errors import ConfigError
+
+RULE = "# " + "-" * 47
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("paths", nargs="*", help="MODEL then DATA... (or use -m and -s)")
+    parser.add_argument("-m", "--model", default=None, help="frozen model or checkpoint")
+    parser.add_argument("-s", "--system", dest="systems", action="append", default=[], help="data path (repeatable)")
+    parser.add_argument("-n", "--numb-test", type=int, default=0, help="frames per system (0 = all)")
+    parser.add_argument("-r", "--rand-seed", type=int, default=None, help="seed for --shuffle-test")
+    parser.add_argument("--shuffle-test", action="store_true", help="test a random subset of frames")
+    parser.add_argument("-d", "--detail-file", default=None, help="prefix of the detail files")
+    parser.add_argument("--format", default=None, help="data format (default: detected)")
+    parser.add_argument("--batch-size", type=int, default=8, help="frames evaluated together")
+    parser.add_argument("--plot", type=Path, default=None, help="write a parity plot PNG")
+    parser.add_argument("--device", default="cpu", help="torch device")
+
+
+def _model_and_data(args):
+    paths = list(args.paths)
+    model = args.model or (paths.pop(0) if paths else None)
+    systems = paths + list(args.systems)
+    if model is None or not systems:
+        raise ConfigError("give a model and at least one data path: mlpot test MODEL DATA...", key="paths")
+    return model, systems
+
+
+def run(args) -> int:
+    from mlpot.calculators import load_model
+    from mlpot.calculators.evaluate import (
+        evaluate_frames, format_report, system_errors, weighted_average, write_detail_files,
+    )
+    from mlpot.data import FrameList, read_systems
+
+    model_path, data_paths = _model_and_data(args)
+    model = load_model(model_path, device=args.device)
+    detail = args.detail_file
+    if detail is None and args.plot is not None:
+        detail = str(Path(tempfile.mkdtemp(prefix="mlpot_test_")) / "detail")
+    if detail is not None:
+        for old in Path(detail).parent.glob(Path(detail).name + ".*.out"):
+            old.unlink()  # detail files are appended per system: start clean
+    rng = np.random.default_rng(args.rand_seed)
+    all_errors = []
+    start = time.perf_counter()
+    for frames in read_systems(data_paths, args.format, type_map=model.type_map):
+        if args.shuffle_test:
+            frames = FrameList([frames[i] for i in rng.permutation(len(frames))], frames.type_map, frames.source)
+        if args.numb_test > 0:
+            frames = frames[: args.numb_test]
+        name = frames.source or "system"
+        result = evaluate_frames(model, frames, name, batch_size=args.batch_size)
+        errors = system_errors(result)
+        all_errors.append(errors)
+        header = ["-" * 15 + "output of dp test" + "-" * 15, f"testing system : {name}",
+                  f"number of test data : {len(frames)}"]
+        print("\n".join(format_report(errors, header=header) + [RULE]))
+        if detail is not None:
+            write_detail_files(detail, result)
+    elapsed = time.perf_counter() - start
+    header = ["-" * 10 + "weighted average of errors" + "-" * 11, f"number of systems : {len(all_errors)}"]
+    print("\n".join(format_report(weighted_average(all_errors), header=header) + [RULE]))
+    n_frames = sum(e["energy_mae"][1] if "energy_mae" in e else 0 for e in all_errors)
+    print(f"# evaluated in {elapsed:.2f} s" + (f" ({elapsed / n_frames:.4f} s per frame)" if n_frames else ""))
+    if args.plot is not None:
+        from mlpot.commands.plot import parity_panels, plot_parity
+
+        print(f"wrote {plot_parity(parity_panels(detail), args.plot)}")
+    return 0
