@@ -71,3 +71,13 @@ def test_close_atoms_warn():
     dataset = AtomsDataset(FrameList([frame], ["H"], source="tiny.xyz"), cutoff=2.0)
     with pytest.warns(UserWarning, match=r"tiny\.xyz: frame 0: atoms only 0\.300 Å apart"):
         dataset[0]
+
+
+def test_dataset_precompute_and_pickle(shared_data):
+    import pickle
+    frames = read_frames(shared_data("deepmd_nopbc/C4H3O1"))
+    dataset = AtomsDataset(frames, cutoff=4.0).precompute()
+    assert all(edges is not None for edges in dataset._edges)
+    copy = pickle.loads(pickle.dumps(dataset))
+    assert copy.type_map == ["C", "H", "O"] and copy.frames.source == frames.source
+    np.testing.assert_array_equal(copy[3][K.EDGE_INDEX], dataset[3][K.EDGE_INDEX])

@@ -193,3 +193,34 @@ def test_partial_labels_cannot_be_written_as_deepmd(shared_data, tmp_path):
     del frames[1][K.FORCES]
     with pytest.raises(DataError, match=r"force: label present in some frames only"):
         write_frames(tmp_path / "x", frames, "deepmd/npy")
+
+
+def test_label_gated_per_set_and_frame_count_mismatch(shared_data, tmp_path):
+    system = _copy_system(shared_data, tmp_path)
+    frames = read_frames(system)
+    write_frames(tmp_path / "two", frames[:6], "deepmd/npy", set_size=3)
+    (tmp_path / "two" / "set.001" / "energy.npy").unlink()  # find_energy = 0 in the second set
+    gated = read_frames(tmp_path / "two")
+    assert [K.ENERGY in f for f in gated] == [True] * 3 + [False] * 3
+    assert all(K.weight_key(K.ENERGY) not in f for f in gated[3:])
+    energy = np.load(system / "set.000" / "energy.npy")
+    np.save(system / "set.000" / "energy.npy", energy[:-1])
+    with pytest.raises(DataError, match=r"set\.000/energy\.npy: energy: has 79 frames but coord\.npy has 80"):
+        read_frames(system)
+
+
+def test_mixed_type_system_drops_virtual_atoms(tmp_path):
+    """deepmd/npy/mixed (spec §1.4): per-frame real_atom_types, -1 marks a padding atom."""
+    system = tmp_path / "mixed"
+    (system / "set.000").mkdir(parents=True)
+    np.savetxt(system / "type.raw", np.zeros(4, dtype=int), fmt="%d")
+    (system / "type_map.raw").write_text("C\nH\nO\n")
+    (system / "nopbc").touch()
+    coord = np.arange(2 * 12, dtype=float).reshape(2, 12)
+    np.save(system / "set.000" / "coord.npy", coord)
+    np.save(system / "set.000" / "energy.npy", np.array([-1.0, -2.0]))
+    np.save(system / "set.000" / "real_atom_types.npy", np.array([[0, 1, 1, -1], [2, 1, 0, 1]]))
+    frames = read_frames(system)
+    assert [len(f[K.POSITIONS]) for f in frames] == [3, 4]
+    assert frames[0][K.ATOM_TYPES].tolist() == [0, 1, 1] and frames[1][K.NUMBERS].tolist() == [8, 1, 6, 1]
+    np.testing.assert_array_equal(frames[0][K.POSITIONS], coord[0].reshape(4, 3)[:3])

@@ -64,6 +64,18 @@ class AtomsDataset(torch.utils.data.Dataset):
             self._edges[index] = (edge_index, shifts)
         return self._edges[index]
 
+    def precompute(self, progress: bool = False) -> "AtomsDataset":
+        """Build every neighbour list now (e.g. before forking DataLoader workers, whose caches
+        would otherwise be lost with them). ``progress`` shows a tqdm bar."""
+        indices = range(len(self))
+        if progress:
+            from tqdm import tqdm
+
+            indices = tqdm(indices, desc=f"neighbour lists (rc={self.cutoff:g} Å)", unit="frame")
+        for index in indices:
+            self.edges(index)
+        return self
+
     def __getitem__(self, index: int) -> Dict[str, np.ndarray]:
         frame = dict(self.frames[index])
         frame[K.EDGE_INDEX], frame[K.EDGE_SHIFTS] = self.edges(index)
