@@ -1,0 +1,87 @@
+"""The model interface shared by every atomistic model.
+
+An ``AtomisticModel`` maps a batch dictionary (keys of ``mlpot.data.keys``) to a dictionary of
+outputs. Geometry is recomputed inside ``forward`` from POSITIONS, CELL, EDGE_INDEX, EDGE_SHIFTS and
+BATCH, so that autograd through the positions and the cell gives forces and strain derivatives
+(``mlpot.models.derivatives.compute_derivatives`` does this for every model).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, Iterable, List, Sequence, Tuple
+
+import torch
+
+from mlpot.data.keys import BATCH, CELL, EDGE_INDEX, EDGE_SHIFTS, POSITIONS
+from mlpot.data.neighbors import edge_vectors as _edge_vectors
+
+__all__ = ["AtomisticModel", "edge_vectors", "n_frames_of"]
+
+Batch = Dict[str, torch.Tensor]
+
+
+def n_frames_of(batch: Batch) -> int:
+    """Number of frames in a batch (from CELL, which is per frame)."""
+    return int(batch[CELL].shape[0])
+
+
+def edge_vectors(batch: Batch, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """Edge vectors r_ij = R_j - R_i + shift_ij · cell of a batch, (n_edges, 3) Å.
+
+    Differentiable in POSITIONS and CELL (n_frames, 3, 3); thin wrapper of
+    ``mlpot.data.neighbors.edge_vectors`` reading the batch keys.
+    """
+    vectors = _edge_vectors(batch[POSITIONS], batch[EDGE_INDEX], batch[EDGE_SHIFTS], batch[CELL].to(batch[POSITIONS].dtype), batch[BATCH])
+    return vectors if dtype is None else vectors.to(dtype)
+
+
+class AtomisticModel(torch.nn.Module):
+    """Base class of atomistic models.
+
+    Attributes
+    ----------
+    type_map: element (or type) names; ATOM_TYPES index into it.
+    cutoff: neighbour-list cutoff in Å that the batches must have been built with.
+    config: the model section this model was built from (``build_model(config)`` rebuilds it).
+    output_keys: batch keys that ``forward`` returns.
+    """
+
+    type_map: List[str]
+    cutoff: float
+    config: Dict[str, Any]
+    output_keys: Tuple[str, ...] = ()
+
+    def forward(self, batch: Batch) -> Batch:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def compute_statistics(self, batches: Iterable[Batch], **kwargs) -> Dict[str, Any]:
+        """Set data-dependent buffers (normalisation, output bias) from sample batches; returns a summary."""
+        return {}
+
+    @property
+    def dtype(self) -> torch.dtype:
+        for parameter in self.parameters():
+            return parameter.dtype
+        for buffer in self.buffers():
+            if buffer.is_floating_point():
+                return buffer.dtype
+        return torch.get_default_dtype()
+
+    def num_parameters(self, trainable_only: bool = False) -> int:
+        """Number of (trainable) scalar parameters."""
+        return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)
+
+    def extra_repr(self) -> str:
+        return f"type_map={self.type_map}, cutoff={self.cutoff}"
+
+
+def check_type_map(type_map: Sequence[str]) -> List[str]:
+    """Validate a type map (non-empty list of distinct names)."""
+    from mlpot.errors import ConfigError
+
+    if not isinstance(type_map, (list, tuple)) or not type_map:
+        raise ConfigError("must be a non-empty list of type names", key="model.type_map")
+    names = [str(t) for t in type_map]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"duplicate names in {names}", key="model.type_map")
+    return names

@@ -1,0 +1,67 @@
+"""Forces, virial and stress by autograd, one wrapper for every model (DESIGN "derivatives").
+
+A symmetric strain ε (n_frames, 3, 3), zero-valued but requiring grad, displaces positions and
+cell: R' = R (1 + ε), h' = h (1 + ε). Then
+
+* FORCES = -dE/dR, (n_atoms, 3) eV/Å;
+* VIRIAL Ξ = -dE/dε (transposed to DeePMD's Ξ_ab = -sum_k dE/dr_ka r_kb; symmetric for
+  rotation-invariant energies), (n_frames, 3, 3) eV — also for non-periodic frames, where it
+  equals -sum_k r_k ⊗ dE/dr_k as in DeePMD-kit;
+* STRESS = -Ξ / V for frames with a non-singular cell (n_frames, 3, 3) eV/Å^3; zero for frames
+  without one (isolated molecules have no volume).
+
+``create_graph=True`` keeps the graph so a force or virial loss can be back-propagated (training).
+"""
+
+from __future__ import annotations
+
+from typing import Dict
+
+import torch
+
+from mlpot.data.keys import BATCH, CELL, ENERGY, FORCES, PBC, POSITIONS, STRESS, VIRIAL
+
+__all__ = ["compute_derivatives"]
+
+
+def compute_derivatives(model, batch: Dict[str, torch.Tensor], forces: bool = True, virial: bool = False,
+                        stress: bool = False, create_graph: bool = False) -> Dict[str, torch.Tensor]:
+    """Model outputs plus FORCES / VIRIAL / STRESS (see module docstring).
+
+    batch: a collated batch; ``model(batch)`` must return ENERGY (n_frames,) in eV.
+    """
+    need_strain = virial or stress
+    positions = batch[POSITIONS]
+    if forces and not positions.requires_grad:
+        positions = positions.detach().requires_grad_(True)
+    cell = batch[CELL].to(positions.dtype)
+    inputs = dict(batch)
+    inputs[POSITIONS] = positions
+    strain = None
+    if need_strain:
+        n_frames = cell.shape[0]
+        strain = torch.zeros(n_frames, 3, 3, dtype=positions.dtype, device=positions.device, requires_grad=True)
+        symmetric = 0.5 * (strain + strain.transpose(1, 2))
+        inputs[POSITIONS] = positions + torch.bmm(positions.unsqueeze(1), symmetric[batch[BATCH]]).squeeze(1)
+        inputs[CELL] = cell + torch.bmm(cell, symmetric)
+    outputs = dict(model(inputs))
+    if not (forces or need_strain):
+        return outputs
+    energy = outputs[ENERGY]
+    wrt = ([positions] if forces else []) + ([strain] if need_strain else [])
+    grads = torch.autograd.grad(energy.sum(), wrt, create_graph=create_graph, allow_unused=True)
+    grads = [torch.zeros_like(w) if g is None else g for g, w in zip(grads, wrt)]
+    if forces:
+        outputs[FORCES] = -grads[0]
+    if need_strain:
+        virial_value = -grads[-1].transpose(1, 2)
+        if virial:
+            outputs[VIRIAL] = virial_value
+        if stress:
+            volume = torch.linalg.det(cell).abs()
+            periodic = volume > 1e-12
+            if PBC in batch:
+                periodic = periodic & batch[PBC].to(torch.bool).any(dim=-1)
+            safe = torch.where(periodic, volume, torch.ones_like(volume))
+            outputs[STRESS] = torch.where(periodic[:, None, None], -virial_value / safe[:, None, None], torch.zeros_like(virial_value))
+    return outputs

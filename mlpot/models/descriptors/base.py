@@ -1,0 +1,99 @@
+"""Base class of DeePMD-style descriptors and the descriptor registry.
+
+A descriptor reads a batch and the edge vectors (computed once by the model, differentiable) and
+returns per-atom invariant features (n_atoms, dim_out) and, when it has one, the equivariant
+block (n_atoms, dim_rot, 3) used by the dipole and polar fittings.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import torch
+
+from mlpot.data.keys import ATOM_TYPES
+from mlpot.models.descriptors.env import EnvStatistics, environment_matrix, select_neighbors
+from mlpot.nn import Registry
+
+__all__ = ["Descriptor", "DESCRIPTORS", "EnvMatrixDescriptor"]
+
+DESCRIPTORS: Registry[Any] = Registry("descriptor")
+
+
+class Descriptor(torch.nn.Module):
+    """Interface. Attributes: ``rcut``, ``rcut_smth`` (Å), ``sel``, ``n_types``, ``dim_out``,
+    ``dim_rot`` (0 when there is no equivariant block), ``config`` (its model-section dict)."""
+
+    rcut: float
+    rcut_smth: float
+    sel: List[int]
+    n_types: int
+    dim_out: int
+    dim_rot: int = 0
+    config: Dict[str, Any]
+
+    def forward(self, batch: Dict[str, torch.Tensor], vectors: torch.Tensor) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+        raise NotImplementedError  # pragma: no cover
+
+    def compute_statistics(self, samples: Sequence[Tuple[Dict[str, torch.Tensor], torch.Tensor]], protection: float = 1e-2) -> Dict[str, Any]:
+        """Set normalisation buffers from (batch, edge_vectors) samples; returns a summary."""
+        return {}
+
+
+class EnvMatrixDescriptor(Descriptor):
+    """Common part of se_e2_a / se_e2_r / se_e3: per-type sel, env matrix, davg/dstd by centre type.
+
+    Buffers ``davg``, ``dstd``: (n_types, 4) in 1/Å (the radial-only descriptor uses column 0).
+    ``exclude_types`` pairs are zeroed after normalisation; padded slots are not [COMPAT].
+    """
+
+    radial_only = False
+
+    def _init_env(self, n_types, rcut, rcut_smth, sel, env_protection, set_davg_zero, exclude_types, dtype):
+        self.n_types = int(n_types)
+        self.rcut, self.rcut_smth = float(rcut), float(rcut_smth)
+        self.sel = [int(s) for s in sel]
+        self.n_slots = sum(self.sel)
+        self.env_protection = float(env_protection)
+        self.set_davg_zero = bool(set_davg_zero)
+        self.register_buffer("davg", torch.zeros(n_types, 4, dtype=dtype))
+        self.register_buffer("dstd", torch.ones(n_types, 4, dtype=dtype))
+        excluded = torch.zeros(n_types, n_types, dtype=torch.bool)
+        for pair in exclude_types or []:
+            ti, tj = int(pair[0]), int(pair[1])
+            excluded[ti, tj] = excluded[tj, ti] = True
+        self.register_buffer("excluded_pairs", excluded, persistent=False)
+        # neighbour type of every slot (its section)
+        self.register_buffer(
+            "slot_types", torch.repeat_interleave(torch.arange(n_types), torch.tensor(self.sel, dtype=torch.long)), persistent=False
+        )
+        self.section_bounds = [(sum(self.sel[:t]), sum(self.sel[: t + 1])) for t in range(n_types)]
+
+    def raw_environment(self, batch, vectors) -> Tuple[torch.Tensor, torch.Tensor]:
+        """(raw env matrix (n_atoms, n_slots, 4|1) float64-or-input dtype, nlist (n_atoms, n_slots))."""
+        nlist = select_neighbors(batch, vectors, self.rcut, self.sel)
+        env = environment_matrix(vectors, nlist, self.rcut, self.rcut_smth, env_protection=self.env_protection, radial_only=self.radial_only)
+        return env, nlist
+
+    def normalized_environment(self, batch, vectors) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Normalised env matrix R~ = (R - davg[t_i]) / dstd[t_i] in the descriptor dtype, and nlist."""
+        env, nlist = self.raw_environment(batch, vectors)
+        env = env.to(self.davg.dtype)
+        types = batch[ATOM_TYPES]
+        width = env.shape[-1]
+        env = (env - self.davg[types, :width].unsqueeze(1)) / self.dstd[types, :width].unsqueeze(1)
+        if bool(self.excluded_pairs.any()):
+            excluded = self.excluded_pairs[types][:, self.slot_types] & (nlist >= 0)
+            env = env * (~excluded).unsqueeze(-1).to(env.dtype)
+        return env, nlist
+
+    def compute_statistics(self, samples, protection: float = 1e-2) -> Dict[str, Any]:
+        stats = EnvStatistics(self.n_types)
+        with torch.no_grad():
+            for batch, vectors in samples:
+                env, _ = self.raw_environment(batch, vectors)
+                stats.add(env, batch[ATOM_TYPES])
+        davg, dstd = stats.result(protection=protection, set_davg_zero=self.set_davg_zero)
+        self.davg.copy_(davg.to(self.davg.dtype))
+        self.dstd.copy_(dstd.to(self.dstd.dtype))
+        return {"davg": davg.tolist(), "dstd": dstd.tolist()}

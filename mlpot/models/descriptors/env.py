@@ -1,0 +1,143 @@
+"""Smooth environment matrix of DeePMD descriptors (spec deepmd.md §2.1-2.2).
+
+For centre i and the neighbour in slot k of its padded per-type neighbour list, the row is
+``R_ik = (s, s x/r, s y/r, s z/r)`` with ``s = w(r)/r`` and w the quintic switch
+(``mlpot.nn.smooth_switch``); with ``env_protection`` p, r + p replaces r in the denominators.
+Padded slots give an all-zero row. Slots come from ``mlpot.data.neighbors.build_sel_matrix``
+(per-type sections, nearest first, -1 padded).
+
+Also here: ``EnvStatistics``, the running sums of the davg/dstd statistics (§2.2), which pool all
+slots, padded ones included [COMPAT].
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import torch
+
+from mlpot.data.keys import ATOM_TYPES, EDGE_INDEX, POSITIONS
+from mlpot.data.neighbors import build_sel_matrix
+from mlpot.nn import smooth_switch
+
+__all__ = ["select_neighbors", "environment_matrix", "EnvStatistics"]
+
+
+def select_neighbors(
+    batch: Dict[str, torch.Tensor],
+    vectors: torch.Tensor,
+    rcut: float,
+    sel: Sequence[int],
+    *,
+    mixed_types: bool = False,
+    warn_overflow: bool = True,
+) -> torch.Tensor:
+    """Padded neighbour list of EDGE indices, (n_atoms, sum(sel)) int64, -1 = empty slot.
+
+    Only edges shorter than ``rcut`` (Å) are used, so one edge list built at a larger cutoff serves
+    several descriptors (hybrid). Neighbours beyond ``sel`` are dropped as in DeePMD-kit [COMPAT]
+    but reported with a warning.
+    """
+    n_atoms = batch[POSITIONS].shape[0]
+    with torch.no_grad():
+        distance = vectors.detach().norm(dim=-1)
+        inside = torch.nonzero(distance < rcut).squeeze(1)
+        edge_index = batch[EDGE_INDEX][:, inside]
+        neighbor_types = batch[ATOM_TYPES][edge_index[1]]
+        sel_arg = int(sel[0]) if mixed_types else [int(s) for s in sel]
+        nlist, overflow = build_sel_matrix(edge_index, distance[inside], neighbor_types, n_atoms, sel_arg, mixed_types=mixed_types)
+        if warn_overflow and bool(torch.as_tensor(overflow).sum() > 0):
+            warnings.warn(
+                f"more neighbours than sel={list(sel)} within rcut={rcut} Å (dropped per type: "
+                f"{torch.as_tensor(overflow).tolist()}); energy is not conserved, increase sel",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+        nlist = torch.where(nlist >= 0, inside[nlist.clamp(min=0)], nlist)
+    return nlist
+
+
+def environment_matrix(
+    vectors: torch.Tensor,
+    nlist: torch.Tensor,
+    rcut: float,
+    rcut_smth: float,
+    *,
+    env_protection: float = 0.0,
+    radial_only: bool = False,
+) -> torch.Tensor:
+    """Raw (un-normalised) environment matrix.
+
+    vectors: (n_edges, 3) Å; nlist: (n_atoms, n_slots) edge indices, -1 = padding.
+    Returns (n_atoms, n_slots, 4) with rows (s, s x/r, s y/r, s z/r), or (n_atoms, n_slots, 1) if
+    ``radial_only``; units 1/Å. Empty slots are exactly zero, with zero gradient.
+    """
+    mask = nlist >= 0
+    rij = vectors[nlist.clamp(min=0)]
+    # empty slots get a dummy vector beyond the cutoff: w = 0 there, so value and gradient vanish
+    dummy = torch.zeros_like(rij)
+    dummy[..., 0] = 2.0 * rcut + 1.0
+    rij = torch.where(mask.unsqueeze(-1), rij, dummy)
+    r = rij.norm(dim=-1, keepdim=True)
+    weight = smooth_switch(r, rcut_smth, rcut)
+    r_protected = r + env_protection
+    s = weight / r_protected
+    if radial_only:
+        return s
+    return torch.cat([s, s * rij / r_protected], dim=-1)
+
+
+class EnvStatistics:
+    """Running sums for davg/dstd per centre type (spec §2.2).
+
+    Pools all slots of each centre atom (padded slots included as zeros): radial column -> mu_r,
+    sigma_r; the three angular columns together -> sigma_a. A std below ``protection`` (1e-2) is
+    raised to it; a type with no samples gets mean 0 and std 0.1.
+    """
+
+    def __init__(self, n_types: int):
+        self.n_types = n_types
+        self.sums = torch.zeros(n_types, 6, dtype=torch.float64)  # n_r, sum_r, sum_r2, n_a, sum_a, sum_a2
+
+    def add(self, env: torch.Tensor, centre_types: torch.Tensor) -> None:
+        """env: (n_atoms, n_slots, 4 or 1) raw environment matrix; centre_types: (n_atoms,)."""
+        env = env.detach().to(torch.float64)
+        radial = env[..., 0]
+        per_atom = [
+            torch.full_like(radial[:, 0], radial.shape[1]),
+            radial.sum(-1),
+            (radial * radial).sum(-1),
+        ]
+        if env.shape[-1] > 1:
+            angular = env[..., 1:]
+            per_atom += [
+                torch.full_like(radial[:, 0], angular.shape[1] * angular.shape[2]),
+                angular.sum((-1, -2)),
+                (angular * angular).sum((-1, -2)),
+            ]
+        else:
+            per_atom += [torch.zeros_like(radial[:, 0])] * 3
+        stacked = torch.stack(per_atom, dim=-1)
+        self.sums.index_add_(0, centre_types.to(torch.long).cpu(), stacked.cpu())
+
+    @staticmethod
+    def _std(count: float, total: float, squares: float, protection: float) -> float:
+        if count == 0:
+            return 0.1
+        value = max(squares / count - (total / count) ** 2, 0.0) ** 0.5
+        return max(value, protection)
+
+    def result(self, protection: float = 1e-2, set_davg_zero: bool = False) -> Tuple[torch.Tensor, torch.Tensor]:
+        """davg (n_types, 4) = (mu_r, 0, 0, 0) and dstd (n_types, 4) = (sigma_r, sigma_a x 3), 1/Å."""
+        davg = torch.zeros(self.n_types, 4, dtype=torch.float64)
+        dstd = torch.zeros(self.n_types, 4, dtype=torch.float64)
+        for t in range(self.n_types):  # loop over types, not atoms
+            n_r, sum_r, sum_r2, n_a, sum_a, sum_a2 = self.sums[t].tolist()
+            davg[t, 0] = 0.0 if (set_davg_zero or n_r == 0) else sum_r / n_r
+            dstd[t, 0] = self._std(n_r, sum_r, sum_r2, protection)
+            dstd[t, 1:] = self._std(n_a, sum_a, sum_a2, protection)
+        return davg, dstd
+
+    def as_dict(self) -> Dict[str, List[float]]:
+        return {"sums": self.sums.tolist()}

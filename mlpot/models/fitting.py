@@ -1,0 +1,231 @@
+"""Fitting nets (spec deepmd.md §3): ener, dos (invariant), dipole (vector), polar (rank 2).
+
+Each fitting maps per-atom descriptors to per-atom outputs; the model sums them per frame.
+Without type embedding there is one net per atom type; nets are evaluated once per type on the
+atoms of that type (index_select / index_add, no loop over atoms).
+
+Output statistics (before training, ``compute_output_statistics``):
+* ener / dos: per-type bias by least squares N b ≈ y (N: per-frame type counts) with numpy's SVD
+  ``lstsq`` and ``rcond``: for fixed composition this is the minimum-norm solution [COMPAT].
+  Types with a preset ``atom_ener`` keep it and are subtracted first. The output std (residual std)
+  is stored in ``out_std``.
+* polar with ``shift_diag``: per-type mean of the diagonal (``constant_matrix``), by least squares
+  on the global label or as the mean over atoms of the atomic label.
+* fparam / aparam: mean and 1/std (std protected by ``data_stat_protect``) for input normalisation.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, List, Optional, Sequence
+
+import numpy as np
+import torch
+
+from mlpot.data.keys import (
+    APARAM, ATOM_DOS, ATOM_ENERGY, ATOMIC_DIPOLE, ATOMIC_POLARIZABILITY, ATOM_TYPES, BATCH, DIPOLE, DOS, ENERGY,
+    FPARAM, POLARIZABILITY, weight_key,
+)
+from mlpot.errors import ConfigError
+from mlpot.nn import FittingNet, Registry
+
+__all__ = ["FITTINGS", "InvariantFitting", "EnerFitting", "DosFitting", "DipoleFitting", "PolarFitting", "least_squares_bias"]
+
+FITTINGS: Registry[Any] = Registry("fitting_net type")
+
+
+def least_squares_bias(counts: np.ndarray, values: np.ndarray, rcond: Optional[float] = None,
+                       preset: Optional[Sequence[Optional[float]]] = None) -> np.ndarray:
+    """Per-type bias b (n_types, n_out) solving counts (n_frames, n_types) @ b ≈ values (n_frames, n_out).
+
+    numpy's SVD least squares: rank-deficient systems (fixed composition) give the minimum-norm
+    solution. ``preset[t]`` (not None) fixes b[t] and is subtracted before solving.
+    """
+    counts = np.asarray(counts, dtype=np.float64)
+    values = np.asarray(values, dtype=np.float64).reshape(len(counts), -1)
+    bias = np.zeros((counts.shape[1], values.shape[1]))
+    free = np.ones(counts.shape[1], dtype=bool)
+    if preset is not None:
+        for t, value in enumerate(preset):
+            if value is not None:
+                bias[t] = value
+                free[t] = False
+        values = values - counts[:, ~free] @ bias[~free]
+    if free.any():
+        bias[free] = np.linalg.lstsq(counts[:, free], values, rcond=rcond)[0]
+    return bias
+
+
+def _group_by_type(types: torch.Tensor, n_types: int) -> List[torch.Tensor]:
+    return [torch.nonzero(types == t).squeeze(1) for t in range(n_types)]
+
+
+class InvariantFitting(torch.nn.Module):
+    """Per-type fitting nets D_i (+ fparam, aparam) -> (n_out,) per atom, plus a per-type bias.
+
+    forward(descriptor (n_atoms, dim_descrpt), types (n_atoms,), fparam (n_frames, nf) | None,
+    aparam (n_atoms, na) | None, frame (n_atoms,)) -> (n_atoms, n_out) in float64 (bias added in float64).
+    """
+
+    atom_key = ATOM_ENERGY
+    frame_key = ENERGY
+
+    def __init__(self, n_types: int, dim_descrpt: int, n_out: int = 1, neuron=(120, 120, 120), *,
+                 activation_function: str = "tanh", resnet_dt: bool = True, numb_fparam: int = 0, numb_aparam: int = 0,
+                 rcond: Optional[float] = None, atom_ener: Optional[Sequence[Optional[float]]] = None,
+                 trainable=True, seed: Optional[int] = None, mixed_types: bool = False, dtype=torch.float64):
+        super().__init__()
+        self.n_types, self.dim_descrpt, self.n_out = int(n_types), int(dim_descrpt), int(n_out)
+        self.numb_fparam, self.numb_aparam = int(numb_fparam), int(numb_aparam)
+        self.rcond = rcond
+        self.mixed_types = bool(mixed_types)
+        self.atom_ener = list(atom_ener) if atom_ener else None
+        if self.atom_ener is not None:
+            self.atom_ener = (self.atom_ener + [None] * n_types)[:n_types]
+        in_dim = self.dim_descrpt + self.numb_fparam + self.numb_aparam
+        n_nets = 1 if self.mixed_types else self.n_types
+        self.nets = torch.nn.ModuleList(
+            FittingNet(in_dim, list(neuron), self.n_out, activation=activation_function, resnet_dt=resnet_dt,
+                       trainable=trainable, dtype=dtype, seed=None if seed is None else int(seed) + t)
+            for t in range(n_nets)
+        )
+        self.register_buffer("bias_atom", torch.zeros(n_types, self.n_out, dtype=torch.float64))
+        self.register_buffer("out_std", torch.ones(n_types, self.n_out, dtype=torch.float64))
+        for name, width in (("fparam", self.numb_fparam), ("aparam", self.numb_aparam)):
+            self.register_buffer(f"{name}_avg", torch.zeros(width, dtype=dtype))
+            self.register_buffer(f"{name}_inv_std", torch.ones(width, dtype=dtype))
+
+    @property
+    def net_dtype(self) -> torch.dtype:
+        return self.nets[0].layers[0].weight.dtype
+
+    def _inputs(self, descriptor, frame, fparam, aparam) -> torch.Tensor:
+        parts = [descriptor.to(self.net_dtype)]
+        if self.numb_fparam:
+            if fparam is None:
+                raise ConfigError(f"the model needs fparam ({self.numb_fparam} per frame) but the batch has none", key=FPARAM)
+            parts.append(((fparam.to(self.net_dtype) - self.fparam_avg) * self.fparam_inv_std)[frame])
+        if self.numb_aparam:
+            if aparam is None:
+                raise ConfigError(f"the model needs aparam ({self.numb_aparam} per atom) but the batch has none", key=APARAM)
+            parts.append((aparam.to(self.net_dtype) - self.aparam_avg) * self.aparam_inv_std)
+        return torch.cat(parts, dim=-1) if len(parts) > 1 else parts[0]
+
+    def net_outputs(self, inputs: torch.Tensor, types: torch.Tensor) -> torch.Tensor:
+        """Raw net outputs (n_atoms, n_out) in the net dtype, one net per type."""
+        if self.mixed_types:
+            return self.nets[0](inputs)
+        out = inputs.new_zeros(inputs.shape[0], self.n_out)
+        for t, atoms in enumerate(_group_by_type(types, self.n_types)):
+            if atoms.numel():
+                out = out.index_add(0, atoms, self.nets[t](inputs[atoms]))
+        return out
+
+    def forward(self, descriptor, rot, types, frame, fparam=None, aparam=None) -> torch.Tensor:
+        inputs = self._inputs(descriptor, frame, fparam, aparam)
+        out = self.net_outputs(inputs, types)
+        if self.atom_ener is not None:
+            # remove the vacuum contribution: an isolated atom of a preset type has energy = its bias
+            vacuum = self.net_outputs(torch.zeros_like(inputs[:1]).expand(self.n_types, -1).contiguous(), torch.arange(self.n_types, device=types.device))
+            preset = torch.tensor([a is not None for a in self.atom_ener], device=types.device)
+            out = out - torch.where(preset[types].unsqueeze(-1), vacuum[types], torch.zeros_like(vacuum[types]))
+        return out.to(torch.float64) + self.bias_atom[types]
+
+    # ---- statistics ------------------------------------------------------------------------
+    def _label_statistics(self, batches) -> Optional[Dict[str, Any]]:
+        counts, values = [], []
+        for batch in batches:
+            if self.frame_key not in batch:
+                continue
+            weight = batch.get(weight_key(self.frame_key))
+            present = torch.ones(batch[self.frame_key].shape[0], dtype=torch.bool) if weight is None else weight.reshape(len(weight), -1)[:, 0] > 0
+            n_frames = batch[self.frame_key].shape[0]
+            count = torch.zeros(n_frames, self.n_types, dtype=torch.float64)
+            count.index_put_((batch[BATCH], batch[ATOM_TYPES]), torch.ones(len(batch[BATCH]), dtype=torch.float64), accumulate=True)
+            counts.append(count[present].numpy())
+            values.append(batch[self.frame_key].detach().to(torch.float64).reshape(n_frames, -1)[present].numpy())
+        if not counts:
+            return None
+        counts, values = np.concatenate(counts), np.concatenate(values)
+        bias = least_squares_bias(counts, values, self.rcond, self.atom_ener)
+        residual = values - counts @ bias
+        return {"bias": bias, "std": residual.std(axis=0) if len(residual) > 1 else np.ones(values.shape[1])}
+
+    def compute_output_statistics(self, batches: Sequence[Dict[str, torch.Tensor]], protection: float = 1e-2) -> Dict[str, Any]:
+        summary: Dict[str, Any] = {}
+        result = self._label_statistics(batches)
+        if result is not None:
+            self.bias_atom.copy_(torch.as_tensor(result["bias"]))
+            self.out_std.copy_(torch.as_tensor(result["std"]).expand_as(self.out_std))
+            summary["bias_atom"] = result["bias"].tolist()
+            summary["out_std"] = np.asarray(result["std"]).tolist()
+        for name, key, width in (("fparam", FPARAM, self.numb_fparam), ("aparam", APARAM, self.numb_aparam)):
+            if not width:
+                continue
+            data = [b[key].detach().to(torch.float64).reshape(-1, width) for b in batches if key in b]
+            if not data:
+                raise ConfigError(f"numb_{name} = {width} but no sample batch has {key}", key=f"model/fitting_net/numb_{name}")
+            stacked = torch.cat(data)
+            std = stacked.std(dim=0, unbiased=False).clamp(min=protection)
+            getattr(self, f"{name}_avg").copy_(stacked.mean(0))
+            getattr(self, f"{name}_inv_std").copy_(1.0 / std)
+        return summary
+
+
+class EnerFitting(InvariantFitting):
+    """Energy fitting: one output per atom, eV. ``forward`` returns (n_atoms, 1)."""
+
+
+class DosFitting(InvariantFitting):
+    """DOS fitting: ``numb_dos`` outputs per atom (states/eV), per-type bias from the global DOS."""
+
+    atom_key = ATOM_DOS
+    frame_key = DOS
+
+
+# ---- configuration ------------------------------------------------------------------------
+INVARIANT_DEFAULTS = {
+    "neuron": [120, 120, 120],
+    "activation_function": "tanh",
+    "precision": "default",
+    "resnet_dt": True,
+    "numb_fparam": 0,
+    "numb_aparam": 0,
+    "rcond": None,
+    "atom_ener": None,
+    "trainable": True,
+    "seed": None,
+}
+FITTING_ALIASES = {"n_neuron": "neuron"}
+FITTING_UNSUPPORTED = {"dim_case_embd": 0, "use_aparam_as_mask": False, "default_fparam": None, "layer_name": None}
+
+
+def _invariant_from_config(cls, section, n_types, descriptor, dtype, path="model/fitting_net", extra=None):
+    from mlpot.models.config_keys import read_section, resolve_precision
+
+    defaults = dict(INVARIANT_DEFAULTS, **(extra or {}))
+    values = read_section(section, path, defaults, aliases=FITTING_ALIASES, unsupported=FITTING_UNSUPPORTED)
+    dtype = resolve_precision(values.pop("precision"), dtype, path)
+    trainable = values.pop("trainable")
+    n_layers = len(values["neuron"]) + 1
+    if isinstance(trainable, list) and len(trainable) != n_layers:
+        raise ConfigError(f"has {len(trainable)} entries, expected {n_layers} (one per layer)", key=f"{path}/trainable")
+    return values, dtype, trainable
+
+
+def _ener_from_config(cls, section, n_types, descriptor, dtype, path="model/fitting_net"):
+    values, dtype, trainable = _invariant_from_config(cls, section, n_types, descriptor, dtype, path)
+    return cls(n_types, descriptor.dim_out, 1, values.pop("neuron"), trainable=trainable, dtype=dtype,
+               mixed_types=getattr(descriptor, "mixed_types", False), **values)
+
+
+def _dos_from_config(cls, section, n_types, descriptor, dtype, path="model/fitting_net"):
+    values, dtype, trainable = _invariant_from_config(cls, section, n_types, descriptor, dtype, path, {"numb_dos": 300})
+    n_out = int(values.pop("numb_dos"))
+    return cls(n_types, descriptor.dim_out, n_out, values.pop("neuron"), trainable=trainable, dtype=dtype,
+               mixed_types=getattr(descriptor, "mixed_types", False), **values)
+
+
+EnerFitting.from_config = classmethod(_ener_from_config)
+DosFitting.from_config = classmethod(_dos_from_config)
+FITTINGS.register("ener", EnerFitting)
+FITTINGS.register("dos", DosFitting)

@@ -1,0 +1,80 @@
+"""The DeePMD "standard" model: descriptor + fitting net, per-atom outputs summed per frame.
+
+forward(batch) computes edge vectors from POSITIONS/CELL/EDGE_INDEX/EDGE_SHIFTS (so autograd gives
+forces and virials), the descriptor, the per-atom fitting output, and the per-frame sum:
+ener -> ATOM_ENERGY (n_atoms,) and ENERGY (n_frames,) in eV; dos -> ATOM_DOS / DOS;
+dipole -> ATOMIC_DIPOLE (n_atoms, 3) / DIPOLE (n_frames, 3); polar -> ATOMIC_POLARIZABILITY /
+POLARIZABILITY (…, 3, 3). Outputs are float64 whatever the network precision.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, Iterable, List, Optional, Sequence
+
+import torch
+
+from mlpot.data.keys import APARAM, ATOM_ENERGY, ATOM_TYPES, BATCH, CELL, EDGE_INDEX, FPARAM, POSITIONS
+from mlpot.errors import DataError
+from mlpot.models.base import AtomisticModel, edge_vectors
+from mlpot.nn import scatter_sum
+
+__all__ = ["StandardModel"]
+
+
+class StandardModel(AtomisticModel):
+    """Descriptor + fitting. ``atom_exclude_types`` zero the atomic outputs of those types."""
+
+    def __init__(self, type_map: Sequence[str], descriptor, fitting, config: Dict[str, Any],
+                 atom_exclude_types: Sequence[int] = (), data_stat_protect: float = 1e-2):
+        super().__init__()
+        self.type_map = list(type_map)
+        self.descriptor = descriptor
+        self.fitting = fitting
+        self.cutoff = float(descriptor.rcut)
+        self.config = dict(config)
+        self.data_stat_protect = float(data_stat_protect)
+        keep = torch.ones(len(type_map), dtype=torch.bool)
+        for t in atom_exclude_types:
+            keep[int(t)] = False
+        self.register_buffer("atom_keep", keep, persistent=False)
+        self.output_keys = (fitting.atom_key, fitting.frame_key)
+
+    def _check(self, batch: Dict[str, torch.Tensor]) -> None:
+        types = batch[ATOM_TYPES]
+        if types.numel() and (int(types.max()) >= len(self.type_map) or int(types.min()) < 0):
+            raise DataError(
+                f"atom type {int(types.max())} out of range for type_map {self.type_map}", key=ATOM_TYPES
+            )
+
+    def forward(self, batch: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+        """batch -> {atom key: (n_atoms, ...), frame key: (n_frames, ...)} (see module docstring)."""
+        self._check(batch)
+        vectors = edge_vectors(batch)
+        descriptor, rot = self.descriptor(batch, vectors)
+        types = batch[ATOM_TYPES]
+        atomic = self.fitting(descriptor, rot, types, batch[BATCH], batch.get(FPARAM), batch.get(APARAM))
+        if not bool(self.atom_keep.all()):
+            keep = self.atom_keep[types].to(atomic.dtype).reshape((-1,) + (1,) * (atomic.dim() - 1))
+            atomic = atomic * keep
+        if self.fitting.atom_key == ATOM_ENERGY:
+            atomic = atomic.squeeze(-1)
+        atomic = atomic.to(batch[POSITIONS].dtype)
+        total = scatter_sum(atomic, batch[BATCH], batch[CELL].shape[0])
+        return {self.fitting.atom_key: atomic, self.fitting.frame_key: total}
+
+    def compute_statistics(self, batches: Iterable[Dict[str, torch.Tensor]], **kwargs) -> Dict[str, Any]:
+        """Env-matrix davg/dstd and output bias from sample batches (collated dicts with edges).
+
+        The caller chooses the sample (DeePMD: ``data_stat_nbatch`` batches per system for the
+        env statistics, ``data_bias_nsample`` for the bias); all batches given are used.
+        """
+        batches = [dict(b) for b in batches]
+        if not batches:
+            raise DataError("compute_statistics needs at least one sample batch")
+        for batch in batches:
+            if EDGE_INDEX not in batch:
+                raise DataError("sample batches need neighbour lists (EDGE_INDEX); build them with the data layer", key=EDGE_INDEX)
+        samples = [(b, edge_vectors(b)) for b in batches]
+        summary = {"descriptor": self.descriptor.compute_statistics(samples)}
+        summary["fitting"] = self.fitting.compute_output_statistics(batches, protection=self.data_stat_protect)
+        return summary

@@ -1,0 +1,244 @@
+"""Physics test toolkit shipped with the package (DESIGN code habit 9).
+
+Every model test uses these checks:
+
+* ``finite_difference_forces`` / ``assert_forces_match_fd``: F = -dE/dR by central differences;
+* ``assert_virial_matches_finite_strain``: Ξ = -dE/dε by central differences of a symmetric strain
+  applied to positions and cell;
+* ``random_rotation``, ``assert_invariant`` (rotation, translation, permutation of atoms within
+  each frame), ``assert_equivariant_vector`` / ``assert_equivariant_tensor`` (rank 1 and 2 outputs);
+* ``assert_batch_consistent``: a batch gives the same outputs as its frames one at a time;
+* ``split_batch``: the frames of a collated batch as one-frame batches.
+
+All functions take a model (``model(batch) -> dict``) and a collated batch (keys of
+``mlpot.data.keys``). Finite differences loop over coordinates: this is a test tool, meant for
+small systems, and should be run in float64 (float32 checks use looser tolerances).
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Dict, Iterable, List, Optional, Sequence
+
+import torch
+
+from mlpot.data import keys as K
+from mlpot.models.derivatives import compute_derivatives
+
+__all__ = [
+    "finite_difference_forces", "assert_forces_match_fd", "finite_strain_virial", "assert_virial_matches_finite_strain",
+    "random_rotation", "rotate_batch", "translate_batch", "permute_batch", "split_batch",
+    "assert_invariant", "assert_equivariant_vector", "assert_equivariant_tensor", "assert_batch_consistent",
+]
+
+Batch = Dict[str, torch.Tensor]
+
+
+def _energy(model, batch: Batch) -> torch.Tensor:
+    with torch.no_grad():
+        return model(batch)[K.ENERGY].to(torch.float64)
+
+
+def finite_difference_forces(model, batch: Batch, delta: float = 1e-4, atoms: Optional[Sequence[int]] = None) -> torch.Tensor:
+    """-dE/dR by central differences, (n_atoms, 3) eV/Å; rows not in ``atoms`` stay zero."""
+    positions = batch[K.POSITIONS]
+    forces = torch.zeros(positions.shape, dtype=torch.float64)
+    for atom in range(positions.shape[0]) if atoms is None else atoms:
+        for axis in range(3):
+            energies = []
+            for sign in (1.0, -1.0):
+                moved = positions.detach().clone()
+                moved[atom, axis] += sign * delta
+                energies.append(_energy(model, dict(batch, **{K.POSITIONS: moved})).sum())
+            forces[atom, axis] = -(energies[0] - energies[1]) / (2 * delta)
+    return forces
+
+
+def assert_forces_match_fd(model, batch: Batch, *, delta: float = 1e-4, atol: float = 1e-6, rtol: float = 1e-5,
+                           atoms: Optional[Sequence[int]] = None) -> None:
+    """Autograd forces equal finite-difference forces (on ``atoms``, default all)."""
+    analytic = compute_derivatives(model, batch, forces=True)[K.FORCES].detach().to(torch.float64)
+    numeric = finite_difference_forces(model, batch, delta, atoms)
+    rows = slice(None) if atoms is None else list(atoms)
+    torch.testing.assert_close(analytic[rows], numeric[rows], atol=atol, rtol=rtol)
+
+
+def _strained(batch: Batch, strain: torch.Tensor) -> Batch:
+    """Apply a per-frame strain (n_frames, 3, 3) to positions and cell."""
+    positions = batch[K.POSITIONS].detach()
+    deform = torch.eye(3, dtype=positions.dtype) + strain.to(positions.dtype)
+    out = dict(batch)
+    out[K.POSITIONS] = torch.bmm(positions.unsqueeze(1), deform[batch[K.BATCH]]).squeeze(1)
+    out[K.CELL] = torch.bmm(batch[K.CELL].to(positions.dtype), deform)
+    return out
+
+
+def finite_strain_virial(model, batch: Batch, delta: float = 1e-5) -> torch.Tensor:
+    """Ξ_ab = -dE/dε_ab by central differences of symmetric strains, (n_frames, 3, 3) eV."""
+    n_frames = batch[K.CELL].shape[0]
+    virial = torch.zeros(n_frames, 3, 3, dtype=torch.float64)
+    for a in range(3):
+        for b in range(3):
+            strain = torch.zeros(n_frames, 3, 3, dtype=torch.float64)
+            strain[:, a, b] += 0.5 * delta
+            strain[:, b, a] += 0.5 * delta
+            plus, minus = _energy(model, _strained(batch, strain)), _energy(model, _strained(batch, -strain))
+            virial[:, a, b] = -(plus - minus) / (2 * delta)
+    return virial
+
+
+def assert_virial_matches_finite_strain(model, batch: Batch, *, delta: float = 1e-5, atol: float = 1e-6, rtol: float = 1e-5) -> None:
+    """Autograd virial equals the finite-strain derivative; stress = -virial / volume."""
+    out = compute_derivatives(model, batch, forces=False, virial=True, stress=True)
+    numeric = finite_strain_virial(model, batch, delta)
+    torch.testing.assert_close(out[K.VIRIAL].detach().to(torch.float64), numeric, atol=atol, rtol=rtol)
+    volume = torch.linalg.det(batch[K.CELL].to(torch.float64)).abs()
+    periodic = volume > 1e-12
+    expected = -numeric[periodic] / volume[periodic][:, None, None]
+    torch.testing.assert_close(out[K.STRESS].detach().to(torch.float64)[periodic], expected, atol=atol, rtol=rtol)
+
+
+def random_rotation(dtype: torch.dtype = torch.float64, seed: int = 0) -> torch.Tensor:
+    """A random proper rotation matrix (3, 3), det = +1, from the QR decomposition of a Gaussian matrix."""
+    generator = torch.Generator().manual_seed(seed)
+    q, r = torch.linalg.qr(torch.randn(3, 3, generator=generator, dtype=torch.float64))
+    q = q * torch.sign(torch.diagonal(r))
+    if torch.det(q) < 0:
+        q[:, 0] = -q[:, 0]
+    return q.to(dtype)
+
+
+def rotate_batch(batch: Batch, rotation: torch.Tensor) -> Batch:
+    """Rotate positions and cell rows: r -> R r (row vectors: r @ R^T)."""
+    out = dict(batch)
+    rot = rotation.to(batch[K.POSITIONS].dtype)
+    out[K.POSITIONS] = batch[K.POSITIONS] @ rot.T
+    out[K.CELL] = batch[K.CELL].to(rot.dtype) @ rot.T
+    return out
+
+
+def translate_batch(batch: Batch, shift: Sequence[float]) -> Batch:
+    """Translate every atom by ``shift`` (3,) Å."""
+    out = dict(batch)
+    out[K.POSITIONS] = batch[K.POSITIONS] + torch.as_tensor(shift, dtype=batch[K.POSITIONS].dtype)
+    return out
+
+
+def permute_batch(batch: Batch, seed: int = 0) -> tuple:
+    """Shuffle atoms within each frame (and the edge order). Returns (batch, perm) with new[k] = old[perm[k]]."""
+    generator = torch.Generator().manual_seed(seed)
+    frame = batch[K.BATCH]
+    keys = frame.to(torch.float64) * 2 + torch.rand(len(frame), generator=generator, dtype=torch.float64)
+    perm = torch.argsort(keys)  # stays grouped by frame
+    inverse = torch.empty_like(perm)
+    inverse[perm] = torch.arange(len(perm))
+    out = {}
+    n_atoms, n_edges = len(frame), batch[K.EDGE_INDEX].shape[1] if K.EDGE_INDEX in batch else 0
+    edge_perm = torch.randperm(n_edges, generator=generator)
+    for key, value in batch.items():
+        level = K.KEYS[key].level if key in K.KEYS else None
+        if key == K.EDGE_INDEX:
+            out[key] = inverse[value][:, edge_perm]
+        elif level == "atom" and value.shape[:1] == (n_atoms,):
+            out[key] = value[perm]
+        elif level == "edge":
+            out[key] = value[edge_perm]
+        else:
+            out[key] = value
+    return out, perm
+
+
+def split_batch(batch: Batch) -> List[Batch]:
+    """One-frame batches of a collated batch (atoms re-indexed from 0, BATCH = 0)."""
+    frame_of_atom = batch[K.BATCH]
+    n_frames = batch[K.CELL].shape[0]
+    frames = []
+    for f in range(n_frames):  # test tool: a loop over frames is fine
+        atoms = torch.nonzero(frame_of_atom == f).squeeze(1)
+        renumber = torch.full((len(frame_of_atom),), -1, dtype=torch.long)
+        renumber[atoms] = torch.arange(len(atoms))
+        edges = torch.nonzero(frame_of_atom[batch[K.EDGE_INDEX][0]] == f).squeeze(1) if K.EDGE_INDEX in batch else None
+        one = {}
+        for key, value in batch.items():
+            level = K.KEYS[key].level if key in K.KEYS else None
+            if key == K.EDGE_INDEX:
+                one[key] = renumber[value[:, edges]]
+            elif key == K.BATCH:
+                one[key] = torch.zeros(len(atoms), dtype=value.dtype)
+            elif key == K.PTR:
+                one[key] = torch.tensor([0, len(atoms)], dtype=value.dtype)
+            elif level == "atom":
+                one[key] = value[atoms]
+            elif level == "edge":
+                one[key] = value[edges]
+            elif level == "frame" or key.endswith("_weight"):
+                one[key] = value[f : f + 1]
+            else:
+                one[key] = value
+        frames.append(one)
+    return frames
+
+
+def _outputs(model, batch: Batch, keys: Iterable[str], derivatives: bool) -> Batch:
+    if derivatives:
+        out = compute_derivatives(model, batch, forces=True)
+    else:
+        with torch.no_grad():
+            out = model(batch)
+    return {k: out[k].detach() for k in keys}
+
+
+def assert_invariant(model, batch: Batch, keys: Sequence[str] = (K.ENERGY, K.ATOM_ENERGY), *, rotation: bool = True,
+                     translation: bool = True, permutation: bool = True, forces: bool = True,
+                     atol: float = 1e-8, rtol: float = 1e-6, seed: int = 0) -> None:
+    """Invariant outputs ``keys`` do not change under rotation, translation or permutation.
+
+    With ``forces`` the forces are checked too: they rotate as vectors and permute with the atoms.
+    """
+    wanted = list(keys) + ([K.FORCES] if forces else [])
+    reference = _outputs(model, batch, wanted, forces)
+    if rotation:
+        rot = random_rotation(torch.float64, seed)
+        out = _outputs(model, rotate_batch(batch, rot), wanted, forces)
+        for key in keys:
+            torch.testing.assert_close(out[key], reference[key], atol=atol, rtol=rtol)
+        if forces:
+            torch.testing.assert_close(out[K.FORCES], reference[K.FORCES] @ rot.to(out[K.FORCES].dtype).T, atol=atol, rtol=rtol)
+    if translation:
+        out = _outputs(model, translate_batch(batch, [0.37, -1.21, 2.5]), wanted, forces)
+        for key in wanted:
+            torch.testing.assert_close(out[key], reference[key], atol=atol, rtol=rtol)
+    if permutation:
+        permuted, perm = permute_batch(batch, seed)
+        out = _outputs(model, permuted, wanted, forces)
+        n_atoms = len(batch[K.BATCH])
+        for key in wanted:
+            expected = reference[key][perm] if reference[key].shape[:1] == (n_atoms,) and key in K.KEYS and K.KEYS[key].level == "atom" else reference[key]
+            torch.testing.assert_close(out[key], expected, atol=atol, rtol=rtol)
+
+
+def _assert_rotates(model, batch, key, transform: Callable, atol, rtol, seed) -> None:
+    with torch.no_grad():
+        reference = model(batch)[key].detach()
+        rot = random_rotation(torch.float64, seed)
+        rotated = model(rotate_batch(batch, rot))[key].detach()
+    torch.testing.assert_close(rotated, transform(reference, rot.to(reference.dtype)), atol=atol, rtol=rtol)
+
+
+def assert_equivariant_vector(model, batch: Batch, key: str, *, atol: float = 1e-8, rtol: float = 1e-6, seed: int = 0) -> None:
+    """Output ``key`` (..., 3) rotates as a vector: v(R r) = R v(r)."""
+    _assert_rotates(model, batch, key, lambda v, rot: v @ rot.T, atol, rtol, seed)
+
+
+def assert_equivariant_tensor(model, batch: Batch, key: str, *, atol: float = 1e-8, rtol: float = 1e-6, seed: int = 0) -> None:
+    """Output ``key`` (..., 3, 3) rotates as a rank-2 tensor: T(R r) = R T(r) R^T."""
+    _assert_rotates(model, batch, key, lambda t, rot: rot @ t @ rot.T, atol, rtol, seed)
+
+
+def assert_batch_consistent(model, batch: Batch, keys: Sequence[str] = (K.ENERGY, K.ATOM_ENERGY), *, forces: bool = True,
+                            atol: float = 1e-8, rtol: float = 1e-6) -> None:
+    """Evaluating the batch equals evaluating its frames one at a time (and concatenating)."""
+    wanted = list(keys) + ([K.FORCES] if forces else [])
+    together = _outputs(model, batch, wanted, forces)
+    singles = [_outputs(model, one, wanted, forces) for one in split_batch(batch)]
+    for key in wanted:
+        torch.testing.assert_close(together[key], torch.cat([s[key] for s in singles]), atol=atol, rtol=rtol)
