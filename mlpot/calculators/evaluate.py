@@ -173,7 +173,7 @@ def write_detail_files(prefix: str, result: SystemResult) -> List[Path]:
 
 def predict_batch(model, batch: Dict[str, "torch.Tensor"], virial: bool = True) -> Dict[str, "torch.Tensor"]:
     """Energy (n_frames,) eV, forces (n_atoms, 3) eV/Å and, when ``virial``, virial (n_frames, 3, 3) eV
-    of a collated batch (with edges), detached and on the CPU (the batch is moved to the model's
+    and stress (n_frames, 3, 3) eV/Å^3 of a collated batch (with edges), detached and on the CPU (the batch is moved to the model's
     device first). Forces/virial come from the generic autograd
     wrapper ``mlpot.models.derivatives.compute_derivatives``."""
     import torch
@@ -183,7 +183,7 @@ def predict_batch(model, batch: Dict[str, "torch.Tensor"], virial: bool = True) 
     device = next(iter(model.parameters()), torch.empty(0)).device
     batch = {key: value.to(device) for key, value in batch.items()}
     with torch.enable_grad():
-        outputs = compute_derivatives(model, batch, forces=True, virial=virial)
+        outputs = compute_derivatives(model, batch, forces=True, virial=virial, stress=virial)
     return {key: value.detach().cpu() for key, value in outputs.items() if torch.is_tensor(value)}
 
 
@@ -193,7 +193,7 @@ def iterate_predictions(model, frames: Sequence[dict], batch_size: int = 8):
     import torch
 
     from mlpot.data import AtomsDataset, collate
-    from mlpot.data.keys import CELL, ENERGY, FORCES, PBC, PTR, VIRIAL
+    from mlpot.data.keys import ENERGY, FORCES, PBC, PTR, STRESS, VIRIAL
 
     dataset = AtomsDataset(frames, cutoff=model.cutoff, type_map=getattr(frames, "type_map", model.type_map))
     for start in range(0, len(dataset), batch_size):
@@ -208,10 +208,8 @@ def iterate_predictions(model, frames: Sequence[dict], batch_size: int = 8):
                 "forces": out[FORCES][ptr[n]:ptr[n + 1]].numpy(),
             }
             if periodic and VIRIAL in out:
-                virial = out[VIRIAL][n].numpy()
-                volume = abs(float(np.linalg.det(batch[CELL][n].numpy())))
-                prediction["virial"] = virial
-                prediction["stress"] = -virial / volume
+                prediction["virial"] = out[VIRIAL][n].numpy()
+                prediction["stress"] = out[STRESS][n].numpy()
             yield item, prediction
 
 
