@@ -51,7 +51,7 @@ def test_water_example_maps_every_key(water_input):
     train, valid = native["data"]["train"], native["data"]["valid"]
     assert [Path(p).name for p in train["paths"]] == ["data_0", "data_1"]
     assert train["batch_size"] == "auto" and train["auto_prob"] == "prob_sys_size"
-    assert train["sampler"] == "deepmd" and train["format"] == "deepmd"
+    assert train["sampler"] == "deepmd" and train["format"] == "auto"
     assert valid["batch_size"] == 1 and valid["numb_btch"] == 3
     assert native["training"] == {"numb_steps": 1_000_000}
     assert native["logging"]["lcurve"] == "lcurve.out" and native["logging"]["disp_freq"] == 100
@@ -207,3 +207,18 @@ def test_convert_command_writes_loadable_yaml(tmp_path, water_input, capsys):
     source.write_text(json.dumps(water_input))
     assert main(["convert", str(source)]) == 2
     assert "model.descriptor.rcutt: unknown key (did you mean 'rcut'?)" in capsys.readouterr().err
+
+
+def test_example_input_json_matches_native_example():
+    """examples/cuau_emt/input.json (DeePMD style) and config.yaml (native) describe the same model."""
+    import yaml
+
+    native = deepmd.convert(REPO / "examples" / "cuau_emt" / "input.json")
+    reference = yaml.safe_load((REPO / "examples" / "cuau_emt" / "config.yaml").read_text())
+    fitting = dict(native["model"]["fitting_net"])
+    assert fitting.pop("type") == "ener"
+    assert native["model"]["descriptor"] == reference["model"]["descriptor"]
+    assert fitting == reference["model"]["fitting_net"]
+    assert native["lr_schedule"]["start_lr"] == reference["lr_schedule"]["start_lr"]
+    assert native["training"]["numb_steps"] == reference["training"]["numb_steps"]
+    assert [Path(p).name for p in native["data"]["train"]["paths"]] == ["train.extxyz"]

@@ -232,7 +232,9 @@ def _data_section(section: Dict[str, Any], base: Path, path: List[str], file: Op
     if isinstance(batch_size, str) and batch_size.startswith("mixed"):
         raise ConfigError(f"not supported yet: {'/'.join(path)}/batch_size={batch_size}", file=file, key=path + ["batch_size"])
     out = {
-        "format": "deepmd",
+        # DeePMD systems are detected by type.raw; "auto" also lets an extxyz file stand in for a
+        # system (an mlpot extension, cf. DeePMD-kit PR #5984)
+        "format": "auto",
         "paths": _resolve_systems(section.get("systems"), base, path + ["systems"], file),
         "batch_size": batch_size,
         "set_prefix": section.get("set_prefix", "set"),
