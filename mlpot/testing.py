@@ -242,3 +242,37 @@ def assert_batch_consistent(model, batch: Batch, keys: Sequence[str] = (K.ENERGY
     singles = [_outputs(model, one, wanted, forces) for one in split_batch(batch)]
     for key in wanted:
         torch.testing.assert_close(together[key], torch.cat([s[key] for s in singles]), atol=atol, rtol=rtol)
+
+
+def random_batch(n_frames: int = 2, n_atoms: Sequence[int] | int = 8, n_types: int = 2, *, cutoff: float = 3.5,
+                 box: float = 5.0, periodic: bool = True, triclinic: bool = True, seed: int = 0,
+                 dtype: torch.dtype = torch.float64) -> Batch:
+    """A small collated batch of random structures for model tests.
+
+    Atoms sit on a jittered grid (no pair closer than ~0.8 Å for the default sizes) in a box of
+    edge ``box`` Å (skewed when ``triclinic``); neighbour lists at ``cutoff`` Å come from the data
+    layer. Frames may have different sizes (``n_atoms`` as a list).
+    """
+    import numpy as np
+
+    from mlpot.data import AtomsDataset, collate
+
+    rng = np.random.default_rng(seed)
+    sizes = [n_atoms] * n_frames if isinstance(n_atoms, int) else list(n_atoms)
+    frames = []
+    for size in sizes:
+        per_side = int(np.ceil(size ** (1 / 3)))
+        grid = np.stack(np.meshgrid(*[np.arange(per_side)] * 3, indexing="ij"), -1).reshape(-1, 3)
+        picked = grid[rng.permutation(len(grid))[:size]]
+        fractional = (picked + 0.5 + rng.uniform(-0.2, 0.2, picked.shape)) / per_side
+        cell = np.eye(3) * box
+        if triclinic:
+            cell = cell + rng.uniform(-0.15, 0.15, (3, 3)) * box * (1 - np.eye(3))
+        frames.append({
+            K.POSITIONS: fractional @ cell,
+            K.CELL: cell if periodic else np.zeros((3, 3)),
+            K.PBC: np.array([periodic] * 3),
+            K.ATOM_TYPES: rng.integers(0, n_types, size).astype(np.int64),
+        })
+    dataset = AtomsDataset(frames, cutoff, type_map=[f"T{t}" for t in range(n_types)])
+    return collate([dataset[i] for i in range(len(frames))], dtype=dtype)
