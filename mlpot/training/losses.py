@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Dict, Iterable, Mapping, Optional, Tuple
+from typing import Callable, Dict, Iterable, Mapping, Optional, Tuple
 
 import torch
 
@@ -111,11 +111,9 @@ class LossTermFn:
             residual = residual / (target.norm(dim=-1, keepdim=True) + self.relative)
         return residual, _expand(weight, residual)
 
-    def __call__(self, pred, batch) -> Tuple[torch.Tensor, bool]:
+    def parts(self, pred, batch) -> Tuple[torch.Tensor, torch.Tensor]:
+        """(Σ w·f(r), Σ w): the term is their ratio (denominators may be summed over ranks first)."""
         residual, weight = self.residual_and_weight(pred, batch)
-        total_weight = weight.sum()
-        if float(total_weight) <= 0.0:
-            return residual.new_zeros(()), False
         if self.function == "mse":
             elementwise = residual.square()
         elif self.function == "mae":
@@ -123,7 +121,13 @@ class LossTermFn:
         else:
             elementwise = torch.nn.functional.huber_loss(
                 residual, torch.zeros_like(residual), reduction="none", delta=self.huber_delta)
-        return (weight * elementwise).sum() / total_weight, True
+        return (weight * elementwise).sum(), weight.sum().detach()
+
+    def __call__(self, pred, batch) -> Tuple[torch.Tensor, bool]:
+        numerator, denominator = self.parts(pred, batch)
+        if float(denominator) <= 0.0:
+            return numerator.new_zeros(()), False
+        return numerator / denominator, True
 
 
 class WeightedLoss:
@@ -162,16 +166,24 @@ class WeightedLoss:
             return term.limit_pref + (term.start_pref - term.limit_pref) * lr_ratio
         return term.weight
 
-    def __call__(self, pred, batch, lr_ratio: float = 1.0):
-        """(total 0-d tensor, {name: weighted term}, {name: unweighted term}) for present labels."""
+    def __call__(self, pred, batch, lr_ratio: float = 1.0, reduce: Optional[Callable] = None):
+        """(total 0-d tensor, {name: weighted term}, {name: unweighted term}) for present labels.
+
+        reduce: sums a tensor over data-parallel ranks; the denominators (label weights) are summed
+        before dividing, so each rank returns its share of the global weighted mean.
+        """
+        parts = {name: fn.parts(pred, batch) for name, fn in self.fns.items()}
+        denominators = torch.stack([d for _, d in parts.values()]) if parts else None
+        if reduce is not None and denominators is not None:
+            denominators = reduce(denominators)
         weighted, raw = {}, {}
         total = None
-        for name, fn in self.fns.items():
-            value, present = fn(pred, batch)
-            if not present:
+        for index, (name, (numerator, _)) in enumerate(parts.items()):
+            denominator = denominators[index]
+            if float(denominator) <= 0.0:
                 continue
-            raw[name] = value
-            weighted[name] = self.prefactor(name, lr_ratio) * value
+            raw[name] = numerator / denominator
+            weighted[name] = self.prefactor(name, lr_ratio) * raw[name]
             total = weighted[name] if total is None else total + weighted[name]
         if total is None:
             total = next(iter(pred.values())).new_zeros(())

@@ -1,0 +1,53 @@
+"""``mlpot train CONFIG [--restart CKPT] [--init-model CKPT] [--output-dir DIR] [--no-progress]``.
+
+CONFIG is a native YAML, or a peer config (DeePMD-kit ``input.json``/``.yaml``) converted on the
+fly by ``mlpot convert``'s front-ends. Launch with ``torchrun --nproc-per-node N -m mlpot.cli train
+CONFIG`` for data-parallel training. ``--restart`` resumes exactly (use ``latest`` for the newest
+checkpoint in the output folder); ``--init-model`` takes only the weights (step 0, fresh optimizer).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("config", type=Path, help="native YAML or DeePMD input.json/.yaml")
+    parser.add_argument("--restart", default=None,
+                        help="checkpoint to resume exactly ('latest': the newest in the output folder)")
+    parser.add_argument("--init-model", default=None, help="checkpoint or frozen model to take the weights from")
+    parser.add_argument("--output-dir", type=Path, default=None, help="override output_dir of the config")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def load_any_config(path: Path):
+    """Native config of ``path``: native YAML validated directly, peer configs converted first."""
+    from mlpot.config import load_config, read_yaml, validate_config
+    from mlpot.config import deepmd
+
+    if path.suffix == ".json" or (path.exists() and deepmd.is_deepmd_config(path)):
+        from mlpot.commands.convert import convert_file
+
+        native = convert_file(path)
+        return validate_config(native, file=str(path), base_dir=Path.cwd())
+    read_yaml(path)  # a clear error for a missing or malformed file
+    return load_config(path)
+
+
+def run(args) -> int:
+    from mlpot.training.trainer import Trainer
+
+    config = load_any_config(args.config)
+    if args.output_dir is not None:
+        config.output_dir = str(args.output_dir.resolve())
+    restart = args.restart
+    if restart == "latest":
+        from mlpot.training.checkpoint import CheckpointManager
+
+        cp = config.checkpoint
+        latest = CheckpointManager(Path(config.output_dir) / cp.dir, cp.prefix, cp.keep).latest()
+        restart = str(latest) if latest else None
+    trainer = Trainer(config, restart=restart, init_model=args.init_model, progress=not args.no_progress,
+                      file=str(args.config))
+    trainer.run()
+    return 0

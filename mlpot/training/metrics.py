@@ -1,0 +1,84 @@
+"""Display metrics: DeePMD's lcurve values per batch and pooled RMSE/MAE per label.
+
+DeePMD names (specs/deepmd.md §4.2, §5.4): ``rmse`` = sqrt(total weighted loss); ``rmse_e`` =
+energy RMSE per atom (eV/atom); ``rmse_f`` = force-component RMSE (eV/Å); ``rmse_v`` = virial RMSE
+per atom (eV/atom); ``rmse_ae`` atomic energy; any other label ``X`` is shown as ``rmse_X``.
+Validation averages each batch's values with weights equal to its atom count [COMPAT]
+(:class:`AtomWeightedMean`); the metrics CSV gets pooled RMSE and MAE per label
+(:class:`PooledErrors`), which is the statistically meaningful number.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Dict, Iterable, List, Mapping
+
+import torch
+
+from mlpot.data import keys as K
+from mlpot.training.losses import rmse_mae
+
+__all__ = ["LCURVE_SHORT", "lcurve_keys", "lcurve_values", "AtomWeightedMean", "PooledErrors"]
+
+# label -> (DeePMD short name, error-sum entry used for it)
+LCURVE_SHORT = {
+    K.ENERGY: ("e", "energy_per_atom"),
+    K.FORCES: ("f", K.FORCES),
+    K.VIRIAL: ("v", "virial_per_atom"),
+    K.ATOM_ENERGY: ("ae", K.ATOM_ENERGY),
+}
+
+
+def lcurve_keys(labels: Iterable[str]) -> List[str]:
+    """Metric keys of lcurve.out for the loss labels (``rmse`` first)."""
+    keys = ["rmse"]
+    for label in labels:
+        keys.append("rmse_" + LCURVE_SHORT.get(label, (label, label))[0])
+    return list(dict.fromkeys(keys))
+
+
+def lcurve_values(total_loss: float, sums: Mapping[str, torch.Tensor], labels: Iterable[str]) -> Dict[str, float]:
+    """{lcurve key: value} of one batch; nan for labels missing from the batch."""
+    out = {"rmse": math.sqrt(total_loss) if total_loss >= 0 else math.nan}
+    for label in labels:
+        short, entry = LCURVE_SHORT.get(label, (label, label))
+        out["rmse_" + short] = rmse_mae(sums[entry])[0] if entry in sums else math.nan
+    return out
+
+
+class AtomWeightedMean:
+    """Average of per-batch metric values weighted by each batch's atom count; nan entries skipped."""
+
+    def __init__(self):
+        self.sums: Dict[str, float] = {}
+        self.weights: Dict[str, float] = {}
+
+    def add(self, values: Mapping[str, float], n_atoms: int) -> None:
+        for key, value in values.items():
+            if math.isfinite(value):
+                self.sums[key] = self.sums.get(key, 0.0) + n_atoms * value
+                self.weights[key] = self.weights.get(key, 0.0) + n_atoms
+            else:
+                self.sums.setdefault(key, 0.0)
+                self.weights.setdefault(key, 0.0)
+
+    def result(self) -> Dict[str, float]:
+        return {k: (self.sums[k] / self.weights[k] if self.weights[k] > 0 else math.nan) for k in self.sums}
+
+
+class PooledErrors:
+    """Accumulates :func:`label_error_sums` over batches; ``result()`` -> {<name>_rmse, <name>_mae}."""
+
+    def __init__(self):
+        self.sums: Dict[str, torch.Tensor] = {}
+
+    def add(self, sums: Mapping[str, torch.Tensor]) -> None:
+        for name, value in sums.items():
+            self.sums[name] = self.sums[name] + value if name in self.sums else value.clone()
+
+    def result(self) -> Dict[str, float]:
+        out = {}
+        for name, value in self.sums.items():
+            rmse, mae = rmse_mae(value)
+            out[f"{name}_rmse"], out[f"{name}_mae"] = rmse, mae
+        return out

@@ -1,0 +1,415 @@
+"""The training loop: a plain PyTorch loop driven by a validated :class:`NativeConfig`.
+
+One step: draw the global batch (sampler), keep this rank's share, predict (forces/virial by
+autograd through ``mlpot.models.derivatives``), loss = Σ prefactor · term (prefactors may follow
+lr / start_lr, DeePMD), backward, sum gradients over ranks, clip, optimizer and lr-scheduler step,
+EMA update. A non-finite loss skips the update (logged and counted; training stops after
+``training.max_nonfinite`` such steps). Steps are counted from 0; DeePMD's displayed step is
+``step + 1``.
+
+Display (step 1, every ``logging.disp_freq`` steps and the last): lcurve.out row (training values
+of the current batch, validation values averaged over ``numb_btch`` batches with atom-count
+weights), a metrics-CSV row (pooled validation RMSE/MAE per label), TensorBoard scalars. Every
+train and validation batch writes a ``loss breakdown:`` line to the debug log.
+
+Checkpoints (rank 0, atomic) hold everything needed for an exact resume: model config and weights,
+optimizer, schedulers, EMA, RNG states (torch, numpy, python), sampler positions, step and epoch.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+import sys
+import time
+from pathlib import Path
+from typing import Dict, List, Optional
+
+import numpy as np
+import torch
+
+from mlpot.config.schema import NativeConfig
+from mlpot.data import keys as K
+from mlpot.errors import CheckpointError, ConfigError, MlpotError
+from mlpot.training.checkpoint import CheckpointManager, load_checkpoint
+from mlpot.training.data_setup import TrainingData, build_training_data
+from mlpot.training.distributed import DistInfo, init_distributed, shard_indices
+from mlpot.training.ema import ExponentialMovingAverage
+from mlpot.training.logging import (LcurveWriter, MetricsCSV, TensorBoardWriter, close_log,
+                                    format_loss_breakdown, open_debug_log)
+from mlpot.training.losses import WeightedLoss, label_error_sums
+from mlpot.training.metrics import AtomWeightedMean, PooledErrors, lcurve_keys, lcurve_values
+from mlpot.training.optim import build_lr_scheduler, build_optimizer, current_lr
+from mlpot.training.stages import StagePlan, apply_model_options, apply_stage_lr
+
+__all__ = ["Trainer", "TrainingStopped", "predict"]
+
+_DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+
+class TrainingStopped(MlpotError, RuntimeError):
+    """Training stopped on purpose (too many non-finite losses)."""
+
+
+def predict(model: torch.nn.Module, batch: Dict[str, torch.Tensor], labels, create_graph: bool) -> Dict[str, torch.Tensor]:
+    """Model outputs for ``labels``: forces/virial/stress by autograd when a label needs them."""
+    forces, virial, stress = K.FORCES in labels, K.VIRIAL in labels, K.STRESS in labels
+    if forces or virial or stress:
+        from mlpot.models.derivatives import compute_derivatives
+
+        return compute_derivatives(model, batch, forces=forces, virial=virial, stress=stress,
+                                   create_graph=create_graph)
+    return model(batch)
+
+
+def _rng_state() -> dict:
+    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+
+
+def _set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+
+
+class Trainer:
+    """Train the model of ``config``.
+
+    restart: checkpoint to resume exactly (weights, optimizer, schedules, RNG, sampler, step).
+    init_model: checkpoint or frozen model whose weights initialise the model (step 0, fresh
+    optimizer). progress: show a tqdm bar (only on a TTY). file: config file name for messages.
+    """
+
+    def __init__(self, config: NativeConfig, *, restart: Optional[str] = None, init_model: Optional[str] = None,
+                 progress: bool = True, file: Optional[str] = None, stdout=None):
+        self.config = config
+        self.file = file
+        self.dist: DistInfo = init_distributed()
+        self.out = Path(config.output_dir)
+        if self.dist.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
+        self.stdout = stdout or sys.stdout
+        self.progress = progress
+        self.dtype = _DTYPES[config.dtype]
+        checkpoint = load_checkpoint(restart) if restart else None
+        self._seed(config.seed)
+        self.data: TrainingData = build_training_data(
+            config, self.dtype, file=file, with_statistics=checkpoint is None and init_model is None,
+            device=self.dist.device)
+        self.model = self.data.model
+        if init_model:
+            self._init_weights(init_model)
+        self.unit = config.training.unit
+        self.steps_per_epoch = len(self.data.train_sampler)
+        self.total_steps = (config.training.numb_steps if self.unit == "steps"
+                            else config.training.numb_epochs * self.steps_per_epoch)
+        self.plan = StagePlan(config.stages(), self.unit)
+        self._build_optimizer()
+        self.ema = ExponentialMovingAverage(self.model, config.ema.decay, config.ema.warmup) if config.ema else None
+        self.step, self.epoch, self.nonfinite = 0, 0, 0
+        self.stage_index = -1
+        if checkpoint is not None:
+            self._restore(checkpoint, restart)
+        cp = config.checkpoint
+        self.checkpoints = CheckpointManager(self.out / cp.dir, cp.prefix, cp.keep)
+        self.loss: Optional[WeightedLoss] = None
+        self.debug_log = self.lcurve = self.csv = self.bar = None
+
+    # ---- set-up ------------------------------------------------------------------------
+    def _seed(self, seed: int) -> None:
+        torch.manual_seed(seed)
+        np.random.seed(seed % 2**32)
+        random.seed(seed)
+
+    def _init_weights(self, path: str) -> None:
+        from mlpot.calculators.export import load_model  # frozen file or checkpoint
+
+        source = load_model(path)
+        missing, unexpected = self.model.load_state_dict(source.state_dict(), strict=False)
+        if missing or unexpected:
+            raise CheckpointError(f"weights do not fit the configured model (missing {missing[:3]}, "
+                                  f"unexpected {unexpected[:3]})", file=str(path))
+
+    def _build_optimizer(self) -> None:
+        import fnmatch
+
+        cfg, sched = self.config.optimizer, self.config.lr_schedule
+        base_lr = cfg.lr or sched.start_lr or 1e-3
+        scale = {"linear": self.dist.world_size, "sqrt": math.sqrt(self.dist.world_size), "none": 1.0}
+        base_lr *= scale[sched.scale_by_worker]
+        named = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
+        taken, groups, self.group_names = set(), [], []
+        for index, group in enumerate(cfg.groups):
+            params = [p for n, p in named if n not in taken and any(fnmatch.fnmatch(n, pat) for pat in group.params)]
+            if not params:
+                raise ConfigError(f"patterns {group.params} match no parameter", file=self.file,
+                                  key=["optimizer", "groups", index, "params"])
+            taken.update(n for n, p in named if any(p is q for q in params))
+            entry = {"params": params, "lr": group.lr or base_lr, **group.kwargs}
+            if group.weight_decay is not None:
+                entry["weight_decay"] = group.weight_decay
+            groups.append(entry)
+            self.group_names.append(group.name)
+        rest = [p for n, p in named if n not in taken]
+        if rest:
+            groups.insert(0, {"params": rest, "lr": base_lr})
+            self.group_names.insert(0, "default")
+        kwargs = dict(cfg.kwargs)
+        if cfg.weight_decay is not None:
+            kwargs["weight_decay"] = cfg.weight_decay
+        if cfg.betas is not None:
+            kwargs["betas"] = tuple(cfg.betas)
+        self.optimizer = build_optimizer(cfg.name, groups, file=self.file, lr=base_lr, **kwargs)
+        self.initial_lrs = [g["lr"] for g in self.optimizer.param_groups]
+        self.start_lr = base_lr
+        options = {}
+        if sched.type == "plateau":
+            options = {"factor": sched.factor, "patience": sched.patience, "min_lr": sched.min_lr}
+        elif sched.type != "constant" or sched.warmup_steps or sched.warmup_ratio:
+            warmup = sched.warmup_steps or int((sched.warmup_ratio or 0.0) * self.total_steps)
+            options = {"warmup_steps": warmup, "warmup_start_factor": sched.warmup_start_factor}
+            if sched.type in ("exp", "cosine"):
+                stop = sched.stop_lr if sched.stop_lr is not None else (
+                    base_lr * sched.stop_lr_ratio if sched.stop_lr_ratio else (1e-8 if sched.type == "exp" else 0.0))
+                options.update(stop_lr=stop, num_steps=self.total_steps)
+            if sched.type == "exp":
+                options.update(decay_steps=sched.decay_steps, decay_rate=sched.decay_rate, smooth=sched.smooth)
+            if sched.type == "step":
+                options.update(step_size=sched.step_size, gamma=sched.gamma)
+        self.scheduler = build_lr_scheduler(self.optimizer, sched.type, start_lr=base_lr, file=self.file, **options)
+        self.plateau = sched.type == "plateau"
+
+    def _restore(self, state: dict, path: str) -> None:
+        try:
+            self.model.load_state_dict(state["model_state_dict"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            if state.get("scheduler") is not None:
+                self.scheduler.load_state_dict(state["scheduler"])
+            if self.ema is not None and state.get("ema") is not None:
+                self.ema.load_state_dict(state["ema"])
+            self.data.train_sampler.load_state_dict(state["train_sampler"])
+            if self.data.valid_sampler is not None and state.get("valid_sampler") is not None:
+                self.data.valid_sampler.load_state_dict(state["valid_sampler"])
+            self.step, self.epoch, self.nonfinite = int(state["step"]), int(state["epoch"]), int(state["nonfinite"])
+            _set_rng_state(state["rng"])
+        except (KeyError, RuntimeError, ValueError) as exc:
+            raise CheckpointError(f"checkpoint does not fit this config: {exc}", file=str(path)) from None
+
+    def state_dict(self) -> dict:
+        return {
+            "model_config": self.model.config, "dtype": self.config.dtype,
+            "model_state_dict": self.model.state_dict(),
+            "ema_state_dict": self._ema_weights(),
+            "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+            "ema": self.ema.state_dict() if self.ema else None,
+            "train_sampler": self.data.train_sampler.state_dict(),
+            "valid_sampler": self.data.valid_sampler.state_dict() if self.data.valid_sampler is not None else None,
+            "rng": _rng_state(), "step": self.step, "epoch": self.epoch, "nonfinite": self.nonfinite,
+            "config": self.config.model_dump(mode="json"),
+        }
+
+    def _ema_weights(self) -> Optional[dict]:
+        if self.ema is None:
+            return None
+        weights = {k: v.clone() for k, v in self.model.state_dict().items()}
+        weights.update({k: v.clone() for k, v in self.ema.shadow.items()})
+        return weights
+
+    # ---- one step -----------------------------------------------------------------------
+    def _enter_stage(self, index: int) -> None:
+        stage = self.plan[index]
+        terms = stage.loss if stage.loss else self.config.loss.terms
+        self.loss = WeightedLoss(terms, self.config.loss.type, self.config.loss.intensive_ener_virial, file=self.file)
+        if self.plateau:
+            if stage.lr is not None or stage.group_lr:
+                apply_stage_lr(stage, self.optimizer, self.scheduler, self.group_names, self.initial_lrs)
+        else:
+            apply_stage_lr(stage, self.optimizer, self.scheduler, self.group_names, self.initial_lrs)
+        apply_model_options(self.model, stage.model_options, stage.name)
+        self.stage_index = index
+
+    def _position(self) -> int:
+        return self.step if self.unit == "steps" else self.epoch
+
+    def _next_indices(self) -> List[int]:
+        while True:  # an EpochSampler returns None once at the end of each pass
+            indices = self.data.train_sampler.next_batch()
+            if indices is not None:
+                return indices
+
+    def _lr_ratio(self) -> float:
+        return current_lr(self.optimizer) / self.optimizer.param_groups[0]["initial_lr"]
+
+    def train_step(self) -> Dict[str, float]:
+        """One optimisation step on the next global batch; returns display values of this batch."""
+        indices = shard_indices(self._next_indices(), self.dist)
+        batch = self.data.train_batch(indices)
+        lr = current_lr(self.optimizer)
+        self.model.train()
+        pred = predict(self.model, batch, self.loss.labels, create_graph=True)
+        reduce = self.dist.sum if self.dist.enabled else None
+        total, weighted, _ = self.loss(pred, batch, self._lr_ratio(), reduce=reduce)
+        global_total = float(self.dist.sum(total)) if self.dist.enabled else float(total.detach())
+        self.optimizer.zero_grad(set_to_none=True)
+        finite = math.isfinite(global_total)
+        if finite:
+            total.backward()
+            self.dist.sum_gradients(list(self.model.parameters()))
+            if self.config.training.clip_grad_norm is not None:
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.training.clip_grad_norm)
+            self.optimizer.step()
+            if self.ema is not None:
+                self.ema.update(self.model)
+        else:
+            self.nonfinite += 1
+            self._log_debug(f"non-finite loss at step {self.step + 1}: update skipped "
+                            f"({self.nonfinite} so far)", warning=True)
+        if not self.plateau:
+            self.scheduler.step()
+        self.step += 1
+        self.epoch = self.step // self.steps_per_epoch  # completed (nominal) epochs
+        components = {k: float(self.dist.sum(v)) if self.dist.enabled else float(v.detach()) for k, v in weighted.items()}
+        self._log_debug(format_loss_breakdown(components))
+        sums = label_error_sums(pred, batch, self.loss.labels)
+        if self.dist.enabled:
+            sums = {k: self.dist.sum(v) for k, v in sums.items()}
+        values = lcurve_values(global_total, sums, self.loss.labels)
+        values["loss"] = global_total
+        values["lr"] = lr
+        if not finite and self.nonfinite > self.config.training.max_nonfinite:
+            raise TrainingStopped(f"stopped after {self.nonfinite} steps with a non-finite loss "
+                                  f"(training.max_nonfinite = {self.config.training.max_nonfinite})")
+        return values
+
+    # ---- validation -----------------------------------------------------------------------
+    def validate(self) -> Optional[Dict[str, float]]:
+        """Validation values (lcurve keys atom-weighted per batch, pooled <label>_rmse/_mae)."""
+        if self.data.valid_sampler is None:
+            return None
+        import contextlib
+
+        lcurve, pooled = AtomWeightedMean(), PooledErrors()
+        self.model.eval()
+        ratio = self._lr_ratio()
+        with self.ema.applied(self.model) if self.ema is not None else contextlib.nullcontext():
+            for indices in self.data.valid_batches():
+                batch = self.data.valid_batch(indices)
+                pred = predict(self.model, batch, self.loss.labels, create_graph=False)
+                with torch.no_grad():
+                    total, weighted, _ = self.loss({k: v.detach() for k, v in pred.items()}, batch, ratio)
+                self._log_debug(format_loss_breakdown({k: float(v) for k, v in weighted.items()}))
+                sums = label_error_sums(pred, batch, self.loss.labels)
+                lcurve.add(lcurve_values(float(total), sums, self.loss.labels), int(batch[K.N_ATOMS].sum()))
+                pooled.add(sums)
+        return {**lcurve.result(), **pooled.result()}
+
+    # ---- logging -------------------------------------------------------------------------
+    def _log_debug(self, message: str, warning: bool = False) -> None:
+        if self.debug_log is not None:
+            (self.debug_log.warning if warning else self.debug_log.debug)(message)
+        if warning and self.dist.is_main:
+            print(f"warning: {message}", file=sys.stderr)
+
+    def _open_logs(self) -> None:
+        cfg = self.config.logging
+        append = self.step > 0
+        main = self.dist.is_main
+        self.debug_log = open_debug_log(self.out / cfg.debug_log, append=append) if (main and cfg.debug_log) else None
+        keys = lcurve_keys(self.loss.labels)
+        has_valid = self.data.valid_sampler is not None
+        self.lcurve = LcurveWriter(self.out / cfg.lcurve, keys, has_valid, append) if (main and cfg.lcurve) else None
+        self.csv = MetricsCSV(self.out / cfg.metrics_csv, append) if (main and cfg.metrics_csv) else None
+        self.tensorboard = TensorBoardWriter(self.out / cfg.tensorboard_log_dir, cfg.tensorboard_freq,
+                                             enabled=main and cfg.tensorboard)
+
+    def _close_logs(self) -> None:
+        for writer in (self.lcurve, self.csv, self.tensorboard):
+            if writer is not None:
+                writer.close()
+        close_log(self.debug_log)
+
+    def _display(self, train: Dict[str, float], valid: Optional[Dict[str, float]]) -> None:
+        step, stage = self.step, self.plan[self.stage_index].name
+        if self.lcurve is not None:
+            self.lcurve.write(step, train, valid, train["lr"])
+        row = {"step": step, "epoch": self.epoch, "stage": stage, "lr": train["lr"], "loss": train["loss"]}
+        row.update({f"train_{k}": v for k, v in train.items() if k not in ("lr", "loss")})
+        row.update({f"valid_{k}": v for k, v in (valid or {}).items()})
+        if self.csv is not None:
+            self.csv.write(row)
+        self.tensorboard.write(step, {k: v for k, v in row.items() if isinstance(v, float)})
+        if self.dist.is_main and self.config.logging.disp_training:
+            parts = [f"step {step}", f"stage {stage}", f"lr {train['lr']:.2e}", f"loss {train['loss']:.6g}"]
+            parts += [f"{k}_trn {v:.3e}" for k, v in train.items() if k.startswith("rmse")]
+            parts += [f"{k}_val {v:.3e}" for k, v in (valid or {}).items() if k.startswith("rmse")]
+            self._write(", ".join(parts))
+
+    def _write(self, line: str) -> None:
+        if self.bar is not None:
+            self.bar.write(line, file=self.stdout)
+        else:
+            print(line, file=self.stdout, flush=True)
+
+    # ---- the loop ------------------------------------------------------------------------
+    def run(self) -> Dict[str, float]:
+        """Train to the end; returns the last validation (or training) values."""
+        from tqdm import tqdm
+
+        self._enter_stage(self.plan.index_at(self._position()))
+        self._open_logs()
+        cfg = self.config
+        disp_freq = cfg.logging.disp_freq
+        valid_freq = cfg.training.valid_freq or disp_freq
+        show_bar = self.progress and cfg.logging.progress_bar and self.dist.is_main and self.stdout.isatty()
+        self.bar = tqdm(total=self.total_steps, initial=self.step, unit="step", disable=not show_bar,
+                        dynamic_ncols=True, file=self.stdout)
+        last: Dict[str, float] = {}
+        start_time, start_step = time.perf_counter(), self.step
+        try:
+            while self.step < self.total_steps:
+                index = self.plan.index_at(self._position())
+                if index != self.stage_index:
+                    self._enter_stage(index)
+                train = self.train_step()
+                self.bar.update(1)
+                self.bar.set_postfix(loss=f"{train['loss']:.4g}", lr=f"{train['lr']:.2e}", refresh=False)
+                end = self.step == self.total_steps
+                epoch_done = (self.step % self.steps_per_epoch == 0)
+                if epoch_done and self.debug_log is not None:
+                    self.debug_log.info(f"Epoch {self.step // self.steps_per_epoch - 1}: loss={train['loss']:.6g}")
+                valid = None
+                if self.step == 1 or self.step % valid_freq == 0 or end:
+                    valid = self.validate() if self.dist.is_main else None
+                    if self.plateau and valid is not None:
+                        self.scheduler.step(valid.get("rmse", train["loss"]))
+                if self.step == 1 or self.step % disp_freq == 0 or end:
+                    self._display(train, valid)
+                    last = valid or train
+                if self.step % cfg.checkpoint.every == 0 or end:
+                    self.save()
+            elapsed = time.perf_counter() - start_time
+            if self.dist.is_main and cfg.logging.time_training and self.step > start_step:
+                self._write(f"average training time: {elapsed / (self.step - start_step):.4f} s/step "
+                            f"({self.step - start_step} steps)")
+            if self.dist.is_main:
+                self.export()
+        finally:
+            self.bar.close()
+            self._close_logs()
+        return last
+
+    def save(self) -> Optional[Path]:
+        """Write a checkpoint of the current state (rank 0 only)."""
+        if not self.dist.is_main:
+            return None
+        return self.checkpoints.save(self.step, self.state_dict())
+
+    def export(self) -> Path:
+        """Write ``<output_dir>/model.pt`` (frozen model, EMA weights when EMA is on) next to the checkpoints."""
+        from mlpot.calculators.export import freeze
+
+        latest = self.checkpoints.latest()
+        path = self.out / "model.pt"
+        freeze(latest, path)
+        return path
