@@ -41,6 +41,14 @@ def test_system_probabilities_of_the_spec():
         system_probabilities([1, 1], "prob_sizes")
 
 
+def test_sampler_from_systems(shared_data):
+    from mlpot.data import read_systems
+    systems = read_systems(shared_data("deepmd_nopbc"))
+    sampler = SystemSampler.from_systems(systems, "auto", seed=0)
+    assert sampler.batch_sizes == [5, 4, 4] and sampler.n_batches == [313, 122, 4]
+    np.testing.assert_allclose(sampler.probabilities, np.array([313, 122, 4]) / 439)
+
+
 def test_number_of_batches_uses_ceil():
     sampler = SystemSampler([80, 161], 2, seed=1)
     assert sampler.n_batches == [40, 81]

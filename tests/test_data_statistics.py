@@ -37,6 +37,11 @@ def test_energy_bias_full_rank_recovers_exact_biases():
     bias, residual = energy_bias_lstsq(counts, counts @ true_bias)
     np.testing.assert_allclose(bias, true_bias, atol=1e-12)
     assert np.abs(residual).max() < 1e-10
+    # a preset bias is held fixed and the others fitted to the rest
+    bias, _ = energy_bias_lstsq(counts, counts @ true_bias, preset=[None, 2.0, None])
+    assert bias[1] == 2.0
+    rest = np.linalg.lstsq(counts[:, [0, 2]], counts @ true_bias - 2.0 * counts[:, 1], rcond=None)[0]
+    np.testing.assert_allclose(bias[[0, 2]], rest, atol=1e-12)
 
 
 def test_auto_sel_rounds_up_to_multiple_of_four():

@@ -143,6 +143,14 @@ class SystemSampler(_ResumableSampler):
         self.cursors = [0] * len(self.system_sizes)
         self.last_system: Optional[int] = None
 
+    @classmethod
+    def from_systems(cls, systems: Sequence[Sequence[dict]], batch_size="auto", **kwargs) -> "SystemSampler":
+        """Sampler over frame lists (e.g. from ``read_systems``); atoms per system from the first frame."""
+        from mlpot.data.keys import POSITIONS
+
+        return cls([len(s) for s in systems], batch_size,
+                   n_atoms=[len(s[0][POSITIONS]) if len(s) else 1 for s in systems], **kwargs)
+
     def next_batch(self) -> List[int]:
         """Global frame indices of the next batch; ``last_system`` tells which system it came from."""
         system = int(self.rng.choice(len(self.system_sizes), p=self.probabilities))

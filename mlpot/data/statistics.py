@@ -69,15 +69,25 @@ class DatasetStatistics:
         return cls(**{k: v for k, v in data.items() if k in names})
 
 
-def energy_bias_lstsq(type_counts: np.ndarray, energies: np.ndarray, rcond: Optional[float] = None):
+def energy_bias_lstsq(type_counts: np.ndarray, energies: np.ndarray, rcond: Optional[float] = None,
+                      preset: Optional[Sequence[Optional[float]]] = None):
     """Per-type bias b minimising |N b - E|^2 (minimum norm when rank-deficient).
 
-    type_counts: (n_frames, n_types) atoms per type; energies: (n_frames,) eV.
-    Returns (bias (n_types,) eV, residual (n_frames,) eV).
+    type_counts: (n_frames, n_types) atoms per type; energies: (n_frames,) eV; rcond: as in
+    ``numpy.linalg.lstsq`` (DeePMD ``fitting_net/rcond``); preset: per type a fixed bias (eV) or
+    None — fixed types are subtracted first and the rest is fitted (DeePMD ``preset_out_bias`` /
+    ``atom_ener``). Returns (bias (n_types,) eV, residual (n_frames,) eV).
     """
     counts = np.asarray(type_counts, dtype=np.float64)
     energies = np.asarray(energies, dtype=np.float64)
-    bias = np.linalg.lstsq(counts, energies, rcond=rcond)[0]
+    bias = np.zeros(counts.shape[1])
+    fixed = np.array([p is not None for p in (preset or [None] * counts.shape[1])], dtype=bool)
+    if fixed.any():
+        bias[fixed] = [float(p) for p in preset if p is not None]
+    free = ~fixed
+    target = energies - counts[:, fixed] @ bias[fixed]
+    if free.any():
+        bias[free] = np.linalg.lstsq(counts[:, free], target, rcond=rcond)[0]
     return bias, energies - counts @ bias
 
 
