@@ -54,7 +54,8 @@ def select_neighbors(
                 RuntimeWarning,
                 stacklevel=3,
             )
-        nlist = torch.where(nlist >= 0, inside[nlist.clamp(min=0)], nlist)
+        if inside.numel():
+            nlist = torch.where(nlist >= 0, inside[nlist.clamp(min=0)], nlist)
     return nlist
 
 

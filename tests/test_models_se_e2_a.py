@@ -1,0 +1,197 @@
+"""se_e2_a + ener fitting: physics checks, conventions of spec deepmd.md §2.3, statistics on water."""
+
+import numpy as np
+import pytest
+import torch
+
+from mlpot import testing as T
+from mlpot.data import keys as K
+from mlpot.models import build_model
+from mlpot.models.base import edge_vectors
+from mlpot.models.derivatives import compute_derivatives
+from mlpot.nn import smooth_switch
+
+WATER_SE_A = {
+    "type_map": ["O", "H"],
+    "descriptor": {"type": "se_e2_a", "sel": [46, 92], "rcut_smth": 0.5, "rcut": 6.0, "neuron": [25, 50, 100],
+                   "resnet_dt": False, "axis_neuron": 16, "type_one_side": True, "seed": 1,
+                   "_comment": " that's all"},
+    "fitting_net": {"neuron": [240, 240, 240], "resnet_dt": True, "seed": 1},
+}
+
+
+def small_config(precision="default", **descriptor):
+    section = {"type": "se_a", "sel": [12, 12], "rcut": 3.5, "rcut_smth": 1.0, "neuron": [4, 8], "axis_neuron": 3,
+               "seed": 1, "precision": precision}
+    section.update(descriptor)
+    return {"type_map": ["A", "B"], "descriptor": section,
+            "fitting_net": {"neuron": [8, 8], "seed": 2, "precision": precision}}
+
+
+def small_model(dtype=torch.float64, batch=None, **descriptor):
+    precision = "float64" if dtype == torch.float64 else "float32"
+    model = build_model(small_config(precision, **descriptor))
+    model.compute_statistics([batch if batch is not None else T.random_batch(2, 8, seed=5)])
+    return model
+
+
+def tolerances(dtype):
+    return dict(atol=1e-7, rtol=1e-6) if dtype == torch.float64 else dict(atol=2e-3, rtol=2e-3)
+
+
+def test_water_example_parameter_count():
+    assert build_model(WATER_SE_A).num_parameters() == 1_014_182  # spec §3.1
+
+
+@pytest.mark.parametrize("type_one_side", [True, False])
+def test_forces_virial_by_finite_differences(dtype, type_one_side):
+    batch = T.random_batch(2, [8, 7], seed=1)
+    model = small_model(dtype, type_one_side=type_one_side)
+    if dtype == torch.float64:
+        T.assert_forces_match_fd(model, batch, atol=1e-7, rtol=1e-5)
+        T.assert_virial_matches_finite_strain(model, batch, atol=1e-7, rtol=1e-5)
+    else:  # float32 network: finite differences need a larger step and looser tolerance
+        T.assert_forces_match_fd(model, batch, delta=2e-3, atol=5e-3, rtol=5e-2, atoms=[0, 3, 9])
+        T.assert_virial_matches_finite_strain(model, batch, delta=2e-3, atol=2e-2, rtol=5e-2)
+
+
+def test_non_periodic_forces_and_virial():
+    batch = T.random_batch(1, 9, periodic=False, seed=2)
+    model = small_model()
+    T.assert_forces_match_fd(model, batch)
+    T.assert_virial_matches_finite_strain(model, batch)
+    out = compute_derivatives(model, batch, forces=True)
+    torch.testing.assert_close(out[K.FORCES].sum(0), torch.zeros(3, dtype=torch.float64), atol=1e-10, rtol=0)
+
+
+@pytest.mark.parametrize("type_one_side", [True, False])
+def test_invariance_and_batch_consistency(dtype, type_one_side):
+    batch = T.random_batch(3, [8, 6, 7], seed=3)
+    model = small_model(dtype, type_one_side=type_one_side)
+    T.assert_invariant(model, batch, **tolerances(dtype))
+    T.assert_batch_consistent(model, batch, **tolerances(dtype))
+
+
+def test_atom_energies_sum_to_energy_and_outputs_are_float64():
+    batch = T.random_batch(2, 8, seed=4)
+    out = small_model(torch.float32)(batch)
+    assert out[K.ENERGY].dtype == torch.float64
+    torch.testing.assert_close(out[K.ENERGY], torch.stack([out[K.ATOM_ENERGY][:8].sum(), out[K.ATOM_ENERGY][8:].sum()]))
+
+
+def test_smooth_when_an_atom_crosses_the_cutoff():
+    # two atoms, isolated: energy, forces are continuous and constant beyond rcut
+    model = small_model()
+    model.descriptor.rcut_smth = 1.0
+    energies, forces = [], []
+    for distance in (3.5 - 1e-4, 3.5 - 1e-7, 3.5 + 1e-7, 3.9):
+        frame = {K.POSITIONS: np.array([[0.0, 0, 0], [distance, 0, 0]]), K.CELL: np.zeros((3, 3)),
+                 K.PBC: np.zeros(3, bool), K.ATOM_TYPES: np.array([0, 1])}
+        from mlpot.data import AtomsDataset, collate
+
+        batch = collate([AtomsDataset([frame], 4.0)[0]])
+        out = compute_derivatives(model, batch)
+        energies.append(out[K.ENERGY].item())
+        forces.append(out[K.FORCES].detach())
+    assert abs(energies[1] - energies[3]) < 1e-12 and abs(energies[2] - energies[3]) < 1e-12
+    assert abs(energies[0] - energies[3]) < 1e-8  # w ~ (1-u)^3 near rc
+    assert forces[1].abs().max() < 1e-9 and forces[3].abs().max() == 0
+
+
+def _naive_descriptor(model, batch):
+    """Reference D and rot by explicit loops over atoms and slots (spec §2.2-2.3)."""
+    desc = model.descriptor
+    types = batch[K.ATOM_TYPES]
+    vectors = edge_vectors(batch).detach()
+    centre, neighbour = batch[K.EDGE_INDEX]
+    out, rots = [], []
+    for i in range(len(types)):
+        rows, nets = [], []
+        for tj, s in enumerate(desc.sel):
+            edges = [e for e in range(len(centre)) if centre[e] == i and types[neighbour[e]] == tj and vectors[e].norm() < desc.rcut]
+            edges.sort(key=lambda e: float(vectors[e].norm()))
+            for slot in range(s):
+                if slot < len(edges):
+                    v = vectors[edges[slot]]
+                    r = v.norm()
+                    sw = smooth_switch(r, desc.rcut_smth, desc.rcut) / r
+                    row = torch.cat([sw.reshape(1), sw * v / r])
+                else:
+                    row = torch.zeros(4, dtype=torch.float64)
+                row = (row - desc.davg[types[i]]) / desc.dstd[types[i]]
+                rows.append(row)
+                nets.append(tj if desc.type_one_side else int(types[i]) * desc.n_types + tj)
+        rows = torch.stack(rows)
+        g = torch.stack([desc.embeddings[n](rows[k, :1]) for k, n in enumerate(nets)])  # (Nc, M1)
+        a = rows.T @ g / len(rows)  # (4, M1)
+        out.append((a.T @ a[:, : desc.m2]).reshape(-1))
+        rots.append(a[1:4].T)
+    return torch.stack(out), torch.stack(rots)
+
+
+@pytest.mark.parametrize("type_one_side", [True, False])
+def test_descriptor_matches_spec_formula_with_padding(type_one_side):
+    batch = T.random_batch(1, 8, seed=6)
+    model = small_model(type_one_side=type_one_side)
+    assert model.descriptor.davg[:, 0].abs().min() > 0  # padding enters as (-mu/sigma, 0, 0, 0) [COMPAT]
+    d, rot = model.descriptor(batch, edge_vectors(batch))
+    d_ref, rot_ref = _naive_descriptor(model, batch)
+    assert d.shape == (8, 8 * 3) and rot.shape == (8, 8, 3)
+    torch.testing.assert_close(d.detach(), d_ref.detach())
+    torch.testing.assert_close(rot.detach(), rot_ref.detach())
+
+
+def test_exclude_types_masks_the_pair():
+    batch = T.random_batch(1, 10, seed=7)
+    model = small_model(exclude_types=[[0, 1]])
+    types = batch[K.ATOM_TYPES]
+    d0, _ = model.descriptor(batch, edge_vectors(batch))
+    moved = dict(batch)
+    positions = batch[K.POSITIONS].clone()
+    first_b = int(torch.nonzero(types == 1)[0])
+    positions[first_b] += 1e-3  # moving one B atom (it crosses no cutoff) changes no A descriptor does not change the A-atom descriptors
+    moved[K.POSITIONS] = positions
+    d1, _ = model.descriptor(moved, edge_vectors(moved))
+    torch.testing.assert_close(d0[types == 0], d1[types == 0])
+    assert (d0[types == 1] - d1[types == 1]).abs().max() > 1e-6
+
+
+def test_more_neighbours_than_sel_warns():
+    batch = T.random_batch(1, 27, box=4.0, seed=8)
+    model = small_model(sel=[2, 2])
+    with pytest.warns(RuntimeWarning, match="more neighbours than sel"):
+        model(batch)
+
+
+def _water_batches(shared_data, systems, n_frames):
+    from mlpot.data import AtomsDataset, collate, read_frames
+
+    batches = []
+    for system in systems:
+        frames = read_frames(shared_data(f"deepmd_water/{system}"), type_map=["O", "H"])
+        dataset = AtomsDataset(frames[:n_frames], 6.0)
+        batches.append(collate([dataset[i] for i in range(len(dataset))]))
+    return batches
+
+
+def test_env_statistics_on_water(shared_data):
+    model = build_model(WATER_SE_A)
+    summary = model.compute_statistics(_water_batches(shared_data, ["data_0", "data_1", "data_3"], 10))
+    davg, dstd = np.array(summary["descriptor"]["davg"]), np.array(summary["descriptor"]["dstd"])
+    # DeePMD-kit 3.2.0 on 20 frames of data_0..2 (spec §2.2); frame samples differ: a few per cent
+    np.testing.assert_allclose(davg[:, 0], [0.050349, 0.048121], rtol=0.01)
+    np.testing.assert_allclose(dstd[:, 0], [0.139914, 0.123944], rtol=0.01)
+    np.testing.assert_allclose(dstd[:, 1], [0.085850, 0.076763], rtol=0.01)
+    assert np.all(davg[:, 1:] == 0) and np.all(dstd[:, 1:] == dstd[:, 1:2])
+    # minimum-norm least-squares bias ∝ composition (64 O, 128 H) [COMPAT]
+    bias = np.array(summary["fitting"]["bias_atom"])[:, 0]
+    assert abs(bias[1] / bias[0] - 2.0) < 1e-9
+
+
+def test_energy_bias_over_data_0_and_1_all_frames(shared_data):
+    from mlpot.data import collate, read_frames
+
+    model = build_model(WATER_SE_A)
+    batches = [collate(list(read_frames(shared_data(f"deepmd_water/{s}"), type_map=["O", "H"]))) for s in ("data_0", "data_1")]
+    summary = model.fitting.compute_output_statistics(batches)
+    np.testing.assert_allclose(np.array(summary["bias_atom"])[:, 0], [-93.57366, -187.14733], atol=2e-5)
