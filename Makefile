@@ -16,11 +16,13 @@ $(BIN)/mlpot: pyproject.toml
 
 setup: $(BIN)/mlpot
 
+EXAMPLE := examples/cuau_emt
 demo: setup
-	$(BIN)/python examples/water_emt/make_dataset.py
-	$(BIN)/mlpot train examples/water_emt/config.yaml
-	$(BIN)/mlpot test examples/water_emt/out/model.pt examples/water_emt/test.extxyz --plot examples/water_emt/out/parity.png
-	$(BIN)/mlpot plot losses examples/water_emt/out/debug.log --output examples/water_emt/out/losses.png
+	$(BIN)/python $(EXAMPLE)/make_dataset.py
+	$(BIN)/mlpot train $(EXAMPLE)/config.yaml
+	$(BIN)/mlpot test $(EXAMPLE)/out/model.pt $(EXAMPLE)/data/test.extxyz -d $(EXAMPLE)/out/detail --plot $(EXAMPLE)/out/parity.png
+	$(BIN)/mlpot plot losses $(EXAMPLE)/out/lcurve.out --output $(EXAMPLE)/out/lcurve.png
+	$(BIN)/mlpot plot losses $(EXAMPLE)/out/debug.log --output $(EXAMPLE)/out/losses.png
 
 test: setup
 	$(BIN)/python -m pytest -q

@@ -1,0 +1,67 @@
+"""DeePMD-kit's water se_e2_a input.json runs unchanged: train (lcurve.out), freeze, test.
+
+The example file is examples/deepmd_water/input.json (DeePMD-kit's examples/water/se_e2_a/input.json
+with the provided systems); only the system paths (through the shared_data fixture) and the run
+length are changed here, as a user would for a smoke run.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mlpot.cli import main
+
+REPO = Path(__file__).resolve().parents[1]
+STEPS = 4
+
+
+@pytest.fixture
+def water_run(tmp_path, shared_data, monkeypatch):
+    config = json.loads((REPO / "examples" / "deepmd_water" / "input.json").read_text())
+    training = config["training"]
+    training["training_data"]["systems"] = [str(shared_data("deepmd_water/data_0")),
+                                            str(shared_data("deepmd_water/data_1"))]
+    training["validation_data"]["systems"] = [str(shared_data("deepmd_water/data_3"))]
+    training["numb_steps"] = STEPS
+    training["disp_freq"] = 2
+    training["save_freq"] = 2
+    (tmp_path / "input.json").write_text(json.dumps(config, indent=2))
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def test_water_example_trains_freezes_and_tests(water_run, shared_data, capsys):
+    assert main(["train", "input.json"]) == 0
+    lines = (water_run / "lcurve.out").read_text().splitlines()
+    assert lines[0].split() == ["#", "step", "rmse_val", "rmse_trn", "rmse_e_val", "rmse_e_trn",
+                                "rmse_f_val", "rmse_f_trn", "lr"]
+    assert lines[1].startswith("# If there is no available reference data")
+    rows = np.loadtxt(water_run / "lcurve.out")
+    assert rows[:, 0].tolist() == [1, 2, 4]  # displayed steps are 1-based: step 1, every disp_freq, last
+    assert np.isfinite(rows).all()
+    # untrained: force RMSE near the label RMS (0.82 eV/Å), per-atom energy error of a few meV once biased
+    assert 0.3 < rows[-1, 5] < 2.0
+    assert rows[0, -1] == pytest.approx(1e-3)
+    assert re.fullmatch(r"\s+1(\s+\S+){7}", (water_run / "lcurve.out").read_text().splitlines()[2])
+    assert (water_run / "checkpoint").read_text().strip() == f"model.ckpt-{STEPS}.pt"
+
+    assert main(["freeze", "-o", "frozen_model.pt"]) == 0
+    capsys.readouterr()
+    data_3 = str(shared_data("deepmd_water/data_3"))
+    assert main(["test", "-m", "frozen_model.pt", "-s", data_3, "-n", "3", "-d", "detail"]) == 0
+    out = capsys.readouterr().out
+    assert "# number of test data : 3" in out
+    for name in ("Energy MAE", "Energy RMSE", "Energy MAE/Natoms", "Energy RMSE/Natoms", "Force  MAE", "Force  RMSE"):
+        assert re.search(rf"^{re.escape(name)}\s+: \d\.\d{{6}}e[-+]\d\d eV", out, re.M), name
+    assert "Virial" not in out  # the water data have no virial labels
+    energy = np.loadtxt(water_run / "detail.e.out")
+    forces = np.loadtxt(water_run / "detail.f.out")
+    assert energy.shape == (3, 2) and forces.shape == (3 * 192, 6)
+    assert (water_run / "detail.e.out").read_text().startswith(f"# {data_3}: data_e pred_e")
+    force_rmse = float(re.search(r"^Force  RMSE\s+: (\S+)", out, re.M).group(1))
+    assert force_rmse == pytest.approx(np.sqrt(np.mean((forces[:, 3:] - forces[:, :3]) ** 2)), rel=1e-6)
