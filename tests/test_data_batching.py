@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from mlpot.data import AtomsDataset, FrameList, collate, edge_vectors, read_frames, read_systems
+from mlpot.data import AtomsDataset, FrameList, collate, concat_frame_lists, edge_vectors, read_frames, read_systems
 from mlpot.data import keys as K
 
 
@@ -81,3 +81,14 @@ def test_dataset_precompute_and_pickle(shared_data):
     copy = pickle.loads(pickle.dumps(dataset))
     assert copy.type_map == ["C", "H", "O"] and copy.frames.source == frames.source
     np.testing.assert_array_equal(copy[3][K.EDGE_INDEX], dataset[3][K.EDGE_INDEX])
+
+
+def test_close_atoms_warning_names_the_system_after_concatenation():
+    def frame(gap):
+        return {K.POSITIONS: np.array([[0.0, 0.0, 0.0], [gap, 0.0, 0.0]]), K.CELL: np.zeros((3, 3)),
+                K.PBC: np.zeros(3, bool), K.ATOM_TYPES: np.zeros(2, np.int64)}
+    first = FrameList([frame(1.0)], ["H"], source="a.xyz")
+    second = FrameList([frame(1.0), frame(0.2)], ["H"], source="b.xyz")
+    dataset = AtomsDataset(concat_frame_lists([first, second]), cutoff=2.0)
+    with pytest.warns(UserWarning, match=r"b\.xyz: frame 1: atoms only 0\.200 Å apart"):
+        dataset[2]

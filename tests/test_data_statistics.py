@@ -76,3 +76,20 @@ def test_cluster_statistics_and_dataset_edges_reused(shared_data):
                                                 (direct.forces_rms_per_type, direct.max_neighbors_per_type))
     # an isolated 2-atom frame has exactly one neighbour each: the mean count stays sane
     assert 0 < direct.mean_neighbors < 40 and 0.9 < direct.min_distance < 1.1
+
+
+def test_cache_of_concatenated_systems_sees_every_source(shared_data, tmp_path):
+    import os
+    import shutil
+    from mlpot.data import concat_frame_lists, read_systems
+    for name in ("a", "b"):
+        shutil.copytree(shared_data("deepmd_nopbc/C4H3O1"), tmp_path / name)
+    dataset = AtomsDataset(concat_frame_lists(read_systems([tmp_path / "a", tmp_path / "b"])), cutoff=4.0)
+    assert dataset.frames.sources == [str(tmp_path / "a"), str(tmp_path / "b")]
+    cache = tmp_path / "cache"
+    assert not compute_statistics(dataset, dataset.type_map, cutoff=4.0, cache_dir=cache).from_cache
+    assert compute_statistics(dataset, dataset.type_map, cutoff=4.0, cache_dir=cache).from_cache
+    energy = tmp_path / "b" / "set.000" / "energy.npy"
+    os.chmod(energy, 0o644)
+    os.utime(energy, ns=(energy.stat().st_atime_ns, energy.stat().st_mtime_ns + 10**9))
+    assert not compute_statistics(dataset, dataset.type_map, cutoff=4.0, cache_dir=cache).from_cache

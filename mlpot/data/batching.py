@@ -59,10 +59,19 @@ class AtomsDataset(torch.utils.data.Dataset):
                            + shifts @ frame[K.CELL])
                 closest = float(np.sqrt((vectors ** 2).sum(1).min()))
                 if closest < self.warn_distance:
-                    warnings.warn(f"{self.source or 'dataset'}: frame {index}: atoms only {closest:.3f} Å "
+                    warnings.warn(f"{self._where(index)}: atoms only {closest:.3f} Å "
                                   f"apart (below {self.warn_distance} Å); check units and positions")
             self._edges[index] = (edge_index, shifts)
         return self._edges[index]
+
+    def _where(self, index: int) -> str:
+        """'<source>: frame <k>' for frame ``index``, local to its system after concatenation."""
+        offsets = getattr(self.frames, "offsets", None)
+        sources = getattr(self.frames, "sources", [])
+        if offsets and len(sources) == len(offsets) - 1:
+            system = int(np.searchsorted(offsets, index, side="right")) - 1
+            return f"{sources[system]}: frame {index - offsets[system]}"
+        return f"{self.source or 'dataset'}: frame {index}"
 
     def precompute(self, progress: bool = False) -> "AtomsDataset":
         """Build every neighbour list now (e.g. before forking DataLoader workers, whose caches
@@ -138,7 +147,9 @@ def collate(frames: Sequence[dict], dtype: torch.dtype = torch.float64) -> Dict[
 def concat_frame_lists(systems: Sequence[FrameList]) -> FrameList:
     """Concatenate systems that share one type_map into a single FrameList (source: first system)."""
     type_map = systems[0].type_map if systems else []
-    out = FrameList(type_map=type_map, source=systems[0].source if systems else None)
+    out = FrameList(type_map=type_map, source=systems[0].source if systems else None,
+                    sources=[s for system in systems for s in getattr(system, "sources", [])])
+    out.offsets = np.cumsum([0] + [len(system) for system in systems]).tolist()
     for system in systems:
         if system.type_map != type_map:
             raise ValueError(f"type maps differ: {system.type_map} vs {type_map}")

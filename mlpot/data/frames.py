@@ -28,18 +28,24 @@ __all__ = ["FrameList", "numbers_from_type_map", "check_finite", "frame_labels"]
 
 
 class FrameList(list):
-    """A list of frames with ``type_map`` (list[str]) and ``source`` (path str or None)."""
+    """A list of frames with ``type_map`` (list[str]) and ``source`` (path str or None).
+
+    ``sources`` lists every file or system the frames came from (several after concatenation);
+    statistics caches are keyed on them.
+    """
 
     def __init__(self, frames: Iterable[dict] = (), type_map: Optional[Sequence[str]] = None,
-                 source: Optional[str] = None):
+                 source: Optional[str] = None, sources: Optional[Sequence[str]] = None):
         super().__init__(frames)
         self.type_map: List[str] = list(type_map or [])
         self.source: Optional[str] = None if source is None else str(source)
+        self.sources: List[str] = [str(s) for s in sources] if sources else \
+            ([self.source] if self.source else [])
 
     def __getitem__(self, item):
         out = super().__getitem__(item)
         if isinstance(item, slice):
-            return FrameList(out, self.type_map, self.source)
+            return FrameList(out, self.type_map, self.source, self.sources)
         return out
 
     def __repr__(self) -> str:

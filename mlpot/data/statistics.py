@@ -99,9 +99,9 @@ def auto_sel(max_neighbors: Sequence[int], factor: float = 1.1) -> List[int]:
 def _frames_and_sources(data):
     """Flatten a FrameList, AtomsDataset or list of them into (frames, sources, dataset-or-None)."""
     if hasattr(data, "frames") and hasattr(data, "edges"):  # AtomsDataset
-        return list(data.frames), [s for s in [data.source] if s], data
+        return list(data.frames), list(getattr(data.frames, "sources", [])), data
     if data and isinstance(data[0], dict):
-        return list(data), [s for s in [getattr(data, "source", None)] if s], None
+        return list(data), list(getattr(data, "sources", [])), None
     frames, sources = [], []
     for part in data:
         sub_frames, sub_sources, _ = _frames_and_sources(part)
