@@ -117,7 +117,7 @@ def frame_fields(
     else:
         volume = torch.linalg.det(cell).abs()
         if options.kspace_solver == "ewald":
-            screening, r_cut, k_cut = ewald_parameters(n_atoms, float(volume), min(exponents), options)
+            screening, r_cut, k_cut = ewald_parameters(n_atoms, float(volume.detach()), min(exponents), options)
             kvectors = half_space_kvectors(cell, k_cut)
             potential, gradient = kspace_potentials(positions, charges, dipoles, cell, kvectors, [1.0 / (2.0 * screening**2)])
             pairs = periodic_half_pairs(positions, cell, r_cut)
