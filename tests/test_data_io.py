@@ -224,3 +224,22 @@ def test_mixed_type_system_drops_virtual_atoms(tmp_path):
     assert [len(f[K.POSITIONS]) for f in frames] == [3, 4]
     assert frames[0][K.ATOM_TYPES].tolist() == [0, 1, 1] and frames[1][K.NUMBERS].tolist() == [8, 1, 6, 1]
     np.testing.assert_array_equal(frames[0][K.POSITIONS], coord[0].reshape(4, 3)[:3])
+
+
+def test_extxyz_round_trip_periodic_with_stress_and_virial(shared_data, tmp_path):
+    frames = read_frames(shared_data("deepmd_water/data_0"), index="0:3")
+    rng = np.random.default_rng(0)
+    for frame in frames:
+        virial = rng.normal(size=(3, 3))
+        virial = virial + virial.T
+        frame[K.VIRIAL] = virial
+        frame[K.STRESS] = -virial / abs(np.linalg.det(frame[K.CELL]))
+        frame[K.weight_key(K.VIRIAL)] = np.array(1.0)
+        frame[K.weight_key(K.STRESS)] = np.array(1.0)
+    write_frames(tmp_path / "water.xyz", frames, "extxyz")
+    again = read_frames(tmp_path / "water.xyz")
+    assert again.type_map == ["O", "H"] and again[0][K.PBC].all()
+    _assert_frames_equal(frames, again, atol=1e-8)
+    # a Voigt-6 stress (ASE's calculator convention) is read as the full symmetric tensor
+    text = (tmp_path / "water.xyz").read_text()
+    assert "stress=" in text

@@ -134,3 +134,27 @@ def test_water_neighbor_statistics_match_deepmd(shared_data):
     assert overflow.tolist() == [0, 0]
     _, overflow = build_sel_matrix(edge_index, vectors.norm(dim=1), types, 192, [30, 60])
     assert overflow[0] > 0 and overflow[1] > 0
+
+
+from hypothesis import given, settings, strategies as st
+
+
+@settings(max_examples=25, deadline=None)
+@given(n_atoms=st.integers(1, 12), n_types=st.integers(1, 3), seed=st.integers(0, 10_000),
+       sel_max=st.integers(1, 6))
+def test_sel_matrix_matches_reference_on_random_graphs(n_atoms, n_types, seed, sel_max):
+    rng = np.random.default_rng(seed)
+    positions = rng.random((n_atoms, 3)) * 4.0
+    atom_types = rng.integers(0, n_types, n_atoms)
+    edge_index, shifts = neighbor_list(positions, np.eye(3) * 4.0, True, 3.0)
+    distance = np.linalg.norm(positions[edge_index[1]] - positions[edge_index[0]] + shifts * 4.0, axis=1)
+    neighbor_types = atom_types[edge_index[1]]
+    sel = list(rng.integers(1, sel_max + 1, n_types))
+    nlist, overflow = build_sel_matrix(torch.from_numpy(edge_index), torch.from_numpy(distance).float(),
+                                       torch.from_numpy(neighbor_types), n_atoms, sel)
+    ref, dropped = _reference_sel(edge_index, distance.astype(np.float32), neighbor_types, n_atoms, sel)
+    # equal distances (periodic images at the same range) may swap places; compare distances and types
+    padded = np.append(distance, -1.0)  # index -1 (padding) reads -1
+    got, want = padded[nlist.numpy()], padded[ref]
+    np.testing.assert_allclose(got, want, atol=1e-6)
+    np.testing.assert_array_equal(overflow.numpy(), dropped)
