@@ -243,3 +243,19 @@ def test_extxyz_round_trip_periodic_with_stress_and_virial(shared_data, tmp_path
     # a Voigt-6 stress (ASE's calculator convention) is read as the full symmetric tensor
     text = (tmp_path / "water.xyz").read_text()
     assert "stress=" in text
+
+
+def test_extxyz_key_map_precedence(shared_data, tmp_path):
+    frames = read_frames(shared_data("water_clusters_aims/water_clusters.xyz"), index="0:2")
+    for frame in frames:
+        frame[K.ATOM_ENERGY] = np.full(len(frame[K.POSITIONS]), 0.5)  # written as 'atom_energy'
+    write_frames(tmp_path / "c.xyz", frames, "extxyz")
+    text = (tmp_path / "c.xyz").read_text().replace("Properties=", "my_e=-1.5 Properties=")
+    (tmp_path / "c.xyz").write_text(text)
+    # the file holds 'energy' (ours) and 'my_e': the user's key map wins; None drops a default
+    again = read_frames(tmp_path / "c.xyz", key_map={"my_e": K.ENERGY, "atom_energy": None})
+    assert again[0][K.ENERGY] == -1.5 and K.ATOM_ENERGY not in again[0]
+    assert read_frames(tmp_path / "c.xyz")[0][K.ENERGY] == pytest.approx(frames[0][K.ENERGY])
+    with pytest.raises(DataError, match=r"key_map: key_map maps 'my_e' to unknown batch key 'energi' "
+                                        r"\(did you mean 'energy'\?\)"):
+        read_frames(tmp_path / "c.xyz", key_map={"my_e": "energi"})

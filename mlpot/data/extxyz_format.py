@@ -23,7 +23,7 @@ from ase.stress import voigt_6_to_full_3x3_stress
 
 from mlpot.data import keys as K
 from mlpot.data.frames import FrameList, check_finite, numbers_from_type_map
-from mlpot.errors import DataError
+from mlpot.errors import DataError, suggest
 
 __all__ = ["DEFAULT_KEY_MAP", "read_extxyz", "write_extxyz"]
 
@@ -73,12 +73,20 @@ def read_extxyz(path, *, type_map: Optional[Sequence[str]] = None,
                 key_map: Optional[Mapping[str, str]] = None, index=":") -> FrameList:
     """Read an extxyz file into a :class:`FrameList`.
 
-    ``key_map`` (file name -> batch key) is merged over :data:`DEFAULT_KEY_MAP`. Types are the
-    element symbols mapped through ``type_map`` (default: symbols in order of first appearance).
+    ``key_map`` (file name -> batch key, or None to ignore a file key) takes precedence over
+    :data:`DEFAULT_KEY_MAP`: when several file keys map to one batch key, the user's come first,
+    then the defaults in their listed order. Types are the element symbols mapped through
+    ``type_map`` (default: symbols in order of first appearance).
     """
     file = str(path)
-    mapping = dict(DEFAULT_KEY_MAP)
-    mapping.update(key_map or {})
+    key_map = dict(key_map or {})
+    for file_key, our_key in key_map.items():
+        if our_key is not None and our_key not in K.KEYS:
+            raise DataError(f"key_map maps {file_key!r} to unknown batch key {our_key!r}", file=file,
+                            key="key_map", hint=f"did you mean {suggest(our_key, K.KEYS)!r}?"
+                            if suggest(our_key, K.KEYS) else None)
+    candidates = [(f, o) for f, o in key_map.items() if o is not None] + \
+        [(f, o) for f, o in DEFAULT_KEY_MAP.items() if f not in key_map]
     try:
         images = ase.io.read(file, index=index, format="extxyz")
     except Exception as exc:  # ASE raises many types for malformed files
@@ -111,12 +119,10 @@ def read_extxyz(path, *, type_map: Optional[Sequence[str]] = None,
         if atoms.calc is not None:
             sources.update(atoms.calc.results)
         names = {}
-        for file_key, value in sources.items():
-            key = mapping.get(file_key)
-            if key is None or key in frame:  # first matching name wins (dict order of the file)
-                continue
-            frame[key] = _as_array(key, value, file, frame_index, file_key)
-            names[key] = file_key
+        for file_key, key in candidates:
+            if file_key in sources and key not in frame:
+                frame[key] = _as_array(key, sources[file_key], file, frame_index, file_key)
+                names[key] = file_key
         for label in K.LABELS:
             if label not in frame:
                 continue
