@@ -61,7 +61,9 @@ def test_dataset_caches_neighbor_lists(shared_data, monkeypatch):
     import mlpot.data.batching as batching
     monkeypatch.setattr(batching, "neighbor_list", lambda *a: calls.append(a))
     again = dataset[1]
-    assert not calls and again[K.EDGE_INDEX] is first[K.EDGE_INDEX]
+    assert not calls
+    np.testing.assert_array_equal(again[K.EDGE_INDEX], first[K.EDGE_INDEX])
+    assert again[K.EDGE_INDEX].dtype == np.int64 and again[K.EDGE_SHIFTS].dtype == np.float64
     assert K.EDGE_INDEX not in frames[1]  # the source frames are not modified
 
 

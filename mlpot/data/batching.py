@@ -50,7 +50,7 @@ class AtomsDataset(torch.utils.data.Dataset):
         return len(self.frames)
 
     def edges(self, index: int):
-        """(edge_index (2, E) int64, shifts (E, 3) float64) of frame ``index``, cached."""
+        """(edge_index (2, E) int64, shifts (E, 3) float64) of frame ``index``; computed once."""
         if self._edges[index] is None:
             frame = self.frames[index]
             edge_index, shifts = neighbor_list(frame[K.POSITIONS], frame[K.CELL], frame[K.PBC], self.cutoff)
@@ -61,8 +61,13 @@ class AtomsDataset(torch.utils.data.Dataset):
                 if closest < self.warn_distance:
                     warnings.warn(f"{self._where(index)}: atoms only {closest:.3f} Å "
                                   f"apart (below {self.warn_distance} Å); check units and positions")
-            self._edges[index] = (edge_index, shifts)
-        return self._edges[index]
+            # cached compactly (int32 indices, int16 shifts: 14 instead of 40 bytes per edge;
+            # 0.24 MB instead of 0.68 MB per 192-atom water frame at 6 Å)
+            compact_index = edge_index.astype(np.int32) if len(frame[K.POSITIONS]) < 2**31 else edge_index
+            compact_shifts = shifts.astype(np.int16) if np.abs(shifts).max(initial=0) < 2**15 else shifts
+            self._edges[index] = (compact_index, compact_shifts)
+        edge_index, shifts = self._edges[index]
+        return edge_index.astype(np.int64), shifts.astype(np.float64)
 
     def _where(self, index: int) -> str:
         """'<source>: frame <k>' for frame ``index``, local to its system after concatenation."""
