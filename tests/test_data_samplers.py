@@ -37,6 +37,8 @@ def test_system_probabilities_of_the_spec():
                                [0.2, 0.8 * 0.25, 0.8 * 0.75])
     with pytest.raises(ConfigError, match=r"sys_probs: assigned probabilities sum to 1.2 > 1"):
         system_probabilities([1, 1], sys_probs=[0.6, 0.6])
+    with pytest.raises(ConfigError, match=r"batch_size: no system to sample from \(batches per system: \[0, 0\]"):
+        SystemSampler([5, 5], "filter:4", n_atoms=[7, 10])
     with pytest.raises(ConfigError, match=r"auto_prob: unknown auto_prob 'prob_sizes'"):
         system_probabilities([1, 1], "prob_sizes")
 

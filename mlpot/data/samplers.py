@@ -66,6 +66,9 @@ def system_probabilities(n_batches: Sequence[int], auto_prob: str = "prob_sys_si
     """
     n_batches = np.asarray(n_batches, dtype=np.float64)
     n = len(n_batches)
+    if n == 0 or not np.any(n_batches > 0):
+        raise ConfigError(f"no system to sample from (batches per system: {n_batches.astype(int).tolist()}; "
+                          "'filter:N' drops systems with more than N atoms)", key="batch_size")
     if sys_probs is not None:
         probs = np.asarray(sys_probs, dtype=np.float64)
         if probs.shape != (n,):
