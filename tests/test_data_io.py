@@ -259,3 +259,14 @@ def test_extxyz_key_map_precedence(shared_data, tmp_path):
     with pytest.raises(DataError, match=r"key_map: key_map maps 'my_e' to unknown batch key 'energi' "
                                         r"\(did you mean 'energy'\?\)"):
         read_frames(tmp_path / "c.xyz", key_map={"my_e": "energi"})
+
+
+def test_truncated_npy_and_bad_type_raw(shared_data, tmp_path):
+    system = _copy_system(shared_data, tmp_path)
+    force = system / "set.000" / "force.npy"
+    force.write_bytes(force.read_bytes()[:1000])
+    with pytest.raises(DataError, match=r"set\.000/force\.npy: force: cannot read"):
+        read_frames(system)
+    (system / "type.raw").write_text("0 1 O\n")
+    with pytest.raises(DataError, match=r"type\.raw: type: expected whitespace-separated integers"):
+        read_frames(system)

@@ -62,10 +62,13 @@ def find_deepmd_systems(path) -> List[Path]:
 
 
 def _read_table(file: Path, raw: bool) -> np.ndarray:
-    if raw:
-        array = np.loadtxt(file, ndmin=2, dtype=np.float64)
-    else:
-        array = np.load(file).astype(np.float64)
+    """(n_frames, columns) float64 table of a .npy or .raw file; DataError if unreadable."""
+    try:
+        array = np.loadtxt(file, ndmin=2, dtype=np.float64) if raw else np.load(file).astype(np.float64)
+    except (ValueError, OSError, EOFError) as exc:
+        raise DataError(f"cannot read ({exc})", file=file, key=file.stem) from None
+    if array.ndim == 0:
+        raise DataError("holds a scalar, expected one row per frame", file=file, key=file.stem)
     return array.reshape(array.shape[0], -1)
 
 
@@ -146,7 +149,11 @@ def read_deepmd(path, *, type_map: Optional[Sequence[str]] = None, raw: Optional
     system = Path(path)
     if not is_deepmd_system(system):
         raise DataError("not a DeePMD system (no type.raw)", file=system)
-    types = np.loadtxt(system / "type.raw", dtype=np.int64, ndmin=1).reshape(-1)
+    try:
+        types = np.loadtxt(system / "type.raw", dtype=np.int64, ndmin=1).reshape(-1)
+    except ValueError as exc:
+        raise DataError(f"expected whitespace-separated integers ({exc})", file=system / "type.raw",
+                        key="type") from None
     types, names = _resolve_types(system, types, type_map)
     n_atoms = types.size
     periodic = not (system / "nopbc").exists()
