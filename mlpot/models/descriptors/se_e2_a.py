@@ -96,31 +96,43 @@ class DescriptorSeA(EnvMatrixDescriptor):
         values["sel"] = resolve_sel(values["sel"], n_types, path)
         return cls(n_types, dtype=dtype, config=dict(section), **values)
 
-    def embedding_contraction(self, env: torch.Tensor, types: torch.Tensor) -> torch.Tensor:
-        """sum_k R~_ik^T G_ik over all slots: (n_atoms, width, M1) for env (n_atoms, n_slots, width)."""
-        n_atoms = env.shape[0]
-        out = env.new_zeros(n_atoms, env.shape[-1], self.m1)
-        if not self.type_one_side:
-            groups = [torch.nonzero(types == ti).squeeze(1) for ti in range(self.n_types)]
+    def _net_index(self, ti: int, tj: int) -> int:
+        return tj if self.type_one_side else ti * self.n_types + tj
+
+    def embedding_contraction(self, env: torch.Tensor, nlist: torch.Tensor, types: torch.Tensor) -> torch.Tensor:
+        """sum_k R~_ik^T G_ik over all N_c slots, (n_atoms, width, M1), for env (n_atoms, n_slots, width).
+
+        Exact reformulation for speed: the nets run only on occupied slots; every padded slot of a
+        centre of type t_i holds the same row ((0 - mu_r)/sigma_r, 0, 0, 0), so the padded slots
+        contribute n_pad · row_pad^T G(row_pad[0]), with G evaluated once per type pair.
+        """
+        n_atoms, _, width = env.shape
+        occupied = nlist >= 0
+        out = env.new_zeros(n_atoms, width, self.m1)
+        pad_row = (-self.davg[types, :width] / self.dstd[types, :width])  # (n_atoms, width)
+        centre_types = range(1) if self.type_one_side else range(self.n_types)
         for tj, (start, stop) in enumerate(self.section_bounds):
             if stop == start:
                 continue
-            block = env[:, start:stop]  # (n_atoms, sel_j, width)
-            if self.type_one_side:
-                embedded = self.embeddings[tj](block[..., :1])  # (n_atoms, sel_j, M1)
-                out = out + torch.matmul(block.transpose(1, 2), embedded)
-            else:
-                for ti, atoms in enumerate(groups):
-                    if atoms.numel() == 0:
-                        continue
-                    sub = block[atoms]
-                    embedded = self.embeddings[ti * self.n_types + tj](sub[..., :1])
-                    out = out.index_add(0, atoms, torch.matmul(sub.transpose(1, 2), embedded))
+            block, mask = env[:, start:stop], occupied[:, start:stop]
+            embedded = env.new_zeros(n_atoms, stop - start, self.m1)
+            pad_embedded = env.new_zeros(n_atoms, self.m1)
+            for ti in centre_types:
+                net = self.embeddings[self._net_index(ti, tj)]
+                select = mask if self.type_one_side else mask & (types == ti).unsqueeze(1)
+                embedded = embedded.index_put((select,), net(block[select][:, :1]))
+                # padded slots: one net evaluation per centre type
+                pad_inputs = (-self.davg[:, :1] / self.dstd[:, :1]).to(env.dtype)  # (n_types, 1)
+                pad_values = net(pad_inputs)[types]  # (n_atoms, M1)
+                pad_embedded = pad_values if self.type_one_side else torch.where((types == ti).unsqueeze(1), pad_values, pad_embedded)
+            out = out + torch.matmul(block.transpose(1, 2), embedded)
+            n_pad = (~mask).sum(1).to(env.dtype)  # (n_atoms,)
+            out = out + (n_pad.unsqueeze(1) * pad_row).unsqueeze(2) * pad_embedded.unsqueeze(1)
         return out
 
     def forward(self, batch: Dict[str, torch.Tensor], vectors: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        env, _ = self.normalized_environment(batch, vectors)
-        a_matrix = self.embedding_contraction(env, batch[ATOM_TYPES]) / self.n_slots  # (n_atoms, 4, M1)
+        env, nlist = self.normalized_environment(batch, vectors)
+        a_matrix = self.embedding_contraction(env, nlist, batch[ATOM_TYPES]) / self.n_slots  # (n_atoms, 4, M1)
         descriptor = torch.matmul(a_matrix.transpose(1, 2), a_matrix[:, :, : self.m2])  # (n_atoms, M1, M2)
         rot = a_matrix[:, 1:4, :].transpose(1, 2)  # (n_atoms, M1, 3)
         return descriptor.reshape(descriptor.shape[0], -1), rot
