@@ -89,6 +89,9 @@ class InvariantFitting(torch.nn.Module):
             for t in range(n_nets)
         )
         self.register_buffer("bias_atom", torch.zeros(n_types, self.n_out, dtype=torch.float64))
+        for t, value in enumerate(self.atom_ener or []):
+            if value is not None:
+                self.bias_atom[t] = float(value)
         self.register_buffer("out_std", torch.ones(n_types, self.n_out, dtype=torch.float64))
         for name, width in (("fparam", self.numb_fparam), ("aparam", self.numb_aparam)):
             self.register_buffer(f"{name}_avg", torch.zeros(width, dtype=dtype))

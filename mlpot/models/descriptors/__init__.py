@@ -1,7 +1,11 @@
 """DeePMD-style descriptors, registered by name in ``DESCRIPTORS``."""
 
 from mlpot.models.descriptors.base import DESCRIPTORS, Descriptor, EnvMatrixDescriptor
+from mlpot.models.descriptors.hybrid import DescriptorHybrid
 from mlpot.models.descriptors.se_e2_a import DescriptorSeA
+from mlpot.models.descriptors.se_e2_r import DescriptorSeR
 from mlpot.models.descriptors.se_e3 import DescriptorSeE3
+from mlpot.models.descriptors.se_atten import DescriptorSeAtten, DescriptorSeAttenV2
 
-__all__ = ["DESCRIPTORS", "Descriptor", "EnvMatrixDescriptor", "DescriptorSeA", "DescriptorSeE3"]
+__all__ = ["DESCRIPTORS", "Descriptor", "EnvMatrixDescriptor", "DescriptorSeA", "DescriptorSeR", "DescriptorHybrid",
+           "DescriptorSeE3", "DescriptorSeAtten", "DescriptorSeAttenV2"]

@@ -75,6 +75,8 @@ def environment_matrix(
     ``radial_only``; units 1/Å. Empty slots are exactly zero, with zero gradient.
     """
     mask = nlist >= 0
+    if vectors.shape[0] == 0:  # no edges at all (isolated atoms): every slot is padding
+        vectors = vectors.new_zeros(1, 3)
     rij = vectors[nlist.clamp(min=0)]
     # empty slots get a dummy vector beyond the cutoff: w = 0 there, so value and gradient vanish
     dummy = torch.zeros_like(rij)

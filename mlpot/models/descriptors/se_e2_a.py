@@ -99,22 +99,28 @@ class DescriptorSeA(EnvMatrixDescriptor):
     def _net_index(self, ti: int, tj: int) -> int:
         return tj if self.type_one_side else ti * self.n_types + tj
 
-    def embedding_contraction(self, env: torch.Tensor, nlist: torch.Tensor, types: torch.Tensor) -> torch.Tensor:
+    def embedding_contraction(self, env: torch.Tensor, nlist: torch.Tensor, types: torch.Tensor,
+                              weights: Optional[torch.Tensor] = None, pad_weight: Optional[torch.Tensor] = None) -> torch.Tensor:
         """sum_k R~_ik^T G_ik over all N_c slots, (n_atoms, width, M1), for env (n_atoms, n_slots, width).
 
         Exact reformulation for speed: the nets run only on occupied slots; every padded slot of a
         centre of type t_i holds the same row ((0 - mu_r)/sigma_r, 0, 0, 0), so the padded slots
         contribute n_pad · row_pad^T G(row_pad[0]), with G evaluated once per type pair.
+        ``weights`` (n_atoms, n_slots, width) replace R~ as the left factor (se_e2_r sums G with
+        weight 1); ``pad_weight`` (n_atoms, width) is then their value on padded slots.
         """
-        n_atoms, _, width = env.shape
+        if weights is None:
+            weights = env
+            pad_weight = -self.davg[types, : env.shape[-1]] / self.dstd[types, : env.shape[-1]]
+        n_atoms, _, width = weights.shape
         occupied = nlist >= 0
         out = env.new_zeros(n_atoms, width, self.m1)
-        pad_row = (-self.davg[types, :width] / self.dstd[types, :width])  # (n_atoms, width)
+        pad_row = pad_weight.to(env.dtype)  # (n_atoms, width)
         centre_types = range(1) if self.type_one_side else range(self.n_types)
         for tj, (start, stop) in enumerate(self.section_bounds):
             if stop == start:
                 continue
-            block, mask = env[:, start:stop], occupied[:, start:stop]
+            block, mask, left = env[:, start:stop], occupied[:, start:stop], weights[:, start:stop]
             embedded = env.new_zeros(n_atoms, stop - start, self.m1)
             pad_embedded = env.new_zeros(n_atoms, self.m1)
             for ti in centre_types:
@@ -125,7 +131,7 @@ class DescriptorSeA(EnvMatrixDescriptor):
                 pad_inputs = (-self.davg[:, :1] / self.dstd[:, :1]).to(env.dtype)  # (n_types, 1)
                 pad_values = net(pad_inputs)[types]  # (n_atoms, M1)
                 pad_embedded = pad_values if self.type_one_side else torch.where((types == ti).unsqueeze(1), pad_values, pad_embedded)
-            out = out + torch.matmul(block.transpose(1, 2), embedded)
+            out = out + torch.matmul(left.transpose(1, 2), embedded)
             n_pad = (~mask).sum(1).to(env.dtype)  # (n_atoms,)
             out = out + (n_pad.unsqueeze(1) * pad_row).unsqueeze(2) * pad_embedded.unsqueeze(1)
         return out

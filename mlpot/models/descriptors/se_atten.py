@@ -1,0 +1,251 @@
+"""se_atten (alias dpa1) and se_atten_v2: attention-based descriptor with type embedding, spec deepmd.md §2.6.
+
+Neighbours are not split by type: every atom keeps its ``sel`` nearest neighbours of any type
+(``mixed_types``), and types enter through a learned type embedding (``mlpot.models.type_embedding``).
+With R~ the normalised environment matrix (n_atoms, sel, 4), s~ = R~[..., 0], sw the switch w(r)
+(0 on empty slots) and tebd(t) the type embeddings:
+
+* embedding, ``tebd_input_mode``
+  - ``concat``: G_ij = N([s~_ij, tebd(t_j), tebd(t_i)]) (tebd(t_i) dropped with ``type_one_side``);
+  - ``strip``:  G_ij = N_s(s~_ij) ⊙ (1 + N_t([tebd(t_j), tebd(t_i)]) [· sw_ij when smooth]);
+    N_t depends only on the type pair, so it is evaluated once per pair and gathered.
+* ``attn_layer`` gated self-attention layers over the neighbours of each atom (one head, width
+  ``attn``): q, k, v from one linear map of G, L2-normalised when ``normalize``, q scaled by
+  (attn · scaling_factor)^-1/2 or by ``temperature``; logits l = q k^T. Non-smooth: empty keys
+  get -inf; smooth (``smooth_type_embedding``, always on in v2): l -> (l + 20) sw_j sw_k - 20 and the
+  softmax weights are multiplied by sw_j sw_k again. Empty query rows are zeroed; with
+  ``attn_dotr`` the weights are multiplied by r̂_j · r̂_k. G <- LayerNorm(G + out_proj(weights v)).
+* D_i = (1/N_c^2) G^T R~ R~^T G<  (N_c = sel, padded slots included [COMPAT], M2 = axis_neuron
+  columns), flattened, with tebd(t_i) appended when ``concat_output_tebd``; the equivariant block
+  (M1, 3) is returned for dipole/polar fittings.
+
+Smoothness at rcut needs ``smooth_type_embedding`` (always on in v2) and, in ``concat`` mode,
+``set_davg_zero`` (the se_atten default): otherwise a neighbour crossing rcut changes G by a jump.
+
+Deviation from DeePMD-kit: an empty (or excluded) slot takes the zero "virtual atom" type
+embedding, whereas DeePMD-kit gathers the type of atom 0 of the frame there. The two agree whenever
+the result does not depend on that value (set_davg_zero, or strip mode with smooth on, the
+defaults of se_atten and se_atten_v2); the DeePMD-kit choice is not invariant to atom order.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, Optional, Tuple
+
+import torch
+
+from mlpot.data.keys import ATOM_TYPES, EDGE_INDEX
+from mlpot.errors import ConfigError
+from mlpot.models.config_keys import REQUIRED, key_path, read_section, resolve_precision
+from mlpot.models.descriptors.base import DESCRIPTORS, EnvMatrixDescriptor
+from mlpot.models.descriptors.env import environment_matrix, select_neighbors
+from mlpot.models.type_embedding import TypeEmbedding
+from mlpot.nn import EmbeddingNet, MLPLayer, smooth_switch
+
+__all__ = ["DescriptorSeAtten", "DescriptorSeAttenV2", "NeighborAttentionLayer"]
+
+SE_ATTEN_DEFAULTS = {
+    "sel": REQUIRED, "rcut": 6.0, "rcut_smth": 0.5, "neuron": [10, 20, 40], "axis_neuron": 4,
+    "activation_function": "tanh", "resnet_dt": False, "type_one_side": False, "precision": "default",
+    "trainable": True, "seed": None, "exclude_types": [], "env_protection": 0.0, "set_davg_zero": True,
+    "tebd_dim": 8, "tebd_input_mode": "concat", "attn": 128, "attn_layer": 2, "attn_dotr": True,
+    "scaling_factor": 1.0, "normalize": True, "temperature": None, "concat_output_tebd": True,
+    "trainable_ln": True, "ln_eps": None, "use_tebd_bias": False, "smooth_type_embedding": False,
+    "stripped_type_embedding": None,
+}
+SE_ATTEN_ALIASES = {"n_axis_neuron": "axis_neuron", "smooth_type_embdding": "smooth_type_embedding"}
+SE_ATTEN_UNSUPPORTED = {"attn_mask": False, "use_econf_tebd": False}
+# se_atten_v2 = se_atten with strip mode and smooth type embedding fixed on, davg not forced to 0
+SE_ATTEN_V2_DEFAULTS = {k: v for k, v in SE_ATTEN_DEFAULTS.items() if k not in ("smooth_type_embedding", "stripped_type_embedding")}
+SE_ATTEN_V2_DEFAULTS.update(set_davg_zero=False, tebd_input_mode="strip")
+ATTENTION_SHIFT = 20.0  # the logit shift of the smooth attention (DeePMD-kit's attnw_shift)
+
+
+class NeighborAttentionLayer(torch.nn.Module):
+    """One gated self-attention layer over the neighbour slots of each atom, with residual + post-LayerNorm.
+
+    forward(g (n_atoms, sel, M1), mask (n_atoms, sel) bool, sw (n_atoms, sel), directions
+    (n_atoms, sel, 3) unit vectors or zeros) -> (n_atoms, sel, M1). No units (features).
+    """
+
+    def __init__(self, width: int, hidden: int, *, normalize: bool = True, scaling_factor: float = 1.0,
+                 temperature: Optional[float] = None, smooth: bool = False, dotr: bool = True,
+                 trainable_ln: bool = True, ln_eps: float = 1e-5, trainable: bool = True,
+                 dtype: torch.dtype = torch.float64, generator: Optional[torch.Generator] = None):
+        super().__init__()
+        self.hidden, self.normalize, self.smooth, self.dotr = int(hidden), bool(normalize), bool(smooth), bool(dotr)
+        self.scale = float(temperature) if temperature is not None else (self.hidden * float(scaling_factor)) ** -0.5
+        self.in_proj = MLPLayer(width, 3 * self.hidden, None, trainable=trainable, dtype=dtype, generator=generator)
+        self.out_proj = MLPLayer(self.hidden, width, None, trainable=trainable, dtype=dtype, generator=generator)
+        self.ln_eps = float(ln_eps)
+        self.ln_weight = torch.nn.Parameter(torch.ones(width, dtype=dtype), requires_grad=trainable and trainable_ln)
+        self.ln_bias = torch.nn.Parameter(torch.zeros(width, dtype=dtype), requires_grad=trainable and trainable_ln)
+
+    def forward(self, g, mask, sw, directions):
+        q, k, v = self.in_proj(g).chunk(3, dim=-1)
+        if self.normalize:
+            q, k, v = (torch.nn.functional.normalize(x, dim=-1) for x in (q, k, v))
+        logits = torch.matmul(q * self.scale, k.transpose(1, 2))  # (n_atoms, sel_query, sel_key)
+        pair_sw = sw.unsqueeze(2) * sw.unsqueeze(1)
+        query_mask = mask.unsqueeze(2)
+        if self.smooth:
+            logits = (logits + ATTENTION_SHIFT) * pair_sw - ATTENTION_SHIFT
+        else:
+            # -inf on empty keys; empty query rows are left finite (they are zeroed below), so an atom
+            # without neighbours gives no nan in the softmax or its gradient
+            logits = logits.masked_fill(~mask.unsqueeze(1) & query_mask, float("-inf"))
+        weights = torch.softmax(logits, dim=-1).masked_fill(~query_mask, 0.0)
+        if self.smooth:
+            weights = weights * pair_sw
+        if self.dotr:
+            weights = weights * torch.matmul(directions, directions.transpose(1, 2))
+        out = g + self.out_proj(torch.matmul(weights, v))
+        return torch.nn.functional.layer_norm(out, out.shape[-1:], self.ln_weight, self.ln_bias, self.ln_eps)
+
+
+class DescriptorSeAtten(EnvMatrixDescriptor):
+    """se_atten / dpa1 descriptor (see the module docstring).
+
+    forward(batch, vectors (n_edges, 3) Å) -> (D (n_atoms, M1*M2 [+ tebd_dim]), rot (n_atoms, M1, 3)).
+    Buffers davg/dstd (n_types, 4) per centre type as in se_e2_a; ``sel`` is one int (a list is summed).
+    """
+
+    mixed_types = True
+
+    def __init__(self, n_types: int, sel, rcut: float = 6.0, rcut_smth: float = 0.5, neuron=(10, 20, 40),
+                 axis_neuron: int = 4, activation_function: str = "tanh", resnet_dt: bool = False,
+                 type_one_side: bool = False, trainable: bool = True, seed: Optional[int] = None, exclude_types=(),
+                 env_protection: float = 0.0, set_davg_zero: bool = True, tebd_dim: int = 8,
+                 tebd_input_mode: str = "concat", attn: int = 128, attn_layer: int = 2, attn_dotr: bool = True,
+                 scaling_factor: float = 1.0, normalize: bool = True, temperature: Optional[float] = None,
+                 concat_output_tebd: bool = True, trainable_ln: bool = True, ln_eps: Optional[float] = None,
+                 use_tebd_bias: bool = False, smooth_type_embedding: bool = False,
+                 dtype: torch.dtype = torch.float64, config: Optional[Dict[str, Any]] = None,
+                 path: str = "model/descriptor"):
+        super().__init__()
+        nsel = int(sum(sel)) if isinstance(sel, (list, tuple)) else int(sel)
+        if nsel <= 0:
+            raise ConfigError(f"must be a positive int, got {sel!r}", key=key_path(path, "sel"))
+        # one mixed section: the per-type bookkeeping of the base class sees sel as [nsel, 0, ...]
+        self._init_env(n_types, rcut, rcut_smth, [nsel] + [0] * (n_types - 1), env_protection, set_davg_zero, exclude_types, dtype)
+        self.sel = [nsel]
+        if tebd_input_mode not in ("concat", "strip"):
+            raise ConfigError(f"expected 'concat' or 'strip', got {tebd_input_mode!r}", key=key_path(path, "tebd_input_mode"))
+        self.neuron = [int(n) for n in neuron]
+        self.m1, self.m2 = self.neuron[-1], int(axis_neuron)
+        if self.m2 > self.m1:
+            raise ConfigError(f"axis_neuron ({self.m2}) must not exceed neuron[-1] ({self.m1})", key=key_path(path, "axis_neuron"))
+        self.tebd_input_mode, self.type_one_side = tebd_input_mode, bool(type_one_side)
+        self.smooth, self.concat_output_tebd = bool(smooth_type_embedding), bool(concat_output_tebd)
+        seed = None if seed is None else int(seed)
+        self.type_embedding = TypeEmbedding(n_types, [int(tebd_dim)], use_tebd_bias=use_tebd_bias, trainable=trainable,
+                                            seed=None if seed is None else seed + 2, dtype=dtype)
+        tebd_width = int(tebd_dim) * (1 if self.type_one_side else 2)
+        net = dict(activation=activation_function, resnet_dt=resnet_dt, trainable=trainable, dtype=dtype)
+        if tebd_input_mode == "concat":
+            self.embedding = EmbeddingNet(1 + tebd_width, self.neuron, seed=seed, **net)
+            self.type_pair_embedding = None
+        else:
+            self.embedding = EmbeddingNet(1, self.neuron, seed=seed, **net)
+            self.type_pair_embedding = EmbeddingNet(tebd_width, self.neuron, seed=None if seed is None else seed + 1, **net)
+        generator = None if seed is None else torch.Generator().manual_seed(seed + 3)
+        self.attention = torch.nn.ModuleList(
+            NeighborAttentionLayer(self.m1, attn, normalize=normalize, scaling_factor=scaling_factor, temperature=temperature,
+                                   smooth=self.smooth, dotr=attn_dotr, trainable_ln=trainable_ln,
+                                   ln_eps=1e-5 if ln_eps is None else ln_eps, trainable=trainable, dtype=dtype, generator=generator)
+            for _ in range(int(attn_layer))
+        )
+        self.dim_out = self.m1 * self.m2 + (int(tebd_dim) if self.concat_output_tebd else 0)
+        self.dim_rot = self.m1
+        self.config = dict(config or {})
+
+    @classmethod
+    def from_config(cls, section: Dict[str, Any], n_types: int, dtype: torch.dtype, path: str = "model/descriptor"):
+        values = read_section(section, path, SE_ATTEN_DEFAULTS, aliases=SE_ATTEN_ALIASES, unsupported=SE_ATTEN_UNSUPPORTED,
+                              ignore=("type", "type_map"))
+        stripped = values.pop("stripped_type_embedding")
+        if stripped is not None:  # deprecated DeePMD-kit spelling of tebd_input_mode
+            values["tebd_input_mode"] = "strip" if stripped else "concat"
+        return cls._build(values, n_types, dtype, section, path)
+
+    @classmethod
+    def _build(cls, values, n_types, dtype, section, path):
+        dtype = resolve_precision(values.pop("precision"), dtype, path)
+        if isinstance(values["sel"], str):
+            raise ConfigError("sel 'auto' must be resolved from data first (mlpot.models.resolve_auto_sel)", key=key_path(path, "sel"))
+        return cls(n_types, dtype=dtype, config=dict(section), path=path, **values)
+
+    # ---- environment ---------------------------------------------------------------------------
+    def raw_environment(self, batch, vectors) -> Tuple[torch.Tensor, torch.Tensor]:
+        """(raw env matrix (n_atoms, sel, 4), nlist (n_atoms, sel) edge indices, nearest first, any type)."""
+        nlist = select_neighbors(batch, vectors, self.rcut, self.sel, mixed_types=True)
+        env = environment_matrix(vectors, nlist, self.rcut, self.rcut_smth, env_protection=self.env_protection)
+        return env, nlist
+
+    def _environment(self, batch, vectors):
+        """Normalised env (excluded pairs zeroed), occupancy mask, switch sw, neighbour types (pad = n_types)."""
+        env, nlist = self.raw_environment(batch, vectors)
+        types = batch[ATOM_TYPES]
+        env = (env.to(self.davg.dtype) - self.davg[types].unsqueeze(1)) / self.dstd[types].unsqueeze(1)
+        mask = nlist >= 0
+        neighbor_types = torch.where(mask, types[batch[EDGE_INDEX][1][nlist.clamp(min=0)]], torch.full_like(nlist, self.n_types))
+        if bool(self.excluded_pairs.any()):
+            excluded = self.excluded_pairs[types.unsqueeze(1), neighbor_types.clamp(max=self.n_types - 1)] & mask
+            env = env * (~excluded).unsqueeze(-1).to(env.dtype)
+            mask = mask & ~excluded
+            neighbor_types = torch.where(mask, neighbor_types, torch.full_like(neighbor_types, self.n_types))
+        distance = vectors[nlist.clamp(min=0)].norm(dim=-1)
+        sw = torch.where(mask, smooth_switch(distance, self.rcut_smth, self.rcut), torch.zeros_like(distance)).to(env.dtype)
+        return env, mask, sw, neighbor_types
+
+    def _embedding(self, env, types, neighbor_types, sw, table):
+        """G (n_atoms, sel, M1) from s~ and the type embeddings (tebd_input_mode)."""
+        n_atoms, nsel, _ = env.shape
+        if self.tebd_input_mode == "concat":
+            parts = [env[..., :1], table[neighbor_types]]
+            if not self.type_one_side:
+                parts.append(table[types].unsqueeze(1).expand(n_atoms, nsel, -1))
+            return self.embedding(torch.cat(parts, dim=-1))
+        g_radial = self.embedding(env[..., :1])
+        if self.type_one_side:
+            g_types = self.type_pair_embedding(table)[neighbor_types]
+        else:
+            # every (neighbour type incl. padding, centre type) pair once: (n_types + 1, n_types, M1)
+            n_rows = table.shape[0]
+            pairs = torch.cat([table.unsqueeze(1).expand(n_rows, self.n_types, -1),
+                               table[: self.n_types].unsqueeze(0).expand(n_rows, self.n_types, -1)], dim=-1)
+            g_types = self.type_pair_embedding(pairs)[neighbor_types, types.unsqueeze(1)]
+        if self.smooth:
+            g_types = g_types * sw.unsqueeze(-1)
+        return g_radial * g_types + g_radial
+
+    def forward(self, batch: Dict[str, torch.Tensor], vectors: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        types = batch[ATOM_TYPES]
+        env, mask, sw, neighbor_types = self._environment(batch, vectors)
+        table = self.type_embedding.table()
+        g = self._embedding(env, types, neighbor_types, sw, table)
+        directions = torch.nn.functional.normalize(env[..., 1:4], dim=-1)
+        for layer in self.attention:
+            g = layer(g, mask, sw, directions)
+        a_matrix = torch.matmul(env.transpose(1, 2), g) / self.sel[0]  # (n_atoms, 4, M1)
+        descriptor = torch.matmul(a_matrix.transpose(1, 2), a_matrix[:, :, : self.m2]).reshape(len(types), -1)
+        if self.concat_output_tebd:
+            descriptor = torch.cat([descriptor, table[types]], dim=-1)
+        return descriptor, a_matrix[:, 1:4, :].transpose(1, 2)
+
+
+class DescriptorSeAttenV2(DescriptorSeAtten):
+    """se_atten_v2: se_atten with ``tebd_input_mode = "strip"`` and smooth type embedding, davg not forced to 0."""
+
+    @classmethod
+    def from_config(cls, section: Dict[str, Any], n_types: int, dtype: torch.dtype, path: str = "model/descriptor"):
+        values = read_section(section, path, SE_ATTEN_V2_DEFAULTS, aliases=SE_ATTEN_ALIASES, unsupported=SE_ATTEN_UNSUPPORTED,
+                              ignore=("type", "type_map"))
+        if values["tebd_input_mode"] != "strip":
+            raise ConfigError("se_atten_v2 always uses 'strip' (use se_atten for 'concat')", key=key_path(path, "tebd_input_mode"))
+        values["smooth_type_embedding"] = True
+        return cls._build(values, n_types, dtype, section, path)
+
+
+DESCRIPTORS.register("se_atten", DescriptorSeAtten, aliases=("dpa1",))
+DESCRIPTORS.register("se_atten_v2", DescriptorSeAttenV2)

@@ -1,0 +1,58 @@
+"""Type embedding of DeePMD-kit (spec deepmd.md §2.6): atom type -> learned vector of width tebd_dim.
+
+The one-hot vector of a type (n_types wide) feeds an embedding net of one layer per entry of
+``neuron`` (default ``[tebd_dim]``), with DeePMD's layer rule (tanh, resnet skip when the width is
+kept or doubled, no bias unless ``use_tebd_bias``). ``table()`` returns all embeddings at once,
+plus one all-zero row (index ``n_types``) for padded neighbour slots ("virtual atoms"), so
+``table()[types]`` is one gather with no loop.
+
+Relabelling the types (permuting ``type_map``) together with the rows of the first weight matrix
+leaves every embedding unchanged: the one-hot input carries no order.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import torch
+
+from mlpot.nn import MLPLayer
+
+__all__ = ["TypeEmbedding"]
+
+
+class TypeEmbedding(torch.nn.Module):
+    """One-hot type -> (tebd_dim,) embedding.
+
+    table() -> (n_types + 1, tebd_dim) in the module dtype, the last row zero (padding).
+    forward(types (n,) int64, -1 or n_types = padding) -> (n, tebd_dim).
+    """
+
+    def __init__(self, n_types: int, neuron: Sequence[int] = (8,), *, activation_function: str = "tanh",
+                 resnet_dt: bool = False, use_tebd_bias: bool = False, trainable: bool = True,
+                 seed: Optional[int] = None, dtype: torch.dtype = torch.float64):
+        super().__init__()
+        self.n_types = int(n_types)
+        self.neuron = [int(n) for n in neuron]
+        generator = None
+        if seed is not None:
+            generator = torch.Generator().manual_seed(int(seed))
+        layers, width = [], self.n_types
+        for n_out in self.neuron:
+            layers.append(MLPLayer(width, n_out, activation_function, resnet=True, resnet_dt=resnet_dt, bias=use_tebd_bias,
+                                   trainable=trainable, dtype=dtype, generator=generator))
+            width = n_out
+        self.layers = torch.nn.ModuleList(layers)
+        self.dim_out = width
+        self.register_buffer("one_hot", torch.eye(self.n_types, dtype=dtype), persistent=False)
+
+    def table(self) -> torch.Tensor:
+        """Embeddings of every type and a zero padding row, (n_types + 1, tebd_dim)."""
+        x = self.one_hot
+        for layer in self.layers:
+            x = layer(x)
+        return torch.cat([x, x.new_zeros(1, x.shape[-1])], dim=0)
+
+    def forward(self, types: torch.Tensor) -> torch.Tensor:
+        index = torch.where(types < 0, torch.full_like(types, self.n_types), types)
+        return self.table()[index]
