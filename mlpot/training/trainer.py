@@ -241,8 +241,9 @@ class Trainer:
     def _lr_ratio(self) -> float:
         return current_lr(self.optimizer) / self.optimizer.param_groups[0]["initial_lr"]
 
-    def train_step(self) -> Dict[str, float]:
-        """One optimisation step on the next global batch; returns display values of this batch."""
+    def train_step(self, metrics: bool = True) -> Dict[str, float]:
+        """One optimisation step on the next global batch; returns display values of this batch
+        (``loss`` and ``lr`` always, the lcurve metrics when ``metrics``)."""
         indices = shard_indices(self._next_indices(), self.dist)
         batch = self.data.train_batch(indices)
         lr = current_lr(self.optimizer)
@@ -271,10 +272,12 @@ class Trainer:
         self.epoch = self.step // self.steps_per_epoch  # completed (nominal) epochs
         components = {k: float(self.dist.sum(v)) if self.dist.enabled else float(v.detach()) for k, v in weighted.items()}
         self._log_debug(format_loss_breakdown(components))
-        sums = label_error_sums(pred, batch, self.loss.labels)
-        if self.dist.enabled:
-            sums = {k: self.dist.sum(v) for k, v in sums.items()}
-        values = lcurve_values(global_total, sums, self.loss.labels)
+        values = {}
+        if metrics:
+            sums = label_error_sums(pred, batch, self.loss.labels)
+            if self.dist.enabled:
+                sums = {k: self.dist.sum(v) for k, v in sums.items()}
+            values = lcurve_values(global_total, sums, self.loss.labels)
         values["loss"] = global_total
         values["lr"] = lr
         if not finite and self.nonfinite > self.config.training.max_nonfinite:
@@ -371,7 +374,8 @@ class Trainer:
                 index = self.plan.index_at(self._position())
                 if index != self.stage_index:
                     self._enter_stage(index)
-                train = self.train_step()
+                shown = self.step + 1
+                train = self.train_step(metrics=shown == 1 or shown % disp_freq == 0 or shown == self.total_steps)
                 self.bar.update(1)
                 self.bar.set_postfix(loss=f"{train['loss']:.4g}", lr=f"{train['lr']:.2e}", refresh=False)
                 end = self.step == self.total_steps
