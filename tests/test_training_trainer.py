@@ -247,8 +247,12 @@ def test_epoch_units_stages_and_ema_export(tmp_path, dataset):
     config["train_schedule"] = [{"name": "a", "start": 0, "end": 1}, {"name": "b", "start": 2, "end": 2, "lr": 1e-4}]
     config["ema"] = {"decay": 0.5}
     config["data"]["train"]["sampler"] = "epoch"
+    config["model"]["descriptor"]["sel"] = "auto"
     path = write_config(tmp_path, config, dataset)
     trainer = Trainer(load_config(path), progress=False)
+    # sel "auto": max neighbours per type at rcut from the data, x1.1, rounded up to a multiple of 4
+    sel = trainer.model.config["descriptor"]["sel"]
+    assert all(isinstance(n, int) and n % 4 == 0 for n in sel) and len(sel) == 2
     trainer.run()
     assert trainer.step == 12  # 8 frames / batch 2 = 4 steps per epoch
     rows = csv_rows(tmp_path / "out" / "metrics.csv")

@@ -13,6 +13,7 @@ Batches are float64 (data precision); the model casts to its own precision.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Iterator, List, Optional
 
 import numpy as np
@@ -80,7 +81,20 @@ def build_training_data(config: NativeConfig, dtype: torch.dtype, *, file: Optio
     """Build the model and the data of ``config``; ``with_statistics`` runs model.compute_statistics."""
     from mlpot.models import build_model
 
-    model = build_model(config.model, dtype=dtype)
+    model_config = config.model
+    descriptor = model_config.get("descriptor") if isinstance(model_config.get("descriptor"), dict) else {}
+    parts = descriptor.get("list", [descriptor]) if descriptor.get("type") == "hybrid" else [descriptor]
+    if any(isinstance(part.get("sel"), str) for part in parts):
+        # sel: "auto[:factor]" needs the maximum neighbour count per type at the descriptor cutoff
+        from mlpot.data import compute_statistics
+        from mlpot.models import resolve_auto_sel
+
+        rcut = float(config.data.cutoff or max(float(part.get("rcut", 6.0)) for part in parts))
+        _, probe, _, _ = _read(config.data.train, list(model_config["type_map"]), rcut)
+        cache = None if config.data.stat_file is None else Path(config.data.stat_file)
+        stats = compute_statistics(probe, list(model_config["type_map"]), rcut, cache_dir=cache)
+        model_config = resolve_auto_sel(model_config, stats.max_neighbors_per_type)
+    model = build_model(model_config, dtype=dtype)
     cutoff = float(config.data.cutoff or model.cutoff)
     systems, train, sizes, n_atoms = _read(config.data.train, list(model.type_map), cutoff)
     sampler = _sampler(config.data.train, sizes, n_atoms, config.seed, shuffle=True)
