@@ -7,7 +7,8 @@ plus one all-zero row (index ``n_types``) for padded neighbour slots ("virtual a
 ``table()[types]`` is one gather with no loop.
 
 Relabelling the types (permuting ``type_map``) together with the rows of the first weight matrix
-leaves every embedding unchanged: the one-hot input carries no order.
+permutes the embeddings alike, as long as the first layer has no resnet skip (tebd_dim not equal
+to n_types or 2 n_types): the skip adds the one-hot vector itself, which does carry the order.
 """
 
 from __future__ import annotations
