@@ -47,7 +47,7 @@ class DataSection(Strict):
     sampler: Literal["deepmd", "epoch"] = Field("epoch", description="deepmd: random system per step; epoch: shuffled passes")
     auto_prob: str = "prob_sys_size"
     sys_probs: Optional[List[float]] = None
-    numb_btch: int = Field(1, ge=1, validation_alias=AliasChoices("numb_btch", "numb_batch"),
+    numb_btch: int = Field(1, ge=0, validation_alias=AliasChoices("numb_btch", "numb_batch"),
                            description="validation batches per evaluation (DeePMD); 0 = all")
     shuffle: bool = True
 
@@ -197,7 +197,6 @@ class LoggingConfig(Strict):
     lcurve: Optional[str] = "lcurve.out"
     metrics_csv: Optional[str] = "metrics.csv"
     debug_log: Optional[str] = "debug.log"
-    log_file: Optional[str] = "train.log"
     tensorboard: bool = False
     tensorboard_log_dir: str = "tensorboard"
     tensorboard_freq: int = Field(1, ge=1)
