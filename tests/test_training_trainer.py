@@ -266,3 +266,17 @@ def test_epoch_units_stages_and_ema_export(tmp_path, dataset):
     ema = trainer.ema.shadow
     name = next(iter(ema))
     assert torch.equal(dict(exported.named_parameters())[name], ema[name])
+
+
+def test_trainer_lr_follows_deepmd_worked_example(tmp_path, dataset):
+    """T = 200 with decay_steps 5000: the lr used at displayed step 10 is 6.30e-4, at 200 3.9e-8."""
+    config = base_config(numb_steps=200)
+    config["lr_schedule"] = {"type": "exp", "start_lr": 1e-3, "stop_lr": 3.51e-8}
+    trainer = Trainer(load_config(write_config(tmp_path, config, dataset)), progress=False)
+    lrs = []
+    for _ in range(200):
+        lrs.append(trainer.optimizer.param_groups[0]["lr"])  # the lr step t + 1 is displayed with
+        trainer.optimizer.step()
+        trainer.scheduler.step()
+    assert f"{lrs[9]:.2e}" == "6.30e-04" and f"{lrs[199]:.1e}" == "3.9e-08"
+    assert lrs[9] == pytest.approx(1e-3 * 0.8574**3, rel=1e-3)

@@ -71,10 +71,14 @@ class DistInfo:
 
 
 def init_distributed() -> DistInfo:
-    """Join the process group when launched by torchrun (WORLD_SIZE > 1), else a single process."""
+    """Join the process group when launched by torchrun (WORLD_SIZE > 1), else a single process.
+
+    The device is the local GPU when CUDA is available, else the CPU.
+    """
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size <= 1:
-        return DistInfo()
+        device = torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
+        return DistInfo(device=device)
     rank = int(os.environ["RANK"])
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if torch.cuda.is_available():
