@@ -195,3 +195,15 @@ def test_energy_bias_over_data_0_and_1_all_frames(shared_data):
     batches = [collate(list(read_frames(shared_data(f"deepmd_water/{s}"), type_map=["O", "H"]))) for s in ("data_0", "data_1")]
     summary = model.fitting.compute_output_statistics(batches)
     np.testing.assert_allclose(np.array(summary["bias_atom"])[:, 0], [-93.57366, -187.14733], atol=2e-5)
+
+
+def test_undirected_pair_key_pairs_each_edge_with_its_reverse():
+    from mlpot.models.descriptors.env import undirected_pair_key
+
+    batch = T.random_batch(1, 5, box=3.0, cutoff=4.0, seed=3)  # many periodic images, incl. self-images
+    edges, shifts = batch[K.EDGE_INDEX], batch[K.EDGE_SHIFTS]
+    keys = undirected_pair_key(edges, shifts)
+    triples = {(int(i), int(j), tuple(int(x) for x in s)): int(k) for i, j, s, k in zip(edges[0], edges[1], shifts.round(), keys)}
+    for (i, j, s), k in triples.items():
+        assert triples[(j, i, tuple(-x for x in s))] == k
+    assert len(set(keys.tolist())) == len(keys) // 2  # each unordered pair exactly twice

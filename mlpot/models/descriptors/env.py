@@ -144,3 +144,21 @@ class EnvStatistics:
 
     def as_dict(self) -> Dict[str, List[float]]:
         return {"sums": self.sums.tolist()}
+
+
+def undirected_pair_key(edge_index: torch.Tensor, shifts: torch.Tensor) -> torch.Tensor:
+    """An int64 key per edge, equal for the edge (i, j, S) and its reverse (j, i, -S); (n_edges,).
+
+    Lets descriptors evaluate a function of the pair distance once per unordered pair.
+    """
+    i, j = edge_index[0], edge_index[1]
+    s = shifts.detach().round().to(torch.long)
+    # orientation: i < j, or i == j with the first non-zero shift component positive
+    first_nonzero = torch.where(s[:, 0] != 0, s[:, 0], torch.where(s[:, 1] != 0, s[:, 1], s[:, 2]))
+    flip = (i > j) | ((i == j) & (first_nonzero < 0))
+    a, b = torch.where(flip, j, i), torch.where(flip, i, j)
+    s = torch.where(flip.unsqueeze(1), -s, s)
+    span = int(s.abs().max()) * 2 + 1 if s.numel() else 1
+    n = int(edge_index.max()) + 1 if edge_index.numel() else 1
+    code = ((s[:, 0] + span // 2) * span + (s[:, 1] + span // 2)) * span + (s[:, 2] + span // 2)
+    return (a * n + b) * span ** 3 + code

@@ -15,9 +15,10 @@ from typing import Any, Dict, Optional, Tuple
 
 import torch
 
-from mlpot.data.keys import ATOM_TYPES
+from mlpot.data.keys import ATOM_TYPES, EDGE_INDEX, EDGE_SHIFTS
 from mlpot.models.config_keys import REQUIRED, read_section, resolve_precision, resolve_sel
 from mlpot.models.descriptors.base import DESCRIPTORS, EnvMatrixDescriptor
+from mlpot.models.descriptors.env import undirected_pair_key
 from mlpot.nn import EmbeddingNet
 
 __all__ = ["DescriptorSeA"]
@@ -100,7 +101,8 @@ class DescriptorSeA(EnvMatrixDescriptor):
         return tj if self.type_one_side else ti * self.n_types + tj
 
     def embedding_contraction(self, env: torch.Tensor, nlist: torch.Tensor, types: torch.Tensor,
-                              weights: Optional[torch.Tensor] = None, pad_weight: Optional[torch.Tensor] = None) -> torch.Tensor:
+                              weights: Optional[torch.Tensor] = None, pad_weight: Optional[torch.Tensor] = None,
+                              pair_key: Optional[torch.Tensor] = None) -> torch.Tensor:
         """sum_k R~_ik^T G_ik over all N_c slots, (n_atoms, width, M1), for env (n_atoms, n_slots, width).
 
         Exact reformulation for speed: the nets run only on occupied slots; every padded slot of a
@@ -108,6 +110,8 @@ class DescriptorSeA(EnvMatrixDescriptor):
         contribute n_pad · row_pad^T G(row_pad[0]), with G evaluated once per type pair.
         ``weights`` (n_atoms, n_slots, width) replace R~ as the left factor (se_e2_r sums G with
         weight 1); ``pad_weight`` (n_atoms, width) is then their value on padded slots.
+        ``pair_key`` (n_edges,), from ``undirected_pair_key``: same-type pairs share one evaluation
+        (the two directions of a pair have the same s~ and the same net), ~30% less work on water.
         """
         if weights is None:
             weights = env
@@ -126,7 +130,16 @@ class DescriptorSeA(EnvMatrixDescriptor):
             for ti in centre_types:
                 net = self.embeddings[self._net_index(ti, tj)]
                 select = mask if self.type_one_side else mask & (types == ti).unsqueeze(1)
-                embedded = embedded.index_put((select,), net(block[select][:, :1]))
+                if pair_key is not None and (self.type_one_side or ti == tj):
+                    # same-type pairs (i, j), (j, i) have equal inputs and nets: evaluate once per pair
+                    same = select & (types == tj).unsqueeze(1)
+                    select = select & ~same
+                    inputs = block[..., 0][same]
+                    unique, inverse = torch.unique(pair_key[nlist[:, start:stop][same]], return_inverse=True)
+                    first = torch.full((len(unique),), inputs.shape[0], dtype=torch.long, device=inputs.device)
+                    first = first.scatter_reduce(0, inverse, torch.arange(inputs.shape[0], device=inputs.device), "amin")
+                    embedded = embedded.index_put((same,), net(inputs[first].unsqueeze(1))[inverse])
+                embedded = embedded.index_put((select,), net(block[..., :1][select]))
                 # padded slots: one net evaluation per centre type
                 pad_inputs = (-self.davg[:, :1] / self.dstd[:, :1]).to(env.dtype)  # (n_types, 1)
                 pad_values = net(pad_inputs)[types]  # (n_atoms, M1)
@@ -138,7 +151,8 @@ class DescriptorSeA(EnvMatrixDescriptor):
 
     def forward(self, batch: Dict[str, torch.Tensor], vectors: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         env, nlist = self.normalized_environment(batch, vectors)
-        a_matrix = self.embedding_contraction(env, nlist, batch[ATOM_TYPES]) / self.n_slots  # (n_atoms, 4, M1)
+        pair_key = undirected_pair_key(batch[EDGE_INDEX], batch[EDGE_SHIFTS])
+        a_matrix = self.embedding_contraction(env, nlist, batch[ATOM_TYPES], pair_key=pair_key) / self.n_slots  # (n_atoms, 4, M1)
         descriptor = torch.matmul(a_matrix.transpose(1, 2), a_matrix[:, :, : self.m2])  # (n_atoms, M1, M2)
         rot = a_matrix[:, 1:4, :].transpose(1, 2)  # (n_atoms, M1, 3)
         return descriptor.reshape(descriptor.shape[0], -1), rot

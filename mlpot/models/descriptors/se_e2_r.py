@@ -11,9 +11,10 @@ from typing import Any, Dict, Tuple
 
 import torch
 
-from mlpot.data.keys import ATOM_TYPES
+from mlpot.data.keys import ATOM_TYPES, EDGE_INDEX, EDGE_SHIFTS
 from mlpot.models.config_keys import read_section, resolve_precision, resolve_sel
 from mlpot.models.descriptors.base import DESCRIPTORS
+from mlpot.models.descriptors.env import undirected_pair_key
 from mlpot.models.descriptors.se_e2_a import SE_A_DEFAULTS, DescriptorSeA
 
 __all__ = ["DescriptorSeR"]
@@ -43,7 +44,8 @@ class DescriptorSeR(DescriptorSeA):
     def forward(self, batch: Dict[str, torch.Tensor], vectors: torch.Tensor) -> Tuple[torch.Tensor, None]:
         env, nlist = self.normalized_environment(batch, vectors)  # (n_atoms, n_slots, 1)
         ones = torch.ones_like(env)
-        summed = self.embedding_contraction(env, nlist, batch[ATOM_TYPES], weights=ones, pad_weight=ones[:, 0])
+        pair_key = undirected_pair_key(batch[EDGE_INDEX], batch[EDGE_SHIFTS])
+        summed = self.embedding_contraction(env, nlist, batch[ATOM_TYPES], weights=ones, pad_weight=ones[:, 0], pair_key=pair_key)
         return summed[:, 0] * (SE_R_FACTOR / self.n_slots), None
 
 
