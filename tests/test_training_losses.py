@@ -100,3 +100,53 @@ def test_label_error_sums_and_unknown_term():
     assert math.isnan(rmse_mae(torch.zeros(3))[0])
     with pytest.raises(ConfigError, match=r"loss.terms.forcs: unknown loss term.*did you mean 'forces'"):
         WeightedLoss({"forcs": LossTerm()})
+
+
+def test_collated_frames_without_labels_match_labelled_subset(tmp_path):
+    """Real frames through collate and a tiny se_e2_a model: unlabelled frames change nothing."""
+    from ase.build import bulk
+    from ase.calculators.emt import EMT
+
+    from mlpot.data import AtomsDataset, collate
+    from mlpot.data.frames import FrameList
+    from mlpot.models import build_model
+    from mlpot.training.trainer import predict
+
+    rng = torch.Generator().manual_seed(0)
+    frames = []
+    for n in range(4):
+        atoms = bulk("Cu", "fcc", a=3.6, cubic=True) * (1, 1, 1 + n % 2)
+        atoms.positions += 0.1 * torch.randn(atoms.positions.shape, generator=rng, dtype=torch.float64).numpy()
+        atoms.calc = EMT()
+        frame = {K.POSITIONS: atoms.positions, K.ATOM_TYPES: torch.zeros(len(atoms), dtype=torch.long).numpy(),
+                 K.NUMBERS: atoms.numbers, K.CELL: atoms.cell.array, K.PBC: atoms.pbc}
+        if n % 2 == 0:  # frames 0 and 2 carry energy and forces, 1 and 3 only forces
+            frame[K.ENERGY] = atoms.get_potential_energy()
+        frame[K.FORCES] = atoms.get_forces()
+        frames.append(frame)
+    model = build_model({"type_map": ["Cu"], "descriptor": {"type": "se_e2_a", "sel": [48], "rcut": 4.0,
+                         "rcut_smth": 1.0, "neuron": [4, 8], "axis_neuron": 2, "seed": 1},
+                         "fitting_net": {"neuron": [8], "seed": 1}})
+    dataset = AtomsDataset(FrameList(frames, ["Cu"]), cutoff=4.0)
+    loss = WeightedLoss({"energy": LossTerm(weight=1.0), "energy_per_atom": LossTerm(weight=3.0),
+                         "forces": LossTerm(weight=10.0)}, loss_type="ener")
+    mixed = collate([dataset[i] for i in range(4)])
+    labelled = collate([dataset[0], dataset[2]])
+    assert mixed[K.weight_key(K.ENERGY)].tolist() == [1.0, 0.0, 1.0, 0.0]
+    _, w_mixed, _ = loss(predict(model, mixed, loss.labels, create_graph=False), mixed)
+    _, w_lab, _ = loss(predict(model, labelled, loss.labels, create_graph=False), labelled)
+    for name in ("energy", "energy_per_atom"):
+        assert float(w_mixed[name].detach()) == pytest.approx(float(w_lab[name].detach()), rel=1e-12)
+
+
+def test_deepmd_display_rmse_identity():
+    """Spec 4.2: rmse = sqrt(p_f rmse_f^2 + p_e (rmse_e N)^2 / N) for a one-frame batch."""
+    from mlpot.training.metrics import lcurve_values
+
+    pred, batch = make_batch([192], [True])
+    loss = WeightedLoss({"energy": LossTerm(start_pref=0.02, limit_pref=1.0),
+                         "forces": LossTerm(start_pref=1000.0, limit_pref=1.0)}, loss_type="ener")
+    total, _, _ = loss(pred, batch, lr_ratio=1.0)
+    values = lcurve_values(float(total), label_error_sums(pred, batch, loss.labels), loss.labels)
+    expected = math.sqrt(1000 * values["rmse_f"] ** 2 + 0.02 * (values["rmse_e"] * 192) ** 2 / 192)
+    assert values["rmse"] == pytest.approx(expected, rel=1e-12)
