@@ -173,18 +173,18 @@ def test_exclude_types_masks_the_pair():
     assert (d0[types != 0] - d1[types != 0]).abs().max() > 1e-8
 
 
-@pytest.mark.slow
 def test_training_lowers_force_error_on_water(shared_data):
-    """se_atten on 4 water frames: 40 Adam steps on the force loss lower the force RMSE."""
+    """se_atten (float32) on one water frame: 80 Adam steps on the force loss bring the force RMSE
+    well below the label RMS (what predicting zero forces gives). About 8 s on one core."""
     from mlpot.data import read_frames
 
     frames = read_frames(shared_data("deepmd_water/data_0"), type_map=["O", "H"])
-    dataset = AtomsDataset(frames[:4], 4.0)
-    batch = collate([dataset[i] for i in range(4)])
+    batch = collate([AtomsDataset(frames[:1], 4.0)[0]])
     model = build_model({"type_map": ["O", "H"],
                          "descriptor": {"type": "se_atten", "sel": 40, "rcut": 4.0, "rcut_smth": 0.5, "neuron": [8, 16],
-                                        "axis_neuron": 4, "attn": 16, "attn_layer": 1, "tebd_dim": 4, "seed": 1},
-                         "fitting_net": {"neuron": [32, 32], "seed": 1}})
+                                        "axis_neuron": 4, "attn": 16, "attn_layer": 1, "tebd_dim": 4, "seed": 1,
+                                        "precision": "float32"},
+                         "fitting_net": {"neuron": [32, 32], "seed": 1, "precision": "float32"}})
     model.compute_statistics([batch])
     optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
 
@@ -194,11 +194,12 @@ def test_training_lowers_force_error_on_water(shared_data):
 
     start = time.perf_counter()
     initial = force_rmse(False).item()
-    for _ in range(40):
+    for _ in range(80):
         optimizer.zero_grad()
         loss = force_rmse(True)
         loss.backward()
         optimizer.step()
     final = force_rmse(False).item()
-    print(f"se_atten water force RMSE {initial:.3f} -> {final:.3f} eV/Å in {time.perf_counter() - start:.1f} s")
-    assert final < 0.8 * initial
+    label_rms = batch[K.FORCES].pow(2).mean().sqrt().item()
+    print(f"se_atten water force RMSE {initial:.3f} -> {final:.3f} eV/Å (label RMS {label_rms:.3f}) in {time.perf_counter() - start:.1f} s")
+    assert final < 0.7 * initial and final < 0.7 * label_rms
