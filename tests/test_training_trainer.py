@@ -260,9 +260,10 @@ def test_epoch_units_stages_and_ema_export(tmp_path, dataset):
     assert float(rows[8]["lr"]) == 1e-3 and float(rows[9]["lr"]) == pytest.approx(1e-4)
     debug = (tmp_path / "out" / "debug.log").read_text()
     assert debug.count("INFO: Epoch ") == 3
-    from mlpot.calculators.export import load_model
+    from mlpot.calculators.export import freeze, load_model
 
-    exported = load_model(tmp_path / "out" / "model.pt")
+    freeze(trainer.checkpoints.latest(), tmp_path / "model.pt")
+    exported = load_model(tmp_path / "model.pt")
     ema = trainer.ema.shadow
     name = next(iter(ema))
     assert torch.equal(dict(exported.named_parameters())[name], ema[name])
@@ -280,3 +281,24 @@ def test_trainer_lr_follows_deepmd_worked_example(tmp_path, dataset):
         trainer.scheduler.step()
     assert f"{lrs[9]:.2e}" == "6.30e-04" and f"{lrs[199]:.1e}" == "3.9e-08"
     assert lrs[9] == pytest.approx(1e-3 * 0.8574**3, rel=1e-3)
+
+
+def test_init_model_takes_weights_only(tmp_path, dataset):
+    from mlpot.cli import main
+
+    path = write_config(tmp_path / "first", base_config(numb_steps=3), dataset)
+    assert main(["train", str(path), "--no-progress"]) == 0
+    source = tmp_path / "first" / "out" / "model.pt"
+    assert source.exists()
+    second = tmp_path / "second"
+    assert main(["train", str(path), "--init-model", str(source), "--output-dir", str(second), "--no-progress"]) == 0
+    first_state = load_checkpoint(tmp_path / "first" / "out" / "model.ckpt-3.pt")
+    state = load_checkpoint(second / "model.ckpt-3.pt")
+    assert state["step"] == 3  # started again from step 0
+    # the second run started from the first run's final weights: its Adam moments restart from zero
+    # but its weights are not those of a fresh initialisation
+    fresh_model = Trainer(load_config(path), progress=False).model
+    fresh = fresh_model.state_dict()
+    name = next(k for k, v in fresh_model.named_parameters() if v.numel() > 4)
+    assert not torch.equal(state["model_state_dict"][name], fresh[name])
+    assert not torch.equal(state["model_state_dict"][name], first_state["model_state_dict"][name])

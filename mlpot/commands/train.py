@@ -47,7 +47,13 @@ def run(args) -> int:
         cp = config.checkpoint
         latest = CheckpointManager(Path(config.output_dir) / cp.dir, cp.prefix, cp.keep).latest()
         restart = str(latest) if latest else None
-    trainer = Trainer(config, restart=restart, init_model=args.init_model, progress=not args.no_progress,
+    from mlpot.calculators.export import freeze, load_model
+
+    init_weights = load_model(args.init_model).state_dict() if args.init_model else None
+    trainer = Trainer(config, restart=restart, init_weights=init_weights, progress=not args.no_progress,
                       file=str(args.config))
     trainer.run()
+    if trainer.dist.is_main:
+        # the frozen model of the last checkpoint (EMA weights when EMA is on) for `mlpot test`
+        freeze(trainer.checkpoints.latest(), Path(config.output_dir) / "model.pt")
     return 0

@@ -14,20 +14,22 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, List, Optional
+from typing import TYPE_CHECKING, Iterator, List, Optional
 
 import numpy as np
 import torch
 
-from mlpot.config.schema import DataSection, NativeConfig
 from mlpot.data import AtomsDataset, EpochSampler, SystemSampler, collate, read_systems, resolve_batch_sizes
 from mlpot.data import keys as K
 from mlpot.data.batching import concat_frame_lists
 
+if TYPE_CHECKING:  # the config layer sits above training; only its types are named here
+    from mlpot.config.schema import DataSection, NativeConfig
+
 __all__ = ["TrainingData", "build_training_data"]
 
 
-def _read(section: DataSection, type_map, cutoff: float):
+def _read(section: "DataSection", type_map, cutoff: float):
     fmt = None if section.format == "auto" else section.format
     systems = read_systems(section.paths, fmt, type_map=type_map, key_map=section.key_map or None)
     sizes = [len(s) for s in systems]
@@ -35,7 +37,7 @@ def _read(section: DataSection, type_map, cutoff: float):
     return systems, AtomsDataset(concat_frame_lists(systems), cutoff, type_map=type_map), sizes, n_atoms
 
 
-def _sampler(section: DataSection, sizes, n_atoms, seed: int, shuffle: bool):
+def _sampler(section: "DataSection", sizes, n_atoms, seed: int, shuffle: bool):
     if section.sampler == "deepmd":
         return SystemSampler(sizes, section.batch_size, n_atoms=n_atoms, auto_prob=section.auto_prob,
                              sys_probs=section.sys_probs, seed=seed)
@@ -76,7 +78,7 @@ class TrainingData:
             yield indices
 
 
-def build_training_data(config: NativeConfig, dtype: torch.dtype, *, file: Optional[str] = None,
+def build_training_data(config: "NativeConfig", dtype: torch.dtype, *, file: Optional[str] = None,
                         with_statistics: bool = True, device: Optional[torch.device] = None) -> TrainingData:
     """Build the model and the data of ``config``; ``with_statistics`` runs model.compute_statistics."""
     from mlpot.models import build_model

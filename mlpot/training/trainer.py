@@ -24,12 +24,11 @@ import random
 import sys
 import time
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import TYPE_CHECKING, Dict, List, Optional
 
 import numpy as np
 import torch
 
-from mlpot.config.schema import NativeConfig
 from mlpot.data import keys as K
 from mlpot.errors import CheckpointError, ConfigError, MlpotError
 from mlpot.training.checkpoint import CheckpointManager, load_checkpoint
@@ -42,6 +41,9 @@ from mlpot.training.losses import WeightedLoss, label_error_sums
 from mlpot.training.metrics import AtomWeightedMean, PooledErrors, lcurve_keys, lcurve_values
 from mlpot.training.optim import build_lr_scheduler, build_optimizer, current_lr
 from mlpot.training.stages import StagePlan, apply_model_options, apply_stage_lr
+
+if TYPE_CHECKING:  # the config layer sits above training; only its type is named here
+    from mlpot.config.schema import NativeConfig
 
 __all__ = ["Trainer", "TrainingStopped", "predict"]
 
@@ -77,12 +79,13 @@ class Trainer:
     """Train the model of ``config``.
 
     restart: checkpoint to resume exactly (weights, optimizer, schedules, RNG, sampler, step).
-    init_model: checkpoint or frozen model whose weights initialise the model (step 0, fresh
-    optimizer). progress: show a tqdm bar (only on a TTY). file: config file name for messages.
+    init_weights: a state dict that initialises the model (step 0, fresh optimizer; ``mlpot train
+    --init-model`` loads it from a checkpoint or frozen model). progress: show a tqdm bar (only on a TTY). file: config file name for messages.
     """
 
-    def __init__(self, config: NativeConfig, *, restart: Optional[str] = None, init_model: Optional[str] = None,
-                 progress: bool = True, file: Optional[str] = None, stdout=None):
+    def __init__(self, config: "NativeConfig", *, restart: Optional[str] = None,
+                 init_weights: Optional[Dict[str, torch.Tensor]] = None, progress: bool = True,
+                 file: Optional[str] = None, stdout=None):
         self.config = config
         self.file = file
         self.dist: DistInfo = init_distributed()
@@ -95,11 +98,11 @@ class Trainer:
         checkpoint = load_checkpoint(restart) if restart else None
         self._seed(config.seed)
         self.data: TrainingData = build_training_data(
-            config, self.dtype, file=file, with_statistics=checkpoint is None and init_model is None,
+            config, self.dtype, file=file, with_statistics=checkpoint is None and init_weights is None,
             device=self.dist.device)
         self.model = self.data.model
-        if init_model:
-            self._init_weights(init_model)
+        if init_weights is not None:
+            self._init_weights(init_weights)
         self.unit = config.training.unit
         self.steps_per_epoch = len(self.data.train_sampler)
         self.total_steps = (config.training.numb_steps if self.unit == "steps"
@@ -122,14 +125,11 @@ class Trainer:
         np.random.seed(seed % 2**32)
         random.seed(seed)
 
-    def _init_weights(self, path: str) -> None:
-        from mlpot.calculators.export import load_model  # frozen file or checkpoint
-
-        source = load_model(path)
-        missing, unexpected = self.model.load_state_dict(source.state_dict(), strict=False)
+    def _init_weights(self, state: Dict[str, torch.Tensor]) -> None:
+        missing, unexpected = self.model.load_state_dict(state, strict=False)
         if missing or unexpected:
             raise CheckpointError(f"weights do not fit the configured model (missing {missing[:3]}, "
-                                  f"unexpected {unexpected[:3]})", file=str(path))
+                                  f"unexpected {unexpected[:3]})")
 
     def _build_optimizer(self) -> None:
         import fnmatch
@@ -396,8 +396,6 @@ class Trainer:
             if self.dist.is_main and cfg.logging.time_training and self.step > start_step:
                 self._write(f"average training time: {elapsed / (self.step - start_step):.4f} s/step "
                             f"({self.step - start_step} steps)")
-            if self.dist.is_main:
-                self.export()
         finally:
             self.bar.close()
             self._close_logs()
@@ -408,12 +406,3 @@ class Trainer:
         if not self.dist.is_main:
             return None
         return self.checkpoints.save(self.step, self.state_dict())
-
-    def export(self) -> Path:
-        """Write ``<output_dir>/model.pt`` (frozen model, EMA weights when EMA is on) next to the checkpoints."""
-        from mlpot.calculators.export import freeze
-
-        latest = self.checkpoints.latest()
-        path = self.out / "model.pt"
-        freeze(latest, path)
-        return path
