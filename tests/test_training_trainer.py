@@ -244,7 +244,8 @@ def test_epoch_units_stages_and_ema_export(tmp_path, dataset):
     config = base_config()
     config["training"] = {"numb_epochs": 3}
     config["lr_schedule"] = {"type": "constant", "start_lr": 1e-3}
-    config["train_schedule"] = [{"name": "a", "start": 0, "end": 1}, {"name": "b", "start": 2, "end": 2, "lr": 1e-4}]
+    config["train_schedule"] = [{"name": "a", "start": 0, "end": 1}, {"name": "b", "start": 2, "end": 2, "lr": 1e-4,
+                                                                         "loss": {"energy_per_atom": 1.0}}]
     config["ema"] = {"decay": 0.5}
     config["data"]["train"]["sampler"] = "epoch"
     config["model"]["descriptor"]["sel"] = "auto"
@@ -258,6 +259,9 @@ def test_epoch_units_stages_and_ema_export(tmp_path, dataset):
     rows = csv_rows(tmp_path / "out" / "metrics.csv")
     assert [rows[s]["stage"] for s in (1, 8, 9, 12)] == ["a", "a", "b", "b"]
     assert float(rows[8]["lr"]) == 1e-3 and float(rows[9]["lr"]) == pytest.approx(1e-4)
+    # stage b trains on energies only: the log columns stay, the force training column is nan
+    assert rows[12]["train_rmse_f"] == "nan" and float(rows[12]["valid_forces_rmse"]) > 0
+    assert float(rows[8]["train_rmse_f"]) > 0
     debug = (tmp_path / "out" / "debug.log").read_text()
     assert debug.count("INFO: Epoch ") == 3
     from mlpot.calculators.export import freeze, load_model

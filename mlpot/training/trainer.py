@@ -108,6 +108,10 @@ class Trainer:
         self.total_steps = (config.training.numb_steps if self.unit == "steps"
                             else config.training.numb_epochs * self.steps_per_epoch)
         self.plan = StagePlan(config.stages(), self.unit)
+        # labels of every stage's loss: fixed log columns even when stages change the terms
+        self.all_labels = tuple(dict.fromkeys(
+            label for stage in self.plan.stages
+            for label in WeightedLoss(stage.loss or config.loss.terms, config.loss.type, file=file).labels))
         self._build_optimizer()
         self.ema = ExponentialMovingAverage(self.model, config.ema.decay, config.ema.warmup) if config.ema else None
         self.step, self.epoch, self.nonfinite = 0, 0, 0
@@ -277,7 +281,7 @@ class Trainer:
             sums = label_error_sums(pred, batch, self.loss.labels)
             if self.dist.enabled:
                 sums = {k: self.dist.sum(v) for k, v in sums.items()}
-            values = lcurve_values(global_total, sums, self.loss.labels)
+            values = lcurve_values(global_total, sums, self.all_labels)
         values["loss"] = global_total
         values["lr"] = lr
         if not finite and self.nonfinite > self.config.training.max_nonfinite:
@@ -298,12 +302,12 @@ class Trainer:
         with self.ema.applied(self.model) if self.ema is not None else contextlib.nullcontext():
             for indices in self.data.valid_batches():
                 batch = self.data.valid_batch(indices)
-                pred = predict(self.model, batch, self.loss.labels, create_graph=False)
+                pred = predict(self.model, batch, self.all_labels, create_graph=False)
                 with torch.no_grad():
                     total, weighted, _ = self.loss({k: v.detach() for k, v in pred.items()}, batch, ratio)
                 self._log_debug(format_loss_breakdown({k: float(v) for k, v in weighted.items()}))
-                sums = label_error_sums(pred, batch, self.loss.labels)
-                lcurve.add(lcurve_values(float(total), sums, self.loss.labels), int(batch[K.N_ATOMS].sum()))
+                sums = label_error_sums(pred, batch, self.all_labels)
+                lcurve.add(lcurve_values(float(total), sums, self.all_labels), int(batch[K.N_ATOMS].sum()))
                 pooled.add(sums)
         return {**lcurve.result(), **pooled.result()}
 
@@ -319,7 +323,7 @@ class Trainer:
         append = self.step > 0
         main = self.dist.is_main
         self.debug_log = open_debug_log(self.out / cfg.debug_log, append=append) if (main and cfg.debug_log) else None
-        keys = lcurve_keys(self.loss.labels)
+        keys = lcurve_keys(self.all_labels)
         has_valid = self.data.valid_sampler is not None
         self.lcurve = LcurveWriter(self.out / cfg.lcurve, keys, has_valid, append) if (main and cfg.lcurve) else None
         self.csv = MetricsCSV(self.out / cfg.metrics_csv, append) if (main and cfg.metrics_csv) else None
