@@ -57,14 +57,14 @@ def periodic_half_pairs(positions: torch.Tensor, cell: torch.Tensor, cutoff: flo
     )
 
 
-def _chunk_fields(positions, cell, charges, dipoles, index_i, index_j, shifts, exponents, screening):
+def _chunk_fields(positions, cell, charges, dipoles, index_i, index_j, shifts, exponents, screenings):
     n_atoms = positions.shape[0]
     separation = positions[index_j] - positions[index_i]  # r_j - r_i
     if shifts is not None:
         separation = separation + shifts @ cell
     distance = torch.linalg.norm(separation, dim=1)
     potentials, gradients = [], []
-    for exponent in exponents:  # a handful of receiver widths, not atoms
+    for exponent, screening in zip(exponents, screenings):  # a handful of receiver widths, not atoms
         radial = screened_radial(distance, exponent, screening)
         # receiver i sees source j at r_i - r_j = -separation; receiver j sees source i at +separation
         v_i, g_i = multipole_field(-separation, radial, charges[index_j], dipoles[index_j])
@@ -82,17 +82,18 @@ def realspace_potentials(
     dipoles: torch.Tensor,
     pairs: Tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]],
     exponents: Sequence[float],
-    screening: Optional[float] = None,
+    screenings: Optional[Sequence[Optional[float]]] = None,
     cell: Optional[torch.Tensor] = None,
 ) -> Tuple[torch.Tensor, torch.Tensor]:
     """Pair-sum potentials (V) and gradients (V/Å) at every atom, excluding self-terms.
 
     positions: (n_atoms, 3) Å; charges (n_atoms,) e; dipoles (n_atoms, 3) e·Å; pairs: (index_i,
     index_j, shifts or None), each unordered pair once; exponents: kernel exponents a (1/Å), one per
-    receiver width; screening: Ewald b (1/Å) or None (isolated); cell: (3, 3) Å when shifts are given.
+    receiver width; screenings: Ewald b (1/Å) per exponent, or None (isolated); cell: (3, 3) Å when shifts are given.
     Returns (n_exp, n_atoms) and (n_exp, n_atoms, 3).
     """
     index_i, index_j, shifts = pairs
+    screenings = [None] * len(exponents) if screenings is None else list(screenings)
     n_atoms = positions.shape[0]
     potential = positions.new_zeros(len(exponents), n_atoms)
     gradient = positions.new_zeros(len(exponents), n_atoms, 3)
@@ -103,7 +104,7 @@ def realspace_potentials(
         stop = start + _CHUNK_PAIRS
         args = (
             positions, cell, charges, dipoles, index_i[start:stop], index_j[start:stop],
-            None if shifts is None else shifts[start:stop], tuple(exponents), screening,
+            None if shifts is None else shifts[start:stop], tuple(exponents), tuple(screenings),
         )
         if needs_graph:
             v, g = checkpoint(_chunk_fields, *args, use_reentrant=False)

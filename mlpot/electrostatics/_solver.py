@@ -27,13 +27,14 @@ from mlpot.electrostatics._corrections import background_potential, molecule_in_
 from mlpot.electrostatics._density import gaussian_kernel_exponent
 from mlpot.electrostatics._kernels import erf_radial_at_zero
 from mlpot.electrostatics._kspace import half_space_kvectors, kspace_potentials
+from mlpot.electrostatics._pme import pme_potentials
 from mlpot.electrostatics._realspace import all_pairs, periodic_half_pairs, realspace_potentials
 from mlpot.units import COULOMB_CONSTANT
 
 __all__ = ["CoulombOptions", "HANDLINGS", "KSPACE_SOLVERS", "Receiver", "frame_fields", "energy_from_fields", "ewald_parameters", "cutoff_rule_kmax"]
 
 HANDLINGS = ("realspace", "periodic", "slab", "molecule")
-KSPACE_SOLVERS = ("ewald", "cutoff_rule")
+KSPACE_SOLVERS = ("auto", "ewald", "pme", "cutoff_rule")
 
 
 @dataclass(frozen=True)
@@ -49,7 +50,10 @@ class Receiver:
 class CoulombOptions:
     """Numerical options shared by all frames.
 
-    kspace_solver: "ewald" (default, balanced real/k-space split) or "cutoff_rule" (the original's
+    kspace_solver: "auto" (default: "pme" from ``pme_min_atoms`` atoms on, else "ewald"), "ewald"
+    (explicit k-vectors, real/k-space split balanced with N), "pme" (smooth particle-mesh Ewald,
+    B-splines of ``pme_order``, mesh Nyquist = ``pme_oversampling`` x k_c; kernels sharper than
+    ``pme_realspace_cutoff`` allows are screened and get a real-space part) or "cutoff_rule" (the original's
     single k-space sum with ``k_c = kspace_cutoff_factor * 0.75 * 3 * (max_l+1)^0.3 / min_width``).
     accuracy: relative truncation target of the Ewald split (exp(-c^2) with c = k_c / 2b = r_c b).
     max_realspace_cutoff: Å, upper bound of the Ewald real-space cutoff (bounds pair memory).
@@ -58,20 +62,26 @@ class CoulombOptions:
     widths for the cutoff rule (Å); min_width None = the smallest width of the call.
     """
 
-    kspace_solver: str = "ewald"
+    kspace_solver: str = "auto"
     kspace_cutoff_factor: float = 1.25
     accuracy: float = 1e-7
     max_realspace_cutoff: float = 10.0
     compat_cube_root: bool = False
     cutoff_rule_max_l: int = 1
     cutoff_rule_min_width: float | None = None
+    pme_order: int = 6
+    pme_oversampling: float = 1.6
+    pme_realspace_cutoff: float = 6.0
+    pme_min_atoms: int = 400
 
     def __post_init__(self):
         if self.kspace_solver not in KSPACE_SOLVERS:
             raise ValueError(f"kspace_solver must be one of {KSPACE_SOLVERS}; got {self.kspace_solver!r}")
         if not 0.0 < self.accuracy < 1.0:
             raise ValueError(f"accuracy must be in (0, 1); got {self.accuracy}")
-        if self.kspace_cutoff_factor <= 0 or self.max_realspace_cutoff <= 0:
+        if self.pme_order < 4 or self.pme_order % 2:
+            raise ValueError(f"pme_order must be an even integer >= 4; got {self.pme_order}")
+        if self.kspace_cutoff_factor <= 0 or self.max_realspace_cutoff <= 0 or self.pme_oversampling <= 0:
             raise ValueError("kspace_cutoff_factor and max_realspace_cutoff must be positive")
 
 
@@ -112,26 +122,32 @@ def frame_fields(
     exponents = [gaussian_kernel_exponent(sigma, r.width) for r in receivers]
     n_atoms = positions.shape[0]
     if handling == "realspace":
-        potential, gradient = realspace_potentials(positions, charges, dipoles, (*all_pairs(n_atoms, positions.device), None), exponents)
-        screening = None
+        pairs = (*all_pairs(n_atoms, positions.device), None)
+        potential, gradient = realspace_potentials(positions, charges, dipoles, pairs, exponents)
+        screenings = [None] * len(receivers)
     else:
         volume = torch.linalg.det(cell).abs()
-        if options.kspace_solver == "ewald":
-            screening, r_cut, k_cut = ewald_parameters(n_atoms, float(volume.detach()), min(exponents), options)
-            kvectors = half_space_kvectors(cell, k_cut)
-            potential, gradient = kspace_potentials(positions, charges, dipoles, cell, kvectors, [1.0 / (2.0 * screening**2)])
-            pairs = periodic_half_pairs(positions, cell, r_cut)
-            real_v, real_g = realspace_potentials(positions, charges, dipoles, pairs, exponents, screening, cell)
-            potential, gradient = potential + real_v, gradient + real_g
-            background = torch.stack([background_potential(charges.sum(), volume, a, screening) for a in exponents])
-            potential = potential + background[:, None]
+        screenings, r_cut, k_cut = _split(n_atoms, float(volume.detach()), exponents, sigma, receivers, options)
+        variances = [1.0 / (2.0 * b * b) for b in screenings]
+        if _use_pme(n_atoms, options):
+            potential, gradient = pme_potentials(
+                positions, charges, dipoles, cell, k_cut, variances, options.pme_order, options.pme_oversampling
+            )
         else:
-            min_width = options.cutoff_rule_min_width or min([sigma] + [r.width for r in receivers if r.width > 0])
-            k_cut = cutoff_rule_kmax(options.kspace_cutoff_factor, options.cutoff_rule_max_l, min_width)
             kvectors = half_space_kvectors(cell, k_cut)
-            variances = [sigma**2 + r.width**2 for r in receivers]
             potential, gradient = kspace_potentials(positions, charges, dipoles, cell, kvectors, variances)
-            screening = math.inf
+        split = [b < a * (1.0 - 1e-12) for a, b in zip(exponents, screenings)]
+        if any(split):  # real-space remainder erf(a d)/d - erf(b d)/d only where b < a
+            chosen = [k for k, s in enumerate(split) if s]
+            pairs = periodic_half_pairs(positions, cell, r_cut)
+            real_v, real_g = realspace_potentials(
+                positions, charges, dipoles, pairs, [exponents[k] for k in chosen], [screenings[k] for k in chosen], cell
+            )
+            index = torch.tensor(chosen, device=positions.device)
+            potential = potential.index_add(0, index, real_v)
+            gradient = gradient.index_add(0, index, real_g)
+            background = torch.stack([background_potential(charges.sum(), volume, a, b) for a, b in zip(exponents, screenings)])
+            potential = potential + background[:, None]
         if handling == "slab":
             extra_v, extra_g = slab_correction(positions, charges, dipoles, volume)
         elif handling == "molecule":
@@ -143,20 +159,40 @@ def frame_fields(
         if extra_v is not None:
             potential = potential + extra_v[None]
             gradient = gradient + extra_g[None]
-    # self-terms: the real-space sum has none; the k-space sum carries those of erf(b d)/d
+    # self-terms: pair sums have none; the reciprocal sum carries those of erf(b d)/d
     self_v, self_g = [], []
-    for exponent, receiver in zip(exponents, receivers):
+    for exponent, screening, receiver in zip(exponents, screenings, receivers):
         v, g = _self_terms(charges, dipoles, exponent)
-        if screening is None:  # isolated: nothing included yet
+        if screening is None:
             scale_v, scale_g = (v, g) if receiver.include_self else (torch.zeros_like(v), torch.zeros_like(g))
-        elif math.isinf(screening):  # pure k-space: full self-term included
-            scale_v, scale_g = (torch.zeros_like(v), torch.zeros_like(g)) if receiver.include_self else (-v, -g)
         else:
             vb, gb = _self_terms(charges, dipoles, screening)
             scale_v, scale_g = ((v - vb), (g - gb)) if receiver.include_self else (-vb, -gb)
         self_v.append(scale_v)
         self_g.append(scale_g)
     return potential + torch.stack(self_v), gradient + torch.stack(self_g)
+
+
+def _use_pme(n_atoms: int, options: CoulombOptions) -> bool:
+    if options.kspace_solver == "auto":
+        return n_atoms >= options.pme_min_atoms
+    return options.kspace_solver == "pme"
+
+
+def _split(n_atoms, volume, exponents, sigma, receivers, options):
+    """Per-kernel screening b_n (1/Å), real-space cutoff (Å) and reciprocal cutoff (1/Å)."""
+    c = math.sqrt(-math.log(options.accuracy))
+    if options.kspace_solver == "cutoff_rule":
+        min_width = options.cutoff_rule_min_width or min([sigma] + [r.width for r in receivers if r.width > 0])
+        return list(exponents), 0.0, cutoff_rule_kmax(options.kspace_cutoff_factor, options.cutoff_rule_max_l, min_width)
+    if _use_pme(n_atoms, options):
+        # mesh cost does not grow with b: screen only kernels too sharp for the mesh
+        b_max = c / options.pme_realspace_cutoff
+        screenings = [min(a, b_max) for a in exponents]
+    else:
+        screenings = [ewald_parameters(n_atoms, volume, min(exponents), options)[0]] * len(exponents)
+    r_cut = max((c / b for a, b in zip(exponents, screenings) if b < a), default=0.0)
+    return screenings, r_cut, 2.0 * c * max(screenings)
 
 
 def energy_from_fields(charges: torch.Tensor, dipoles: torch.Tensor, potential: torch.Tensor, gradient: torch.Tensor) -> torch.Tensor:
