@@ -141,8 +141,8 @@ def test_unbuilt_feature_errors(water_input):
     with pytest.raises(ConfigError, match="not supported yet: model/descriptor/type=dpa2"):
         deepmd.convert_dict(bad)
     bad = copy.deepcopy(water_input)
-    bad["model"]["use_srtab"] = "H2O_tab_potential.txt"
-    with pytest.raises(ConfigError, match="not supported yet: model/use_srtab"):
+    bad["model"]["type_embedding"] = {"neuron": [8]}
+    with pytest.raises(ConfigError, match="not supported yet: model/type_embedding"):
         deepmd.convert_dict(bad)
     bad = copy.deepcopy(water_input)
     bad["training"]["training_data"]["batch_size"] = "mixed:4"

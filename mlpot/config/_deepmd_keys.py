@@ -81,11 +81,15 @@ _ATTENTION = {
     "trainable_ln": _k(S),
     "ln_eps": _k(S),
     "use_econf_tebd": _k(U, default=False),
-    "use_tebd_bias": _k(U, default=False),
+    "use_tebd_bias": _k(S, note="bias in the type-embedding layer"),
     "type_map": _k(I, note="taken from model/type_map"),
 }
-SE_ATTEN = {**_ATTENTION, "smooth_type_embedding": _k(S, "stripped_type_embedding")}
-SE_ATTEN_V2 = dict(_ATTENTION)
+SE_ATTEN = {
+    **_ATTENTION,
+    "smooth_type_embedding": _k(S, "smooth_type_embdding"),
+    "stripped_type_embedding": _k(S, note="deprecated: true = tebd_input_mode strip, false = concat"),
+}
+SE_ATTEN_V2 = {**_ATTENTION, "tebd_input_mode": _k(S, note='"strip" only (v2 is strip + smooth)')}
 HYBRID = {"type": _k(S), "list": _k(S)}
 
 DESCRIPTOR_ALIASES = {
@@ -143,11 +147,11 @@ MODEL = {
     "pair_exclude_types": _k(S),
     "atom_exclude_types": _k(S),
     "preset_out_bias": _k(U, default=None),
-    "srtab_add_bias": _k(U, default=True),
-    "use_srtab": _k(U, default=None),
-    "smin_alpha": _k(U, default=None),
-    "sw_rmin": _k(U, default=None),
-    "sw_rmax": _k(U, default=None),
+    "srtab_add_bias": _k(S, note="add the type bias to the table part of the blend"),
+    "use_srtab": _k(S, note="pair table file (DeePMD-kit table format), blended in at short range"),
+    "smin_alpha": _k(S, note="Å, soft-min length of the blend"),
+    "sw_rmin": _k(S, note="Å, table only below"),
+    "sw_rmax": _k(S, note="Å, network only above"),
     "type_embedding": _k(U, default=None),
     "modifier": _k(U, default=None),
     "compress": _k(U, default=None),

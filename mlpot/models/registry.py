@@ -19,6 +19,8 @@ from mlpot.models.descriptors import DESCRIPTORS
 from mlpot.models.fitting import FITTINGS
 import mlpot.models.tensor_fitting  # noqa: F401  (registers dipole and polar)
 from mlpot.models.standard import StandardModel
+from mlpot.models.compose import build_frozen, build_linear_ener
+from mlpot.models.pair import build_pairtab, with_short_range_table
 from mlpot.nn import Registry
 
 __all__ = ["MODELS", "build_model", "resolve_auto_sel"]
@@ -36,8 +38,8 @@ STANDARD_DEFAULTS = {
     "atom_exclude_types": [],
 }
 STANDARD_UNSUPPORTED = {
-    "use_srtab": None, "smin_alpha": None, "sw_rmin": None, "sw_rmax": None, "preset_out_bias": None,
-    "type_embedding": None, "modifier": None, "spin": None, "compress": None, "srtab_add_bias": None,
+    "preset_out_bias": None,
+    "type_embedding": None, "modifier": None, "spin": None, "compress": None,
     "finetune_head": None, "use_compression": None,
 }
 
@@ -67,7 +69,10 @@ def build_standard(config: Dict[str, Any], dtype: torch.dtype) -> StandardModel:
                          data_stat_protect=values["data_stat_protect"])
 
 
-MODELS.register("standard", build_standard)
+MODELS.register("standard", with_short_range_table(build_standard))  # use_srtab: mlpot.models.pair
+MODELS.register("pairtab", build_pairtab)
+MODELS.register("linear_ener", build_linear_ener)
+MODELS.register("frozen", build_frozen)
 
 
 def build_model(model_config: Dict[str, Any], dtype: Optional[torch.dtype] = None) -> AtomisticModel:
