@@ -306,3 +306,24 @@ def test_init_model_takes_weights_only(tmp_path, dataset):
     name = next(k for k, v in fresh_model.named_parameters() if v.numel() > 4)
     assert not torch.equal(state["model_state_dict"][name], fresh[name])
     assert not torch.equal(state["model_state_dict"][name], first_state["model_state_dict"][name])
+
+
+def test_plateau_and_tensorboard_optional(tmp_path, dataset):
+    config = base_config(numb_steps=6, valid_freq=1)
+    # an lr so small that the validation error changes by less than the relative threshold (1e-4):
+    # no improvement at every validation, so the lr halves each time (patience 0)
+    config["lr_schedule"] = {"type": "plateau", "start_lr": 1e-9, "factor": 0.5, "patience": 0}
+    config["loss"] = {"terms": {"energy_per_atom": 1.0, "forces": 1.0}}  # constant weights
+    config["logging"]["tensorboard"] = True
+    trainer = Trainer(load_config(write_config(tmp_path, config, dataset)), progress=False)
+    try:
+        import tensorboard  # noqa: F401
+        trainer.run()
+        assert any((tmp_path / "out" / "tensorboard").iterdir())
+    except ImportError:
+        with pytest.warns(UserWarning, match="tensorboard is not installed"):
+            trainer.run()
+    rows = csv_rows(tmp_path / "out" / "metrics.csv")
+    lrs = [float(rows[s]["lr"]) for s in sorted(rows)]
+    # the lr only ever halves, after validations that did not improve
+    assert lrs == pytest.approx([1e-9, 1e-9, 5e-10, 2.5e-10, 1.25e-10, 6.25e-11]), lrs

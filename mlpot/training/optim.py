@@ -89,6 +89,8 @@ def build_lr_scheduler(
     """
     if start_lr is None:
         start_lr = optimizer.param_groups[0]["lr"]
+    for group in optimizer.param_groups:  # the base lr (lr-coupled loss prefactors use lr / initial_lr)
+        group.setdefault("initial_lr", group["lr"])
     if str(type).lower() == "plateau":
         allowed = {"factor", "patience", "threshold", "threshold_mode", "cooldown", "min_lr", "eps", "mode"}
         for option in options:
@@ -98,10 +100,11 @@ def build_lr_scheduler(
                     f"unknown option of the 'plateau' schedule; valid: {', '.join(sorted(allowed))}",
                     file=file, key=f"{key}.{option}", hint=f"did you mean {hint!r}?" if hint else None,
                 )
+        # torch ignores reductions smaller than eps = 1e-8 (absolute), which freezes the small lrs of
+        # potential training (DeePMD decays to ~1e-8); reduce whenever asked unless eps is given
+        options.setdefault("eps", 0.0)
         return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, **options)
     schedule = build_schedule(type, start_lr, key=key, file=file, **options)
-    for group in optimizer.param_groups:
-        group.setdefault("initial_lr", group["lr"])
     return torch.optim.lr_scheduler.LambdaLR(optimizer, ScheduleFactor(schedule))
 
 
