@@ -207,3 +207,14 @@ def test_undirected_pair_key_pairs_each_edge_with_its_reverse():
     for (i, j, s), k in triples.items():
         assert triples[(j, i, tuple(-x for x in s))] == k
     assert len(set(keys.tolist())) == len(keys) // 2  # each unordered pair exactly twice
+
+
+@pytest.mark.parametrize("type_one_side", [True, False])
+def test_fast_embedding_equals_dense_evaluation_over_all_slots(type_one_side):
+    batch = T.random_batch(2, [9, 8], seed=12)
+    model = small_model(type_one_side=type_one_side)
+    fast = compute_derivatives(model, batch, virial=True)
+    model.descriptor.skip_padding = False
+    dense = compute_derivatives(model, batch, virial=True)
+    for key in (K.ENERGY, K.ATOM_ENERGY, K.FORCES, K.VIRIAL):
+        torch.testing.assert_close(fast[key], dense[key], atol=1e-10, rtol=1e-10)

@@ -78,6 +78,8 @@ class DescriptorSeA(EnvMatrixDescriptor):
 
             raise ConfigError(f"axis_neuron ({self.m2}) must not exceed neuron[-1] ({self.m1})", key="model/descriptor/axis_neuron")
         self.type_one_side = bool(type_one_side)
+        # evaluate nets on occupied slots only (exact); False = DeePMD-kit's dense way, for checks
+        self.skip_padding = True
         n_nets = n_types if self.type_one_side else n_types * n_types
         self.embeddings = torch.nn.ModuleList(
             EmbeddingNet(
@@ -118,6 +120,9 @@ class DescriptorSeA(EnvMatrixDescriptor):
             pad_weight = -self.davg[types, : env.shape[-1]] / self.dstd[types, : env.shape[-1]]
         n_atoms, _, width = weights.shape
         occupied = nlist >= 0
+        if not self.skip_padding:  # DeePMD-kit's dense evaluation over all N_c slots (reference)
+            occupied = torch.ones_like(occupied)
+            pair_key = None
         out = env.new_zeros(n_atoms, width, self.m1)
         pad_row = pad_weight.to(env.dtype)  # (n_atoms, width)
         centre_types = range(1) if self.type_one_side else range(self.n_types)
