@@ -203,3 +203,17 @@ def test_training_lowers_force_error_on_water(shared_data):
     label_rms = batch[K.FORCES].pow(2).mean().sqrt().item()
     print(f"se_atten water force RMSE {initial:.3f} -> {final:.3f} eV/Å (label RMS {label_rms:.3f}) in {time.perf_counter() - start:.1f} s")
     assert final < 0.7 * initial and final < 0.7 * label_rms
+
+
+def test_hybrid_with_se_atten_and_se_e3_members():
+    model = build_model({"type_map": ["A", "B"], "fitting_net": {"neuron": [8], "seed": 2},
+                         "descriptor": {"type": "hybrid", "list": [
+                             {"type": "se_e2_a", "sel": [12, 12], "rcut": 3.0, "neuron": [4, 8], "axis_neuron": 2, "seed": 1},
+                             {"type": "se_atten", "sel": 24, "rcut": 3.5, "neuron": [4, 8], "axis_neuron": 2, "attn": 4,
+                              "tebd_dim": 3, "seed": 1},
+                             {"type": "se_e3", "sel": [12, 12], "rcut": 3.5, "neuron": [2, 4], "seed": 1}]}})
+    model.compute_statistics([T.random_batch(2, 8, seed=5)])
+    batch = T.random_batch(2, [8, 7], seed=1)
+    assert model.descriptor.dim_out == 8 * 2 + (8 * 2 + 3) + 4
+    T.assert_forces_match_fd(model, batch, atol=1e-6, rtol=1e-5)
+    T.assert_invariant(model, batch)
