@@ -60,7 +60,7 @@ def zunger_prefit(model: torch.nn.Module, params: torch.Tensor, epochs: int, lr:
                 loss.backward()
                 return loss
 
-            running += float(optimizer.step(closure)) * len(idx) / N_TRAIN
+            running += float(optimizer.step(closure).detach()) * len(idx) / N_TRAIN
         with torch.no_grad():
             model.eval()
             validation = float((w_val * (model(q_val) - v_val) ** 2).mean())

@@ -49,7 +49,7 @@ class BandSetup:
 
 def read_species_params(folder: Path, species: List[str]) -> np.ndarray:
     """(n_species, 9) from ``init_<atom>Params.par`` (or ``<atom>Params.par``), zero-padded."""
-    rows = []
+    folder, rows = Path(folder), []
     for atom in species:
         candidates = [folder / f"init_{atom}Params.par", folder / f"{atom}Params.par"]
         path = next((p for p in candidates if p.is_file()), None)
