@@ -150,7 +150,7 @@ def test_ddp_two_processes_match_one(tmp_path, dataset):
     single = write_config(tmp_path / "single", config, dataset)
     subprocess.run(cli(single), check=True, env=env(), cwd=REPO, capture_output=True)
     ddp = write_config(tmp_path / "ddp", config, dataset)
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29517",
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
                "-m", "mlpot.cli", "train", str(ddp), "--no-progress"]
     result = subprocess.run(command, env=env(), cwd=REPO, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-3000:]
