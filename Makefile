@@ -18,6 +18,7 @@ setup: $(BIN)/mlpot
 
 EXAMPLE := examples/cuau_emt
 demo: setup
+	rm -rf $(EXAMPLE)/out
 	$(BIN)/python $(EXAMPLE)/make_dataset.py
 	$(BIN)/mlpot train $(EXAMPLE)/config.yaml
 	$(BIN)/mlpot test $(EXAMPLE)/out/model.pt $(EXAMPLE)/data/test.extxyz -d $(EXAMPLE)/out/detail --plot $(EXAMPLE)/out/parity.png
