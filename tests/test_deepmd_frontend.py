@@ -222,3 +222,12 @@ def test_example_input_json_matches_native_example():
     assert native["lr_schedule"]["start_lr"] == reference["lr_schedule"]["start_lr"]
     assert native["training"]["numb_steps"] == reference["training"]["numb_steps"]
     assert [Path(p).name for p in native["data"]["train"]["paths"]] == ["train.extxyz"]
+
+
+def test_registered_composite_model_types_pass_through(water_input):
+    """frozen/pairtab/linear_ener models are registered by the models layer, which checks their keys."""
+    water_input["model"] = {"type": "frozen", "model_file": "graph.pt", "_comment": "x"}
+    assert deepmd.convert_dict(water_input)["model"] == {"type": "frozen", "model_file": "graph.pt"}
+    water_input["model"] = {"type": "pairwise_dprc"}
+    with pytest.raises(ConfigError, match="not supported yet: model/type=pairwise_dprc"):
+        deepmd.convert_dict(water_input)

@@ -137,7 +137,7 @@ UNBUILT_FITTINGS = ("property", "population", "dens")
 
 # ---- model --------------------------------------------------------------------------------------
 MODEL = {
-    "type": _k(S, default="standard", note="standard; frozen, pairtab, linear_ener: not supported yet"),
+    "type": _k(S, default="standard", note="standard; frozen, pairtab, linear_ener when registered by the models layer (their keys are checked by build_model)"),
     "type_map": _k(S),
     "descriptor": _k(S),
     "fitting_net": _k(S),

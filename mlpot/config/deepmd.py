@@ -159,11 +159,18 @@ def check_keys(config: Dict[str, Any], file: Optional[str] = None) -> Dict[str, 
     for required in ("model", "training"):
         if required not in out:
             raise ConfigError(f"missing required section '{required}'", file=file, key=required)
-    model = _check_section(out["model"], table.MODEL, ["model"], file)
-    model_type = model.get("type", "standard")
+    raw_model = out["model"]
+    model_type = raw_model.get("type", "standard") if isinstance(raw_model, dict) else "standard"
     if model_type != "standard":
-        status = "not supported yet" if model_type in table.UNBUILT_MODELS else "unknown model type"
-        raise ConfigError(f"{status}: model/type={model_type}", file=file, key=["model", "type"])
+        from mlpot.models import MODELS
+
+        if model_type not in MODELS:
+            status = "not supported yet" if model_type in table.UNBUILT_MODELS else "unknown model type"
+            raise ConfigError(f"{status}: model/type={model_type}", file=file, key=["model", "type"])
+        # composite models (frozen, pairtab, linear_ener) are checked key by key by build_model
+        out["model"] = {k: v for k, v in raw_model.items() if not str(k).startswith("_comment")}
+        return _check_rest(out, file)
+    model = _check_section(raw_model, table.MODEL, ["model"], file)
     for required in ("type_map", "descriptor", "fitting_net"):
         if required not in model:
             raise ConfigError(f"missing required key '{required}'", file=file, key=["model", required])
@@ -175,6 +182,11 @@ def check_keys(config: Dict[str, Any], file: Optional[str] = None) -> Dict[str, 
 
     _require_built(model["fitting_net"]["type"], FITTINGS, ["model", "fitting_net"], file)
     out["model"] = model
+    return _check_rest(out, file)
+
+
+def _check_rest(out: Dict[str, Any], file: Optional[str]) -> Dict[str, Any]:
+    """Check the sections other than ``model`` (learning_rate, loss, optimizer, training)."""
     out["learning_rate"] = _typed(
         out.get("learning_rate", {}), {"exp": table.LEARNING_RATE}, ("cosine", "wsd"), "exp", {},
         ["learning_rate"], file,
