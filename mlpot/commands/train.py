@@ -54,6 +54,8 @@ def run(args) -> int:
                       file=str(args.config))
     trainer.run()
     if trainer.dist.is_main:
-        # the frozen model of the last checkpoint (EMA weights when EMA is on) for `mlpot test`
-        freeze(trainer.checkpoints.latest(), Path(config.output_dir) / "model.pt")
+        # the frozen model of the checkpoint this run wrote last (EMA weights when EMA is on), not
+        # the highest-numbered file in the folder, which may be a stale one from an earlier run
+        freeze(trainer.last_checkpoint or trainer.checkpoints.latest(), Path(config.output_dir) / "model.pt")
+    trainer.dist.shutdown()
     return 0

@@ -69,6 +69,16 @@ class DistInfo:
         if self.enabled:
             dist.barrier()
 
+    def shutdown(self) -> None:
+        """Wait for every rank, then leave the process group.
+
+        Without this, a rank that exits while another still holds its gloo connection can abort
+        with "terminate called without an active exception".
+        """
+        if self.enabled and dist.is_initialized():
+            dist.barrier()
+            dist.destroy_process_group()
+
 
 def init_distributed() -> DistInfo:
     """Join the process group when launched by torchrun (WORLD_SIZE > 1), else a single process.

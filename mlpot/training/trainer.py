@@ -120,6 +120,7 @@ class Trainer:
             self._restore(checkpoint, restart)
         cp = config.checkpoint
         self.checkpoints = CheckpointManager(self.out / cp.dir, cp.prefix, cp.keep)
+        self.last_checkpoint: Optional[Path] = None
         self.loss: Optional[WeightedLoss] = None
         self.debug_log = self.lcurve = self.csv = self.bar = None
 
@@ -409,4 +410,5 @@ class Trainer:
         """Write a checkpoint of the current state (rank 0 only)."""
         if not self.dist.is_main:
             return None
-        return self.checkpoints.save(self.step, self.state_dict())
+        self.last_checkpoint = self.checkpoints.save(self.step, self.state_dict())
+        return self.last_checkpoint
