@@ -2,6 +2,8 @@
 #   make demo   -- set up .venv, generate the shipped example, train, evaluate, plot
 #   make test   -- set up .venv and run the test suite
 PY ?= python3
+# extra pip options for the torch install (e.g. a CPU-only wheel index outside this environment)
+TORCH_PIP_ARGS ?=
 VENV := .venv
 BIN := $(VENV)/bin
 
@@ -10,7 +12,7 @@ BIN := $(VENV)/bin
 $(BIN)/mlpot: pyproject.toml
 	$(PY) -m venv $(VENV)
 	# torch first, pinned, so that no CUDA build is pulled in by a dependency range
-	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q $(TORCH_PIP_ARGS) torch==2.13.0
 	$(BIN)/pip install -q -e '.[test]'
 	touch $(BIN)/mlpot
 
