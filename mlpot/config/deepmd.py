@@ -22,14 +22,13 @@ are filled here too, so that the native file ``mlpot convert`` writes shows ever
 from __future__ import annotations
 
 import copy
-import json
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Union
 
-import yaml
 
 from mlpot.config import _deepmd_keys as table
 from mlpot.config._deepmd_keys import IGNORED, UNSUPPORTED, DeepmdKey
+from mlpot.config.loader import read_yaml
 from mlpot.errors import ConfigError, suggest
 
 __all__ = ["convert", "convert_dict", "check_keys", "is_deepmd_config", "load_file", "keys_markdown"]
@@ -38,21 +37,8 @@ PathLike = Union[str, Path]
 
 
 def load_file(path: PathLike) -> Dict[str, Any]:
-    """Parse a JSON or YAML file into a dict; errors name the file (and line for JSON)."""
-    path = Path(path)
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise ConfigError(f"cannot read config file ({exc.strerror})", file=str(path)) from None
-    try:
-        data = json.loads(text) if path.suffix.lower() == ".json" else yaml.safe_load(text)
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}", file=str(path)) from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"invalid YAML: {exc}", file=str(path)) from None
-    if not isinstance(data, dict):
-        raise ConfigError("the top level must be a mapping", file=str(path))
-    return data
+    """Parse a JSON or YAML DeePMD input into a dict (errors name the file, line and column)."""
+    return read_yaml(path)
 
 
 def is_deepmd_config(path_or_dict: Union[PathLike, Dict[str, Any]]) -> bool:

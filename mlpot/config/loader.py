@@ -10,6 +10,7 @@ front-end. Every error is a :class:`ConfigError` whose message reads
 from __future__ import annotations
 
 import copy
+import json
 import os
 import typing
 from pathlib import Path
@@ -27,14 +28,20 @@ PathLike = Union[str, os.PathLike]
 
 
 def read_yaml(path: PathLike) -> Dict[str, Any]:
-    """The YAML mapping in ``path``; a missing file or a YAML syntax error raises ConfigError."""
+    """The mapping in a YAML (or, by its ``.json`` suffix, JSON) config file.
+
+    A missing file, a syntax error (with line and column) or a top level that is not a mapping
+    raises ConfigError naming the file. Every config front-end reads its files through here.
+    """
     path = Path(path)
     try:
         text = path.read_text()
     except OSError as exc:
         raise ConfigError(f"cannot read config: {exc.strerror}", file=str(path)) from None
     try:
-        data = yaml.safe_load(text)
+        data = json.loads(text) if path.suffix.lower() == ".json" else yaml.safe_load(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}", file=str(path)) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
