@@ -22,7 +22,7 @@ import torch
 from torch.utils.checkpoint import checkpoint as activation_checkpoint
 
 from mlpot.bands.hamiltonian import PlaneWaveSystem
-from mlpot.bands.loss import band_loss, weighted_rmse
+from mlpot.bands.loss import band_loss
 from mlpot.bands.zunger import long_range_form_factor, zunger_form_factor
 
 __all__ = ["AnalyticFormFactor", "BandProblem"]

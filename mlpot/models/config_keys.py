@@ -8,7 +8,6 @@ neutral value. Nothing is silently ignored.
 
 from __future__ import annotations
 
-import math
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence
 
 import torch

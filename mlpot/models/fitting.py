@@ -22,13 +22,12 @@ import numpy as np
 import torch
 
 from mlpot.data.keys import (
-    APARAM, ATOM_DOS, ATOM_ENERGY, ATOMIC_DIPOLE, ATOMIC_POLARIZABILITY, ATOM_TYPES, BATCH, DIPOLE, DOS, ENERGY,
-    FPARAM, POLARIZABILITY, weight_key,
+    APARAM, ATOM_DOS, ATOM_ENERGY, ATOM_TYPES, BATCH, DOS, ENERGY, FPARAM, weight_key,
 )
 from mlpot.errors import ConfigError
 from mlpot.nn import FittingNet, Registry
 
-__all__ = ["FITTINGS", "InvariantFitting", "EnerFitting", "DosFitting", "DipoleFitting", "PolarFitting", "least_squares_bias"]
+__all__ = ["FITTINGS", "InvariantFitting", "EnerFitting", "DosFitting", "least_squares_bias"]
 
 FITTINGS: Registry[Any] = Registry("fitting_net type")
 

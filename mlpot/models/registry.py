@@ -14,7 +14,7 @@ import torch
 
 from mlpot.errors import ConfigError
 from mlpot.models.base import AtomisticModel, check_type_map
-from mlpot.models.config_keys import REQUIRED, read_section, resolve_precision, resolve_sel
+from mlpot.models.config_keys import REQUIRED, read_section, resolve_sel
 from mlpot.models.descriptors import DESCRIPTORS
 from mlpot.models.fitting import FITTINGS
 import mlpot.models.tensor_fitting  # noqa: F401  (registers dipole and polar)

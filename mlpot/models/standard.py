@@ -9,7 +9,7 @@ POLARIZABILITY (…, 3, 3). Outputs are float64 whatever the network precision.
 
 from __future__ import annotations
 
-from typing import Any, Dict, Iterable, List, Optional, Sequence
+from typing import Any, Dict, Iterable, Sequence
 
 import torch
 

@@ -10,7 +10,7 @@ Types outside ``sel_type`` output zero. Both rotate with the structure (vector /
 
 from __future__ import annotations
 
-from typing import Any, Dict, Optional, Sequence
+from typing import Any, Dict
 
 import numpy as np
 import torch

@@ -19,7 +19,6 @@ optimizer, schedulers, EMA, RNG states (torch, numpy, python), sampler positions
 from __future__ import annotations
 
 import math
-import os
 import random
 import sys
 import time
