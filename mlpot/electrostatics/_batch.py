@@ -9,14 +9,17 @@ the features of every width and the ESPs together.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, Iterable, List, Optional, Sequence
 
 import torch
 
-from mlpot.data.keys import CELL, EXTERNAL_FIELD, FERMI_LEVEL, PBC, POSITIONS, PTR
+from mlpot.data.keys import (
+    ATOMIC_MULTIPOLES, BATCH, CELL, EXTERNAL_FIELD, FERMI_LEVEL, PBC, POSITIONS, PTR, weight_key,
+)
 from mlpot.electrostatics._coulomb import PBC_METHODS, resolve_handling
 from mlpot.electrostatics._density import split_multipoles
 from mlpot.electrostatics._features import (
+    average_field_feature_norms,
     expand_feature_norms,
     external_field_features,
     fermi_level_features,
@@ -138,3 +141,34 @@ class FrameWiseElectrostatics:
         if esps:
             out["esps"] = torch.cat(esp_blocks)
         return out
+
+    def estimate_average_norms(self, batches: Iterable[Dict[str, torch.Tensor]]) -> List[float]:
+        """The "average" ``field_feature_norms`` of spec mace_scf.md §2.4, from training batches.
+
+        RMS per (l, width) of the unnormalised features of the *reference* multipoles plus the
+        external-field and centred Fermi-level features, over the atoms of frames that have both
+        multipoles and a Fermi level (their label weights > 0). Returns the list l-major,
+        width-minor; set it as ``field_feature_norms`` to use it.
+        batches: collated dicts with ATOMIC_MULTIPOLES (n_atoms, >= (L+1)^2) and FERMI_LEVEL.
+        """
+        n_coeffs = 4  # l <= 1 densities: [Q, d_y, d_z, d_x]
+
+        def blocks():
+            for batch in batches:
+                if ATOMIC_MULTIPOLES not in batch or FERMI_LEVEL not in batch:
+                    continue
+                frame_ok = torch.ones(batch[CELL].shape[0], dtype=torch.bool)
+                for label in (ATOMIC_MULTIPOLES, FERMI_LEVEL):
+                    weight = batch.get(weight_key(label))
+                    if weight is not None:
+                        frame_ok &= weight.reshape(weight.shape[0], -1).amax(1) > 0
+                if not bool(frame_ok.any()):
+                    continue
+                with torch.no_grad():
+                    feats = self.compute(batch, batch[ATOMIC_MULTIPOLES][:, :n_coeffs], energy=False, normalise=False)["features"]
+                yield feats[frame_ok[batch[BATCH]]]
+
+        try:
+            return average_field_feature_norms(blocks(), len(self.field_feature_widths), self.field_feature_max_l)
+        except ValueError as err:
+            raise ConfigError(str(err), key="field_feature_norms") from None
