@@ -200,14 +200,19 @@ LOSS_ENER.update(
         "use_default_pf": _k(U, default=False),
     }
 )
-LOSS_TENSOR = {"type": _k(S), "pref": _k(S), "pref_atomic": _k(S), "enable_atomic_weight": _k(U, default=False)}
+LOSS_TENSOR = {
+    "type": _k(S),
+    "pref": _k(S, note="constant weight of the global-label MSE (native term dipole / polarizability)"),
+    "pref_atomic": _k(S, note="constant weight of the atomic-label MSE (atomic_dipole / atomic_polarizability)"),
+    "enable_atomic_weight": _k(U, default=False),
+}
 LOSS_DOS = {"type": _k(S)}
-for _term in ("dos", "cdf", "ados", "acdf"):
-    LOSS_DOS[f"start_pref_{_term}"] = _k(S)
+_DOS_NATIVE = {"dos": "dos", "cdf": "dos_cdf", "ados": "atom_dos", "acdf": "atom_dos_cdf"}
+for _term, _native in _DOS_NATIVE.items():
+    LOSS_DOS[f"start_pref_{_term}"] = _k(S, note=f"native term {_native}, lr-coupled")
     LOSS_DOS[f"limit_pref_{_term}"] = _k(S)
 LOSSES = {"ener": LOSS_ENER, "tensor": LOSS_TENSOR, "dos": LOSS_DOS}
-# tensor and dos keep their key tables (for the docs) but the native loss has no such terms yet
-UNBUILT_LOSSES = ("ener_spin", "property", "population", "dens", "tensor", "dos")
+UNBUILT_LOSSES = ("ener_spin", "property", "population", "dens")
 OPTIMIZER = {
     "type": _k(S, default="Adam", note="Adam, AdamW (any torch.optim name)"),
     "adam_beta1": _k(S),

@@ -29,6 +29,7 @@ from typing import Any, Dict, List, Optional, Union
 from mlpot.config import _deepmd_keys as table
 from mlpot.config._deepmd_keys import IGNORED, UNSUPPORTED, DeepmdKey
 from mlpot.config.loader import read_yaml
+from mlpot.data import keys as K
 from mlpot.errors import ConfigError, suggest
 
 __all__ = ["convert", "convert_dict", "check_keys", "is_deepmd_config", "load_file", "keys_markdown"]
@@ -246,11 +247,48 @@ def _data_section(section: Dict[str, Any], base: Path, path: List[str], file: Op
     return out
 
 
-def _loss_section(loss: Dict[str, Any]) -> Dict[str, Any]:
+# dos loss (spec 4.3): DeePMD suffix -> native term name, default (start, limit) prefactors
+_DOS_TERMS = {"dos": ("dos", (0.0, 0.0)), "cdf": ("dos_cdf", (0.0, 0.0)),
+              "ados": ("atom_dos", (1.0, 1.0)), "acdf": ("atom_dos_cdf", (0.0, 0.0))}
+# tensor loss: fitting type -> (global label, atomic label)
+_TENSOR_LABELS = {"dipole": (K.DIPOLE, K.ATOMIC_DIPOLE), "polar": (K.POLARIZABILITY, K.ATOMIC_POLARIZABILITY)}
+
+
+def _tensor_loss(loss: Dict[str, Any], fitting_type: str) -> Dict[str, Any]:
+    """DeePMD ``tensor`` loss: L = pref_atomic · mean(Δlocal²) + pref · mean(Δglobal²), constant weights."""
+    if fitting_type not in _TENSOR_LABELS:
+        raise ConfigError(f"loss/type=tensor needs a dipole or polar fitting_net, not {fitting_type!r}",
+                          key=["loss", "type"])
+    global_label, atomic_label = _TENSOR_LABELS[fitting_type]
+    terms: Dict[str, Any] = {}
+    for key, label in (("pref", global_label), ("pref_atomic", atomic_label)):
+        if key not in loss:
+            raise ConfigError(f"missing required key 'loss/{key}'", key=["loss", key])
+        if float(loss[key]) != 0.0:
+            # atom_norm none: DeePMD's global tensor MSE is not divided by the atom count
+            terms[label] = {"weight": float(loss[key]), "label": label, "atom_norm": "none"}
+    return {"type": "native", "terms": terms}
+
+
+def _dos_loss(loss: Dict[str, Any]) -> Dict[str, Any]:
+    """DeePMD ``dos`` loss: MSE terms dos, cdf (running sum), ados, acdf with lr-coupled prefactors."""
+    terms: Dict[str, Any] = {}
+    for suffix, (name, (start_default, limit_default)) in _DOS_TERMS.items():
+        start = float(loss.get(f"start_pref_{suffix}", start_default))
+        limit = float(loss.get(f"limit_pref_{suffix}", limit_default))
+        if start != 0.0 and limit != 0.0:  # [COMPAT] on only when both are non-zero, like ener
+            terms[name] = {"start_pref": start, "limit_pref": limit}
+    return {"type": "native", "terms": terms}
+
+
+def _loss_section(loss: Dict[str, Any], fitting_type: str = "ener") -> Dict[str, Any]:
     """DeePMD loss -> native loss: one term per label with start/limit prefactors (lr-coupled)."""
     kind = loss["type"]
+    if kind == "tensor":
+        return _tensor_loss(loss, fitting_type)
+    if kind == "dos":
+        return _dos_loss(loss)
     if kind != "ener":
-        # the native loss registry has no tensor/dos terms with DeePMD normalisation yet
         raise ConfigError(f"not supported yet: loss/type={kind}", key=["loss", "type"])
     terms: Dict[str, Any] = {}
     for suffix, label in _ENER_TERMS.items():
@@ -319,7 +357,7 @@ def to_native(config: Dict[str, Any], base_dir: PathLike = ".", file: Optional[s
             "weight_decay": optimizer.get("weight_decay", 0.0),
         },
         "lr_schedule": lr_schedule,
-        "loss": _loss_section(config["loss"]),
+        "loss": _loss_section(config["loss"], config["model"].get("fitting_net", {}).get("type", "ener")),
         "training": {"numb_steps": int(numb_steps)},
         "logging": {
             "lcurve": training.get("disp_file", "lcurve.out"),

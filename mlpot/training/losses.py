@@ -14,6 +14,7 @@ the residual r is first divided by 1, N, sqrt(N) or N² (``atom_norm``), which g
 Registered term names (``TERMS``) give the label and default normalisation; any other label key of
 ``mlpot.data.keys`` is accepted as a term name with no normalisation. Term weights are constant
 (``weight``) or DeePMD prefactors p = limit + (start - limit) · lr / start_lr.
+``dos_cdf``/``atom_dos_cdf`` compare cumulative sums along the energy axis (DeePMD dos loss "cdf").
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ class LossTermSpec:
     label: str
     atom_norm: str = "none"  # none | per_atom | sqrt | per_atom_sq
     atom_pref: bool = False  # DeePMD "pf": per-atom force weights from ATOM_PREF
+    cumulative: bool = False  # DeePMD dos "cdf"/"acdf": compare running sums along the last axis
 
 
 TERMS: Dict[str, LossTermSpec] = {
@@ -51,6 +53,8 @@ TERMS: Dict[str, LossTermSpec] = {
     "dipole_per_atom": LossTermSpec(K.DIPOLE, "per_atom"),
     "polarizability_per_atom": LossTermSpec(K.POLARIZABILITY, "per_atom"),
     "fermi_level_per_atom": LossTermSpec(K.FERMI_LEVEL, "per_atom"),
+    "dos_cdf": LossTermSpec(K.DOS, cumulative=True),
+    "atom_dos_cdf": LossTermSpec(K.ATOM_DOS, cumulative=True),
 }
 _LABEL_TERMS = {label: LossTermSpec(label) for label in K.LABELS} | {K.TOTAL_CHARGE: LossTermSpec(K.TOTAL_CHARGE)}
 
@@ -90,6 +94,7 @@ class LossTermFn:
         self.label = spec.label
         self.level = K.level_of(spec.label)
         self.atom_pref = spec.atom_pref
+        self.cumulative = spec.cumulative
         self.function = function
         self.power = _norm_power(atom_norm or spec.atom_norm)
         self.huber_delta = huber_delta
@@ -99,6 +104,8 @@ class LossTermFn:
         """(residual, weight) of matching shape (n_items, *components)."""
         target = batch[self.label]
         residual = pred[self.label].to(target.dtype) - target
+        if self.cumulative:  # cumsum(pred) - cumsum(label) = cumsum(pred - label)
+            residual = residual.cumsum(dim=-1)
         weight = batch[K.weight_key(self.label)].to(target.dtype)
         if self.level == "atom":
             weight = weight[batch[K.BATCH]]
@@ -149,7 +156,7 @@ class WeightedLoss:
             else:  # any name comparing an explicit label key
                 resolve_term(label, file=file)
                 base = TERMS.get(name, LossTermSpec(label))
-                spec = LossTermSpec(label, base.atom_norm, base.atom_pref)
+                spec = LossTermSpec(label, base.atom_norm, base.atom_pref, base.cumulative)
             atom_norm = term.atom_norm
             if atom_norm is None and loss_type == "ener" and spec.label in (K.ENERGY, K.VIRIAL):
                 atom_norm = "per_atom" if (intensive or term.function != "mse") else "sqrt"
