@@ -1,6 +1,6 @@
 """Real-data training through the DeePMD input.json path (slow tier).
 
-Small models train for a few hundred steps on the provided datasets (spec deepmd.md §7.3) and
+Small models train for 400-5000 steps (15-70 s each on one core) on the provided datasets (spec deepmd.md §7.3) and
 must reach a validation RMSE below (label standard deviation) / 5, measured on the same basis as
 the RMSE lcurve.out prints (all entries that carry the label). Datasets with one system only are
 split by frame into training and validation systems written under tmp_path (the shared data stay
