@@ -218,3 +218,22 @@ def test_fast_embedding_equals_dense_evaluation_over_all_slots(type_one_side):
     dense = compute_derivatives(model, batch, virial=True)
     for key in (K.ENERGY, K.ATOM_ENERGY, K.FORCES, K.VIRIAL):
         torch.testing.assert_close(fast[key], dense[key], atol=1e-10, rtol=1e-10)
+
+
+@pytest.mark.parametrize("descriptor_type", ["se_e2_a", "se_e2_r"])
+def test_fast_embedding_handles_a_type_section_with_no_neighbours(descriptor_type):
+    """A frame with atoms of type 0 only: the type-1 section is all padding, kept as 0 columns."""
+    batch = T.random_batch(2, [9, 8], seed=12)
+    batch[K.ATOM_TYPES] = torch.zeros_like(batch[K.ATOM_TYPES])
+    config = small_config("float64")
+    config["descriptor"]["type"] = descriptor_type
+    config["descriptor"].pop("axis_neuron", None)
+    model = build_model(config)
+    model.compute_statistics([T.random_batch(2, 8, seed=5)])
+    _, nlist, bounds = model.descriptor.compact_environment(batch, edge_vectors(batch))
+    assert bounds[1][1] == bounds[1][0] and nlist.shape[1] < model.descriptor.n_slots
+    fast = compute_derivatives(model, batch, virial=True)
+    model.descriptor.skip_padding = False
+    dense = compute_derivatives(model, batch, virial=True)
+    for key in (K.ENERGY, K.FORCES, K.VIRIAL):
+        torch.testing.assert_close(fast[key], dense[key], atol=1e-10, rtol=1e-10)

@@ -78,14 +78,42 @@ class EnvMatrixDescriptor(Descriptor):
     def normalized_environment(self, batch, vectors) -> Tuple[torch.Tensor, torch.Tensor]:
         """Normalised env matrix R~ = (R - davg[t_i]) / dstd[t_i] in the descriptor dtype, and nlist."""
         env, nlist = self.raw_environment(batch, vectors)
+        return self._normalize(env, nlist, batch[ATOM_TYPES], self.slot_types), nlist
+
+    def compact_environment(self, batch, vectors) -> Tuple[torch.Tensor, torch.Tensor, List[Tuple[int, int]]]:
+        """The normalised env matrix on the occupied columns only: (env, nlist, section bounds).
+
+        Each type section of the sel matrix is filled nearest first, so its occupied slots form a
+        prefix; section t keeps its first k_t = max_i(occupied slots of atom i) columns. The
+        dropped columns are padding for every atom: callers that need them (the [COMPAT] padded
+        slots of se_e2_a / se_e2_r) add them in closed form from the per-section counts
+        ``sel[t] - (nlist[:, section t] >= 0).sum(1)``. On water (sel [46, 92]) this keeps
+        ~80 % of the columns and saves that share of every dense (atoms x slots x M1) tensor.
+        """
+        nlist = select_neighbors(batch, vectors, self.rcut, self.sel)
+        n_atoms = nlist.shape[0]
+        per_section = torch.zeros(n_atoms, self.n_types, dtype=torch.long, device=nlist.device)
+        per_section.index_add_(1, self.slot_types, (nlist >= 0).to(torch.long))
+        kept = per_section.amax(0).tolist() if n_atoms else [0] * self.n_types
+        columns, bounds, start = [], [], 0
+        for (first, _), k in zip(self.section_bounds, kept):
+            columns.append(torch.arange(first, first + k, device=nlist.device))
+            bounds.append((start, start + k))
+            start += k
+        columns = torch.cat(columns)
+        nlist = nlist[:, columns]
+        env = environment_matrix(vectors, nlist, self.rcut, self.rcut_smth, env_protection=self.env_protection,
+                                 radial_only=self.radial_only)
+        return self._normalize(env, nlist, batch[ATOM_TYPES], self.slot_types[columns]), nlist, bounds
+
+    def _normalize(self, env, nlist, types, slot_types) -> torch.Tensor:
         env = env.to(self.davg.dtype)
-        types = batch[ATOM_TYPES]
         width = env.shape[-1]
         env = (env - self.davg[types, :width].unsqueeze(1)) / self.dstd[types, :width].unsqueeze(1)
         if bool(self.excluded_pairs.any()):
-            excluded = self.excluded_pairs[types][:, self.slot_types] & (nlist >= 0)
+            excluded = self.excluded_pairs[types][:, slot_types] & (nlist >= 0)
             env = env * (~excluded).unsqueeze(-1).to(env.dtype)
-        return env, nlist
+        return env
 
     def compute_statistics(self, samples, protection: float = 1e-2) -> Dict[str, Any]:
         stats = EnvStatistics(self.n_types)

@@ -11,7 +11,7 @@ batched matmul per block — no scatter over edges.
 
 from __future__ import annotations
 
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 
@@ -104,17 +104,22 @@ class DescriptorSeA(EnvMatrixDescriptor):
 
     def embedding_contraction(self, env: torch.Tensor, nlist: torch.Tensor, types: torch.Tensor,
                               weights: Optional[torch.Tensor] = None, pad_weight: Optional[torch.Tensor] = None,
-                              pair_key: Optional[torch.Tensor] = None) -> torch.Tensor:
+                              pair_key: Optional[torch.Tensor] = None,
+                              bounds: Optional[List[Tuple[int, int]]] = None) -> torch.Tensor:
         """sum_k R~_ik^T G_ik over all N_c slots, (n_atoms, width, M1), for env (n_atoms, n_slots, width).
 
         Exact reformulation for speed: the nets run only on occupied slots; every padded slot of a
         centre of type t_i holds the same row ((0 - mu_r)/sigma_r, 0, 0, 0), so the padded slots
         contribute n_pad · row_pad^T G(row_pad[0]), with G evaluated once per type pair.
+        ``bounds`` are the column ranges of the type sections in env/nlist (default: the full
+        sel sections); with ``compact_environment`` they hold only the occupied prefix columns and
+        the rest of each section of width sel[t] counts as padding.
         ``weights`` (n_atoms, n_slots, width) replace R~ as the left factor (se_e2_r sums G with
         weight 1); ``pad_weight`` (n_atoms, width) is then their value on padded slots.
         ``pair_key`` (n_edges,), from ``undirected_pair_key``: same-type pairs share one evaluation
         (the two directions of a pair have the same s~ and the same net), ~30% less work on water.
         """
+        bounds = self.section_bounds if bounds is None else bounds
         if weights is None:
             weights = env
             pad_weight = -self.davg[types, : env.shape[-1]] / self.dstd[types, : env.shape[-1]]
@@ -125,17 +130,16 @@ class DescriptorSeA(EnvMatrixDescriptor):
             pair_key = None
         out = env.new_zeros(n_atoms, width, self.m1)
         pad_row = pad_weight.to(env.dtype)  # (n_atoms, width)
+        pad_inputs = (-self.davg[:, :1] / self.dstd[:, :1]).to(env.dtype)  # (n_types, 1)
         centre_types = range(1) if self.type_one_side else range(self.n_types)
-        for tj, (start, stop) in enumerate(self.section_bounds):
-            if stop == start:
-                continue
+        for tj, (start, stop) in enumerate(bounds):
             block, mask, left = env[:, start:stop], occupied[:, start:stop], weights[:, start:stop]
-            embedded = env.new_zeros(n_atoms, stop - start, self.m1)
+            pieces, positions = [], []  # net values of occupied slots, and their flat slot index
             pad_embedded = env.new_zeros(n_atoms, self.m1)
             for ti in centre_types:
                 net = self.embeddings[self._net_index(ti, tj)]
                 select = mask if self.type_one_side else mask & (types == ti).unsqueeze(1)
-                if pair_key is not None and (self.type_one_side or ti == tj):
+                if stop > start and pair_key is not None and (self.type_one_side or ti == tj):
                     # same-type pairs (i, j), (j, i) have equal inputs and nets: evaluate once per pair
                     same = select & (types == tj).unsqueeze(1)
                     select = select & ~same
@@ -143,21 +147,30 @@ class DescriptorSeA(EnvMatrixDescriptor):
                     unique, inverse = torch.unique(pair_key[nlist[:, start:stop][same]], return_inverse=True)
                     first = torch.full((len(unique),), inputs.shape[0], dtype=torch.long, device=inputs.device)
                     first = first.scatter_reduce(0, inverse, torch.arange(inputs.shape[0], device=inputs.device), "amin")
-                    embedded = embedded.index_put((same,), net(inputs[first].unsqueeze(1))[inverse])
-                embedded = embedded.index_put((select,), net(block[..., :1][select]))
+                    pieces.append(net(inputs[first].unsqueeze(1))[inverse])
+                    positions.append(torch.nonzero(same.reshape(-1)).squeeze(1))
+                if stop > start:
+                    pieces.append(net(block[..., :1][select]))
+                    positions.append(torch.nonzero(select.reshape(-1)).squeeze(1))
                 # padded slots: one net evaluation per centre type
-                pad_inputs = (-self.davg[:, :1] / self.dstd[:, :1]).to(env.dtype)  # (n_types, 1)
                 pad_values = net(pad_inputs)[types]  # (n_atoms, M1)
                 pad_embedded = pad_values if self.type_one_side else torch.where((types == ti).unsqueeze(1), pad_values, pad_embedded)
-            out = out + torch.matmul(left.transpose(1, 2), embedded)
-            n_pad = (~mask).sum(1).to(env.dtype)  # (n_atoms,)
+            if stop > start:
+                # one scatter into a fresh zero block (no copies of the dense block in either pass)
+                embedded = env.new_zeros(n_atoms * (stop - start), self.m1)
+                embedded = embedded.index_put_((torch.cat(positions),), torch.cat(pieces))
+                out = out + torch.matmul(left.transpose(1, 2), embedded.view(n_atoms, stop - start, self.m1))
+            n_pad = (self.sel[tj] - mask.sum(1)).to(env.dtype)  # (n_atoms,) padded slots of the full section
             out = out + (n_pad.unsqueeze(1) * pad_row).unsqueeze(2) * pad_embedded.unsqueeze(1)
         return out
 
     def forward(self, batch: Dict[str, torch.Tensor], vectors: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        env, nlist = self.normalized_environment(batch, vectors)
+        if self.skip_padding:
+            env, nlist, bounds = self.compact_environment(batch, vectors)
+        else:
+            (env, nlist), bounds = self.normalized_environment(batch, vectors), None
         pair_key = undirected_pair_key(batch[EDGE_INDEX], batch[EDGE_SHIFTS])
-        a_matrix = self.embedding_contraction(env, nlist, batch[ATOM_TYPES], pair_key=pair_key) / self.n_slots  # (n_atoms, 4, M1)
+        a_matrix = self.embedding_contraction(env, nlist, batch[ATOM_TYPES], pair_key=pair_key, bounds=bounds) / self.n_slots  # (n_atoms, 4, M1)
         descriptor = torch.matmul(a_matrix.transpose(1, 2), a_matrix[:, :, : self.m2])  # (n_atoms, M1, M2)
         rot = a_matrix[:, 1:4, :].transpose(1, 2)  # (n_atoms, M1, 3)
         return descriptor.reshape(descriptor.shape[0], -1), rot

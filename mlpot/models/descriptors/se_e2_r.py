@@ -42,10 +42,14 @@ class DescriptorSeR(DescriptorSeA):
         return cls(n_types, dtype=dtype, config=dict(section), **values)
 
     def forward(self, batch: Dict[str, torch.Tensor], vectors: torch.Tensor) -> Tuple[torch.Tensor, None]:
-        env, nlist = self.normalized_environment(batch, vectors)  # (n_atoms, n_slots, 1)
+        if self.skip_padding:
+            env, nlist, bounds = self.compact_environment(batch, vectors)  # (n_atoms, n_kept, 1)
+        else:
+            (env, nlist), bounds = self.normalized_environment(batch, vectors), None
         ones = torch.ones_like(env)
         pair_key = undirected_pair_key(batch[EDGE_INDEX], batch[EDGE_SHIFTS])
-        summed = self.embedding_contraction(env, nlist, batch[ATOM_TYPES], weights=ones, pad_weight=ones[:, 0], pair_key=pair_key)
+        summed = self.embedding_contraction(env, nlist, batch[ATOM_TYPES], weights=ones, pad_weight=ones[:, 0, :],
+                                            pair_key=pair_key, bounds=bounds)
         return summed[:, 0] * (SE_R_FACTOR / self.n_slots), None
 
 
