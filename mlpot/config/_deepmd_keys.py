@@ -73,7 +73,7 @@ _ATTENTION = {
     "attn": _k(S),
     "attn_layer": _k(S),
     "attn_dotr": _k(S),
-    "attn_mask": _k(U, default=False),
+    "attn_mask": _k(S, note="zero the diagonal attention weights (a neighbour does not attend to itself)"),
     "scaling_factor": _k(S),
     "normalize": _k(S),
     "temperature": _k(S),

@@ -14,7 +14,9 @@ With R~ the normalised environment matrix (n_atoms, sel, 4), s~ = R~[..., 0], sw
   (attn · scaling_factor)^-1/2 or by ``temperature``; logits l = q k^T. Non-smooth: empty keys
   get -inf; smooth (``smooth_type_embedding``, always on in v2): l -> (l + 20) sw_j sw_k - 20 and the
   softmax weights are multiplied by sw_j sw_k again. Empty query rows are zeroed; with
-  ``attn_dotr`` the weights are multiplied by r̂_j · r̂_k. G <- LayerNorm(G + out_proj(weights v)).
+  ``attn_dotr`` the weights are multiplied by r̂_j · r̂_k; with ``attn_mask`` the diagonal weights are
+  then set to 0 (a neighbour does not attend to itself; the rows are not renormalised, as in
+  DeePMD-kit's TensorFlow backend, the only one that builds it). G <- LayerNorm(G + out_proj(weights v)).
 * D_i = (1/N_c^2) G^T R~ R~^T G<  (N_c = sel, padded slots included [COMPAT], M2 = axis_neuron
   columns), flattened, with tebd(t_i) appended when ``concat_output_tebd``; the equivariant block
   (M1, 3) is returned for dipole/polar fittings.
@@ -51,10 +53,10 @@ SE_ATTEN_DEFAULTS = {
     "tebd_dim": 8, "tebd_input_mode": "concat", "attn": 128, "attn_layer": 2, "attn_dotr": True,
     "scaling_factor": 1.0, "normalize": True, "temperature": None, "concat_output_tebd": True,
     "trainable_ln": True, "ln_eps": None, "use_tebd_bias": False, "smooth_type_embedding": False,
-    "stripped_type_embedding": None,
+    "stripped_type_embedding": None, "attn_mask": False,
 }
 SE_ATTEN_ALIASES = {"n_axis_neuron": "axis_neuron", "smooth_type_embdding": "smooth_type_embedding"}
-SE_ATTEN_UNSUPPORTED = {"attn_mask": False, "use_econf_tebd": False}
+SE_ATTEN_UNSUPPORTED = {"use_econf_tebd": False}
 # se_atten_v2 = se_atten with strip mode and smooth type embedding fixed on, davg not forced to 0
 SE_ATTEN_V2_DEFAULTS = {k: v for k, v in SE_ATTEN_DEFAULTS.items() if k not in ("smooth_type_embedding", "stripped_type_embedding")}
 SE_ATTEN_V2_DEFAULTS.update(set_davg_zero=False, tebd_input_mode="strip")
@@ -66,14 +68,16 @@ class NeighborAttentionLayer(torch.nn.Module):
 
     forward(g (n_atoms, sel, M1), mask (n_atoms, sel) bool, sw (n_atoms, sel), directions
     (n_atoms, sel, 3) unit vectors or zeros) -> (n_atoms, sel, M1). No units (features).
+    ``mask_diagonal`` (DeePMD ``attn_mask``) zeroes the weight of each slot on itself.
     """
 
     def __init__(self, width: int, hidden: int, *, normalize: bool = True, scaling_factor: float = 1.0,
                  temperature: Optional[float] = None, smooth: bool = False, dotr: bool = True,
-                 trainable_ln: bool = True, ln_eps: float = 1e-5, trainable: bool = True,
+                 mask_diagonal: bool = False, trainable_ln: bool = True, ln_eps: float = 1e-5, trainable: bool = True,
                  dtype: torch.dtype = torch.float64, generator: Optional[torch.Generator] = None):
         super().__init__()
         self.hidden, self.normalize, self.smooth, self.dotr = int(hidden), bool(normalize), bool(smooth), bool(dotr)
+        self.mask_diagonal = bool(mask_diagonal)
         self.scale = float(temperature) if temperature is not None else (self.hidden * float(scaling_factor)) ** -0.5
         self.in_proj = MLPLayer(width, 3 * self.hidden, None, trainable=trainable, dtype=dtype, generator=generator)
         self.out_proj = MLPLayer(self.hidden, width, None, trainable=trainable, dtype=dtype, generator=generator)
@@ -99,6 +103,8 @@ class NeighborAttentionLayer(torch.nn.Module):
             weights = weights * pair_sw
         if self.dotr:
             weights = weights * torch.matmul(directions, directions.transpose(1, 2))
+        if self.mask_diagonal:  # after softmax, switch and dotr, like DeePMD-kit (TF _scaled_dot_attn)
+            weights = weights * (1.0 - torch.eye(weights.shape[-1], dtype=weights.dtype, device=weights.device))
         out = g + self.out_proj(torch.matmul(weights, v))
         return torch.nn.functional.layer_norm(out, out.shape[-1:], self.ln_weight, self.ln_bias, self.ln_eps)
 
@@ -118,8 +124,8 @@ class DescriptorSeAtten(EnvMatrixDescriptor):
                  env_protection: float = 0.0, set_davg_zero: bool = True, tebd_dim: int = 8,
                  tebd_input_mode: str = "concat", attn: int = 128, attn_layer: int = 2, attn_dotr: bool = True,
                  scaling_factor: float = 1.0, normalize: bool = True, temperature: Optional[float] = None,
-                 concat_output_tebd: bool = True, trainable_ln: bool = True, ln_eps: Optional[float] = None,
-                 use_tebd_bias: bool = False, smooth_type_embedding: bool = False,
+                 attn_mask: bool = False, concat_output_tebd: bool = True, trainable_ln: bool = True,
+                 ln_eps: Optional[float] = None, use_tebd_bias: bool = False, smooth_type_embedding: bool = False,
                  dtype: torch.dtype = torch.float64, config: Optional[Dict[str, Any]] = None,
                  path: str = "model/descriptor"):
         super().__init__()
@@ -151,7 +157,7 @@ class DescriptorSeAtten(EnvMatrixDescriptor):
         generator = None if seed is None else torch.Generator().manual_seed(seed + 3)
         self.attention = torch.nn.ModuleList(
             NeighborAttentionLayer(self.m1, attn, normalize=normalize, scaling_factor=scaling_factor, temperature=temperature,
-                                   smooth=self.smooth, dotr=attn_dotr, trainable_ln=trainable_ln,
+                                   smooth=self.smooth, dotr=attn_dotr, mask_diagonal=attn_mask, trainable_ln=trainable_ln,
                                    ln_eps=1e-5 if ln_eps is None else ln_eps, trainable=trainable, dtype=dtype, generator=generator)
             for _ in range(int(attn_layer))
         )
