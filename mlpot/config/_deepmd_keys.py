@@ -177,9 +177,9 @@ LEARNING_RATE = {
     "decay_rate": _k(S),
     "smooth": _k(U, default=False),
     "scale_by_worker": _k(S, note="linear / sqrt / none, by the data-parallel world size"),
-    "warmup_steps": _k(U, default=0),
-    "warmup_ratio": _k(U, default=None),
-    "warmup_start_factor": _k(U, default=0.0),
+    "warmup_steps": _k(S, note="linear warm-up steps; the decay restarts after them (T = numb_steps - warmup)"),
+    "warmup_ratio": _k(S, note="warm-up steps = int(ratio * numb_steps); not together with warmup_steps"),
+    "warmup_start_factor": _k(S, note="warm-up starts at factor * start_lr (default 0)"),
 }
 _PREFACTOR_TERMS = ("e", "f", "v", "ae", "pf", "gf", "h")
 LOSS_ENER = {"type": _k(S, default="ener")}
@@ -250,7 +250,7 @@ TRAINING = {
     "tensorboard_freq": _k(S),
     "mixed_precision": _k(U, default=None, note="TF-only in DeePMD-kit"),
     "gradient_max_norm": _k(S),
-    "warmup_steps": _k(U, default=0),
+    "warmup_steps": _k(S, note="older spelling of learning_rate/warmup_steps (start factor 0)"),
     "stat_file": _k(S),
     "stat_file_mode": _k(I, note="mlpot's statistics cache is always read-if-valid, write-if-new"),
     "opt_type": _k(S, note="Adam or AdamW; LKF not supported yet"),

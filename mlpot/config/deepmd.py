@@ -302,6 +302,31 @@ def _loss_section(loss: Dict[str, Any], fitting_type: str = "ener") -> Dict[str,
     return {"type": "ener", "terms": terms, "intensive_ener_virial": bool(loss.get("intensive_ener_virial", False))}
 
 
+def _warmup(lr: Dict[str, Any], training: Dict[str, Any], file: Optional[str]) -> Dict[str, Any]:
+    """Linear warm-up (spec 4.1): from warmup_start_factor·start_lr to start_lr over the warm-up
+    steps, then the exp decay restarts at t - warmup with T = numb_steps - warmup.
+
+    ``learning_rate/warmup_steps`` or ``warmup_ratio`` (steps = int(ratio · numb_steps)) with
+    ``warmup_start_factor``; the older ``training/warmup_steps`` (DeePMD-kit PT 3.0) starts from 0.
+    """
+    steps, ratio = int(lr.get("warmup_steps") or 0), lr.get("warmup_ratio")
+    legacy = int(training.get("warmup_steps") or 0)
+    if steps and ratio is not None:
+        raise ConfigError("give learning_rate/warmup_steps or learning_rate/warmup_ratio, not both",
+                          file=file, key=["learning_rate", "warmup_ratio"])
+    if legacy and (steps or ratio is not None):
+        raise ConfigError("warm-up given twice: use learning_rate/warmup_steps (or warmup_ratio) only",
+                          file=file, key=["training", "warmup_steps"])
+    if min(steps, legacy) < 0 or (ratio is not None and not 0 <= float(ratio) < 1):
+        raise ConfigError("warm-up steps must be >= 0 and warmup_ratio in [0, 1)", file=file,
+                          key=["learning_rate", "warmup_ratio" if ratio is not None else "warmup_steps"])
+    out: Dict[str, Any] = {"warmup_steps": steps or legacy,
+                           "warmup_start_factor": float(lr.get("warmup_start_factor", 0.0))}
+    if ratio is not None:
+        out["warmup_ratio"] = float(ratio)
+    return out
+
+
 def _model_dtype(model: Dict[str, Any]) -> str:
     """Native ``dtype``: the fitting's precision, else the descriptor's, else float64 (DeePMD default)."""
     for section in (model.get("fitting_net", {}), model.get("descriptor", {})):
@@ -344,6 +369,7 @@ def to_native(config: Dict[str, Any], base_dir: PathLike = ".", file: Optional[s
             lr_schedule[key] = lr[key]
     if "stop_lr" not in lr_schedule and "stop_lr_ratio" not in lr_schedule:
         lr_schedule["stop_lr"] = 1e-8  # DeePMD-kit's default stop_lr
+    lr_schedule.update(_warmup(lr, training, file))
     native: Dict[str, Any] = {
         "family": "deepmd",
         "seed": int(training.get("seed") or 0),

@@ -168,10 +168,12 @@ class Trainer:
         self.initial_lrs = [g["lr"] for g in self.optimizer.param_groups]
         self.start_lr = base_lr
         options = {}
+        self.warmup_steps = 0
         if sched.type == "plateau":
             options = {"factor": sched.factor, "patience": sched.patience, "min_lr": sched.min_lr}
         elif sched.type != "constant" or sched.warmup_steps or sched.warmup_ratio:
             warmup = sched.warmup_steps or int((sched.warmup_ratio or 0.0) * self.total_steps)
+            self.warmup_steps = warmup
             options = {"warmup_steps": warmup, "warmup_start_factor": sched.warmup_start_factor}
             if sched.type in ("exp", "cosine"):
                 stop = sched.stop_lr if sched.stop_lr is not None else (
@@ -243,6 +245,10 @@ class Trainer:
                 return indices
 
     def _lr_ratio(self) -> float:
+        """lr / start_lr for the lr-coupled loss prefactors; 1 during warm-up, so the prefactors stay
+        at their start values there (DeePMD-kit PT passes start_lr to the loss while step < warmup)."""
+        if self.step < self.warmup_steps:
+            return 1.0
         return current_lr(self.optimizer) / self.optimizer.param_groups[0]["initial_lr"]
 
     def train_step(self, metrics: bool = True) -> Dict[str, float]:
