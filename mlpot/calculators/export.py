@@ -9,7 +9,8 @@ A frozen file (``torch.save`` of a plain dict, no pickled classes) holds:
   number of parameters, the mlpot version, the source checkpoint and its step, the time of freezing.
 
 ``load_model(path)`` accepts a frozen file or a training checkpoint and returns the model in eval
-mode. The model is rebuilt from its config rather than unpickled, so a frozen file stays loadable
+mode. A multi-task checkpoint holds every task's head: ``head=<task>`` (``mlpot freeze --head``,
+as ``dp freeze --head``) picks one, and its frozen file is an ordinary single-task model. The model is rebuilt from its config rather than unpickled, so a frozen file stays loadable
 as long as the config keys exist (and loading never executes code from the file: ``weights_only``).
 TorchScript is not used: the models take a dict batch whose optional keys TorchScript cannot type.
 """
@@ -20,7 +21,7 @@ import datetime
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Dict, Union
+from typing import Any, Dict, Optional, Union
 
 import torch
 
@@ -70,8 +71,26 @@ def _model_parts(payload: Dict[str, Any], file: str):
     return config, state, dtype, payload.get("step")
 
 
-def load_model(path: PathLike, device: Union[str, torch.device] = "cpu"):
-    """The model stored in ``path`` (frozen file or checkpoint), in eval mode on ``device``."""
+def select_head(model, head: Optional[str], file: str):
+    """The head ``head`` of a multi-task model (the model itself when single-task and no head asked)."""
+    tasks = list(getattr(model, "tasks", []) or []) if hasattr(model, "heads") else []
+    if not tasks:
+        if head is not None:
+            raise CheckpointError(f"--head {head!r} given, but this is a single-task model", file=file)
+        return model
+    if head is None:
+        raise CheckpointError(f"a multi-task model: choose a head with --head (one of {', '.join(tasks)})", file=file)
+    if head not in tasks:
+        raise CheckpointError(f"no head {head!r} (heads: {', '.join(tasks)})", file=file)
+    return model.heads[head]
+
+
+def load_model(path: PathLike, device: Union[str, torch.device] = "cpu", head: Optional[str] = None):
+    """The model stored in ``path`` (frozen file or checkpoint), in eval mode on ``device``.
+
+    head: task of a multi-task checkpoint to return (its single-task head); None returns the whole
+    multi-task model (which runs its first task).
+    """
     from mlpot.models import build_model
 
     payload = read_model_file(path)
@@ -83,6 +102,8 @@ def load_model(path: PathLike, device: Union[str, torch.device] = "cpu"):
             f"weights do not fit the model config (missing: {missing[:5]}, unexpected: {unexpected[:5]})",
             file=str(path),
         )
+    if head is not None:
+        model = select_head(model, head, str(path))
     return model.to(device).eval()
 
 
@@ -99,18 +120,20 @@ def _atomic_save(obj: Any, path: Path) -> None:
             os.unlink(temporary)
 
 
-def freeze(checkpoint: PathLike, output: PathLike) -> Dict[str, Any]:
+def freeze(checkpoint: PathLike, output: PathLike, head: Optional[str] = None) -> Dict[str, Any]:
     """Write the frozen model of ``checkpoint`` to ``output``; returns its metadata.
 
-    The model is rebuilt and its weights loaded before writing, so a frozen file that was written
-    is known to load.
+    head: the task to freeze from a multi-task checkpoint (required there; an error for a
+    single-task one). The model is rebuilt and its weights loaded before writing, so a frozen file
+    that was written is known to load.
     """
     from mlpot import __version__
 
     checkpoint, output = Path(checkpoint), Path(output)
     payload = read_model_file(checkpoint)
-    config, state, dtype, step = _model_parts(payload, str(checkpoint))
-    model = load_model(checkpoint)
+    _, _, dtype, step = _model_parts(payload, str(checkpoint))
+    model = select_head(load_model(checkpoint), head, str(checkpoint))
+    config = model.config
     metadata = {
         "type_map": list(model.type_map),
         "cutoff": float(model.cutoff),
@@ -118,6 +141,7 @@ def freeze(checkpoint: PathLike, output: PathLike) -> Dict[str, Any]:
         "mlpot_version": __version__,
         "source": str(checkpoint.resolve()),
         "step": step,
+        "head": head,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
     frozen = {

@@ -1,4 +1,7 @@
-"""``mlpot freeze [CHECKPOINT] -o model.pt``: turn a training checkpoint into a standalone model file.
+"""``mlpot freeze [CHECKPOINT] -o model.pt [--head TASK]``: turn a training checkpoint into a standalone model file.
+
+``--head TASK`` picks one task of a multi-task checkpoint (as ``dp freeze --head``); the frozen file
+is then that task's single-task model.
 
 CHECKPOINT defaults to the latest checkpoint named in ``./checkpoint`` (DeePMD's pointer file) or
 ``model.ckpt.pt``; ``-c DIR`` looks in DIR instead (as ``dp freeze -c``). The output loads with
@@ -16,6 +19,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("checkpoint", nargs="?", default=None, help="training checkpoint (default: the latest)")
     parser.add_argument("-c", "--checkpoint-folder", type=Path, default=Path("."), help="folder with the checkpoints")
     parser.add_argument("-o", "--output", type=Path, default=Path("frozen_model.pt"), help="frozen model file")
+    parser.add_argument("--head", default=None, help="task of a multi-task checkpoint to freeze (model_dict key)")
 
 
 def latest_checkpoint(folder: Path) -> Path:
@@ -37,9 +41,10 @@ def run(args) -> int:
     from mlpot.calculators import freeze
 
     checkpoint = Path(args.checkpoint) if args.checkpoint else latest_checkpoint(args.checkpoint_folder)
-    metadata = freeze(checkpoint, args.output)
+    metadata = freeze(checkpoint, args.output, head=args.head)
+    head = f" head {args.head}" if args.head else ""
     print(
-        f"froze {checkpoint} (step {metadata['step']}) into {args.output}: type_map {metadata['type_map']}, "
+        f"froze {checkpoint}{head} (step {metadata['step']}) into {args.output}: type_map {metadata['type_map']}, "
         f"cutoff {metadata['cutoff']} Å, {metadata['num_parameters']} parameters"
     )
     return 0

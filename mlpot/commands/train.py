@@ -4,6 +4,7 @@ CONFIG is a native YAML, or a peer config (DeePMD-kit ``input.json``/``.yaml``) 
 fly by ``mlpot convert``'s front-ends. Launch with ``torchrun --nproc-per-node N -m mlpot.cli train
 CONFIG`` for data-parallel training. ``--restart`` resumes exactly (use ``latest`` for the newest
 checkpoint in the output folder); ``--init-model`` takes only the weights (step 0, fresh optimizer).
+After training the last checkpoint is frozen to ``model.pt`` (multi-task: ``model_<task>.pt`` per head).
 """
 
 from __future__ import annotations
@@ -56,6 +57,11 @@ def run(args) -> int:
     if trainer.dist.is_main:
         # the frozen model of the checkpoint this run wrote last (EMA weights when EMA is on), not
         # the highest-numbered file in the folder, which may be a stale one from an earlier run
-        freeze(trainer.last_checkpoint or trainer.checkpoints.latest(), Path(config.output_dir) / "model.pt")
+        checkpoint = trainer.last_checkpoint or trainer.checkpoints.latest()
+        if config.tasks is None:
+            freeze(checkpoint, Path(config.output_dir) / "model.pt")
+        else:  # multi-task: one frozen single-task model per head
+            for task in config.tasks:
+                freeze(checkpoint, Path(config.output_dir) / f"model_{task}.pt", head=task)
     trainer.dist.shutdown()
     return 0

@@ -157,9 +157,9 @@ MODEL = {
     "compress": _k(U, default=None),
     "spin": _k(U, default=None),
     "finetune_head": _k(U, default=None),
-    "shared_dict": _k(U, default=None),
-    "model_dict": _k(U, default=None),
-    "fitting_net_dict": _k(U, default=None),
+    "shared_dict": _k(S, note="multi-task: name -> descriptor section or type_map list, referenced by name from model_dict"),
+    "model_dict": _k(S, note="multi-task (PyTorch layout): task -> model section; descriptor/type_map may name a shared_dict entry (share level 0)"),
+    "fitting_net_dict": _k(S, note="multi-task (TF 2.x layout): task -> fitting_net, one shared descriptor"),
     "tab_file": _k(U, default=None),
     "model_file": _k(U, default=None),
     "models": _k(U, default=None),
@@ -184,14 +184,14 @@ LEARNING_RATE = {
 _PREFACTOR_TERMS = ("e", "f", "v", "ae", "pf", "gf", "h")
 LOSS_ENER = {"type": _k(S, default="ener")}
 for _term in _PREFACTOR_TERMS:
-    _status = S if _term in ("e", "f", "v", "ae", "pf") else U
+    _status = S if _term in ("e", "f", "v", "ae", "pf", "gf") else U
     LOSS_ENER[f"start_pref_{_term}"] = _k(_status, default=0.0 if _status == U else _NO_DEFAULT)
     LOSS_ENER[f"limit_pref_{_term}"] = _k(_status, default=0.0 if _status == U else _NO_DEFAULT)
 LOSS_ENER.update(
     {
         "relative_f": _k(S),
         "enable_atom_ener_coeff": _k(U, default=False),
-        "numb_generalized_coord": _k(U, default=0),
+        "numb_generalized_coord": _k(S, note="generalised coordinates of the gf loss; drdq.npy holds natoms*3*N per frame"),
         "use_huber": _k(U, default=False),
         "huber_delta": _k(U, default=0.01),
         "loss_func": _k(U, default="mse"),
@@ -204,7 +204,7 @@ LOSS_TENSOR = {
     "type": _k(S),
     "pref": _k(S, note="constant weight of the global-label MSE (native term dipole / polarizability)"),
     "pref_atomic": _k(S, note="constant weight of the atomic-label MSE (atomic_dipole / atomic_polarizability)"),
-    "enable_atomic_weight": _k(U, default=False),
+    "enable_atomic_weight": _k(S, note="atomic residuals times atom_weight.npy (needed in every system)"),
 }
 LOSS_DOS = {"type": _k(S)}
 _DOS_NATIVE = {"dos": "dos", "cdf": "dos_cdf", "ados": "atom_dos", "acdf": "atom_dos_cdf"}
@@ -224,7 +224,7 @@ OPTIMIZER = {
 DATA_SECTION = {
     "systems": _k(S, note="list of system folders, or one folder searched recursively for type.raw"),
     "set_prefix": _k(S),
-    "batch_size": _k(S, note='int, list, "auto", "auto:N", "max:N", "filter:N"; "mixed:N" not yet'),
+    "batch_size": _k(S, note='int, list, "auto", "auto:N", "max:N", "filter:N", "mixed:N" (N frames drawn across systems)'),
     "auto_prob": _k(S, "auto_prob_style"),
     "sys_probs": _k(S, "sys_weights"),
     "rglob_patterns": _k(U, default=None),
@@ -263,14 +263,21 @@ TRAINING = {
     "enable_compile": _k(I, note="mlpot does not use torch.compile for training"),
     "zero_stage": _k(U, default=0),
     "acc_freq": _k(U, default=1),
-    "data_dict": _k(U, default=None),
-    "model_prob": _k(U, default=None),
+    "data_dict": _k(S, note="multi-task: task -> {training_data, validation_data, stat_file}"),
+    "model_prob": _k(S, note="multi-task: task -> weight of drawing the task per step (normalised; default: number of training systems)"),
+    "fitting_weight": _k(S, note="multi-task, TF 2.x name of model_prob (default 1 per task; a task left out is never drawn)"),
     "num_epoch_dict": _k(U, default=None),
     "kf_blocksize": _k(U, default=None),
     "kf_start_pref_e": _k(U, default=None),
     "kf_limit_pref_e": _k(U, default=None),
     "kf_start_pref_f": _k(U, default=None),
     "kf_limit_pref_f": _k(U, default=None),
+}
+# training/data_dict/<task> (multi-task)
+TASK_DATA = {
+    "training_data": _k(S),
+    "validation_data": _k(S),
+    "stat_file": _k(S),
 }
 TOP = {
     "model": _k(S),
@@ -280,8 +287,8 @@ TOP = {
     "optimizer": _k(S),
     "validating": _k(U, default=None),
     "nvnmd": _k(U, default=None),
-    "loss_dict": _k(U, default=None),
-    "learning_rate_dict": _k(U, default=None),
+    "loss_dict": _k(S, note="multi-task: task -> loss section (TF 2.x layout: a task left out gets the default loss)"),
+    "learning_rate_dict": _k(S, note="multi-task, TF 2.x: accepted when every task has the same schedule (one optimizer); per-task schedules not supported yet"),
 }
 
 
@@ -296,4 +303,5 @@ def all_tables() -> Dict[str, Dict[str, DeepmdKey]]:
     tables["training"] = TRAINING
     tables["training/training_data"] = DATA_SECTION
     tables["training/validation_data"] = VALIDATION_DATA
+    tables["training/data_dict/<task>"] = TASK_DATA
     return tables

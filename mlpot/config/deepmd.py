@@ -15,6 +15,9 @@ What this module does, in order:
    their canonical names;
 3. translate the checked sections into the native layout (:func:`to_native`).
 
+Multi-task inputs (``model/model_dict`` or the TF 2.x ``model/fitting_net_dict``) are checked and
+translated by ``_deepmd_multitask.py`` into a ``multi_task`` model and the native ``tasks`` section.
+
 The translation is a table lookup with no physics; defaults that DeePMD fills in (``out.json``)
 are filled here too, so that the native file ``mlpot convert`` writes shows every value used.
 """
@@ -147,6 +150,16 @@ def check_keys(config: Dict[str, Any], file: Optional[str] = None) -> Dict[str, 
         if required not in out:
             raise ConfigError(f"missing required section '{required}'", file=file, key=required)
     raw_model = out["model"]
+    from mlpot.config import _deepmd_multitask as multitask
+
+    if multitask.is_multi_task(raw_model):
+        return multitask.check_multi_task(out, file)
+    for section, keys in multitask.MULTI_TASK_ONLY.items():
+        holder = out if not section else out.get(section)
+        for key in keys:
+            if isinstance(holder, dict) and holder.get(key) is not None:
+                raise ConfigError("a multi-task key: needs model/model_dict (or model/fitting_net_dict)",
+                                  file=file, key=([section] if section else []) + [key])
     model_type = raw_model.get("type", "standard") if isinstance(raw_model, dict) else "standard"
     if model_type != "standard":
         from mlpot.models import MODELS
@@ -227,9 +240,8 @@ def _resolve_systems(systems: Any, base: Path, path: List[str], file: Optional[s
 
 
 def _data_section(section: Dict[str, Any], base: Path, path: List[str], file: Optional[str]) -> Dict[str, Any]:
+    # "mixed:N" (global batches of N frames across systems) is validated by the native schema
     batch_size = section.get("batch_size", "auto")
-    if isinstance(batch_size, str) and batch_size.startswith("mixed"):
-        raise ConfigError(f"not supported yet: {'/'.join(path)}/batch_size={batch_size}", file=file, key=path + ["batch_size"])
     out = {
         # DeePMD systems are detected by type.raw; "auto" also lets an extxyz file stand in for a
         # system (an mlpot extension, cf. DeePMD-kit PR #5984)
@@ -267,6 +279,9 @@ def _tensor_loss(loss: Dict[str, Any], fitting_type: str) -> Dict[str, Any]:
         if float(loss[key]) != 0.0:
             # atom_norm none: DeePMD's global tensor MSE is not divided by the atom count
             terms[label] = {"weight": float(loss[key]), "label": label, "atom_norm": "none"}
+    if loss.get("enable_atomic_weight") and atomic_label in terms:
+        # per-atom weights (atom_weight.npy) multiply the atomic residuals
+        terms[atomic_label]["atom_weight"] = True
     return {"type": "native", "terms": terms}
 
 
@@ -299,7 +314,17 @@ def _loss_section(loss: Dict[str, Any], fitting_type: str = "ener") -> Dict[str,
             terms[label] = {"start_pref": start, "limit_pref": limit}
     if loss.get("relative_f") is not None and "forces" in terms:
         terms["forces"]["relative"] = float(loss["relative_f"])
-    return {"type": "ener", "terms": terms, "intensive_ener_virial": bool(loss.get("intensive_ener_virial", False))}
+    start, limit = float(loss.get("start_pref_gf", 0.0)), float(loss.get("limit_pref_gf", 0.0))
+    if start != 0.0 and limit != 0.0:
+        # generalised force (DPRc): drdq^T F per frame against drdq^T F*, drdq.npy from the data
+        n_generalized = int(loss.get("numb_generalized_coord", 0))
+        if n_generalized < 1:
+            raise ConfigError("the generalised-force loss (start_pref_gf, limit_pref_gf) needs "
+                              "numb_generalized_coord >= 1", key=["loss", "numb_generalized_coord"])
+        terms["generalized_force"] = {"start_pref": start, "limit_pref": limit, "n_generalized": n_generalized}
+    return {"type": "ener", "terms": terms, "intensive_ener_virial": bool(loss.get("intensive_ener_virial", False)),
+            # E = sum_i c_i E_i with c from atom_ener_coeff.npy (e.g. reaction energies)
+            "atom_ener_coeff": bool(loss.get("enable_atom_ener_coeff", False))}
 
 
 def _warmup(lr: Dict[str, Any], training: Dict[str, Any], file: Optional[str]) -> Dict[str, Any]:
@@ -353,11 +378,20 @@ def to_native(config: Dict[str, Any], base_dir: PathLike = ".", file: Optional[s
     numb_steps = training.get("numb_steps")
     if numb_steps is None:
         raise ConfigError("missing required key 'numb_steps'", file=file, key=["training", "numb_steps"])
-    data: Dict[str, Any] = {"train": _data_section(training["training_data"], base, ["training", "training_data"], file)}
-    if training.get("validation_data") is not None:
-        data["valid"] = _data_section(training["validation_data"], base, ["training", "validation_data"], file)
-    if training.get("stat_file"):
-        data["stat_file"] = str((base / training["stat_file"]).resolve())
+    multi_task = "model_dict" in config["model"]
+    if multi_task:
+        from mlpot.config import _deepmd_multitask as multitask
+        from mlpot.models.multitask import resolve_task_section
+
+        first = next(iter(config["model"]["model_dict"]))
+        dtype_model = resolve_task_section(first, config["model"]["model_dict"][first], config["model"]["shared_dict"])
+    else:
+        dtype_model = config["model"]
+        data: Dict[str, Any] = {"train": _data_section(training["training_data"], base, ["training", "training_data"], file)}
+        if training.get("validation_data") is not None:
+            data["valid"] = _data_section(training["validation_data"], base, ["training", "validation_data"], file)
+        if training.get("stat_file"):
+            data["stat_file"] = str((base / training["stat_file"]).resolve())
     lr_schedule = {
         "type": "exp",
         "start_lr": lr.get("start_lr", 1e-3),
@@ -373,17 +407,15 @@ def to_native(config: Dict[str, Any], base_dir: PathLike = ".", file: Optional[s
     native: Dict[str, Any] = {
         "family": "deepmd",
         "seed": int(training.get("seed") or 0),
-        "dtype": _model_dtype(config["model"]),
+        "dtype": _model_dtype(dtype_model),
         "output_dir": ".",
-        "model": copy.deepcopy(config["model"]),
-        "data": data,
+        "model": multitask.native_model(config) if multi_task else copy.deepcopy(config["model"]),
         "optimizer": {
             "name": opt_name.lower(),
             "betas": [optimizer.get("adam_beta1", 0.9), optimizer.get("adam_beta2", 0.999)],
             "weight_decay": optimizer.get("weight_decay", 0.0),
         },
         "lr_schedule": lr_schedule,
-        "loss": _loss_section(config["loss"], config["model"].get("fitting_net", {}).get("type", "ener")),
         "training": {"numb_steps": int(numb_steps)},
         "logging": {
             "lcurve": training.get("disp_file", "lcurve.out"),
@@ -400,6 +432,11 @@ def to_native(config: Dict[str, Any], base_dir: PathLike = ".", file: Optional[s
             "keep": training.get("max_ckpt_keep", 5),
         },
     }
+    if multi_task:
+        native["tasks"] = multitask.native_tasks(config, base, file)
+    else:
+        native["data"] = data
+        native["loss"] = _loss_section(config["loss"], config["model"].get("fitting_net", {}).get("type", "ener"))
     if training.get("gradient_max_norm") is not None:
         native["training"]["clip_grad_norm"] = training["gradient_max_norm"]
     if training.get("enable_ema"):

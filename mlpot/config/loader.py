@@ -114,7 +114,16 @@ def _resolve_paths(data: Dict[str, Any], base: Path, file: Optional[str]) -> Non
     data.setdefault("output_dir", ".")
     if isinstance(data["output_dir"], str) and not os.path.isabs(data["output_dir"]):
         data["output_dir"] = os.path.normpath(base / data["output_dir"])
-    sections = data.get("data") if isinstance(data.get("data"), dict) else {}
+    data_sections = [data.get("data")]
+    if isinstance(data.get("tasks"), dict):  # multi-task: every task has its own data section
+        data_sections += [task.get("data") for task in data["tasks"].values() if isinstance(task, dict)]
+    for sections in data_sections:
+        if isinstance(sections, dict):
+            _resolve_data_paths(sections, base)
+
+
+def _resolve_data_paths(sections: Dict[str, Any], base: Path) -> None:
+    """Relative paths of one ``data`` section (train/valid paths, stat_file) made absolute against ``base``."""
     for split in ("train", "valid"):
         section = sections.get(split)
         if not isinstance(section, dict) or not isinstance(section.get("paths"), list):
@@ -126,14 +135,19 @@ def _resolve_paths(data: Dict[str, Any], base: Path, file: Optional[str]) -> Non
 
 
 def _check_paths_exist(config: NativeConfig, file: Optional[str]) -> None:
-    for split in ("train", "valid"):
-        section = getattr(config.data, split)
-        if section is None:
+    located = [(["data"], config.data)]
+    located += [(["tasks", name, "data"], task.data) for name, task in (config.tasks or {}).items()]
+    for prefix, data in located:
+        if data is None:
             continue
-        for index, path in enumerate(section.paths):
-            if not os.path.exists(path):
-                raise ConfigError(f"no such file or directory: {path}", file=file,
-                                  key=["data", split, "paths", index])
+        for split in ("train", "valid"):
+            section = getattr(data, split)
+            if section is None:
+                continue
+            for index, path in enumerate(section.paths):
+                if not os.path.exists(path):
+                    raise ConfigError(f"no such file or directory: {path}", file=file,
+                                      key=prefix + [split, "paths", index])
 
 
 def validate_config(data: Dict[str, Any], *, file: Optional[str] = None,

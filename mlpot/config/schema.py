@@ -9,6 +9,10 @@ batching and sampling), ``optimizer``, ``lr_schedule``, ``loss`` (terms with con
 lr-coupled DeePMD prefactors), ``training`` (length, clipping, non-finite policy),
 ``train_schedule`` (stages), ``ema``, ``logging``, ``checkpoint``.
 
+Multi-task training (DeePMD ``model_dict``): ``tasks`` replaces ``data`` and ``loss``: task name ->
+its own ``data``, ``loss`` and ``prob`` (relative weight of drawing the task per step), and
+``model`` is a ``multi_task`` section with one head per task.
+
 Units: learning rates are per optimizer step; ``cutoff`` is in Å; stage ``start``/``end`` are
 0-based and inclusive, counted in ``training.unit`` (steps or epochs).
 """
@@ -22,11 +26,11 @@ from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator
 
 __all__ = [
     "Strict", "DataSection", "DataConfig", "OptimizerGroup", "OptimizerConfig", "LRScheduleConfig",
-    "LossTerm", "LossConfig", "TrainingConfig", "Stage", "EMAConfig", "LoggingConfig",
+    "LossTerm", "LossConfig", "TaskConfig", "TrainingConfig", "Stage", "EMAConfig", "LoggingConfig",
     "CheckpointConfig", "NativeConfig",
 ]
 
-_BATCH_SIZE = re.compile(r"^(auto|auto:\d+|max:\d+|filter:\d+)$")
+_BATCH_SIZE = re.compile(r"^(auto|auto:\d+|max:\d+|filter:\d+|mixed:\d+)$")
 
 
 class Strict(BaseModel):
@@ -43,7 +47,8 @@ class DataSection(Strict):
     key_map: Dict[str, str] = Field(default_factory=dict, description="file key -> batch key")
     type_map: Optional[List[str]] = None
     set_prefix: str = "set"
-    batch_size: Union[int, List[int], str] = Field("auto", description="int | list | auto | auto:N | max:N | filter:N")
+    batch_size: Union[int, List[int], str] = Field(
+        "auto", description="int | list | auto | auto:N | max:N | filter:N | mixed:N (N frames across systems)")
     sampler: Literal["deepmd", "epoch"] = Field("epoch", description="deepmd: random system per step; epoch: shuffled passes")
     auto_prob: str = "prob_sys_size"
     sys_probs: Optional[List[float]] = None
@@ -55,7 +60,7 @@ class DataSection(Strict):
     @classmethod
     def _batch_size(cls, value):
         if isinstance(value, str) and not _BATCH_SIZE.match(value):
-            raise ValueError(f"expected an int or auto, auto:N, max:N, filter:N; got {value!r}")
+            raise ValueError(f"expected an int or auto, auto:N, max:N, filter:N, mixed:N; got {value!r}")
         if isinstance(value, int) and value < 1:
             raise ValueError("batch_size must be >= 1")
         return value
@@ -119,6 +124,9 @@ class LossTerm(Strict):
     atom_norm: Optional[Literal["none", "per_atom", "sqrt", "per_atom_sq"]] = Field(
         None, description="residual divided by 1, N, sqrt(N) or N^2 (default: from the term name)")
     relative: Optional[float] = Field(None, gt=0, description="forces: divide by |F*| + relative")
+    atom_weight: bool = Field(False, description="atomic labels: residual times the per-atom atom_weight of the data")
+    n_generalized: Optional[int] = Field(None, ge=1, description="generalized_force: generalised coordinates "
+                                         "per frame (drdq holds n_atoms * 3 * n_generalized values)")
 
     @model_validator(mode="after")
     def _both_prefs(self):
@@ -131,6 +139,7 @@ class LossConfig(Strict):
     type: Literal["native", "ener"] = Field("native", description="ener: DeePMD normalisation and metrics")
     terms: Dict[str, LossTerm] = Field(default_factory=dict, description="name -> weight or LossTerm")
     intensive_ener_virial: bool = False
+    atom_ener_coeff: bool = Field(False, description="energy compared as sum_i c_i E_i, c = atom_ener_coeff of the data")
 
     @field_validator("terms", mode="before")
     @classmethod
@@ -140,6 +149,21 @@ class LossConfig(Strict):
             return terms
         return {name: {"weight": t} if isinstance(t, (int, float)) and not isinstance(t, bool) else t
                 for name, t in terms.items()}
+
+
+class TaskConfig(Strict):
+    """One task of multi-task training: its datasets, its loss and how often it is drawn."""
+
+    data: DataConfig
+    loss: LossConfig
+    prob: Optional[float] = Field(None, ge=0, description="relative weight of training this task in a step "
+                                  "(default: its number of training systems); weights are normalised")
+
+    @model_validator(mode="after")
+    def _has_terms(self):
+        if not self.loss.terms:
+            raise ValueError("loss.terms is empty: give at least one loss term")
+        return self
 
 
 class TrainingConfig(Strict):
@@ -218,7 +242,7 @@ class NativeConfig(Strict):
     dtype: Literal["float32", "float64"] = "float64"
     output_dir: str = "."
     model: Dict[str, Any]
-    data: DataConfig
+    data: Optional[DataConfig] = Field(None, description="required unless tasks is given")
     optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
     lr_schedule: LRScheduleConfig = Field(default_factory=LRScheduleConfig)
     loss: LossConfig = Field(default_factory=LossConfig)
@@ -227,6 +251,25 @@ class NativeConfig(Strict):
     ema: Optional[EMAConfig] = None
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
+    tasks: Optional[Dict[str, TaskConfig]] = Field(None, description="multi-task training: task -> data, loss, prob")
+
+    @model_validator(mode="after")
+    def _single_or_multi_task(self):
+        if self.tasks is None:
+            if self.data is None:
+                raise ValueError("missing required section 'data' (or 'tasks' for multi-task training)")
+            return self
+        if not self.tasks:
+            raise ValueError("tasks is empty: give at least one task")
+        if self.data is not None or self.loss.terms:
+            raise ValueError("with tasks, data and loss belong to each task (tasks.<name>.data / .loss)")
+        if any(stage.loss for stage in self.train_schedule):
+            raise ValueError("train_schedule stages cannot replace the loss in multi-task training")
+        heads = self.model.get("model_dict") if self.model.get("type") == "multi_task" else None
+        if not isinstance(heads, dict) or list(heads) != list(self.tasks):
+            raise ValueError(f"tasks {list(self.tasks)} need a multi_task model whose model_dict has the same "
+                             f"tasks in the same order (got {list(heads) if isinstance(heads, dict) else None})")
+        return self
 
     @model_validator(mode="after")
     def _stages_contiguous(self):
@@ -238,7 +281,7 @@ class NativeConfig(Strict):
         if self.train_schedule and expected != self.training.length:
             raise ValueError(
                 f"train_schedule ends at {expected - 1} but training lasts {self.training.length} {self.training.unit}")
-        if not self.loss.terms and not any(s.loss for s in self.train_schedule):
+        if self.tasks is None and not self.loss.terms and not any(s.loss for s in self.train_schedule):
             raise ValueError("loss.terms is empty: give at least one loss term")
         return self
 

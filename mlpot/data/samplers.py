@@ -6,8 +6,13 @@
 * :func:`system_probabilities` — ``prob_uniform``, ``prob_sys_size`` (proportional to the number of
   batches ceil(nframes / bs), [COMPAT] PT), ``"prob_sys_size;s:e:w;..."`` and ``sys_probs`` (§5.3).
 * :class:`SystemSampler` — every step draws a system with those probabilities, then the next batch
-  from that system's shuffled order (reshuffled when exhausted). A batch never mixes systems.
+  from that system's shuffled order (reshuffled when exhausted). A batch never mixes systems, except
+  with ``batch_size: "mixed:N"``: then each of the N frames of the step draws its own system with
+  those probabilities and takes that system's next frame (DeePMD ``get_batch_mixed``); frames of
+  different sizes are batched by ``collate``.
 * :class:`EpochSampler` — shuffles all frames each epoch and cuts batches of ``batch_size`` frames.
+* :class:`TaskSampler` — multi-task training: the task of each step, drawn with ``model_prob``
+  (:func:`task_probabilities`; default proportional to the number of training systems per task).
 
 Both yield lists of *global* frame indices (systems concatenated in order), so they plug into
 ``torch.utils.data.DataLoader(dataset, batch_sampler=sampler, collate_fn=collate)``. Their
@@ -19,20 +24,22 @@ resume needs ``num_workers=0`` or a state taken from the sampler when the batch 
 from __future__ import annotations
 
 import math
-from typing import Iterator, List, Optional, Sequence, Union
+from typing import Dict, Iterator, List, Mapping, Optional, Sequence, Union
 
 import numpy as np
 import torch
 
 from mlpot.errors import ConfigError
 
-__all__ = ["resolve_batch_sizes", "system_probabilities", "SystemSampler", "EpochSampler"]
+__all__ = ["resolve_batch_sizes", "system_probabilities", "SystemSampler", "EpochSampler", "task_probabilities",
+           "TaskSampler"]
 
 
 def resolve_batch_sizes(batch_size: Union[int, str, Sequence[int]], n_atoms: Sequence[int]) -> List[int]:
     """Batch size per system (frames) from DeePMD's ``batch_size`` and the atoms per system.
 
-    Returns 0 for a system that ``"filter:N"`` drops.
+    Returns 0 for a system that ``"filter:N"`` drops. ``"mixed:N"`` gives N for every system (the
+    global batch size; DeePMD uses it for the batches per system of ``prob_sys_size``).
     """
     n_atoms = [int(n) for n in n_atoms]
     if isinstance(batch_size, bool):
@@ -48,13 +55,15 @@ def resolve_batch_sizes(batch_size: Union[int, str, Sequence[int]], n_atoms: Seq
     if rule == "auto":
         target = int(value) if value else 32
         return [math.ceil(target / n) for n in n_atoms]
+    if rule == "mixed" and value.isdigit() and int(value) > 0:
+        return [int(value)] * len(n_atoms)
     if rule in ("max", "filter") and value:
         target = int(value)
         sizes = [max(1, target // n) for n in n_atoms]
         if rule == "filter":
             sizes = [0 if n > target else s for s, n in zip(sizes, n_atoms)]
         return sizes
-    raise ConfigError(f"expected an int, a list or 'auto[:N]'/'max:N'/'filter:N', got {batch_size!r}",
+    raise ConfigError(f"expected an int, a list or 'auto[:N]'/'max:N'/'filter:N'/'mixed:N', got {batch_size!r}",
                       key="batch_size")
 
 
@@ -139,6 +148,8 @@ class SystemSampler(_ResumableSampler):
         if isinstance(batch_size, str) and n_atoms is None:
             raise ConfigError(f"batch_size {batch_size!r} needs the atoms per system", key="batch_size")
         self.batch_sizes = resolve_batch_sizes(batch_size, n_atoms if n_atoms is not None else [1] * len(system_sizes))
+        # "mixed:N": global batches of N frames drawn across systems
+        self.mixed_size = self.batch_sizes[0] if str(batch_size).startswith("mixed:") else 0
         self.n_batches = [math.ceil(n / b) if b > 0 else 0 for n, b in zip(self.system_sizes, self.batch_sizes)]
         self.probabilities = system_probabilities(self.n_batches, auto_prob, sys_probs)
         self.offsets = np.concatenate([[0], np.cumsum(self.system_sizes)]).astype(int)
@@ -154,8 +165,31 @@ class SystemSampler(_ResumableSampler):
         return cls([len(s) for s in systems], batch_size,
                    n_atoms=[len(s[0][POSITIONS]) if len(s) else 1 for s in systems], **kwargs)
 
+    def _next_frames(self, system: int, count: int) -> List[int]:
+        """The next ``count`` global indices of ``system``, reshuffling whenever its order runs out."""
+        taken: List[int] = []
+        while len(taken) < count:
+            if self.orders[system] is None or self.cursors[system] >= self.system_sizes[system]:
+                self.orders[system] = self.rng.permutation(self.system_sizes[system]).tolist()
+                self.cursors[system] = 0
+            start = self.cursors[system]
+            local = self.orders[system][start:start + count - len(taken)]
+            self.cursors[system] = start + len(local)
+            taken += [int(self.offsets[system] + i) for i in local]
+        return taken
+
+    def _next_mixed_batch(self) -> List[int]:
+        """N frames, each from a system drawn with ``probabilities`` (grouped by system in the list)."""
+        systems = self.rng.choice(len(self.system_sizes), size=self.mixed_size, p=self.probabilities)
+        counts = np.bincount(systems, minlength=len(self.system_sizes))
+        self.last_system = None
+        return [index for system in np.flatnonzero(counts) for index in self._next_frames(int(system), int(counts[system]))]
+
     def next_batch(self) -> List[int]:
-        """Global frame indices of the next batch; ``last_system`` tells which system it came from."""
+        """Global frame indices of the next batch; ``last_system`` tells which system it came from
+        (None for a mixed batch)."""
+        if self.mixed_size:
+            return self._next_mixed_batch()
         system = int(self.rng.choice(len(self.system_sizes), p=self.probabilities))
         if self.orders[system] is None or self.cursors[system] >= self.system_sizes[system]:
             self.orders[system] = self.rng.permutation(self.system_sizes[system]).tolist()
@@ -167,7 +201,9 @@ class SystemSampler(_ResumableSampler):
         return [int(self.offsets[system] + i) for i in local]
 
     def __len__(self) -> int:
-        """Batches in one nominal epoch (sum over systems); iteration itself never ends."""
+        """Batches in one nominal epoch (sum over systems; all frames / N when mixed); iteration never ends."""
+        if self.mixed_size:
+            return math.ceil(sum(self.system_sizes) / self.mixed_size)
         return int(sum(self.n_batches))
 
     def state_dict(self) -> dict:
@@ -223,3 +259,51 @@ class EpochSampler(_ResumableSampler):
 
     def load_state_dict(self, state: dict) -> None:
         self.seed, self.epoch, self.cursor = int(state["seed"]), int(state["epoch"]), int(state["cursor"])
+
+
+def task_probabilities(weights: Mapping[str, Optional[float]], n_systems: Mapping[str, int]) -> Dict[str, float]:
+    """Probability of training each task per step (DeePMD multi-task ``model_prob``, spec §5.3).
+
+    weights: task -> relative weight, or None for the default, the task's number of training
+    systems (as DeePMD-kit does per missing entry). The weights are normalised to sum to 1.
+    """
+    raw = {task: float(n_systems[task] if weight is None else weight) for task, weight in weights.items()}
+    for task, value in raw.items():
+        if not math.isfinite(value) or value < 0:
+            raise ConfigError(f"expected a non-negative weight, got {value}", key=["training", "model_prob", task])
+    total = sum(raw.values())
+    if total <= 0:
+        raise ConfigError(f"the task weights sum to {total}; at least one must be positive",
+                          key=["training", "model_prob"])
+    return {task: value / total for task, value in raw.items()}
+
+
+class TaskSampler:
+    """The task of every multi-task training step: task k with probability p_k, independently per step.
+
+    tasks: names in a fixed order; probabilities: one per task (summing to 1); seed: of the
+    task-choice RNG, kept apart from the batch samplers so that adding a task's data does not
+    change another task's batches. ``state_dict`` holds the RNG position for an exact resume.
+    """
+
+    def __init__(self, tasks: Sequence[str], probabilities: Sequence[float], seed: int = 0):
+        self.tasks = list(tasks)
+        self.probabilities = np.asarray(probabilities, dtype=np.float64)
+        if self.probabilities.shape != (len(self.tasks),) or not np.isclose(self.probabilities.sum(), 1.0):
+            raise ConfigError(f"need one probability per task summing to 1, got {self.probabilities.tolist()}",
+                              key=["training", "model_prob"])
+        self.seed = int(seed)
+        self.rng = np.random.default_rng(self.seed)
+
+    def next_task(self) -> str:
+        """Name of the task of the next step."""
+        return self.tasks[int(self.rng.choice(len(self.tasks), p=self.probabilities))]
+
+    def state_dict(self) -> dict:
+        return {"seed": self.seed, "tasks": list(self.tasks), "rng": self.rng.bit_generator.state}
+
+    def load_state_dict(self, state: dict) -> None:
+        if list(state["tasks"]) != self.tasks:
+            raise ValueError(f"checkpoint tasks {state['tasks']} differ from the configured {self.tasks}")
+        self.rng = np.random.default_rng()
+        self.rng.bit_generator.state = state["rng"]

@@ -20,6 +20,7 @@ from mlpot.models.fitting import FITTINGS
 import mlpot.models.tensor_fitting  # noqa: F401  (registers dipole and polar)
 from mlpot.models.standard import StandardModel
 from mlpot.models.compose import build_frozen, build_linear_ener
+from mlpot.models.multitask import build_multi_task
 from mlpot.models.pair import build_pairtab, with_short_range_table
 from mlpot.nn import Registry
 
@@ -73,6 +74,7 @@ MODELS.register("standard", with_short_range_table(build_standard))  # use_srtab
 MODELS.register("pairtab", build_pairtab)
 MODELS.register("linear_ener", build_linear_ener)
 MODELS.register("frozen", build_frozen)
+MODELS.register("multi_task", build_multi_task)
 
 
 def build_model(model_config: Dict[str, Any], dtype: Optional[torch.dtype] = None) -> AtomisticModel:

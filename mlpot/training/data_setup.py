@@ -7,26 +7,31 @@ system per step, batch sizes by the ``auto:N``/``max:N`` rules) or shuffled epoc
 Validation with ``sampler: deepmd`` takes the next ``numb_btch`` batches at each display (DeePMD);
 with ``epoch`` it is one full pass in file order. Model statistics (env-matrix mean/std, energy
 bias) use the first ``model.data_stat_nbatch`` (10) batches of every training system.
+Multi-task (``config.tasks``): one dataset pair and sampler set per task, read onto that task's head;
+a :class:`~mlpot.data.TaskSampler` picks the task of each step (``prob`` normalised; default
+proportional to the number of training systems of each task, as DeePMD-kit's ``model_prob``).
 Batches are float64 (data precision); the model casts to its own precision.
 """
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator, List, Optional
+from typing import TYPE_CHECKING, Dict, Iterator, List, Optional, Tuple, Union
 
 import numpy as np
 import torch
 
-from mlpot.data import AtomsDataset, EpochSampler, SystemSampler, collate, read_systems, resolve_batch_sizes
+from mlpot.data import (AtomsDataset, EpochSampler, SystemSampler, TaskSampler, collate, read_systems,
+                        resolve_batch_sizes, task_probabilities)
 from mlpot.data import keys as K
 from mlpot.data.batching import concat_frame_lists
 
 if TYPE_CHECKING:  # the config layer sits above training; only its types are named here
-    from mlpot.config.schema import DataSection, NativeConfig
+    from mlpot.config.schema import DataConfig, DataSection, NativeConfig
 
-__all__ = ["TrainingData", "build_training_data"]
+__all__ = ["TrainingData", "MultiTaskData", "build_training_data"]
 
 
 def _read(section: "DataSection", type_map, cutoff: float):
@@ -78,45 +83,131 @@ class TrainingData:
             yield indices
 
 
+@dataclass
+class MultiTaskData:
+    """Multi-task training: the multi-task model, one :class:`TrainingData` per task (whose ``model``
+    is that task's head) and the sampler of the task of each step."""
+
+    model: torch.nn.Module
+    tasks: Dict[str, TrainingData]
+    task_sampler: TaskSampler
+
+
+def _descriptor_parts(descriptor) -> list:
+    descriptor = descriptor if isinstance(descriptor, dict) else {}
+    return descriptor.get("list", [descriptor]) if descriptor.get("type") == "hybrid" else [descriptor]
+
+
+def _max_neighbors(model_config: dict, data_config: "DataConfig") -> Optional[np.ndarray]:
+    """Maximum neighbour count per type in the training data at the descriptor cutoff, or None
+    when no descriptor part asks for ``sel: "auto[:factor]"``."""
+    from mlpot.data import compute_statistics
+
+    parts = _descriptor_parts(model_config.get("descriptor"))
+    if not any(isinstance(part.get("sel"), str) for part in parts):
+        return None
+    rcut = float(data_config.cutoff or max(float(part.get("rcut", 6.0)) for part in parts))
+    _, probe, _, _ = _read(data_config.train, list(model_config["type_map"]), rcut)
+    cache = None if data_config.stat_file is None else Path(data_config.stat_file)
+    stats = compute_statistics(probe, list(model_config["type_map"]), rcut, cache_dir=cache)
+    return np.asarray(stats.max_neighbors_per_type)
+
+
+def _auto_sel(model_config: dict, data_config: "DataConfig") -> dict:
+    """``sel: "auto[:factor]"`` resolved from the maximum neighbour counts in the training data."""
+    from mlpot.models import resolve_auto_sel
+
+    counts = _max_neighbors(model_config, data_config)
+    return model_config if counts is None else resolve_auto_sel(model_config, counts)
+
+
+def _multi_task_auto_sel(config: "NativeConfig") -> dict:
+    """The multi-task model section with ``sel: "auto"`` resolved; a shared descriptor takes the
+    largest neighbour counts over every task that uses it."""
+    from mlpot.models import resolve_auto_sel
+    from mlpot.models.multitask import resolve_task_section, shared_reference
+
+    model = copy.deepcopy(config.model)
+    shared = model.get("shared_dict") or {}
+    shared_counts: Dict[str, np.ndarray] = {}
+    for name, task in config.tasks.items():
+        section = model["model_dict"][name]
+        counts = _max_neighbors(resolve_task_section(name, section, shared), task.data)
+        if counts is None:
+            continue
+        if isinstance(section.get("descriptor"), str):
+            key = shared_reference(section["descriptor"], shared, f"model/model_dict/{name}/descriptor")
+            shared_counts[key] = np.maximum(shared_counts.get(key, counts), counts)
+        else:
+            model["model_dict"][name] = resolve_auto_sel(resolve_task_section(name, section, shared), counts)
+    for key, counts in shared_counts.items():
+        type_map = next(resolve_task_section(n, s, shared)["type_map"] for n, s in model["model_dict"].items()
+                        if isinstance(s.get("descriptor"), str) and s["descriptor"].partition(":")[0] == key)
+        shared[key] = resolve_auto_sel({"type_map": type_map, "descriptor": shared[key]}, counts)["descriptor"]
+    return model
+
+
+def _datasets(model, model_config: dict, data_config: "DataConfig", seed: int, device) -> Tuple[TrainingData, list]:
+    """Training/validation datasets and samplers of one model (or head) and the statistics samples:
+    the first ``data_stat_nbatch`` batches of every training system."""
+    cutoff = float(data_config.cutoff or model.cutoff)
+    _, train, sizes, n_atoms = _read(data_config.train, list(model.type_map), cutoff)
+    sampler = _sampler(data_config.train, sizes, n_atoms, seed, shuffle=True)
+    data = TrainingData(model, train, sampler, device=device)
+    if data_config.valid is not None:
+        _, valid, vsizes, vatoms = _read(data_config.valid, list(model.type_map), cutoff)
+        data.valid = valid
+        data.valid_sampler = _sampler(data_config.valid, vsizes, vatoms, seed + 1, shuffle=False)
+        data.numb_btch = data_config.valid.numb_btch
+    n_batches = int(model_config.get("data_stat_nbatch", 10))
+    batch_sizes = resolve_batch_sizes(data_config.train.batch_size, n_atoms) \
+        if not isinstance(data_config.train.batch_size, int) else [data_config.train.batch_size] * len(sizes)
+    offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(int)
+    samples = []
+    for system, (size, bs) in enumerate(zip(sizes, batch_sizes)):
+        bs = max(1, bs)
+        for start in range(0, min(size, n_batches * bs), bs):
+            stop = min(size, start + bs)
+            samples.append(collate([train[int(offsets[system] + i)] for i in range(start, stop)]))
+    return data, samples
+
+
 def build_training_data(config: "NativeConfig", dtype: torch.dtype, *, file: Optional[str] = None,
-                        with_statistics: bool = True, device: Optional[torch.device] = None) -> TrainingData:
-    """Build the model and the data of ``config``; ``with_statistics`` runs model.compute_statistics."""
+                        with_statistics: bool = True, device: Optional[torch.device] = None
+                        ) -> Union[TrainingData, MultiTaskData]:
+    """Build the model and the data of ``config``; ``with_statistics`` runs model.compute_statistics.
+
+    With ``config.tasks`` (multi-task) the result is a :class:`MultiTaskData`.
+    """
     from mlpot.models import build_model
 
-    model_config = config.model
-    descriptor = model_config.get("descriptor") if isinstance(model_config.get("descriptor"), dict) else {}
-    parts = descriptor.get("list", [descriptor]) if descriptor.get("type") == "hybrid" else [descriptor]
-    if any(isinstance(part.get("sel"), str) for part in parts):
-        # sel: "auto[:factor]" needs the maximum neighbour count per type at the descriptor cutoff
-        from mlpot.data import compute_statistics
-        from mlpot.models import resolve_auto_sel
-
-        rcut = float(config.data.cutoff or max(float(part.get("rcut", 6.0)) for part in parts))
-        _, probe, _, _ = _read(config.data.train, list(model_config["type_map"]), rcut)
-        cache = None if config.data.stat_file is None else Path(config.data.stat_file)
-        stats = compute_statistics(probe, list(model_config["type_map"]), rcut, cache_dir=cache)
-        model_config = resolve_auto_sel(model_config, stats.max_neighbors_per_type)
-    model = build_model(model_config, dtype=dtype)
-    cutoff = float(config.data.cutoff or model.cutoff)
-    systems, train, sizes, n_atoms = _read(config.data.train, list(model.type_map), cutoff)
-    sampler = _sampler(config.data.train, sizes, n_atoms, config.seed, shuffle=True)
-    data = TrainingData(model, train, sampler, device=device or torch.device("cpu"))
-    if config.data.valid is not None:
-        _, valid, vsizes, vatoms = _read(config.data.valid, list(model.type_map), cutoff)
-        data.valid = valid
-        data.valid_sampler = _sampler(config.data.valid, vsizes, vatoms, config.seed + 1, shuffle=False)
-        data.numb_btch = config.data.valid.numb_btch
+    device = device or torch.device("cpu")
+    if config.tasks is not None:
+        return _build_multi_task_data(config, dtype, with_statistics, device)
+    model = build_model(_auto_sel(config.model, config.data), dtype=dtype)
+    data, samples = _datasets(model, config.model, config.data, config.seed, device)
     if with_statistics and hasattr(model, "compute_statistics"):
-        n_batches = int(config.model.get("data_stat_nbatch", 10))
-        batch_sizes = resolve_batch_sizes(config.data.train.batch_size, n_atoms) \
-            if not isinstance(config.data.train.batch_size, int) else [config.data.train.batch_size] * len(sizes)
-        offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(int)
-        samples = []
-        for system, (size, bs) in enumerate(zip(sizes, batch_sizes)):
-            bs = max(1, bs)
-            for start in range(0, min(size, n_batches * bs), bs):
-                stop = min(size, start + bs)
-                samples.append(collate([train[int(offsets[system] + i)] for i in range(start, stop)]))
         model.compute_statistics(samples)
-    model.to(data.device)
+    model.to(device)
     return data
+
+
+def _build_multi_task_data(config: "NativeConfig", dtype: torch.dtype, with_statistics: bool,
+                           device: torch.device) -> MultiTaskData:
+    """Heads, per-task data and the task sampler; descriptor statistics pooled over tasks (the model's)."""
+    from mlpot.models import build_model
+
+    model = build_model(_multi_task_auto_sel(config), dtype=dtype)
+    tasks: Dict[str, TrainingData] = {}
+    samples: Dict[str, list] = {}
+    for index, (name, task) in enumerate(config.tasks.items()):
+        head = model.heads[name]
+        # seeds 2k+2, 2k+3 for task k's train/valid samplers; the task choice uses the seed itself
+        tasks[name], samples[name] = _datasets(head, head.config, task.data, config.seed + 2 * index + 2, device)
+    n_systems = {name: len(task.data.train.paths) for name, task in config.tasks.items()}
+    probabilities = task_probabilities({name: task.prob for name, task in config.tasks.items()}, n_systems)
+    sampler = TaskSampler(list(config.tasks), [probabilities[name] for name in config.tasks], seed=config.seed)
+    if with_statistics:
+        model.compute_statistics(samples)
+    model.to(device)
+    return MultiTaskData(model, tasks, sampler)

@@ -3,7 +3,8 @@
 * :class:`LcurveWriter` — DeePMD's ``lcurve.out`` exactly (specs/deepmd.md §5.4): header
   ``# step`` then per metric key (sorted) ``<key>_val <key>_trn`` (only ``_trn`` without
   validation) then ``lr``; a second header line about nan; rows ``%7d``, ``   %11.2e`` per value,
-  ``   %8.1e`` for the lr. Appended on restart.
+  ``   %8.1e`` for the lr. Appended on restart. Multi-task (DeePMD-kit's layout):
+  ``<key>_val_<task> <key>_trn_<task>`` per task, tasks in model_dict order.
 * :class:`MetricsCSV` — one row per display step with fixed columns (nan where a value is missing).
 * :func:`open_debug_log` — a ``logging`` logger writing MACE-SCF's line
   ``<date> <time>.<ms> DEBUG: loss breakdown: name: value, name: value, `` for every train and
@@ -20,35 +21,52 @@ import math
 import os
 import warnings
 from pathlib import Path
-from typing import Dict, Iterable, List, Mapping, Optional
+from typing import Dict, Iterable, List, Mapping, Optional, Tuple
 
 __all__ = ["LcurveWriter", "MetricsCSV", "open_debug_log", "close_log", "format_loss_breakdown", "TensorBoardWriter"]
 
 
 class LcurveWriter:
-    """DeePMD ``lcurve.out``. ``keys``: metric names (e.g. rmse, rmse_e, rmse_f); sorted here."""
+    """DeePMD ``lcurve.out``. ``keys``: metric names (e.g. rmse, rmse_e, rmse_f); sorted here.
 
-    def __init__(self, path, keys: Iterable[str], has_valid: bool, append: bool = False):
+    :meth:`multi_task` writes DeePMD-kit's multi-task layout instead: per task (in the given order)
+    the sorted keys as ``<key>_val_<task> <key>_trn_<task>`` (only ``_trn`` for a task without
+    validation data), reading the values ``<key>_<task>``.
+    """
+
+    def __init__(self, path, keys: Iterable[str], has_valid: bool, append: bool = False,
+                 columns: Optional[List[Tuple[str, str, str, bool]]] = None):
         self.path = Path(path)
-        self.keys = sorted(keys)
-        self.has_valid = has_valid
+        # (header of the validation column, header of the training column, value key, has validation)
+        self.columns = columns if columns is not None else [
+            (key + "_val", key + "_trn", key, bool(has_valid)) for key in sorted(keys)]
+        self.keys = [column[2] for column in self.columns]
+        self.has_valid = any(column[3] for column in self.columns)
         fresh = not (append and self.path.exists() and self.path.stat().st_size > 0)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.handle = open(self.path, "w" if fresh else "a", buffering=1)
         if fresh:
             header = "# %5s" % "step"
-            for key in self.keys:
-                header += ("   %11s %11s" % (key + "_val", key + "_trn")) if has_valid else ("   %11s" % (key + "_trn"))
+            for val_name, trn_name, _, valid in self.columns:
+                header += ("   %11s %11s" % (val_name, trn_name)) if valid else ("   %11s" % trn_name)
             header += "   %8s\n" % "lr"
             header += "# If there is no available reference data, rmse_*_{val,trn} will print nan\n"
             self.handle.write(header)
 
+    @classmethod
+    def multi_task(cls, path, keys: Mapping[str, Iterable[str]], has_valid: Mapping[str, bool],
+                   append: bool = False) -> "LcurveWriter":
+        """Multi-task lcurve: ``keys`` and ``has_valid`` per task, in the tasks' order."""
+        columns = [(f"{key}_val_{task}", f"{key}_trn_{task}", f"{key}_{task}", bool(has_valid[task]))
+                   for task, task_keys in keys.items() for key in sorted(task_keys)]
+        return cls(path, (), False, append, columns=columns)
+
     def write(self, step: int, train: Mapping[str, float], valid: Optional[Mapping[str, float]], lr: float) -> None:
         """One row; ``step`` is the displayed (1-based) step."""
         row = "%7d" % step
-        for key in self.keys:
+        for _, _, key, has_valid in self.columns:
             trn = train.get(key, math.nan)
-            if self.has_valid:
+            if has_valid:
                 row += "   %11.2e %11.2e" % ((valid or {}).get(key, math.nan), trn)
             else:
                 row += "   %11.2e" % trn

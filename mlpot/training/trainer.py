@@ -14,6 +14,14 @@ train and validation batch writes a ``loss breakdown:`` line to the debug log.
 
 Checkpoints (rank 0, atomic) hold everything needed for an exact resume: model config and weights,
 optimizer, schedulers, EMA, RNG states (torch, numpy, python), sampler positions, step and epoch.
+
+Multi-task training (``config.tasks``, DeePMD ``model_dict``): each step draws one task with the
+task sampler, takes the next batch of that task's data and does one optimiser step on that task's
+loss through that task's head (the heads share their descriptor, so every step moves it). At a
+display step the other tasks' training values come from one extra training batch each, without an
+update (as DeePMD-kit does), and every task is validated on its own data; lcurve.out has the
+columns ``<key>_val_<task> <key>_trn_<task>`` per task in model_dict order. The single-task path is
+the same code with one unnamed task.
 """
 
 from __future__ import annotations
@@ -31,7 +39,7 @@ import torch
 from mlpot.data import keys as K
 from mlpot.errors import CheckpointError, ConfigError, MlpotError
 from mlpot.training.checkpoint import CheckpointManager, load_checkpoint
-from mlpot.training.data_setup import TrainingData, build_training_data
+from mlpot.training.data_setup import MultiTaskData, TrainingData, build_training_data
 from mlpot.training.distributed import DistInfo, init_distributed, shard_indices
 from mlpot.training.ema import ExponentialMovingAverage
 from mlpot.training.logging import (LcurveWriter, MetricsCSV, TensorBoardWriter, close_log,
@@ -100,17 +108,20 @@ class Trainer:
             config, self.dtype, file=file, with_statistics=checkpoint is None and init_weights is None,
             device=self.dist.device)
         self.model = self.data.model
+        self._set_up_tasks()
         if init_weights is not None:
             self._init_weights(init_weights)
         self.unit = config.training.unit
-        self.steps_per_epoch = len(self.data.train_sampler)
+        self.steps_per_epoch = sum(len(data.train_sampler) for data in self.task_data.values())
         self.total_steps = (config.training.numb_steps if self.unit == "steps"
                             else config.training.numb_epochs * self.steps_per_epoch)
         self.plan = StagePlan(config.stages(), self.unit)
         # labels of every stage's loss: fixed log columns even when stages change the terms
-        self.all_labels = tuple(dict.fromkeys(
-            label for stage in self.plan.stages
-            for label in WeightedLoss(stage.loss or config.loss.terms, config.loss.type, file=file).labels))
+        self.task_labels = {
+            name: tuple(dict.fromkeys(label for stage in self.plan.stages
+                                      for label in WeightedLoss(stage.loss or loss.terms, loss.type, file=file).labels))
+            for name, loss in self.loss_configs.items()}
+        self.all_labels = tuple(dict.fromkeys(label for labels in self.task_labels.values() for label in labels))
         self._build_optimizer()
         self.ema = ExponentialMovingAverage(self.model, config.ema.decay, config.ema.warmup) if config.ema else None
         self.step, self.epoch, self.nonfinite = 0, 0, 0
@@ -120,10 +131,25 @@ class Trainer:
         cp = config.checkpoint
         self.checkpoints = CheckpointManager(self.out / cp.dir, cp.prefix, cp.keep)
         self.last_checkpoint: Optional[Path] = None
-        self.loss: Optional[WeightedLoss] = None
+        self.losses: Dict[str, WeightedLoss] = {}
+        self.loss: Optional[WeightedLoss] = None  # the first (single-task: the only) task's loss
         self.debug_log = self.lcurve = self.csv = self.bar = None
 
     # ---- set-up ------------------------------------------------------------------------
+    def _set_up_tasks(self) -> None:
+        """Per-task data, model (head) and loss section; single-task training is one task named ''."""
+        self.multi_task = isinstance(self.data, MultiTaskData)
+        if self.multi_task:
+            self.task_data: Dict[str, TrainingData] = dict(self.data.tasks)
+            self.heads: Dict[str, torch.nn.Module] = {name: self.model.heads[name] for name in self.task_data}
+            self.loss_configs = {name: task.loss for name, task in self.config.tasks.items()}
+            self.task_sampler = self.data.task_sampler
+        else:
+            self.task_data, self.heads = {"": self.data}, {"": self.model}
+            self.loss_configs, self.task_sampler = {"": self.config.loss}, None
+        self.task_names = list(self.task_data)
+        self.last_task = self.task_names[0]
+
     def _seed(self, seed: int) -> None:
         torch.manual_seed(seed)
         np.random.seed(seed % 2**32)
@@ -194,23 +220,39 @@ class Trainer:
                 self.scheduler.load_state_dict(state["scheduler"])
             if self.ema is not None and state.get("ema") is not None:
                 self.ema.load_state_dict(state["ema"])
-            self.data.train_sampler.load_state_dict(state["train_sampler"])
-            if self.data.valid_sampler is not None and state.get("valid_sampler") is not None:
-                self.data.valid_sampler.load_state_dict(state["valid_sampler"])
+            for name, samplers in self._sampler_states(state).items():
+                data = self.task_data[name]
+                data.train_sampler.load_state_dict(samplers["train"])
+                if data.valid_sampler is not None and samplers.get("valid") is not None:
+                    data.valid_sampler.load_state_dict(samplers["valid"])
+            if self.task_sampler is not None:
+                self.task_sampler.load_state_dict(state["task_sampler"])
             self.step, self.epoch, self.nonfinite = int(state["step"]), int(state["epoch"]), int(state["nonfinite"])
             _set_rng_state(state["rng"])
         except (KeyError, RuntimeError, ValueError) as exc:
             raise CheckpointError(f"checkpoint does not fit this config: {exc}", file=str(path)) from None
 
+    def _sampler_states(self, state: dict) -> Dict[str, dict]:
+        """{task: {"train": state, "valid": state}} of a checkpoint (single-task files keep DeePMD-like
+        top-level keys ``train_sampler``/``valid_sampler``)."""
+        if self.multi_task:
+            return state["task_samplers"]
+        return {"": {"train": state["train_sampler"], "valid": state.get("valid_sampler")}}
+
     def state_dict(self) -> dict:
-        return {
+        samplers = {name: {"train": data.train_sampler.state_dict(),
+                           "valid": data.valid_sampler.state_dict() if data.valid_sampler is not None else None}
+                    for name, data in self.task_data.items()}
+        if self.multi_task:
+            sampler_state = {"task_samplers": samplers, "task_sampler": self.task_sampler.state_dict()}
+        else:
+            sampler_state = {"train_sampler": samplers[""]["train"], "valid_sampler": samplers[""]["valid"]}
+        return {**sampler_state,
             "model_config": self.model.config, "dtype": self.config.dtype,
             "model_state_dict": self.model.state_dict(),
             "ema_state_dict": self._ema_weights(),
             "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
             "ema": self.ema.state_dict() if self.ema else None,
-            "train_sampler": self.data.train_sampler.state_dict(),
-            "valid_sampler": self.data.valid_sampler.state_dict() if self.data.valid_sampler is not None else None,
             "rng": _rng_state(), "step": self.step, "epoch": self.epoch, "nonfinite": self.nonfinite,
             "config": self.config.model_dump(mode="json"),
         }
@@ -218,15 +260,17 @@ class Trainer:
     def _ema_weights(self) -> Optional[dict]:
         if self.ema is None:
             return None
-        weights = {k: v.clone() for k, v in self.model.state_dict().items()}
-        weights.update({k: v.clone() for k, v in self.ema.shadow.items()})
-        return weights
+        # through the model (not by shadow names): a shared descriptor appears under every head's
+        # names in state_dict but only once among the averaged parameters
+        with self.ema.applied(self.model):
+            return {k: v.detach().clone() for k, v in self.model.state_dict().items()}
 
     # ---- one step -----------------------------------------------------------------------
     def _enter_stage(self, index: int) -> None:
         stage = self.plan[index]
-        terms = stage.loss if stage.loss else self.config.loss.terms
-        self.loss = WeightedLoss(terms, self.config.loss.type, self.config.loss.intensive_ener_virial, file=self.file)
+        self.losses = {name: WeightedLoss(stage.loss or loss.terms, loss.type, loss.intensive_ener_virial, file=self.file)
+                       for name, loss in self.loss_configs.items()}
+        self.loss = self.losses[self.task_names[0]]
         if self.plateau:
             if stage.lr is not None or stage.group_lr:
                 apply_stage_lr(stage, self.optimizer, self.scheduler, self.group_names, self.initial_lrs)
@@ -238,9 +282,9 @@ class Trainer:
     def _position(self) -> int:
         return self.step if self.unit == "steps" else self.epoch
 
-    def _next_indices(self) -> List[int]:
+    def _next_indices(self, data: TrainingData) -> List[int]:
         while True:  # an EpochSampler returns None once at the end of each pass
-            indices = self.data.train_sampler.next_batch()
+            indices = data.train_sampler.next_batch()
             if indices is not None:
                 return indices
 
@@ -253,22 +297,28 @@ class Trainer:
 
     def train_step(self, metrics: bool = True) -> Dict[str, float]:
         """One optimisation step on the next global batch; returns display values of this batch
-        (``loss`` and ``lr`` always, the lcurve metrics when ``metrics``)."""
-        indices = shard_indices(self._next_indices(), self.dist)
-        batch = self.data.train_batch(indices)
+        (``loss`` and ``lr`` always, the lcurve metrics when ``metrics``; multi-task: the metrics
+        of every task, keys ``<key>_<task>``, the other tasks from one training batch each).
+        ``last_task`` names the task trained."""
+        task = self.task_sampler.next_task() if self.task_sampler is not None else self.task_names[0]
+        self.last_task = task
+        data, head, loss = self.task_data[task], self.heads[task], self.losses[task]
+        batch = data.train_batch(shard_indices(self._next_indices(data), self.dist))
         lr = current_lr(self.optimizer)
         self.model.train()
-        pred = predict(self.model, batch, self.loss.labels, create_graph=True)
+        pred = predict(head, batch, loss.labels, create_graph=True)
         reduce = self.dist.sum if self.dist.enabled else None
-        total, weighted, _ = self.loss(pred, batch, self._lr_ratio(), reduce=reduce)
+        total, weighted, _ = loss(pred, batch, self._lr_ratio(), reduce=reduce)
         global_total = float(self.dist.sum(total)) if self.dist.enabled else float(total.detach())
         self.optimizer.zero_grad(set_to_none=True)
         finite = math.isfinite(global_total)
         if finite:
             total.backward()
-            self.dist.sum_gradients(list(self.model.parameters()))
+            # only this task's head: the other heads keep no gradient, so Adam leaves them (and
+            # their moments) untouched, on one rank or many (all ranks draw the same task)
+            self.dist.sum_gradients(list(head.parameters()))
             if self.config.training.clip_grad_norm is not None:
-                torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.training.clip_grad_norm)
+                torch.nn.utils.clip_grad_norm_(head.parameters(), self.config.training.clip_grad_norm)
             self.optimizer.step()
             if self.ema is not None:
                 self.ema.update(self.model)
@@ -284,10 +334,13 @@ class Trainer:
         self._log_debug(format_loss_breakdown(components))
         values = {}
         if metrics:
-            sums = label_error_sums(pred, batch, self.loss.labels)
+            sums = label_error_sums(pred, batch, loss.labels)
             if self.dist.enabled:
                 sums = {k: self.dist.sum(v) for k, v in sums.items()}
-            values = lcurve_values(global_total, sums, self.all_labels)
+            values = self._task_keys(task, lcurve_values(global_total, sums, self.task_labels[task]))
+            for other in self.task_names:
+                if other != task:
+                    values.update(self._task_keys(other, self._train_batch_values(other)))
         values["loss"] = global_total
         values["lr"] = lr
         if not finite and self.nonfinite > self.config.training.max_nonfinite:
@@ -295,26 +348,54 @@ class Trainer:
                                   f"(training.max_nonfinite = {self.config.training.max_nonfinite})")
         return values
 
+    def _task_keys(self, task: str, values: Dict[str, float]) -> Dict[str, float]:
+        """Multi-task display keys ``<key>_<task>`` (single-task keys unchanged)."""
+        return {f"{k}_{task}": v for k, v in values.items()} if self.multi_task else values
+
+    def _train_batch_values(self, task: str) -> Dict[str, float]:
+        """lcurve values of ``task`` on its next training batch, without an update (multi-task display)."""
+        data, head, loss = self.task_data[task], self.heads[task], self.losses[task]
+        batch = data.train_batch(shard_indices(self._next_indices(data), self.dist))
+        pred = {k: v.detach() for k, v in predict(head, batch, loss.labels, create_graph=False).items()}
+        reduce = self.dist.sum if self.dist.enabled else None
+        with torch.no_grad():
+            total, _, _ = loss(pred, batch, self._lr_ratio(), reduce=reduce)
+            sums = label_error_sums(pred, batch, loss.labels)
+        total = float(self.dist.sum(total)) if self.dist.enabled else float(total)
+        if self.dist.enabled:
+            sums = {k: self.dist.sum(v) for k, v in sums.items()}
+        return lcurve_values(total, sums, self.task_labels[task])
+
     # ---- validation -----------------------------------------------------------------------
     def validate(self) -> Optional[Dict[str, float]]:
-        """Validation values (lcurve keys atom-weighted per batch, pooled <label>_rmse/_mae)."""
-        if self.data.valid_sampler is None:
-            return None
+        """Validation values (lcurve keys atom-weighted per batch, pooled <label>_rmse/_mae);
+        multi-task: every task with validation data, keys ``<key>_<task>``."""
         import contextlib
 
-        lcurve, pooled = AtomWeightedMean(), PooledErrors()
+        out: Dict[str, float] = {}
         self.model.eval()
-        ratio = self._lr_ratio()
         with self.ema.applied(self.model) if self.ema is not None else contextlib.nullcontext():
-            for indices in self.data.valid_batches():
-                batch = self.data.valid_batch(indices)
-                pred = predict(self.model, batch, self.all_labels, create_graph=False)
-                with torch.no_grad():
-                    total, weighted, _ = self.loss({k: v.detach() for k, v in pred.items()}, batch, ratio)
-                self._log_debug(format_loss_breakdown({k: float(v) for k, v in weighted.items()}))
-                sums = label_error_sums(pred, batch, self.all_labels)
-                lcurve.add(lcurve_values(float(total), sums, self.all_labels), int(batch[K.N_ATOMS].sum()))
-                pooled.add(sums)
+            for task in self.task_names:
+                values = self._validate_task(task)
+                if values is not None:
+                    out.update(self._task_keys(task, values))
+        return out or None
+
+    def _validate_task(self, task: str) -> Optional[Dict[str, float]]:
+        data, head, loss, labels = self.task_data[task], self.heads[task], self.losses[task], self.task_labels[task]
+        if data.valid_sampler is None:
+            return None
+        lcurve, pooled = AtomWeightedMean(), PooledErrors()
+        ratio = self._lr_ratio()
+        for indices in data.valid_batches():
+            batch = data.valid_batch(indices)
+            pred = predict(head, batch, labels, create_graph=False)
+            with torch.no_grad():
+                total, weighted, _ = loss({k: v.detach() for k, v in pred.items()}, batch, ratio)
+            self._log_debug(format_loss_breakdown({k: float(v) for k, v in weighted.items()}))
+            sums = label_error_sums(pred, batch, labels)
+            lcurve.add(lcurve_values(float(total), sums, labels), int(batch[K.N_ATOMS].sum()))
+            pooled.add(sums)
         return {**lcurve.result(), **pooled.result()}
 
     # ---- logging -------------------------------------------------------------------------
@@ -329,9 +410,14 @@ class Trainer:
         append = self.step > 0
         main = self.dist.is_main
         self.debug_log = open_debug_log(self.out / cfg.debug_log, append=append) if (main and cfg.debug_log) else None
-        keys = lcurve_keys(self.all_labels)
-        has_valid = self.data.valid_sampler is not None
-        self.lcurve = LcurveWriter(self.out / cfg.lcurve, keys, has_valid, append) if (main and cfg.lcurve) else None
+        self.lcurve = None
+        if main and cfg.lcurve:
+            has_valid = {name: data.valid_sampler is not None for name, data in self.task_data.items()}
+            if self.multi_task:
+                keys = {name: lcurve_keys(labels) for name, labels in self.task_labels.items()}
+                self.lcurve = LcurveWriter.multi_task(self.out / cfg.lcurve, keys, has_valid, append)
+            else:
+                self.lcurve = LcurveWriter(self.out / cfg.lcurve, lcurve_keys(self.all_labels), has_valid[""], append)
         self.csv = MetricsCSV(self.out / cfg.metrics_csv, append) if (main and cfg.metrics_csv) else None
         self.tensorboard = TensorBoardWriter(self.out / cfg.tensorboard_log_dir, cfg.tensorboard_freq,
                                              enabled=main and cfg.tensorboard)
@@ -354,9 +440,16 @@ class Trainer:
         self.tensorboard.write(step, {k: v for k, v in row.items() if isinstance(v, float)})
         if self.dist.is_main and self.config.logging.disp_training:
             parts = [f"step {step}", f"stage {stage}", f"lr {train['lr']:.2e}", f"loss {train['loss']:.6g}"]
-            parts += [f"{k}_trn {v:.3e}" for k, v in train.items() if k.startswith("rmse")]
-            parts += [f"{k}_val {v:.3e}" for k, v in (valid or {}).items() if k.startswith("rmse")]
+            parts += [f"{self._display_name(k, 'trn')} {v:.3e}" for k, v in train.items() if k.startswith("rmse")]
+            parts += [f"{self._display_name(k, 'val')} {v:.3e}" for k, v in (valid or {}).items() if k.startswith("rmse")]
             self._write(", ".join(parts))
+
+    def _display_name(self, key: str, kind: str) -> str:
+        """``rmse_e`` -> ``rmse_e_trn``; multi-task ``rmse_e_<task>`` -> ``rmse_e_trn_<task>`` (lcurve names)."""
+        for task in self.task_names if self.multi_task else ():
+            if key.endswith("_" + task):
+                return f"{key[:-len(task) - 1]}_{kind}_{task}"
+        return f"{key}_{kind}"
 
     def _write(self, line: str) -> None:
         if self.bar is not None:
