@@ -25,6 +25,7 @@ from mlpot.data import AtomsDataset, collate, read_frames
 from mlpot.data import keys as K
 from mlpot.models import build_model
 from mlpot.models.derivatives import compute_derivatives
+from mlpot.training.optim import build_optimizer
 
 WATER_SE_A = {
     "type_map": ["O", "H"],
@@ -40,7 +41,7 @@ def time_model(dtype, batches, steps, warmup=3, dense=False):
     model = build_model(WATER_SE_A, dtype=dtype)
     model.compute_statistics(batches[:4])
     model.descriptor.skip_padding = not dense
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    optimizer = build_optimizer("adam", model.parameters(), lr=1e-3)  # as the trainer builds it (fused)
 
     def train_step(batch):
         out = compute_derivatives(model, batch, forces=True, create_graph=True)

@@ -54,7 +54,7 @@ def test_valid_config_resolves_paths_and_defaults(tmp_path, base):
         (lambda d: d["training"].update(numb_steps="ten"),
          r"config.yaml: training.numb_steps: Input should be a valid integer.*got 'ten'"),
         (lambda d: d["data"]["train"].update(batch_size="aut"),
-         r"config.yaml: data.train.batch_size: expected an int or auto, auto:N, max:N, filter:N; got 'aut'"),
+         r"config.yaml: data.train.batch_size: expected an int or auto, auto:N, max:N, filter:N, mixed:N; got 'aut'"),
         (lambda d: d["data"]["train"].update(paths=["missing_dir"]),
          r"config.yaml: data.train.paths\[0\]: no such file or directory: .*missing_dir"),
         (lambda d: d.update(lr_schedule={"type": "expo"}), r"config.yaml: lr_schedule.type: Input should be 'exp'"),

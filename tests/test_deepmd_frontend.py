@@ -144,10 +144,9 @@ def test_unbuilt_feature_errors(water_input):
     bad["model"]["type_embedding"] = {"neuron": [8]}
     with pytest.raises(ConfigError, match="not supported yet: model/type_embedding"):
         deepmd.convert_dict(bad)
-    bad = copy.deepcopy(water_input)
-    bad["training"]["training_data"]["batch_size"] = "mixed:4"
-    with pytest.raises(ConfigError, match="not supported yet: training/training_data/batch_size=mixed:4"):
-        deepmd.convert_dict(bad)
+    mixed = copy.deepcopy(water_input)
+    mixed["training"]["training_data"]["batch_size"] = "mixed:4"
+    assert deepmd.convert_dict(mixed)["data"]["train"]["batch_size"] == "mixed:4"
 
 
 def test_unsupported_key_at_default_value_is_accepted(water_input):

@@ -96,9 +96,9 @@ def test_tensor_loss_errors(water_input):
     config["loss"] = {"type": "tensor", "pref": 1.0, "pref_atomic": 1.0}
     with pytest.raises(ConfigError, match="dipole or polar"):
         deepmd.convert_dict(config)
-    with pytest.raises(ConfigError, match="not supported yet: loss/enable_atomic_weight"):
-        deepmd.convert_dict(_tensor_input(water_input, "dipole", pref=1.0, pref_atomic=1.0,
-                                          enable_atomic_weight=True))
+    weighted = deepmd.convert_dict(_tensor_input(water_input, "dipole", pref=1.0, pref_atomic=1.0,
+                                                 enable_atomic_weight=True))
+    assert weighted["loss"]["terms"][K.ATOMIC_DIPOLE]["atom_weight"] is True
 
 
 def test_dos_loss_maps_prefactors(water_input):

@@ -184,14 +184,14 @@ LEARNING_RATE = {
 _PREFACTOR_TERMS = ("e", "f", "v", "ae", "pf", "gf", "h")
 LOSS_ENER = {"type": _k(S, default="ener")}
 for _term in _PREFACTOR_TERMS:
-    _status = S if _term in ("e", "f", "v", "ae", "pf") else U
+    _status = S if _term in ("e", "f", "v", "ae", "pf", "gf") else U
     LOSS_ENER[f"start_pref_{_term}"] = _k(_status, default=0.0 if _status == U else _NO_DEFAULT)
     LOSS_ENER[f"limit_pref_{_term}"] = _k(_status, default=0.0 if _status == U else _NO_DEFAULT)
 LOSS_ENER.update(
     {
         "relative_f": _k(S),
         "enable_atom_ener_coeff": _k(U, default=False),
-        "numb_generalized_coord": _k(U, default=0),
+        "numb_generalized_coord": _k(S, note="generalised coordinates of the gf loss; drdq.npy holds natoms*3*N per frame"),
         "use_huber": _k(U, default=False),
         "huber_delta": _k(U, default=0.01),
         "loss_func": _k(U, default="mse"),
@@ -204,7 +204,7 @@ LOSS_TENSOR = {
     "type": _k(S),
     "pref": _k(S, note="constant weight of the global-label MSE (native term dipole / polarizability)"),
     "pref_atomic": _k(S, note="constant weight of the atomic-label MSE (atomic_dipole / atomic_polarizability)"),
-    "enable_atomic_weight": _k(U, default=False),
+    "enable_atomic_weight": _k(S, note="atomic residuals times atom_weight.npy (needed in every system)"),
 }
 LOSS_DOS = {"type": _k(S)}
 _DOS_NATIVE = {"dos": "dos", "cdf": "dos_cdf", "ados": "atom_dos", "acdf": "atom_dos_cdf"}
@@ -224,7 +224,7 @@ OPTIMIZER = {
 DATA_SECTION = {
     "systems": _k(S, note="list of system folders, or one folder searched recursively for type.raw"),
     "set_prefix": _k(S),
-    "batch_size": _k(S, note='int, list, "auto", "auto:N", "max:N", "filter:N"; "mixed:N" not yet'),
+    "batch_size": _k(S, note='int, list, "auto", "auto:N", "max:N", "filter:N", "mixed:N" (N frames drawn across systems)'),
     "auto_prob": _k(S, "auto_prob_style"),
     "sys_probs": _k(S, "sys_weights"),
     "rglob_patterns": _k(U, default=None),

@@ -240,9 +240,8 @@ def _resolve_systems(systems: Any, base: Path, path: List[str], file: Optional[s
 
 
 def _data_section(section: Dict[str, Any], base: Path, path: List[str], file: Optional[str]) -> Dict[str, Any]:
+    # "mixed:N" (global batches of N frames across systems) is validated by the native schema
     batch_size = section.get("batch_size", "auto")
-    if isinstance(batch_size, str) and batch_size.startswith("mixed"):
-        raise ConfigError(f"not supported yet: {'/'.join(path)}/batch_size={batch_size}", file=file, key=path + ["batch_size"])
     out = {
         # DeePMD systems are detected by type.raw; "auto" also lets an extxyz file stand in for a
         # system (an mlpot extension, cf. DeePMD-kit PR #5984)
@@ -280,6 +279,9 @@ def _tensor_loss(loss: Dict[str, Any], fitting_type: str) -> Dict[str, Any]:
         if float(loss[key]) != 0.0:
             # atom_norm none: DeePMD's global tensor MSE is not divided by the atom count
             terms[label] = {"weight": float(loss[key]), "label": label, "atom_norm": "none"}
+    if loss.get("enable_atomic_weight") and atomic_label in terms:
+        # per-atom weights (atom_weight.npy) multiply the atomic residuals
+        terms[atomic_label]["atom_weight"] = True
     return {"type": "native", "terms": terms}
 
 
@@ -312,7 +314,17 @@ def _loss_section(loss: Dict[str, Any], fitting_type: str = "ener") -> Dict[str,
             terms[label] = {"start_pref": start, "limit_pref": limit}
     if loss.get("relative_f") is not None and "forces" in terms:
         terms["forces"]["relative"] = float(loss["relative_f"])
-    return {"type": "ener", "terms": terms, "intensive_ener_virial": bool(loss.get("intensive_ener_virial", False))}
+    start, limit = float(loss.get("start_pref_gf", 0.0)), float(loss.get("limit_pref_gf", 0.0))
+    if start != 0.0 and limit != 0.0:
+        # generalised force (DPRc): drdq^T F per frame against drdq^T F*, drdq.npy from the data
+        n_generalized = int(loss.get("numb_generalized_coord", 0))
+        if n_generalized < 1:
+            raise ConfigError("the generalised-force loss (start_pref_gf, limit_pref_gf) needs "
+                              "numb_generalized_coord >= 1", key=["loss", "numb_generalized_coord"])
+        terms["generalized_force"] = {"start_pref": start, "limit_pref": limit, "n_generalized": n_generalized}
+    return {"type": "ener", "terms": terms, "intensive_ener_virial": bool(loss.get("intensive_ener_virial", False)),
+            # E = sum_i c_i E_i with c from atom_ener_coeff.npy (e.g. reaction energies)
+            "atom_ener_coeff": bool(loss.get("enable_atom_ener_coeff", False))}
 
 
 def _warmup(lr: Dict[str, Any], training: Dict[str, Any], file: Optional[str]) -> Dict[str, Any]:

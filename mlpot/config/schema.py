@@ -30,7 +30,7 @@ __all__ = [
     "CheckpointConfig", "NativeConfig",
 ]
 
-_BATCH_SIZE = re.compile(r"^(auto|auto:\d+|max:\d+|filter:\d+)$")
+_BATCH_SIZE = re.compile(r"^(auto|auto:\d+|max:\d+|filter:\d+|mixed:\d+)$")
 
 
 class Strict(BaseModel):
@@ -47,7 +47,8 @@ class DataSection(Strict):
     key_map: Dict[str, str] = Field(default_factory=dict, description="file key -> batch key")
     type_map: Optional[List[str]] = None
     set_prefix: str = "set"
-    batch_size: Union[int, List[int], str] = Field("auto", description="int | list | auto | auto:N | max:N | filter:N")
+    batch_size: Union[int, List[int], str] = Field(
+        "auto", description="int | list | auto | auto:N | max:N | filter:N | mixed:N (N frames across systems)")
     sampler: Literal["deepmd", "epoch"] = Field("epoch", description="deepmd: random system per step; epoch: shuffled passes")
     auto_prob: str = "prob_sys_size"
     sys_probs: Optional[List[float]] = None
@@ -59,7 +60,7 @@ class DataSection(Strict):
     @classmethod
     def _batch_size(cls, value):
         if isinstance(value, str) and not _BATCH_SIZE.match(value):
-            raise ValueError(f"expected an int or auto, auto:N, max:N, filter:N; got {value!r}")
+            raise ValueError(f"expected an int or auto, auto:N, max:N, filter:N, mixed:N; got {value!r}")
         if isinstance(value, int) and value < 1:
             raise ValueError("batch_size must be >= 1")
         return value
@@ -123,6 +124,9 @@ class LossTerm(Strict):
     atom_norm: Optional[Literal["none", "per_atom", "sqrt", "per_atom_sq"]] = Field(
         None, description="residual divided by 1, N, sqrt(N) or N^2 (default: from the term name)")
     relative: Optional[float] = Field(None, gt=0, description="forces: divide by |F*| + relative")
+    atom_weight: bool = Field(False, description="atomic labels: residual times the per-atom atom_weight of the data")
+    n_generalized: Optional[int] = Field(None, ge=1, description="generalized_force: generalised coordinates "
+                                         "per frame (drdq holds n_atoms * 3 * n_generalized values)")
 
     @model_validator(mode="after")
     def _both_prefs(self):
@@ -135,6 +139,7 @@ class LossConfig(Strict):
     type: Literal["native", "ener"] = Field("native", description="ener: DeePMD normalisation and metrics")
     terms: Dict[str, LossTerm] = Field(default_factory=dict, description="name -> weight or LossTerm")
     intensive_ener_virial: bool = False
+    atom_ener_coeff: bool = Field(False, description="energy compared as sum_i c_i E_i, c = atom_ener_coeff of the data")
 
     @field_validator("terms", mode="before")
     @classmethod

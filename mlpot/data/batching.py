@@ -106,8 +106,9 @@ def collate(frames: Sequence[dict], dtype: torch.dtype = torch.float64) -> Dict[
 
     Atom- and edge-level keys are concatenated (``EDGE_INDEX`` offset by each frame's first atom),
     frame-level keys stacked. Adds ``BATCH`` (n_atoms,), ``PTR`` (n_frames + 1,) and ``N_ATOMS``
-    (n_frames,). A label present in some frames only is filled with zeros elsewhere and its
-    ``<label>_weight`` is 0 there; ``TOTAL_CHARGE``/``EXTERNAL_FIELD`` default to zero. Float
+    (n_frames,). A label (or gated input such as ``DRDQ``) present in some frames only is filled
+    with zeros elsewhere and its ``<label>_weight`` is 0 there; ``TOTAL_CHARGE``/``EXTERNAL_FIELD``
+    default to zero and keys with a ``default`` in :mod:`mlpot.data.keys` to that value. Float
     arrays become ``dtype``; keys unknown to :mod:`mlpot.data.keys` are dropped.
     """
     if not frames:
@@ -133,14 +134,14 @@ def collate(frames: Sequence[dict], dtype: torch.dtype = torch.float64) -> Dict[
         for n, frame in enumerate(frames):
             if key in frame:
                 parts.append(np.asarray(frame[key]))
-            elif spec.label or key in _DEFAULT_ZERO_INPUTS:
+            elif spec.label or spec.gated or key in _DEFAULT_ZERO_INPUTS or spec.default is not None:
                 rows = (n_atoms[n],) if spec.level == "atom" else ()
-                parts.append(np.zeros(rows + example.shape[1 if spec.level == "atom" else 0:]))
+                parts.append(np.full(rows + example.shape[1 if spec.level == "atom" else 0:], spec.default or 0.0))
             else:
                 raise ValueError(f"key {key!r} is in some frames of the batch but not in frame {n}")
         array = np.concatenate(parts) if spec.level in ("atom", "edge") else np.stack(parts)
         batch[key] = torch.as_tensor(array, dtype=_torch_dtype(spec.kind, dtype))
-        if spec.label:
+        if spec.label or spec.gated:
             weight_name = K.weight_key(key)
             shape = (3,) if key == K.DIPOLE else ()
             weights = [np.broadcast_to(np.asarray(f.get(weight_name, 1.0), dtype=np.float64), shape)

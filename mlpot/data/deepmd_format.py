@@ -5,7 +5,9 @@ A system is a directory with ``type.raw`` (one type index per atom), an optional
 ``<name>.raw`` text files (raw), one frame per row. Units as in DeePMD-kit: Å, eV, eV/Å, virial eV.
 
 Label gating follows DeePMD's ``find_*``: a missing label file means the label is absent from the
-frame (weight 0 when batched), never a zero label. Types are re-mapped by *name* onto a requested
+frame (weight 0 when batched), never a zero label; the same holds for ``drdq`` (generalised-force
+loss). Loss inputs ``atom_ener_coeff``, ``atom_weight``, ``atom_pref``: read when present (the
+trainer checks that a loss option that needs one finds it in every system). Types are re-mapped by *name* onto a requested
 ``type_map`` when the system has ``type_map.raw``. Written by hand because dpdata (the usual
 converter) is a heavy dependency and the format is a handful of numpy files.
 """
@@ -41,6 +43,9 @@ _LABEL_FILES = {
 # inputs (no weight)
 _INPUT_FILES = {
     "atom_pref": (K.ATOM_PREF, True, ()),
+    "atom_ener_coeff": (K.ATOM_ENER_COEFF, True, ()),
+    "atom_weight": (K.ATOM_WEIGHT, True, ()),
+    "drdq": (K.DRDQ, True, (-1,)),
     "fparam": (K.FPARAM, False, (-1,)),
     "aparam": (K.APARAM, True, (-1,)),
 }
@@ -224,7 +229,7 @@ def read_deepmd(path, *, type_map: Optional[Sequence[str]] = None, raw: Optional
         frame.setdefault(K.CELL, np.zeros((3, 3)))
         frame[K.PBC] = np.full(3, periodic)
         for key in list(frame):
-            if key in K.LABELS:
+            if key in K.WEIGHTED:
                 frame[K.weight_key(key)] = np.ones(3) if key == K.DIPOLE else np.array(1.0)
         check_finite(frame, file=str(folders[s]), frame_index=int(local), names=_STEM_OF)
         frames.append(frame)

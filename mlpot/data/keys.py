@@ -14,17 +14,21 @@ Conventions
   cell (possibly all zeros) and has ``pbc = [False, False, False]``.
 * Every label ``X`` has a per-frame weight ``X_weight`` (1 = present, 0 = missing; a missing label
   never counts as zero in a loss). ``dipole_weight`` may be a 3-vector (per-component mask).
+  A *gated* input (``DRDQ``) has such a weight too (DeePMD's ``find_*`` flag) without being a
+  target. An input with a ``default`` (``ATOM_ENER_COEFF``, ``ATOM_WEIGHT``: 1) takes it in a
+  frame that lacks the key.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, Tuple
+from typing import Dict, Optional, Tuple
 
 __all__ = [
     "KeySpec",
     "KEYS",
     "LABELS",
+    "WEIGHTED",
     "weight_key",
     "level_of",
     # structure / inputs
@@ -35,6 +39,8 @@ __all__ = [
     "ENERGY", "ATOM_ENERGY", "FORCES", "VIRIAL", "STRESS", "CHARGES", "ATOMIC_MULTIPOLES",
     "DIPOLE", "ATOMIC_DIPOLE", "POLARIZABILITY", "ATOMIC_POLARIZABILITY", "ESPS", "DOS",
     "ATOM_DOS", "ATOM_PREF", "HESSIAN",
+    # per-atom loss inputs
+    "ATOM_ENER_COEFF", "ATOM_WEIGHT", "DRDQ",
 ]
 
 
@@ -45,6 +51,8 @@ class KeySpec:
     level: "atom" | "edge" | "frame"; shape: trailing shape of one item (() for scalars, -1 for a
     size fixed per dataset such as numb_dos); kind: "float" | "int" | "bool"; unit: physical unit.
     label: True for a learnable target that carries a ``<key>_weight``.
+    gated: True for an input that carries a ``<key>_weight`` (present or not) without being a target.
+    default: value of the key in a frame that lacks it (None: no default).
     """
 
     name: str
@@ -54,15 +62,17 @@ class KeySpec:
     unit: str
     doc: str
     label: bool = False
+    gated: bool = False
+    default: Optional[float] = None
 
 
 KEYS: Dict[str, KeySpec] = {}
 
 
-def _key(name, level, shape, kind, unit, doc, label=False) -> str:
+def _key(name, level, shape, kind, unit, doc, label=False, gated=False, default=None) -> str:
     if name in KEYS:
         raise ValueError(f"duplicate batch key {name!r}")
-    KEYS[name] = KeySpec(name, level, tuple(shape), kind, unit, doc, label)
+    KEYS[name] = KeySpec(name, level, tuple(shape), kind, unit, doc, label, gated, default)
     return name
 
 
@@ -112,17 +122,35 @@ ATOM_DOS = _key("atom_dos", "atom", (-1,), "float", "states/eV", "atomic DOS (n_
 HESSIAN = _key("hessian", "frame", (-1,), "float", "eV/Å^2", "flattened Hessian (n_frames, (3N)^2)", True)
 ATOM_PREF = _key("atom_pref", "atom", (), "float", "-", "per-atom force weight (n_atoms,)")
 
+# ---- per-atom inputs of DeePMD loss options ------------------------------------------
+ATOM_ENER_COEFF = _key(
+    "atom_ener_coeff", "atom", (), "float", "-",
+    "coefficient c_i of the atom in the loss energy E = sum_i c_i E_i (DeePMD enable_atom_ener_coeff) (n_atoms,)",
+    default=1.0,
+)
+ATOM_WEIGHT = _key(
+    "atom_weight", "atom", (), "float", "-",
+    "weight multiplying the atom's atomic-label residual (DeePMD enable_atomic_weight) (n_atoms,)", default=1.0,
+)
+DRDQ = _key(
+    "drdq", "atom", (-1,), "float", "Å per unit of q",
+    "dr/dq: derivatives of the atom's 3 coordinates w.r.t. the n_gen generalised coordinates q, "
+    "(n_atoms, 3 * n_gen) = (n_atoms, 3, n_gen) row-major (DeePMD generalised-force loss)", gated=True,
+)
+
 LABELS = tuple(name for name, spec in KEYS.items() if spec.label)
+# keys that carry a per-frame presence weight: labels and gated inputs
+WEIGHTED = tuple(name for name, spec in KEYS.items() if spec.label or spec.gated)
 
 
 def weight_key(label: str) -> str:
-    """Name of the per-frame weight of ``label`` (e.g. ``energy_weight``); shape (n_frames,)."""
-    if label not in KEYS or not KEYS[label].label:
+    """Name of the per-frame weight of a label or gated input (e.g. ``energy_weight``); shape (n_frames,)."""
+    if label not in KEYS or not (KEYS[label].label or KEYS[label].gated):
         raise KeyError(f"{label!r} is not a label key; labels are {', '.join(LABELS)}")
     return f"{label}_weight"
 
 
-for _label in LABELS:
+for _label in WEIGHTED:
     KEYS[f"{_label}_weight"] = KeySpec(
         f"{_label}_weight", "frame", (3,) if _label == DIPOLE else (), "float", "-",
         f"weight of {_label} per frame (0 = label missing)",

@@ -6,7 +6,10 @@
 * :func:`system_probabilities` — ``prob_uniform``, ``prob_sys_size`` (proportional to the number of
   batches ceil(nframes / bs), [COMPAT] PT), ``"prob_sys_size;s:e:w;..."`` and ``sys_probs`` (§5.3).
 * :class:`SystemSampler` — every step draws a system with those probabilities, then the next batch
-  from that system's shuffled order (reshuffled when exhausted). A batch never mixes systems.
+  from that system's shuffled order (reshuffled when exhausted). A batch never mixes systems, except
+  with ``batch_size: "mixed:N"``: then each of the N frames of the step draws its own system with
+  those probabilities and takes that system's next frame (DeePMD ``get_batch_mixed``); frames of
+  different sizes are batched by ``collate``.
 * :class:`EpochSampler` — shuffles all frames each epoch and cuts batches of ``batch_size`` frames.
 * :class:`TaskSampler` — multi-task training: the task of each step, drawn with ``model_prob``
   (:func:`task_probabilities`; default proportional to the number of training systems per task).
@@ -35,7 +38,8 @@ __all__ = ["resolve_batch_sizes", "system_probabilities", "SystemSampler", "Epoc
 def resolve_batch_sizes(batch_size: Union[int, str, Sequence[int]], n_atoms: Sequence[int]) -> List[int]:
     """Batch size per system (frames) from DeePMD's ``batch_size`` and the atoms per system.
 
-    Returns 0 for a system that ``"filter:N"`` drops.
+    Returns 0 for a system that ``"filter:N"`` drops. ``"mixed:N"`` gives N for every system (the
+    global batch size; DeePMD uses it for the batches per system of ``prob_sys_size``).
     """
     n_atoms = [int(n) for n in n_atoms]
     if isinstance(batch_size, bool):
@@ -51,13 +55,15 @@ def resolve_batch_sizes(batch_size: Union[int, str, Sequence[int]], n_atoms: Seq
     if rule == "auto":
         target = int(value) if value else 32
         return [math.ceil(target / n) for n in n_atoms]
+    if rule == "mixed" and value.isdigit() and int(value) > 0:
+        return [int(value)] * len(n_atoms)
     if rule in ("max", "filter") and value:
         target = int(value)
         sizes = [max(1, target // n) for n in n_atoms]
         if rule == "filter":
             sizes = [0 if n > target else s for s, n in zip(sizes, n_atoms)]
         return sizes
-    raise ConfigError(f"expected an int, a list or 'auto[:N]'/'max:N'/'filter:N', got {batch_size!r}",
+    raise ConfigError(f"expected an int, a list or 'auto[:N]'/'max:N'/'filter:N'/'mixed:N', got {batch_size!r}",
                       key="batch_size")
 
 
@@ -142,6 +148,8 @@ class SystemSampler(_ResumableSampler):
         if isinstance(batch_size, str) and n_atoms is None:
             raise ConfigError(f"batch_size {batch_size!r} needs the atoms per system", key="batch_size")
         self.batch_sizes = resolve_batch_sizes(batch_size, n_atoms if n_atoms is not None else [1] * len(system_sizes))
+        # "mixed:N": global batches of N frames drawn across systems
+        self.mixed_size = self.batch_sizes[0] if str(batch_size).startswith("mixed:") else 0
         self.n_batches = [math.ceil(n / b) if b > 0 else 0 for n, b in zip(self.system_sizes, self.batch_sizes)]
         self.probabilities = system_probabilities(self.n_batches, auto_prob, sys_probs)
         self.offsets = np.concatenate([[0], np.cumsum(self.system_sizes)]).astype(int)
@@ -157,8 +165,31 @@ class SystemSampler(_ResumableSampler):
         return cls([len(s) for s in systems], batch_size,
                    n_atoms=[len(s[0][POSITIONS]) if len(s) else 1 for s in systems], **kwargs)
 
+    def _next_frames(self, system: int, count: int) -> List[int]:
+        """The next ``count`` global indices of ``system``, reshuffling whenever its order runs out."""
+        taken: List[int] = []
+        while len(taken) < count:
+            if self.orders[system] is None or self.cursors[system] >= self.system_sizes[system]:
+                self.orders[system] = self.rng.permutation(self.system_sizes[system]).tolist()
+                self.cursors[system] = 0
+            start = self.cursors[system]
+            local = self.orders[system][start:start + count - len(taken)]
+            self.cursors[system] = start + len(local)
+            taken += [int(self.offsets[system] + i) for i in local]
+        return taken
+
+    def _next_mixed_batch(self) -> List[int]:
+        """N frames, each from a system drawn with ``probabilities`` (grouped by system in the list)."""
+        systems = self.rng.choice(len(self.system_sizes), size=self.mixed_size, p=self.probabilities)
+        counts = np.bincount(systems, minlength=len(self.system_sizes))
+        self.last_system = None
+        return [index for system in np.flatnonzero(counts) for index in self._next_frames(int(system), int(counts[system]))]
+
     def next_batch(self) -> List[int]:
-        """Global frame indices of the next batch; ``last_system`` tells which system it came from."""
+        """Global frame indices of the next batch; ``last_system`` tells which system it came from
+        (None for a mixed batch)."""
+        if self.mixed_size:
+            return self._next_mixed_batch()
         system = int(self.rng.choice(len(self.system_sizes), p=self.probabilities))
         if self.orders[system] is None or self.cursors[system] >= self.system_sizes[system]:
             self.orders[system] = self.rng.permutation(self.system_sizes[system]).tolist()
@@ -170,7 +201,9 @@ class SystemSampler(_ResumableSampler):
         return [int(self.offsets[system] + i) for i in local]
 
     def __len__(self) -> int:
-        """Batches in one nominal epoch (sum over systems); iteration itself never ends."""
+        """Batches in one nominal epoch (sum over systems; all frames / N when mixed); iteration never ends."""
+        if self.mixed_size:
+            return math.ceil(sum(self.system_sizes) / self.mixed_size)
         return int(sum(self.n_batches))
 
     def state_dict(self) -> dict:

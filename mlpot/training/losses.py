@@ -15,18 +15,29 @@ Registered term names (``TERMS``) give the label and default normalisation; any 
 ``mlpot.data.keys`` is accepted as a term name with no normalisation. Term weights are constant
 (``weight``) or DeePMD prefactors p = limit + (start - limit) · lr / start_lr.
 ``dos_cdf``/``atom_dos_cdf`` compare cumulative sums along the energy axis (DeePMD dos loss "cdf").
+
+DeePMD loss options (spec deepmd.md §4.2-4.3), each reading a per-atom input of the data:
+
+* ``generalized_force`` (gf): the residual of frame f is the generalised force error
+  Σ_i drdq_i^T (F_i - F_i*), one entry per generalised coordinate (n_frames, n_gen); the term is
+  its mean square over frames carrying both forces and ``drdq`` (find_drdq gating).
+* ``atom_weight`` on an atomic term: its residual is multiplied by ``ATOM_WEIGHT`` per atom
+  (DeePMD ``enable_atomic_weight`` multiplies the difference, so the squared error scales by w²).
+* ``atom_ener_coeff`` (loss level): the energy compared with the label is Σ_i c_i E_i with c from
+  ``ATOM_ENER_COEFF`` (:meth:`WeightedLoss.prepare`, which the metrics use too, as DeePMD does).
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable, Dict, Iterable, Mapping, Optional, Tuple
+from typing import Callable, Dict, Iterable, Mapping, Optional, Sequence, Tuple
 
 import torch
 
 from mlpot.data import keys as K
-from mlpot.errors import ConfigError, suggest
+from mlpot.errors import ConfigError, DataError, suggest
+from mlpot.nn.scatter import scatter_sum
 
 __all__ = ["TERMS", "LossTermSpec", "LossTermFn", "WeightedLoss", "resolve_term", "label_error_sums", "rmse_mae"]
 
@@ -39,6 +50,7 @@ class LossTermSpec:
     atom_norm: str = "none"  # none | per_atom | sqrt | per_atom_sq
     atom_pref: bool = False  # DeePMD "pf": per-atom force weights from ATOM_PREF
     cumulative: bool = False  # DeePMD dos "cdf"/"acdf": compare running sums along the last axis
+    generalized: bool = False  # DeePMD "gf": force residuals projected on DRDQ, per frame
 
 
 TERMS: Dict[str, LossTermSpec] = {
@@ -55,8 +67,13 @@ TERMS: Dict[str, LossTermSpec] = {
     "fermi_level_per_atom": LossTermSpec(K.FERMI_LEVEL, "per_atom"),
     "dos_cdf": LossTermSpec(K.DOS, cumulative=True),
     "atom_dos_cdf": LossTermSpec(K.ATOM_DOS, cumulative=True),
+    "generalized_force": LossTermSpec(K.FORCES, generalized=True),
 }
 _LABEL_TERMS = {label: LossTermSpec(label) for label in K.LABELS} | {K.TOTAL_CHARGE: LossTermSpec(K.TOTAL_CHARGE)}
+
+# per-atom inputs -> the loss option that reads them (for error messages)
+_OPTION_OF = {K.ATOM_ENER_COEFF: "atom_ener_coeff (DeePMD loss/enable_atom_ener_coeff)",
+              K.ATOM_WEIGHT: "atom_weight (DeePMD loss/enable_atomic_weight)"}
 
 # DeePMD "ener" loss (spec 4.2): energy and virial residuals scaled so that MSE gives ΔE²/N
 _DEEPMD_NORM = {(K.ENERGY, "mse", False): "sqrt", (K.VIRIAL, "mse", False): "sqrt"}
@@ -86,15 +103,20 @@ class LossTermFn:
     """One term: ``__call__(pred, batch) -> (value, present)``; value is a 0-d tensor.
 
     function: mse | mae | huber; atom_norm: none | per_atom | sqrt | per_atom_sq (frame labels);
-    relative: forces residual divided by (|F*| + relative) (DeePMD relative_f).
+    relative: forces residual divided by (|F*| + relative) (DeePMD relative_f); atom_weight:
+    atomic residuals multiplied by ``ATOM_WEIGHT`` (DeePMD enable_atomic_weight).
     """
 
     def __init__(self, spec: LossTermSpec, function: str = "mse", atom_norm: Optional[str] = None,
-                 huber_delta: float = 0.01, relative: Optional[float] = None):
+                 huber_delta: float = 0.01, relative: Optional[float] = None, atom_weight: bool = False):
         self.label = spec.label
         self.level = K.level_of(spec.label)
         self.atom_pref = spec.atom_pref
         self.cumulative = spec.cumulative
+        self.generalized = spec.generalized
+        self.atom_weight = bool(atom_weight)
+        if self.atom_weight and self.level != "atom":
+            raise ConfigError(f"atom_weight applies to atomic labels, not {spec.label!r}", key=["loss", "terms"])
         self.function = function
         self.power = _norm_power(atom_norm or spec.atom_norm)
         self.huber_delta = huber_delta
@@ -107,6 +129,10 @@ class LossTermFn:
         if self.cumulative:  # cumsum(pred) - cumsum(label) = cumsum(pred - label)
             residual = residual.cumsum(dim=-1)
         weight = batch[K.weight_key(self.label)].to(target.dtype)
+        if self.generalized:
+            return self._generalized(residual, weight, batch)
+        if self.atom_weight:
+            residual = residual * _expand(batch[K.ATOM_WEIGHT].to(target.dtype), residual)
         if self.level == "atom":
             weight = weight[batch[K.BATCH]]
             if self.atom_pref:
@@ -116,6 +142,16 @@ class LossTermFn:
             residual = residual / _expand(n_atoms ** self.power, residual)
         if self.relative is not None and self.label == K.FORCES:
             residual = residual / (target.norm(dim=-1, keepdim=True) + self.relative)
+        return residual, _expand(weight, residual)
+
+    @staticmethod
+    def _generalized(force_residual, force_weight, batch) -> Tuple[torch.Tensor, torch.Tensor]:
+        """(Σ_i drdq_i^T ΔF_i per frame (n_frames, n_gen), weight = forces present · drdq present)."""
+        n_atoms, n_frames = force_residual.shape[0], batch[K.N_ATOMS].shape[0]
+        drdq = batch[K.DRDQ].to(force_residual.dtype).reshape(n_atoms, 3, -1)  # (n_atoms, 3, n_gen)
+        per_atom = torch.einsum("ia,iag->ig", force_residual, drdq)
+        residual = scatter_sum(per_atom, batch[K.BATCH], n_frames)
+        weight = force_weight * batch[K.weight_key(K.DRDQ)].to(force_residual.dtype)
         return residual, _expand(weight, residual)
 
     def parts(self, pred, batch) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -142,12 +178,14 @@ class WeightedLoss:
 
     terms: name -> :class:`mlpot.config.schema.LossTerm` (or any object with the same attributes).
     loss_type "ener" applies DeePMD's normalisation defaults (ΔE²/N and ΔΞ²/N for MSE, or /N² with
-    ``intensive``; ΔE/N inside MAE/Huber).
+    ``intensive``; ΔE/N inside MAE/Huber). atom_ener_coeff: compare E = Σ_i c_i E_i (see
+    :meth:`prepare`).
     """
 
     def __init__(self, terms: Mapping[str, object], loss_type: str = "native", intensive: bool = False,
-                 file: Optional[str] = None):
+                 file: Optional[str] = None, atom_ener_coeff: bool = False):
         self.terms = dict(terms)
+        self.atom_ener_coeff = bool(atom_ener_coeff)
         self.fns: Dict[str, LossTermFn] = {}
         for name, term in self.terms.items():
             label = getattr(term, "label", None)
@@ -156,16 +194,72 @@ class WeightedLoss:
             else:  # any name comparing an explicit label key
                 resolve_term(label, file=file)
                 base = TERMS.get(name, LossTermSpec(label))
-                spec = LossTermSpec(label, base.atom_norm, base.atom_pref, base.cumulative)
+                spec = LossTermSpec(label, base.atom_norm, base.atom_pref, base.cumulative, base.generalized)
             atom_norm = term.atom_norm
             if atom_norm is None and loss_type == "ener" and spec.label in (K.ENERGY, K.VIRIAL):
                 atom_norm = "per_atom" if (intensive or term.function != "mse") else "sqrt"
-            self.fns[name] = LossTermFn(spec, term.function, atom_norm, term.huber_delta, term.relative)
+            self.fns[name] = LossTermFn(spec, term.function, atom_norm, term.huber_delta, term.relative,
+                                        atom_weight=getattr(term, "atom_weight", False))
 
     @property
     def labels(self) -> Tuple[str, ...]:
         """Labels the model must predict (e.g. FORCES tells the trainer to compute derivatives)."""
         return tuple(dict.fromkeys(fn.label for fn in self.fns.values()))
+
+    @property
+    def required_inputs(self) -> Tuple[str, ...]:
+        """Per-atom inputs every frame must hold: ATOM_ENER_COEFF, ATOM_WEIGHT when an option uses them."""
+        keys = [K.ATOM_ENER_COEFF] if self.atom_ener_coeff else []
+        keys += [K.ATOM_WEIGHT] if any(fn.atom_weight for fn in self.fns.values()) else []
+        return tuple(keys)
+
+    @property
+    def gated_inputs(self) -> Tuple[str, ...]:
+        """Inputs that gate a term per frame (DRDQ for generalized_force): some frames must hold them."""
+        return (K.DRDQ,) if any(fn.generalized for fn in self.fns.values()) else ()
+
+    def check_data(self, frames: Sequence[dict]) -> None:
+        """DataError naming the system and key when the data lack an input a loss option needs.
+
+        frames: a dataset's frames (a FrameList, possibly concatenated: ``sources``/``offsets`` give
+        the systems). ATOM_ENER_COEFF / ATOM_WEIGHT must be in every frame (DeePMD-kit would take 1
+        silently; here a missing file is an error, so a misnamed file is not mistaken for plain sums);
+        DRDQ must be in some frame, with 3 · n_generalized values per atom.
+        """
+        sources = list(getattr(frames, "sources", None) or [getattr(frames, "source", None) or "dataset"])
+        offsets = list(getattr(frames, "offsets", None) or [0, len(frames)])
+        if len(offsets) != len(sources) + 1:
+            sources, offsets = [sources[0]], [0, len(frames)]
+        for key in self.required_inputs:
+            for source, start, stop in zip(sources, offsets[:-1], offsets[1:]):
+                if any(key not in frames[i] for i in range(start, stop)):
+                    raise DataError(f"no {key}.npy (per-atom input of loss option {_OPTION_OF[key]}); DeePMD-kit "
+                                    f"would use 1 for every atom: write {key}.npy of ones to train as it does",
+                                    file=source, key=key)
+        for name, fn in self.fns.items():
+            if not fn.generalized:
+                continue
+            have = [i for i in range(len(frames)) if K.DRDQ in frames[i]]
+            if not have:
+                raise DataError(f"no system has {K.DRDQ}.npy, needed by the generalised-force term "
+                                f"loss.terms.{name}", file=sources[0], key=K.DRDQ)
+            expected = getattr(self.terms[name], "n_generalized", None)
+            for i in have if expected else ():
+                width = frames[i][K.DRDQ].shape[-1]
+                if width != 3 * expected:
+                    system = max(s for s in range(len(sources)) if offsets[s] <= i)
+                    raise DataError(f"has {width} values per atom, expected 3 x numb_generalized_coord = "
+                                    f"{3 * expected}", file=sources[system], frame=i - offsets[system], key=K.DRDQ)
+
+    def prepare(self, pred: Dict[str, torch.Tensor], batch: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+        """Predictions as the loss compares them: with ``atom_ener_coeff`` the energy is
+        E_f = Σ_{i in f} c_i E_i (eV, (n_frames,)) from ATOM_ENERGY (n_atoms,) and ATOM_ENER_COEFF;
+        forces stay -dE/dr of the plain sum (DeePMD)."""
+        if not self.atom_ener_coeff or K.ENERGY not in pred:
+            return pred
+        atomic = pred[K.ATOM_ENERGY]
+        coeff = batch[K.ATOM_ENER_COEFF].to(atomic.dtype)
+        return {**pred, K.ENERGY: scatter_sum(coeff * atomic, batch[K.BATCH], batch[K.N_ATOMS].shape[0])}
 
     def prefactor(self, name: str, lr_ratio: float) -> float:
         term = self.terms[name]

