@@ -306,3 +306,24 @@ def test_multitask_keys_in_a_single_task_input_are_errors(systems):
         from mlpot.calculators.export import select_head
 
         select_head(torch.nn.Linear(1, 1), "water_a", "model.pt")
+
+
+def test_ase_calculator_takes_a_head_of_a_checkpoint(systems, tmp_path, monkeypatch):
+    from ase import Atoms
+
+    from mlpot.calculators import MlpotCalculator
+
+    (tmp_path / "input.json").write_text(json.dumps(pytorch_input(systems, steps=10)))
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "input.json", "--no-progress"]) == 0
+    system = Path(systems["b"])
+    types = np.loadtxt(system / "type.raw", dtype=int)
+    atoms = Atoms(symbols=[["O", "H"][t] for t in types], pbc=True,
+                  positions=np.load(system / "set.000" / "coord.npy")[0].reshape(-1, 3),
+                  cell=np.load(system / "set.000" / "box.npy")[0].reshape(3, 3))
+    energies = {}
+    for source, head in (("model.ckpt.pt", "water_b"), ("model_water_b.pt", None), ("model.ckpt.pt", "water_a")):
+        atoms.calc = MlpotCalculator(source, head=head)
+        energies[(source, head)] = atoms.get_potential_energy()
+    assert energies[("model.ckpt.pt", "water_b")] == pytest.approx(energies[("model_water_b.pt", None)], abs=1e-9)
+    assert energies[("model.ckpt.pt", "water_a")] != pytest.approx(energies[("model.ckpt.pt", "water_b")], abs=1e-6)

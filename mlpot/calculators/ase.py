@@ -35,17 +35,21 @@ class MlpotCalculator(Calculator):
     model: an ``AtomisticModel`` or a path to a frozen model / checkpoint.
     type_dict: optional {chemical symbol: type index}; default: the model's type_map by symbol.
     device: torch device for the model ("cpu", "cuda").
+    head: task of a multi-task checkpoint to evaluate (as DeePMD's ``DP(..., head=...)``); a
+    multi-task model given without one evaluates its first task.
     """
 
     implemented_properties = ["energy", "free_energy", "forces", "virial", "stress"]
 
     def __init__(self, model, type_dict: Optional[Dict[str, int]] = None, device: Union[str, torch.device] = "cpu",
-                 **kwargs):
+                 head: Optional[str] = None, **kwargs):
         super().__init__(**kwargs)
-        if not isinstance(model, torch.nn.Module):
-            from mlpot.calculators.export import load_model
+        from mlpot.calculators.export import load_model, select_head
 
-            model = load_model(model, device=device)
+        if not isinstance(model, torch.nn.Module):
+            model = load_model(model, device=device, head=head)
+        elif head is not None:
+            model = select_head(model, head, "model")
         self.model = model.to(device).eval()
         self.device = torch.device(device)
         self.type_dict = dict(type_dict) if type_dict else {name: i for i, name in enumerate(model.type_map)}
