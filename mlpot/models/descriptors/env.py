@@ -76,19 +76,17 @@ def environment_matrix(
     """
     mask = nlist >= 0
     if vectors.shape[0] == 0:  # no edges at all (isolated atoms): every slot is padding
-        vectors = vectors.new_zeros(1, 3)
-    rij = vectors[nlist.clamp(min=0)]
-    # empty slots get a dummy vector beyond the cutoff: w = 0 there, so value and gradient vanish
-    dummy = torch.zeros_like(rij)
-    dummy[..., 0] = 2.0 * rcut + 1.0
-    rij = torch.where(mask.unsqueeze(-1), rij, dummy)
-    r = rij.norm(dim=-1, keepdim=True)
-    weight = smooth_switch(r, rcut_smth, rcut)
+        vectors = vectors.new_tensor([[2.0 * rcut + 1.0, 0.0, 0.0]])
+    # rows are computed once per edge, then gathered into the slots: fewer elements than the padded
+    # slots, and no reductions over a length-3 axis of a 3-d tensor (slow in every pass of autograd)
+    x, y, z = vectors.unbind(-1)
+    r = torch.sqrt(x * x + y * y + z * z).unsqueeze(-1)  # (n_edges, 1)
     r_protected = r + env_protection
-    s = weight / r_protected
-    if radial_only:
-        return s
-    return torch.cat([s, s * rij / r_protected], dim=-1)
+    s = smooth_switch(r, rcut_smth, rcut) / r_protected
+    rows = s if radial_only else torch.cat([s, s * vectors / r_protected], dim=-1)
+    # empty slots read edge 0 and are zeroed (value and gradient) by the mask
+    gathered = torch.index_select(rows, 0, nlist.clamp(min=0).reshape(-1)).view(nlist.shape + (rows.shape[-1],))
+    return gathered * mask.unsqueeze(-1).to(rows.dtype)
 
 
 class EnvStatistics:
