@@ -190,7 +190,7 @@ for _term in _PREFACTOR_TERMS:
 LOSS_ENER.update(
     {
         "relative_f": _k(S),
-        "enable_atom_ener_coeff": _k(U, default=False),
+        "enable_atom_ener_coeff": _k(S, note="energy = sum_i c_i E_i, c from atom_ener_coeff.npy (needed in every system)"),
         "numb_generalized_coord": _k(S, note="generalised coordinates of the gf loss; drdq.npy holds natoms*3*N per frame"),
         "use_huber": _k(U, default=False),
         "huber_delta": _k(U, default=0.01),

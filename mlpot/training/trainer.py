@@ -122,6 +122,7 @@ class Trainer:
                                       for label in WeightedLoss(stage.loss or loss.terms, loss.type, file=file).labels))
             for name, loss in self.loss_configs.items()}
         self.all_labels = tuple(dict.fromkeys(label for labels in self.task_labels.values() for label in labels))
+        self._check_loss_inputs()
         self._build_optimizer()
         self.ema = ExponentialMovingAverage(self.model, config.ema.decay, config.ema.warmup) if config.ema else None
         self.step, self.epoch, self.nonfinite = 0, 0, 0
@@ -149,6 +150,17 @@ class Trainer:
             self.loss_configs, self.task_sampler = {"": self.config.loss}, None
         self.task_names = list(self.task_data)
         self.last_task = self.task_names[0]
+
+    def _check_loss_inputs(self) -> None:
+        """DataError naming the system and key when a loss option needs a per-atom input
+        (atom_ener_coeff, atom_weight, drdq) that the training or validation data lack."""
+        for name, loss in self.loss_configs.items():
+            for stage in self.plan.stages:
+                checker = WeightedLoss(stage.loss or loss.terms, loss.type, file=self.file,
+                                       atom_ener_coeff=loss.atom_ener_coeff)
+                for dataset in (self.task_data[name].train, self.task_data[name].valid):
+                    if dataset is not None:
+                        checker.check_data(dataset.frames)
 
     def _seed(self, seed: int) -> None:
         torch.manual_seed(seed)
@@ -268,7 +280,8 @@ class Trainer:
     # ---- one step -----------------------------------------------------------------------
     def _enter_stage(self, index: int) -> None:
         stage = self.plan[index]
-        self.losses = {name: WeightedLoss(stage.loss or loss.terms, loss.type, loss.intensive_ener_virial, file=self.file)
+        self.losses = {name: WeightedLoss(stage.loss or loss.terms, loss.type, loss.intensive_ener_virial, file=self.file,
+                                          atom_ener_coeff=loss.atom_ener_coeff)
                        for name, loss in self.loss_configs.items()}
         self.loss = self.losses[self.task_names[0]]
         if self.plateau:
@@ -306,7 +319,7 @@ class Trainer:
         batch = data.train_batch(shard_indices(self._next_indices(data), self.dist))
         lr = current_lr(self.optimizer)
         self.model.train()
-        pred = predict(head, batch, loss.labels, create_graph=True)
+        pred = loss.prepare(predict(head, batch, loss.labels, create_graph=True), batch)
         reduce = self.dist.sum if self.dist.enabled else None
         total, weighted, _ = loss(pred, batch, self._lr_ratio(), reduce=reduce)
         global_total = float(self.dist.sum(total)) if self.dist.enabled else float(total.detach())
@@ -356,7 +369,8 @@ class Trainer:
         """lcurve values of ``task`` on its next training batch, without an update (multi-task display)."""
         data, head, loss = self.task_data[task], self.heads[task], self.losses[task]
         batch = data.train_batch(shard_indices(self._next_indices(data), self.dist))
-        pred = {k: v.detach() for k, v in predict(head, batch, loss.labels, create_graph=False).items()}
+        pred = loss.prepare({k: v.detach() for k, v in predict(head, batch, loss.labels, create_graph=False).items()},
+                            batch)
         reduce = self.dist.sum if self.dist.enabled else None
         with torch.no_grad():
             total, _, _ = loss(pred, batch, self._lr_ratio(), reduce=reduce)
@@ -389,7 +403,7 @@ class Trainer:
         ratio = self._lr_ratio()
         for indices in data.valid_batches():
             batch = data.valid_batch(indices)
-            pred = predict(head, batch, labels, create_graph=False)
+            pred = loss.prepare(predict(head, batch, labels, create_graph=False), batch)
             with torch.no_grad():
                 total, weighted, _ = loss({k: v.detach() for k, v in pred.items()}, batch, ratio)
             self._log_debug(format_loss_breakdown({k: float(v) for k, v in weighted.items()}))
