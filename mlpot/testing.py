@@ -245,13 +245,13 @@ def assert_batch_consistent(model, batch: Batch, keys: Sequence[str] = (K.ENERGY
 
 
 def random_batch(n_frames: int = 2, n_atoms: Sequence[int] | int = 8, n_types: int = 2, *, cutoff: float = 3.5,
-                 box: float = 5.0, periodic: bool = True, triclinic: bool = True, seed: int = 0,
+                 box: Sequence[float] | float = 5.0, periodic: bool = True, triclinic: bool = True, seed: int = 0,
                  dtype: torch.dtype = torch.float64) -> Batch:
     """A small collated batch of random structures for model tests.
 
     Atoms sit on a jittered grid (no pair closer than ~0.8 Å for the default sizes) in a box of
     edge ``box`` Å (skewed when ``triclinic``); neighbour lists at ``cutoff`` Å come from the data
-    layer. Frames may have different sizes (``n_atoms`` as a list).
+    layer. Frames may have different sizes (``n_atoms`` as a list) and boxes (``box`` as a list).
     """
     import numpy as np
 
@@ -259,8 +259,9 @@ def random_batch(n_frames: int = 2, n_atoms: Sequence[int] | int = 8, n_types: i
 
     rng = np.random.default_rng(seed)
     sizes = [n_atoms] * n_frames if isinstance(n_atoms, int) else list(n_atoms)
+    boxes = [float(box)] * len(sizes) if isinstance(box, (int, float)) else [float(b) for b in box]
     frames = []
-    for size in sizes:
+    for size, box in zip(sizes, boxes):
         per_side = int(np.ceil(size ** (1 / 3)))
         grid = np.stack(np.meshgrid(*[np.arange(per_side)] * 3, indexing="ij"), -1).reshape(-1, 3)
         picked = grid[rng.permutation(len(grid))[:size]]

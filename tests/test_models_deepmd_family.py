@@ -166,3 +166,31 @@ def test_sel_auto_rule_and_config_round_trip():
     rebuilt.load_state_dict(model.state_dict())
     batch = T.random_batch(1, 6, seed=1)
     torch.testing.assert_close(model(batch)[K.ENERGY], rebuilt(batch)[K.ENERGY])
+
+
+SE_E3 = {"type": "se_e3", "sel": [12, 12], "rcut": 3.0, "rcut_smth": 0.5, "neuron": [4, 8], "seed": 4}
+SE_ATTEN = {"type": "se_atten", "sel": 24, "rcut": 3.0, "rcut_smth": 0.5, "neuron": [4, 8], "axis_neuron": 2,
+            "attn": 8, "attn_layer": 1, "seed": 5}
+
+
+@pytest.mark.parametrize("descriptor", [SE_A, SE_R, SE_E3, SE_ATTEN, dict(SE_ATTEN, type="se_atten_v2"),
+                                        {"type": "hybrid", "list": [SE_A, SE_R]}],
+                         ids=["se_e2_a", "se_e2_r", "se_e3", "se_atten", "se_atten_v2", "hybrid"])
+def test_frames_without_any_neighbour(descriptor):
+    """A batch with no edge at all (atoms farther apart than rcut) evaluates: each atom then has
+    its isolated-atom energy (padding only), forces vanish, and in a batch with an ordinary frame
+    both frames keep their single-frame values."""
+    from mlpot.models.derivatives import compute_derivatives
+
+    model = model_for(descriptor, {"neuron": [8], "seed": 2})
+    lonely = T.random_batch(1, 3, box=30.0, seed=1)
+    assert lonely[K.EDGE_INDEX].shape[1] == 0
+    out = compute_derivatives(model, lonely, virial=True)
+    assert torch.isfinite(out[K.ENERGY]).all()
+    torch.testing.assert_close(out[K.FORCES], torch.zeros_like(out[K.FORCES]))
+    types = lonely[K.ATOM_TYPES]
+    for t in (0, 1):  # one isolated-atom energy per type
+        energies = out[K.ATOM_ENERGY][types == t]
+        torch.testing.assert_close(energies, energies[:1].expand_as(energies), atol=1e-12, rtol=0)
+    mixed = T.random_batch(2, [3, 8], box=[30.0, 5.0], seed=1)  # frame 0 has no neighbours, frame 1 has
+    T.assert_batch_consistent(model, mixed, atol=1e-10, rtol=1e-10)

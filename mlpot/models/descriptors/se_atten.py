@@ -194,13 +194,17 @@ class DescriptorSeAtten(EnvMatrixDescriptor):
         types = batch[ATOM_TYPES]
         env = (env.to(self.davg.dtype) - self.davg[types].unsqueeze(1)) / self.dstd[types].unsqueeze(1)
         mask = nlist >= 0
-        neighbor_types = torch.where(mask, types[batch[EDGE_INDEX][1][nlist.clamp(min=0)]], torch.full_like(nlist, self.n_types))
+        # per-edge tables with one trailing padding entry, so empty slots (and edge-free batches) index it
+        n_edges = vectors.shape[0]
+        slot_edge = torch.where(mask, nlist, torch.full_like(nlist, n_edges))
+        edge_types = torch.cat([types[batch[EDGE_INDEX][1]], types.new_full((1,), self.n_types)])
+        neighbor_types = edge_types[slot_edge]
         if bool(self.excluded_pairs.any()):
             excluded = self.excluded_pairs[types.unsqueeze(1), neighbor_types.clamp(max=self.n_types - 1)] & mask
             env = env * (~excluded).unsqueeze(-1).to(env.dtype)
             mask = mask & ~excluded
             neighbor_types = torch.where(mask, neighbor_types, torch.full_like(neighbor_types, self.n_types))
-        distance = vectors[nlist.clamp(min=0)].norm(dim=-1)
+        distance = torch.cat([torch.linalg.vector_norm(vectors, dim=-1), vectors.new_full((1,), 2.0 * self.rcut + 1.0)])[slot_edge]
         sw = torch.where(mask, smooth_switch(distance, self.rcut_smth, self.rcut), torch.zeros_like(distance)).to(env.dtype)
         return env, mask, sw, neighbor_types
 

@@ -48,7 +48,7 @@ class DescriptorSeR(DescriptorSeA):
             (env, nlist), bounds = self.normalized_environment(batch, vectors), None
         ones = torch.ones_like(env)
         pair_key = undirected_pair_key(batch[EDGE_INDEX], batch[EDGE_SHIFTS])
-        summed = self.embedding_contraction(env, nlist, batch[ATOM_TYPES], weights=ones, pad_weight=ones[:, 0, :],
+        summed = self.embedding_contraction(env, nlist, batch[ATOM_TYPES], weights=ones, pad_weight=env.new_ones(env.shape[0], 1),
                                             pair_key=pair_key, bounds=bounds)
         return summed[:, 0] * (SE_R_FACTOR / self.n_slots), None
 
