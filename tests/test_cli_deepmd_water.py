@@ -65,3 +65,26 @@ def test_water_example_trains_freezes_and_tests(water_run, shared_data, capsys):
     assert (water_run / "detail.e.out").read_text().startswith(f"# {data_3}: data_e pred_e")
     force_rmse = float(re.search(r"^Force  RMSE\s+: (\S+)", out, re.M).group(1))
     assert force_rmse == pytest.approx(np.sqrt(np.mean((forces[:, 3:] - forces[:, :3]) ** 2)), rel=1e-6)
+
+
+def test_linear_ener_input_with_a_pair_table_trains_freezes_and_tests(water_run, shared_data, capsys):
+    """model/type linear_ener (a small se_e2_a model + pairtab, weights "sum") through input.json:
+    the table's energy is left to the table, so the first energy error is that of the bias fit."""
+    grid = np.round(np.arange(0.05, 6.5, 0.05), 10)
+    pair = 0.3 * np.exp(-grid) * np.clip(6.0 - grid, 0.0, None) ** 2  # 4.2 eV/atom in water
+    np.savetxt(water_run / "table.txt", np.column_stack([grid, pair, pair, pair]))
+    config = json.loads((water_run / "input.json").read_text())
+    standard = dict(config["model"])
+    standard["descriptor"] = dict(standard["descriptor"], neuron=[4, 8], axis_neuron=4)
+    standard["fitting_net"] = dict(standard["fitting_net"], neuron=[8])
+    config["model"] = {"type": "linear_ener", "type_map": ["O", "H"], "weights": "sum",
+                       "models": [standard, {"type": "pairtab", "tab_file": "table.txt", "rcut": 6.0, "sel": [46, 92]}]}
+    (water_run / "input.json").write_text(json.dumps(config, indent=2))
+    assert main(["train", "input.json", "--no-progress"]) == 0
+    rows = np.loadtxt(water_run / "lcurve.out")
+    # rmse_e_val per atom at step 1 (eV): the bias is fitted to E - E_table, so what is left is the
+    # untrained net's output (~0.7 eV/atom), not the table's 4.2 eV/atom on top of it
+    assert rows[0, 3] < 2.0
+    assert main(["freeze", "-o", "frozen.pth"]) == 0
+    assert main(["test", "-m", "frozen.pth", "-s", str(shared_data("deepmd_water/data_3")), "-n", "2"]) == 0
+    assert "Force  RMSE" in capsys.readouterr().out

@@ -205,3 +205,19 @@ def test_frozen_member_loads_the_frozen_file_and_stays_fixed(tmp_path, table_fil
     assert build_model(model.config).members[0].model_file == str(frozen_file)  # rebuilds from its config
     with pytest.raises(CheckpointError, match="not an mlpot frozen model"):
         build_model({"type": "frozen", "model_file": str(checkpoint)})
+
+
+@pytest.mark.parametrize("weights,factors", [("sum", [1.0, 1.0]), ([0.3, 1.7], [0.3, 1.7])])
+def test_linear_ener_fits_the_trainable_bias_to_what_the_table_leaves(table_file, weights, factors):
+    """Labels E = w_table E_table + w_dp (b . n): the trainable member's energy bias becomes b."""
+    members = [small_standard(), {"type": "pairtab", "tab_file": table_file, "rcut": 3.5, "sel": 20}]
+    model = build_model({"type": "linear_ener", "type_map": ["A", "B"], "models": members, "weights": weights})
+    sample = T.random_batch(4, [8, 7, 9, 6], seed=5)
+    with torch.no_grad():
+        table_energy = model.members[1](sample)[K.ENERGY]
+    counts = torch.stack([(sample[K.ATOM_TYPES][sample[K.BATCH] == f] == t).sum() for f in range(4) for t in (0, 1)])
+    counts = counts.reshape(4, 2).to(torch.float64)
+    bias = torch.tensor([-3.0, -1.0], dtype=torch.float64)
+    sample[K.ENERGY] = factors[1] * table_energy + factors[0] * counts @ bias
+    summary = model.compute_statistics([sample])
+    np.testing.assert_allclose(np.ravel(summary["models/0"]["fitting"]["bias_atom"]), bias.numpy(), atol=1e-8)

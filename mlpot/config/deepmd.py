@@ -47,8 +47,8 @@ def load_file(path: PathLike) -> Dict[str, Any]:
 
 def is_deepmd_config(path_or_dict: Union[PathLike, Dict[str, Any]]) -> bool:
     """True for a DeePMD-kit input: a mapping with ``model`` and ``training`` whose model carries
-    ``descriptor``/``fitting_net`` (or a multi-task ``model_dict``) and a ``training`` section
-    with ``training_data`` or ``data_dict``."""
+    ``descriptor``/``fitting_net`` (or a multi-task ``model_dict``, or a composite ``type``:
+    linear_ener, pairtab, frozen) and a ``training`` section with ``training_data`` or ``data_dict``."""
     data = path_or_dict if isinstance(path_or_dict, dict) else None
     if data is None:
         try:
@@ -58,7 +58,8 @@ def is_deepmd_config(path_or_dict: Union[PathLike, Dict[str, Any]]) -> bool:
     model, training = data.get("model"), data.get("training")
     if not isinstance(model, dict) or not isinstance(training, dict):
         return False
-    has_model = "descriptor" in model or "fitting_net" in model or "model_dict" in model
+    composite = model.get("type") in ("linear_ener", "pairtab", "frozen", "zbl", "pairwise_dprc")
+    has_model = "descriptor" in model or "fitting_net" in model or "model_dict" in model or composite
     has_data = "training_data" in training or "data_dict" in training
     return has_model and has_data
 

@@ -5,7 +5,8 @@
   the same weighted sums; "mean" is w_k = 1/K, "sum" is w_k = 1. A member without ``type_map``
   inherits the outer one; a member with a different one is an error. The model cutoff is the
   largest member cutoff (each member only uses its own neighbours). ``compute_statistics`` sets the
-  data statistics of every member that is not frozen.
+  data statistics of every member that is not frozen; the trainable members' energy bias is
+  fitted to what the fixed members (pairtab, frozen) leave of the label energy.
 * ``frozen``: ``{"type": "frozen", "model_file": path}`` loads an mlpot frozen file (format
   ``mlpot-frozen``, written by ``mlpot freeze``): the architecture is rebuilt from its stored
   model section and the stored weights and buffers are loaded; parameters are not trainable and
@@ -52,9 +53,30 @@ class LinearEnergyModel(AtomisticModel):
         return {ATOM_ENERGY: atomic, ENERGY: scatter_sum(atomic, batch[BATCH], batch[CELL].shape[0])}
 
     def compute_statistics(self, batches: Iterable[Dict[str, torch.Tensor]], **kwargs) -> Dict[str, Any]:
+        """Data statistics of the members that are not frozen.
+
+        The members without trainable parameters (pairtab, frozen) are fixed, so the trainable
+        members' output bias is fitted to the residual energy: their labels become
+        (E - sum_fixed w_k E_k) / sum_trainable w_k. Then E_model = E on average at the start
+        whatever the weights ("sum" included) and however large the table energies are.
+        """
         batches = list(batches)
-        return {f"models/{k}": m.compute_statistics(batches, **kwargs) for k, m in enumerate(self.members)
-                if not isinstance(m, FrozenModel)}
+        fixed = [not any(p.requires_grad for p in m.parameters()) for m in self.members]
+        weights = [float(w) for w in self.weights]
+        trainable_weight = sum(w for w, is_fixed in zip(weights, fixed) if not is_fixed)
+        residual = batches
+        if any(fixed) and trainable_weight != 0.0:
+            residual = []
+            for batch in batches:
+                batch = dict(batch)
+                if ENERGY in batch:
+                    with torch.no_grad():
+                        fixed_energy = sum(w * m(batch)[ENERGY].to(torch.float64)
+                                           for w, m, is_fixed in zip(weights, self.members, fixed) if is_fixed)
+                    batch[ENERGY] = (batch[ENERGY] - fixed_energy.to(batch[ENERGY].dtype)) / trainable_weight
+                residual.append(batch)
+        return {f"models/{k}": m.compute_statistics(batches if fixed[k] else residual, **kwargs)
+                for k, m in enumerate(self.members) if not isinstance(m, FrozenModel)}
 
 
 def _weights(value: Any, n_models: int) -> List[float]:
