@@ -88,3 +88,15 @@ def test_linear_ener_input_with_a_pair_table_trains_freezes_and_tests(water_run,
     assert main(["freeze", "-o", "frozen.pth"]) == 0
     assert main(["test", "-m", "frozen.pth", "-s", str(shared_data("deepmd_water/data_3")), "-n", "2"]) == 0
     assert "Force  RMSE" in capsys.readouterr().out
+
+
+def test_type_embedding_input_trains(water_run):
+    """DeePMD-kit's TF-era water se_e2_a_tebd layout: model/type_embedding next to an se_e2_a descriptor."""
+    config = json.loads((water_run / "input.json").read_text())
+    config["model"]["type_embedding"] = {"neuron": [2, 4, 8], "resnet_dt": False, "seed": 1}
+    config["model"]["descriptor"].update(neuron=[4, 8], axis_neuron=4)
+    config["model"]["fitting_net"]["neuron"] = [16]
+    (water_run / "input.json").write_text(json.dumps(config, indent=2))
+    assert main(["train", "input.json", "--no-progress"]) == 0
+    rows = np.loadtxt(water_run / "lcurve.out")
+    assert np.isfinite(rows).all() and rows[-1, 5] < 2.0  # rmse_f_val (eV/Å) of a barely trained model

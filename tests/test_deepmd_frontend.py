@@ -141,8 +141,8 @@ def test_unbuilt_feature_errors(water_input):
     with pytest.raises(ConfigError, match="not supported yet: model/descriptor/type=dpa2"):
         deepmd.convert_dict(bad)
     bad = copy.deepcopy(water_input)
-    bad["model"]["type_embedding"] = {"neuron": [8]}
-    with pytest.raises(ConfigError, match="not supported yet: model/type_embedding"):
+    bad["model"]["spin"] = {"use_spin": [True, False]}
+    with pytest.raises(ConfigError, match="not supported yet: model/spin"):
         deepmd.convert_dict(bad)
     mixed = copy.deepcopy(water_input)
     mixed["training"]["training_data"]["batch_size"] = "mixed:4"

@@ -237,3 +237,71 @@ def test_fast_embedding_handles_a_type_section_with_no_neighbours(descriptor_typ
     dense = compute_derivatives(model, batch, virial=True)
     for key in (K.ENERGY, K.FORCES, K.VIRIAL):
         torch.testing.assert_close(fast[key], dense[key], atol=1e-10, rtol=1e-10)
+
+
+def tebd_model(dtype=torch.float64, type_one_side=True):
+    config = small_config("float64" if dtype == torch.float64 else "float32", type_one_side=type_one_side)
+    config["type_embedding"] = {"neuron": [2, 4], "seed": 7,
+                                "precision": "float64" if dtype == torch.float64 else "float32"}
+    model = build_model(config)
+    model.compute_statistics([T.random_batch(2, 8, seed=5)])
+    return model
+
+
+@pytest.mark.parametrize("type_one_side", [True, False])
+def test_type_embedding_model_physics(dtype, type_one_side):
+    """TF-style model/type_embedding: one shared embedding net and one fitting net."""
+    model = tebd_model(dtype, type_one_side)
+    assert len(model.descriptor.embeddings) == 1 and len(model.fitting.nets) == 1
+    assert model.descriptor.dim_out == 8 * 3 + 4  # M1 * M2 + tebd_dim (the fitting reads tebd(t_i))
+    batch = T.random_batch(2, [9, 8], seed=12)
+    if dtype == torch.float64:
+        T.assert_forces_match_fd(model, batch)
+        T.assert_virial_matches_finite_strain(model, batch)
+    T.assert_invariant(model, batch, **tolerances(dtype))
+    T.assert_batch_consistent(model, batch, **tolerances(dtype))
+    fast = compute_derivatives(model, batch)
+    model.descriptor.skip_padding = False
+    dense = compute_derivatives(model, batch)
+    torch.testing.assert_close(fast[K.FORCES], dense[K.FORCES], **tolerances(dtype))
+
+
+def test_type_embedding_descriptor_formula_on_a_dimer():
+    """A = (1/N_c) sum over all slots of R~^T N([s~, tebd(t_j)]), padded slots keeping their section's type."""
+    model = tebd_model(type_one_side=True)
+    desc = model.descriptor
+    batch = T.random_batch(1, 2, periodic=False, box=2.0, seed=9)
+    vectors = edge_vectors(batch)
+    d, _ = desc(batch, vectors)
+    table = desc.type_embedding.table()
+    net = desc.embeddings[0]
+    types = batch[K.ATOM_TYPES]
+    r = vectors[0].norm()
+    for i in range(2):
+        ti, tj = int(types[i]), int(types[1 - i])
+        vector = vectors[int(torch.nonzero(batch[K.EDGE_INDEX][0] == i)[0])]
+        real = torch.cat([(smooth_switch(r, 1.0, 3.5) / r).reshape(1), smooth_switch(r, 1.0, 3.5) / r * vector / r])
+        real = (real - desc.davg[ti]) / desc.dstd[ti]
+        pad = -desc.davg[ti] / desc.dstd[ti]
+        a = torch.zeros(4, 8, dtype=torch.float64)
+        for t in range(2):
+            g_real = net(torch.cat([real[:1], table[t]]).unsqueeze(0))[0]
+            g_pad = net(torch.cat([pad[:1], table[t]]).unsqueeze(0))[0]
+            n_real = 1 if t == tj else 0
+            a = a + n_real * torch.outer(real, g_real) + (desc.sel[t] - n_real) * torch.outer(pad, g_pad)
+        a = a / desc.n_slots
+        expected = torch.cat([(a.T @ a[:, :3]).reshape(-1), table[ti]])
+        torch.testing.assert_close(d[i], expected, atol=1e-12, rtol=1e-10)
+
+
+def test_type_embedding_errors():
+    from mlpot.errors import ConfigError
+
+    config = small_config()
+    config["type_embedding"] = {"neuron": [4], "neurons": [4]}
+    with pytest.raises(ConfigError, match="model/type_embedding"):
+        build_model(config)
+    config["type_embedding"] = {"neuron": [4]}
+    config["descriptor"] = {"type": "se_e3", "sel": [4, 4], "rcut": 3.0, "neuron": [4]}
+    with pytest.raises(ConfigError, match="not supported yet: model/type_embedding"):
+        build_model(config)

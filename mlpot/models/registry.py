@@ -37,10 +37,11 @@ STANDARD_DEFAULTS = {
     "data_bias_nsample": 10,
     "pair_exclude_types": [],
     "atom_exclude_types": [],
+    "type_embedding": None,
 }
 STANDARD_UNSUPPORTED = {
     "preset_out_bias": None,
-    "type_embedding": None, "modifier": None, "spin": None, "compress": None,
+    "modifier": None, "spin": None, "compress": None,
     "finetune_head": None, "use_compression": None,
 }
 
@@ -60,7 +61,15 @@ def build_standard(config: Dict[str, Any], dtype: torch.dtype) -> StandardModel:
     if values["pair_exclude_types"]:
         section["exclude_types"] = list(section.get("exclude_types", [])) + list(values["pair_exclude_types"])
     descriptor_cls = DESCRIPTORS.get(section["type"], key="model/descriptor/type")
-    descriptor = descriptor_cls.from_config(section, n_types, dtype)
+    if values["type_embedding"] is not None:  # TF-style type embedding section: se_e2_a only
+        if not isinstance(values["type_embedding"], dict):
+            raise ConfigError("needs a mapping", key="model/type_embedding")
+        if section["type"] not in ("se_e2_a", "se_a"):
+            raise ConfigError(f"not supported yet: model/type_embedding with descriptor type {section['type']!r} "
+                              "(se_e2_a only; se_atten has its own type embedding)", key="model/type_embedding")
+        descriptor = descriptor_cls.from_config(section, n_types, dtype, type_embedding=values["type_embedding"])
+    else:
+        descriptor = descriptor_cls.from_config(section, n_types, dtype)
     fitting_section = values["fitting_net"]
     if not isinstance(fitting_section, dict):
         raise ConfigError("needs a mapping", key="model/fitting_net")

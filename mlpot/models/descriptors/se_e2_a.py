@@ -18,7 +18,9 @@ import torch
 from mlpot.data.keys import ATOM_TYPES, EDGE_INDEX, EDGE_SHIFTS
 from mlpot.models.config_keys import REQUIRED, read_section, resolve_precision, resolve_sel
 from mlpot.models.descriptors.base import DESCRIPTORS, EnvMatrixDescriptor
+from mlpot.errors import ConfigError
 from mlpot.models.descriptors.env import undirected_pair_key
+from mlpot.models.type_embedding import TypeEmbedding
 from mlpot.nn import EmbeddingNet
 
 __all__ = ["DescriptorSeA"]
@@ -40,6 +42,11 @@ SE_A_DEFAULTS = {
     "set_davg_zero": False,
 }
 SE_A_ALIASES = {"n_axis_neuron": "axis_neuron"}
+# model/type_embedding (TensorFlow-era section; DeePMD-kit docs "type embedding approach")
+TYPE_EMBEDDING_DEFAULTS = {
+    "neuron": [8], "activation_function": "tanh", "resnet_dt": False, "precision": "default",
+    "trainable": True, "seed": None, "use_tebd_bias": False, "use_econf_tebd": False,
+}
 SE_A_UNSUPPORTED = {"tebd_input_mode": None, "spin": None}
 
 
@@ -68,44 +75,75 @@ class DescriptorSeA(EnvMatrixDescriptor):
         set_davg_zero: bool = False,
         dtype: torch.dtype = torch.float64,
         config: Optional[Dict[str, Any]] = None,
+        type_embedding: Optional[Dict[str, Any]] = None,
     ):
         super().__init__()
         self._init_env(n_types, rcut, rcut_smth, sel, env_protection, set_davg_zero, exclude_types, dtype)
         self.neuron = [int(n) for n in neuron]
         self.m1, self.m2 = self.neuron[-1], int(axis_neuron)
         if self.m2 > self.m1:
-            from mlpot.errors import ConfigError
-
             raise ConfigError(f"axis_neuron ({self.m2}) must not exceed neuron[-1] ({self.m1})", key="model/descriptor/axis_neuron")
         self.type_one_side = bool(type_one_side)
         # evaluate nets on occupied slots only (exact); False = DeePMD-kit's dense way, for checks
         self.skip_padding = True
         n_nets = n_types if self.type_one_side else n_types * n_types
+        in_dim = 1
+        self.type_embedding = None
+        if type_embedding is not None:
+            # TF-style model/type_embedding: one embedding net for all type pairs and one fitting net
+            self.type_embedding = TypeEmbedding(n_types, dtype=dtype, **type_embedding)
+            n_nets, in_dim = 1, 1 + self.type_embedding.dim_out * (1 if self.type_one_side else 2)
+            self.mixed_types = True  # tells the fitting to build one shared net
         self.embeddings = torch.nn.ModuleList(
             EmbeddingNet(
-                1, self.neuron, activation=activation_function, resnet_dt=resnet_dt, trainable=trainable, dtype=dtype,
+                in_dim, self.neuron, activation=activation_function, resnet_dt=resnet_dt, trainable=trainable, dtype=dtype,
                 seed=None if seed is None else int(seed) + index,
             )
             for index in range(n_nets)
         )
-        self.dim_out = self.m1 * self.m2
+        self.dim_out = self.m1 * self.m2 + (self.type_embedding.dim_out if self.type_embedding is not None else 0)
         self.dim_rot = self.m1
         self.config = dict(config or {})
 
     @classmethod
-    def from_config(cls, section: Dict[str, Any], n_types: int, dtype: torch.dtype, path: str = "model/descriptor"):
+    def from_config(cls, section: Dict[str, Any], n_types: int, dtype: torch.dtype, path: str = "model/descriptor",
+                    type_embedding: Optional[Dict[str, Any]] = None):
+        """``type_embedding``: the TF-style ``model/type_embedding`` section (se_e2_a only)."""
         values = read_section(section, path, SE_A_DEFAULTS, aliases=SE_A_ALIASES, unsupported=SE_A_UNSUPPORTED)
         dtype = resolve_precision(values.pop("precision"), dtype, path)
         values["sel"] = resolve_sel(values["sel"], n_types, path)
+        if type_embedding is not None:
+            tebd = read_section(type_embedding, "model/type_embedding", TYPE_EMBEDDING_DEFAULTS,
+                                unsupported={"use_econf_tebd": False})
+            tebd.pop("use_econf_tebd")
+            tebd_dtype = resolve_precision(tebd.pop("precision"), dtype, "model/type_embedding")
+            if tebd_dtype != dtype:
+                raise ConfigError("the type embedding must have the descriptor's precision",
+                                  key="model/type_embedding/precision")
+            values["type_embedding"] = tebd
         return cls(n_types, dtype=dtype, config=dict(section), **values)
 
     def _net_index(self, ti: int, tj: int) -> int:
         return tj if self.type_one_side else ti * self.n_types + tj
 
+    def _embedding_net(self, ti: int, tj: int, tebd: Optional[torch.Tensor]):
+        """The embedding of s~ for centre type ti and neighbour type tj: (rows, 1) -> (rows, M1).
+
+        With a type embedding ``tebd`` (n_types + 1, tebd_dim), the shared net reads
+        [s~, tebd(tj)] (type_one_side) or [s~, tebd(tj), tebd(ti)]; padded slots of section tj
+        keep the section's type, as DeePMD-kit's TF se_a with type embedding does.
+        """
+        if tebd is None:
+            return self.embeddings[self._net_index(ti, tj)]
+        shared = self.embeddings[0]
+        types_part = tebd[tj] if self.type_one_side else torch.cat([tebd[tj], tebd[ti]])
+        return lambda s: shared(torch.cat([s, types_part.expand(s.shape[0], -1)], dim=-1))
+
     def embedding_contraction(self, env: torch.Tensor, nlist: torch.Tensor, types: torch.Tensor,
                               weights: Optional[torch.Tensor] = None, pad_weight: Optional[torch.Tensor] = None,
                               pair_key: Optional[torch.Tensor] = None,
-                              bounds: Optional[List[Tuple[int, int]]] = None) -> torch.Tensor:
+                              bounds: Optional[List[Tuple[int, int]]] = None,
+                              tebd: Optional[torch.Tensor] = None) -> torch.Tensor:
         """sum_k R~_ik^T G_ik over all N_c slots, (n_atoms, width, M1), for env (n_atoms, n_slots, width).
 
         Exact reformulation for speed: the nets run only on occupied slots; every padded slot of a
@@ -118,6 +156,7 @@ class DescriptorSeA(EnvMatrixDescriptor):
         weight 1); ``pad_weight`` (n_atoms, width) is then their value on padded slots.
         ``pair_key`` (n_edges,), from ``undirected_pair_key``: same-type pairs share one evaluation
         (the two directions of a pair have the same s~ and the same net), ~30% less work on water.
+        ``tebd``: the type-embedding table when the model has one (see ``_embedding_net``).
         """
         bounds = self.section_bounds if bounds is None else bounds
         if weights is None:
@@ -137,7 +176,7 @@ class DescriptorSeA(EnvMatrixDescriptor):
             pieces, positions = [], []  # net values of occupied slots, and their flat slot index
             pad_embedded = env.new_zeros(n_atoms, self.m1)
             for ti in centre_types:
-                net = self.embeddings[self._net_index(ti, tj)]
+                net = self._embedding_net(ti, tj, tebd)
                 select = mask if self.type_one_side else mask & (types == ti).unsqueeze(1)
                 if stop > start and pair_key is not None and (self.type_one_side or ti == tj):
                     # same-type pairs (i, j), (j, i) have equal inputs and nets: evaluate once per pair
@@ -170,10 +209,15 @@ class DescriptorSeA(EnvMatrixDescriptor):
         else:
             (env, nlist), bounds = self.normalized_environment(batch, vectors), None
         pair_key = undirected_pair_key(batch[EDGE_INDEX], batch[EDGE_SHIFTS])
-        a_matrix = self.embedding_contraction(env, nlist, batch[ATOM_TYPES], pair_key=pair_key, bounds=bounds) / self.n_slots  # (n_atoms, 4, M1)
+        types = batch[ATOM_TYPES]
+        tebd = self.type_embedding.table() if self.type_embedding is not None else None
+        a_matrix = self.embedding_contraction(env, nlist, types, pair_key=pair_key, bounds=bounds, tebd=tebd) / self.n_slots  # (n_atoms, 4, M1)
         descriptor = torch.matmul(a_matrix.transpose(1, 2), a_matrix[:, :, : self.m2])  # (n_atoms, M1, M2)
         rot = a_matrix[:, 1:4, :].transpose(1, 2)  # (n_atoms, M1, 3)
-        return descriptor.reshape(descriptor.shape[0], -1), rot
+        descriptor = descriptor.reshape(descriptor.shape[0], -1)
+        if tebd is not None:  # the fitting net reads the centre's type embedding too
+            descriptor = torch.cat([descriptor, tebd[types]], dim=-1)
+        return descriptor, rot
 
 
 DESCRIPTORS.register("se_e2_a", DescriptorSeA, aliases=("se_a",))
