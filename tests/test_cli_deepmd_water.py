@@ -100,3 +100,25 @@ def test_type_embedding_input_trains(water_run):
     assert main(["train", "input.json", "--no-progress"]) == 0
     rows = np.loadtxt(water_run / "lcurve.out")
     assert np.isfinite(rows).all() and rows[-1, 5] < 2.0  # rmse_f_val (eV/Å) of a barely trained model
+
+
+def test_mixed_precision_and_profiling_keys_train(water_run):
+    """training/mixed_precision (bfloat16 compute) and training/profiling through input.json."""
+    config = json.loads((water_run / "input.json").read_text())
+    config["model"]["descriptor"].update(neuron=[4, 8], axis_neuron=4)
+    config["model"]["fitting_net"]["neuron"] = [16]
+    config["training"]["mixed_precision"] = {"output_prec": "float32", "compute_prec": "bfloat16"}
+    config["training"]["profiling"] = True
+    config["training"]["profiling_file"] = "trace.json"
+    config["learning_rate"]["smooth"] = True
+    (water_run / "input.json").write_text(json.dumps(config, indent=2))
+    assert main(["train", "input.json", "--no-progress"]) == 0
+    rows = np.loadtxt(water_run / "lcurve.out")
+    assert np.isfinite(rows).all()
+    trace = json.loads((water_run / "trace.json").read_text())
+    names = {event.get("name") for event in trace["traceEvents"]}
+    assert "aten::mm" in names or "aten::addmm" in names
+    # the matmuls of the profiled steps ran in bfloat16
+    dtypes = {str(arg) for event in trace["traceEvents"] if event.get("name") == "aten::addmm"
+              for arg in (event.get("args", {}).get("Input type") or [])}
+    assert "c10::BFloat16" in dtypes

@@ -230,3 +230,20 @@ def test_registered_composite_model_types_pass_through(water_input):
     water_input["model"] = {"type": "pairwise_dprc"}
     with pytest.raises(ConfigError, match="not supported yet: model/type=pairwise_dprc"):
         deepmd.convert_dict(water_input)
+
+
+def test_mixed_precision_profiling_and_smooth_lr_map_to_native(water_input):
+    water_input["training"]["mixed_precision"] = {"output_prec": "float32", "compute_prec": "float16"}
+    water_input["training"]["profiling"] = True
+    water_input["learning_rate"]["smooth"] = True
+    native = deepmd.convert_dict(water_input)
+    assert native["dtype"] == "float32" and native["training"]["compute_dtype"] == "float16"
+    assert native["model"]["descriptor"]["precision"] == native["model"]["fitting_net"]["precision"] == "float32"
+    assert native["logging"]["profile_file"] == "timeline.json"
+    assert native["lr_schedule"]["smooth"] is True
+    for bad, key in (({"output_prec": "float64", "compute_prec": "float16"}, "output_prec"),
+                     ({"output_prec": "float32", "compute_prec": "int8"}, "compute_prec"),
+                     ({"compute_prec": "float16", "output": 1}, "output")):
+        water_input["training"]["mixed_precision"] = bad
+        with pytest.raises(ConfigError, match=rf"training\.mixed_precision\.{key}"):
+            deepmd.convert_dict(water_input, file="input.json")

@@ -95,3 +95,24 @@ def test_scatter_and_segment_sums():
     index = torch.tensor([0, 2, 0, 1, 2, 2])
     torch.testing.assert_close(scatter_sum(src, index, 4), torch.tensor([[4.0, 6], [6, 7], [20, 23], [0, 0]], dtype=torch.float64))
     torch.testing.assert_close(segment_sum(src, torch.tensor([2, 0, 4])), torch.tensor([[2.0, 4], [0, 0], [28, 32]], dtype=torch.float64))
+
+
+def test_mlp_compute_dtype_runs_the_layers_in_reduced_precision():
+    from mlpot.nn import EmbeddingNet, set_compute_dtype
+
+    torch.manual_seed(0)
+    net = EmbeddingNet(1, [4, 8], seed=3, dtype=torch.float32)
+    x = torch.rand(5, 1)
+    full = net(x)
+    assert set_compute_dtype(net, torch.bfloat16) == 1
+    reduced = net(x)
+    assert reduced.dtype == torch.float32
+    # by hand: every matmul and activation in bfloat16, skips added in bfloat16, result cast back
+    h = x.to(torch.bfloat16)
+    for layer in net.layers:
+        y = torch.tanh(torch.addmm(layer.bias.to(torch.bfloat16), h, layer.weight.to(torch.bfloat16)))
+        h = y + torch.cat([h, h], dim=-1) if layer.skip else y
+    torch.testing.assert_close(reduced, h.float(), atol=0, rtol=0)
+    assert 1e-4 < float((reduced - full).detach().abs().max()) < 0.1
+    set_compute_dtype(net, None)
+    torch.testing.assert_close(net(x), full, atol=0, rtol=0)

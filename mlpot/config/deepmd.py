@@ -353,6 +353,33 @@ def _warmup(lr: Dict[str, Any], training: Dict[str, Any], file: Optional[str]) -
     return out
 
 
+def _mixed_precision(native: Dict[str, Any], section: Any, multi_task: bool, file: Optional[str]) -> None:
+    """training/mixed_precision {output_prec, compute_prec}: as DeePMD-kit, output_prec (float32)
+    replaces the precision of the descriptor, type embedding and fitting, and the networks compute
+    in compute_prec (native ``training.compute_dtype``)."""
+    key = ["training", "mixed_precision"]
+    if not isinstance(section, dict):
+        raise ConfigError("needs a mapping {output_prec, compute_prec}", file=file, key=key)
+    unknown = set(section) - {"output_prec", "compute_prec"}
+    if unknown:
+        raise ConfigError(f"unknown key {sorted(unknown)[0]!r}; valid: output_prec, compute_prec", file=file,
+                          key=key + [sorted(unknown)[0]])
+    if section.get("output_prec", "float32") != "float32":
+        raise ConfigError("only float32 is supported (as in DeePMD-kit)", file=file, key=key + ["output_prec"])
+    if section.get("compute_prec") not in ("float16", "bfloat16"):
+        raise ConfigError("expected float16 or bfloat16", file=file, key=key + ["compute_prec"])
+    if multi_task:
+        raise ConfigError("not supported yet: training/mixed_precision with multi-task models", file=file, key=key)
+    model = native["model"]
+    descriptor = model.get("descriptor")
+    sections = [descriptor] + list(descriptor.get("list", [])) if isinstance(descriptor, dict) else []
+    for part in sections + [model.get("fitting_net"), model.get("type_embedding")]:
+        if isinstance(part, dict):
+            part["precision"] = "float32"
+    native["dtype"] = "float32"
+    native["training"]["compute_dtype"] = section["compute_prec"]
+
+
 def _model_dtype(model: Dict[str, Any]) -> str:
     """Native ``dtype``: the fitting's precision, else the descriptor's, else float64 (DeePMD default)."""
     for section in (model.get("fitting_net", {}), model.get("descriptor", {})):
@@ -399,7 +426,7 @@ def to_native(config: Dict[str, Any], base_dir: PathLike = ".", file: Optional[s
         "decay_steps": lr.get("decay_steps", 5000),
         "scale_by_worker": lr.get("scale_by_worker", "linear"),
     }
-    for key in ("stop_lr", "stop_lr_ratio", "decay_rate"):
+    for key in ("stop_lr", "stop_lr_ratio", "decay_rate", "smooth"):
         if lr.get(key) is not None:
             lr_schedule[key] = lr[key]
     if "stop_lr" not in lr_schedule and "stop_lr_ratio" not in lr_schedule:
@@ -440,6 +467,10 @@ def to_native(config: Dict[str, Any], base_dir: PathLike = ".", file: Optional[s
         native["loss"] = _loss_section(config["loss"], config["model"].get("fitting_net", {}).get("type", "ener"))
     if training.get("gradient_max_norm") is not None:
         native["training"]["clip_grad_norm"] = training["gradient_max_norm"]
+    if training.get("profiling"):
+        native["logging"]["profile_file"] = training.get("profiling_file") or "timeline.json"
+    if training.get("mixed_precision") is not None:
+        _mixed_precision(native, training["mixed_precision"], multi_task, file)
     if training.get("enable_ema"):
         native["ema"] = {"decay": training.get("ema_decay", 0.999)}
     return native

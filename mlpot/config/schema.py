@@ -172,6 +172,9 @@ class TrainingConfig(Strict):
     clip_grad_norm: Optional[float] = Field(None, gt=0, validation_alias=AliasChoices("clip_grad_norm", "gradient_max_norm"))
     max_nonfinite: int = Field(100, ge=0, description="stop after this many skipped non-finite steps")
     valid_freq: Optional[int] = Field(None, ge=1, description="validate every N steps (default disp_freq)")
+    compute_dtype: Optional[Literal["float16", "bfloat16"]] = Field(
+        None, description="mixed precision: the networks' matmuls and activations run in this dtype during "
+        "training (parameters, gradients and everything else stay in dtype); frozen models evaluate in full precision")
 
     @model_validator(mode="after")
     def _length(self):
@@ -227,6 +230,8 @@ class LoggingConfig(Strict):
     progress_bar: bool = True
     disp_training: bool = True
     time_training: bool = True
+    profile_file: Optional[str] = Field(None, description="write a torch.profiler Chrome trace of training "
+                                        "steps 2-6 to this file (DeePMD-kit training/profiling)")
 
 
 class CheckpointConfig(Strict):

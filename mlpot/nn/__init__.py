@@ -1,7 +1,7 @@
 """Building blocks with no physics: DeePMD-style MLPs, activations, switching functions, scatter sums, registry."""
 
 from mlpot.nn.activations import ACTIVATIONS, get_activation
-from mlpot.nn.mlp import MLP, EmbeddingNet, FittingNet, MLPLayer
+from mlpot.nn.mlp import MLP, EmbeddingNet, FittingNet, MLPLayer, set_compute_dtype
 from mlpot.nn.registry import Registry
 from mlpot.nn.scatter import scatter_sum, segment_sum
 from mlpot.nn.switch import smooth_switch
@@ -12,6 +12,7 @@ __all__ = [
     "MLP",
     "MLPLayer",
     "EmbeddingNet",
+    "set_compute_dtype",
     "FittingNet",
     "Registry",
     "scatter_sum",

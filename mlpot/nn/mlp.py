@@ -9,6 +9,10 @@ idt ~ N(0.1, 0.001), drawn from a generator seeded by ``seed`` when given.
 * ``EmbeddingNet``: every layer is a resnet layer (descriptor embedding nets).
 * ``FittingNet``: resnet hidden layers, then a linear output layer with bias (fitting nets).
 
+Mixed precision (DeePMD-kit's ``training/mixed_precision``): ``MLP.compute_dtype`` (None, or
+torch.float16 / torch.bfloat16) runs the layers under ``torch.autocast`` (matmuls and
+activations in that dtype, parameters kept in theirs) and casts the output back to the input dtype.
+
 Shapes: input (..., n_in) -> output (..., n_out); no physical units.
 """
 
@@ -20,7 +24,7 @@ import torch
 
 from mlpot.nn.activations import get_activation
 
-__all__ = ["MLPLayer", "MLP", "EmbeddingNet", "FittingNet"]
+__all__ = ["MLPLayer", "MLP", "EmbeddingNet", "FittingNet", "set_compute_dtype"]
 
 
 def _generator(seed: Optional[int]) -> Optional[torch.Generator]:
@@ -118,8 +122,15 @@ class MLP(torch.nn.Module):
             width = int(out_dim)
         self.layers = torch.nn.ModuleList(layers)
         self.in_dim, self.out_dim = int(in_dim), width
+        self.compute_dtype: Optional[torch.dtype] = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.compute_dtype is not None:
+            with torch.autocast(x.device.type, dtype=self.compute_dtype):
+                y = x
+                for layer in self.layers:
+                    y = layer(y)
+            return y.to(x.dtype)
         for layer in self.layers:
             x = layer(x)
         return x
@@ -137,3 +148,11 @@ class FittingNet(MLP):
 
     def __init__(self, in_dim: int, neuron: Sequence[int], out_dim: int = 1, **kwargs):
         super().__init__(in_dim, neuron, out_dim, resnet=True, **kwargs)
+
+
+def set_compute_dtype(module: torch.nn.Module, dtype: Optional[torch.dtype]) -> int:
+    """Set ``compute_dtype`` on every MLP inside ``module`` (None = full precision); returns how many."""
+    nets = [m for m in module.modules() if isinstance(m, MLP)]
+    for net in nets:
+        net.compute_dtype = dtype
+    return len(nets)

@@ -108,6 +108,10 @@ class Trainer:
             config, self.dtype, file=file, with_statistics=checkpoint is None and init_weights is None,
             device=self.dist.device)
         self.model = self.data.model
+        if config.training.compute_dtype is not None:
+            from mlpot.nn import set_compute_dtype
+
+            set_compute_dtype(self.model, getattr(torch, config.training.compute_dtype))
         self._set_up_tasks()
         if init_weights is not None:
             self._init_weights(init_weights)
@@ -472,6 +476,28 @@ class Trainer:
             print(line, file=self.stdout, flush=True)
 
     # ---- the loop ------------------------------------------------------------------------
+    PROFILED_STEPS = range(2, 7)  # displayed (1-based) steps; step 1 carries one-off set-up costs
+
+    def _profile(self, shown: Optional[int]) -> None:
+        """torch.profiler over ``PROFILED_STEPS`` when ``logging.profile_file`` is set (main rank);
+        the Chrome trace is written when the window closes or training ends (``shown`` None)."""
+        path = self.config.logging.profile_file
+        if not path or not self.dist.is_main:
+            return
+        profiler = getattr(self, "profiler", None)
+        if profiler is None and shown is not None and shown in self.PROFILED_STEPS:
+            from torch.profiler import ProfilerActivity, profile
+
+            activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if self.dist.device.type == "cuda" else [])
+            self.profiler = profile(activities=activities, record_shapes=True)
+            self.profiler.__enter__()
+        elif profiler is not None and (shown is None or shown not in self.PROFILED_STEPS):
+            profiler.__exit__(None, None, None)
+            target = self.out / path
+            profiler.export_chrome_trace(str(target))
+            self._write(f"wrote the profile of steps {self.PROFILED_STEPS.start}-{self.PROFILED_STEPS.stop - 1} to {target}")
+            self.profiler = None
+
     def run(self) -> Dict[str, float]:
         """Train to the end; returns the last validation (or training) values."""
         from tqdm import tqdm
@@ -492,6 +518,7 @@ class Trainer:
                 if index != self.stage_index:
                     self._enter_stage(index)
                 shown = self.step + 1
+                self._profile(shown)
                 train = self.train_step(metrics=shown == 1 or shown % disp_freq == 0 or shown == self.total_steps)
                 self.bar.update(1)
                 self.bar.set_postfix(loss=f"{train['loss']:.4g}", lr=f"{train['lr']:.2e}", refresh=False)
@@ -509,6 +536,7 @@ class Trainer:
                     last = valid or train
                 if self.step % cfg.checkpoint.every == 0 or end:
                     self.save()
+            self._profile(None)
             elapsed = time.perf_counter() - start_time
             if self.dist.is_main and cfg.logging.time_training and self.step > start_step:
                 self._write(f"average training time: {elapsed / (self.step - start_step):.4f} s/step "
