@@ -26,11 +26,11 @@ from typing import Any, Dict, Optional, Union
 import torch
 
 from mlpot.errors import CheckpointError
+from mlpot.models.compose import FROZEN_FORMAT
 
 __all__ = ["FROZEN_FORMAT", "freeze", "load_model", "read_model_file"]
 
-FROZEN_FORMAT = "mlpot-frozen"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 1  # FROZEN_FORMAT (the file's "format" entry) is defined once, in mlpot.models.compose
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 PathLike = Union[str, os.PathLike]

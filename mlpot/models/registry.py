@@ -17,7 +17,7 @@ from mlpot.models.base import AtomisticModel, check_type_map
 from mlpot.models.config_keys import REQUIRED, read_section, resolve_sel
 from mlpot.models.descriptors import DESCRIPTORS
 from mlpot.models.fitting import FITTINGS
-import mlpot.models.tensor_fitting  # noqa: F401  (registers dipole and polar)
+from mlpot.models.tensor_fitting import DipoleFitting, PolarFitting
 from mlpot.models.standard import StandardModel
 from mlpot.models.compose import build_frozen, build_linear_ener
 from mlpot.models.multitask import build_multi_task
@@ -79,6 +79,8 @@ def build_standard(config: Dict[str, Any], dtype: torch.dtype) -> StandardModel:
                          data_stat_protect=values["data_stat_protect"])
 
 
+FITTINGS.register("dipole", DipoleFitting)
+FITTINGS.register("polar", PolarFitting, aliases=("polarizability",))
 MODELS.register("standard", with_short_range_table(build_standard))  # use_srtab: mlpot.models.pair
 MODELS.register("pairtab", build_pairtab)
 MODELS.register("linear_ener", build_linear_ener)

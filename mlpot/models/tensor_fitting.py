@@ -17,7 +17,7 @@ import torch
 
 from mlpot.data.keys import ATOM_TYPES, ATOMIC_DIPOLE, ATOMIC_POLARIZABILITY, BATCH, DIPOLE, POLARIZABILITY, weight_key
 from mlpot.errors import ConfigError
-from mlpot.models.fitting import FITTINGS, FITTING_UNSUPPORTED, InvariantFitting, least_squares_bias
+from mlpot.models.fitting import FITTING_UNSUPPORTED, InvariantFitting, least_squares_bias
 
 __all__ = ["DipoleFitting", "PolarFitting"]
 
@@ -147,5 +147,3 @@ class PolarFitting(_TensorFitting):
         return {"constant_matrix": constant.tolist()}
 
 
-FITTINGS.register("dipole", DipoleFitting)
-FITTINGS.register("polar", PolarFitting, aliases=("polarizability",))
