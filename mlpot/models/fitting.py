@@ -176,6 +176,26 @@ class InvariantFitting(torch.nn.Module):
 class EnerFitting(InvariantFitting):
     """Energy fitting: one output per atom, eV. ``forward`` returns (n_atoms, 1)."""
 
+    def center_initial_output(self, mean_net_output: torch.Tensor, counts: torch.Tensor) -> None:
+        """Shift the output-layer bias so the untrained nets average zero per type.
+
+        mean_net_output: (n_types, 1) mean raw net output per atom type over the statistics sample
+        (eV); counts: (n_types,) atoms behind each mean. DeePMD-kit draws this bias from N(0, 1),
+        so an untrained water model is off by ~1 eV/atom, an offset that only the (small, early)
+        energy term of the loss removes; on the water example energies then lag the forces for
+        thousands of steps. Centred, training starts at the label-regressed energies (bias_atom).
+        """
+        with torch.no_grad():
+            if self.mixed_types:
+                total = counts.sum()
+                if total > 0:
+                    shift = (mean_net_output * counts.unsqueeze(1)).sum(0) / total
+                    self.nets[0].layers[-1].bias -= shift.to(self.net_dtype)
+                return
+            for t in range(self.n_types):
+                if counts[t] > 0:
+                    self.nets[t].layers[-1].bias -= mean_net_output[t].to(self.net_dtype)
+
 
 class DosFitting(InvariantFitting):
     """DOS fitting: ``numb_dos`` outputs per atom (states/eV), per-type bias from the global DOS."""

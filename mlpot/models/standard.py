@@ -77,4 +77,21 @@ class StandardModel(AtomisticModel):
         samples = [(b, edge_vectors(b)) for b in batches]
         summary = {"descriptor": self.descriptor.compute_statistics(samples)}
         summary["fitting"] = self.fitting.compute_output_statistics(batches, protection=self.data_stat_protect)
+        if hasattr(self.fitting, "center_initial_output"):
+            self._center_initial_output(samples)
         return summary
+
+    def _center_initial_output(self, samples) -> None:
+        """Mean raw fitting-net output per type over the sample -> ``fitting.center_initial_output``."""
+        n_types = len(self.type_map)
+        sums = torch.zeros(n_types, 1, dtype=torch.float64)
+        counts = torch.zeros(n_types, dtype=torch.float64)
+        with torch.no_grad():
+            for batch, vectors in samples:
+                descriptor, _ = self.descriptor(batch, vectors)
+                types = batch[ATOM_TYPES]
+                inputs = self.fitting._inputs(descriptor, batch[BATCH], batch.get(FPARAM), batch.get(APARAM))
+                raw = self.fitting.net_outputs(inputs, types).to(torch.float64).cpu()
+                sums.index_add_(0, types.cpu(), raw)
+                counts += torch.bincount(types.cpu(), minlength=n_types).to(torch.float64)
+        self.fitting.center_initial_output(sums / counts.clamp(min=1).unsqueeze(1), counts)
