@@ -305,3 +305,26 @@ def test_type_embedding_errors():
     config["descriptor"] = {"type": "se_e3", "sel": [4, 4], "rcut": 3.0, "neuron": [4]}
     with pytest.raises(ConfigError, match="not supported yet: model/type_embedding"):
         build_model(config)
+
+
+@pytest.mark.parametrize("with_type_embedding", [False, True])
+def test_untrained_model_starts_at_the_label_mean_energy(shared_data, with_type_embedding):
+    """After the statistics the fitting nets are centred per type: over the sample, the mean model
+    energy equals the mean label energy (water frames share one composition), where DeePMD-kit's
+    N(0, 1) output bias would leave ~1 eV/atom."""
+    from mlpot.data import AtomsDataset, collate, read_frames
+
+    config = small_config()
+    if with_type_embedding:
+        config["type_embedding"] = {"neuron": [4], "seed": 3}
+    config["type_map"] = ["O", "H"]
+    config["descriptor"].update(sel=[46, 92], rcut=6.0, rcut_smth=0.5)
+    frames = read_frames(shared_data("deepmd_water/data_0"), type_map=["O", "H"])
+    dataset = AtomsDataset(frames[:6], 6.0)
+    batches = [collate([dataset[i]]) for i in range(6)]
+    model = build_model(config)
+    model.compute_statistics(batches)
+    with torch.no_grad():
+        errors = torch.stack([(model(b)[K.ENERGY] - b[K.ENERGY])[0] for b in batches]) / 192
+    assert abs(float(errors.mean())) < 1e-9
+    assert float(errors.abs().max()) < 0.05  # per-frame spread of an untrained net, eV/atom
