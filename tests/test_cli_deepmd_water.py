@@ -122,3 +122,22 @@ def test_mixed_precision_and_profiling_keys_train(water_run):
     dtypes = {str(arg) for event in trace["traceEvents"] if event.get("name") == "aten::addmm"
               for arg in (event.get("args", {}).get("Input type") or [])}
     assert "c10::BFloat16" in dtypes
+
+
+def test_change_bias_after_training_zeroes_the_mean_error_on_the_statistics_sample(water_run, shared_data, capsys):
+    config = json.loads((water_run / "input.json").read_text())
+    config["model"]["descriptor"].update(neuron=[4, 8], axis_neuron=4)
+    config["model"]["fitting_net"]["neuron"] = [16]
+    config["model"]["data_stat_nbatch"] = 3
+    config["training"]["change_bias_after_training"] = True
+    (water_run / "input.json").write_text(json.dumps(config, indent=2))
+    assert main(["train", "input.json", "--no-progress"]) == 0
+    assert "changed the energy bias after training by O" in capsys.readouterr().out
+    assert main(["freeze", "-o", "frozen.pth"]) == 0
+    errors = []
+    for system in ("data_0", "data_1"):  # the statistics sample: the first 3 frames of each system
+        assert main(["test", "-m", "frozen.pth", "-s", str(shared_data(f"deepmd_water/{system}")), "-n", "3",
+                     "-d", f"detail_{system}"]) == 0
+        table = np.loadtxt(water_run / f"detail_{system}.e.out")
+        errors.append(table[:, 1] - table[:, 0])
+    assert abs(np.concatenate(errors).mean()) < 1e-6  # eV per frame: the least-squares shift removed it

@@ -59,6 +59,7 @@ class TrainingData:
     valid_sampler: Optional[object] = None
     numb_btch: int = 1
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    stat_samples: list = field(default_factory=list)  # the statistics sample (collated batches)
 
     def _batch(self, dataset: AtomsDataset, indices: List[int]):
         batch = collate([dataset[i] for i in indices], dtype=torch.float64)
@@ -186,6 +187,7 @@ def build_training_data(config: "NativeConfig", dtype: torch.dtype, *, file: Opt
         return _build_multi_task_data(config, dtype, with_statistics, device)
     model = build_model(_auto_sel(config.model, config.data), dtype=dtype)
     data, samples = _datasets(model, config.model, config.data, config.seed, device)
+    data.stat_samples = samples
     if with_statistics and hasattr(model, "compute_statistics"):
         model.compute_statistics(samples)
     model.to(device)
@@ -204,6 +206,7 @@ def _build_multi_task_data(config: "NativeConfig", dtype: torch.dtype, with_stat
         head = model.heads[name]
         # seeds 2k+2, 2k+3 for task k's train/valid samplers; the task choice uses the seed itself
         tasks[name], samples[name] = _datasets(head, head.config, task.data, config.seed + 2 * index + 2, device)
+        tasks[name].stat_samples = samples[name]
     n_systems = {name: len(task.data.train.paths) for name, task in config.tasks.items()}
     probabilities = task_probabilities({name: task.prob for name, task in config.tasks.items()}, n_systems)
     sampler = TaskSampler(list(config.tasks), [probabilities[name] for name in config.tasks], seed=config.seed)

@@ -476,6 +476,47 @@ class Trainer:
             print(line, file=self.stdout, flush=True)
 
     # ---- the loop ------------------------------------------------------------------------
+    def change_energy_bias(self) -> Dict[str, List[float]]:
+        """Shift each energy head's ``bias_atom`` by the least-squares per-type fit of
+        (label - prediction) over its statistics sample (DeePMD-kit ``change_bias_after_training``,
+        mode change-by-statistic); types with an ``atom_ener`` preset keep theirs. Returns the
+        shifts (eV per atom of each type) by task."""
+        import contextlib
+
+        from mlpot.models.fitting import least_squares_bias
+
+        shifts: Dict[str, List[float]] = {}
+        self.model.eval()
+        with self.ema.applied(self.model) if self.ema is not None else contextlib.nullcontext():
+            for task, head in self.heads.items():
+                fitting = getattr(head, "fitting", None)
+                if fitting is None or getattr(fitting, "frame_key", None) != K.ENERGY:
+                    continue
+                counts, residuals = [], []
+                for batch in self.task_data[task].stat_samples:
+                    if K.ENERGY not in batch:
+                        continue
+                    batch = {k: v.to(self.dist.device) for k, v in batch.items()}
+                    with torch.no_grad():
+                        predicted = head(batch)[K.ENERGY].to(torch.float64)
+                    n_frames = predicted.shape[0]
+                    count = torch.zeros(n_frames, fitting.n_types, dtype=torch.float64, device=predicted.device)
+                    count.index_put_((batch[K.BATCH], batch[K.ATOM_TYPES]), torch.ones_like(batch[K.BATCH], dtype=torch.float64),
+                                     accumulate=True)
+                    counts.append(count.cpu().numpy())
+                    residuals.append((batch[K.ENERGY].to(torch.float64) - predicted).reshape(n_frames, 1).cpu().numpy())
+                if not counts:
+                    continue
+                fixed = [0.0 if a is not None else None for a in (fitting.atom_ener or [None] * fitting.n_types)]
+                shift = least_squares_bias(np.concatenate(counts), np.concatenate(residuals), fitting.rcond, fixed)
+                with torch.no_grad():
+                    fitting.bias_atom += torch.as_tensor(shift, dtype=fitting.bias_atom.dtype, device=fitting.bias_atom.device)
+                shifts[task] = shift[:, 0].tolist()
+                label = f" of task {task}" if self.multi_task else ""
+                self._write(f"changed the energy bias{label} after training by "
+                            f"{', '.join(f'{t} {v:+.6g}' for t, v in zip(head.type_map, shifts[task]))} eV")
+        return shifts
+
     PROFILED_STEPS = range(2, 7)  # displayed (1-based) steps; step 1 carries one-off set-up costs
 
     def _profile(self, shown: Optional[int]) -> None:
@@ -537,6 +578,9 @@ class Trainer:
                 if self.step % cfg.checkpoint.every == 0 or end:
                     self.save()
             self._profile(None)
+            if cfg.training.change_bias_after_training and self.dist.is_main:
+                self.change_energy_bias()
+                self.save()
             elapsed = time.perf_counter() - start_time
             if self.dist.is_main and cfg.logging.time_training and self.step > start_step:
                 self._write(f"average training time: {elapsed / (self.step - start_step):.4f} s/step "
