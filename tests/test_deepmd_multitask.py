@@ -244,7 +244,8 @@ def test_frozen_head_gives_the_multitask_heads_energies(systems, tmp_path, monke
         torch.testing.assert_close(_energies(frozen, task_data, indices), expected, rtol=0, atol=1e-10)
     # the two heads differ (own fitting nets and biases) on the same frames
     frames = data.tasks["water_a"]
-    assert not torch.allclose(_energies(multi.heads["water_a"], frames, [0]), _energies(multi.heads["water_b"], frames, [0]))
+    difference = _energies(multi.heads["water_a"], frames, [0]) - _energies(multi.heads["water_b"], frames, [0])
+    assert float(difference.abs().max()) > 1e-3  # eV; both heads' biases were refitted to the same data
 
 
 def test_resume_is_exact(systems, tmp_path):

@@ -257,7 +257,7 @@ TRAINING = {
     "profiling": _k(S, note="torch.profiler Chrome trace of training steps 2-6"),
     "profiling_file": _k(S, note="trace file (default timeline.json)"),
     "enable_profiler": _k(I),
-    "change_bias_after_training": _k(S, note="least-squares shift of the energy bias on the statistics sample after the last step (change-by-statistic)"),
+    "change_bias_after_training": _k(S, note="least-squares shift of the energy bias on the statistics sample after the last step (change-by-statistic); on unless set to false (DeePMD-kit: off by default)"),
     "enable_ema": _k(S),
     "ema_decay": _k(S),
     "enable_compile": _k(I, note="mlpot does not use torch.compile for training"),

@@ -467,8 +467,8 @@ def to_native(config: Dict[str, Any], base_dir: PathLike = ".", file: Optional[s
         native["loss"] = _loss_section(config["loss"], config["model"].get("fitting_net", {}).get("type", "ener"))
     if training.get("gradient_max_norm") is not None:
         native["training"]["clip_grad_norm"] = training["gradient_max_norm"]
-    if training.get("change_bias_after_training"):
-        native["training"]["change_bias_after_training"] = True
+    if training.get("change_bias_after_training") is not None:  # absent: mlpot's default (on)
+        native["training"]["change_bias_after_training"] = bool(training["change_bias_after_training"])
     if training.get("profiling"):
         native["logging"]["profile_file"] = training.get("profiling_file") or "timeline.json"
     if training.get("mixed_precision") is not None:

@@ -173,8 +173,8 @@ class TrainingConfig(Strict):
     max_nonfinite: int = Field(100, ge=0, description="stop after this many skipped non-finite steps")
     valid_freq: Optional[int] = Field(None, ge=1, description="validate every N steps (default disp_freq)")
     change_bias_after_training: bool = Field(
-        False, description="after the last step, shift the energy bias by a least-squares fit of the "
-        "remaining error on the statistics sample (DeePMD-kit's change-by-statistic)")
+        True, description="after the last step, shift the energy bias by a least-squares fit of the "
+        "remaining error on the statistics sample (DeePMD-kit's change-by-statistic; its default is off)")
     compute_dtype: Optional[Literal["float16", "bfloat16"]] = Field(
         None, description="mixed precision: the networks' matmuls and activations run in this dtype during "
         "training (parameters, gradients and everything else stay in dtype); frozen models evaluate in full precision")
