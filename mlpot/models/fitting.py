@@ -133,7 +133,9 @@ class InvariantFitting(torch.nn.Module):
         return out.to(torch.float64) + self.bias_atom[types]
 
     # ---- statistics ------------------------------------------------------------------------
-    def _label_statistics(self, batches) -> Optional[Dict[str, Any]]:
+    def _frame_counts_and_values(self, batches):
+        """(type counts (n_frames, n_types), frame labels (n_frames, n_out)) as numpy arrays over
+        the frames that carry the frame label (find_* gating), or None when none does."""
         counts, values = [], []
         for batch in batches:
             if self.frame_key not in batch:
@@ -147,10 +149,30 @@ class InvariantFitting(torch.nn.Module):
             values.append(batch[self.frame_key].detach().to(torch.float64).reshape(n_frames, -1)[present].numpy())
         if not counts:
             return None
-        counts, values = np.concatenate(counts), np.concatenate(values)
+        return np.concatenate(counts), np.concatenate(values)
+
+    def _label_statistics(self, batches) -> Optional[Dict[str, Any]]:
+        data = self._frame_counts_and_values(batches)
+        if data is None:
+            return None
+        counts, values = data
         bias = least_squares_bias(counts, values, self.rcond, self.atom_ener)
         residual = values - counts @ bias
         return {"bias": bias, "std": residual.std(axis=0) if len(residual) > 1 else np.ones(values.shape[1])}
+
+    def refit_bias(self, residual_batches: Sequence[Dict[str, torch.Tensor]]) -> Optional[np.ndarray]:
+        """Add to ``bias_atom`` the least-squares per-type fit of the frame label of
+        ``residual_batches`` (label - prediction, CPU batches); types with an ``atom_ener`` preset
+        keep theirs. Returns the shift (n_types, n_out), or None when no frame has the label."""
+        data = self._frame_counts_and_values(residual_batches)
+        if data is None:
+            return None
+        counts, values = data
+        fixed = [0.0 if a is not None else None for a in (self.atom_ener or [None] * self.n_types)]
+        shift = least_squares_bias(counts, values, self.rcond, fixed)
+        with torch.no_grad():
+            self.bias_atom += torch.as_tensor(shift, dtype=self.bias_atom.dtype, device=self.bias_atom.device)
+        return shift
 
     def compute_output_statistics(self, batches: Sequence[Dict[str, torch.Tensor]], protection: float = 1e-2) -> Dict[str, Any]:
         summary: Dict[str, Any] = {}

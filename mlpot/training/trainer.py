@@ -139,6 +139,7 @@ class Trainer:
         self.losses: Dict[str, WeightedLoss] = {}
         self.loss: Optional[WeightedLoss] = None  # the first (single-task: the only) task's loss
         self.debug_log = self.lcurve = self.csv = self.bar = None
+        self.profiler = None  # torch.profiler while PROFILED_STEPS run (logging.profile_file)
 
     # ---- set-up ------------------------------------------------------------------------
     def _set_up_tasks(self) -> None:
@@ -483,8 +484,6 @@ class Trainer:
         shifts (eV per atom of each type) by task."""
         import contextlib
 
-        from mlpot.models.fitting import least_squares_bias
-
         shifts: Dict[str, List[float]] = {}
         self.model.eval()
         with self.ema.applied(self.model) if self.ema is not None else contextlib.nullcontext():
@@ -492,25 +491,17 @@ class Trainer:
                 fitting = getattr(head, "fitting", None)
                 if fitting is None or getattr(fitting, "frame_key", None) != K.ENERGY:
                     continue
-                counts, residuals = [], []
+                residuals = []
                 for batch in self.task_data[task].stat_samples:
                     if K.ENERGY not in batch:
                         continue
-                    batch = {k: v.to(self.dist.device) for k, v in batch.items()}
                     with torch.no_grad():
-                        predicted = head(batch)[K.ENERGY].to(torch.float64)
-                    n_frames = predicted.shape[0]
-                    count = torch.zeros(n_frames, fitting.n_types, dtype=torch.float64, device=predicted.device)
-                    count.index_put_((batch[K.BATCH], batch[K.ATOM_TYPES]), torch.ones_like(batch[K.BATCH], dtype=torch.float64),
-                                     accumulate=True)
-                    counts.append(count.cpu().numpy())
-                    residuals.append((batch[K.ENERGY].to(torch.float64) - predicted).reshape(n_frames, 1).cpu().numpy())
-                if not counts:
+                        predicted = head({k: v.to(self.dist.device) for k, v in batch.items()})[K.ENERGY]
+                    residuals.append(dict(batch, **{K.ENERGY: batch[K.ENERGY].to(torch.float64)
+                                                    - predicted.to(torch.float64).cpu()}))
+                shift = fitting.refit_bias(residuals)
+                if shift is None:
                     continue
-                fixed = [0.0 if a is not None else None for a in (fitting.atom_ener or [None] * fitting.n_types)]
-                shift = least_squares_bias(np.concatenate(counts), np.concatenate(residuals), fitting.rcond, fixed)
-                with torch.no_grad():
-                    fitting.bias_atom += torch.as_tensor(shift, dtype=fitting.bias_atom.dtype, device=fitting.bias_atom.device)
                 shifts[task] = shift[:, 0].tolist()
                 label = f" of task {task}" if self.multi_task else ""
                 self._write(f"changed the energy bias{label} after training by "
@@ -525,7 +516,7 @@ class Trainer:
         path = self.config.logging.profile_file
         if not path or not self.dist.is_main:
             return
-        profiler = getattr(self, "profiler", None)
+        profiler = self.profiler
         if profiler is None and shown is not None and shown in self.PROFILED_STEPS:
             from torch.profiler import ProfilerActivity, profile
 
