@@ -244,6 +244,25 @@ def assert_batch_consistent(model, batch: Batch, keys: Sequence[str] = (K.ENERGY
         torch.testing.assert_close(together[key], torch.cat([s[key] for s in singles]), atol=atol, rtol=rtol)
 
 
+def assert_excluded_pair_decoupled(descriptor, batch: Batch, *, shielded_type: int = 0, moved_type: int = 1,
+                                   min_change: float = 1e-8) -> None:
+    """With ``exclude_types`` [[shielded_type, moved_type]]: moving the first atom of ``moved_type``
+    by 1e-3 Å (crossing no cutoff) leaves the descriptors of every ``shielded_type`` atom unchanged
+    and changes those of the other atoms by more than ``min_change``."""
+    from mlpot.models.base import edge_vectors
+
+    types = batch[K.ATOM_TYPES]
+    before, _ = descriptor(batch, edge_vectors(batch))
+    moved = dict(batch)
+    positions = batch[K.POSITIONS].clone()
+    positions[int(torch.nonzero(types == moved_type)[0])] += 1e-3
+    moved[K.POSITIONS] = positions
+    after, _ = descriptor(moved, edge_vectors(moved))
+    shielded = types == shielded_type
+    torch.testing.assert_close(before[shielded], after[shielded])
+    assert float((before[~shielded] - after[~shielded]).abs().max()) > min_change
+
+
 def random_batch(n_frames: int = 2, n_atoms: Sequence[int] | int = 8, n_types: int = 2, *, cutoff: float = 3.5,
                  box: Sequence[float] | float = 5.0, periodic: bool = True, triclinic: bool = True, seed: int = 0,
                  dtype: torch.dtype = torch.float64) -> Batch:
