@@ -18,6 +18,7 @@ Shapes: input (..., n_in) -> output (..., n_out); no physical units.
 
 from __future__ import annotations
 
+import contextlib
 from typing import Optional, Sequence
 
 import torch
@@ -125,15 +126,13 @@ class MLP(torch.nn.Module):
         self.compute_dtype: Optional[torch.dtype] = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.compute_dtype is not None:
-            with torch.autocast(x.device.type, dtype=self.compute_dtype):
-                y = x
-                for layer in self.layers:
-                    y = layer(y)
-            return y.to(x.dtype)
-        for layer in self.layers:
-            x = layer(x)
-        return x
+        precision = (torch.autocast(x.device.type, dtype=self.compute_dtype) if self.compute_dtype is not None
+                     else contextlib.nullcontext())
+        with precision:
+            y = x
+            for layer in self.layers:
+                y = layer(y)
+        return y.to(x.dtype)  # a no-op in full precision
 
 
 class EmbeddingNet(MLP):

@@ -48,7 +48,6 @@ class EnvMatrixDescriptor(Descriptor):
     """
 
     radial_only = False
-    env_in_model_dtype = True
 
     def _init_env(self, n_types, rcut, rcut_smth, sel, env_protection, set_davg_zero, exclude_types, dtype):
         self.n_types = int(n_types)
@@ -105,8 +104,8 @@ class EnvMatrixDescriptor(Descriptor):
         nlist = nlist[:, columns]
         # edge vectors are short (< rcut), so the descriptor dtype holds them to its own precision
         # whatever the absolute coordinates; float32 models then build the env matrix in float32
-        env = environment_matrix(vectors.to(self.davg.dtype) if self.env_in_model_dtype else vectors, nlist,
-                                 self.rcut, self.rcut_smth, env_protection=self.env_protection, radial_only=self.radial_only)
+        env = environment_matrix(vectors.to(self.davg.dtype), nlist, self.rcut, self.rcut_smth,
+                                 env_protection=self.env_protection, radial_only=self.radial_only)
         return self._normalize(env, nlist, batch[ATOM_TYPES], self.slot_types[columns]), nlist, bounds
 
     def _normalize(self, env, nlist, types, slot_types) -> torch.Tensor:
