@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from mlpot.errors import ConfigError
-from mlpot.nn import ACTIVATIONS, EmbeddingNet, FittingNet, MLPLayer, Registry, get_activation, scatter_sum, segment_sum, smooth_switch
+from mlpot.nn import ACTIVATIONS, EmbeddingNet, FittingNet, MLPLayer, Registry, gather_rows, get_activation, scatter_sum, segment_sum, smooth_switch
 
 
 def test_resnet_rule_identity_doubled_and_none(dtype):
@@ -95,6 +95,19 @@ def test_scatter_and_segment_sums():
     index = torch.tensor([0, 2, 0, 1, 2, 2])
     torch.testing.assert_close(scatter_sum(src, index, 4), torch.tensor([[4.0, 6], [6, 7], [20, 23], [0, 0]], dtype=torch.float64))
     torch.testing.assert_close(segment_sum(src, torch.tensor([2, 0, 4])), torch.tensor([[2.0, 4], [0, 0], [28, 32]], dtype=torch.float64))
+
+
+def test_gather_rows_equals_advanced_indexing_through_double_backward():
+    torch.manual_seed(0)
+    src = torch.rand(5, 3, dtype=torch.float64, requires_grad=True)
+    index = torch.tensor([[4, 0, 4], [1, 1, 2]])
+    out = gather_rows(src, index)
+    assert out.shape == (2, 3, 3)
+    torch.testing.assert_close(out, src[index])
+    # repeated rows accumulate in the backward; second derivatives flow through it
+    torch.autograd.gradcheck(lambda s: gather_rows(s, index), (src,))
+    torch.autograd.gradgradcheck(lambda s: gather_rows(s, index) ** 2, (src,))
+    assert gather_rows(src, torch.zeros(0, dtype=torch.long)).shape == (0, 3)
 
 
 def test_mlp_compute_dtype_runs_the_layers_in_reduced_precision():

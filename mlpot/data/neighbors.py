@@ -74,9 +74,11 @@ def edge_vectors(positions: torch.Tensor, edge_index: torch.Tensor, edge_shifts:
     if cell.dim() == 2:
         offsets = edge_shifts.to(positions.dtype) @ cell
     else:
-        frame_cell = cell[batch[i]]  # (n_edges, 3, 3)
+        frame_cell = cell.index_select(0, batch.index_select(0, i))  # (n_edges, 3, 3)
         offsets = torch.einsum("ea,eab->eb", edge_shifts.to(positions.dtype), frame_cell)
-    return positions[j] - positions[i] + offsets
+    # index_select rather than positions[j]: its backward is a vectorised index_add (advanced
+    # indexing backs up through a serial accumulating index_put on CPU), see nn.gather_rows
+    return positions.index_select(0, j) - positions.index_select(0, i) + offsets
 
 
 def build_sel_matrix(edge_index: torch.Tensor, edge_distance: torch.Tensor, neighbor_types: torch.Tensor,

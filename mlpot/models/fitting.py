@@ -25,7 +25,7 @@ from mlpot.data.keys import (
     APARAM, ATOM_DOS, ATOM_ENERGY, ATOM_TYPES, BATCH, DOS, ENERGY, FPARAM, weight_key,
 )
 from mlpot.errors import ConfigError
-from mlpot.nn import FittingNet, Registry
+from mlpot.nn import FittingNet, Registry, gather_rows
 
 __all__ = ["FITTINGS", "InvariantFitting", "EnerFitting", "DosFitting", "least_squares_bias"]
 
@@ -105,7 +105,7 @@ class InvariantFitting(torch.nn.Module):
         if self.numb_fparam:
             if fparam is None:
                 raise ConfigError(f"the model needs fparam ({self.numb_fparam} per frame) but the batch has none", key=FPARAM)
-            parts.append(((fparam.to(self.net_dtype) - self.fparam_avg) * self.fparam_inv_std)[frame])
+            parts.append(gather_rows((fparam.to(self.net_dtype) - self.fparam_avg) * self.fparam_inv_std, frame))
         if self.numb_aparam:
             if aparam is None:
                 raise ConfigError(f"the model needs aparam ({self.numb_aparam} per atom) but the batch has none", key=APARAM)
@@ -119,7 +119,7 @@ class InvariantFitting(torch.nn.Module):
         out = inputs.new_zeros(inputs.shape[0], self.n_out)
         for t, atoms in enumerate(_group_by_type(types, self.n_types)):
             if atoms.numel():
-                out = out.index_add(0, atoms, self.nets[t](inputs[atoms]))
+                out = out.index_add(0, atoms, self.nets[t](gather_rows(inputs, atoms)))
         return out
 
     def forward(self, descriptor, rot, types, frame, fparam=None, aparam=None) -> torch.Tensor:
@@ -129,7 +129,7 @@ class InvariantFitting(torch.nn.Module):
             # remove the vacuum contribution: an isolated atom of a preset type has energy = its bias
             vacuum = self.net_outputs(torch.zeros_like(inputs[:1]).expand(self.n_types, -1).contiguous(), torch.arange(self.n_types, device=types.device))
             preset = torch.tensor([a is not None for a in self.atom_ener], device=types.device)
-            out = out - torch.where(preset[types].unsqueeze(-1), vacuum[types], torch.zeros_like(vacuum[types]))
+            out = out - torch.where(preset[types].unsqueeze(-1), gather_rows(vacuum, types), torch.zeros_like(out))
         return out.to(torch.float64) + self.bias_atom[types]
 
     # ---- statistics ------------------------------------------------------------------------

@@ -3,7 +3,7 @@
 from mlpot.nn.activations import ACTIVATIONS, get_activation
 from mlpot.nn.mlp import MLP, EmbeddingNet, FittingNet, MLPLayer, set_compute_dtype
 from mlpot.nn.registry import Registry
-from mlpot.nn.scatter import scatter_sum, segment_sum
+from mlpot.nn.scatter import gather_rows, scatter_sum, segment_sum
 from mlpot.nn.switch import smooth_switch
 
 __all__ = [
@@ -15,6 +15,7 @@ __all__ = [
     "set_compute_dtype",
     "FittingNet",
     "Registry",
+    "gather_rows",
     "scatter_sum",
     "segment_sum",
     "smooth_switch",

@@ -42,7 +42,7 @@ from mlpot.models.config_keys import REQUIRED, key_path, read_section, resolve_p
 from mlpot.models.descriptors.base import DESCRIPTORS, EnvMatrixDescriptor
 from mlpot.models.descriptors.env import environment_matrix, select_neighbors
 from mlpot.models.type_embedding import TypeEmbedding
-from mlpot.nn import EmbeddingNet, MLPLayer, smooth_switch
+from mlpot.nn import EmbeddingNet, MLPLayer, gather_rows, smooth_switch
 
 __all__ = ["DescriptorSeAtten", "DescriptorSeAttenV2", "NeighborAttentionLayer"]
 
@@ -204,7 +204,7 @@ class DescriptorSeAtten(EnvMatrixDescriptor):
             env = env * (~excluded).unsqueeze(-1).to(env.dtype)
             mask = mask & ~excluded
             neighbor_types = torch.where(mask, neighbor_types, torch.full_like(neighbor_types, self.n_types))
-        distance = torch.cat([torch.linalg.vector_norm(vectors, dim=-1), vectors.new_full((1,), 2.0 * self.rcut + 1.0)])[slot_edge]
+        distance = gather_rows(torch.cat([torch.linalg.vector_norm(vectors, dim=-1), vectors.new_full((1,), 2.0 * self.rcut + 1.0)]), slot_edge)
         sw = torch.where(mask, smooth_switch(distance, self.rcut_smth, self.rcut), torch.zeros_like(distance)).to(env.dtype)
         return env, mask, sw, neighbor_types
 
@@ -212,19 +212,20 @@ class DescriptorSeAtten(EnvMatrixDescriptor):
         """G (n_atoms, sel, M1) from s~ and the type embeddings (tebd_input_mode)."""
         n_atoms, nsel, _ = env.shape
         if self.tebd_input_mode == "concat":
-            parts = [env[..., :1], table[neighbor_types]]
+            parts = [env[..., :1], gather_rows(table, neighbor_types)]
             if not self.type_one_side:
-                parts.append(table[types].unsqueeze(1).expand(n_atoms, nsel, -1))
+                parts.append(gather_rows(table, types).unsqueeze(1).expand(n_atoms, nsel, -1))
             return self.embedding(torch.cat(parts, dim=-1))
         g_radial = self.embedding(env[..., :1])
         if self.type_one_side:
-            g_types = self.type_pair_embedding(table)[neighbor_types]
+            g_types = gather_rows(self.type_pair_embedding(table), neighbor_types)
         else:
             # every (neighbour type incl. padding, centre type) pair once: (n_types + 1, n_types, M1)
             n_rows = table.shape[0]
             pairs = torch.cat([table.unsqueeze(1).expand(n_rows, self.n_types, -1),
                                table[: self.n_types].unsqueeze(0).expand(n_rows, self.n_types, -1)], dim=-1)
-            g_types = self.type_pair_embedding(pairs)[neighbor_types, types.unsqueeze(1)]
+            g_types = gather_rows(self.type_pair_embedding(pairs).reshape(n_rows * self.n_types, -1),
+                                  neighbor_types * self.n_types + types.unsqueeze(1))
         if self.smooth:
             g_types = g_types * sw.unsqueeze(-1)
         return g_radial * g_types + g_radial
@@ -240,7 +241,7 @@ class DescriptorSeAtten(EnvMatrixDescriptor):
         a_matrix = torch.matmul(env.transpose(1, 2), g) / self.sel[0]  # (n_atoms, 4, M1)
         descriptor = torch.matmul(a_matrix.transpose(1, 2), a_matrix[:, :, : self.m2]).reshape(len(types), -1)
         if self.concat_output_tebd:
-            descriptor = torch.cat([descriptor, table[types]], dim=-1)
+            descriptor = torch.cat([descriptor, gather_rows(table, types)], dim=-1)
         return descriptor, a_matrix[:, 1:4, :].transpose(1, 2)
 
 

@@ -21,7 +21,7 @@ from mlpot.models.descriptors.base import DESCRIPTORS, EnvMatrixDescriptor
 from mlpot.errors import ConfigError
 from mlpot.models.descriptors.env import undirected_pair_key
 from mlpot.models.type_embedding import TypeEmbedding
-from mlpot.nn import EmbeddingNet
+from mlpot.nn import EmbeddingNet, gather_rows
 
 __all__ = ["DescriptorSeA"]
 
@@ -173,6 +173,7 @@ class DescriptorSeA(EnvMatrixDescriptor):
         centre_types = range(1) if self.type_one_side else range(self.n_types)
         for tj, (start, stop) in enumerate(bounds):
             block, mask, left = env[:, start:stop], occupied[:, start:stop], weights[:, start:stop]
+            radial = block[..., 0].reshape(-1)  # s~ of every slot of the section, flat
             pieces, positions = [], []  # net values of occupied slots, and their flat slot index
             pad_embedded = env.new_zeros(n_atoms, self.m1)
             for ti in centre_types:
@@ -182,22 +183,27 @@ class DescriptorSeA(EnvMatrixDescriptor):
                     # same-type pairs (i, j), (j, i) have equal inputs and nets: evaluate once per pair
                     same = select & (types == tj).unsqueeze(1)
                     select = select & ~same
-                    inputs = block[..., 0][same]
-                    unique, inverse = torch.unique(pair_key[nlist[:, start:stop][same]], return_inverse=True)
-                    first = torch.full((len(unique),), inputs.shape[0], dtype=torch.long, device=inputs.device)
-                    first = first.scatter_reduce(0, inverse, torch.arange(inputs.shape[0], device=inputs.device), "amin")
-                    pieces.append(net(inputs[first].unsqueeze(1))[inverse])
-                    positions.append(torch.nonzero(same.reshape(-1)).squeeze(1))
+                    same_slots = torch.nonzero(same.reshape(-1)).squeeze(1)
+                    same_edges = nlist[:, start:stop].reshape(-1).index_select(0, same_slots)
+                    unique, inverse = torch.unique(pair_key.index_select(0, same_edges), return_inverse=True)
+                    first = torch.full((len(unique),), same_slots.shape[0], dtype=torch.long, device=env.device)
+                    first = first.scatter_reduce(0, inverse, torch.arange(same_slots.shape[0], device=env.device), "amin")
+                    # gather_rows, not advanced indexing, for every gather here (see its docstring)
+                    inputs = gather_rows(radial, same_slots.index_select(0, first)).unsqueeze(1)
+                    pieces.append(gather_rows(net(inputs), inverse))
+                    positions.append(same_slots)
                 if stop > start:
-                    pieces.append(net(block[..., :1][select]))
-                    positions.append(torch.nonzero(select.reshape(-1)).squeeze(1))
+                    select_slots = torch.nonzero(select.reshape(-1)).squeeze(1)
+                    pieces.append(net(gather_rows(radial, select_slots).unsqueeze(1)))
+                    positions.append(select_slots)
                 # padded slots: one net evaluation per centre type
-                pad_values = net(pad_inputs)[types]  # (n_atoms, M1)
+                pad_values = gather_rows(net(pad_inputs), types)  # (n_atoms, M1)
                 pad_embedded = pad_values if self.type_one_side else torch.where((types == ti).unsqueeze(1), pad_values, pad_embedded)
             if stop > start:
-                # one scatter into a fresh zero block (no copies of the dense block in either pass)
+                # one scatter into a fresh zero block (no copies of the dense block in either pass);
+                # index_copy, whose backward is a gather, not index_put (see nn.gather_rows)
                 embedded = env.new_zeros(n_atoms * (stop - start), self.m1)
-                embedded = embedded.index_put_((torch.cat(positions),), torch.cat(pieces))
+                embedded = embedded.index_copy(0, torch.cat(positions), torch.cat(pieces))
                 out = out + torch.matmul(left.transpose(1, 2), embedded.view(n_atoms, stop - start, self.m1))
             n_pad = (self.sel[tj] - mask.sum(1)).to(env.dtype)  # (n_atoms,) padded slots of the full section
             out = out + (n_pad.unsqueeze(1) * pad_row).unsqueeze(2) * pad_embedded.unsqueeze(1)
