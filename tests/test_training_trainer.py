@@ -240,6 +240,16 @@ def test_nonfinite_loss_skips_update_and_stops(tmp_path, dataset, monkeypatch):
     assert trainer.ema.num_updates == 1
 
 
+def test_fully_frozen_model_is_a_config_error(tmp_path, dataset):
+    frozen = base_config(numb_steps=2)
+    frozen["model"]["descriptor"]["trainable"] = False
+    frozen["model"]["fitting_net"]["trainable"] = False
+    path = write_config(tmp_path, frozen, dataset)
+    with pytest.raises(ConfigError, match="nothing to train: every parameter of the model is frozen") as error:
+        Trainer(load_config(path), progress=False, file=str(path))
+    assert str(path) in str(error.value)
+
+
 def test_epoch_units_stages_and_ema_export(tmp_path, dataset):
     config = base_config()
     config["training"] = {"numb_epochs": 3}

@@ -186,6 +186,9 @@ class Trainer:
         scale = {"linear": self.dist.world_size, "sqrt": math.sqrt(self.dist.world_size), "none": 1.0}
         base_lr *= scale[sched.scale_by_worker]
         named = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
+        if not named:
+            raise ConfigError("nothing to train: every parameter of the model is frozen (trainable: false)",
+                              file=self.file, key="model")
         taken, groups, self.group_names = set(), [], []
         for index, group in enumerate(cfg.groups):
             params = [p for n, p in named if n not in taken and any(fnmatch.fnmatch(n, pat) for pat in group.params)]
@@ -330,8 +333,14 @@ class Trainer:
         global_total = float(self.dist.sum(total)) if self.dist.enabled else float(total.detach())
         self.optimizer.zero_grad(set_to_none=True)
         finite = math.isfinite(global_total)
-        if finite:
-            total.backward()
+        trainable = [p for p in head.parameters() if p.requires_grad]
+        if finite and not trainable:  # a multi-task head whose own parameters are all frozen
+            self._log_debug(f"step {self.step + 1}: task {task!r} has no trainable parameter, nothing to update")
+        elif finite:
+            # gradients of the parameters only: without ``inputs`` autograd also back-propagates
+            # the force loss to the positions (and strain) leaves, through the second derivatives
+            # of the environment; skipping that is 5-6 % of a water se_e2_a step
+            total.backward(inputs=trainable)
             # only this task's head: the other heads keep no gradient, so Adam leaves them (and
             # their moments) untouched, on one rank or many (all ranks draw the same task)
             self.dist.sum_gradients(list(head.parameters()))

@@ -200,10 +200,10 @@ class DescriptorSeA(EnvMatrixDescriptor):
                 pad_values = gather_rows(net(pad_inputs), types)  # (n_atoms, M1)
                 pad_embedded = pad_values if self.type_one_side else torch.where((types == ti).unsqueeze(1), pad_values, pad_embedded)
             if stop > start:
-                # one scatter into a fresh zero block (no copies of the dense block in either pass);
-                # index_copy, whose backward is a gather, not index_put (see nn.gather_rows)
+                # one in-place scatter into a fresh zero block (out of place would copy the dense
+                # block); index_copy_, whose backward is a gather, not index_put (see nn.gather_rows)
                 embedded = env.new_zeros(n_atoms * (stop - start), self.m1)
-                embedded = embedded.index_copy(0, torch.cat(positions), torch.cat(pieces))
+                embedded.index_copy_(0, torch.cat(positions), torch.cat(pieces))
                 out = out + torch.matmul(left.transpose(1, 2), embedded.view(n_atoms, stop - start, self.m1))
             n_pad = (self.sel[tj] - mask.sum(1)).to(env.dtype)  # (n_atoms,) padded slots of the full section
             out = out + (n_pad.unsqueeze(1) * pad_row).unsqueeze(2) * pad_embedded.unsqueeze(1)
