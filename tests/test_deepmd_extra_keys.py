@@ -25,7 +25,7 @@ from mlpot.data.frames import FrameList
 from mlpot.errors import ConfigError, DataError
 from mlpot.models import build_model
 from mlpot.models.descriptors.se_atten import NeighborAttentionLayer
-from mlpot.training.losses import WeightedLoss
+from mlpot.training.losses import GENERALIZED_FORCE, WeightedLoss, label_error_sums, rmse_mae
 
 # ---- tiny hand-made batches ----------------------------------------------------------------------
 
@@ -90,6 +90,11 @@ def test_generalized_force_term_hand_computed_with_drdq_gating():
     both = hand_generalized([0, 1]) + hand_generalized([2, 3, 4])
     total, _, raw = loss(pred, batch, lr_ratio=0.25)
     assert float(raw["generalized_force"]) == pytest.approx(sum(x * x for x in both) / 4, rel=1e-12)
+    # the lcurve metric (rmse_gf) is the RMSE of the same generalised-force residuals
+    assert loss.metric_labels == (K.FORCES, GENERALIZED_FORCE)
+    rmse, mae = rmse_mae(label_error_sums(pred, batch, loss.metric_labels)[GENERALIZED_FORCE])
+    assert rmse == pytest.approx((sum(x * x for x in both) / 4) ** 0.5, rel=1e-12)
+    assert mae == pytest.approx(sum(abs(x) for x in both) / 4, rel=1e-12)
     assert float(total) == pytest.approx((2.0 + 8.0 * 0.25) * float(raw["generalized_force"]), rel=1e-12)
     # find_drdq = 0 in frame 1 (and frame 0 without force labels): no contribution, no dilution
     batch[K.weight_key(K.DRDQ)] = torch.tensor([1.0, 0.0], dtype=torch.float64)
@@ -293,6 +298,8 @@ def test_input_json_trains_with_mixed_batches_warmup_coefficients_gf_and_attn_ma
     assert main(["train", "input.json"]) == 0
     rows = np.loadtxt(tmp_path / "lcurve.out", ndmin=2)
     assert rows.shape[0] == 12 and np.all(np.isfinite(rows))
+    header = (tmp_path / "lcurve.out").read_text().splitlines()[0].split()[1:]
+    assert header == ["step", "rmse_trn", "rmse_e_trn", "rmse_f_trn", "rmse_gf_trn", "lr"]  # no validation data
     # lr column at displayed step s (internal t = s - 1): warm-up 1e-4 -> 1e-3 over 4 steps, then
     # 1e-3 · r^floor((t - 4) / 2) with r = (1e-5 / 1e-3)^(2 / 8) (T = 12 - 4), spec §4.1
     rate = (1e-5 / 1e-3) ** (2 / 8)

@@ -39,7 +39,11 @@ from mlpot.data import keys as K
 from mlpot.errors import ConfigError, DataError, suggest
 from mlpot.nn.scatter import scatter_sum
 
-__all__ = ["TERMS", "LossTermSpec", "LossTermFn", "WeightedLoss", "resolve_term", "label_error_sums", "rmse_mae"]
+__all__ = ["TERMS", "LossTermSpec", "LossTermFn", "WeightedLoss", "resolve_term", "label_error_sums", "rmse_mae",
+           "GENERALIZED_FORCE"]
+
+# metric name of the generalised-force error (DeePMD lcurve column rmse_gf); not a batch label
+GENERALIZED_FORCE = "generalized_force"
 
 
 @dataclass(frozen=True)
@@ -67,7 +71,7 @@ TERMS: Dict[str, LossTermSpec] = {
     "fermi_level_per_atom": LossTermSpec(K.FERMI_LEVEL, "per_atom"),
     "dos_cdf": LossTermSpec(K.DOS, cumulative=True),
     "atom_dos_cdf": LossTermSpec(K.ATOM_DOS, cumulative=True),
-    "generalized_force": LossTermSpec(K.FORCES, generalized=True),
+    GENERALIZED_FORCE: LossTermSpec(K.FORCES, generalized=True),
 }
 _LABEL_TERMS = {label: LossTermSpec(label) for label in K.LABELS} | {K.TOTAL_CHARGE: LossTermSpec(K.TOTAL_CHARGE)}
 
@@ -207,6 +211,12 @@ class WeightedLoss:
         return tuple(dict.fromkeys(fn.label for fn in self.fns.values()))
 
     @property
+    def metric_labels(self) -> Tuple[str, ...]:
+        """``labels`` plus GENERALIZED_FORCE when a term projects forces on DRDQ (DeePMD rmse_gf)."""
+        extra = (GENERALIZED_FORCE,) if any(fn.generalized for fn in self.fns.values()) else ()
+        return self.labels + extra
+
+    @property
     def required_inputs(self) -> Tuple[str, ...]:
         """Per-atom inputs every frame must hold: ATOM_ENER_COEFF, ATOM_WEIGHT when an option uses them."""
         keys = [K.ATOM_ENER_COEFF] if self.atom_ener_coeff else []
@@ -295,11 +305,18 @@ def label_error_sums(pred, batch, labels: Iterable[str]) -> Dict[str, torch.Tens
     """Per-label sums for pooled metrics: ``{name: tensor([Σw r², Σw |r|, Σw])}`` (detached).
 
     Names are the labels plus ``energy_per_atom`` (and ``virial_per_atom``) with residuals / N.
-    RMSE = sqrt(s0 / s2), MAE = s1 / s2.
+    The name GENERALIZED_FORCE gives the error of the generalised forces Σ_i drdq_i^T ΔF_i (eV per
+    unit of the generalised coordinate), from frames that hold DRDQ. RMSE = sqrt(s0 / s2), MAE = s1 / s2.
     """
     out: Dict[str, torch.Tensor] = {}
     with torch.no_grad():
         for label in labels:
+            if label == GENERALIZED_FORCE:
+                if K.FORCES in pred and K.FORCES in batch and K.DRDQ in batch:
+                    residual, weight = LossTermFn(TERMS[GENERALIZED_FORCE]).residual_and_weight(pred, batch)
+                    out[label] = torch.stack([(weight * residual.square()).sum(), (weight * residual.abs()).sum(),
+                                              weight.sum()]).double()
+                continue
             if label not in pred or label not in batch or K.weight_key(label) not in batch:
                 continue
             variants = [(label, "none")]

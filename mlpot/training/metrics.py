@@ -2,7 +2,8 @@
 
 DeePMD names (specs/deepmd.md §4.2, §5.4): ``rmse`` = sqrt(total weighted loss); ``rmse_e`` =
 energy RMSE per atom (eV/atom); ``rmse_f`` = force-component RMSE (eV/Å); ``rmse_v`` = virial RMSE
-per atom (eV/atom); ``rmse_ae`` atomic energy; any other label ``X`` is shown as ``rmse_X``.
+per atom (eV/atom); ``rmse_ae`` atomic energy; ``rmse_gf`` generalised force; any other label ``X``
+is shown as ``rmse_X``.
 Validation averages each batch's values with weights equal to its atom count [COMPAT]
 (:class:`AtomWeightedMean`); the metrics CSV gets pooled RMSE and MAE per label
 (:class:`PooledErrors`), which is the statistically meaningful number.
@@ -16,7 +17,7 @@ from typing import Dict, Iterable, List, Mapping
 import torch
 
 from mlpot.data import keys as K
-from mlpot.training.losses import rmse_mae
+from mlpot.training.losses import GENERALIZED_FORCE, rmse_mae
 
 __all__ = ["LCURVE_SHORT", "lcurve_keys", "lcurve_values", "AtomWeightedMean", "PooledErrors"]
 
@@ -26,6 +27,7 @@ LCURVE_SHORT = {
     K.FORCES: ("f", K.FORCES),
     K.VIRIAL: ("v", "virial_per_atom"),
     K.ATOM_ENERGY: ("ae", K.ATOM_ENERGY),
+    GENERALIZED_FORCE: ("gf", GENERALIZED_FORCE),
 }
 
 

@@ -123,7 +123,7 @@ class Trainer:
         # labels of every stage's loss: fixed log columns even when stages change the terms
         self.task_labels = {
             name: tuple(dict.fromkeys(label for stage in self.plan.stages
-                                      for label in WeightedLoss(stage.loss or loss.terms, loss.type, file=file).labels))
+                                      for label in WeightedLoss(stage.loss or loss.terms, loss.type, file=file).metric_labels))
             for name, loss in self.loss_configs.items()}
         self.all_labels = tuple(dict.fromkeys(label for labels in self.task_labels.values() for label in labels))
         self._check_loss_inputs()
@@ -361,7 +361,7 @@ class Trainer:
         self._log_debug(format_loss_breakdown(components))
         values = {}
         if metrics:
-            sums = label_error_sums(pred, batch, loss.labels)
+            sums = label_error_sums(pred, batch, loss.metric_labels)
             if self.dist.enabled:
                 sums = {k: self.dist.sum(v) for k, v in sums.items()}
             values = self._task_keys(task, lcurve_values(global_total, sums, self.task_labels[task]))
@@ -388,7 +388,7 @@ class Trainer:
         reduce = self.dist.sum if self.dist.enabled else None
         with torch.no_grad():
             total, _, _ = loss(pred, batch, self._lr_ratio(), reduce=reduce)
-            sums = label_error_sums(pred, batch, loss.labels)
+            sums = label_error_sums(pred, batch, loss.metric_labels)
         total = float(self.dist.sum(total)) if self.dist.enabled else float(total)
         if self.dist.enabled:
             sums = {k: self.dist.sum(v) for k, v in sums.items()}
