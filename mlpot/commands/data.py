@@ -23,7 +23,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                           description="A first look at datasets: frames, atoms, elements, labels, energy bias, forces RMS, neighbours.")
     info.add_argument("paths", nargs="+", metavar="PATH",
                       help="extxyz files or DeePMD system directories (parents are searched for systems)")
-    info.add_argument("--format", dest="fmt", default=None, help="deepmd/npy, deepmd/raw or extxyz (default: detect)")
+    info.add_argument("--format", dest="fmt", default=None, help="deepmd/npy, deepmd/raw, deepmd/hdf5 or extxyz (default: detect)")
     info.add_argument("--cutoff", type=float, default=None, help="neighbour statistics at this cutoff (Å)")
     info.add_argument("--type-map", nargs="+", default=None, metavar="NAME",
                       help="type names in model order (DeePMD systems are re-mapped by name)")

@@ -222,7 +222,8 @@ OPTIMIZER = {
 
 # ---- training -----------------------------------------------------------------------------------
 DATA_SECTION = {
-    "systems": _k(S, note="list of system folders, or one folder searched recursively for type.raw"),
+    "systems": _k(S, note="list of system folders or HDF5 groups (file.h5#/group; file.h5: every system in it), "
+                            "or one folder / HDF5 file searched recursively for type.raw"),
     "set_prefix": _k(S),
     "batch_size": _k(S, note='int, list, "auto", "auto:N", "max:N", "filter:N", "mixed:N" (N frames drawn across systems)'),
     "auto_prob": _k(S, "auto_prob_style"),

@@ -33,7 +33,8 @@ from mlpot.config import _deepmd_keys as table
 from mlpot.config._deepmd_keys import IGNORED, UNSUPPORTED, DeepmdKey
 from mlpot.config.loader import read_yaml
 from mlpot.data import keys as K
-from mlpot.errors import ConfigError, suggest
+from mlpot.data.deepmd_format import find_deepmd_systems, split_hdf5_path
+from mlpot.errors import ConfigError, DataError, suggest
 
 __all__ = ["convert", "convert_dict", "check_keys", "is_deepmd_config", "load_file", "keys_markdown"]
 
@@ -227,8 +228,26 @@ _DEFAULT_PREFACTORS = {"e": (0.02, 1.0), "f": (1000.0, 1.0), "v": (0.0, 0.0), "a
 _ENER_TERMS = {"e": "energy", "f": "forces", "v": "virial", "ae": "atom_energy", "pf": "atom_pref"}
 
 
+def _absolute_system(system: str, base: Path) -> str:
+    """A system path made absolute against ``base``; for ``file.h5#/group`` only the file part."""
+    hdf5 = split_hdf5_path(base / system)
+    if hdf5 is not None and hdf5[1] is not None:
+        return f"{hdf5[0].resolve()}#{hdf5[1]}"
+    return str((base / system).resolve())
+
+
 def _resolve_systems(systems: Any, base: Path, path: List[str], file: Optional[str]) -> List[str]:
-    """System folders as absolute paths; a single string is a root searched for ``type.raw``."""
+    """System folders as absolute paths; a single string is a root searched for ``type.raw``
+    (an HDF5 file or ``file.h5#/group``: every group below holding ``type.raw``)."""
+    if isinstance(systems, str) and split_hdf5_path(base / systems) is not None:
+        root = _absolute_system(systems, base)
+        try:
+            found = [str(p) for p in find_deepmd_systems(root)]
+        except DataError as exc:
+            raise ConfigError(str(exc), file=file, key=path) from None
+        if not found:
+            raise ConfigError(f"no system (group with type.raw) in {root}", file=file, key=path)
+        return found
     if isinstance(systems, str):
         root = (base / systems).resolve()
         found = sorted({str(p.parent) for p in root.rglob("type.raw")})
@@ -237,7 +256,7 @@ def _resolve_systems(systems: Any, base: Path, path: List[str], file: Optional[s
         return found
     if not isinstance(systems, list) or not systems:
         raise ConfigError("expected a non-empty list of system folders", file=file, key=path)
-    return [str((base / str(s)).resolve()) for s in systems]
+    return [_absolute_system(str(s), base) for s in systems]
 
 
 def _data_section(section: Dict[str, Any], base: Path, path: List[str], file: Optional[str]) -> Dict[str, Any]:

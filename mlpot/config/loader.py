@@ -20,7 +20,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from mlpot.config.schema import NativeConfig
-from mlpot.errors import ConfigError, suggest
+from mlpot.errors import ConfigError, DataError, suggest
 
 __all__ = ["load_config", "validate_config", "read_yaml"]
 
@@ -145,9 +145,27 @@ def _check_paths_exist(config: NativeConfig, file: Optional[str]) -> None:
             if section is None:
                 continue
             for index, path in enumerate(section.paths):
-                if not os.path.exists(path):
-                    raise ConfigError(f"no such file or directory: {path}", file=file,
-                                      key=prefix + [split, "paths", index])
+                problem = _missing_data_path(path)
+                if problem:
+                    raise ConfigError(problem, file=file, key=prefix + [split, "paths", index])
+
+
+def _missing_data_path(path: str) -> Optional[str]:
+    """Why ``path`` cannot be read as data, or None. ``file.h5#/group`` needs the file and the group."""
+    # imported here: the data package pulls in torch, which plain config validation does not need
+    from mlpot.data.deepmd_format import hdf5_group_exists, split_hdf5_path
+
+    hdf5 = split_hdf5_path(path)
+    if hdf5 is None or hdf5[1] is None:
+        return None if os.path.exists(path) else f"no such file or directory: {path}"
+    h5file, group = hdf5
+    if not h5file.is_file():
+        return f"no such file: {h5file} (of the HDF5 system path {path})"
+    try:
+        found = hdf5_group_exists(h5file, group)
+    except DataError as exc:
+        return str(exc)
+    return None if found else f"no group {group} in the HDF5 file {h5file}"
 
 
 def validate_config(data: Dict[str, Any], *, file: Optional[str] = None,

@@ -42,8 +42,8 @@ class Strict(BaseModel):
 class DataSection(Strict):
     """One dataset (training or validation): a list of systems/files and how to batch them."""
 
-    paths: List[str] = Field(min_length=1, description="DeePMD system folders or extxyz files")
-    format: str = Field("auto", description="auto | deepmd | deepmd/npy | deepmd/raw | extxyz")
+    paths: List[str] = Field(min_length=1, description="DeePMD system folders, HDF5 groups (file.h5#/group) or files, or extxyz files")
+    format: str = Field("auto", description="auto | deepmd | deepmd/npy | deepmd/raw | deepmd/hdf5 | extxyz")
     key_map: Dict[str, str] = Field(default_factory=dict, description="file key -> batch key")
     type_map: Optional[List[str]] = None
     set_prefix: str = "set"

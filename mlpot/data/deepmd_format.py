@@ -1,8 +1,14 @@
-"""DeePMD-kit systems: the ``deepmd/npy`` and ``deepmd/raw`` formats (spec deepmd.md §1.1-1.2).
+"""DeePMD-kit systems: the ``deepmd/npy``, ``deepmd/raw`` and ``deepmd/hdf5`` formats (deepmd.md §1.1-1.3).
 
 A system is a directory with ``type.raw`` (one type index per atom), an optional ``type_map.raw``
 (type names), an optional empty ``nopbc`` flag and either ``set.*/<name>.npy`` folders (npy) or
 ``<name>.raw`` text files (raw), one frame per row. Units as in DeePMD-kit: Å, eV, eV/Å, virial eV.
+The HDF5 format is the same tree inside an HDF5 group, addressed as ``file.h5#/group``: ``type.raw``
+(integer dataset), ``type_map.raw`` (byte strings), ``nopbc`` (a dataset whose presence marks a
+non-periodic system) and ``set.NNN`` subgroups holding datasets named like the npy files
+(``coord.npy``, ``force.npy``, ...). A bare ``file.h5`` is its root group for :func:`read_deepmd`;
+:func:`find_deepmd_systems` expands it (or any group) to every group below that holds ``type.raw``.
+One reading routine serves both through a small "system source" (a folder or an HDF5 group).
 
 Label gating follows DeePMD's ``find_*``: a missing label file means the label is absent from the
 frame (weight 0 when batched), never a zero label; the same holds for ``drdq`` (generalised-force
@@ -14,9 +20,10 @@ converter) is a heavy dependency and the format is a handful of numpy files.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -24,7 +31,10 @@ from mlpot.data import keys as K
 from mlpot.data.frames import FrameList, check_finite, numbers_from_type_map, present_weight
 from mlpot.errors import DataError
 
-__all__ = ["read_deepmd", "write_deepmd_npy", "is_deepmd_system", "find_deepmd_systems"]
+__all__ = ["read_deepmd", "write_deepmd_npy", "write_deepmd_hdf5", "is_deepmd_system", "find_deepmd_systems",
+           "split_hdf5_path", "hdf5_group_exists", "HDF5_SUFFIXES"]
+
+HDF5_SUFFIXES = (".h5", ".hdf5", ".hdf")
 
 # file stem -> (our key, per-atom?, trailing shape per atom or per frame (-1: inferred))
 _LABEL_FILES = {
@@ -53,27 +63,211 @@ _FILES = {**_LABEL_FILES, **_INPUT_FILES}
 _STEM_OF = {key: stem for stem, (key, _, _) in _FILES.items()}
 
 
+# ---- system sources: a directory or an HDF5 group ---------------------------------------------------
+
+
+class _Folder:
+    """A system directory or one of its ``set.*`` folders; entries are files."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+
+    def where(self, name: Optional[str] = None):
+        """Location for messages: the folder or one entry in it."""
+        return self.path if name is None else self.path / name
+
+    def is_file(self, name: str) -> bool:
+        return (self.path / name).is_file()
+
+    def exists(self, name: str) -> bool:
+        return (self.path / name).exists()
+
+    def table(self, name: str, raw: bool) -> np.ndarray:
+        """The array of a ``.raw`` text table or a ``.npy`` file (raises ValueError/OSError/EOFError)."""
+        file = self.path / name
+        return np.loadtxt(file, ndmin=2, dtype=np.float64) if raw else np.load(file)
+
+    def integers(self, name: str) -> np.ndarray:
+        """Whitespace-separated integers of a text file (``type.raw``), 1-D int64."""
+        return np.loadtxt(self.path / name, dtype=np.int64, ndmin=1).reshape(-1)
+
+    def words(self, name: str) -> List[str]:
+        """Whitespace-separated words of a text file (``type_map.raw``)."""
+        return (self.path / name).read_text().split()
+
+    def folders(self, pattern: str) -> List["_Folder"]:
+        """Sub-folders matching ``pattern`` (``set.*``), sorted by name."""
+        return [_Folder(p) for p in sorted(p for p in self.path.glob(pattern) if p.is_dir())]
+
+
+class _Group:
+    """A system group of an HDF5 file or one of its ``set.*`` subgroups; entries are datasets.
+
+    Entries keep the file names of the npy layout (``type.raw``, ``set.000/coord.npy``); messages
+    name them ``file.h5#/group/set.000/force.npy``.
+    """
+
+    def __init__(self, group, file: Path):
+        self.group = group
+        self.file = Path(file)
+
+    def where(self, name: Optional[str] = None) -> str:
+        inner = self.group.name.rstrip("/")
+        return f"{self.file}#{inner or '/'}" if name is None else f"{self.file}#{inner}/{name}"
+
+    def _dataset(self, name: str):
+        import h5py
+        entry = self.group.get(name)
+        return entry if isinstance(entry, h5py.Dataset) else None
+
+    def is_file(self, name: str) -> bool:
+        return self._dataset(name) is not None
+
+    def exists(self, name: str) -> bool:
+        return name in self.group
+
+    def table(self, name: str, raw: bool) -> np.ndarray:
+        """The dataset as an array (the same array for a ``.raw`` or ``.npy`` name)."""
+        array = np.asarray(self._dataset(name)[()])
+        if array.dtype.kind not in "biuf":
+            raise ValueError(f"holds {array.dtype} data, expected numbers")
+        return array
+
+    def integers(self, name: str) -> np.ndarray:
+        """``type.raw``: an integer dataset (dpdata), or text of whitespace-separated integers."""
+        array = np.asarray(self._dataset(name)[()])
+        if array.dtype.kind in "SUO":
+            return np.array(" ".join(_decode(array)).split(), dtype=np.int64)
+        if array.dtype.kind == "f" and not np.all(array == np.round(array)):
+            raise ValueError("non-integer type index")
+        if array.dtype.kind not in "biuf":
+            raise ValueError(f"holds {array.dtype} data")
+        return array.astype(np.int64).reshape(-1)
+
+    def words(self, name: str) -> List[str]:
+        """``type_map.raw``: an array of (byte) strings (dpdata), or one whitespace-separated string."""
+        return " ".join(_decode(np.asarray(self._dataset(name)[()]))).split()
+
+    def folders(self, pattern: str) -> List["_Group"]:
+        import fnmatch
+        import h5py
+        names = sorted(n for n in self.group if fnmatch.fnmatchcase(n, pattern)
+                       and isinstance(self.group.get(n), h5py.Group))
+        return [_Group(self.group[n], self.file) for n in names]
+
+
+class _MissingGroup(DataError):
+    """The HDF5 file opened but has no such group."""
+
+
+def _decode(array: np.ndarray) -> List[str]:
+    return [v.decode() if isinstance(v, bytes) else str(v) for v in np.atleast_1d(array).reshape(-1)]
+
+
+def split_hdf5_path(path) -> Optional[Tuple[Path, Optional[str]]]:
+    """``(file, group)`` of an HDF5 system path, or None for a directory/other file.
+
+    ``file.h5#/group`` -> ``(file.h5, "/group")``; a bare ``file.h5`` (suffix in
+    :data:`HDF5_SUFFIXES`) -> ``(file.h5, None)``: the whole file. A path that exists as it is
+    (a directory whose name holds ``#``) is not split.
+    """
+    text = str(path)
+    if "#" in text and not os.path.exists(text):
+        file, group = text.split("#", 1)
+        return Path(file), "/" + group.strip("/")
+    if Path(text).suffix.lower() in HDF5_SUFFIXES and not os.path.isdir(text):
+        return Path(text), None
+    return None
+
+
+def _hdf5_name(file: Path, group: str) -> Path:
+    """The system path of a group, ``file.h5#/group``."""
+    return Path(f"{file}#{group}")
+
+
+@contextlib.contextmanager
+def _open_hdf5(file: Path, group: Optional[str]) -> Iterator[_Group]:
+    """Open ``file`` read-only and yield its ``group`` (None: the root); DataError when either is missing."""
+    try:
+        import h5py
+    except ImportError:  # a declared dependency; the message says what to install
+        raise DataError("reading HDF5 data needs h5py (pip install h5py)", file=file) from None
+    if not Path(file).is_file():
+        raise DataError("path does not exist", file=file)
+    try:
+        handle = h5py.File(file, "r")
+    except OSError as exc:
+        raise DataError(f"not a readable HDF5 file ({exc})", file=file) from None
+    with handle:
+        group = group or "/"
+        if not isinstance(handle.get(group), h5py.Group):
+            inside = _system_groups(handle["/"])
+            raise _MissingGroup("no such group in the HDF5 file", file=file, key=group,
+                                hint=f"systems in it: {', '.join(inside)}" if inside else "it holds no system")
+        yield _Group(handle[group], file)
+
+
+def _system_groups(group) -> List[str]:
+    """Absolute names of the groups below (and including) ``group`` that hold ``type.raw``, sorted."""
+    import h5py
+    found = [group.name] if "type.raw" in group else []
+
+    def visit(name, obj):
+        if isinstance(obj, h5py.Group) and "type.raw" in obj:
+            found.append(obj.name)
+
+    group.visititems(visit)
+    return sorted(found)
+
+
+def hdf5_group_exists(file, group: str) -> bool:
+    """True when the HDF5 ``file`` has ``group``; DataError when the file is missing or unreadable."""
+    try:
+        with _open_hdf5(Path(file), group):
+            return True
+    except _MissingGroup:
+        return False
+
+
 def is_deepmd_system(path) -> bool:
-    """True when ``path`` is a directory holding ``type.raw``."""
-    return (Path(path) / "type.raw").is_file()
+    """True when ``path`` is a directory holding ``type.raw``, or an HDF5 group (``file.h5#/group``,
+    a bare ``file.h5`` meaning its root) holding a ``type.raw`` dataset."""
+    hdf5 = split_hdf5_path(path)
+    if hdf5 is None:
+        return (Path(path) / "type.raw").is_file()
+    try:
+        with _open_hdf5(*hdf5) as source:
+            return source.is_file("type.raw")
+    except DataError:
+        return False
 
 
 def find_deepmd_systems(path) -> List[Path]:
-    """``path`` itself if it is a system, else every system below it (sorted, recursive)."""
+    """``path`` itself if it is a system, else every system below it (sorted, recursive).
+
+    For HDF5 (``file.h5`` or ``file.h5#/group``) the systems are the groups holding ``type.raw``,
+    returned as ``file.h5#/group`` paths; a missing file or group is a DataError.
+    """
+    hdf5 = split_hdf5_path(path)
+    if hdf5 is not None:
+        file, _ = hdf5
+        with _open_hdf5(*hdf5) as source:
+            return [_hdf5_name(file, name) for name in _system_groups(source.group)]
     path = Path(path)
     if is_deepmd_system(path):
         return [path]
     return sorted(p.parent for p in path.rglob("type.raw"))
 
 
-def _read_table(file: Path, raw: bool) -> np.ndarray:
-    """(n_frames, columns) float64 table of a .npy or .raw file; DataError if unreadable."""
+def _read_table(source, name: str, raw: bool) -> np.ndarray:
+    """(n_frames, columns) float64 table of a .npy or .raw entry; DataError if unreadable."""
+    key = name.rsplit(".", 1)[0]
     try:
-        array = np.loadtxt(file, ndmin=2, dtype=np.float64) if raw else np.load(file).astype(np.float64)
-    except (ValueError, OSError, EOFError) as exc:
-        raise DataError(f"cannot read ({exc})", file=file, key=file.stem) from None
+        array = source.table(name, raw).astype(np.float64)
+    except (ValueError, OSError, EOFError, TypeError) as exc:
+        raise DataError(f"cannot read ({exc})", file=source.where(name), key=key) from None
     if array.ndim == 0:
-        raise DataError("holds a scalar, expected one row per frame", file=file, key=file.stem)
+        raise DataError("holds a scalar, expected one row per frame", file=source.where(name), key=key)
     return array.reshape(array.shape[0], -1)
 
 
@@ -120,12 +314,11 @@ def _selected_atoms(types: np.ndarray, columns: int, per_atom: int) -> Optional[
     return None
 
 
-def _resolve_types(system: Path, types: np.ndarray, type_map: Optional[Sequence[str]]):
-    file_map_path = system / "type_map.raw"
-    file_map = file_map_path.read_text().split() if file_map_path.is_file() else None
+def _resolve_types(system, types: np.ndarray, type_map: Optional[Sequence[str]]):
+    file_map = system.words("type_map.raw") if system.is_file("type_map.raw") else None
     if file_map is not None and types.size and types.max() >= len(file_map):
         raise DataError(f"type index {int(types.max())} but type_map.raw lists only {len(file_map)} "
-                        f"names {file_map}", file=system / "type.raw", key="type")
+                        f"names {file_map}", file=system.where("type.raw"), key="type")
     if type_map is None:
         names = file_map or [f"Type_{t}" for t in range(int(types.max()) + 1 if types.size else 0)]
         return types, list(names)
@@ -133,76 +326,85 @@ def _resolve_types(system: Path, types: np.ndarray, type_map: Optional[Sequence[
     if file_map is None:
         if types.size and types.max() >= len(type_map):
             raise DataError(f"type index {int(types.max())} outside the type_map {type_map}",
-                            file=system / "type.raw", key="type")
+                            file=system.where("type.raw"), key="type")
         return types, type_map
     missing = [name for name in file_map if name not in type_map]
     used = set(np.unique(types).tolist())
     if any(file_map.index(name) in used for name in missing):
         raise DataError(f"element(s) {missing} of type_map.raw {file_map} not in the type_map "
-                        f"{type_map} (inconsistent type maps)", file=file_map_path, key="type_map")
+                        f"{type_map} (inconsistent type maps)", file=system.where("type_map.raw"), key="type_map")
     remap = np.array([type_map.index(n) if n in type_map else -1 for n in file_map], dtype=np.int64)
     return remap[types], type_map
 
 
 def read_deepmd(path, *, type_map: Optional[Sequence[str]] = None, raw: Optional[bool] = None,
                 index=slice(None)) -> FrameList:
-    """Read one DeePMD system (directory) into a :class:`FrameList`.
+    """Read one DeePMD system (directory, or HDF5 group ``file.h5#/group``) into a :class:`FrameList`.
 
     ``raw`` selects ``deepmd/raw`` (``*.raw`` tables) over ``deepmd/npy`` (``set.*``); None
     detects it. ``type_map`` re-maps the types by name (spec §1.1). ``index`` selects frames.
+    A bare ``file.h5`` reads the file's root group as the system.
     """
-    system = Path(path)
-    if not is_deepmd_system(system):
-        raise DataError("not a DeePMD system (no type.raw)", file=system)
+    hdf5 = split_hdf5_path(path)
+    if hdf5 is None:
+        return _read_system(_Folder(Path(path)), type_map, raw, index)
+    with _open_hdf5(*hdf5) as system:  # everything is read into memory before the file closes
+        return _read_system(system, type_map, raw, index)
+
+
+def _read_system(system, type_map: Optional[Sequence[str]], raw: Optional[bool], index) -> FrameList:
+    """The reader of :func:`read_deepmd` on a system source (a :class:`_Folder` or :class:`_Group`)."""
+    if not system.is_file("type.raw"):
+        raise DataError("not a DeePMD system (no type.raw)", file=system.where())
     try:
-        types = np.loadtxt(system / "type.raw", dtype=np.int64, ndmin=1).reshape(-1)
+        types = system.integers("type.raw")
     except ValueError as exc:
-        raise DataError(f"expected whitespace-separated integers ({exc})", file=system / "type.raw",
+        raise DataError(f"expected whitespace-separated integers ({exc})", file=system.where("type.raw"),
                         key="type") from None
     types, names = _resolve_types(system, types, type_map)
     n_atoms = types.size
-    periodic = not (system / "nopbc").exists()
-    sets = sorted(p for p in system.glob("set.*") if p.is_dir())
+    periodic = not system.exists("nopbc")
+    sets = system.folders("set.*")
     if raw is None:
         raw = not sets
     folders = [system] if raw else sets
     suffix = ".raw" if raw else ".npy"
-    if not folders or not (folders[0] / f"coord{suffix}").is_file():
-        raise DataError(f"no coord{suffix} found", file=system, key="coord")
+    if not folders or not folders[0].is_file(f"coord{suffix}"):
+        raise DataError(f"no coord{suffix} found", file=system.where(), key="coord")
 
     columns: Dict[str, List[np.ndarray]] = {}
     set_lengths = []
     for folder in folders:
-        coord_file = folder / f"coord{suffix}"
-        coord = _read_table(coord_file, raw)
-        coord = _reshape(coord, coord_file, "coord", n_atoms, True, (3,), None)
+        coord_name = f"coord{suffix}"
+        coord = _read_table(folder, coord_name, raw)
+        coord = _reshape(coord, folder.where(coord_name), "coord", n_atoms, True, (3,), None)
         n_frames = coord.shape[0]
         set_lengths.append(n_frames)
         columns.setdefault(K.POSITIONS, []).append(coord)
-        box_file = folder / f"box{suffix}"
-        if box_file.is_file():
-            columns.setdefault(K.CELL, []).append(_reshape(_read_table(box_file, raw), box_file, "box",
-                                                           n_atoms, False, (3, 3), None))
+        box_name = f"box{suffix}"
+        if folder.is_file(box_name):
+            columns.setdefault(K.CELL, []).append(_reshape(_read_table(folder, box_name, raw), folder.where(box_name),
+                                                           "box", n_atoms, False, (3, 3), None))
         elif periodic:
             raise DataError(f"periodic system without box{suffix} (add an empty 'nopbc' file for "
-                            "a non-periodic system)", file=folder, key="box")
+                            "a non-periodic system)", file=folder.where(), key="box")
         for stem, (key, atomic, shape) in _FILES.items():
-            file = folder / f"{stem}{suffix}"
-            if not file.is_file():
+            name = f"{stem}{suffix}"
+            if not folder.is_file(name):
                 continue
-            table = _read_table(file, raw)
+            table = _read_table(folder, name, raw)
             if table.shape[0] != n_frames:
                 raise DataError(f"has {table.shape[0]} frames but coord{suffix} has {n_frames}",
-                                file=file, key=stem)
+                                file=folder.where(name), key=stem)
             per_atom = int(np.prod(shape)) if shape != (-1,) else 1
             sel = _selected_atoms(types, table.shape[1], per_atom) if atomic else None
-            columns.setdefault(key, []).append(_reshape(table, file, stem, n_atoms, atomic, shape, sel))
-        real_types_file = folder / "real_atom_types.npy"
-        if real_types_file.is_file():
-            columns.setdefault("real_atom_types", []).append(np.load(real_types_file).astype(np.int64))
+            columns.setdefault(key, []).append(_reshape(table, folder.where(name), stem, n_atoms, atomic, shape, sel))
+        if folder.is_file("real_atom_types.npy"):
+            columns.setdefault("real_atom_types", []).append(
+                np.asarray(folder.table("real_atom_types.npy", False)).astype(np.int64))
 
     total = sum(set_lengths)
-    frames = FrameList(type_map=names, source=str(system))
+    frames = FrameList(type_map=names, source=str(system.where()))
     numbers_of_type = numbers_from_type_map(names)
     starts = np.cumsum([0] + set_lengths)
     set_of_frame = np.repeat(np.arange(len(folders)), set_lengths)
@@ -231,7 +433,7 @@ def read_deepmd(path, *, type_map: Optional[Sequence[str]] = None, raw: Optional
         for key in list(frame):
             if key in K.WEIGHTED:
                 frame[K.weight_key(key)] = np.ones(3) if key == K.DIPOLE else np.array(1.0)
-        check_finite(frame, file=str(folders[s]), frame_index=int(local), names=_STEM_OF)
+        check_finite(frame, file=str(folders[s].where()), frame_index=int(local), names=_STEM_OF)
         frames.append(frame)
     return frames
 
@@ -241,7 +443,45 @@ def _present_sets(folders, key, suffix) -> List[int]:
         return list(range(len(folders)))
     stem = {K.CELL: "box"}.get(key, _STEM_OF.get(key, key))
     name = "real_atom_types.npy" if key == "real_atom_types" else f"{stem}{suffix}"
-    return [i for i, folder in enumerate(folders) if (folder / name).is_file()]
+    return [i for i, folder in enumerate(folders) if folder.is_file(name)]
+
+
+def _write_plan(frames: Sequence[dict], where, fmt: str):
+    """Checks shared by the writers; returns (types, periodic, keys written besides coord).
+
+    Every frame must have the same atom types in the same order; a label must be present in all
+    frames or in none (the format has no per-frame weights).
+    """
+    if not frames:
+        raise DataError("no frames to write", file=where)
+    types = np.asarray(frames[0][K.ATOM_TYPES])
+    for i, frame in enumerate(frames):
+        if not np.array_equal(frame[K.ATOM_TYPES], types):
+            raise DataError(f"{fmt} needs the same atoms in every frame (one system per formula)",
+                            file=where, frame=i, key=K.ATOM_TYPES)
+    periodic = bool(np.any(frames[0][K.PBC]))
+    # an input (atom_pref, fparam, ...) is stored when present; a label when its weight is > 0
+    # (present_weight only knows labels and gated inputs, hence the order of the tests)
+    keys = [K.CELL] + [key for key in _STEM_OF if all((key in f and key not in K.LABELS) or
+                                                      (key in K.WEIGHTED and present_weight(f, key) > 0)
+                                                      for f in frames)]
+    for key in _STEM_OF:
+        if key not in keys and any(key in f for f in frames):
+            raise DataError(f"label present in some frames only; {fmt} cannot store that",
+                            file=where, key=_STEM_OF[key])
+    return types, periodic, keys
+
+
+def _set_arrays(frames: Sequence[dict], periodic: bool, keys, set_size: int):
+    """Yield (set index, {entry name: (frames, columns) array}) of each ``set.NNN``."""
+    for set_index, start in enumerate(range(0, len(frames), set_size)):
+        chunk = frames[start:start + set_size]
+        arrays = {"coord.npy": np.stack([f[K.POSITIONS] for f in chunk]).reshape(len(chunk), -1)}
+        if periodic or np.any(chunk[0][K.CELL]):
+            arrays["box.npy"] = np.stack([f[K.CELL] for f in chunk]).reshape(len(chunk), -1)
+        for key in keys[1:]:
+            arrays[f"{_STEM_OF[key]}.npy"] = np.stack([f[key] for f in chunk]).reshape(len(chunk), -1)
+        yield set_index, arrays
 
 
 def write_deepmd_npy(path, frames: Sequence[dict], *, type_map: Sequence[str], set_size: int = 5000) -> Path:
@@ -251,35 +491,67 @@ def write_deepmd_npy(path, frames: Sequence[dict], *, type_map: Sequence[str], s
     frames or in none (the format has no per-frame weights). Sets hold ``set_size`` frames each.
     """
     system = Path(path)
-    if not frames:
-        raise DataError("no frames to write", file=system)
-    types = np.asarray(frames[0][K.ATOM_TYPES])
-    for i, frame in enumerate(frames):
-        if not np.array_equal(frame[K.ATOM_TYPES], types):
-            raise DataError("deepmd/npy needs the same atoms in every frame (one system per formula)",
-                            file=system, frame=i, key=K.ATOM_TYPES)
+    types, periodic, keys = _write_plan(frames, system, "deepmd/npy")
     system.mkdir(parents=True, exist_ok=True)
     np.savetxt(system / "type.raw", types, fmt="%d")
     (system / "type_map.raw").write_text("\n".join(type_map) + "\n")
-    periodic = bool(np.any(frames[0][K.PBC]))
     if not periodic:
         (system / "nopbc").touch()
     elif (system / "nopbc").exists():
         os.remove(system / "nopbc")
-    keys = [K.CELL] + [key for key in _STEM_OF if all(present_weight(f, key) > 0 or (key in f and
-                                                      key not in K.LABELS) for f in frames)]
-    for key in _STEM_OF:
-        if key not in keys and any(key in f for f in frames):
-            raise DataError("label present in some frames only; deepmd/npy cannot store that",
-                            file=system, key=_STEM_OF[key])
-    n_frames = len(frames)
-    for set_index, start in enumerate(range(0, n_frames, set_size)):
+    for set_index, arrays in _set_arrays(frames, periodic, keys, set_size):
         folder = system / f"set.{set_index:03d}"
         folder.mkdir(exist_ok=True)
-        chunk = frames[start:start + set_size]
-        np.save(folder / "coord.npy", np.stack([f[K.POSITIONS] for f in chunk]).reshape(len(chunk), -1))
-        if periodic or np.any(chunk[0][K.CELL]):
-            np.save(folder / "box.npy", np.stack([f[K.CELL] for f in chunk]).reshape(len(chunk), -1))
-        for key in keys[1:]:
-            np.save(folder / f"{_STEM_OF[key]}.npy", np.stack([f[key] for f in chunk]).reshape(len(chunk), -1))
+        for name, array in arrays.items():
+            np.save(folder / name, array)
     return system
+
+
+def write_deepmd_hdf5(path_or_group, frames: Sequence[dict], *, type_map: Sequence[str],
+                      set_size: int = 5000) -> Path:
+    """Write frames of one composition as a ``deepmd/hdf5`` system; returns its ``file.h5#/group`` path.
+
+    path_or_group: ``file.h5`` (the file's root group), ``file.h5#/group`` (created with its
+    parents; the file is created or appended to) or an open, writable ``h5py.Group``. Same layout
+    and rules as :func:`write_deepmd_npy`: ``type.raw`` int64 dataset, ``type_map.raw`` byte
+    strings, ``nopbc`` dataset when non-periodic, ``set.NNN/<name>.npy`` float64 datasets of shape
+    (frames, columns). A system already in the group is replaced (its ``type.raw``,
+    ``type_map.raw``, ``nopbc`` and ``set.*``); other members, such as nested systems, are kept.
+    """
+    import h5py
+
+    if isinstance(path_or_group, h5py.Group):
+        group = path_or_group
+        where = _hdf5_name(Path(group.file.filename), group.name)
+        plan = _write_plan(frames, where, "deepmd/hdf5")
+        _fill_hdf5_group(group, frames, type_map, set_size, *plan)
+        return where
+    file, name = split_hdf5_path(path_or_group) or (Path(path_or_group), None)
+    name = name or "/"
+    where = _hdf5_name(file, name)
+    plan = _write_plan(frames, where, "deepmd/hdf5")
+    file.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        handle = h5py.File(file, "a")
+    except OSError as exc:
+        raise DataError(f"cannot open for writing as HDF5 ({exc})", file=file) from None
+    with handle:
+        if name in handle and not isinstance(handle[name], h5py.Group):
+            raise DataError("exists and is not a group", file=where)
+        _fill_hdf5_group(handle.require_group(name), frames, type_map, set_size, *plan)
+    return where
+
+
+def _fill_hdf5_group(group, frames, type_map, set_size, types, periodic, keys) -> None:
+    import fnmatch
+    for name in list(group):
+        if name in ("type.raw", "type_map.raw", "nopbc") or fnmatch.fnmatchcase(name, "set.*"):
+            del group[name]
+    group.create_dataset("type.raw", data=np.asarray(types, dtype=np.int64))
+    group.create_dataset("type_map.raw", data=np.array([str(n).encode() for n in type_map], dtype="S"))
+    if not periodic:
+        group.create_dataset("nopbc", data=True)
+    for set_index, arrays in _set_arrays(frames, periodic, keys, set_size):
+        folder = group.create_group(f"set.{set_index:03d}")
+        for name, array in arrays.items():
+            folder.create_dataset(name, data=np.asarray(array, dtype=np.float64))

@@ -1,7 +1,8 @@
 """One entry point to read and write frames in every supported format.
 
 Formats: ``"deepmd/npy"`` (system directory with ``set.*``), ``"deepmd/raw"`` (``*.raw`` tables),
-``"extxyz"`` (through ASE). ``fmt=None`` detects the format from the path.
+``"deepmd/hdf5"`` (``file.h5#/group``, or ``file.h5`` for every system in it), ``"extxyz"`` (through
+ASE). ``fmt=None`` detects the format from the path.
 """
 
 from __future__ import annotations
@@ -11,7 +12,8 @@ from typing import List, Mapping, Optional, Sequence, Union
 
 import numpy as np
 
-from mlpot.data.deepmd_format import find_deepmd_systems, is_deepmd_system, read_deepmd, write_deepmd_npy
+from mlpot.data.deepmd_format import (find_deepmd_systems, is_deepmd_system, read_deepmd, split_hdf5_path,
+                                      write_deepmd_hdf5, write_deepmd_npy)
 from mlpot.data.extxyz_format import read_extxyz, write_extxyz
 from mlpot.data.frames import FrameList
 from mlpot.data.keys import ATOM_TYPES
@@ -19,8 +21,9 @@ from mlpot.errors import DataError
 
 __all__ = ["FORMATS", "detect_format", "read_frames", "read_systems", "write_frames", "merge_type_maps"]
 
-FORMATS = ("deepmd/npy", "deepmd/raw", "extxyz")
-_ALIASES = {"deepmd": "deepmd/npy", "npy": "deepmd/npy", "raw": "deepmd/raw", "xyz": "extxyz"}
+FORMATS = ("deepmd/npy", "deepmd/raw", "deepmd/hdf5", "extxyz")
+_ALIASES = {"deepmd": "deepmd/npy", "npy": "deepmd/npy", "raw": "deepmd/raw", "hdf5": "deepmd/hdf5",
+            "h5": "deepmd/hdf5", "xyz": "extxyz"}
 
 
 def _canonical(fmt: str, path) -> str:
@@ -30,8 +33,21 @@ def _canonical(fmt: str, path) -> str:
     return name
 
 
+def _check_exists(path) -> None:
+    """DataError when ``path`` (for ``file.h5#/group``: the file) does not exist."""
+    hdf5 = split_hdf5_path(path)
+    if hdf5 is not None and not hdf5[0].is_file():
+        raise DataError("path does not exist", file=hdf5[0])
+    if hdf5 is None and not Path(path).exists():
+        raise DataError("path does not exist", file=path)
+
+
 def detect_format(path) -> str:
-    """Guess the format of ``path``: a directory with type.raw is DeePMD (npy when it has set.*)."""
+    """Guess the format of ``path``: a directory with type.raw is DeePMD (npy when it has set.*);
+    ``file.h5#/group`` or a ``.h5``/``.hdf5`` file is ``deepmd/hdf5``."""
+    if split_hdf5_path(path) is not None:
+        _check_exists(path)
+        return "deepmd/hdf5"
     path = Path(path)
     if not path.exists():
         raise DataError("path does not exist", file=path)
@@ -61,14 +77,16 @@ def read_frames(path, fmt: Optional[str] = None, *, type_map: Optional[Sequence[
                 key_map: Optional[Mapping[str, str]] = None, index=":") -> FrameList:
     """Read the frames of one file or DeePMD system.
 
-    path: an extxyz file or a DeePMD system directory. fmt: one of :data:`FORMATS` or None
-    (detect). type_map: type names defining ``ATOM_TYPES`` (DeePMD systems are re-mapped by name).
+    path: an extxyz file, a DeePMD system directory or HDF5 group (``file.h5#/group``; a bare
+    ``file.h5`` is its root group). fmt: one of :data:`FORMATS` or None (detect). type_map: type
+    names defining ``ATOM_TYPES`` (DeePMD systems are re-mapped by name).
     key_map: extra extxyz names -> batch keys. index: frames to keep (``":"``, ``"a:b"``, int, slice).
     """
     path = Path(path)
-    if not path.exists():
-        raise DataError("path does not exist", file=path)
+    _check_exists(path)
     fmt = detect_format(path) if fmt is None else _canonical(fmt, path)
+    if fmt == "deepmd/hdf5" and split_hdf5_path(path) is None:
+        raise DataError("deepmd/hdf5 needs a file.h5#/group or .h5/.hdf5 path", file=path, key="format")
     if fmt == "extxyz":
         return read_extxyz(path, type_map=type_map, key_map=key_map,
                            index=index if isinstance(index, str) else ":")[
@@ -90,8 +108,10 @@ def read_systems(paths: Union[str, Path, Sequence[Union[str, Path]]], fmt: Optio
     """Read several systems (one :class:`FrameList` each) with one common ``type_map``.
 
     A path that is a directory but not a system is searched recursively for ``type.raw``
-    (DeePMD's ``systems: "dir"``). Without ``type_map`` the systems' type maps are merged in order
-    of first appearance and every system is re-mapped onto the merged map.
+    (DeePMD's ``systems: "dir"``); so is an HDF5 file or group (``file.h5``, ``file.h5#/group``)
+    that is not itself a system: every group holding ``type.raw``, sorted. Without ``type_map`` the
+    systems' type maps are merged in order of first appearance and every system is re-mapped onto
+    the merged map.
     """
     if isinstance(paths, (str, Path)):
         paths = [paths]
@@ -100,9 +120,13 @@ def read_systems(paths: Union[str, Path, Sequence[Union[str, Path]]], fmt: Optio
     expanded: List[Path] = []
     for path in paths:
         path = Path(path)
-        if not path.exists():
-            raise DataError("path does not exist", file=path)
-        if path.is_dir() and not is_deepmd_system(path):
+        _check_exists(path)
+        if split_hdf5_path(path) is not None and not is_deepmd_system(path):
+            found = find_deepmd_systems(path)  # DataError for a missing group or unreadable file
+            if not found:
+                raise DataError("no DeePMD system (group with type.raw) found in this HDF5 file/group", file=path)
+            expanded += found
+        elif path.is_dir() and not is_deepmd_system(path):
             found = find_deepmd_systems(path)
             if not found:
                 raise DataError("no DeePMD system (type.raw) found below this directory", file=path)
@@ -123,7 +147,7 @@ def read_systems(paths: Union[str, Path, Sequence[Union[str, Path]]], fmt: Optio
 
 def write_frames(path, frames: Sequence[dict], fmt: str, *, type_map: Optional[Sequence[str]] = None,
                  set_size: int = 5000) -> Path:
-    """Write frames as ``extxyz`` or ``deepmd/npy`` (``set_size`` frames per ``set.*``)."""
+    """Write frames as ``extxyz``, ``deepmd/npy`` or ``deepmd/hdf5`` (``set_size`` frames per ``set.*``)."""
     fmt = _canonical(fmt, path)
     type_map = list(type_map if type_map is not None else getattr(frames, "type_map", []))
     if not type_map:
@@ -132,4 +156,7 @@ def write_frames(path, frames: Sequence[dict], fmt: str, *, type_map: Optional[S
         return write_extxyz(path, frames, type_map=type_map)
     if fmt == "deepmd/npy":
         return write_deepmd_npy(path, frames, type_map=type_map, set_size=set_size)
-    raise DataError(f"writing {fmt} is not supported (use extxyz or deepmd/npy)", file=path, key="format")
+    if fmt == "deepmd/hdf5":
+        return write_deepmd_hdf5(path, frames, type_map=type_map, set_size=set_size)
+    raise DataError(f"writing {fmt} is not supported (use extxyz, deepmd/npy or deepmd/hdf5)", file=path,
+                    key="format")

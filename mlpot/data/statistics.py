@@ -26,6 +26,7 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 
 from mlpot.data import keys as K
+from mlpot.data.deepmd_format import split_hdf5_path
 from mlpot.data.frames import frame_labels, present_weight
 from mlpot.data.neighbors import neighbor_counts, neighbor_list
 
@@ -111,9 +112,15 @@ def _frames_and_sources(data):
 
 
 def _fingerprint(sources: Sequence[str]) -> list:
-    """(path, size, mtime) of every file of the sources (directories walked)."""
+    """(path, size, mtime) of every file of the sources (directories walked; an HDF5 group
+    ``file.h5#/group`` counts as its whole file)."""
     out = []
     for source in sources:
+        hdf5 = split_hdf5_path(source)
+        if hdf5 is not None:
+            stat = hdf5[0].stat()
+            out.append([f"{hdf5[0].resolve()}#{hdf5[1] or '/'}", stat.st_size, stat.st_mtime_ns])
+            continue
         path = Path(source)
         files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
         for file in files:
