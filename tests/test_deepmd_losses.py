@@ -114,3 +114,114 @@ def test_dos_loss_maps_prefactors(water_input):
     loss = WeightedLoss(loss_config.terms, loss_config.type)
     assert loss.prefactor("dos_cdf", 0.5) == pytest.approx(1.0 + 99.0 * 0.5)
     assert loss.labels == (K.DOS, K.ATOM_DOS)
+
+
+# ---- ener loss options: loss_func mae, use_huber, f_use_norm, use_default_pf ----------------------
+
+
+def _ener_batch():
+    """Two frames (2 and 3 atoms): energies, forces, virials; fixed numbers for hand computation."""
+    n_atoms = torch.tensor([2, 3])
+    f64 = dict(dtype=torch.float64)
+    batch = {K.N_ATOMS: n_atoms, K.BATCH: torch.repeat_interleave(torch.arange(2), n_atoms),
+             K.ENERGY: torch.tensor([1.0, -2.0], **f64),
+             K.FORCES: torch.zeros(5, 3, **f64),
+             K.VIRIAL: torch.zeros(2, 3, 3, **f64)}
+    for label in (K.ENERGY, K.FORCES, K.VIRIAL):
+        batch[K.weight_key(label)] = torch.ones(2, **f64)
+    force_error = torch.tensor([[3.0, 4.0, 0.0], [0.0, 0.0, 0.005], [1.0, 2.0, 2.0], [0.0, -0.006, 0.0],
+                                [0.0, 0.0, 0.0]], **f64)
+    virial_error = torch.zeros(2, 3, 3, **f64)
+    virial_error[0, 0, 0], virial_error[1, 2, 1] = 0.6, -0.009
+    pred = {K.ENERGY: torch.tensor([1.5, -2.03], **f64), K.FORCES: force_error, K.VIRIAL: virial_error}
+    return pred, batch
+
+
+def _ener_loss(water_input, **options):
+    config = copy.deepcopy(water_input)
+    config["loss"] = {"type": "ener", "start_pref_e": 1.0, "limit_pref_e": 1.0, "start_pref_f": 1.0,
+                      "limit_pref_f": 1.0, "start_pref_v": 1.0, "limit_pref_v": 1.0, **options}
+    loss_config = validate_config(deepmd.convert_dict(config)).loss
+    return WeightedLoss(loss_config.terms, loss_config.type, loss_config.intensive_ener_virial)
+
+
+def _huber(r, delta):
+    r = abs(r)
+    return 0.5 * r * r if r <= delta else delta * (r - 0.5 * delta)
+
+
+def test_mae_terms_match_hand_computation(water_input):
+    pred, batch = _ener_batch()
+    _, _, raw = _ener_loss(water_input, loss_func="mae")(pred, batch)
+    # energy |ΔE|/N: frame 0 0.5/2, frame 1 0.03/3
+    assert float(raw["energy"]) == pytest.approx((0.25 + 0.01) / 2, rel=1e-12)
+    # forces: mean |ΔF| over the 15 components
+    assert float(raw["forces"]) == pytest.approx((3 + 4 + 0.005 + 1 + 2 + 2 + 0.006) / 15, rel=1e-12)
+    # virial |ΔΞ|/N over 18 components
+    assert float(raw["virial"]) == pytest.approx((0.6 / 2 + 0.009 / 3) / 18, rel=1e-12)
+
+
+def test_mae_with_f_use_norm_compares_per_atom_force_norms(water_input):
+    pred, batch = _ener_batch()
+    _, _, raw = _ener_loss(water_input, loss_func="mae", f_use_norm=True)(pred, batch)
+    # |ΔF_k| = 5, 0.005, 3, 0.006, 0 over 5 atoms
+    assert float(raw["forces"]) == pytest.approx((5 + 0.005 + 3 + 0.006 + 0) / 5, rel=1e-12)
+
+
+def test_huber_terms_match_hand_computation(water_input):
+    pred, batch = _ener_batch()
+    _, _, raw = _ener_loss(water_input, use_huber=True, huber_delta=0.01)(pred, batch)
+    assert float(raw["energy"]) == pytest.approx((_huber(0.25, 0.01) + _huber(0.01, 0.01)) / 2, rel=1e-12)
+    components = [3, 4, 0.005, 1, 2, 2, 0.006] + [0] * 8
+    assert float(raw["forces"]) == pytest.approx(sum(_huber(c, 0.01) for c in components) / 15, rel=1e-12)
+    virial = [0.6 / 2, 0.009 / 3] + [0] * 16
+    assert float(raw["virial"]) == pytest.approx(sum(_huber(c, 0.01) for c in virial) / 18, rel=1e-12)
+    # per-term deltas [energy, force, virial] and the force norm
+    _, _, raw = _ener_loss(water_input, use_huber=True, huber_delta=[0.5, 1.0, 0.1], f_use_norm=True)(pred, batch)
+    assert float(raw["energy"]) == pytest.approx((_huber(0.25, 0.5) + _huber(0.01, 0.5)) / 2, rel=1e-12)
+    norms = [5, 0.005, 3, 0.006, 0]
+    assert float(raw["forces"]) == pytest.approx(sum(_huber(n, 1.0) for n in norms) / 5, rel=1e-12)
+    assert float(raw["virial"]) == pytest.approx(sum(_huber(c, 0.1) for c in virial) / 18, rel=1e-12)
+
+
+def test_f_use_norm_gradient_is_finite_at_zero_error(water_input):
+    pred, batch = _ener_batch()
+    pred[K.FORCES] = pred[K.FORCES].clone().requires_grad_(True)
+    total, _, _ = _ener_loss(water_input, loss_func="mae", f_use_norm=True)(pred, batch)
+    total.backward()
+    assert torch.isfinite(pred[K.FORCES].grad).all()
+
+
+def test_use_default_pf_weighs_atoms_one_without_atom_pref(water_input):
+    pred, batch = _ener_batch()
+    pf = {"start_pref_f": 0.0, "limit_pref_f": 0.0, "start_pref_pf": 1.0, "limit_pref_pf": 1.0}
+    components = [3, 4, 0.005, 1, 2, 2, 0.006] + [0] * 8
+    _, _, raw = _ener_loss(water_input, use_default_pf=True, **pf)(pred, batch)
+    assert float(raw["atom_pref"]) == pytest.approx(sum(c * c for c in components) / 15, rel=1e-12)
+    # without use_default_pf a batch without atom_pref does not count (DeePMD find_atom_pref = 0)
+    _, _, raw = _ener_loss(water_input, **pf)(pred, batch)
+    assert "atom_pref" not in raw
+    # with atom_pref data: mean over components of pref · ΔF² (prefs weigh the numerator only)
+    batch[K.ATOM_PREF] = torch.tensor([2.0, 1.0, 0.5, 1.0, 3.0], dtype=torch.float64)
+    prefs = [2.0] * 3 + [1.0] * 3 + [0.5] * 3 + [1.0] * 3 + [3.0] * 3
+    flat = [3, 4, 0, 0, 0, 0.005, 1, 2, 2, 0, -0.006, 0, 0, 0, 0]
+    hand = sum(p * c * c for p, c in zip(prefs, flat)) / 15
+    for options in ({}, {"use_default_pf": True}):
+        _, _, raw = _ener_loss(water_input, **options, **pf)(pred, batch)
+        assert float(raw["atom_pref"]) == pytest.approx(hand, rel=1e-12)
+    _, _, raw = _ener_loss(water_input, loss_func="mae", **pf)(pred, batch)
+    assert float(raw["atom_pref"]) == pytest.approx(sum(p * abs(c) for p, c in zip(prefs, flat)) / 15, rel=1e-12)
+
+
+@pytest.mark.parametrize("options,key,message", [
+    ({"f_use_norm": True}, "f_use_norm", "needs loss_func 'mae' or use_huber"),
+    ({"loss_func": "l1"}, "loss_func", "expected 'mse' or 'mae'"),
+    ({"use_huber": True, "loss_func": "mae"}, "use_huber", "needs loss_func 'mse'"),
+    ({"use_huber": True, "relative_f": 0.1}, "use_huber", "pf or gf terms or relative_f"),
+    ({"use_huber": True, "start_pref_pf": 1.0, "limit_pref_pf": 1.0}, "use_huber", "pf or gf terms"),
+    ({"use_huber": True, "huber_delta": [0.1, 0.2]}, "huber_delta", "list \\[energy, force, virial\\]"),
+])
+def test_invalid_loss_option_combinations_name_the_key(water_input, options, key, message):
+    with pytest.raises(ConfigError, match=message) as info:
+        _ener_loss(water_input, **options)
+    assert key in str(info.value)

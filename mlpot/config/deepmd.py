@@ -316,6 +316,60 @@ def _dos_loss(loss: Dict[str, Any]) -> Dict[str, Any]:
     return {"type": "native", "terms": terms}
 
 
+def _huber_deltas(value: Any) -> Dict[str, float]:
+    """huber_delta: one float for every term, or [energy, force, virial] (DeePMD 3.x); the atomic
+    energy term uses the energy delta."""
+    key = ["loss", "huber_delta"]
+    values = value if isinstance(value, list) else [value] * 3
+    if len(values) != 3 or any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in values):
+        raise ConfigError("expected a number or a list [energy, force, virial] of 3 numbers", key=key)
+    if min(values) <= 0:
+        raise ConfigError("Huber deltas must be > 0", key=key)
+    e, f, v = (float(x) for x in values)
+    return {"energy": e, "forces": f, "virial": v, "atom_energy": e}
+
+
+def _loss_function(loss: Dict[str, Any], terms: Dict[str, Any]) -> None:
+    """``loss_func`` (mse | mae), ``use_huber``/``huber_delta`` and ``f_use_norm`` onto the native
+    terms (DeePMD-kit 3.x PT ener loss, spec 4.2).
+
+    * mae: every term except gf (always MSE in DeePMD) compares |Δ|: energy and virial |Δ|/N
+      (the ``ener`` loss normalises E and Ξ by N inside MAE/Huber), forces, atom_energy and
+      atom_pref component means. As in DeePMD the MAE force term takes the plain force difference
+      (relative_f only enters the pf term there).
+    * use_huber (mse only): Huber on E/N, the force components (or |ΔF_k|) and Ξ/N, and on the
+      atomic energies; DeePMD rejects it with pf, gf or relative_f, so does mlpot.
+    * f_use_norm: forces compared by |ΔF_k| per atom; only with mae or use_huber (DeePMD errors).
+    """
+    function = loss.get("loss_func", "mse")
+    if function not in ("mse", "mae"):
+        raise ConfigError(f"expected 'mse' or 'mae', got {function!r}", key=["loss", "loss_func"])
+    huber = bool(loss.get("use_huber", False))
+    if huber and function == "mae":
+        # DeePMD-kit applies use_huber in its mse branch only and silently ignores it with mae
+        raise ConfigError("use_huber needs loss_func 'mse' (DeePMD-kit ignores it with 'mae')",
+                          key=["loss", "use_huber"])
+    if huber and ("atom_pref" in terms or "generalized_force" in terms or loss.get("relative_f") is not None):
+        raise ConfigError("use_huber cannot be combined with the pf or gf terms or relative_f (as in DeePMD-kit)",
+                          key=["loss", "use_huber"])
+    if loss.get("f_use_norm") and function != "mae" and not huber:
+        raise ConfigError("f_use_norm needs loss_func 'mae' or use_huber true (as in DeePMD-kit)",
+                          key=["loss", "f_use_norm"])
+    if huber:
+        deltas = _huber_deltas(loss.get("huber_delta", 0.01))
+        for name, delta in deltas.items():
+            if name in terms:
+                terms[name].update(function="huber", huber_delta=delta)
+    elif function == "mae":
+        for name in ("energy", "forces", "virial", "atom_energy", "atom_pref"):
+            if name in terms:
+                terms[name]["function"] = "mae"
+        if "forces" in terms:
+            terms["forces"].pop("relative", None)
+    if loss.get("f_use_norm") and "forces" in terms:
+        terms["forces"]["vector_norm"] = True
+
+
 def _loss_section(loss: Dict[str, Any], fitting_type: str = "ener") -> Dict[str, Any]:
     """DeePMD loss -> native loss: one term per label with start/limit prefactors (lr-coupled)."""
     kind = loss["type"]
@@ -334,6 +388,9 @@ def _loss_section(loss: Dict[str, Any], fitting_type: str = "ener") -> Dict[str,
             terms[label] = {"start_pref": start, "limit_pref": limit}
     if loss.get("relative_f") is not None and "forces" in terms:
         terms["forces"]["relative"] = float(loss["relative_f"])
+    if loss.get("use_default_pf") and "atom_pref" in terms:
+        # a system without atom_pref.npy weighs every atom 1 (DeePMD: find_atom_pref forced to 1)
+        terms["atom_pref"]["atom_pref_default"] = 1.0
     start, limit = float(loss.get("start_pref_gf", 0.0)), float(loss.get("limit_pref_gf", 0.0))
     if start != 0.0 and limit != 0.0:
         # generalised force (DPRc): drdq^T F per frame against drdq^T F*, drdq.npy from the data
@@ -342,9 +399,47 @@ def _loss_section(loss: Dict[str, Any], fitting_type: str = "ener") -> Dict[str,
             raise ConfigError("the generalised-force loss (start_pref_gf, limit_pref_gf) needs "
                               "numb_generalized_coord >= 1", key=["loss", "numb_generalized_coord"])
         terms["generalized_force"] = {"start_pref": start, "limit_pref": limit, "n_generalized": n_generalized}
+    _loss_function(loss, terms)
     return {"type": "ener", "terms": terms, "intensive_ener_virial": bool(loss.get("intensive_ener_virial", False)),
             # E = sum_i c_i E_i with c from atom_ener_coeff.npy (e.g. reaction energies)
             "atom_ener_coeff": bool(loss.get("enable_atom_ener_coeff", False))}
+
+
+def epoch_steps(numb_epoch: Any, train: Dict[str, Any], file: Optional[str] = None) -> int:
+    """Optimizer steps of ``numb_epoch`` passes over the training data, as DeePMD-kit 3.x counts them.
+
+    With nb_k = ceil(frames_k / bs_k) batches and sampling probability p_k of system k, one epoch is
+    ceil(max_k nb_k / p_k) steps (over the systems with p_k > 0: the steps after which every system
+    has been drawn nb_k times on average; sum_k nb_k under the default prob_sys_size), and the run
+    is ceil(numb_epoch · epoch) steps (numb_epoch may be fractional). ``mixed:N`` batches: one epoch
+    is ceil(all frames / N). ``train``: the native training data section (systems resolved). The
+    systems are read once here to count their frames and atoms.
+    """
+    import math
+
+    from mlpot.data.io import read_systems
+    from mlpot.data.keys import POSITIONS
+    from mlpot.data.samplers import SystemSampler
+
+    key = ["training", "numb_epoch"]
+    if isinstance(numb_epoch, bool) or not isinstance(numb_epoch, (int, float)) or not numb_epoch > 0:
+        raise ConfigError(f"expected a positive number of epochs, got {numb_epoch!r}", file=file, key=key)
+    try:
+        systems = read_systems(train["paths"], None if train["format"] == "auto" else train["format"])
+    except DataError as exc:
+        raise ConfigError(f"cannot count the training frames for numb_epoch: {exc}", file=file, key=key) from None
+    sampler = SystemSampler([len(s) for s in systems], train["batch_size"],
+                            n_atoms=[len(s[0][POSITIONS]) if len(s) else 1 for s in systems],
+                            auto_prob=train["auto_prob"], sys_probs=train["sys_probs"])
+    if sampler.mixed_size:
+        per_epoch = len(sampler)
+    else:
+        ratios = [n / p for n, p in zip(sampler.n_batches, sampler.probabilities) if p > 0]
+        # the tolerance keeps an exact ratio from rounding up through floating-point noise
+        per_epoch = math.ceil(max(ratios) - 1e-9)
+    if per_epoch < 1:
+        raise ConfigError("the training data give no batch per epoch", file=file, key=key)
+    return max(1, math.ceil(float(numb_epoch) * per_epoch - 1e-9))
 
 
 def _warmup(lr: Dict[str, Any], training: Dict[str, Any], file: Optional[str]) -> Dict[str, Any]:
@@ -422,10 +517,18 @@ def to_native(config: Dict[str, Any], base_dir: PathLike = ".", file: Optional[s
     opt_name = optimizer.pop("type", training.get("opt_type", "Adam"))
     if opt_name not in ("Adam", "AdamW"):
         raise ConfigError(f"not supported yet: optimizer/type={opt_name}", file=file, key=["optimizer", "type"])
-    numb_steps = training.get("numb_steps")
-    if numb_steps is None:
-        raise ConfigError("missing required key 'numb_steps'", file=file, key=["training", "numb_steps"])
+    numb_steps, numb_epoch = training.get("numb_steps"), training.get("numb_epoch")
+    if numb_steps is not None and numb_epoch is not None:
+        # DeePMD-kit takes numb_steps and drops numb_epoch silently; one length only here
+        raise ConfigError("give training/numb_steps or training/numb_epoch, not both", file=file,
+                          key=["training", "numb_epoch"])
+    if numb_steps is None and numb_epoch is None:
+        raise ConfigError("missing required key 'numb_steps' (or 'numb_epoch')", file=file,
+                          key=["training", "numb_steps"])
     multi_task = "model_dict" in config["model"]
+    if numb_epoch is not None and multi_task:
+        raise ConfigError("not supported yet: training/numb_epoch with multi-task models (num_epoch_dict)",
+                          file=file, key=["training", "numb_epoch"])
     if multi_task:
         from mlpot.config import _deepmd_multitask as multitask
         from mlpot.models.multitask import resolve_task_section
@@ -439,6 +542,8 @@ def to_native(config: Dict[str, Any], base_dir: PathLike = ".", file: Optional[s
             data["valid"] = _data_section(training["validation_data"], base, ["training", "validation_data"], file)
         if training.get("stat_file"):
             data["stat_file"] = str((base / training["stat_file"]).resolve())
+        if numb_epoch is not None:
+            numb_steps = epoch_steps(numb_epoch, data["train"], file)
     lr_schedule = {
         "type": "exp",
         "start_lr": lr.get("start_lr", 1e-3),
@@ -484,6 +589,10 @@ def to_native(config: Dict[str, Any], base_dir: PathLike = ".", file: Optional[s
     else:
         native["data"] = data
         native["loss"] = _loss_section(config["loss"], config["model"].get("fitting_net", {}).get("type", "ener"))
+    if training.get("save_dir"):  # checkpoints, their pointer file and link go there (native checkpoint.dir)
+        native["checkpoint"]["dir"] = training["save_dir"]
+    if training.get("disp_avg"):
+        native["logging"]["disp_avg"] = True
     if training.get("gradient_max_norm") is not None:
         native["training"]["clip_grad_norm"] = training["gradient_max_norm"]
     if training.get("change_bias_after_training") is not None:  # absent: mlpot's default (on)

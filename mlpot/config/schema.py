@@ -124,6 +124,11 @@ class LossTerm(Strict):
     atom_norm: Optional[Literal["none", "per_atom", "sqrt", "per_atom_sq"]] = Field(
         None, description="residual divided by 1, N, sqrt(N) or N^2 (default: from the term name)")
     relative: Optional[float] = Field(None, gt=0, description="forces: divide by |F*| + relative")
+    vector_norm: bool = Field(False, description="forces: compare the per-atom norm |F - F*| instead of the "
+                              "3 components (DeePMD f_use_norm)")
+    atom_pref_default: Optional[float] = Field(
+        None, gt=0, description="atom_pref term: per-atom weight used for a batch without atom_pref data "
+        "(DeePMD use_default_pf: 1); unset: such a batch does not count in the term")
     atom_weight: bool = Field(False, description="atomic labels: residual times the per-atom atom_weight of the data")
     n_generalized: Optional[int] = Field(None, ge=1, description="generalized_force: generalised coordinates "
                                          "per frame (drdq holds n_atoms * 3 * n_generalized values)")
@@ -232,6 +237,9 @@ class LoggingConfig(Strict):
     tensorboard_freq: int = Field(1, ge=1)
     progress_bar: bool = True
     disp_training: bool = True
+    disp_avg: bool = Field(False, description="training columns of lcurve.out (and the CSV/TensorBoard training "
+                           "values) averaged over the steps since the previous display instead of the current "
+                           "batch's values (DeePMD training/disp_avg); costs the metrics on every step")
     time_training: bool = True
     profile_file: Optional[str] = Field(None, description="write a torch.profiler Chrome trace of training "
                                         "steps 2-6 to this file (DeePMD-kit training/profiling)")

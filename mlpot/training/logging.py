@@ -5,6 +5,8 @@
   validation) then ``lr``; a second header line about nan; rows ``%7d``, ``   %11.2e`` per value,
   ``   %8.1e`` for the lr. Appended on restart. Multi-task (DeePMD-kit's layout):
   ``<key>_val_<task> <key>_trn_<task>`` per task, tasks in model_dict order.
+* :class:`WindowMean` — DeePMD ``disp_avg``: training values averaged over the steps since the
+  previous display.
 * :class:`MetricsCSV` — one row per display step with fixed columns (nan where a value is missing).
 * :func:`open_debug_log` — a ``logging`` logger writing MACE-SCF's line
   ``<date> <time>.<ms> DEBUG: loss breakdown: name: value, name: value, `` for every train and
@@ -23,7 +25,7 @@ import warnings
 from pathlib import Path
 from typing import Dict, Iterable, List, Mapping, Optional, Tuple
 
-__all__ = ["LcurveWriter", "MetricsCSV", "open_debug_log", "close_log", "format_loss_breakdown", "TensorBoardWriter"]
+__all__ = ["LcurveWriter", "WindowMean", "MetricsCSV", "open_debug_log", "close_log", "format_loss_breakdown", "TensorBoardWriter"]
 
 
 class LcurveWriter:
@@ -76,6 +78,33 @@ class LcurveWriter:
 
     def close(self) -> None:
         self.handle.close()
+
+
+class WindowMean:
+    """Mean of each training value over the steps of a display window (DeePMD ``disp_avg``).
+
+    :meth:`add` takes one step's values; a key counts only the steps that reported it (multi-task:
+    the steps of its task). :meth:`pop` returns the means and starts a new window. Keys in
+    ``skip`` (the current ``lr`` and ``loss``) are not averaged. The means are of the per-step
+    values (e.g. of the per-batch RMSEs), as DeePMD-kit averages them.
+    """
+
+    def __init__(self, skip: Iterable[str] = ("lr", "loss")):
+        self.skip = set(skip)
+        self.sums: Dict[str, float] = {}
+        self.counts: Dict[str, int] = {}
+
+    def add(self, values: Mapping[str, float]) -> None:
+        for key, value in values.items():
+            if key in self.skip:
+                continue
+            self.sums[key] = self.sums.get(key, 0.0) + float(value)
+            self.counts[key] = self.counts.get(key, 0) + 1
+
+    def pop(self) -> Dict[str, float]:
+        means = {key: self.sums[key] / self.counts[key] for key in self.sums}
+        self.sums, self.counts = {}, {}
+        return means
 
 
 class MetricsCSV:

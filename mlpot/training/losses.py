@@ -108,11 +108,15 @@ class LossTermFn:
 
     function: mse | mae | huber; atom_norm: none | per_atom | sqrt | per_atom_sq (frame labels);
     relative: forces residual divided by (|F*| + relative) (DeePMD relative_f); atom_weight:
-    atomic residuals multiplied by ``ATOM_WEIGHT`` (DeePMD enable_atomic_weight).
+    atomic residuals multiplied by ``ATOM_WEIGHT`` (DeePMD enable_atomic_weight); vector_norm:
+    forces compared by the per-atom norm |ΔF_k| (eV/Å, one entry per atom; DeePMD f_use_norm);
+    atom_pref_default: the atom_pref term's per-atom weight for a batch without ``ATOM_PREF``
+    (DeePMD use_default_pf); unset, such a batch does not count in the term (find_atom_pref = 0).
     """
 
     def __init__(self, spec: LossTermSpec, function: str = "mse", atom_norm: Optional[str] = None,
-                 huber_delta: float = 0.01, relative: Optional[float] = None, atom_weight: bool = False):
+                 huber_delta: float = 0.01, relative: Optional[float] = None, atom_weight: bool = False,
+                 vector_norm: bool = False, atom_pref_default: Optional[float] = None):
         self.label = spec.label
         self.level = K.level_of(spec.label)
         self.atom_pref = spec.atom_pref
@@ -125,6 +129,10 @@ class LossTermFn:
         self.power = _norm_power(atom_norm or spec.atom_norm)
         self.huber_delta = huber_delta
         self.relative = relative
+        self.vector_norm = bool(vector_norm)
+        if self.vector_norm and (spec.label != K.FORCES or spec.generalized):
+            raise ConfigError("vector_norm applies to force terms only", key=["loss", "terms"])
+        self.atom_pref_default = atom_pref_default
 
     def residual_and_weight(self, pred, batch) -> Tuple[torch.Tensor, torch.Tensor]:
         """(residual, weight) of matching shape (n_items, *components)."""
@@ -139,14 +147,23 @@ class LossTermFn:
             residual = residual * _expand(batch[K.ATOM_WEIGHT].to(target.dtype), residual)
         if self.level == "atom":
             weight = weight[batch[K.BATCH]]
-            if self.atom_pref:
-                weight = weight * batch[K.ATOM_PREF].to(target.dtype)
+            if self.atom_pref and K.ATOM_PREF not in batch and self.atom_pref_default is None:
+                # DeePMD: find_atom_pref = 0 for a system without atom_pref.npy, the term is off there
+                weight = torch.zeros_like(weight)
         elif self.power:
             n_atoms = batch[K.N_ATOMS].to(target.dtype)
             residual = residual / _expand(n_atoms ** self.power, residual)
         if self.relative is not None and self.label == K.FORCES:
             residual = residual / (target.norm(dim=-1, keepdim=True) + self.relative)
+        if self.vector_norm:  # DeePMD f_use_norm: one entry |ΔF_k| per atom, shape (n_atoms, 1)
+            residual = torch.linalg.vector_norm(residual, dim=-1, keepdim=True)
         return residual, _expand(weight, residual)
+
+    def _atom_pref(self, batch, like: torch.Tensor) -> torch.Tensor:
+        """Per-atom force weights (n_atoms,) of the atom_pref term; atom_pref_default where the batch has none."""
+        if K.ATOM_PREF in batch:
+            return batch[K.ATOM_PREF].to(like.dtype)
+        return torch.full(like.shape[:1], float(self.atom_pref_default or 0.0), dtype=like.dtype, device=like.device)
 
     @staticmethod
     def _generalized(force_residual, force_weight, batch) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -168,6 +185,10 @@ class LossTermFn:
         else:
             elementwise = torch.nn.functional.huber_loss(
                 residual, torch.zeros_like(residual), reduction="none", delta=self.huber_delta)
+        if self.atom_pref:
+            # DeePMD pf: mean over components of atom_pref · f(ΔF); the prefs weigh the numerator
+            # only, so the term is a plain component mean when every pref is 1
+            elementwise = elementwise * _expand(self._atom_pref(batch, residual), elementwise)
         return (weight * elementwise).sum(), weight.sum().detach()
 
     def __call__(self, pred, batch) -> Tuple[torch.Tensor, bool]:
@@ -203,7 +224,9 @@ class WeightedLoss:
             if atom_norm is None and loss_type == "ener" and spec.label in (K.ENERGY, K.VIRIAL):
                 atom_norm = "per_atom" if (intensive or term.function != "mse") else "sqrt"
             self.fns[name] = LossTermFn(spec, term.function, atom_norm, term.huber_delta, term.relative,
-                                        atom_weight=getattr(term, "atom_weight", False))
+                                        atom_weight=getattr(term, "atom_weight", False),
+                                        vector_norm=getattr(term, "vector_norm", False),
+                                        atom_pref_default=getattr(term, "atom_pref_default", None))
 
     @property
     def labels(self) -> Tuple[str, ...]:

@@ -8,7 +8,8 @@ EMA update. A non-finite loss skips the update (logged and counted; training sto
 ``step + 1``.
 
 Display (step 1, every ``logging.disp_freq`` steps and the last): lcurve.out row (training values
-of the current batch, validation values averaged over ``numb_btch`` batches with atom-count
+of the current batch, or with ``logging.disp_avg`` their mean over the steps since the previous
+display), validation values averaged over ``numb_btch`` batches with atom-count
 weights), a metrics-CSV row (pooled validation RMSE/MAE per label), TensorBoard scalars. Every
 train and validation batch writes a ``loss breakdown:`` line to the debug log.
 
@@ -42,7 +43,7 @@ from mlpot.training.checkpoint import CheckpointManager, load_checkpoint
 from mlpot.training.data_setup import MultiTaskData, TrainingData, build_training_data
 from mlpot.training.distributed import DistInfo, init_distributed, shard_indices
 from mlpot.training.ema import ExponentialMovingAverage
-from mlpot.training.logging import (LcurveWriter, MetricsCSV, TensorBoardWriter, close_log,
+from mlpot.training.logging import (LcurveWriter, MetricsCSV, TensorBoardWriter, WindowMean, close_log,
                                     format_loss_breakdown, open_debug_log)
 from mlpot.training.losses import WeightedLoss, label_error_sums
 from mlpot.training.metrics import AtomWeightedMean, PooledErrors, lcurve_keys, lcurve_values
@@ -365,7 +366,8 @@ class Trainer:
             if self.dist.enabled:
                 sums = {k: self.dist.sum(v) for k, v in sums.items()}
             values = self._task_keys(task, lcurve_values(global_total, sums, self.task_labels[task]))
-            for other in self.task_names:
+            # disp_avg averages each task over its own steps: no extra batches of the other tasks
+            for other in self.task_names if not self.config.logging.disp_avg else ():
                 if other != task:
                     values.update(self._task_keys(other, self._train_batch_values(other)))
         values["loss"] = global_total
@@ -552,6 +554,8 @@ class Trainer:
         self.bar = tqdm(total=self.total_steps, initial=self.step, unit="step", disable=not show_bar,
                         dynamic_ncols=True, file=self.stdout)
         last: Dict[str, float] = {}
+        # disp_avg: the metrics of every step, averaged over the display window
+        window = WindowMean() if cfg.logging.disp_avg else None
         start_time, start_step = time.perf_counter(), self.step
         try:
             while self.step < self.total_steps:
@@ -560,7 +564,10 @@ class Trainer:
                     self._enter_stage(index)
                 shown = self.step + 1
                 self._profile(shown)
-                train = self.train_step(metrics=shown == 1 or shown % disp_freq == 0 or shown == self.total_steps)
+                train = self.train_step(metrics=window is not None or shown == 1 or shown % disp_freq == 0
+                                        or shown == self.total_steps)
+                if window is not None:
+                    window.add(train)
                 self.bar.update(1)
                 self.bar.set_postfix(loss=f"{train['loss']:.4g}", lr=f"{train['lr']:.2e}", refresh=False)
                 end = self.step == self.total_steps
@@ -573,6 +580,8 @@ class Trainer:
                     if self.plateau and valid is not None:
                         self.scheduler.step(valid.get("rmse", train["loss"]))
                 if self.step == 1 or self.step % disp_freq == 0 or end:
+                    if window is not None:
+                        train = {**train, **window.pop()}
                     self._display(train, valid)
                     last = valid or train
                 if self.step % cfg.checkpoint.every == 0 or end:
