@@ -144,6 +144,11 @@ def test_unbuilt_feature_errors(water_input):
     bad["model"]["spin"] = {"use_spin": [True, False]}
     with pytest.raises(ConfigError, match="not supported yet: model/spin"):
         deepmd.convert_dict(bad)
+    # a composite model's key in a standard model is an error naming its model type, never ignored
+    bad = copy.deepcopy(water_input)
+    bad["model"]["tab_file"] = "table.xvg"
+    with pytest.raises(ConfigError, match=r"input\.json: model\.tab_file: belongs to model/type \"pairtab\""):
+        deepmd.convert_dict(bad, file="input.json")
     mixed = copy.deepcopy(water_input)
     mixed["training"]["training_data"]["batch_size"] = "mixed:4"
     assert deepmd.convert_dict(mixed)["data"]["train"]["batch_size"] == "mixed:4"

@@ -160,12 +160,14 @@ MODEL = {
     "shared_dict": _k(S, note="multi-task: name -> descriptor section or type_map list, referenced by name from model_dict"),
     "model_dict": _k(S, note="multi-task (PyTorch layout): task -> model section; descriptor/type_map may name a shared_dict entry (share level 0)"),
     "fitting_net_dict": _k(S, note="multi-task (TF 2.x layout): task -> fitting_net, one shared descriptor"),
-    "tab_file": _k(U, default=None),
-    "model_file": _k(U, default=None),
-    "models": _k(U, default=None),
-    "weights": _k(U, default=None),
+    "tab_file": _k(S, note="model/type pairtab (with rcut, sel); an error in a standard model"),
+    "model_file": _k(S, note="model/type frozen; an error in a standard model"),
+    "models": _k(S, note="model/type linear_ener; an error in a standard model"),
+    "weights": _k(S, note="model/type linear_ener (a list, \"mean\" or \"sum\"); an error in a standard model"),
 }
-UNBUILT_MODELS = ("frozen", "pairtab", "linear_ener", "pairwise_dprc", "zbl", "multi")
+# keys of the composite model types, meaningless in a standard model
+COMPOSITE_MODEL_KEYS = {"tab_file": "pairtab", "model_file": "frozen", "models": "linear_ener", "weights": "linear_ener"}
+UNBUILT_MODELS = ("pairwise_dprc", "zbl", "multi")
 
 # ---- learning rate, loss, optimizer ------------------------------------------------------------
 LEARNING_RATE = {

@@ -173,6 +173,10 @@ def check_keys(config: Dict[str, Any], file: Optional[str] = None) -> Dict[str, 
         out["model"] = {k: v for k, v in raw_model.items() if not str(k).startswith("_comment")}
         return _check_rest(out, file)
     model = _check_section(raw_model, table.MODEL, ["model"], file)
+    for key, owner in table.COMPOSITE_MODEL_KEYS.items():
+        if model.get(key) is not None:
+            raise ConfigError(f"belongs to model/type \"{owner}\", not to a standard model (descriptor + fitting_net)",
+                              file=file, key=["model", key])
     for required in ("type_map", "descriptor", "fitting_net"):
         if required not in model:
             raise ConfigError(f"missing required key '{required}'", file=file, key=["model", required])
