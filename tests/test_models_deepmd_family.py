@@ -194,3 +194,67 @@ def test_frames_without_any_neighbour(descriptor):
         torch.testing.assert_close(energies, energies[:1].expand_as(energies), atol=1e-12, rtol=0)
     mixed = T.random_batch(2, [3, 8], box=[30.0, 5.0], seed=1)  # frame 0 has no neighbours, frame 1 has
     T.assert_batch_consistent(model, mixed, atol=1e-10, rtol=1e-10)
+
+
+def _three_type_energy_batch():
+    """Four frames of 8 atoms with three types and energies from known per-type values plus noise."""
+    batch = T.random_batch(4, 8, n_types=3, seed=11)
+    counts = torch.zeros(4, 3, dtype=torch.float64)
+    counts.index_put_((batch[K.BATCH], batch[K.ATOM_TYPES]), torch.ones(32, dtype=torch.float64), accumulate=True)
+    noise = torch.tensor([0.3, -0.2, 0.1, -0.25], dtype=torch.float64)
+    batch[K.ENERGY] = counts @ torch.tensor([-2.0, -5.0, -7.0], dtype=torch.float64) + noise
+    return batch, counts
+
+
+def test_preset_out_bias_is_fixed_and_the_rest_is_the_constrained_least_squares():
+    batch, counts = _three_type_energy_batch()
+    assert np.linalg.matrix_rank(counts.numpy()) == 3  # a well-posed fit without the preset
+    fitting = {"neuron": [8], "seed": 4, "preset_out_bias": [None, -4.5, None]}
+    model = build_model({"type_map": ["A", "B", "C"], "descriptor": dict(SE_A, sel=[8, 8, 8]), "fitting_net": fitting})
+    model.compute_statistics([batch])
+    bias = model.fitting.bias_atom[:, 0].numpy()
+    # hand: b_B = -4.5 is fixed; (b_A, b_C) solve the normal equations of E - 4.5 n_B ≈ n_A b_A + n_C b_C
+    n = counts.numpy()
+    target = batch[K.ENERGY].numpy() - n[:, 1] * -4.5
+    free = n[:, [0, 2]]
+    expected = np.linalg.solve(free.T @ free, free.T @ target)
+    assert bias[1] == -4.5
+    np.testing.assert_allclose(bias[[0, 2]], expected, rtol=1e-10)
+    unconstrained = np.linalg.lstsq(n, batch[K.ENERGY].numpy(), rcond=None)[0]
+    assert abs(unconstrained[1] + 4.5) > 0.1  # the preset really constrained the fit
+
+    # unlike atom_ener, the net's vacuum output is not removed (DeePMD-kit PT only sets the bias):
+    # with set_davg_zero an isolated B atom has D = 0 and energy net_B(0) + preset, not the preset
+    vacuum = build_model({"type_map": ["A", "B", "C"], "descriptor": dict(SE_A, sel=[8, 8, 8], set_davg_zero=True),
+                          "fitting_net": fitting})
+    vacuum.compute_statistics([batch])
+    single = T.random_batch(1, 1, n_types=3, periodic=False, seed=1)
+    single[K.ATOM_TYPES] = torch.tensor([1])
+    net_at_zero = vacuum.fitting.net_outputs(torch.zeros(1, vacuum.fitting.dim_descrpt, dtype=torch.float64),
+                                             torch.tensor([1]))
+    energy = vacuum(single)[K.ENERGY]
+    torch.testing.assert_close(energy, net_at_zero[:, 0].detach() - 4.5)
+    assert abs(float(net_at_zero.detach())) > 1e-3
+
+
+def test_preset_out_bias_survives_refit_and_rejects_bad_input():
+    batch, counts = _three_type_energy_batch()
+    model = build_model({"type_map": ["A", "B", "C"], "descriptor": dict(SE_A, sel=[8, 8, 8]),
+                         "fitting_net": {"neuron": [8], "seed": 4, "preset_out_bias": [[-1.5], None, None]}})
+    model.compute_statistics([batch])
+    residual = dict(batch, **{K.ENERGY: counts @ torch.tensor([0.4, 0.1, -0.3], dtype=torch.float64)})
+    before = model.fitting.bias_atom.clone()
+    shift = model.fitting.refit_bias([residual])
+    assert shift[0, 0] == 0.0 and model.fitting.bias_atom[0, 0] == -1.5  # the preset type is left alone
+    n = counts.numpy()
+    expected = np.linalg.lstsq(n[:, 1:], residual[K.ENERGY].numpy(), rcond=None)[0]
+    np.testing.assert_allclose(shift[1:, 0], expected, rtol=1e-10)
+    torch.testing.assert_close(model.fitting.bias_atom[1:, 0] - before[1:, 0], torch.as_tensor(expected))
+    for bad, message in (([None, -1.0], "one entry"), ([None, "x", None], "could not convert|finite"),
+                         ([None, [1.0, 2.0], None], "expected 1 finite")):
+        with pytest.raises((ConfigError, ValueError), match=message):
+            build_model({"type_map": ["A", "B", "C"], "descriptor": dict(SE_A, sel=[8, 8, 8]),
+                         "fitting_net": {"neuron": [8], "preset_out_bias": bad}})
+    with pytest.raises(ConfigError, match="both atom_ener and preset_out_bias"):
+        build_model({"type_map": ["A", "B", "C"], "descriptor": dict(SE_A, sel=[8, 8, 8]),
+                     "fitting_net": {"neuron": [8], "atom_ener": [1.0], "preset_out_bias": [2.0, None, None]}})

@@ -102,3 +102,45 @@ def test_plateau_and_scheduler_state_roundtrip():
     opt3.step()
     sched3.step()
     assert current_lr(opt3) == pytest.approx(math.exp(math.log(1e-3) * 5 / 10))
+
+
+def test_cosine_follows_deepmd_formula_after_warmup():
+    # DeePMD-kit 3.x: lr = stop + (start - stop)(1 + cos(pi (t - W) / (N - W))) / 2, stop_lr from t >= N
+    sched = build_schedule("cosine", 1e-3, stop_lr=1e-5, num_steps=110, warmup_steps=10, warmup_start_factor=0.2)
+    assert sched.lr(0) == pytest.approx(2e-4) and sched.lr(5) == pytest.approx(2e-4 + 0.8e-3 * 0.5)
+    for t in (10, 35, 60, 85, 109):
+        hand = 1e-5 + (1e-3 - 1e-5) * 0.5 * (1 + math.cos(math.pi * (t - 10) / 100))
+        assert sched.lr(t) == pytest.approx(hand, rel=1e-12)
+    assert sched.lr(60) == pytest.approx((1e-3 + 1e-5) / 2, rel=1e-12)
+    assert sched.lr(110) == sched.lr(500) == pytest.approx(1e-5)
+
+
+@pytest.mark.parametrize("decay_type", ["inverse_linear", "cosine", "linear"])
+def test_wsd_phases_and_decay_rules(decay_type):
+    # N = 10000, W = 1000, ratio 0.1: D = floor(0.1 N) = 1000 (of the total steps), S = N - W - D = 8000
+    sched = build_schedule("wsd", 1e-3, stop_lr=1e-5, num_steps=10000, warmup_steps=1000, decay_phase_ratio=0.1,
+                           decay_type=decay_type)
+    assert (sched.decay_phase_steps, sched.stable_steps) == (1000, 8000)
+    assert sched.lr(0) == 0.0 and sched.lr(500) == pytest.approx(0.5e-3)
+    assert sched.lr(1000) == sched.lr(5000) == sched.lr(9000) == 1e-3
+    for t in (9250, 9500, 9900):
+        u = (t - 9000) / 1000
+        hand = {"inverse_linear": 1 / (u / 1e-5 + (1 - u) / 1e-3),
+                "cosine": 1e-5 + (1e-3 - 1e-5) * 0.5 * (1 + math.cos(math.pi * u)),
+                "linear": 1e-3 + (1e-5 - 1e-3) * u}[decay_type]
+        assert sched.lr(t) == pytest.approx(hand, rel=1e-12)
+    assert sched.lr(10000) == sched.lr(20000) == 1e-5
+
+
+def test_wsd_defaults_clamping_and_errors():
+    sched = build_schedule("wsd", 1e-3, stop_lr=1e-5, num_steps=10000)
+    assert (sched.decay_phase_ratio, sched.decay_type) == (0.1, "inverse_linear")
+    assert sched.lr(9500) == pytest.approx(1 / (0.5 / 1e-5 + 0.5 / 1e-3), rel=1e-12)
+    short = build_schedule("wsd", 1e-3, stop_lr=1e-5, num_steps=10, warmup_steps=9, decay_phase_ratio=0.2)
+    assert (short.decay_phase_steps, short.stable_steps) == (1, 0)  # clamped to the post-warm-up steps
+    with pytest.raises(ConfigError, match="decay_phase_ratio must be in"):
+        build_schedule("wsd", 1e-3, stop_lr=1e-5, num_steps=100, decay_phase_ratio=0.0)
+    with pytest.raises(ConfigError, match="lr_schedule.decay_type: unknown decay_type 'cosin'.*did you mean 'cosine'"):
+        build_schedule("wsd", 1e-3, stop_lr=1e-5, num_steps=100, decay_type="cosin")
+    with pytest.raises(ConfigError, match="needs stop_lr > 0"):
+        build_schedule("wsd", 1e-3, stop_lr=0.0, num_steps=100)

@@ -146,7 +146,7 @@ MODEL = {
     "data_bias_nsample": _k(S),
     "pair_exclude_types": _k(S),
     "atom_exclude_types": _k(S),
-    "preset_out_bias": _k(U, default=None),
+    "preset_out_bias": _k(S, note='{"energy": [null or value per type]} (PT): fixed bias of those types, subtracted before the least-squares fit of the rest and kept by change_bias_after_training; the vacuum output is not removed (unlike atom_ener)'),
     "srtab_add_bias": _k(S, note="add the type bias to the table part of the blend"),
     "use_srtab": _k(S, note="pair table file (DeePMD-kit table format), blended in at short range"),
     "smin_alpha": _k(S, note="Å, soft-min length of the blend"),
@@ -183,6 +183,19 @@ LEARNING_RATE = {
     "warmup_ratio": _k(S, note="warm-up steps = int(ratio * numb_steps); not together with warmup_steps"),
     "warmup_start_factor": _k(S, note="warm-up starts at factor * start_lr (default 0)"),
 }
+_LR_SHARED = ("type", "start_lr", "stop_lr", "stop_lr_ratio", "scale_by_worker", "warmup_steps", "warmup_ratio",
+              "warmup_start_factor")
+LEARNING_RATE_COSINE = {name: LEARNING_RATE[name] for name in _LR_SHARED}
+LEARNING_RATE_COSINE["type"] = _k(S, note="lr = stop_lr + (start_lr - stop_lr)(1 + cos(pi t'/T))/2, t' = t - warmup, T = numb_steps - warmup; stop_lr after")
+LEARNING_RATE_WSD = {name: LEARNING_RATE[name] for name in _LR_SHARED}
+LEARNING_RATE_WSD.update(
+    {
+        "type": _k(S, note="warm-up, stable at start_lr, then decay over the last floor(decay_phase_ratio * numb_steps) steps"),
+        "decay_phase_ratio": _k(S, note="default 0.1, in (0, 1]; a fraction of numb_steps (warm-up included)"),
+        "decay_type": _k(S, note="inverse_linear (default, 1/lr linear in the progress), cosine or linear"),
+    }
+)
+LEARNING_RATES = {"exp": LEARNING_RATE, "cosine": LEARNING_RATE_COSINE, "wsd": LEARNING_RATE_WSD}
 _PREFACTOR_TERMS = ("e", "f", "v", "ae", "pf", "gf", "h")
 LOSS_ENER = {"type": _k(S, default="ener")}
 for _term in _PREFACTOR_TERMS:
@@ -300,7 +313,7 @@ def all_tables() -> Dict[str, Dict[str, DeepmdKey]]:
     tables = {"(top level)": TOP, "model": MODEL}
     tables.update({f"model/descriptor[{name}]": table for name, table in DESCRIPTORS.items()})
     tables.update({f"model/fitting_net[{name}]": table for name, table in FITTINGS.items()})
-    tables["learning_rate[exp]"] = LEARNING_RATE
+    tables.update({f"learning_rate[{name}]": table for name, table in LEARNING_RATES.items()})
     tables.update({f"loss[{name}]": table for name, table in LOSSES.items()})
     tables["optimizer"] = OPTIMIZER
     tables["training"] = TRAINING

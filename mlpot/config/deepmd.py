@@ -194,8 +194,7 @@ def check_keys(config: Dict[str, Any], file: Optional[str] = None) -> Dict[str, 
 def _check_rest(out: Dict[str, Any], file: Optional[str]) -> Dict[str, Any]:
     """Check the sections other than ``model`` (learning_rate, loss, optimizer, training)."""
     out["learning_rate"] = _typed(
-        out.get("learning_rate", {}), {"exp": table.LEARNING_RATE}, ("cosine", "wsd"), "exp", {},
-        ["learning_rate"], file,
+        out.get("learning_rate", {}), table.LEARNING_RATES, (), "exp", {}, ["learning_rate"], file,
     )
     out["loss"] = _typed(out.get("loss", {}), table.LOSSES, table.UNBUILT_LOSSES, "ener", {}, ["loss"], file)
     out["optimizer"] = _check_section(out.get("optimizer", {}), table.OPTIMIZER, ["optimizer"], file)
@@ -498,6 +497,30 @@ def _mixed_precision(native: Dict[str, Any], section: Any, multi_task: bool, fil
     native["training"]["compute_dtype"] = section["compute_prec"]
 
 
+def _preset_out_bias(model: Dict[str, Any], file: Optional[str]) -> None:
+    """model/preset_out_bias (PT, ``{"energy": [null or value per type]}``) -> the fitting's
+    ``preset_out_bias`` list: those types keep the value as their bias and are subtracted before
+    the least-squares fit of the rest (spec §3); unlike ``atom_ener`` the net's vacuum output is
+    not removed (DeePMD-kit PT only sets the bias)."""
+    key = ["model", "preset_out_bias"]
+    preset = model.pop("preset_out_bias")
+    fitting = model["fitting_net"]
+    output = {"ener": "energy", "dos": "dos"}.get(fitting.get("type", "ener"))
+    if output is None:
+        raise ConfigError(f"not supported yet: model/preset_out_bias with fitting_net/type={fitting['type']}",
+                          file=file, key=key)
+    if not isinstance(preset, dict) or set(preset) - {output}:
+        raise ConfigError(f'expected {{"{output}": [null or value per type]}}', file=file, key=key)
+    values = preset.get(output)
+    if values is None:
+        return
+    n_types = len(model["type_map"])
+    if not isinstance(values, list) or len(values) != n_types:
+        raise ConfigError(f"needs one entry (null or a value) per type of type_map ({n_types})", file=file,
+                          key=key + [output])
+    fitting["preset_out_bias"] = values
+
+
 def _model_dtype(model: Dict[str, Any]) -> str:
     """Native ``dtype``: the fitting's precision, else the descriptor's, else float64 (DeePMD default)."""
     for section in (model.get("fitting_net", {}), model.get("descriptor", {})):
@@ -549,12 +572,13 @@ def to_native(config: Dict[str, Any], base_dir: PathLike = ".", file: Optional[s
         if numb_epoch is not None:
             numb_steps = epoch_steps(numb_epoch, data["train"], file)
     lr_schedule = {
-        "type": "exp",
+        "type": lr.get("type", "exp"),  # exp, cosine, wsd: the same names and formulas natively
         "start_lr": lr.get("start_lr", 1e-3),
-        "decay_steps": lr.get("decay_steps", 5000),
         "scale_by_worker": lr.get("scale_by_worker", "linear"),
     }
-    for key in ("stop_lr", "stop_lr_ratio", "decay_rate", "smooth"):
+    if lr_schedule["type"] == "exp":
+        lr_schedule["decay_steps"] = lr.get("decay_steps", 5000)
+    for key in ("stop_lr", "stop_lr_ratio", "decay_rate", "smooth", "decay_phase_ratio", "decay_type"):
         if lr.get(key) is not None:
             lr_schedule[key] = lr[key]
     if "stop_lr" not in lr_schedule and "stop_lr_ratio" not in lr_schedule:
@@ -588,6 +612,8 @@ def to_native(config: Dict[str, Any], base_dir: PathLike = ".", file: Optional[s
             "keep": training.get("max_ckpt_keep", 5),
         },
     }
+    if not multi_task and native["model"].get("preset_out_bias") is not None:
+        _preset_out_bias(native["model"], file)
     if multi_task:
         native["tasks"] = multitask.native_tasks(config, base, file)
     else:

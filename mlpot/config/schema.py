@@ -93,7 +93,7 @@ class OptimizerConfig(Strict):
 
 
 class LRScheduleConfig(Strict):
-    type: Literal["exp", "step", "cosine", "plateau", "constant"] = "constant"
+    type: Literal["exp", "step", "cosine", "wsd", "plateau", "constant"] = "constant"
     start_lr: Optional[float] = Field(None, gt=0)
     stop_lr: Optional[float] = Field(None, ge=0)
     stop_lr_ratio: Optional[float] = Field(None, gt=0, description="stop_lr = start_lr * ratio")
@@ -103,6 +103,8 @@ class LRScheduleConfig(Strict):
     warmup_steps: int = Field(0, ge=0)
     warmup_ratio: Optional[float] = Field(None, ge=0, lt=1)
     warmup_start_factor: float = Field(0.0, ge=0)
+    decay_phase_ratio: float = Field(0.1, gt=0, le=1, description="wsd: decay phase = floor(ratio * numb_steps)")
+    decay_type: Literal["inverse_linear", "cosine", "linear"] = Field("inverse_linear", description="wsd decay rule")
     step_size: int = Field(1000, ge=1)
     gamma: float = Field(0.5, gt=0)
     factor: float = Field(0.5, gt=0, lt=1, description="plateau")

@@ -7,8 +7,9 @@ atoms of that type (index_select / index_add, no loop over atoms).
 Output statistics (before training, ``compute_output_statistics``):
 * ener / dos: per-type bias by least squares N b ≈ y (N: per-frame type counts) with numpy's SVD
   ``lstsq`` and ``rcond``: for fixed composition this is the minimum-norm solution [COMPAT].
-  Types with a preset ``atom_ener`` keep it and are subtracted first. The output std (residual std)
-  is stored in ``out_std``.
+  Types with a preset ``atom_ener`` (TF) or ``preset_out_bias`` (PT) keep it and are subtracted
+  first. ``atom_ener`` also removes the net's vacuum output of its types; ``preset_out_bias`` only
+  fixes the bias (DeePMD-kit PT). The output std (residual std) is stored in ``out_std``.
 * polar with ``shift_diag``: per-type mean of the diagonal (``constant_matrix``), by least squares
   on the global label or as the mean over atoms of the atomic label.
 * fparam / aparam: mean and 1/std (std protected by ``data_stat_protect``) for input normalisation.
@@ -54,6 +55,26 @@ def least_squares_bias(counts: np.ndarray, values: np.ndarray, rcond: Optional[f
     return bias
 
 
+def _preset_rows(preset: Optional[Sequence[Any]], n_types: int, n_out: int) -> Optional[List[Any]]:
+    """``preset_out_bias`` per type: None (fitted) or a list of ``n_out`` floats (a bare number
+    when ``n_out`` is 1). Returns None when no type is preset."""
+    if preset is None:
+        return None
+    key = "model/preset_out_bias"
+    if not isinstance(preset, (list, tuple)) or len(preset) != n_types:
+        raise ConfigError(f"needs one entry (null or a value) per type ({n_types})", key=key)
+    rows: List[Any] = []
+    for t, value in enumerate(preset):
+        if value is None:
+            rows.append(None)
+            continue
+        row = np.asarray(value, dtype=np.float64).reshape(-1)
+        if row.size != n_out or not np.all(np.isfinite(row)):
+            raise ConfigError(f"type {t}: expected {n_out} finite number(s), got {value!r}", key=key)
+        rows.append(row.tolist())
+    return rows if any(r is not None for r in rows) else None
+
+
 def _group_by_type(types: torch.Tensor, n_types: int) -> List[torch.Tensor]:
     return [torch.nonzero(types == t).squeeze(1) for t in range(n_types)]
 
@@ -71,6 +92,7 @@ class InvariantFitting(torch.nn.Module):
     def __init__(self, n_types: int, dim_descrpt: int, n_out: int = 1, neuron=(120, 120, 120), *,
                  activation_function: str = "tanh", resnet_dt: bool = True, numb_fparam: int = 0, numb_aparam: int = 0,
                  rcond: Optional[float] = None, atom_ener: Optional[Sequence[Optional[float]]] = None,
+                 preset_out_bias: Optional[Sequence[Any]] = None,
                  trainable=True, seed: Optional[int] = None, mixed_types: bool = False, dtype=torch.float64):
         super().__init__()
         self.n_types, self.dim_descrpt, self.n_out = int(n_types), int(dim_descrpt), int(n_out)
@@ -80,6 +102,11 @@ class InvariantFitting(torch.nn.Module):
         self.atom_ener = list(atom_ener) if atom_ener else None
         if self.atom_ener is not None:
             self.atom_ener = (self.atom_ener + [None] * n_types)[:n_types]
+        self.preset_out_bias = _preset_rows(preset_out_bias, self.n_types, self.n_out)
+        for t, (a, p) in enumerate(zip(self.atom_ener or [None] * n_types, self.preset_out_bias or [None] * n_types)):
+            if a is not None and p is not None:
+                raise ConfigError(f"type {t} has both atom_ener and preset_out_bias; give one",
+                                  key="model/preset_out_bias")
         in_dim = self.dim_descrpt + self.numb_fparam + self.numb_aparam
         n_nets = 1 if self.mixed_types else self.n_types
         self.nets = torch.nn.ModuleList(
@@ -88,13 +115,19 @@ class InvariantFitting(torch.nn.Module):
             for t in range(n_nets)
         )
         self.register_buffer("bias_atom", torch.zeros(n_types, self.n_out, dtype=torch.float64))
-        for t, value in enumerate(self.atom_ener or []):
+        for t, value in enumerate(self._fixed_bias()):
             if value is not None:
-                self.bias_atom[t] = float(value)
+                self.bias_atom[t] = torch.as_tensor(value, dtype=torch.float64)
         self.register_buffer("out_std", torch.ones(n_types, self.n_out, dtype=torch.float64))
         for name, width in (("fparam", self.numb_fparam), ("aparam", self.numb_aparam)):
             self.register_buffer(f"{name}_avg", torch.zeros(width, dtype=dtype))
             self.register_buffer(f"{name}_inv_std", torch.ones(width, dtype=dtype))
+
+    def _fixed_bias(self) -> List[Any]:
+        """Per type the fixed bias (a float for ``atom_ener``, an (n_out,) list for
+        ``preset_out_bias``) or None where the bias is fitted."""
+        presets = self.preset_out_bias or [None] * self.n_types
+        return [p if a is None else a for a, p in zip(self.atom_ener or [None] * self.n_types, presets)]
 
     @property
     def net_dtype(self) -> torch.dtype:
@@ -156,19 +189,20 @@ class InvariantFitting(torch.nn.Module):
         if data is None:
             return None
         counts, values = data
-        bias = least_squares_bias(counts, values, self.rcond, self.atom_ener)
+        bias = least_squares_bias(counts, values, self.rcond, self._fixed_bias())
         residual = values - counts @ bias
         return {"bias": bias, "std": residual.std(axis=0) if len(residual) > 1 else np.ones(values.shape[1])}
 
     def refit_bias(self, residual_batches: Sequence[Dict[str, torch.Tensor]]) -> Optional[np.ndarray]:
         """Add to ``bias_atom`` the least-squares per-type fit of the frame label of
-        ``residual_batches`` (label - prediction, CPU batches); types with an ``atom_ener`` preset
-        keep theirs. Returns the shift (n_types, n_out), or None when no frame has the label."""
+        ``residual_batches`` (label - prediction, CPU batches); types with an ``atom_ener`` or
+        ``preset_out_bias`` preset keep theirs. Returns the shift (n_types, n_out), or None when no
+        frame has the label."""
         data = self._frame_counts_and_values(residual_batches)
         if data is None:
             return None
         counts, values = data
-        fixed = [0.0 if a is not None else None for a in (self.atom_ener or [None] * self.n_types)]
+        fixed = [0.0 if a is not None else None for a in self._fixed_bias()]
         shift = least_squares_bias(counts, values, self.rcond, fixed)
         with torch.no_grad():
             self.bias_atom += torch.as_tensor(shift, dtype=self.bias_atom.dtype, device=self.bias_atom.device)
@@ -236,6 +270,7 @@ INVARIANT_DEFAULTS = {
     "numb_aparam": 0,
     "rcond": None,
     "atom_ener": None,
+    "preset_out_bias": None,
     "trainable": True,
     "seed": None,
 }

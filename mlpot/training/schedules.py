@@ -4,6 +4,9 @@ Every schedule is a small picklable object with ``lr(step) -> float`` (absolute 
 0-based internal step) and ``start_lr``. The optimizer side (``optim.build_lr_scheduler``) drives a
 torch ``LambdaLR`` with ``lr(step) / start_lr``, so per-group learning rates keep their ratios.
 
+DeePMD's ``cosine`` and ``wsd`` (warmup-stable-decay, DeePMD-kit 3.x) are the same formulas as
+DeePMD-kit's, with the shared warm-up in front.
+
 DeePMD's ``exp`` schedule follows specs/deepmd.md §4.1 exactly (decay-rate arithmetic, automatic
 shrink of ``decay_steps``, clipping at ``stop_lr``, warmup that restarts the decay after it). It is
 written here because torch's ExponentialLR has neither the stepped form nor the auto-shrink.
@@ -21,6 +24,7 @@ __all__ = [
     "ExponentialDecay",
     "StepDecay",
     "CosineDecay",
+    "WarmupStableDecay",
     "ConstantLR",
     "SCHEDULES",
     "build_schedule",
@@ -111,6 +115,61 @@ class CosineDecay(_Warmup):
         return self.stop_lr + 0.5 * (self.start_lr - self.stop_lr) * (1.0 + math.cos(math.pi * frac))
 
 
+WSD_DECAY_TYPES = ("inverse_linear", "cosine", "linear")
+
+
+@dataclass
+class WarmupStableDecay(_Warmup):
+    """DeePMD-kit ``wsd``: warm-up, a stable phase at start_lr, then a final decay to stop_lr.
+
+    With W warm-up steps and N = ``num_steps``, the decay phase lasts D = floor(ratio * N) steps
+    (ratio = ``decay_phase_ratio`` of the *total* steps, as DeePMD-kit), clamped to [1, N - W];
+    the stable phase is the remaining S = N - W - D steps. In the decay phase, with the progress
+    u = (t - W - S) / D in [0, 1]:
+
+    * ``inverse_linear`` (default): lr = 1 / (u / stop_lr + (1 - u) / start_lr)
+    * ``cosine``: lr = stop_lr + (start_lr - stop_lr) (1 + cos(pi u)) / 2
+    * ``linear``: lr = start_lr + (stop_lr - start_lr) u
+
+    and stop_lr from t >= N on.
+    """
+
+    stop_lr: float = 0.0
+    num_steps: int = 1
+    decay_phase_ratio: float = 0.1
+    decay_type: str = "inverse_linear"
+
+    def __post_init__(self):
+        if not 0.0 < float(self.decay_phase_ratio) <= 1.0:
+            raise ConfigError(f"decay_phase_ratio must be in (0, 1], got {self.decay_phase_ratio}",
+                              key="lr_schedule.decay_phase_ratio")
+        if self.decay_type not in WSD_DECAY_TYPES:
+            hint = suggest(str(self.decay_type), WSD_DECAY_TYPES)
+            raise ConfigError(f"unknown decay_type {self.decay_type!r}; valid: {', '.join(WSD_DECAY_TYPES)}",
+                              key="lr_schedule.decay_type", hint=f"did you mean {hint!r}?" if hint else None)
+        if self.decay_type == "inverse_linear" and self.stop_lr <= 0:
+            raise ConfigError("the inverse_linear decay needs stop_lr > 0", key="lr_schedule.stop_lr")
+        span = max(1, int(self.num_steps) - int(self.warmup_steps))
+        self.decay_phase_steps = min(span, max(1, int(float(self.decay_phase_ratio) * int(self.num_steps))))
+        self.stable_steps = span - self.decay_phase_steps
+
+    def lr(self, step: int) -> float:
+        warm = self._warm(step)
+        if warm is not None:
+            return warm
+        into_decay = step - self.warmup_steps - self.stable_steps
+        if into_decay <= 0:
+            return self.start_lr
+        u = into_decay / self.decay_phase_steps
+        if u >= 1.0:
+            return self.stop_lr
+        if self.decay_type == "inverse_linear":
+            return 1.0 / (u / self.stop_lr + (1.0 - u) / self.start_lr)
+        if self.decay_type == "cosine":
+            return self.stop_lr + 0.5 * (self.start_lr - self.stop_lr) * (1.0 + math.cos(math.pi * u))
+        return self.start_lr + (self.stop_lr - self.start_lr) * u
+
+
 @dataclass
 class ConstantLR(_Warmup):
     """Constant start_lr after warmup."""
@@ -120,11 +179,12 @@ class ConstantLR(_Warmup):
         return self.start_lr if warm is None else warm
 
 
-SCHEDULES = {"exp": ExponentialDecay, "step": StepDecay, "cosine": CosineDecay, "constant": ConstantLR}
+SCHEDULES = {"exp": ExponentialDecay, "step": StepDecay, "cosine": CosineDecay, "wsd": WarmupStableDecay,
+             "constant": ConstantLR}
 
 
 def build_schedule(type: str, start_lr: float, *, key="lr_schedule", file=None, **kwargs):
-    """Schedule object by name (``exp``, ``step``, ``cosine``, ``constant``) with its keyword options.
+    """Schedule object by name (``exp``, ``step``, ``cosine``, ``wsd``, ``constant``) with its keyword options.
 
     Unknown names or options raise ConfigError naming ``key`` (and ``file``) with a suggestion.
     """

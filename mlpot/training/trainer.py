@@ -222,10 +222,12 @@ class Trainer:
             warmup = sched.warmup_steps or int((sched.warmup_ratio or 0.0) * self.total_steps)
             self.warmup_steps = warmup
             options = {"warmup_steps": warmup, "warmup_start_factor": sched.warmup_start_factor}
-            if sched.type in ("exp", "cosine"):
+            if sched.type in ("exp", "cosine", "wsd"):
                 stop = sched.stop_lr if sched.stop_lr is not None else (
                     base_lr * sched.stop_lr_ratio if sched.stop_lr_ratio else (1e-8 if sched.type == "exp" else 0.0))
                 options.update(stop_lr=stop, num_steps=self.total_steps)
+            if sched.type == "wsd":
+                options.update(decay_phase_ratio=sched.decay_phase_ratio, decay_type=sched.decay_type)
             if sched.type == "exp":
                 options.update(decay_steps=sched.decay_steps, decay_rate=sched.decay_rate, smooth=sched.smooth)
             if sched.type == "step":
