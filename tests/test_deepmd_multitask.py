@@ -328,3 +328,12 @@ def test_ase_calculator_takes_a_head_of_a_checkpoint(systems, tmp_path, monkeypa
         energies[(source, head)] = atoms.get_potential_energy()
     assert energies[("model.ckpt.pt", "water_b")] == pytest.approx(energies[("model_water_b.pt", None)], abs=1e-9)
     assert energies[("model.ckpt.pt", "water_a")] != pytest.approx(energies[("model.ckpt.pt", "water_b")], abs=1e-6)
+
+
+def test_multitask_input_takes_every_learning_rate_type(systems):
+    config = pytorch_input(systems)
+    config["learning_rate"] = {"type": "cosine", "start_lr": 1e-3, "stop_lr": 1e-5}
+    assert deepmd.convert_dict(config)["lr_schedule"]["type"] == "cosine"
+    config["learning_rate"] = {"type": "wsd", "start_lr": 1e-3, "stop_lr": 1e-5, "decay_phase_ratio": 0.2}
+    schedule = deepmd.convert_dict(config)["lr_schedule"]
+    assert schedule["type"] == "wsd" and schedule["decay_phase_ratio"] == 0.2

@@ -212,8 +212,8 @@ def check_multi_task(out: Dict[str, Any], file: Optional[str]) -> Dict[str, Any]
     out["loss_dict"] = {task: front._typed(losses[task], table.LOSSES, table.UNBUILT_LOSSES, "ener", {},
                                            ["loss_dict", task], file) for task in tasks}
     _learning_rate(out, tasks, file)
-    out["learning_rate"] = front._typed(out.get("learning_rate", {}), {"exp": table.LEARNING_RATE},
-                                        ("cosine", "wsd"), "exp", {}, ["learning_rate"], file)
+    out["learning_rate"] = front._typed(out.get("learning_rate", {}), table.LEARNING_RATES, (), "exp", {},
+                                        ["learning_rate"], file)
     out["optimizer"] = front._check_section(out.get("optimizer", {}), table.OPTIMIZER, ["optimizer"], file)
     training = front._check_section(out["training"], table.TRAINING, ["training"], file)
     if "data_dict" not in training:
