@@ -1,9 +1,12 @@
-"""``mlpot train CONFIG [--restart CKPT] [--init-model CKPT] [--output-dir DIR] [--no-progress]``.
+"""``mlpot train CONFIG [--restart CKPT] [--init-model CKPT] [--finetune MODEL [--model-branch B|RANDOM]
+[--use-pretrain-script]] [--output-dir DIR] [--no-progress]``.
 
 CONFIG is a native YAML, or a peer config (DeePMD-kit ``input.json``/``.yaml``) converted on the
 fly by ``mlpot convert``'s front-ends. Launch with ``torchrun --nproc-per-node N -m mlpot.cli train
 CONFIG`` for data-parallel training. ``--restart`` resumes exactly (use ``latest`` for the newest
 checkpoint in the output folder); ``--init-model`` takes only the weights (step 0, fresh optimizer).
+``--finetune`` starts from a pretrained model with the input's type_map (a subset of the pretrained
+one) and a change-by-statistic of the energy bias on the new data (:mod:`mlpot.training.finetune`).
 After training the last checkpoint is frozen to ``model.pt`` (multi-task: ``model_<task>.pt`` per head).
 """
 
@@ -11,12 +14,20 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from mlpot.errors import ConfigError
+
 
 def add_arguments(parser) -> None:
     parser.add_argument("config", type=Path, help="native YAML or DeePMD input.json/.yaml")
     parser.add_argument("--restart", default=None,
                         help="checkpoint to resume exactly ('latest': the newest in the output folder)")
     parser.add_argument("--init-model", default=None, help="checkpoint or frozen model to take the weights from")
+    parser.add_argument("--finetune", default=None,
+                        help="pretrained checkpoint or frozen model to fine-tune (DeePMD dp train --finetune)")
+    parser.add_argument("--model-branch", default=None,
+                        help="head of a multi-task pretrained model, or RANDOM to re-initialise the fitting net")
+    parser.add_argument("--use-pretrain-script", action="store_true",
+                        help="take the model section from the pretrained model (type_map from the input)")
     parser.add_argument("--output-dir", type=Path, default=None, help="override output_dir of the config")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -51,8 +62,22 @@ def run(args) -> int:
     from mlpot.calculators.export import freeze, load_model
 
     init_weights = load_model(args.init_model).state_dict() if args.init_model else None
+    finetune = getattr(args, "finetune", None) if restart is None else None
+    if finetune:
+        from mlpot.training.finetune import prepare_finetune
+
+        if args.init_model:
+            raise ConfigError("--finetune and --init-model exclude each other", key="--finetune")
+        init_weights, random_fitting = prepare_finetune(
+            config, load_model(finetune), branch=args.model_branch, use_pretrain_script=args.use_pretrain_script,
+            file=str(args.config), pretrained_file=str(finetune))
     trainer = Trainer(config, restart=restart, init_weights=init_weights, progress=not args.no_progress,
                       file=str(args.config))
+    if finetune:
+        from mlpot.training.finetune import finetune_bias
+
+        finetune_bias(trainer.model, trainer.data.stat_samples, random_fitting,
+                      write=trainer._write if trainer.dist.is_main else (lambda line: None), file=str(args.config))
     trainer.run()
     if trainer.dist.is_main:
         # the frozen model of the checkpoint this run wrote last (EMA weights when EMA is on), not
