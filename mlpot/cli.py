@@ -25,6 +25,9 @@ COMMANDS = {
     "data": ("mlpot.commands.data", "inspect datasets (`mlpot data info PATH...`)"),
     "plot": ("mlpot.commands.plot", "plots: loss curves from a debug log, parity plots"),
     "bands": ("mlpot.commands.bands", "neural empirical pseudopotentials: fit, eval, plot band structures"),
+    "change-bias": ("mlpot.commands.change_bias", "change or set the per-type energy bias of a model from data or values (dp change-bias)"),
+    "model-devi": ("mlpot.commands.model_devi", "model deviation of an ensemble (DeePMD-kit's dp model-devi, model_devi.out)"),
+    "neighbor-stat": ("mlpot.commands.neighbor_stat", "min neighbour distance and max neighbours per type (dp neighbor-stat)"),
 }
 
 

@@ -215,13 +215,28 @@ def test_neighbor_stat_fcc(tmp_path, capsys):
         neighbor_stat.neighbor_stat([str(path)], 0.0)
 
 
-def test_through_mlpot_main(monkeypatch, tmp_path, capsys):
+def test_through_mlpot_main(tmp_path, capsys):
     import mlpot.cli
 
-    monkeypatch.setitem(mlpot.cli.COMMANDS, "neighbor-stat", ("mlpot.commands.neighbor_stat", "neighbour statistics"))
     path = tmp_path / "cu.extxyz"
     write(path, [bulk("Cu", "fcc", a=3.6, cubic=True)], format="extxyz")
     assert mlpot.cli.main(["neighbor-stat", "-s", str(path), "-r", "3.0"]) == 0
     assert capsys.readouterr().out.splitlines() == [f"min_nbor_dist: {3.6 / np.sqrt(2):f}", "max_nbor_size: [12]"]
     assert mlpot.cli.main(["neighbor-stat", "-s", str(path), "-r", "-1"]) == 2
     assert "rcut must be positive" in capsys.readouterr().err
+
+
+def test_every_cli_command_is_registered_and_loads(capsys):
+    import importlib
+
+    import mlpot.cli
+
+    for name in ("change-bias", "model-devi", "neighbor-stat"):
+        assert name in mlpot.cli.COMMANDS
+    for module, _ in mlpot.cli.COMMANDS.values():
+        loaded = importlib.import_module(module)
+        assert callable(loaded.add_arguments) and callable(loaded.run)
+    with pytest.raises(SystemExit):
+        mlpot.cli.main(["--help"])
+    listed = capsys.readouterr().out
+    assert all(name in listed for name in mlpot.cli.COMMANDS)
