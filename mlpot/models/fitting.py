@@ -208,24 +208,22 @@ class InvariantFitting(torch.nn.Module):
             self.bias_atom += torch.as_tensor(shift, dtype=self.bias_atom.dtype, device=self.bias_atom.device)
         return shift
 
-    def set_bias_by_statistic(self, batches: Sequence[Dict[str, torch.Tensor]]) -> Optional[np.ndarray]:
+    def set_bias_by_statistic(self, batches: Sequence[Dict[str, torch.Tensor]]) -> Optional[Dict[str, Any]]:
         """Set ``bias_atom`` and ``out_std`` to the least-squares per-type fit of the raw frame
         label of ``batches`` (set-by-statistic; presets kept), leaving the fparam/aparam statistics.
-        Returns the bias (n_types, n_out), or None when no frame has the label."""
+        Returns {"bias": (n_types, n_out), "std": (n_out,)}, or None when no frame has the label."""
         result = self._label_statistics(batches)
         if result is None:
             return None
         with torch.no_grad():
             self.bias_atom.copy_(torch.as_tensor(result["bias"]))
             self.out_std.copy_(torch.as_tensor(result["std"]).expand_as(self.out_std))
-        return result["bias"]
+        return result
 
     def compute_output_statistics(self, batches: Sequence[Dict[str, torch.Tensor]], protection: float = 1e-2) -> Dict[str, Any]:
         summary: Dict[str, Any] = {}
-        result = self._label_statistics(batches)
+        result = self.set_bias_by_statistic(batches)
         if result is not None:
-            self.bias_atom.copy_(torch.as_tensor(result["bias"]))
-            self.out_std.copy_(torch.as_tensor(result["std"]).expand_as(self.out_std))
             summary["bias_atom"] = result["bias"].tolist()
             summary["out_std"] = np.asarray(result["std"]).tolist()
         for name, key, width in (("fparam", FPARAM, self.numb_fparam), ("aparam", APARAM, self.numb_aparam)):

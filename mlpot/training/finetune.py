@@ -37,7 +37,8 @@ from mlpot.data import keys as K
 from mlpot.errors import CheckpointError, ConfigError
 
 __all__ = ["RANDOM_BRANCH", "prepare_finetune", "select_branch", "type_index", "remap_model_section",
-           "remap_state_dict", "check_model_sections", "change_energy_bias", "finetune_bias"]
+           "remap_state_dict", "check_model_sections", "energy_fitting", "refit_energy_bias",
+           "change_energy_bias", "finetune_bias"]
 
 RANDOM_BRANCH = "RANDOM"
 # keys that do not shape the network or its weights (the statistics are not recomputed)
@@ -253,12 +254,39 @@ def prepare_finetune(config, pretrained: torch.nn.Module, *, branch: Optional[st
 
 
 # ---- energy bias ----------------------------------------------------------------------------
-def _energy_fitting(model: torch.nn.Module, file: Optional[str]):
+def energy_fitting(model: torch.nn.Module):
+    """The energy fitting of a single-task model, or None when it has none (e.g. dipole, dos)."""
     fitting = getattr(model, "fitting", None)
-    if fitting is None or getattr(fitting, "frame_key", None) != K.ENERGY:
+    return fitting if getattr(fitting, "frame_key", None) == K.ENERGY else None
+
+
+def _energy_fitting(model: torch.nn.Module, file: Optional[str]):
+    fitting = energy_fitting(model)
+    if fitting is None:
         raise ConfigError("the model has no energy fitting (bias changes need an energy model)", file=file,
                           key="model/fitting_net")
     return fitting
+
+
+def refit_energy_bias(model: torch.nn.Module, batches: Sequence[Dict[str, torch.Tensor]]) -> Optional[np.ndarray]:
+    """Change-by-statistic on a single-task energy model, in place: predict the frames of
+    ``batches`` (CPU collated batches with neighbour lists) in eval mode and add the least-squares
+    per-type fit of label - prediction to the bias (``InvariantFitting.refit_bias``). Returns the
+    shift (n_types, 1) in eV per atom, or None when no frame has an energy label."""
+    fitting = _energy_fitting(model, None)
+    device = fitting.bias_atom.device
+    was_training = model.training
+    model.eval()
+    residuals = []
+    for batch in batches:
+        if K.ENERGY not in batch:
+            continue
+        with torch.no_grad():
+            predicted = model({k: v.to(device) for k, v in batch.items()})[K.ENERGY]
+        residuals.append(dict(batch, **{K.ENERGY: batch[K.ENERGY].to(torch.float64)
+                                        - predicted.to(torch.float64).cpu()}))
+    model.train(was_training)
+    return fitting.refit_bias(residuals)
 
 
 def change_energy_bias(model: torch.nn.Module, batches: Sequence[Dict[str, torch.Tensor]], mode: str = "change",
@@ -284,19 +312,7 @@ def change_energy_bias(model: torch.nn.Module, batches: Sequence[Dict[str, torch
         if fitting.set_bias_by_statistic(batches) is None:
             raise ConfigError("no frame of the data has an energy label", file=file, key="energy")
     elif mode == "change":
-        device = fitting.bias_atom.device
-        was_training = model.training
-        model.eval()
-        residuals = []
-        for batch in batches:
-            if K.ENERGY not in batch:
-                continue
-            with torch.no_grad():
-                predicted = model({k: v.to(device) for k, v in batch.items()})[K.ENERGY]
-            residuals.append(dict(batch, **{K.ENERGY: batch[K.ENERGY].to(torch.float64)
-                                            - predicted.detach().to(torch.float64).cpu()}))
-        model.train(was_training)
-        if fitting.refit_bias(residuals) is None:
+        if refit_energy_bias(model, batches) is None:
             raise ConfigError("no frame of the data has an energy label", file=file, key="energy")
     else:
         raise ConfigError(f"unknown mode {mode!r} (change or set)", file=file, key="--mode")

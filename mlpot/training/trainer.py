@@ -43,6 +43,7 @@ from mlpot.training.checkpoint import CheckpointManager, load_checkpoint
 from mlpot.training.data_setup import MultiTaskData, TrainingData, build_training_data
 from mlpot.training.distributed import DistInfo, init_distributed, shard_indices
 from mlpot.training.ema import ExponentialMovingAverage
+from mlpot.training.finetune import energy_fitting, refit_energy_bias
 from mlpot.training.logging import (LcurveWriter, MetricsCSV, TensorBoardWriter, WindowMean, close_log,
                                     format_loss_breakdown, open_debug_log)
 from mlpot.training.losses import WeightedLoss, label_error_sums
@@ -501,18 +502,9 @@ class Trainer:
         self.model.eval()
         with self.ema.applied(self.model) if self.ema is not None else contextlib.nullcontext():
             for task, head in self.heads.items():
-                fitting = getattr(head, "fitting", None)
-                if fitting is None or getattr(fitting, "frame_key", None) != K.ENERGY:
+                if energy_fitting(head) is None:
                     continue
-                residuals = []
-                for batch in self.task_data[task].stat_samples:
-                    if K.ENERGY not in batch:
-                        continue
-                    with torch.no_grad():
-                        predicted = head({k: v.to(self.dist.device) for k, v in batch.items()})[K.ENERGY]
-                    residuals.append(dict(batch, **{K.ENERGY: batch[K.ENERGY].to(torch.float64)
-                                                    - predicted.to(torch.float64).cpu()}))
-                shift = fitting.refit_bias(residuals)
+                shift = refit_energy_bias(head, self.task_data[task].stat_samples)
                 if shift is None:
                     continue
                 shifts[task] = shift[:, 0].tolist()
