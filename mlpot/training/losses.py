@@ -335,18 +335,16 @@ def label_error_sums(pred, batch, labels: Iterable[str]) -> Dict[str, torch.Tens
     with torch.no_grad():
         for label in labels:
             if label == GENERALIZED_FORCE:
-                if K.FORCES in pred and K.FORCES in batch and K.DRDQ in batch:
-                    residual, weight = LossTermFn(TERMS[GENERALIZED_FORCE]).residual_and_weight(pred, batch)
-                    out[label] = torch.stack([(weight * residual.square()).sum(), (weight * residual.abs()).sum(),
-                                              weight.sum()]).double()
+                present = K.FORCES in pred and K.FORCES in batch and K.DRDQ in batch
+                variants = [(label, TERMS[GENERALIZED_FORCE])] if present else []
+            elif label not in pred or label not in batch or K.weight_key(label) not in batch:
                 continue
-            if label not in pred or label not in batch or K.weight_key(label) not in batch:
-                continue
-            variants = [(label, "none")]
-            if label in (K.ENERGY, K.VIRIAL):
-                variants.append((f"{label}_per_atom", "per_atom"))
-            for name, norm in variants:
-                residual, weight = LossTermFn(LossTermSpec(label, norm)).residual_and_weight(pred, batch)
+            else:
+                variants = [(label, LossTermSpec(label, "none"))]
+                if label in (K.ENERGY, K.VIRIAL):
+                    variants.append((f"{label}_per_atom", LossTermSpec(label, "per_atom")))
+            for name, spec in variants:
+                residual, weight = LossTermFn(spec).residual_and_weight(pred, batch)
                 out[name] = torch.stack([(weight * residual.square()).sum(), (weight * residual.abs()).sum(),
                                          weight.sum()]).double()
     return out
