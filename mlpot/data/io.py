@@ -121,15 +121,12 @@ def read_systems(paths: Union[str, Path, Sequence[Union[str, Path]]], fmt: Optio
     for path in paths:
         path = Path(path)
         _check_exists(path)
-        if split_hdf5_path(path) is not None and not is_deepmd_system(path):
-            found = find_deepmd_systems(path)  # DataError for a missing group or unreadable file
+        hdf5 = split_hdf5_path(path) is not None
+        if (hdf5 or path.is_dir()) and not is_deepmd_system(path):
+            found = find_deepmd_systems(path)  # HDF5: DataError for a missing group or unreadable file
             if not found:
-                raise DataError("no DeePMD system (group with type.raw) found in this HDF5 file/group", file=path)
-            expanded += found
-        elif path.is_dir() and not is_deepmd_system(path):
-            found = find_deepmd_systems(path)
-            if not found:
-                raise DataError("no DeePMD system (type.raw) found below this directory", file=path)
+                raise DataError("no DeePMD system (group with type.raw) found in this HDF5 file/group" if hdf5
+                                else "no DeePMD system (type.raw) found below this directory", file=path)
             expanded += found
         else:
             expanded.append(path)
