@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import datetime
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Dict, Optional, Union
 
@@ -28,7 +27,7 @@ import torch
 from mlpot.errors import CheckpointError
 from mlpot.models.compose import FROZEN_FORMAT
 
-__all__ = ["FROZEN_FORMAT", "freeze", "load_model", "read_model_file"]
+__all__ = ["FROZEN_FORMAT", "freeze", "load_model", "read_model_file", "save_frozen"]
 
 FORMAT_VERSION = 1  # FROZEN_FORMAT (the file's "format" entry) is defined once, in mlpot.models.compose
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
@@ -107,17 +106,16 @@ def load_model(path: PathLike, device: Union[str, torch.device] = "cpu", head: O
     return model.to(device).eval()
 
 
-def _atomic_save(obj: Any, path: Path) -> None:
-    """Write to a temporary file in the same folder, then rename (never a half-written file)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(handle)
-    try:
-        torch.save(obj, temporary)
-        os.replace(temporary, path)
-    finally:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
+def save_frozen(payload: Dict[str, Any], path: PathLike) -> None:
+    """Write a frozen-model payload to ``path`` atomically (the checkpoint writer's temporary file,
+    fsync and rename: never a half-written file, an existing one kept on failure)."""
+    import io
+
+    from mlpot.training.checkpoint import atomic_write_bytes
+
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    atomic_write_bytes(path, buffer.getvalue())
 
 
 def freeze(checkpoint: PathLike, output: PathLike, head: Optional[str] = None) -> Dict[str, Any]:
@@ -152,5 +150,5 @@ def freeze(checkpoint: PathLike, output: PathLike, head: Optional[str] = None) -
         "dtype": dtype,
         "metadata": metadata,
     }
-    _atomic_save(frozen, output)
+    save_frozen(frozen, output)
     return metadata

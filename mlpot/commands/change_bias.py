@@ -65,7 +65,7 @@ def _systems(args):
 
 
 def run(args) -> int:
-    from mlpot.calculators.export import FROZEN_FORMAT, _atomic_save, load_model, read_model_file, select_head
+    from mlpot.calculators.export import FROZEN_FORMAT, load_model, read_model_file, save_frozen, select_head
     from mlpot.training.finetune import change_energy_bias
 
     file = str(args.model)
@@ -91,7 +91,7 @@ def run(args) -> int:
     # (the EMA shadow of a checkpoint averages parameters only; bias_atom is a buffer)
     output = args.output or args.model.with_name(f"{args.model.stem}_updated{args.model.suffix}")
     if payload.get("format") == FROZEN_FORMAT:
-        _atomic_save(payload, Path(output))
+        save_frozen(payload, output)
     else:
         from mlpot.training.checkpoint import save_checkpoint
 

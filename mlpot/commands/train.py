@@ -62,7 +62,7 @@ def run(args) -> int:
     from mlpot.calculators.export import freeze, load_model
 
     init_weights = load_model(args.init_model).state_dict() if args.init_model else None
-    finetune = getattr(args, "finetune", None) if restart is None else None
+    finetune = args.finetune if restart is None else None
     if finetune:
         from mlpot.training.finetune import prepare_finetune
 
