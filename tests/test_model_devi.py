@@ -192,6 +192,16 @@ def test_model_devi_errors(water, tmp_path):
         _run(model_devi, ["-m", str(models[0]), str(cu), "-s", str(system), "-o", str(tmp_path / "x.out")])
     with pytest.raises(ConfigError, match="at least two models"):
         _run(model_devi, ["-m", str(models[0]), "-s", str(system), "-o", str(tmp_path / "x.out")])
+    # a failing run (--atomic on frames of different sizes) leaves an earlier output as it was
+    mixed = tmp_path / "mixed.extxyz"
+    small = bulk("Cu", "fcc", a=3.7, cubic=True)
+    write(mixed, [small, small.repeat((2, 1, 1))], format="extxyz")
+    previous = tmp_path / "previous.out"
+    previous.write_text("# an earlier run\n")
+    with pytest.raises(ConfigError, match="same number of atoms"):
+        _run(model_devi, ["-m", str(cu), str(_save(tmp_path, ["Cu", "Au"], 8, "cu8.pt")), "-s", str(mixed),
+                          "-o", str(previous), "--atomic"])
+    assert previous.read_text() == "# an earlier run\n"
 
 
 def test_neighbor_stat_fcc(tmp_path, capsys):

@@ -47,9 +47,7 @@ def run(args) -> int:
         if list(model.type_map) != type_map:
             raise ConfigError(f"{path} has type map {list(model.type_map)}, {args.models[0]} has {type_map}: "
                               "the models must share one", key="models")
-    output = Path(args.output)
-    if output.exists():
-        output.unlink()  # rows are appended per system: start clean
+    blocks = []  # (system, rows): every system is evaluated before the output is touched
     for frames in read_systems(args.systems, args.format, type_map=type_map):
         name = str(frames.source or "system")
         if len(frames) == 0:
@@ -60,7 +58,12 @@ def run(args) -> int:
                                    relative_v=args.relative_v, atomic=args.atomic)
         except ValueError as exc:
             raise ConfigError(str(exc), file=name, key="atomic") from None
-        write_model_devi(output, rows, header=name, atomic=args.atomic)
+        blocks.append((name, rows))
         print(f"{name}: {len(frames)} frames, max_devi_f up to {rows[:, 4].max():.6e}")
+    output = Path(args.output)
+    if output.exists():
+        output.unlink()  # write_model_devi appends one block per system: start clean
+    for name, rows in blocks:
+        write_model_devi(output, rows, header=name, atomic=args.atomic)
     print(f"wrote {output}")
     return 0
