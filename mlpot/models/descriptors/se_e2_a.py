@@ -172,8 +172,8 @@ class DescriptorSeA(EnvMatrixDescriptor):
         pad_inputs = (-self.davg[:, :1] / self.dstd[:, :1]).to(env.dtype)  # (n_types, 1)
         centre_types = range(1) if self.type_one_side else range(self.n_types)
         for tj, (start, stop) in enumerate(bounds):
-            block, mask, left = env[:, start:stop], occupied[:, start:stop], weights[:, start:stop]
-            radial = block[..., 0].reshape(-1)  # s~ of every slot of the section, flat
+            mask, left = occupied[:, start:stop], weights[:, start:stop]
+            radial = env[:, start:stop, 0].reshape(-1)  # s~ of every slot of the section, flat
             pieces, positions = [], []  # net values of occupied slots, and their flat slot index
             pad_embedded = env.new_zeros(n_atoms, self.m1)
             for ti in centre_types:
