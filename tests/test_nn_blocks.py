@@ -129,3 +129,33 @@ def test_mlp_compute_dtype_runs_the_layers_in_reduced_precision():
     assert 1e-4 < float((reduced - full).detach().abs().max()) < 0.1
     set_compute_dtype(net, None)
     torch.testing.assert_close(net(x), full, atol=0, rtol=0)
+
+
+def test_polynomial_cutoff_closed_form_and_smoothness():
+    from mlpot.nn import PolynomialCutoff
+
+    cutoff = PolynomialCutoff(r_max=4.0, p=6)
+    r = torch.tensor([0.0, 2.0, 3.999999, 4.0, 5.0], dtype=torch.float64, requires_grad=True)
+    f = cutoff(r)
+    x = 0.5
+    expected_mid = 1 - 28 * x**6 + 48 * x**7 - 21 * x**8  # p = 6: (p+1)(p+2)/2 = 28, p(p+2) = 48, p(p+1)/2 = 21
+    assert torch.allclose(f.detach(), torch.tensor([1.0, expected_mid, 0.0, 0.0, 0.0], dtype=torch.float64), atol=1e-12)
+    (grad,) = torch.autograd.grad(f.sum(), r, create_graph=True)
+    (second,) = torch.autograd.grad(grad.sum(), r)
+    assert abs(float(grad[2])) < 1e-9 and abs(float(second[2])) < 1e-4  # f' and f'' vanish at r_max
+
+
+def test_bessel_basis_values_and_trainable_frequencies():
+    import math
+
+    from mlpot.nn import BesselBasis
+
+    r = torch.tensor([0.7, 1.9], dtype=torch.float64)
+    basis = BesselBasis(r_max=5.0, num_basis=3, dtype=torch.float64)
+    n = torch.arange(1, 4, dtype=torch.float64)
+    expected = 2.0 / 5.0 * torch.sin(n * math.pi / 5.0 * r[:, None]) / r[:, None]
+    assert torch.allclose(basis(r), expected, atol=1e-14)
+    mace_like = BesselBasis(r_max=5.0, num_basis=3, prefactor=math.sqrt(2 / 5.0), trainable=True, dtype=torch.float64)
+    assert torch.allclose(mace_like(r), expected * math.sqrt(2 / 5.0) / (2 / 5.0), atol=1e-14)
+    assert [name for name, _ in mace_like.named_parameters()] == ["weights"]
+    assert "weights" in dict(basis.named_buffers())
