@@ -111,7 +111,7 @@ def srtab_model(table_file, **extra):
     config.update(extra)
     model = build_model(config)
     model.compute_statistics([T.random_batch(2, 8, seed=5)])
-    model.inner.fitting.bias_atom.copy_(torch.tensor([[-1.5], [-0.5]], dtype=torch.float64))
+    model.bias_atom.copy_(torch.tensor([[-1.5], [-0.5]], dtype=torch.float64))  # the blend's one output bias
     return model
 
 
@@ -120,8 +120,9 @@ def test_srtab_blend_limits_and_continuity_between_sw_rmin_and_sw_rmax(table_fil
     distances = np.concatenate([[0.5, 0.8, 0.9 - 1e-7, 0.9 + 1e-7], np.linspace(0.95, 1.35, 9), [1.4 - 1e-7, 1.4 + 1e-7, 2.0]])
     batch = _frames([(d, 0, 1) for d in distances])
     blended = model(batch)[K.ENERGY].detach().numpy()
-    network = model.inner(batch)[K.ENERGY].detach().numpy()
-    table = _pair_energies(distances)[:, 1] + (-1.5 - 0.5)  # pair energy + the biases of both atoms
+    biases = -1.5 - 0.5  # the blend's bias of both atoms
+    network = model.inner(batch)[K.ENERGY].detach().numpy() + biases
+    table = _pair_energies(distances)[:, 1] + biases  # pair energy + the biases of both atoms
     inside = distances < 0.9
     np.testing.assert_allclose(blended[inside], table[inside], rtol=1e-12)
     outside = distances >= 1.4
@@ -174,8 +175,11 @@ def test_linear_ener_is_the_weighted_sum_of_its_members(table_file):
         assert model.cutoff == 3.5
         out = compute_derivatives(model, batch, forces=True, virial=True)
         parts = [compute_derivatives(m, batch, forces=True, virial=True) for m in model.members]
+        atom_bias = model.bias_atom[batch[K.ATOM_TYPES], 0]  # the one output bias of the combined model
+        frame_bias = torch.zeros(2, dtype=torch.float64).index_add(0, batch[K.BATCH], atom_bias)
+        offsets = {K.ENERGY: frame_bias, K.ATOM_ENERGY: atom_bias, K.FORCES: 0.0, K.VIRIAL: 0.0}
         for key in (K.ENERGY, K.ATOM_ENERGY, K.FORCES, K.VIRIAL):
-            torch.testing.assert_close(out[key], factors[0] * parts[0][key] + factors[1] * parts[1][key])
+            torch.testing.assert_close(out[key], factors[0] * parts[0][key] + factors[1] * parts[1][key] + offsets[key])
     T.assert_forces_match_fd(model, batch, atol=1e-7, rtol=1e-5)
     with pytest.raises(ConfigError, match="model/weights"):
         build_model({"type": "linear_ener", "type_map": ["A", "B"], "models": members, "weights": [1.0]})
@@ -207,17 +211,67 @@ def test_frozen_member_loads_the_frozen_file_and_stays_fixed(tmp_path, table_fil
         build_model({"type": "frozen", "model_file": str(checkpoint)})
 
 
+def _type_counts(batch, n_frames):
+    return torch.zeros(n_frames, 2, dtype=torch.float64).index_put_(
+        (batch[K.BATCH], batch[K.ATOM_TYPES]), torch.ones(len(batch[K.BATCH]), dtype=torch.float64), accumulate=True)
+
+
 @pytest.mark.parametrize("weights,factors", [("sum", [1.0, 1.0]), ([0.3, 1.7], [0.3, 1.7])])
-def test_linear_ener_fits_the_trainable_bias_to_what_the_table_leaves(table_file, weights, factors):
-    """Labels E = w_table E_table + w_dp (b . n): the trainable member's energy bias becomes b."""
-    members = [small_standard(), {"type": "pairtab", "tab_file": table_file, "rcut": 3.5, "sel": 20}]
+def test_linear_ener_has_one_bias_fitted_to_what_its_members_leave(tmp_path, table_file, weights, factors):
+    """Labels E = w_1 E_frozen + w_2 E_table + n . b: the combined model's one bias becomes b exactly
+    (DeePMD-kit's linear model owns the output bias; the fixed members' energies are counted)."""
+    from mlpot.calculators.export import freeze
+
+    trained = build_model(small_standard())
+    trained.compute_statistics([T.random_batch(2, 8, seed=5)])
+    checkpoint = tmp_path / "model.ckpt.pt"
+    torch.save({"model_config": trained.config, "model_state_dict": trained.state_dict(), "dtype": "float64"}, checkpoint)
+    freeze(checkpoint, tmp_path / "frozen.pth")
+    members = [{"type": "frozen", "model_file": str(tmp_path / "frozen.pth")},
+               {"type": "pairtab", "tab_file": table_file, "rcut": 3.5, "sel": 20}]
     model = build_model({"type": "linear_ener", "type_map": ["A", "B"], "models": members, "weights": weights})
     sample = T.random_batch(4, [8, 7, 9, 6], seed=5)
     with torch.no_grad():
-        table_energy = model.members[1](sample)[K.ENERGY]
-    counts = torch.stack([(sample[K.ATOM_TYPES][sample[K.BATCH] == f] == t).sum() for f in range(4) for t in (0, 1)])
-    counts = counts.reshape(4, 2).to(torch.float64)
+        fixed = factors[0] * model.members[0](sample)[K.ENERGY] + factors[1] * model.members[1](sample)[K.ENERGY]
     bias = torch.tensor([-3.0, -1.0], dtype=torch.float64)
-    sample[K.ENERGY] = factors[1] * table_energy + factors[0] * counts @ bias
+    sample[K.ENERGY] = fixed + _type_counts(sample, 4) @ bias
     summary = model.compute_statistics([sample])
-    np.testing.assert_allclose(np.ravel(summary["models/0"]["fitting"]["bias_atom"]), bias.numpy(), atol=1e-8)
+    np.testing.assert_allclose(np.ravel(summary["bias_atom"]), bias.numpy(), atol=1e-8)
+    np.testing.assert_allclose(model.bias_atom[:, 0].numpy(), bias.numpy(), atol=1e-8)
+    torch.testing.assert_close(model(sample)[K.ENERGY], sample[K.ENERGY])
+
+
+def test_linear_ener_sum_of_two_standard_models_starts_at_the_labels_not_twice():
+    """Two trainable members with weights "sum": each keeps a zero bias of its own, the combined
+    bias is fitted once, so the untrained model predicts the label energies on average (not 2x)."""
+    model = build_model({"type": "linear_ener", "type_map": ["A", "B"], "weights": "sum",
+                         "models": [small_standard(), dict(small_standard(), fitting_net={"neuron": [8, 8], "seed": 3})]})
+    sample = T.random_batch(6, [8, 7, 9, 6, 8, 8], seed=7)
+    counts = _type_counts(sample, 6)
+    sample[K.ENERGY] = counts @ torch.tensor([-150.0, -80.0], dtype=torch.float64) + 0.3 * torch.randn(6, dtype=torch.float64)
+    model.compute_statistics([sample])
+    for member in model.members:
+        assert torch.count_nonzero(member.fitting.bias_atom) == 0
+    with torch.no_grad():
+        residual = sample[K.ENERGY] - model(sample)[K.ENERGY]
+    # least squares: the residual is orthogonal to the type counts, i.e. no per-type offset is left
+    np.testing.assert_allclose((counts.T @ residual).numpy(), 0.0, atol=1e-8)
+    assert float(residual.abs().max()) < 5.0  # against labels of ~ -1000 eV (2x would be off by ~1000)
+
+
+def test_srtab_blend_fits_its_bias_to_what_the_table_leaves(table_file):
+    """E_i = (1 - λ_i) E_i^DP + λ_i E_i^pair + b_{t_i}: the table energy at short range is counted
+    when the bias is fitted, so an untrained blend starts without the table's offset."""
+    model = srtab_model(table_file)
+    batch = _frames([(d, 0, 1) for d in (0.7, 0.8, 0.95, 1.1, 1.6, 2.0)])
+    model.compute_statistics([batch])  # no label yet: input statistics (centred nets) on this sample, zero bias
+    with torch.no_grad():
+        without_bias = model(batch)[K.ENERGY]
+    bias = torch.tensor([-2.5, -0.75], dtype=torch.float64)
+    batch[K.ENERGY] = without_bias + _type_counts(batch, 6) @ bias
+    model.compute_statistics([batch])
+    assert torch.count_nonzero(model.inner.fitting.bias_atom) == 0
+    # one type pair per frame: the counts are (1, 1) in every frame, so the minimum-norm solution
+    # splits each frame's offset equally between the two types [COMPAT]
+    np.testing.assert_allclose(model.bias_atom[:, 0].numpy(), [float(bias.sum()) / 2] * 2, atol=1e-8)
+    torch.testing.assert_close(model(batch)[K.ENERGY], batch[K.ENERGY])

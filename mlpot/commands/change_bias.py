@@ -75,11 +75,11 @@ def run(args) -> int:
     batches = None if args.bias_value is not None else _batches(model, _systems(args), args.numb_batch)
     old, new = change_energy_bias(model, batches, args.mode, values=args.bias_value, file=file)
     # the changed buffer under its name in the stored state dicts (a head's prefix in multi-task)
-    key = next(name for name, buffer in whole.named_buffers()
-               if buffer is model.fitting.bias_atom)
-    value = model.fitting.bias_atom.detach().cpu()
+    handle = model.output_bias()
+    key = next(name for name, buffer in whole.named_buffers() if buffer is handle.values)
+    value = handle.values.detach().cpu()
     out_std_key = key[: -len("bias_atom")] + "out_std"
-    out_std = model.fitting.out_std.detach().cpu()
+    out_std = handle.out_std.detach().cpu()
     if payload.get("format") == FROZEN_FORMAT:
         states = [payload["state_dict"]]
     else:

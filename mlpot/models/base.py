@@ -8,12 +8,15 @@ BATCH, so that autograd through the positions and the cell gives forces and stra
 
 from __future__ import annotations
 
-from typing import Any, Dict, Iterable, List, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import torch
 
 from mlpot.data.keys import BATCH, CELL, EDGE_INDEX, EDGE_SHIFTS, POSITIONS
 from mlpot.data.neighbors import edge_vectors as _edge_vectors
+
+if TYPE_CHECKING:
+    from mlpot.models.output_bias import OutputBias
 
 __all__ = ["AtomisticModel", "edge_vectors", "n_frames_of"]
 
@@ -57,6 +60,12 @@ class AtomisticModel(torch.nn.Module):
     def compute_statistics(self, batches: Iterable[Batch], **kwargs) -> Dict[str, Any]:
         """Set data-dependent buffers (normalisation, output bias) from sample batches; returns a summary."""
         return {}
+
+    def output_bias(self) -> Optional["OutputBias"]:
+        """The model's per-type output bias (:class:`~mlpot.models.output_bias.OutputBias`) that
+        the bias statistics (set/change-by-statistic, change_bias_after_training, fine-tuning,
+        ``mlpot change-bias``) work on; None when the model has none to change."""
+        return None
 
     @property
     def dtype(self) -> torch.dtype:

@@ -1,12 +1,18 @@
 """Composite models: weighted sums of models (``linear_ener``) and frozen (fixed, pre-trained) models.
 
 * ``linear_ener``: ``{"type": "linear_ener", "type_map": [...], "models": [model sections], "weights":
-  [w_1, ...] | "mean" | "sum"}``. E_i = sum_k w_k E_i^(k) per atom (eV), so forces and virials are
-  the same weighted sums; "mean" is w_k = 1/K, "sum" is w_k = 1. A member without ``type_map``
-  inherits the outer one; a member with a different one is an error. The model cutoff is the
-  largest member cutoff (each member only uses its own neighbours). ``compute_statistics`` sets the
-  data statistics of every member that is not frozen; the trainable members' energy bias is
-  fitted to what the fixed members (pairtab, frozen) leave of the label energy.
+  [w_1, ...] | "mean" | "sum"}``. E_i = sum_k w_k E_i^(k) + b_{t_i} per atom (eV), so forces and
+  virials are the same weighted sums; "mean" is w_k = 1/K, "sum" is w_k = 1. A member without
+  ``type_map`` inherits the outer one; a member with a different one is an error. The model cutoff
+  is the largest member cutoff (each member only uses its own neighbours).
+  **One output bias, owned by the combined model** (DeePMD-kit's linear atomic model): the members
+  get their input statistics only (env-matrix mean/std, fparam, net centring) and a zero bias of
+  their own; the combined bias b is then fitted by least squares to label - (combined prediction
+  with b = 0). DeePMD-kit fits b to the raw labels; mlpot subtracts what the members already
+  predict, which for trainable members (centred, ~0) is the same and for fixed members (pairtab,
+  frozen: a D3 table gives -32 eV per water frame) removes the offset they would start with. Before
+  this rule each trainable member fitted its own bias to the full label, so "sum" of two models
+  predicted twice the energy.
 * ``frozen``: ``{"type": "frozen", "model_file": path}`` loads an mlpot frozen file (format
   ``mlpot-frozen``, written by ``mlpot freeze``): the architecture is rebuilt from its stored
   model section and the stored weights and buffers are loaded; parameters are not trainable and
@@ -22,10 +28,11 @@ from typing import Any, Dict, Iterable, List, Sequence
 
 import torch
 
-from mlpot.data.keys import ATOM_ENERGY, BATCH, CELL, ENERGY
+from mlpot.data.keys import ATOM_ENERGY, ATOM_TYPES, BATCH, CELL, ENERGY
 from mlpot.errors import CheckpointError, ConfigError
 from mlpot.models.base import AtomisticModel, check_type_map
 from mlpot.models.config_keys import REQUIRED, read_section
+from mlpot.models.output_bias import OutputBias, fit_composite_bias
 from mlpot.nn import scatter_sum
 
 __all__ = ["LinearEnergyModel", "FrozenModel", "read_frozen_file", "build_linear_ener", "build_frozen", "FROZEN_FORMAT"]
@@ -35,7 +42,8 @@ _DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
 class LinearEnergyModel(AtomisticModel):
-    """Weighted sum of energy models. Outputs ATOM_ENERGY (n_atoms,) and ENERGY (n_frames,) in eV."""
+    """Weighted sum of energy models plus one per-type bias. Outputs ATOM_ENERGY (n_atoms,) and
+    ENERGY (n_frames,) in eV. Buffers: ``bias_atom`` (n_types, 1) eV, ``out_std`` (n_types, 1)."""
 
     output_keys = (ATOM_ENERGY, ENERGY)
 
@@ -44,39 +52,29 @@ class LinearEnergyModel(AtomisticModel):
         self.type_map = list(type_map)
         self.members = torch.nn.ModuleList(members)
         self.register_buffer("weights", torch.tensor([float(w) for w in weights], dtype=torch.float64))
+        self.register_buffer("bias_atom", torch.zeros(len(self.type_map), 1, dtype=torch.float64))
+        self.register_buffer("out_std", torch.ones(len(self.type_map), 1, dtype=torch.float64))
         self.cutoff = max(float(m.cutoff) for m in members)
 
     def forward(self, batch: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
-        atomic = 0.0
+        atomic = self.bias_atom[batch[ATOM_TYPES], 0]
         for weight, member in zip(self.weights, self.members):  # a loop over (few) models, not atoms
             atomic = atomic + weight * member(batch)[ATOM_ENERGY].to(torch.float64)
         return {ATOM_ENERGY: atomic, ENERGY: scatter_sum(atomic, batch[BATCH], batch[CELL].shape[0])}
 
-    def compute_statistics(self, batches: Iterable[Dict[str, torch.Tensor]], **kwargs) -> Dict[str, Any]:
-        """Data statistics of the members that are not frozen.
+    def output_bias(self) -> OutputBias:
+        return OutputBias(self.bias_atom, ENERGY, out_std=self.out_std)
 
-        The members without trainable parameters (pairtab, frozen) are fixed, so the trainable
-        members' output bias is fitted to the residual energy: their labels become
-        (E - sum_fixed w_k E_k) / sum_trainable w_k. Then E_model = E on average at the start
-        whatever the weights ("sum" included) and however large the table energies are.
-        """
+    def compute_statistics(self, batches: Iterable[Dict[str, torch.Tensor]], output_bias: bool = True,
+                           **kwargs) -> Dict[str, Any]:
+        """Input statistics of every member that is not frozen (their own bias zero), then the
+        combined bias by least squares on label - prediction (module docstring); without
+        ``output_bias`` (this model is itself a member) the combined bias stays zero."""
         batches = list(batches)
-        fixed = [not any(p.requires_grad for p in m.parameters()) for m in self.members]
-        weights = [float(w) for w in self.weights]
-        trainable_weight = sum(w for w, is_fixed in zip(weights, fixed) if not is_fixed)
-        residual = batches
-        if any(fixed) and trainable_weight != 0.0:
-            residual = []
-            for batch in batches:
-                batch = dict(batch)
-                if ENERGY in batch:
-                    with torch.no_grad():
-                        fixed_energy = sum(w * m(batch)[ENERGY].to(torch.float64)
-                                           for w, m, is_fixed in zip(weights, self.members, fixed) if is_fixed)
-                    batch[ENERGY] = (batch[ENERGY] - fixed_energy.to(batch[ENERGY].dtype)) / trainable_weight
-                residual.append(batch)
-        return {f"models/{k}": m.compute_statistics(batches if fixed[k] else residual, **kwargs)
-                for k, m in enumerate(self.members) if not isinstance(m, FrozenModel)}
+        summary: Dict[str, Any] = {f"models/{k}": m.compute_statistics(batches, output_bias=False, **kwargs)
+                                   for k, m in enumerate(self.members) if not isinstance(m, FrozenModel)}
+        summary.update(fit_composite_bias(self, batches, output_bias))
+        return summary
 
 
 def _weights(value: Any, n_models: int) -> List[float]:

@@ -6,7 +6,7 @@ atoms of that type (index_select / index_add, no loop over atoms).
 
 Output statistics (before training, ``compute_output_statistics``):
 * ener / dos: per-type bias by least squares N b ≈ y (N: per-frame type counts) with numpy's SVD
-  ``lstsq`` and ``rcond``: for fixed composition this is the minimum-norm solution [COMPAT].
+  ``lstsq`` and ``rcond`` (``mlpot.models.output_bias``): for fixed composition this is the minimum-norm solution [COMPAT].
   Types with a preset ``atom_ener`` (TF) or ``preset_out_bias`` (PT) keep it and are subtracted
   first. ``atom_ener`` also removes the net's vacuum output of its types; ``preset_out_bias`` only
   fixes the bias (DeePMD-kit PT). The output std (residual std) is stored in ``out_std``.
@@ -23,36 +23,15 @@ import numpy as np
 import torch
 
 from mlpot.data.keys import (
-    APARAM, ATOM_DOS, ATOM_ENERGY, ATOM_TYPES, BATCH, DOS, ENERGY, FPARAM, weight_key,
+    APARAM, ATOM_DOS, ATOM_ENERGY, DOS, ENERGY, FPARAM,
 )
 from mlpot.errors import ConfigError
+from mlpot.models.output_bias import OutputBias, least_squares_bias, set_by_statistic
 from mlpot.nn import FittingNet, Registry, gather_rows
 
-__all__ = ["FITTINGS", "InvariantFitting", "EnerFitting", "DosFitting", "least_squares_bias"]
+__all__ = ["FITTINGS", "InvariantFitting", "EnerFitting", "DosFitting"]
 
 FITTINGS: Registry[Any] = Registry("fitting_net type")
-
-
-def least_squares_bias(counts: np.ndarray, values: np.ndarray, rcond: Optional[float] = None,
-                       preset: Optional[Sequence[Optional[float]]] = None) -> np.ndarray:
-    """Per-type bias b (n_types, n_out) solving counts (n_frames, n_types) @ b ≈ values (n_frames, n_out).
-
-    numpy's SVD least squares: rank-deficient systems (fixed composition) give the minimum-norm
-    solution. ``preset[t]`` (not None) fixes b[t] and is subtracted before solving.
-    """
-    counts = np.asarray(counts, dtype=np.float64)
-    values = np.asarray(values, dtype=np.float64).reshape(len(counts), -1)
-    bias = np.zeros((counts.shape[1], values.shape[1]))
-    free = np.ones(counts.shape[1], dtype=bool)
-    if preset is not None:
-        for t, value in enumerate(preset):
-            if value is not None:
-                bias[t] = value
-                free[t] = False
-        values = values - counts[:, ~free] @ bias[~free]
-    if free.any():
-        bias[free] = np.linalg.lstsq(counts[:, free], values, rcond=rcond)[0]
-    return bias
 
 
 def _preset_rows(preset: Optional[Sequence[Any]], n_types: int, n_out: int) -> Optional[List[Any]]:
@@ -166,66 +145,32 @@ class InvariantFitting(torch.nn.Module):
         return out.to(torch.float64) + self.bias_atom[types]
 
     # ---- statistics ------------------------------------------------------------------------
-    def _frame_counts_and_values(self, batches):
-        """(type counts (n_frames, n_types), frame labels (n_frames, n_out)) as numpy arrays over
-        the frames that carry the frame label (find_* gating), or None when none does."""
-        counts, values = [], []
-        for batch in batches:
-            if self.frame_key not in batch:
-                continue
-            weight = batch.get(weight_key(self.frame_key))
-            present = torch.ones(batch[self.frame_key].shape[0], dtype=torch.bool) if weight is None else weight.reshape(len(weight), -1)[:, 0] > 0
-            n_frames = batch[self.frame_key].shape[0]
-            count = torch.zeros(n_frames, self.n_types, dtype=torch.float64)
-            count.index_put_((batch[BATCH], batch[ATOM_TYPES]), torch.ones(len(batch[BATCH]), dtype=torch.float64), accumulate=True)
-            counts.append(count[present].numpy())
-            values.append(batch[self.frame_key].detach().to(torch.float64).reshape(n_frames, -1)[present].numpy())
-        if not counts:
-            return None
-        return np.concatenate(counts), np.concatenate(values)
-
-    def _label_statistics(self, batches) -> Optional[Dict[str, Any]]:
-        data = self._frame_counts_and_values(batches)
-        if data is None:
-            return None
-        counts, values = data
-        bias = least_squares_bias(counts, values, self.rcond, self._fixed_bias())
-        residual = values - counts @ bias
-        return {"bias": bias, "std": residual.std(axis=0) if len(residual) > 1 else np.ones(values.shape[1])}
-
-    def refit_bias(self, residual_batches: Sequence[Dict[str, torch.Tensor]]) -> Optional[np.ndarray]:
-        """Add to ``bias_atom`` the least-squares per-type fit of the frame label of
-        ``residual_batches`` (label - prediction, CPU batches); types with an ``atom_ener`` or
-        ``preset_out_bias`` preset keep theirs. Returns the shift (n_types, n_out), or None when no
-        frame has the label."""
-        data = self._frame_counts_and_values(residual_batches)
-        if data is None:
-            return None
-        counts, values = data
-        fixed = [0.0 if a is not None else None for a in self._fixed_bias()]
-        shift = least_squares_bias(counts, values, self.rcond, fixed)
-        with torch.no_grad():
-            self.bias_atom += torch.as_tensor(shift, dtype=self.bias_atom.dtype, device=self.bias_atom.device)
-        return shift
+    def output_bias(self) -> OutputBias:
+        """The per-type bias ``bias_atom`` as an :class:`~mlpot.models.output_bias.OutputBias`
+        (presets from ``atom_ener`` / ``preset_out_bias`` fixed)."""
+        return OutputBias(self.bias_atom, self.frame_key, self._fixed_bias(), self.rcond, self.out_std)
 
     def set_bias_by_statistic(self, batches: Sequence[Dict[str, torch.Tensor]]) -> Optional[Dict[str, Any]]:
         """Set ``bias_atom`` and ``out_std`` to the least-squares per-type fit of the raw frame
         label of ``batches`` (set-by-statistic; presets kept), leaving the fparam/aparam statistics.
         Returns {"bias": (n_types, n_out), "std": (n_out,)}, or None when no frame has the label."""
-        result = self._label_statistics(batches)
-        if result is None:
-            return None
-        with torch.no_grad():
-            self.bias_atom.copy_(torch.as_tensor(result["bias"]))
-            self.out_std.copy_(torch.as_tensor(result["std"]).expand_as(self.out_std))
-        return result
+        return set_by_statistic(self.output_bias(), batches)
 
-    def compute_output_statistics(self, batches: Sequence[Dict[str, torch.Tensor]], protection: float = 1e-2) -> Dict[str, Any]:
+    def compute_output_statistics(self, batches: Sequence[Dict[str, torch.Tensor]], protection: float = 1e-2,
+                                  output_bias: bool = True) -> Dict[str, Any]:
+        """fparam/aparam normalisation and (``output_bias``) the set-by-statistic bias. Without
+        ``output_bias`` the fitted rows of the bias are zero: the model is a member of a composite
+        model that owns the one output bias (DeePMD-kit's linear and ZBL models)."""
         summary: Dict[str, Any] = {}
-        result = self.set_bias_by_statistic(batches)
-        if result is not None:
-            summary["bias_atom"] = result["bias"].tolist()
-            summary["out_std"] = np.asarray(result["std"]).tolist()
+        if output_bias:
+            result = self.set_bias_by_statistic(batches)
+            if result is not None:
+                summary["bias_atom"] = result["bias"].tolist()
+                summary["out_std"] = np.asarray(result["std"]).tolist()
+        else:
+            with torch.no_grad():
+                for t, row in enumerate(self._fixed_bias()):
+                    self.bias_atom[t] = 0.0 if row is None else torch.as_tensor(row, dtype=torch.float64)
         for name, key, width in (("fparam", FPARAM, self.numb_fparam), ("aparam", APARAM, self.numb_aparam)):
             if not width:
                 continue

@@ -17,9 +17,15 @@ Short-range blend (``use_srtab`` in a standard model), with the soft-min distanc
 model's cutoff) and λ_i = 1 for σ < sw_rmin, the quintic w((σ - sw_rmin)/(sw_rmax - sw_rmin)) between,
 0 beyond (λ = 0 for an atom without neighbours):
 
-    E_i = (1 - λ_i) E_i^DP + λ_i (E_i^pair + [b_{t_i} if srtab_add_bias])
+    E_i = (1 - λ_i) E_i^DP + λ_i E_i^pair + b_{t_i}              (srtab_add_bias, the default)
+    E_i = (1 - λ_i) (E_i^DP + b_{t_i}) + λ_i E_i^pair            (srtab_add_bias false, TF only)
 
-with E_i^DP including the fitting's per-type bias b (TF ``use_srtab`` convention). Written by hand
+E_i^DP is the inner model without a bias of its own: the blend owns the one output bias b
+(DeePMD-kit's ZBL model is a linear model of the DP and table models with one combined bias). b is
+fitted by least squares to label - (blend with b = 0), so the table's energy at short range
+(ZBL: +276 eV per water frame, λ ~ 0.03 on the O-H bonds with sw_rmin 0.8, sw_rmax 1.0) is not
+an offset of the initial model; DeePMD-kit fits b to the raw labels and starts with that offset.
+Written by hand
 because no library evaluates DeePMD-kit's table convention.
 """
 
@@ -37,6 +43,7 @@ from mlpot.data.keys import ATOM_ENERGY, ATOM_TYPES, BATCH, CELL, EDGE_INDEX, EN
 from mlpot.errors import ConfigError, DataError
 from mlpot.models.base import AtomisticModel, check_type_map, edge_vectors
 from mlpot.models.config_keys import REQUIRED, read_section
+from mlpot.models.output_bias import OutputBias, fit_composite_bias
 from mlpot.nn import scatter_sum, smooth_switch
 
 __all__ = ["PairTable", "read_pair_table", "PairTabModel", "ShortRangeTableBlend", "build_pairtab", "with_short_range_table"]
@@ -178,7 +185,8 @@ def build_pairtab(config: Dict[str, Any], dtype: torch.dtype) -> PairTabModel:
 class ShortRangeTableBlend(AtomisticModel):
     """A model blended with a pair table at short range (``use_srtab``; formula in the module docstring).
 
-    Outputs the inner model's ATOM_ENERGY / ENERGY replaced by the blend (eV).
+    Outputs the inner model's ATOM_ENERGY / ENERGY replaced by the blend (eV). Buffers: ``bias_atom``
+    (n_types, 1) eV, the one output bias, and ``out_std``.
     """
 
     def __init__(self, inner: AtomisticModel, table: PairTable, smin_alpha: float, sw_rmin: float, sw_rmax: float,
@@ -192,6 +200,8 @@ class ShortRangeTableBlend(AtomisticModel):
         self.smin_alpha, self.sw_rmin, self.sw_rmax, self.add_bias = float(smin_alpha), float(sw_rmin), float(sw_rmax), bool(add_bias)
         self.type_map, self.cutoff = inner.type_map, inner.cutoff
         self.output_keys = (ATOM_ENERGY, ENERGY)
+        self.register_buffer("bias_atom", torch.zeros(len(self.type_map), 1, dtype=torch.float64))
+        self.register_buffer("out_std", torch.ones(len(self.type_map), 1, dtype=torch.float64))
 
     def switch_weight(self, batch: Dict[str, torch.Tensor], vectors: torch.Tensor) -> torch.Tensor:
         """λ_i (n_atoms,): 1 where the soft-min neighbour distance is below sw_rmin, 0 above sw_rmax."""
@@ -215,15 +225,31 @@ class ShortRangeTableBlend(AtomisticModel):
         vectors = edge_vectors(batch)
         lam = self.switch_weight(batch, vectors)
         pair = pair_atom_energy(self.table, batch, vectors, cutoff=self.cutoff)
-        if self.add_bias:
-            pair = pair + self.inner.fitting.bias_atom[batch[ATOM_TYPES], 0]
-        atomic = (1.0 - lam) * outputs[ATOM_ENERGY] + lam * pair
+        bias = self.bias_atom[batch[ATOM_TYPES], 0]
+        model = outputs[ATOM_ENERGY] if self.add_bias else outputs[ATOM_ENERGY] + bias
+        atomic = (1.0 - lam) * model + lam * pair + (bias if self.add_bias else 0.0)
         outputs[ATOM_ENERGY] = atomic
         outputs[ENERGY] = scatter_sum(atomic, batch[BATCH], batch[CELL].shape[0])
         return outputs
 
-    def compute_statistics(self, batches: Iterable[Dict[str, torch.Tensor]], **kwargs) -> Dict[str, Any]:
-        return self.inner.compute_statistics(batches, **kwargs)
+    def _bias_coefficients(self, batch: Dict[str, torch.Tensor]) -> torch.Tensor:
+        """∂E_i/∂b_{t_i}: 1, or 1 - λ_i without ``srtab_add_bias``."""
+        if self.add_bias:
+            return torch.ones(batch[ATOM_TYPES].shape[0], dtype=torch.float64)
+        with torch.no_grad():
+            return 1.0 - self.switch_weight(batch, edge_vectors(batch))
+
+    def output_bias(self) -> OutputBias:
+        return OutputBias(self.bias_atom, ENERGY, out_std=self.out_std, coefficients=self._bias_coefficients)
+
+    def compute_statistics(self, batches: Iterable[Dict[str, torch.Tensor]], output_bias: bool = True,
+                           **kwargs) -> Dict[str, Any]:
+        """The inner model's input statistics (its own bias zero), then the blend's bias by least
+        squares on label - prediction (module docstring)."""
+        batches = list(batches)
+        summary = {"inner": self.inner.compute_statistics(batches, output_bias=False, **kwargs)}
+        summary.update(fit_composite_bias(self, batches, output_bias))
+        return summary
 
 
 SRTAB_KEYS = ("use_srtab", "smin_alpha", "sw_rmin", "sw_rmax", "srtab_add_bias")

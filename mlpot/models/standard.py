@@ -9,13 +9,14 @@ POLARIZABILITY (…, 3, 3). Outputs are float64 whatever the network precision.
 
 from __future__ import annotations
 
-from typing import Any, Dict, Iterable, Sequence
+from typing import Any, Dict, Iterable, Optional, Sequence
 
 import torch
 
 from mlpot.data.keys import APARAM, ATOM_ENERGY, ATOM_TYPES, BATCH, CELL, EDGE_INDEX, FPARAM, POSITIONS
 from mlpot.errors import DataError
 from mlpot.models.base import AtomisticModel, edge_vectors
+from mlpot.models.output_bias import OutputBias
 from mlpot.nn import scatter_sum
 
 __all__ = ["StandardModel"]
@@ -62,11 +63,18 @@ class StandardModel(AtomisticModel):
         total = scatter_sum(atomic, batch[BATCH], batch[CELL].shape[0])
         return {self.fitting.atom_key: atomic, self.fitting.frame_key: total}
 
-    def compute_statistics(self, batches: Iterable[Dict[str, torch.Tensor]], **kwargs) -> Dict[str, Any]:
+    def output_bias(self) -> Optional[OutputBias]:
+        """The fitting's ``bias_atom`` for energy and DOS fittings; None for dipole/polar."""
+        return self.fitting.output_bias() if hasattr(self.fitting, "output_bias") else None
+
+    def compute_statistics(self, batches: Iterable[Dict[str, torch.Tensor]], output_bias: bool = True,
+                           **kwargs) -> Dict[str, Any]:
         """Env-matrix davg/dstd and output bias from sample batches (collated dicts with edges).
 
         The caller chooses the sample (DeePMD: ``data_stat_nbatch`` batches per system for the
-        env statistics, ``data_bias_nsample`` for the bias); all batches given are used.
+        env statistics, ``data_bias_nsample`` for the bias); all batches given are used. Without
+        ``output_bias`` the input statistics only, and a zero bias: the model is a member of a
+        composite model that owns the output bias.
         """
         batches = [dict(b) for b in batches]
         if not batches:
@@ -76,7 +84,8 @@ class StandardModel(AtomisticModel):
                 raise DataError("sample batches need neighbour lists (EDGE_INDEX); build them with the data layer", key=EDGE_INDEX)
         samples = [(b, edge_vectors(b)) for b in batches]
         summary = {"descriptor": self.descriptor.compute_statistics(samples)}
-        summary["fitting"] = self.fitting.compute_output_statistics(batches, protection=self.data_stat_protect)
+        summary["fitting"] = self.fitting.compute_output_statistics(batches, protection=self.data_stat_protect,
+                                                                  output_bias=output_bias)
         if hasattr(self.fitting, "center_initial_output"):
             self._center_initial_output(samples)
         return summary

@@ -17,7 +17,8 @@ import torch
 
 from mlpot.data.keys import ATOM_TYPES, ATOMIC_DIPOLE, ATOMIC_POLARIZABILITY, BATCH, DIPOLE, POLARIZABILITY, weight_key
 from mlpot.errors import ConfigError
-from mlpot.models.fitting import FITTING_UNSUPPORTED, InvariantFitting, least_squares_bias
+from mlpot.models.fitting import FITTING_UNSUPPORTED, InvariantFitting
+from mlpot.models.output_bias import least_squares_bias
 
 __all__ = ["DipoleFitting", "PolarFitting"]
 
@@ -73,7 +74,7 @@ class DipoleFitting(_TensorFitting):
         coefficients = self._raw(descriptor, types, frame, fparam, aparam)  # (n_atoms, M1)
         return torch.einsum("nm,nmc->nc", coefficients, rot.to(coefficients.dtype)).to(torch.float64)
 
-    def compute_output_statistics(self, batches, protection: float = 1e-2) -> Dict[str, Any]:
+    def compute_output_statistics(self, batches, protection: float = 1e-2, output_bias: bool = True) -> Dict[str, Any]:
         return {}  # no output bias for dipoles (spec §3.2)
 
 
@@ -114,7 +115,7 @@ class PolarFitting(_TensorFitting):
             alpha = alpha + shift.reshape(-1, 1, 1) * torch.eye(3, dtype=torch.float64)
         return alpha
 
-    def compute_output_statistics(self, batches, protection: float = 1e-2) -> Dict[str, Any]:
+    def compute_output_statistics(self, batches, protection: float = 1e-2, output_bias: bool = True) -> Dict[str, Any]:
         """c[t]: mean diagonal per type, from atomic labels (mean over atoms) or global labels (least squares)."""
         if not self.shift_diag:
             return {}

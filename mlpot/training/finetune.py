@@ -37,7 +37,7 @@ from mlpot.data import keys as K
 from mlpot.errors import CheckpointError, ConfigError
 
 __all__ = ["RANDOM_BRANCH", "prepare_finetune", "select_branch", "type_index", "remap_model_section",
-           "remap_state_dict", "check_model_sections", "energy_fitting", "refit_energy_bias",
+           "remap_state_dict", "check_model_sections", "energy_bias", "refit_energy_bias",
            "change_energy_bias", "finetune_bias"]
 
 RANDOM_BRANCH = "RANDOM"
@@ -254,39 +254,29 @@ def prepare_finetune(config, pretrained: torch.nn.Module, *, branch: Optional[st
 
 
 # ---- energy bias ----------------------------------------------------------------------------
-def energy_fitting(model: torch.nn.Module):
-    """The energy fitting of a single-task model, or None when it has none (e.g. dipole, dos)."""
-    fitting = getattr(model, "fitting", None)
-    return fitting if getattr(fitting, "frame_key", None) == K.ENERGY else None
+def energy_bias(model: torch.nn.Module):
+    """The per-type energy bias (:class:`~mlpot.models.output_bias.OutputBias`) of a single-task
+    model, or None when it has none (dipole, polar, dos, a bare pair table)."""
+    bias = model.output_bias() if hasattr(model, "output_bias") else None
+    return bias if bias is not None and bias.frame_key == K.ENERGY else None
 
 
-def _energy_fitting(model: torch.nn.Module, file: Optional[str]):
-    fitting = energy_fitting(model)
-    if fitting is None:
-        raise ConfigError("the model has no energy fitting (bias changes need an energy model)", file=file,
+def _energy_bias(model: torch.nn.Module, file: Optional[str]):
+    bias = energy_bias(model)
+    if bias is None:
+        raise ConfigError("the model has no energy bias (bias changes need an energy model)", file=file,
                           key="model/fitting_net")
-    return fitting
+    return bias
 
 
 def refit_energy_bias(model: torch.nn.Module, batches: Sequence[Dict[str, torch.Tensor]]) -> Optional[np.ndarray]:
     """Change-by-statistic on a single-task energy model, in place: predict the frames of
     ``batches`` (CPU collated batches with neighbour lists) in eval mode and add the least-squares
-    per-type fit of label - prediction to the bias (``InvariantFitting.refit_bias``). Returns the
-    shift (n_types, 1) in eV per atom, or None when no frame has an energy label."""
-    fitting = _energy_fitting(model, None)
-    device = fitting.bias_atom.device
-    was_training = model.training
-    model.eval()
-    residuals = []
-    for batch in batches:
-        if K.ENERGY not in batch:
-            continue
-        with torch.no_grad():
-            predicted = model({k: v.to(device) for k, v in batch.items()})[K.ENERGY]
-        residuals.append(dict(batch, **{K.ENERGY: batch[K.ENERGY].to(torch.float64)
-                                        - predicted.to(torch.float64).cpu()}))
-    model.train(was_training)
-    return fitting.refit_bias(residuals)
+    per-type fit of label - prediction to the model's output bias (composite models included).
+    Returns the shift (n_types, 1) in eV per atom, or None when no frame has an energy label."""
+    from mlpot.models.output_bias import change_by_statistic
+
+    return change_by_statistic(model, _energy_bias(model, None), batches)
 
 
 def change_energy_bias(model: torch.nn.Module, batches: Sequence[Dict[str, torch.Tensor]], mode: str = "change",
@@ -300,23 +290,25 @@ def change_energy_bias(model: torch.nn.Module, batches: Sequence[Dict[str, torch
     (also sets out_std); ``values`` (one per type, type_map order): set the bias to them.
     Types with an atom_ener / preset_out_bias keep theirs in the statistic modes.
     """
-    fitting = _energy_fitting(model, file)
-    old = fitting.bias_atom[:, 0].detach().cpu().numpy().copy()
+    from mlpot.models.output_bias import set_by_statistic
+
+    bias = _energy_bias(model, file)
+    old = bias.values[:, 0].detach().cpu().numpy().copy()
     if values is not None:
-        if len(values) != fitting.n_types:
-            raise ConfigError(f"{len(values)} bias values for {fitting.n_types} types ({list(model.type_map)})",
+        if len(values) != bias.n_types:
+            raise ConfigError(f"{len(values)} bias values for {bias.n_types} types ({list(model.type_map)})",
                               file=file, key="--bias-value")
         with torch.no_grad():
-            fitting.bias_atom[:, 0] = torch.as_tensor(values, dtype=fitting.bias_atom.dtype)
+            bias.values[:, 0] = torch.as_tensor(values, dtype=bias.values.dtype)
     elif mode == "set":
-        if fitting.set_bias_by_statistic(batches) is None:
+        if set_by_statistic(bias, batches) is None:
             raise ConfigError("no frame of the data has an energy label", file=file, key="energy")
     elif mode == "change":
         if refit_energy_bias(model, batches) is None:
             raise ConfigError("no frame of the data has an energy label", file=file, key="energy")
     else:
         raise ConfigError(f"unknown mode {mode!r} (change or set)", file=file, key="--mode")
-    return old, fitting.bias_atom[:, 0].detach().cpu().numpy().copy()
+    return old, bias.values[:, 0].detach().cpu().numpy().copy()
 
 
 def finetune_bias(model: torch.nn.Module, batches: Sequence[Dict[str, torch.Tensor]], random_fitting: bool,

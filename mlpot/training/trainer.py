@@ -43,7 +43,7 @@ from mlpot.training.checkpoint import CheckpointManager, load_checkpoint
 from mlpot.training.data_setup import MultiTaskData, TrainingData, build_training_data
 from mlpot.training.distributed import DistInfo, init_distributed, shard_indices
 from mlpot.training.ema import ExponentialMovingAverage
-from mlpot.training.finetune import energy_fitting, refit_energy_bias
+from mlpot.training.finetune import energy_bias, refit_energy_bias
 from mlpot.training.logging import (LcurveWriter, MetricsCSV, TensorBoardWriter, WindowMean, close_log,
                                     format_loss_breakdown, open_debug_log)
 from mlpot.training.losses import WeightedLoss, label_error_sums
@@ -492,7 +492,7 @@ class Trainer:
 
     # ---- the loop ------------------------------------------------------------------------
     def change_energy_bias(self) -> Dict[str, List[float]]:
-        """Shift each energy head's ``bias_atom`` by the least-squares per-type fit of
+        """Shift each energy head's output bias by the least-squares per-type fit of
         (label - prediction) over its statistics sample (DeePMD-kit ``change_bias_after_training``,
         mode change-by-statistic); types with an ``atom_ener`` preset keep theirs. Returns the
         shifts (eV per atom of each type) by task."""
@@ -502,7 +502,7 @@ class Trainer:
         self.model.eval()
         with self.ema.applied(self.model) if self.ema is not None else contextlib.nullcontext():
             for task, head in self.heads.items():
-                if energy_fitting(head) is None:
+                if energy_bias(head) is None:
                     continue
                 shift = refit_energy_bias(head, self.task_data[task].stat_samples)
                 if shift is None:
