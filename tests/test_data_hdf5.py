@@ -181,8 +181,8 @@ def test_file_without_group_means_every_system_in_it(tmp_path):
                          type_map=MODEL_TYPE_MAP)
     assert [len(s) for s in mixed] == [2, 1] and mixed[0].type_map == MODEL_TYPE_MAP
     # statistics cache keyed by the file of each group: a second call is read back
-    first = compute_statistics(systems, systems[0].type_map, cache_dir=tmp_path / "cache")
-    again = compute_statistics(read_systems([file]), systems[0].type_map, cache_dir=tmp_path / "cache")
+    first = compute_statistics(systems, systems[0].type_map, cache=tmp_path / "cache")
+    again = compute_statistics(read_systems([file]), systems[0].type_map, cache=tmp_path / "cache")
     assert not first.from_cache and again.from_cache and again.label_counts == first.label_counts
 
 

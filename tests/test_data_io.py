@@ -205,8 +205,25 @@ def test_label_gated_per_set_and_frame_count_mismatch(shared_data, tmp_path):
     assert all(K.weight_key(K.ENERGY) not in f for f in gated[3:])
     energy = np.load(system / "set.000" / "energy.npy")
     np.save(system / "set.000" / "energy.npy", energy[:-1])
-    with pytest.raises(DataError, match=r"set\.000/energy\.npy: energy: has 79 frames but coord\.npy has 80"):
+    with pytest.raises(DataError, match=r"set\.000/energy\.npy: energy: holds 79 values .*not a whole number of rows "
+                                         r"for the 80 frames of coord"):
         read_frames(system)
+
+
+def test_npy_tables_are_laid_out_by_the_frame_count_as_deepmd_does(shared_data, tmp_path):
+    """DeePMD-kit reshapes every table to (n_frames, -1) with n_frames from coord.npy: the fparam
+    example's aparam.npy of shape (1, 5400) holds 100 frames x 54 atoms. A file the model does not
+    read (``skip``) is not opened at all."""
+    system = _copy_system(shared_data, tmp_path)
+    n_frames, n_atoms = np.load(system / "set.000" / "coord.npy").shape[0], len((system / "type.raw").read_text().split())
+    aparam = np.arange(n_frames * n_atoms, dtype=np.float64)
+    np.save(system / "set.000" / "aparam.npy", aparam.reshape(1, -1))
+    frames = read_frames(system)
+    np.testing.assert_array_equal(frames[3][K.APARAM][:, 0], aparam.reshape(n_frames, n_atoms)[3])
+    np.save(system / "set.000" / "aparam.npy", aparam[:-1])  # malformed, but unused
+    with pytest.raises(DataError, match=r"aparam\.npy: aparam: holds"):
+        read_frames(system)
+    assert K.APARAM not in read_frames(system, skip=(K.APARAM,))[0]
 
 
 def test_mixed_type_system_drops_virtual_atoms(tmp_path):

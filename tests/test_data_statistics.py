@@ -18,7 +18,7 @@ def water(shared_data):
 
 
 def test_energy_bias_least_squares_water(water, tmp_path):
-    stats = compute_statistics(water, ["O", "H"], cutoff=None, cache_dir=tmp_path)
+    stats = compute_statistics(water, ["O", "H"], cutoff=None, cache=tmp_path)
     assert stats.n_frames == 240
     # minimum-norm solution for a fixed composition (64, 128): b proportional to it
     assert stats.energy_bias == pytest.approx([-93.57366, -187.14733], abs=1e-5)
@@ -51,16 +51,16 @@ def test_auto_sel_rounds_up_to_multiple_of_four():
 
 def test_statistics_cache_is_hit_on_second_call(shared_data, tmp_path, monkeypatch):
     frames = read_frames(shared_data("water_clusters_aims/water_clusters.xyz"))
-    first = compute_statistics(frames, frames.type_map, cutoff=4.0, cache_dir=tmp_path)
-    assert not first.from_cache and len(list(tmp_path.glob("stat_*.json"))) == 1
+    first = compute_statistics(frames, frames.type_map, cutoff=4.0, cache=tmp_path)
+    assert not first.from_cache and len(list((tmp_path / "mlpot" / "dataset").iterdir())) == 1
     import mlpot.data.statistics as statistics
     monkeypatch.setattr(statistics, "_compute", lambda *a: pytest.fail("recomputed despite the cache"))
-    second = compute_statistics(frames, frames.type_map, cutoff=4.0, cache_dir=tmp_path)
+    second = compute_statistics(frames, frames.type_map, cutoff=4.0, cache=tmp_path)
     assert second.from_cache and second == first
     # another cutoff is another cache entry
     monkeypatch.undo()
-    third = compute_statistics(frames, frames.type_map, cutoff=5.0, cache_dir=tmp_path)
-    assert not third.from_cache and len(list(tmp_path.glob("stat_*.json"))) == 2
+    third = compute_statistics(frames, frames.type_map, cutoff=5.0, cache=tmp_path)
+    assert not third.from_cache and len(list((tmp_path / "mlpot" / "dataset").iterdir())) == 2
     assert DatasetStatistics.from_dict(json.loads(json.dumps(third.to_dict()))) == third
 
 
@@ -87,9 +87,9 @@ def test_cache_of_concatenated_systems_sees_every_source(shared_data, tmp_path):
     dataset = AtomsDataset(concat_frame_lists(read_systems([tmp_path / "a", tmp_path / "b"])), cutoff=4.0)
     assert dataset.frames.sources == [str(tmp_path / "a"), str(tmp_path / "b")]
     cache = tmp_path / "cache"
-    assert not compute_statistics(dataset, dataset.type_map, cutoff=4.0, cache_dir=cache).from_cache
-    assert compute_statistics(dataset, dataset.type_map, cutoff=4.0, cache_dir=cache).from_cache
+    assert not compute_statistics(dataset, dataset.type_map, cutoff=4.0, cache=cache).from_cache
+    assert compute_statistics(dataset, dataset.type_map, cutoff=4.0, cache=cache).from_cache
     energy = tmp_path / "b" / "set.000" / "energy.npy"
     os.chmod(energy, 0o644)
     os.utime(energy, ns=(energy.stat().st_atime_ns, energy.stat().st_mtime_ns + 10**9))
-    assert not compute_statistics(dataset, dataset.type_map, cutoff=4.0, cache_dir=cache).from_cache
+    assert not compute_statistics(dataset, dataset.type_map, cutoff=4.0, cache=cache).from_cache

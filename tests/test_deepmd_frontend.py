@@ -53,7 +53,7 @@ def test_water_example_maps_every_key(water_input):
     assert train["batch_size"] == "auto" and train["auto_prob"] == "prob_sys_size"
     assert train["sampler"] == "deepmd" and train["format"] == "auto"
     assert valid["batch_size"] == 1 and valid["numb_btch"] == 3
-    assert native["training"] == {"numb_steps": 1_000_000}
+    assert native["training"] == {"numb_steps": 1_000_000, "change_bias_after_training": False}  # DeePMD-kit default
     assert native["logging"]["lcurve"] == "lcurve.out" and native["logging"]["disp_freq"] == 100
     assert native["checkpoint"] == {"prefix": "model.ckpt", "every": 1000, "keep": 5}
     # no _comment survives anywhere

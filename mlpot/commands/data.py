@@ -28,7 +28,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     info.add_argument("--type-map", nargs="+", default=None, metavar="NAME",
                       help="type names in model order (DeePMD systems are re-mapped by name)")
     info.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    info.add_argument("--cache-dir", default=None, help="cache statistics as JSON in this directory")
+    info.add_argument("--cache-dir", default=None, help="statistics file to read and write the statistics (HDF5 file .h5/.hdf5 or a directory)")
     parser.set_defaults(data_parser=parser)
 
 
@@ -84,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
         return 1
     systems = read_systems(args.paths, args.fmt, type_map=args.type_map)
     type_map = systems[0].type_map
-    stats = compute_statistics(systems, type_map, cutoff=args.cutoff, cache_dir=args.cache_dir)
+    stats = compute_statistics(systems, type_map, cutoff=args.cutoff, cache=args.cache_dir)
     if args.json:
         out = stats.to_dict()
         out["systems"] = [{"path": s.source, "frames": len(s)} for s in systems]

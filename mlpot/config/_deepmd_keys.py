@@ -84,8 +84,19 @@ _ATTENTION = {
     "use_tebd_bias": _k(S, note="bias in the type-embedding layer"),
     "type_map": _k(I, note="taken from model/type_map"),
 }
+# keys of the early PyTorch DPA-1 inputs (DeePMD-kit's examples/water/se_atten/input_torch.json): the
+# values that describe mlpot's attention layer (post-layer-norm, one head, no feed-forward block) are
+# accepted, any other value is "not supported yet"
+_DPA1_LEGACY = {
+    "post_ln": _k(U, default=True, note="layer norm after each attention layer (true: mlpot's layer); false not supported yet"),
+    "ffn": _k(U, default=False, note="feed-forward block in the attention layer: not supported yet"),
+    "ffn_embed_dim": _k(I, note="width of the feed-forward block; only read with ffn true"),
+    "head_num": _k(U, default=1, note="attention heads: 1 (mlpot's layer); more not supported yet"),
+    "return_rot": _k(I, note="also return the rotation matrix; mlpot's descriptor always provides it to tensor fittings"),
+}
 SE_ATTEN = {
     **_ATTENTION,
+    **_DPA1_LEGACY,
     "smooth_type_embedding": _k(S, "smooth_type_embdding"),
     "stripped_type_embedding": _k(S, note="deprecated: true = tebd_input_mode strip, false = concat"),
 }
@@ -157,6 +168,11 @@ MODEL = {
     "compress": _k(U, default=None),
     "spin": _k(U, default=None),
     "finetune_head": _k(U, default=None),
+    "info": _k(I, note="free metadata of the model (DeePMD-kit stores it, it changes nothing)"),
+    "model_branch_alias": _k(U, default=[], note="multi-task branch aliases"),
+    "use_compile": _k(U, default=False, note="a key of model/type dpa4 (DPA-4/SeZM), not built"),
+    "enable_tf32": _k(U, default=True, note="a key of model/type dpa4 (DPA-4/SeZM), not built"),
+    "lora": _k(U, default=None, note="a key of model/type dpa4 (DPA-4/SeZM), not built"),
     "shared_dict": _k(S, note="multi-task: name -> descriptor section or type_map list, referenced by name from model_dict"),
     "model_dict": _k(S, note="multi-task (PyTorch layout): task -> model section; descriptor/type_map may name a shared_dict entry (share level 0)"),
     "fitting_net_dict": _k(S, note="multi-task (TF 2.x layout): task -> fitting_net, one shared descriptor"),
@@ -167,7 +183,7 @@ MODEL = {
 }
 # keys of the composite model types, meaningless in a standard model
 COMPOSITE_MODEL_KEYS = {"tab_file": "pairtab", "model_file": "frozen", "models": "linear_ener", "weights": "linear_ener"}
-UNBUILT_MODELS = ("pairwise_dprc", "zbl", "multi")
+UNBUILT_MODELS = ("pairwise_dprc", "zbl", "multi", "dpa4", "sezm")
 
 # ---- learning rate, loss, optimizer ------------------------------------------------------------
 LEARNING_RATE = {
@@ -250,7 +266,7 @@ TRAINING = {
     "training_data": _k(S),
     "validation_data": _k(S),
     "numb_steps": _k(S, "stop_batch", "num_steps"),
-    "numb_epoch": _k(S, note="run length in passes over the training data: ceil(numb_epoch * ceil(max_k nbatch_k / p_k)) steps (DeePMD-kit 3.x); not together with numb_steps"),
+    "numb_epoch": _k(S, "num_epoch", "num_epochs", "numb_epochs", note="run length in passes over the training data: ceil(numb_epoch * ceil(max_k nbatch_k / p_k)) steps (DeePMD-kit 3.x); not together with numb_steps"),
     "seed": _k(S),
     "disp_file": _k(S),
     "disp_freq": _k(S),
@@ -267,13 +283,13 @@ TRAINING = {
     "mixed_precision": _k(S, note="{output_prec: float32, compute_prec: float16 | bfloat16}: the model is built in float32 and its networks run under torch.autocast in compute_prec during training (DeePMD-kit: TF only)"),
     "gradient_max_norm": _k(S),
     "warmup_steps": _k(S, note="older spelling of learning_rate/warmup_steps (start factor 0)"),
-    "stat_file": _k(S),
-    "stat_file_mode": _k(I, note="mlpot's statistics cache is always read-if-valid, write-if-new"),
+    "stat_file": _k(S, note="HDF5 file (.h5/.hdf5) or directory: mlpot stores its neighbour and model statistics under its own 'mlpot' group there and reads them back (a file DeePMD-kit wrote keeps its content)"),
+    "stat_file_mode": _k(S, note="update (default): read what is there, write what is missing; read: never write, the statistics must be there"),
     "opt_type": _k(S, note="Adam or AdamW; LKF not supported yet"),
     "profiling": _k(S, note="torch.profiler Chrome trace of training steps 2-6"),
     "profiling_file": _k(S, note="trace file (default timeline.json)"),
-    "enable_profiler": _k(I),
-    "change_bias_after_training": _k(S, note="least-squares shift of the energy bias on the statistics sample after the last step (change-by-statistic); on unless set to false (DeePMD-kit: off by default)"),
+    "enable_profiler": _k(S, note="torch.profiler over training steps 2-6, written for TensorBoard under tensorboard_log_dir"),
+    "change_bias_after_training": _k(S, note="least-squares shift of the energy bias on the statistics sample after the last step (change-by-statistic); off unless set, as in DeePMD-kit (native configs: on by default)"),
     "enable_ema": _k(S),
     "ema_decay": _k(S),
     "enable_compile": _k(I, note="mlpot does not use torch.compile for training"),

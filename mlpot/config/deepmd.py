@@ -57,6 +57,8 @@ def is_deepmd_config(path_or_dict: Union[PathLike, Dict[str, Any]]) -> bool:
         except ConfigError:
             return False
     model, training = data.get("model"), data.get("training")
+    if isinstance(data.get("nvnmd"), dict) and isinstance(training, dict) and "training_data" in training:
+        return True  # an NVNMD input: its nvnmd section replaces model (check_keys names it)
     if not isinstance(model, dict) or not isinstance(training, dict):
         return False
     composite = model.get("type") in ("linear_ener", "pairtab", "frozen", "zbl", "pairwise_dprc")
@@ -93,7 +95,8 @@ def _check_section(
             raise ConfigError(f"given twice (as '{name}' and an alias)", file=file, key=path + [key])
         record = keys[name]
         if record.status == UNSUPPORTED and not record.requests_nothing(value):
-            raise ConfigError(f"not supported yet: {_slash(path + [name])}", file=file, key=path + [key])
+            detail = f" ({record.note})" if record.note else ""
+            raise ConfigError(f"not supported yet: {_slash(path + [name])}{detail}", file=file, key=path + [key])
         if record.status == IGNORED:
             continue
         out[name] = value
@@ -177,7 +180,7 @@ def check_keys(config: Dict[str, Any], file: Optional[str] = None) -> Dict[str, 
         if model.get(key) is not None:
             raise ConfigError(f"belongs to model/type \"{owner}\", not to a standard model (descriptor + fitting_net)",
                               file=file, key=["model", key])
-    for required in ("type_map", "descriptor", "fitting_net"):
+    for required in ("descriptor", "fitting_net"):  # type_map may come from the data (to_native)
         if required not in model:
             raise ConfigError(f"missing required key '{required}'", file=file, key=["model", required])
     model["descriptor"] = _check_descriptor(model["descriptor"], ["model", "descriptor"], file)
@@ -521,6 +524,22 @@ def _preset_out_bias(model: Dict[str, Any], file: Optional[str]) -> None:
     fitting["preset_out_bias"] = values
 
 
+def _type_map_from_data(systems: List[str], file: Optional[str]) -> List[str]:
+    """model/type_map left out: the union (in order of first appearance) of the training systems'
+    ``type_map.raw`` files, as DeePMD-kit takes it from the data."""
+    from mlpot.data.deepmd_format import system_type_map
+    from mlpot.data.io import merge_type_maps
+
+    maps = []
+    for system in systems:
+        names = system_type_map(system) if Path(str(system).split("#")[0]).exists() else None
+        if names is None:
+            raise ConfigError(f"missing, and the training system {system} has no type_map.raw to take it from",
+                              file=file, key=["model", "type_map"])
+        maps.append(names)
+    return merge_type_maps(maps)
+
+
 def _model_dtype(model: Dict[str, Any]) -> str:
     """Native ``dtype``: the fitting's precision, else the descriptor's, else float64 (DeePMD default)."""
     for section in (model.get("fitting_net", {}), model.get("descriptor", {})):
@@ -569,8 +588,14 @@ def to_native(config: Dict[str, Any], base_dir: PathLike = ".", file: Optional[s
             data["valid"] = _data_section(training["validation_data"], base, ["training", "validation_data"], file)
         if training.get("stat_file"):
             data["stat_file"] = str((base / training["stat_file"]).resolve())
+            data["stat_file_mode"] = training.get("stat_file_mode", "update")
+        elif training.get("stat_file_mode") == "read":
+            raise ConfigError("stat_file_mode 'read' needs training/stat_file", file=file,
+                              key=["training", "stat_file_mode"])
         if numb_epoch is not None:
             numb_steps = epoch_steps(numb_epoch, data["train"], file)
+        if "type_map" not in dtype_model and config["model"].get("type", "standard") == "standard":
+            config["model"]["type_map"] = _type_map_from_data(data["train"]["paths"], file)
     lr_schedule = {
         "type": lr.get("type", "exp"),  # exp, cosine, wsd: the same names and formulas natively
         "start_lr": lr.get("start_lr", 1e-3),
@@ -625,10 +650,13 @@ def to_native(config: Dict[str, Any], base_dir: PathLike = ".", file: Optional[s
         native["logging"]["disp_avg"] = True
     if training.get("gradient_max_norm") is not None:
         native["training"]["clip_grad_norm"] = training["gradient_max_norm"]
-    if training.get("change_bias_after_training") is not None:  # absent: mlpot's default (on)
-        native["training"]["change_bias_after_training"] = bool(training["change_bias_after_training"])
+    # DeePMD-kit's default is off; an unchanged input gets DeePMD-kit's behaviour (the refit is
+    # mlpot's default for native configs only)
+    native["training"]["change_bias_after_training"] = bool(training.get("change_bias_after_training", False))
     if training.get("profiling"):
         native["logging"]["profile_file"] = training.get("profiling_file") or "timeline.json"
+    if training.get("enable_profiler"):
+        native["logging"]["profile_tensorboard"] = True
     if training.get("mixed_precision") is not None:
         _mixed_precision(native, training["mixed_precision"], multi_task, file)
     if training.get("enable_ema"):

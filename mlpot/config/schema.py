@@ -70,7 +70,13 @@ class DataConfig(Strict):
     train: DataSection
     valid: Optional[DataSection] = None
     cutoff: Optional[float] = Field(None, gt=0, description="neighbour cutoff override in Å (default: the model's)")
-    stat_file: Optional[str] = Field(None, description="cache of dataset statistics")
+    stat_file: Optional[str] = Field(
+        None, description="statistics file (DeePMD-kit's stat_file): an HDF5 file (.h5/.hdf5) or a directory where the "
+        "neighbour statistics and the model's data statistics (env-matrix mean/std, output bias...) are stored and "
+        "read back by later runs on the same data and model")
+    stat_file_mode: Literal["update", "read"] = Field(
+        "update", description="update: read what is there, write what is missing; read: never write (the "
+        "statistics must be there)")
 
 
 class OptimizerGroup(Strict):
@@ -245,6 +251,8 @@ class LoggingConfig(Strict):
     time_training: bool = True
     profile_file: Optional[str] = Field(None, description="write a torch.profiler Chrome trace of training "
                                         "steps 2-6 to this file (DeePMD-kit training/profiling)")
+    profile_tensorboard: bool = Field(False, description="profile the same training steps with torch.profiler and "
+                                      "write the trace for TensorBoard under tensorboard_log_dir (DeePMD enable_profiler)")
 
 
 class CheckpointConfig(Strict):

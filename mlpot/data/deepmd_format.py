@@ -23,7 +23,7 @@ from __future__ import annotations
 import contextlib
 import os
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Collection, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -242,6 +242,17 @@ def is_deepmd_system(path) -> bool:
         return False
 
 
+def system_type_map(path) -> Optional[List[str]]:
+    """The names of ``type_map.raw`` of one DeePMD system (directory or HDF5 group), or None when
+    the system has none; only that file is read."""
+    hdf5 = split_hdf5_path(path)
+    if hdf5 is None:
+        source = _Folder(Path(path))
+        return source.words("type_map.raw") if source.is_file("type_map.raw") else None
+    with _open_hdf5(*hdf5) as source:
+        return source.words("type_map.raw") if source.is_file("type_map.raw") else None
+
+
 def find_deepmd_systems(path) -> List[Path]:
     """``path`` itself if it is a system, else every system below it (sorted, recursive).
 
@@ -259,8 +270,12 @@ def find_deepmd_systems(path) -> List[Path]:
     return sorted(p.parent for p in path.rglob("type.raw"))
 
 
-def _read_table(source, name: str, raw: bool) -> np.ndarray:
-    """(n_frames, columns) float64 table of a .npy or .raw entry; DataError if unreadable."""
+def _read_table(source, name: str, raw: bool, n_frames: Optional[int] = None) -> np.ndarray:
+    """(n_frames, columns) float64 table of a .npy or .raw entry; DataError if unreadable.
+
+    With ``n_frames`` (the frame count of coord) the values are laid out as DeePMD-kit does,
+    ``reshape(n_frames, -1)`` whatever the stored shape: an aparam.npy of shape (1, 5400) holds
+    100 frames of 54 values."""
     key = name.rsplit(".", 1)[0]
     try:
         array = source.table(name, raw).astype(np.float64)
@@ -268,7 +283,12 @@ def _read_table(source, name: str, raw: bool) -> np.ndarray:
         raise DataError(f"cannot read ({exc})", file=source.where(name), key=key) from None
     if array.ndim == 0:
         raise DataError("holds a scalar, expected one row per frame", file=source.where(name), key=key)
-    return array.reshape(array.shape[0], -1)
+    if n_frames is None:
+        return array.reshape(array.shape[0], -1)
+    if n_frames == 0 or array.size % n_frames:
+        raise DataError(f"holds {array.size} values (shape {array.shape}), not a whole number of rows for the "
+                        f"{n_frames} frames of coord", file=source.where(name), key=key)
+    return array.reshape(n_frames, -1)
 
 
 def _reshape(array: np.ndarray, file: Path, key: str, n_atoms: int, atomic: bool, shape,
@@ -338,21 +358,24 @@ def _resolve_types(system, types: np.ndarray, type_map: Optional[Sequence[str]])
 
 
 def read_deepmd(path, *, type_map: Optional[Sequence[str]] = None, raw: Optional[bool] = None,
-                index=slice(None)) -> FrameList:
+                index=slice(None), skip: Collection[str] = ()) -> FrameList:
     """Read one DeePMD system (directory, or HDF5 group ``file.h5#/group``) into a :class:`FrameList`.
 
     ``raw`` selects ``deepmd/raw`` (``*.raw`` tables) over ``deepmd/npy`` (``set.*``); None
     detects it. ``type_map`` re-maps the types by name (spec §1.1). ``index`` selects frames.
+    ``skip``: batch keys whose files are not read (inputs or labels the model does not use), so
+    a malformed file of such a key is no error.
     A bare ``file.h5`` reads the file's root group as the system.
     """
     hdf5 = split_hdf5_path(path)
     if hdf5 is None:
-        return _read_system(_Folder(Path(path)), type_map, raw, index)
+        return _read_system(_Folder(Path(path)), type_map, raw, index, skip)
     with _open_hdf5(*hdf5) as system:  # everything is read into memory before the file closes
-        return _read_system(system, type_map, raw, index)
+        return _read_system(system, type_map, raw, index, skip)
 
 
-def _read_system(system, type_map: Optional[Sequence[str]], raw: Optional[bool], index) -> FrameList:
+def _read_system(system, type_map: Optional[Sequence[str]], raw: Optional[bool], index,
+                 skip: Collection[str] = ()) -> FrameList:
     """The reader of :func:`read_deepmd` on a system source (a :class:`_Folder` or :class:`_Group`)."""
     if not system.is_file("type.raw"):
         raise DataError("not a DeePMD system (no type.raw)", file=system.where())
@@ -390,12 +413,9 @@ def _read_system(system, type_map: Optional[Sequence[str]], raw: Optional[bool],
                             "a non-periodic system)", file=folder.where(), key="box")
         for stem, (key, atomic, shape) in _FILES.items():
             name = f"{stem}{suffix}"
-            if not folder.is_file(name):
+            if key in skip or not folder.is_file(name):
                 continue
-            table = _read_table(folder, name, raw)
-            if table.shape[0] != n_frames:
-                raise DataError(f"has {table.shape[0]} frames but coord{suffix} has {n_frames}",
-                                file=folder.where(name), key=stem)
+            table = _read_table(folder, name, raw, n_frames)
             per_atom = int(np.prod(shape)) if shape != (-1,) else 1
             sel = _selected_atoms(types, table.shape[1], per_atom) if atomic else None
             columns.setdefault(key, []).append(_reshape(table, folder.where(name), stem, n_atoms, atomic, shape, sel))

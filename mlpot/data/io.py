@@ -8,7 +8,7 @@ ASE). ``fmt=None`` detects the format from the path.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import List, Mapping, Optional, Sequence, Union
+from typing import Collection, List, Mapping, Optional, Sequence, Union
 
 import numpy as np
 
@@ -16,7 +16,7 @@ from mlpot.data.deepmd_format import (find_deepmd_systems, is_deepmd_system, rea
                                       write_deepmd_hdf5, write_deepmd_npy)
 from mlpot.data.extxyz_format import read_extxyz, write_extxyz
 from mlpot.data.frames import FrameList
-from mlpot.data.keys import ATOM_TYPES
+from mlpot.data.keys import ATOM_TYPES, weight_key
 from mlpot.errors import DataError
 
 __all__ = ["FORMATS", "detect_format", "read_frames", "read_systems", "write_frames", "merge_type_maps"]
@@ -74,13 +74,15 @@ def _to_slice(index):
 
 
 def read_frames(path, fmt: Optional[str] = None, *, type_map: Optional[Sequence[str]] = None,
-                key_map: Optional[Mapping[str, str]] = None, index=":") -> FrameList:
+                key_map: Optional[Mapping[str, str]] = None, index=":", skip: Collection[str] = ()) -> FrameList:
     """Read the frames of one file or DeePMD system.
 
     path: an extxyz file, a DeePMD system directory or HDF5 group (``file.h5#/group``; a bare
     ``file.h5`` is its root group). fmt: one of :data:`FORMATS` or None (detect). type_map: type
     names defining ``ATOM_TYPES`` (DeePMD systems are re-mapped by name).
     key_map: extra extxyz names -> batch keys. index: frames to keep (``":"``, ``"a:b"``, int, slice).
+    skip: batch keys not read (DeePMD files of inputs or labels the model does not use are not
+    opened; extxyz columns are parsed by ASE and dropped).
     """
     path = Path(path)
     _check_exists(path)
@@ -88,10 +90,15 @@ def read_frames(path, fmt: Optional[str] = None, *, type_map: Optional[Sequence[
     if fmt == "deepmd/hdf5" and split_hdf5_path(path) is None:
         raise DataError("deepmd/hdf5 needs a file.h5#/group or .h5/.hdf5 path", file=path, key="format")
     if fmt == "extxyz":
-        return read_extxyz(path, type_map=type_map, key_map=key_map,
-                           index=index if isinstance(index, str) else ":")[
+        frames = read_extxyz(path, type_map=type_map, key_map=key_map,
+                             index=index if isinstance(index, str) else ":")[
             slice(None) if isinstance(index, str) else _to_slice(index)]
-    return read_deepmd(path, type_map=type_map, raw=(fmt == "deepmd/raw"), index=_to_slice(index))
+        for frame in frames if skip else ():
+            for key in skip:
+                frame.pop(key, None)
+                frame.pop(weight_key(key), None)
+        return frames
+    return read_deepmd(path, type_map=type_map, raw=(fmt == "deepmd/raw"), index=_to_slice(index), skip=skip)
 
 
 def merge_type_maps(type_maps: Sequence[Sequence[str]]) -> List[str]:
@@ -103,8 +110,8 @@ def merge_type_maps(type_maps: Sequence[Sequence[str]]) -> List[str]:
 
 
 def read_systems(paths: Union[str, Path, Sequence[Union[str, Path]]], fmt: Optional[str] = None, *,
-                 type_map: Optional[Sequence[str]] = None, key_map: Optional[Mapping[str, str]] = None
-                 ) -> List[FrameList]:
+                 type_map: Optional[Sequence[str]] = None, key_map: Optional[Mapping[str, str]] = None,
+                 skip: Collection[str] = ()) -> List[FrameList]:
     """Read several systems (one :class:`FrameList` each) with one common ``type_map``.
 
     A path that is a directory but not a system is searched recursively for ``type.raw``
@@ -130,7 +137,7 @@ def read_systems(paths: Union[str, Path, Sequence[Union[str, Path]]], fmt: Optio
             expanded += found
         else:
             expanded.append(path)
-    systems = [read_frames(p, fmt, type_map=type_map, key_map=key_map) for p in expanded]
+    systems = [read_frames(p, fmt, type_map=type_map, key_map=key_map, skip=skip) for p in expanded]
     if type_map is None:
         common = merge_type_maps([s.type_map for s in systems])
         for system in systems:

@@ -9,8 +9,10 @@
 * At a cutoff: mean neighbours per atom (overall and per centre type), maximum neighbours per
   neighbour type over all centres (DeePMD's neighbour stat for ``sel: "auto"``), minimum distance.
 
-The cache key hashes the source files (path, size, mtime), the cutoff, the type_map and the
-number of frames; a second call with the same inputs reads the JSON instead of recomputing.
+The cache (a :class:`~mlpot.data.stat_file.StatisticsFile`, DeePMD's ``stat_file``: an HDF5 file or
+a directory) keys the record by a hash of the source files (path, size, mtime), the cutoff, the
+type_map and the number of frames; a second call with the same inputs reads it instead of
+recomputing.
 """
 
 from __future__ import annotations
@@ -19,15 +21,15 @@ import dataclasses
 import hashlib
 import json
 import math
-import os
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Union
 
 import numpy as np
 
 from mlpot.data import keys as K
 from mlpot.data.deepmd_format import split_hdf5_path
 from mlpot.data.frames import frame_labels, present_weight
+from mlpot.data.stat_file import StatisticsFile
 from mlpot.data.neighbors import neighbor_counts, neighbor_list
 
 __all__ = ["DatasetStatistics", "compute_statistics", "energy_bias_lstsq", "auto_sel"]
@@ -111,7 +113,7 @@ def _frames_and_sources(data):
     return frames, sources, None
 
 
-def _fingerprint(sources: Sequence[str]) -> list:
+def source_fingerprint(sources: Sequence[str]) -> list:
     """(path, size, mtime) of every file of the sources (directories walked; an HDF5 group
     ``file.h5#/group`` counts as its whole file)."""
     out = []
@@ -129,36 +131,34 @@ def _fingerprint(sources: Sequence[str]) -> list:
     return out
 
 
-def _cache_file(cache_dir, sources, cutoff, type_map, n_frames) -> Path:
-    payload = json.dumps([_CACHE_VERSION, _fingerprint(sources), cutoff, list(type_map), n_frames])
-    digest = hashlib.sha256(payload.encode()).hexdigest()[:20]
-    return Path(cache_dir) / f"stat_{digest}.json"
+def _record_name(sources, cutoff, type_map, n_frames) -> str:
+    payload = json.dumps([_CACHE_VERSION, source_fingerprint(sources), cutoff, list(type_map), n_frames])
+    return "dataset/" + hashlib.sha256(payload.encode()).hexdigest()[:20]
 
 
 def compute_statistics(data, type_map: Sequence[str], cutoff: Optional[float] = None,
-                       cache_dir=None) -> DatasetStatistics:
+                       cache: Union[None, str, Path, StatisticsFile] = None) -> DatasetStatistics:
     """Statistics of frames (a FrameList, an AtomsDataset or a list of them).
 
     type_map: type names (defines the per-type lists). cutoff: Å, enables neighbour statistics
-    (an AtomsDataset's cached edges are reused when its cutoff matches). cache_dir: directory for
-    the JSON cache (only used when the frames know their source files).
+    (an AtomsDataset's cached edges are reused when its cutoff matches). cache: a
+    :class:`StatisticsFile` or its path (HDF5 file or directory) to read the statistics from and
+    write them to (only used when the frames know their source files).
     """
     frames, sources, dataset = _frames_and_sources(data)
     type_map = list(type_map)
-    cache = None
-    if cache_dir is not None and sources:
-        cache = _cache_file(cache_dir, sources, cutoff, type_map, len(frames))
-        if cache.is_file():
-            stats = DatasetStatistics.from_dict(json.loads(cache.read_text()))
+    store = cache if isinstance(cache, StatisticsFile) or cache is None else StatisticsFile(cache)
+    name = _record_name(sources, cutoff, type_map, len(frames)) if store is not None and sources else None
+    if name is not None:
+        record = store.read_json(name)
+        if record is not None:
+            stats = DatasetStatistics.from_dict(record)
             stats.from_cache = True
             return stats
     stats = _compute(frames, type_map, cutoff, dataset)
     stats.sources = [str(s) for s in sources]
-    if cache is not None:
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        temporary = cache.with_suffix(f".tmp{os.getpid()}")
-        temporary.write_text(json.dumps(stats.to_dict(), indent=1))
-        os.replace(temporary, cache)  # atomic: a concurrent reader never sees half a file
+    if name is not None:
+        store.write_json(name, stats.to_dict())
     return stats
 
 

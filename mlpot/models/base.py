@@ -47,12 +47,25 @@ class AtomisticModel(torch.nn.Module):
     cutoff: neighbour-list cutoff in Å that the batches must have been built with.
     config: the model section this model was built from (``build_model(config)`` rebuilds it).
     output_keys: batch keys that ``forward`` returns.
+    input_keys: optional batch inputs ``forward`` reads besides the geometry (FPARAM, APARAM...);
+    readers skip the others.
     """
 
     type_map: List[str]
     cutoff: float
     config: Dict[str, Any]
     output_keys: Tuple[str, ...] = ()
+
+    @property
+    def input_keys(self) -> Tuple[str, ...]:
+        """Optional batch inputs read besides the geometry; by default those of the submodels
+        (members of composite models, heads of multi-task models) that declare their own."""
+        keys: List[str] = []
+        for module in self.modules():
+            if module is not self and isinstance(module, AtomisticModel) \
+                    and type(module).input_keys is not AtomisticModel.input_keys:
+                keys += [key for key in module.input_keys if key not in keys]
+        return tuple(keys)
 
     def forward(self, batch: Batch) -> Batch:  # pragma: no cover - interface
         raise NotImplementedError

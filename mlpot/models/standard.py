@@ -9,7 +9,7 @@ POLARIZABILITY (…, 3, 3). Outputs are float64 whatever the network precision.
 
 from __future__ import annotations
 
-from typing import Any, Dict, Iterable, Optional, Sequence
+from typing import Any, Dict, Iterable, Optional, Sequence, Tuple
 
 import torch
 
@@ -62,6 +62,12 @@ class StandardModel(AtomisticModel):
         atomic = atomic.to(batch[POSITIONS].dtype)
         total = scatter_sum(atomic, batch[BATCH], batch[CELL].shape[0])
         return {self.fitting.atom_key: atomic, self.fitting.frame_key: total}
+
+    @property
+    def input_keys(self) -> Tuple[str, ...]:
+        """FPARAM / APARAM when the fitting reads them (numb_fparam, numb_aparam > 0)."""
+        return tuple(key for key, width in ((FPARAM, getattr(self.fitting, "numb_fparam", 0)),
+                                            (APARAM, getattr(self.fitting, "numb_aparam", 0))) if width)
 
     def output_bias(self) -> Optional[OutputBias]:
         """The fitting's ``bias_atom`` for energy and DOS fittings; None for dipole/polar."""

@@ -16,9 +16,10 @@ Batches are float64 (data precision); the model casts to its own precision.
 from __future__ import annotations
 
 import copy
+import hashlib
+import json
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import TYPE_CHECKING, Dict, Iterator, List, Optional, Tuple, Union
+from typing import TYPE_CHECKING, Callable, Dict, Iterator, List, Optional, Tuple, Union
 
 import numpy as np
 import torch
@@ -27,6 +28,8 @@ from mlpot.data import (AtomsDataset, EpochSampler, SystemSampler, TaskSampler, 
                         resolve_batch_sizes, task_probabilities)
 from mlpot.data import keys as K
 from mlpot.data.batching import concat_frame_lists
+from mlpot.data.stat_file import StatisticsFile
+from mlpot.errors import ConfigError
 
 if TYPE_CHECKING:  # the config layer sits above training; only its types are named here
     from mlpot.config.schema import DataConfig, DataSection, NativeConfig
@@ -34,9 +37,13 @@ if TYPE_CHECKING:  # the config layer sits above training; only its types are na
 __all__ = ["TrainingData", "MultiTaskData", "build_training_data"]
 
 
-def _read(section: "DataSection", type_map, cutoff: float):
+# optional model inputs: read only when the model declares them (model.input_keys)
+_OPTIONAL_INPUTS = (K.FPARAM, K.APARAM)
+
+
+def _read(section: "DataSection", type_map, cutoff: float, skip=()):
     fmt = None if section.format == "auto" else section.format
-    systems = read_systems(section.paths, fmt, type_map=type_map, key_map=section.key_map or None)
+    systems = read_systems(section.paths, fmt, type_map=type_map, key_map=section.key_map or None, skip=skip)
     sizes = [len(s) for s in systems]
     n_atoms = [int(round(np.mean([len(f[K.POSITIONS]) for f in s]))) for s in systems]
     return systems, AtomsDataset(concat_frame_lists(systems), cutoff, type_map=type_map), sizes, n_atoms
@@ -108,10 +115,52 @@ def _max_neighbors(model_config: dict, data_config: "DataConfig") -> Optional[np
     if not any(isinstance(part.get("sel"), str) for part in parts):
         return None
     rcut = float(data_config.cutoff or max(float(part.get("rcut", 6.0)) for part in parts))
-    _, probe, _, _ = _read(data_config.train, list(model_config["type_map"]), rcut)
-    cache = None if data_config.stat_file is None else Path(data_config.stat_file)
-    stats = compute_statistics(probe, list(model_config["type_map"]), rcut, cache_dir=cache)
+    # the neighbour counts need the geometry only
+    _, probe, _, _ = _read(data_config.train, list(model_config["type_map"]), rcut, skip=K.WEIGHTED + _OPTIONAL_INPUTS)
+    stats = compute_statistics(probe, list(model_config["type_map"]), rcut, cache=_stat_file(data_config))
     return np.asarray(stats.max_neighbors_per_type)
+
+
+def _stat_file(data_config: "DataConfig") -> Optional[StatisticsFile]:
+    return None if data_config.stat_file is None else StatisticsFile(data_config.stat_file, data_config.stat_file_mode)
+
+
+def model_statistics(model: torch.nn.Module, samples, store: Optional[StatisticsFile], identity,
+                     log: Callable[[str], None] = lambda line: None) -> None:
+    """``model.compute_statistics(samples)``, or the same result read from the statistics file.
+
+    The record holds the model state entries that the statistics change (env-matrix mean/std,
+    output biases, fitting-net centring...), under a hash of ``identity`` (the model section,
+    precision, data files, statistics sample and seed), so a changed model or dataset never
+    reuses stale statistics. In ``read`` mode a missing record is a ConfigError.
+    """
+    name = None
+    if store is not None:
+        digest = hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:24]
+        name = f"model/{digest}"
+        record = store.read(name)
+        state = model.state_dict()
+        if record is not None and all(k in state and tuple(state[k].shape) == v.shape for k, v in record.items()):
+            model.load_state_dict({k: torch.as_tensor(v, dtype=state[k].dtype) for k, v in record.items()}, strict=False)
+            log(f"data statistics read from {store.path}")
+            return
+        if store.mode == "read":
+            raise ConfigError(f"stat_file_mode 'read': {store.path} holds no statistics for this model and data "
+                              "(run once with stat_file_mode 'update')", key="data.stat_file")
+    before = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    model.compute_statistics(samples)
+    if name is not None:
+        changed = {k: v.detach().cpu().numpy() for k, v in model.state_dict().items() if not torch.equal(v, before[k])}
+        store.write(name, changed)
+        log(f"data statistics computed and written to {store.path}")
+
+
+def _statistics_identity(config: "NativeConfig", model, data_config: "DataConfig", samples) -> dict:
+    from mlpot.data.statistics import source_fingerprint
+
+    return {"model": model.config, "dtype": str(model.dtype), "seed": config.seed,
+            "data": source_fingerprint(list(data_config.train.paths)),
+            "sample": [int(b[K.ATOM_TYPES].shape[0]) for b in samples]}
 
 
 def _auto_sel(model_config: dict, data_config: "DataConfig") -> dict:
@@ -152,11 +201,12 @@ def _datasets(model, model_config: dict, data_config: "DataConfig", seed: int, d
     """Training/validation datasets and samplers of one model (or head) and the statistics samples:
     the first ``data_stat_nbatch`` batches of every training system."""
     cutoff = float(data_config.cutoff or model.cutoff)
-    _, train, sizes, n_atoms = _read(data_config.train, list(model.type_map), cutoff)
+    skip = tuple(key for key in _OPTIONAL_INPUTS if key not in model.input_keys)
+    _, train, sizes, n_atoms = _read(data_config.train, list(model.type_map), cutoff, skip)
     sampler = _sampler(data_config.train, sizes, n_atoms, seed, shuffle=True)
     data = TrainingData(model, train, sampler, device=device)
     if data_config.valid is not None:
-        _, valid, vsizes, vatoms = _read(data_config.valid, list(model.type_map), cutoff)
+        _, valid, vsizes, vatoms = _read(data_config.valid, list(model.type_map), cutoff, skip)
         data.valid = valid
         data.valid_sampler = _sampler(data_config.valid, vsizes, vatoms, seed + 1, shuffle=False)
         data.numb_btch = data_config.valid.numb_btch
@@ -174,9 +224,10 @@ def _datasets(model, model_config: dict, data_config: "DataConfig", seed: int, d
 
 
 def build_training_data(config: "NativeConfig", dtype: torch.dtype, *, file: Optional[str] = None,
-                        with_statistics: bool = True, device: Optional[torch.device] = None
-                        ) -> Union[TrainingData, MultiTaskData]:
-    """Build the model and the data of ``config``; ``with_statistics`` runs model.compute_statistics.
+                        with_statistics: bool = True, device: Optional[torch.device] = None,
+                        log: Callable[[str], None] = lambda line: None) -> Union[TrainingData, MultiTaskData]:
+    """Build the model and the data of ``config``; ``with_statistics`` runs model.compute_statistics
+    (or reads its result from ``data.stat_file``). ``log`` receives one-line notes.
 
     With ``config.tasks`` (multi-task) the result is a :class:`MultiTaskData`.
     """
@@ -184,18 +235,19 @@ def build_training_data(config: "NativeConfig", dtype: torch.dtype, *, file: Opt
 
     device = device or torch.device("cpu")
     if config.tasks is not None:
-        return _build_multi_task_data(config, dtype, with_statistics, device)
+        return _build_multi_task_data(config, dtype, with_statistics, device, log)
     model = build_model(_auto_sel(config.model, config.data), dtype=dtype)
     data, samples = _datasets(model, config.model, config.data, config.seed, device)
     data.stat_samples = samples
     if with_statistics and hasattr(model, "compute_statistics"):
-        model.compute_statistics(samples)
+        model_statistics(model, samples, _stat_file(config.data),
+                         _statistics_identity(config, model, config.data, samples), log)
     model.to(device)
     return data
 
 
 def _build_multi_task_data(config: "NativeConfig", dtype: torch.dtype, with_statistics: bool,
-                           device: torch.device) -> MultiTaskData:
+                           device: torch.device, log: Callable[[str], None]) -> MultiTaskData:
     """Heads, per-task data and the task sampler; descriptor statistics pooled over tasks (the model's)."""
     from mlpot.models import build_model
 
@@ -211,6 +263,9 @@ def _build_multi_task_data(config: "NativeConfig", dtype: torch.dtype, with_stat
     probabilities = task_probabilities({name: task.prob for name, task in config.tasks.items()}, n_systems)
     sampler = TaskSampler(list(config.tasks), [probabilities[name] for name in config.tasks], seed=config.seed)
     if with_statistics:
-        model.compute_statistics(samples)
+        # one record for the whole model, in the first task's statistics file
+        store = next((_stat_file(task.data) for task in config.tasks.values() if task.data.stat_file), None)
+        identity = {name: _statistics_identity(config, model, task.data, samples[name]) for name, task in config.tasks.items()}
+        model_statistics(model, samples, store, identity, log)
     model.to(device)
     return MultiTaskData(model, tasks, sampler)

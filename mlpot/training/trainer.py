@@ -108,7 +108,7 @@ class Trainer:
         self._seed(config.seed)
         self.data: TrainingData = build_training_data(
             config, self.dtype, file=file, with_statistics=checkpoint is None and init_weights is None,
-            device=self.dist.device)
+            device=self.dist.device, log=lambda line: print(line, file=self.stdout, flush=True) if self.dist.is_main else None)
         self.model = self.data.model
         if config.training.compute_dtype is not None:
             from mlpot.nn import set_compute_dtype
@@ -516,10 +516,11 @@ class Trainer:
     PROFILED_STEPS = range(2, 7)  # displayed (1-based) steps; step 1 carries one-off set-up costs
 
     def _profile(self, shown: Optional[int]) -> None:
-        """torch.profiler over ``PROFILED_STEPS`` when ``logging.profile_file`` is set (main rank);
-        the Chrome trace is written when the window closes or training ends (``shown`` None)."""
-        path = self.config.logging.profile_file
-        if not path or not self.dist.is_main:
+        """torch.profiler over ``PROFILED_STEPS`` when ``logging.profile_file`` (Chrome trace) or
+        ``logging.profile_tensorboard`` (TensorBoard trace under tensorboard_log_dir) is set (main
+        rank); the traces are written when the window closes or training ends (``shown`` None)."""
+        cfg = self.config.logging
+        if not (cfg.profile_file or cfg.profile_tensorboard) or not self.dist.is_main:
             return
         profiler = self.profiler
         if profiler is None and shown is not None and shown in self.PROFILED_STEPS:
@@ -530,9 +531,17 @@ class Trainer:
             self.profiler.__enter__()
         elif profiler is not None and (shown is None or shown not in self.PROFILED_STEPS):
             profiler.__exit__(None, None, None)
-            target = self.out / path
-            profiler.export_chrome_trace(str(target))
-            self._write(f"wrote the profile of steps {self.PROFILED_STEPS.start}-{self.PROFILED_STEPS.stop - 1} to {target}")
+            window = f"{self.PROFILED_STEPS.start}-{self.PROFILED_STEPS.stop - 1}"
+            if cfg.profile_file:
+                target = self.out / cfg.profile_file
+                profiler.export_chrome_trace(str(target))
+                self._write(f"wrote the profile of steps {window} to {target}")
+            if cfg.profile_tensorboard:
+                from torch.profiler import tensorboard_trace_handler
+
+                folder = self.out / cfg.tensorboard_log_dir
+                tensorboard_trace_handler(str(folder))(profiler)
+                self._write(f"wrote the TensorBoard profile of steps {window} to {folder}")
             self.profiler = None
 
     def run(self) -> Dict[str, float]:
@@ -551,6 +560,10 @@ class Trainer:
         # disp_avg: the metrics of every step, averaged over the display window
         window = WindowMean() if cfg.logging.disp_avg else None
         start_time, start_step = time.perf_counter(), self.step
+        if self.dist.is_main and self.step < self.total_steps and any(energy_bias(h) is not None for h in self.heads.values()):
+            self._write("energy bias refit after the last step (change_bias_after_training): " + (
+                "on" if cfg.training.change_bias_after_training else
+                "off (set change_bias_after_training: true to refit it on the statistics sample)"))
         try:
             while self.step < self.total_steps:
                 index = self.plan.index_at(self._position())
