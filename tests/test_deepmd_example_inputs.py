@@ -69,6 +69,13 @@ def test_early_dpa1_keys_of_the_se_atten_torch_example(tmp_path):
                                      "return_rot": False}
     native = deepmd.convert_dict(config, base_dir=tmp_path)
     assert native["model"]["descriptor"]["type"] == "se_atten"
+    from mlpot.models import build_model
+
+    assert len(build_model(native["model"]).descriptor.attention) == 1
+    compressible = copy.deepcopy(config)  # examples/water/hybrid: se_atten with compressible true
+    compressible["model"]["descriptor"].update(compressible=True, attn_layer=0)
+    model = build_model(deepmd.convert_dict(compressible, base_dir=tmp_path)["model"])
+    assert model.descriptor.tebd_input_mode == "strip"
     for key, value in (("post_ln", False), ("ffn", True), ("head_num", 4)):
         bad = copy.deepcopy(config)
         bad["model"]["descriptor"][key] = value

@@ -94,9 +94,11 @@ _DPA1_LEGACY = {
     "head_num": _k(U, default=1, note="attention heads: 1 (mlpot's layer); more not supported yet"),
     "return_rot": _k(I, note="also return the rotation matrix; mlpot's descriptor always provides it to tensor fittings"),
 }
+DPA1_LEGACY_KEYS = tuple(_DPA1_LEGACY)
 SE_ATTEN = {
     **_ATTENTION,
     **_DPA1_LEGACY,
+    "compressible": _k(S, note="older spelling of the compressible (strip) type-embedding input: true = tebd_input_mode strip (examples/water/hybrid)"),
     "smooth_type_embedding": _k(S, "smooth_type_embdding"),
     "stripped_type_embedding": _k(S, note="deprecated: true = tebd_input_mode strip, false = concat"),
 }

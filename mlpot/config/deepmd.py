@@ -135,6 +135,13 @@ def _check_descriptor(section: Any, path, file) -> Dict[str, Any]:
 
     out = _typed(section, table.DESCRIPTORS, table.UNBUILT_DESCRIPTORS, None, table.DESCRIPTOR_ALIASES, path, file)
     _require_built(out["type"], DESCRIPTORS, path, file)
+    if out["type"] == "se_atten":
+        for key in table.DPA1_LEGACY_KEYS:  # checked above: their values describe mlpot's attention layer
+            out.pop(key, None)
+        if "compressible" in out:
+            compressible = out.pop("compressible")
+            if "stripped_type_embedding" not in out and "tebd_input_mode" not in out:
+                out["stripped_type_embedding"] = bool(compressible)
     if out["type"] == "hybrid":
         members = out.get("list")
         if not isinstance(members, list) or not members:
