@@ -108,7 +108,7 @@ def _statistics(model) -> dict:
 def test_stat_file_is_written_then_read_instead_of_recomputed(tmp_path, monkeypatch, name):
     import io
 
-    from mlpot.models.standard import StandardModel
+    from mlpot.models.deepmd.standard import StandardModel
 
     stat_file = tmp_path / name
     if name.endswith("hdf5"):  # a file DeePMD-kit wrote there keeps its content

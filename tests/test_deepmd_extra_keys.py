@@ -24,7 +24,7 @@ from mlpot.data import keys as K
 from mlpot.data.frames import FrameList
 from mlpot.errors import ConfigError, DataError
 from mlpot.models import build_model
-from mlpot.models.descriptors.se_atten import NeighborAttentionLayer
+from mlpot.models.deepmd.descriptors.se_atten import NeighborAttentionLayer
 from mlpot.training.losses import GENERALIZED_FORCE, WeightedLoss, label_error_sums, rmse_mae
 
 # ---- tiny hand-made batches ----------------------------------------------------------------------

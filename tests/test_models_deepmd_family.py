@@ -7,7 +7,8 @@ import torch
 from mlpot import testing as T
 from mlpot.data import keys as K
 from mlpot.errors import ConfigError
-from mlpot.models import build_model, resolve_auto_sel
+from mlpot.models import build_model
+from mlpot.models.deepmd.builders import resolve_auto_sel
 from mlpot.models.base import edge_vectors
 
 SE_A = {"type": "se_e2_a", "sel": [12, 12], "rcut": 3.5, "rcut_smth": 1.0, "neuron": [4, 8], "axis_neuron": 3, "seed": 1}

@@ -13,7 +13,7 @@ from mlpot.errors import ConfigError
 from mlpot.models import build_model
 from mlpot.models.base import edge_vectors
 from mlpot.models.derivatives import compute_derivatives
-from mlpot.models.type_embedding import TypeEmbedding
+from mlpot.models.deepmd.type_embedding import TypeEmbedding
 
 VARIANTS = {
     "concat": {"type": "se_atten"},

@@ -189,7 +189,7 @@ def test_energy_bias_over_data_0_and_1_all_frames(shared_data):
 
 
 def test_undirected_pair_key_pairs_each_edge_with_its_reverse():
-    from mlpot.models.descriptors.env import undirected_pair_key
+    from mlpot.models.deepmd.descriptors.env import undirected_pair_key
 
     batch = T.random_batch(1, 5, box=3.0, cutoff=4.0, seed=3)  # many periodic images, incl. self-images
     edges, shifts = batch[K.EDGE_INDEX], batch[K.EDGE_SHIFTS]

@@ -89,8 +89,8 @@ def _check_shared_dict(shared: Any, file: Optional[str]) -> Dict[str, Any]:
 
 
 def _check_task_model(task: str, section: Any, shared: Dict[str, Any], file: Optional[str]) -> Dict[str, Any]:
-    from mlpot.models.fitting import FITTINGS
-    from mlpot.models.multitask import shared_reference
+    from mlpot.models.deepmd.fitting import FITTINGS
+    from mlpot.models.deepmd.multitask import shared_reference
 
     front = _front()
     path = ["model", "model_dict", task]
@@ -257,7 +257,7 @@ def _rerooted(error: ConfigError, prefix: str, new_prefix: str) -> ConfigError:
 
 def native_tasks(config: Dict[str, Any], base: Path, file: Optional[str]) -> Dict[str, Dict[str, Any]]:
     """The native ``tasks`` section of a checked multi-task input: per task its data, loss and prob."""
-    from mlpot.models.multitask import resolve_task_section
+    from mlpot.models.deepmd.multitask import resolve_task_section
 
     front = _front()
     training = config["training"]

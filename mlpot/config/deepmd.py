@@ -131,7 +131,7 @@ def _require_built(kind: str, registry, path, file) -> None:
 
 
 def _check_descriptor(section: Any, path, file) -> Dict[str, Any]:
-    from mlpot.models.descriptors import DESCRIPTORS
+    from mlpot.models.deepmd.descriptors import DESCRIPTORS
 
     out = _typed(section, table.DESCRIPTORS, table.UNBUILT_DESCRIPTORS, None, table.DESCRIPTOR_ALIASES, path, file)
     _require_built(out["type"], DESCRIPTORS, path, file)
@@ -194,7 +194,7 @@ def check_keys(config: Dict[str, Any], file: Optional[str] = None) -> Dict[str, 
     model["fitting_net"] = _typed(
         model["fitting_net"], table.FITTINGS, table.UNBUILT_FITTINGS, "ener", {}, ["model", "fitting_net"], file
     )
-    from mlpot.models.fitting import FITTINGS
+    from mlpot.models.deepmd.fitting import FITTINGS
 
     _require_built(model["fitting_net"]["type"], FITTINGS, ["model", "fitting_net"], file)
     out["model"] = model
@@ -584,7 +584,7 @@ def to_native(config: Dict[str, Any], base_dir: PathLike = ".", file: Optional[s
                           file=file, key=["training", "numb_epoch"])
     if multi_task:
         from mlpot.config import _deepmd_multitask as multitask
-        from mlpot.models.multitask import resolve_task_section
+        from mlpot.models.deepmd.multitask import resolve_task_section
 
         first = next(iter(config["model"]["model_dict"]))
         dtype_model = resolve_task_section(first, config["model"]["model_dict"][first], config["model"]["shared_dict"])

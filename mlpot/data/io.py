@@ -16,7 +16,7 @@ from mlpot.data.deepmd_format import (find_deepmd_systems, is_deepmd_system, rea
                                       write_deepmd_hdf5, write_deepmd_npy)
 from mlpot.data.extxyz_format import read_extxyz, write_extxyz
 from mlpot.data.frames import FrameList
-from mlpot.data.keys import ATOM_TYPES, weight_key
+from mlpot.data.keys import ATOM_TYPES, WEIGHTED, weight_key
 from mlpot.errors import DataError
 
 __all__ = ["FORMATS", "detect_format", "read_frames", "read_systems", "write_frames", "merge_type_maps"]
@@ -96,7 +96,8 @@ def read_frames(path, fmt: Optional[str] = None, *, type_map: Optional[Sequence[
         for frame in frames if skip else ():
             for key in skip:
                 frame.pop(key, None)
-                frame.pop(weight_key(key), None)
+                if key in WEIGHTED:
+                    frame.pop(weight_key(key), None)
         return frames
     return read_deepmd(path, type_map=type_map, raw=(fmt == "deepmd/raw"), index=_to_slice(index), skip=skip)
 

@@ -31,7 +31,7 @@ import torch
 from mlpot.data.keys import ATOM_ENERGY, ATOM_TYPES, BATCH, CELL, ENERGY
 from mlpot.errors import CheckpointError, ConfigError
 from mlpot.models.base import AtomisticModel, check_type_map
-from mlpot.models.config_keys import REQUIRED, read_section
+from mlpot.models.deepmd.config_keys import REQUIRED, read_section
 from mlpot.models.output_bias import OutputBias, fit_composite_bias
 from mlpot.nn import scatter_sum
 

@@ -42,7 +42,7 @@ from scipy.interpolate import CubicSpline
 from mlpot.data.keys import ATOM_ENERGY, ATOM_TYPES, BATCH, CELL, EDGE_INDEX, ENERGY, POSITIONS
 from mlpot.errors import ConfigError, DataError
 from mlpot.models.base import AtomisticModel, check_type_map, edge_vectors
-from mlpot.models.config_keys import REQUIRED, read_section
+from mlpot.models.deepmd.config_keys import REQUIRED, read_section
 from mlpot.models.output_bias import OutputBias, fit_composite_bias
 from mlpot.nn import scatter_sum, smooth_switch
 

@@ -1,95 +1,45 @@
-"""``build_model(model_config)``: a DeePMD-style ``model`` section -> AtomisticModel.
+"""``build_model(model_config)``: a model section -> AtomisticModel, through the registry of model types.
 
-Model types register in ``MODELS``; descriptors in ``descriptors.DESCRIPTORS``; fittings in
-``fitting.FITTINGS``. Unknown keys are ConfigErrors with a suggestion; known features that are
-not built give "not supported yet: model/<key>"; ``_comment*`` keys are ignored.
+Model types register in ``MODELS`` explicitly, in one place (:func:`_register_model_types`): the
+DeePMD family's ``standard`` (descriptor + fitting, with the ``use_srtab`` table blend) and
+``multi_task``, and the family-neutral ``pairtab``, ``linear_ener`` and ``frozen``. Unknown types are
+ConfigErrors listing the valid names with a suggestion.
 """
 
 from __future__ import annotations
 
 import copy
-from typing import Any, Callable, Dict, Optional, Sequence
+from typing import Any, Callable, Dict, Optional
 
 import torch
 
 from mlpot.errors import ConfigError
-from mlpot.models.base import AtomisticModel, check_type_map
-from mlpot.models.config_keys import REQUIRED, read_section, resolve_sel
-from mlpot.models.descriptors import DESCRIPTORS
-from mlpot.models.fitting import FITTINGS
-from mlpot.models.tensor_fitting import DipoleFitting, PolarFitting
-from mlpot.models.standard import StandardModel
-from mlpot.models.compose import build_frozen, build_linear_ener
-from mlpot.models.multitask import build_multi_task
-from mlpot.models.pair import build_pairtab, with_short_range_table
+from mlpot.models.base import AtomisticModel
 from mlpot.nn import Registry
 
-__all__ = ["MODELS", "build_model", "resolve_auto_sel"]
+__all__ = ["MODELS", "build_model"]
 
 MODELS: Registry[Callable[..., AtomisticModel]] = Registry("model type")
 
-STANDARD_DEFAULTS = {
-    "type_map": REQUIRED,
-    "descriptor": REQUIRED,
-    "fitting_net": REQUIRED,
-    "data_stat_nbatch": 10,
-    "data_stat_protect": 1e-2,
-    "data_bias_nsample": 10,
-    "pair_exclude_types": [],
-    "atom_exclude_types": [],
-    "type_embedding": None,
-}
-STANDARD_UNSUPPORTED = {
-    "preset_out_bias": None,
-    "modifier": None, "spin": None, "compress": None,
-    "finetune_head": None, "use_compression": None,
-}
+
+def _register_model_types() -> None:
+    from mlpot.models.compose import build_frozen, build_linear_ener
+    from mlpot.models.deepmd.builders import build_standard
+    from mlpot.models.deepmd.multitask import build_multi_task
+    from mlpot.models.pair import build_pairtab, with_short_range_table
+
+    MODELS.register("standard", with_short_range_table(build_standard))  # use_srtab: mlpot.models.pair
+    MODELS.register("pairtab", build_pairtab)
+    MODELS.register("linear_ener", build_linear_ener)
+    MODELS.register("frozen", build_frozen)
+    MODELS.register("multi_task", build_multi_task)
 
 
-def _descriptor_section(model_config: Dict[str, Any]) -> Dict[str, Any]:
-    section = model_config.get("descriptor")
-    if not isinstance(section, dict) or "type" not in section:
-        raise ConfigError("needs a mapping with a 'type' key", key="model/descriptor")
-    return section
-
-
-def build_standard(config: Dict[str, Any], dtype: torch.dtype) -> StandardModel:
-    values = read_section(config, "model", STANDARD_DEFAULTS, unsupported=STANDARD_UNSUPPORTED)
-    type_map = check_type_map(values["type_map"])
-    n_types = len(type_map)
-    section = dict(_descriptor_section(config))
-    if values["pair_exclude_types"]:
-        section["exclude_types"] = list(section.get("exclude_types", [])) + list(values["pair_exclude_types"])
-    descriptor_cls = DESCRIPTORS.get(section["type"], key="model/descriptor/type")
-    if values["type_embedding"] is not None:  # TF-style type embedding section: se_e2_a only
-        if not isinstance(values["type_embedding"], dict):
-            raise ConfigError("needs a mapping", key="model/type_embedding")
-        if section["type"] not in ("se_e2_a", "se_a"):
-            raise ConfigError(f"not supported yet: model/type_embedding with descriptor type {section['type']!r} "
-                              "(se_e2_a only; se_atten has its own type embedding)", key="model/type_embedding")
-        descriptor = descriptor_cls.from_config(section, n_types, dtype, type_embedding=values["type_embedding"])
-    else:
-        descriptor = descriptor_cls.from_config(section, n_types, dtype)
-    fitting_section = values["fitting_net"]
-    if not isinstance(fitting_section, dict):
-        raise ConfigError("needs a mapping", key="model/fitting_net")
-    fitting_cls = FITTINGS.get(fitting_section.get("type", "ener"), key="model/fitting_net/type")
-    fitting = fitting_cls.from_config(fitting_section, n_types, descriptor, dtype)
-    return StandardModel(type_map, descriptor, fitting, config, atom_exclude_types=values["atom_exclude_types"],
-                         data_stat_protect=values["data_stat_protect"])
-
-
-FITTINGS.register("dipole", DipoleFitting)
-FITTINGS.register("polar", PolarFitting, aliases=("polarizability",))
-MODELS.register("standard", with_short_range_table(build_standard))  # use_srtab: mlpot.models.pair
-MODELS.register("pairtab", build_pairtab)
-MODELS.register("linear_ener", build_linear_ener)
-MODELS.register("frozen", build_frozen)
-MODELS.register("multi_task", build_multi_task)
+_register_model_types()
 
 
 def build_model(model_config: Dict[str, Any], dtype: Optional[torch.dtype] = None) -> AtomisticModel:
-    """Build a model from a DeePMD-style ``model`` section.
+    """Build a model from a ``model`` section.
 
     ``dtype`` is the precision used where the section says "default" (float64 if None).
     ``model.config`` keeps a deep copy of the section, so ``build_model(model.config)`` rebuilds it.
@@ -101,17 +51,3 @@ def build_model(model_config: Dict[str, Any], dtype: Optional[torch.dtype] = Non
     model = builder(config, dtype or torch.float64)
     model.config = config
     return model
-
-
-def resolve_auto_sel(model_config: Dict[str, Any], max_neighbors: Sequence[int]) -> Dict[str, Any]:
-    """A copy of ``model_config`` with ``sel: "auto[:f]"`` replaced by the rule of spec §2.1.
-
-    max_neighbors: maximum neighbour count per type within the descriptor's rcut (from data).
-    """
-    config = copy.deepcopy(model_config)
-    section = _descriptor_section(config)
-    sections = section.get("list", [section]) if section.get("type") == "hybrid" else [section]
-    for sub in sections:
-        if isinstance(sub.get("sel"), str):
-            sub["sel"] = resolve_sel(sub["sel"], len(config["type_map"]), "model/descriptor", max_neighbors)
-    return config

@@ -165,7 +165,7 @@ def _statistics_identity(config: "NativeConfig", model, data_config: "DataConfig
 
 def _auto_sel(model_config: dict, data_config: "DataConfig") -> dict:
     """``sel: "auto[:factor]"`` resolved from the maximum neighbour counts in the training data."""
-    from mlpot.models import resolve_auto_sel
+    from mlpot.models.deepmd.builders import resolve_auto_sel
 
     counts = _max_neighbors(model_config, data_config)
     return model_config if counts is None else resolve_auto_sel(model_config, counts)
@@ -174,8 +174,8 @@ def _auto_sel(model_config: dict, data_config: "DataConfig") -> dict:
 def _multi_task_auto_sel(config: "NativeConfig") -> dict:
     """The multi-task model section with ``sel: "auto"`` resolved; a shared descriptor takes the
     largest neighbour counts over every task that uses it."""
-    from mlpot.models import resolve_auto_sel
-    from mlpot.models.multitask import resolve_task_section, shared_reference
+    from mlpot.models.deepmd.builders import resolve_auto_sel
+    from mlpot.models.deepmd.multitask import resolve_task_section, shared_reference
 
     model = copy.deepcopy(config.model)
     shared = model.get("shared_dict") or {}

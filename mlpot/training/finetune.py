@@ -157,8 +157,8 @@ def remap_state_dict(old: torch.nn.Module, new: torch.nn.Module, index: List[int
                      file: Optional[str] = None) -> Dict[str, torch.Tensor]:
     """Weights of ``old`` (pretrained type_map) for ``new`` (built with the type_map ``index``
     selects), by type name: per-type nets renamed, per-type rows selected."""
-    from mlpot.models.fitting import InvariantFitting
-    from mlpot.models.type_embedding import TypeEmbedding
+    from mlpot.models.deepmd.fitting import InvariantFitting
+    from mlpot.models.deepmd.type_embedding import TypeEmbedding
 
     n_old = len(old.type_map)
     old_state = old.state_dict()

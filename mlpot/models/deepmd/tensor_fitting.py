@@ -17,7 +17,7 @@ import torch
 
 from mlpot.data.keys import ATOM_TYPES, ATOMIC_DIPOLE, ATOMIC_POLARIZABILITY, BATCH, DIPOLE, POLARIZABILITY, weight_key
 from mlpot.errors import ConfigError
-from mlpot.models.fitting import FITTING_UNSUPPORTED, InvariantFitting
+from mlpot.models.deepmd.fitting import FITTING_UNSUPPORTED, InvariantFitting
 from mlpot.models.output_bias import least_squares_bias
 
 __all__ = ["DipoleFitting", "PolarFitting"]
@@ -47,7 +47,7 @@ class _TensorFitting(InvariantFitting):
 
     @classmethod
     def _values(cls, section, n_types, descriptor, dtype, path, extra=None):
-        from mlpot.models.config_keys import read_section, resolve_precision
+        from mlpot.models.deepmd.config_keys import read_section, resolve_precision
 
         values = read_section(section, path, dict(TENSOR_DEFAULTS, **(extra or {})), aliases={"n_neuron": "neuron"},
                               unsupported=TENSOR_UNSUPPORTED)

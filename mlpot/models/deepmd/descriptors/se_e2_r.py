@@ -12,10 +12,10 @@ from typing import Any, Dict, Tuple
 import torch
 
 from mlpot.data.keys import ATOM_TYPES, EDGE_INDEX, EDGE_SHIFTS
-from mlpot.models.config_keys import read_section, resolve_precision, resolve_sel
-from mlpot.models.descriptors.base import DESCRIPTORS
-from mlpot.models.descriptors.env import undirected_pair_key
-from mlpot.models.descriptors.se_e2_a import SE_A_DEFAULTS, DescriptorSeA
+from mlpot.models.deepmd.config_keys import read_section, resolve_precision, resolve_sel
+from mlpot.models.deepmd.descriptors.base import DESCRIPTORS
+from mlpot.models.deepmd.descriptors.env import undirected_pair_key
+from mlpot.models.deepmd.descriptors.se_e2_a import SE_A_DEFAULTS, DescriptorSeA
 
 __all__ = ["DescriptorSeR"]
 
@@ -53,4 +53,3 @@ class DescriptorSeR(DescriptorSeA):
         return summed[:, 0] * (SE_R_FACTOR / self.n_slots), None
 
 
-DESCRIPTORS.register("se_e2_r", DescriptorSeR, aliases=("se_r",))

@@ -1,7 +1,7 @@
 """se_atten (alias dpa1) and se_atten_v2: attention-based descriptor with type embedding, spec deepmd.md §2.6.
 
 Neighbours are not split by type: every atom keeps its ``sel`` nearest neighbours of any type
-(``mixed_types``), and types enter through a learned type embedding (``mlpot.models.type_embedding``).
+(``mixed_types``), and types enter through a learned type embedding (``mlpot.models.deepmd.type_embedding``).
 With R~ the normalised environment matrix (n_atoms, sel, 4), s~ = R~[..., 0], sw the switch w(r)
 (0 on empty slots) and tebd(t) the type embeddings:
 
@@ -38,10 +38,10 @@ import torch
 
 from mlpot.data.keys import ATOM_TYPES, EDGE_INDEX
 from mlpot.errors import ConfigError
-from mlpot.models.config_keys import REQUIRED, key_path, read_section, resolve_precision
-from mlpot.models.descriptors.base import DESCRIPTORS, EnvMatrixDescriptor
-from mlpot.models.descriptors.env import environment_matrix, select_neighbors
-from mlpot.models.type_embedding import TypeEmbedding
+from mlpot.models.deepmd.config_keys import REQUIRED, key_path, read_section, resolve_precision
+from mlpot.models.deepmd.descriptors.base import DESCRIPTORS, EnvMatrixDescriptor
+from mlpot.models.deepmd.descriptors.env import environment_matrix, select_neighbors
+from mlpot.models.deepmd.type_embedding import TypeEmbedding
 from mlpot.nn import EmbeddingNet, MLPLayer, gather_rows, smooth_switch
 
 __all__ = ["DescriptorSeAtten", "DescriptorSeAttenV2", "NeighborAttentionLayer"]
@@ -178,7 +178,7 @@ class DescriptorSeAtten(EnvMatrixDescriptor):
     def _build(cls, values, n_types, dtype, section, path):
         dtype = resolve_precision(values.pop("precision"), dtype, path)
         if isinstance(values["sel"], str):
-            raise ConfigError("sel 'auto' must be resolved from data first (mlpot.models.resolve_auto_sel)", key=key_path(path, "sel"))
+            raise ConfigError("sel 'auto' must be resolved from data first (mlpot.models.deepmd.builders.resolve_auto_sel)", key=key_path(path, "sel"))
         return cls(n_types, dtype=dtype, config=dict(section), path=path, **values)
 
     # ---- environment ---------------------------------------------------------------------------
@@ -258,5 +258,3 @@ class DescriptorSeAttenV2(DescriptorSeAtten):
         return cls._build(values, n_types, dtype, section, path)
 
 
-DESCRIPTORS.register("se_atten", DescriptorSeAtten, aliases=("dpa1",))
-DESCRIPTORS.register("se_atten_v2", DescriptorSeAttenV2)

@@ -12,7 +12,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import torch
 
 from mlpot.data.keys import ATOM_TYPES
-from mlpot.models.descriptors.env import EnvStatistics, environment_matrix, select_neighbors
+from mlpot.models.deepmd.descriptors.env import EnvStatistics, environment_matrix, select_neighbors
 from mlpot.nn import Registry
 
 __all__ = ["Descriptor", "DESCRIPTORS", "EnvMatrixDescriptor"]

@@ -21,8 +21,8 @@ from typing import Any, Dict, Optional, Tuple
 
 import torch
 
-from mlpot.models.config_keys import REQUIRED, read_section, resolve_precision, resolve_sel
-from mlpot.models.descriptors.base import DESCRIPTORS, EnvMatrixDescriptor
+from mlpot.models.deepmd.config_keys import REQUIRED, read_section, resolve_precision, resolve_sel
+from mlpot.models.deepmd.descriptors.base import DESCRIPTORS, EnvMatrixDescriptor
 from mlpot.nn import EmbeddingNet
 
 __all__ = ["DescriptorSeE3"]
@@ -105,4 +105,3 @@ class DescriptorSeE3(EnvMatrixDescriptor):
         return out, None
 
 
-DESCRIPTORS.register("se_e3", DescriptorSeE3, aliases=("se_at", "se_a_3be", "se_t"))

@@ -234,7 +234,7 @@ FITTING_UNSUPPORTED = {"dim_case_embd": 0, "use_aparam_as_mask": False, "default
 
 
 def _invariant_from_config(cls, section, n_types, descriptor, dtype, path="model/fitting_net", extra=None):
-    from mlpot.models.config_keys import read_section, resolve_precision
+    from mlpot.models.deepmd.config_keys import read_section, resolve_precision
 
     defaults = dict(INVARIANT_DEFAULTS, **(extra or {}))
     values = read_section(section, path, defaults, aliases=FITTING_ALIASES, unsupported=FITTING_UNSUPPORTED)
@@ -261,5 +261,3 @@ def _dos_from_config(cls, section, n_types, descriptor, dtype, path="model/fitti
 
 EnerFitting.from_config = classmethod(_ener_from_config)
 DosFitting.from_config = classmethod(_dos_from_config)
-FITTINGS.register("ener", EnerFitting)
-FITTINGS.register("dos", DosFitting)

@@ -16,11 +16,11 @@ from typing import Any, Dict, List, Optional, Tuple
 import torch
 
 from mlpot.data.keys import ATOM_TYPES, EDGE_INDEX, EDGE_SHIFTS
-from mlpot.models.config_keys import REQUIRED, read_section, resolve_precision, resolve_sel
-from mlpot.models.descriptors.base import DESCRIPTORS, EnvMatrixDescriptor
+from mlpot.models.deepmd.config_keys import REQUIRED, read_section, resolve_precision, resolve_sel
+from mlpot.models.deepmd.descriptors.base import DESCRIPTORS, EnvMatrixDescriptor
 from mlpot.errors import ConfigError
-from mlpot.models.descriptors.env import undirected_pair_key
-from mlpot.models.type_embedding import TypeEmbedding
+from mlpot.models.deepmd.descriptors.env import undirected_pair_key
+from mlpot.models.deepmd.type_embedding import TypeEmbedding
 from mlpot.nn import EmbeddingNet, gather_rows
 
 __all__ = ["DescriptorSeA"]
@@ -226,4 +226,3 @@ class DescriptorSeA(EnvMatrixDescriptor):
         return descriptor, rot
 
 
-DESCRIPTORS.register("se_e2_a", DescriptorSeA, aliases=("se_a",))

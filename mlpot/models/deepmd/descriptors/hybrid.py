@@ -12,8 +12,8 @@ from typing import Any, Dict, Optional, Tuple
 import torch
 
 from mlpot.errors import ConfigError
-from mlpot.models.config_keys import read_section
-from mlpot.models.descriptors.base import DESCRIPTORS, Descriptor
+from mlpot.models.deepmd.config_keys import read_section
+from mlpot.models.deepmd.descriptors.base import DESCRIPTORS, Descriptor
 
 __all__ = ["DescriptorHybrid"]
 
@@ -59,4 +59,3 @@ class DescriptorHybrid(Descriptor):
         return {"list": [d.compute_statistics(samples, protection) for d in self.descriptors]}
 
 
-DESCRIPTORS.register("hybrid", DescriptorHybrid)

@@ -93,7 +93,7 @@ def resolve_sel(sel: Any, n_types: int, path: str, max_neighbors: Optional[Seque
         if max_neighbors is None:
             raise ConfigError(
                 "sel 'auto' needs neighbour statistics from the training data; resolve it with "
-                "mlpot.models.resolve_auto_sel(model_config, max_neighbors) before build_model",
+                "mlpot.models.deepmd.builders.resolve_auto_sel(model_config, max_neighbors) before build_model",
                 key=key_path(path, "sel"),
             )
         return auto_sel(max_neighbors, factor)

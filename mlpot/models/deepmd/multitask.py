@@ -8,7 +8,7 @@ Config (the native section; DeePMD-kit's PyTorch layout)::
 
 In a task's section, ``descriptor`` and ``type_map`` may be a string naming a ``shared_dict`` entry
 (``"name"`` or ``"name:0"``: DeePMD's share level 0, everything shared) instead of a full value.
-Each task becomes a :class:`~mlpot.models.standard.StandardModel` (a *head*) built from its
+Each task becomes a :class:`~mlpot.models.deepmd.standard.StandardModel` (a *head*) built from its
 resolved section; ``heads[task].config`` is that complete single-task section, which
 ``mlpot freeze --head`` stores. Tasks naming the same shared descriptor hold the *same* descriptor
 module: its parameters and its davg/dstd buffers are one set of tensors, updated by every task's
@@ -30,7 +30,7 @@ import torch
 from mlpot.data.keys import EDGE_INDEX
 from mlpot.errors import ConfigError, DataError
 from mlpot.models.base import AtomisticModel, edge_vectors
-from mlpot.models.standard import StandardModel
+from mlpot.models.deepmd.standard import StandardModel
 
 __all__ = ["MultiTaskModel", "build_multi_task", "resolve_task_section", "shared_reference"]
 

@@ -1,0 +1,29 @@
+"""The DeePMD family: descriptors, fitting nets, type embedding, the standard and multi-task models,
+their model-section keys, and fine-tuning by type name.
+
+The component registries are filled here, explicitly and in one place: descriptors by name
+(``DESCRIPTORS``, aliases as in DeePMD-kit) and fitting nets (``FITTINGS``).
+"""
+
+from mlpot.models.deepmd.descriptors import (DESCRIPTORS, DescriptorHybrid, DescriptorSeA, DescriptorSeAtten,
+                                             DescriptorSeAttenV2, DescriptorSeE3, DescriptorSeR)
+from mlpot.models.deepmd.fitting import FITTINGS, DosFitting, EnerFitting
+from mlpot.models.deepmd.tensor_fitting import DipoleFitting, PolarFitting
+
+__all__ = ["DESCRIPTORS", "FITTINGS"]
+
+
+def _register_components() -> None:
+    DESCRIPTORS.register("se_e2_a", DescriptorSeA, aliases=("se_a",))
+    DESCRIPTORS.register("se_e2_r", DescriptorSeR, aliases=("se_r",))
+    DESCRIPTORS.register("se_e3", DescriptorSeE3, aliases=("se_at", "se_a_3be", "se_t"))
+    DESCRIPTORS.register("se_atten", DescriptorSeAtten, aliases=("dpa1",))
+    DESCRIPTORS.register("se_atten_v2", DescriptorSeAttenV2)
+    DESCRIPTORS.register("hybrid", DescriptorHybrid)
+    FITTINGS.register("ener", EnerFitting)
+    FITTINGS.register("dos", DosFitting)
+    FITTINGS.register("dipole", DipoleFitting)
+    FITTINGS.register("polar", PolarFitting, aliases=("polarizability",))
+
+
+_register_components()

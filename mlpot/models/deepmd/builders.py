@@ -1,0 +1,90 @@
+"""Builders of the DeePMD family's model types from their (DeePMD-style) model sections.
+
+``build_standard``: descriptor + fitting net (spec deepmd.md §5.1 ``model`` keys), with the
+``use_srtab`` short-range table blend (``mlpot.models.pair``); ``resolve_auto_sel``: ``sel: "auto"``
+from the neighbour counts of the training data (spec §2.1). The multi-task model is built in
+``multitask.py``. Unknown keys are ConfigErrors with a suggestion; known features that are not
+built give "not supported yet: model/<key>"; ``_comment*`` keys are ignored.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any, Dict, Sequence
+
+import torch
+
+from mlpot.errors import ConfigError
+from mlpot.models.base import check_type_map
+from mlpot.models.deepmd.config_keys import REQUIRED, read_section, resolve_sel
+from mlpot.models.deepmd.descriptors import DESCRIPTORS
+from mlpot.models.deepmd.fitting import FITTINGS
+from mlpot.models.deepmd.standard import StandardModel
+
+__all__ = ["build_standard", "resolve_auto_sel", "descriptor_section"]
+
+STANDARD_DEFAULTS = {
+    "type_map": REQUIRED,
+    "descriptor": REQUIRED,
+    "fitting_net": REQUIRED,
+    "data_stat_nbatch": 10,
+    "data_stat_protect": 1e-2,
+    "data_bias_nsample": 10,
+    "pair_exclude_types": [],
+    "atom_exclude_types": [],
+    "type_embedding": None,
+}
+STANDARD_UNSUPPORTED = {
+    "preset_out_bias": None,
+    "modifier": None, "spin": None, "compress": None,
+    "finetune_head": None, "use_compression": None,
+}
+
+
+def descriptor_section(model_config: Dict[str, Any]) -> Dict[str, Any]:
+    """The ``descriptor`` mapping of a standard model section (ConfigError when malformed)."""
+    section = model_config.get("descriptor")
+    if not isinstance(section, dict) or "type" not in section:
+        raise ConfigError("needs a mapping with a 'type' key", key="model/descriptor")
+    return section
+
+
+def build_standard(config: Dict[str, Any], dtype: torch.dtype) -> StandardModel:
+    """A StandardModel (descriptor + fitting) from a ``standard`` model section."""
+    values = read_section(config, "model", STANDARD_DEFAULTS, unsupported=STANDARD_UNSUPPORTED)
+    type_map = check_type_map(values["type_map"])
+    n_types = len(type_map)
+    section = dict(descriptor_section(config))
+    if values["pair_exclude_types"]:
+        section["exclude_types"] = list(section.get("exclude_types", [])) + list(values["pair_exclude_types"])
+    descriptor_cls = DESCRIPTORS.get(section["type"], key="model/descriptor/type")
+    if values["type_embedding"] is not None:  # TF-style type embedding section: se_e2_a only
+        if not isinstance(values["type_embedding"], dict):
+            raise ConfigError("needs a mapping", key="model/type_embedding")
+        if section["type"] not in ("se_e2_a", "se_a"):
+            raise ConfigError(f"not supported yet: model/type_embedding with descriptor type {section['type']!r} "
+                              "(se_e2_a only; se_atten has its own type embedding)", key="model/type_embedding")
+        descriptor = descriptor_cls.from_config(section, n_types, dtype, type_embedding=values["type_embedding"])
+    else:
+        descriptor = descriptor_cls.from_config(section, n_types, dtype)
+    fitting_section = values["fitting_net"]
+    if not isinstance(fitting_section, dict):
+        raise ConfigError("needs a mapping", key="model/fitting_net")
+    fitting_cls = FITTINGS.get(fitting_section.get("type", "ener"), key="model/fitting_net/type")
+    fitting = fitting_cls.from_config(fitting_section, n_types, descriptor, dtype)
+    return StandardModel(type_map, descriptor, fitting, config, atom_exclude_types=values["atom_exclude_types"],
+                         data_stat_protect=values["data_stat_protect"])
+
+
+def resolve_auto_sel(model_config: Dict[str, Any], max_neighbors: Sequence[int]) -> Dict[str, Any]:
+    """A copy of ``model_config`` with ``sel: "auto[:f]"`` replaced by the rule of spec §2.1.
+
+    max_neighbors: maximum neighbour count per type within the descriptor's rcut (from data).
+    """
+    config = copy.deepcopy(model_config)
+    section = descriptor_section(config)
+    sections = section.get("list", [section]) if section.get("type") == "hybrid" else [section]
+    for sub in sections:
+        if isinstance(sub.get("sel"), str):
+            sub["sel"] = resolve_sel(sub["sel"], len(config["type_map"]), "model/descriptor", max_neighbors)
+    return config
