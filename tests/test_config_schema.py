@@ -1,6 +1,7 @@
 """Native config schema and loader: located errors with suggestions (pinned messages)."""
 
 import copy
+import json
 
 import pytest
 import yaml
@@ -13,7 +14,7 @@ from mlpot.errors import ConfigError
 def base(tmp_path):
     (tmp_path / "sys").mkdir()
     return {
-        "model": {"type_map": ["O", "H"]},
+        "model": {"type_map": ["O", "H"], "descriptor": {"type": "se_e2_a", "sel": [4, 8]}, "fitting_net": {}},
         "data": {"train": {"paths": ["sys"], "batch_size": "auto:32"}},
         "training": {"numb_steps": 10},
         "loss": {"terms": {"energy": 1.0, "forces": {"start_pref": 1000, "limit_pref": 1}}},
@@ -63,7 +64,7 @@ def test_valid_config_resolves_paths_and_defaults(tmp_path, base):
         (lambda d: d.update(train_schedule=[{"name": "a", "start": 0, "end": 9, "loss": {"energy": {"wieght": 1}}}]),
          r"config.yaml: train_schedule\[0\].loss.energy.wieght: unknown key \(did you mean 'weight'\?\)"),
         (lambda d: d.pop("training"), r"config.yaml: training: missing required key"),
-        (lambda d: d["training"].update(numb_epochs=3), r"give exactly one of numb_steps or numb_epochs"),
+        (lambda d: d["training"].update(numb_epochs=3), r"give exactly one of numb_steps, numb_epochs or sampler_epochs"),
         (lambda d: d["loss"]["terms"]["forces"].pop("limit_pref"), r"start_pref and limit_pref must be given together"),
     ],
 )
@@ -86,3 +87,19 @@ def test_validate_dict_without_base_dir_keeps_paths(tmp_path, base):
     base["data"]["train"]["paths"] = [str(tmp_path / "sys")]
     config = validate_config(base, file="input.json")
     assert config.output_dir == "."
+
+
+def test_the_model_section_is_typed_by_its_family(tmp_path, base):
+    """An error inside the model section names the key path and the closest valid key."""
+    bad = json.loads(json.dumps(base))
+    bad["model"]["descriptor"]["rcutt"] = 6.0
+    with pytest.raises(ConfigError, match=r"config\.yaml: model/descriptor/rcutt: unknown key \(did you mean 'rcut'\?\)"):
+        load_config(write(tmp_path, bad))
+    bad = json.loads(json.dumps(base))
+    bad["model"]["type"] = "standart"
+    with pytest.raises(ConfigError, match=r"model/type: unknown model type 'standart'.*did you mean 'standard'"):
+        load_config(write(tmp_path, bad))
+    bad = json.loads(json.dumps(base))
+    bad["model"]["descriptor"]["rcut"] = "four"
+    with pytest.raises(ConfigError, match=r"model/descriptor/rcut: Input should be a valid number"):
+        load_config(write(tmp_path, bad))

@@ -54,7 +54,7 @@ def test_num_epoch_aliases(tmp_path, alias):
     config = _input(tmp_path)
     del config["training"]["numb_steps"]
     config["training"][alias] = 2
-    assert deepmd.convert_dict(config, base_dir=tmp_path)["training"]["numb_steps"] == 10
+    assert deepmd.convert_dict(config, base_dir=tmp_path)["training"]["sampler_epochs"] == 2.0
 
 
 def test_early_dpa1_keys_of_the_se_atten_torch_example(tmp_path):

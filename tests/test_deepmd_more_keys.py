@@ -78,16 +78,18 @@ def test_lr_front_end_errors(tmp_path):
 
 
 def test_preset_out_bias_is_moved_to_the_fitting_and_checked(tmp_path):
+    from mlpot.models import build_model
+
     config = _input(tmp_path, batch_size=1)
     config["model"]["preset_out_bias"] = {"energy": [None, -1.25]}
     native = deepmd.convert_dict(config, base_dir=tmp_path)
-    assert "preset_out_bias" not in native["model"]
-    assert native["model"]["fitting_net"]["preset_out_bias"] == [None, -1.25]
+    assert native["model"]["preset_out_bias"] == {"energy": [None, -1.25]}  # the native key, built by the model
+    assert build_model(native["model"]).fitting.preset_out_bias == [None, [-1.25]]
     for bad, message in (({"energy": [None]}, "one entry"), ({"force": [None, 1.0]}, 'expected {"energy"'),
                          ([None, 1.0], 'expected {"energy"')):
         config["model"]["preset_out_bias"] = bad
         with pytest.raises(ConfigError, match=message):
-            deepmd.convert_dict(config, base_dir=tmp_path)
+            build_model(deepmd.convert_dict(config, base_dir=tmp_path)["model"])
 
 
 def test_input_json_preset_out_bias_kept_through_training_and_bias_change(tmp_path, monkeypatch, capsys):

@@ -18,7 +18,7 @@ from mlpot.config import load_config
 from mlpot.data import AtomsDataset, collate, read_systems
 from mlpot.data import keys as K
 from mlpot.errors import ConfigError
-from mlpot.training.finetune import finetune_bias, prepare_finetune
+from mlpot.models.deepmd.finetune import finetune_bias, prepare_finetune
 from mlpot.training.trainer import Trainer
 
 
@@ -222,7 +222,7 @@ def test_random_branch_reinitialises_only_the_fitting(data, tmp_path, pretrained
 
 def test_multitask_branch_selection(data, tmp_path):
     from mlpot.models import build_model
-    from mlpot.training.finetune import select_branch
+    from mlpot.models.deepmd.finetune import select_branch
 
     head = {"type_map": ["Cu", "Au"], "descriptor": "d", "fitting_net": {"neuron": [8], "seed": 1}}
     multi = build_model({"type": "multi_task", "shared_dict": {"d": dict(DESCRIPTORS["se_atten"])},

@@ -66,7 +66,7 @@ def _systems(args):
 
 def run(args) -> int:
     from mlpot.calculators.export import FROZEN_FORMAT, load_model, read_model_file, save_frozen, select_head
-    from mlpot.training.finetune import change_energy_bias
+    from mlpot.models.output_bias import change_energy_bias
 
     file = str(args.model)
     payload = read_model_file(args.model)

@@ -6,7 +6,8 @@ fly by ``mlpot convert``'s front-ends. Launch with ``torchrun --nproc-per-node N
 CONFIG`` for data-parallel training. ``--restart`` resumes exactly (use ``latest`` for the newest
 checkpoint in the output folder); ``--init-model`` takes only the weights (step 0, fresh optimizer).
 ``--finetune`` starts from a pretrained model with the input's type_map (a subset of the pretrained
-one) and a change-by-statistic of the energy bias on the new data (:mod:`mlpot.training.finetune`).
+one) and a change-by-statistic of the energy bias on the new data (the model family's
+``prepare_finetune`` hook; DeePMD: :mod:`mlpot.models.deepmd.finetune`).
 After training the last checkpoint is frozen to ``model.pt`` (multi-task: ``model_<task>.pt`` per head).
 """
 
@@ -64,20 +65,22 @@ def run(args) -> int:
     init_weights = load_model(args.init_model).state_dict() if args.init_model else None
     finetune = args.finetune if restart is None else None
     if finetune:
-        from mlpot.training.finetune import prepare_finetune
+        from mlpot.models.registry import family_of
 
         if args.init_model:
             raise ConfigError("--finetune and --init-model exclude each other", key="--finetune")
-        init_weights, random_fitting = prepare_finetune(
-            config, load_model(finetune), branch=args.model_branch, use_pretrain_script=args.use_pretrain_script,
-            file=str(args.config), pretrained_file=str(finetune))
+        family = family_of(config.model)
+        if family.prepare_finetune is None:
+            raise ConfigError(f"not supported yet: --finetune with a {family.name} model", key="--finetune")
+        plan = family.prepare_finetune(config, load_model(finetune), branch=args.model_branch,
+                                       use_pretrain_script=args.use_pretrain_script, file=str(args.config),
+                                       pretrained_file=str(finetune))
+        init_weights = plan.weights
     trainer = Trainer(config, restart=restart, init_weights=init_weights, progress=not args.no_progress,
                       file=str(args.config))
     if finetune:
-        from mlpot.training.finetune import finetune_bias
-
-        finetune_bias(trainer.model, trainer.data.stat_samples, random_fitting,
-                      write=trainer._write if trainer.dist.is_main else (lambda line: None), file=str(args.config))
+        plan.after_statistics(trainer.model, trainer.data.stat_samples,
+                              trainer._write if trainer.dist.is_main else (lambda line: None))
     trainer.run()
     if trainer.dist.is_main:
         # the frozen model of the checkpoint this run wrote last (EMA weights when EMA is on), not

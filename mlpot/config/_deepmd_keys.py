@@ -16,165 +16,30 @@ a test checks that the two agree.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Dict, Tuple
+from typing import Any, Dict
 
-SUPPORTED = "supported"
-IGNORED = "ignored"
-UNSUPPORTED = "not supported yet"
-_NO_DEFAULT = object()
+from mlpot.models.compose import FROZEN_KEYS, LINEAR_KEYS
+from mlpot.models.deepmd.keys import (DESCRIPTOR_ALIASES, DESCRIPTOR_KEYS, FITTING_KEYS,
+                                      MULTI_TASK_KEYS, STANDARD_KEYS, UNBUILT_DESCRIPTORS, UNBUILT_FITTINGS,
+                                      UNBUILT_MODELS)
+from mlpot.models.pair import PAIRTAB_KEYS
+from mlpot.models.sections import IGNORED, REQUIRED, SUPPORTED, UNSUPPORTED, Key
 
-
-@dataclass(frozen=True)
-class DeepmdKey:
-    """One input key: status, accepted aliases, DeePMD default and a note for the docs."""
-
-    status: str
-    aliases: Tuple[str, ...] = ()
-    default: Any = _NO_DEFAULT
-    note: str = ""
-
-    def requests_nothing(self, value: Any) -> bool:
-        """True when ``value`` equals the DeePMD default, so an unsupported key asks for nothing."""
-        return self.default is not _NO_DEFAULT and value == self.default
+DeepmdKey = Key  # one record type for model keys (mlpot.models) and the front-end's own keys
 
 
-def _k(status: str, *aliases: str, default: Any = _NO_DEFAULT, note: str = "") -> DeepmdKey:
-    return DeepmdKey(status, tuple(aliases), default, note)
+def _k(status: str, *aliases: str, default: Any = REQUIRED, note: str = "") -> Key:
+    return Key(default, tuple(aliases), status, note)
 
 
 S, I, U = SUPPORTED, IGNORED, UNSUPPORTED
 
-# ---- descriptors (model/descriptor) -------------------------------------------------------------
-_SMOOTH_ENV = {
-    "type": _k(S),
-    "sel": _k(S, note='list, int, "auto" or "auto:factor" (rounded up to a multiple of 4)'),
-    "rcut": _k(S, note="Å"),
-    "rcut_smth": _k(S, note="Å"),
-    "neuron": _k(S),
-    "activation_function": _k(S),
-    "resnet_dt": _k(S),
-    "precision": _k(S, note='"default", "float64" or "float32"'),
-    "trainable": _k(S),
-    "seed": _k(S),
-    "exclude_types": _k(S),
-    "env_protection": _k(S, default=0.0),
-    "set_davg_zero": _k(S),
-}
-SE_E2_A = {**_SMOOTH_ENV, "axis_neuron": _k(S, "n_axis_neuron"), "type_one_side": _k(S)}
-SE_E2_R = {**_SMOOTH_ENV, "type_one_side": _k(S)}
-SE_E3 = dict(_SMOOTH_ENV)
-_ATTENTION = {
-    **_SMOOTH_ENV,
-    "axis_neuron": _k(S, "n_axis_neuron"),
-    "type_one_side": _k(S),
-    "tebd_dim": _k(S),
-    "tebd_input_mode": _k(S),
-    "attn": _k(S),
-    "attn_layer": _k(S),
-    "attn_dotr": _k(S),
-    "attn_mask": _k(S, note="zero the diagonal attention weights (a neighbour does not attend to itself)"),
-    "scaling_factor": _k(S),
-    "normalize": _k(S),
-    "temperature": _k(S),
-    "concat_output_tebd": _k(S),
-    "trainable_ln": _k(S),
-    "ln_eps": _k(S),
-    "use_econf_tebd": _k(U, default=False),
-    "use_tebd_bias": _k(S, note="bias in the type-embedding layer"),
-    "type_map": _k(I, note="taken from model/type_map"),
-}
-# keys of the early PyTorch DPA-1 inputs (DeePMD-kit's examples/water/se_atten/input_torch.json): the
-# values that describe mlpot's attention layer (post-layer-norm, one head, no feed-forward block) are
-# accepted, any other value is "not supported yet"
-_DPA1_LEGACY = {
-    "post_ln": _k(U, default=True, note="layer norm after each attention layer (true: mlpot's layer); false not supported yet"),
-    "ffn": _k(U, default=False, note="feed-forward block in the attention layer: not supported yet"),
-    "ffn_embed_dim": _k(I, note="width of the feed-forward block; only read with ffn true"),
-    "head_num": _k(U, default=1, note="attention heads: 1 (mlpot's layer); more not supported yet"),
-    "return_rot": _k(I, note="also return the rotation matrix; mlpot's descriptor always provides it to tensor fittings"),
-}
-DPA1_LEGACY_KEYS = tuple(_DPA1_LEGACY)
-SE_ATTEN = {
-    **_ATTENTION,
-    **_DPA1_LEGACY,
-    "compressible": _k(S, note="older spelling of the compressible (strip) type-embedding input: true = tebd_input_mode strip (examples/water/hybrid)"),
-    "smooth_type_embedding": _k(S, "smooth_type_embdding"),
-    "stripped_type_embedding": _k(S, note="deprecated: true = tebd_input_mode strip, false = concat"),
-}
-SE_ATTEN_V2 = {**_ATTENTION, "tebd_input_mode": _k(S, note='"strip" only (v2 is strip + smooth)')}
-HYBRID = {"type": _k(S), "list": _k(S)}
-
-DESCRIPTOR_ALIASES = {
-    "se_a": "se_e2_a", "se_r": "se_e2_r", "se_at": "se_e3", "se_a_3be": "se_e3", "se_t": "se_e3",
-    "dpa1": "se_atten",
-}
-DESCRIPTORS: Dict[str, Dict[str, DeepmdKey]] = {
-    "se_e2_a": SE_E2_A, "se_e2_r": SE_E2_R, "se_e3": SE_E3, "se_atten": SE_ATTEN,
-    "se_atten_v2": SE_ATTEN_V2, "hybrid": HYBRID,
-}
-# descriptor types of DeePMD-kit that mlpot does not build (any key of them is rejected)
-UNBUILT_DESCRIPTORS = (
-    "dpa2", "dpa3", "dpa4", "se_e3_tebd", "se_a_tpe", "se_a_ebd", "se_a_ebd_v2", "se_a_mask",
-    "loc_frame", "se_a_tebd_v2",
-)
-
-# ---- fittings (model/fitting_net) ---------------------------------------------------------------
-_FITTING = {
-    "type": _k(S, default="ener"),
-    "neuron": _k(S, "n_neuron"),
-    "activation_function": _k(S),
-    "resnet_dt": _k(S),
-    "precision": _k(S),
-    "seed": _k(S),
-    "trainable": _k(S, note="bool or one bool per layer"),
-    "numb_fparam": _k(S),
-    "numb_aparam": _k(S),
-    "default_fparam": _k(U, default=None),
-    "dim_case_embd": _k(U, default=0),
-    "layer_name": _k(U, default=None),
-    "use_aparam_as_mask": _k(U, default=False),
-}
-FIT_ENER = {**_FITTING, "rcond": _k(S), "atom_ener": _k(S)}
-FIT_DIPOLE = {
-    **_FITTING, "sel_type": _k(S, "dipole_type"),
-    "r_differentiable": _k(I, note="mlpot's dipole is always differentiable"),
-    "c_differentiable": _k(I, note="mlpot's dipole is always differentiable"),
-}
-FIT_POLAR = {
-    **_FITTING, "sel_type": _k(S, "pol_type"), "fit_diag": _k(S), "scale": _k(S), "shift_diag": _k(S),
-}
-FIT_DOS = {**_FITTING, "rcond": _k(S), "numb_dos": _k(S)}
-FITTINGS = {"ener": FIT_ENER, "dipole": FIT_DIPOLE, "polar": FIT_POLAR, "dos": FIT_DOS}
-UNBUILT_FITTINGS = ("property", "population", "dens")
-
-# ---- model --------------------------------------------------------------------------------------
-MODEL = {
-    "type": _k(S, default="standard", note="standard; frozen, pairtab, linear_ener when registered by the models layer (their keys are checked by build_model)"),
-    "type_map": _k(S),
-    "descriptor": _k(S),
-    "fitting_net": _k(S),
-    "data_stat_nbatch": _k(S),
-    "data_stat_protect": _k(S),
-    "data_bias_nsample": _k(S),
-    "pair_exclude_types": _k(S),
-    "atom_exclude_types": _k(S),
-    "preset_out_bias": _k(S, note='{"energy": [null or value per type]} (PT): fixed bias of those types, subtracted before the least-squares fit of the rest and kept by change_bias_after_training; the vacuum output is not removed (unlike atom_ener)'),
-    "srtab_add_bias": _k(S, note="add the type bias to the table part of the blend"),
-    "use_srtab": _k(S, note="pair table file (DeePMD-kit table format), blended in at short range"),
-    "smin_alpha": _k(S, note="Å, soft-min length of the blend"),
-    "sw_rmin": _k(S, note="Å, table only below"),
-    "sw_rmax": _k(S, note="Å, network only above"),
-    "type_embedding": _k(S, note="TF-style type embedding (neuron, activation_function, resnet_dt, precision, trainable, seed, use_tebd_bias) for se_e2_a: one shared embedding net on [s~, tebd(t_j) (, tebd(t_i))] and one fitting net reading tebd(t_i)"),
-    "modifier": _k(U, default=None),
-    "compress": _k(U, default=None),
-    "spin": _k(U, default=None),
-    "finetune_head": _k(U, default=None),
-    "info": _k(I, note="free metadata of the model (DeePMD-kit stores it, it changes nothing)"),
-    "model_branch_alias": _k(U, default=[], note="multi-task branch aliases"),
-    "use_compile": _k(U, default=False, note="a key of model/type dpa4 (DPA-4/SeZM), not built"),
-    "enable_tf32": _k(U, default=True, note="a key of model/type dpa4 (DPA-4/SeZM), not built"),
-    "lora": _k(U, default=None, note="a key of model/type dpa4 (DPA-4/SeZM), not built"),
+# ---- model keys: listed once, in mlpot.models.deepmd.keys (descriptors, fittings, model types) -------
+DESCRIPTORS: Dict[str, Dict[str, Key]] = DESCRIPTOR_KEYS
+FITTINGS: Dict[str, Dict[str, Key]] = FITTING_KEYS
+# the standard model's keys plus the keys of the input layout that the front-end handles itself
+MODEL: Dict[str, Key] = {
+    **STANDARD_KEYS,
     "shared_dict": _k(S, note="multi-task: name -> descriptor section or type_map list, referenced by name from model_dict"),
     "model_dict": _k(S, note="multi-task (PyTorch layout): task -> model section; descriptor/type_map may name a shared_dict entry (share level 0)"),
     "fitting_net_dict": _k(S, note="multi-task (TF 2.x layout): task -> fitting_net, one shared descriptor"),
@@ -185,7 +50,8 @@ MODEL = {
 }
 # keys of the composite model types, meaningless in a standard model
 COMPOSITE_MODEL_KEYS = {"tab_file": "pairtab", "model_file": "frozen", "models": "linear_ener", "weights": "linear_ener"}
-UNBUILT_MODELS = ("pairwise_dprc", "zbl", "multi", "dpa4", "sezm")
+MODEL_TYPES: Dict[str, Dict[str, Key]] = {"linear_ener": LINEAR_KEYS, "pairtab": PAIRTAB_KEYS, "frozen": FROZEN_KEYS,
+                                          "multi_task": MULTI_TASK_KEYS}
 
 # ---- learning rate, loss, optimizer ------------------------------------------------------------
 LEARNING_RATE = {
@@ -218,8 +84,8 @@ _PREFACTOR_TERMS = ("e", "f", "v", "ae", "pf", "gf", "h")
 LOSS_ENER = {"type": _k(S, default="ener")}
 for _term in _PREFACTOR_TERMS:
     _status = S if _term in ("e", "f", "v", "ae", "pf", "gf") else U
-    LOSS_ENER[f"start_pref_{_term}"] = _k(_status, default=0.0 if _status == U else _NO_DEFAULT)
-    LOSS_ENER[f"limit_pref_{_term}"] = _k(_status, default=0.0 if _status == U else _NO_DEFAULT)
+    LOSS_ENER[f"start_pref_{_term}"] = _k(_status, default=0.0 if _status == U else REQUIRED)
+    LOSS_ENER[f"limit_pref_{_term}"] = _k(_status, default=0.0 if _status == U else REQUIRED)
 LOSS_ENER.update(
     {
         "relative_f": _k(S),
@@ -329,6 +195,7 @@ TOP = {
 def all_tables() -> Dict[str, Dict[str, DeepmdKey]]:
     """Every table by a display path (``model/descriptor[se_e2_a]`` ...), for the docs."""
     tables = {"(top level)": TOP, "model": MODEL}
+    tables.update({f"model[type={name}]": keys for name, keys in MODEL_TYPES.items()})
     tables.update({f"model/descriptor[{name}]": table for name, table in DESCRIPTORS.items()})
     tables.update({f"model/fitting_net[{name}]": table for name, table in FITTINGS.items()})
     tables.update({f"learning_rate[{name}]": table for name, table in LEARNING_RATES.items()})

@@ -135,13 +135,6 @@ def _check_descriptor(section: Any, path, file) -> Dict[str, Any]:
 
     out = _typed(section, table.DESCRIPTORS, table.UNBUILT_DESCRIPTORS, None, table.DESCRIPTOR_ALIASES, path, file)
     _require_built(out["type"], DESCRIPTORS, path, file)
-    if out["type"] == "se_atten":
-        for key in table.DPA1_LEGACY_KEYS:  # checked above: their values describe mlpot's attention layer
-            out.pop(key, None)
-        if "compressible" in out:
-            compressible = out.pop("compressible")
-            if "stripped_type_embedding" not in out and "tebd_input_mode" not in out:
-                out["stripped_type_embedding"] = bool(compressible)
     if out["type"] == "hybrid":
         members = out.get("list")
         if not isinstance(members, list) or not members:
@@ -182,11 +175,11 @@ def check_keys(config: Dict[str, Any], file: Optional[str] = None) -> Dict[str, 
         # composite models (frozen, pairtab, linear_ener) are checked key by key by build_model
         out["model"] = {k: v for k, v in raw_model.items() if not str(k).startswith("_comment")}
         return _check_rest(out, file)
-    model = _check_section(raw_model, table.MODEL, ["model"], file)
     for key, owner in table.COMPOSITE_MODEL_KEYS.items():
-        if model.get(key) is not None:
+        if isinstance(raw_model, dict) and raw_model.get(key) is not None:
             raise ConfigError(f"belongs to model/type \"{owner}\", not to a standard model (descriptor + fitting_net)",
                               file=file, key=["model", key])
+    model = _check_section(raw_model, table.MODEL, ["model"], file)
     for required in ("descriptor", "fitting_net"):  # type_map may come from the data (to_native)
         if required not in model:
             raise ConfigError(f"missing required key '{required}'", file=file, key=["model", required])
@@ -418,41 +411,13 @@ def _loss_section(loss: Dict[str, Any], fitting_type: str = "ener") -> Dict[str,
             "atom_ener_coeff": bool(loss.get("enable_atom_ener_coeff", False))}
 
 
-def epoch_steps(numb_epoch: Any, train: Dict[str, Any], file: Optional[str] = None) -> int:
-    """Optimizer steps of ``numb_epoch`` passes over the training data, as DeePMD-kit 3.x counts them.
-
-    With nb_k = ceil(frames_k / bs_k) batches and sampling probability p_k of system k, one epoch is
-    ceil(max_k nb_k / p_k) steps (over the systems with p_k > 0: the steps after which every system
-    has been drawn nb_k times on average; sum_k nb_k under the default prob_sys_size), and the run
-    is ceil(numb_epoch · epoch) steps (numb_epoch may be fractional). ``mixed:N`` batches: one epoch
-    is ceil(all frames / N). ``train``: the native training data section (systems resolved). The
-    systems are read once here to count their frames and atoms.
-    """
-    import math
-
-    from mlpot.data.io import read_systems
-    from mlpot.data.keys import POSITIONS
-    from mlpot.data.samplers import SystemSampler
-
-    key = ["training", "numb_epoch"]
+def _epochs(numb_epoch: Any, file: Optional[str]) -> float:
+    """numb_epoch: a positive number of passes (DeePMD-kit 3.x counts the steps on its system sampler;
+    so does the engine, native ``training.sampler_epochs``, once the data are read)."""
     if isinstance(numb_epoch, bool) or not isinstance(numb_epoch, (int, float)) or not numb_epoch > 0:
-        raise ConfigError(f"expected a positive number of epochs, got {numb_epoch!r}", file=file, key=key)
-    try:
-        systems = read_systems(train["paths"], None if train["format"] == "auto" else train["format"])
-    except DataError as exc:
-        raise ConfigError(f"cannot count the training frames for numb_epoch: {exc}", file=file, key=key) from None
-    sampler = SystemSampler([len(s) for s in systems], train["batch_size"],
-                            n_atoms=[len(s[0][POSITIONS]) if len(s) else 1 for s in systems],
-                            auto_prob=train["auto_prob"], sys_probs=train["sys_probs"])
-    if sampler.mixed_size:
-        per_epoch = len(sampler)
-    else:
-        ratios = [n / p for n, p in zip(sampler.n_batches, sampler.probabilities) if p > 0]
-        # the tolerance keeps an exact ratio from rounding up through floating-point noise
-        per_epoch = math.ceil(max(ratios) - 1e-9)
-    if per_epoch < 1:
-        raise ConfigError("the training data give no batch per epoch", file=file, key=key)
-    return max(1, math.ceil(float(numb_epoch) * per_epoch - 1e-9))
+        raise ConfigError(f"expected a positive number of epochs, got {numb_epoch!r}", file=file,
+                          key=["training", "numb_epoch"])
+    return float(numb_epoch)
 
 
 def _warmup(lr: Dict[str, Any], training: Dict[str, Any], file: Optional[str]) -> Dict[str, Any]:
@@ -505,30 +470,6 @@ def _mixed_precision(native: Dict[str, Any], section: Any, multi_task: bool, fil
             part["precision"] = "float32"
     native["dtype"] = "float32"
     native["training"]["compute_dtype"] = section["compute_prec"]
-
-
-def _preset_out_bias(model: Dict[str, Any], file: Optional[str]) -> None:
-    """model/preset_out_bias (PT, ``{"energy": [null or value per type]}``) -> the fitting's
-    ``preset_out_bias`` list: those types keep the value as their bias and are subtracted before
-    the least-squares fit of the rest (spec §3); unlike ``atom_ener`` the net's vacuum output is
-    not removed (DeePMD-kit PT only sets the bias)."""
-    key = ["model", "preset_out_bias"]
-    preset = model.pop("preset_out_bias")
-    fitting = model["fitting_net"]
-    output = {"ener": "energy", "dos": "dos"}.get(fitting.get("type", "ener"))
-    if output is None:
-        raise ConfigError(f"not supported yet: model/preset_out_bias with fitting_net/type={fitting['type']}",
-                          file=file, key=key)
-    if not isinstance(preset, dict) or set(preset) - {output}:
-        raise ConfigError(f'expected {{"{output}": [null or value per type]}}', file=file, key=key)
-    values = preset.get(output)
-    if values is None:
-        return
-    n_types = len(model["type_map"])
-    if not isinstance(values, list) or len(values) != n_types:
-        raise ConfigError(f"needs one entry (null or a value) per type of type_map ({n_types})", file=file,
-                          key=key + [output])
-    fitting["preset_out_bias"] = values
 
 
 def _type_map_from_data(systems: List[str], file: Optional[str]) -> List[str]:
@@ -599,8 +540,6 @@ def to_native(config: Dict[str, Any], base_dir: PathLike = ".", file: Optional[s
         elif training.get("stat_file_mode") == "read":
             raise ConfigError("stat_file_mode 'read' needs training/stat_file", file=file,
                               key=["training", "stat_file_mode"])
-        if numb_epoch is not None:
-            numb_steps = epoch_steps(numb_epoch, data["train"], file)
         if "type_map" not in dtype_model and config["model"].get("type", "standard") == "standard":
             config["model"]["type_map"] = _type_map_from_data(data["train"]["paths"], file)
     lr_schedule = {
@@ -628,7 +567,7 @@ def to_native(config: Dict[str, Any], base_dir: PathLike = ".", file: Optional[s
             "weight_decay": optimizer.get("weight_decay", 0.0),
         },
         "lr_schedule": lr_schedule,
-        "training": {"numb_steps": int(numb_steps)},
+        "training": ({"numb_steps": int(numb_steps)} if numb_steps is not None else {"sampler_epochs": _epochs(numb_epoch, file)}),
         "logging": {
             "lcurve": training.get("disp_file", "lcurve.out"),
             "disp_freq": training.get("disp_freq", 1000),
@@ -644,8 +583,6 @@ def to_native(config: Dict[str, Any], base_dir: PathLike = ".", file: Optional[s
             "keep": training.get("max_ckpt_keep", 5),
         },
     }
-    if not multi_task and native["model"].get("preset_out_bias") is not None:
-        _preset_out_bias(native["model"], file)
     if multi_task:
         native["tasks"] = multitask.native_tasks(config, base, file)
     else:

@@ -94,8 +94,11 @@ def _clean_loc(loc: tuple) -> tuple:
 def _to_config_error(exc: ValidationError, file: Optional[str]) -> ConfigError:
     errors = exc.errors()
     # prefer the most informative error: unknown keys first, then the deepest location
-    errors.sort(key=lambda e: (e["type"] != "extra_forbidden", -len(e["loc"])))
+    errors.sort(key=lambda e: (e["type"] not in ("extra_forbidden", "model_section"), -len(e["loc"])))
     err = errors[0]
+    if err["type"] == "model_section":  # located inside the model section by its family's checks
+        inner = err["ctx"]["error"]
+        return ConfigError(inner.message, file=file, key=inner.key, hint=inner.hint)
     loc = _clean_loc(tuple(err["loc"]))
     if err["type"] == "extra_forbidden":
         hint = suggest(str(loc[-1]), _valid_keys(tuple(err["loc"])))

@@ -23,6 +23,7 @@ import re
 from typing import Any, Dict, List, Literal, Optional, Union
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 __all__ = [
     "Strict", "DataSection", "DataConfig", "OptimizerGroup", "OptimizerConfig", "LRScheduleConfig",
@@ -182,6 +183,9 @@ class TaskConfig(Strict):
 class TrainingConfig(Strict):
     numb_steps: Optional[int] = Field(None, ge=1, validation_alias=AliasChoices("numb_steps", "num_steps", "max_steps"))
     numb_epochs: Optional[int] = Field(None, ge=1, validation_alias=AliasChoices("numb_epochs", "num_epochs", "max_epochs"))
+    sampler_epochs: Optional[float] = Field(
+        None, gt=0, description="run length in passes of DeePMD's system sampler (DeePMD-kit numb_epoch): "
+        "ceil(sampler_epochs * ceil(max_k nbatch_k / p_k)) steps, counted once the training data are read")
     clip_grad_norm: Optional[float] = Field(None, gt=0, validation_alias=AliasChoices("clip_grad_norm", "gradient_max_norm"))
     max_nonfinite: int = Field(100, ge=0, description="stop after this many skipped non-finite steps")
     valid_freq: Optional[int] = Field(None, ge=1, description="validate every N steps (default disp_freq)")
@@ -194,16 +198,20 @@ class TrainingConfig(Strict):
 
     @model_validator(mode="after")
     def _length(self):
-        if (self.numb_steps is None) == (self.numb_epochs is None):
-            raise ValueError("give exactly one of numb_steps or numb_epochs")
+        given = [name for name in ("numb_steps", "numb_epochs", "sampler_epochs") if getattr(self, name) is not None]
+        if len(given) != 1:
+            raise ValueError("give exactly one of numb_steps, numb_epochs or sampler_epochs")
         return self
 
     @property
     def unit(self) -> str:
-        return "steps" if self.numb_steps is not None else "epochs"
+        return "epochs" if self.numb_epochs is not None else "steps"
 
     @property
-    def length(self) -> int:
+    def length(self) -> Optional[int]:
+        """Length in ``unit``; None for ``sampler_epochs`` (known once the data are read)."""
+        if self.sampler_epochs is not None:
+            return None
         return int(self.numb_steps if self.numb_steps is not None else self.numb_epochs)
 
 
@@ -279,6 +287,20 @@ class NativeConfig(Strict):
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
     tasks: Optional[Dict[str, TaskConfig]] = Field(None, description="multi-task training: task -> data, loss, prob")
 
+    @field_validator("model")
+    @classmethod
+    def _typed_model(cls, section: Dict[str, Any]) -> Dict[str, Any]:
+        """The model section is typed per family: validated by its family's section (discriminated
+        by ``type``), errors at the key path inside the section with the closest valid key."""
+        from mlpot.errors import ConfigError
+        from mlpot.models.registry import check_model_section
+
+        try:
+            check_model_section(section)
+        except ConfigError as error:
+            raise PydanticCustomError("model_section", "{message}", {"message": error.message, "error": error}) from None
+        return section
+
     @model_validator(mode="after")
     def _single_or_multi_task(self):
         if self.tasks is None:
@@ -299,6 +321,12 @@ class NativeConfig(Strict):
 
     @model_validator(mode="after")
     def _stages_contiguous(self):
+        if self.training.sampler_epochs is not None:
+            if self.train_schedule:
+                raise ValueError("train_schedule needs training.numb_steps or numb_epochs (the length of "
+                                 "sampler_epochs is known only once the data are read)")
+            if self.tasks is not None:
+                raise ValueError("not supported yet: training.sampler_epochs (DeePMD numb_epoch) with multi-task training")
         expected = 0
         for index, stage in enumerate(self.train_schedule):
             if stage.start != expected:
@@ -311,8 +339,9 @@ class NativeConfig(Strict):
             raise ValueError("loss.terms is empty: give at least one loss term")
         return self
 
-    def stages(self) -> List[Stage]:
-        """The stages, or one stage 'train' covering the whole run when none are given."""
+    def stages(self, length: Optional[int] = None) -> List[Stage]:
+        """The stages, or one stage 'train' covering the whole run (``length`` units; the training
+        length by default) when none are given."""
         if self.train_schedule:
             return list(self.train_schedule)
-        return [Stage(name="train", start=0, end=self.training.length - 1)]
+        return [Stage(name="train", start=0, end=(length or self.training.length) - 1)]

@@ -206,6 +206,24 @@ class SystemSampler(_ResumableSampler):
             return math.ceil(sum(self.system_sizes) / self.mixed_size)
         return int(sum(self.n_batches))
 
+    def steps_for_epochs(self, epochs: float) -> int:
+        """Optimizer steps of ``epochs`` passes as DeePMD-kit 3.x counts them for ``numb_epoch``.
+
+        With nb_k batches and sampling probability p_k of system k, one epoch is
+        ceil(max_k nb_k / p_k) steps over the systems with p_k > 0 (the steps after which every
+        system has been drawn nb_k times on average; sum_k nb_k under prob_sys_size); ``mixed:N``:
+        ceil(all frames / N). The run is ceil(epochs · epoch) steps (fractional epochs allowed).
+        """
+        if self.mixed_size:
+            per_epoch = len(self)
+        else:
+            ratios = [n / p for n, p in zip(self.n_batches, self.probabilities) if p > 0]
+            # the tolerance keeps an exact ratio from rounding up through floating-point noise
+            per_epoch = math.ceil(max(ratios) - 1e-9) if ratios else 0
+        if per_epoch < 1:
+            raise ConfigError("the training data give no batch per epoch", key="training.sampler_epochs")
+        return max(1, math.ceil(float(epochs) * per_epoch - 1e-9))
+
     def state_dict(self) -> dict:
         return {"seed": self.seed, "rng": self._rng_state(), "orders": self.orders, "cursors": list(self.cursors)}
 

@@ -24,14 +24,14 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Sequence
+from typing import Any, Dict, Iterable, List, Optional, Sequence
 
 import torch
 
 from mlpot.data.keys import ATOM_ENERGY, ATOM_TYPES, BATCH, CELL, ENERGY
 from mlpot.errors import CheckpointError, ConfigError
 from mlpot.models.base import AtomisticModel, check_type_map
-from mlpot.models.deepmd.config_keys import REQUIRED, read_section
+from mlpot.models.sections import REQUIRED, Key, key, read_section
 from mlpot.models.output_bias import OutputBias, fit_composite_bias
 from mlpot.nn import scatter_sum
 
@@ -87,13 +87,23 @@ def _weights(value: Any, n_models: int) -> List[float]:
     raise ConfigError(f"expected 'mean', 'sum' or a list of {n_models} numbers, got {value!r}", key="model/weights")
 
 
-LINEAR_DEFAULTS = {"type_map": None, "models": REQUIRED, "weights": REQUIRED}
+LINEAR_KEYS: Dict[str, Key] = {
+    "type": key(REQUIRED, annotation=str),
+    "type_map": key(None, note="members without one inherit it", annotation=Optional[List[str]]),
+    "models": key(REQUIRED, note="list of model sections", annotation=list),
+    "weights": key(REQUIRED, note='a list of floats, "mean" or "sum"', annotation=Any),
+}
+FROZEN_KEYS: Dict[str, Key] = {
+    "type": key(REQUIRED, annotation=str),
+    "model_file": key(REQUIRED, note="a file written by mlpot freeze", annotation=str),
+    "type_map": key(None, annotation=Optional[List[str]]),
+}
 
 
 def build_linear_ener(config: Dict[str, Any], dtype: torch.dtype) -> LinearEnergyModel:
     from mlpot.models.registry import build_model  # same layer; imported here because the registry imports this module
 
-    values = read_section(config, "model", LINEAR_DEFAULTS)
+    values = read_section(config, "model", LINEAR_KEYS, "LinearEnergySection")
     sections = values["models"]
     if not isinstance(sections, list) or not sections or not all(isinstance(s, dict) for s in sections):
         raise ConfigError("expected a non-empty list of model sections", key="model/models")
@@ -151,7 +161,7 @@ def read_frozen_file(path) -> Dict[str, Any]:
 def build_frozen(config: Dict[str, Any], dtype: torch.dtype) -> FrozenModel:
     from mlpot.models.registry import build_model
 
-    values = read_section(config, "model", {"model_file": REQUIRED, "type_map": None})
+    values = read_section(config, "model", FROZEN_KEYS, "FrozenSection")
     payload = read_frozen_file(values["model_file"])
     model = build_model(payload["model_config"], _DTYPES.get(payload.get("dtype"), dtype))
     missing, unexpected = model.load_state_dict(payload["state_dict"], strict=False)

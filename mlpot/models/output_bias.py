@@ -26,10 +26,12 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-from mlpot.data.keys import ATOM_TYPES, BATCH, weight_key
+from mlpot.data.keys import ATOM_TYPES, BATCH, ENERGY, weight_key
+from mlpot.errors import ConfigError
 
 __all__ = ["OutputBias", "least_squares_bias", "labelled_counts_and_values", "set_by_statistic",
-           "shift_by_residual", "change_by_statistic", "predict_frames", "fit_composite_bias"]
+           "shift_by_residual", "change_by_statistic", "predict_frames", "fit_composite_bias", "energy_bias",
+           "refit_energy_bias", "change_energy_bias"]
 
 Batch = Dict[str, torch.Tensor]
 
@@ -173,3 +175,57 @@ def fit_composite_bias(model: torch.nn.Module, batches: Sequence[Batch], output_
     labelled, residuals = _residuals(model, bias, batches)
     result = set_by_statistic(bias, [dict(b, **{bias.frame_key: r}) for b, r in zip(labelled, residuals)])
     return {} if result is None else {"bias_atom": result["bias"].tolist(), "out_std": np.asarray(result["std"]).tolist()}
+
+
+# ---- the energy bias of a single-task model (fine-tuning, change-bias, change_bias_after_training) ----
+def energy_bias(model: torch.nn.Module):
+    """The per-type energy bias (:class:`~mlpot.models.output_bias.OutputBias`) of a single-task
+    model, or None when it has none (dipole, polar, dos, a bare pair table)."""
+    bias = model.output_bias() if hasattr(model, "output_bias") else None
+    return bias if bias is not None and bias.frame_key == ENERGY else None
+
+
+def _energy_bias(model: torch.nn.Module, file: Optional[str]):
+    bias = energy_bias(model)
+    if bias is None:
+        raise ConfigError("the model has no energy bias (bias changes need an energy model)", file=file,
+                          key="model/fitting_net")
+    return bias
+
+
+def refit_energy_bias(model: torch.nn.Module, batches: Sequence[Dict[str, torch.Tensor]]) -> Optional[np.ndarray]:
+    """Change-by-statistic on a single-task energy model, in place: predict the frames of
+    ``batches`` (CPU collated batches with neighbour lists) in eval mode and add the least-squares
+    per-type fit of label - prediction to the model's output bias (composite models included).
+    Returns the shift (n_types, 1) in eV per atom, or None when no frame has an energy label."""
+    return change_by_statistic(model, _energy_bias(model, None), batches)
+
+
+def change_energy_bias(model: torch.nn.Module, batches: Sequence[Dict[str, torch.Tensor]], mode: str = "change",
+                       values: Optional[Sequence[float]] = None, file: Optional[str] = None
+                       ) -> Tuple[np.ndarray, np.ndarray]:
+    """Change the energy bias of ``model`` (a single-task energy model) in place; returns (old, new)
+    biases (n_types,) in eV per atom.
+
+    mode "change": add the least-squares per-type fit of label - prediction over ``batches``
+    (CPU collated batches with neighbour lists); "set": the least-squares fit of the raw labels
+    (also sets out_std); ``values`` (one per type, type_map order): set the bias to them.
+    Types with an atom_ener / preset_out_bias keep theirs in the statistic modes.
+    """
+    bias = _energy_bias(model, file)
+    old = bias.values[:, 0].detach().cpu().numpy().copy()
+    if values is not None:
+        if len(values) != bias.n_types:
+            raise ConfigError(f"{len(values)} bias values for {bias.n_types} types ({list(model.type_map)})",
+                              file=file, key="--bias-value")
+        with torch.no_grad():
+            bias.values[:, 0] = torch.as_tensor(values, dtype=bias.values.dtype)
+    elif mode == "set":
+        if set_by_statistic(bias, batches) is None:
+            raise ConfigError("no frame of the data has an energy label", file=file, key="energy")
+    elif mode == "change":
+        if refit_energy_bias(model, batches) is None:
+            raise ConfigError("no frame of the data has an energy label", file=file, key="energy")
+    else:
+        raise ConfigError(f"unknown mode {mode!r} (change or set)", file=file, key="--mode")
+    return old, bias.values[:, 0].detach().cpu().numpy().copy()

@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterable, Optional
+from typing import Any, Callable, Dict, Iterable, List, Optional
 
 import numpy as np
 import torch
@@ -42,7 +42,7 @@ from scipy.interpolate import CubicSpline
 from mlpot.data.keys import ATOM_ENERGY, ATOM_TYPES, BATCH, CELL, EDGE_INDEX, ENERGY, POSITIONS
 from mlpot.errors import ConfigError, DataError
 from mlpot.models.base import AtomisticModel, check_type_map, edge_vectors
-from mlpot.models.deepmd.config_keys import REQUIRED, read_section
+from mlpot.models.sections import REQUIRED, Key, key, read_section
 from mlpot.models.output_bias import OutputBias, fit_composite_bias
 from mlpot.nn import scatter_sum, smooth_switch
 
@@ -172,12 +172,18 @@ class PairTabModel(AtomisticModel):
         return {ATOM_ENERGY: atomic, ENERGY: scatter_sum(atomic, batch[BATCH], batch[CELL].shape[0])}
 
 
-PAIRTAB_DEFAULTS = {"type_map": REQUIRED, "tab_file": REQUIRED, "rcut": REQUIRED, "sel": None}
+PAIRTAB_KEYS: Dict[str, Key] = {
+    "type": key(REQUIRED, annotation=str),
+    "type_map": key(REQUIRED, annotation=List[str]),
+    "tab_file": key(REQUIRED, note="DeePMD-kit table file", annotation=str),
+    "rcut": key(REQUIRED, note="Å", annotation=float),
+    "sel": key(None, note="accepted; every neighbour within rcut is used", annotation=Any),
+}
 
 
 def build_pairtab(config: Dict[str, Any], dtype: torch.dtype) -> PairTabModel:
     """``{"type": "pairtab", "type_map", "tab_file", "rcut", "sel"}``; sel is accepted (all neighbours are used)."""
-    values = read_section(config, "model", PAIRTAB_DEFAULTS)
+    values = read_section(config, "model", PAIRTAB_KEYS, "PairTabSection")
     table = _table_from(values["tab_file"], "model/tab_file", float(values["rcut"]))
     return PairTabModel(check_type_map(values["type_map"]), table, config)
 

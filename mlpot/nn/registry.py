@@ -13,7 +13,7 @@ from mlpot.errors import ConfigError, KeyPath, suggest
 
 T = TypeVar("T")
 
-__all__ = ["Registry"]
+__all__ = ["Registry", "check_option_names"]
 
 
 class Registry(Generic[T]):
@@ -26,6 +26,7 @@ class Registry(Generic[T]):
         self.kind = kind
         self._objects: Dict[str, T] = {}
         self._canonical: Dict[str, str] = {}  # lower-case name or alias -> canonical name
+        self._spelling: Dict[str, str] = {}  # lower-case name or alias -> as registered
 
     def register(self, name: str, obj: T, aliases: Iterable[str] = ()) -> T:
         """Register ``obj`` under ``name`` and ``aliases``; a name already taken raises ValueError."""
@@ -35,6 +36,7 @@ class Registry(Generic[T]):
         self._objects[name] = obj
         for key in (name, *aliases):
             self._canonical[key.lower()] = name
+            self._spelling[key.lower()] = key
         return obj
 
     def canonical(self, name: str, *, key: KeyPath = None, file: Optional[str] = None) -> str:
@@ -43,9 +45,10 @@ class Registry(Generic[T]):
             return self._canonical[str(name).lower()]
         except KeyError:
             pass
-        valid = sorted(self._canonical)
-        hint = suggest(str(name).lower(), valid)
+        valid = sorted(self._spelling.values())
+        hint = suggest(str(name).lower(), sorted(self._canonical))
         message = f"unknown {self.kind} {name!r}; valid: {', '.join(valid)}"
+        hint = self._spelling.get(hint, hint)
         raise ConfigError(message, file=file, key=key, hint=f"did you mean {hint!r}?" if hint else None)
 
     def get(self, name: str, *, key: KeyPath = None, file: Optional[str] = None) -> T:
@@ -64,3 +67,16 @@ class Registry(Generic[T]):
 
     def __len__(self) -> int:
         return len(self._objects)
+
+
+def check_option_names(options: Iterable[str], valid: Iterable[str], what: str, *, key: KeyPath = None,
+                       file: Optional[str] = None) -> None:
+    """ConfigError "unknown option of <what>; valid: ..." (with the closest valid name) for the first
+    of ``options`` that is not in ``valid``; ``key`` is the path of the section holding them."""
+    valid = sorted(valid)
+    for option in options:
+        if option not in valid:
+            hint = suggest(str(option), valid)
+            path = list(key) if isinstance(key, (list, tuple)) else ([key] if key else [])
+            raise ConfigError(f"unknown option of {what}; valid: {', '.join(valid)}", file=file,
+                              key=path + [option] if path else option, hint=f"did you mean {hint!r}?" if hint else None)

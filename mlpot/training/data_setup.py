@@ -11,15 +11,19 @@ Multi-task (``config.tasks``): one dataset pair and sampler set per task, read o
 a :class:`~mlpot.data.TaskSampler` picks the task of each step (``prob`` normalised; default
 proportional to the number of training systems of each task, as DeePMD-kit's ``model_prob``).
 Batches are float64 (data precision); the model casts to its own precision.
+
+The training data of each task are read once (:class:`DataProbe`): the family hook that fills in
+what depends on the data (``ModelFamily.resolve_from_data``: DeePMD ``sel: "auto"``...) and the
+datasets share that read; the neighbour statistics and the model's data statistics go through
+the statistics file (``data.stat_file``) when there is one.
 """
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable, Dict, Iterator, List, Optional, Tuple, Union
+from typing import TYPE_CHECKING, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -41,9 +45,40 @@ __all__ = ["TrainingData", "MultiTaskData", "build_training_data"]
 _OPTIONAL_INPUTS = (K.FPARAM, K.APARAM)
 
 
-def _read(section: "DataSection", type_map, cutoff: float, skip=()):
-    fmt = None if section.format == "auto" else section.format
-    systems = read_systems(section.paths, fmt, type_map=type_map, key_map=section.key_map or None, skip=skip)
+class DataProbe:
+    """The systems of one data section, read once per type map (``mlpot.models.registry.DataProbe``).
+
+    ``systems(type_map, skip)`` reads on first use and then serves later requests whose ``skip``
+    contains the first one's (the keys they need were read); ``max_neighbors`` computes neighbour
+    statistics on those frames through the statistics file.
+    """
+
+    def __init__(self, section: "DataSection", store: Optional[StatisticsFile] = None, cutoff: Optional[float] = None):
+        self.section, self.store, self.cutoff = section, store, cutoff  # cutoff: data.cutoff, overriding the model's
+        self._read: Dict[tuple, tuple] = {}  # type_map -> (skip used, systems)
+        self.reads = 0
+
+    def systems(self, type_map: Sequence[str], skip: Sequence[str] = ()):
+        cached = self._read.get(tuple(type_map))
+        if cached is not None and set(cached[0]) <= set(skip):
+            return cached[1]
+        fmt = None if self.section.format == "auto" else self.section.format
+        systems = read_systems(self.section.paths, fmt, type_map=list(type_map), key_map=self.section.key_map or None,
+                               skip=tuple(skip))
+        self.reads += 1
+        self._read[tuple(type_map)] = (tuple(skip), systems)
+        return systems
+
+    def max_neighbors(self, cutoff: float, type_map: Sequence[str]) -> np.ndarray:
+        from mlpot.data import compute_statistics
+
+        frames = concat_frame_lists(self.systems(type_map, _OPTIONAL_INPUTS))
+        stats = compute_statistics(frames, list(type_map), float(self.cutoff or cutoff), cache=self.store)
+        return np.asarray(stats.max_neighbors_per_type)
+
+
+def _dataset(probe: DataProbe, type_map, cutoff: float, skip=()):
+    systems = probe.systems(type_map, skip)
     sizes = [len(s) for s in systems]
     n_atoms = [int(round(np.mean([len(f[K.POSITIONS]) for f in s]))) for s in systems]
     return systems, AtomsDataset(concat_frame_lists(systems), cutoff, type_map=type_map), sizes, n_atoms
@@ -101,28 +136,12 @@ class MultiTaskData:
     task_sampler: TaskSampler
 
 
-def _descriptor_parts(descriptor) -> list:
-    descriptor = descriptor if isinstance(descriptor, dict) else {}
-    return descriptor.get("list", [descriptor]) if descriptor.get("type") == "hybrid" else [descriptor]
-
-
-def _max_neighbors(model_config: dict, data_config: "DataConfig") -> Optional[np.ndarray]:
-    """Maximum neighbour count per type in the training data at the descriptor cutoff, or None
-    when no descriptor part asks for ``sel: "auto[:factor]"``."""
-    from mlpot.data import compute_statistics
-
-    parts = _descriptor_parts(model_config.get("descriptor"))
-    if not any(isinstance(part.get("sel"), str) for part in parts):
-        return None
-    rcut = float(data_config.cutoff or max(float(part.get("rcut", 6.0)) for part in parts))
-    # the neighbour counts need the geometry only
-    _, probe, _, _ = _read(data_config.train, list(model_config["type_map"]), rcut, skip=K.WEIGHTED + _OPTIONAL_INPUTS)
-    stats = compute_statistics(probe, list(model_config["type_map"]), rcut, cache=_stat_file(data_config))
-    return np.asarray(stats.max_neighbors_per_type)
-
-
 def _stat_file(data_config: "DataConfig") -> Optional[StatisticsFile]:
     return None if data_config.stat_file is None else StatisticsFile(data_config.stat_file, data_config.stat_file_mode)
+
+
+def _probe(data_config: "DataConfig") -> DataProbe:
+    return DataProbe(data_config.train, _stat_file(data_config), data_config.cutoff)
 
 
 def model_statistics(model: torch.nn.Module, samples, store: Optional[StatisticsFile], identity,
@@ -163,54 +182,21 @@ def _statistics_identity(config: "NativeConfig", model, data_config: "DataConfig
             "sample": [int(b[K.ATOM_TYPES].shape[0]) for b in samples]}
 
 
-def _auto_sel(model_config: dict, data_config: "DataConfig") -> dict:
-    """``sel: "auto[:factor]"`` resolved from the maximum neighbour counts in the training data."""
-    from mlpot.models.deepmd.builders import resolve_auto_sel
-
-    counts = _max_neighbors(model_config, data_config)
-    return model_config if counts is None else resolve_auto_sel(model_config, counts)
-
-
-def _multi_task_auto_sel(config: "NativeConfig") -> dict:
-    """The multi-task model section with ``sel: "auto"`` resolved; a shared descriptor takes the
-    largest neighbour counts over every task that uses it."""
-    from mlpot.models.deepmd.builders import resolve_auto_sel
-    from mlpot.models.deepmd.multitask import resolve_task_section, shared_reference
-
-    model = copy.deepcopy(config.model)
-    shared = model.get("shared_dict") or {}
-    shared_counts: Dict[str, np.ndarray] = {}
-    for name, task in config.tasks.items():
-        section = model["model_dict"][name]
-        counts = _max_neighbors(resolve_task_section(name, section, shared), task.data)
-        if counts is None:
-            continue
-        if isinstance(section.get("descriptor"), str):
-            key = shared_reference(section["descriptor"], shared, f"model/model_dict/{name}/descriptor")
-            shared_counts[key] = np.maximum(shared_counts.get(key, counts), counts)
-        else:
-            model["model_dict"][name] = resolve_auto_sel(resolve_task_section(name, section, shared), counts)
-    for key, counts in shared_counts.items():
-        type_map = next(resolve_task_section(n, s, shared)["type_map"] for n, s in model["model_dict"].items()
-                        if isinstance(s.get("descriptor"), str) and s["descriptor"].partition(":")[0] == key)
-        shared[key] = resolve_auto_sel({"type_map": type_map, "descriptor": shared[key]}, counts)["descriptor"]
-    return model
-
-
-def _datasets(model, model_config: dict, data_config: "DataConfig", seed: int, device) -> Tuple[TrainingData, list]:
+def _datasets(model, probe: DataProbe, data_config: "DataConfig", seed: int, device) -> Tuple[TrainingData, list]:
     """Training/validation datasets and samplers of one model (or head) and the statistics samples:
-    the first ``data_stat_nbatch`` batches of every training system."""
+    the first ``data_stat_nbatch`` batches of every training system (DeePMD; the model's config may
+    set it, 10 otherwise)."""
     cutoff = float(data_config.cutoff or model.cutoff)
     skip = tuple(key for key in _OPTIONAL_INPUTS if key not in model.input_keys)
-    _, train, sizes, n_atoms = _read(data_config.train, list(model.type_map), cutoff, skip)
+    _, train, sizes, n_atoms = _dataset(probe, list(model.type_map), cutoff, skip)
     sampler = _sampler(data_config.train, sizes, n_atoms, seed, shuffle=True)
     data = TrainingData(model, train, sampler, device=device)
     if data_config.valid is not None:
-        _, valid, vsizes, vatoms = _read(data_config.valid, list(model.type_map), cutoff, skip)
+        _, valid, vsizes, vatoms = _dataset(DataProbe(data_config.valid), list(model.type_map), cutoff, skip)
         data.valid = valid
         data.valid_sampler = _sampler(data_config.valid, vsizes, vatoms, seed + 1, shuffle=False)
         data.numb_btch = data_config.valid.numb_btch
-    n_batches = int(model_config.get("data_stat_nbatch", 10))
+    n_batches = int(model.config.get("data_stat_nbatch", 10)) if isinstance(model.config, dict) else 10
     batch_sizes = resolve_batch_sizes(data_config.train.batch_size, n_atoms) \
         if not isinstance(data_config.train.batch_size, int) else [data_config.train.batch_size] * len(sizes)
     offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(int)
@@ -231,13 +217,16 @@ def build_training_data(config: "NativeConfig", dtype: torch.dtype, *, file: Opt
 
     With ``config.tasks`` (multi-task) the result is a :class:`MultiTaskData`.
     """
-    from mlpot.models import build_model
+    from mlpot.models.registry import build_model, family_of
 
     device = device or torch.device("cpu")
+    family = family_of(config.model)
     if config.tasks is not None:
-        return _build_multi_task_data(config, dtype, with_statistics, device, log)
-    model = build_model(_auto_sel(config.model, config.data), dtype=dtype)
-    data, samples = _datasets(model, config.model, config.data, config.seed, device)
+        return _build_multi_task_data(config, family, dtype, with_statistics, device, log)
+    probe = _probe(config.data)
+    section = family.resolve_from_data(config.model, {"": probe}) if family.resolve_from_data else config.model
+    model = build_model(section, dtype=dtype)
+    data, samples = _datasets(model, probe, config.data, config.seed, device)
     data.stat_samples = samples
     if with_statistics and hasattr(model, "compute_statistics"):
         model_statistics(model, samples, _stat_file(config.data),
@@ -246,18 +235,20 @@ def build_training_data(config: "NativeConfig", dtype: torch.dtype, *, file: Opt
     return data
 
 
-def _build_multi_task_data(config: "NativeConfig", dtype: torch.dtype, with_statistics: bool,
+def _build_multi_task_data(config: "NativeConfig", family, dtype: torch.dtype, with_statistics: bool,
                            device: torch.device, log: Callable[[str], None]) -> MultiTaskData:
     """Heads, per-task data and the task sampler; descriptor statistics pooled over tasks (the model's)."""
-    from mlpot.models import build_model
+    from mlpot.models.registry import build_model
 
-    model = build_model(_multi_task_auto_sel(config), dtype=dtype)
+    probes = {name: _probe(task.data) for name, task in config.tasks.items()}
+    section = family.resolve_from_data(config.model, probes) if family.resolve_from_data else config.model
+    model = build_model(section, dtype=dtype)
     tasks: Dict[str, TrainingData] = {}
     samples: Dict[str, list] = {}
     for index, (name, task) in enumerate(config.tasks.items()):
         head = model.heads[name]
         # seeds 2k+2, 2k+3 for task k's train/valid samplers; the task choice uses the seed itself
-        tasks[name], samples[name] = _datasets(head, head.config, task.data, config.seed + 2 * index + 2, device)
+        tasks[name], samples[name] = _datasets(head, probes[name], task.data, config.seed + 2 * index + 2, device)
         tasks[name].stat_samples = samples[name]
     n_systems = {name: len(task.data.train.paths) for name, task in config.tasks.items()}
     probabilities = task_probabilities({name: task.prob for name, task in config.tasks.items()}, n_systems)

@@ -17,22 +17,24 @@ from typing import Any, Dict, Iterable, List, Optional, Union
 
 import torch
 
-from mlpot.errors import ConfigError, suggest
-from mlpot.training.schedules import build_schedule
+from mlpot.errors import ConfigError
+from mlpot.nn.registry import Registry, check_option_names
+from mlpot.training.schedules import SCHEDULES, build_schedule
 
 __all__ = ["OPTIMIZERS", "build_optimizer", "build_lr_scheduler", "ScheduleFactor", "current_lr"]
 
 
-def _optimizer_classes() -> Dict[str, type]:
-    classes = {}
-    for name in dir(torch.optim):
+def _optimizer_classes() -> Registry[type]:
+    """Every optimizer class of ``torch.optim``, by its class name (matched case-insensitively)."""
+    registry: Registry[type] = Registry("optimizer")
+    for name in sorted(dir(torch.optim)):
         obj = getattr(torch.optim, name)
         if isinstance(obj, type) and issubclass(obj, torch.optim.Optimizer) and obj is not torch.optim.Optimizer:
-            classes[name.lower()] = obj
-    return classes
+            registry.register(obj.__name__, obj)
+    return registry
 
 
-OPTIMIZERS: Dict[str, type] = _optimizer_classes()
+OPTIMIZERS: Registry[type] = _optimizer_classes()
 
 
 def build_optimizer(
@@ -49,14 +51,7 @@ def build_optimizer(
     the class does not accept raises ConfigError naming it. Adam and AdamW use the fused kernel
     unless ``fused`` or ``foreach`` is given.
     """
-    cls = OPTIMIZERS.get(str(name).lower())
-    if cls is None:
-        valid = sorted(c.__name__ for c in OPTIMIZERS.values())
-        hint = suggest(str(name), valid) or suggest(str(name).lower(), OPTIMIZERS)
-        raise ConfigError(
-            f"unknown optimizer {name!r}; valid: {', '.join(valid)}",
-            file=file, key=key, hint=f"did you mean {hint!r}?" if hint else None,
-        )
+    cls = OPTIMIZERS.get(str(name), key=key, file=file)
     params = list(params_or_groups)
     if cls in (torch.optim.Adam, torch.optim.AdamW) and "fused" not in kwargs and "foreach" not in kwargs:
         # the fused kernel updates each tensor in one pass (3-4x faster than the foreach default on
@@ -98,15 +93,9 @@ def build_lr_scheduler(
         start_lr = optimizer.param_groups[0]["lr"]
     for group in optimizer.param_groups:  # the base lr (lr-coupled loss prefactors use lr / initial_lr)
         group.setdefault("initial_lr", group["lr"])
-    if str(type).lower() == "plateau":
-        allowed = {"factor", "patience", "threshold", "threshold_mode", "cooldown", "min_lr", "eps", "mode"}
-        for option in options:
-            if option not in allowed:
-                hint = suggest(option, allowed)
-                raise ConfigError(
-                    f"unknown option of the 'plateau' schedule; valid: {', '.join(sorted(allowed))}",
-                    file=file, key=f"{key}.{option}", hint=f"did you mean {hint!r}?" if hint else None,
-                )
+    if SCHEDULES.canonical(str(type), key=f"{key}.type", file=file) == "plateau":
+        check_option_names(options, {"factor", "patience", "threshold", "threshold_mode", "cooldown", "min_lr", "eps",
+                                     "mode"}, "the 'plateau' schedule", key=key, file=file)
         # torch ignores reductions smaller than eps = 1e-8 (absolute), which freezes the small lrs of
         # potential training (DeePMD decays to ~1e-8); reduce whenever asked unless eps is given
         options.setdefault("eps", 0.0)

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 from mlpot.errors import ConfigError, suggest
+from mlpot.nn.registry import Registry, check_option_names
 
 __all__ = [
     "ExponentialDecay",
@@ -179,8 +180,10 @@ class ConstantLR(_Warmup):
         return self.start_lr if warm is None else warm
 
 
-SCHEDULES = {"exp": ExponentialDecay, "step": StepDecay, "cosine": CosineDecay, "wsd": WarmupStableDecay,
-             "constant": ConstantLR}
+SCHEDULES: Registry[type] = Registry("lr schedule")
+for _name, _schedule in (("exp", ExponentialDecay), ("step", StepDecay), ("cosine", CosineDecay),
+                         ("wsd", WarmupStableDecay), ("constant", ConstantLR), ("plateau", None)):
+    SCHEDULES.register(_name, _schedule)  # plateau: torch's ReduceLROnPlateau (mlpot.training.optim)
 
 
 def build_schedule(type: str, start_lr: float, *, key="lr_schedule", file=None, **kwargs):
@@ -188,20 +191,11 @@ def build_schedule(type: str, start_lr: float, *, key="lr_schedule", file=None, 
 
     Unknown names or options raise ConfigError naming ``key`` (and ``file``) with a suggestion.
     """
-    name = str(type).lower()
-    if name not in SCHEDULES:
-        hint = suggest(name, SCHEDULES)
-        raise ConfigError(
-            f"unknown lr schedule {type!r}; valid: {', '.join(SCHEDULES)}, plateau",
-            file=file, key=f"{key}.type", hint=f"did you mean {hint!r}?" if hint else None,
-        )
-    cls = SCHEDULES[name]
-    valid = set(cls.__dataclass_fields__) - {"start_lr"}
-    for option in kwargs:
-        if option not in valid:
-            hint = suggest(option, valid)
-            raise ConfigError(
-                f"unknown option of the {name!r} schedule; valid: {', '.join(sorted(valid))}",
-                file=file, key=f"{key}.{option}", hint=f"did you mean {hint!r}?" if hint else None,
-            )
+    name = SCHEDULES.canonical(str(type), key=f"{key}.type", file=file)
+    cls = SCHEDULES.get(name)
+    if cls is None:
+        raise ConfigError("the plateau schedule is stepped with a validation metric: build it with "
+                          "mlpot.training.optim.build_lr_scheduler", file=file, key=f"{key}.type")
+    check_option_names(kwargs, set(cls.__dataclass_fields__) - {"start_lr"}, f"the {name!r} schedule",
+                       key=key, file=file)
     return cls(start_lr=float(start_lr), **kwargs)

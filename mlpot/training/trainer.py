@@ -43,7 +43,7 @@ from mlpot.training.checkpoint import CheckpointManager, load_checkpoint
 from mlpot.training.data_setup import MultiTaskData, TrainingData, build_training_data
 from mlpot.training.distributed import DistInfo, init_distributed, shard_indices
 from mlpot.training.ema import ExponentialMovingAverage
-from mlpot.training.finetune import energy_bias, refit_energy_bias
+from mlpot.models.output_bias import energy_bias, refit_energy_bias
 from mlpot.training.logging import (LcurveWriter, MetricsCSV, TensorBoardWriter, WindowMean, close_log,
                                     format_loss_breakdown, open_debug_log)
 from mlpot.training.losses import WeightedLoss, label_error_sums
@@ -119,9 +119,12 @@ class Trainer:
             self._init_weights(init_weights)
         self.unit = config.training.unit
         self.steps_per_epoch = sum(len(data.train_sampler) for data in self.task_data.values())
-        self.total_steps = (config.training.numb_steps if self.unit == "steps"
-                            else config.training.numb_epochs * self.steps_per_epoch)
-        self.plan = StagePlan(config.stages(), self.unit)
+        training = config.training
+        if training.sampler_epochs is not None:  # DeePMD numb_epoch: counted on the system sampler
+            self.total_steps = self.data.train_sampler.steps_for_epochs(training.sampler_epochs)
+        else:
+            self.total_steps = training.numb_steps if self.unit == "steps" else training.numb_epochs * self.steps_per_epoch
+        self.plan = StagePlan(config.stages(self.total_steps if self.unit == "steps" else None), self.unit)
         # labels of every stage's loss: fixed log columns even when stages change the terms
         self.task_labels = {
             name: tuple(dict.fromkeys(label for stage in self.plan.stages

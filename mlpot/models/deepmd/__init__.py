@@ -2,15 +2,22 @@
 their model-section keys, and fine-tuning by type name.
 
 The component registries are filled here, explicitly and in one place: descriptors by name
-(``DESCRIPTORS``, aliases as in DeePMD-kit) and fitting nets (``FITTINGS``).
+(``DESCRIPTORS``, aliases as in DeePMD-kit) and fitting nets (``FITTINGS``). The family's hooks for
+``mlpot.models.registry`` (section check, builders, data resolution, fine-tuning) are exported here.
 """
 
+from mlpot.models.deepmd.builders import build_standard
+from mlpot.models.deepmd.data_hooks import prepare_finetune_hook as prepare_finetune
+from mlpot.models.deepmd.data_hooks import resolve_from_data
 from mlpot.models.deepmd.descriptors import (DESCRIPTORS, DescriptorHybrid, DescriptorSeA, DescriptorSeAtten,
                                              DescriptorSeAttenV2, DescriptorSeE3, DescriptorSeR)
 from mlpot.models.deepmd.fitting import FITTINGS, DosFitting, EnerFitting
+from mlpot.models.deepmd.keys import check_model_section
+from mlpot.models.deepmd.multitask import build_multi_task
 from mlpot.models.deepmd.tensor_fitting import DipoleFitting, PolarFitting
 
-__all__ = ["DESCRIPTORS", "FITTINGS"]
+__all__ = ["DESCRIPTORS", "FITTINGS", "build_standard", "build_multi_task", "check_model_section", "resolve_from_data",
+           "prepare_finetune"]
 
 
 def _register_components() -> None:

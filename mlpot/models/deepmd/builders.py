@@ -16,30 +16,13 @@ import torch
 
 from mlpot.errors import ConfigError
 from mlpot.models.base import check_type_map
-from mlpot.models.deepmd.config_keys import REQUIRED, read_section, resolve_sel
+from mlpot.models.deepmd.keys import STANDARD_KEYS, resolve_sel
+from mlpot.models.sections import read_section
 from mlpot.models.deepmd.descriptors import DESCRIPTORS
 from mlpot.models.deepmd.fitting import FITTINGS
 from mlpot.models.deepmd.standard import StandardModel
 
 __all__ = ["build_standard", "resolve_auto_sel", "descriptor_section"]
-
-STANDARD_DEFAULTS = {
-    "type_map": REQUIRED,
-    "descriptor": REQUIRED,
-    "fitting_net": REQUIRED,
-    "data_stat_nbatch": 10,
-    "data_stat_protect": 1e-2,
-    "data_bias_nsample": 10,
-    "pair_exclude_types": [],
-    "atom_exclude_types": [],
-    "type_embedding": None,
-}
-STANDARD_UNSUPPORTED = {
-    "preset_out_bias": None,
-    "modifier": None, "spin": None, "compress": None,
-    "finetune_head": None, "use_compression": None,
-}
-
 
 def descriptor_section(model_config: Dict[str, Any]) -> Dict[str, Any]:
     """The ``descriptor`` mapping of a standard model section (ConfigError when malformed)."""
@@ -51,7 +34,7 @@ def descriptor_section(model_config: Dict[str, Any]) -> Dict[str, Any]:
 
 def build_standard(config: Dict[str, Any], dtype: torch.dtype) -> StandardModel:
     """A StandardModel (descriptor + fitting) from a ``standard`` model section."""
-    values = read_section(config, "model", STANDARD_DEFAULTS, unsupported=STANDARD_UNSUPPORTED)
+    values = read_section(config, "model", STANDARD_KEYS, "StandardModelSection")
     type_map = check_type_map(values["type_map"])
     n_types = len(type_map)
     section = dict(descriptor_section(config))
@@ -70,10 +53,33 @@ def build_standard(config: Dict[str, Any], dtype: torch.dtype) -> StandardModel:
     fitting_section = values["fitting_net"]
     if not isinstance(fitting_section, dict):
         raise ConfigError("needs a mapping", key="model/fitting_net")
+    if values["preset_out_bias"] is not None:
+        fitting_section = _with_preset_out_bias(fitting_section, values["preset_out_bias"], n_types)
     fitting_cls = FITTINGS.get(fitting_section.get("type", "ener"), key="model/fitting_net/type")
     fitting = fitting_cls.from_config(fitting_section, n_types, descriptor, dtype)
     return StandardModel(type_map, descriptor, fitting, config, atom_exclude_types=values["atom_exclude_types"],
                          data_stat_protect=values["data_stat_protect"])
+
+
+def _with_preset_out_bias(fitting: Dict[str, Any], preset: Any, n_types: int) -> Dict[str, Any]:
+    """model/preset_out_bias (DeePMD-kit PT, ``{"energy": [null or value per type]}``) as the
+    fitting's ``preset_out_bias`` list: those types keep the value as their bias and are subtracted
+    before the least-squares fit of the rest (spec §3); unlike ``atom_ener`` the net's vacuum output
+    is not removed (DeePMD-kit PT only sets the bias)."""
+    key = "model/preset_out_bias"
+    output = {"ener": "energy", "dos": "dos"}.get(fitting.get("type", "ener"))
+    if output is None:
+        raise ConfigError(f"not supported yet: model/preset_out_bias with fitting_net/type={fitting['type']}", key=key)
+    if not isinstance(preset, dict) or set(preset) - {output}:
+        raise ConfigError(f'expected {{"{output}": [null or value per type]}}', key=key)
+    values = preset.get(output)
+    if values is None:
+        return fitting
+    if not isinstance(values, list) or len(values) != n_types:
+        raise ConfigError(f"needs one entry (null or a value) per type of type_map ({n_types})", key=f"{key}/{output}")
+    if fitting.get("preset_out_bias") is not None:
+        raise ConfigError("given twice: as model/preset_out_bias and fitting_net/preset_out_bias", key=key)
+    return dict(fitting, preset_out_bias=values)
 
 
 def resolve_auto_sel(model_config: Dict[str, Any], max_neighbors: Sequence[int]) -> Dict[str, Any]:

@@ -26,7 +26,9 @@ from mlpot.data.keys import (
     APARAM, ATOM_DOS, ATOM_ENERGY, DOS, ENERGY, FPARAM,
 )
 from mlpot.errors import ConfigError
-from mlpot.models.output_bias import OutputBias, least_squares_bias, set_by_statistic
+from mlpot.models.deepmd.keys import FIT_DOS, FIT_ENER, resolve_precision
+from mlpot.models.output_bias import OutputBias, set_by_statistic
+from mlpot.models.sections import read_section
 from mlpot.nn import FittingNet, Registry, gather_rows
 
 __all__ = ["FITTINGS", "InvariantFitting", "EnerFitting", "DosFitting"]
@@ -216,28 +218,9 @@ class DosFitting(InvariantFitting):
 
 
 # ---- configuration ------------------------------------------------------------------------
-INVARIANT_DEFAULTS = {
-    "neuron": [120, 120, 120],
-    "activation_function": "tanh",
-    "precision": "default",
-    "resnet_dt": True,
-    "numb_fparam": 0,
-    "numb_aparam": 0,
-    "rcond": None,
-    "atom_ener": None,
-    "preset_out_bias": None,
-    "trainable": True,
-    "seed": None,
-}
-FITTING_ALIASES = {"n_neuron": "neuron"}
-FITTING_UNSUPPORTED = {"dim_case_embd": 0, "use_aparam_as_mask": False, "default_fparam": None, "layer_name": None}
-
-
-def _invariant_from_config(cls, section, n_types, descriptor, dtype, path="model/fitting_net", extra=None):
-    from mlpot.models.deepmd.config_keys import read_section, resolve_precision
-
-    defaults = dict(INVARIANT_DEFAULTS, **(extra or {}))
-    values = read_section(section, path, defaults, aliases=FITTING_ALIASES, unsupported=FITTING_UNSUPPORTED)
+def _invariant_from_config(cls, section, n_types, descriptor, dtype, path="model/fitting_net", table=FIT_ENER):
+    values = read_section(section, path, table, f"{cls.__name__}Section")
+    values.pop("type")
     dtype = resolve_precision(values.pop("precision"), dtype, path)
     trainable = values.pop("trainable")
     n_layers = len(values["neuron"]) + 1
@@ -253,7 +236,7 @@ def _ener_from_config(cls, section, n_types, descriptor, dtype, path="model/fitt
 
 
 def _dos_from_config(cls, section, n_types, descriptor, dtype, path="model/fitting_net"):
-    values, dtype, trainable = _invariant_from_config(cls, section, n_types, descriptor, dtype, path, {"numb_dos": 300})
+    values, dtype, trainable = _invariant_from_config(cls, section, n_types, descriptor, dtype, path, FIT_DOS)
     n_out = int(values.pop("numb_dos"))
     return cls(n_types, descriptor.dim_out, n_out, values.pop("neuron"), trainable=trainable, dtype=dtype,
                mixed_types=getattr(descriptor, "mixed_types", False), **values)

@@ -17,17 +17,12 @@ import torch
 
 from mlpot.data.keys import ATOM_TYPES, ATOMIC_DIPOLE, ATOMIC_POLARIZABILITY, BATCH, DIPOLE, POLARIZABILITY, weight_key
 from mlpot.errors import ConfigError
-from mlpot.models.deepmd.fitting import FITTING_UNSUPPORTED, InvariantFitting
+from mlpot.models.deepmd.fitting import InvariantFitting
+from mlpot.models.deepmd.keys import FIT_DIPOLE, FIT_POLAR, resolve_precision
+from mlpot.models.sections import read_section
 from mlpot.models.output_bias import least_squares_bias
 
 __all__ = ["DipoleFitting", "PolarFitting"]
-
-TENSOR_DEFAULTS = {
-    "neuron": [120, 120, 120], "activation_function": "tanh", "precision": "default", "resnet_dt": True,
-    "numb_fparam": 0, "numb_aparam": 0, "sel_type": None, "seed": None, "trainable": True,
-}
-TENSOR_UNSUPPORTED = dict(FITTING_UNSUPPORTED, r_differentiable=None, c_differentiable=None, exclude_types=None)
-
 
 class _TensorFitting(InvariantFitting):
     """Per-type nets with ``n_out`` outputs and a ``sel_type`` mask; no energy-like bias."""
@@ -46,11 +41,9 @@ class _TensorFitting(InvariantFitting):
         return out * self.selected[types].unsqueeze(-1).to(out.dtype)
 
     @classmethod
-    def _values(cls, section, n_types, descriptor, dtype, path, extra=None):
-        from mlpot.models.deepmd.config_keys import read_section, resolve_precision
-
-        values = read_section(section, path, dict(TENSOR_DEFAULTS, **(extra or {})), aliases={"n_neuron": "neuron"},
-                              unsupported=TENSOR_UNSUPPORTED)
+    def _values(cls, section, n_types, descriptor, dtype, path, table):
+        values = read_section(section, path, table, f"{cls.__name__}Section")
+        values.pop("type")
         values["dtype"] = resolve_precision(values.pop("precision"), dtype, path)
         values["mixed_types"] = getattr(descriptor, "mixed_types", False)
         return values
@@ -67,7 +60,7 @@ class DipoleFitting(_TensorFitting):
 
     @classmethod
     def from_config(cls, section, n_types, descriptor, dtype, path="model/fitting_net"):
-        values = cls._values(section, n_types, descriptor, dtype, path)
+        values = cls._values(section, n_types, descriptor, dtype, path, FIT_DIPOLE)
         return cls(n_types, descriptor.dim_out, descriptor.dim_rot, values.pop("neuron"), **values)
 
     def forward(self, descriptor, rot, types, frame, fparam=None, aparam=None) -> torch.Tensor:
@@ -97,7 +90,7 @@ class PolarFitting(_TensorFitting):
 
     @classmethod
     def from_config(cls, section, n_types, descriptor, dtype, path="model/fitting_net"):
-        values = cls._values(section, n_types, descriptor, dtype, path, {"fit_diag": True, "scale": 1.0, "shift_diag": True})
+        values = cls._values(section, n_types, descriptor, dtype, path, FIT_POLAR)
         return cls(n_types, descriptor.dim_out, descriptor.dim_rot, values.pop("neuron"), **values)
 
     def forward(self, descriptor, rot, types, frame, fparam=None, aparam=None) -> torch.Tensor:

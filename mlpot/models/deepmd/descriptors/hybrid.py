@@ -12,7 +12,8 @@ from typing import Any, Dict, Optional, Tuple
 import torch
 
 from mlpot.errors import ConfigError
-from mlpot.models.deepmd.config_keys import read_section
+from mlpot.models.deepmd.keys import HYBRID
+from mlpot.models.sections import read_section
 from mlpot.models.deepmd.descriptors.base import DESCRIPTORS, Descriptor
 
 __all__ = ["DescriptorHybrid"]
@@ -37,7 +38,7 @@ class DescriptorHybrid(Descriptor):
 
     @classmethod
     def from_config(cls, section: Dict[str, Any], n_types: int, dtype: torch.dtype, path: str = "model/descriptor"):
-        values = read_section(section, path, {"list": []})
+        values = read_section(section, path, HYBRID, "HybridSection")
         if not isinstance(values["list"], list) or not values["list"]:
             raise ConfigError("must be a non-empty list of descriptor sections", key=f"{path}/list")
         children = []

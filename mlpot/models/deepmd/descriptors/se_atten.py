@@ -38,7 +38,8 @@ import torch
 
 from mlpot.data.keys import ATOM_TYPES, EDGE_INDEX
 from mlpot.errors import ConfigError
-from mlpot.models.deepmd.config_keys import REQUIRED, key_path, read_section, resolve_precision
+from mlpot.models.deepmd.keys import SE_ATTEN, SE_ATTEN_V2, resolve_precision
+from mlpot.models.sections import read_section
 from mlpot.models.deepmd.descriptors.base import DESCRIPTORS, EnvMatrixDescriptor
 from mlpot.models.deepmd.descriptors.env import environment_matrix, select_neighbors
 from mlpot.models.deepmd.type_embedding import TypeEmbedding
@@ -46,20 +47,6 @@ from mlpot.nn import EmbeddingNet, MLPLayer, gather_rows, smooth_switch
 
 __all__ = ["DescriptorSeAtten", "DescriptorSeAttenV2", "NeighborAttentionLayer"]
 
-SE_ATTEN_DEFAULTS = {
-    "sel": REQUIRED, "rcut": 6.0, "rcut_smth": 0.5, "neuron": [10, 20, 40], "axis_neuron": 4,
-    "activation_function": "tanh", "resnet_dt": False, "type_one_side": False, "precision": "default",
-    "trainable": True, "seed": None, "exclude_types": [], "env_protection": 0.0, "set_davg_zero": True,
-    "tebd_dim": 8, "tebd_input_mode": "concat", "attn": 128, "attn_layer": 2, "attn_dotr": True,
-    "scaling_factor": 1.0, "normalize": True, "temperature": None, "concat_output_tebd": True,
-    "trainable_ln": True, "ln_eps": None, "use_tebd_bias": False, "smooth_type_embedding": False,
-    "stripped_type_embedding": None, "attn_mask": False,
-}
-SE_ATTEN_ALIASES = {"n_axis_neuron": "axis_neuron", "smooth_type_embdding": "smooth_type_embedding"}
-SE_ATTEN_UNSUPPORTED = {"use_econf_tebd": False}
-# se_atten_v2 = se_atten with strip mode and smooth type embedding fixed on, davg not forced to 0
-SE_ATTEN_V2_DEFAULTS = {k: v for k, v in SE_ATTEN_DEFAULTS.items() if k not in ("smooth_type_embedding", "stripped_type_embedding")}
-SE_ATTEN_V2_DEFAULTS.update(set_davg_zero=False, tebd_input_mode="strip")
 ATTENTION_SHIFT = 20.0  # the logit shift of the smooth attention (DeePMD-kit's attnw_shift)
 
 
@@ -131,12 +118,12 @@ class DescriptorSeAtten(EnvMatrixDescriptor):
         super().__init__()
         nsel = int(sum(sel)) if isinstance(sel, (list, tuple)) else int(sel)
         if nsel <= 0:
-            raise ConfigError(f"must be a positive int, got {sel!r}", key=key_path(path, "sel"))
+            raise ConfigError(f"must be a positive int, got {sel!r}", key=f"{path}/sel")
         # one mixed section: the per-type bookkeeping of the base class sees sel as [nsel, 0, ...]
         self._init_env(n_types, rcut, rcut_smth, [nsel] + [0] * (n_types - 1), env_protection, set_davg_zero, exclude_types, dtype)
         self.sel = [nsel]
         if tebd_input_mode not in ("concat", "strip"):
-            raise ConfigError(f"expected 'concat' or 'strip', got {tebd_input_mode!r}", key=key_path(path, "tebd_input_mode"))
+            raise ConfigError(f"expected 'concat' or 'strip', got {tebd_input_mode!r}", key=f"{path}/tebd_input_mode")
         self.neuron = [int(n) for n in neuron]
         self.m1, self.m2 = self.neuron[-1], int(axis_neuron)
         if self.m2 > self.m1:
@@ -167,9 +154,11 @@ class DescriptorSeAtten(EnvMatrixDescriptor):
 
     @classmethod
     def from_config(cls, section: Dict[str, Any], n_types: int, dtype: torch.dtype, path: str = "model/descriptor"):
-        values = read_section(section, path, SE_ATTEN_DEFAULTS, aliases=SE_ATTEN_ALIASES, unsupported=SE_ATTEN_UNSUPPORTED,
-                              ignore=("type", "type_map"))
-        stripped = values.pop("stripped_type_embedding")
+        values = read_section(section, path, SE_ATTEN, "SeAttenSection")
+        values.pop("type")
+        stripped, compressible = values.pop("stripped_type_embedding"), values.pop("compressible")
+        if stripped is None:  # examples/water/hybrid's older spelling of the compressible (strip) input
+            stripped = compressible
         if stripped is not None:  # deprecated DeePMD-kit spelling of tebd_input_mode
             values["tebd_input_mode"] = "strip" if stripped else "concat"
         return cls._build(values, n_types, dtype, section, path)
@@ -178,7 +167,7 @@ class DescriptorSeAtten(EnvMatrixDescriptor):
     def _build(cls, values, n_types, dtype, section, path):
         dtype = resolve_precision(values.pop("precision"), dtype, path)
         if isinstance(values["sel"], str):
-            raise ConfigError("sel 'auto' must be resolved from data first (mlpot.models.deepmd.builders.resolve_auto_sel)", key=key_path(path, "sel"))
+            raise ConfigError("sel 'auto' must be resolved from data first (mlpot.models.deepmd.builders.resolve_auto_sel)", key=f"{path}/sel")
         return cls(n_types, dtype=dtype, config=dict(section), path=path, **values)
 
     # ---- environment ---------------------------------------------------------------------------
@@ -250,10 +239,10 @@ class DescriptorSeAttenV2(DescriptorSeAtten):
 
     @classmethod
     def from_config(cls, section: Dict[str, Any], n_types: int, dtype: torch.dtype, path: str = "model/descriptor"):
-        values = read_section(section, path, SE_ATTEN_V2_DEFAULTS, aliases=SE_ATTEN_ALIASES, unsupported=SE_ATTEN_UNSUPPORTED,
-                              ignore=("type", "type_map"))
+        values = read_section(section, path, SE_ATTEN_V2, "SeAttenV2Section")
+        values.pop("type")
         if values["tebd_input_mode"] != "strip":
-            raise ConfigError("se_atten_v2 always uses 'strip' (use se_atten for 'concat')", key=key_path(path, "tebd_input_mode"))
+            raise ConfigError("se_atten_v2 always uses 'strip' (use se_atten for 'concat')", key=f"{path}/tebd_input_mode")
         values["smooth_type_embedding"] = True
         return cls._build(values, n_types, dtype, section, path)
 

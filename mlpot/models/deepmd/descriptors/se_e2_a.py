@@ -16,7 +16,8 @@ from typing import Any, Dict, List, Optional, Tuple
 import torch
 
 from mlpot.data.keys import ATOM_TYPES, EDGE_INDEX, EDGE_SHIFTS
-from mlpot.models.deepmd.config_keys import REQUIRED, read_section, resolve_precision, resolve_sel
+from mlpot.models.deepmd.keys import SE_E2_A, TYPE_EMBEDDING_KEYS, resolve_precision, resolve_sel
+from mlpot.models.sections import read_section
 from mlpot.models.deepmd.descriptors.base import DESCRIPTORS, EnvMatrixDescriptor
 from mlpot.errors import ConfigError
 from mlpot.models.deepmd.descriptors.env import undirected_pair_key
@@ -24,31 +25,6 @@ from mlpot.models.deepmd.type_embedding import TypeEmbedding
 from mlpot.nn import EmbeddingNet, gather_rows
 
 __all__ = ["DescriptorSeA"]
-
-SE_A_DEFAULTS = {
-    "sel": REQUIRED,
-    "rcut": 6.0,
-    "rcut_smth": 0.5,
-    "neuron": [10, 20, 40],
-    "axis_neuron": 4,
-    "activation_function": "tanh",
-    "resnet_dt": False,
-    "type_one_side": False,
-    "precision": "default",
-    "trainable": True,
-    "seed": None,
-    "exclude_types": [],
-    "env_protection": 0.0,
-    "set_davg_zero": False,
-}
-SE_A_ALIASES = {"n_axis_neuron": "axis_neuron"}
-# model/type_embedding (TensorFlow-era section; DeePMD-kit docs "type embedding approach")
-TYPE_EMBEDDING_DEFAULTS = {
-    "neuron": [8], "activation_function": "tanh", "resnet_dt": False, "precision": "default",
-    "trainable": True, "seed": None, "use_tebd_bias": False, "use_econf_tebd": False,
-}
-SE_A_UNSUPPORTED = {"tebd_input_mode": None, "spin": None}
-
 
 class DescriptorSeA(EnvMatrixDescriptor):
     """se_e2_a descriptor.
@@ -109,13 +85,12 @@ class DescriptorSeA(EnvMatrixDescriptor):
     def from_config(cls, section: Dict[str, Any], n_types: int, dtype: torch.dtype, path: str = "model/descriptor",
                     type_embedding: Optional[Dict[str, Any]] = None):
         """``type_embedding``: the TF-style ``model/type_embedding`` section (se_e2_a only)."""
-        values = read_section(section, path, SE_A_DEFAULTS, aliases=SE_A_ALIASES, unsupported=SE_A_UNSUPPORTED)
+        values = read_section(section, path, SE_E2_A, "SeE2ASection")
+        values.pop("type")
         dtype = resolve_precision(values.pop("precision"), dtype, path)
         values["sel"] = resolve_sel(values["sel"], n_types, path)
         if type_embedding is not None:
-            tebd = read_section(type_embedding, "model/type_embedding", TYPE_EMBEDDING_DEFAULTS,
-                                unsupported={"use_econf_tebd": False})
-            tebd.pop("use_econf_tebd")
+            tebd = read_section(type_embedding, "model/type_embedding", TYPE_EMBEDDING_KEYS, "TypeEmbeddingSection")
             tebd_dtype = resolve_precision(tebd.pop("precision"), dtype, "model/type_embedding")
             if tebd_dtype != dtype:
                 raise ConfigError("the type embedding must have the descriptor's precision",

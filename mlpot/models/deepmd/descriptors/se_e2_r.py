@@ -12,14 +12,14 @@ from typing import Any, Dict, Tuple
 import torch
 
 from mlpot.data.keys import ATOM_TYPES, EDGE_INDEX, EDGE_SHIFTS
-from mlpot.models.deepmd.config_keys import read_section, resolve_precision, resolve_sel
+from mlpot.models.deepmd.keys import SE_E2_R, resolve_precision, resolve_sel
+from mlpot.models.sections import read_section
 from mlpot.models.deepmd.descriptors.base import DESCRIPTORS
 from mlpot.models.deepmd.descriptors.env import undirected_pair_key
-from mlpot.models.deepmd.descriptors.se_e2_a import SE_A_DEFAULTS, DescriptorSeA
+from mlpot.models.deepmd.descriptors.se_e2_a import DescriptorSeA
 
 __all__ = ["DescriptorSeR"]
 
-SE_R_DEFAULTS = {k: v for k, v in SE_A_DEFAULTS.items() if k != "axis_neuron"}
 SE_R_FACTOR = 0.2  # DeePMD-kit's hard-coded 1/5 [COMPAT]
 
 
@@ -36,7 +36,8 @@ class DescriptorSeR(DescriptorSeA):
 
     @classmethod
     def from_config(cls, section: Dict[str, Any], n_types: int, dtype: torch.dtype, path: str = "model/descriptor"):
-        values = read_section(section, path, SE_R_DEFAULTS, unsupported={"spin": None})
+        values = read_section(section, path, SE_E2_R, "SeE2RSection")
+        values.pop("type")
         dtype = resolve_precision(values.pop("precision"), dtype, path)
         values["sel"] = resolve_sel(values["sel"], n_types, path)
         return cls(n_types, dtype=dtype, config=dict(section), **values)

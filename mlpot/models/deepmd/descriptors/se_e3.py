@@ -21,26 +21,13 @@ from typing import Any, Dict, Optional, Tuple
 
 import torch
 
-from mlpot.models.deepmd.config_keys import REQUIRED, read_section, resolve_precision, resolve_sel
+from mlpot.models.deepmd.keys import SE_E3, resolve_precision, resolve_sel
+from mlpot.models.sections import read_section
 from mlpot.models.deepmd.descriptors.base import DESCRIPTORS, EnvMatrixDescriptor
 from mlpot.nn import EmbeddingNet
 
 __all__ = ["DescriptorSeE3"]
 
-SE_E3_DEFAULTS = {
-    "sel": REQUIRED,
-    "rcut": 6.0,
-    "rcut_smth": 0.5,
-    "neuron": [10, 20, 40],
-    "activation_function": "tanh",
-    "resnet_dt": False,
-    "trainable": True,
-    "seed": None,
-    "exclude_types": [],
-    "env_protection": 0.0,
-    "set_davg_zero": False,
-    "precision": "default",
-}
 
 
 class DescriptorSeE3(EnvMatrixDescriptor):
@@ -85,7 +72,8 @@ class DescriptorSeE3(EnvMatrixDescriptor):
 
     @classmethod
     def from_config(cls, section: Dict[str, Any], n_types: int, dtype: torch.dtype, path: str = "model/descriptor"):
-        values = read_section(section, path, SE_E3_DEFAULTS)
+        values = read_section(section, path, SE_E3, "SeE3Section")
+        values.pop("type")
         dtype = resolve_precision(values.pop("precision"), dtype, path)
         values["sel"] = resolve_sel(values["sel"], n_types, path)
         return cls(n_types, dtype=dtype, config=dict(section), **values)

@@ -20,9 +20,8 @@
    env statistics (davg/dstd) are the pretrained ones. ``RANDOM`` re-initialises the fitting net
    (descriptor kept) and sets the bias by statistic from the labels instead, as DeePMD-kit does.
 
-:func:`change_energy_bias` is the shared bias update (also ``mlpot change-bias``): modes
-``change`` (change-by-statistic), ``set`` (set-by-statistic: least squares on the raw labels) or
-user values. Biases are in eV per atom of each type.
+The bias update itself is the family-neutral ``mlpot.models.output_bias.change_energy_bias`` (also
+``mlpot change-bias``). Biases are in eV per atom of each type.
 """
 
 from __future__ import annotations
@@ -37,8 +36,7 @@ from mlpot.data import keys as K
 from mlpot.errors import CheckpointError, ConfigError
 
 __all__ = ["RANDOM_BRANCH", "prepare_finetune", "select_branch", "type_index", "remap_model_section",
-           "remap_state_dict", "check_model_sections", "energy_bias", "refit_energy_bias",
-           "change_energy_bias", "finetune_bias"]
+           "remap_state_dict", "check_model_sections", "finetune_bias"]
 
 RANDOM_BRANCH = "RANDOM"
 # keys that do not shape the network or its weights (the statistics are not recomputed)
@@ -254,63 +252,6 @@ def prepare_finetune(config, pretrained: torch.nn.Module, *, branch: Optional[st
 
 
 # ---- energy bias ----------------------------------------------------------------------------
-def energy_bias(model: torch.nn.Module):
-    """The per-type energy bias (:class:`~mlpot.models.output_bias.OutputBias`) of a single-task
-    model, or None when it has none (dipole, polar, dos, a bare pair table)."""
-    bias = model.output_bias() if hasattr(model, "output_bias") else None
-    return bias if bias is not None and bias.frame_key == K.ENERGY else None
-
-
-def _energy_bias(model: torch.nn.Module, file: Optional[str]):
-    bias = energy_bias(model)
-    if bias is None:
-        raise ConfigError("the model has no energy bias (bias changes need an energy model)", file=file,
-                          key="model/fitting_net")
-    return bias
-
-
-def refit_energy_bias(model: torch.nn.Module, batches: Sequence[Dict[str, torch.Tensor]]) -> Optional[np.ndarray]:
-    """Change-by-statistic on a single-task energy model, in place: predict the frames of
-    ``batches`` (CPU collated batches with neighbour lists) in eval mode and add the least-squares
-    per-type fit of label - prediction to the model's output bias (composite models included).
-    Returns the shift (n_types, 1) in eV per atom, or None when no frame has an energy label."""
-    from mlpot.models.output_bias import change_by_statistic
-
-    return change_by_statistic(model, _energy_bias(model, None), batches)
-
-
-def change_energy_bias(model: torch.nn.Module, batches: Sequence[Dict[str, torch.Tensor]], mode: str = "change",
-                       values: Optional[Sequence[float]] = None, file: Optional[str] = None
-                       ) -> Tuple[np.ndarray, np.ndarray]:
-    """Change the energy bias of ``model`` (a single-task energy model) in place; returns (old, new)
-    biases (n_types,) in eV per atom.
-
-    mode "change": add the least-squares per-type fit of label - prediction over ``batches``
-    (CPU collated batches with neighbour lists); "set": the least-squares fit of the raw labels
-    (also sets out_std); ``values`` (one per type, type_map order): set the bias to them.
-    Types with an atom_ener / preset_out_bias keep theirs in the statistic modes.
-    """
-    from mlpot.models.output_bias import set_by_statistic
-
-    bias = _energy_bias(model, file)
-    old = bias.values[:, 0].detach().cpu().numpy().copy()
-    if values is not None:
-        if len(values) != bias.n_types:
-            raise ConfigError(f"{len(values)} bias values for {bias.n_types} types ({list(model.type_map)})",
-                              file=file, key="--bias-value")
-        with torch.no_grad():
-            bias.values[:, 0] = torch.as_tensor(values, dtype=bias.values.dtype)
-    elif mode == "set":
-        if set_by_statistic(bias, batches) is None:
-            raise ConfigError("no frame of the data has an energy label", file=file, key="energy")
-    elif mode == "change":
-        if refit_energy_bias(model, batches) is None:
-            raise ConfigError("no frame of the data has an energy label", file=file, key="energy")
-    else:
-        raise ConfigError(f"unknown mode {mode!r} (change or set)", file=file, key="--mode")
-    return old, bias.values[:, 0].detach().cpu().numpy().copy()
-
-
 def finetune_bias(model: torch.nn.Module, batches: Sequence[Dict[str, torch.Tensor]], random_fitting: bool,
                   write=print, file: Optional[str] = None) -> Tuple[np.ndarray, np.ndarray]:
     """The bias update before fine-tuning: change-by-statistic, or with a re-initialised fitting
@@ -331,6 +272,8 @@ def finetune_bias(model: torch.nn.Module, batches: Sequence[Dict[str, torch.Tens
         new = model.fitting.bias_atom[:, 0].detach().cpu().numpy().copy()
         mode = "set-by-statistic (random fitting)"
     else:
+        from mlpot.models.output_bias import change_energy_bias
+
         old, new = change_energy_bias(model, batches, "change", file=file)
         mode = "change-by-statistic"
     write(f"fine-tuning: energy bias {mode}: " + ", ".join(

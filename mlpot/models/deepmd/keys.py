@@ -1,0 +1,287 @@
+"""The DeePMD family's model-section keys, listed once: defaults, aliases, status, notes.
+
+Every key of DeePMD-kit 3.2's ``model`` section that mlpot knows (spec deepmd.md §2-3, §5.1), per
+descriptor type, fitting type and model type. The builders read their sections through these tables
+(``mlpot.models.sections.read_section``), the native config validates the ``model`` section with the
+pydantic classes generated from them, and the DeePMD-kit front-end (``mlpot/config/deepmd.py``) and
+docs/deepmd_keys.md use the same records. Status ``not supported yet`` keys are accepted only with
+their neutral value (DeePMD's default, which requests nothing).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, List, Optional, Sequence, Union
+
+import torch
+
+from mlpot.data.statistics import auto_sel
+from mlpot.errors import ConfigError, suggest
+from mlpot.models.compose import FROZEN_KEYS, LINEAR_KEYS
+from mlpot.models.pair import PAIRTAB_KEYS
+from mlpot.models.sections import REQUIRED, Key, ignored, key, read_section, unsupported
+
+__all__ = ["DESCRIPTOR_KEYS", "DESCRIPTOR_ALIASES", "FITTING_KEYS", "STANDARD_KEYS", "TYPE_EMBEDDING_KEYS",
+           "LINEAR_KEYS", "PAIRTAB_KEYS", "FROZEN_KEYS", "MULTI_TASK_KEYS", "MODEL_TYPE_KEYS", "DPA1_LEGACY_KEYS",
+           "UNBUILT_DESCRIPTORS", "UNBUILT_FITTINGS", "UNBUILT_MODELS", "resolve_precision", "resolve_sel",
+           "check_model_section"]
+
+Number = float
+Neurons = List[int]
+
+# ---- descriptors (model/descriptor) -----------------------------------------------------------------
+_SMOOTH_ENV: Dict[str, Key] = {
+    "type": key(REQUIRED),
+    "sel": key(REQUIRED, note='list, int, "auto" or "auto:factor" (rounded up to a multiple of 4)'),
+    "rcut": key(6.0, note="Å", annotation=Number),
+    "rcut_smth": key(0.5, note="Å", annotation=Number),
+    "neuron": key([10, 20, 40], annotation=Neurons),
+    "activation_function": key("tanh", annotation=str),
+    "resnet_dt": key(False, annotation=bool),
+    "precision": key("default", note='"default", "float64" or "float32"', annotation=str),
+    "trainable": key(True, annotation=bool),
+    "seed": key(None, annotation=Optional[int]),
+    "exclude_types": key([], annotation=List[List[int]]),
+    "env_protection": key(0.0, annotation=Number),
+    "set_davg_zero": key(False, annotation=bool),
+}
+SE_E2_A: Dict[str, Key] = {
+    **_SMOOTH_ENV,
+    "axis_neuron": key(4, "n_axis_neuron", annotation=int),
+    "type_one_side": key(False, annotation=bool),
+    "tebd_input_mode": unsupported(None, note="a type-embedding key (se_e2_a takes model/type_embedding)"),
+    "spin": unsupported(None),
+}
+SE_E2_R: Dict[str, Key] = {**_SMOOTH_ENV, "type_one_side": key(False, annotation=bool), "spin": unsupported(None)}
+SE_E3: Dict[str, Key] = dict(_SMOOTH_ENV)
+_ATTENTION: Dict[str, Key] = {
+    **_SMOOTH_ENV,
+    "axis_neuron": key(4, "n_axis_neuron", annotation=int),
+    "type_one_side": key(False, annotation=bool),
+    "set_davg_zero": key(True, annotation=bool),
+    "tebd_dim": key(8, annotation=int),
+    "tebd_input_mode": key("concat", annotation=str),
+    "attn": key(128, annotation=int),
+    "attn_layer": key(2, annotation=int),
+    "attn_dotr": key(True, annotation=bool),
+    "attn_mask": key(False, note="zero the diagonal attention weights (a neighbour does not attend to itself)",
+                     annotation=bool),
+    "scaling_factor": key(1.0, annotation=Number),
+    "normalize": key(True, annotation=bool),
+    "temperature": key(None, annotation=Optional[Number]),
+    "concat_output_tebd": key(True, annotation=bool),
+    "trainable_ln": key(True, annotation=bool),
+    "ln_eps": key(None, annotation=Optional[Number]),
+    "use_econf_tebd": unsupported(False),
+    "use_tebd_bias": key(False, note="bias in the type-embedding layer", annotation=bool),
+    "type_map": ignored(note="taken from model/type_map"),
+}
+# keys of the early PyTorch DPA-1 inputs (DeePMD-kit's examples/water/se_atten/input_torch.json): the
+# values that describe mlpot's attention layer (post-layer-norm, one head, no feed-forward block) are
+# accepted, any other value is "not supported yet"
+_DPA1_LEGACY: Dict[str, Key] = {
+    "post_ln": unsupported(True, note="layer norm after each attention layer (true: mlpot's layer); false not supported yet"),
+    "ffn": unsupported(False, note="feed-forward block in the attention layer: not supported yet"),
+    "ffn_embed_dim": ignored(note="width of the feed-forward block; only read with ffn true"),
+    "head_num": unsupported(1, note="attention heads: 1 (mlpot's layer); more not supported yet"),
+    "return_rot": ignored(note="also return the rotation matrix; mlpot's descriptor always provides it to tensor fittings"),
+}
+DPA1_LEGACY_KEYS = tuple(_DPA1_LEGACY)
+SE_ATTEN: Dict[str, Key] = {
+    **_ATTENTION,
+    **_DPA1_LEGACY,
+    "smooth_type_embedding": key(False, "smooth_type_embdding", annotation=bool),
+    "stripped_type_embedding": key(None, note="deprecated: true = tebd_input_mode strip, false = concat",
+                                   annotation=Optional[bool]),
+    "compressible": key(None, note="older spelling of the compressible (strip) type-embedding input: true = "
+                        "tebd_input_mode strip (examples/water/hybrid)", annotation=Optional[bool]),
+}
+# se_atten_v2 = se_atten with strip mode and smooth type embedding fixed on, davg not forced to 0
+SE_ATTEN_V2: Dict[str, Key] = {**_ATTENTION, "set_davg_zero": key(False, annotation=bool),
+                               "tebd_input_mode": key("strip", note='"strip" only (v2 is strip + smooth)', annotation=str)}
+HYBRID: Dict[str, Key] = {"type": key(REQUIRED), "list": key(REQUIRED, annotation=list)}
+
+DESCRIPTOR_KEYS: Dict[str, Dict[str, Key]] = {
+    "se_e2_a": SE_E2_A, "se_e2_r": SE_E2_R, "se_e3": SE_E3, "se_atten": SE_ATTEN, "se_atten_v2": SE_ATTEN_V2,
+    "hybrid": HYBRID,
+}
+DESCRIPTOR_ALIASES = {"se_a": "se_e2_a", "se_r": "se_e2_r", "se_at": "se_e3", "se_a_3be": "se_e3", "se_t": "se_e3",
+                      "dpa1": "se_atten"}
+# descriptor types of DeePMD-kit that mlpot does not build (any section of them is refused)
+UNBUILT_DESCRIPTORS = ("dpa2", "dpa3", "dpa4", "se_e3_tebd", "se_a_tpe", "se_a_ebd", "se_a_ebd_v2", "se_a_mask",
+                       "loc_frame", "se_a_tebd_v2")
+
+# model/type_embedding (TensorFlow-era section for se_e2_a; DeePMD-kit docs "type embedding approach")
+TYPE_EMBEDDING_KEYS: Dict[str, Key] = {
+    "neuron": key([8], annotation=Neurons), "activation_function": key("tanh", annotation=str),
+    "resnet_dt": key(False, annotation=bool), "precision": key("default", annotation=str),
+    "trainable": key(True, annotation=bool), "seed": key(None, annotation=Optional[int]),
+    "use_tebd_bias": key(False, annotation=bool), "use_econf_tebd": unsupported(False),
+}
+
+# ---- fittings (model/fitting_net) ----------------------------------------------------------------
+_FITTING: Dict[str, Key] = {
+    "type": key("ener", annotation=str),
+    "neuron": key([120, 120, 120], "n_neuron", annotation=Neurons),
+    "activation_function": key("tanh", annotation=str),
+    "resnet_dt": key(True, annotation=bool),
+    "precision": key("default", annotation=str),
+    "seed": key(None, annotation=Optional[int]),
+    "trainable": key(True, note="bool or one bool per layer", annotation=Union[bool, List[bool]]),
+    "numb_fparam": key(0, annotation=int),
+    "numb_aparam": key(0, annotation=int),
+    "default_fparam": unsupported(None),
+    "dim_case_embd": unsupported(0),
+    "layer_name": unsupported(None),
+    "use_aparam_as_mask": unsupported(False),
+}
+FIT_ENER: Dict[str, Key] = {**_FITTING, "rcond": key(None, annotation=Optional[Number]),
+                            "atom_ener": key(None, annotation=Optional[List[Optional[Number]]]),
+                            "preset_out_bias": key(None, note="per type: null or a value (set from model/preset_out_bias)",
+                                                   annotation=Any)}
+_TENSOR: Dict[str, Key] = {
+    **_FITTING,
+    "r_differentiable": ignored(note="mlpot's tensor is always differentiable"),
+    "c_differentiable": ignored(note="mlpot's tensor is always differentiable"),
+    "exclude_types": unsupported(None),
+}
+FIT_DIPOLE: Dict[str, Key] = {**_TENSOR, "sel_type": key(None, "dipole_type", annotation=Optional[List[int]])}
+FIT_POLAR: Dict[str, Key] = {**_TENSOR, "sel_type": key(None, "pol_type", annotation=Optional[List[int]]),
+                             "fit_diag": key(True, annotation=bool), "scale": key(1.0, annotation=Any),
+                             "shift_diag": key(True, annotation=bool)}
+FIT_DOS: Dict[str, Key] = {**FIT_ENER, "numb_dos": key(300, annotation=int)}
+del FIT_DOS["atom_ener"]
+FITTING_KEYS: Dict[str, Dict[str, Key]] = {"ener": FIT_ENER, "dipole": FIT_DIPOLE, "polar": FIT_POLAR, "dos": FIT_DOS}
+UNBUILT_FITTINGS = ("property", "population", "dens")
+
+# ---- model types (model) -----------------------------------------------------------------------
+STANDARD_KEYS: Dict[str, Key] = {
+    "type": key("standard", note="standard; frozen, pairtab, linear_ener, multi-task: their own keys", annotation=str),
+    "type_map": key(REQUIRED, note="may be left out in a DeePMD-kit input: taken from the systems' type_map.raw",
+                    annotation=List[str]),
+    "descriptor": key(REQUIRED, annotation=dict),
+    "fitting_net": key(REQUIRED, annotation=dict),
+    "data_stat_nbatch": key(10, annotation=int),
+    "data_stat_protect": key(1e-2, annotation=Number),
+    "data_bias_nsample": key(10, annotation=int),
+    "pair_exclude_types": key([], annotation=List[List[int]]),
+    "atom_exclude_types": key([], annotation=List[int]),
+    "preset_out_bias": key(None, note='{"energy": [null or value per type]} (PT): fixed bias of those types, subtracted '
+                           "before the least-squares fit of the rest and kept by change_bias_after_training; the vacuum "
+                           "output is not removed (unlike atom_ener)", annotation=Any),
+    "srtab_add_bias": key(True, note="add the type bias to the table part of the blend (TF)", annotation=bool),
+    "use_srtab": key(None, note="pair table file (DeePMD-kit table format), blended in at short range",
+                     annotation=Optional[str]),
+    "smin_alpha": key(None, note="Å, soft-min length of the blend", annotation=Optional[Number]),
+    "sw_rmin": key(None, note="Å, table only below", annotation=Optional[Number]),
+    "sw_rmax": key(None, note="Å, network only above", annotation=Optional[Number]),
+    "type_embedding": key(None, note="TF-style type embedding (neuron, activation_function, resnet_dt, precision, "
+                          "trainable, seed, use_tebd_bias) for se_e2_a: one shared embedding net on [s~, tebd(t_j) "
+                          "(, tebd(t_i))] and one fitting net reading tebd(t_i)", annotation=Optional[dict]),
+    "modifier": unsupported(None),
+    "compress": unsupported(None),
+    "use_compression": unsupported(None),
+    "spin": unsupported(None),
+    "finetune_head": unsupported(None),
+    "info": ignored(note="free metadata of the model (DeePMD-kit stores it, it changes nothing)"),
+    "model_branch_alias": unsupported([], note="multi-task branch aliases"),
+    "use_compile": unsupported(False, note="a key of model/type dpa4 (DPA-4/SeZM), not built"),
+    "enable_tf32": unsupported(True, note="a key of model/type dpa4 (DPA-4/SeZM), not built"),
+    "lora": unsupported(None, note="a key of model/type dpa4 (DPA-4/SeZM), not built"),
+}
+MULTI_TASK_KEYS: Dict[str, Key] = {
+    "type": key(REQUIRED, annotation=str),
+    "shared_dict": key({}, note="name -> descriptor section or type_map list, referenced by name from model_dict",
+                       annotation=dict),
+    "model_dict": key(REQUIRED, note="task -> model section; descriptor/type_map may name a shared_dict entry",
+                      annotation=dict),
+}
+MODEL_TYPE_KEYS: Dict[str, Dict[str, Key]] = {"standard": STANDARD_KEYS, "linear_ener": LINEAR_KEYS,
+                                              "pairtab": PAIRTAB_KEYS, "frozen": FROZEN_KEYS,
+                                              "multi_task": MULTI_TASK_KEYS}
+UNBUILT_MODELS = ("pairwise_dprc", "zbl", "multi", "dpa4", "sezm")
+
+
+_PRECISIONS = {"float64": torch.float64, "float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def resolve_precision(name: str, default: torch.dtype, path: str) -> torch.dtype:
+    """DeePMD ``precision`` ("default", "float64", "float32", ...) -> torch dtype."""
+    if name in (None, "default"):
+        return default
+    if name not in _PRECISIONS:
+        hint = suggest(str(name), list(_PRECISIONS) + ["default"])
+        raise ConfigError(f"unknown precision {name!r}", key=f"{path}/precision", hint=f"did you mean {hint!r}?" if hint else None)
+    return _PRECISIONS[name]
+
+
+def resolve_sel(sel: Any, n_types: int, path: str, max_neighbors: Optional[Sequence[int]] = None) -> List[int]:
+    """``sel`` as a list of ints per type.
+
+    Accepts a list, an int (the same for every type), or "auto" / "auto:f" which needs
+    ``max_neighbors`` (per type, from data): ceil(max * f) rounded up to a multiple of 4 [COMPAT].
+    """
+    if isinstance(sel, str):
+        if not sel.startswith("auto"):
+            raise ConfigError(f"expected a list of ints, an int or 'auto[:factor]', got {sel!r}", key=f"{path}/sel")
+        factor = float(sel.split(":", 1)[1]) if ":" in sel else 1.1
+        if max_neighbors is None:
+            raise ConfigError("sel 'auto' needs neighbour statistics from the training data; resolve it with "
+                              "mlpot.models.deepmd.builders.resolve_auto_sel(model_config, max_neighbors) before "
+                              "build_model", key=f"{path}/sel")
+        return auto_sel(max_neighbors, factor)
+    if isinstance(sel, int) and not isinstance(sel, bool):
+        return [sel] * n_types
+    if isinstance(sel, (list, tuple)) and all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in sel):
+        if len(sel) != n_types:
+            raise ConfigError(f"has {len(sel)} entries but type_map has {n_types} types", key=f"{path}/sel")
+        return [int(s) for s in sel]
+    raise ConfigError(f"expected a list of non-negative ints, an int or 'auto', got {sel!r}", key=f"{path}/sel")
+
+
+def _typed_table(section: Any, tables: Dict[str, Dict[str, Key]], aliases: Dict[str, str], unbuilt, default: Any,
+                 path: str) -> Dict[str, Key]:
+    """The key table of a section whose keys depend on its ``type`` (descriptor, fitting net)."""
+    if not isinstance(section, dict):
+        raise ConfigError(f"expected a mapping, got {type(section).__name__}", key=path)
+    kind = section.get("type", default)
+    kind = aliases.get(kind, kind)
+    if kind in unbuilt:
+        raise ConfigError(f"not supported yet: {path}/type={kind}", key=f"{path}/type")
+    if kind not in tables:
+        hint = suggest(str(kind), list(tables) + list(aliases))
+        raise ConfigError(f"unknown type {kind!r} (valid: {', '.join(tables)})", key=f"{path}/type",
+                          hint=f"did you mean {hint!r}?" if hint else None)
+    return tables[kind]
+
+
+def _check_descriptor(section: Any, path: str) -> None:
+    table = _typed_table(section, DESCRIPTOR_KEYS, DESCRIPTOR_ALIASES, UNBUILT_DESCRIPTORS, None, path)
+    values = read_section(section, path, table, "DescriptorSection")
+    for index, member in enumerate(values.get("list", []) if table is HYBRID else []):
+        _check_descriptor(member, f"{path}/list[{index}]")
+
+
+def check_model_section(config: Any, path: str = "model") -> None:
+    """Validate a DeePMD-family model section (any model type, members and heads included) against
+    the key tables, without building it: ConfigErrors name the key path and suggest the closest key."""
+    if not isinstance(config, dict):
+        raise ConfigError(f"expected a mapping, got {type(config).__name__}", key=path)
+    kind = config.get("type", "standard")
+    if kind in UNBUILT_MODELS:
+        raise ConfigError(f"not supported yet: {path}/type={kind}", key=f"{path}/type")
+    if kind not in MODEL_TYPE_KEYS:
+        hint = suggest(str(kind), list(MODEL_TYPE_KEYS))
+        raise ConfigError(f"unknown model type {kind!r} (valid: {', '.join(MODEL_TYPE_KEYS)})", key=f"{path}/type",
+                          hint=f"did you mean {hint!r}?" if hint else None)
+    values = read_section(config, path, MODEL_TYPE_KEYS[kind], f"{kind}ModelSection")
+    if kind == "standard":
+        _check_descriptor(values["descriptor"], f"{path}/descriptor")
+        fitting = _typed_table(values["fitting_net"], FITTING_KEYS, {}, UNBUILT_FITTINGS, "ener", f"{path}/fitting_net")
+        read_section(values["fitting_net"], f"{path}/fitting_net", fitting, "FittingSection")
+        if values["type_embedding"] is not None:
+            read_section(values["type_embedding"], f"{path}/type_embedding", TYPE_EMBEDDING_KEYS, "TypeEmbeddingSection")
+    elif kind == "linear_ener":
+        for index, member in enumerate(values["models"]):
+            inherited = dict(member, type_map=member.get("type_map", values["type_map"])) \
+                if isinstance(member, dict) and member.get("type") != "frozen" else member
+            check_model_section(inherited, f"{path}/models/{index}")
