@@ -32,6 +32,7 @@ from mlpot.models.derivatives import compute_derivatives
 from mlpot.training.checkpoint import load_checkpoint
 from mlpot.training.full_validation import FullValidation, ValidationFlow, format_number, validation_errors
 from mlpot.training.trainer import Trainer
+from test_deepmd_multitask import _subset  # a deepmd/npy system of a few frames of a shared system
 
 COLUMNS_S = ["step", "E_MAE(meV/atom)", "E_RMSE(meV/atom)", "F_MAE(meV/Å)", "F_RMSE(meV/Å)",
              "S_MAE(meV/Å³)", "S_RMSE(meV/Å³)"]
@@ -250,15 +251,6 @@ def test_ema_flow_logs_and_saves_ema_weights(emt, tmp_path):
 
 
 # ---- DeePMD-kit input ---------------------------------------------------------------------------
-
-
-def _subset(source: Path, target: Path, frames) -> str:
-    (target / "set.000").mkdir(parents=True)
-    for name in ("type.raw", "type_map.raw"):
-        (target / name).write_bytes((source / name).read_bytes())
-    for name in ("box", "coord", "energy", "force"):
-        np.save(target / "set.000" / f"{name}.npy", np.load(source / "set.000" / f"{name}.npy")[frames])
-    return str(target)
 
 
 def water_input(train_systems, valid_systems, **validating) -> dict:

@@ -108,8 +108,9 @@ def _chunks(n_atoms: List[int], chunk_atoms: int) -> List[List[int]]:
 
 def _chunk_errors(prediction: Dict[str, torch.Tensor], batch: Dict[str, torch.Tensor]) -> Dict[str, tuple]:
     """``dp test`` errors of one evaluated chunk (eV, eV/Å, eV/Å^3), only frames carrying a label."""
-    host = {key: value.detach().cpu().double().numpy() if value.is_floating_point() else value.cpu().numpy()
-            for key, value in batch.items() if torch.is_tensor(value)}
+    wanted = [K.N_ATOMS, K.BATCH, K.CELL, K.PBC] + [key for label in (K.ENERGY, K.FORCES, K.VIRIAL, K.STRESS)
+                                                    for key in (label, K.weight_key(label))]
+    host = {key: batch[key].detach().cpu().numpy() for key in wanted if key in batch}
     pred = {key: value.detach().cpu().double().numpy() for key, value in prediction.items()
             if key in (K.ENERGY, K.FORCES, K.VIRIAL)}
     n_atoms = host[K.N_ATOMS].astype(np.float64)
