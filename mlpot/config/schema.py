@@ -286,7 +286,7 @@ class FullValidationConfig(Strict):
     best_dir: Optional[str] = Field(None, description="folder of the best checkpoints, relative to output_dir "
                                     "(default: the folder of the training checkpoints) (DeePMD save_best_dir)")
     log_file: str = Field("val.log", description="full-validation log, relative to output_dir (DeePMD full_val_file)")
-    chunk_atoms: int = Field(4096, ge=1, description="frames are evaluated in file order in chunks of at most this "
+    chunk_atoms: int = Field(1024, ge=1, description="frames are evaluated in file order in chunks of at most this "
                              "many atoms (a larger frame is a chunk of its own)")
 
     @field_validator("metric")
@@ -377,8 +377,8 @@ class NativeConfig(Strict):
         if section.ema and self.ema is None:
             raise ValueError("full_validation.ema needs the ema section (EMA weights)")
         labels = FULL_VALIDATION_METRICS[section.metric.partition(":")[0]]
-        terms = [t for terms in [self.loss.terms] + [s.loss or {} for s in self.train_schedule] for t in terms.items()]
-        trained = {term.label or name for name, term in terms
+        sections = [self.loss.terms] + [stage.loss or {} for stage in self.train_schedule]
+        trained = {term.label or name for section_terms in sections for name, term in section_terms.items()
                    if (term.weight > 0 if term.start_pref is None else (term.start_pref or term.limit_pref))}
         if not trained.intersection(labels):
             raise ValueError(f"full_validation.metric {section.metric} needs a loss term with a non-zero "

@@ -140,7 +140,7 @@ def _chunk_errors(prediction: Dict[str, torch.Tensor], batch: Dict[str, torch.Te
     return errors
 
 
-def validation_errors(model: torch.nn.Module, data, chunk_atoms: int = 4096) -> Dict[str, float]:
+def validation_errors(model: torch.nn.Module, data, chunk_atoms: int = 1024) -> Dict[str, float]:
     """``dp test`` errors of ``model`` over every frame of ``data.valid`` (eV, eV/Å, eV/Å^3).
 
     data: a ``TrainingData`` (``valid`` dataset, ``valid_batch(indices)`` collating onto the
