@@ -25,7 +25,7 @@ LAYERS = {
     "config": 7,
     "calculators": 8, "testing": 8,
     "commands": 9, "cli": 9,
-    "": 10,  # mlpot/__init__.py
+    "": 0,  # mlpot/__init__.py: the version string, no imports
 }
 
 

@@ -20,6 +20,8 @@ from typing import Dict, List, Sequence
 
 import numpy as np
 
+from mlpot.training.metrics import combine_errors, label_errors
+
 __all__ = [
     "SystemResult",
     "system_errors",
@@ -75,16 +77,13 @@ class SystemResult:
         )
 
 
-def _mae_rmse(diff: np.ndarray):
-    return float(np.mean(np.abs(diff))), float(np.sqrt(np.mean(diff**2)))
-
-
 def system_errors(result: SystemResult) -> Dict[str, tuple]:
     """Errors of one system: name -> (value, number of values it averages).
 
     Names: ``energy_mae``, ``energy_rmse``, ``energy_mae_per_atom``, ``energy_rmse_per_atom`` (eV),
     ``forces_mae``/``forces_rmse`` (eV/Å, per component), ``virial_*`` (eV, per component, and per
     atom), ``stress_mae``/``stress_rmse`` (eV/Å^3). RMSE is sqrt(mean squared error), never an MSE.
+    The arithmetic is ``mlpot.training.metrics.label_errors`` (shared with the full validation).
     """
     errors: Dict[str, tuple] = {}
     for label in _REPORT:
@@ -92,31 +91,12 @@ def system_errors(result: SystemResult) -> Dict[str, tuple]:
         if arrays is None:
             continue
         ref, pred, n_atoms = arrays
-        diff = (pred - ref).reshape(len(ref), -1)
-        mae, rmse = _mae_rmse(diff)
-        errors[f"{label}_mae"] = (mae, diff.size)
-        errors[f"{label}_rmse"] = (rmse, diff.size)
-        if label in ("energy", "virial"):
-            per_atom = diff / n_atoms[:, None]
-            mae, rmse = _mae_rmse(per_atom)
-            errors[f"{label}_mae_per_atom"] = (mae, per_atom.size)
-            errors[f"{label}_rmse_per_atom"] = (rmse, per_atom.size)
+        errors.update(label_errors(label, pred, ref, n_atoms if label in ("energy", "virial") else None))
     return errors
 
 
-def weighted_average(all_errors: Sequence[Dict[str, tuple]]) -> Dict[str, tuple]:
-    """Combine per-system errors: MAE weighted by size, RMSE as sqrt of the size-weighted mean square."""
-    combined: Dict[str, tuple] = {}
-    names = {name for errors in all_errors for name in errors}
-    for name in sorted(names):
-        values = np.array([errors[name][0] for errors in all_errors if name in errors])
-        sizes = np.array([errors[name][1] for errors in all_errors if name in errors], dtype=np.float64)
-        if "rmse" in name:
-            value = float(np.sqrt(np.sum(values**2 * sizes) / sizes.sum()))
-        else:
-            value = float(np.sum(values * sizes) / sizes.sum())
-        combined[name] = (value, int(sizes.sum()))
-    return combined
+# ``dp test`` combines systems by the number of values each error averages (one shared copy)
+weighted_average = combine_errors
 
 
 def format_report(errors: Dict[str, tuple], header: Sequence[str] = ()) -> List[str]:

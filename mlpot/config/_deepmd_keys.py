@@ -185,10 +185,26 @@ TOP = {
     "loss": _k(S),
     "training": _k(S),
     "optimizer": _k(S),
-    "validating": _k(U, default=None),
+    "validating": _k(S, note="full validation of the whole validation set, val.log and best checkpoints (table `validating`)"),
     "nvnmd": _k(U, default=None),
     "loss_dict": _k(S, note="multi-task: task -> loss section (TF 2.x layout: a task left out gets the default loss)"),
     "learning_rate_dict": _k(S, note="multi-task, TF 2.x: accepted when every task has the same schedule (one optimizer); per-task schedules not supported yet"),
+}
+
+# ---- validating (DeePMD-kit 3.2 full validation; checked and converted by _deepmd_validating.py) ------
+VALIDATING = {
+    "full_validation": _k(S, note="evaluate the whole validation set every validation_freq steps (native full_validation.live)"),
+    "ema_full_validation": _k(S, note="the same with the EMA weights, log `val_ema.log`, checkpoints `best_ema.ckpt-*`; needs training/enable_ema"),
+    "validation_freq": _k(S, note="steps, default 5000"),
+    "save_best": _k(S, note="default true: best checkpoints `best.ckpt-<step>.t-<rank>.pt`"),
+    "save_best_dir": _k(S, note="default: the folder of training/save_ckpt"),
+    "max_best_ckpt": _k(S, note="default 1; ranked by metric, then step"),
+    "validation_metric": _k(S, note="E, F, S or V with MAE or RMSE (default E:MAE); needs non-zero loss prefactors of that term"),
+    "full_val_file": _k(S, note="default val.log"),
+    "full_val_start": _k(S, note="default 0.5: 0 from the start, (0, 1) fraction of numb_steps, 1 off, > 1 a step"),
+    "compiled_infer": _k(U, default=False, note="torch.compile of eval-time forwards (GPU/compile switch)"),
+    "tf32_infer": _k(U, default=False, note="TF32 matmuls in eval-time forwards (GPU switch)"),
+    "amp_infer": _k(U, default=False, note="bf16 autocast in eval-time forwards (GPU switch)"),
 }
 
 
@@ -205,4 +221,5 @@ def all_tables() -> Dict[str, Dict[str, DeepmdKey]]:
     tables["training/training_data"] = DATA_SECTION
     tables["training/validation_data"] = VALIDATION_DATA
     tables["training/data_dict/<task>"] = TASK_DATA
+    tables["validating"] = VALIDATING
     return tables

@@ -31,6 +31,7 @@ from typing import Any, Dict, List, Optional, Union
 
 from mlpot.config import _deepmd_keys as table
 from mlpot.config._deepmd_keys import IGNORED, UNSUPPORTED, DeepmdKey
+from mlpot.config._deepmd_validating import apply_validating
 from mlpot.config.loader import read_yaml
 from mlpot.data import keys as K
 from mlpot.data.deepmd_format import find_deepmd_systems, split_hdf5_path
@@ -605,6 +606,7 @@ def to_native(config: Dict[str, Any], base_dir: PathLike = ".", file: Optional[s
         _mixed_precision(native, training["mixed_precision"], multi_task, file)
     if training.get("enable_ema"):
         native["ema"] = {"decay": training.get("ema_decay", 0.999)}
+    apply_validating(config, native, file)  # validating -> full_validation
     return native
 
 

@@ -7,7 +7,8 @@ dictionary. Sections (full reference with defaults and units in docs/config.md):
 ``model`` (passed unchanged to ``mlpot.models.build_model``), ``data`` (train/valid datasets,
 batching and sampling), ``optimizer``, ``lr_schedule``, ``loss`` (terms with constant or
 lr-coupled DeePMD prefactors), ``training`` (length, clipping, non-finite policy),
-``train_schedule`` (stages), ``ema``, ``logging``, ``checkpoint``.
+``train_schedule`` (stages), ``ema``, ``logging``, ``checkpoint``, ``full_validation`` (DeePMD-kit's
+``validating``: periodic evaluation of the whole validation set, val.log, best checkpoints).
 
 Multi-task training (DeePMD ``model_dict``): ``tasks`` replaces ``data`` and ``loss``: task name ->
 its own ``data``, ``loss`` and ``prob`` (relative weight of drawing the task per step), and
@@ -28,7 +29,7 @@ from pydantic_core import PydanticCustomError
 __all__ = [
     "Strict", "DataSection", "DataConfig", "OptimizerGroup", "OptimizerConfig", "LRScheduleConfig",
     "LossTerm", "LossConfig", "TaskConfig", "TrainingConfig", "Stage", "EMAConfig", "LoggingConfig",
-    "CheckpointConfig", "NativeConfig",
+    "CheckpointConfig", "FullValidationConfig", "FULL_VALIDATION_METRICS", "NativeConfig",
 ]
 
 _BATCH_SIZE = re.compile(r"^(auto|auto:\d+|max:\d+|filter:\d+|mixed:\d+)$")
@@ -270,6 +271,62 @@ class CheckpointConfig(Strict):
     keep: int = Field(5, ge=1)
 
 
+# full-validation metric family -> the loss labels that train it (one of them needs a term)
+FULL_VALIDATION_METRICS = {"E": ("energy",), "F": ("forces",), "S": ("virial", "stress"), "V": ("virial", "stress")}
+
+
+class FullValidationConfig(Strict):
+    """Full validation (DeePMD-kit ``validating``): every ``freq`` steps the WHOLE validation set
+    is evaluated, the errors go to ``log_file`` and the best checkpoints by ``metric`` are kept.
+
+    Errors are those of ``dp test``: E = energy per atom (meV/atom), F = force components (meV/Å),
+    V = virial per atom (meV/atom), S = stress -virial/volume (meV/Å^3), each as MAE and RMSE pooled
+    over every frame carrying the label (virial and stress: periodic frames only).
+    """
+
+    live: bool = Field(True, description="validate the current weights: log log_file, best checkpoints "
+                       "best.ckpt-<step>.t-<rank>.pt (DeePMD full_validation)")
+    ema: bool = Field(False, description="validate the EMA weights (needs the ema section): log "
+                      "<log_file stem>_ema<suffix>, checkpoints best_ema.ckpt-<step>.t-<rank>.pt "
+                      "(DeePMD ema_full_validation)")
+    freq: int = Field(5000, ge=1, description="steps between two full validations (DeePMD validation_freq)")
+    start: float = Field(0.5, ge=0, description="first step: 0 = from the start, in (0, 1) = that fraction of the "
+                         "run's steps (int(fraction * steps)), 1 = never (off), > 1 = that step (int); a "
+                         "validation runs after displayed step s when s >= start and (s - start) % freq == 0 "
+                         "(DeePMD full_val_start)")
+    metric: str = Field("E:MAE", description="ranking metric <family>:<stat>, family E | F | S | V, stat MAE | "
+                        "RMSE, case-insensitive (DeePMD validation_metric); its family needs a loss term")
+    save_best: bool = Field(True, description="write the best checkpoints (DeePMD save_best)")
+    max_best: int = Field(1, ge=1, description="best checkpoints kept; rank 1 has the lowest metric, ties go to "
+                          "the earlier step (DeePMD max_best_ckpt)")
+    best_dir: Optional[str] = Field(None, description="folder of the best checkpoints, relative to output_dir "
+                                    "(default: the folder of the training checkpoints) (DeePMD save_best_dir)")
+    log_file: str = Field("val.log", description="full-validation log, relative to output_dir (DeePMD full_val_file)")
+    chunk_atoms: int = Field(1024, ge=1, description="frames are evaluated in file order in chunks of at most this "
+                             "many atoms (a larger frame is a chunk of its own)")
+
+    @field_validator("metric")
+    @classmethod
+    def _metric(cls, value: str) -> str:
+        family, _, stat = value.strip().upper().partition(":")
+        if family in ("FR", "FM") and stat in ("MAE", "RMSE"):
+            raise ValueError(f"not supported yet: spin metric {value!r}")
+        if family not in FULL_VALIDATION_METRICS or stat not in ("MAE", "RMSE"):
+            raise ValueError(f"expected one of E:MAE, E:RMSE, F:MAE, F:RMSE, S:MAE, S:RMSE, V:MAE, V:RMSE, got {value!r}")
+        return f"{family}:{stat}"
+
+    @property
+    def active(self) -> bool:
+        """False when ``start`` is 1 (DeePMD: the feature is off)."""
+        return self.start != 1.0
+
+    def start_step(self, total_steps: int) -> Optional[int]:
+        """First displayed step of a run of ``total_steps`` steps, or None when off."""
+        if not self.active:
+            return None
+        return int(total_steps * self.start) if self.start < 1.0 else int(self.start)
+
+
 class NativeConfig(Strict):
     family: Optional[str] = None
     seed: int = 0
@@ -286,6 +343,8 @@ class NativeConfig(Strict):
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
     tasks: Optional[Dict[str, TaskConfig]] = Field(None, description="multi-task training: task -> data, loss, prob")
+    full_validation: Optional[FullValidationConfig] = Field(
+        None, description="evaluate the whole validation set periodically, val.log, best checkpoints")
 
     @field_validator("model")
     @classmethod
@@ -337,6 +396,29 @@ class NativeConfig(Strict):
                 f"train_schedule ends at {expected - 1} but training lasts {self.training.length} {self.training.unit}")
         if self.tasks is None and not self.loss.terms and not any(s.loss for s in self.train_schedule):
             raise ValueError("loss.terms is empty: give at least one loss term")
+        return self
+
+    @model_validator(mode="after")
+    def _full_validation_fits(self):
+        """DeePMD-kit's cross-section checks of ``validating`` (skipped when the feature is off)."""
+        section = self.full_validation
+        if section is None or not section.active:
+            return self
+        if not (section.live or section.ema):
+            raise ValueError("full_validation: live and ema are both false; remove the section to turn it off")
+        if self.tasks is not None:
+            raise ValueError("full_validation: not supported with multi-task training (as in DeePMD-kit)")
+        if self.data is None or self.data.valid is None:
+            raise ValueError("full_validation needs validation data (data.valid)")
+        if section.ema and self.ema is None:
+            raise ValueError("full_validation.ema needs the ema section (EMA weights)")
+        labels = FULL_VALIDATION_METRICS[section.metric.partition(":")[0]]
+        sections = [self.loss.terms] + [stage.loss or {} for stage in self.train_schedule]
+        trained = {term.label or name for section_terms in sections for name, term in section_terms.items()
+                   if (term.weight > 0 if term.start_pref is None else (term.start_pref or term.limit_pref))}
+        if not trained.intersection(labels):
+            raise ValueError(f"full_validation.metric {section.metric} needs a loss term with a non-zero "
+                             f"prefactor on {' or '.join(labels)}")
         return self
 
     def stages(self, length: Optional[int] = None) -> List[Stage]:

@@ -7,19 +7,29 @@ is shown as ``rmse_X``.
 Validation averages each batch's values with weights equal to its atom count [COMPAT]
 (:class:`AtomWeightedMean`); the metrics CSV gets pooled RMSE and MAE per label
 (:class:`PooledErrors`), which is the statistically meaningful number.
+
+``dp test`` errors (DeePMD-kit ``dp test``, also its full validation during training):
+:func:`label_errors` gives the MAE and RMSE of one label over aligned prediction and reference
+arrays (component-wise; with the atom counts also per atom, each frame's difference divided by its
+atom count), each with the number of values it averages; :func:`combine_errors` merges such
+results of several systems or chunks as if they had been computed at once (MAE weighted by the
+number of values, RMSE as the root of the weighted mean square). ``mlpot test``
+(``calculators/evaluate.py``) and the full validation (``training/full_validation.py``) both use them.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Dict, Iterable, List, Mapping
+from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
+import numpy as np
 import torch
 
 from mlpot.data import keys as K
 from mlpot.training.losses import GENERALIZED_FORCE, rmse_mae
 
-__all__ = ["LCURVE_SHORT", "lcurve_keys", "lcurve_values", "AtomWeightedMean", "PooledErrors"]
+__all__ = ["LCURVE_SHORT", "lcurve_keys", "lcurve_values", "AtomWeightedMean", "PooledErrors", "label_errors",
+           "combine_errors"]
 
 # label -> (DeePMD short name, error-sum entry used for it)
 LCURVE_SHORT = {
@@ -84,3 +94,41 @@ class PooledErrors:
             rmse, mae = rmse_mae(value)
             out[f"{name}_rmse"], out[f"{name}_mae"] = rmse, mae
         return out
+
+
+def label_errors(name: str, predicted: np.ndarray, reference: np.ndarray,
+                 n_atoms: Optional[np.ndarray] = None) -> Dict[str, Tuple[float, int]]:
+    """``dp test`` errors of one label: ``{<name>_mae, <name>_rmse: (value, number of values)}``.
+
+    predicted, reference: (n, ...) aligned arrays, one row per frame (frame labels) or per atom
+    (forces); every component counts as one value. n_atoms: (n,) atom count of each frame: adds
+    ``<name>_mae_per_atom`` and ``<name>_rmse_per_atom`` of the differences divided by it. Units
+    are those of the arrays. Empty arrays give ``{}``.
+    """
+    reference = np.asarray(reference, dtype=np.float64)
+    diff = (np.asarray(predicted, dtype=np.float64) - reference).reshape(len(reference), -1)
+    if diff.size == 0:
+        return {}
+    variants = [("", diff)]
+    if n_atoms is not None:
+        variants.append(("_per_atom", diff / np.asarray(n_atoms, dtype=np.float64).reshape(-1, 1)))
+    out: Dict[str, Tuple[float, int]] = {}
+    for suffix, values in variants:
+        out[f"{name}_mae{suffix}"] = (float(np.mean(np.abs(values))), int(values.size))
+        out[f"{name}_rmse{suffix}"] = (float(np.sqrt(np.mean(values ** 2))), int(values.size))
+    return out
+
+
+def combine_errors(all_errors: Sequence[Mapping[str, Tuple[float, int]]]) -> Dict[str, Tuple[float, int]]:
+    """Merge :func:`label_errors` results (of systems or chunks): MAE weighted by the number of
+    values, RMSE as sqrt of the weighted mean square; the same as computing over all values at once."""
+    combined: Dict[str, Tuple[float, int]] = {}
+    for name in sorted({name for errors in all_errors for name in errors}):
+        values = np.array([errors[name][0] for errors in all_errors if name in errors])
+        sizes = np.array([errors[name][1] for errors in all_errors if name in errors], dtype=np.float64)
+        if "rmse" in name:
+            value = float(np.sqrt(np.sum(values ** 2 * sizes) / sizes.sum()))
+        else:
+            value = float(np.sum(values * sizes) / sizes.sum())
+        combined[name] = (value, int(sizes.sum()))
+    return combined

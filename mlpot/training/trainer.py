@@ -44,6 +44,7 @@ from mlpot.training.data_setup import MultiTaskData, TrainingData, build_trainin
 from mlpot.training.distributed import DistInfo, init_distributed, shard_indices
 from mlpot.training.ema import ExponentialMovingAverage
 from mlpot.models.output_bias import energy_bias, refit_energy_bias
+from mlpot.training.full_validation import FullValidation
 from mlpot.training.logging import (LcurveWriter, MetricsCSV, TensorBoardWriter, WindowMean, close_log,
                                     format_loss_breakdown, open_debug_log)
 from mlpot.training.losses import WeightedLoss, label_error_sums
@@ -140,6 +141,7 @@ class Trainer:
             self._restore(checkpoint, restart)
         cp = config.checkpoint
         self.checkpoints = CheckpointManager(self.out / cp.dir, cp.prefix, cp.keep)
+        self.full_validation = FullValidation.for_trainer(self, checkpoint)  # val.log, best checkpoints
         self.last_checkpoint: Optional[Path] = None
         self.losses: Dict[str, WeightedLoss] = {}
         self.loss: Optional[WeightedLoss] = None  # the first (single-task: the only) task's loss
@@ -282,6 +284,7 @@ class Trainer:
             "ema": self.ema.state_dict() if self.ema else None,
             "rng": _rng_state(), "step": self.step, "epoch": self.epoch, "nonfinite": self.nonfinite,
             "config": self.config.model_dump(mode="json"),
+            "full_validation": self.full_validation.state_dict(),
         }
 
     def _ema_weights(self) -> Optional[dict]:
@@ -594,6 +597,7 @@ class Trainer:
                         train = {**train, **window.pop()}
                     self._display(train, valid)
                     last = valid or train
+                self.full_validation.run(self.step, self.state_dict)
                 if self.step % cfg.checkpoint.every == 0 or end:
                     self.save()
             self._profile(None)
