@@ -17,7 +17,7 @@ import torch
 from mlpot import testing as T
 from mlpot.cli import main
 from mlpot.config import deepmd, validate_config
-from mlpot.config.schema import LossTerm
+from mlpot.training.schema import LossTerm
 from mlpot.data import SystemSampler, collate
 from mlpot.data.deepmd_format import read_deepmd
 from mlpot.data import keys as K

@@ -11,7 +11,7 @@ import torch
 
 from mlpot.config import deepmd
 from mlpot.config import validate_config
-from mlpot.config.schema import LossTerm
+from mlpot.training.schema import LossTerm
 from mlpot.data import keys as K
 from mlpot.errors import ConfigError
 from mlpot.training.losses import WeightedLoss

@@ -18,6 +18,7 @@ from mlpot.config import load_config
 from mlpot.data import AtomsDataset, collate, read_systems
 from mlpot.data import keys as K
 from mlpot.errors import ConfigError
+from mlpot.models import build_model
 from mlpot.models.deepmd.finetune import finetune_bias, prepare_finetune
 from mlpot.training.trainer import Trainer
 
@@ -118,7 +119,7 @@ def _finetune(data, tmp_path, checkpoint, type_map, descriptor, branch=None, use
     """(trainer after the pre-training bias change, old bias, new bias)."""
     config = load_config(_write(_config(data, tmp_path / "ft", type_map, descriptor, train="ft.extxyz"),
                                 tmp_path / "ft.yaml"))
-    weights, random_fitting = prepare_finetune(config, load_model(checkpoint), branch=branch,
+    weights, random_fitting = prepare_finetune(config, load_model(checkpoint), build=build_model, branch=branch,
                                                use_pretrain_script=use_script, file="ft.yaml",
                                                pretrained_file=str(checkpoint))
     trainer = Trainer(config, init_weights=weights, progress=False)
@@ -237,7 +238,8 @@ def test_multitask_branch_selection(data, tmp_path):
     assert chosen is multi.heads["a"] and random_fitting
     # a head's weights go to the fine-tuned model
     config = load_config(_write(_config(data, tmp_path / "ft", ["Cu", "Au"], DESCRIPTORS["se_atten"]), tmp_path / "ft.yaml"))
-    weights, _ = prepare_finetune(config, multi, branch="b", use_pretrain_script=True, pretrained_file="multi.pt")
+    weights, _ = prepare_finetune(config, multi, build=build_model, branch="b", use_pretrain_script=True,
+                                  pretrained_file="multi.pt")
     for key, value in multi.heads["b"].state_dict().items():
         torch.testing.assert_close(weights[key], value)
 

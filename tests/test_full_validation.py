@@ -24,7 +24,7 @@ from mlpot.calculators.export import load_model
 from mlpot.cli import main
 from mlpot.config import deepmd
 from mlpot.config.loader import validate_config
-from mlpot.config.schema import FullValidationConfig
+from mlpot.training.schema import FullValidationConfig
 from mlpot.data import keys as K
 from mlpot.data import read_systems
 from mlpot.errors import ConfigError

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from mlpot.config.schema import LossTerm
+from mlpot.training.schema import LossTerm
 from mlpot.data import keys as K
 from mlpot.errors import ConfigError
 from mlpot.training.losses import WeightedLoss, label_error_sums, rmse_mae

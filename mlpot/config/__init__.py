@@ -1,6 +1,7 @@
-"""mlpot.config: the native schema (pydantic) and the loader; peer front-ends live beside them."""
+"""mlpot.config: the peer front-ends (DeePMD-kit, DeePseudopot...) and the loader that reads a native
+YAML or a front-end's result into the engine's schema (``mlpot.training.schema.NativeConfig``)."""
 
 from mlpot.config.loader import load_config, read_yaml, validate_config
-from mlpot.config.schema import NativeConfig
+from mlpot.training.schema import NativeConfig
 
 __all__ = ["NativeConfig", "load_config", "read_yaml", "validate_config"]

@@ -27,6 +27,8 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from mlpot.config import _deepmd_keys as table
+from mlpot.config._deepmd_check import check_descriptor, check_section, check_typed, require_built
+from mlpot.config._deepmd_sections import data_section, loss_section
 from mlpot.errors import ConfigError
 
 __all__ = ["MULTI_TASK_ONLY", "is_multi_task", "check_multi_task", "native_tasks", "native_model"]
@@ -45,12 +47,6 @@ def is_multi_task(model: Any) -> bool:
     return isinstance(model, dict) and ("model_dict" in model or "fitting_net_dict" in model)
 
 
-def _front():
-    from mlpot.config import deepmd  # the front-end's checkers; imported late (it imports this module lazily)
-
-    return deepmd
-
-
 def _task_names(section: Any, path: List[str], file: Optional[str]) -> List[str]:
     if not isinstance(section, dict) or not section:
         raise ConfigError("expected a non-empty mapping task -> section", file=file, key=path)
@@ -66,7 +62,6 @@ def _check_task_keys(names: List[str], tasks: List[str], path: List[str], file: 
 
 
 def _check_shared_dict(shared: Any, file: Optional[str]) -> Dict[str, Any]:
-    front = _front()
     if shared is None:
         return {}
     if not isinstance(shared, dict):
@@ -81,7 +76,7 @@ def _check_shared_dict(shared: Any, file: Optional[str]) -> Dict[str, Any]:
                 raise ConfigError("a shared type_map must be a non-empty list of type names", file=file, key=path)
             out[name] = list(value)
         elif isinstance(value, dict) and "type" in value:
-            out[name] = front._check_descriptor(value, path, file)
+            out[name] = check_descriptor(value, path, file)
         else:
             raise ConfigError("not supported yet: a shared section other than a descriptor or a type_map list "
                               "(e.g. a shared type_embedding or fitting_net)", file=file, key=path)
@@ -92,9 +87,8 @@ def _check_task_model(task: str, section: Any, shared: Dict[str, Any], file: Opt
     from mlpot.models.deepmd.fitting import FITTINGS
     from mlpot.models.deepmd.multitask import shared_reference
 
-    front = _front()
     path = ["model", "model_dict", task]
-    model = front._check_section(section, _TASK_MODEL_KEYS, path, file)
+    model = check_section(section, _TASK_MODEL_KEYS, path, file)
     if model.get("type", "standard") != "standard":
         raise ConfigError(f"not supported yet: a multi-task head of type {model['type']!r} (standard only)",
                           file=file, key=path + ["type"])
@@ -111,18 +105,18 @@ def _check_task_model(task: str, section: Any, shared: Dict[str, Any], file: Opt
             if not isinstance(shared[name], expected):
                 raise ConfigError(f"shared_dict/{name} is not a {key}", file=file, key=path + [key])
     if isinstance(model["descriptor"], dict):
-        model["descriptor"] = front._check_descriptor(model["descriptor"], path + ["descriptor"], file)
+        model["descriptor"] = check_descriptor(model["descriptor"], path + ["descriptor"], file)
     if isinstance(model["fitting_net"], str):
         raise ConfigError("not supported yet: a shared fitting net", file=file, key=path + ["fitting_net"])
-    model["fitting_net"] = front._typed(model["fitting_net"], table.FITTINGS, table.UNBUILT_FITTINGS, "ener", {},
+    model["fitting_net"] = check_typed(model["fitting_net"], table.FITTINGS, table.UNBUILT_FITTINGS, "ener", {},
                                         path + ["fitting_net"], file)
-    front._require_built(model["fitting_net"]["type"], FITTINGS, path + ["fitting_net"], file)
+    require_built(model["fitting_net"]["type"], FITTINGS, path + ["fitting_net"], file)
     return model
 
 
 def _from_tf_layout(model: Dict[str, Any], out: Dict[str, Any], file: Optional[str]) -> Dict[str, Any]:
     """TF 2.x ``fitting_net_dict`` -> PyTorch ``shared_dict`` + ``model_dict`` (one shared descriptor)."""
-    checked = _front()._check_section(model, table.MODEL, ["model"], file)
+    checked = check_section(model, table.MODEL, ["model"], file)
     for key in ("model_dict", "shared_dict", "fitting_net"):
         if key in checked:
             raise ConfigError("cannot be combined with model/fitting_net_dict", file=file, key=["model", key])
@@ -175,7 +169,6 @@ def _learning_rate(out: Dict[str, Any], tasks: List[str], file: Optional[str]) -
 def check_multi_task(out: Dict[str, Any], file: Optional[str]) -> Dict[str, Any]:
     """Check a multi-task input (top level already checked): returns the cleaned dict in the
     PyTorch layout with ``loss_dict`` checked per task and ``training/data_dict`` checked."""
-    front = _front()
     raw_model = out["model"]
     for section, keys in SINGLE_TASK_ONLY.items():
         holder = out if not section else out.get(section, {})
@@ -209,13 +202,13 @@ def check_multi_task(out: Dict[str, Any], file: Optional[str]) -> Dict[str, Any]
     for task in tasks:
         if task not in losses:
             raise ConfigError(f"missing the loss of task '{task}'", file=file, key=["loss_dict", task])
-    out["loss_dict"] = {task: front._typed(losses[task], table.LOSSES, table.UNBUILT_LOSSES, "ener", {},
+    out["loss_dict"] = {task: check_typed(losses[task], table.LOSSES, table.UNBUILT_LOSSES, "ener", {},
                                            ["loss_dict", task], file) for task in tasks}
     _learning_rate(out, tasks, file)
-    out["learning_rate"] = front._typed(out.get("learning_rate", {}), table.LEARNING_RATES, (), "exp", {},
+    out["learning_rate"] = check_typed(out.get("learning_rate", {}), table.LEARNING_RATES, (), "exp", {},
                                         ["learning_rate"], file)
-    out["optimizer"] = front._check_section(out.get("optimizer", {}), table.OPTIMIZER, ["optimizer"], file)
-    training = front._check_section(out["training"], table.TRAINING, ["training"], file)
+    out["optimizer"] = check_section(out.get("optimizer", {}), table.OPTIMIZER, ["optimizer"], file)
+    training = check_section(out["training"], table.TRAINING, ["training"], file)
     if "data_dict" not in training:
         raise ConfigError("missing required key 'data_dict' (the data of every task)", file=file,
                           key=["training", "data_dict"])
@@ -226,13 +219,13 @@ def check_multi_task(out: Dict[str, Any], file: Optional[str]) -> Dict[str, Any]
         path = ["training", "data_dict", task]
         if task not in data_dict:
             raise ConfigError(f"missing the data of task '{task}'", file=file, key=path)
-        entry = front._check_section(data_dict[task], table.TASK_DATA, path, file)
+        entry = check_section(data_dict[task], table.TASK_DATA, path, file)
         if "training_data" not in entry:
             raise ConfigError("missing required key 'training_data'", file=file, key=path + ["training_data"])
-        entry["training_data"] = front._check_section(entry["training_data"], table.DATA_SECTION,
+        entry["training_data"] = check_section(entry["training_data"], table.DATA_SECTION,
                                                       path + ["training_data"], file)
         if entry.get("validation_data") is not None:
-            entry["validation_data"] = front._check_section(entry["validation_data"], table.VALIDATION_DATA,
+            entry["validation_data"] = check_section(entry["validation_data"], table.VALIDATION_DATA,
                                                             path + ["validation_data"], file)
         checked_data[task] = entry
     training["data_dict"] = checked_data
@@ -259,21 +252,20 @@ def native_tasks(config: Dict[str, Any], base: Path, file: Optional[str]) -> Dic
     """The native ``tasks`` section of a checked multi-task input: per task its data, loss and prob."""
     from mlpot.models.deepmd.multitask import resolve_task_section
 
-    front = _front()
     training = config["training"]
     probs = training.get("model_prob") or {}
     tasks: Dict[str, Dict[str, Any]] = {}
     for task, entry in training["data_dict"].items():
         path = ["training", "data_dict", task]
-        data = {"train": front._data_section(entry["training_data"], base, path + ["training_data"], file)}
+        data = {"train": data_section(entry["training_data"], base, path + ["training_data"], file)}
         if entry.get("validation_data") is not None:
-            data["valid"] = front._data_section(entry["validation_data"], base, path + ["validation_data"], file)
+            data["valid"] = data_section(entry["validation_data"], base, path + ["validation_data"], file)
         stat_file = entry.get("stat_file") or training.get("stat_file")
         if stat_file:
             data["stat_file"] = str((base / stat_file).resolve())
         head = resolve_task_section(task, config["model"]["model_dict"][task], config["model"]["shared_dict"])
         try:
-            loss = front._loss_section(config["loss_dict"][task], head["fitting_net"].get("type", "ener"))
+            loss = loss_section(config["loss_dict"][task], head["fitting_net"].get("type", "ener"))
         except ConfigError as error:
             raise _rerooted(error, "loss", f"loss_dict/{task}") from None
         tasks[task] = {"data": data, "loss": loss}

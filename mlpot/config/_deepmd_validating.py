@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Dict, Optional
 
 from mlpot.config import _deepmd_keys as table
+from mlpot.config._deepmd_check import check_section
 from mlpot.errors import ConfigError
 
 __all__ = ["apply_validating"]
@@ -100,9 +101,8 @@ def apply_validating(config: Dict[str, Any], native: Dict[str, Any], file: Optio
     raw = config.get("validating")
     if raw is None:
         return
-    from mlpot.config.deepmd import _check_section  # deepmd.py imports this module
 
-    section = {**_DEFAULTS, **_check_section(raw, table.VALIDATING, ["validating"], file)}
+    section = {**_DEFAULTS, **check_section(raw, table.VALIDATING, ["validating"], file)}
     _check_values(section, file)
     metric = _metric(section["validation_metric"], file)
     if not (section["full_validation"] or section["ema_full_validation"]) or float(section["full_val_start"]) == 1.0:

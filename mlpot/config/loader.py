@@ -19,7 +19,7 @@ from typing import Any, Dict, Optional, Union
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from mlpot.config.schema import NativeConfig
+from mlpot.training.schema import NativeConfig
 from mlpot.errors import ConfigError, DataError, suggest
 
 __all__ = ["load_config", "validate_config", "read_yaml"]
@@ -156,7 +156,7 @@ def _check_paths_exist(config: NativeConfig, file: Optional[str]) -> None:
 def _missing_data_path(path: str) -> Optional[str]:
     """Why ``path`` cannot be read as data, or None. ``file.h5#/group`` needs the file and the group."""
     # imported here: the data package pulls in torch, which plain config validation does not need
-    from mlpot.data.deepmd_format import hdf5_group_exists, split_hdf5_path
+    from mlpot.data.deepmd_sources import hdf5_group_exists, split_hdf5_path
 
     hdf5 = split_hdf5_path(path)
     if hdf5 is None or hdf5[1] is None:

@@ -8,7 +8,7 @@ The HDF5 format is the same tree inside an HDF5 group, addressed as ``file.h5#/g
 non-periodic system) and ``set.NNN`` subgroups holding datasets named like the npy files
 (``coord.npy``, ``force.npy``, ...). A bare ``file.h5`` is its root group for :func:`read_deepmd`;
 :func:`find_deepmd_systems` expands it (or any group) to every group below that holds ``type.raw``.
-One reading routine serves both through a small "system source" (a folder or an HDF5 group).
+One reading routine serves both through a small "system source" (``mlpot.data.deepmd_sources``).
 
 Label gating follows DeePMD's ``find_*``: a missing label file means the label is absent from the
 frame (weight 0 when batched), never a zero label; the same holds for ``drdq`` (generalised-force
@@ -20,7 +20,6 @@ converter) is a heavy dependency and the format is a handful of numpy files.
 
 from __future__ import annotations
 
-import contextlib
 import os
 from pathlib import Path
 from typing import Collection, Dict, Iterator, List, Optional, Sequence, Tuple
@@ -28,13 +27,13 @@ from typing import Collection, Dict, Iterator, List, Optional, Sequence, Tuple
 import numpy as np
 
 from mlpot.data import keys as K
+from mlpot.data.deepmd_sources import (HDF5_SUFFIXES, find_deepmd_systems, hdf5_group_exists, hdf5_name,
+                                       is_deepmd_system, open_system, split_hdf5_path, system_type_map)
 from mlpot.data.frames import FrameList, check_finite, numbers_from_type_map, present_weight
 from mlpot.errors import DataError
 
 __all__ = ["read_deepmd", "write_deepmd_npy", "write_deepmd_hdf5", "is_deepmd_system", "find_deepmd_systems",
-           "split_hdf5_path", "hdf5_group_exists", "HDF5_SUFFIXES"]
-
-HDF5_SUFFIXES = (".h5", ".hdf5", ".hdf")
+           "split_hdf5_path", "hdf5_group_exists", "system_type_map", "HDF5_SUFFIXES"]
 
 # file stem -> (our key, per-atom?, trailing shape per atom or per frame (-1: inferred))
 _LABEL_FILES = {
@@ -66,208 +65,28 @@ _STEM_OF = {key: stem for stem, (key, _, _) in _FILES.items()}
 # ---- system sources: a directory or an HDF5 group ---------------------------------------------------
 
 
-class _Folder:
-    """A system directory or one of its ``set.*`` folders; entries are files."""
-
-    def __init__(self, path: Path):
-        self.path = Path(path)
-
-    def where(self, name: Optional[str] = None):
-        """Location for messages: the folder or one entry in it."""
-        return self.path if name is None else self.path / name
-
-    def is_file(self, name: str) -> bool:
-        return (self.path / name).is_file()
-
-    def exists(self, name: str) -> bool:
-        return (self.path / name).exists()
-
-    def table(self, name: str, raw: bool) -> np.ndarray:
-        """The array of a ``.raw`` text table or a ``.npy`` file (raises ValueError/OSError/EOFError)."""
-        file = self.path / name
-        return np.loadtxt(file, ndmin=2, dtype=np.float64) if raw else np.load(file)
-
-    def integers(self, name: str) -> np.ndarray:
-        """Whitespace-separated integers of a text file (``type.raw``), 1-D int64."""
-        return np.loadtxt(self.path / name, dtype=np.int64, ndmin=1).reshape(-1)
-
-    def words(self, name: str) -> List[str]:
-        """Whitespace-separated words of a text file (``type_map.raw``)."""
-        return (self.path / name).read_text().split()
-
-    def folders(self, pattern: str) -> List["_Folder"]:
-        """Sub-folders matching ``pattern`` (``set.*``), sorted by name."""
-        return [_Folder(p) for p in sorted(p for p in self.path.glob(pattern) if p.is_dir())]
 
 
-class _Group:
-    """A system group of an HDF5 file or one of its ``set.*`` subgroups; entries are datasets.
-
-    Entries keep the file names of the npy layout (``type.raw``, ``set.000/coord.npy``); messages
-    name them ``file.h5#/group/set.000/force.npy``.
-    """
-
-    def __init__(self, group, file: Path):
-        self.group = group
-        self.file = Path(file)
-
-    def where(self, name: Optional[str] = None) -> str:
-        inner = self.group.name.rstrip("/")
-        return f"{self.file}#{inner or '/'}" if name is None else f"{self.file}#{inner}/{name}"
-
-    def _dataset(self, name: str):
-        import h5py
-        entry = self.group.get(name)
-        return entry if isinstance(entry, h5py.Dataset) else None
-
-    def is_file(self, name: str) -> bool:
-        return self._dataset(name) is not None
-
-    def exists(self, name: str) -> bool:
-        return name in self.group
-
-    def table(self, name: str, raw: bool) -> np.ndarray:
-        """The dataset as an array (the same array for a ``.raw`` or ``.npy`` name)."""
-        array = np.asarray(self._dataset(name)[()])
-        if array.dtype.kind not in "biuf":
-            raise ValueError(f"holds {array.dtype} data, expected numbers")
-        return array
-
-    def integers(self, name: str) -> np.ndarray:
-        """``type.raw``: an integer dataset (dpdata), or text of whitespace-separated integers."""
-        array = np.asarray(self._dataset(name)[()])
-        if array.dtype.kind in "SUO":
-            return np.array(" ".join(_decode(array)).split(), dtype=np.int64)
-        if array.dtype.kind == "f" and not np.all(array == np.round(array)):
-            raise ValueError("non-integer type index")
-        if array.dtype.kind not in "biuf":
-            raise ValueError(f"holds {array.dtype} data")
-        return array.astype(np.int64).reshape(-1)
-
-    def words(self, name: str) -> List[str]:
-        """``type_map.raw``: an array of (byte) strings (dpdata), or one whitespace-separated string."""
-        return " ".join(_decode(np.asarray(self._dataset(name)[()]))).split()
-
-    def folders(self, pattern: str) -> List["_Group"]:
-        import fnmatch
-        import h5py
-        names = sorted(n for n in self.group if fnmatch.fnmatchcase(n, pattern)
-                       and isinstance(self.group.get(n), h5py.Group))
-        return [_Group(self.group[n], self.file) for n in names]
 
 
-class _MissingGroup(DataError):
-    """The HDF5 file opened but has no such group."""
 
 
-def _decode(array: np.ndarray) -> List[str]:
-    return [v.decode() if isinstance(v, bytes) else str(v) for v in np.atleast_1d(array).reshape(-1)]
 
 
-def split_hdf5_path(path) -> Optional[Tuple[Path, Optional[str]]]:
-    """``(file, group)`` of an HDF5 system path, or None for a directory/other file.
-
-    ``file.h5#/group`` -> ``(file.h5, "/group")``; a bare ``file.h5`` (suffix in
-    :data:`HDF5_SUFFIXES`) -> ``(file.h5, None)``: the whole file. A path that exists as it is
-    (a directory whose name holds ``#``) is not split.
-    """
-    text = str(path)
-    if "#" in text and not os.path.exists(text):
-        file, group = text.split("#", 1)
-        return Path(file), "/" + group.strip("/")
-    if Path(text).suffix.lower() in HDF5_SUFFIXES and not os.path.isdir(text):
-        return Path(text), None
-    return None
 
 
-def _hdf5_name(file: Path, group: str) -> Path:
-    """The system path of a group, ``file.h5#/group``."""
-    return Path(f"{file}#{group}")
 
 
-@contextlib.contextmanager
-def _open_hdf5(file: Path, group: Optional[str]) -> Iterator[_Group]:
-    """Open ``file`` read-only and yield its ``group`` (None: the root); DataError when either is missing."""
-    try:
-        import h5py
-    except ImportError:  # a declared dependency; the message says what to install
-        raise DataError("reading HDF5 data needs h5py (pip install h5py)", file=file) from None
-    if not Path(file).is_file():
-        raise DataError("path does not exist", file=file)
-    try:
-        handle = h5py.File(file, "r")
-    except OSError as exc:
-        raise DataError(f"not a readable HDF5 file ({exc})", file=file) from None
-    with handle:
-        group = group or "/"
-        if not isinstance(handle.get(group), h5py.Group):
-            inside = _system_groups(handle["/"])
-            raise _MissingGroup("no such group in the HDF5 file", file=file, key=group,
-                                hint=f"systems in it: {', '.join(inside)}" if inside else "it holds no system")
-        yield _Group(handle[group], file)
 
 
-def _system_groups(group) -> List[str]:
-    """Absolute names of the groups below (and including) ``group`` that hold ``type.raw``, sorted."""
-    import h5py
-    found = [group.name] if "type.raw" in group else []
-
-    def visit(name, obj):
-        if isinstance(obj, h5py.Group) and "type.raw" in obj:
-            found.append(obj.name)
-
-    group.visititems(visit)
-    return sorted(found)
 
 
-def hdf5_group_exists(file, group: str) -> bool:
-    """True when the HDF5 ``file`` has ``group``; DataError when the file is missing or unreadable."""
-    try:
-        with _open_hdf5(Path(file), group):
-            return True
-    except _MissingGroup:
-        return False
 
 
-def is_deepmd_system(path) -> bool:
-    """True when ``path`` is a directory holding ``type.raw``, or an HDF5 group (``file.h5#/group``,
-    a bare ``file.h5`` meaning its root) holding a ``type.raw`` dataset."""
-    hdf5 = split_hdf5_path(path)
-    if hdf5 is None:
-        return (Path(path) / "type.raw").is_file()
-    try:
-        with _open_hdf5(*hdf5) as source:
-            return source.is_file("type.raw")
-    except DataError:
-        return False
 
 
-def system_type_map(path) -> Optional[List[str]]:
-    """The names of ``type_map.raw`` of one DeePMD system (directory or HDF5 group), or None when
-    the system has none; only that file is read."""
-    hdf5 = split_hdf5_path(path)
-    if hdf5 is None:
-        source = _Folder(Path(path))
-        return source.words("type_map.raw") if source.is_file("type_map.raw") else None
-    with _open_hdf5(*hdf5) as source:
-        return source.words("type_map.raw") if source.is_file("type_map.raw") else None
 
 
-def find_deepmd_systems(path) -> List[Path]:
-    """``path`` itself if it is a system, else every system below it (sorted, recursive).
-
-    For HDF5 (``file.h5`` or ``file.h5#/group``) the systems are the groups holding ``type.raw``,
-    returned as ``file.h5#/group`` paths; a missing file or group is a DataError.
-    """
-    hdf5 = split_hdf5_path(path)
-    if hdf5 is not None:
-        file, _ = hdf5
-        with _open_hdf5(*hdf5) as source:
-            return [_hdf5_name(file, name) for name in _system_groups(source.group)]
-    path = Path(path)
-    if is_deepmd_system(path):
-        return [path]
-    return sorted(p.parent for p in path.rglob("type.raw"))
 
 
 def _read_table(source, name: str, raw: bool, n_frames: Optional[int] = None) -> np.ndarray:
@@ -367,34 +186,14 @@ def read_deepmd(path, *, type_map: Optional[Sequence[str]] = None, raw: Optional
     a malformed file of such a key is no error.
     A bare ``file.h5`` reads the file's root group as the system.
     """
-    hdf5 = split_hdf5_path(path)
-    if hdf5 is None:
-        return _read_system(_Folder(Path(path)), type_map, raw, index, skip)
-    with _open_hdf5(*hdf5) as system:  # everything is read into memory before the file closes
+    with open_system(path) as system:  # everything is read into memory before an HDF5 file closes
         return _read_system(system, type_map, raw, index, skip)
 
 
-def _read_system(system, type_map: Optional[Sequence[str]], raw: Optional[bool], index,
-                 skip: Collection[str] = ()) -> FrameList:
-    """The reader of :func:`read_deepmd` on a system source (a :class:`_Folder` or :class:`_Group`)."""
-    if not system.is_file("type.raw"):
-        raise DataError("not a DeePMD system (no type.raw)", file=system.where())
-    try:
-        types = system.integers("type.raw")
-    except ValueError as exc:
-        raise DataError(f"expected whitespace-separated integers ({exc})", file=system.where("type.raw"),
-                        key="type") from None
-    types, names = _resolve_types(system, types, type_map)
+def _read_columns(folders, suffix: str, raw: bool, types: np.ndarray, periodic: bool, skip: Collection[str]):
+    """({key: [one (frames, ...) array per folder that has the file]}, frames per folder) of the
+    coordinates, box, labels and inputs of every set (or of the system for ``deepmd/raw``)."""
     n_atoms = types.size
-    periodic = not system.exists("nopbc")
-    sets = system.folders("set.*")
-    if raw is None:
-        raw = not sets
-    folders = [system] if raw else sets
-    suffix = ".raw" if raw else ".npy"
-    if not folders or not folders[0].is_file(f"coord{suffix}"):
-        raise DataError(f"no coord{suffix} found", file=system.where(), key="coord")
-
     columns: Dict[str, List[np.ndarray]] = {}
     set_lengths = []
     for folder in folders:
@@ -423,6 +222,31 @@ def _read_system(system, type_map: Optional[Sequence[str]], raw: Optional[bool],
             columns.setdefault("real_atom_types", []).append(
                 np.asarray(folder.table("real_atom_types.npy", False)).astype(np.int64))
 
+    return columns, set_lengths
+
+
+def _read_system(system, type_map: Optional[Sequence[str]], raw: Optional[bool], index,
+                 skip: Collection[str] = ()) -> FrameList:
+    """The reader of :func:`read_deepmd` on a system source (``mlpot.data.deepmd_sources``)."""
+    if not system.is_file("type.raw"):
+        raise DataError("not a DeePMD system (no type.raw)", file=system.where())
+    try:
+        types = system.integers("type.raw")
+    except ValueError as exc:
+        raise DataError(f"expected whitespace-separated integers ({exc})", file=system.where("type.raw"),
+                        key="type") from None
+    types, names = _resolve_types(system, types, type_map)
+    n_atoms = types.size
+    periodic = not system.exists("nopbc")
+    sets = system.folders("set.*")
+    if raw is None:
+        raw = not sets
+    folders = [system] if raw else sets
+    suffix = ".raw" if raw else ".npy"
+    if not folders or not folders[0].is_file(f"coord{suffix}"):
+        raise DataError(f"no coord{suffix} found", file=system.where(), key="coord")
+
+    columns, set_lengths = _read_columns(folders, suffix, raw, types, periodic, skip)
     total = sum(set_lengths)
     frames = FrameList(type_map=names, source=str(system.where()))
     numbers_of_type = numbers_from_type_map(names)
@@ -542,13 +366,13 @@ def write_deepmd_hdf5(path_or_group, frames: Sequence[dict], *, type_map: Sequen
 
     if isinstance(path_or_group, h5py.Group):
         group = path_or_group
-        where = _hdf5_name(Path(group.file.filename), group.name)
+        where = hdf5_name(Path(group.file.filename), group.name)
         plan = _write_plan(frames, where, "deepmd/hdf5")
         _fill_hdf5_group(group, frames, type_map, set_size, *plan)
         return where
     file, name = split_hdf5_path(path_or_group) or (Path(path_or_group), None)
     name = name or "/"
-    where = _hdf5_name(file, name)
+    where = hdf5_name(file, name)
     plan = _write_plan(frames, where, "deepmd/hdf5")
     file.parent.mkdir(parents=True, exist_ok=True)
     try:

@@ -12,8 +12,8 @@ from typing import Collection, List, Mapping, Optional, Sequence, Union
 
 import numpy as np
 
-from mlpot.data.deepmd_format import (find_deepmd_systems, is_deepmd_system, read_deepmd, split_hdf5_path,
-                                      write_deepmd_hdf5, write_deepmd_npy)
+from mlpot.data.deepmd_format import read_deepmd, write_deepmd_hdf5, write_deepmd_npy
+from mlpot.data.deepmd_sources import find_deepmd_systems, is_deepmd_system, split_hdf5_path
 from mlpot.data.extxyz_format import read_extxyz, write_extxyz
 from mlpot.data.frames import FrameList
 from mlpot.data.keys import ATOM_TYPES, WEIGHTED, weight_key

@@ -27,7 +27,7 @@ from typing import Dict, List, Optional, Sequence, Union
 import numpy as np
 
 from mlpot.data import keys as K
-from mlpot.data.deepmd_format import split_hdf5_path
+from mlpot.data.deepmd_sources import split_hdf5_path
 from mlpot.data.frames import frame_labels, present_weight
 from mlpot.data.stat_file import StatisticsFile
 from mlpot.data.neighbors import neighbor_counts, neighbor_list

@@ -49,12 +49,14 @@ class AtomisticModel(torch.nn.Module):
     output_keys: batch keys that ``forward`` returns.
     input_keys: optional batch inputs ``forward`` reads besides the geometry (FPARAM, APARAM...);
     readers skip the others.
+    statistics_batches: batches of every training system in the sample ``compute_statistics`` sees.
     """
 
     type_map: List[str]
     cutoff: float
     config: Dict[str, Any]
     output_keys: Tuple[str, ...] = ()
+    statistics_batches: int = 10  # batches per training system in the data-statistics sample
 
     @property
     def input_keys(self) -> Tuple[str, ...]:

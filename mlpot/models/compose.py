@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Optional, Sequence
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence
 
 import torch
 
@@ -100,9 +100,8 @@ FROZEN_KEYS: Dict[str, Key] = {
 }
 
 
-def build_linear_ener(config: Dict[str, Any], dtype: torch.dtype) -> LinearEnergyModel:
-    from mlpot.models.registry import build_model  # same layer; imported here because the registry imports this module
-
+def build_linear_ener(config: Dict[str, Any], dtype: torch.dtype, build: Callable[..., AtomisticModel]) -> LinearEnergyModel:
+    """A LinearEnergyModel; ``build(section, dtype)`` builds each member (the registry's build_model)."""
     values = read_section(config, "model", LINEAR_KEYS, "LinearEnergySection")
     sections = values["models"]
     if not isinstance(sections, list) or not sections or not all(isinstance(s, dict) for s in sections):
@@ -114,7 +113,7 @@ def build_linear_ener(config: Dict[str, Any], dtype: torch.dtype) -> LinearEnerg
         if section.get("type") != "frozen":
             section.setdefault("type_map", type_map)
         try:
-            member = build_model(section, dtype)
+            member = build(section, dtype)
         except ConfigError as error:
             raise ConfigError(str(error), key=f"model/models/{index}") from error
         if type_map is not None and list(member.type_map) != list(type_map):
@@ -158,12 +157,12 @@ def read_frozen_file(path) -> Dict[str, Any]:
     return payload
 
 
-def build_frozen(config: Dict[str, Any], dtype: torch.dtype) -> FrozenModel:
-    from mlpot.models.registry import build_model
+def build_frozen(config: Dict[str, Any], dtype: torch.dtype, build: Callable[..., AtomisticModel]) -> FrozenModel:
+    """A FrozenModel of an mlpot frozen file; ``build(section, dtype)`` rebuilds the stored architecture."""
 
     values = read_section(config, "model", FROZEN_KEYS, "FrozenSection")
     payload = read_frozen_file(values["model_file"])
-    model = build_model(payload["model_config"], _DTYPES.get(payload.get("dtype"), dtype))
+    model = build(payload["model_config"], _DTYPES.get(payload.get("dtype"), dtype))
     missing, unexpected = model.load_state_dict(payload["state_dict"], strict=False)
     if missing or unexpected:
         raise CheckpointError(f"weights do not fit the stored model (missing {missing}, unexpected {unexpected})",

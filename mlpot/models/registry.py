@@ -22,6 +22,7 @@ model type to its builder for ``build_model``.
 from __future__ import annotations
 
 import copy
+import functools
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, Mapping, Optional, Protocol, Sequence, Tuple
 
@@ -29,7 +30,10 @@ import numpy as np
 import torch
 
 from mlpot.errors import ConfigError
+from mlpot.models import deepmd
 from mlpot.models.base import AtomisticModel
+from mlpot.models.compose import build_frozen, build_linear_ener
+from mlpot.models.pair import build_pairtab, with_short_range_table
 from mlpot.nn import Registry
 
 __all__ = ["DataProbe", "ModelFamily", "FAMILIES", "MODELS", "family_of", "check_model_section", "build_model"]
@@ -67,17 +71,16 @@ def _register(family: ModelFamily, builders: Mapping[str, Callable[..., Atomisti
 
 
 def _register_families() -> None:
-    from mlpot.models import deepmd
-    from mlpot.models.compose import build_frozen, build_linear_ener
-    from mlpot.models.pair import build_pairtab, with_short_range_table
-
+    # composite builders build their members through build_model, handed to them here
     _register(ModelFamily("deepmd", ("standard", "multi_task", "linear_ener", "pairtab", "frozen"),
                           check_section=deepmd.check_model_section, build=build_model,
-                          resolve_from_data=deepmd.resolve_from_data, prepare_finetune=deepmd.prepare_finetune),
+                          resolve_from_data=deepmd.resolve_from_data,
+                          prepare_finetune=functools.partial(deepmd.prepare_finetune, build=build_model)),
               {"standard": with_short_range_table(deepmd.build_standard),  # use_srtab: mlpot.models.pair
-               "multi_task": deepmd.build_multi_task,
+               "multi_task": functools.partial(deepmd.build_multi_task, build=build_model),
                # family-neutral composites, spelt as DeePMD-kit's model types
-               "linear_ener": build_linear_ener, "pairtab": build_pairtab, "frozen": build_frozen})
+               "linear_ener": functools.partial(build_linear_ener, build=build_model), "pairtab": build_pairtab,
+               "frozen": functools.partial(build_frozen, build=build_model)})
 
 
 def family_of(section: Mapping[str, Any]) -> ModelFamily:

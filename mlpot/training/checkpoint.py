@@ -15,16 +15,19 @@ from __future__ import annotations
 
 import io
 import os
+import random
 import re
 import tempfile
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Union
 
+import numpy as np
 import torch
 
 from mlpot.errors import CheckpointError
 
-__all__ = ["CHECKPOINT_FORMAT", "atomic_write_bytes", "save_checkpoint", "load_checkpoint", "CheckpointManager"]
+__all__ = ["CHECKPOINT_FORMAT", "atomic_write_bytes", "save_checkpoint", "load_checkpoint", "CheckpointManager",
+           "rng_state", "set_rng_state", "trainer_state", "restore_trainer_state"]
 
 CHECKPOINT_FORMAT = "mlpot-checkpoint-1"
 PathLike = Union[str, os.PathLike]
@@ -117,3 +120,65 @@ class CheckpointManager:
         """Newest numbered checkpoint, or None."""
         files = self.existing()
         return files[-1] if files else None
+
+
+# ---- the state of a training run -------------------------------------------------------------
+def rng_state() -> dict:
+    """The torch, numpy and python random states (restored by :func:`set_rng_state`)."""
+    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+
+
+def trainer_state(trainer) -> Dict[str, Any]:
+    """Everything an exact resume needs (module docstring): model config and weights (and the EMA
+    weights), optimizer, scheduler, EMA, RNG states, sampler positions, step, epoch, the config."""
+    samplers = {name: {"train": data.train_sampler.state_dict(),
+                       "valid": data.valid_sampler.state_dict() if data.valid_sampler is not None else None}
+                for name, data in trainer.task_data.items()}
+    if trainer.multi_task:
+        sampler_state = {"task_samplers": samplers, "task_sampler": trainer.task_sampler.state_dict()}
+    else:  # single-task files keep DeePMD-like top-level keys
+        sampler_state = {"train_sampler": samplers[""]["train"], "valid_sampler": samplers[""]["valid"]}
+    ema_weights = None
+    if trainer.ema is not None:
+        # through the model (not by shadow names): a module shared by heads appears under every head's
+        # names in state_dict but only once among the averaged parameters
+        with trainer.ema.applied(trainer.model):
+            ema_weights = {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
+    return {**sampler_state,
+            "model_config": trainer.model.config, "dtype": trainer.config.dtype,
+            "model_state_dict": trainer.model.state_dict(), "ema_state_dict": ema_weights,
+            "optimizer": trainer.optimizer.state_dict(), "scheduler": trainer.scheduler.state_dict(),
+            "ema": trainer.ema.state_dict() if trainer.ema else None,
+            "rng": rng_state(), "step": trainer.step, "epoch": trainer.epoch, "nonfinite": trainer.nonfinite,
+            "full_validation": trainer.full_validation.state_dict(),
+            "config": trainer.config.model_dump(mode="json")}
+
+
+def restore_trainer_state(trainer, state: Dict[str, Any], path: PathLike) -> None:
+    """Put a :func:`trainer_state` back into ``trainer``; CheckpointError when it does not fit."""
+    try:
+        trainer.model.load_state_dict(state["model_state_dict"])
+        trainer.optimizer.load_state_dict(state["optimizer"])
+        if state.get("scheduler") is not None:
+            trainer.scheduler.load_state_dict(state["scheduler"])
+        if trainer.ema is not None and state.get("ema") is not None:
+            trainer.ema.load_state_dict(state["ema"])
+        samplers = state["task_samplers"] if trainer.multi_task else \
+            {"": {"train": state["train_sampler"], "valid": state.get("valid_sampler")}}
+        for name, positions in samplers.items():
+            data = trainer.task_data[name]
+            data.train_sampler.load_state_dict(positions["train"])
+            if data.valid_sampler is not None and positions.get("valid") is not None:
+                data.valid_sampler.load_state_dict(positions["valid"])
+        if trainer.task_sampler is not None:
+            trainer.task_sampler.load_state_dict(state["task_sampler"])
+        trainer.step, trainer.epoch, trainer.nonfinite = int(state["step"]), int(state["epoch"]), int(state["nonfinite"])
+        set_rng_state(state["rng"])
+    except (KeyError, RuntimeError, ValueError) as exc:
+        raise CheckpointError(f"checkpoint does not fit this config: {exc}", file=str(path)) from None

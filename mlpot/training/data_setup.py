@@ -5,8 +5,9 @@ lists are built once per frame at the model cutoff (or ``data.cutoff``) and cach
 ``AtomsDataset``. The training sampler is DeePMD's system sampler (``sampler: deepmd``: a random
 system per step, batch sizes by the ``auto:N``/``max:N`` rules) or shuffled epochs (``epoch``).
 Validation with ``sampler: deepmd`` takes the next ``numb_btch`` batches at each display (DeePMD);
-with ``epoch`` it is one full pass in file order. Model statistics (env-matrix mean/std, energy
-bias) use the first ``model.data_stat_nbatch`` (10) batches of every training system.
+with ``epoch`` it is one full pass in file order. Model statistics (``model.compute_statistics``:
+input normalisation, output bias) use the first ``model.statistics_batches`` (10) batches of every
+training system.
 Multi-task (``config.tasks``): one dataset pair and sampler set per task, read onto that task's head;
 a :class:`~mlpot.data.TaskSampler` picks the task of each step (``prob`` normalised; default
 proportional to the number of training systems of each task, as DeePMD-kit's ``model_prob``).
@@ -23,7 +24,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -35,8 +36,7 @@ from mlpot.data.batching import concat_frame_lists
 from mlpot.data.stat_file import StatisticsFile
 from mlpot.errors import ConfigError
 
-if TYPE_CHECKING:  # the config layer sits above training; only its types are named here
-    from mlpot.config.schema import DataConfig, DataSection, NativeConfig
+from mlpot.training.schema import DataConfig, DataSection, NativeConfig
 
 __all__ = ["TrainingData", "MultiTaskData", "build_training_data"]
 
@@ -53,7 +53,7 @@ class DataProbe:
     statistics on those frames through the statistics file.
     """
 
-    def __init__(self, section: "DataSection", store: Optional[StatisticsFile] = None, cutoff: Optional[float] = None):
+    def __init__(self, section: DataSection, store: Optional[StatisticsFile] = None, cutoff: Optional[float] = None):
         self.section, self.store, self.cutoff = section, store, cutoff  # cutoff: data.cutoff, overriding the model's
         self._read: Dict[tuple, tuple] = {}  # type_map -> (skip used, systems)
         self.reads = 0
@@ -84,7 +84,7 @@ def _dataset(probe: DataProbe, type_map, cutoff: float, skip=()):
     return systems, AtomsDataset(concat_frame_lists(systems), cutoff, type_map=type_map), sizes, n_atoms
 
 
-def _sampler(section: "DataSection", sizes, n_atoms, seed: int, shuffle: bool):
+def _sampler(section: DataSection, sizes, n_atoms, seed: int, shuffle: bool):
     if section.sampler == "deepmd":
         return SystemSampler(sizes, section.batch_size, n_atoms=n_atoms, auto_prob=section.auto_prob,
                              sys_probs=section.sys_probs, seed=seed)
@@ -136,11 +136,11 @@ class MultiTaskData:
     task_sampler: TaskSampler
 
 
-def _stat_file(data_config: "DataConfig") -> Optional[StatisticsFile]:
+def _stat_file(data_config: DataConfig) -> Optional[StatisticsFile]:
     return None if data_config.stat_file is None else StatisticsFile(data_config.stat_file, data_config.stat_file_mode)
 
 
-def _probe(data_config: "DataConfig") -> DataProbe:
+def _probe(data_config: DataConfig) -> DataProbe:
     return DataProbe(data_config.train, _stat_file(data_config), data_config.cutoff)
 
 
@@ -149,7 +149,7 @@ def model_statistics(model: torch.nn.Module, samples, store: Optional[Statistics
     """``model.compute_statistics(samples)``, or the same result read from the statistics file.
 
     The record holds the model state entries that the statistics change (env-matrix mean/std,
-    output biases, fitting-net centring...), under a hash of ``identity`` (the model section,
+    output biases, network centring...), under a hash of ``identity`` (the model section,
     precision, data files, statistics sample and seed), so a changed model or dataset never
     reuses stale statistics. In ``read`` mode a missing record is a ConfigError.
     """
@@ -174,7 +174,7 @@ def model_statistics(model: torch.nn.Module, samples, store: Optional[Statistics
         log(f"data statistics computed and written to {store.path}")
 
 
-def _statistics_identity(config: "NativeConfig", model, data_config: "DataConfig", samples) -> dict:
+def _statistics_identity(config: NativeConfig, model, data_config: DataConfig, samples) -> dict:
     from mlpot.data.statistics import source_fingerprint
 
     return {"model": model.config, "dtype": str(model.dtype), "seed": config.seed,
@@ -182,10 +182,10 @@ def _statistics_identity(config: "NativeConfig", model, data_config: "DataConfig
             "sample": [int(b[K.ATOM_TYPES].shape[0]) for b in samples]}
 
 
-def _datasets(model, probe: DataProbe, data_config: "DataConfig", seed: int, device) -> Tuple[TrainingData, list]:
+def _datasets(model, probe: DataProbe, data_config: DataConfig, seed: int, device) -> Tuple[TrainingData, list]:
     """Training/validation datasets and samplers of one model (or head) and the statistics samples:
-    the first ``data_stat_nbatch`` batches of every training system (DeePMD; the model's config may
-    set it, 10 otherwise)."""
+    the first ``model.statistics_batches`` batches of every training system (DeePMD's
+    data_stat_nbatch, 10 by default)."""
     cutoff = float(data_config.cutoff or model.cutoff)
     skip = tuple(key for key in _OPTIONAL_INPUTS if key not in model.input_keys)
     _, train, sizes, n_atoms = _dataset(probe, list(model.type_map), cutoff, skip)
@@ -196,7 +196,7 @@ def _datasets(model, probe: DataProbe, data_config: "DataConfig", seed: int, dev
         data.valid = valid
         data.valid_sampler = _sampler(data_config.valid, vsizes, vatoms, seed + 1, shuffle=False)
         data.numb_btch = data_config.valid.numb_btch
-    n_batches = int(model.config.get("data_stat_nbatch", 10)) if isinstance(model.config, dict) else 10
+    n_batches = int(getattr(model, "statistics_batches", 10))
     batch_sizes = resolve_batch_sizes(data_config.train.batch_size, n_atoms) \
         if not isinstance(data_config.train.batch_size, int) else [data_config.train.batch_size] * len(sizes)
     offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(int)
@@ -209,7 +209,7 @@ def _datasets(model, probe: DataProbe, data_config: "DataConfig", seed: int, dev
     return data, samples
 
 
-def build_training_data(config: "NativeConfig", dtype: torch.dtype, *, file: Optional[str] = None,
+def build_training_data(config: NativeConfig, dtype: torch.dtype, *, file: Optional[str] = None,
                         with_statistics: bool = True, device: Optional[torch.device] = None,
                         log: Callable[[str], None] = lambda line: None) -> Union[TrainingData, MultiTaskData]:
     """Build the model and the data of ``config``; ``with_statistics`` runs model.compute_statistics
@@ -235,9 +235,9 @@ def build_training_data(config: "NativeConfig", dtype: torch.dtype, *, file: Opt
     return data
 
 
-def _build_multi_task_data(config: "NativeConfig", family, dtype: torch.dtype, with_statistics: bool,
+def _build_multi_task_data(config: NativeConfig, family, dtype: torch.dtype, with_statistics: bool,
                            device: torch.device, log: Callable[[str], None]) -> MultiTaskData:
-    """Heads, per-task data and the task sampler; descriptor statistics pooled over tasks (the model's)."""
+    """Heads, per-task data and the task sampler; statistics of shared modules pooled over tasks (the model's)."""
     from mlpot.models.registry import build_model
 
     probes = {name: _probe(task.data) for name, task in config.tasks.items()}

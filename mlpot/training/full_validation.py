@@ -35,7 +35,7 @@ import math
 import os
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -45,8 +45,7 @@ from mlpot.errors import ConfigError, DataError
 from mlpot.training.checkpoint import atomic_write_bytes, save_checkpoint
 from mlpot.training.metrics import combine_errors, label_errors
 
-if TYPE_CHECKING:  # the config layer sits above training; only its type is named here
-    from mlpot.config.schema import FullValidationConfig
+from mlpot.training.schema import FullValidationConfig
 
 __all__ = ["FullValidation", "ValidationFlow", "validation_errors", "format_number", "log_columns", "FAMILIES"]
 
@@ -178,7 +177,7 @@ class ValidationFlow:
     displayed step), ascending, at most ``max_best``; rank = position + 1.
     """
 
-    def __init__(self, name: str, config: "FullValidationConfig", out: Path, best_dir: Path, total_steps: int):
+    def __init__(self, name: str, config: FullValidationConfig, out: Path, best_dir: Path, total_steps: int):
         self.name, self.config, self.out = name, config, out
         log = Path(config.log_file)
         if name == "ema":
@@ -301,7 +300,7 @@ class FullValidation:
     message line (the trainer's stdout).
     """
 
-    def __init__(self, config: Optional["FullValidationConfig"], *, model: torch.nn.Module, data, ema,
+    def __init__(self, config: Optional[FullValidationConfig], *, model: torch.nn.Module, data, ema,
                  total_steps: int, out: Path, best_dir: Path, is_main: bool = True,
                  write: Callable[[str], None] = print, file: Optional[str] = None):
         self.config, self.model, self.data, self.ema, self.write = config, model, data, ema, write

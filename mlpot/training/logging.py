@@ -25,7 +25,8 @@ import warnings
 from pathlib import Path
 from typing import Dict, Iterable, List, Mapping, Optional, Tuple
 
-__all__ = ["LcurveWriter", "WindowMean", "MetricsCSV", "open_debug_log", "close_log", "format_loss_breakdown", "TensorBoardWriter"]
+__all__ = ["LcurveWriter", "WindowMean", "MetricsCSV", "open_debug_log", "close_log", "format_loss_breakdown", "TensorBoardWriter",
+           "TrainingLog"]
 
 
 class LcurveWriter:
@@ -191,3 +192,135 @@ class TensorBoardWriter:
     def close(self) -> None:
         if self.writer is not None:
             self.writer.close()
+
+
+class TrainingLog:
+    """What a training run writes besides checkpoints: console lines (through the progress bar
+    when there is one), lcurve.out, the metrics CSV, TensorBoard scalars, the loss-breakdown debug
+    log and the torch.profiler window. Only the main rank writes files.
+
+    Multi-task runs name their lcurve columns ``<key>_val_<task>`` / ``<key>_trn_<task>``; the
+    display values come in with keys ``<key>_<task>``.
+    """
+
+    PROFILED_STEPS = range(2, 7)  # displayed (1-based) steps; step 1 carries one-off set-up costs
+
+    def __init__(self, config, out: Path, *, is_main: bool, stdout, device_type: str = "cpu"):
+        self.config, self.out, self.is_main, self.stdout, self.device_type = config, Path(out), is_main, stdout, device_type
+        self.debug_log = self.lcurve = self.csv = self.tensorboard = self.bar = self.profiler = None
+        self.task_names: List[str] = [""]
+
+    # ---- files ---------------------------------------------------------------------------
+    def open(self, *, append: bool, task_labels: Mapping[str, Tuple[str, ...]], has_valid: Mapping[str, bool],
+             total_steps: int, initial_step: int, progress: bool) -> None:
+        """Open every writer (``append`` on restart) and the progress bar (on a terminal only)."""
+        from tqdm import tqdm
+
+        from mlpot.training.metrics import lcurve_keys
+
+        cfg, main = self.config, self.is_main
+        self.task_names = list(task_labels)
+        self.debug_log = open_debug_log(self.out / cfg.debug_log, append=append) if (main and cfg.debug_log) else None
+        if main and cfg.lcurve:
+            if self.task_names != [""]:
+                keys = {name: lcurve_keys(labels) for name, labels in task_labels.items()}
+                self.lcurve = LcurveWriter.multi_task(self.out / cfg.lcurve, keys, dict(has_valid), append)
+            else:
+                self.lcurve = LcurveWriter(self.out / cfg.lcurve, lcurve_keys(task_labels[""]), has_valid[""], append)
+        self.csv = MetricsCSV(self.out / cfg.metrics_csv, append) if (main and cfg.metrics_csv) else None
+        self.tensorboard = TensorBoardWriter(self.out / cfg.tensorboard_log_dir, cfg.tensorboard_freq,
+                                             enabled=main and cfg.tensorboard)
+        show_bar = progress and cfg.progress_bar and main and self.stdout.isatty()
+        self.bar = tqdm(total=total_steps, initial=initial_step, unit="step", disable=not show_bar,
+                        dynamic_ncols=True, file=self.stdout)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        for writer in (self.lcurve, self.csv, self.tensorboard):
+            if writer is not None:
+                writer.close()
+        close_log(self.debug_log)
+
+    # ---- lines -----------------------------------------------------------------------------
+    def write(self, line: str) -> None:
+        """One console line (main rank), above the progress bar when there is one."""
+        if not self.is_main:
+            return
+        if self.bar is not None:
+            self.bar.write(line, file=self.stdout)
+        else:
+            print(line, file=self.stdout, flush=True)
+
+    def debug(self, message: str, warning: bool = False) -> None:
+        """A debug-log line; a warning also goes to stderr (main rank)."""
+        if self.debug_log is not None:
+            (self.debug_log.warning if warning else self.debug_log.debug)(message)
+        if warning and self.is_main:
+            import sys
+
+            print(f"warning: {message}", file=sys.stderr)
+
+    def epoch_done(self, epoch: int, loss: float) -> None:
+        """The ``Epoch N: loss=...`` line of the debug log (MACE-SCF's; ``mlpot plot losses`` reads it)."""
+        if self.debug_log is not None:
+            self.debug_log.info(f"Epoch {epoch}: loss={loss:.6g}")
+
+    def step_done(self, train: Mapping[str, float]) -> None:
+        if self.bar is not None:
+            self.bar.update(1)
+            self.bar.set_postfix(loss=f"{train['loss']:.4g}", lr=f"{train['lr']:.2e}", refresh=False)
+
+    def display(self, step: int, epoch: int, stage: str, train: Mapping[str, float],
+                valid: Optional[Mapping[str, float]]) -> None:
+        """lcurve row, metrics-CSV row, TensorBoard scalars and (``disp_training``) a console line."""
+        if self.lcurve is not None:
+            self.lcurve.write(step, train, valid, train["lr"])
+        row = {"step": step, "epoch": epoch, "stage": stage, "lr": train["lr"], "loss": train["loss"]}
+        row.update({f"train_{k}": v for k, v in train.items() if k not in ("lr", "loss")})
+        row.update({f"valid_{k}": v for k, v in (valid or {}).items()})
+        if self.csv is not None:
+            self.csv.write(row)
+        if self.tensorboard is not None:
+            self.tensorboard.write(step, {k: v for k, v in row.items() if isinstance(v, float)})
+        if self.is_main and self.config.disp_training:
+            parts = [f"step {step}", f"stage {stage}", f"lr {train['lr']:.2e}", f"loss {train['loss']:.6g}"]
+            parts += [f"{self._name(k, 'trn')} {v:.3e}" for k, v in train.items() if k.startswith("rmse")]
+            parts += [f"{self._name(k, 'val')} {v:.3e}" for k, v in (valid or {}).items() if k.startswith("rmse")]
+            self.write(", ".join(parts))
+
+    def _name(self, key: str, kind: str) -> str:
+        """``rmse_e`` -> ``rmse_e_trn``; multi-task ``rmse_e_<task>`` -> ``rmse_e_trn_<task>`` (lcurve names)."""
+        for task in self.task_names if self.task_names != [""] else ():
+            if key.endswith("_" + task):
+                return f"{key[:-len(task) - 1]}_{kind}_{task}"
+        return f"{key}_{kind}"
+
+    # ---- profiler ----------------------------------------------------------------------------
+    def profile(self, shown: Optional[int]) -> None:
+        """torch.profiler over ``PROFILED_STEPS`` when ``profile_file`` (Chrome trace) or
+        ``profile_tensorboard`` (TensorBoard trace under tensorboard_log_dir) is set (main rank);
+        the traces are written when the window closes or training ends (``shown`` None)."""
+        cfg = self.config
+        if not (cfg.profile_file or cfg.profile_tensorboard) or not self.is_main:
+            return
+        if self.profiler is None and shown is not None and shown in self.PROFILED_STEPS:
+            from torch.profiler import ProfilerActivity, profile
+
+            activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if self.device_type == "cuda" else [])
+            self.profiler = profile(activities=activities, record_shapes=True)
+            self.profiler.__enter__()
+        elif self.profiler is not None and (shown is None or shown not in self.PROFILED_STEPS):
+            self.profiler.__exit__(None, None, None)
+            window = f"{self.PROFILED_STEPS.start}-{self.PROFILED_STEPS.stop - 1}"
+            if cfg.profile_file:
+                target = self.out / cfg.profile_file
+                self.profiler.export_chrome_trace(str(target))
+                self.write(f"wrote the profile of steps {window} to {target}")
+            if cfg.profile_tensorboard:
+                from torch.profiler import tensorboard_trace_handler
+
+                folder = self.out / cfg.tensorboard_log_dir
+                tensorboard_trace_handler(str(folder))(self.profiler)
+                self.write(f"wrote the TensorBoard profile of steps {window} to {folder}")
+            self.profiler = None

@@ -201,7 +201,7 @@ class LossTermFn:
 class WeightedLoss:
     """Total loss L = Σ_t p_t · L_t over the configured terms.
 
-    terms: name -> :class:`mlpot.config.schema.LossTerm` (or any object with the same attributes).
+    terms: name -> :class:`mlpot.training.schema.LossTerm` (or any object with the same attributes).
     loss_type "ener" applies DeePMD's normalisation defaults (ΔE²/N and ΔΞ²/N for MSE, or /N² with
     ``intensive``; ΔE/N inside MAE/Huber). atom_ener_coeff: compare E = Σ_i c_i E_i (see
     :meth:`prepare`).

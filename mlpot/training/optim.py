@@ -13,6 +13,9 @@ or ``ReduceLROnPlateau`` for ``plateau`` (stepped with a validation metric).
 
 from __future__ import annotations
 
+import fnmatch
+import math
+from dataclasses import dataclass
 from typing import Any, Dict, Iterable, List, Optional, Union
 
 import torch
@@ -21,7 +24,8 @@ from mlpot.errors import ConfigError
 from mlpot.nn.registry import Registry, check_option_names
 from mlpot.training.schedules import SCHEDULES, build_schedule
 
-__all__ = ["OPTIMIZERS", "build_optimizer", "build_lr_scheduler", "ScheduleFactor", "current_lr"]
+__all__ = ["OPTIMIZERS", "build_optimizer", "build_lr_scheduler", "ScheduleFactor", "current_lr", "OptimizerSetup",
+           "build_training_optimizer"]
 
 
 def _optimizer_classes() -> Registry[type]:
@@ -107,3 +111,88 @@ def build_lr_scheduler(
 def current_lr(optimizer: torch.optim.Optimizer) -> float:
     """Learning rate of the first parameter group (the one DeePMD displays)."""
     return float(optimizer.param_groups[0]["lr"])
+
+
+@dataclass
+class OptimizerSetup:
+    """The optimizer of a training run and its lr scheduler.
+
+    ``group_names`` / ``initial_lrs``: per parameter group (stages set their lrs by name);
+    ``start_lr``: the base lr (after ``scale_by_worker``); ``warmup_steps``: steps of linear warm-up;
+    ``plateau``: the scheduler is ReduceLROnPlateau (stepped with a validation metric).
+    """
+
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    group_names: List[str]
+    initial_lrs: List[float]
+    start_lr: float
+    warmup_steps: int
+    plateau: bool
+
+
+def _parameter_groups(model: torch.nn.Module, cfg, base_lr: float, file: Optional[str]):
+    """(groups, names): the ``optimizer.groups`` of the config by parameter-name patterns, the
+    parameters no pattern takes in a first group "default"."""
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    if not named:
+        raise ConfigError("nothing to train: every parameter of the model is frozen (trainable: false)",
+                          file=file, key="model")
+    taken, groups, names = set(), [], []
+    for index, group in enumerate(cfg.groups):
+        params = [p for n, p in named if n not in taken and any(fnmatch.fnmatch(n, pat) for pat in group.params)]
+        if not params:
+            raise ConfigError(f"patterns {group.params} match no parameter", file=file,
+                              key=["optimizer", "groups", index, "params"])
+        taken.update(n for n, p in named if any(p is q for q in params))
+        entry = {"params": params, "lr": group.lr or base_lr, **group.kwargs}
+        if group.weight_decay is not None:
+            entry["weight_decay"] = group.weight_decay
+        groups.append(entry)
+        names.append(group.name)
+    rest = [p for n, p in named if n not in taken]
+    if rest:
+        groups.insert(0, {"params": rest, "lr": base_lr})
+        names.insert(0, "default")
+    return groups, names
+
+
+def _schedule_options(sched, base_lr: float, total_steps: int):
+    """(warm-up steps, options of build_lr_scheduler) of the ``lr_schedule`` section."""
+    if sched.type == "plateau":
+        return 0, {"factor": sched.factor, "patience": sched.patience, "min_lr": sched.min_lr}
+    if sched.type == "constant" and not (sched.warmup_steps or sched.warmup_ratio):
+        return 0, {}
+    warmup = sched.warmup_steps or int((sched.warmup_ratio or 0.0) * total_steps)
+    options = {"warmup_steps": warmup, "warmup_start_factor": sched.warmup_start_factor}
+    if sched.type in ("exp", "cosine", "wsd"):
+        stop = sched.stop_lr if sched.stop_lr is not None else (
+            base_lr * sched.stop_lr_ratio if sched.stop_lr_ratio else (1e-8 if sched.type == "exp" else 0.0))
+        options.update(stop_lr=stop, num_steps=total_steps)
+    if sched.type == "wsd":
+        options.update(decay_phase_ratio=sched.decay_phase_ratio, decay_type=sched.decay_type)
+    if sched.type == "exp":
+        options.update(decay_steps=sched.decay_steps, decay_rate=sched.decay_rate, smooth=sched.smooth)
+    if sched.type == "step":
+        options.update(step_size=sched.step_size, gamma=sched.gamma)
+    return warmup, options
+
+
+def build_training_optimizer(model: torch.nn.Module, optimizer_cfg, schedule_cfg, total_steps: int,
+                             world_size: int = 1, file: Optional[str] = None) -> OptimizerSetup:
+    """The optimizer and scheduler of the native ``optimizer`` and ``lr_schedule`` sections for
+    ``model``'s trainable parameters over ``total_steps`` steps; the base lr is scaled by the number
+    of data-parallel workers (``scale_by_worker`` linear | sqrt | none)."""
+    base_lr = optimizer_cfg.lr or schedule_cfg.start_lr or 1e-3
+    base_lr *= {"linear": world_size, "sqrt": math.sqrt(world_size), "none": 1.0}[schedule_cfg.scale_by_worker]
+    groups, names = _parameter_groups(model, optimizer_cfg, base_lr, file)
+    kwargs = dict(optimizer_cfg.kwargs)
+    if optimizer_cfg.weight_decay is not None:
+        kwargs["weight_decay"] = optimizer_cfg.weight_decay
+    if optimizer_cfg.betas is not None:
+        kwargs["betas"] = tuple(optimizer_cfg.betas)
+    optimizer = build_optimizer(optimizer_cfg.name, groups, file=file, lr=base_lr, **kwargs)
+    initial_lrs = [g["lr"] for g in optimizer.param_groups]
+    warmup, options = _schedule_options(schedule_cfg, base_lr, total_steps)
+    scheduler = build_lr_scheduler(optimizer, schedule_cfg.type, start_lr=base_lr, file=file, **options)
+    return OptimizerSetup(optimizer, scheduler, names, initial_lrs, base_lr, warmup, schedule_cfg.type == "plateau")

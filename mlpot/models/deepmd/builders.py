@@ -58,7 +58,7 @@ def build_standard(config: Dict[str, Any], dtype: torch.dtype) -> StandardModel:
     fitting_cls = FITTINGS.get(fitting_section.get("type", "ener"), key="model/fitting_net/type")
     fitting = fitting_cls.from_config(fitting_section, n_types, descriptor, dtype)
     return StandardModel(type_map, descriptor, fitting, config, atom_exclude_types=values["atom_exclude_types"],
-                         data_stat_protect=values["data_stat_protect"])
+                         data_stat_protect=values["data_stat_protect"], data_stat_nbatch=values["data_stat_nbatch"])
 
 
 def _with_preset_out_bias(fitting: Dict[str, Any], preset: Any, n_types: int) -> Dict[str, Any]:

@@ -79,13 +79,15 @@ class FineTune:
     after_statistics: Callable[[torch.nn.Module, list, Callable[[str], None]], Any]
 
 
-def prepare_finetune_hook(config, pretrained: torch.nn.Module, *, branch: Optional[str] = None,
-                          use_pretrain_script: bool = False, file: Optional[str] = None,
+def prepare_finetune_hook(config, pretrained: torch.nn.Module, *, build: Callable[..., torch.nn.Module],
+                          branch: Optional[str] = None, use_pretrain_script: bool = False, file: Optional[str] = None,
                           pretrained_file: str = "pretrained") -> FineTune:
-    """``config.model`` adapted to ``pretrained`` (type_map remap, section check) and the FineTune plan."""
+    """``config.model`` adapted to ``pretrained`` (type_map remap, section check) and the FineTune plan;
+    ``build(section, dtype)`` builds a fresh model of the adapted section."""
     from mlpot.models.deepmd.finetune import finetune_bias, prepare_finetune
 
-    weights, random_fitting = prepare_finetune(config, pretrained, branch=branch, use_pretrain_script=use_pretrain_script,
-                                               file=file, pretrained_file=pretrained_file)
+    weights, random_fitting = prepare_finetune(config, pretrained, build=build, branch=branch,
+                                               use_pretrain_script=use_pretrain_script, file=file,
+                                               pretrained_file=pretrained_file)
     return FineTune(weights, lambda model, samples, write: finetune_bias(model, samples, random_fitting, write=write,
                                                                          file=file))

@@ -27,7 +27,7 @@ The bias update itself is the family-neutral ``mlpot.models.output_bias.change_e
 from __future__ import annotations
 
 import copy
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -217,8 +217,8 @@ def remap_state_dict(old: torch.nn.Module, new: torch.nn.Module, index: List[int
     return result
 
 
-def prepare_finetune(config, pretrained: torch.nn.Module, *, branch: Optional[str] = None,
-                     use_pretrain_script: bool = False, file: Optional[str] = None,
+def prepare_finetune(config, pretrained: torch.nn.Module, *, build: Callable[..., torch.nn.Module],
+                     branch: Optional[str] = None, use_pretrain_script: bool = False, file: Optional[str] = None,
                      pretrained_file: str = "pretrained") -> Tuple[Dict[str, torch.Tensor], bool]:
     """Adapt ``config`` (its model section, in place) to the pretrained model and return
     (initial weights for the trainer, random_fitting).
@@ -226,8 +226,6 @@ def prepare_finetune(config, pretrained: torch.nn.Module, *, branch: Optional[st
     config: the validated native config (single-task). pretrained: the loaded model (checkpoint or
     frozen; multi-task allowed with ``branch``). file: the input file, for messages.
     """
-    from mlpot.models import build_model
-
     if config.tasks is not None:
         raise ConfigError("not supported yet: fine-tuning into a multi-task input", file=file, key="model/model_dict")
     model, random_fitting = select_branch(pretrained, branch, pretrained_file)
@@ -244,7 +242,7 @@ def prepare_finetune(config, pretrained: torch.nn.Module, *, branch: Optional[st
         check_model_sections(section, reference, file=file, pretrained_file=pretrained_file)
         config.model = reference  # resolved sel and the pretrained's explicit values
     dtype = next((p.dtype for p in model.parameters()), torch.float64)
-    fresh = build_model(reference, dtype=dtype)
+    fresh = build(reference, dtype)
     weights = remap_state_dict(model, fresh, index, pretrained_file)
     if random_fitting:  # fitting nets and their statistics from a fresh model; the descriptor stays
         weights.update({k: v for k, v in fresh.state_dict().items() if k.startswith("fitting.")})

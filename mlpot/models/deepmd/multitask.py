@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import copy
 import re
-from typing import Any, Dict, List, Mapping, Sequence
+from typing import Any, Callable, Dict, List, Mapping, Sequence
 
 import torch
 
@@ -123,10 +123,9 @@ class MultiTaskModel(AtomisticModel):
         return summary
 
 
-def build_multi_task(config: Dict[str, Any], dtype: torch.dtype) -> MultiTaskModel:
-    """A MultiTaskModel from a ``multi_task`` section (module docstring)."""
-    from mlpot.models.registry import build_model  # same layer; the registry imports this module
-
+def build_multi_task(config: Dict[str, Any], dtype: torch.dtype, build: Callable[..., AtomisticModel]) -> MultiTaskModel:
+    """A MultiTaskModel from a ``multi_task`` section (module docstring); ``build(section, dtype)``
+    builds each head (the registry's build_model)."""
     unknown = set(config) - {"type", "shared_dict", "model_dict"}
     if unknown:
         raise ConfigError(f"unknown key (multi_task takes shared_dict and model_dict): {sorted(unknown)[0]}",
@@ -146,7 +145,7 @@ def build_multi_task(config: Dict[str, Any], dtype: torch.dtype) -> MultiTaskMod
             raise ConfigError("not supported yet: a multi-task head other than a standard model "
                               "(descriptor + fitting_net, no use_srtab)", key=path)
         try:
-            head = build_model(resolved, dtype)
+            head = build(resolved, dtype)
         except ConfigError as error:  # re-rooted under the task: model/x -> model/model_dict/<task>/x
             inner = re.sub(r"^model[./]?", "", error.key or "")
             raise ConfigError(error.message, file=error.file, key=f"{path}/{inner}" if inner else path,

@@ -26,7 +26,7 @@ class StandardModel(AtomisticModel):
     """Descriptor + fitting. ``atom_exclude_types`` zero the atomic outputs of those types."""
 
     def __init__(self, type_map: Sequence[str], descriptor, fitting, config: Dict[str, Any],
-                 atom_exclude_types: Sequence[int] = (), data_stat_protect: float = 1e-2):
+                 atom_exclude_types: Sequence[int] = (), data_stat_protect: float = 1e-2, data_stat_nbatch: int = 10):
         super().__init__()
         self.type_map = list(type_map)
         self.descriptor = descriptor
@@ -34,6 +34,7 @@ class StandardModel(AtomisticModel):
         self.cutoff = float(descriptor.rcut)
         self.config = dict(config)
         self.data_stat_protect = float(data_stat_protect)
+        self.statistics_batches = int(data_stat_nbatch)  # DeePMD data_stat_nbatch
         keep = torch.ones(len(type_map), dtype=torch.bool)
         for t in atom_exclude_types:
             keep[int(t)] = False

@@ -1,0 +1,93 @@
+"""DeePMD-kit input key checks: every key of a section against its key table (``_deepmd_keys``).
+
+Keys starting with ``_comment`` are dropped at any depth; an unknown key is a ConfigError naming the
+file and key path with the closest valid key; a key of a feature not built yet is
+"not supported yet: <key path>" unless its value is DeePMD's default (which requests nothing);
+ignored keys are dropped; aliases are renamed to their canonical names. Sections whose keys depend
+on a ``type`` (descriptor, fitting_net, loss, learning_rate) go through :func:`check_typed`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, List, Optional, Union
+
+from mlpot.config import _deepmd_keys as table
+from mlpot.config._deepmd_keys import IGNORED, UNSUPPORTED, DeepmdKey
+from mlpot.errors import ConfigError, suggest
+
+__all__ = ["check_section", "check_typed", "require_built", "check_descriptor", "slash"]
+
+
+def slash(path: List[Union[str, int]]) -> str:
+    return "/".join(str(p) for p in path)
+
+
+def check_section(
+    section: Any, keys: Dict[str, DeepmdKey], path: List[Union[str, int]], file: Optional[str]
+) -> Dict[str, Any]:
+    """Validate one mapping against its key table; return it with comments dropped and aliases renamed."""
+    if not isinstance(section, dict):
+        raise ConfigError(f"expected a mapping, got {type(section).__name__}", file=file, key=path)
+    alias_of = {alias: name for name, record in keys.items() for alias in record.aliases}
+    out: Dict[str, Any] = {}
+    for key, value in section.items():
+        if str(key).startswith("_comment"):
+            continue
+        name = alias_of.get(key, key)
+        if name not in keys:
+            hint = suggest(key, list(keys) + list(alias_of))
+            raise ConfigError(
+                "unknown key", file=file, key=path + [key], hint=f"did you mean '{hint}'?" if hint else None
+            )
+        if name in out:
+            raise ConfigError(f"given twice (as '{name}' and an alias)", file=file, key=path + [key])
+        record = keys[name]
+        if record.status == UNSUPPORTED and not record.requests_nothing(value):
+            detail = f" ({record.note})" if record.note else ""
+            raise ConfigError(f"not supported yet: {slash(path + [name])}{detail}", file=file, key=path + [key])
+        if record.status == IGNORED:
+            continue
+        out[name] = value
+    return out
+
+
+def check_typed(section: Any, tables: Dict[str, Dict[str, DeepmdKey]], unbuilt, default_type, aliases, path, file):
+    """Check a section whose key table depends on its ``type`` (descriptor, fitting, loss...)."""
+    if not isinstance(section, dict):
+        raise ConfigError(f"expected a mapping, got {type(section).__name__}", file=file, key=path)
+    kind = section.get("type", default_type)
+    if kind is None:
+        raise ConfigError("missing required key 'type'", file=file, key=path)
+    kind = aliases.get(kind, kind)
+    if kind in unbuilt:
+        raise ConfigError(f"not supported yet: {slash(path + ['type'])}={kind}", file=file, key=path + ["type"])
+    if kind not in tables:
+        hint = suggest(kind, list(tables) + list(aliases))
+        raise ConfigError(
+            f"unknown type '{kind}' (valid: {', '.join(tables)})",
+            file=file, key=path + ["type"], hint=f"did you mean '{hint}'?" if hint else None,
+        )
+    out = check_section(section, tables[kind], path, file)
+    out["type"] = kind
+    return out
+
+
+def require_built(kind: str, registry, path, file) -> None:
+    """A type known to DeePMD and to the key table but not (yet) registered by the models layer."""
+    if kind not in registry:
+        raise ConfigError(f"not supported yet: {slash(path + ['type'])}={kind}", file=file, key=path + ["type"])
+
+
+def check_descriptor(section: Any, path, file) -> Dict[str, Any]:
+    from mlpot.models.deepmd.descriptors import DESCRIPTORS
+
+    out = check_typed(section, table.DESCRIPTORS, table.UNBUILT_DESCRIPTORS, None, table.DESCRIPTOR_ALIASES, path, file)
+    require_built(out["type"], DESCRIPTORS, path, file)
+    if out["type"] == "hybrid":
+        members = out.get("list")
+        if not isinstance(members, list) or not members:
+            raise ConfigError("hybrid needs a non-empty list of descriptors", file=file, key=path + ["list"])
+        out["list"] = [check_descriptor(member, path + ["list", i], file) for i, member in enumerate(members)]
+    return out
+
+
