@@ -5,7 +5,10 @@
   - basis ``bessel``: mlpot's ``BesselBasis`` with MACE's prefactor sqrt(2 / r_max);
   - ``gaussian``: mlpot's ``GaussianBasis``;
   - ``chebyshev``: T_n(r), n = 1..N, of the bare distance in Å (mace-torch evaluates the
-    polynomials on r itself, not on a scaled distance [COMPAT]);
+    polynomials on r itself, not on a scaled distance [COMPAT]). mace-torch calls
+    ``torch.special.chebyshev_polynomial_t``, which has no derivative, so its forces miss the
+    radial part of this basis [BUG, not copied]: here the three-term recurrence gives the same
+    values and their derivatives;
   - f_cut: mlpot's ``PolynomialCutoff`` with p = ``num_cutoff_basis``;
   - r' = r, or a distance transform with r_0 from the covalent radii (ASE) of the two atoms:
     ``Agnesi``: r' = 1 / (1 + a (r/r_0)^q / (1 + (r/r_0)^(q-p))), r_0 = (R_i + R_j)/2,
@@ -47,8 +50,12 @@ class ChebyshevPolynomials(torch.nn.Module):
         self.num_basis = int(num_basis)
 
     def forward(self, r: torch.Tensor) -> torch.Tensor:
-        n = torch.arange(1, self.num_basis + 1, dtype=r.dtype, device=r.device)
-        return torch.special.chebyshev_polynomial_t(r.unsqueeze(-1).expand(*r.shape, self.num_basis), n)
+        previous, current = torch.ones_like(r), r
+        values = [current]
+        for _ in range(self.num_basis - 1):  # T_{n+1} = 2 r T_n - T_{n-1}
+            previous, current = current, 2 * r * current - previous
+            values.append(current)
+        return torch.stack(values, dim=-1)
 
 
 class _CovalentTransform(torch.nn.Module):
