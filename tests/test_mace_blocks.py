@@ -10,6 +10,7 @@ from e3nn import o3
 
 from mlpot.models.equivariant.mace.coupling import u_matrix
 from mlpot.models.equivariant.mace.linear import ElementLinear, IrrepsLinear, from_flat, irreps_of, to_flat
+from mlpot.models.equivariant.mace.neighbours import PaddedEdges
 from mlpot.models.equivariant.mace.radial import RadialEmbedding, RadialMLP
 from mlpot.models.equivariant.mace.symmetric_contraction import SymmetricContraction
 from mlpot.models.equivariant.mace.tensor_product import ChannelwiseTensorProduct
@@ -74,7 +75,10 @@ def test_channelwise_tensor_product_equals_e3nn_uvu():
     sender, receiver = torch.randint(0, n_nodes, (2, n_edges), generator=generator)
     expected = torch.zeros(n_nodes, irreps_out.dim, dtype=torch.float64).index_add(
         0, receiver, theirs(to_flat(h, blocks_in)[sender], sh, w))
-    torch.testing.assert_close(to_flat(ours(h, sh, w, sender, receiver), ours.blocks_out), expected)
+    edges = PaddedEdges(receiver, sender, n_nodes)
+    assert edges.width == int(torch.bincount(receiver, minlength=n_nodes).max())
+    out = ours(h, edges.pad(sh), edges.pad(w), edges)
+    torch.testing.assert_close(to_flat(out, ours.blocks_out), expected)
 
 
 def test_radial_mlp_equals_e3nn_fully_connected_net():

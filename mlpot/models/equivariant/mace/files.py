@@ -127,7 +127,8 @@ def section_from_model_tree(root: PickledObject, source: str) -> Dict[str, Any]:
 
 
 def _check_value(name: str, value: torch.Tensor, expected: float, source: str) -> None:
-    if value.numel() and not np.allclose(value.double().reshape(-1).numpy(), expected, rtol=1e-12, atol=1e-12):
+    tolerance = 10 * torch.finfo(value.dtype).eps if value.is_floating_point() else 0.0  # stored in the file's precision
+    if value.numel() and not np.allclose(value.double().reshape(-1).numpy(), expected, rtol=tolerance, atol=tolerance):
         raise CheckpointError(f"{name} = {value.reshape(-1).tolist()} contradicts the hyperparameters ({expected})",
                               file=source)
 
@@ -194,6 +195,9 @@ def load_mace_state(model: MACE, state: Dict[str, torch.Tensor], source: str) ->
     unknown = sorted(set(mapped) - set(own))
     if unknown:
         raise CheckpointError(f"parameters mlpot's MACE does not have: {unknown[:5]}", file=source)
+    for key in ("atomic_energies_fn.atomic_energies", "scale_shift.scale", "scale_shift.shift"):
+        if key in mapped and key in own and mapped[key].numel() == own[key].numel():  # () / (S,) as built by hand
+            mapped[key] = mapped[key].reshape(own[key].shape)
     for key, value in mapped.items():
         if own[key].shape != value.shape:
             raise CheckpointError(f"{key}: shape {tuple(value.shape)} in the file, {tuple(own[key].shape)} in the model "

@@ -24,9 +24,9 @@ import torch
 from e3nn import o3
 
 from mlpot.models.equivariant.mace.linear import ElementLinear, IrrepsLinear
+from mlpot.models.equivariant.mace.neighbours import PaddedEdges
 from mlpot.models.equivariant.mace.radial import RadialMLP
 from mlpot.models.equivariant.mace.tensor_product import ChannelwiseTensorProduct
-from mlpot.nn import scatter_sum
 
 __all__ = ["InteractionBlock", "INTERACTIONS"]
 
@@ -71,12 +71,11 @@ class InteractionBlock(torch.nn.Module):
             self.density_fn = RadialMLP([num_basis, 1], dtype=dtype)
 
     def forward(self, node_feats: torch.Tensor, edge_sh: torch.Tensor, edge_feats: torch.Tensor,
-                envelope: Optional[torch.Tensor], sender: torch.Tensor, receiver: torch.Tensor,
+                envelope: Optional[torch.Tensor], edges: PaddedEdges,
                 segments: Sequence[int]) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
-        """node_feats (n, D_node, C_node) sorted by element; edge_sh (n_edges, D_sh); edge_feats
-        (n_edges, num_basis); envelope (n_edges, 1) or None. Returns A (n, D_target, C) and sc
-        (n, D_hidden, C) or None."""
-        n_nodes = node_feats.shape[0]
+        """node_feats (n, D_node, C_node) sorted by element; edge_sh (n, K, D_sh), edge_feats
+        (n, K, num_basis) and envelope (n, K, 1) or None in the receivers' padded slots (``edges``).
+        Returns A (n, D_target, C) and sc (n, D_hidden, C) or None."""
         sc = self.skip_tp(node_feats, segments) if self.residual else None
         up = self.linear_up(node_feats)
         weights = self.conv_tp_weights(edge_feats)
@@ -86,9 +85,9 @@ class InteractionBlock(torch.nn.Module):
             weights = weights * envelope
             if self.density:
                 edge_density = edge_density * envelope
-        message = self.linear(self.conv_tp(up, edge_sh, weights, sender, receiver))
+        message = self.linear(self.conv_tp(up, edge_sh, weights, edges))
         if self.density:
-            message = message / (scatter_sum(edge_density, receiver, n_nodes) + 1).unsqueeze(-1)
+            message = message / (edge_density.sum(dim=1) + 1).unsqueeze(-1)
         else:
             message = message / self.avg_num_neighbors
         if not self.residual:

@@ -33,6 +33,7 @@ from mlpot.data.keys import ATOM_ENERGY, ATOM_TYPES, BATCH, EDGE_INDEX, ENERGY
 from mlpot.models.base import AtomisticModel, edge_vectors, n_frames_of
 from mlpot.models.equivariant.mace.interaction import InteractionBlock
 from mlpot.models.equivariant.mace.linear import IrrepsLinear, irreps_of, to_flat
+from mlpot.models.equivariant.mace.neighbours import PaddedEdges
 from mlpot.models.equivariant.mace.radial import RadialEmbedding
 from mlpot.models.equivariant.mace.readout import LinearReadout, NonLinearReadout
 from mlpot.models.equivariant.mace.symmetric_contraction import EquivariantProductBasis
@@ -150,6 +151,9 @@ class MACE(AtomisticModel):
         edge_sh = o3.spherical_harmonics(self.sh_irreps, vectors, normalize=True, normalization="component")
         edge_feats, envelope = self.radial_embedding(lengths, element_i, element_j)
         n_atoms = order.elements.shape[0]
+        edges = PaddedEdges(receiver, sender, n_atoms)
+        padded_sh, padded_feats = edges.pad(edge_sh), edges.pad(edge_feats)
+        padded_envelope = None if envelope is None else edges.pad(envelope)
         one_hot = torch.nn.functional.one_hot(order.elements, self.n_elements).to(dtype).unsqueeze(1)
         node_feats = self.node_embedding.linear(one_hot)
         segments = order.segments if self.products[0].symmetric_contractions.contractions[0].n_elements > 1 else [n_atoms]
@@ -157,7 +161,7 @@ class MACE(AtomisticModel):
         if self.pair_repulsion:
             energies.append(self.pair_repulsion_fn(lengths, element_i, element_j, receiver, n_atoms))
         for interaction, product in zip(self.interactions, self.products):
-            message, sc = interaction(node_feats, edge_sh, edge_feats, envelope, sender, receiver, order.segments)
+            message, sc = interaction(node_feats, padded_sh, padded_feats, padded_envelope, edges, order.segments)
             node_feats = product(message, sc, segments)
             features.append(node_feats)
         for t, readout in enumerate(self.readouts):
@@ -175,7 +179,10 @@ class MACE(AtomisticModel):
         (n_atoms,) and ENERGY (n_frames,) in eV."""
         order, _, interaction_energy, e0 = self._layers(batch)
         atom_energy = gather_rows(self.combine(interaction_energy, e0), order.inverse)
-        return {ATOM_ENERGY: atom_energy, ENERGY: scatter_sum(atom_energy, batch[BATCH], n_frames_of(batch))}
+        # frame sums in float64: per-atom energies carry E0s of 1e2-1e4 eV, whose float32 sum over
+        # hundreds of atoms would lose tenths of an eV
+        energy = scatter_sum(atom_energy.double(), batch[BATCH], n_frames_of(batch)).to(atom_energy.dtype)
+        return {ATOM_ENERGY: atom_energy, ENERGY: energy}
 
     @property
     def node_irreps(self) -> o3.Irreps:

@@ -10,9 +10,10 @@ with e3nn's Wigner 3j symbols; the paths are those of mace-torch's
 stably by output irrep, so the per-edge weight layout (n_edges, n_paths * C) and the output irreps
 (``blocks_out``) are e3nn's ``TensorProduct(..., "uvu", shared_weights=False)`` ones.
 
-Evaluation: the 3j symbols and path factors sit in one dense coupling tensor (D_in, D_sh, D_out),
-contracted with the harmonics first (one matmul over edges), then with the sender features (a
-batched matmul over edges); the weights multiply and ``index_add`` scatters to the receivers.
+Evaluation: edges are grouped by receiver in padded slots (``PaddedEdges``). Per path, the
+harmonics are contracted with the path's 3j block, the weights multiply the sender features of
+its input block, and one batched matrix product over atoms sums over (neighbour, m1): the
+per-edge messages (n_edges x D_out x C) are never formed.
 The coupling tensor is a persistent buffer so that a model read from a file keeps the 3j sign
 convention of the e3nn version that trained it (``set_path_coupling``). Written by hand for speed;
 a test pins it against e3nn 0.6's TensorProduct.
@@ -26,7 +27,8 @@ import torch
 from e3nn import o3
 
 from mlpot.models.equivariant.mace.linear import block_slices
-from mlpot.nn import gather_rows, scatter_sum
+from mlpot.models.equivariant.mace.neighbours import PaddedEdges
+from mlpot.nn import gather_rows
 
 __all__ = ["ChannelwiseTensorProduct", "tp_paths"]
 
@@ -66,8 +68,6 @@ class ChannelwiseTensorProduct(torch.nn.Module):
         self.register_buffer("coupling", coupling)
         for p in range(len(self.paths)):
             self.set_path_coupling(p, self.path_w3j(p))
-        path_of_dim = [p for p, ir in enumerate(self.blocks_out) for _ in range(ir.dim)]
-        self.register_buffer("path_of_dim", torch.tensor(path_of_dim, dtype=torch.long), persistent=False)
 
     def path_w3j(self, p: int) -> torch.Tensor:
         """e3nn 0.6's Wigner 3j symbol of path p, (2l1+1, 2l2+1, 2l3+1)."""
@@ -82,22 +82,30 @@ class ChannelwiseTensorProduct(torch.nn.Module):
             self.coupling[a0:a1, s0:s1, o0:o1] = w3j.to(self.coupling.dtype) * ir_out.dim ** 0.5
 
     def forward(self, node_feats: torch.Tensor, edge_sh: torch.Tensor, edge_weights: torch.Tensor,
-                sender: torch.Tensor, receiver: torch.Tensor) -> torch.Tensor:
+                edges: PaddedEdges) -> torch.Tensor:
         """Messages summed at the receivers.
 
-        node_feats: (n_nodes, D_in, C); edge_sh: (n_edges, D_sh); edge_weights: (n_edges, n_paths * C);
-        sender, receiver: (n_edges,) node indices. Returns (n_nodes, D_out, C).
+        node_feats: (n_nodes, D_in, C); edge_sh: (n_nodes, K, D_sh) and edge_weights
+        (n_nodes, K, n_paths * C) in the receivers' padded slots (``edges``; zero in empty slots).
+        Returns (n_nodes, D_out, C).
         """
-        n_edges = edge_sh.shape[0]
-        coupling = self.coupling.to(edge_sh.dtype).permute(1, 0, 2).reshape(self.dim_sh, -1)
-        per_edge = torch.matmul(edge_sh, coupling).view(n_edges, self.dim_in, self.dim_out)
-        neighbours = gather_rows(node_feats, sender)
-        if self.dim_in == 1:
-            messages = per_edge.transpose(1, 2) * neighbours
-        else:
-            messages = torch.bmm(per_edge.transpose(1, 2), neighbours)
-        weights = edge_weights.view(n_edges, len(self.paths), self.channels).index_select(1, self.path_of_dim)
-        return scatter_sum(messages * weights, receiver, node_feats.shape[0])
+        n_nodes, width = edges.n_nodes, edges.width
+        if width == 0:
+            return node_feats.new_zeros(n_nodes, self.dim_out, self.channels)
+        neighbours = gather_rows(node_feats, edges.sender_of_slot).view(n_nodes, width, self.dim_in, self.channels)
+        # split / unbind once: slicing per path would make autograd fill a full-size zero gradient per slice
+        neighbour_blocks = torch.split(neighbours, [ir.dim for ir in self.blocks_in], dim=2)
+        sh_blocks = torch.split(edge_sh, [ir.dim for ir in self.blocks_sh], dim=2)
+        path_weights = edge_weights.view(n_nodes, width, len(self.paths), self.channels).unbind(2)
+        coupling = self.coupling.to(edge_sh.dtype)
+        messages = []
+        for p, (i, j, _) in enumerate(self.paths):
+            (a0, a1), (s0, s1), (o0, o1) = self.slices_in[i], self.slices_sh[j], self.slices_out[p]
+            # (n, K, d2) x (d1, d2, d3) -> (n, d3, K * d1): the 3j-weighted harmonics of the path
+            angular = torch.einsum("nks,aso->noka", sh_blocks[j], coupling[a0:a1, s0:s1, o0:o1])
+            products = path_weights[p].unsqueeze(2) * neighbour_blocks[i]  # (n, K, d1, C)
+            messages.append(torch.bmm(angular.reshape(n_nodes, o1 - o0, -1), products.view(n_nodes, -1, self.channels)))
+        return torch.cat(messages, dim=1)
 
     def extra_repr(self) -> str:
         return (f"{self.channels}x({'+'.join(map(str, self.blocks_in))}) x {'+'.join(map(str, self.blocks_sh))} -> "
