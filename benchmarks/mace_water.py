@@ -158,6 +158,23 @@ def time_mlpot(model, frame: dict, dtype: torch.dtype, repeats: int):
     return times, out[K.ENERGY].detach(), out[K.FORCES].detach()
 
 
+def profile_training(model, frame: dict, dtype: torch.dtype) -> None:
+    """Top operators (self CPU time) of one mlpot training step."""
+    from torch.profiler import profile
+
+    from mlpot.data import collate
+    from mlpot.data import keys as K
+    from mlpot.models.derivatives import compute_derivatives
+
+    batch = collate([frame], dtype=dtype)
+    params = [p for p in model.parameters() if p.requires_grad]
+    with profile(record_shapes=True) as prof:
+        out = compute_derivatives(model, batch, forces=True, create_graph=True)
+        (out[K.ENERGY].square().sum() + out[K.FORCES].square().sum()).backward(inputs=params)
+    print(prof.key_averages(group_by_input_shape=True).table(sort_by="self_cpu_time_total", row_limit=15,
+                                                            max_name_column_width=24, max_shapes_column_width=60))
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=1)
@@ -165,6 +182,7 @@ def main(argv=None) -> None:
     parser.add_argument("--dtypes", nargs="+", default=["float32", "float64"])
     parser.add_argument("--peer-python", default="/work/peers/mace/bin/python")
     parser.add_argument("--skip-peer", action="store_true")
+    parser.add_argument("--profile", action="store_true", help="also print mlpot's top operators of a training step")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     frame = load_frame(HYPER["r_max"])
@@ -182,6 +200,8 @@ def main(argv=None) -> None:
                 de = float((energy.double() - peer["energy"].double()).abs().max())
                 df = float((forces.double() - peer["forces"].double()).abs().max())
                 print(f"{dtype_name}: same model as mace-torch: |dE| = {de:.2e} eV, max |dF| = {df:.2e} eV/Å")
+            if args.profile:
+                profile_training(model, frame, dtype)
             for name in ("training", "inference"):
                 ours = times[name]
                 line = f"  {dtype_name} {name:9s} mlpot {ours['cpu']:7.3f} s ({ours['wall']:.3f})"

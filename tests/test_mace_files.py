@@ -119,3 +119,14 @@ def test_hidden_irreps_from_channels_and_max_l():
     default = build_mace({k: v for k, v in BASE.items() if k != "hidden_irreps"} | {"radial_MLP": [4]})
     assert default.channels == 128  # mace_run_train's default hidden_irreps 128x0e + 128x1o
     assert default.config["model"] == "MACE" and default.config["correlation"] == 3
+
+
+def test_atom_types_outside_the_element_table():
+    from mlpot.errors import DataError
+    from mlpot.testing import random_batch
+
+    model = build_mace(BASE)
+    batch = random_batch(n_frames=1, n_atoms=4, n_types=3, cutoff=3.0)
+    batch["atom_types"] = torch.tensor([0, 1, 2, 1])
+    with pytest.raises(DataError, match=r"atom_types: atom type 2 outside the model's elements \['H', 'O'\]"):
+        model(batch)

@@ -30,6 +30,7 @@ import torch
 from e3nn import o3
 
 from mlpot.data.keys import ATOM_ENERGY, ATOM_TYPES, BATCH, EDGE_INDEX, ENERGY
+from mlpot.errors import DataError
 from mlpot.models.base import AtomisticModel, edge_vectors, n_frames_of
 from mlpot.models.equivariant.mace.interaction import InteractionBlock
 from mlpot.models.equivariant.mace.linear import IrrepsLinear, irreps_of, to_flat
@@ -142,7 +143,11 @@ class MACE(AtomisticModel):
         """Sorted-order results: (order, node features per layer, per-atom interaction energy
         sum (readouts + ZBL), per-atom E0)."""
         dtype = self.r_max.dtype
-        order = ElementOrder(batch[ATOM_TYPES], self.n_elements)
+        types = batch[ATOM_TYPES]
+        if types.numel() and (int(types.max()) >= self.n_elements or int(types.min()) < 0):
+            raise DataError(f"atom type {int(types.max())} outside the model's elements {self.type_map} "
+                            "(read the data with type_map=model.type_map)", key=ATOM_TYPES)
+        order = ElementOrder(types, self.n_elements)
         edge_index = batch[EDGE_INDEX]
         receiver, sender = order.inverse.index_select(0, edge_index[0]), order.inverse.index_select(0, edge_index[1])
         vectors = -edge_vectors(batch, dtype)  # r_i - r_j: mace-torch's sender -> receiver vector
