@@ -41,8 +41,9 @@ def _natural_filter(correlation: int) -> Optional[List[o3.Irrep]]:
 
 
 def coupling_paths(irreps: Sequence[o3.Irrep], correlation: int, dtype: torch.dtype = torch.float64,
-                   allowed: Optional[List[o3.Irrep]] = None) -> List[Path]:
-    """Every coupling path of ``correlation`` copies of the irreps list (one copy each), in mace order.
+                   allowed: Optional[List[o3.Irrep]] = None, final: Optional[o3.Irrep] = None) -> List[Path]:
+    """Every coupling path of ``correlation`` copies of the irreps list (one copy each), in mace order
+    (only those ending in ``final`` when given: the order among them is unchanged).
 
     Returns (irrep, tensor) pairs; the tensor has shape (irrep.dim,) + (D,) * correlation.
     """
@@ -61,7 +62,7 @@ def coupling_paths(irreps: Sequence[o3.Irrep], correlation: int, dtype: torch.dt
         start = 0
         for ir in irreps:
             for ir_out in ir_left * ir:
-                if allowed is not None and ir_out not in allowed:
+                if (allowed is not None and ir_out not in allowed) or (final is not None and ir_out != final):
                     continue
                 w3j = o3.wigner_3j(ir_out.l, ir_left.l, ir.l, dtype=dtype) * ir_out.dim ** 0.5
                 coupled = torch.einsum("jk,ijl->ikl", left_flat, w3j)
@@ -81,8 +82,8 @@ def u_matrix(irreps: Sequence[o3.Irrep], irrep_out: o3.Irrep, correlation: int,
     """
     irrep_out = o3.Irrep(irrep_out)
     dim = sum(o3.Irrep(ir).dim for ir in irreps)
-    columns = [tensor for ir, tensor in coupling_paths(irreps, correlation, dtype, _natural_filter(correlation))
-               if ir == irrep_out]
+    paths = coupling_paths(irreps, correlation, dtype, _natural_filter(correlation), final=irrep_out)
+    columns = [tensor for ir, tensor in paths if ir == irrep_out]
     if columns:
         out = torch.stack(columns, dim=-1)
     else:
