@@ -2,7 +2,7 @@
 
 from mlpot.nn.activations import ACTIVATIONS, get_activation
 from mlpot.nn.mlp import MLP, EmbeddingNet, FittingNet, MLPLayer, set_compute_dtype
-from mlpot.nn.radial import BesselBasis, PolynomialCutoff, polynomial_cutoff
+from mlpot.nn.radial import BesselBasis, GaussianBasis, PolynomialCutoff, polynomial_cutoff
 from mlpot.nn.registry import Registry
 from mlpot.nn.scatter import gather_rows, scatter_sum, segment_sum
 from mlpot.nn.switch import smooth_switch
@@ -16,6 +16,7 @@ __all__ = [
     "set_compute_dtype",
     "FittingNet",
     "BesselBasis",
+    "GaussianBasis",
     "PolynomialCutoff",
     "polynomial_cutoff",
     "Registry",

@@ -3,12 +3,14 @@
 * ``BesselBasis``: b_n(r) = c · sin(w_n r) / r with w_n = n π / r_max (n = 1..N), optionally with
   trainable frequencies w_n. The prefactor c is a choice of the model family: NequIP uses
   2 / r_max, MACE sqrt(2 / r_max) (``prefactor`` argument).
+* ``GaussianBasis``: g_n(r) = exp(-(r - mu_n)^2 / (2 sigma^2)) with N centres mu_n evenly spaced
+  from 0 to r_max and sigma = r_max / (N - 1) (MACE's ``radial_type: gaussian``).
 * ``PolynomialCutoff``: the smooth envelope of Klicpera et al. (DimeNet) with x = r / r_max:
   f(x) = 1 - (p+1)(p+2)/2 x^p + p(p+2) x^(p+1) - p(p+1)/2 x^(p+2) for x < 1, 0 beyond; f(0) = 1 and
   f, f', f'' vanish at x = 1 for integer p >= 1.
 
-Both take distances r (...,) in Å and return (..., N) (basis) or (...,) (envelope), dimensionless
-except the basis, which carries the 1/Å of sin(w r)/r times the prefactor.
+All take distances r (...,) in Å and return (..., N) (bases) or (...,) (envelope), dimensionless
+except the Bessel basis, which carries the 1/Å of sin(w r)/r times the prefactor.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from typing import Optional
 
 import torch
 
-__all__ = ["BesselBasis", "PolynomialCutoff", "polynomial_cutoff"]
+__all__ = ["BesselBasis", "GaussianBasis", "PolynomialCutoff", "polynomial_cutoff"]
 
 
 def polynomial_cutoff(r: torch.Tensor, r_max: float, p: float) -> torch.Tensor:
@@ -76,3 +78,32 @@ class BesselBasis(torch.nn.Module):
 
     def extra_repr(self) -> str:
         return f"r_max={self.r_max}, num_basis={self.num_basis}, prefactor={self.prefactor:.6g}"
+
+
+class GaussianBasis(torch.nn.Module):
+    """Gaussians exp(coeff (r - mu_n)^2), mu_n = linspace(0, r_max, num_basis), coeff = -1 / (2 sigma^2),
+    sigma = r_max / (num_basis - 1) Å.
+
+    forward(r (...,) Å) -> (..., num_basis). ``trainable`` makes the centres (``centres``, Å) a
+    parameter; otherwise they are a buffer.
+    """
+
+    def __init__(self, r_max: float, num_basis: int = 8, trainable: bool = False, dtype: Optional[torch.dtype] = None):
+        super().__init__()
+        if not r_max > 0:
+            raise ValueError(f"r_max must be positive, got {r_max}")
+        if int(num_basis) < 2:
+            raise ValueError(f"a Gaussian basis needs num_basis >= 2, got {num_basis}")
+        self.r_max, self.num_basis = float(r_max), int(num_basis)
+        self.coeff = -0.5 / (self.r_max / (self.num_basis - 1)) ** 2
+        centres = torch.linspace(0.0, self.r_max, self.num_basis, dtype=dtype or torch.get_default_dtype())
+        if trainable:
+            self.centres = torch.nn.Parameter(centres)
+        else:
+            self.register_buffer("centres", centres)
+
+    def forward(self, r: torch.Tensor) -> torch.Tensor:
+        return torch.exp(self.coeff * torch.pow(r.unsqueeze(-1) - self.centres.to(r.dtype), 2))
+
+    def extra_repr(self) -> str:
+        return f"r_max={self.r_max}, num_basis={self.num_basis}"
