@@ -163,3 +163,20 @@ def test_change_bias_after_training_is_off_for_deepmd_inputs_and_the_log_says_so
     torch.testing.assert_close(trainer.model.fitting.bias_atom, before)  # bias_atom is a buffer: untouched
     assert validate_config({k: v for k, v in native.items() if k != "training"} | {"training": {"numb_steps": 1}}
                            ).training.change_bias_after_training  # native default: on
+
+
+def test_a_descriptor_without_sel_is_sel_auto_as_in_deepmd_kit_3():
+    """DeePMD-kit 3.x's sel defaults to "auto": resolved from the training data's neighbour counts."""
+    from mlpot.models import build_model
+    from mlpot.models.deepmd import resolve_from_data
+
+    class Probe:
+        def max_neighbors(self, cutoff, type_map):
+            assert cutoff == 4.0 and list(type_map) == ["C", "H"]
+            return np.array([5, 9])
+
+    section = {"type_map": ["C", "H"], "descriptor": {"type": "se_e2_a", "rcut": 4.0, "neuron": [4], "axis_neuron": 2},
+               "fitting_net": {"neuron": [4]}}
+    resolved = resolve_from_data(section, {"": Probe()})
+    assert resolved["descriptor"]["sel"] == [8, 12]  # ceil(1.1 * count), rounded up to a multiple of 4
+    assert build_model(resolved).descriptor.sel == [8, 12]

@@ -30,7 +30,7 @@ def _descriptor_parts(descriptor: Any) -> List[Dict[str, Any]]:
 def _max_neighbors(section: Dict[str, Any], probe) -> Optional[np.ndarray]:
     """Neighbour counts per type at the descriptor cutoff, or None when no part asks for ``sel: auto``."""
     parts = _descriptor_parts(section.get("descriptor"))
-    if not any(isinstance(part.get("sel"), str) for part in parts):
+    if not any(isinstance(part.get("sel", "auto"), str) for part in parts):  # no sel: "auto" (DeePMD-kit 3.x)
         return None
     rcut = max(float(part.get("rcut", 6.0)) for part in parts)
     return np.asarray(probe.max_neighbors(rcut, list(section["type_map"])))

@@ -31,7 +31,8 @@ Neurons = List[int]
 # ---- descriptors (model/descriptor) -----------------------------------------------------------------
 _SMOOTH_ENV: Dict[str, Key] = {
     "type": key(REQUIRED),
-    "sel": key(REQUIRED, note='list, int, "auto" or "auto:factor" (rounded up to a multiple of 4)'),
+    "sel": key("auto", note='list, int, "auto" (the default, as in DeePMD-kit 3.x) or "auto:factor" (rounded up to a '
+                'multiple of 4)'),
     "rcut": key(6.0, note="Å", annotation=Number),
     "rcut_smth": key(0.5, note="Å", annotation=Number),
     "neuron": key([10, 20, 40], annotation=Neurons),
