@@ -84,8 +84,9 @@ _PREFACTOR_TERMS = ("e", "f", "v", "ae", "pf", "gf", "h")
 LOSS_ENER = {"type": _k(S, default="ener")}
 for _term in _PREFACTOR_TERMS:
     _status = S if _term in ("e", "f", "v", "ae", "pf", "gf") else U
-    LOSS_ENER[f"start_pref_{_term}"] = _k(_status, default=0.0 if _status == U else REQUIRED)
-    LOSS_ENER[f"limit_pref_{_term}"] = _k(_status, default=0.0 if _status == U else REQUIRED)
+    _note = "Hessian loss: not built yet" if _status == U else ""
+    LOSS_ENER[f"start_pref_{_term}"] = _k(_status, default=0.0 if _status == U else REQUIRED, note=_note)
+    LOSS_ENER[f"limit_pref_{_term}"] = _k(_status, default=0.0 if _status == U else REQUIRED, note=_note)
 LOSS_ENER.update(
     {
         "relative_f": _k(S),
@@ -127,7 +128,7 @@ DATA_SECTION = {
     "batch_size": _k(S, note='int, list, "auto", "auto:N", "max:N", "filter:N", "mixed:N" (N frames drawn across systems)'),
     "auto_prob": _k(S, "auto_prob_style"),
     "sys_probs": _k(S, "sys_weights"),
-    "rglob_patterns": _k(U, default=None),
+    "rglob_patterns": _k(U, default=None, note="glob patterns of the recursive system search: not built (list the systems, or give one folder searched for type.raw)"),
 }
 VALIDATION_DATA = {**DATA_SECTION, "numb_btch": _k(S, "numb_batch")}
 TRAINING = {
@@ -161,17 +162,17 @@ TRAINING = {
     "enable_ema": _k(S),
     "ema_decay": _k(S),
     "enable_compile": _k(I, note="mlpot does not use torch.compile for training"),
-    "zero_stage": _k(U, default=0),
-    "acc_freq": _k(U, default=1),
+    "zero_stage": _k(U, default=0, note="ZeRO optimizer-state sharding across ranks: not built; plain DDP only"),
+    "acc_freq": _k(U, default=1, note="gradient accumulation over several batches: not built yet"),
     "data_dict": _k(S, note="multi-task: task -> {training_data, validation_data, stat_file}"),
     "model_prob": _k(S, note="multi-task: task -> weight of drawing the task per step (normalised; default: number of training systems)"),
     "fitting_weight": _k(S, note="multi-task, TF 2.x name of model_prob (default 1 per task; a task left out is never drawn)"),
-    "num_epoch_dict": _k(U, default=None),
-    "kf_blocksize": _k(U, default=None),
-    "kf_start_pref_e": _k(U, default=None),
-    "kf_limit_pref_e": _k(U, default=None),
-    "kf_start_pref_f": _k(U, default=None),
-    "kf_limit_pref_f": _k(U, default=None),
+    "num_epoch_dict": _k(U, default=None, note="multi-task run length in epochs per task: not built (give numb_steps)"),
+    "kf_blocksize": _k(U, default=None, note="LKF (Kalman filter) optimizer: not built yet"),
+    "kf_start_pref_e": _k(U, default=None, note="LKF optimizer: not built yet"),
+    "kf_limit_pref_e": _k(U, default=None, note="LKF optimizer: not built yet"),
+    "kf_start_pref_f": _k(U, default=None, note="LKF optimizer: not built yet"),
+    "kf_limit_pref_f": _k(U, default=None, note="LKF optimizer: not built yet"),
 }
 # training/data_dict/<task> (multi-task)
 TASK_DATA = {
@@ -186,7 +187,7 @@ TOP = {
     "training": _k(S),
     "optimizer": _k(S),
     "validating": _k(S, note="full validation of the whole validation set, val.log and best checkpoints (table `validating`)"),
-    "nvnmd": _k(U, default=None),
+    "nvnmd": _k(U, default=None, note="NVNMD (quantised networks for the NVNMD hardware): the CNN->QNN flow is not built"),
     "loss_dict": _k(S, note="multi-task: task -> loss section (TF 2.x layout: a task left out gets the default loss)"),
     "learning_rate_dict": _k(S, note="multi-task, TF 2.x: accepted when every task has the same schedule (one optimizer); per-task schedules not supported yet"),
 }

@@ -50,9 +50,10 @@ SE_E2_A: Dict[str, Key] = {
     "axis_neuron": key(4, "n_axis_neuron", annotation=int),
     "type_one_side": key(False, annotation=bool),
     "tebd_input_mode": unsupported(None, note="a type-embedding key (se_e2_a takes model/type_embedding)"),
-    "spin": unsupported(None),
+    "spin": unsupported(None, note="spin models (model/spin) are not built yet"),
 }
-SE_E2_R: Dict[str, Key] = {**_SMOOTH_ENV, "type_one_side": key(False, annotation=bool), "spin": unsupported(None)}
+SE_E2_R: Dict[str, Key] = {**_SMOOTH_ENV, "type_one_side": key(False, annotation=bool),
+                           "spin": unsupported(None, note="spin models (model/spin) are not built yet")}
 SE_E3: Dict[str, Key] = dict(_SMOOTH_ENV)
 _ATTENTION: Dict[str, Key] = {
     **_SMOOTH_ENV,
@@ -72,7 +73,7 @@ _ATTENTION: Dict[str, Key] = {
     "concat_output_tebd": key(True, annotation=bool),
     "trainable_ln": key(True, annotation=bool),
     "ln_eps": key(None, annotation=Optional[Number]),
-    "use_econf_tebd": unsupported(False),
+    "use_econf_tebd": unsupported(False, note="electronic-configuration type embedding (DPA-2/3 era): not built; the learned embedding is used"),
     "use_tebd_bias": key(False, note="bias in the type-embedding layer", annotation=bool),
     "type_map": ignored(note="taken from model/type_map"),
 }
@@ -116,7 +117,7 @@ TYPE_EMBEDDING_KEYS: Dict[str, Key] = {
     "neuron": key([8], annotation=Neurons), "activation_function": key("tanh", annotation=str),
     "resnet_dt": key(False, annotation=bool), "precision": key("default", annotation=str),
     "trainable": key(True, annotation=bool), "seed": key(None, annotation=Optional[int]),
-    "use_tebd_bias": key(False, annotation=bool), "use_econf_tebd": unsupported(False),
+    "use_tebd_bias": key(False, annotation=bool), "use_econf_tebd": unsupported(False, note="electronic-configuration type embedding: not built"),
 }
 
 # ---- fittings (model/fitting_net) ----------------------------------------------------------------
@@ -130,10 +131,10 @@ _FITTING: Dict[str, Key] = {
     "trainable": key(True, note="bool or one bool per layer", annotation=Union[bool, List[bool]]),
     "numb_fparam": key(0, annotation=int),
     "numb_aparam": key(0, annotation=int),
-    "default_fparam": unsupported(None),
-    "dim_case_embd": unsupported(0),
-    "layer_name": unsupported(None),
-    "use_aparam_as_mask": unsupported(False),
+    "default_fparam": unsupported(None, note="fparam used for frames without fparam.npy: not built; give fparam in every system"),
+    "dim_case_embd": unsupported(0, note="task embedding of a fitting shared between multi-task heads: not built (heads have their own fitting)"),
+    "layer_name": unsupported(None, note="TF names for sharing fitting layers between models: not built"),
+    "use_aparam_as_mask": unsupported(False, note="aparam as an atom mask (se_a_mask models): not built yet"),
 }
 FIT_ENER: Dict[str, Key] = {**_FITTING, "rcond": key(None, annotation=Optional[Number]),
                             "atom_ener": key(None, annotation=Optional[List[Optional[Number]]]),
@@ -143,7 +144,7 @@ _TENSOR: Dict[str, Key] = {
     **_FITTING,
     "r_differentiable": ignored(note="mlpot's tensor is always differentiable"),
     "c_differentiable": ignored(note="mlpot's tensor is always differentiable"),
-    "exclude_types": unsupported(None),
+    "exclude_types": unsupported(None, note="types whose tensor is zeroed: use sel_type (the types that carry it)"),
 }
 FIT_DIPOLE: Dict[str, Key] = {**_TENSOR, "sel_type": key(None, "dipole_type", annotation=Optional[List[int]])}
 FIT_POLAR: Dict[str, Key] = {**_TENSOR, "sel_type": key(None, "pol_type", annotation=Optional[List[int]]),
@@ -178,11 +179,11 @@ STANDARD_KEYS: Dict[str, Key] = {
     "type_embedding": key(None, note="TF-style type embedding (neuron, activation_function, resnet_dt, precision, "
                           "trainable, seed, use_tebd_bias) for se_e2_a: one shared embedding net on [s~, tebd(t_j) "
                           "(, tebd(t_i))] and one fitting net reading tebd(t_i)", annotation=Optional[dict]),
-    "modifier": unsupported(None),
-    "compress": unsupported(None),
-    "use_compression": unsupported(None),
-    "spin": unsupported(None),
-    "finetune_head": unsupported(None),
+    "modifier": unsupported(None, note="DPLR long range (dipole_charge modifier): not built yet"),
+    "compress": unsupported(None, note="written by dp compress: compressed models are not built yet"),
+    "use_compression": unsupported(None, note="compressed models are not built yet"),
+    "spin": unsupported(None, note="spin models (model/spin, ener_spin loss) are not built yet"),
+    "finetune_head": unsupported(None, note="give the head with --model-branch"),
     "info": ignored(note="free metadata of the model (DeePMD-kit stores it, it changes nothing)"),
     "model_branch_alias": unsupported([], note="multi-task branch aliases"),
     "use_compile": unsupported(False, note="a key of model/type dpa4 (DPA-4/SeZM), not built"),
