@@ -94,12 +94,17 @@ class RadialMLP(torch.nn.Module):
             layers.append(_ScaledLinear(n_in, n_out, gain / math.sqrt(n_in), dtype))
         self.layers = torch.nn.ModuleList(layers)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, output_permutation: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """x (..., input_dim) -> (..., output_dim); ``output_permutation`` (output_dim,) reorders the
+        outputs (out[..., k] = mlp(x)[..., perm[k]]) through the last layer's weight columns."""
         shape = x.shape[:-1]
         x = x.reshape(-1, x.shape[-1])
         last = len(self.layers) - 1
         for index, layer in enumerate(self.layers):
-            x = layer(x)
+            if index == last and output_permutation is not None:
+                x = torch.mm(x, (layer.weight * layer.alpha).index_select(1, output_permutation))
+            else:
+                x = layer(x)
             if index < last and self._act is not None:
                 x = self._act(x)
         return x.reshape(shape + (x.shape[-1],))

@@ -108,17 +108,67 @@ def uvu_instructions(irreps_in: o3.Irreps, irreps_sh: o3.Irreps, irreps_out: o3.
     return irreps_mid, [(i, j, permutation[k]) for i, j, k in instructions]
 
 
+def _dot_components(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Σ_m a[..., m, :] b[..., m, :] -> (..., u): a sum over the component axis (-2) done as
+    adds of contiguous-row slices (faster on CPU than a reduction over a short axis)."""
+    product = a * b
+    out = product.select(-2, 0)
+    for k in range(1, product.shape[-2]):
+        out = out + product.select(-2, k)
+    return out
+
+
+class _ScaleComponents(torch.autograd.Function):
+    """out[..., m, u] = x[..., m, u] w[..., u]: per-channel weights broadcast over the components m.
+    Its gradient for w is ``_dot_components``; differentiable to any order."""
+
+    @staticmethod
+    def forward(ctx, x, w):
+        ctx.save_for_backward(x, w)
+        return x * w.unsqueeze(-2)
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, w = ctx.saved_tensors
+        grad_x = _ScaleComponents.apply(grad, w) if ctx.needs_input_grad[0] else None
+        grad_w = _DotComponents.apply(grad, x) if ctx.needs_input_grad[1] else None
+        return grad_x, grad_w
+
+
+class _DotComponents(torch.autograd.Function):
+    """out[..., u] = Σ_m a[..., m, u] b[..., m, u]; differentiable to any order through ``_ScaleComponents``."""
+
+    @staticmethod
+    def forward(ctx, a, b):
+        ctx.save_for_backward(a, b)
+        return _dot_components(a, b)
+
+    @staticmethod
+    def backward(ctx, grad):
+        a, b = ctx.saved_tensors
+        grad_a = _ScaleComponents.apply(b, grad) if ctx.needs_input_grad[0] else None
+        grad_b = _ScaleComponents.apply(a, grad) if ctx.needs_input_grad[1] else None
+        return grad_a, grad_b
+
+
 class EdgeTensorProductScatter(torch.nn.Module):
     """m_i = Σ_{edges (i, j)} TP_uvu(x_j, Y_ij; w_ij), summed onto the centre atoms i.
 
     Same values as e3nn ``TensorProduct(irreps_in, irreps_sh, irreps_mid, instructions "uvu",
     shared_weights=False)`` with component irrep and element path normalisation (path weight
     sqrt(2 l_out + 1) / sqrt(mul_sh)), followed by a scatter-sum (NequIP ``TensorProductScatter``).
-    Per-edge weights w (E, weight_numel) are laid out as e3nn's (per instruction, mul_in values).
 
-    forward(x (n, irreps_in.dim), sh (E, irreps_sh.dim), weights (E, weight_numel), centre (E,),
-    neighbour (E,)) -> (n, irreps_mid.dim). Input blocks are grouped by multiplicity; each group
-    is one gather, one batched matmul and one scatter.
+    Edge tensors are laid out components-major, channels last ((E, components, u)), so that every
+    elementwise step runs over contiguous rows of u channels: input blocks are grouped by
+    multiplicity u and paths by output dimension d; per (group, d) the messages (E, n_paths, d, u)
+    are one batched matmul of the Clebsch-Gordan blocks contracted with Y beforehand against the
+    gathered neighbour features, multiplied by the weights (E, n_paths, u) broadcast over d.
+    Per-edge weights come in the internal layout ``weights_e3nn[:, weight_permutation]`` (e3nn's
+    (path, u) blocks regrouped by d); a weight producer (the radial MLP) applies the permutation to
+    its last layer's columns at no per-edge cost.
+
+    forward(x (n, irreps_in.dim), sh (E, irreps_sh.dim), weights (E, weight_numel) internal layout,
+    centre (E,), neighbour (E,)) -> (n, irreps_mid.dim), e3nn mul_ir layout.
     """
 
     def __init__(self, irreps_in, irreps_sh, irreps_out):
@@ -127,65 +177,74 @@ class EdgeTensorProductScatter(torch.nn.Module):
         self.irreps_mid, self.instructions = uvu_instructions(self.irreps_in, self.irreps_sh, o3.Irreps(irreps_out))
         if any(mul != 1 for mul, _ in self.irreps_sh):
             raise ValueError(f"edge attributes must have multiplicity 1, got {self.irreps_sh}")
-        weight_offsets, offset = [], 0
+        e3nn_offsets, offset = [], 0
         for i_in, _, _ in self.instructions:
-            weight_offsets.append(offset)
+            e3nn_offsets.append(offset)
             offset += self.irreps_in[i_in].mul
         self.weight_numel = offset
-        sh_starts = [self.irreps_sh[:k].dim for k in range(len(self.irreps_sh))]
-        self._groups: List[Tuple[int, List[int], List[int]]] = []  # (mul, input blocks, instruction indices)
-        for mul in sorted({mul for mul, _ in self.irreps_in if mul > 0}):
-            blocks = [k for k, (m, _) in enumerate(self.irreps_in) if m == mul]
-            paths = [p for p, (i_in, _, _) in enumerate(self.instructions) if i_in in blocks]
-            if paths:
-                self._groups.append((mul, blocks, paths))
         in_starts = [self.irreps_in[:k].dim for k in range(len(self.irreps_in))]
-        self._group_inputs, self._group_cols, self._mid_sources = [], [], {}
-        for g, (mul, blocks, paths) in enumerate(self._groups):
-            self._group_inputs.append([(in_starts[b], self.irreps_in[b].ir.dim) for b in blocks])
+        self._groups = []  # (mul, [(input start, d1)], width, rows, [(d3, n_paths, first row, weight start)])
+        self._mid_sources = {}  # mid block -> (group, block, path position)
+        permutation = []
+        for mul in sorted({mul for mul, _ in self.irreps_in if mul > 0}):
+            paths = [p for p, (i_in, _, _) in enumerate(self.instructions) if self.irreps_in[i_in].mul == mul]
+            blocks = sorted({self.instructions[p][0] for p in paths})  # only inputs that feed a path are gathered
+            if not paths:
+                continue
+            g = len(self._groups)
             block_offsets = {b: sum(self.irreps_in[c].ir.dim for c in blocks[:k]) for k, b in enumerate(blocks)}
             width = sum(self.irreps_in[b].ir.dim for b in blocks)
-            n_cols = sum(self.irreps_mid[self.instructions[p][2]].ir.dim for p in paths)
-            coupling = torch.zeros(self.irreps_sh.dim, width, n_cols, dtype=torch.float64)
-            weight_index = torch.zeros(mul, n_cols, dtype=torch.int64)
-            col = 0
-            for p in paths:
-                i_in, i_sh, i_mid = self.instructions[p]
-                l1, l2, l3 = self.irreps_in[i_in].ir.l, self.irreps_sh[i_sh].ir.l, self.irreps_mid[i_mid].ir.l
-                d1, d2, d3 = 2 * l1 + 1, 2 * l2 + 1, 2 * l3 + 1
-                w3j = o3.wigner_3j(l1, l2, l3, dtype=torch.float64)  # (d1, d2, d3)
-                path_weight = math.sqrt(d3)  # component / element normalisation with mul_sh = 1
-                coupling[sh_starts[i_sh]:sh_starts[i_sh] + d2, block_offsets[i_in]:block_offsets[i_in] + d1, col:col + d3] = \
-                    path_weight * w3j.permute(1, 0, 2)
-                weight_index[:, col:col + d3] = weight_offsets[p] + torch.arange(mul).unsqueeze(1)
-                self._mid_sources[i_mid] = (g, col, d3)
-                col += d3
-            self.register_buffer(f"_coupling_{g}", coupling.reshape(self.irreps_sh.dim, width * n_cols), persistent=False)
-            self.register_buffer(f"_weight_index_{g}", weight_index.reshape(-1), persistent=False)
-            self._group_cols.append((width, n_cols))
+            out_blocks, couplings, row = [], [], 0
+            for d3 in sorted({self.irreps_mid[self.instructions[p][2]].ir.dim for p in paths}):
+                chosen = [p for p in paths if self.irreps_mid[self.instructions[p][2]].ir.dim == d3]
+                couplings.append(self._coupling(chosen, block_offsets, width, d3))
+                for position, p in enumerate(chosen):
+                    self._mid_sources[self.instructions[p][2]] = (g, len(out_blocks), position)
+                out_blocks.append((d3, len(chosen), row, len(permutation)))
+                row += len(chosen) * d3
+                permutation += [e3nn_offsets[p] + u for p in chosen for u in range(mul)]  # (n_paths, u) row-major
+            # one coupling matrix per group: rows (d3 block, path, m3), columns the gathered components
+            self.register_buffer(f"_coupling_{g}", torch.cat(couplings, 1).reshape(self.irreps_sh.dim, -1), persistent=False)
+            self._groups.append((mul, [(in_starts[b], self.irreps_in[b].ir.dim) for b in blocks], width, row, out_blocks))
+        self.register_buffer("weight_permutation", torch.tensor(permutation, dtype=torch.int64), persistent=False)
 
-    def _node_layout(self, x: torch.Tensor, g: int) -> torch.Tensor:
-        """(n, mul, Σ d) channel-major view of the input blocks of group g."""
-        mul = self._groups[g][0]
-        pieces = [x.narrow(1, start, mul * d).view(x.shape[0], mul, d) for start, d in self._group_inputs[g]]
-        return pieces[0] if len(pieces) == 1 else torch.cat(pieces, 2)
+    def _coupling(self, paths, block_offsets, width: int, d3: int) -> torch.Tensor:
+        """(d_sh, n_paths * d3, width): Clebsch-Gordan blocks times path weights, to contract with Y."""
+        sh_starts = [self.irreps_sh[:k].dim for k in range(len(self.irreps_sh))]
+        coupling = torch.zeros(self.irreps_sh.dim, len(paths), d3, width, dtype=torch.float64)
+        for position, p in enumerate(paths):
+            i_in, i_sh, _ = self.instructions[p]
+            l1, l2 = self.irreps_in[i_in].ir.l, self.irreps_sh[i_sh].ir.l
+            w3j = o3.wigner_3j(l1, l2, (d3 - 1) // 2, dtype=torch.float64)  # (d1, d2, d3)
+            rows = slice(sh_starts[i_sh], sh_starts[i_sh] + 2 * l2 + 1)
+            cols = slice(block_offsets[i_in], block_offsets[i_in] + 2 * l1 + 1)
+            coupling[rows, position, :, cols] = math.sqrt(d3) * w3j.permute(1, 2, 0)  # component/element normalisation
+        return coupling.reshape(self.irreps_sh.dim, len(paths) * d3, width)
+
+    def e3nn_weights(self, weights: torch.Tensor) -> torch.Tensor:
+        """Weights in e3nn's layout (E, weight_numel) -> the internal layout ``forward`` takes."""
+        return weights.index_select(-1, self.weight_permutation)
 
     def forward(self, x: torch.Tensor, sh: torch.Tensor, weights: torch.Tensor, centre: torch.Tensor,
                 neighbour: torch.Tensor) -> torch.Tensor:
         n, n_edges = x.shape[0], sh.shape[0]
         sums = []
-        for g, (mul, _, _) in enumerate(self._groups):
-            width, n_cols = self._group_cols[g]
-            nodes = self._node_layout(x, g).reshape(n, mul * width)
-            gathered = nodes.index_select(0, neighbour).view(n_edges, mul, width)
-            coupling = (sh @ getattr(self, f"_coupling_{g}").to(sh.dtype)).view(n_edges, width, n_cols)
-            messages = torch.bmm(gathered, coupling)  # (E, mul, n_cols)
-            messages = messages * weights.index_select(1, getattr(self, f"_weight_index_{g}")).view(n_edges, mul, n_cols)
-            sums.append(scatter_sum(messages.view(n_edges, mul * n_cols), centre, n).view(n, mul, n_cols))
+        for g, (mul, inputs, width, rows, out_blocks) in enumerate(self._groups):
+            pieces = [x.narrow(1, start, mul * d).view(n, mul, d).transpose(1, 2) for start, d in inputs]
+            nodes = (pieces[0] if len(pieces) == 1 else torch.cat(pieces, 1)).reshape(n, width * mul)
+            gathered = nodes.index_select(0, neighbour).view(n_edges, width, mul)
+            coupling = (sh @ getattr(self, f"_coupling_{g}").to(sh.dtype)).view(n_edges, rows, width)
+            messages = torch.bmm(coupling, gathered)  # (E, rows, u)
+            group_sums = []
+            for d3, n_paths, row, start in out_blocks:
+                block = messages.narrow(1, row, n_paths * d3).view(n_edges, n_paths, d3, mul)
+                block = _ScaleComponents.apply(block, weights.narrow(1, start, n_paths * mul).view(n_edges, n_paths, mul))
+                group_sums.append(scatter_sum(block.reshape(n_edges, n_paths * d3 * mul), centre, n).view(n, n_paths, d3, mul))
+            sums.append(group_sums)
         out = []
         for i_mid, (mul, ir) in enumerate(self.irreps_mid):
-            g, col, d3 = self._mid_sources[i_mid]
-            out.append(sums[g].narrow(2, col, d3).reshape(n, mul * d3))
+            g, block, position = self._mid_sources[i_mid]
+            out.append(sums[g][block].select(1, position).transpose(1, 2).reshape(n, mul * ir.dim))
         return torch.cat(out, 1) if len(out) > 1 else out[0]
 
 

@@ -169,7 +169,7 @@ class NequIPModel(AtomisticModel):
             self.neighbor_norm.to(self.model_dtype).index_select(0, types).unsqueeze(1)
         features = []
         for layer in self.layers[:n_layers]:
-            weights = layer.radial_mlp(embedding)
+            weights = layer.radial_mlp(embedding, layer.tensor_product.weight_permutation)
             if pairs is not None:
                 weights = weights.index_select(0, inverse)
             h = layer(h, types, attrs, sh, weights, centre, neighbour, norm)
