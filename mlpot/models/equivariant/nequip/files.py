@@ -22,12 +22,13 @@ from typing import Dict, List, Optional, Tuple
 
 import torch
 import yaml
+from e3nn import o3
 
 from mlpot.errors import CheckpointError, ConfigError
 from mlpot.models.equivariant.nequip.builder import build_nequip, validate_nequip_section
 from mlpot.models.equivariant.nequip.model import NequIPModel, per_edge_type_cutoff_matrix
-from mlpot.models.equivariant.nequip.parameter_names import (CHECKED_NEQUIP_BUFFERS, IGNORED_NEQUIP_BUFFERS, bessel_frequencies,
-                                                             nequip_section_from_config, nequip_to_mlpot_name)
+from mlpot.models.equivariant.nequip.parameter_names import (CHECKED_NEQUIP_BUFFERS, IGNORED_NEQUIP_BUFFERS, WIGNER_BUFFER,
+                                                             bessel_frequencies, nequip_section_from_config, nequip_to_mlpot_name)
 from mlpot.models.equivariant.nequip.safe_pickle import Record, module_state_dict, safe_load
 from mlpot.models.equivariant.nequip.zbl import ZBL_UNITS
 
@@ -153,6 +154,14 @@ def _load_weights(model: NequIPModel, weights: Dict[str, torch.Tensor], ema: Opt
             _check_constant(name, value, model, path)
             continue
         if any(p.fullmatch(name) for p in IGNORED_NEQUIP_BUFFERS):
+            if value.numel() and not name.endswith(("output_mask", "_empty")) and "_tensor_constant" not in name:
+                raise CheckpointError(f"{name} should be an empty placeholder, got shape {tuple(value.shape)}", file=str(path))
+            continue
+        wigner = WIGNER_BUFFER.fullmatch(name)
+        if wigner:
+            expected = o3.wigner_3j(*(int(l) for l in wigner.groups()), dtype=torch.float64)
+            if value.shape != expected.shape or not torch.allclose(value.to(torch.float64), expected, atol=1e-6):
+                raise CheckpointError(f"{name} is not e3nn's Wigner 3j symbol", file=str(path))
             continue
         target = nequip_to_mlpot_name(name, section)
         if target is not None and target[1] == "flatten" and value.numel() == 0 and target[0] not in targets:

@@ -22,8 +22,9 @@ Weights: NequIP names are taken relative to the energy model (``...model.func.``
 fused a deep linear readout (no nonlinearity, no bias, several layers).
 Constant buffers (``edge_norm._rmax_recip``, ``pair_potential.atomic_numbers``,
 ``pair_potential._qqr2exesquare``, non-trainable ``bessel_weights``) are checked against the
-config; e3nn's empty biases, output masks, the empty weights of the edge tensor product and the
-gate, and ``_empty`` carry no information and are skipped.
+config, and Wigner 3j constants of e3nn's generated code (``..._compiled_*._w3j_l1_l2_l3``) against
+e3nn's; e3nn's empty biases, output masks, the empty weights of the edge tensor product and the
+gate, other generated-code constants and ``_empty`` carry no information and are skipped.
 """
 
 from __future__ import annotations
@@ -34,13 +35,16 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from mlpot.errors import CheckpointError
 
-__all__ = ["nequip_section_from_config", "nequip_to_mlpot_name", "IGNORED_NEQUIP_BUFFERS", "CHECKED_NEQUIP_BUFFERS"]
+__all__ = ["nequip_section_from_config", "nequip_to_mlpot_name", "IGNORED_NEQUIP_BUFFERS", "CHECKED_NEQUIP_BUFFERS", "WIGNER_BUFFER"]
 
 _BUILDERS = {"nequip.model.NequIPGNNModel": None, "nequip.model.PresetNequIPGNNModel": "preset"}
 _ZBL_TARGETS = ("nequip.nn.pair_potential.ZBL", "nequip.nn.ZBL")
-_IGNORED_PATTERNS = (r".*\.bias$", r".*\.output_mask$", r".*tp_scatter\.tp\.weight$", r".*equivariant_nonlin\.mul\.weight$", r"^_empty$")
+_IGNORED_PATTERNS = (r".*\.bias$", r".*\.output_mask$", r".*tp_scatter\.tp\.weight$", r".*equivariant_nonlin\..*\.weight$", r"^_empty$",
+                     r".*\._compiled_[a-z_]+\._tensor_constant\d+$")
 IGNORED_NEQUIP_BUFFERS = tuple(re.compile(p) for p in _IGNORED_PATTERNS)
 CHECKED_NEQUIP_BUFFERS = ("edge_norm._rmax_recip", "pair_potential.atomic_numbers", "pair_potential._qqr2exesquare")
+# constants of e3nn's generated code that some files carry: Wigner 3j symbols (checked against e3nn's)
+WIGNER_BUFFER = re.compile(r".*\._compiled_[a-z_]+\._w3j_(\d+)_(\d+)_(\d+)$")
 
 
 def _apply_modifier(section: Dict[str, Any], modifier: Dict[str, Any], file) -> None:
