@@ -23,151 +23,87 @@ from mlpot.models.derivatives import compute_derivatives
 from mlpot.models.equivariant.nequip.files import load_nequip_checkpoint
 
 NEQUIP_PYTHON = Path("/work/peers/nequip/bin/python")
-VARIANTS = {
- "edge_zbl_bessel": {
-  "seed": 3,
-  "model_dtype": "float64",
-  "type_names": [
-   "O",
-   "H"
-  ],
-  "r_max": 4.0,
-  "num_layers": 3,
-  "l_max": 2,
-  "parity": False,
-  "num_features": [
-   6,
-   4,
-   2
-  ],
-  "type_embed_num_features": 5,
-  "radial_mlp_depth": 2,
-  "radial_mlp_width": 12,
-  "readout_mlp_hidden_layers_depth": 1,
-  "readout_mlp_hidden_layers_width": 5,
-  "num_bessels": 7,
-  "bessel_trainable": True,
-  "polynomial_cutoff_p": 5,
-  "avg_num_neighbors": {
-   "O": 20.0,
-   "H": 25.0
-  },
-  "per_edge_type_cutoff": {
-   "O": 3.5,
-   "H": {
-    "H": 3.0
-   }
-  },
-  "per_type_energy_scales": {
-   "O": 1.2,
-   "H": 0.9
-  },
-  "per_type_energy_shifts": -10.0,
-  "per_type_energy_scales_trainable": True,
-  "per_type_energy_shifts_trainable": True,
-  "pair_potential": {
-   "_target_": "nequip.nn.pair_potential.ZBL",
-   "units": "metal",
-   "chemical_species": [
-    "O",
-    "H"
-   ],
-   "polynomial_cutoff_p": 8
-  }
- },
- "linear_readout_resnet": {
-  "seed": 4,
-  "model_dtype": "float64",
-  "type_names": [
-   "O",
-   "H"
-  ],
-  "r_max": 3.7,
-  "num_layers": 3,
-  "l_max": 1,
-  "num_features": 6,
-  "radial_mlp_depth": 1,
-  "radial_mlp_width": 10,
-  "readout_mlp_hidden_layers_depth": 2,
-  "readout_mlp_hidden_layers_width": 4,
-  "readout_mlp_nonlinearity": None,
-  "avg_num_neighbors": 18.0,
-  "per_type_energy_scales": 0.5,
-  "per_type_energy_shifts": {
-   "O": -3.0,
-   "H": -1.0
-  },
-  "convnet_resnet": True
- },
- "norm_nonlinearity": {
-  "seed": 5,
-  "model_dtype": "float64",
-  "type_names": [
-   "O",
-   "H"
-  ],
-  "r_max": 3.7,
-  "num_layers": 2,
-  "l_max": 1,
-  "num_features": 5,
-  "radial_mlp_depth": 1,
-  "radial_mlp_width": 10,
-  "avg_num_neighbors": 18.0,
-  "convnet_nonlinearity_type": "norm",
-  "per_type_energy_scales": 0.5,
-  "per_type_energy_shifts": 2.0
- },
- "preset_S": {
-  "preset": "S",
-  "seed": 6,
-  "model_dtype": "float64",
-  "type_names": [
-   "O",
-   "H"
-  ],
-  "r_max": 3.7,
-  "num_features": [
-   16,
-   8
-  ],
-  "type_embed_num_features": 8,
-  "radial_mlp_width": 16,
-  "avg_num_neighbors": 18.0,
-  "per_type_energy_scales": 0.5,
-  "per_type_energy_shifts": 2.0
- },
- "float32_model": {
-  "seed": 7,
-  "model_dtype": "float32",
-  "type_names": [
-   "O",
-   "H"
-  ],
-  "r_max": 4.0,
-  "num_layers": 2,
-  "l_max": 2,
-  "num_features": 6,
-  "radial_mlp_depth": 1,
-  "radial_mlp_width": 10,
-  "avg_num_neighbors": 18.0,
-  "per_type_energy_scales": {
-   "O": 1.2,
-   "H": 0.9
-  },
-  "per_type_energy_shifts": {
-   "O": -3.0,
-   "H": -1.0
-  },
-  "pair_potential": {
-   "_target_": "nequip.nn.pair_potential.ZBL",
-   "units": "real",
-   "chemical_species": [
-    "O",
-    "H"
-   ]
-  }
- }
-}
+VARIANTS = {'edge_zbl_bessel': {'seed': 3,
+                     'model_dtype': 'float64',
+                     'type_names': ['O', 'H'],
+                     'r_max': 4.0,
+                     'num_layers': 3,
+                     'l_max': 2,
+                     'parity': False,
+                     'num_features': [6, 4, 2],
+                     'type_embed_num_features': 5,
+                     'radial_mlp_depth': 2,
+                     'radial_mlp_width': 12,
+                     'readout_mlp_hidden_layers_depth': 1,
+                     'readout_mlp_hidden_layers_width': 5,
+                     'num_bessels': 7,
+                     'bessel_trainable': True,
+                     'polynomial_cutoff_p': 5,
+                     'avg_num_neighbors': {'O': 20.0, 'H': 25.0},
+                     'per_edge_type_cutoff': {'O': 3.5, 'H': {'H': 3.0}},
+                     'per_type_energy_scales': {'O': 1.2, 'H': 0.9},
+                     'per_type_energy_shifts': -10.0,
+                     'per_type_energy_scales_trainable': True,
+                     'per_type_energy_shifts_trainable': True,
+                     'pair_potential': {'_target_': 'nequip.nn.pair_potential.ZBL',
+                                        'units': 'metal',
+                                        'chemical_species': ['O', 'H'],
+                                        'polynomial_cutoff_p': 8}},
+ 'linear_readout_resnet': {'seed': 4,
+                           'model_dtype': 'float64',
+                           'type_names': ['O', 'H'],
+                           'r_max': 3.7,
+                           'num_layers': 3,
+                           'l_max': 1,
+                           'num_features': 6,
+                           'radial_mlp_depth': 1,
+                           'radial_mlp_width': 10,
+                           'readout_mlp_hidden_layers_depth': 2,
+                           'readout_mlp_hidden_layers_width': 4,
+                           'readout_mlp_nonlinearity': None,
+                           'avg_num_neighbors': 18.0,
+                           'per_type_energy_scales': 0.5,
+                           'per_type_energy_shifts': {'O': -3.0, 'H': -1.0},
+                           'convnet_resnet': True},
+ 'norm_nonlinearity': {'seed': 5,
+                       'model_dtype': 'float64',
+                       'type_names': ['O', 'H'],
+                       'r_max': 3.7,
+                       'num_layers': 2,
+                       'l_max': 1,
+                       'num_features': 5,
+                       'radial_mlp_depth': 1,
+                       'radial_mlp_width': 10,
+                       'avg_num_neighbors': 18.0,
+                       'convnet_nonlinearity_type': 'norm',
+                       'per_type_energy_scales': 0.5,
+                       'per_type_energy_shifts': 2.0},
+ 'preset_S': {'preset': 'S',
+              'seed': 6,
+              'model_dtype': 'float64',
+              'type_names': ['O', 'H'],
+              'r_max': 3.7,
+              'num_features': [16, 8],
+              'type_embed_num_features': 8,
+              'radial_mlp_width': 16,
+              'avg_num_neighbors': 18.0,
+              'per_type_energy_scales': 0.5,
+              'per_type_energy_shifts': 2.0},
+ 'float32_model': {'seed': 7,
+                   'model_dtype': 'float32',
+                   'type_names': ['O', 'H'],
+                   'r_max': 4.0,
+                   'num_layers': 2,
+                   'l_max': 2,
+                   'num_features': 6,
+                   'radial_mlp_depth': 1,
+                   'radial_mlp_width': 10,
+                   'avg_num_neighbors': 18.0,
+                   'per_type_energy_scales': {'O': 1.2, 'H': 0.9},
+                   'per_type_energy_shifts': {'O': -3.0, 'H': -1.0},
+                   'pair_potential': {'_target_': 'nequip.nn.pair_potential.ZBL',
+                                      'units': 'real',
+                                      'chemical_species': ['O', 'H']}}}
 
 NEQUIP_SIDE = r"""
 import json, sys, numpy as np, torch, ase.io

@@ -119,7 +119,8 @@ def _dot_components(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 class _ScaleComponents(torch.autograd.Function):
-    """out[..., m, u] = x[..., m, u] w[..., u]: per-channel weights broadcast over the components m.
+    """out[..., m, u] = x[..., m, u] w[..., u]: per-channel weights broadcast over the components m
+    (and over leading axes of x that w lacks).
     Its gradient for w is ``_dot_components``; differentiable to any order."""
 
     @staticmethod
@@ -131,7 +132,11 @@ class _ScaleComponents(torch.autograd.Function):
     def backward(ctx, grad):
         x, w = ctx.saved_tensors
         grad_x = _ScaleComponents.apply(grad, w) if ctx.needs_input_grad[0] else None
-        grad_w = _DotComponents.apply(grad, x) if ctx.needs_input_grad[1] else None
+        grad_w = None
+        if ctx.needs_input_grad[1]:
+            grad_w = _DotComponents.apply(grad, x)
+            if grad_w.shape != w.shape:  # w was broadcast over leading axes of x
+                grad_w = grad_w.sum_to_size(w.shape)
         return grad_x, grad_w
 
 
@@ -183,7 +188,7 @@ class EdgeTensorProductScatter(torch.nn.Module):
             offset += self.irreps_in[i_in].mul
         self.weight_numel = offset
         in_starts = [self.irreps_in[:k].dim for k in range(len(self.irreps_in))]
-        self._groups = []  # (mul, [(input start, d1)], width, rows, [(d3, n_paths, first row, weight start)])
+        self._groups = []  # (mul, [(input start, d1)], width, [(d3, n dense paths, [(input block, coefficient)])])
         self._mid_sources = {}  # mid block -> (group, block, path position)
         permutation = []
         for mul in sorted({mul for mul, _ in self.irreps_in if mul > 0}):
@@ -194,19 +199,39 @@ class EdgeTensorProductScatter(torch.nn.Module):
             g = len(self._groups)
             block_offsets = {b: sum(self.irreps_in[c].ir.dim for c in blocks[:k]) for k, b in enumerate(blocks)}
             width = sum(self.irreps_in[b].ir.dim for b in blocks)
-            out_blocks, couplings, row = [], [], 0
+            out_blocks = []
             for d3 in sorted({self.irreps_mid[self.instructions[p][2]].ir.dim for p in paths}):
-                chosen = [p for p in paths if self.irreps_mid[self.instructions[p][2]].ir.dim == d3]
-                couplings.append(self._coupling(chosen, block_offsets, width, d3))
+                same_d3 = [p for p in paths if self.irreps_mid[self.instructions[p][2]].ir.dim == d3]
+                # paths through Y_0 = 1 (component normalisation) need no Clebsch-Gordan product: the message
+                # is the neighbour's block times a constant; the others go through the coupling matmul
+                const = [(p, self._constant_coefficient(p)) for p in same_d3 if self.irreps_sh[self.instructions[p][1]].ir.l == 0]
+                const = [(p, c) for p, c in const if c is not None]
+                dense = [p for p in same_d3 if p not in {q for q, _ in const}]
+                chosen = dense + [p for p, _ in const]
+                if dense:
+                    coupling = self._coupling(dense, block_offsets, width, d3).reshape(self.irreps_sh.dim, -1)
+                    self.register_buffer(f"_coupling_{g}_{d3}", coupling, persistent=False)
+                    # rows of the reverse edge's coupling: +1 for the edge itself, (-1)^l_sh per path for its reverse
+                    parity = torch.tensor([[1.0] * d3 * len(dense), [(-1.0) ** self.irreps_sh[self.instructions[p][1]].ir.l
+                                                                    for p in dense for _ in range(d3)]], dtype=torch.float64)
+                    self.register_buffer(f"_parity_{g}_{d3}", parity.view(2, 1, -1, 1), persistent=False)
                 for position, p in enumerate(chosen):
                     self._mid_sources[self.instructions[p][2]] = (g, len(out_blocks), position)
-                out_blocks.append((d3, len(chosen), row, len(permutation)))
-                row += len(chosen) * d3
+                const_inputs = [(blocks.index(self.instructions[p][0]), c) for p, c in const]
+                out_blocks.append((d3, len(dense), const_inputs))
                 permutation += [e3nn_offsets[p] + u for p in chosen for u in range(mul)]  # (n_paths, u) row-major
-            # one coupling matrix per group: rows (d3 block, path, m3), columns the gathered components
-            self.register_buffer(f"_coupling_{g}", torch.cat(couplings, 1).reshape(self.irreps_sh.dim, -1), persistent=False)
-            self._groups.append((mul, [(in_starts[b], self.irreps_in[b].ir.dim) for b in blocks], width, row, out_blocks))
+            self._groups.append((mul, [(in_starts[b], self.irreps_in[b].ir.dim) for b in blocks], width, out_blocks))
         self.register_buffer("weight_permutation", torch.tensor(permutation, dtype=torch.int64), persistent=False)
+        self._weight_sizes = [(n_dense + len(const)) * mul for mul, _, _, blocks in self._groups for _, n_dense, const in blocks]
+
+    def _constant_coefficient(self, p: int):
+        """c with message = c · x_block for a path through Y_0 (w3j(l, 0, l) = δ / sqrt(2l+1)), or None."""
+        i_in, _, i_mid = self.instructions[p]
+        l1, l3 = self.irreps_in[i_in].ir.l, self.irreps_mid[i_mid].ir.l
+        w3j = o3.wigner_3j(l1, 0, l3, dtype=torch.float64)[:, 0, :] * math.sqrt(2 * l3 + 1)
+        if l1 != l3 or not torch.allclose(w3j, w3j[0, 0] * torch.eye(2 * l1 + 1, dtype=torch.float64), atol=1e-12):
+            return None
+        return float(w3j[0, 0])
 
     def _coupling(self, paths, block_offsets, width: int, d3: int) -> torch.Tensor:
         """(d_sh, n_paths * d3, width): Clebsch-Gordan blocks times path weights, to contract with Y."""
@@ -226,20 +251,46 @@ class EdgeTensorProductScatter(torch.nn.Module):
         return weights.index_select(-1, self.weight_permutation)
 
     def forward(self, x: torch.Tensor, sh: torch.Tensor, weights: torch.Tensor, centre: torch.Tensor,
-                neighbour: torch.Tensor) -> torch.Tensor:
+                neighbour: torch.Tensor, both_directions: bool = False) -> torch.Tensor:
+        """Messages summed onto centres, (n, irreps_mid.dim). With ``both_directions`` every listed
+        edge (i, j) also stands for its reverse (j, i) (a list of unordered pairs of a full neighbour
+        list): the reverse message uses Y(-r̂) = (-1)^l Y(r̂) and the same weights, so Y, the
+        Clebsch-Gordan contraction and the weights are computed once per pair."""
         n, n_edges = x.shape[0], sh.shape[0]
+        # split (not narrow): its gradient is one concatenation instead of a zero-filled copy per block
+        weight_blocks = iter(weights.split(self._weight_sizes, dim=1))
+        n_directions = 2 if both_directions else 1
+        targets = torch.cat([centre, neighbour]) if both_directions else centre
+        sources = torch.cat([neighbour, centre]) if both_directions else neighbour
         sums = []
-        for g, (mul, inputs, width, rows, out_blocks) in enumerate(self._groups):
+        for g, (mul, inputs, width, out_blocks) in enumerate(self._groups):
             pieces = [x.narrow(1, start, mul * d).view(n, mul, d).transpose(1, 2) for start, d in inputs]
             nodes = (pieces[0] if len(pieces) == 1 else torch.cat(pieces, 1)).reshape(n, width * mul)
-            gathered = nodes.index_select(0, neighbour).view(n_edges, width, mul)
-            coupling = (sh @ getattr(self, f"_coupling_{g}").to(sh.dtype)).view(n_edges, rows, width)
-            messages = torch.bmm(coupling, gathered)  # (E, rows, u)
+            gathered = nodes.index_select(0, sources).view(n_directions * n_edges, width, mul)
+            # per input block (split, not narrow: the gradient is one concatenation)
+            gathered_blocks = gathered.split([d for _, d in inputs], dim=1) if len(inputs) > 1 else [gathered]
             group_sums = []
-            for d3, n_paths, row, start in out_blocks:
-                block = messages.narrow(1, row, n_paths * d3).view(n_edges, n_paths, d3, mul)
-                block = _ScaleComponents.apply(block, weights.narrow(1, start, n_paths * mul).view(n_edges, n_paths, mul))
-                group_sums.append(scatter_sum(block.reshape(n_edges, n_paths * d3 * mul), centre, n).view(n, n_paths, d3, mul))
+            for d3, n_dense, const_inputs in out_blocks:
+                path_weights = next(weight_blocks).view(n_edges, n_dense + len(const_inputs), mul)
+                parts = path_weights.split([1] * len(const_inputs), dim=1) if not n_dense else \
+                    path_weights.split([n_dense] + [1] * len(const_inputs), dim=1)
+                summed = []
+                if n_dense:
+                    rows = n_dense * d3
+                    coupling = (sh @ getattr(self, f"_coupling_{g}_{d3}").to(sh.dtype)).view(n_edges, rows, width)
+                    if both_directions:  # the reverse edge's coupling: Y(-r̂) = (-1)^l Y(r̂), a sign per path
+                        coupling = (coupling.unsqueeze(0) * getattr(self, f"_parity_{g}_{d3}").to(sh.dtype)).view(2 * n_edges, rows, width)
+                    if width == 1:  # a scalar input block: an outer product, cheaper as a broadcast multiply than a bmm
+                        messages = coupling * gathered
+                    else:
+                        messages = torch.bmm(coupling, gathered)
+                    messages = _ScaleComponents.apply(messages.view(n_directions, n_edges, n_dense, d3, mul), parts[0])
+                    summed.append(scatter_sum(messages.view(n_directions * n_edges, rows * mul), targets, n).view(n, n_dense, d3, mul))
+                for (block, coefficient), weight in zip(const_inputs, parts[1 if n_dense else 0:]):
+                    weight = weight if coefficient == 1.0 else weight * coefficient
+                    messages = _ScaleComponents.apply(gathered_blocks[block].view(n_directions, n_edges, 1, d3, mul), weight)
+                    summed.append(scatter_sum(messages.view(n_directions * n_edges, d3 * mul), targets, n).view(n, 1, d3, mul))
+                group_sums.append(summed[0] if len(summed) == 1 else torch.cat(summed, 1))
             sums.append(group_sums)
         out = []
         for i_mid, (mul, ir) in enumerate(self.irreps_mid):

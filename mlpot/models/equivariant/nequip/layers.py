@@ -42,8 +42,8 @@ class InteractionLayer(torch.nn.Module):
 
     forward(h (n, irreps_in.dim), types (n,), type_attrs (n_types, n_attrs), sh (E, irreps_sh.dim),
     edge_weights (E, weight_numel) = ``radial_mlp`` of the edge embedding, centre (E,), neighbour (E,),
-    norm (n, 1) or float = 1 / sqrt(avg_num_neighbors)) -> (n, irreps_out.dim). The caller evaluates
-    ``radial_mlp`` (once per unordered pair, see ``unique_pair_index``).
+    norm (n, 1) or float = 1 / sqrt(avg_num_neighbors), both_directions: the edges are unordered
+    pairs standing for both directions) -> (n, irreps_out.dim). The caller evaluates ``radial_mlp``.
     """
 
     def __init__(self, irreps_in, irreps_sh, feature_irreps_hidden, n_attrs: int, n_radial: int, radial_mlp_depth: int,
@@ -78,11 +78,12 @@ class InteractionLayer(torch.nn.Module):
         self.self_connection = TypeSelfConnection(self.irreps_in, n_attrs, conv_out, dtype=dtype) if use_sc else None
 
     def forward(self, h: torch.Tensor, types: torch.Tensor, type_attrs: torch.Tensor, sh: torch.Tensor,
-                edge_weights: torch.Tensor, centre: torch.Tensor, neighbour: torch.Tensor, norm) -> torch.Tensor:
+                edge_weights: torch.Tensor, centre: torch.Tensor, neighbour: torch.Tensor, norm,
+                both_directions: bool = False) -> torch.Tensor:
         previous = h
         sc = self.self_connection(h, types, type_attrs) if self.self_connection is not None else None
         h = self.linear_in(h) * norm
-        h = self.tensor_product(h, sh, edge_weights, centre, neighbour)
+        h = self.tensor_product(h, sh, edge_weights, centre, neighbour, both_directions)
         h = self.linear_out(h)
         if sc is not None:
             h = h + sc

@@ -9,9 +9,10 @@ E = Σ_i E_i per frame.
 Per-edge-type cutoffs r_c(t_i, t_j) enter through the reduced distance x = r / r_c: the Bessel
 basis at r_c equals (r_c / r_max) times the global basis at r · r_max / r_c, which is what NequIP
 computes (it always multiplies by 2π / r_max²), so the global ``BesselBasis`` is evaluated at the
-scaled distance. Functions of the edge length (embedding, radial MLPs) are evaluated once per
+scaled distance. Functions of the edge (embedding, radial MLPs, spherical harmonics) are evaluated once per
 unordered pair (i, j, S) / (j, i, -S) when the cutoffs are symmetric; this halves the dominant
-cost and changes no value. Geometry is recomputed from the batch with ``edge_vectors`` so that
+cost and changes no value; when every edge has its reverse the pair list drives the whole
+message passing (Y(-r̂) = (-1)^l Y(r̂), same radial weights, see ``EdgeTensorProductScatter``). Geometry is recomputed from the batch with ``edge_vectors`` so that
 ``compute_derivatives`` gives forces and stress; distances and the embedding are computed in
 the batch precision and cast to ``model_dtype`` (NequIP does the same in float64).
 
@@ -147,22 +148,29 @@ class NequIPModel(AtomisticModel):
         if types.numel() and (int(types.max()) >= len(self.type_map) or int(types.min()) < 0):
             raise DataError(f"atom type {int(types.max())} out of range for type_names {self.type_map}", key=ATOM_TYPES)
 
+    def _edges(self, batch: Batch) -> dict:
+        """Edge geometry: vectors, lengths, centre/neighbour indices; as unordered pairs (each standing
+        for both directions, ``both``) when the cutoffs are symmetric and every edge has its reverse."""
+        types = batch[ATOM_TYPES]
+        centre, neighbour = batch[EDGE_INDEX][0], batch[EDGE_INDEX][1]
+        vectors = edge_vectors(batch)
+        pairs = unique_pair_index(batch[EDGE_INDEX], batch[EDGE_SHIFTS], types.shape[0]) if self.pairs_symmetric else None
+        both = pairs is not None and bool((torch.bincount(pairs[1], minlength=len(pairs[0])) == 2).all())
+        if both:
+            representative = pairs[0]
+            vectors = vectors.index_select(0, representative)
+            centre, neighbour = centre.index_select(0, representative), neighbour.index_select(0, representative)
+        lengths = vectors.square().sum(-1).sqrt()
+        return {"vectors": vectors, "lengths": lengths, "centre": centre, "neighbour": neighbour, "both": both,
+                "scaled": self._scaled_distance(lengths, types, centre, neighbour)}
+
     def _features(self, batch: Batch, n_layers: Optional[int] = None) -> Tuple[List[torch.Tensor], dict]:
         """Node features after each of the first ``n_layers`` layers (all by default) and the edge geometry."""
         self._check(batch)
         types = batch[ATOM_TYPES]
-        centre, neighbour = batch[EDGE_INDEX][0], batch[EDGE_INDEX][1]
-        vectors = edge_vectors(batch)
-        lengths = vectors.square().sum(-1).sqrt()
-        sh = self.spherical_harmonics(vectors).to(self.model_dtype)
-        pairs = unique_pair_index(batch[EDGE_INDEX], batch[EDGE_SHIFTS], types.shape[0]) if self.pairs_symmetric else None
-        if pairs is not None:
-            representative, inverse = pairs
-            scaled = self._scaled_distance(lengths.index_select(0, representative), types, centre.index_select(0, representative),
-                                           neighbour.index_select(0, representative))
-        else:
-            scaled = self._scaled_distance(lengths, types, centre, neighbour)
-        embedding = self._edge_embedding(scaled)
+        edges = self._edges(batch)
+        sh = self.spherical_harmonics(edges["vectors"]).to(self.model_dtype)
+        embedding = self._edge_embedding(edges["scaled"])
         attrs = self.type_embedding.weight
         h = attrs.index_select(0, types)
         norm = self.neighbor_norm_value if self.neighbor_norm is None else \
@@ -170,12 +178,9 @@ class NequIPModel(AtomisticModel):
         features = []
         for layer in self.layers[:n_layers]:
             weights = layer.radial_mlp(embedding, layer.tensor_product.weight_permutation)
-            if pairs is not None:
-                weights = weights.index_select(0, inverse)
-            h = layer(h, types, attrs, sh, weights, centre, neighbour, norm)
+            h = layer(h, types, attrs, sh, weights, edges["centre"], edges["neighbour"], norm, edges["both"])
             features.append(h)
-        geometry = {"lengths": lengths, "types": types, "centre": centre, "neighbour": neighbour}
-        return features, geometry
+        return features, edges
 
     def node_features(self, batch: Batch, layer: Optional[int] = None) -> Tuple[torch.Tensor, o3.Irreps]:
         """Features after layer ``layer`` (0-based; default: the last layer with l > 0 features,
@@ -189,11 +194,10 @@ class NequIPModel(AtomisticModel):
 
     def forward(self, batch: Batch) -> Batch:
         """batch -> {ATOM_ENERGY (n_atoms,), ENERGY (n_frames,)} (module docstring)."""
-        features, geometry = self._features(batch)
-        types = geometry["types"]
+        features, edges = self._features(batch)
+        types = batch[ATOM_TYPES]
         atomic = self.scale_shift(self.readout(features[-1]).squeeze(-1), types)
         if self.zbl is not None:
-            scaled = self._scaled_distance(geometry["lengths"], types, geometry["centre"], geometry["neighbour"])
-            atomic = atomic + self.zbl(geometry["lengths"], scaled / self.cutoff, types, geometry["centre"],
-                                       geometry["neighbour"]).to(atomic.dtype)
+            atomic = atomic + self.zbl(edges["lengths"], edges["scaled"] / self.cutoff, types, edges["centre"], edges["neighbour"],
+                                       edges["both"]).to(atomic.dtype)
         return {ATOM_ENERGY: atomic, ENERGY: scatter_sum(atomic, batch[BATCH], batch[CELL].shape[0])}

@@ -41,8 +41,8 @@ class ZBL(torch.nn.Module):
 
     chemical_species: element symbol of every model type (aligned with the type names);
     units: "metal" | "real"; polynomial_cutoff_p: envelope order p.
-    forward(distance (E,) Å, reduced (E,) = r / r_c, types (n,), centre (E,), neighbour (E,))
-    -> (n,) energy per atom.
+    forward(distance (E,) Å, reduced (E,) = r / r_c, types (n,), centre (E,), neighbour (E,),
+    both_directions: each edge also stands for its reverse) -> (n,) energy per atom.
     """
 
     def __init__(self, chemical_species: Sequence[str], units: str = "metal", polynomial_cutoff_p: float = 6.0):
@@ -58,11 +58,12 @@ class ZBL(torch.nn.Module):
                                                             dtype=torch.float64), persistent=False)
 
     def forward(self, distance: torch.Tensor, reduced: torch.Tensor, types: torch.Tensor, centre: torch.Tensor,
-                neighbour: torch.Tensor) -> torch.Tensor:
+                neighbour: torch.Tensor, both_directions: bool = False) -> torch.Tensor:
         z = self.atomic_numbers.to(distance.dtype).index_select(0, types)
         pair = zbl_pair_energy(distance, z.index_select(0, centre), z.index_select(0, neighbour), self.coulomb)
         edge_energy = 0.5 * pair * polynomial_cutoff(reduced, 1.0, self.p)
-        return scatter_sum(edge_energy, centre, types.shape[0])
+        energy = scatter_sum(edge_energy, centre, types.shape[0])
+        return energy + scatter_sum(edge_energy, neighbour, types.shape[0]) if both_directions else energy
 
     def extra_repr(self) -> str:
         return f"chemical_species={self.chemical_species}, units={self.units}, p={self.p}"
