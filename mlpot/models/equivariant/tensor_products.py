@@ -199,7 +199,7 @@ class EdgeTensorProductScatter(torch.nn.Module):
             g = len(self._groups)
             block_offsets = {b: sum(self.irreps_in[c].ir.dim for c in blocks[:k]) for k, b in enumerate(blocks)}
             width = sum(self.irreps_in[b].ir.dim for b in blocks)
-            out_blocks = []
+            out_blocks, couplings, parities = [], [], []
             for d3 in sorted({self.irreps_mid[self.instructions[p][2]].ir.dim for p in paths}):
                 same_d3 = [p for p in paths if self.irreps_mid[self.instructions[p][2]].ir.dim == d3]
                 # paths through Y_0 = 1 (component normalisation) need no Clebsch-Gordan product: the message
@@ -209,17 +209,18 @@ class EdgeTensorProductScatter(torch.nn.Module):
                 dense = [p for p in same_d3 if p not in {q for q, _ in const}]
                 chosen = dense + [p for p, _ in const]
                 if dense:
-                    coupling = self._coupling(dense, block_offsets, width, d3).reshape(self.irreps_sh.dim, -1)
-                    self.register_buffer(f"_coupling_{g}_{d3}", coupling, persistent=False)
-                    # rows of the reverse edge's coupling: +1 for the edge itself, (-1)^l_sh per path for its reverse
-                    parity = torch.tensor([[1.0] * d3 * len(dense), [(-1.0) ** self.irreps_sh[self.instructions[p][1]].ir.l
-                                                                    for p in dense for _ in range(d3)]], dtype=torch.float64)
-                    self.register_buffer(f"_parity_{g}_{d3}", parity.view(2, 1, -1, 1), persistent=False)
+                    couplings.append(self._coupling(dense, block_offsets, width, d3))
+                    # rows of the reverse edge's coupling: (-1)^l_sh per path (Y_l(-r̂) = (-1)^l Y_l(r̂))
+                    parities += [(-1.0) ** self.irreps_sh[self.instructions[p][1]].ir.l for p in dense for _ in range(d3)]
                 for position, p in enumerate(chosen):
                     self._mid_sources[self.instructions[p][2]] = (g, len(out_blocks), position)
                 const_inputs = [(blocks.index(self.instructions[p][0]), c) for p, c in const]
                 out_blocks.append((d3, len(dense), const_inputs))
                 permutation += [e3nn_offsets[p] + u for p in chosen for u in range(mul)]  # (n_paths, u) row-major
+            if couplings:  # one coupling matmul per group: rows (d3 block, path, m3) of every dense path
+                self.register_buffer(f"_coupling_{g}", torch.cat(couplings, 1).reshape(self.irreps_sh.dim, -1), persistent=False)
+                parity = torch.tensor([[1.0] * len(parities), parities], dtype=torch.float64)
+                self.register_buffer(f"_parity_{g}", parity.view(2, 1, -1, 1), persistent=False)
             self._groups.append((mul, [(in_starts[b], self.irreps_in[b].ir.dim) for b in blocks], width, out_blocks))
         self.register_buffer("weight_permutation", torch.tensor(permutation, dtype=torch.int64), persistent=False)
         self._weight_sizes = [(n_dense + len(const)) * mul for mul, _, _, blocks in self._groups for _, n_dense, const in blocks]
@@ -269,23 +270,26 @@ class EdgeTensorProductScatter(torch.nn.Module):
             gathered = nodes.index_select(0, sources).view(n_directions * n_edges, width, mul)
             # per input block (split, not narrow: the gradient is one concatenation)
             gathered_blocks = gathered.split([d for _, d in inputs], dim=1) if len(inputs) > 1 else [gathered]
+            dense_rows = [n_dense * d3 for d3, n_dense, _ in out_blocks if n_dense]
+            if dense_rows:
+                rows = sum(dense_rows)
+                coupling = (sh @ getattr(self, f"_coupling_{g}").to(sh.dtype)).view(n_edges, rows, width)
+                if both_directions:  # the reverse edge's coupling: Y(-r̂) = (-1)^l Y(r̂), a sign per path
+                    coupling = (coupling.unsqueeze(0) * getattr(self, f"_parity_{g}").to(sh.dtype)).view(2 * n_edges, rows, width)
+                # one matmul for all dense paths of the group (a bmm with a size-1 dimension, also in its
+                # gradients, is far slower on CPU); a scalar input block is an outer product
+                products = coupling * gathered if width == 1 else torch.bmm(coupling, gathered)
+                dense_blocks = iter(products.split(dense_rows, dim=1) if len(dense_rows) > 1 else [products])
             group_sums = []
             for d3, n_dense, const_inputs in out_blocks:
                 path_weights = next(weight_blocks).view(n_edges, n_dense + len(const_inputs), mul)
-                parts = path_weights.split([1] * len(const_inputs), dim=1) if not n_dense else \
-                    path_weights.split([n_dense] + [1] * len(const_inputs), dim=1)
+                parts = path_weights.split([n_dense] * bool(n_dense) + [1] * len(const_inputs), dim=1)
                 summed = []
                 if n_dense:
-                    rows = n_dense * d3
-                    coupling = (sh @ getattr(self, f"_coupling_{g}_{d3}").to(sh.dtype)).view(n_edges, rows, width)
-                    if both_directions:  # the reverse edge's coupling: Y(-r̂) = (-1)^l Y(r̂), a sign per path
-                        coupling = (coupling.unsqueeze(0) * getattr(self, f"_parity_{g}_{d3}").to(sh.dtype)).view(2 * n_edges, rows, width)
-                    if width == 1:  # a scalar input block: an outer product, cheaper as a broadcast multiply than a bmm
-                        messages = coupling * gathered
-                    else:
-                        messages = torch.bmm(coupling, gathered)
-                    messages = _ScaleComponents.apply(messages.view(n_directions, n_edges, n_dense, d3, mul), parts[0])
-                    summed.append(scatter_sum(messages.view(n_directions * n_edges, rows * mul), targets, n).view(n, n_dense, d3, mul))
+                    messages = next(dense_blocks).reshape(n_directions, n_edges, n_dense, d3, mul)
+                    messages = _ScaleComponents.apply(messages, parts[0])
+                    summed.append(scatter_sum(messages.view(n_directions * n_edges, n_dense * d3 * mul), targets, n)
+                                  .view(n, n_dense, d3, mul))
                 for (block, coefficient), weight in zip(const_inputs, parts[1 if n_dense else 0:]):
                     weight = weight if coefficient == 1.0 else weight * coefficient
                     messages = _ScaleComponents.apply(gathered_blocks[block].view(n_directions, n_edges, 1, d3, mul), weight)
