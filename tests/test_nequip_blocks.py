@@ -41,11 +41,12 @@ def test_irreps_linear_is_e3nn_linear(irreps_in, irreps_out):
     torch.testing.assert_close(ours(x), reference(x), atol=1e-13, rtol=0)
 
 
+@pytest.mark.parametrize("constant_l0", [True, False])
 @pytest.mark.parametrize("irreps_in, l_max", [("8x0e+8x0o+8x1e+8x1o", 2), ("16x0e+8x1o+4x2e", 2), ("4x0e", 1), ("3x0e+3x1o", 1)])
-def test_edge_tensor_product_is_e3nn_uvu_tensor_product_plus_scatter(irreps_in, l_max):
+def test_edge_tensor_product_is_e3nn_uvu_tensor_product_plus_scatter(irreps_in, l_max, constant_l0):
     irreps_sh = o3.Irreps.spherical_harmonics(l_max)
     target = o3.Irreps("16x0e+8x0o+8x1o+8x1e+8x2e+8x2o")
-    ours = EdgeTensorProductScatter(irreps_in, irreps_sh, target)
+    ours = EdgeTensorProductScatter(irreps_in, irreps_sh, target, constant_l0=constant_l0)
     instructions = [(i, j, k, "uvu", True) for i, j, k in ours.instructions]
     reference = o3.TensorProduct(irreps_in, irreps_sh, ours.irreps_mid, instructions, shared_weights=False,
                                  internal_weights=False).to(F64)
@@ -53,15 +54,20 @@ def test_edge_tensor_product_is_e3nn_uvu_tensor_product_plus_scatter(irreps_in, 
     n, n_edges = 7, 40
     generator = torch.Generator().manual_seed(0)
     x = torch.randn(n, ours.irreps_in.dim, dtype=F64, generator=generator)
-    sh = o3.spherical_harmonics(irreps_sh, torch.randn(n_edges, 3, dtype=F64, generator=generator), True, normalization="component")
+    vectors = torch.randn(n_edges, 3, dtype=F64, generator=generator)
+    sh = o3.spherical_harmonics(irreps_sh, vectors, True, normalization="component")
     w = torch.randn(n_edges, ours.weight_numel, dtype=F64, generator=generator)
     centre, neighbour = torch.randint(0, n, (n_edges,), generator=generator), torch.randint(0, n, (n_edges,), generator=generator)
     expected = scatter_reference(reference(x[neighbour], sh, w), centre, n)
     torch.testing.assert_close(ours(x, sh, ours.e3nn_weights(w), centre, neighbour), expected, atol=1e-12, rtol=0)
+    # unordered pairs standing for both directions: the reverse edges spelled out for e3nn
+    reverse_sh = o3.spherical_harmonics(irreps_sh, -vectors, True, normalization="component")
+    both = scatter_reference(reference(x[centre], reverse_sh, w), neighbour, n) + expected
+    torch.testing.assert_close(ours(x, sh, ours.e3nn_weights(w), centre, neighbour, both_directions=True), both, atol=1e-12, rtol=0)
 
 
 def test_edge_tensor_product_gradients_of_second_order():
-    ours = EdgeTensorProductScatter("2x0e+1x1o+2x2e", o3.Irreps.spherical_harmonics(2), "2x0e+1x1o+1x1e+2x2e")
+    ours = EdgeTensorProductScatter("2x0e+1x1o+2x2e", o3.Irreps.spherical_harmonics(2), "2x0e+1x1o+1x1e+2x2e", constant_l0=True)
     n, n_edges = 3, 5
     x = torch.randn(n, ours.irreps_in.dim, dtype=F64, requires_grad=True)
     sh = torch.randn(n_edges, 9, dtype=F64, requires_grad=True)
@@ -69,7 +75,7 @@ def test_edge_tensor_product_gradients_of_second_order():
     centre, neighbour = torch.randint(0, n, (n_edges,)), torch.randint(0, n, (n_edges,))
 
     def f(x, sh, w):
-        return ours(x, sh, w, centre, neighbour)
+        return ours(x, sh, w, centre, neighbour, both_directions=True)
 
     assert torch.autograd.gradcheck(f, (x, sh, w), fast_mode=True)
     assert torch.autograd.gradgradcheck(f, (x, sh, w), fast_mode=True)

@@ -5,7 +5,10 @@ normalisation constants, so weights trained by e3nn-based codes (NequIP, MACE) l
 tests pin every class against its e3nn counterpart. They are written out rather than using
 e3nn's generated code because on CPU the message-passing step is dominated by layout shuffles:
 here an edge tensor product is one gather, one small batched matmul against Clebsch-Gordan
-blocks contracted with Y(r̂) beforehand, one multiply by the radial weights and one scatter.
+blocks contracted with Y(r̂) beforehand, one multiply by the radial weights and one scatter, over
+unordered pairs when the neighbour list is full (``EdgeTensorProductScatter`` has the details).
+Custom autograd functions replace autograd's reductions over short axes, which are slow on CPU;
+they stay differentiable to any order (force training needs second derivatives).
 
 * ``IrrepsLinear`` = ``o3.Linear(irreps_in, irreps_out)`` without biases ("element" path
   normalisation: out_w = Σ_u W_uw x_u / sqrt(Σ fan-in)).
@@ -163,22 +166,33 @@ class EdgeTensorProductScatter(torch.nn.Module):
     shared_weights=False)`` with component irrep and element path normalisation (path weight
     sqrt(2 l_out + 1) / sqrt(mul_sh)), followed by a scatter-sum (NequIP ``TensorProductScatter``).
 
-    Edge tensors are laid out components-major, channels last ((E, components, u)), so that every
-    elementwise step runs over contiguous rows of u channels: input blocks are grouped by
-    multiplicity u and paths by output dimension d; per (group, d) the messages (E, n_paths, d, u)
-    are one batched matmul of the Clebsch-Gordan blocks contracted with Y beforehand against the
-    gathered neighbour features, multiplied by the weights (E, n_paths, u) broadcast over d.
+    How it is computed (CPU-bound by memory traffic, so the layout matters):
+
+    * edge tensors are channels-last, (E, components, u), so every elementwise step runs over
+      contiguous rows of the u channels;
+    * input blocks are grouped by multiplicity u; per group the neighbour features are gathered once
+      and one batched matmul of the Clebsch-Gordan blocks (contracted with Y beforehand) against them
+      gives the products of every path; paths are then grouped by output dimension d, multiplied by
+      their weights (E, n_paths, u) broadcast over d, and scattered;
+    * with ``constant_l0`` (the l = 0 edge attribute is identically 1, as for e3nn spherical
+      harmonics with component or norm normalisation) paths through it skip the matmul: their
+      message is the neighbour's block times the weights;
+    * ``forward(..., both_directions=True)`` takes unordered pairs: each listed edge also stands for
+      its reverse, whose coupling is the same up to (-1)^l_sh per path (Y_l(-r̂) = (-1)^l Y_l(r̂)),
+      so Y, the coupling and the weights are computed once per pair.
+
     Per-edge weights come in the internal layout ``weights_e3nn[:, weight_permutation]`` (e3nn's
-    (path, u) blocks regrouped by d); a weight producer (the radial MLP) applies the permutation to
-    its last layer's columns at no per-edge cost.
+    (path, u) blocks regrouped); a weight producer (the radial MLP) applies the permutation to its
+    last layer's columns at no per-edge cost; ``e3nn_weights`` converts.
 
     forward(x (n, irreps_in.dim), sh (E, irreps_sh.dim), weights (E, weight_numel) internal layout,
-    centre (E,), neighbour (E,)) -> (n, irreps_mid.dim), e3nn mul_ir layout.
+    centre (E,), neighbour (E,), both_directions) -> (n, irreps_mid.dim), e3nn mul_ir layout.
     """
 
-    def __init__(self, irreps_in, irreps_sh, irreps_out):
+    def __init__(self, irreps_in, irreps_sh, irreps_out, constant_l0: bool = False):
         super().__init__()
         self.irreps_in, self.irreps_sh = o3.Irreps(irreps_in), o3.Irreps(irreps_sh)
+        self.constant_l0 = bool(constant_l0)
         self.irreps_mid, self.instructions = uvu_instructions(self.irreps_in, self.irreps_sh, o3.Irreps(irreps_out))
         if any(mul != 1 for mul, _ in self.irreps_sh):
             raise ValueError(f"edge attributes must have multiplicity 1, got {self.irreps_sh}")
@@ -202,9 +216,10 @@ class EdgeTensorProductScatter(torch.nn.Module):
             out_blocks, couplings, parities = [], [], []
             for d3 in sorted({self.irreps_mid[self.instructions[p][2]].ir.dim for p in paths}):
                 same_d3 = [p for p in paths if self.irreps_mid[self.instructions[p][2]].ir.dim == d3]
-                # paths through Y_0 = 1 (component normalisation) need no Clebsch-Gordan product: the message
-                # is the neighbour's block times a constant; the others go through the coupling matmul
-                const = [(p, self._constant_coefficient(p)) for p in same_d3 if self.irreps_sh[self.instructions[p][1]].ir.l == 0]
+                # paths through a constant Y_0 = 1 need no Clebsch-Gordan product: the message is the
+                # neighbour's block times a constant; the others go through the coupling matmul
+                const = [(p, self._constant_coefficient(p)) for p in same_d3
+                         if self.constant_l0 and self.irreps_sh[self.instructions[p][1]].ir.l == 0]
                 const = [(p, c) for p, c in const if c is not None]
                 dense = [p for p in same_d3 if p not in {q for q, _ in const}]
                 chosen = dense + [p for p, _ in const]

@@ -72,7 +72,8 @@ class InteractionLayer(torch.nn.Module):
         self.irreps_out = o3.Irreps(self.nonlinearity.irreps_out)
         self.resnet = bool(resnet) and layer_out == self.irreps_in
         self.linear_in = IrrepsLinear(self.irreps_in, self.irreps_in, dtype=dtype)
-        self.tensor_product = EdgeTensorProductScatter(self.irreps_in, self.irreps_sh, conv_out)
+        # the edge attributes are e3nn spherical harmonics with component normalisation: Y_0 = 1
+        self.tensor_product = EdgeTensorProductScatter(self.irreps_in, self.irreps_sh, conv_out, constant_l0=True)
         self.radial_mlp = RadialMLP(n_radial, self.tensor_product.weight_numel, radial_mlp_depth, radial_mlp_width, "silu", dtype=dtype)
         self.linear_out = IrrepsLinear(self.tensor_product.irreps_mid.simplify(), conv_out, dtype=dtype)
         self.self_connection = TypeSelfConnection(self.irreps_in, n_attrs, conv_out, dtype=dtype) if use_sc else None
