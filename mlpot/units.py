@@ -20,6 +20,11 @@ COULOMB_CONSTANT = 1.0 / (4.0 * math.pi * EPSILON0)
 # 1/eps0 in eV Å / e^2 (MACE-SCF's FIELD_CONSTANT)
 FIELD_CONSTANT = 1.0 / EPSILON0
 
+# LAMMPS qqr2e·qe² (e²/(4π ε0)) in the energy·length units of `units metal` (eV Å) and `units real`
+# (kcal/mol Å), as LAMMPS' pair zbl and NequIP's ZBL use them [COMPAT]
+LAMMPS_QQR2E_METAL = 14.399645
+LAMMPS_QQR2E_REAL = 332.06371
+
 # pressure: 1 eV/Å^3 in GPa and bar
 EV_PER_A3_TO_GPA = ELEMENTARY_CHARGE * 1e30 / 1e9
 EV_PER_A3_TO_BAR = EV_PER_A3_TO_GPA * 1e4
