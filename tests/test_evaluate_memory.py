@@ -99,7 +99,8 @@ def test_evaluation_asks_for_first_derivatives_only_and_leaves_parameters_alone(
         out = predict_batch(model, batch, virial=True)
     finally:
         handle.remove()
-    assert calls == [False]  # one first-order pass: no graph of second derivatives
+    # first-order passes only (the forces, and one per recomputed chunk): no graph of second derivatives
+    assert calls == [False] * 3
     assert flags_in_forward == [(False, DEFAULT_ATOM_CHUNK)]  # no parameter records a gradient; chunked
     assert all(p.requires_grad for p in model.parameters()) and all(p.grad is None for p in model.parameters())
     assert atom_chunk_size() is None  # chunking is off outside evaluation (training never chunks)
