@@ -134,7 +134,7 @@ def main(argv=None):
             figures[name].append((wall, rss))
             print(f"  {name:<11} {round_index + 1:>5} {wall:8.1f} {rss:12.0f} {wall / args.frames:8.3f} "
                   f"{force_rmse(out):11.4e}", flush=True)
-    if len(figures) == 2:
+    if len(figures) == 2 and args.rounds > 0:
         best = {name: (min(w for w, _ in values), max(r for _, r in values)) for name, values in figures.items()}
         (mw, mr), (dw, dr) = best["mlpot test"], best["dp test"]
         print(f"# best wall: mlpot {mw:.1f} s, dp test {dw:.1f} s (dp/mlpot {dw / mw:.2f}x); "

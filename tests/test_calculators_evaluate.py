@@ -87,9 +87,9 @@ def test_report_lines_and_missing_labels():
 def test_detail_files(tmp_path):
     rng = np.random.default_rng(4)
     prefix = str(tmp_path / "detail")
-    with DetailWriter(prefix) as details:
-        _, fa, pa = _system("sys_a", 2, 3, rng, with_virial=True, details=details)
-        _, fb, pb = _system("sys_b", 1, 5, rng, details=details)
+    details = DetailWriter(prefix)
+    _, fa, pa = _system("sys_a", 2, 3, rng, with_virial=True, details=details)
+    _, fb, pb = _system("sys_b", 1, 5, rng, details=details)
     e = np.loadtxt(f"{prefix}.e.out")
     assert e.shape == (3, 2)
     np.testing.assert_allclose(e[:2, 0], [float(f[K.ENERGY]) for f in fa])

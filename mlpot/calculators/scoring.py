@@ -126,21 +126,21 @@ class DetailWriter:
     """Writes dp test's detail files under ``prefix`` as frames are scored (see the module docstring).
 
     A file written for the first time in this run is truncated and gets its header; later rows are
-    appended. Use as a context manager (or call :meth:`close`).
+    appended (files are opened per write, so any number of systems keeps no file open).
     """
 
     def __init__(self, prefix: str):
         self.prefix = str(prefix)
-        self._handles: Dict[Path, object] = {}
+        self._written: Set[Path] = set()
         self._headed: Set[tuple] = set()
 
     def _rows(self, path: Path, rows: np.ndarray, header: Optional[str], header_key) -> None:
-        handle = self._handles.get(path)
-        if handle is None:
-            handle = self._handles[path] = open(path, "w")
+        mode = "a" if path in self._written else "w"
+        self._written.add(path)
         write_header = header_key not in self._headed
         self._headed.add(header_key)
-        np.savetxt(handle, np.atleast_2d(rows), header=header if write_header else "")
+        with open(path, mode) as handle:
+            np.savetxt(handle, np.atleast_2d(rows), header=header if write_header else "")
 
     def system_rows(self, suffix: str, system: str, names: Sequence[str], rows) -> None:
         """Energy-model files ``<prefix>.<suffix>.out`` with a ``<system>: names`` header per system."""
@@ -157,17 +157,6 @@ class DetailWriter:
         path = Path(self.prefix).with_suffix(f".{suffix}.out" + (f".{group}" if group else "") + f".{frame}")
         columns = np.stack([np.ravel(reference), np.ravel(prediction)], axis=1)
         np.savetxt(path, columns, header=f"{system} - {frame}: data_{suffix} pred_{suffix}")
-
-    def close(self) -> None:
-        for handle in self._handles.values():
-            handle.close()
-        self._handles.clear()
-
-    def __enter__(self) -> "DetailWriter":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
 
 def _has(frame: dict, key: str) -> bool:

@@ -14,7 +14,6 @@ per-atom work in chunks of ``--atom-chunk`` atoms: memory does not grow with the
 
 from __future__ import annotations
 
-import contextlib
 import tempfile
 import time
 from pathlib import Path
@@ -67,28 +66,28 @@ def run(args) -> int:
         detail = str(Path(tempfile.mkdtemp(prefix="mlpot_test_")) / "detail")
     if detail is not None:
         for old in Path(detail).parent.glob(Path(detail).name + ".*.out"):
-            old.unlink()  # energy detail files are appended per system: start clean
+            old.unlink()  # stale files of labels this run lacks would enter the parity plot
     atom_chunk = DEFAULT_ATOM_CHUNK if args.atom_chunk is None else args.atom_chunk
     rng = np.random.default_rng(args.rand_seed)
     all_errors, per_system_only, footer, n_frames = [], set(), [], 0
     start = time.perf_counter()
-    with DetailWriter(detail) if detail is not None else contextlib.nullcontext() as details:
-        for group, frames in enumerate(read_systems(data_paths, args.format, type_map=model.type_map)):
-            if args.shuffle_test:
-                frames = FrameList([frames[i] for i in rng.permutation(len(frames))], frames.type_map, frames.source)
-            if args.numb_test > 0:
-                frames = frames[: args.numb_test]
-            name = frames.source or "system"
-            result = evaluate_frames(model, frames, name, batch_size=args.batch_size, atomic=args.atomic,
-                                     details=details, group=group, atom_chunk=atom_chunk)
-            errors = system_errors(result)
-            all_errors.append(errors)
-            per_system_only |= result.per_system_only
-            footer += [line for line in result.footer if line not in footer]
-            n_frames += len(frames)
-            header = ["-" * 15 + "output of dp test" + "-" * 15, f"testing system : {name}",
-                      f"number of test data : {len(frames)}"] + list(result.notes)
-            print("\n".join(format_report(errors, header=header, footer=result.footer) + [RULE]))
+    details = DetailWriter(detail) if detail is not None else None
+    for group, frames in enumerate(read_systems(data_paths, args.format, type_map=model.type_map)):
+        if args.shuffle_test:
+            frames = FrameList([frames[i] for i in rng.permutation(len(frames))], frames.type_map, frames.source)
+        if args.numb_test > 0:
+            frames = frames[: args.numb_test]
+        name = frames.source or "system"
+        result = evaluate_frames(model, frames, name, batch_size=args.batch_size, atomic=args.atomic,
+                                 details=details, group=group, atom_chunk=atom_chunk)
+        errors = system_errors(result)
+        all_errors.append(errors)
+        per_system_only |= result.per_system_only
+        footer += [line for line in result.footer if line not in footer]
+        n_frames += len(frames)
+        header = ["-" * 15 + "output of dp test" + "-" * 15, f"testing system : {name}",
+                  f"number of test data : {len(frames)}"] + list(result.notes)
+        print("\n".join(format_report(errors, header=header, footer=result.footer) + [RULE]))
     elapsed = time.perf_counter() - start
     header = ["-" * 10 + "weighted average of errors" + "-" * 11, f"number of systems : {len(all_errors)}"]
     average = weighted_average(all_errors, exclude=per_system_only)
