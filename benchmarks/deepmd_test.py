@@ -5,7 +5,8 @@ Both codes train the model section of DeePMD-kit 3.2's ``examples/water/se_atten
 [240, 240, 240]) for a few steps on data_0 + data_1 (the model only has to exist), freeze it, and
 evaluate ``--frames`` frames of data_3 with their own ``test`` command, alternately, ``--rounds``
 times each. Each evaluation runs in a fresh process under ``/usr/bin/time -v``: wall time (start-up
-included, as a user sees it) and peak resident memory. DeePMD-kit runs from the virtual environment
+included, as a user sees it), CPU time (user + system; less sensitive to other load) and peak
+resident memory. DeePMD-kit runs from the virtual environment
 ``--deepmd`` (default /work/peers/deepmd) on its pure-PyTorch path (its wheel's compiled op library
 is built for torch 2.11 and is not needed by train/freeze/test); without that environment only
 mlpot's figures are printed.
@@ -71,12 +72,13 @@ def run(command, cwd: Path, env: dict, log: Path) -> str:
 
 
 def timed(command, cwd: Path, env: dict, log: Path):
-    """(wall seconds, peak RSS MB, output) of ``command`` under /usr/bin/time -v."""
+    """(wall seconds, CPU seconds (user + system), peak RSS MB, output) of ``command`` under /usr/bin/time -v."""
     out = run(["/usr/bin/time", "-v", *command], cwd, env, log)
     wall = re.search(r"Elapsed \(wall clock\) time \(h:mm:ss or m:ss\): (\S+)", out).group(1)
     seconds = sum(float(part) * 60 ** i for i, part in enumerate(reversed(wall.split(":"))))
+    cpu = sum(float(re.search(rf"{kind} time \(seconds\): (\S+)", out).group(1)) for kind in ("User", "System"))
     rss = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", out).group(1)) / 1024
-    return seconds, rss, out
+    return seconds, cpu, rss, out
 
 
 def force_rmse(output: str) -> float:
@@ -125,14 +127,14 @@ def main(argv=None):
         print(f"# {args.deepmd} not found: DeePMD-kit's figures are skipped")
 
     print(f"# {args.frames} frames of {test_data}, {threads} thread(s), se_atten_v2 water example model, float64")
-    print(f"# {'tool':<11} {'round':>5} {'wall s':>8} {'peak RSS MB':>12} {'s/frame':>8} {'force RMSE':>11}")
+    print(f"# {'tool':<11} {'round':>5} {'wall s':>8} {'CPU s':>8} {'peak RSS MB':>12} {'s/frame':>8} {'force RMSE':>11}")
     figures = {name: [] for name in tools}
     for round_index in range(args.rounds):
         for name, (command, cwd) in tools.items():
             log = cwd / f"test_round{round_index}.log"
-            wall, rss, out = timed(command, cwd, env, log)
+            wall, cpu, rss, out = timed(command, cwd, env, log)
             figures[name].append((wall, rss))
-            print(f"  {name:<11} {round_index + 1:>5} {wall:8.1f} {rss:12.0f} {wall / args.frames:8.3f} "
+            print(f"  {name:<11} {round_index + 1:>5} {wall:8.1f} {cpu:8.1f} {rss:12.0f} {wall / args.frames:8.3f} "
                   f"{force_rmse(out):11.4e}", flush=True)
     if len(figures) == 2 and args.rounds > 0:
         best = {name: (min(w for w, _ in values), max(r for _, r in values)) for name, values in figures.items()}
