@@ -95,8 +95,8 @@ def map_row_chunks(function: Callable[..., Tuple[torch.Tensor, ...]], rows: Sequ
     """
     chunk = atom_chunk_size() if chunk is None else chunk
     n_rows = int(rows[0].shape[0])
-    frozen = module is None or not any(p.requires_grad for p in module.parameters())
-    if not chunk or chunk >= n_rows or not torch.is_grad_enabled() or not frozen:
+    if (not chunk or chunk >= n_rows or not torch.is_grad_enabled()
+            or (module is not None and any(p.requires_grad for p in module.parameters()))):
         return tuple(function(*rows, *shared))
     pieces = [_Recomputed.apply(function, *(r[start:start + chunk] for r in rows), *shared)
               for start in range(0, n_rows, chunk)]
