@@ -1,11 +1,15 @@
 """``mlpot test MODEL DATA...``: evaluate a model on datasets, as DeePMD-kit's ``dp test``.
 
 For each system (a DeePMD system folder, a folder searched for systems, or an extxyz file) it
-prints the number of test frames and the Energy / Energy-per-atom, Force and (periodic frames with
-labels) Virial and Stress MAE/RMSE lines, then a weighted average over all systems. ``-d PREFIX``
-writes the detail files (``PREFIX.e.out``, ``.e_peratom.out``, ``.f.out``, ``.v.out``,
-``.v_peratom.out``, ``.s.out``); ``--plot PNG`` draws a parity plot from them. DeePMD's options
-``-m MODEL`` and ``-s SYSTEM`` are accepted too. MODEL is a frozen model or a checkpoint.
+prints the number of test data and dp test's error lines for the model's kind: Energy /
+Energy-per-atom, Force and (periodic frames with labels) Virial and Stress MAE/RMSE for energy
+models; ``Dipole``/``Polarizability`` RMSE, RMSE/sqrtN and RMSE/N for tensor models (atomic labels
+of the selected types with ``-a``); DOS MAE/RMSE, per atom and (``-a``) atomic, for DOS models;
+then a weighted average over all systems. ``-d PREFIX`` writes dp test's detail files (see
+:mod:`mlpot.calculators.scoring`); ``--plot PNG`` draws a parity plot of an energy model's files.
+DeePMD's options ``-m MODEL`` and ``-s SYSTEM`` are accepted too. MODEL is a frozen model or a
+checkpoint. Predictions stream into the error sums batch by batch (``--batch-size`` frames), with
+per-atom work in chunks of ``--atom-chunk`` atoms: memory does not grow with the number of frames.
 """
 
 from __future__ import annotations
@@ -30,7 +34,11 @@ def add_arguments(parser) -> None:
     parser.add_argument("--shuffle-test", action="store_true", help="test a random subset of frames")
     parser.add_argument("-d", "--detail-file", default=None, help="prefix of the detail files")
     parser.add_argument("--format", default=None, help="data format (default: detected)")
-    parser.add_argument("--batch-size", type=int, default=8, help="frames evaluated together")
+    parser.add_argument("-a", "--atomic", action="store_true", help="test atomic labels (atomic tensors, atom_dos, "
+                        "atomic energies)")
+    parser.add_argument("--batch-size", type=int, default=1, help="frames evaluated together")
+    parser.add_argument("--atom-chunk", type=int, default=None,
+                        help="atoms per recomputed chunk of per-atom work (default 32; 0: whole frames)")
     parser.add_argument("--plot", type=Path, default=None, help="write a parity plot PNG")
     parser.add_argument("--device", default="cpu", help="torch device")
 
@@ -47,7 +55,7 @@ def _model_and_data(args):
 def run(args) -> int:
     from mlpot.calculators import load_model
     from mlpot.calculators.evaluate import (
-        evaluate_frames, format_report, system_errors, weighted_average, write_detail_files,
+        DEFAULT_ATOM_CHUNK, DetailWriter, evaluate_frames, format_report, system_errors, weighted_average,
     )
     from mlpot.data import FrameList, read_systems
 
@@ -58,28 +66,32 @@ def run(args) -> int:
         detail = str(Path(tempfile.mkdtemp(prefix="mlpot_test_")) / "detail")
     if detail is not None:
         for old in Path(detail).parent.glob(Path(detail).name + ".*.out"):
-            old.unlink()  # detail files are appended per system: start clean
+            old.unlink()  # stale files of labels this run lacks would enter the parity plot
+    atom_chunk = DEFAULT_ATOM_CHUNK if args.atom_chunk is None else args.atom_chunk
     rng = np.random.default_rng(args.rand_seed)
-    all_errors = []
+    all_errors, per_system_only, footer, n_frames = [], set(), [], 0
     start = time.perf_counter()
-    for frames in read_systems(data_paths, args.format, type_map=model.type_map):
+    details = DetailWriter(detail) if detail is not None else None
+    for group, frames in enumerate(read_systems(data_paths, args.format, type_map=model.type_map)):
         if args.shuffle_test:
             frames = FrameList([frames[i] for i in rng.permutation(len(frames))], frames.type_map, frames.source)
         if args.numb_test > 0:
             frames = frames[: args.numb_test]
         name = frames.source or "system"
-        result = evaluate_frames(model, frames, name, batch_size=args.batch_size)
+        result = evaluate_frames(model, frames, name, batch_size=args.batch_size, atomic=args.atomic,
+                                 details=details, group=group, atom_chunk=atom_chunk)
         errors = system_errors(result)
         all_errors.append(errors)
+        per_system_only |= result.per_system_only
+        footer += [line for line in result.footer if line not in footer]
+        n_frames += len(frames)
         header = ["-" * 15 + "output of dp test" + "-" * 15, f"testing system : {name}",
-                  f"number of test data : {len(frames)}"]
-        print("\n".join(format_report(errors, header=header) + [RULE]))
-        if detail is not None:
-            write_detail_files(detail, result)
+                  f"number of test data : {len(frames)}"] + list(result.notes)
+        print("\n".join(format_report(errors, header=header, footer=result.footer) + [RULE]))
     elapsed = time.perf_counter() - start
     header = ["-" * 10 + "weighted average of errors" + "-" * 11, f"number of systems : {len(all_errors)}"]
-    print("\n".join(format_report(weighted_average(all_errors), header=header) + [RULE]))
-    n_frames = sum(e["energy_mae"][1] if "energy_mae" in e else 0 for e in all_errors)
+    average = weighted_average(all_errors, exclude=per_system_only)
+    print("\n".join(format_report(average, header=header, footer=footer) + [RULE]))
     print(f"# evaluated in {elapsed:.2f} s" + (f" ({elapsed / n_frames:.4f} s per frame)" if n_frames else ""))
     if args.plot is not None:
         from mlpot.commands.plot import parity_panels, plot_parity

@@ -10,7 +10,9 @@ cell: R' = R (1 + ε), h' = h (1 + ε). Then
 * STRESS = -Ξ / V for frames with a non-singular cell (n_frames, 3, 3) eV/Å^3; zero for frames
   without one (isolated molecules have no volume).
 
-``create_graph=True`` keeps the graph so a force or virial loss can be back-propagated (training).
+``create_graph=True`` keeps the graph so a force or virial loss can be back-propagated (training);
+evaluation leaves it False, so no graph of second derivatives is built. A model without ENERGY
+(dipole, polarizability, DOS) has nothing to derive: asking for derivatives is a ValueError.
 """
 
 from __future__ import annotations
@@ -47,6 +49,9 @@ def compute_derivatives(model, batch: Dict[str, torch.Tensor], forces: bool = Tr
     outputs = dict(model(inputs))
     if not (forces or need_strain):
         return outputs
+    if ENERGY not in outputs:
+        raise ValueError(f"forces, virial and stress are derivatives of an energy; this model returns "
+                         f"{sorted(outputs)} (a dipole, polarizability or DOS model has none to derive)")
     energy = outputs[ENERGY]
     wrt = ([positions] if forces else []) + ([strain] if need_strain else [])
     grads = torch.autograd.grad(energy.sum(), wrt, create_graph=create_graph, allow_unused=True)

@@ -1,6 +1,7 @@
 """Building blocks with no physics: DeePMD-style MLPs, activations, switching functions, scatter sums, registry."""
 
 from mlpot.nn.activations import ACTIVATIONS, get_activation
+from mlpot.nn.chunking import atom_chunk_size, atom_chunks, map_row_chunks
 from mlpot.nn.mlp import MLP, EmbeddingNet, FittingNet, MLPLayer, set_compute_dtype
 from mlpot.nn.radial import BesselBasis, GaussianBasis, PolynomialCutoff, polynomial_cutoff
 from mlpot.nn.registry import Registry
@@ -10,6 +11,9 @@ from mlpot.nn.switch import smooth_switch
 __all__ = [
     "ACTIVATIONS",
     "get_activation",
+    "atom_chunks",
+    "atom_chunk_size",
+    "map_row_chunks",
     "MLP",
     "MLPLayer",
     "EmbeddingNet",

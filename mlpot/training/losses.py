@@ -33,6 +33,7 @@ import math
 from dataclasses import dataclass
 from typing import Callable, Dict, Iterable, Mapping, Optional, Sequence, Tuple
 
+import numpy as np
 import torch
 
 from mlpot.data import keys as K
@@ -175,8 +176,25 @@ class LossTermFn:
         weight = force_weight * batch[K.weight_key(K.DRDQ)].to(force_residual.dtype)
         return residual, _expand(weight, residual)
 
+    def present(self, batch) -> bool:
+        """True when ``batch`` holds the label (and the forces' DRDQ for gf) in some frame.
+
+        A batch drawn from a system without the label has no such key at all (DeePMD find_* = 0):
+        the term then has weight 0 in this batch, like a frame whose label weight is 0.
+        """
+        keys = (self.label, K.weight_key(self.label)) + ((K.DRDQ, K.weight_key(K.DRDQ)) if self.generalized else ())
+        return all(key in batch for key in keys)
+
     def parts(self, pred, batch) -> Tuple[torch.Tensor, torch.Tensor]:
-        """(Σ w·f(r), Σ w): the term is their ratio (denominators may be summed over ranks first)."""
+        """(Σ w·f(r), Σ w): the term is their ratio (denominators may be summed over ranks first).
+
+        Without the label in the batch: (0, 0), the 0 taken from the prediction so that a step whose
+        batch carries no label of any term still back-propagates (zero gradients, as DeePMD-kit's
+        find_* = 0 terms do).
+        """
+        if not self.present(batch):
+            prediction = pred[self.label]
+            return (prediction * 0).sum(), prediction.new_zeros((), dtype=torch.float64)
         residual, weight = self.residual_and_weight(pred, batch)
         if self.function == "mse":
             elementwise = residual.square()
@@ -210,6 +228,7 @@ class WeightedLoss:
     def __init__(self, terms: Mapping[str, object], loss_type: str = "native", intensive: bool = False,
                  file: Optional[str] = None, atom_ener_coeff: bool = False):
         self.terms = dict(terms)
+        self.file = file
         self.atom_ener_coeff = bool(atom_ener_coeff)
         self.fns: Dict[str, LossTermFn] = {}
         for name, term in self.terms.items():
@@ -284,6 +303,22 @@ class WeightedLoss:
                     raise DataError(f"has {width} values per atom, expected 3 x numb_generalized_coord = "
                                     f"{3 * expected}", file=sources[system], frame=i - offsets[system], key=K.DRDQ)
 
+    def check_labels(self, frames: Sequence[dict], what: str = "training data") -> None:
+        """ConfigError naming the term and the systems when no frame of ``frames`` carries the label of
+        a term whose prefactor is not 0 (such a term could never be trained). A label present in some
+        systems only is fine: the others have weight 0 for it (DeePMD find_* = 0)."""
+        sources = list(getattr(frames, "sources", None) or [getattr(frames, "source", None) or "dataset"])
+        for name, fn in self.fns.items():
+            term = self.terms[name]
+            prefs = (term.start_pref, term.limit_pref) if term.start_pref is not None else (term.weight,)
+            if all(float(p or 0.0) == 0.0 for p in prefs):
+                continue  # a prefactor of 0 needs no label
+            weight_name = K.weight_key(fn.label)
+            if not any(fn.label in frame and float(np.max(frame.get(weight_name, 1.0))) > 0 for frame in frames):
+                raise ConfigError(f"loss term {name!r} compares the label {fn.label!r}, which no frame of the "
+                                  f"{what} has ({', '.join(sources)}); add the label to the data or set the "
+                                  f"term's prefactor to 0", file=self.file, key=["loss", "terms", name])
+
     def prepare(self, pred: Dict[str, torch.Tensor], batch: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
         """Predictions as the loss compares them: with ``atom_ener_coeff`` the energy is
         E_f = Σ_{i in f} c_i E_i (eV, (n_frames,)) from ATOM_ENERGY (n_atoms,) and ATOM_ENER_COEFF;
@@ -319,8 +354,8 @@ class WeightedLoss:
             raw[name] = numerator / denominator
             weighted[name] = self.prefactor(name, lr_ratio) * raw[name]
             total = weighted[name] if total is None else total + weighted[name]
-        if total is None:
-            total = next(iter(pred.values())).new_zeros(())
+        if total is None:  # no term has a label in this batch: a zero that keeps the graph
+            total = sum(numerator for numerator, _ in parts.values()) if parts else next(iter(pred.values())).new_zeros(())
         return total, weighted, raw
 
 

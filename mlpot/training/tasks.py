@@ -74,11 +74,14 @@ class Tasks:
 
     def check_loss_inputs(self) -> None:
         """DataError naming the system and key when a loss option needs a per-atom input
-        (atom_ener_coeff, atom_weight, drdq) that the training or validation data lack."""
+        (atom_ener_coeff, atom_weight, drdq) that the training or validation data lack;
+        ConfigError when a term's label is in no frame of the training data."""
         for name, loss in self.loss_configs.items():
             for stage in self.stages:
                 checker = WeightedLoss(stage.loss or loss.terms, loss.type, file=self.file,
                                        atom_ener_coeff=loss.atom_ener_coeff)
+                checker.check_labels(self.data[name].train.frames,
+                                     f"training data of task {name!r}" if self.multi_task else "training data")
                 for dataset in (self.data[name].train, self.data[name].valid):
                     if dataset is not None:
                         checker.check_data(dataset.frames)

@@ -43,7 +43,7 @@ from mlpot.models.sections import read_section
 from mlpot.models.deepmd.descriptors.base import DESCRIPTORS, EnvMatrixDescriptor
 from mlpot.models.deepmd.descriptors.env import environment_matrix, select_neighbors
 from mlpot.models.deepmd.type_embedding import TypeEmbedding
-from mlpot.nn import EmbeddingNet, MLPLayer, gather_rows, smooth_switch
+from mlpot.nn import EmbeddingNet, MLPLayer, gather_rows, map_row_chunks, smooth_switch
 
 __all__ = ["DescriptorSeAtten", "DescriptorSeAttenV2", "NeighborAttentionLayer"]
 
@@ -219,16 +219,24 @@ class DescriptorSeAtten(EnvMatrixDescriptor):
             g_types = g_types * sw.unsqueeze(-1)
         return g_radial * g_types + g_radial
 
-    def forward(self, batch: Dict[str, torch.Tensor], vectors: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        types = batch[ATOM_TYPES]
-        env, mask, sw, neighbor_types = self._environment(batch, vectors)
-        table = self.type_embedding.table()
+    def _atom_rows(self, env, mask, sw, neighbor_types, types, table) -> Tuple[torch.Tensor, torch.Tensor]:
+        """(D without tebd (n, M1*M2), A = R~^T G / N_c (n, 4, M1)) of n centre atoms; rows independent."""
         g = self._embedding(env, types, neighbor_types, sw, table)
         directions = torch.nn.functional.normalize(env[..., 1:4], dim=-1)
         for layer in self.attention:
             g = layer(g, mask, sw, directions)
         a_matrix = torch.matmul(env.transpose(1, 2), g) / self.sel[0]  # (n_atoms, 4, M1)
         descriptor = torch.matmul(a_matrix.transpose(1, 2), a_matrix[:, :, : self.m2]).reshape(len(types), -1)
+        return descriptor, a_matrix
+
+    def forward(self, batch: Dict[str, torch.Tensor], vectors: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        types = batch[ATOM_TYPES]
+        env, mask, sw, neighbor_types = self._environment(batch, vectors)
+        table = self.type_embedding.table()
+        # inference inside mlpot.nn.atom_chunks: the sel x sel attention graphs are kept (and
+        # recomputed in the backward pass) one chunk of atoms at a time
+        descriptor, a_matrix = map_row_chunks(self._atom_rows, (env, mask, sw, neighbor_types, types), table,
+                                               module=self)
         if self.concat_output_tebd:
             descriptor = torch.cat([descriptor, gather_rows(table, types)], dim=-1)
         return descriptor, a_matrix[:, 1:4, :].transpose(1, 2)
