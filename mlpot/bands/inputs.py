@@ -15,12 +15,12 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
-from mlpot.errors import DataError
-from mlpot.config.deepseudopot import parse_par_lines
+from mlpot.bands.kpath import path_length
+from mlpot.errors import ConfigError, DataError, suggest
 
 __all__ = [
-    "SystemInput", "read_system", "read_input_par", "read_kpoints", "read_bands_table", "read_band_weights",
-    "read_param_vector", "read_order_matrix", "read_qspace_pot", "read_mc_opts", "read_param_steps",
+    "parse_par_lines", "SystemInput", "read_system", "read_input_par", "read_kpoints", "read_bands_table", "read_band_weights",
+    "read_param_vector", "read_order_matrix", "read_mc_opts", "MC_OPTS_DEFAULTS", "read_param_steps",
     "read_beta_schedule", "read_system_bundle", "species_order", "N_PARAMS",
 ]
 
@@ -53,6 +53,36 @@ class SystemInput:
     @property
     def n_bands(self) -> int:
         return int(self.settings["nBands"])
+
+    @property
+    def name(self) -> str:
+        """``systemName`` of ``input_X.par``, else the formula from the atoms (e.g. ``CdSe``)."""
+        if self.settings.get("systemName"):
+            return str(self.settings["systemName"])
+        return "".join(dict.fromkeys(self.symbols))
+
+
+def parse_par_lines(path) -> Dict[str, tuple]:
+    """Read a ``key = value`` file (``NN_config.par``, ``input_X.par``, ``mcOpts.par``).
+
+    Returns ``{key: (raw_value, line_number)}``. Text after ``#`` is dropped; blank and comment-only
+    lines are skipped; a line without ``=`` raises ConfigError naming the file and line.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError("file not found", file=str(path))
+    out: Dict[str, tuple] = {}
+    for lineno, raw in enumerate(path.read_text().splitlines(), start=1):
+        line = raw.split("#", 1)[0].strip()
+        if not line:
+            continue
+        if "=" not in line:
+            raise ConfigError(f"line {lineno}: expected 'key = value', got {raw.strip()!r}", file=str(path))
+        key, value = (part.strip() for part in line.split("=", 1))
+        if not key:
+            raise ConfigError(f"line {lineno}: empty key", file=str(path))
+        out[key] = (value, lineno)
+    return out
 
 
 def _numbers(line: str, file, lineno: int, key: str, count: Optional[int] = None) -> List[float]:
@@ -114,8 +144,8 @@ def read_system(path) -> tuple:
 
 _INPUT_TYPES = {"maxKE": float, "nBands": int, "idxVB": int, "idxCB": int, "idxGap": int, "relE_bIdx": int,
                 "BS_plot_center": float, "BS_plot_CBVB_range": float, "BS_plot_CBVB_range_zoom": float,
-                "systemName": str, "fit_defPot": int, "fit_eph": int, "fit_eff_masses": int, "trainLR": int,
-                "physicalBandOrdering": int}
+                "systemName": str, "fit_defPot": bool, "fit_eph": bool, "fit_eff_masses": bool, "trainLR": bool,
+                "physicalBandOrdering": bool}
 
 
 def read_input_par(path) -> Dict[str, object]:
@@ -123,9 +153,13 @@ def read_input_par(path) -> Dict[str, object]:
     raw = parse_par_lines(Path(path))
     out: Dict[str, object] = {}
     for key, (value, lineno) in raw.items():
-        kind = _INPUT_TYPES.get(key, str)
+        kind = _INPUT_TYPES.get(key)
+        if kind is None:
+            hint = suggest(key, list(_INPUT_TYPES))
+            raise DataError(f"line {lineno}: unknown key", file=str(path), key=key,
+                            hint=f"did you mean {hint!r}?" if hint else f"valid: {', '.join(_INPUT_TYPES)}")
         try:
-            out[key] = kind(float(value)) if kind is int else kind(value)
+            out[key] = kind(float(value)) if kind in (int, bool) else kind(value)
         except ValueError:
             raise DataError(f"line {lineno}: expected {kind.__name__}, got {value!r}", file=str(path), key=key) from None
     for key in ("maxKE", "nBands"):
@@ -186,38 +220,51 @@ def read_order_matrix(path, n_k: int, n_bands: int) -> np.ndarray:
     return table.astype(np.int64)
 
 
-def read_qspace_pot(path, n_species: int) -> tuple:
-    """``init_qSpace_pot.par`` -> (q (n_q,) Bohr⁻¹, v (n_q, n_species) Ha·Bohr³)."""
-    rows = [_numbers(line, path, lineno, "qSpace_pot", n_species + 1) for lineno, line in _lines(path)]
-    table = np.array(rows, dtype=np.float64)
-    return table[:, 0], table[:, 1:]
+MC_OPTS_DEFAULTS = {"betas": [100.0, 1.0], "stepsAtTemp": [5000, 500], "tempStepSizeMod": [1.0, 1.0],
+                   "totalIter": 100000, "fitDefPot": False, "fitCoupling": False, "fitEffMass": False, "optGaps": False,
+                   "defPotWeight": 1.0, "writePerIter": 100}
 
 
 def read_mc_opts(path) -> Dict[str, object]:
-    """``mcOpts*.par`` of the Zunger MC drivers; unknown key -> error (spec §1.9)."""
-    known = {"betas": float, "stepsAtTemp": int, "tempStepSizeMod": float, "totalIter": int, "fitDefPot": bool,
-             "fitCoupling": bool, "fitEffMass": bool, "optGaps": bool, "defPotWeight": float}
-    out: Dict[str, object] = {}
+    """``mcOpts*.par`` of the Zunger Monte Carlo driver, defaults filled (spec §1.9).
+
+    Lines ``key = v1 [v2]``; an unknown key, a missing value or a comma is an error naming the line.
+    """
+    kinds = {"betas": (float, 2), "stepsAtTemp": (int, 2), "tempStepSizeMod": (float, 2), "totalIter": (int, 1),
+             "fitDefPot": (bool, 1), "fitCoupling": (bool, 1), "fitEffMass": (bool, 1), "optGaps": (bool, 1),
+             "defPotWeight": (float, 1), "writePerIter": (int, 1)}
+    out: Dict[str, object] = dict(MC_OPTS_DEFAULTS)
     for key, (value, lineno) in parse_par_lines(Path(path)).items():
-        if key not in known:
-            raise DataError(f"line {lineno}: unknown key; valid: {', '.join(known)}", file=str(path), key=key)
-        kind = known[key]
-        if kind is bool:
-            if value not in ("True", "False"):
-                raise DataError(f"line {lineno}: expected True/False", file=str(path), key=key)
-            out[key] = value == "True"
-            continue
+        if key not in kinds:
+            hint = suggest(key, list(kinds))
+            extra = " (per-parameter steps go in <atom>ParamSteps.par)" if key == "paramSteps" else ""
+            raise DataError(f"line {lineno}: unknown key{extra}", file=str(path), key=key,
+                            hint=f"did you mean {hint!r}?" if hint else f"valid: {', '.join(kinds)}")
+        kind, count = kinds[key]
+        tokens = value.split()
+        if "," in value or len(tokens) != count:
+            raise DataError(f"line {lineno}: expected {count} value(s) separated by spaces, got {value!r}",
+                            file=str(path), key=key)
         try:
-            items = [kind(v) for v in value.split()]
+            if kind is bool:
+                if value.lower() not in ("true", "false"):
+                    raise ValueError
+                items = [value.lower() == "true"]
+            else:
+                items = [kind(float(t)) for t in tokens]
         except ValueError:
-            raise DataError(f"line {lineno}: expected {kind.__name__} values", file=str(path), key=key) from None
-        out[key] = items if key in ("betas", "stepsAtTemp", "tempStepSizeMod") else items[0]
+            raise DataError(f"line {lineno}: expected {'True/False' if kind is bool else kind.__name__}, got {value!r}",
+                            file=str(path), key=key) from None
+        out[key] = items if count == 2 else items[0]
     return out
 
 
 def read_param_steps(path) -> np.ndarray:
-    """``<atom>ParamSteps.par`` -> (9,) MC step sizes (5-entry files zero-padded)."""
-    return read_param_vector(path)
+    """``<atom>ParamSteps.par`` -> (9,) MC step sizes (shorter files zero-padded)."""
+    values = [v for lineno, line in _lines(path) for v in _numbers(line, path, lineno, "ParamSteps")]
+    if not 1 <= len(values) <= N_PARAMS:
+        raise DataError(f"expected 1 to {N_PARAMS} step sizes, got {len(values)}", file=str(path), key="ParamSteps")
+    return np.pad(np.array(values, dtype=np.float64), (0, N_PARAMS - len(values)))
 
 
 def read_beta_schedule(path) -> np.ndarray:
@@ -252,6 +299,5 @@ def read_system_bundle(folder, index: int, need_reference: bool = True) -> Syste
     if order_path.is_file():
         system.order_matrix = read_order_matrix(order_path, len(kfrac), n_bands)
     if system.kdist is None:
-        steps = np.linalg.norm(np.diff(kfrac @ (2 * np.pi * np.linalg.inv(cell).T), axis=0), axis=1)
-        system.kdist = np.concatenate([[0.0], np.cumsum(steps)])
+        system.kdist = path_length(cell, kfrac)
     return system
