@@ -34,7 +34,7 @@ DIVERGENCE_FACTOR = 1e4
 @dataclass
 class PrefitResult:
     history: List[tuple] = field(default_factory=list)  # (epoch, train loss, validation loss)
-    best_epoch: int = 0
+    best_epoch: int = 0  # 0: the initial network
     best_validation: float = float("inf")
     diverged_at: Optional[int] = None
 
@@ -97,6 +97,7 @@ def prefit(model: torch.nn.Module, target: torch.nn.Module, epochs: int, lr: flo
     snapshots = plot_every is not None and plot_every > 0
     result, best_state = PrefitResult(), copy.deepcopy(model.state_dict())
     model.train()
+    result.best_validation = _validation(model, target, q_val[:, None], w_val)  # epoch 0: the initial network
     for epoch in range(1, epochs + 1):
         order = torch.randperm(n_train, generator=generator)
         running = 0.0
