@@ -198,7 +198,32 @@ def test_prefit_to_a_table_fits_the_hamiltonian_q(shared_data):
     errors = []
     for focus_q in (None, focus):
         model = _model()
-        prefit(model, table, epochs=60, lr=0.02, gamma=0.9, plot_every=20, focus_q=focus_q)
+        prefit(model, table, epochs=60, lr=0.02, gamma=0.9, plot_every=20, focus_q=focus_q, focus_weight=100.0)
         with torch.no_grad():
             errors.append(float((model(focus[:, None]) - table(focus[:, None])).abs().max()))
     assert errors[1] < errors[0]
+
+
+def test_eigvec_reorder_on_spin_doubled_bands():
+    """Overlap following swaps spatial levels and moves each with its spin copy (2n, 2n+1)."""
+    from mlpot.bands.loss import eigvec_reorder_permutation
+
+    vectors = np.tile(np.eye(6, 4, dtype=complex), (3, 1, 1))
+    vectors[1] = vectors[1][:, [1, 0, 2, 3]]  # levels 0 and 1 exchange their character at k = 1
+    vectors[2] = vectors[1]
+    perm = eigvec_reorder_permutation(vectors, 8, doubled=True)
+    assert perm.shape == (3, 8)
+    assert list(perm[0]) == list(range(8)) and list(perm[1]) == [2, 3, 0, 1, 4, 5, 6, 7] == list(perm[2])
+
+
+def test_eigvec_reorder_runs_on_a_doubled_problem(shared_data):
+    from types import SimpleNamespace
+
+    from mlpot.bands.gradient import GradientTraining
+
+    problem, _ = _problem(shared_data, n_k=5)
+    assert problem.systems[0].double_bands
+    trainer = SimpleNamespace(config=SimpleNamespace(training=SimpleNamespace(reorder="eigvec")), problem=problem,
+                              model=_model(), last_bands=problem.evaluate(_model()))
+    GradientTraining._reorder(trainer)
+    assert problem.permutations[0].shape == (5, 16)

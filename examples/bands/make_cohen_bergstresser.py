@@ -145,6 +145,7 @@ init_Zunger_num_epochs = {epochs}
 init_Zunger_plotEvery = 200
 init_Zunger_optimizer_lr = 0.01
 init_Zunger_scheduler_gamma = 0.9
+init_Zunger_focus_weight = 100
 """
 
 

@@ -163,7 +163,8 @@ class BandFit:
 
         result = prefit(model, self.reference, p.epochs, p.lr, p.gamma, p.plot_every, p.optimizer, self.config.seed,
                         callback=save, progress=bar, log=self.log, print_grad=p.print_grad,
-                        focus_q=torch.unique(torch.cat([pw.q_unique.to(torch.float64) for pw in self.problem.systems])))
+                        focus_q=torch.unique(torch.cat([pw.q_unique.to(torch.float64) for pw in self.problem.systems])),
+                        focus_weight=p.focus_weight)
         bar.close()
         history = result.history
         outputs.write_cost(self.results / "init_train_cost.dat", history, "epoch train validation")

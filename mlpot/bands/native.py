@@ -83,6 +83,7 @@ class PrefitSection(_Section):
     gamma: Optional[float] = Field(None, gt=0, description="ExponentialLR factor per plot_every epochs")
     plot_every: Optional[int] = Field(None, description="snapshot + scheduler cadence in epochs; null/<=0: skip")
     print_grad: bool = Field(False, description="log per-layer gradient norms (init_Zunger_printGrad)")
+    focus_weight: float = Field(0.0, ge=0, description="weight of the Hamiltonians' own q in the pre-fit; 0: off")
 
     @model_validator(mode="after")
     def _needs_lr(self):

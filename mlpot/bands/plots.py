@@ -25,7 +25,8 @@ import torch
 from mlpot.bands.kpath import high_symmetry_labels, path_length
 from mlpot.bands.outputs import real_space_potential
 
-__all__ = ["plot_bands", "plot_potentials", "plot_cost", "display_available", "hamiltonian_q_range"]
+__all__ = ["plot_bands", "band_figure", "plot_potentials", "potential_figure", "plot_cost", "display_available",
+           "hamiltonian_q_range"]
 
 
 def display_available() -> bool:
@@ -63,6 +64,12 @@ def _path_axis(ax, system, x: np.ndarray) -> None:
 
 def plot_bands(path: Path, systems: Sequence, model_bands: Sequence[np.ndarray], show: bool = False, title: str = "",
                model_label: str = "model") -> None:
+    """Write :func:`band_figure` to ``path``."""
+    _finish(band_figure(systems, model_bands, show, title, model_label), path, show, _pyplot(show))
+
+
+def band_figure(systems: Sequence, model_bands: Sequence[np.ndarray], show: bool = False, title: str = "",
+                model_label: str = "model"):
     """One row per system: full window and zoom, reference (blue dots) vs ``model_label`` (red lines)."""
     plt = _pyplot(show)
     fig, axes = plt.subplots(len(systems), 2, figsize=(10, 3.8 * len(systems)), squeeze=False)
@@ -84,7 +91,7 @@ def plot_bands(path: Path, systems: Sequence, model_bands: Sequence[np.ndarray],
             ax.set_ylabel("E (eV)")
             ax.set_title(f"{system.name} {title} ({window})".replace("  ", " "))
             ax.legend(loc="upper right", fontsize=8)
-    _finish(fig, path, show, plt)
+    return fig
 
 
 def _potential_limits(values: np.ndarray, q: np.ndarray, q_low: float) -> tuple:
@@ -94,9 +101,16 @@ def _potential_limits(values: np.ndarray, q: np.ndarray, q_low: float) -> tuple:
     return low - margin, high + margin
 
 
-@torch.no_grad()
 def plot_potentials(path: Path, model, reference, species: Sequence[str], q_range: tuple, show: bool = False,
                     reference_label: str = "Zunger", title: str = "") -> None:
+    """Write :func:`potential_figure` to ``path``."""
+    fig = potential_figure(model, reference, species, q_range, show, reference_label, title)
+    _finish(fig, path, show, _pyplot(show))
+
+
+@torch.no_grad()
+def potential_figure(model, reference, species: Sequence[str], q_range: tuple, show: bool = False,
+                     reference_label: str = "Zunger", title: str = ""):
     """v(q) of ``model`` vs ``reference`` per species, their difference and v(r) of the model.
 
     ``q_range`` = (smallest non-zero |G|, largest |G-G'|) of the Hamiltonians, Bohr⁻¹.
@@ -129,7 +143,7 @@ def plot_potentials(path: Path, model, reference, species: Sequence[str], q_rang
         ax.set_xlim(0.0, q_high)
     if title:
         fig.suptitle(title)
-    _finish(fig, path, show, plt)
+    return fig
 
 
 def plot_cost(path: Path, curves: Dict[str, List[tuple]], show: bool = False, ylabel: str = "loss (eV²)",

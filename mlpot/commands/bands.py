@@ -118,11 +118,19 @@ def run(args) -> int:
         BandFit(config, args.results, notes, quiet=args.quiet, restart=args.restart).run()
         return 0
     if args.bands_command == "zunger-mc":
+        from mlpot.bands.fit import FitLog
         from mlpot.bands.zunger_mc import ZungerMonteCarlo, find_mc_opts
 
         opts = find_mc_opts(Path(config.inputs), args.opts)
-        log = (lambda text: None) if args.quiet else print
-        ZungerMonteCarlo(config, args.results, opts, log=log).run()
+        args.results.mkdir(parents=True, exist_ok=True)
+        log = FitLog(args.results, args.quiet, config.runtime.progress_bar)
+        try:
+            driver = ZungerMonteCarlo(config, args.results, opts, log=log)
+            bar = log.bar(driver.opts["totalIter"], "Zunger Monte Carlo")
+            driver.run(progress=bar)
+            bar.close()
+        finally:
+            log.close()
         return 0
     config.runtime.workers = 0
     setup = load_setup(config, notes)

@@ -15,7 +15,8 @@ never emitted as Python warnings, and only about keys the file sets.
 
 mlpot additions (optional): ``basis_mode`` (``sphere`` default, ``compat`` = the original's
 truncated basis), ``double_nonspin_bands`` (1 = 2024 spin doubling, default), ``NLbool``,
-``kpt_chunk`` (k-points per backward), ``seed``.
+``kpt_chunk`` (k-points per backward), ``seed``, ``init_Zunger_focus_weight`` (pre-fit weight of
+the Hamiltonians' own q values, 0 = off).
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ _FLOAT_KEYS = (
     "PPmodel_decay_rate PPmodel_decay_center PPmodel_gaussian_std init_Zunger_optimizer_lr optimizer_lr "
     "init_Zunger_scheduler_gamma scheduler_gamma sgd_momentum adam_beta1 adam_beta2 mc_percentage mc_beta "
     "pre_adjust_stepSize penalize_starting penalize_lambda penalize_mag_threshold penalize_mag_lambda Rmax qmax "
-    "tot_magnetization longRange_lr nonlocal_grad_lr"
+    "tot_magnetization longRange_lr nonlocal_grad_lr init_Zunger_focus_weight"
 ).split()
 _STR_KEYS = "PPmodel init_Zunger_optimizer optimizer mc_beta_schedule basis_mode partial_eig_driver".split()
 _INT_LIST_KEYS = ["hiddenLayers", "nonlocal_grad_indices"]
@@ -200,6 +201,7 @@ KEY_MAP: List[Tuple[str, str]] = [
     ("init_Zunger_num_epochs", "prefit.epochs"), ("init_Zunger_optimizer", "prefit.optimizer"),
     ("init_Zunger_optimizer_lr", "prefit.lr"), ("init_Zunger_scheduler_gamma", "prefit.gamma"),
     ("init_Zunger_plotEvery", "prefit.plot_every"), ("init_Zunger_printGrad", "prefit.print_grad"),
+    ("init_Zunger_focus_weight", "prefit.focus_weight"),
     ("max_num_epochs", "training.epochs"), ("optimizer", "training.optimizer"), ("optimizer_lr", "training.lr"),
     ("scheduler_gamma", "training.scheduler_gamma"), ("schedulerStep", "training.scheduler_step"),
     ("plotEvery", "training.plot_every"), ("sgd_momentum", "training.momentum"), ("patience", "training.patience"),
