@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import yaml
 
-from mlpot.bands.native import load_bands_config, validate_bands_config
+from mlpot.bands.native import validate_bands_config
 from mlpot.cli import main
 from mlpot.errors import ConfigError
 
@@ -34,7 +34,9 @@ def test_convert_shows_the_native_config_and_it_runs(shared_data, tmp_path, caps
     native["inputs"] = "inputs"  # relative to the YAML's folder
     path = tmp_path / "fit.yaml"
     path.write_text(yaml.safe_dump(native))
-    assert load_bands_config(path).inputs == str(inputs.resolve())
+    from mlpot.commands.bands import load_band_config
+
+    assert load_band_config(path)[0].inputs == str(inputs.resolve())
     assert main(["bands", "fit", str(path), str(tmp_path / "yaml_run"), "--quiet"]) == 0
     assert main(["bands", "fit", str(inputs), str(tmp_path / "par_run"), "--quiet"]) == 0
     np.testing.assert_array_equal(np.loadtxt(tmp_path / "yaml_run" / "final_BS_sys0.dat"),

@@ -116,6 +116,9 @@ class BandFit:
         if state.get("model_config") != self.config.model.model_dump():
             raise CheckpointError("was written for a different network (model section / PPmodel keys differ)",
                                   file=str(latest))
+        stage = "mc" if self.config.monte_carlo is not None else "train"
+        if state.get("stage") != stage:
+            raise CheckpointError(f"holds a {state.get('stage')!r} run, the config asks for {stage!r}", file=str(latest))
         self.log(f"restarting from {latest.name} ({state['stage']}, epoch/iteration {state['epoch']})")
         return state
 

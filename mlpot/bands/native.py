@@ -1,6 +1,7 @@
 """The native band-fitting config: a typed pydantic schema (unknown keys forbidden everywhere).
 
-A band fit is described by one YAML file (``mlpot bands fit fit.yaml RESULTS``) or by a DeePseudopot
+A band fit is described by one YAML file (``mlpot bands fit fit.yaml RESULTS``; the command reads it
+with the config layer's YAML reader and validates it here) or by a DeePseudopot
 inputs folder, whose ``NN_config.par`` the front-end :mod:`mlpot.config.deepseudopot` converts into
 this schema (``mlpot convert INPUTS_DIR`` prints the result). Sections and their DeePseudopot keys
 are listed in docs/bands.md; every field below documents its unit.
@@ -31,7 +32,7 @@ from mlpot.nn import Registry
 __all__ = [
     "BandsConfig", "ModelSection", "HamiltonianSection", "PrefitSection", "TrainingSection", "PenaltySection",
     "MonteCarloSection", "RuntimeSection", "OutputSection", "BAND_OPTIMIZERS", "validate_bands_config",
-    "load_bands_config", "bands_config_to_yaml", "not_supported",
+    "bands_config_to_yaml", "not_supported",
 ]
 
 # the optimizers DeePseudopot accepts (``optimizer``, ``init_Zunger_optimizer``); SparseAdam is
@@ -240,22 +241,6 @@ def validate_bands_config(data: dict, *, file: Optional[str] = None,
     if not Path(config.inputs).is_dir():
         raise ConfigError(f"no such folder: {config.inputs}", file=file, key="inputs")
     return config
-
-
-def load_bands_config(path) -> BandsConfig:
-    """Read and validate a native band-fitting YAML."""
-    path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text())
-    except OSError as exc:
-        raise ConfigError(f"cannot read config: {exc.strerror}", file=str(path)) from None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise ConfigError(f"invalid YAML{where}", file=str(path)) from None
-    if not isinstance(data, dict):
-        raise ConfigError("expected a mapping at the top level", file=str(path))
-    return validate_bands_config(data, file=str(path), base_dir=path.resolve().parent)
 
 
 def bands_config_to_yaml(config: Union[BandsConfig, dict]) -> str:

@@ -112,7 +112,9 @@ def load_optimizer_state(optimizer: torch.optim.Optimizer, path: Path, name: str
     except Exception as exc:
         raise CheckpointError(f"cannot read an optimizer state ({type(exc).__name__})", file=str(path)) from None
     saved = {k for g in groups for k in g if k not in ("params", "lr", "initial_lr")}
-    needed = set(optimizer.defaults) - {"lr"}
+    # the numeric hyperparameters name the optimizer family (betas: Adam, momentum: SGD, rho: Adadelta...);
+    # flags (foreach, fused, maximize...) may be missing from files of older torch versions
+    needed = {k for k, v in optimizer.defaults.items() if k != "lr" and v is not None and not isinstance(v, bool)}
     if not needed <= saved or len(groups) != len(optimizer.param_groups):
         kind = "an Adam-family" if "betas" in saved else "a different"
         raise CheckpointError(f"holds the state of {kind} optimizer (hyperparameters: {', '.join(sorted(saved))}); "

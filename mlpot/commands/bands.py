@@ -46,12 +46,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def load_band_config(path: Path):
     """(native config, notes) of a DeePseudopot folder or a native band YAML."""
-    from mlpot.bands.native import load_bands_config
-    from mlpot.config import deepseudopot
+    from mlpot.bands.native import validate_bands_config
+    from mlpot.config import deepseudopot, read_yaml
 
     if deepseudopot.is_deepseudopot_inputs(path):
         return deepseudopot.convert(path)
-    return load_bands_config(path), []
+    path = Path(path)
+    return validate_bands_config(read_yaml(path), file=str(path), base_dir=path.resolve().parent), []
 
 
 def _evaluate(args, setup) -> int:
