@@ -84,6 +84,7 @@ def test_tabulated_cohen_bergstresser_through_the_cli(tmp_path, capsys):
     assert main(["bands", "fit", str(folder), str(tmp_path / "fit"), "--quiet"]) == 0
     np.testing.assert_array_equal(np.loadtxt(tmp_path / "fit" / "oldFunc_BS_sys1.dat"),
                                   np.loadtxt(tmp_path / "eval" / "eval_BS_sys1.dat"))
+    assert "table v(q): loss" in (tmp_path / "fit" / "bands.log").read_text()  # the starting potential is the table
 
 
 @pytest.mark.slow

@@ -128,8 +128,8 @@ def test_wrong_architecture_init_model_message_is_complete(shared_data, tmp_path
 
 def test_early_stopping_keeps_the_best_model(shared_data, tmp_path):
     """A learning rate far too large makes the loss rise; patience stops the run at the best epoch."""
-    extra = TRAIN.replace("max_num_epochs = 3", "max_num_epochs = 12").replace("optimizer_lr = 0.001", "optimizer_lr = 0.5") \
-        .replace("scheduler_gamma = 0.5", "scheduler_gamma = 1.0") + "patience = 2\n"
+    extra = TRAIN.replace("max_num_epochs = 3", "max_num_epochs = 12").replace("optimizer_lr = 0.001", "optimizer_lr = 5") \
+        .replace("scheduler_gamma = 0.5", "scheduler_gamma = 1.0") + "patience = 1\n"
     inputs = _inputs(shared_data, tmp_path, extra)
     out = tmp_path / "results"
     assert main(["bands", "fit", str(inputs), str(out), "--quiet"]) == 0
@@ -161,7 +161,7 @@ def test_relative_band_per_system_from_input_par(shared_data, tmp_path):
     assert load_setup(config).problem.rel_bands == [7]  # input_X.par overrides NN_config.par
 
 
-_RESTART_CONFIG = TRAIN.replace("max_num_epochs = 3", "max_num_epochs = 10").replace("plotEvery = 2", "plotEvery = 4") \
+_RESTART_CONFIG = TRAIN.replace("max_num_epochs = 3", "max_num_epochs = 8").replace("plotEvery = 2", "plotEvery = 5") \
     + "perturbEvery = 3\n"
 
 
@@ -173,12 +173,12 @@ def _run_cli(args, **kw):
 
 def test_restart_after_kill_reaches_the_same_numbers(shared_data, tmp_path):
     """kill -9 in the middle of training, ``--restart``: same costs and weights as an uninterrupted run."""
-    inputs = _inputs(shared_data, tmp_path, _RESTART_CONFIG, rows=tuple(range(0, 61, 4)), max_ke=4)
+    inputs = _inputs(shared_data, tmp_path, _RESTART_CONFIG, rows=tuple(range(0, 61, 5)), max_ke=4)
     full, cut = tmp_path / "full", tmp_path / "cut"
     assert _run_cli([inputs, full]).wait() == 0
     process = _run_cli([inputs, cut])
     deadline = time.time() + 300
-    while time.time() < deadline and not (cut / "bands.ckpt-4.pt").exists():
+    while time.time() < deadline and not (cut / "bands.ckpt-3.pt").exists():
         time.sleep(0.02)
     assert process.poll() is None, "the run finished before it could be killed"
     os.kill(process.pid, signal.SIGKILL)
@@ -192,5 +192,5 @@ def test_restart_after_kill_reaches_the_same_numbers(shared_data, tmp_path):
     a, b = torch.load(full / "final_PPmodel.pth"), torch.load(cut / "final_PPmodel.pth")
     assert all(torch.equal(a[k], b[k]) for k in a)
     rows = np.genfromtxt(cut / "metrics.csv", delimiter=",", names=True)
-    assert list(rows["epoch"]) == list(range(1, 11))
+    assert list(rows["epoch"]) == list(range(1, 9))
     np.testing.assert_array_equal(rows["loss"], np.genfromtxt(full / "metrics.csv", delimiter=",", names=True)["loss"])

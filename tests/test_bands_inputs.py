@@ -171,3 +171,11 @@ def test_model_catalog_is_a_registry_with_shapes_and_gates():
     with pytest.raises(ConfigError, match=r"model.type: unknown pseudopotential model 'Net_relu_xavir'.*did you mean "
                                           r"'net_relu_xavier'"):
         build_pp_model("Net_relu_xavir", [1, 3])
+
+
+def test_prefit_plot_every_minus_one_means_skip(shared_data, tmp_path):
+    text = "init_Zunger_num_epochs = 3\ninit_Zunger_plotEvery = -1\ninit_Zunger_optimizer_lr = 0.01\n" \
+           "init_Zunger_scheduler_gamma = 0.9\nnum_cores = 2\n"
+    config, _ = convert(_folder(shared_data, tmp_path, text))
+    assert config.prefit.plot_every == -1 and config.prefit.epochs == 3
+    assert config.runtime.workers == 2 and config.runtime.threads is None  # num_cores: worker processes

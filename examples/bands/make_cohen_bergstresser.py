@@ -14,6 +14,11 @@ every shell q exactly (so interpolating the table gives the shell values). The r
 maximum with ``relE_bIdx = 7``) come from an independent plain-NumPy EPM written here, in CB's own
 units (Rydberg, |k+G|²), on the classic 113-plane-wave basis |G|² <= 21 (2π/a)².
 
+``NN_config.par`` asks for a network (Net_celu_HeInit_decayGaussian, 32-32-32) pre-fitted to the table
+for ``--prefit-epochs`` epochs (default 2000) with the Hamiltonians' own q values weighted 100
+(``init_Zunger_focus_weight``, an mlpot key), and no gradient training: ``mlpot bands fit`` then writes
+the table's bands (``oldFunc_*``) and the pre-fitted network's (``initZunger_*``).
+
 Published values the band structures must show (spec deepseudopot.md §8, eV from the Γ valence
 maximum): Si Γ15c 3.42, X1c 0.95, L1c 1.88; GaAs direct gap 1.42.
 """

@@ -274,8 +274,9 @@ class BandFit:
         if training is None:
             return
         history = training.history
-        if not history["validation"] or history["validation"][-1][0] != training.epoch:
-            history["validation"].append((training.epoch, self.problem.loss_of(final)))
+        # the last row is the final network (after an early stop: the best one, not the last snapshot)
+        history["validation"] = [row for row in history["validation"] if row[0] != training.epoch]
+        history["validation"].append((training.epoch, self.problem.loss_of(final)))
         history["rmse"].append((training.epoch, rmse))
         outputs.write_cost(self.results / "final_training_cost.dat", history["train"], "epoch loss")
         outputs.write_cost(self.results / "final_validation_cost.dat", history["validation"], "epoch loss")

@@ -19,7 +19,7 @@ from mlpot.bands.kpath import path_length
 from mlpot.errors import ConfigError, DataError, suggest
 
 __all__ = [
-    "parse_par_lines", "SystemInput", "read_system", "read_input_par", "read_kpoints", "read_bands_table", "read_band_weights",
+    "parse_par_lines", "data_lines", "line_numbers", "SystemInput", "read_system", "read_input_par", "read_kpoints", "read_bands_table", "read_band_weights",
     "read_param_vector", "read_order_matrix", "read_mc_opts", "MC_OPTS_DEFAULTS", "read_param_steps",
     "read_beta_schedule", "read_system_bundle", "species_order", "N_PARAMS",
 ]
@@ -85,7 +85,8 @@ def parse_par_lines(path) -> Dict[str, tuple]:
     return out
 
 
-def _numbers(line: str, file, lineno: int, key: str, count: Optional[int] = None) -> List[float]:
+def line_numbers(line: str, file, lineno: int, key: str, count: Optional[int] = None) -> List[float]:
+    """The numbers of one data line; DataError naming file, line and key otherwise (or a wrong count)."""
     try:
         values = [float(v) for v in line.split()]
     except ValueError:
@@ -95,7 +96,8 @@ def _numbers(line: str, file, lineno: int, key: str, count: Optional[int] = None
     return values
 
 
-def _lines(path: Path) -> List[tuple]:
+def data_lines(path: Path) -> List[tuple]:
+    """``[(line number, text)]`` of a data file without comments (``#``) and blank lines."""
     if not Path(path).is_file():
         raise DataError("file not found", file=str(path))
     out = []
@@ -108,7 +110,7 @@ def _lines(path: Path) -> List[tuple]:
 
 def read_system(path) -> tuple:
     """``system_X.par`` -> (cell (3,3) Bohr, symbols, positions (n,3) Bohr Cartesian)."""
-    lines = _lines(path)
+    lines = data_lines(path)
     scale, rows, symbols, fracs, block = None, [], [], [], None
     for lineno, line in lines:
         head = line.split()[0].lower()
@@ -116,17 +118,17 @@ def read_system(path) -> tuple:
             tokens = line.replace("=", " = ").split()
             if len(tokens) != 3:
                 raise DataError(f"line {lineno}: expected 'scale = value'", file=str(path), key="scale")
-            scale = _numbers(tokens[2], path, lineno, "scale")[0]
+            scale = line_numbers(tokens[2], path, lineno, "scale")[0]
         elif head in ("cell", "atoms"):
             block = head
         elif block == "cell" and len(rows) < 3:
-            rows.append(_numbers(line, path, lineno, "cell", 3))
+            rows.append(line_numbers(line, path, lineno, "cell", 3))
         elif block in ("atoms", "cell"):
             tokens = line.split()
             if len(tokens) != 4:
                 raise DataError(f"line {lineno}: expected 'Symbol f1 f2 f3'", file=str(path), key="atoms")
             symbols.append(tokens[0])
-            fracs.append(_numbers(" ".join(tokens[1:]), path, lineno, "atoms", 3))
+            fracs.append(line_numbers(" ".join(tokens[1:]), path, lineno, "atoms", 3))
         else:
             raise DataError(f"line {lineno}: unexpected line {line!r}", file=str(path))
     if scale is None:
@@ -172,7 +174,7 @@ def read_input_par(path) -> Dict[str, object]:
 
 def read_kpoints(path) -> tuple:
     """``kpoints_X.par`` -> (fractions (n_k,3), weights (n_k,)). Weights are used as is [COMPAT]."""
-    rows = [_numbers(line, path, lineno, "kpoints", 4) for lineno, line in _lines(path)]
+    rows = [line_numbers(line, path, lineno, "kpoints", 4) for lineno, line in data_lines(path)]
     if not rows:
         raise DataError("no k-points", file=str(path), key="kpoints")
     table = np.array(rows, dtype=np.float64)
@@ -181,7 +183,7 @@ def read_kpoints(path) -> tuple:
 
 def read_bands_table(path, n_bands: Optional[int] = None, n_k: Optional[int] = None) -> tuple:
     """``expBandStruct_X.par`` / ``*_BS_sysX.dat`` -> (kdist (n_k,), energies (n_k, n_bands) eV)."""
-    rows = [_numbers(line, path, lineno, "bands") for lineno, line in _lines(path)]
+    rows = [line_numbers(line, path, lineno, "bands") for lineno, line in data_lines(path)]
     widths = {len(r) for r in rows}
     if len(widths) != 1:
         raise DataError(f"rows have different lengths {sorted(widths)}", file=str(path), key="bands")
@@ -196,7 +198,7 @@ def read_bands_table(path, n_bands: Optional[int] = None, n_k: Optional[int] = N
 
 def read_band_weights(path, n_bands: int) -> np.ndarray:
     """``bandWeights_X.par`` -> (nBands,); a length mismatch is an error."""
-    values = [v for lineno, line in _lines(path) for v in _numbers(line, path, lineno, "bandWeights")]
+    values = [v for lineno, line in data_lines(path) for v in line_numbers(line, path, lineno, "bandWeights")]
     if len(values) != n_bands:
         raise DataError(f"{len(values)} weights but nBands = {n_bands}", file=str(path), key="bandWeights")
     return np.array(values, dtype=np.float64)
@@ -204,7 +206,7 @@ def read_band_weights(path, n_bands: int) -> np.ndarray:
 
 def read_param_vector(path) -> np.ndarray:
     """``init_<atom>Params.par`` -> (9,) float64, shorter files zero-padded (spec §1.7; [BUG] fix)."""
-    values = [v for lineno, line in _lines(path) for v in _numbers(line, path, lineno, "params")]
+    values = [v for lineno, line in data_lines(path) for v in line_numbers(line, path, lineno, "params")]
     if not 4 <= len(values) <= N_PARAMS:
         raise DataError(f"expected 4 to {N_PARAMS} parameters, got {len(values)}", file=str(path), key="params")
     return np.pad(np.array(values, dtype=np.float64), (0, N_PARAMS - len(values)))
@@ -212,7 +214,7 @@ def read_param_vector(path) -> np.ndarray:
 
 def read_order_matrix(path, n_k: int, n_bands: int) -> np.ndarray:
     """``kpoints_X_orderMatrix.par`` -> (n_k, n_bands) int permutation of sorted eigenvalues per k."""
-    rows = [_numbers(line, path, lineno, "orderMatrix") for lineno, line in _lines(path)]
+    rows = [line_numbers(line, path, lineno, "orderMatrix") for lineno, line in data_lines(path)]
     table = np.array(rows, dtype=np.float64)
     if table.ndim != 2 or table.shape[0] != n_k or table.shape[1] < n_bands:
         raise DataError(f"expected {n_k} rows of >= {n_bands} integers, got shape {table.shape}", file=str(path),
@@ -261,7 +263,7 @@ def read_mc_opts(path) -> Dict[str, object]:
 
 def read_param_steps(path) -> np.ndarray:
     """``<atom>ParamSteps.par`` -> (9,) MC step sizes (shorter files zero-padded)."""
-    values = [v for lineno, line in _lines(path) for v in _numbers(line, path, lineno, "ParamSteps")]
+    values = [v for lineno, line in data_lines(path) for v in line_numbers(line, path, lineno, "ParamSteps")]
     if not 1 <= len(values) <= N_PARAMS:
         raise DataError(f"expected 1 to {N_PARAMS} step sizes, got {len(values)}", file=str(path), key="ParamSteps")
     return np.pad(np.array(values, dtype=np.float64), (0, N_PARAMS - len(values)))
@@ -269,7 +271,7 @@ def read_param_steps(path) -> np.ndarray:
 
 def read_beta_schedule(path) -> np.ndarray:
     """``mc_beta_schedule`` file -> (n, 2) rows ``iteration beta`` sorted by iteration."""
-    rows = np.array([_numbers(line, path, lineno, "mc_beta_schedule", 2) for lineno, line in _lines(path)])
+    rows = np.array([line_numbers(line, path, lineno, "mc_beta_schedule", 2) for lineno, line in data_lines(path)])
     if rows.size == 0:
         raise DataError("empty schedule", file=str(path), key="mc_beta_schedule")
     return rows[np.argsort(rows[:, 0])]

@@ -28,7 +28,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-from mlpot.bands.inputs import SystemInput, _lines, _numbers
+from mlpot.bands.inputs import SystemInput, data_lines, line_numbers
 from mlpot.bands.native import not_supported
 from mlpot.errors import DataError
 
@@ -57,7 +57,7 @@ def _index(value: float, limit: int, path, lineno: int, what: str) -> int:
 
 def read_defpot_table(path, system: SystemInput) -> List[DefPotRow]:
     """Rows of ``expDefPot_X.par`` (7-column, 5-column or two-line layout)."""
-    rows = [(lineno, _numbers(line, path, lineno, "expDefPot")) for lineno, line in _lines(path)]
+    rows = [(lineno, line_numbers(line, path, lineno, "expDefPot")) for lineno, line in data_lines(path)]
     n_k, n_b = len(system.kweights), system.n_bands
     widths = {len(values) for _, values in rows}
     if widths == {1} and len(rows) == 2:
@@ -92,7 +92,7 @@ def read_defpot_table(path, system: SystemInput) -> List[DefPotRow]:
 
 def read_effective_masses(path) -> Tuple[float, float, float]:
     """``expEffMasses_X.par`` -> (m_vb, m_cb, weight) in electron masses."""
-    values = [v for lineno, line in _lines(path) for v in _numbers(line, path, lineno, "expEffMasses")]
+    values = [v for lineno, line in data_lines(path) for v in line_numbers(line, path, lineno, "expEffMasses")]
     if len(values) != 3:
         raise DataError(f"expected 3 numbers (m_vb m_cb weight), got {len(values)}", file=str(path), key="expEffMasses")
     return values[0], values[1], values[2]

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mlpot.bands.inputs import _lines, _numbers
+from mlpot.bands.inputs import data_lines, line_numbers
 from mlpot.bands.zunger import zunger_form_factor
 from mlpot.errors import DataError
 
@@ -40,7 +40,7 @@ class AnalyticFormFactor(torch.nn.Module):
 
 def read_qspace_table(path, n_species: int):
     """``init_qSpace_pot.par`` -> (q (n_q,) Bohr⁻¹ ascending, v (n_q, n_species) Ha·Bohr³)."""
-    rows = [_numbers(line, path, lineno, "qSpace_pot", n_species + 1) for lineno, line in _lines(path)]
+    rows = [line_numbers(line, path, lineno, "qSpace_pot", n_species + 1) for lineno, line in data_lines(path)]
     if len(rows) < 2:
         raise DataError(f"need at least 2 rows, got {len(rows)}", file=str(path), key="qSpace_pot")
     table = np.array(rows, dtype=np.float64)
