@@ -194,3 +194,14 @@ def test_restart_after_kill_reaches_the_same_numbers(shared_data, tmp_path):
     rows = np.genfromtxt(cut / "metrics.csv", delimiter=",", names=True)
     assert list(rows["epoch"]) == list(range(1, 9))
     np.testing.assert_array_equal(rows["loss"], np.genfromtxt(full / "metrics.csv", delimiter=",", names=True)["loss"])
+
+
+@pytest.mark.slow
+def test_num_cores_runs_worker_processes_with_the_serial_results(shared_data, tmp_path):
+    serial = _inputs(shared_data, tmp_path, TRAIN, name="serial")
+    pooled = _inputs(shared_data, tmp_path, TRAIN + "num_cores = 2\n", name="pooled")
+    for inputs in (serial, pooled):
+        assert main(["bands", "fit", str(inputs), str(tmp_path / f"out_{inputs.name}"), "--quiet"]) == 0
+    a = np.loadtxt(tmp_path / "out_serial" / "final_training_cost.dat")
+    b = np.loadtxt(tmp_path / "out_pooled" / "final_training_cost.dat")
+    np.testing.assert_allclose(b, a, rtol=1e-10)
