@@ -44,3 +44,57 @@ def test_cohen_bergstresser_bands(material):
     for row, point in enumerate("GXL"):
         expected = EXPECTED[material][point]
         np.testing.assert_allclose(bands[row, : len(expected)], expected, atol=0.006, err_msg=f"{material} {point}")
+
+
+def _cb_folder(tmp_path, prefit_epochs):
+    import importlib.util
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "examples" / "bands" / "make_cohen_bergstresser.py"
+    spec = importlib.util.spec_from_file_location("make_cohen_bergstresser", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.write_folder(tmp_path / "cb", prefit_epochs), module.PUBLISHED
+
+
+def _published_errors(path_pattern, published):
+    """meV errors of Si Γ15c, X1c, L1c and the GaAs gap in band files (rows: L 0, Γ 20, X 40; band 7 = VBM)."""
+    errors = {}
+    for index, material in enumerate(("Si", "GaAs")):
+        bands = np.loadtxt(str(path_pattern).format(index))[:, 1:]
+        bands = bands - bands[20, 7]
+        if material == "Si":
+            found = {"G15c": bands[20, 8], "X1c": bands[40, 8], "L1c": bands[0, 8]}
+        else:
+            found = {"gap": bands[20, 8] - bands[20, 7]}
+        errors.update({f"{material} {k}": 1000 * (v - published[material][k]) for k, v in found.items()})
+    return errors
+
+
+def test_tabulated_cohen_bergstresser_through_the_cli(tmp_path, capsys):
+    """No parameter files, init_qSpace_pot.par only: eval and a zero-epoch fit give the table's bands,
+    Si Γ15c/X1c/L1c and the GaAs gap within 5 meV of the published values."""
+    from mlpot.cli import main
+
+    folder, published = _cb_folder(tmp_path, prefit_epochs=0)
+    assert main(["bands", "eval", str(folder), str(tmp_path / "eval")]) == 0
+    assert "table: total loss" in capsys.readouterr().out
+    errors = _published_errors(tmp_path / "eval" / "eval_BS_sys{}.dat", published)
+    assert max(abs(e) for e in errors.values()) < 5.0, errors
+    assert main(["bands", "fit", str(folder), str(tmp_path / "fit"), "--quiet"]) == 0
+    np.testing.assert_array_equal(np.loadtxt(tmp_path / "fit" / "oldFunc_BS_sys1.dat"),
+                                  np.loadtxt(tmp_path / "eval" / "eval_BS_sys1.dat"))
+    assert "table v(q): loss" in (tmp_path / "fit" / "bands.log").read_text()  # the starting potential is the table
+
+
+@pytest.mark.slow
+def test_network_prefit_to_the_cohen_bergstresser_table(tmp_path):
+    """The network pre-fitted to the table (2000 epochs, best epoch kept) gives the published energies
+    within 20 meV."""
+    from mlpot.cli import main
+
+    folder, published = _cb_folder(tmp_path, prefit_epochs=2000)
+    assert main(["bands", "fit", str(folder), str(tmp_path / "fit"), "--quiet"]) == 0
+    errors = _published_errors(tmp_path / "fit" / "initZunger_BS_sys{}.dat", published)
+    print("pre-fit errors (meV):", {k: round(v, 1) for k, v in errors.items()})
+    assert max(abs(e) for e in errors.values()) < 20.0, errors

@@ -105,3 +105,29 @@ def test_spin_orbit_small_cell_kramers_and_hermitian(shared_data):
     spatial = torch.linalg.eigvalsh(pw.hamiltonians(local, [4]))[0].numpy()
     # without SO the spinor H is two identical blocks: every level exactly twice
     np.testing.assert_allclose(spatial[::2], spatial[1::2], atol=1e-9)
+
+
+@pytest.mark.parametrize("n", [40, 120])
+def test_subset_eigensolver_matches_torch_values_and_gradients(n):
+    """Only the lowest eigenpairs are computed (LAPACK subset driver above SMALL); values and the
+    gradient of any eigenvalue-only loss equal torch's full eigh."""
+    from mlpot.bands.eigen import lowest_eigenvalues
+
+    torch.manual_seed(0)
+    a = torch.randn(5, n, n, dtype=torch.complex128)
+    h0 = a + a.mH
+    weights = torch.randn(5, 6, dtype=torch.float64)
+    h = h0.clone().requires_grad_(True)
+    (lowest_eigenvalues(h, 6) * weights).sum().backward()
+    reference = h0.clone().requires_grad_(True)
+    (torch.linalg.eigvalsh(reference)[:, :6] * weights).sum().backward()
+    assert torch.allclose(lowest_eigenvalues(h0, 6), torch.linalg.eigvalsh(h0)[:, :6], atol=1e-10)
+    assert torch.allclose(h.grad, reference.grad, atol=1e-10)
+
+
+def test_band_energies_need_only_the_lowest_levels(shared_data):
+    system, pw, params = _cdse(shared_data, "compat")
+    assert pw.n_low == 8  # 16 spin-doubled bands = 8 spatial levels of 453
+    local = pw.local_potential(analytic_form_factor(pw.q_unique, torch.tensor(params)))
+    full = torch.linalg.eigvalsh(pw.hamiltonians(local, [0, 40]))[:, :8].repeat_interleave(2, dim=1)
+    assert torch.allclose(pw.band_energies(local, [0, 40]) / pw.ev, full, atol=1e-11)

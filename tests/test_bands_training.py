@@ -12,7 +12,7 @@ from mlpot.bands.hamiltonian import PlaneWaveSystem
 from mlpot.bands.inputs import read_param_vector, read_system_bundle, species_order
 from mlpot.bands.models import build_pp_model
 from mlpot.bands.montecarlo import monte_carlo
-from mlpot.bands.prefit import zunger_prefit
+from mlpot.bands.prefit import prefit
 
 
 def _problem(shared_data, max_ke=2.5, n_k=6, chunk=2):
@@ -30,7 +30,7 @@ def _problem(shared_data, max_ke=2.5, n_k=6, chunk=2):
 
 def _model():
     torch.manual_seed(1)
-    return build_pp_model("Net_celu_HeInit_decayGaussian", [1, 6, 6, 2], {"PPmodel_gaussian_std": 2.0})
+    return build_pp_model("Net_celu_HeInit_decayGaussian", [1, 6, 6, 2], {"gaussian_std": 2.0})
 
 
 def test_gradient_matches_finite_differences(shared_data):
@@ -79,7 +79,7 @@ system = read_system_bundle(folder, 0)
 species = species_order([system])
 params = np.stack([read_param_vector(f"{{folder}}/init_{{s}}Params.par") for s in species])
 problem = BandProblem([PlaneWaveSystem(system, species, params, basis_mode="compat")], params, kpt_chunk=4)
-model = build_pp_model("Net_relu_xavier_decayGaussian", [1, 20, 20, 20, 2], {{"PPmodel_gaussian_std": 3.0}})
+model = build_pp_model("Net_relu_xavier_decayGaussian", [1, 20, 20, 20, 2], {{"gaussian_std": 3.0}})
 def status_kib(field):
     for line in open("/proc/self/status"):
         if line.startswith(field + ":"):
@@ -115,9 +115,9 @@ def test_zunger_prefit_approaches_analytic(shared_data):
     analytic = AnalyticFormFactor(params)
     q = torch.linspace(0, 10, 200, dtype=torch.float64)[:, None]
     before = float(((model(q) - analytic(q)) ** 2).mean().detach())
-    history = zunger_prefit(model, torch.tensor(params), epochs=40, lr=0.02, gamma=0.9, plot_every=20)
+    history = prefit(model, analytic, epochs=40, lr=0.02, gamma=0.9, plot_every=20).history
     assert history[-1][2] < 0.2 * history[0][2]
-    assert float(((model(q) - analytic(q)) ** 2).mean()) < 0.2 * before
+    assert float(((model(q) - analytic(q)) ** 2).mean().detach()) < 0.2 * before
 
 
 def test_monte_carlo_never_keeps_worse_best_and_undoes_rejections(shared_data):
@@ -132,47 +132,98 @@ def test_monte_carlo_never_keeps_worse_best_and_undoes_rejections(shared_data):
     assert problem.loss_of(problem.evaluate(model)) == pytest.approx(rows[-1][4], rel=1e-10)
 
 
-def test_cli_eval_analytic_reproduces_cdse(shared_data, tmp_path, capsys):
-    from mlpot.cli import main
+def test_worker_processes_give_the_serial_loss_gradient_and_bands(shared_data):
+    """num_cores: k-points in 2 worker processes; same loss, gradient and bands as in process."""
+    from mlpot.bands.parallel import KPointPool
 
-    inputs = tmp_path / "inputs"
-    inputs.mkdir()
-    for f in shared_data("bands/cdse_zb").iterdir():
-        (inputs / f.name).write_text(f.read_text())
-    with open(inputs / "NN_config.par", "a") as fh:
-        fh.write("\nPPmodel = Net_relu_xavier_decayGaussian\nPPmodel_gaussian_std = 3.0\nbasis_mode = compat\n")
-    with pytest.warns(UserWarning):
-        assert main(["bands", "eval", str(inputs), str(tmp_path / "out")]) == 0
-    assert "weighted RMSE 0.00000 eV" in capsys.readouterr().out
-    assert (tmp_path / "out" / "eval_BS_sys0.dat").is_file()
+    problem, _ = _problem(shared_data, n_k=7, chunk=2)
+    model = _model()
+    model.zero_grad()
+    loss, bands = problem.loss_and_backward(model)
+    serial = [p.grad.clone() for p in model.parameters()]
+    with KPointPool(problem.systems, workers=2, chunk=2) as pool:
+        problem.pool = pool
+        model.zero_grad()
+        loss_pool, bands_pool = problem.loss_and_backward(model)
+        evaluated = problem.evaluate(model)
+    assert loss_pool == pytest.approx(loss, rel=1e-12)
+    for a, p in zip(serial, model.parameters()):
+        assert torch.allclose(a, p.grad, rtol=1e-10, atol=1e-13)
+    assert torch.allclose(bands_pool[0], bands[0], atol=1e-12) and torch.allclose(evaluated[0], bands[0], atol=1e-12)
 
 
-@pytest.mark.slow
-def test_ingaasp_fit_beats_analytic_start(shared_data):
-    """4 systems (every 4th k), Zunger pre-fit then Adam: the weighted band RMSE drops below the
-    analytic (shipped-parameter) starting point."""
-    from mlpot.bands.setup import read_species_params
+def _validation_loss(model, target):
+    from mlpot.bands.prefit import VALIDATION_Q
 
-    folder = shared_data("bands/ingaasp")
-    systems = [read_system_bundle(folder, i) for i in range(4)]
-    keep = np.arange(0, 61, 4)
-    for s in systems:
-        s.kpoints_frac, s.kweights = s.kpoints_frac[keep], s.kweights[keep]
-        s.ref_bands, s.kdist = s.ref_bands[keep], s.kdist[keep]
-    species = species_order(systems)
-    params = read_species_params(folder, species)
-    problem = BandProblem([PlaneWaveSystem(s, species, params, basis_mode="compat") for s in systems], params,
-                          kpt_chunk=16)
-    analytic_rmse = problem.rmse_of(problem.evaluate(AnalyticFormFactor(params)))
-    torch.manual_seed(0)
-    model = build_pp_model("Net_celu_HeInit_decayGaussian", [1, 20, 20, 20, 4], {"PPmodel_gaussian_std": 3.0})
-    zunger_prefit(model, torch.tensor(params), 300, 0.01, 0.9, 50)
-    optimizer = torch.optim.Adam(model.parameters(), lr=0.002)
-    curve = []
-    for _ in range(30):
-        optimizer.zero_grad()
-        _, bands = problem.loss_and_backward(model)
-        optimizer.step()
-        curve.append(problem.rmse_of(bands))
-    print("analytic RMSE", analytic_rmse, "curve", [round(c, 4) for c in curve])
-    assert min(curve) < analytic_rmse
+    q = VALIDATION_Q[:, None]
+    with torch.no_grad():
+        return float((torch.where(q <= 1.0, 10.0, 1.0) * (model(q) - target(q)) ** 2).mean())
+
+
+def test_prefit_keeps_its_best_epoch(shared_data):
+    _, params = _problem(shared_data)
+    model, analytic = _model(), AnalyticFormFactor(params)
+    result = prefit(model, analytic, epochs=30, lr=0.3, gamma=1.0, plot_every=10)  # large lr: a noisy descent
+    last = result.history[-1][2]
+    assert result.best_validation == min([h[2] for h in result.history] + [result.best_validation])
+    assert _validation_loss(model, analytic) == pytest.approx(result.best_validation, rel=1e-9)
+    assert result.best_validation <= last
+
+
+def test_diverging_sgd_prefit_stops_at_its_best_epoch(shared_data):
+    _, params = _problem(shared_data)
+    model, analytic = _model(), AnalyticFormFactor(params)
+    result = prefit(model, analytic, epochs=50, lr=5.0, gamma=1.0, plot_every=10, optimizer_name="sgd")
+    assert result.diverged_at is not None and result.diverged_at < 50
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    assert _validation_loss(model, analytic) == pytest.approx(result.best_validation, rel=1e-9)
+
+
+def test_prefit_plot_every_minus_one_skips_snapshots_and_schedule(shared_data):
+    _, params = _problem(shared_data)
+    model, calls = _model(), []
+    result = prefit(model, AnalyticFormFactor(params), epochs=6, lr=0.01, gamma=0.5, plot_every=-1,
+                    callback=lambda *a: calls.append(a))
+    assert len(result.history) == 6 and calls == []
+
+
+def test_prefit_to_a_table_fits_the_hamiltonian_q(shared_data):
+    """A tabulated target: the q the Hamiltonian uses (focus_q) are fitted much closer than without."""
+    from mlpot.bands.potentials import TabulatedFormFactor
+
+    problem, params = _problem(shared_data, max_ke=2.0)
+    q = np.linspace(0, 10, 401)
+    table = TabulatedFormFactor(q, AnalyticFormFactor(params)(torch.tensor(q)[:, None]).numpy())
+    focus = problem.systems[0].q_unique
+    errors = []
+    for focus_q in (None, focus):
+        model = _model()
+        prefit(model, table, epochs=60, lr=0.02, gamma=0.9, plot_every=20, focus_q=focus_q, focus_weight=100.0)
+        with torch.no_grad():
+            errors.append(float((model(focus[:, None]) - table(focus[:, None])).abs().max()))
+    assert errors[1] < errors[0]
+
+
+def test_eigvec_reorder_on_spin_doubled_bands():
+    """Overlap following swaps spatial levels and moves each with its spin copy (2n, 2n+1)."""
+    from mlpot.bands.loss import eigvec_reorder_permutation
+
+    vectors = np.tile(np.eye(6, 4, dtype=complex), (3, 1, 1))
+    vectors[1] = vectors[1][:, [1, 0, 2, 3]]  # levels 0 and 1 exchange their character at k = 1
+    vectors[2] = vectors[1]
+    perm = eigvec_reorder_permutation(vectors, 8, doubled=True)
+    assert perm.shape == (3, 8)
+    assert list(perm[0]) == list(range(8)) and list(perm[1]) == [2, 3, 0, 1, 4, 5, 6, 7] == list(perm[2])
+
+
+def test_eigvec_reorder_runs_on_a_doubled_problem(shared_data):
+    from types import SimpleNamespace
+
+    from mlpot.bands.gradient import GradientTraining
+
+    problem, _ = _problem(shared_data, n_k=5)
+    assert problem.systems[0].double_bands
+    trainer = SimpleNamespace(config=SimpleNamespace(training=SimpleNamespace(reorder="eigvec")), problem=problem,
+                              model=_model(), last_bands=problem.evaluate(_model()))
+    GradientTraining._reorder(trainer)
+    assert problem.permutations[0].shape == (5, 16)

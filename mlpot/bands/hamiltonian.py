@@ -7,8 +7,11 @@ the basis, the distinct |G-G'| values ``q_unique`` and the inverse index ``q_ind
 into them, the structure factors per species, the kinetic diagonals of all k and (when spin-orbit
 or nonlocal terms are on, ``cacheSO``) the fixed SO+NL spinor matrices per k. Per evaluation only
 v(q) on the ~50-250 distinct q is computed and gathered, the local matrix is built once (it is
-k-independent) and the eigenvalue problems of a chunk of k-points are solved as one batched
-``torch.linalg.eigvalsh`` call.
+k-independent) and only the lowest eigenvalues the fit needs are computed per k
+(:mod:`mlpot.bands.eigen`, LAPACK's subset driver, differentiable).
+
+A system can be rebuilt on a uniformly scaled cell with the *same* integer basis
+(:meth:`PlaneWaveSystem.deformed`), which is what deformation potentials need (spec §2.10).
 
 Units: Hartree and Bohr inside; band energies returned in eV (``HARTREE_EV`` by default; the
 original's 27.2114 with ``compat_units``). Complex dtype follows the real ``dtype``.
@@ -16,12 +19,14 @@ original's 27.2114 with ``compat_units``). Complex dtype follows the real ``dtyp
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Optional, Sequence
 
 import numpy as np
 import torch
 
 from mlpot.bands.basis import plane_wave_basis, reciprocal_lattice
+from mlpot.bands.eigen import lowest_eigenpairs, lowest_eigenvalues
 from mlpot.bands.inputs import SystemInput
 from mlpot.bands.spin_orbit import spin_orbit_nonlocal_matrix
 from mlpot.units import DEEPSEUDOPOT_HARTREE_EV, HARTREE_EV
@@ -50,11 +55,14 @@ class PlaneWaveSystem:
         double_bands: repeat every non-spinor eigenvalue twice (2024 reference files) [COMPAT].
         cache_fixed: keep the fixed SO+NL(+kinetic) spinor matrix of every k (``cacheSO``).
         compat_units: convert Hartree->eV with 27.2114 as the original does [COMPAT].
+        miller: (n_G, 3) integer basis to use instead of the cutoff sphere (deformed cells).
+        eigen_driver: LAPACK driver of the subset eigensolver ('evr', 'evx', 'evd').
     """
 
     def __init__(self, system: SystemInput, species: Sequence[str], params: np.ndarray, basis_mode: str = "sphere",
                  spin_orbit: bool = False, non_local: bool = False, double_bands: bool = True,
-                 cache_fixed: bool = True, compat_units: bool = False, dtype=torch.float64, device="cpu"):
+                 cache_fixed: bool = True, compat_units: bool = False, dtype=torch.float64, device="cpu",
+                 miller: Optional[np.ndarray] = None, eigen_driver: str = "evr"):
         self.system = system
         self.species = list(species)
         self.dtype, self.device = dtype, torch.device(device)
@@ -64,7 +72,12 @@ class PlaneWaveSystem:
         self.double_bands = bool(double_bands) and not self.spinor
         self.ev = DEEPSEUDOPOT_HARTREE_EV if compat_units else HARTREE_EV
         self.cache_fixed = cache_fixed
-        self.g_vectors, self.miller = plane_wave_basis(system.cell, system.max_ke, basis_mode)
+        self.basis_mode, self.compat_units, self.eigen_driver = basis_mode, bool(compat_units), eigen_driver
+        if miller is None:
+            self.g_vectors, self.miller = plane_wave_basis(system.cell, system.max_ke, basis_mode)
+        else:
+            self.miller = np.asarray(miller)
+            self.g_vectors = self.miller @ reciprocal_lattice(system.cell)
         self.n_g = len(self.g_vectors)
         self.volume = float(abs(np.linalg.det(system.cell)))
         self.kpoints = system.kpoints_frac @ reciprocal_lattice(system.cell)  # (n_k, 3) Bohr⁻¹
@@ -87,6 +100,23 @@ class PlaneWaveSystem:
         self.params = np.asarray(params, dtype=np.float64)
         self._fixed: dict = {}
         self.order = None if system.order_matrix is None else torch.from_numpy(system.order_matrix).to(self.device)
+        self.n_low = self._eigenvalues_needed()
+
+    def _eigenvalues_needed(self) -> int:
+        """How many of the lowest eigenvalues the selected bands use (spin doubling, order matrix)."""
+        wanted = self.system.n_bands if self.order is None else int(self.order.max()) + 1
+        return (wanted + 1) // 2 if self.double_bands else wanted
+
+    def deformed(self, scale: float, k_indices: Optional[Sequence[int]] = None) -> "PlaneWaveSystem":
+        """This system on the cell scaled by ``scale`` (positions too), same integer basis and
+        fractional k-points (so G, k -> G/scale, k/scale), restricted to ``k_indices``."""
+        ks = list(range(self.n_k)) if k_indices is None else [int(k) for k in k_indices]
+        system = replace(self.system, cell=self.system.cell * scale, positions=self.system.positions * scale,
+                         kpoints_frac=self.system.kpoints_frac[ks], kweights=self.system.kweights[ks],
+                         ref_bands=None, kdist=None, order_matrix=None)
+        return PlaneWaveSystem(system, self.species, self.params, self.basis_mode, self.spin_orbit, self.non_local,
+                               self.double_bands, self.cache_fixed, self.compat_units, self.dtype, self.device,
+                               miller=self.miller, eigen_driver=self.eigen_driver)
 
     # ----------------------------------------------------------------- parameters of fixed terms
     def set_params(self, params: np.ndarray) -> None:
@@ -130,8 +160,13 @@ class PlaneWaveSystem:
     def band_energies(self, local: torch.Tensor, k_indices: Optional[Sequence[int]] = None) -> torch.Tensor:
         """Band energies in eV: (n_chunk, nBands), spin-doubled / reordered as configured."""
         ks = list(range(self.n_k)) if k_indices is None else [int(k) for k in k_indices]
-        energies = torch.linalg.eigvalsh(self.hamiltonians(local, ks)) * self.ev
+        energies = lowest_eigenvalues(self.hamiltonians(local, ks), self.n_low, self.eigen_driver) * self.ev
         return self.select_bands(energies, ks)
+
+    @torch.no_grad()
+    def eigenvectors(self, local: torch.Tensor, k_indices: Optional[Sequence[int]] = None) -> torch.Tensor:
+        """Eigenvectors of the lowest ``n_low`` levels: (n_chunk, dim, n_low) complex (no gradient)."""
+        return lowest_eigenpairs(self.hamiltonians(local, k_indices), self.n_low, self.eigen_driver)[1]
 
     def select_bands(self, energies: torch.Tensor, ks: Sequence[int]) -> torch.Tensor:
         """Spin doubling, order-matrix permutation and truncation to nBands of sorted eigenvalues."""

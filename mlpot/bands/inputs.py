@@ -15,12 +15,12 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
-from mlpot.errors import DataError
-from mlpot.config.deepseudopot import parse_par_lines
+from mlpot.bands.kpath import path_length
+from mlpot.errors import ConfigError, DataError, suggest
 
 __all__ = [
-    "SystemInput", "read_system", "read_input_par", "read_kpoints", "read_bands_table", "read_band_weights",
-    "read_param_vector", "read_order_matrix", "read_qspace_pot", "read_mc_opts", "read_param_steps",
+    "parse_par_lines", "data_lines", "line_numbers", "SystemInput", "read_system", "read_input_par", "read_kpoints", "read_bands_table", "read_band_weights",
+    "read_param_vector", "read_order_matrix", "read_mc_opts", "MC_OPTS_DEFAULTS", "read_param_steps",
     "read_beta_schedule", "read_system_bundle", "species_order", "N_PARAMS",
 ]
 
@@ -54,8 +54,39 @@ class SystemInput:
     def n_bands(self) -> int:
         return int(self.settings["nBands"])
 
+    @property
+    def name(self) -> str:
+        """``systemName`` of ``input_X.par``, else the formula from the atoms (e.g. ``CdSe``)."""
+        if self.settings.get("systemName"):
+            return str(self.settings["systemName"])
+        return "".join(dict.fromkeys(self.symbols))
 
-def _numbers(line: str, file, lineno: int, key: str, count: Optional[int] = None) -> List[float]:
+
+def parse_par_lines(path) -> Dict[str, tuple]:
+    """Read a ``key = value`` file (``NN_config.par``, ``input_X.par``, ``mcOpts.par``).
+
+    Returns ``{key: (raw_value, line_number)}``. Text after ``#`` is dropped; blank and comment-only
+    lines are skipped; a line without ``=`` raises ConfigError naming the file and line.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError("file not found", file=str(path))
+    out: Dict[str, tuple] = {}
+    for lineno, raw in enumerate(path.read_text().splitlines(), start=1):
+        line = raw.split("#", 1)[0].strip()
+        if not line:
+            continue
+        if "=" not in line:
+            raise ConfigError(f"line {lineno}: expected 'key = value', got {raw.strip()!r}", file=str(path))
+        key, value = (part.strip() for part in line.split("=", 1))
+        if not key:
+            raise ConfigError(f"line {lineno}: empty key", file=str(path))
+        out[key] = (value, lineno)
+    return out
+
+
+def line_numbers(line: str, file, lineno: int, key: str, count: Optional[int] = None) -> List[float]:
+    """The numbers of one data line; DataError naming file, line and key otherwise (or a wrong count)."""
     try:
         values = [float(v) for v in line.split()]
     except ValueError:
@@ -65,7 +96,8 @@ def _numbers(line: str, file, lineno: int, key: str, count: Optional[int] = None
     return values
 
 
-def _lines(path: Path) -> List[tuple]:
+def data_lines(path: Path) -> List[tuple]:
+    """``[(line number, text)]`` of a data file without comments (``#``) and blank lines."""
     if not Path(path).is_file():
         raise DataError("file not found", file=str(path))
     out = []
@@ -78,7 +110,7 @@ def _lines(path: Path) -> List[tuple]:
 
 def read_system(path) -> tuple:
     """``system_X.par`` -> (cell (3,3) Bohr, symbols, positions (n,3) Bohr Cartesian)."""
-    lines = _lines(path)
+    lines = data_lines(path)
     scale, rows, symbols, fracs, block = None, [], [], [], None
     for lineno, line in lines:
         head = line.split()[0].lower()
@@ -86,17 +118,17 @@ def read_system(path) -> tuple:
             tokens = line.replace("=", " = ").split()
             if len(tokens) != 3:
                 raise DataError(f"line {lineno}: expected 'scale = value'", file=str(path), key="scale")
-            scale = _numbers(tokens[2], path, lineno, "scale")[0]
+            scale = line_numbers(tokens[2], path, lineno, "scale")[0]
         elif head in ("cell", "atoms"):
             block = head
         elif block == "cell" and len(rows) < 3:
-            rows.append(_numbers(line, path, lineno, "cell", 3))
+            rows.append(line_numbers(line, path, lineno, "cell", 3))
         elif block in ("atoms", "cell"):
             tokens = line.split()
             if len(tokens) != 4:
                 raise DataError(f"line {lineno}: expected 'Symbol f1 f2 f3'", file=str(path), key="atoms")
             symbols.append(tokens[0])
-            fracs.append(_numbers(" ".join(tokens[1:]), path, lineno, "atoms", 3))
+            fracs.append(line_numbers(" ".join(tokens[1:]), path, lineno, "atoms", 3))
         else:
             raise DataError(f"line {lineno}: unexpected line {line!r}", file=str(path))
     if scale is None:
@@ -114,8 +146,8 @@ def read_system(path) -> tuple:
 
 _INPUT_TYPES = {"maxKE": float, "nBands": int, "idxVB": int, "idxCB": int, "idxGap": int, "relE_bIdx": int,
                 "BS_plot_center": float, "BS_plot_CBVB_range": float, "BS_plot_CBVB_range_zoom": float,
-                "systemName": str, "fit_defPot": int, "fit_eph": int, "fit_eff_masses": int, "trainLR": int,
-                "physicalBandOrdering": int}
+                "systemName": str, "fit_defPot": bool, "fit_eph": bool, "fit_eff_masses": bool, "trainLR": bool,
+                "physicalBandOrdering": bool}
 
 
 def read_input_par(path) -> Dict[str, object]:
@@ -123,9 +155,13 @@ def read_input_par(path) -> Dict[str, object]:
     raw = parse_par_lines(Path(path))
     out: Dict[str, object] = {}
     for key, (value, lineno) in raw.items():
-        kind = _INPUT_TYPES.get(key, str)
+        kind = _INPUT_TYPES.get(key)
+        if kind is None:
+            hint = suggest(key, list(_INPUT_TYPES))
+            raise DataError(f"line {lineno}: unknown key", file=str(path), key=key,
+                            hint=f"did you mean {hint!r}?" if hint else f"valid: {', '.join(_INPUT_TYPES)}")
         try:
-            out[key] = kind(float(value)) if kind is int else kind(value)
+            out[key] = kind(float(value)) if kind in (int, bool) else kind(value)
         except ValueError:
             raise DataError(f"line {lineno}: expected {kind.__name__}, got {value!r}", file=str(path), key=key) from None
     for key in ("maxKE", "nBands"):
@@ -138,7 +174,7 @@ def read_input_par(path) -> Dict[str, object]:
 
 def read_kpoints(path) -> tuple:
     """``kpoints_X.par`` -> (fractions (n_k,3), weights (n_k,)). Weights are used as is [COMPAT]."""
-    rows = [_numbers(line, path, lineno, "kpoints", 4) for lineno, line in _lines(path)]
+    rows = [line_numbers(line, path, lineno, "kpoints", 4) for lineno, line in data_lines(path)]
     if not rows:
         raise DataError("no k-points", file=str(path), key="kpoints")
     table = np.array(rows, dtype=np.float64)
@@ -147,7 +183,7 @@ def read_kpoints(path) -> tuple:
 
 def read_bands_table(path, n_bands: Optional[int] = None, n_k: Optional[int] = None) -> tuple:
     """``expBandStruct_X.par`` / ``*_BS_sysX.dat`` -> (kdist (n_k,), energies (n_k, n_bands) eV)."""
-    rows = [_numbers(line, path, lineno, "bands") for lineno, line in _lines(path)]
+    rows = [line_numbers(line, path, lineno, "bands") for lineno, line in data_lines(path)]
     widths = {len(r) for r in rows}
     if len(widths) != 1:
         raise DataError(f"rows have different lengths {sorted(widths)}", file=str(path), key="bands")
@@ -162,7 +198,7 @@ def read_bands_table(path, n_bands: Optional[int] = None, n_k: Optional[int] = N
 
 def read_band_weights(path, n_bands: int) -> np.ndarray:
     """``bandWeights_X.par`` -> (nBands,); a length mismatch is an error."""
-    values = [v for lineno, line in _lines(path) for v in _numbers(line, path, lineno, "bandWeights")]
+    values = [v for lineno, line in data_lines(path) for v in line_numbers(line, path, lineno, "bandWeights")]
     if len(values) != n_bands:
         raise DataError(f"{len(values)} weights but nBands = {n_bands}", file=str(path), key="bandWeights")
     return np.array(values, dtype=np.float64)
@@ -170,7 +206,7 @@ def read_band_weights(path, n_bands: int) -> np.ndarray:
 
 def read_param_vector(path) -> np.ndarray:
     """``init_<atom>Params.par`` -> (9,) float64, shorter files zero-padded (spec §1.7; [BUG] fix)."""
-    values = [v for lineno, line in _lines(path) for v in _numbers(line, path, lineno, "params")]
+    values = [v for lineno, line in data_lines(path) for v in line_numbers(line, path, lineno, "params")]
     if not 4 <= len(values) <= N_PARAMS:
         raise DataError(f"expected 4 to {N_PARAMS} parameters, got {len(values)}", file=str(path), key="params")
     return np.pad(np.array(values, dtype=np.float64), (0, N_PARAMS - len(values)))
@@ -178,7 +214,7 @@ def read_param_vector(path) -> np.ndarray:
 
 def read_order_matrix(path, n_k: int, n_bands: int) -> np.ndarray:
     """``kpoints_X_orderMatrix.par`` -> (n_k, n_bands) int permutation of sorted eigenvalues per k."""
-    rows = [_numbers(line, path, lineno, "orderMatrix") for lineno, line in _lines(path)]
+    rows = [line_numbers(line, path, lineno, "orderMatrix") for lineno, line in data_lines(path)]
     table = np.array(rows, dtype=np.float64)
     if table.ndim != 2 or table.shape[0] != n_k or table.shape[1] < n_bands:
         raise DataError(f"expected {n_k} rows of >= {n_bands} integers, got shape {table.shape}", file=str(path),
@@ -186,43 +222,56 @@ def read_order_matrix(path, n_k: int, n_bands: int) -> np.ndarray:
     return table.astype(np.int64)
 
 
-def read_qspace_pot(path, n_species: int) -> tuple:
-    """``init_qSpace_pot.par`` -> (q (n_q,) Bohr⁻¹, v (n_q, n_species) Ha·Bohr³)."""
-    rows = [_numbers(line, path, lineno, "qSpace_pot", n_species + 1) for lineno, line in _lines(path)]
-    table = np.array(rows, dtype=np.float64)
-    return table[:, 0], table[:, 1:]
+MC_OPTS_DEFAULTS = {"betas": [100.0, 1.0], "stepsAtTemp": [5000, 500], "tempStepSizeMod": [1.0, 1.0],
+                   "totalIter": 100000, "fitDefPot": False, "fitCoupling": False, "fitEffMass": False, "optGaps": False,
+                   "defPotWeight": 1.0, "writePerIter": 100}
 
 
 def read_mc_opts(path) -> Dict[str, object]:
-    """``mcOpts*.par`` of the Zunger MC drivers; unknown key -> error (spec §1.9)."""
-    known = {"betas": float, "stepsAtTemp": int, "tempStepSizeMod": float, "totalIter": int, "fitDefPot": bool,
-             "fitCoupling": bool, "fitEffMass": bool, "optGaps": bool, "defPotWeight": float}
-    out: Dict[str, object] = {}
+    """``mcOpts*.par`` of the Zunger Monte Carlo driver, defaults filled (spec §1.9).
+
+    Lines ``key = v1 [v2]``; an unknown key, a missing value or a comma is an error naming the line.
+    """
+    kinds = {"betas": (float, 2), "stepsAtTemp": (int, 2), "tempStepSizeMod": (float, 2), "totalIter": (int, 1),
+             "fitDefPot": (bool, 1), "fitCoupling": (bool, 1), "fitEffMass": (bool, 1), "optGaps": (bool, 1),
+             "defPotWeight": (float, 1), "writePerIter": (int, 1)}
+    out: Dict[str, object] = dict(MC_OPTS_DEFAULTS)
     for key, (value, lineno) in parse_par_lines(Path(path)).items():
-        if key not in known:
-            raise DataError(f"line {lineno}: unknown key; valid: {', '.join(known)}", file=str(path), key=key)
-        kind = known[key]
-        if kind is bool:
-            if value not in ("True", "False"):
-                raise DataError(f"line {lineno}: expected True/False", file=str(path), key=key)
-            out[key] = value == "True"
-            continue
+        if key not in kinds:
+            hint = suggest(key, list(kinds))
+            extra = " (per-parameter steps go in <atom>ParamSteps.par)" if key == "paramSteps" else ""
+            raise DataError(f"line {lineno}: unknown key{extra}", file=str(path), key=key,
+                            hint=f"did you mean {hint!r}?" if hint else f"valid: {', '.join(kinds)}")
+        kind, count = kinds[key]
+        tokens = value.split()
+        if "," in value or len(tokens) != count:
+            raise DataError(f"line {lineno}: expected {count} value(s) separated by spaces, got {value!r}",
+                            file=str(path), key=key)
         try:
-            items = [kind(v) for v in value.split()]
+            if kind is bool:
+                if value.lower() not in ("true", "false"):
+                    raise ValueError
+                items = [value.lower() == "true"]
+            else:
+                items = [kind(float(t)) for t in tokens]
         except ValueError:
-            raise DataError(f"line {lineno}: expected {kind.__name__} values", file=str(path), key=key) from None
-        out[key] = items if key in ("betas", "stepsAtTemp", "tempStepSizeMod") else items[0]
+            raise DataError(f"line {lineno}: expected {'True/False' if kind is bool else kind.__name__}, got {value!r}",
+                            file=str(path), key=key) from None
+        out[key] = items if count == 2 else items[0]
     return out
 
 
 def read_param_steps(path) -> np.ndarray:
-    """``<atom>ParamSteps.par`` -> (9,) MC step sizes (5-entry files zero-padded)."""
-    return read_param_vector(path)
+    """``<atom>ParamSteps.par`` -> (9,) MC step sizes (shorter files zero-padded)."""
+    values = [v for lineno, line in data_lines(path) for v in line_numbers(line, path, lineno, "ParamSteps")]
+    if not 1 <= len(values) <= N_PARAMS:
+        raise DataError(f"expected 1 to {N_PARAMS} step sizes, got {len(values)}", file=str(path), key="ParamSteps")
+    return np.pad(np.array(values, dtype=np.float64), (0, N_PARAMS - len(values)))
 
 
 def read_beta_schedule(path) -> np.ndarray:
     """``mc_beta_schedule`` file -> (n, 2) rows ``iteration beta`` sorted by iteration."""
-    rows = np.array([_numbers(line, path, lineno, "mc_beta_schedule", 2) for lineno, line in _lines(path)])
+    rows = np.array([line_numbers(line, path, lineno, "mc_beta_schedule", 2) for lineno, line in data_lines(path)])
     if rows.size == 0:
         raise DataError("empty schedule", file=str(path), key="mc_beta_schedule")
     return rows[np.argsort(rows[:, 0])]
@@ -252,6 +301,5 @@ def read_system_bundle(folder, index: int, need_reference: bool = True) -> Syste
     if order_path.is_file():
         system.order_matrix = read_order_matrix(order_path, len(kfrac), n_bands)
     if system.kdist is None:
-        steps = np.linalg.norm(np.diff(kfrac @ (2 * np.pi * np.linalg.inv(cell).T), axis=0), axis=1)
-        system.kdist = np.concatenate([[0.0], np.cumsum(steps)])
+        system.kdist = path_length(cell, kfrac)
     return system

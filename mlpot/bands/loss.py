@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from scipy.optimize import linear_sum_assignment
 
-__all__ = ["band_loss", "weighted_rmse", "smooth_reorder_permutation", "eigvec_reorder_permutation",
+__all__ = ["band_loss", "smooth_reorder_permutation", "eigvec_reorder_permutation",
            "decay_penalty", "magnitude_penalty"]
 
 
@@ -28,13 +28,6 @@ def band_loss(bands: torch.Tensor, reference: torch.Tensor, kweights: torch.Tens
         bands = bands - bands[:, rel_band : rel_band + 1]
         reference = reference - reference[:, rel_band : rel_band + 1]
     return (kweights[:, None] * band_weights[None, :] * (bands - reference) ** 2).sum()
-
-
-def weighted_rmse(bands, reference, kweights, band_weights) -> float:
-    """sqrt(Σ w_k w_b ΔE² / Σ w_k w_b) in eV (a reporting metric, not the training loss)."""
-    w = np.outer(np.asarray(kweights), np.asarray(band_weights))
-    diff = np.asarray(bands) - np.asarray(reference)
-    return float(np.sqrt((w * diff**2).sum() / w.sum()))
 
 
 def _assign(cost: np.ndarray, max_shift: int, pair: bool) -> np.ndarray:
@@ -70,14 +63,22 @@ def smooth_reorder_permutation(bands: np.ndarray, pairs: bool = True, max_shift:
     return perm
 
 
-def eigvec_reorder_permutation(vectors: np.ndarray, n_bands: int) -> np.ndarray:
-    """Per-k permutation following maximal |<u_n,k-1|u_m,k>| overlaps. ``vectors`` (n_k, dim, n_all)."""
+def eigvec_reorder_permutation(vectors: np.ndarray, n_bands: int, doubled: bool = False) -> np.ndarray:
+    """Per-k permutation (n_k, n_bands) following maximal |<u_n,k-1|u_m,k>| overlaps along the path.
+
+    ``vectors`` (n_k, dim, n_low) eigenvectors of the lowest levels. With ``doubled`` (2024 spin
+    doubling of non-spinor levels) the spatial levels are matched and each moves with its copy:
+    band 2n and 2n+1 follow spatial level n.
+    """
     n_k = vectors.shape[0]
-    perm = np.tile(np.arange(n_bands), (n_k, 1))
+    n_match = (n_bands + 1) // 2 if doubled else n_bands
+    perm = np.tile(np.arange(n_match), (n_k, 1))
     for k in range(1, n_k):
         previous = vectors[k - 1][:, perm[k - 1]]
-        overlap = np.abs(previous.conj().T @ vectors[k][:, :n_bands])
+        overlap = np.abs(previous.conj().T @ vectors[k][:, :n_match])
         _, perm[k] = linear_sum_assignment(-overlap)
+    if doubled:
+        perm = np.stack([2 * perm, 2 * perm + 1], axis=-1).reshape(n_k, -1)[:, :n_bands]
     return perm
 
 

@@ -10,7 +10,9 @@ the ``scale`` of ``Net_celu_HeInit_scale_decayGaussian`` is a buffer (loading a 
 keeps the configured scale).
 
 These networks are DeePseudopot-specific (init schemes, gates, state_dict layout), so they live here
-rather than in ``mlpot/nn`` whose MLPs follow DeePMD's layer rule.
+rather than in ``mlpot/nn`` whose MLPs follow DeePMD's layer rule. The catalog is the registry
+:data:`PP_MODELS` (``mlpot.nn.Registry``: unknown names get "did you mean"); every entry is
+registered below, by name, next to the builder it maps to.
 """
 
 from __future__ import annotations
@@ -20,11 +22,12 @@ from typing import Callable, Dict, List, Optional, Sequence
 import torch
 from torch import nn
 
-from mlpot.errors import ConfigError, suggest
+from mlpot.errors import ConfigError
+from mlpot.nn import Registry
 
 STEP_GATE_Q = 10.0  # Bohr⁻¹, cut of Net_relu_xavier_BN_dropout_decay
 
-__all__ = ["FormFactorNet", "GatedNet", "ZeroFunction", "build_pp_model", "PP_MODELS"]
+__all__ = ["FormFactorNet", "GatedNet", "ZeroFunction", "build_pp_model", "PP_MODELS", "required_options"]
 
 
 def _init_xavier_normal(linear: nn.Linear) -> None:
@@ -151,47 +154,58 @@ _BASES: Dict[str, dict] = {
 }
 _GAUSSIAN_BASES = ("Net_relu_xavier", "Net_relu_HeInit", "Net_sigmoid_xavier", "Net_celu_HeInit",
                    "Net_celu_RandInit", "Net_relu_xavier_BN", "Net_relu_xavier_BN_dropout")
-PP_MODELS: List[str] = sorted(
-    list(_BASES) + [f"{b}_decayGaussian" for b in _GAUSSIAN_BASES]
-    + ["Net_relu_xavier_decay", "Net_relu_xavier_decay2", "Net_relu_xavier_BN_dropout_decay",
-       "Net_celu_HeInit_scale_decayGaussian", "ZeroFunction"]
-)
 
 
-def build_pp_model(name: str, layers: Sequence[int], options: Optional[dict] = None, file: str = "NN_config.par"):
+class _Builder:
+    """Builds one catalog entry: ``(layers, options) -> module``; ``needs``: option names it reads."""
+
+    def __init__(self, base: Optional[str], gate: Optional[str] = None, needs: Sequence[str] = (), **fixed):
+        self.base, self.gate, self.needs, self.fixed = base, gate, tuple(needs), fixed
+
+    def __call__(self, layers: Sequence[int], options: dict):
+        if self.base is None:
+            return ZeroFunction(layers)
+        network = FormFactorNet(layers, **_BASES[self.base])
+        if self.gate is None:
+            return network
+        kwargs = dict(self.fixed)
+        for name in self.needs:
+            kwargs[{"decay_rate": "rate", "decay_center": "center", "gaussian_std": "std"}.get(name, name)] = options[name]
+        return GatedNet(network, self.gate, **kwargs)
+
+
+PP_MODELS: Registry[_Builder] = Registry("pseudopotential model")
+for _base in _BASES:
+    PP_MODELS.register(_base, _Builder(_base))
+for _base in _GAUSSIAN_BASES:
+    PP_MODELS.register(f"{_base}_decayGaussian", _Builder(_base, "gaussian", needs=("gaussian_std",)))
+PP_MODELS.register("Net_relu_xavier_decay", _Builder("Net_relu_xavier", "decay", needs=("decay_rate", "decay_center")))
+PP_MODELS.register("Net_relu_xavier_decay2", _Builder("Net_relu_xavier", "decay", rate=1.5, center=6.0))
+PP_MODELS.register("Net_relu_xavier_BN_dropout_decay", _Builder("Net_relu_xavier_BN_dropout", "step"))
+PP_MODELS.register("Net_celu_HeInit_scale_decayGaussian",
+                   _Builder("Net_celu_HeInit", "gaussian", needs=("gaussian_std", "scale")))
+PP_MODELS.register("ZeroFunction", _Builder(None))
+
+
+def required_options(name: str) -> tuple:
+    """Option names (``gaussian_std``, ``decay_rate``, ``decay_center``, ``scale``) model ``name`` needs."""
+    return PP_MODELS.get(name).needs
+
+
+def build_pp_model(name: str, layers: Sequence[int], options: Optional[dict] = None, *, file: Optional[str] = None,
+                   key_prefix: str = "model."):
     """Network ``name`` of the catalog for ``layers`` = [1, *hidden, n_species].
 
-    ``options``: ``PPmodel_decay_rate``, ``PPmodel_decay_center``, ``PPmodel_gaussian_std``,
-    ``PPmodel_scale`` as in NN_config.par. Raises ConfigError for unknown names or missing options.
+    ``options``: ``decay_rate``, ``decay_center``, ``gaussian_std``, ``scale`` (the native names of
+    ``PPmodel_*``). Unknown names and missing or inconsistent options raise ConfigError naming
+    ``<key_prefix><option>``.
     """
-    options = options or {}
-    if name not in PP_MODELS:
-        hint = suggest(name, PP_MODELS)
-        raise ConfigError(f"unknown PPmodel {name!r}", file=file, key="PPmodel",
-                          hint=f"did you mean {hint!r}?" if hint else f"valid: {', '.join(PP_MODELS)}")
-
-    def need(key):
-        if options.get(key) is None:
-            raise ConfigError(f"required by PPmodel = {name}", file=file, key=key)
-        return options[key]
-
-    if name == "ZeroFunction":
-        return ZeroFunction(layers)
-    if name in _BASES:
-        return FormFactorNet(layers, **_BASES[name])
-    if name == "Net_relu_xavier_decay2":
-        return GatedNet(FormFactorNet(layers, **_BASES["Net_relu_xavier"]), "decay", rate=1.5, center=6.0)
-    if name == "Net_relu_xavier_BN_dropout_decay":
-        return GatedNet(FormFactorNet(layers, **_BASES["Net_relu_xavier_BN_dropout"]), "step")
-    if name == "Net_relu_xavier_decay":
-        return GatedNet(FormFactorNet(layers, **_BASES["Net_relu_xavier"]), "decay", rate=need("PPmodel_decay_rate"),
-                        center=need("PPmodel_decay_center"))
-    if name == "Net_celu_HeInit_scale_decayGaussian":
-        scale = need("PPmodel_scale")
-        if len(scale) != layers[-1]:
-            raise ConfigError(f"needs {layers[-1]} values (one per species), got {len(scale)}", file=file,
-                              key="PPmodel_scale")
-        return GatedNet(FormFactorNet(layers, **_BASES["Net_celu_HeInit"]), "gaussian",
-                        std=need("PPmodel_gaussian_std"), scale=scale)
-    base = name[: -len("_decayGaussian")]
-    return GatedNet(FormFactorNet(layers, **_BASES[base]), "gaussian", std=need("PPmodel_gaussian_std"))
+    options = dict(options or {})
+    builder = PP_MODELS.get(name, key=f"{key_prefix}type", file=file)
+    for option in builder.needs:
+        if options.get(option) is None:
+            raise ConfigError(f"required by {key_prefix}type = {name}", file=file, key=f"{key_prefix}{option}")
+    if "scale" in builder.needs and len(options["scale"]) != layers[-1]:
+        raise ConfigError(f"needs {layers[-1]} values (one per species), got {len(options['scale'])}", file=file,
+                          key=f"{key_prefix}scale")
+    return builder(layers, options)

@@ -11,12 +11,12 @@ whose iteration is <= the current one.
 from __future__ import annotations
 
 import copy
-from typing import Callable, Dict, List, Optional
+from typing import Dict, List, Optional
 
 import numpy as np
 import torch
 
-__all__ = ["perturb_weights", "perturb_so_nl", "monte_carlo", "beta_at"]
+__all__ = ["perturb_weights", "perturb_so_nl", "monte_carlo", "NNMonteCarlo", "beta_at"]
 
 
 def _sign(shape, generator):
@@ -77,39 +77,72 @@ def beta_at(iteration: int, beta: float, schedule: Optional[np.ndarray]) -> floa
     return float(rows[-1, 1]) if len(rows) else float(beta)
 
 
-def monte_carlo(problem, model: torch.nn.Module, iterations: int, mode: int, eps: float, beta: float,
-                seed: int = 0, beta_schedule: Optional[np.ndarray] = None,
-                callback: Optional[Callable[[int, dict], None]] = None, progress=None):
-    """Run NN Monte Carlo. Returns (rows ``(iter, newLoss, accepted, bestLoss, currLoss)``, best model,
-    best (n_species, 9) params). ``model`` ends in the last accepted state."""
-    generator = torch.Generator().manual_seed(seed)
-    rng = np.random.default_rng(seed)
-    perturb_params = problem.spinor
-    current_loss = problem.loss_of(problem.evaluate(model))
-    best_loss, best_model, best_params = current_loss, copy.deepcopy(model), problem.params.numpy().copy()
-    rows: List[tuple] = []
-    for it in range(1, iterations + 1):
+class NNMonteCarlo:
+    """NN Monte Carlo, one :meth:`step` per iteration, resumable from :meth:`state_dict`.
+
+    ``model`` always holds the current (last accepted) state; ``best_state`` / ``best_params`` the
+    lowest loss seen. Rows: ``(iter, newLoss, accepted, bestLoss, currLoss)``.
+    """
+
+    def __init__(self, problem, model: torch.nn.Module, mode: int, eps: float, beta: float, seed: int = 0,
+                 beta_schedule: Optional[np.ndarray] = None):
+        self.problem, self.model, self.mode, self.eps, self.beta = problem, model, int(mode), float(eps), float(beta)
+        self.schedule = beta_schedule
+        self.generator = torch.Generator().manual_seed(seed)
+        self.rng = np.random.default_rng(seed)
+        self.current = problem.loss_of(problem.evaluate(model))
+        self.best = self.current
+        self.best_state = copy.deepcopy(model.state_dict())
+        self.best_params = problem.params.numpy().copy()
+        self.rows: List[tuple] = []
+
+    def step(self, it: int) -> tuple:
+        problem, model = self.problem, self.model
         old_state = {k: v.clone() for k, v in model.state_dict().items()}
         old_params = problem.params.numpy().copy()
-        model.load_state_dict(perturb_weights(old_state, mode, eps, generator))
-        if perturb_params and mode != 3:
-            problem.set_params(perturb_so_nl(old_params, mode, eps, rng))
-        new_loss = problem.loss_of(problem.evaluate(model))
-        b = beta_at(it, beta, beta_schedule)
-        if new_loss < best_loss:
-            accepted, best_loss = True, new_loss
-            best_model, best_params = copy.deepcopy(model), problem.params.numpy().copy()
+        model.load_state_dict(perturb_weights(old_state, self.mode, self.eps, self.generator))
+        if problem.spinor and self.mode != 3:
+            problem.set_params(perturb_so_nl(old_params, self.mode, self.eps, self.rng))
+        new = problem.loss_of(problem.evaluate(model))
+        if new < self.best:
+            accepted, self.best = True, new
+            self.best_state, self.best_params = copy.deepcopy(model.state_dict()), problem.params.numpy().copy()
         else:
-            accepted = bool(np.isfinite(new_loss)) and rng.random() < np.exp(-b * (np.sqrt(new_loss) - np.sqrt(current_loss)))
+            b = beta_at(it, self.beta, self.schedule)
+            accepted = bool(np.isfinite(new)) and self.rng.random() < np.exp(-b * (np.sqrt(new) - np.sqrt(self.current)))
         if accepted:
-            current_loss = new_loss
+            self.current = new
         else:  # undo the move
             model.load_state_dict(old_state)
             problem.set_params(old_params)
-        rows.append((it, new_loss, int(accepted), best_loss, current_loss))
-        if callback is not None:
-            callback(it, dict(accepted=accepted, new=new_loss, best=best_loss, current=current_loss))
+        row = (it, new, int(accepted), self.best, self.current)
+        self.rows.append(row)
+        return row
+
+    def state_dict(self) -> dict:
+        return {"model": copy.deepcopy(self.model.state_dict()), "params": self.problem.params.numpy().copy(),
+                "generator": self.generator.get_state(), "rng": self.rng.bit_generator.state, "current": self.current,
+                "best": self.best, "best_state": self.best_state, "best_params": self.best_params, "rows": list(self.rows)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.problem.set_params(state["params"])
+        self.generator.set_state(state["generator"])
+        self.rng.bit_generator.state = state["rng"]
+        self.current, self.best = state["current"], state["best"]
+        self.best_state, self.best_params, self.rows = state["best_state"], state["best_params"], list(state["rows"])
+
+
+def monte_carlo(problem, model: torch.nn.Module, iterations: int, mode: int, eps: float, beta: float,
+                seed: int = 0, beta_schedule: Optional[np.ndarray] = None, progress=None):
+    """Run NN Monte Carlo. Returns (rows ``(iter, newLoss, accepted, bestLoss, currLoss)``, best model,
+    best (n_species, 9) params). ``model`` ends in the last accepted state."""
+    run = NNMonteCarlo(problem, model, mode, eps, beta, seed, beta_schedule)
+    for it in range(1, iterations + 1):
+        run.step(it)
         if progress is not None:
             progress.update(1)
-            progress.set_postfix(best=f"{best_loss:.4g}")
-    return rows, best_model, best_params
+            progress.set_postfix(best=f"{run.best:.4g}")
+    best_model = copy.deepcopy(model)
+    best_model.load_state_dict(run.best_state)
+    return run.rows, best_model, run.best_params

@@ -1,8 +1,9 @@
 """``mlpot convert CONFIG -o native.yaml``: turn a peer config into the native YAML.
 
-The peer format is detected from the file (DeePMD-kit ``input.json``/``.yaml`` for now; front-ends
-of the other families plug in here as they land). The written YAML is validated against the native
-schema before it is written, so a converted file always loads with ``mlpot train native.yaml``.
+The peer format is detected from the file (DeePMD-kit ``input.json``/``.yaml``, or a DeePseudopot
+inputs folder holding ``NN_config.par``; front-ends of the other families plug in here as they land).
+The written YAML is validated against the native schema before it is written, so a converted file
+always loads with ``mlpot train native.yaml`` (``mlpot bands fit native.yaml RESULTS`` for bands).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from mlpot.errors import ConfigError
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("config", type=Path, help="peer config file (DeePMD input.json / input.yaml)")
+    parser.add_argument("config", type=Path, help="peer config (DeePMD input.json / input.yaml, DeePseudopot inputs folder)")
     parser.add_argument("-o", "--output", type=Path, default=None, help="native YAML to write (default: stdout)")
 
 
@@ -33,11 +34,19 @@ def convert_file(path: Path) -> dict:
 
 
 def run(args) -> int:
-    from mlpot.config import validate_config
+    from mlpot.config import deepseudopot, validate_config
 
-    native = convert_file(args.config)
-    validate_config(native, file=str(args.config))
-    text = yaml.safe_dump(native, sort_keys=False, default_flow_style=None)
+    if deepseudopot.is_deepseudopot_inputs(args.config):  # band fitting has its own native schema
+        from mlpot.bands.native import bands_config_to_yaml
+
+        config, notes = deepseudopot.convert(args.config)
+        for note in notes:
+            print(f"note: {note}", file=sys.stderr)
+        text = bands_config_to_yaml(config)
+    else:
+        native = convert_file(args.config)
+        validate_config(native, file=str(args.config))
+        text = yaml.safe_dump(native, sort_keys=False, default_flow_style=None)
     if args.output is None:
         sys.stdout.write(text)
     else:
