@@ -5,7 +5,8 @@ prints the number of test frames and the Energy / Energy-per-atom, Force and (pe
 labels) Virial and Stress MAE/RMSE lines, then a weighted average over all systems. ``-d PREFIX``
 writes the detail files (``PREFIX.e.out``, ``.e_peratom.out``, ``.f.out``, ``.v.out``,
 ``.v_peratom.out``, ``.s.out``); ``--plot PNG`` draws a parity plot from them. DeePMD's options
-``-m MODEL`` and ``-s SYSTEM`` are accepted too. MODEL is a frozen model or a checkpoint.
+``-m MODEL`` and ``-s SYSTEM`` are accepted too. MODEL is a frozen model or a checkpoint, or a
+mace-torch ``.model`` file or mace_run_train checkpoint (with ``--mace-options`` its options YAML).
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--batch-size", type=int, default=8, help="frames evaluated together")
     parser.add_argument("--plot", type=Path, default=None, help="write a parity plot PNG")
     parser.add_argument("--device", default="cpu", help="torch device")
+    parser.add_argument("--mace-options", default=None,
+                        help="options YAML of the run of a mace_run_train checkpoint given as MODEL")
 
 
 def _model_and_data(args):
@@ -52,7 +55,7 @@ def run(args) -> int:
     from mlpot.data import FrameList, read_systems
 
     model_path, data_paths = _model_and_data(args)
-    model = load_model(model_path, device=args.device)
+    model = load_model(model_path, device=args.device, mace_options=args.mace_options)
     detail = args.detail_file
     if detail is None and args.plot is not None:
         detail = str(Path(tempfile.mkdtemp(prefix="mlpot_test_")) / "detail")

@@ -22,7 +22,7 @@ from pathlib import Path
 from mlpot.errors import ConfigError
 
 
-_OWN_VALUED = {"--restart", "--init-model", "--finetune", "--model-branch", "--output-dir", "--config"}
+_OWN_VALUED = {"--restart", "--init-model", "--finetune", "--model-branch", "--output-dir", "--config", "--mace-options"}
 _OWN_FLAGS = {"--use-pretrain-script", "--no-progress", "-h", "--help"}
 
 
@@ -60,6 +60,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--use-pretrain-script", action="store_true",
                         help="take the model section from the pretrained model (type_map from the input)")
     parser.add_argument("--output-dir", type=Path, default=None, help="override output_dir of the config")
+    parser.add_argument("--mace-options", default=None,
+                        help="options YAML of the mace_run_train checkpoint given to --finetune / --init-model")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -130,7 +132,7 @@ def run(args) -> int:
         restart = str(latest) if latest else None
     from mlpot.calculators.export import freeze, load_model
 
-    init_weights = load_model(args.init_model).state_dict() if args.init_model else None
+    init_weights = load_model(args.init_model, mace_options=args.mace_options).state_dict() if args.init_model else None
     finetune = args.finetune if restart is None else None
     if finetune:
         from mlpot.models.registry import family_of
@@ -140,7 +142,8 @@ def run(args) -> int:
         family = family_of(config.model)
         if family.prepare_finetune is None:
             raise ConfigError(f"not supported yet: --finetune with a {family.name} model", key="--finetune")
-        plan = family.prepare_finetune(config, load_model(finetune), branch=args.model_branch,
+        plan = family.prepare_finetune(config, load_model(finetune, mace_options=args.mace_options),
+                                       branch=args.model_branch,
                                        use_pretrain_script=args.use_pretrain_script, file=str(args.config),
                                        pretrained_file=str(finetune))
         init_weights = plan.weights

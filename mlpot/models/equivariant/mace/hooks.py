@@ -45,6 +45,7 @@ from mlpot.errors import ConfigError
 from mlpot.models.base import FineTune
 from mlpot.models.equivariant.mace.model import MACE
 from mlpot.models.equivariant.mace.section import check_mace_section, element_energies
+from mlpot.models.output_bias import change_energy_bias
 
 __all__ = ["check_section", "resolve_from_data", "prepare_finetune", "average_e0s", "scale_and_shift"]
 
@@ -151,13 +152,15 @@ def prepare_finetune(config, pretrained: torch.nn.Module, *, branch: Optional[st
     foundation_e0s = [float(e) for e in pretrained.atomic_energies_fn.atomic_energies.reshape(-1)]
     section["E0s"] = foundation_e0s if requested in ("foundation", "estimated") else requested
     config.model = section
-    weights = {k: v.detach().clone() for k, v in pretrained.state_dict().items()
-               if k != "atomic_energies_fn.atomic_energies"}
+    weights = {k: v.detach().clone() for k, v in pretrained.state_dict().items()}
 
     def after_statistics(model, samples, write) -> None:
+        # the weights brought the foundation's E0s: the run's are those resolved into its section
+        with torch.no_grad():
+            model.atomic_energies_fn.atomic_energies.copy_(torch.as_tensor(
+                element_energies(model.config, model.atomic_numbers_list)).reshape(1, -1))
         if requested != "estimated":
             return
-        from mlpot.models.output_bias import change_energy_bias
 
         old, new = change_energy_bias(model, samples, "change", file=file)
         write("fine-tuning: E0s estimated from the foundation model's errors: " + ", ".join(
