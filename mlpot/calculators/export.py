@@ -9,9 +9,11 @@ A frozen file (``torch.save`` of a plain dict, no pickled classes) holds:
   number of parameters, the mlpot version, the source checkpoint and its step, the time of freezing.
 
 ``load_model(path)`` accepts a frozen file or a training checkpoint (mlpot's, or mace-torch's
-``.model`` file and mace_run_train checkpoint) and returns the model in eval mode. A multi-task checkpoint holds every task's head: ``head=<task>`` (``mlpot freeze --head``,
-as ``dp freeze --head``) picks one, and its frozen file is an ordinary single-task model. The model is rebuilt from its config rather than unpickled, so a frozen file stays loadable
-as long as the config keys exist (and loading never executes code from the file: ``weights_only``).
+``.model`` file and mace_run_train checkpoint) and returns the model in eval mode. A multi-task
+checkpoint holds every task's head: ``head=<task>`` (``mlpot freeze --head``, as ``dp freeze
+--head``) picks one, and its frozen file is an ordinary single-task model. The model is rebuilt
+from its config rather than unpickled, so a frozen file stays loadable as long as the config keys
+exist (and loading never executes code from the file: ``weights_only``).
 TorchScript is not used: the models take a dict batch whose optional keys TorchScript cannot type.
 """
 

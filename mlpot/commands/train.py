@@ -6,8 +6,9 @@ CONFIG is a native YAML, or a peer config (DeePMD-kit ``input.json``/``.yaml``, 
 mace_run_train options) converted on the fly by ``mlpot convert``'s front-ends. ``--config FILE``
 and any other ``--option value`` are mace_run_train's (``mlpot.config.mace``): its
 ``restart_latest``, ``foundation_model`` (as ``--finetune``), ``test_file`` (evaluated after
-training) and ``name`` (the frozen model is also written as ``<model_dir>/<name>.pt``) apply to the run. Launch with ``torchrun --nproc-per-node N -m mlpot.cli train
-CONFIG`` for data-parallel training. ``--restart`` resumes exactly (use ``latest`` for the newest
+training) and ``name`` (the frozen model is also written as ``<model_dir>/<name>.pt``) apply to
+the run. Launch with ``torchrun --nproc-per-node N -m mlpot.cli train CONFIG`` for data-parallel
+training. ``--restart`` resumes exactly (use ``latest`` for the newest
 checkpoint in the output folder); ``--init-model`` takes only the weights (step 0, fresh optimizer).
 ``--finetune`` starts from a pretrained model with the input's type_map (a subset of the pretrained
 one) and a change-by-statistic of the energy bias on the new data (the model family's

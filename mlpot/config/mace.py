@@ -17,7 +17,8 @@ option (mace_run_train 0.3.16 semantics):
   ``avg_num_neighbors`` (when ``compute_avg_num_neighbors`` is false), ``mean``/``std``,
   ``atomic_numbers``: resolved from the data by the MACE family's hook;
 * ``train_file``/``valid_file``/``valid_fraction``/``*_key``/``keep_isolated_atoms`` -> ``data``
-  (extxyz, shuffled epochs of ``batch_size`` frames, the short last batch dropped; the
+  (extxyz, only the ``*_key`` names read as labels, shuffled epochs of ``batch_size`` frames, the
+  short last batch dropped; the
   ``valid_fraction`` split is mace's seeded split; isolated atoms excluded from the batches);
 * ``loss`` -> ``loss.terms`` (weighted: energy_weight · mean((ΔE/N)²) + forces_weight · mean(ΔF²);
   ef: the same with both weights 1, whatever energy_weight/forces_weight say, as mace_run_train;
@@ -47,6 +48,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from mlpot.config._mace_options import MACE_OPTIONS
 from mlpot.config.loader import read_yaml
+from mlpot.data.extxyz_format import DEFAULT_KEY_MAP
 from mlpot.errors import ConfigError, suggest
 from mlpot.models.sections import IGNORED, UNSUPPORTED, Key
 
@@ -255,8 +257,11 @@ class MaceFrontEnd:
 
     def data_section(self) -> Dict[str, Any]:
         o = self.options
-        key_map = {o["energy_key"]: "energy", o["forces_key"]: "forces", o["stress_key"]: "stress",
-                   o["virials_key"]: "virial"}
+        chosen = {o["energy_key"]: "energy", o["forces_key"]: "forces", o["stress_key"]: "stress",
+                  o["virials_key"]: "virial"}
+        # only the *_key names are read, as mace_run_train reads them (not mlpot's other default names)
+        key_map = {name: None for name, key in DEFAULT_KEY_MAP.items() if key in chosen.values()}
+        key_map.update(chosen)
         train = {"paths": self._files("train_file"), "format": "extxyz", "key_map": key_map,
                  "batch_size": o["batch_size"], "sampler": "epoch", "drop_last": True,
                  "isolated_atoms": "keep" if o["keep_isolated_atoms"] else "exclude"}

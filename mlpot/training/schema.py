@@ -45,7 +45,7 @@ class DataSection(Strict):
     paths: List[str] = Field(description="DeePMD system folders, HDF5 groups (file.h5#/group) or files, or extxyz "
                              "files; empty for a validation set held out of the training data (valid_fraction)")
     format: str = Field("auto", description="auto | deepmd | deepmd/npy | deepmd/raw | deepmd/hdf5 | extxyz")
-    key_map: Dict[str, str] = Field(default_factory=dict, description="file key -> batch key")
+    key_map: Dict[str, Optional[str]] = Field(default_factory=dict, description="file key -> batch key (null: unread)")
     type_map: Optional[List[str]] = None
     set_prefix: str = "set"
     batch_size: Union[int, List[int], str] = Field(
