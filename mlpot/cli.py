@@ -51,7 +51,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     command = next((a for a in argv if not a.startswith("-")), None)
     parser = build_parser(only=command if command in COMMANDS else "__none__")
+    extra = []
+    if command in COMMANDS and hasattr(_load(command), "split_arguments"):
+        # the command reads options of a peer's command line itself (mlpot train: mace_run_train's)
+        argv, extra = _load(command).split_arguments(argv)
     args = parser.parse_args(argv)
+    args.extra = extra
     if not args.command:
         parser.print_help()
         return 1

@@ -97,7 +97,7 @@ BASE = dict(type="mace", atomic_numbers=[1, 8], E0s={1: -1.0, 8: -2.0}, hidden_i
     (dict(interaction="RealAgnosticAttResidualInteractionBlock"), r"not supported yet: model\.interaction"),
     (dict(use_so3=True), r"not supported yet: model\.use_so3"),
     (dict(edge_irreps="4x0e"), r"not supported yet: model\.edge_irreps"),
-    (dict(E0s="average"), r"not supported yet: model\.E0s = 'average'"),
+    (dict(E0s="average"), r"model\.E0s: E0s 'average' is computed from the training data"),
     (dict(E0s={1: -1.0}), r"model\.E0s: no energy for atomic numbers \[8\]"),
     (dict(E0s=None), r"model\.E0s: needs the isolated-atom energies"),
     (dict(atomic_numbers=None), r"model\.atomic_numbers: needs the element table"),

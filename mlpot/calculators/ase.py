@@ -1,7 +1,7 @@
 """ASE calculator for every mlpot model (a thin adapter: no physics here).
 
-``MlpotCalculator(model)`` takes a model object or the path of a frozen model / checkpoint
-(``mlpot.calculators.load_model``). Atoms are mapped onto the model's ``type_map`` by chemical
+``MlpotCalculator(model)`` takes a model object or the path of a frozen model / checkpoint, or of a
+mace-torch ``.model`` file / mace_run_train checkpoint (``mlpot.calculators.load_model``). Atoms are mapped onto the model's ``type_map`` by chemical
 symbol (or by an explicit ``type_dict`` {symbol: type index}, as DeePMD's ``DP`` calculator).
 
 Results (ASE units: eV, Å):
@@ -37,17 +37,19 @@ class MlpotCalculator(Calculator):
     device: torch device for the model ("cpu", "cuda").
     head: task of a multi-task checkpoint to evaluate (as DeePMD's ``DP(..., head=...)``); a
     multi-task model given without one evaluates its first task.
+    mace_options: the options YAML of a mace_run_train checkpoint given as ``model`` (a mace
+    ``.model`` file needs nothing).
     """
 
     implemented_properties = ["energy", "free_energy", "forces", "virial", "stress"]
 
     def __init__(self, model, type_dict: Optional[Dict[str, int]] = None, device: Union[str, torch.device] = "cpu",
-                 head: Optional[str] = None, **kwargs):
+                 head: Optional[str] = None, mace_options=None, **kwargs):
         super().__init__(**kwargs)
         from mlpot.calculators.export import load_model, select_head
 
         if not isinstance(model, torch.nn.Module):
-            model = load_model(model, device=device, head=head)
+            model = load_model(model, device=device, head=head, mace_options=mace_options)
         elif head is not None:
             model = select_head(model, head, "model")
         self.model = model.to(device).eval()

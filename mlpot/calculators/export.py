@@ -8,10 +8,12 @@ A frozen file (``torch.save`` of a plain dict, no pickled classes) holds:
 * ``dtype``: the precision the model was trained in; ``metadata``: type_map, cutoff (Å),
   number of parameters, the mlpot version, the source checkpoint and its step, the time of freezing.
 
-``load_model(path)`` accepts a frozen file or a training checkpoint and returns the model in eval
-mode. A multi-task checkpoint holds every task's head: ``head=<task>`` (``mlpot freeze --head``,
-as ``dp freeze --head``) picks one, and its frozen file is an ordinary single-task model. The model is rebuilt from its config rather than unpickled, so a frozen file stays loadable
-as long as the config keys exist (and loading never executes code from the file: ``weights_only``).
+``load_model(path)`` accepts a frozen file or a training checkpoint (mlpot's, or mace-torch's
+``.model`` file and mace_run_train checkpoint) and returns the model in eval mode. A multi-task
+checkpoint holds every task's head: ``head=<task>`` (``mlpot freeze --head``, as ``dp freeze
+--head``) picks one, and its frozen file is an ordinary single-task model. The model is rebuilt
+from its config rather than unpickled, so a frozen file stays loadable as long as the config keys
+exist (and loading never executes code from the file: ``weights_only``).
 TorchScript is not used: the models take a dict batch whose optional keys TorchScript cannot type.
 """
 
@@ -26,6 +28,7 @@ import torch
 
 from mlpot.errors import CheckpointError
 from mlpot.models.compose import FROZEN_FORMAT
+from mlpot.models.equivariant.mace import is_mace_checkpoint, is_mace_model_file, load_mace_checkpoint, load_mace_model_file
 
 __all__ = ["FROZEN_FORMAT", "freeze", "load_model", "read_model_file", "save_frozen"]
 
@@ -84,23 +87,44 @@ def select_head(model, head: Optional[str], file: str):
     return model.heads[head]
 
 
-def load_model(path: PathLike, device: Union[str, torch.device] = "cpu", head: Optional[str] = None):
+def _mace_model(path: Path, payload: Optional[Dict[str, Any]], mace_options):
+    """A mace-torch ``.model`` file (read without running its code) or a mace_run_train checkpoint
+    (with the options it was trained with), as an mlpot MACE model; None for any other file."""
+    if payload is None:
+        return load_mace_model_file(path, dtype=None) if is_mace_model_file(path) else None
+    if not is_mace_checkpoint(payload):
+        return None
+    if mace_options is None:
+        raise CheckpointError("a mace_run_train checkpoint holds the weights only: give the options it was trained "
+                              "with (--mace-options FILE, mace_options=...) or use the run's .model file", file=str(path))
+    return load_mace_checkpoint(path, mace_options, dtype=None)
+
+
+def load_model(path: PathLike, device: Union[str, torch.device] = "cpu", head: Optional[str] = None,
+               mace_options=None):
     """The model stored in ``path`` (frozen file or checkpoint), in eval mode on ``device``.
 
     head: task of a multi-task checkpoint to return (its single-task head); None returns the whole
-    multi-task model (which runs its first task).
+    multi-task model (which runs its first task). mace-torch's files load too: a ``.model`` file
+    (read by a restricted unpickler, its code never runs) and a mace_run_train checkpoint, which
+    needs ``mace_options``, the options YAML (or dict) of its run (``mlpot.models.equivariant.mace``).
     """
     from mlpot.models import build_model
 
-    payload = read_model_file(path)
-    config, state, dtype, _ = _model_parts(payload, str(path))
-    model = build_model(config, dtype=_DTYPES.get(dtype, torch.float64))
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise CheckpointError(
-            f"weights do not fit the model config (missing: {missing[:5]}, unexpected: {unexpected[:5]})",
-            file=str(path),
-        )
+    path = Path(path)
+    model = _mace_model(path, None, mace_options) if path.is_file() else None
+    if model is None:
+        payload = read_model_file(path)
+        model = _mace_model(path, payload, mace_options)
+    if model is None:
+        config, state, dtype, _ = _model_parts(payload, str(path))
+        model = build_model(config, dtype=_DTYPES.get(dtype, torch.float64))
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        if missing or unexpected:
+            raise CheckpointError(
+                f"weights do not fit the model config (missing: {missing[:5]}, unexpected: {unexpected[:5]})",
+                file=str(path),
+            )
     if head is not None:
         model = select_head(model, head, str(path))
     return model.to(device).eval()
@@ -118,19 +142,23 @@ def save_frozen(payload: Dict[str, Any], path: PathLike) -> None:
     atomic_write_bytes(path, buffer.getvalue())
 
 
-def freeze(checkpoint: PathLike, output: PathLike, head: Optional[str] = None) -> Dict[str, Any]:
+def freeze(checkpoint: PathLike, output: PathLike, head: Optional[str] = None, mace_options=None) -> Dict[str, Any]:
     """Write the frozen model of ``checkpoint`` to ``output``; returns its metadata.
 
     head: the task to freeze from a multi-task checkpoint (required there; an error for a
     single-task one). The model is rebuilt and its weights loaded before writing, so a frozen file
-    that was written is known to load.
+    that was written is known to load. mace-torch files (``.model``, or a checkpoint with
+    ``mace_options``) freeze into an mlpot model of the same numbers.
     """
     from mlpot import __version__
 
     checkpoint, output = Path(checkpoint), Path(output)
-    payload = read_model_file(checkpoint)
-    _, _, dtype, step = _model_parts(payload, str(checkpoint))
-    model = select_head(load_model(checkpoint), head, str(checkpoint))
+    model = select_head(load_model(checkpoint, mace_options=mace_options), head, str(checkpoint))
+    payload = None if is_mace_model_file(checkpoint) else read_model_file(checkpoint)
+    if payload is None or is_mace_checkpoint(payload):
+        dtype, step = str(model.dtype).removeprefix("torch."), None
+    else:
+        _, _, dtype, step = _model_parts(payload, str(checkpoint))
     config = model.config
     metadata = {
         "type_map": list(model.type_map),

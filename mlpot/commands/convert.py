@@ -1,9 +1,11 @@
 """``mlpot convert CONFIG -o native.yaml``: turn a peer config into the native YAML.
 
-The peer format is detected from the file (DeePMD-kit ``input.json``/``.yaml``, or a DeePseudopot
-inputs folder holding ``NN_config.par``; front-ends of the other families plug in here as they land).
-The written YAML is validated against the native schema before it is written, so a converted file
-always loads with ``mlpot train native.yaml`` (``mlpot bands fit native.yaml RESULTS`` for bands).
+The peer format is detected from the file (DeePMD-kit ``input.json``/``.yaml``, a YAML of
+mace_run_train options, or a DeePseudopot inputs folder holding ``NN_config.par``; front-ends of the
+other families plug in here as they land). Relative paths of a mace_run_train YAML stay relative to
+the current folder, as mace_run_train reads them. The written YAML is validated against the native
+schema before it is written, so a converted file always loads with ``mlpot train native.yaml``
+(``mlpot bands fit native.yaml RESULTS`` for bands).
 """
 
 from __future__ import annotations
@@ -23,13 +25,15 @@ def add_arguments(parser) -> None:
 
 def convert_file(path: Path) -> dict:
     """The native config dict of a peer config file (format detected from its content)."""
-    from mlpot.config import deepmd
+    from mlpot.config import deepmd, mace
 
     if deepmd.is_deepmd_config(path):
         return deepmd.convert(path)
+    if mace.is_mace_config(path):
+        return mace.MaceFrontEnd.from_sources(path).to_native()
     raise ConfigError(
         "not a recognised peer config (expected a DeePMD-kit input with model/descriptor and "
-        "training/training_data)", file=str(path),
+        "training/training_data, or a YAML of mace_run_train options with train_file)", file=str(path),
     )
 
 

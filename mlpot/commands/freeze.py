@@ -1,7 +1,8 @@
 """``mlpot freeze [CHECKPOINT] -o model.pt [--head TASK]``: turn a training checkpoint into a standalone model file.
 
 ``--head TASK`` picks one task of a multi-task checkpoint (as ``dp freeze --head``); the frozen file
-is then that task's single-task model.
+is then that task's single-task model. A mace-torch ``.model`` file, or a mace_run_train checkpoint
+with ``--mace-options OPTIONS.yaml``, freezes into the mlpot model of the same numbers.
 
 CHECKPOINT defaults to the latest checkpoint named in ``./checkpoint`` (DeePMD's pointer file) or
 ``model.ckpt.pt``; ``-c DIR`` looks in DIR instead (as ``dp freeze -c``). The output loads with
@@ -20,6 +21,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("-c", "--checkpoint-folder", type=Path, default=Path("."), help="folder with the checkpoints")
     parser.add_argument("-o", "--output", type=Path, default=Path("frozen_model.pt"), help="frozen model file")
     parser.add_argument("--head", default=None, help="task of a multi-task checkpoint to freeze (model_dict key)")
+    parser.add_argument("--mace-options", default=None,
+                        help="options YAML of the run of a mace_run_train checkpoint given as CHECKPOINT")
 
 
 def latest_checkpoint(folder: Path) -> Path:
@@ -41,7 +44,7 @@ def run(args) -> int:
     from mlpot.calculators import freeze
 
     checkpoint = Path(args.checkpoint) if args.checkpoint else latest_checkpoint(args.checkpoint_folder)
-    metadata = freeze(checkpoint, args.output, head=args.head)
+    metadata = freeze(checkpoint, args.output, head=args.head, mace_options=args.mace_options)
     head = f" head {args.head}" if args.head else ""
     print(
         f"froze {checkpoint}{head} (step {metadata['step']}) into {args.output}: type_map {metadata['type_map']}, "

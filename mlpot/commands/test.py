@@ -8,7 +8,8 @@ of the selected types with ``-a``); DOS MAE/RMSE, per atom and (``-a``) atomic, 
 then a weighted average over all systems. ``-d PREFIX`` writes dp test's detail files (see
 :mod:`mlpot.calculators.scoring`); ``--plot PNG`` draws a parity plot of an energy model's files.
 DeePMD's options ``-m MODEL`` and ``-s SYSTEM`` are accepted too. MODEL is a frozen model or a
-checkpoint. Predictions stream into the error sums batch by batch (``--batch-size`` frames), with
+checkpoint, or a mace-torch ``.model`` file or mace_run_train checkpoint (with
+``--mace-options`` its options YAML). Predictions stream into the error sums batch by batch (``--batch-size`` frames), with
 per-atom work in chunks of ``--atom-chunk`` atoms: memory does not grow with the number of frames.
 """
 
@@ -41,6 +42,8 @@ def add_arguments(parser) -> None:
                         help="atoms per recomputed chunk of per-atom work (default 32; 0: whole frames)")
     parser.add_argument("--plot", type=Path, default=None, help="write a parity plot PNG")
     parser.add_argument("--device", default="cpu", help="torch device")
+    parser.add_argument("--mace-options", default=None,
+                        help="options YAML of the run of a mace_run_train checkpoint given as MODEL")
 
 
 def _model_and_data(args):
@@ -60,7 +63,7 @@ def run(args) -> int:
     from mlpot.data import FrameList, read_systems
 
     model_path, data_paths = _model_and_data(args)
-    model = load_model(model_path, device=args.device)
+    model = load_model(model_path, device=args.device, mace_options=args.mace_options)
     detail = args.detail_file
     if detail is None and args.plot is not None:
         detail = str(Path(tempfile.mkdtemp(prefix="mlpot_test_")) / "detail")

@@ -1,9 +1,14 @@
 """``mlpot train CONFIG [--restart CKPT] [--init-model CKPT] [--finetune MODEL [--model-branch B|RANDOM]
-[--use-pretrain-script]] [--output-dir DIR] [--no-progress]``.
+[--use-pretrain-script]] [--output-dir DIR] [--no-progress]``, or ``mlpot train --config mace.yaml
+[--<mace_run_train option> VALUE ...]``.
 
-CONFIG is a native YAML, or a peer config (DeePMD-kit ``input.json``/``.yaml``) converted on the
-fly by ``mlpot convert``'s front-ends. Launch with ``torchrun --nproc-per-node N -m mlpot.cli train
-CONFIG`` for data-parallel training. ``--restart`` resumes exactly (use ``latest`` for the newest
+CONFIG is a native YAML, or a peer config (DeePMD-kit ``input.json``/``.yaml``, a YAML of
+mace_run_train options) converted on the fly by ``mlpot convert``'s front-ends. ``--config FILE``
+and any other ``--option value`` are mace_run_train's (``mlpot.config.mace``): its
+``restart_latest``, ``foundation_model`` (as ``--finetune``), ``test_file`` (evaluated after
+training) and ``name`` (the frozen model is also written as ``<model_dir>/<name>.pt``) apply to
+the run. Launch with ``torchrun --nproc-per-node N -m mlpot.cli train CONFIG`` for data-parallel
+training. ``--restart`` resumes exactly (use ``latest`` for the newest
 checkpoint in the output folder); ``--init-model`` takes only the weights (step 0, fresh optimizer).
 ``--finetune`` starts from a pretrained model with the input's type_map (a subset of the pretrained
 one) and a change-by-statistic of the energy bias on the new data (the model family's
@@ -18,8 +23,34 @@ from pathlib import Path
 from mlpot.errors import ConfigError
 
 
+_OWN_VALUED = {"--restart", "--init-model", "--finetune", "--model-branch", "--output-dir", "--config", "--mace-options"}
+_OWN_FLAGS = {"--use-pretrain-script", "--no-progress", "-h", "--help"}
+
+
+def split_arguments(argv):
+    """(mlpot's own arguments, mace_run_train's): an unknown ``--option`` and the values after it
+    belong to mace_run_train (``mlpot.cli`` hands them over as ``args.extra``)."""
+    own, extra = [], []
+    values_to = None  # where a value that follows an option goes
+    for token in argv:
+        name = token.split("=", 1)[0]
+        if name in _OWN_VALUED or name in _OWN_FLAGS:
+            own.append(token)
+            values_to = own if name in _OWN_VALUED and "=" not in token else None
+        elif token.startswith("--"):
+            extra.append(token)
+            values_to = extra
+        else:  # the value of the previous option, or a positional argument of mlpot
+            (values_to if values_to is not None else own).append(token)
+            values_to = None if values_to is own else values_to
+    return own, extra
+
+
 def add_arguments(parser) -> None:
-    parser.add_argument("config", type=Path, help="native YAML or DeePMD input.json/.yaml")
+    parser.add_argument("config", type=Path, nargs="?", default=None,
+                        help="native YAML, DeePMD input.json/.yaml or a YAML of mace_run_train options")
+    parser.add_argument("--config", dest="mace_config", type=Path, default=None,
+                        help="YAML of mace_run_train options (other --options as mace_run_train takes them)")
     parser.add_argument("--restart", default=None,
                         help="checkpoint to resume exactly ('latest': the newest in the output folder)")
     parser.add_argument("--init-model", default=None, help="checkpoint or frozen model to take the weights from")
@@ -30,6 +61,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--use-pretrain-script", action="store_true",
                         help="take the model section from the pretrained model (type_map from the input)")
     parser.add_argument("--output-dir", type=Path, default=None, help="override output_dir of the config")
+    parser.add_argument("--mace-options", default=None,
+                        help="options YAML of the mace_run_train checkpoint given to --finetune / --init-model")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -47,10 +80,48 @@ def load_any_config(path: Path):
     return load_config(path)
 
 
+def load_train_config(args):
+    """(native config, run options) of the command line: a MACE-style front-end for ``--config`` or
+    extra options, else the positional config file."""
+    from mlpot.config import mace, validate_config
+
+    extra = list(getattr(args, "extra", None) or [])
+    mace_file = args.mace_config
+    if mace_file is None and args.config is not None and mace.is_mace_config(args.config):
+        mace_file = args.config
+    if mace_file is None and not extra:
+        if args.config is None:
+            raise ConfigError("give a config file: mlpot train CONFIG (or --config for mace_run_train options)",
+                              key="config")
+        return load_any_config(args.config), {}
+    if args.config is not None and args.config != mace_file:
+        raise ConfigError("give either a config file or mace_run_train options (--config FILE --option ...)",
+                          key="config")
+    front = mace.MaceFrontEnd.from_sources(mace_file, extra)
+    native = validate_config(front.to_native(), file=str(mace_file or "command line"), base_dir=Path.cwd())
+    return native, front.run_options()
+
+
+def _evaluate(model_file: Path, files, write=print) -> None:
+    """mlpot test's error report of ``model_file`` on each test file (mace_run_train's test_file)."""
+    from mlpot.calculators import load_model
+    from mlpot.calculators.evaluate import evaluate_frames, format_report, system_errors
+    from mlpot.data import read_frames
+
+    model = load_model(model_file)
+    for path in files:
+        errors = system_errors(evaluate_frames(model, read_frames(path, type_map=model.type_map), str(path)))
+        write("\n".join(format_report(errors, header=[f"test set {path}"])))
+
+
 def run(args) -> int:
     from mlpot.training.trainer import Trainer
 
-    config = load_any_config(args.config)
+    config, run_options = load_train_config(args)
+    if args.restart is None and run_options.get("restart"):
+        args.restart = run_options["restart"]
+    if args.finetune is None and run_options.get("finetune"):
+        args.finetune = run_options["finetune"]
     if args.output_dir is not None:
         config.output_dir = str(args.output_dir.resolve())
     restart = args.restart
@@ -62,7 +133,7 @@ def run(args) -> int:
         restart = str(latest) if latest else None
     from mlpot.calculators.export import freeze, load_model
 
-    init_weights = load_model(args.init_model).state_dict() if args.init_model else None
+    init_weights = load_model(args.init_model, mace_options=args.mace_options).state_dict() if args.init_model else None
     finetune = args.finetune if restart is None else None
     if finetune:
         from mlpot.models.registry import family_of
@@ -72,7 +143,8 @@ def run(args) -> int:
         family = family_of(config.model)
         if family.prepare_finetune is None:
             raise ConfigError(f"not supported yet: --finetune with a {family.name} model", key="--finetune")
-        plan = family.prepare_finetune(config, load_model(finetune), branch=args.model_branch,
+        plan = family.prepare_finetune(config, load_model(finetune, mace_options=args.mace_options),
+                                       branch=args.model_branch,
                                        use_pretrain_script=args.use_pretrain_script, file=str(args.config),
                                        pretrained_file=str(finetune))
         init_weights = plan.weights
@@ -88,6 +160,9 @@ def run(args) -> int:
         checkpoint = trainer.last_checkpoint or trainer.checkpoints.latest()
         if config.tasks is None:
             freeze(checkpoint, Path(config.output_dir) / "model.pt")
+            if run_options.get("model_file"):
+                freeze(checkpoint, run_options["model_file"])
+            _evaluate(Path(config.output_dir) / "model.pt", run_options.get("test_files") or [])
         else:  # multi-task: one frozen single-task model per head
             for task in config.tasks:
                 freeze(checkpoint, Path(config.output_dir) / f"model_{task}.pt", head=task)

@@ -8,6 +8,7 @@ The file's per-frame ``info`` keys, per-atom ``arrays`` and any results ASE move
 Per-config weights ``config_<name>_weight`` (``<name>`` = our key or the file's key) become
 ``<label>_weight``; ``config_dipole_weight`` may be a 3-vector (component mask).
 Units are taken as in the file: eV, Å, e, V/Å, stress eV/Å^3 (ASE sign convention).
+A one-atom frame with ``config_type=IsolatedAtom`` (MACE's reference atoms) gets ``ISOLATED_ATOM``.
 """
 
 from __future__ import annotations
@@ -49,7 +50,8 @@ for _our, _names in {
 # our own key names read back as themselves (what write_extxyz writes)
 for _name, _spec in K.KEYS.items():
     if _spec.level != "edge" and not _name.endswith("_weight") and _name not in (
-            K.POSITIONS, K.ATOM_TYPES, K.NUMBERS, K.CELL, K.PBC, K.BATCH, K.PTR, K.N_ATOMS, K.FRAME_ID):
+            K.POSITIONS, K.ATOM_TYPES, K.NUMBERS, K.CELL, K.PBC, K.BATCH, K.PTR, K.N_ATOMS, K.FRAME_ID,
+            K.ISOLATED_ATOM):
         DEFAULT_KEY_MAP.setdefault(_name, _name)
 
 
@@ -114,6 +116,8 @@ def read_extxyz(path, *, type_map: Optional[Sequence[str]] = None,
             K.CELL: np.array(atoms.get_cell()[:], dtype=np.float64),
             K.PBC: np.array(atoms.get_pbc(), dtype=bool),
         }
+        if len(atoms) == 1 and atoms.info.get("config_type") == "IsolatedAtom":
+            frame[K.ISOLATED_ATOM] = np.array(True)  # MACE's marker of an element's reference energy
         sources = dict(atoms.info)
         sources.update({k: v for k, v in atoms.arrays.items() if k not in ("numbers", "positions")})
         if atoms.calc is not None:
@@ -155,7 +159,7 @@ def write_extxyz(path, frames: Sequence[dict], *, type_map: Sequence[str]) -> Pa
         for key, value in frame.items():
             spec = K.KEYS.get(key)
             if key in (K.POSITIONS, K.ATOM_TYPES, K.NUMBERS, K.CELL, K.PBC) or spec is None \
-                    or spec.level == "edge" or key.endswith("_weight") or key == K.FRAME_ID:
+                    or spec.level == "edge" or key.endswith("_weight") or key in (K.FRAME_ID, K.ISOLATED_ATOM):
                 continue
             value = np.asarray(value)
             if key in (K.ENERGY, K.FORCES):
@@ -168,6 +172,8 @@ def write_extxyz(path, frames: Sequence[dict], *, type_map: Sequence[str]) -> Pa
                 weight = np.asarray(frame.get(K.weight_key(key), 1.0))
                 if np.any(weight != 1.0):
                     atoms.info[f"config_{key}_weight"] = weight
+        if frame.get(K.ISOLATED_ATOM, False):
+            atoms.info["config_type"] = "IsolatedAtom"
         if results:
             atoms.calc = SinglePointCalculator(atoms, **results)
         images.append(atoms)

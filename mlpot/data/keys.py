@@ -34,7 +34,7 @@ __all__ = [
     # structure / inputs
     "POSITIONS", "ATOM_TYPES", "NUMBERS", "CELL", "PBC", "BATCH", "N_ATOMS", "PTR",
     "EDGE_INDEX", "EDGE_SHIFTS", "FPARAM", "APARAM", "TOTAL_CHARGE", "FERMI_LEVEL",
-    "EXTERNAL_FIELD", "FRAME_ID",
+    "EXTERNAL_FIELD", "FRAME_ID", "ISOLATED_ATOM",
     # labels
     "ENERGY", "ATOM_ENERGY", "FORCES", "VIRIAL", "STRESS", "CHARGES", "ATOMIC_MULTIPOLES",
     "DIPOLE", "ATOMIC_DIPOLE", "POLARIZABILITY", "ATOMIC_POLARIZABILITY", "ESPS", "DOS",
@@ -86,6 +86,11 @@ BATCH = _key("batch", "atom", (), "int", "-", "frame index of each atom (n_atoms
 N_ATOMS = _key("n_atoms", "frame", (), "int", "-", "atoms per frame (n_frames,)")
 PTR = _key("ptr", "frame", (), "int", "-", "offsets of each frame's first atom (n_frames + 1,)")
 FRAME_ID = _key("frame_id", "frame", (), "int", "-", "index of the frame in its dataset (n_frames,)")
+ISOLATED_ATOM = _key(
+    "isolated_atom", "frame", (), "bool", "-",
+    "the frame is one isolated reference atom (extxyz config_type=IsolatedAtom, MACE): its energy is the element's "
+    "E0 (n_frames,)", default=0.0,
+)
 EDGE_INDEX = _key("edge_index", "edge", (), "int", "-", "(2, n_edges): row 0 centre i, row 1 neighbour j")
 EDGE_SHIFTS = _key("edge_shifts", "edge", (3,), "float", "-", "integer cell shifts of neighbour j (n_edges, 3)")
 FPARAM = _key("fparam", "frame", (-1,), "float", "any", "frame parameters (n_frames, numb_fparam)")

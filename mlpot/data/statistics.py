@@ -6,8 +6,9 @@
   returned [COMPAT], b ∝ composition (water data_0 + data_1: O -93.57366, H -187.14733 eV).
 * Energy per atom mean and std, residual of the bias fit (std per frame, RMS per atom), forces
   RMS overall and per type (label RMS over Cartesian components), label counts.
-* At a cutoff: mean neighbours per atom (overall and per centre type), maximum neighbours per
-  neighbour type over all centres (DeePMD's neighbour stat for ``sel: "auto"``), minimum distance.
+* At a cutoff: mean neighbours per atom (overall, per centre type, and over the atoms that have at least
+  one neighbour: MACE's ``avg_num_neighbors``), maximum neighbours per neighbour type over all centres
+  (DeePMD's neighbour stat for ``sel: "auto"``), minimum distance.
 
 The cache (a :class:`~mlpot.data.stat_file.StatisticsFile`, DeePMD's ``stat_file``: an HDF5 file or
 a directory) keys the record by a hash of the source files (path, size, mtime), the cutoff, the
@@ -34,7 +35,7 @@ from mlpot.data.neighbors import neighbor_counts, neighbor_list
 
 __all__ = ["DatasetStatistics", "compute_statistics", "energy_bias_lstsq", "auto_sel"]
 
-_CACHE_VERSION = 1
+_CACHE_VERSION = 2
 
 
 @dataclasses.dataclass
@@ -56,6 +57,7 @@ class DatasetStatistics:
     cutoff: Optional[float] = None
     mean_neighbors: Optional[float] = None
     mean_neighbors_per_type: Optional[List[Optional[float]]] = None  # per centre type
+    mean_neighbors_connected: Optional[float] = None  # over the atoms with at least one neighbour
     max_neighbors_per_type: Optional[List[int]] = None  # per neighbour type (DeePMD neighbour stat)
     min_distance: Optional[float] = None
     sources: List[str] = dataclasses.field(default_factory=list)
@@ -208,6 +210,7 @@ def _neighbor_statistics(stats, frames, n_types, cutoff, dataset) -> None:
     max_per_type = np.zeros(n_types, dtype=np.int64)
     sum_per_centre = np.zeros(n_types)
     atoms_per_centre = np.zeros(n_types)
+    connected = 0
     min_distance = math.inf
     for index, frame in enumerate(frames):
         if use_cache:
@@ -219,6 +222,7 @@ def _neighbor_statistics(stats, frames, n_types, cutoff, dataset) -> None:
         max_per_type = np.maximum(max_per_type, table.max(0, initial=0))
         sum_per_centre += np.bincount(types, weights=table.sum(1), minlength=n_types)
         atoms_per_centre += np.bincount(types, minlength=n_types)
+        connected += int(np.count_nonzero(table.sum(1)))
         if edge_index.shape[1]:
             positions = frame[K.POSITIONS]
             vectors = positions[edge_index[1]] - positions[edge_index[0]] + shifts @ frame[K.CELL]
@@ -226,5 +230,6 @@ def _neighbor_statistics(stats, frames, n_types, cutoff, dataset) -> None:
     stats.cutoff = cutoff
     stats.max_neighbors_per_type = max_per_type.tolist()
     stats.mean_neighbors = float(sum_per_centre.sum() / max(atoms_per_centre.sum(), 1))
+    stats.mean_neighbors_connected = float(sum_per_centre.sum() / max(connected, 1))
     stats.mean_neighbors_per_type = [float(s / a) if a else None for s, a in zip(sum_per_centre, atoms_per_centre)]
     stats.min_distance = None if math.isinf(min_distance) else min_distance

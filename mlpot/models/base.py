@@ -8,7 +8,8 @@ BATCH, so that autograd through the positions and the cell gives forces and stra
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Dict, Iterable, List, Optional, Sequence, Tuple
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -18,9 +19,19 @@ from mlpot.data.neighbors import edge_vectors as _edge_vectors
 if TYPE_CHECKING:
     from mlpot.models.output_bias import OutputBias
 
-__all__ = ["AtomisticModel", "edge_vectors", "n_frames_of"]
+__all__ = ["AtomisticModel", "FineTune", "edge_vectors", "n_frames_of"]
 
 Batch = Dict[str, torch.Tensor]
+
+
+@dataclass
+class FineTune:
+    """What a family's ``prepare_finetune`` hook returns to ``mlpot train --finetune``: the initial
+    weights, and ``after_statistics(model, samples, write)``, run once the data-statistics sample
+    exists (bias or E0 updates by statistic)."""
+
+    weights: Dict[str, torch.Tensor]
+    after_statistics: Callable[[torch.nn.Module, list, Callable[[str], None]], Any]
 
 
 def n_frames_of(batch: Batch) -> int:

@@ -6,7 +6,8 @@ training engine calls without knowing the family:
 * ``check_section(section)``: validate a model section (typed, key paths and suggestions in errors);
 * ``build(section, dtype)``: the model;
 * ``resolve_from_data(section, probes)``: a copy of the section with what depends on the training
-  data filled in (DeePMD ``sel: "auto"``; average neighbour counts, E0s... for other families).
+  data filled in (DeePMD ``sel: "auto"``; MACE's elements, E0s, average neighbour count, scale and
+  shift).
   ``probes``: task name ("" for single-task training) -> :class:`DataProbe`;
 * ``prepare_finetune(config, pretrained, ...)``: adapt a config to a pretrained model (type maps,
   section check) and return its initial weights.
@@ -33,6 +34,8 @@ from mlpot.errors import ConfigError
 from mlpot.models import deepmd
 from mlpot.models.base import AtomisticModel
 from mlpot.models.compose import build_frozen, build_linear_ener
+from mlpot.models.equivariant.mace import build_mace
+from mlpot.models.equivariant.mace import hooks as mace_hooks
 from mlpot.models.pair import build_pairtab, with_short_range_table
 from mlpot.nn import Registry
 
@@ -40,10 +43,26 @@ __all__ = ["DataProbe", "ModelFamily", "FAMILIES", "MODELS", "family_of", "check
 
 
 class DataProbe(Protocol):
-    """The training data of one task as a family hook sees it (read once, cached)."""
+    """The training data of one task as a family hook sees it (read once, cached): the training
+    frames (the training part of a ``valid_fraction`` split, isolated-atom frames set aside)."""
 
     def max_neighbors(self, cutoff: float, type_map: Sequence[str]) -> np.ndarray:
         """Maximum neighbour count per neighbour type within ``cutoff`` Å over all centres."""
+
+    def mean_neighbors(self, cutoff: float, type_map: Sequence[str]) -> float:
+        """Mean neighbour count within ``cutoff`` Å over the atoms that have at least one neighbour."""
+
+    def atomic_numbers(self) -> list:
+        """Sorted atomic numbers of the elements in the training data."""
+
+    def energy_composition(self, type_map: Sequence[str]) -> Tuple[np.ndarray, np.ndarray]:
+        """(atoms per type (n_frames, n_types), energy (n_frames,) eV) of the frames with an energy label."""
+
+    def forces_rms(self, type_map: Sequence[str]) -> Optional[float]:
+        """Root mean square force component, eV/Å (None without force labels)."""
+
+    def isolated_atom_energies(self, type_map: Sequence[str]) -> Dict[int, float]:
+        """{type index: eV} of the isolated reference atoms (``ISOLATED_ATOM`` frames) of the training files."""
 
 
 @dataclass(frozen=True)
@@ -81,6 +100,9 @@ def _register_families() -> None:
                # family-neutral composites, spelt as DeePMD-kit's model types
                "linear_ener": functools.partial(build_linear_ener, build=build_model), "pairtab": build_pairtab,
                "frozen": functools.partial(build_frozen, build=build_model)})
+    _register(ModelFamily("mace", ("mace",), check_section=mace_hooks.check_section, build=build_mace,
+                          resolve_from_data=mace_hooks.resolve_from_data, prepare_finetune=mace_hooks.prepare_finetune),
+              {"mace": build_mace})
 
 
 def family_of(section: Mapping[str, Any]) -> ModelFamily:

@@ -157,6 +157,7 @@ def trainer_state(trainer) -> Dict[str, Any]:
             "ema": trainer.ema.state_dict() if trainer.ema else None,
             "rng": rng_state(), "step": trainer.step, "epoch": trainer.epoch, "nonfinite": trainer.nonfinite,
             "full_validation": trainer.full_validation.state_dict(),
+            "early_stopping": trainer.early_stopping.state_dict(),
             "config": trainer.config.model_dump(mode="json")}
 
 
@@ -179,6 +180,7 @@ def restore_trainer_state(trainer, state: Dict[str, Any], path: PathLike) -> Non
         if trainer.task_sampler is not None:
             trainer.task_sampler.load_state_dict(state["task_sampler"])
         trainer.step, trainer.epoch, trainer.nonfinite = int(state["step"]), int(state["epoch"]), int(state["nonfinite"])
+        trainer.early_stopping.load_state_dict(state.get("early_stopping"))
         set_rng_state(state["rng"])
     except (KeyError, RuntimeError, ValueError) as exc:
         raise CheckpointError(f"checkpoint does not fit this config: {exc}", file=str(path)) from None

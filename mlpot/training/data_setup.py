@@ -13,6 +13,10 @@ a :class:`~mlpot.data.TaskSampler` picks the task of each step (``prob`` normali
 proportional to the number of training systems of each task, as DeePMD-kit's ``model_prob``).
 Batches are float64 (data precision); the model casts to its own precision.
 
+``data.valid_fraction`` validates on frames held out of the training files (:func:`split_frames`,
+mace_run_train's split); ``isolated_atoms: exclude`` leaves the ``ISOLATED_ATOM`` reference frames
+(MACE's E0s) out of the batches; ``drop_last`` drops a short last batch of each epoch.
+
 The training data of each task are read once (:class:`DataProbe`): the family hook that fills in
 what depends on the data (``ModelFamily.resolve_from_data``: DeePMD ``sel: "auto"``...) and the
 datasets share that read; the neighbour statistics and the model's data statistics go through
@@ -33,6 +37,7 @@ from mlpot.data import (AtomsDataset, EpochSampler, SystemSampler, TaskSampler, 
                         resolve_batch_sizes, task_probabilities)
 from mlpot.data import keys as K
 from mlpot.data.batching import concat_frame_lists
+from mlpot.data.frames import FrameList
 from mlpot.data.stat_file import StatisticsFile
 from mlpot.errors import ConfigError
 
@@ -45,36 +50,107 @@ __all__ = ["TrainingData", "MultiTaskData", "build_training_data"]
 _OPTIONAL_INPUTS = (K.FPARAM, K.APARAM)
 
 
+def split_frames(frames: FrameList, fraction: float, seed: int) -> Tuple[FrameList, FrameList]:
+    """(training, validation) frames of a random hold-out, as mace_run_train splits: a numpy
+    ``default_rng(seed)`` shuffle of the frame indices; the first n_train = min(n - int(fraction * n),
+    n - 1) frames train, the rest validate (each part in shuffled order)."""
+    size = len(frames)
+    if size < 2:
+        raise ConfigError(f"valid_fraction needs at least 2 training frames, got {size}", key="data.valid_fraction")
+    n_train = min(size - int(fraction * size), size - 1)
+    indices = list(range(size))
+    np.random.default_rng(seed).shuffle(indices)
+    part = lambda chosen: FrameList([frames[i] for i in chosen], frames.type_map, frames.source)  # noqa: E731
+    return part(indices[:n_train]), part(indices[n_train:])
+
+
 class DataProbe:
     """The systems of one data section, read once per type map (``mlpot.models.registry.DataProbe``).
 
     ``systems(type_map, skip)`` reads on first use and then serves later requests whose ``skip``
-    contains the first one's (the keys they need were read); ``max_neighbors`` computes neighbour
-    statistics on those frames through the statistics file.
+    contains the first one's (the keys they need were read). Frames marked ``ISOLATED_ATOM`` are
+    set aside when the section excludes them; with ``valid_fraction`` the systems are the training
+    part of the split (one system) and ``held_out`` the validation part. The statistics the family
+    hooks read (neighbour counts, energies and composition, forces RMS, isolated-atom energies) are
+    those of the training frames; neighbour statistics go through the statistics file.
     """
 
-    def __init__(self, section: DataSection, store: Optional[StatisticsFile] = None, cutoff: Optional[float] = None):
+    def __init__(self, section: DataSection, store: Optional[StatisticsFile] = None, cutoff: Optional[float] = None,
+                 valid_fraction: Optional[float] = None, split_seed: int = 0):
         self.section, self.store, self.cutoff = section, store, cutoff  # cutoff: data.cutoff, overriding the model's
-        self._read: Dict[tuple, tuple] = {}  # type_map -> (skip used, systems)
+        self.valid_fraction, self.split_seed = valid_fraction, split_seed
+        self._read: Dict[tuple, tuple] = {}  # type_map -> (skip used, systems, held-out frames, isolated frames)
         self.reads = 0
 
-    def systems(self, type_map: Sequence[str], skip: Sequence[str] = ()):
+    def _parts(self, type_map: Sequence[str], skip: Sequence[str] = ()):
         cached = self._read.get(tuple(type_map))
         if cached is not None and set(cached[0]) <= set(skip):
-            return cached[1]
+            return cached[1:]
         fmt = None if self.section.format == "auto" else self.section.format
         systems = read_systems(self.section.paths, fmt, type_map=list(type_map), key_map=self.section.key_map or None,
                                skip=tuple(skip))
         self.reads += 1
-        self._read[tuple(type_map)] = (tuple(skip), systems)
-        return systems
+        isolated = [(f, s.source) for s in systems for f in s if f.get(K.ISOLATED_ATOM, False)]
+        if self.section.isolated_atoms == "exclude" and isolated:
+            systems = [FrameList([f for f in s if not f.get(K.ISOLATED_ATOM, False)], s.type_map, s.source, s.sources)
+                       for s in systems]
+            systems = [s for s in systems if len(s)]
+        held_out = None
+        if self.valid_fraction is not None:
+            train, held_out = split_frames(concat_frame_lists(systems), self.valid_fraction, self.split_seed)
+            systems = [train]
+        self._read[tuple(type_map)] = (tuple(skip), systems, held_out, isolated)
+        return systems, held_out, isolated
+
+    def systems(self, type_map: Sequence[str], skip: Sequence[str] = ()):
+        return self._parts(type_map, skip)[0]
+
+    def held_out(self, type_map: Sequence[str], skip: Sequence[str] = ()) -> Optional[FrameList]:
+        """The validation frames of the valid_fraction split (None without one)."""
+        return self._parts(type_map, skip)[1]
+
+    def _frames(self, type_map: Sequence[str]) -> FrameList:
+        return concat_frame_lists(self.systems(type_map, _OPTIONAL_INPUTS))
 
     def max_neighbors(self, cutoff: float, type_map: Sequence[str]) -> np.ndarray:
+        return np.asarray(self._statistics(cutoff, type_map).max_neighbors_per_type)
+
+    def mean_neighbors(self, cutoff: float, type_map: Sequence[str]) -> float:
+        """Mean neighbour count within ``cutoff`` Å over the training atoms that have at least one."""
+        return float(self._statistics(cutoff, type_map).mean_neighbors_connected)
+
+    def _statistics(self, cutoff: float, type_map: Sequence[str]):
         from mlpot.data import compute_statistics
 
-        frames = concat_frame_lists(self.systems(type_map, _OPTIONAL_INPUTS))
-        stats = compute_statistics(frames, list(type_map), float(self.cutoff or cutoff), cache=self.store)
-        return np.asarray(stats.max_neighbors_per_type)
+        return compute_statistics(self._frames(type_map), list(type_map), float(self.cutoff or cutoff), cache=self.store)
+
+    def atomic_numbers(self) -> List[int]:
+        """Sorted atomic numbers of the elements in the training data (isolated atoms included)."""
+        systems = read_systems(self.section.paths, None if self.section.format == "auto" else self.section.format,
+                               key_map=self.section.key_map or None, skip=_OPTIONAL_INPUTS)
+        return sorted({int(z) for system in systems for frame in system for z in frame[K.NUMBERS]})
+
+    def energy_composition(self, type_map: Sequence[str]) -> Tuple[np.ndarray, np.ndarray]:
+        """(atoms per type (n_frames, n_types), energy (n_frames,) eV) of the training frames with an energy."""
+        frames = [f for f in self._frames(type_map) if K.ENERGY in f and float(f.get(K.weight_key(K.ENERGY), 1.0)) > 0]
+        counts = np.array([np.bincount(f[K.ATOM_TYPES], minlength=len(type_map)) for f in frames], dtype=np.float64)
+        return counts.reshape(len(frames), len(type_map)), np.array([float(f[K.ENERGY]) for f in frames])
+
+    def forces_rms(self, type_map: Sequence[str]) -> Optional[float]:
+        """Root mean square force component (eV/Å) over the training frames with forces (None without)."""
+        forces = [f[K.FORCES] for f in self._frames(type_map) if K.FORCES in f
+                  and float(f.get(K.weight_key(K.FORCES), 1.0)) > 0]
+        return float(np.sqrt(np.mean(np.concatenate(forces) ** 2))) if forces else None
+
+    def isolated_atom_energies(self, type_map: Sequence[str]) -> Dict[int, float]:
+        """{type index: energy (eV)} of the ISOLATED_ATOM frames with an energy (per type, the mean over
+        the files that have one; within a file the last one counts, as mace_run_train reads them)."""
+        per_file: Dict[tuple, float] = {}
+        for frame, source in self._parts(type_map, _OPTIONAL_INPUTS)[2]:
+            if K.ENERGY in frame:
+                per_file[(int(frame[K.ATOM_TYPES][0]), source)] = float(frame[K.ENERGY])
+        types = sorted({t for t, _ in per_file})
+        return {t: float(np.mean([e for (u, _), e in per_file.items() if u == t])) for t in types}
 
 
 def _dataset(probe: DataProbe, type_map, cutoff: float, skip=()):
@@ -89,7 +165,8 @@ def _sampler(section: DataSection, sizes, n_atoms, seed: int, shuffle: bool):
         return SystemSampler(sizes, section.batch_size, n_atoms=n_atoms, auto_prob=section.auto_prob,
                              sys_probs=section.sys_probs, seed=seed)
     batch_size = resolve_batch_sizes(section.batch_size, [max(1, int(np.mean(n_atoms)))])[0]
-    return EpochSampler(sum(sizes), batch_size, shuffle=shuffle and section.shuffle, seed=seed)
+    return EpochSampler(sum(sizes), batch_size, shuffle=shuffle and section.shuffle, drop_last=section.drop_last,
+                        seed=seed)
 
 
 @dataclass
@@ -140,8 +217,10 @@ def _stat_file(data_config: DataConfig) -> Optional[StatisticsFile]:
     return None if data_config.stat_file is None else StatisticsFile(data_config.stat_file, data_config.stat_file_mode)
 
 
-def _probe(data_config: DataConfig) -> DataProbe:
-    return DataProbe(data_config.train, _stat_file(data_config), data_config.cutoff)
+def _probe(data_config: DataConfig, seed: int) -> DataProbe:
+    split_seed = seed if data_config.split_seed is None else data_config.split_seed
+    return DataProbe(data_config.train, _stat_file(data_config), data_config.cutoff, data_config.valid_fraction,
+                     split_seed)
 
 
 def model_statistics(model: torch.nn.Module, samples, store: Optional[StatisticsFile], identity,
@@ -191,7 +270,14 @@ def _datasets(model, probe: DataProbe, data_config: DataConfig, seed: int, devic
     _, train, sizes, n_atoms = _dataset(probe, list(model.type_map), cutoff, skip)
     sampler = _sampler(data_config.train, sizes, n_atoms, seed, shuffle=True)
     data = TrainingData(model, train, sampler, device=device)
-    if data_config.valid is not None:
+    held_out = probe.held_out(list(model.type_map), skip)
+    if held_out is not None:  # valid_fraction: batched as data.valid says, else as the training data
+        section = data_config.valid or data_config.train
+        data.valid = AtomsDataset(held_out, cutoff, type_map=list(model.type_map))
+        n_valid_atoms = [int(round(np.mean([len(f[K.POSITIONS]) for f in held_out])))]
+        data.valid_sampler = _sampler(section.model_copy(update={"sampler": "epoch"}), [len(held_out)], n_valid_atoms,
+                                      seed + 1, shuffle=False)
+    elif data_config.valid is not None:
         _, valid, vsizes, vatoms = _dataset(DataProbe(data_config.valid), list(model.type_map), cutoff, skip)
         data.valid = valid
         data.valid_sampler = _sampler(data_config.valid, vsizes, vatoms, seed + 1, shuffle=False)
@@ -223,7 +309,7 @@ def build_training_data(config: NativeConfig, dtype: torch.dtype, *, file: Optio
     family = family_of(config.model)
     if config.tasks is not None:
         return _build_multi_task_data(config, family, dtype, with_statistics, device, log)
-    probe = _probe(config.data)
+    probe = _probe(config.data, config.seed)
     section = family.resolve_from_data(config.model, {"": probe}) if family.resolve_from_data else config.model
     model = build_model(section, dtype=dtype)
     data, samples = _datasets(model, probe, config.data, config.seed, device)
@@ -240,7 +326,7 @@ def _build_multi_task_data(config: NativeConfig, family, dtype: torch.dtype, wit
     """Heads, per-task data and the task sampler; statistics of shared modules pooled over tasks (the model's)."""
     from mlpot.models.registry import build_model
 
-    probes = {name: _probe(task.data) for name, task in config.tasks.items()}
+    probes = {name: _probe(task.data, config.seed) for name, task in config.tasks.items()}
     section = family.resolve_from_data(config.model, probes) if family.resolve_from_data else config.model
     model = build_model(section, dtype=dtype)
     tasks: Dict[str, TrainingData] = {}

@@ -70,13 +70,14 @@ def build_optimizer(
 
 
 class ScheduleFactor:
-    """Picklable ``step -> lr(step) / start_lr`` for ``LambdaLR``."""
+    """Picklable ``step -> lr(step // steps_per_unit) / start_lr`` for ``LambdaLR`` (steps_per_unit:
+    the steps of an epoch for a per-epoch schedule, else 1)."""
 
-    def __init__(self, schedule):
-        self.schedule = schedule
+    def __init__(self, schedule, steps_per_unit: int = 1):
+        self.schedule, self.steps_per_unit = schedule, max(1, int(steps_per_unit))
 
     def __call__(self, step: int) -> float:
-        return self.schedule.lr(step) / self.schedule.start_lr
+        return self.schedule.lr(step // getattr(self, "steps_per_unit", 1)) / self.schedule.start_lr
 
 
 def build_lr_scheduler(
@@ -86,6 +87,7 @@ def build_lr_scheduler(
     start_lr: Optional[float] = None,
     key: str = "lr_schedule",
     file: Optional[str] = None,
+    steps_per_unit: int = 1,
     **options,
 ):
     """Scheduler for ``optimizer``; call ``.step()`` after every optimizer step (``.step(metric)``
@@ -105,7 +107,7 @@ def build_lr_scheduler(
         options.setdefault("eps", 0.0)
         return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, **options)
     schedule = build_schedule(type, start_lr, key=key, file=file, **options)
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, ScheduleFactor(schedule))
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, ScheduleFactor(schedule, steps_per_unit))
 
 
 def current_lr(optimizer: torch.optim.Optimizer) -> float:
@@ -179,10 +181,11 @@ def _schedule_options(sched, base_lr: float, total_steps: int):
 
 
 def build_training_optimizer(model: torch.nn.Module, optimizer_cfg, schedule_cfg, total_steps: int,
-                             world_size: int = 1, file: Optional[str] = None) -> OptimizerSetup:
+                             world_size: int = 1, file: Optional[str] = None, steps_per_epoch: int = 1) -> OptimizerSetup:
     """The optimizer and scheduler of the native ``optimizer`` and ``lr_schedule`` sections for
-    ``model``'s trainable parameters over ``total_steps`` steps; the base lr is scaled by the number
-    of data-parallel workers (``scale_by_worker`` linear | sqrt | none)."""
+    ``model``'s trainable parameters over ``total_steps`` steps (``lr_schedule.per_epoch``: the
+    schedule counts epochs of ``steps_per_epoch`` steps); the base lr is scaled by the number of
+    data-parallel workers (``scale_by_worker`` linear | sqrt | none)."""
     base_lr = optimizer_cfg.lr or schedule_cfg.start_lr or 1e-3
     base_lr *= {"linear": world_size, "sqrt": math.sqrt(world_size), "none": 1.0}[schedule_cfg.scale_by_worker]
     groups, names = _parameter_groups(model, optimizer_cfg, base_lr, file)
@@ -193,6 +196,9 @@ def build_training_optimizer(model: torch.nn.Module, optimizer_cfg, schedule_cfg
         kwargs["betas"] = tuple(optimizer_cfg.betas)
     optimizer = build_optimizer(optimizer_cfg.name, groups, file=file, lr=base_lr, **kwargs)
     initial_lrs = [g["lr"] for g in optimizer.param_groups]
-    warmup, options = _schedule_options(schedule_cfg, base_lr, total_steps)
-    scheduler = build_lr_scheduler(optimizer, schedule_cfg.type, start_lr=base_lr, file=file, **options)
+    per_unit = max(1, int(steps_per_epoch)) if schedule_cfg.per_epoch else 1
+    warmup, options = _schedule_options(schedule_cfg, base_lr, -(-total_steps // per_unit))
+    scheduler = build_lr_scheduler(optimizer, schedule_cfg.type, start_lr=base_lr, file=file,
+                                   steps_per_unit=per_unit, **options)
+    warmup *= per_unit
     return OptimizerSetup(optimizer, scheduler, names, initial_lrs, base_lr, warmup, schedule_cfg.type == "plateau")

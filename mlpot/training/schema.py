@@ -26,11 +26,9 @@ from typing import Any, Dict, List, Literal, Optional, Union
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
-__all__ = [
-    "Strict", "DataSection", "DataConfig", "OptimizerGroup", "OptimizerConfig", "LRScheduleConfig",
-    "LossTerm", "LossConfig", "TaskConfig", "TrainingConfig", "Stage", "EMAConfig", "LoggingConfig",
-    "CheckpointConfig", "FullValidationConfig", "FULL_VALIDATION_METRICS", "NativeConfig",
-]
+__all__ = ["Strict", "DataSection", "DataConfig", "OptimizerGroup", "OptimizerConfig", "LRScheduleConfig", "LossTerm",
+           "LossConfig", "TaskConfig", "TrainingConfig", "Stage", "EMAConfig", "LoggingConfig", "CheckpointConfig",
+           "FullValidationConfig", "FULL_VALIDATION_METRICS", "NativeConfig"]
 
 _BATCH_SIZE = re.compile(r"^(auto|auto:\d+|max:\d+|filter:\d+|mixed:\d+)$")
 
@@ -44,9 +42,10 @@ class Strict(BaseModel):
 class DataSection(Strict):
     """One dataset (training or validation): a list of systems/files and how to batch them."""
 
-    paths: List[str] = Field(min_length=1, description="DeePMD system folders, HDF5 groups (file.h5#/group) or files, or extxyz files")
+    paths: List[str] = Field(description="DeePMD system folders, HDF5 groups (file.h5#/group) or files, or extxyz "
+                             "files; empty for a validation set held out of the training data (valid_fraction)")
     format: str = Field("auto", description="auto | deepmd | deepmd/npy | deepmd/raw | deepmd/hdf5 | extxyz")
-    key_map: Dict[str, str] = Field(default_factory=dict, description="file key -> batch key")
+    key_map: Dict[str, Optional[str]] = Field(default_factory=dict, description="file key -> batch key (null: unread)")
     type_map: Optional[List[str]] = None
     set_prefix: str = "set"
     batch_size: Union[int, List[int], str] = Field(
@@ -57,6 +56,9 @@ class DataSection(Strict):
     numb_btch: int = Field(1, ge=0, validation_alias=AliasChoices("numb_btch", "numb_batch"),
                            description="validation batches per evaluation (DeePMD); 0 = all")
     shuffle: bool = True
+    drop_last: bool = Field(False, description="epoch sampler: leave out a last batch shorter than batch_size (MACE)")
+    isolated_atoms: Literal["keep", "exclude"] = Field("keep", description="exclude: ISOLATED_ATOM frames are not "
+                                                       "batched (their energies stay visible to data hooks: MACE E0s)")
 
     @field_validator("batch_size")
     @classmethod
@@ -79,6 +81,17 @@ class DataConfig(Strict):
     stat_file_mode: Literal["update", "read"] = Field(
         "update", description="update: read what is there, write what is missing; read: never write (the "
         "statistics must be there)")
+    valid_fraction: Optional[float] = Field(None, gt=0, lt=1, description="hold out this fraction of the training "
+                                            "frames for validation (MACE's split, see data_setup.split_frames)")
+    split_seed: Optional[int] = Field(None, description="seed of the valid_fraction split (default: the config seed)")
+
+    @model_validator(mode="after")
+    def _sources(self):
+        if not self.train.paths:
+            raise ValueError("train.paths is empty: give at least one dataset")
+        if self.valid is not None and bool(self.valid.paths) == (self.valid_fraction is not None):
+            raise ValueError("valid: give either valid.paths or valid_fraction (then valid sets only the batching)")
+        return self
 
 
 class OptimizerGroup(Strict):
@@ -119,6 +132,8 @@ class LRScheduleConfig(Strict):
     patience: int = Field(10, ge=0, description="plateau, in validations")
     min_lr: float = Field(0.0, ge=0, description="plateau")
     scale_by_worker: Literal["linear", "sqrt", "none"] = "none"
+    per_epoch: bool = Field(False, description="the schedule advances once per epoch: decay_steps, step_size and "
+                            "warmup_steps count epochs (MACE's ExponentialLR)")
 
 
 class LossTerm(Strict):
@@ -190,6 +205,11 @@ class TrainingConfig(Strict):
     clip_grad_norm: Optional[float] = Field(None, gt=0, validation_alias=AliasChoices("clip_grad_norm", "gradient_max_norm"))
     max_nonfinite: int = Field(100, ge=0, description="stop after this many skipped non-finite steps")
     valid_freq: Optional[int] = Field(None, ge=1, description="validate every N steps (default disp_freq)")
+    valid_epochs: Optional[int] = Field(None, ge=1, description="also validate after epoch e (0-based) when "
+                                        "e % valid_epochs == 0 (MACE eval_interval)")
+    patience: Optional[int] = Field(None, ge=1, description="early stopping: after this many validations in a row "
+                                    "without a validation loss below the stage's best, stop, or go on with the next "
+                                    "train_schedule stage when there is one (MACE patience)")
     change_bias_after_training: bool = Field(
         True, description="after the last step, shift the energy bias by a least-squares fit of the "
         "remaining error on the statistics sample (DeePMD-kit's change-by-statistic; its default is off)")

@@ -13,6 +13,10 @@ display), validation values averaged over ``numb_btch`` batches with atom-count
 weights), a metrics-CSV row (pooled validation RMSE/MAE per label), TensorBoard scalars. Every
 train and validation batch writes a ``loss breakdown:`` line to the debug log.
 
+Epoch runs may also validate and display at the end of every ``training.valid_epochs``-th epoch
+(MACE's eval_interval); ``training.patience`` stops the run (or moves to the next stage) after that
+many validations without a lower validation loss (:mod:`mlpot.training.early_stopping`).
+
 Checkpoints (rank 0, atomic) hold everything needed for an exact resume: model config and weights,
 optimizer, schedulers, EMA, RNG states (torch, numpy, python), sampler positions, step and epoch.
 
@@ -43,6 +47,7 @@ from mlpot.models.output_bias import energy_bias, refit_energy_bias
 from mlpot.training.checkpoint import CheckpointManager, load_checkpoint, restore_trainer_state, trainer_state
 from mlpot.training.data_setup import TrainingData, build_training_data
 from mlpot.training.distributed import DistInfo, init_distributed, shard_indices
+from mlpot.training.early_stopping import EarlyStopping
 from mlpot.training.ema import ExponentialMovingAverage
 from mlpot.training.full_validation import FullValidation
 from mlpot.training.logging import TrainingLog, WindowMean, format_loss_breakdown
@@ -98,10 +103,11 @@ class Trainer:
         self.tasks = Tasks(self.data, config, self.plan.stages, file)
         self.tasks.check_loss_inputs()
         setup = build_training_optimizer(self.model, config.optimizer, config.lr_schedule, self.total_steps,
-                                         self.dist.world_size, file)
+                                         self.dist.world_size, file, steps_per_epoch=self.steps_per_epoch)
         self.optimizer, self.scheduler, self.optimizer_setup = setup.optimizer, setup.scheduler, setup
         self.ema = ExponentialMovingAverage(self.model, config.ema.decay, config.ema.warmup) if config.ema else None
         self.step, self.epoch, self.nonfinite, self.stage_index = 0, 0, 0, -1
+        self.early_stopping = EarlyStopping(config.training.patience)
         self.last_task = self.task_names[0]
         if checkpoint is not None:
             restore_trainer_state(self, checkpoint, restart)
@@ -278,6 +284,8 @@ class Trainer:
             while self.step < self.total_steps:
                 index = self.plan.index_at(self._position())
                 if index != self.stage_index:
+                    if self.stage_index >= 0:
+                        self.early_stopping.new_stage()
                     self._enter_stage(index)
                 shown = self.step + 1  # the (1-based) step this iteration displays
                 self.log.profile(shown)
@@ -287,20 +295,26 @@ class Trainer:
                     window.add(train)
                 self.log.step_done(train)
                 end = self.step == self.total_steps
-                if self.step % self.steps_per_epoch == 0:
+                epoch_end = self.step % self.steps_per_epoch == 0
+                if epoch_end:
                     self.log.epoch_done(self.step // self.steps_per_epoch - 1, train["loss"])
-                valid = None
-                if self.step == 1 or self.step % valid_freq == 0 or end:
+                valid_epoch = epoch_end and cfg.training.valid_epochs is not None and \
+                    (self.step // self.steps_per_epoch - 1) % cfg.training.valid_epochs == 0
+                valid, validated = None, self.step == 1 or self.step % valid_freq == 0 or end or valid_epoch
+                if validated:
                     valid = self.validate() if self.dist.is_main else None
                     if self.optimizer_setup.plateau and valid is not None:
                         self.scheduler.step(valid.get("rmse", train["loss"]))
-                if self._display_due(end):
+                if self._display_due(end) or valid_epoch:
                     train = {**train, **window.pop()} if window is not None else train
                     self.log.display(self.step, self.epoch, self.plan[self.stage_index].name, train, valid)
                     last = valid or train
                 self.full_validation.run(self.step, self.state_dict)
-                if self.step % cfg.checkpoint.every == 0 or end:
+                stop = validated and self._patience_exhausted(valid)
+                if self.step % cfg.checkpoint.every == 0 or end or stop:
                     self.save()
+                if stop:
+                    break
             self.log.profile(None)
             if cfg.training.change_bias_after_training and self.dist.is_main:
                 self.change_energy_bias()
@@ -311,6 +325,26 @@ class Trainer:
         finally:
             self.log.close()
         return last
+
+    def _patience_exhausted(self, valid: Optional[Dict[str, float]]) -> bool:
+        """Early stopping (``training.patience``) after a validation: True to stop the run; when a
+        later stage exists it is entered at its start instead (the steps in between are skipped)."""
+        exhausted = self.early_stopping.update(valid.get("rmse", math.nan) if valid else math.nan)
+        if self.dist.enabled:  # the main rank validated: every rank follows its decision
+            exhausted = self._reduced(torch.tensor(float(exhausted))) > 0
+        if not exhausted:
+            return False
+        if self.stage_index + 1 >= len(self.plan):
+            self.log.write(f"early stopping at step {self.step}: {self.early_stopping.count} validations without a "
+                           f"lower validation loss (training.patience)")
+            return True
+        stage = self.plan[self.stage_index + 1]
+        self.log.write(f"patience exhausted at step {self.step}: going on with stage {stage.name!r}")
+        self.step = stage.start * (self.steps_per_epoch if self.unit == "epochs" else 1)
+        self.epoch = self.step // self.steps_per_epoch
+        if isinstance(self.scheduler, torch.optim.lr_scheduler.LambdaLR):
+            self.scheduler.last_epoch = self.step
+        return False
 
     def save(self) -> Optional[Path]:
         """Write a checkpoint of the current state (rank 0 only)."""

@@ -10,12 +10,12 @@
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Mapping, Optional
 
 import numpy as np
 import torch
 
+from mlpot.models.base import FineTune
 from mlpot.models.deepmd.builders import resolve_auto_sel
 from mlpot.models.deepmd.multitask import resolve_task_section, shared_reference
 
@@ -69,14 +69,6 @@ def resolve_from_data(model: Dict[str, Any], probes: Mapping[str, Any]) -> Dict[
     if model.get("type", "standard") != "standard":
         return model
     return _resolve_single(model, probes[""])
-
-
-@dataclass
-class FineTune:
-    """What ``--finetune`` needs: initial weights, and the bias update once the statistics sample exists."""
-
-    weights: Dict[str, torch.Tensor]
-    after_statistics: Callable[[torch.nn.Module, list, Callable[[str], None]], Any]
 
 
 def prepare_finetune_hook(config, pretrained: torch.nn.Module, *, build: Callable[..., torch.nn.Module],

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import json
 import re
+import zipfile
 from pathlib import Path
 from typing import Any, Dict, Optional
 
@@ -44,7 +45,7 @@ from mlpot.models.equivariant.mace.model import MACE
 from mlpot.models.equivariant.mace.section import build_mace
 
 __all__ = ["load_mace_model_file", "load_mace_checkpoint", "load_mace_state", "section_from_model_tree",
-           "section_from_run_train_options"]
+           "section_from_run_train_options", "is_mace_model_file", "is_mace_checkpoint"]
 
 _DROPPED = re.compile(r"(.*\.output_mask|.*\.bias|.*conv_tp\.weight|.*\.weights_(\d+|max)_zeroed)$")
 _CHECKED = re.compile(r"(radial_embedding\.(bessel_fn\.(r_max|prefactor|n)|cutoff_fn\.(p|r_max))|pair_repulsion_fn\.p"
@@ -211,16 +212,38 @@ def load_mace_state(model: MACE, state: Dict[str, torch.Tensor], source: str) ->
     return model
 
 
-def load_mace_model_file(path, dtype: torch.dtype = torch.float64) -> MACE:
-    """A mace-torch ``.model`` file as an mlpot MACE / ScaleShiftMACE in precision ``dtype``."""
+def is_mace_model_file(path) -> bool:
+    """True for a ``torch.save`` archive whose pickle names a mace-torch model class (the bytes are
+    searched; nothing is unpickled)."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            pickles = [name for name in archive.namelist() if name.endswith("/data.pkl") or name == "data.pkl"]
+            return bool(pickles) and b"mace.modules.models" in archive.read(pickles[0])
+    except (zipfile.BadZipFile, OSError, KeyError):
+        return False
+
+
+def is_mace_checkpoint(payload: Any) -> bool:
+    """True for a loaded mace_run_train checkpoint: ``{"model": state dict of a MACE, ...}``."""
+    state = payload.get("model") if isinstance(payload, dict) and "format" not in payload else None
+    return isinstance(state, dict) and "atomic_energies_fn.atomic_energies" in state \
+        and "node_embedding.linear.weight" in state
+
+
+def load_mace_model_file(path, dtype: Optional[torch.dtype] = torch.float64) -> MACE:
+    """A mace-torch ``.model`` file as an mlpot MACE / ScaleShiftMACE in precision ``dtype`` (None:
+    the precision of the file's weights)."""
     source = str(path)
     root = read_pickled_module(source)
     section = section_from_model_tree(root, source)
+    state = module_state(root, source)
+    if dtype is None:
+        dtype = state["node_embedding.linear.weight"].dtype
     try:
         model = build_mace(section, dtype)
     except ConfigError as exc:
         raise CheckpointError(f"its hyperparameters cannot be built: {exc}", file=source) from None
-    return load_mace_state(model, module_state(root, source), source)
+    return load_mace_state(model, state, source)
 
 
 _OPTION_KEYS = ("r_max", "radial_type", "num_radial_basis", "num_cutoff_basis", "pair_repulsion", "distance_transform",
@@ -285,10 +308,11 @@ def section_from_run_train_options(options: Dict[str, Any], state: Dict[str, tor
     return section
 
 
-def load_mace_checkpoint(path, options, dtype: torch.dtype = torch.float64,
+def load_mace_checkpoint(path, options, dtype: Optional[torch.dtype] = torch.float64,
                          avg_num_neighbors: Optional[float] = None) -> MACE:
     """A mace_run_train checkpoint (``{"model": state_dict, ...}``) with its options (a YAML path or a
-    dict; relative data paths resolve against the YAML's folder) as an mlpot model."""
+    dict; relative data paths resolve against the YAML's folder) as an mlpot model (``dtype`` None:
+    the precision of the checkpoint's weights)."""
     import yaml
 
     source = str(path)
@@ -308,4 +332,4 @@ def load_mace_checkpoint(path, options, dtype: torch.dtype = torch.float64,
         raise CheckpointError("expected a mace_run_train checkpoint, a dict with a 'model' state dict", file=source)
     section = section_from_run_train_options(options, state, source=source, base_dir=base_dir,
                                              avg_num_neighbors=avg_num_neighbors)
-    return load_mace_state(build_mace(section, dtype), state, source)
+    return load_mace_state(build_mace(section, dtype or state["node_embedding.linear.weight"].dtype), state, source)

@@ -32,6 +32,7 @@ from e3nn import o3
 from mlpot.data.keys import ATOM_ENERGY, ATOM_TYPES, BATCH, EDGE_INDEX, ENERGY
 from mlpot.errors import DataError
 from mlpot.models.base import AtomisticModel, edge_vectors, n_frames_of
+from mlpot.models.output_bias import OutputBias
 from mlpot.models.equivariant.mace.interaction import InteractionBlock
 from mlpot.models.equivariant.mace.linear import IrrepsLinear, irreps_of, to_flat
 from mlpot.models.equivariant.mace.neighbours import PaddedEdges
@@ -70,6 +71,7 @@ class MACE(AtomisticModel):
     """mace-torch's ``MACE`` (module docstring). Arguments carry mace-torch's class argument names."""
 
     output_keys = (ENERGY, ATOM_ENERGY)
+    statistics_batches = 10 ** 9  # the statistics sample is every training frame (mace_run_train's statistics)
 
     def __init__(self, *, r_max: float, num_bessel: int, num_polynomial_cutoff: int, max_ell: int,
                  interaction_cls: str, interaction_cls_first: str, num_interactions: int,
@@ -188,6 +190,11 @@ class MACE(AtomisticModel):
         # hundreds of atoms would lose tenths of an eV
         energy = scatter_sum(atom_energy.double(), batch[BATCH], n_frames_of(batch)).to(atom_energy.dtype)
         return {ATOM_ENERGY: atom_energy, ENERGY: energy}
+
+    def output_bias(self) -> OutputBias:
+        """The E0s (per element, eV): the per-type energy bias that bias statistics change (the E0s
+        "estimated" of fine-tuning, ``mlpot change-bias``)."""
+        return OutputBias(self.atomic_energies_fn.atomic_energies.view(self.n_elements, 1), ENERGY)
 
     @property
     def node_irreps(self) -> o3.Irreps:

@@ -11,8 +11,12 @@ defaults (``r_max``, ``num_radial_basis``, ``num_cutoff_basis``, ``hidden_irreps
   translates it (``files.section_from_run_train_options``);
 * ``atomic_numbers``: the element table (sorted atomic numbers; the model's ``type_map`` are their
   symbols and ATOM_TYPES index it); ``E0s``: isolated-atom energies in eV, a mapping {Z or symbol:
-  energy} or a list in ``atomic_numbers`` order. Statistics-based values ("average", "estimated",
-  a file) need data and are not built here.
+  energy} or a list in ``atomic_numbers`` order;
+* values computed from the training data by the family's data hook (``hooks.resolve_from_data``,
+  run by ``mlpot train``) before the model is built: ``atomic_numbers`` when absent, ``E0s``
+  "average" / "estimated" / "foundation" / a ``.json`` file, ``avg_num_neighbors`` when absent,
+  and with ``scaling`` (std_scaling, rms_forces_scaling, no_scaling) the ``atomic_inter_scale``
+  and ``atomic_inter_shift`` that are absent. The builder itself needs numbers.
 
 Options mace-torch documents but mlpot does not build (``use_so3``, ``use_reduced_cg`` for a new
 model, ``edge_irreps``, embeddings, other interaction classes) raise "not supported yet".
@@ -31,7 +35,8 @@ from mlpot.errors import ConfigError, suggest
 from mlpot.models.equivariant.mace.interaction import INTERACTIONS
 from mlpot.models.equivariant.mace.model import MACE, ScaleShiftMACE
 
-__all__ = ["MACEModelSection", "build_mace", "resolve_hidden_irreps"]
+__all__ = ["MACEModelSection", "build_mace", "check_mace_section", "resolve_hidden_irreps", "E0S_FROM_DATA",
+           "element_energies"]
 
 MACE_INTERACTIONS = tuple(INTERACTIONS) + ("RealAgnosticAttResidualInteractionBlock",
                                            "RealAgnosticResidualNonLinearInteractionBlock")
@@ -72,6 +77,8 @@ class MACEModelSection(BaseModel):
     avg_num_neighbors: float = Field(1.0, gt=0)
     atomic_numbers: Optional[List[int]] = None
     E0s: Union[Dict[Union[int, str], float], List[float], str, None] = None
+    scaling: Optional[Literal["std_scaling", "rms_forces_scaling", "no_scaling"]] = Field(
+        None, description="scale/shift from the training data (resolved before building; None: as given)")
     atomic_inter_scale: float = 1.0
     atomic_inter_shift: float = 0.0
     keep_last_layer_irreps: bool = False
@@ -112,16 +119,17 @@ def _check_supported(section: MACEModelSection) -> None:
         raise ConfigError("atomic_inter_scale/atomic_inter_shift need model: ScaleShiftMACE", key="model.model")
 
 
-def _element_energies(section: MACEModelSection, numbers: List[int]) -> List[float]:
-    """E0s as a list in ``numbers`` order."""
+def element_energies(section, numbers: List[int]) -> List[float]:
+    """E0s of a section (or its dict) as a list in ``numbers`` order (eV)."""
     from ase.data import atomic_numbers as by_symbol
 
-    e0s = section.E0s
+    e0s = _validate(section).E0s
     if e0s is None:
         raise ConfigError("needs the isolated-atom energies of every element (a mapping {Z: eV} or a list)",
                           key="model.E0s")
     if isinstance(e0s, str):
-        raise _unsupported("E0s", e0s)
+        raise ConfigError(f"E0s {e0s!r} is computed from the training data: mlpot train resolves it before the model "
+                          "is built; give the energies to build a model without data", key="model.E0s")
     if isinstance(e0s, list):
         if len(e0s) != len(numbers):
             raise ConfigError(f"expected {len(numbers)} energies (one per element of {numbers}), got {len(e0s)}",
@@ -153,10 +161,27 @@ def _validate(section_or_dict) -> MACEModelSection:
         raise ConfigError(f"{error['msg']}, got {error.get('input')!r}", key=key) from None
 
 
-def build_mace(section_or_dict, dtype: torch.dtype = torch.float64) -> MACE:
-    """A ``MACE`` or ``ScaleShiftMACE`` from a section (or its dict) in precision ``dtype``."""
+E0S_FROM_DATA = ("average", "estimated", "foundation")
+
+
+def check_mace_section(section_or_dict) -> MACEModelSection:
+    """The typed section (ConfigError at the key path, "did you mean" for unknown keys, "not supported
+    yet" for options not built); E0s strings are one of :data:`E0S_FROM_DATA` or a ``.json`` file."""
     section = _validate(section_or_dict)
     _check_supported(section)
+    if isinstance(section.E0s, str) and section.E0s not in E0S_FROM_DATA and not section.E0s.endswith(".json"):
+        hint = suggest(section.E0s, E0S_FROM_DATA)
+        raise ConfigError(f"expected {', '.join(E0S_FROM_DATA)}, a .json file, a mapping or a list, got {section.E0s!r}",
+                          key="model.E0s", hint=f"did you mean {hint!r}?" if hint else None)
+    if section.scaling is not None and section.model != "ScaleShiftMACE":
+        raise ConfigError(f"scaling {section.scaling!r} needs model: ScaleShiftMACE (mace_run_train --model MACE "
+                          "trains one with a zero shift)", key="model.scaling")
+    return section
+
+
+def build_mace(section_or_dict, dtype: torch.dtype = torch.float64) -> MACE:
+    """A ``MACE`` or ``ScaleShiftMACE`` from a section (or its dict) in precision ``dtype``."""
+    section = check_mace_section(section_or_dict)
     if not section.atomic_numbers:
         raise ConfigError("needs the element table (list of atomic numbers)", key="model.atomic_numbers")
     numbers = sorted(int(z) for z in section.atomic_numbers)
@@ -175,7 +200,7 @@ def build_mace(section_or_dict, dtype: torch.dtype = torch.float64) -> MACE:
     kwargs = dict(r_max=section.r_max, num_bessel=section.num_radial_basis, num_polynomial_cutoff=section.num_cutoff_basis,
                   max_ell=section.max_ell, interaction_cls=section.interaction, interaction_cls_first=section.interaction_first,
                   num_interactions=section.num_interactions, atomic_numbers=numbers, hidden_irreps=hidden,
-                  MLP_irreps=section.MLP_irreps, atomic_energies=_element_energies(section, numbers),
+                  MLP_irreps=section.MLP_irreps, atomic_energies=element_energies(section, numbers),
                   avg_num_neighbors=section.avg_num_neighbors, correlation=correlation,
                   gate=section.gate, pair_repulsion=section.pair_repulsion, apply_cutoff=section.apply_cutoff,
                   use_agnostic_product=section.use_agnostic_product, use_last_readout_only=section.use_last_readout_only,
