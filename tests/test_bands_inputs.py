@@ -169,7 +169,7 @@ def test_model_catalog_is_a_registry_with_shapes_and_gates():
     with pytest.raises(ConfigError, match=r"model.scale: needs 3 values"):
         build_pp_model("Net_celu_HeInit_scale_decayGaussian", [1, 6, 3], dict(options, scale=[1.0]))
     with pytest.raises(ConfigError, match=r"model.type: unknown pseudopotential model 'Net_relu_xavir'.*did you mean "
-                                          r"'net_relu_xavier'"):
+                                          r"'Net_relu_xavier'"):
         build_pp_model("Net_relu_xavir", [1, 3])
 
 

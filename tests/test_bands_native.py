@@ -48,7 +48,7 @@ def test_native_errors_name_file_key_path_and_closest_key(tmp_path):
     with pytest.raises(ConfigError, match=r"fit.yaml: training.epoch: unknown key \(did you mean 'epochs'\?\)"):
         validate_bands_config(dict(base, training={"epoch": 3}), file="fit.yaml")
     with pytest.raises(ConfigError, match=r"fit.yaml: model.type: unknown pseudopotential model 'Net_relu_xavir_decay2'"
-                                          r".*did you mean 'net_relu_xavier_decay2'"):
+                                          r".*did you mean 'Net_relu_xavier_decay2'"):
         validate_bands_config(dict(base, model={"type": "Net_relu_xavir_decay2", "hidden": [4]}), file="fit.yaml")
     with pytest.raises(ConfigError, match=r"fit.yaml: training.optimizer: unknown optimizer 'adan'.*did you mean 'adam'"):
         validate_bands_config(dict(base, training={"optimizer": "adan"}), file="fit.yaml")
