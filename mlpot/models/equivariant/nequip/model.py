@@ -101,8 +101,9 @@ class NequIPModel(AtomisticModel):
             layers.append(layer)
             irreps = layer.irreps_out
         self.layers = torch.nn.ModuleList(layers)
-        self.readout = RadialMLP(irreps.dim, 1, section.readout_mlp_hidden_layers_depth,
-                                 section.readout_mlp_hidden_layers_width or irreps.dim, section.readout_mlp_nonlinearity, dtype=dtype)
+        readout_width = section.readout_mlp_hidden_layers_width or irreps.dim
+        self.readout = RadialMLP([irreps.dim] + [readout_width] * section.readout_mlp_hidden_layers_depth + [1],
+                                 section.readout_mlp_nonlinearity, dtype=dtype)
         self.scale_shift = PerTypeScaleShift(self.type_map, section.per_type_energy_scales, section.per_type_energy_shifts,
                                              section.per_type_energy_scales_trainable, section.per_type_energy_shifts_trainable)
         zbl = section.pair_potential

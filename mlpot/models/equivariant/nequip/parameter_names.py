@@ -12,10 +12,10 @@ Weights: NequIP names are taken relative to the energy model (``...model.func.``
 | ``type_embed.embed_module.weight``                          | ``type_embedding.weight``               |
 | ``bessel_encode.bessel_weights`` (1, N), n                  | ``bessel.weights`` (N,), n π / r_max    |
 | ``layer{i}_convnet.conv.linear_1.weight``                   | ``layers.{i}.linear_in.weight``         |
-| ``layer{i}_convnet.conv.edge_mlp.mlp.{2k}.weight``          | ``layers.{i}.radial_mlp.layers.{k}.weight`` |
+| ``layer{i}_convnet.conv.edge_mlp.mlp.{2k}.weight``          | ``layers.{i}.radial_mlp.layer{k}.weight`` |
 | ``layer{i}_convnet.conv.linear_2.weight``                   | ``layers.{i}.linear_out.weight``        |
 | ``layer{i}_convnet.conv.sc.weight``                         | ``layers.{i}.self_connection.weight``   |
-| ``per_atom_energy_readout.mlp_module.mlp.{j}.weight`` [1]   | ``readout.layers.{k}.weight``           |
+| ``per_atom_energy_readout.mlp_module.mlp.{j}.weight`` [1]   | ``readout.layer{k}.weight``             |
 | ``per_type_energy_scale_shift.scales`` / ``.shifts`` (T, 1) | ``scale_shift.scales`` / ``.shifts`` (T,) |
 
 [1] j = 2k with a nonlinearity between layers, j = k without one; ``mlp.weights.{k}`` when NequIP
@@ -114,7 +114,7 @@ def nequip_to_mlpot_name(name: str, section) -> Optional[Tuple[str, str]]:
         return f"layers.{match.group(1)}.{target}.weight", "copy"
     match = re.fullmatch(r"layer(\d+)_convnet\.conv\.edge_mlp\.mlp\.(\d+)\.weight", name)
     if match and int(match.group(2)) % 2 == 0:
-        return f"layers.{match.group(1)}.radial_mlp.layers.{int(match.group(2)) // 2}.weight", "copy"
+        return f"layers.{match.group(1)}.radial_mlp.layer{int(match.group(2)) // 2}.weight", "copy"
     match = re.fullmatch(r"per_atom_energy_readout\.mlp_module\.mlp\.(?:weights\.)?(\d+)(?:\.weight)?", name)
     if match:
         position = int(match.group(1))
@@ -122,7 +122,7 @@ def nequip_to_mlpot_name(name: str, section) -> Optional[Tuple[str, str]]:
         n_layers = section.readout_mlp_hidden_layers_depth + 1
         for k in range(n_layers):
             if (k if fused else _readout_index(k, section)) == position:
-                return f"readout.layers.{k}.weight", "copy"
+                return f"readout.layer{k}.weight", "copy"
         return None
     match = re.fullmatch(r"per_type_energy_scale_shift\.(scales|shifts)", name)
     if match:
