@@ -183,10 +183,9 @@ def iterate_predictions(model, frames: Sequence[dict], batch_size: int = 8):
         out = predict_batch(model, batch, virial=periodic)
         ptr = batch[PTR].numpy()
         for n, item in enumerate(items):
-            prediction = {
-                "energy": out[ENERGY][n].numpy(),
-                "forces": out[FORCES][ptr[n]:ptr[n + 1]].numpy(),
-            }
+            prediction = {"energy": out[ENERGY][n].numpy()}
+            if FORCES in out:  # not for an energy-only model
+                prediction["forces"] = out[FORCES][ptr[n]:ptr[n + 1]].numpy()
             if periodic and VIRIAL in out:
                 prediction["virial"] = out[VIRIAL][n].numpy()
                 prediction["stress"] = out[STRESS][n].numpy()
@@ -196,13 +195,13 @@ def iterate_predictions(model, frames: Sequence[dict], batch_size: int = 8):
 def evaluate_frames(model, frames: Sequence[dict], name: str, batch_size: int = 8) -> SystemResult:
     """Run ``model`` over ``frames`` (read with the model's type_map) and collect the labels they
     carry: energy, forces, and for periodic frames virial and stress."""
-    from mlpot.data.keys import ENERGY, FORCES, PBC, STRESS, VIRIAL, weight_key
+    from mlpot.data.keys import ENERGY, FORCES, PBC, POSITIONS, STRESS, VIRIAL, weight_key
 
     result = SystemResult(name, len(frames))
     for frame, prediction in iterate_predictions(model, frames, batch_size):
-        n_atoms = len(frame[FORCES]) if FORCES in frame else len(prediction["forces"])
+        n_atoms = len(frame[POSITIONS])
         for key, label in ((ENERGY, "energy"), (FORCES, "forces"), (VIRIAL, "virial"), (STRESS, "stress")):
-            if key not in frame or float(np.max(frame.get(weight_key(key), 1.0))) <= 0:
+            if key not in frame or float(np.max(frame.get(weight_key(key), 1.0))) <= 0 or label not in prediction:
                 continue
             if label in ("virial", "stress") and (label not in prediction or not np.all(frame[PBC])):
                 continue

@@ -8,8 +8,10 @@ A frozen file (``torch.save`` of a plain dict, no pickled classes) holds:
 * ``dtype``: the precision the model was trained in; ``metadata``: type_map, cutoff (Å),
   number of parameters, the mlpot version, the source checkpoint and its step, the time of freezing.
 
-``load_model(path)`` accepts a frozen file or a training checkpoint and returns the model in eval
-mode. A multi-task checkpoint holds every task's head: ``head=<task>`` (``mlpot freeze --head``,
+``load_model(path)`` accepts a frozen file, a training checkpoint, or a peer's trained model that a
+model family reads (``read_peer_file``: NequIP ``.ckpt`` Lightning checkpoints and ``.nequip.zip``
+packages, read with a restricted unpickler that never runs code from the file), and returns the
+model in eval mode; ``freeze`` turns any of them into a frozen file. A multi-task checkpoint holds every task's head: ``head=<task>`` (``mlpot freeze --head``,
 as ``dp freeze --head``) picks one, and its frozen file is an ordinary single-task model. The model is rebuilt from its config rather than unpickled, so a frozen file stays loadable
 as long as the config keys exist (and loading never executes code from the file: ``weights_only``).
 TorchScript is not used: the models take a dict batch whose optional keys TorchScript cannot type.
@@ -84,14 +86,27 @@ def select_head(model, head: Optional[str], file: str):
     return model.heads[head]
 
 
+_PEER_SUFFIXES = (".ckpt", ".zip")
+
+
+def peer_model(path: PathLike):
+    """The model of a peer's file (``.ckpt`` / ``.zip``) that a model family reads, or None."""
+    from mlpot.models.registry import read_peer_model
+
+    return read_peer_model(path) if Path(path).suffix in _PEER_SUFFIXES and Path(path).is_file() else None
+
+
 def load_model(path: PathLike, device: Union[str, torch.device] = "cpu", head: Optional[str] = None):
-    """The model stored in ``path`` (frozen file or checkpoint), in eval mode on ``device``.
+    """The model stored in ``path`` (frozen file, checkpoint or peer model file), in eval mode on ``device``.
 
     head: task of a multi-task checkpoint to return (its single-task head); None returns the whole
     multi-task model (which runs its first task).
     """
     from mlpot.models import build_model
 
+    peer = peer_model(path)
+    if peer is not None:
+        return select_head(peer, head, str(path)).to(device).eval()
     payload = read_model_file(path)
     config, state, dtype, _ = _model_parts(payload, str(path))
     model = build_model(config, dtype=_DTYPES.get(dtype, torch.float64))
@@ -128,9 +143,14 @@ def freeze(checkpoint: PathLike, output: PathLike, head: Optional[str] = None) -
     from mlpot import __version__
 
     checkpoint, output = Path(checkpoint), Path(output)
-    payload = read_model_file(checkpoint)
-    _, _, dtype, step = _model_parts(payload, str(checkpoint))
-    model = select_head(load_model(checkpoint), head, str(checkpoint))
+    peer = peer_model(checkpoint)
+    if peer is not None:
+        model, step = select_head(peer, head, str(checkpoint)), None
+        dtype = {torch.float32: "float32", torch.float64: "float64"}.get(model.dtype, "float64")
+    else:
+        payload = read_model_file(checkpoint)
+        _, _, dtype, step = _model_parts(payload, str(checkpoint))
+        model = select_head(load_model(checkpoint), head, str(checkpoint))
     config = model.config
     metadata = {
         "type_map": list(model.type_map),

@@ -33,7 +33,7 @@ from mlpot.models.equivariant.nequip.zbl import ZBL_UNITS
 from mlpot.models.safe_pickle import AllowList, PickledObject, archive_root, load_archive_pickle, module_state, open_archive
 
 __all__ = ["load_nequip_checkpoint", "load_nequip_package", "read_nequip_checkpoint", "read_nequip_package",
-           "NEQUIP_CHECKPOINT", "NEQUIP_PACKAGE", "is_nequip_file"]
+           "NEQUIP_CHECKPOINT", "NEQUIP_PACKAGE", "nequip_file_kind", "load_nequip_file", "package_metadata"]
 
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
 # what NequIP's archives may name: a Lightning checkpoint holds containers and tensors only; a
@@ -42,6 +42,32 @@ NEQUIP_CHECKPOINT = AllowList(holds="a NequIP checkpoint holds only weights and 
 NEQUIP_PACKAGE = AllowList(packages=("nequip", "e3nn", "torch.nn.modules", "torch.nn.functional", "torch.nn.parameter"),
                            holds="a NequIP package holds only NequIP, e3nn and torch.nn module classes")
 _NOT_ZIP = "not a zip archive (expected a NequIP .ckpt or .nequip.zip)"
+
+
+def nequip_file_kind(path) -> Optional[str]:
+    """"package" or "checkpoint" when ``path`` is a NequIP 0.19 package or Lightning checkpoint, else None.
+
+    Decided from the archive's structure: a package has ``model/eager_model.pkl`` and
+    ``model/config.yaml``; a checkpoint's pickle (read as inert records: nothing runs) is a dict with
+    ``state_dict`` and ``hyper_parameters.model`` naming a ``nequip.`` builder.
+    """
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = set(archive.namelist())
+            if any(n.endswith("/model/eager_model.pkl") for n in names) and any(n.endswith("/model/config.yaml") for n in names):
+                return "package"
+            root = archive_root(archive, "data.pkl", path)
+            tree = load_archive_pickle(archive, f"{root}/data.pkl", lambda key: f"{root}/data/{key}", path,
+                                       AllowList(everything=True))
+    except (OSError, zipfile.BadZipFile, CheckpointError):
+        return None
+    model = ((tree.get("hyper_parameters") or {}) if isinstance(tree, dict) else {}).get("model")
+    if isinstance(tree, dict) and "state_dict" in tree and isinstance(model, dict) and \
+            str(model.get("_target_", "")).startswith("nequip."):
+        return "checkpoint"
+    return None
 
 
 def read_nequip_checkpoint(path) -> Tuple[Dict, Dict[str, torch.Tensor], Optional[List[torch.Tensor]]]:
@@ -187,3 +213,22 @@ def load_nequip_package(path, dtype: Optional[torch.dtype] = None) -> NequIPMode
     """NequIPModel of a NequIP 0.19 ``.nequip.zip`` package; ``dtype`` overrides the file's ``model_dtype``."""
     config, weights = read_nequip_package(path)
     return _build(config, weights, None, path, dtype)
+
+
+def load_nequip_file(path, dtype: Optional[torch.dtype] = None) -> Optional[NequIPModel]:
+    """The model of a NequIP package or checkpoint (``nequip_file_kind``), None for any other file."""
+    kind = nequip_file_kind(path)
+    if kind == "package":
+        return load_nequip_package(path, dtype)
+    return load_nequip_checkpoint(path, dtype) if kind == "checkpoint" else None
+
+
+def package_metadata(path) -> Dict:
+    """``type_names`` and ``r_max`` of the model of a NequIP package (its ``model/config.yaml``) or
+    checkpoint (``hyper_parameters.model``), read without building the model."""
+    kind = nequip_file_kind(path)
+    if kind is None:
+        raise CheckpointError("not a NequIP package or checkpoint", file=str(path))
+    config = read_nequip_package(path)[0] if kind == "package" else read_nequip_checkpoint(path)[0]
+    section = nequip_section_from_config(config, path)
+    return {"type_names": list(section["type_names"]), "r_max": float(section["r_max"])}

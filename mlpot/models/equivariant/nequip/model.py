@@ -77,7 +77,7 @@ class NequIPModel(AtomisticModel):
         self.cutoff = float(section.r_max)
         self.config = section.model_dump()
         self.model_dtype = dtype
-        self.do_derivatives = section.do_derivatives
+        self.energy_derivatives = section.do_derivatives  # do_derivatives: false -> an energy-only model
         n_types, features = len(self.type_map), section.feature_multiplicities()
         n_attrs = section.type_embed_num_features or features[0]
         self.type_embedding = torch.nn.Embedding(n_types, n_attrs, dtype=dtype)

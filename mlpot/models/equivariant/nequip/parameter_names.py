@@ -33,9 +33,9 @@ import math
 import re
 from typing import Any, Dict, List, Optional, Tuple
 
-from mlpot.errors import CheckpointError
+from mlpot.errors import CheckpointError, ConfigError, suggest
 
-__all__ = ["nequip_section_from_config", "nequip_to_mlpot_name", "IGNORED_NEQUIP_BUFFERS", "CHECKED_NEQUIP_BUFFERS", "WIGNER_BUFFER"]
+__all__ = ["nequip_section_from_config", "nequip_to_mlpot_name", "apply_modifier", "MODIFIERS", "IGNORED_NEQUIP_BUFFERS", "CHECKED_NEQUIP_BUFFERS", "WIGNER_BUFFER"]
 
 _BUILDERS = {"nequip.model.NequIPGNNModel": None, "nequip.model.PresetNequIPGNNModel": "preset"}
 _ZBL_TARGETS = ("nequip.nn.pair_potential.ZBL", "nequip.nn.ZBL")
@@ -47,8 +47,30 @@ CHECKED_NEQUIP_BUFFERS = ("edge_norm._rmax_recip", "pair_potential.atomic_number
 WIGNER_BUFFER = re.compile(r".*\._compiled_[a-z_]+\._w3j_(\d+)_(\d+)_(\d+)$")
 
 
-def _apply_modifier(section: Dict[str, Any], modifier: Dict[str, Any], file) -> None:
+MODIFIERS = {"modify_PerTypeScaleShift": {"scales", "shifts", "scales_trainable", "shifts_trainable"},
+             "enable_ForceStressOutput": set(), "disable_ForceStressOutput": set()}
+_ACCELERATION_MODIFIERS = ("enable_OpenEquivariance", "enable_CuEquivariance", "enable_TritonContracter")
+
+
+def apply_modifier(section: Dict[str, Any], modifier: Dict[str, Any], file=None, key: str = "modifiers",
+                   check_only: bool = False) -> None:
+    """Apply one of NequIP's persistent modifiers to a section dict in place (``modify_PerTypeScaleShift``:
+    new scales/shifts for the types given, on top of the section's; ``enable|disable_ForceStressOutput``:
+    ``do_derivatives``). ConfigError at ``key`` for unknown or unsupported modifiers and arguments."""
     name = modifier.get("modifier")
+    if name in _ACCELERATION_MODIFIERS:
+        raise ConfigError(f"not supported yet: modifier {name} (NequIP's GPU tensor-product kernels)", file=file,
+                          key=f"{key}.modifier")
+    if name not in MODIFIERS:
+        hint = suggest(str(name), list(MODIFIERS))
+        raise ConfigError(f"unknown model modifier {name!r}; valid: {sorted(MODIFIERS)}", file=file, key=f"{key}.modifier",
+                          hint=f"did you mean {hint!r}?" if hint else None)
+    unknown = sorted(set(modifier) - {"modifier"} - MODIFIERS[name])
+    if unknown:
+        hint = suggest(unknown[0], sorted(MODIFIERS[name]))
+        raise ConfigError("unknown key", file=file, key=f"{key}.{unknown[0]}", hint=f"did you mean {hint!r}?" if hint else None)
+    if check_only:
+        return
     if name == "modify_PerTypeScaleShift":
         for kind in ("scales", "shifts"):
             if modifier.get(kind) is not None:
@@ -58,10 +80,8 @@ def _apply_modifier(section: Dict[str, Any], modifier: Dict[str, Any], file) -> 
                 base.update(new if isinstance(new, dict) else {t: new for t in names})
                 section[f"per_type_energy_{kind}"] = base
             section[f"per_type_energy_{kind}_trainable"] = bool(modifier.get(f"{kind}_trainable", False))
-    elif name in ("enable_ForceStressOutput", "disable_ForceStressOutput"):
-        section["do_derivatives"] = name == "enable_ForceStressOutput"
     else:
-        raise CheckpointError(f"not supported yet: model modifier {name!r}", file=file, key="training_module.model.modifiers")
+        section["do_derivatives"] = name == "enable_ForceStressOutput"
 
 
 def nequip_section_from_config(model: Dict[str, Any], file=None) -> Dict[str, Any]:
@@ -88,8 +108,11 @@ def nequip_section_from_config(model: Dict[str, Any], file=None) -> Dict[str, An
         if pair_target not in _ZBL_TARGETS:
             raise CheckpointError(f"not supported yet: pair_potential {pair_target!r}", file=file, key="training_module.model.pair_potential")
         section["pair_potential"] = {"type": "zbl", **pair}
-    for modifier in modifiers:
-        _apply_modifier(section, modifier, file)
+    for index, modifier in enumerate(modifiers):
+        try:
+            apply_modifier(section, modifier, file, key=f"training_module.model.modifiers.{index}")
+        except ConfigError as error:
+            raise CheckpointError(error.message, file=file, key=error.key) from None
     return section
 
 
