@@ -1,8 +1,11 @@
 """``mlpot train CONFIG [--restart CKPT] [--init-model CKPT] [--finetune MODEL [--model-branch B|RANDOM]
 [--use-pretrain-script]] [--output-dir DIR] [--no-progress]``.
 
-CONFIG is a native YAML, or a peer config (DeePMD-kit ``input.json``/``.yaml``) converted on the
-fly by ``mlpot convert``'s front-ends. Launch with ``torchrun --nproc-per-node N -m mlpot.cli train
+CONFIG is a native YAML, or a peer config (DeePMD-kit ``input.json``/``.yaml``, a NequIP 0.19 YAML)
+converted on the fly by ``mlpot convert``'s front-ends. NequIP users' habits work too:
+``mlpot train -cn config.yaml`` (``-cp DIR`` for its folder) and Hydra overrides after it
+(``trainer.max_epochs=3``, ``++ckpt_path=last.pt`` to resume); a config's ``finetune`` (NequIP's
+``ModelFromCheckpoint`` / ``ModelFromPackage``) works as ``--finetune``. Launch with ``torchrun --nproc-per-node N -m mlpot.cli train
 CONFIG`` for data-parallel training. ``--restart`` resumes exactly (use ``latest`` for the newest
 checkpoint in the output folder); ``--init-model`` takes only the weights (step 0, fresh optimizer).
 ``--finetune`` starts from a pretrained model with the input's type_map (a subset of the pretrained
@@ -19,7 +22,10 @@ from mlpot.errors import ConfigError
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("config", type=Path, help="native YAML or DeePMD input.json/.yaml")
+    parser.add_argument("config", nargs="?", default=None, help="native YAML, DeePMD input.json/.yaml or NequIP YAML")
+    parser.add_argument("overrides", nargs="*", help="Hydra-style overrides of a NequIP config (key=value, ++key=value)")
+    parser.add_argument("-cn", "--config-name", default=None, help="config file (NequIP's nequip-train -cn)")
+    parser.add_argument("-cp", "--config-path", default=None, help="folder of --config-name")
     parser.add_argument("--restart", default=None,
                         help="checkpoint to resume exactly ('latest': the newest in the output folder)")
     parser.add_argument("--init-model", default=None, help="checkpoint or frozen model to take the weights from")
@@ -33,27 +39,52 @@ def add_arguments(parser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
-def load_any_config(path: Path):
-    """Native config of ``path``: native YAML validated directly, peer configs converted first."""
-    from mlpot.config import load_config, read_yaml, validate_config
-    from mlpot.config import deepmd
+def load_any_config(path: Path, overrides=(), output_dir=None):
+    """Native config of ``path``: native YAML validated directly, peer configs converted first. Returns
+    (config, restart checkpoint named by a NequIP ``++ckpt_path`` or None)."""
+    from mlpot.config import deepmd, load_config, nequip, read_yaml, validate_config
 
+    if path.exists() and nequip.is_nequip_config(path):
+        native, notes, restart = nequip.convert(path, overrides, output_dir=output_dir)
+        for note in notes:
+            print(f"note: {note}")
+        return validate_config(native, file=str(path), base_dir=Path.cwd()), restart
+    if overrides:
+        raise ConfigError(f"overrides {list(overrides)} apply to NequIP configs only", file=str(path))
     if path.suffix == ".json" or (path.exists() and deepmd.is_deepmd_config(path)):
         from mlpot.commands.convert import convert_file
 
         native = convert_file(path)
-        return validate_config(native, file=str(path), base_dir=Path.cwd())
+        return validate_config(native, file=str(path), base_dir=Path.cwd()), None
     read_yaml(path)  # a clear error for a missing or malformed file
-    return load_config(path)
+    return load_config(path), None
+
+
+def config_file(args) -> Path:
+    """The config of the command line: CONFIG, or NequIP's ``-cp DIR -cn NAME``; leading ``key=value``
+    words are overrides."""
+    from mlpot.config.nequip import config_path
+
+    words = ([args.config] if args.config else []) + list(args.overrides)
+    if args.config_name:
+        args.overrides = words
+        return config_path(args.config_name, args.config_path)
+    if not words or "=" in words[0] and not Path(words[0]).exists():
+        raise ConfigError("give a config file (mlpot train config.yaml, or mlpot train -cn config.yaml)", key="config")
+    args.overrides = words[1:]
+    return Path(words[0])
 
 
 def run(args) -> int:
     from mlpot.training.trainer import Trainer
 
-    config = load_any_config(args.config)
+    path = config_file(args)
+    args.config = path
+    config, hydra_restart = load_any_config(path, args.overrides,
+                                            output_dir=str(args.output_dir.resolve()) if args.output_dir else None)
     if args.output_dir is not None:
         config.output_dir = str(args.output_dir.resolve())
-    restart = args.restart
+    restart = args.restart or hydra_restart
     if restart == "latest":
         from mlpot.training.checkpoint import CheckpointManager
 
@@ -63,12 +94,14 @@ def run(args) -> int:
     from mlpot.calculators.export import freeze, load_model
 
     init_weights = load_model(args.init_model).state_dict() if args.init_model else None
-    finetune = args.finetune if restart is None else None
+    finetune = (args.finetune or config.finetune) if restart is None else None
     if finetune:
         from mlpot.models.registry import family_of
 
         if args.init_model:
             raise ConfigError("--finetune and --init-model exclude each other", key="--finetune")
+        if args.finetune is None and not Path(finetune).is_absolute():
+            finetune = str(Path.cwd() / finetune)
         family = family_of(config.model)
         if family.prepare_finetune is None:
             raise ConfigError(f"not supported yet: --finetune with a {family.name} model", key="--finetune")

@@ -125,12 +125,17 @@ class Tasks:
         return out or None
 
     def _validate_task(self, task: str, loss: WeightedLoss, lr_ratio: float, debug) -> Optional[Dict[str, float]]:
+        return self.evaluate(task, "valid", loss, lr_ratio, debug)
+
+    def evaluate(self, task: str, split: str, loss: WeightedLoss, lr_ratio: float, debug) -> Optional[Dict[str, float]]:
+        """lcurve values and pooled <label>_rmse/_mae of one task's ``valid`` or ``test`` data (None without)."""
         data, head, labels = self.data[task], self.heads[task], self.labels[task]
-        if data.valid_sampler is None:
+        sampler, dataset = getattr(data, f"{split}_sampler"), getattr(data, split)
+        if sampler is None:
             return None
         lcurve, pooled = AtomWeightedMean(), PooledErrors()
-        for indices in data.valid_batches():
-            batch = data.valid_batch(indices)
+        for indices in data.valid_batches(sampler):
+            batch = data._batch(dataset, indices)
             pred = loss.prepare(predict(head, batch, labels, create_graph=False), batch)
             with torch.no_grad():
                 total, weighted, _ = loss({k: v.detach() for k, v in pred.items()}, batch, lr_ratio)
