@@ -22,14 +22,14 @@ from __future__ import annotations
 import datetime
 import os
 from pathlib import Path
-from typing import Any, Dict, Optional, Union
+from typing import Any, Dict, Optional, Sequence, Union
 
 import torch
 
 from mlpot.errors import CheckpointError
 from mlpot.models.compose import FROZEN_FORMAT
 
-__all__ = ["FROZEN_FORMAT", "freeze", "load_model", "read_model_file", "save_frozen"]
+__all__ = ["FROZEN_FORMAT", "freeze", "load_model", "read_model_file", "save_frozen", "apply_modifiers", "peer_model"]
 
 FORMAT_VERSION = 1  # FROZEN_FORMAT (the file's "format" entry) is defined once, in mlpot.models.compose
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
@@ -133,12 +133,30 @@ def save_frozen(payload: Dict[str, Any], path: PathLike) -> None:
     atomic_write_bytes(path, buffer.getvalue())
 
 
-def freeze(checkpoint: PathLike, output: PathLike, head: Optional[str] = None) -> Dict[str, Any]:
+def apply_modifiers(model, modifiers: Optional[Sequence[Union[str, Dict[str, Any]]]]):
+    """``model`` with its family's persistent model modifiers applied (a copy; ``model`` when there are
+    none). ``modifiers``: names (NequIP ``enable_ForceStressOutput``) or mappings with ``modifier`` and
+    its arguments (``{modifier: modify_PerTypeScaleShift, shifts: {O: -93.5}}``). ``mlpot package`` and
+    the generic ``mlpot compile`` call it before writing their file."""
+    if not modifiers:
+        return model
+    from mlpot.errors import ConfigError
+    from mlpot.models.registry import family_of
+
+    family = family_of(model.config)
+    if family.modify is None:
+        raise ConfigError(f"not supported yet: model modifiers for a {family.name} model", key="--modifiers")
+    return family.modify(model, [m if isinstance(m, dict) else {"modifier": str(m)} for m in modifiers])
+
+
+def freeze(checkpoint: PathLike, output: PathLike, head: Optional[str] = None, modifiers=None,
+           extra_metadata: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
     """Write the frozen model of ``checkpoint`` to ``output``; returns its metadata.
 
     head: the task to freeze from a multi-task checkpoint (required there; an error for a
-    single-task one). The model is rebuilt and its weights loaded before writing, so a frozen file
-    that was written is known to load.
+    single-task one). modifiers: persistent model modifiers to apply first (``apply_modifiers``).
+    extra_metadata: added to the metadata. The model is rebuilt and its weights loaded before
+    writing, so a frozen file that was written is known to load.
     """
     from mlpot import __version__
 
@@ -151,16 +169,19 @@ def freeze(checkpoint: PathLike, output: PathLike, head: Optional[str] = None) -
         payload = read_model_file(checkpoint)
         _, _, dtype, step = _model_parts(payload, str(checkpoint))
         model = select_head(load_model(checkpoint), head, str(checkpoint))
+    model = apply_modifiers(model, modifiers)
     config = model.config
     metadata = {
         "type_map": list(model.type_map),
         "cutoff": float(model.cutoff),
         "num_parameters": int(model.num_parameters()),
+        "energy_derivatives": bool(getattr(model, "energy_derivatives", True)),
         "mlpot_version": __version__,
         "source": str(checkpoint.resolve()),
         "step": step,
         "head": head,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        **(extra_metadata or {}),
     }
     frozen = {
         "format": FROZEN_FORMAT,

@@ -30,7 +30,7 @@ NOTED = {
     "log_rank_zero_only": "rank 0 logs", "compile_mode": "mlpot trains its model eagerly (train-time torch.compile changes no number)",
 }
 # documented keys that are not built (listed in docs/nequip_keys.md)
-UNSUPPORTED = ("max_time", "val_check_interval", "deterministic", "benchmark", "accumulate_grad_batches", "param_groups",
+UNSUPPORTED = ("val_check_interval", "deterministic", "benchmark", "accumulate_grad_batches", "param_groups",
                "extra_metrics", "ignore_nan", "include_keys", "exclude_keys", "predict_file_path", "strategy")
 
 TARGETS = {

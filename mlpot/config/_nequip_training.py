@@ -192,6 +192,23 @@ _TRAINER_KEYS = {k: None for k in (
     "limit_val_batches", "inference_mode")}
 
 
+def _max_time(value, ctx: Context) -> float:
+    """Lightning's max_time ("DD:HH:MM:SS" or {days, hours, minutes, seconds}) in seconds."""
+    if isinstance(value, int) and not isinstance(value, bool):  # YAML 1.1 read DD:HH:MM:SS as a base-60 integer
+        value = f"{value // 60 ** 3}:{value // 3600 % 60}:{value // 60 % 60}:{value % 60}"
+    if isinstance(value, dict):
+        unknown = sorted(set(value) - {"days", "hours", "minutes", "seconds"})
+        if unknown:
+            fail("unknown key", ctx, f"trainer.max_time.{unknown[0]}")
+        return float(value.get("days", 0)) * 86400 + float(value.get("hours", 0)) * 3600 + \
+            float(value.get("minutes", 0)) * 60 + float(value.get("seconds", 0))
+    parts = str(value).split(":")
+    if len(parts) != 4 or not all(p.strip().isdigit() for p in parts):
+        fail(f"expected DD:HH:MM:SS, got {value!r}", ctx, "trainer.max_time")
+    days, hours, minutes, seconds = (int(p) for p in parts)
+    return float(((days * 24 + hours) * 60 + minutes) * 60 + seconds)
+
+
 def _length(body: Dict[str, Any], ctx: Context) -> Dict[str, Any]:
     steps = body.get("max_steps", -1)
     epochs = body.get("max_epochs")
@@ -256,6 +273,9 @@ def _loggers(logger, native: Dict[str, Any], ctx: Context) -> None:
     for index, entry in enumerate(logger if isinstance(logger, list) else [logger] if isinstance(logger, dict) else []):
         key = f"trainer.logger.{index}" if isinstance(logger, list) else "trainer.logger"
         name = str(entry.get("_target_", "")).rsplit(".", 1)[-1]
+        if name == "WandbLogger":
+            ctx.notes.append(f"{key}: mlpot does not log to Weights & Biases: the metrics go to lcurve.out and the metrics CSV")
+            continue
         if name not in ("CSVLogger", "TensorBoardLogger"):
             fail(f"not supported yet: logger {entry.get('_target_')!r} (built: CSVLogger, TensorBoardLogger)", ctx, f"{key}._target_")
         body = check_keys(entry, {"save_dir": None, "name": None, "version": None, "prefix": None, "flush_logs_every_n_steps": None,
@@ -288,6 +308,8 @@ def trainer_section(value: Dict[str, Any], native: Dict[str, Any], ctx: Context)
         fail(f"not supported yet: precision {body['precision']!r} (the model's model_dtype sets it)", ctx, f"{key}.precision")
     training = {**_length(body, ctx), "valid_every_epochs": int(body.get("check_val_every_n_epoch") or 1),
                 "change_bias_after_training": False}
+    if body.get("max_time") is not None:
+        training["max_time"] = _max_time(body["max_time"], ctx)
     if body.get("gradient_clip_val") is not None:
         if body.get("gradient_clip_algorithm", "norm") != "norm":
             fail("not supported yet: gradient_clip_algorithm value", ctx, f"{key}.gradient_clip_algorithm")

@@ -156,6 +156,20 @@ def _top_level(config: Dict[str, Any], file: Optional[str]) -> List[str]:
     return run
 
 
+def _check_model(model: Dict[str, Any], written: Any, file: Optional[str]) -> None:
+    """The family's check of the translated model section, its errors at the key path as written."""
+    from mlpot.models.registry import check_model_section
+
+    wrapped = isinstance(written, dict) and "modifiers" in written  # nequip.model.modify around the builder
+    try:
+        check_model_section(model)
+    except ConfigError as error:
+        key = error.key or "model"
+        inner = ".model" if wrapped and not key.startswith("model.modifiers") else ""
+        key = "training_module.model" + inner + key[len("model"):] if key.startswith("model") else key
+        raise ConfigError(error.message, file=file, key=key, hint=error.hint) from None
+
+
 def convert_dict(config: Dict[str, Any], file: Optional[str] = None, output_dir: Optional[str] = None
                  ) -> Tuple[Dict[str, Any], List[str]]:
     """(native config, notes) of a NequIP config dict (module docstring)."""
@@ -173,6 +187,7 @@ def convert_dict(config: Dict[str, Any], file: Optional[str] = None, output_dir:
     notes: List[str] = []
     context = Context(file=file, notes=notes, output_dir=output_dir)
     model, pretrained = model_section(resolved["training_module"].get("model"), context)
+    _check_model(model, resolved["training_module"].get("model"), file)
     data, seed, statistics = data_section(resolved["data"], model, None, "test" in run, context)
     if statistics is not None:
         model["data_statistics"] = statistics

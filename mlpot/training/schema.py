@@ -217,6 +217,7 @@ class TrainingConfig(Strict):
     monitor: Optional[MonitorConfig] = Field(None, description="the validation value the plateau schedule, early "
                                              "stopping and the best checkpoint follow (default: rmse)")
     early_stopping: Optional[EarlyStoppingConfig] = None
+    max_time: Optional[float] = Field(None, gt=0, description="stop after this many seconds of training (wall time)")
     change_bias_after_training: bool = Field(
         True, description="after the last step, shift the energy bias by a least-squares fit of the "
         "remaining error on the statistics sample (DeePMD-kit's change-by-statistic; its default is off)")

@@ -303,13 +303,15 @@ class Trainer:
                     self.log.display(self.step, self.epoch, self.plan[self.stage_index].name, train, valid)
                     last = valid or train
                 self.full_validation.run(self.step, self.state_dict)
+                if cfg.training.max_time is not None and time.perf_counter() - start_time > cfg.training.max_time:
+                    self.monitor.stop_reason = self.monitor.stop_reason or f"max_time {cfg.training.max_time:g} s reached"
                 stop = self.monitor.stop_reason is not None  # decided on rank 0, which validates
                 if self.dist.enabled:
                     stop = bool(self.dist.sum(torch.tensor(float(stop), device=self.dist.device)) > 0)
                 if self.step % cfg.checkpoint.every == 0 or end or stop:
                     self.save()
                 if stop:
-                    self.log.write(f"early stopping after step {self.step}: {self.monitor.stop_reason}")
+                    self.log.write(f"stopping after step {self.step}: {self.monitor.stop_reason}")
                     break
             self.log.profile(None)
             if cfg.training.change_bias_after_training and self.dist.is_main:
