@@ -89,11 +89,36 @@ def select_head(model, head: Optional[str], file: str):
 _PEER_SUFFIXES = (".ckpt", ".zip")
 
 
+def _pickled_format(path: PathLike):
+    """The ``format`` entry of a torch zip archive's top-level dict, read as inert records (nothing runs)."""
+    import zipfile
+
+    from mlpot.models.safe_pickle import AllowList, archive_root, load_archive_pickle
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            root = archive_root(archive, "data.pkl", path)
+            tree = load_archive_pickle(archive, f"{root}/data.pkl", lambda key: f"{root}/data/{key}", path,
+                                       AllowList(everything=True))
+    except (OSError, zipfile.BadZipFile, CheckpointError):
+        return None
+    return tree.get("format") if isinstance(tree, dict) else None
+
+
 def peer_model(path: PathLike):
-    """The model of a peer's file (``.ckpt`` / ``.zip``) that a model family reads, or None."""
+    """The model of a peer's file (``.ckpt`` / ``.zip``) that a model family reads, or None for an mlpot
+    file of that name; any other such file is refused (it is never unpickled with code execution)."""
     from mlpot.models.registry import read_peer_model
 
-    return read_peer_model(path) if Path(path).suffix in _PEER_SUFFIXES and Path(path).is_file() else None
+    if Path(path).suffix not in _PEER_SUFFIXES or not Path(path).is_file():
+        return None
+    model = read_peer_model(path)
+    from mlpot.training.checkpoint import CHECKPOINT_FORMAT
+
+    if model is None and _pickled_format(path) not in (FROZEN_FORMAT, CHECKPOINT_FORMAT):
+        raise CheckpointError("neither an mlpot model or checkpoint nor a peer model file mlpot reads "
+                              "(NequIP .ckpt / .nequip.zip)", file=str(path))
+    return model
 
 
 def load_model(path: PathLike, device: Union[str, torch.device] = "cpu", head: Optional[str] = None):

@@ -114,6 +114,8 @@ def run(args) -> int:
     if finetune:
         plan.after_statistics(trainer.model, trainer.data.stat_samples,
                               trainer._write if trainer.dist.is_main else (lambda line: None))
+        if trainer.ema is not None:  # the average starts from the weights the plan set
+            trainer.ema.reset(trainer.model)
     trainer.run()
     if trainer.dist.is_main:
         # the frozen model of the checkpoint this run wrote last (EMA weights when EMA is on), not

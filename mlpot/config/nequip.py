@@ -187,10 +187,10 @@ def convert_dict(config: Dict[str, Any], file: Optional[str] = None, output_dir:
     notes: List[str] = []
     context = Context(file=file, notes=notes, output_dir=output_dir)
     model, pretrained = model_section(resolved["training_module"].get("model"), context)
-    _check_model(model, resolved["training_module"].get("model"), file)
     data, seed, statistics = data_section(resolved["data"], model, None, "test" in run, context)
     if statistics is not None:
         model["data_statistics"] = statistics
+    _check_model(model, resolved["training_module"].get("model"), file)
     native: Dict[str, Any] = {"family": "nequip", "seed": seed, "output_dir": output_dir, "model": model, "data": data}
     if model.get("model_dtype") is not None:
         native["dtype"] = model["model_dtype"]
