@@ -162,3 +162,23 @@ class _Payload:
         import os
 
         return os.system, (f"touch {self.marker}",)
+
+
+def test_export_mode_gives_the_same_numbers_and_exports(reference):
+    """``set_export_mode``: data-independent shapes for torch.export (the generic mlpot compile)."""
+    model = load_model(reference / "model.nequip.zip")
+    eager, batch = energies(model, reference / "frames.xyz")
+    model.set_export_mode(True)
+    np.testing.assert_allclose(energies(model, reference / "frames.xyz")[0], eager, rtol=1e-14)
+    keys = (K.POSITIONS, K.ATOM_TYPES, K.CELL, K.EDGE_INDEX, K.EDGE_SHIFTS, K.BATCH)
+
+    class Energy(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, *tensors):
+            return self.inner(dict(zip(keys, tensors)))[K.ENERGY]
+
+    program = torch.export.export(Energy(model), tuple(batch[k] for k in keys))
+    np.testing.assert_allclose(program.module()(*(batch[k] for k in keys)).detach().numpy(), eager, rtol=1e-14)

@@ -251,6 +251,11 @@ class TypeSelfConnection(torch.nn.Module):
         n_types = self.n_attrs if attributes is None else attributes.shape[0]
         if n_types == 1:
             return self.linear.apply_blocks(x, [None if w is None else w[0] for w in weights])
+        if getattr(self, "masked", False) and segments is None:  # sizes independent of the data (torch.export)
+            per_type = torch.stack([self.linear.apply_blocks(x, [None if w is None else w[t] for w in weights])
+                                    for t in range(n_types)])
+            index = types.view(1, -1, *([1] * (x.dim() - 1))).expand(1, *per_type.shape[1:])
+            return per_type.gather(0, index).squeeze(0)
         order = None
         if segments is None:
             order = torch.argsort(types, stable=True)

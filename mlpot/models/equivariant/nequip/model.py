@@ -144,7 +144,19 @@ class NequIPModel(AtomisticModel):
         envelope = polynomial_cutoff(scaled, self.cutoff, self.polynomial_p)
         return basis.to(self.model_dtype) * envelope.to(self.model_dtype).unsqueeze(-1)
 
+    def set_export_mode(self, enabled: bool = True) -> "NequIPModel":
+        """Shapes that depend only on the input sizes, for ``torch.export`` (the generic ``mlpot compile``):
+        no atom-type range check, every directed edge evaluated (no unordered-pair halving), the
+        self-connection by masks instead of per-type slices. The numbers are the same."""
+        self.export_mode = bool(enabled)
+        for layer in self.layers:
+            if layer.self_connection is not None:
+                layer.self_connection.masked = bool(enabled)
+        return self
+
     def _check(self, batch: Batch) -> None:
+        if getattr(self, "export_mode", False):
+            return
         types = batch[ATOM_TYPES]
         if types.numel() and (int(types.max()) >= len(self.type_map) or int(types.min()) < 0):
             raise DataError(f"atom type {int(types.max())} out of range for type_names {self.type_map}", key=ATOM_TYPES)
@@ -155,7 +167,8 @@ class NequIPModel(AtomisticModel):
         types = batch[ATOM_TYPES]
         centre, neighbour = batch[EDGE_INDEX][0], batch[EDGE_INDEX][1]
         vectors = edge_vectors(batch)
-        pairs = unique_pair_index(batch[EDGE_INDEX], batch[EDGE_SHIFTS], types.shape[0]) if self.pairs_symmetric else None
+        pairs = unique_pair_index(batch[EDGE_INDEX], batch[EDGE_SHIFTS], types.shape[0]) \
+            if self.pairs_symmetric and not getattr(self, "export_mode", False) else None
         both = pairs is not None and bool((torch.bincount(pairs[1], minlength=len(pairs[0])) == 2).all())
         if both:
             representative = pairs[0]
