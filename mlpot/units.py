@@ -25,6 +25,10 @@ FIELD_CONSTANT = 1.0 / EPSILON0
 LAMMPS_QQR2E_METAL = 14.399645
 LAMMPS_QQR2E_REAL = 332.06371
 
+# mace-torch's ZBLBasis rounds the Coulomb constant (eV Å) and the Bohr radius (Å) [COMPAT]
+MACE_ZBL_COULOMB = 14.3996
+MACE_BOHR_ANGSTROM = 0.529
+
 # pressure: 1 eV/Å^3 in GPa and bar
 EV_PER_A3_TO_GPA = ELEMENTARY_CHARGE * 1e30 / 1e9
 EV_PER_A3_TO_BAR = EV_PER_A3_TO_GPA * 1e4

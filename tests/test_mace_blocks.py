@@ -9,9 +9,10 @@ import torch
 from e3nn import o3
 
 from mlpot.models.equivariant.mace.coupling import u_matrix
-from mlpot.models.equivariant.mace.linear import ElementLinear, IrrepsLinear, from_flat, irreps_of, to_flat
+from mlpot.models.equivariant.mace.linear import ChannelLinear, ElementLinear, from_flat, irreps_of, to_flat
 from mlpot.models.equivariant.mace.neighbours import PaddedEdges
-from mlpot.models.equivariant.mace.radial import RadialEmbedding, RadialMLP
+from mlpot.models.equivariant.blocks import RadialMLP
+from mlpot.models.equivariant.mace.radial import RadialEmbedding
 from mlpot.models.equivariant.mace.symmetric_contraction import SymmetricContraction
 from mlpot.models.equivariant.mace.tensor_product import ChannelwiseTensorProduct
 from mlpot.nn import GaussianBasis
@@ -30,7 +31,7 @@ def test_layout_round_trip():
 
 def test_irreps_linear_equals_e3nn_linear():
     blocks_in, blocks_out = IR("0e 0e 1o 1o 1o 2e"), IR("0e 1o 2e 3o")
-    ours = IrrepsLinear(blocks_in, 5, blocks_out, 7, torch.float64)
+    ours = ChannelLinear(blocks_in, 5, blocks_out, 7, torch.float64)
     theirs = o3.Linear(irreps_of(5, blocks_in), irreps_of(7, blocks_out)).double()
     assert theirs.weight_numel == ours.weight.numel()
     with torch.no_grad():
@@ -84,7 +85,7 @@ def test_channelwise_tensor_product_equals_e3nn_uvu():
 def test_radial_mlp_equals_e3nn_fully_connected_net():
     from e3nn.nn import FullyConnectedNet
 
-    ours = RadialMLP([8, 16, 16, 5], dtype=torch.float64)
+    ours = RadialMLP([8, 16, 16, 5], "silu", "moment", dtype=torch.float64)
     theirs = FullyConnectedNet([8, 16, 16, 5], torch.nn.functional.silu).double()
     with torch.no_grad():
         for k in range(3):

@@ -122,7 +122,7 @@ def test_spherical_harmonics_are_e3nn_component_normalised():
 
 
 def test_radial_mlp_init_rule_and_nonlinearity_quirk():
-    mlp = RadialMLP(8, 5, hidden_depth=2, hidden_width=16, nonlinearity="silu", dtype=F64)
+    mlp = RadialMLP([8, 16, 16, 5], "silu", dtype=F64)
     assert [layer.alpha for layer in mlp.layers] == pytest.approx([1 / math.sqrt(8), math.sqrt(2) / 4, math.sqrt(2) / 4])
     assert all(layer.weight.abs().max() <= math.sqrt(3) for layer in mlp.layers)
     x = torch.randn(3, 8, dtype=F64)
@@ -133,8 +133,8 @@ def test_radial_mlp_init_rule_and_nonlinearity_quirk():
     torch.testing.assert_close(mlp(x), expected)
     permutation = torch.tensor([4, 0, 3, 1, 2])
     torch.testing.assert_close(mlp(x, permutation), expected[:, permutation])
-    assert [layer.alpha for layer in RadialMLP(8, 1, 1, 4, None).layers] == pytest.approx([8 ** -0.5, 0.5])  # linear: gain 1
-    assert [layer.alpha for layer in RadialMLP(8, 1, 1, 4, "null").layers] == pytest.approx([8 ** -0.5, 2 ** 0.5 / 2])
+    assert [layer.alpha for layer in RadialMLP([8, 4, 1], None).layers] == pytest.approx([8 ** -0.5, 0.5])  # linear: gain 1
+    assert [layer.alpha for layer in RadialMLP([8, 4, 1], "null").layers] == pytest.approx([8 ** -0.5, 2 ** 0.5 / 2])
 
 
 def test_per_type_scale_shift():

@@ -80,7 +80,9 @@ class MlpotCalculator(Calculator):
             raise PropertyNotImplementedError("stress needs a fully periodic cell")
         _, prediction = next(iterate_predictions(self.model, [self._frame(self.atoms)], batch_size=1))
         energy = float(prediction["energy"])
-        self.results = {"energy": energy, "free_energy": energy, "forces": prediction["forces"].copy()}
+        self.results = {"energy": energy, "free_energy": energy}
+        if "forces" in prediction:  # an energy-only model has none
+            self.results["forces"] = prediction["forces"].copy()
         if periodic and "virial" in prediction:
             virial = prediction["virial"]
             self.results["virial"] = virial.copy()

@@ -8,12 +8,15 @@ A frozen file (``torch.save`` of a plain dict, no pickled classes) holds:
 * ``dtype``: the precision the model was trained in; ``metadata``: type_map, cutoff (Å),
   number of parameters, the mlpot version, the source checkpoint and its step, the time of freezing.
 
-``load_model(path)`` accepts a frozen file or a training checkpoint (mlpot's, or mace-torch's
-``.model`` file and mace_run_train checkpoint) and returns the model in eval mode. A multi-task
-checkpoint holds every task's head: ``head=<task>`` (``mlpot freeze --head``, as ``dp freeze
---head``) picks one, and its frozen file is an ordinary single-task model. The model is rebuilt
-from its config rather than unpickled, so a frozen file stays loadable as long as the config keys
-exist (and loading never executes code from the file: ``weights_only``).
+``load_model(path)`` accepts a frozen file, a training checkpoint, mace-torch's ``.model`` file and
+mace_run_train checkpoint, or a peer's trained model that a model family reads (``read_peer_file``:
+NequIP ``.ckpt`` Lightning checkpoints and ``.nequip.zip`` packages); peer files are read with a
+restricted unpickler that never runs code from the file. It returns the model in eval mode;
+``freeze`` turns any of them into a frozen file. A multi-task checkpoint holds every task's head:
+``head=<task>`` (``mlpot freeze --head``, as ``dp freeze --head``) picks one, and its frozen file is
+an ordinary single-task model. The model is rebuilt from its config rather than unpickled, so a
+frozen file stays loadable as long as the config keys exist (and loading never executes code from
+the file: ``weights_only``).
 TorchScript is not used: the models take a dict batch whose optional keys TorchScript cannot type.
 """
 
@@ -22,15 +25,16 @@ from __future__ import annotations
 import datetime
 import os
 from pathlib import Path
-from typing import Any, Dict, Optional, Union
+from typing import Any, Dict, Optional, Sequence, Union
 
 import torch
 
 from mlpot.errors import CheckpointError
 from mlpot.models.compose import FROZEN_FORMAT
 from mlpot.models.equivariant.mace import is_mace_checkpoint, is_mace_model_file, load_mace_checkpoint, load_mace_model_file
+from mlpot.training.checkpoint import CHECKPOINT_FORMAT
 
-__all__ = ["FROZEN_FORMAT", "freeze", "load_model", "read_model_file", "save_frozen"]
+__all__ = ["FROZEN_FORMAT", "freeze", "load_model", "read_model_file", "save_frozen", "apply_modifiers", "peer_model"]
 
 FORMAT_VERSION = 1  # FROZEN_FORMAT (the file's "format" entry) is defined once, in mlpot.models.compose
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
@@ -100,9 +104,42 @@ def _mace_model(path: Path, payload: Optional[Dict[str, Any]], mace_options):
     return load_mace_checkpoint(path, mace_options, dtype=None)
 
 
+_PEER_SUFFIXES = (".ckpt", ".zip")
+
+
+def _pickled_format(path: PathLike):
+    """The ``format`` entry of a torch zip archive's top-level dict, read as inert records (nothing runs)."""
+    import zipfile
+
+    from mlpot.models.safe_pickle import AllowList, archive_root, load_archive_pickle
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            root = archive_root(archive, "data.pkl", path)
+            tree = load_archive_pickle(archive, f"{root}/data.pkl", lambda key: f"{root}/data/{key}", path,
+                                       AllowList(everything=True))
+    except (OSError, zipfile.BadZipFile, CheckpointError):
+        return None
+    return tree.get("format") if isinstance(tree, dict) else None
+
+
+def peer_model(path: PathLike):
+    """The model of a peer's file (``.ckpt`` / ``.zip``) that a model family reads, or None for an mlpot
+    file of that name; any other such file is refused (it is never unpickled with code execution)."""
+    from mlpot.models.registry import read_peer_model
+
+    if Path(path).suffix not in _PEER_SUFFIXES or not Path(path).is_file():
+        return None
+    model = read_peer_model(path)
+    if model is None and _pickled_format(path) not in (FROZEN_FORMAT, CHECKPOINT_FORMAT):
+        raise CheckpointError("neither an mlpot model or checkpoint nor a peer model file mlpot reads "
+                              "(NequIP .ckpt / .nequip.zip)", file=str(path))
+    return model
+
+
 def load_model(path: PathLike, device: Union[str, torch.device] = "cpu", head: Optional[str] = None,
                mace_options=None):
-    """The model stored in ``path`` (frozen file or checkpoint), in eval mode on ``device``.
+    """The model stored in ``path`` (frozen file, checkpoint or peer model file), in eval mode on ``device``.
 
     head: task of a multi-task checkpoint to return (its single-task head); None returns the whole
     multi-task model (which runs its first task). mace-torch's files load too: a ``.model`` file
@@ -113,6 +150,8 @@ def load_model(path: PathLike, device: Union[str, torch.device] = "cpu", head: O
 
     path = Path(path)
     model = _mace_model(path, None, mace_options) if path.is_file() else None
+    if model is None:
+        model = peer_model(path)
     if model is None:
         payload = read_model_file(path)
         model = _mace_model(path, payload, mace_options)
@@ -142,33 +181,53 @@ def save_frozen(payload: Dict[str, Any], path: PathLike) -> None:
     atomic_write_bytes(path, buffer.getvalue())
 
 
-def freeze(checkpoint: PathLike, output: PathLike, head: Optional[str] = None, mace_options=None) -> Dict[str, Any]:
+def apply_modifiers(model, modifiers: Optional[Sequence[Union[str, Dict[str, Any]]]]):
+    """``model`` with its family's persistent model modifiers applied (a copy; ``model`` when there are
+    none). ``modifiers``: names (NequIP ``enable_ForceStressOutput``) or mappings with ``modifier`` and
+    its arguments (``{modifier: modify_PerTypeScaleShift, shifts: {O: -93.5}}``). ``mlpot package`` and
+    the generic ``mlpot compile`` call it before writing their file."""
+    if not modifiers:
+        return model
+    from mlpot.errors import ConfigError
+    from mlpot.models.registry import family_of
+
+    family = family_of(model.config)
+    if family.modify is None:
+        raise ConfigError(f"not supported yet: model modifiers for a {family.name} model", key="--modifiers")
+    return family.modify(model, [m if isinstance(m, dict) else {"modifier": str(m)} for m in modifiers])
+
+
+def freeze(checkpoint: PathLike, output: PathLike, head: Optional[str] = None, modifiers=None,
+           extra_metadata: Optional[Dict[str, Any]] = None, mace_options=None) -> Dict[str, Any]:
     """Write the frozen model of ``checkpoint`` to ``output``; returns its metadata.
 
     head: the task to freeze from a multi-task checkpoint (required there; an error for a
-    single-task one). The model is rebuilt and its weights loaded before writing, so a frozen file
-    that was written is known to load. mace-torch files (``.model``, or a checkpoint with
-    ``mace_options``) freeze into an mlpot model of the same numbers.
+    single-task one). modifiers: persistent model modifiers to apply first (``apply_modifiers``).
+    extra_metadata: added to the metadata. The model is rebuilt and its weights loaded before
+    writing, so a frozen file that was written is known to load. mace-torch files (``.model``, or a
+    checkpoint with ``mace_options``) and NequIP files freeze into an mlpot model of the same numbers.
     """
     from mlpot import __version__
 
     checkpoint, output = Path(checkpoint), Path(output)
     model = select_head(load_model(checkpoint, mace_options=mace_options), head, str(checkpoint))
-    payload = None if is_mace_model_file(checkpoint) else read_model_file(checkpoint)
-    if payload is None or is_mace_checkpoint(payload):
+    if _pickled_format(checkpoint) in (FROZEN_FORMAT, CHECKPOINT_FORMAT):
+        _, _, dtype, step = _model_parts(read_model_file(checkpoint), str(checkpoint))
+    else:  # a peer's file
         dtype, step = str(model.dtype).removeprefix("torch."), None
-    else:
-        _, _, dtype, step = _model_parts(payload, str(checkpoint))
+    model = apply_modifiers(model, modifiers)
     config = model.config
     metadata = {
         "type_map": list(model.type_map),
         "cutoff": float(model.cutoff),
         "num_parameters": int(model.num_parameters()),
+        "energy_derivatives": bool(getattr(model, "energy_derivatives", True)),
         "mlpot_version": __version__,
         "source": str(checkpoint.resolve()),
         "step": step,
         "head": head,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        **(extra_metadata or {}),
     }
     frozen = {
         "format": FROZEN_FORMAT,

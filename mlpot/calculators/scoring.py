@@ -179,7 +179,7 @@ class EnergyScorer:
                 details.system_rows("e", result.name, ("data_e", "pred_e"), np.concatenate([ref, out])[None])
                 details.system_rows("e_peratom", result.name, ("data_e", "pred_e"),
                                     np.concatenate([ref, out])[None] / n_atoms)
-        if _has(frame, K.FORCES):
+        if _has(frame, K.FORCES) and K.FORCES in pred:  # energy-only models have none
             ref, out = np.asarray(frame[K.FORCES]), np.asarray(pred[K.FORCES])
             result.add(K.FORCES, out - ref)
             if details:

@@ -1,7 +1,7 @@
 """``mlpot convert CONFIG -o native.yaml``: turn a peer config into the native YAML.
 
-The peer format is detected from the file (DeePMD-kit ``input.json``/``.yaml``, a YAML of
-mace_run_train options, or a DeePseudopot inputs folder holding ``NN_config.par``; front-ends of the
+The peer format is detected from the file (DeePMD-kit ``input.json``/``.yaml``, a NequIP 0.19 YAML,
+a YAML of mace_run_train options, or a DeePseudopot inputs folder holding ``NN_config.par``; front-ends of the
 other families plug in here as they land). Relative paths of a mace_run_train YAML stay relative to
 the current folder, as mace_run_train reads them. The written YAML is validated against the native
 schema before it is written, so a converted file always loads with ``mlpot train native.yaml``
@@ -25,15 +25,21 @@ def add_arguments(parser) -> None:
 
 def convert_file(path: Path) -> dict:
     """The native config dict of a peer config file (format detected from its content)."""
-    from mlpot.config import deepmd, mace
+    from mlpot.config import deepmd, mace, nequip
 
     if deepmd.is_deepmd_config(path):
         return deepmd.convert(path)
+    if nequip.is_nequip_config(path):
+        native, notes, _ = nequip.convert(path)
+        for note in notes:
+            print(f"note: {note}", file=sys.stderr)
+        return native
     if mace.is_mace_config(path):
         return mace.MaceFrontEnd.from_sources(path).to_native()
     raise ConfigError(
         "not a recognised peer config (expected a DeePMD-kit input with model/descriptor and "
-        "training/training_data, or a YAML of mace_run_train options with train_file)", file=str(path),
+        "training/training_data, a NequIP config with run, data, trainer and training_module, or a YAML "
+        "of mace_run_train options with train_file)", file=str(path),
     )
 
 

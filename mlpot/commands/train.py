@@ -2,9 +2,12 @@
 [--use-pretrain-script]] [--output-dir DIR] [--no-progress]``, or ``mlpot train --config mace.yaml
 [--<mace_run_train option> VALUE ...]``.
 
-CONFIG is a native YAML, or a peer config (DeePMD-kit ``input.json``/``.yaml``, a YAML of
-mace_run_train options) converted on the fly by ``mlpot convert``'s front-ends. ``--config FILE``
-and any other ``--option value`` are mace_run_train's (``mlpot.config.mace``): its
+CONFIG is a native YAML, or a peer config (DeePMD-kit ``input.json``/``.yaml``, a NequIP 0.19 YAML,
+a YAML of mace_run_train options) converted on the fly by ``mlpot convert``'s front-ends. NequIP
+users' habits work too: ``mlpot train -cn config.yaml`` (``-cp DIR`` for its folder) and Hydra
+overrides after it (``trainer.max_epochs=3``, ``++ckpt_path=last.pt`` to resume); a config's
+``finetune`` (NequIP's ``ModelFromCheckpoint`` / ``ModelFromPackage``) works as ``--finetune``.
+``--config FILE`` and any other ``--option value`` are mace_run_train's (``mlpot.config.mace``): its
 ``restart_latest``, ``foundation_model`` (as ``--finetune``), ``test_file`` (evaluated after
 training) and ``name`` (the frozen model is also written as ``<model_dir>/<name>.pt``) apply to
 the run. Launch with ``torchrun --nproc-per-node N -m mlpot.cli train CONFIG`` for data-parallel
@@ -23,7 +26,8 @@ from pathlib import Path
 from mlpot.errors import ConfigError
 
 
-_OWN_VALUED = {"--restart", "--init-model", "--finetune", "--model-branch", "--output-dir", "--config", "--mace-options"}
+_OWN_VALUED = {"--restart", "--init-model", "--finetune", "--model-branch", "--output-dir", "--config", "--mace-options",
+               "-cn", "--config-name", "-cp", "--config-path"}
 _OWN_FLAGS = {"--use-pretrain-script", "--no-progress", "-h", "--help"}
 
 
@@ -47,8 +51,11 @@ def split_arguments(argv):
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("config", type=Path, nargs="?", default=None,
-                        help="native YAML, DeePMD input.json/.yaml or a YAML of mace_run_train options")
+    parser.add_argument("config", nargs="?", default=None,
+                        help="native YAML, DeePMD input.json/.yaml, NequIP YAML or a YAML of mace_run_train options")
+    parser.add_argument("overrides", nargs="*", help="Hydra-style overrides of a NequIP config (key=value, ++key=value)")
+    parser.add_argument("-cn", "--config-name", default=None, help="config file (NequIP's nequip-train -cn)")
+    parser.add_argument("-cp", "--config-path", default=None, help="folder of --config-name")
     parser.add_argument("--config", dest="mace_config", type=Path, default=None,
                         help="YAML of mace_run_train options (other --options as mace_run_train takes them)")
     parser.add_argument("--restart", default=None,
@@ -66,37 +73,63 @@ def add_arguments(parser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
-def load_any_config(path: Path):
-    """Native config of ``path``: native YAML validated directly, peer configs converted first."""
-    from mlpot.config import load_config, read_yaml, validate_config
-    from mlpot.config import deepmd
+def load_any_config(path: Path, overrides=(), output_dir=None):
+    """Native config of ``path``: native YAML validated directly, peer configs converted first. Returns
+    (config, restart checkpoint named by a NequIP ``++ckpt_path`` or None)."""
+    from mlpot.config import deepmd, load_config, nequip, read_yaml, validate_config
 
+    if path.exists() and nequip.is_nequip_config(path):
+        native, notes, restart = nequip.convert(path, overrides, output_dir=output_dir)
+        for note in notes:
+            print(f"note: {note}")
+        return validate_config(native, file=str(path), base_dir=Path.cwd()), restart
+    if overrides:
+        raise ConfigError(f"overrides {list(overrides)} apply to NequIP configs only", file=str(path))
     if path.suffix == ".json" or (path.exists() and deepmd.is_deepmd_config(path)):
         from mlpot.commands.convert import convert_file
 
         native = convert_file(path)
-        return validate_config(native, file=str(path), base_dir=Path.cwd())
+        return validate_config(native, file=str(path), base_dir=Path.cwd()), None
     read_yaml(path)  # a clear error for a missing or malformed file
-    return load_config(path)
+    return load_config(path), None
+
+
+def config_file(args) -> Path:
+    """The config of the command line: CONFIG, or NequIP's ``-cp DIR -cn NAME``; leading ``key=value``
+    words are overrides."""
+    from mlpot.config.nequip import config_path
+
+    words = ([args.config] if args.config else []) + list(args.overrides)
+    if args.config_name:
+        args.overrides = words
+        return config_path(args.config_name, args.config_path)
+    if not words or "=" in words[0] and not Path(words[0]).exists():
+        raise ConfigError("give a config file (mlpot train config.yaml, or mlpot train -cn config.yaml)", key="config")
+    args.overrides = words[1:]
+    return Path(words[0])
 
 
 def load_train_config(args):
     """(native config, run options) of the command line: a MACE-style front-end for ``--config`` or
-    extra options, else the positional config file."""
+    extra options, else the positional config file (NequIP ``-cn``/``-cp`` and overrides included).
+    Run options: ``restart`` (NequIP ``++ckpt_path``, mace ``restart_latest``), ``finetune``,
+    ``model_file``, ``test_files``."""
     from mlpot.config import mace, validate_config
 
     extra = list(getattr(args, "extra", None) or [])
     mace_file = args.mace_config
-    if mace_file is None and args.config is not None and mace.is_mace_config(args.config):
-        mace_file = args.config
     if mace_file is None and not extra:
-        if args.config is None:
-            raise ConfigError("give a config file: mlpot train CONFIG (or --config for mace_run_train options)",
-                              key="config")
-        return load_any_config(args.config), {}
-    if args.config is not None and args.config != mace_file:
+        path = config_file(args)
+        args.config = path
+        if not (path.exists() and mace.is_mace_config(path)):
+            output_dir = str(args.output_dir.resolve()) if args.output_dir else None
+            config, restart = load_any_config(path, args.overrides, output_dir=output_dir)
+            return config, ({"restart": restart} if restart else {})
+        mace_file = path
+    elif args.config is not None and Path(args.config) != mace_file:
         raise ConfigError("give either a config file or mace_run_train options (--config FILE --option ...)",
                           key="config")
+    args.config = mace_file or "command line"
     front = mace.MaceFrontEnd.from_sources(mace_file, extra)
     native = validate_config(front.to_native(), file=str(mace_file or "command line"), base_dir=Path.cwd())
     return native, front.run_options()
@@ -134,12 +167,14 @@ def run(args) -> int:
     from mlpot.calculators.export import freeze, load_model
 
     init_weights = load_model(args.init_model, mace_options=args.mace_options).state_dict() if args.init_model else None
-    finetune = args.finetune if restart is None else None
+    finetune = (args.finetune or config.finetune) if restart is None else None
     if finetune:
         from mlpot.models.registry import family_of
 
         if args.init_model:
             raise ConfigError("--finetune and --init-model exclude each other", key="--finetune")
+        if args.finetune is None and not Path(finetune).is_absolute():
+            finetune = str(Path.cwd() / finetune)
         family = family_of(config.model)
         if family.prepare_finetune is None:
             raise ConfigError(f"not supported yet: --finetune with a {family.name} model", key="--finetune")
@@ -153,6 +188,8 @@ def run(args) -> int:
     if finetune:
         plan.after_statistics(trainer.model, trainer.data.stat_samples,
                               trainer._write if trainer.dist.is_main else (lambda line: None))
+        if trainer.ema is not None:  # the average starts from the weights the plan set
+            trainer.ema.reset(trainer.model)
     trainer.run()
     if trainer.dist.is_main:
         # the frozen model of the checkpoint this run wrote last (EMA weights when EMA is on), not

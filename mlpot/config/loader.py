@@ -117,6 +117,8 @@ def _resolve_paths(data: Dict[str, Any], base: Path, file: Optional[str]) -> Non
     data.setdefault("output_dir", ".")
     if isinstance(data["output_dir"], str) and not os.path.isabs(data["output_dir"]):
         data["output_dir"] = os.path.normpath(base / data["output_dir"])
+    if isinstance(data.get("finetune"), str) and not os.path.isabs(data["finetune"]):
+        data["finetune"] = os.path.normpath(base / data["finetune"])
     data_sections = [data.get("data")]
     if isinstance(data.get("tasks"), dict):  # multi-task: every task has its own data section
         data_sections += [task.get("data") for task in data["tasks"].values() if isinstance(task, dict)]
@@ -127,7 +129,7 @@ def _resolve_paths(data: Dict[str, Any], base: Path, file: Optional[str]) -> Non
 
 def _resolve_data_paths(sections: Dict[str, Any], base: Path) -> None:
     """Relative paths of one ``data`` section (train/valid paths, stat_file) made absolute against ``base``."""
-    for split in ("train", "valid"):
+    for split in ("train", "valid", "test"):
         section = sections.get(split)
         if not isinstance(section, dict) or not isinstance(section.get("paths"), list):
             continue

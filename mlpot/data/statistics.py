@@ -4,11 +4,13 @@
   n_types) the atom counts per type, by SVD least squares (``numpy.linalg.lstsq``, ``rcond``
   None). For fixed-composition data the problem is rank-deficient and the minimum-norm solution is
   returned [COMPAT], b ∝ composition (water data_0 + data_1: O -93.57366, H -187.14733 eV).
-* Energy per atom mean and std, residual of the bias fit (std per frame, RMS per atom), forces
-  RMS overall and per type (label RMS over Cartesian components), label counts.
-* At a cutoff: mean neighbours per atom (overall, per centre type, and over the atoms that have at least
-  one neighbour: MACE's ``avg_num_neighbors``), maximum neighbours per neighbour type over all centres
-  (DeePMD's neighbour stat for ``sel: "auto"``), minimum distance.
+* Energy per atom mean and std over frames (E / N per frame: frame-weighted; population std, and
+  the sample std with N - 1), total energy sample std, residual of the bias fit (std per frame,
+  RMS per atom), forces RMS overall and per type (label RMS over Cartesian components), label
+  counts.
+* At a cutoff: mean neighbours per atom (overall, per centre type, and over the atoms that have at
+  least one neighbour: MACE's ``avg_num_neighbors``), maximum neighbours per neighbour type over all
+  centres (DeePMD's neighbour stat for ``sel: "auto"``), minimum distance.
 
 The cache (a :class:`~mlpot.data.stat_file.StatisticsFile`, DeePMD's ``stat_file``: an HDF5 file or
 a directory) keys the record by a hash of the source files (path, size, mtime), the cutoff, the
@@ -49,7 +51,9 @@ class DatasetStatistics:
     label_counts: Dict[str, int]  # frames with each label (weight > 0)
     energy_bias: Optional[List[float]] = None  # eV per atom of each type
     energy_per_atom_mean: Optional[float] = None
-    energy_per_atom_std: Optional[float] = None
+    energy_per_atom_std: Optional[float] = None  # population std (N)
+    energy_per_atom_sample_std: Optional[float] = None  # sample std (N - 1), eV per atom
+    energy_sample_std: Optional[float] = None  # sample std (N - 1) of the total energy, eV
     bias_residual_std: Optional[float] = None  # eV per frame
     bias_residual_rms_per_atom: Optional[float] = None  # eV per atom
     forces_rms: Optional[float] = None
@@ -189,6 +193,9 @@ def _compute(frames, type_map, cutoff, dataset) -> DatasetStatistics:
         stats.energy_bias = bias.tolist()
         stats.energy_per_atom_mean = float(per_atom.mean())
         stats.energy_per_atom_std = float(per_atom.std())
+        if len(energies) > 1:
+            stats.energy_per_atom_sample_std = float(per_atom.std(ddof=1))
+            stats.energy_sample_std = float(energies.std(ddof=1))
         stats.bias_residual_std = float(residual.std())
         stats.bias_residual_rms_per_atom = float(np.sqrt(np.mean((residual / n_atoms[with_energy]) ** 2)))
     with_forces = [f for f in frames if present_weight(f, K.FORCES) > 0]

@@ -61,6 +61,9 @@ class AtomisticModel(torch.nn.Module):
     input_keys: optional batch inputs ``forward`` reads besides the geometry (FPARAM, APARAM...);
     readers skip the others.
     statistics_batches: batches of every training system in the sample ``compute_statistics`` sees.
+    energy_derivatives: False for an energy-only model (NequIP ``do_derivatives: false``): forces,
+    virial and stress are then not computed (``compute_derivatives`` skips them), a loss on them is
+    a configuration error and calculators report the energy only.
     """
 
     type_map: List[str]
@@ -68,6 +71,7 @@ class AtomisticModel(torch.nn.Module):
     config: Dict[str, Any]
     output_keys: Tuple[str, ...] = ()
     statistics_batches: int = 10  # batches per training system in the data-statistics sample
+    energy_derivatives: bool = True
 
     @property
     def input_keys(self) -> Tuple[str, ...]:

@@ -12,7 +12,9 @@ cell: R' = R (1 + ε), h' = h (1 + ε). Then
 
 ``create_graph=True`` keeps the graph so a force or virial loss can be back-propagated (training);
 evaluation leaves it False, so no graph of second derivatives is built. A model without ENERGY
-(dipole, polarizability, DOS) has nothing to derive: asking for derivatives is a ValueError.
+(dipole, polarizability, DOS) has nothing to derive: asking for derivatives is a ValueError. An
+energy-only model (``model.energy_derivatives`` False, e.g. NequIP ``do_derivatives: false``) gets
+none of them: its outputs are returned as they are.
 """
 
 from __future__ import annotations
@@ -32,6 +34,8 @@ def compute_derivatives(model, batch: Dict[str, torch.Tensor], forces: bool = Tr
 
     batch: a collated batch; ``model(batch)`` must return ENERGY (n_frames,) in eV.
     """
+    if not getattr(model, "energy_derivatives", True):
+        forces = virial = stress = False
     need_strain = virial or stress
     positions = batch[POSITIONS]
     if forces and not positions.requires_grad:

@@ -1,5 +1,19 @@
-"""Tabulated pair potentials in DeePMD-kit's table format, alone (``pairtab``) or blended into a
-model at short range (``use_srtab``), spec deepmd.md §5.1.
+"""Pair potentials: the ZBL screened nuclear repulsion kernel, and tabulated pair potentials in
+DeePMD-kit's table format, alone (``pairtab``) or blended into a model at short range
+(``use_srtab``), spec deepmd.md §5.1.
+
+ZBL (Ziegler-Biersack-Littmark universal screening), the one kernel of every family's ZBL term:
+
+    V(r) = k Z_i Z_j / r · Σ_k c_k exp(-d_k x),   x = r (Z_i^z + Z_j^z) / a_0
+
+with the universal constants ``ZBL_UNIVERSAL`` (c = 0.18175, 0.50986, 0.28022, 0.02817;
+d = 3.19980, 0.94229, 0.40290, 0.20162; a_0 = 0.46850 Å; z = 0.23; LAMMPS ``pair zbl`` and NequIP)
+or mace-torch's variant (``ZBL_MACE``: rounded c = 0.1818, 0.5099, 0.2802, 0.02817 and d = 3.2,
+0.9423, 0.4028, 0.2016, and its own screening length a_0 = 0.4543 · 0.529 Å with z = 0.3), and k
+the Coulomb constant of the unit system.
+Each family puts its own envelope and cutoff on top (NequIP: its polynomial envelope at the model
+cutoff; MACE: the polynomial envelope cut at the sum of covalent radii). Written by hand: four
+exponentials, and no library evaluates these variants in torch.
 
 Table file (``tab_file`` / ``use_srtab``): a text table whose first column is the distance r (Å,
 uniform grid from r_min) and whose other n(n+1)/2 columns hold the pair energy u(r) (eV) of the
@@ -32,8 +46,9 @@ because no library evaluates DeePMD-kit's table convention.
 from __future__ import annotations
 
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterable, List, Optional
+from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -45,8 +60,42 @@ from mlpot.models.base import AtomisticModel, check_type_map, edge_vectors
 from mlpot.models.sections import REQUIRED, Key, key, read_section
 from mlpot.models.output_bias import OutputBias, fit_composite_bias
 from mlpot.nn import scatter_sum, smooth_switch
+from mlpot.units import MACE_BOHR_ANGSTROM
 
-__all__ = ["PairTable", "read_pair_table", "PairTabModel", "ShortRangeTableBlend", "build_pairtab", "with_short_range_table"]
+__all__ = ["PairTable", "read_pair_table", "PairTabModel", "ShortRangeTableBlend", "build_pairtab", "with_short_range_table",
+           "ZBLConstants", "ZBL_UNIVERSAL", "ZBL_MACE", "zbl_pair_energy"]
+
+
+@dataclass(frozen=True)
+class ZBLConstants:
+    """Constants of the ZBL screening function (module docstring): coefficients c_k, decay rates d_k,
+    screening length a_0 (Å) and the exponent z of the atomic numbers."""
+
+    coefficients: Tuple[float, ...]
+    decays: Tuple[float, ...]
+    screening_length: float
+    z_exponent: float
+
+
+ZBL_UNIVERSAL = ZBLConstants((0.18175, 0.50986, 0.28022, 0.02817), (3.19980, 0.94229, 0.40290, 0.20162), 0.46850, 0.23)
+ZBL_MACE = ZBLConstants((0.1818, 0.5099, 0.2802, 0.02817), (3.2, 0.9423, 0.4028, 0.2016), 0.4543 * MACE_BOHR_ANGSTROM, 0.3)
+
+
+def zbl_pair_energy(distance: torch.Tensor, z_i: torch.Tensor, z_j: torch.Tensor, coulomb: float,
+                    constants: ZBLConstants = ZBL_UNIVERSAL, coefficients: Optional[torch.Tensor] = None,
+                    screening_length=None, z_exponent=None) -> torch.Tensor:
+    """ZBL energy k Z_i Z_j / r · φ(x) of pairs without any envelope (module docstring).
+
+    distance (n,) Å; z_i, z_j (n,) atomic numbers (float); coulomb k in energy · Å. ``coefficients``
+    (4,), ``screening_length`` and ``z_exponent`` (floats or 0-d tensors) override the constants'
+    values (mace-torch keeps them as loadable buffers). Returns (n,) in k's energy unit.
+    """
+    length = constants.screening_length if screening_length is None else screening_length
+    exponent = constants.z_exponent if z_exponent is None else z_exponent
+    x = (torch.pow(z_i, exponent) + torch.pow(z_j, exponent)) * distance / length
+    c = constants.coefficients if coefficients is None else coefficients
+    phi = sum(c[k] * torch.exp(-d * x) for k, d in enumerate(constants.decays))
+    return coulomb * z_i * z_j / distance * phi
 
 
 def read_pair_table(path, key: str = "model/tab_file") -> np.ndarray:

@@ -10,7 +10,11 @@ training engine calls without knowing the family:
   shift).
   ``probes``: task name ("" for single-task training) -> :class:`DataProbe`;
 * ``prepare_finetune(config, pretrained, ...)``: adapt a config to a pretrained model (type maps,
-  section check) and return its initial weights.
+  section check) and return its initial weights;
+* ``read_peer_file(path)``: the model of a peer's trained-model file (NequIP checkpoints and
+  packages), read without running code from it, or None when the file is not of that peer;
+* ``modify(model, modifiers)``: a copy of a built model with the peer's persistent model modifiers
+  (NequIP ``enable_ForceStressOutput``, ``modify_PerTypeScaleShift``...).
 
 Hooks of the model itself (``mlpot.models.base.AtomisticModel``): ``compute_statistics`` (data
 statistics: input normalisation, output bias), ``output_bias`` (the bias that change-by-statistic,
@@ -36,15 +40,22 @@ from mlpot.models.base import AtomisticModel
 from mlpot.models.compose import build_frozen, build_linear_ener
 from mlpot.models.equivariant.mace import build_mace
 from mlpot.models.equivariant.mace import hooks as mace_hooks
+from mlpot.models.equivariant.nequip import family as nequip_family
 from mlpot.models.pair import build_pairtab, with_short_range_table
 from mlpot.nn import Registry
 
-__all__ = ["DataProbe", "ModelFamily", "FAMILIES", "MODELS", "family_of", "check_model_section", "build_model"]
+__all__ = ["DataProbe", "ModelFamily", "FAMILIES", "MODELS", "family_of", "check_model_section", "build_model",
+           "read_peer_model"]
 
 
 class DataProbe(Protocol):
     """The training data of one task as a family hook sees it (read once, cached): the training
-    frames (the training part of a ``valid_fraction`` split, isolated-atom frames set aside)."""
+    frames (the training part of a ``valid_fraction`` split, isolated-atom frames set aside).
+
+    ``cutoff``: the data section's neighbour cutoff (``data.cutoff``, Å) or None (the model's).
+    """
+
+    cutoff: Optional[float]
 
     def max_neighbors(self, cutoff: float, type_map: Sequence[str]) -> np.ndarray:
         """Maximum neighbour count per neighbour type within ``cutoff`` Å over all centres."""
@@ -64,6 +75,12 @@ class DataProbe(Protocol):
     def isolated_atom_energies(self, type_map: Sequence[str]) -> Dict[int, float]:
         """{type index: eV} of the isolated reference atoms (``ISOLATED_ATOM`` frames) of the training files."""
 
+    def frames(self, type_map: Sequence[str]) -> Sequence[Dict[str, Any]]:
+        """The frames (keys of ``mlpot.data.keys``) with atom types on ``type_map``."""
+
+    def statistics(self, cutoff: float, type_map: Sequence[str]) -> Any:
+        """``mlpot.data.DatasetStatistics`` of the frames (neighbours within ``data.cutoff`` or ``cutoff`` Å)."""
+
 
 @dataclass(frozen=True)
 class ModelFamily:
@@ -75,6 +92,8 @@ class ModelFamily:
     build: Callable[[Dict[str, Any], torch.dtype], AtomisticModel]
     resolve_from_data: Optional[Callable[[Dict[str, Any], Mapping[str, DataProbe]], Dict[str, Any]]] = None
     prepare_finetune: Optional[Callable[..., Any]] = None
+    read_peer_file: Optional[Callable[[Any], Optional[AtomisticModel]]] = None
+    modify: Optional[Callable[[AtomisticModel, list], AtomisticModel]] = None
 
 
 FAMILIES: Registry[ModelFamily] = Registry("model family")
@@ -103,6 +122,10 @@ def _register_families() -> None:
     _register(ModelFamily("mace", ("mace",), check_section=mace_hooks.check_section, build=build_mace,
                           resolve_from_data=mace_hooks.resolve_from_data, prepare_finetune=mace_hooks.prepare_finetune),
               {"mace": build_mace})
+    _register(ModelFamily("nequip", ("nequip",), check_section=nequip_family.check_section, build=build_model,
+                          resolve_from_data=nequip_family.resolve_from_data, prepare_finetune=nequip_family.prepare_finetune,
+                          read_peer_file=nequip_family.read_peer_file, modify=nequip_family.modify),
+              {"nequip": nequip_family.build})
 
 
 def family_of(section: Mapping[str, Any]) -> ModelFamily:
@@ -116,6 +139,16 @@ def family_of(section: Mapping[str, Any]) -> ModelFamily:
 def check_model_section(section: Mapping[str, Any]) -> None:
     """Validate a model section with its family's typed checks (ConfigError naming the key path)."""
     family_of(section).check_section(dict(section))
+
+
+def read_peer_model(path) -> Optional[AtomisticModel]:
+    """The model of a peer's trained-model file (each family's ``read_peer_file``), or None."""
+    for name in FAMILIES.names():
+        reader = FAMILIES.get(name).read_peer_file
+        model = reader(path) if reader is not None else None
+        if model is not None:
+            return model
+    return None
 
 
 def build_model(model_config: Dict[str, Any], dtype: Optional[torch.dtype] = None) -> AtomisticModel:

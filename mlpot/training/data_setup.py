@@ -18,9 +18,12 @@ mace_run_train's split); ``isolated_atoms: exclude`` leaves the ``ISOLATED_ATOM`
 (MACE's E0s) out of the batches; ``drop_last`` drops a short last batch of each epoch.
 
 The training data of each task are read once (:class:`DataProbe`): the family hook that fills in
-what depends on the data (``ModelFamily.resolve_from_data``: DeePMD ``sel: "auto"``...) and the
-datasets share that read; the neighbour statistics and the model's data statistics go through
-the statistics file (``data.stat_file``) when there is one.
+what depends on the data (``ModelFamily.resolve_from_data``: DeePMD ``sel: "auto"``, NequIP's
+``${training_data_stats:...}``...) and the datasets share that read; the neighbour statistics,
+the dataset statistics and the model's data statistics go through the statistics file
+(``data.stat_file``) when there is one. Every model-section value the hook filled in is logged.
+A section with ``split`` takes one part of a random split of its frames (``mlpot.data.splits``);
+``data.test`` is read for the evaluation after training.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ from mlpot.data import (AtomsDataset, EpochSampler, SystemSampler, TaskSampler, 
 from mlpot.data import keys as K
 from mlpot.data.batching import concat_frame_lists
 from mlpot.data.frames import FrameList
+from mlpot.data.splits import split_indices
 from mlpot.data.stat_file import StatisticsFile
 from mlpot.errors import ConfigError
 
@@ -89,6 +93,8 @@ class DataProbe:
         fmt = None if self.section.format == "auto" else self.section.format
         systems = read_systems(self.section.paths, fmt, type_map=list(type_map), key_map=self.section.key_map or None,
                                skip=tuple(skip))
+        if self.section.split is not None:
+            systems = [_split_part(systems, self.section.split)]
         self.reads += 1
         isolated = [(f, s.source) for s in systems for f in s if f.get(K.ISOLATED_ATOM, False)]
         if self.section.isolated_atoms == "exclude" and isolated:
@@ -109,20 +115,23 @@ class DataProbe:
         """The validation frames of the valid_fraction split (None without one)."""
         return self._parts(type_map, skip)[1]
 
-    def _frames(self, type_map: Sequence[str]) -> FrameList:
+    def frames(self, type_map: Sequence[str]) -> FrameList:
+        """All frames of the section (data keys of ``mlpot.data.keys``, float64 labels) on ``type_map``."""
         return concat_frame_lists(self.systems(type_map, _OPTIONAL_INPUTS))
 
+    def statistics(self, cutoff: float, type_map: Sequence[str]):
+        """:class:`~mlpot.data.statistics.DatasetStatistics` of the frames, neighbours at ``data.cutoff``
+        (or ``cutoff``) Å, through the statistics file."""
+        from mlpot.data import compute_statistics
+
+        return compute_statistics(self.frames(type_map), list(type_map), float(self.cutoff or cutoff), cache=self.store)
+
     def max_neighbors(self, cutoff: float, type_map: Sequence[str]) -> np.ndarray:
-        return np.asarray(self._statistics(cutoff, type_map).max_neighbors_per_type)
+        return np.asarray(self.statistics(cutoff, type_map).max_neighbors_per_type)
 
     def mean_neighbors(self, cutoff: float, type_map: Sequence[str]) -> float:
         """Mean neighbour count within ``cutoff`` Å over the training atoms that have at least one."""
-        return float(self._statistics(cutoff, type_map).mean_neighbors_connected)
-
-    def _statistics(self, cutoff: float, type_map: Sequence[str]):
-        from mlpot.data import compute_statistics
-
-        return compute_statistics(self._frames(type_map), list(type_map), float(self.cutoff or cutoff), cache=self.store)
+        return float(self.statistics(cutoff, type_map).mean_neighbors_connected)
 
     def atomic_numbers(self) -> List[int]:
         """Sorted atomic numbers of the elements in the training data (isolated atoms included)."""
@@ -132,13 +141,13 @@ class DataProbe:
 
     def energy_composition(self, type_map: Sequence[str]) -> Tuple[np.ndarray, np.ndarray]:
         """(atoms per type (n_frames, n_types), energy (n_frames,) eV) of the training frames with an energy."""
-        frames = [f for f in self._frames(type_map) if K.ENERGY in f and float(f.get(K.weight_key(K.ENERGY), 1.0)) > 0]
+        frames = [f for f in self.frames(type_map) if K.ENERGY in f and float(f.get(K.weight_key(K.ENERGY), 1.0)) > 0]
         counts = np.array([np.bincount(f[K.ATOM_TYPES], minlength=len(type_map)) for f in frames], dtype=np.float64)
         return counts.reshape(len(frames), len(type_map)), np.array([float(f[K.ENERGY]) for f in frames])
 
     def forces_rms(self, type_map: Sequence[str]) -> Optional[float]:
         """Root mean square force component (eV/Å) over the training frames with forces (None without)."""
-        forces = [f[K.FORCES] for f in self._frames(type_map) if K.FORCES in f
+        forces = [f[K.FORCES] for f in self.frames(type_map) if K.FORCES in f
                   and float(f.get(K.weight_key(K.FORCES), 1.0)) > 0]
         return float(np.sqrt(np.mean(np.concatenate(forces) ** 2))) if forces else None
 
@@ -151,6 +160,14 @@ class DataProbe:
                 per_file[(int(frame[K.ATOM_TYPES][0]), source)] = float(frame[K.ENERGY])
         types = sorted({t for t, _ in per_file})
         return {t: float(np.mean([e for (u, _), e in per_file.items() if u == t])) for t in types}
+
+
+def _split_part(systems, split) -> FrameList:
+    """The frames of ``split.part`` of a random split of the systems' frames, in split order; no
+    ``sources``, so statistics caches never mistake one part for another."""
+    frames = concat_frame_lists(systems)
+    indices = split_indices(len(frames), split.sizes, split.seed, key="data.split")[split.part]
+    return FrameList([frames[i] for i in indices], frames.type_map, source=frames.source, sources=[])
 
 
 def _dataset(probe: DataProbe, type_map, cutoff: float, skip=()):
@@ -176,6 +193,8 @@ class TrainingData:
     train_sampler: object
     valid: Optional[AtomsDataset] = None
     valid_sampler: Optional[object] = None
+    test: Optional[AtomsDataset] = None
+    test_sampler: Optional[object] = None
     numb_btch: int = 1
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     stat_samples: list = field(default_factory=list)  # the statistics sample (collated batches)
@@ -190,9 +209,9 @@ class TrainingData:
     def valid_batch(self, indices: List[int]):
         return self._batch(self.valid, indices)
 
-    def valid_batches(self) -> Iterator[List[int]]:
-        """Index lists of one validation round."""
-        sampler = self.valid_sampler
+    def valid_batches(self, sampler=None) -> Iterator[List[int]]:
+        """Index lists of one validation round (of ``sampler``: the validation sampler by default)."""
+        sampler = sampler or self.valid_sampler
         if isinstance(sampler, SystemSampler):
             count = self.numb_btch if self.numb_btch > 0 else len(sampler)
             for _ in range(count):
@@ -256,8 +275,9 @@ def model_statistics(model: torch.nn.Module, samples, store: Optional[Statistics
 def _statistics_identity(config: NativeConfig, model, data_config: DataConfig, samples) -> dict:
     from mlpot.data.statistics import source_fingerprint
 
+    split = data_config.train.split
     return {"model": model.config, "dtype": str(model.dtype), "seed": config.seed,
-            "data": source_fingerprint(list(data_config.train.paths)),
+            "data": source_fingerprint(list(data_config.train.paths)), "split": split.model_dump() if split else None,
             "sample": [int(b[K.ATOM_TYPES].shape[0]) for b in samples]}
 
 
@@ -282,6 +302,10 @@ def _datasets(model, probe: DataProbe, data_config: DataConfig, seed: int, devic
         data.valid = valid
         data.valid_sampler = _sampler(data_config.valid, vsizes, vatoms, seed + 1, shuffle=False)
         data.numb_btch = data_config.valid.numb_btch
+    if data_config.test is not None:
+        _, data.test, tsizes, tatoms = _dataset(DataProbe(data_config.test), list(model.type_map), cutoff, skip)
+        data.test_sampler = EpochSampler(sum(tsizes), resolve_batch_sizes(data_config.test.batch_size,
+                                                                          [max(1, int(np.mean(tatoms)))])[0], shuffle=False)
     n_batches = int(getattr(model, "statistics_batches", 10))
     batch_sizes = resolve_batch_sizes(data_config.train.batch_size, n_atoms) \
         if not isinstance(data_config.train.batch_size, int) else [data_config.train.batch_size] * len(sizes)
@@ -293,6 +317,21 @@ def _datasets(model, probe: DataProbe, data_config: DataConfig, seed: int, devic
             stop = min(size, start + bs)
             samples.append(collate([train[int(offsets[system] + i)] for i in range(start, stop)]))
     return data, samples
+
+
+def _changed_leaves(before, after, path: str = "model"):
+    """(key path, value) of every value of ``after`` that differs from ``before`` (nested mappings walked)."""
+    if isinstance(before, dict) and isinstance(after, dict) and not (set(before) - set(after)):
+        for key, value in after.items():
+            yield from _changed_leaves(before.get(key), value, f"{path}.{key}")
+    elif before != after:
+        yield path, after
+
+
+def _log_resolved(before, after, log: Callable[[str], None]) -> None:
+    """One line per model-section value the family filled in from the training data."""
+    for path, value in _changed_leaves(before, after):
+        log(f"from the training data: {path} = {value}")
 
 
 def build_training_data(config: NativeConfig, dtype: torch.dtype, *, file: Optional[str] = None,
@@ -311,6 +350,7 @@ def build_training_data(config: NativeConfig, dtype: torch.dtype, *, file: Optio
         return _build_multi_task_data(config, family, dtype, with_statistics, device, log)
     probe = _probe(config.data, config.seed)
     section = family.resolve_from_data(config.model, {"": probe}) if family.resolve_from_data else config.model
+    _log_resolved(config.model, section, log)
     model = build_model(section, dtype=dtype)
     data, samples = _datasets(model, probe, config.data, config.seed, device)
     data.stat_samples = samples
@@ -328,6 +368,7 @@ def _build_multi_task_data(config: NativeConfig, family, dtype: torch.dtype, wit
 
     probes = {name: _probe(task.data, config.seed) for name, task in config.tasks.items()}
     section = family.resolve_from_data(config.model, probes) if family.resolve_from_data else config.model
+    _log_resolved(config.model, section, log)
     model = build_model(section, dtype=dtype)
     tasks: Dict[str, TrainingData] = {}
     samples: Dict[str, list] = {}

@@ -27,6 +27,14 @@ class ExponentialMovingAverage:
             name: p.detach().clone() for name, p in model.named_parameters() if p.requires_grad
         }
 
+    @torch.no_grad()
+    def reset(self, model: torch.nn.Module) -> None:
+        """Start the average again from the current parameters (after they were changed outside training)."""
+        params = dict(model.named_parameters())
+        for name, value in self.shadow.items():
+            value.copy_(params[name].detach())
+        self.num_updates = 0
+
     def current_decay(self) -> float:
         if not self.warmup:
             return self.decay

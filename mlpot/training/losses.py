@@ -25,13 +25,18 @@ DeePMD loss options (spec deepmd.md §4.2-4.3), each reading a per-atom input of
   (DeePMD ``enable_atomic_weight`` multiplies the difference, so the squared error scales by w²).
 * ``atom_ener_coeff`` (loss level): the energy compared with the label is Σ_i c_i E_i with c from
   ``ATOM_ENER_COEFF`` (:meth:`WeightedLoss.prepare`, which the metrics use too, as DeePMD does).
+
+Per-type terms (``per_type``, atomic labels; NequIP's ``per_type`` / ``per_type_coeffs``): the term is
+Σ_t c_t L_t / Σ_t c_t over the types t present in the batch, L_t the weighted mean of f(r) over
+the atoms of type t (all c_t = 1 for ``per_type: true``). The value is a mean already; with several
+data-parallel ranks each rank's value counts equally.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable, Dict, Iterable, Mapping, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -117,7 +122,8 @@ class LossTermFn:
 
     def __init__(self, spec: LossTermSpec, function: str = "mse", atom_norm: Optional[str] = None,
                  huber_delta: float = 0.01, relative: Optional[float] = None, atom_weight: bool = False,
-                 vector_norm: bool = False, atom_pref_default: Optional[float] = None):
+                 vector_norm: bool = False, atom_pref_default: Optional[float] = None,
+                 type_weights: Optional[Sequence[float]] = None):
         self.label = spec.label
         self.level = K.level_of(spec.label)
         self.atom_pref = spec.atom_pref
@@ -134,6 +140,9 @@ class LossTermFn:
         if self.vector_norm and (spec.label != K.FORCES or spec.generalized):
             raise ConfigError("vector_norm applies to force terms only", key=["loss", "terms"])
         self.atom_pref_default = atom_pref_default
+        if type_weights is not None and self.level != "atom":
+            raise ConfigError(f"per_type applies to atomic labels, not {spec.label!r}", key=["loss", "terms"])
+        self.type_weights = None if type_weights is None else torch.tensor([float(w) for w in type_weights])
 
     def residual_and_weight(self, pred, batch) -> Tuple[torch.Tensor, torch.Tensor]:
         """(residual, weight) of matching shape (n_items, *components)."""
@@ -207,7 +216,21 @@ class LossTermFn:
             # DeePMD pf: mean over components of atom_pref · f(ΔF); the prefs weigh the numerator
             # only, so the term is a plain component mean when every pref is 1
             elementwise = elementwise * _expand(self._atom_pref(batch, residual), elementwise)
+        if self.type_weights is not None:
+            return self._per_type_mean(weight * elementwise, weight, batch[K.ATOM_TYPES])
         return (weight * elementwise).sum(), weight.sum().detach()
+
+    def _per_type_mean(self, weighted: torch.Tensor, weight: torch.Tensor, types: torch.Tensor):
+        """(Σ_t c_t L_t / Σ_t c_t over types present, 1): L_t the mean over the atoms of type t."""
+        n_types = len(self.type_weights)
+        numerators = scatter_sum(weighted.reshape(len(types), -1).sum(1), types, n_types)
+        denominators = scatter_sum(weight.reshape(len(types), -1).sum(1), types, n_types).detach()
+        present = denominators > 0
+        coefficients = self.type_weights.to(weighted.dtype) * present.to(weighted.dtype)
+        means = numerators / torch.where(present, denominators, torch.ones_like(denominators))
+        total = coefficients.sum()
+        value = (coefficients * means).sum() / torch.where(total > 0, total, torch.ones_like(total))
+        return value, (total > 0).to(weighted.dtype)
 
     def __call__(self, pred, batch) -> Tuple[torch.Tensor, bool]:
         numerator, denominator = self.parts(pred, batch)
@@ -226,7 +249,7 @@ class WeightedLoss:
     """
 
     def __init__(self, terms: Mapping[str, object], loss_type: str = "native", intensive: bool = False,
-                 file: Optional[str] = None, atom_ener_coeff: bool = False):
+                 file: Optional[str] = None, atom_ener_coeff: bool = False, type_map: Optional[Sequence[str]] = None):
         self.terms = dict(terms)
         self.file = file
         self.atom_ener_coeff = bool(atom_ener_coeff)
@@ -245,7 +268,8 @@ class WeightedLoss:
             self.fns[name] = LossTermFn(spec, term.function, atom_norm, term.huber_delta, term.relative,
                                         atom_weight=getattr(term, "atom_weight", False),
                                         vector_norm=getattr(term, "vector_norm", False),
-                                        atom_pref_default=getattr(term, "atom_pref_default", None))
+                                        atom_pref_default=getattr(term, "atom_pref_default", None),
+                                        type_weights=_type_weights(getattr(term, "per_type", False), type_map, name, file))
 
     @property
     def labels(self) -> Tuple[str, ...]:
@@ -357,6 +381,22 @@ class WeightedLoss:
         if total is None:  # no term has a label in this batch: a zero that keeps the graph
             total = sum(numerator for numerator, _ in parts.values()) if parts else next(iter(pred.values())).new_zeros(())
         return total, weighted, raw
+
+
+def _type_weights(per_type, type_map: Optional[Sequence[str]], name: str, file: Optional[str]) -> Optional[List[float]]:
+    """Per-type weights of a ``per_type`` term in type_map order (None when the term is not per type)."""
+    if per_type is False or per_type is None:
+        return None
+    key = ["loss", "terms", name, "per_type"]
+    if type_map is None:
+        raise ConfigError("per_type needs the model's type map", file=file, key=key)
+    if per_type is True:
+        return [1.0] * len(type_map)
+    unknown, missing = sorted(set(per_type) - set(type_map)), [t for t in type_map if t not in per_type]
+    if unknown or missing or any(float(v) <= 0 for v in per_type.values()):
+        raise ConfigError(f"give a positive weight for every type of {list(type_map)} (unknown {unknown}, missing {missing})",
+                          file=file, key=key)
+    return [float(per_type[t]) for t in type_map]
 
 
 def label_error_sums(pred, batch, labels: Iterable[str]) -> Dict[str, torch.Tensor]:

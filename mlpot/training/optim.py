@@ -162,7 +162,8 @@ def _parameter_groups(model: torch.nn.Module, cfg, base_lr: float, file: Optiona
 def _schedule_options(sched, base_lr: float, total_steps: int):
     """(warm-up steps, options of build_lr_scheduler) of the ``lr_schedule`` section."""
     if sched.type == "plateau":
-        return 0, {"factor": sched.factor, "patience": sched.patience, "min_lr": sched.min_lr}
+        return 0, {"factor": sched.factor, "patience": sched.patience, "min_lr": sched.min_lr, "threshold": sched.threshold,
+                   "threshold_mode": sched.threshold_mode, "cooldown": sched.cooldown, "eps": sched.eps}
     if sched.type == "constant" and not (sched.warmup_steps or sched.warmup_ratio):
         return 0, {}
     warmup = sched.warmup_steps or int((sched.warmup_ratio or 0.0) * total_steps)

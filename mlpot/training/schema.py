@@ -23,20 +23,34 @@ from __future__ import annotations
 import re
 from typing import Any, Dict, List, Literal, Optional, Union
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AliasChoices, Field, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
-__all__ = ["Strict", "DataSection", "DataConfig", "OptimizerGroup", "OptimizerConfig", "LRScheduleConfig", "LossTerm",
-           "LossConfig", "TaskConfig", "TrainingConfig", "Stage", "EMAConfig", "LoggingConfig", "CheckpointConfig",
-           "FullValidationConfig", "FULL_VALIDATION_METRICS", "NativeConfig"]
+from mlpot.training._strict import Strict
+from mlpot.training.full_validation_schema import FULL_VALIDATION_METRICS, FullValidationConfig
+from mlpot.training.monitor import EarlyStoppingConfig, MonitorConfig
+
+__all__ = [
+    "Strict", "DataSection", "DataConfig", "OptimizerGroup", "OptimizerConfig", "LRScheduleConfig",
+    "LossTerm", "LossConfig", "TaskConfig", "TrainingConfig", "Stage", "EMAConfig", "LoggingConfig",
+    "CheckpointConfig", "FullValidationConfig", "FULL_VALIDATION_METRICS", "NativeConfig",
+]
 
 _BATCH_SIZE = re.compile(r"^(auto|auto:\d+|max:\d+|filter:\d+|mixed:\d+)$")
 
 
-class Strict(BaseModel):
-    """Base of every section: unknown keys are errors; values are validated on assignment too."""
+class SplitSelection(Strict):
+    """One part of a random split of the frames of ``paths`` (``mlpot.data.splits``: NequIP's split)."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, populate_by_name=True)
+    sizes: Dict[str, Union[int, float]] = Field(min_length=2, description="part -> fraction (sum 1) or frame count, in order")
+    part: str = Field(description="the part this section takes (a key of sizes)")
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _part(self):
+        if self.part not in self.sizes:
+            raise ValueError(f"part {self.part!r} is not one of the sizes {list(self.sizes)}")
+        return self
 
 
 class DataSection(Strict):
@@ -59,6 +73,7 @@ class DataSection(Strict):
     drop_last: bool = Field(False, description="epoch sampler: leave out a last batch shorter than batch_size (MACE)")
     isolated_atoms: Literal["keep", "exclude"] = Field("keep", description="exclude: ISOLATED_ATOM frames are not "
                                                        "batched (their energies stay visible to data hooks: MACE E0s)")
+    split: Optional[SplitSelection] = Field(None, description="take one part of a random split of these frames")
 
     @field_validator("batch_size")
     @classmethod
@@ -73,6 +88,8 @@ class DataSection(Strict):
 class DataConfig(Strict):
     train: DataSection
     valid: Optional[DataSection] = None
+    test: Optional[DataSection] = Field(None, description="evaluated once after training (with the best checkpoint's "
+                                        "weights when checkpoint.best is set)")
     cutoff: Optional[float] = Field(None, gt=0, description="neighbour cutoff override in Å (default: the model's)")
     stat_file: Optional[str] = Field(
         None, description="statistics file (DeePMD-kit's stat_file): an HDF5 file (.h5/.hdf5) or a directory where the "
@@ -131,6 +148,10 @@ class LRScheduleConfig(Strict):
     factor: float = Field(0.5, gt=0, lt=1, description="plateau")
     patience: int = Field(10, ge=0, description="plateau, in validations")
     min_lr: float = Field(0.0, ge=0, description="plateau")
+    threshold: float = Field(1e-4, ge=0, description="plateau: smallest change that counts as an improvement")
+    threshold_mode: Literal["rel", "abs"] = Field("rel", description="plateau: threshold relative to the best or absolute")
+    cooldown: int = Field(0, ge=0, description="plateau: validations to wait after a reduction")
+    eps: float = Field(0.0, ge=0, description="plateau: reductions smaller than this are skipped")
     scale_by_worker: Literal["linear", "sqrt", "none"] = "none"
     per_epoch: bool = Field(False, description="the schedule advances once per epoch: decay_steps, step_size and "
                             "warmup_steps count epochs (MACE's ExponentialLR)")
@@ -157,6 +178,9 @@ class LossTerm(Strict):
     atom_weight: bool = Field(False, description="atomic labels: residual times the per-atom atom_weight of the data")
     n_generalized: Optional[int] = Field(None, ge=1, description="generalized_force: generalised coordinates "
                                          "per frame (drdq holds n_atoms * 3 * n_generalized values)")
+    per_type: Union[bool, Dict[str, float]] = Field(
+        False, description="atomic labels: the term is the mean over atom types of the per-type means (true), or "
+        "their weighted mean with these weights by type name (NequIP per_type_coeffs), types present in the batch")
 
     @model_validator(mode="after")
     def _both_prefs(self):
@@ -210,6 +234,12 @@ class TrainingConfig(Strict):
     patience: Optional[int] = Field(None, ge=1, description="early stopping: after this many validations in a row "
                                     "without a validation loss below the stage's best, stop, or go on with the next "
                                     "train_schedule stage when there is one (MACE patience)")
+    valid_every_epochs: Optional[int] = Field(None, ge=1, description="validate at the end of every N-th epoch "
+                                              "instead (and after the last step)")
+    monitor: Optional[MonitorConfig] = Field(None, description="the validation value the plateau schedule, early "
+                                             "stopping and the best checkpoint follow (default: rmse)")
+    early_stopping: Optional[EarlyStoppingConfig] = None
+    max_time: Optional[float] = Field(None, gt=0, description="stop after this many seconds of training (wall time)")
     change_bias_after_training: bool = Field(
         True, description="after the last step, shift the energy bias by a least-squares fit of the "
         "remaining error on the statistics sample (DeePMD-kit's change-by-statistic; its default is off)")
@@ -289,62 +319,8 @@ class CheckpointConfig(Strict):
     prefix: str = "model.ckpt"
     every: int = Field(1000, ge=1, description="steps")
     keep: int = Field(5, ge=1)
-
-
-# full-validation metric family -> the loss labels that train it (one of them needs a term)
-FULL_VALIDATION_METRICS = {"E": ("energy",), "F": ("forces",), "S": ("virial", "stress"), "V": ("virial", "stress")}
-
-
-class FullValidationConfig(Strict):
-    """Full validation (DeePMD-kit ``validating``): every ``freq`` steps the WHOLE validation set
-    is evaluated, the errors go to ``log_file`` and the best checkpoints by ``metric`` are kept.
-
-    Errors are those of ``dp test``: E = energy per atom (meV/atom), F = force components (meV/Å),
-    V = virial per atom (meV/atom), S = stress -virial/volume (meV/Å^3), each as MAE and RMSE pooled
-    over every frame carrying the label (virial and stress: periodic frames only).
-    """
-
-    live: bool = Field(True, description="validate the current weights: log log_file, best checkpoints "
-                       "best.ckpt-<step>.t-<rank>.pt (DeePMD full_validation)")
-    ema: bool = Field(False, description="validate the EMA weights (needs the ema section): log "
-                      "<log_file stem>_ema<suffix>, checkpoints best_ema.ckpt-<step>.t-<rank>.pt "
-                      "(DeePMD ema_full_validation)")
-    freq: int = Field(5000, ge=1, description="steps between two full validations (DeePMD validation_freq)")
-    start: float = Field(0.5, ge=0, description="first step: 0 = from the start, in (0, 1) = that fraction of the "
-                         "run's steps (int(fraction * steps)), 1 = never (off), > 1 = that step (int); a "
-                         "validation runs after displayed step s when s >= start and (s - start) % freq == 0 "
-                         "(DeePMD full_val_start)")
-    metric: str = Field("E:MAE", description="ranking metric <family>:<stat>, family E | F | S | V, stat MAE | "
-                        "RMSE, case-insensitive (DeePMD validation_metric); its family needs a loss term")
-    save_best: bool = Field(True, description="write the best checkpoints (DeePMD save_best)")
-    max_best: int = Field(1, ge=1, description="best checkpoints kept; rank 1 has the lowest metric, ties go to "
-                          "the earlier step (DeePMD max_best_ckpt)")
-    best_dir: Optional[str] = Field(None, description="folder of the best checkpoints, relative to output_dir "
-                                    "(default: the folder of the training checkpoints) (DeePMD save_best_dir)")
-    log_file: str = Field("val.log", description="full-validation log, relative to output_dir (DeePMD full_val_file)")
-    chunk_atoms: int = Field(1024, ge=1, description="frames are evaluated in file order in chunks of at most this "
-                             "many atoms (a larger frame is a chunk of its own)")
-
-    @field_validator("metric")
-    @classmethod
-    def _metric(cls, value: str) -> str:
-        family, _, stat = value.strip().upper().partition(":")
-        if family in ("FR", "FM") and stat in ("MAE", "RMSE"):
-            raise ValueError(f"not supported yet: spin metric {value!r}")
-        if family not in FULL_VALIDATION_METRICS or stat not in ("MAE", "RMSE"):
-            raise ValueError(f"expected one of E:MAE, E:RMSE, F:MAE, F:RMSE, S:MAE, S:RMSE, V:MAE, V:RMSE, got {value!r}")
-        return f"{family}:{stat}"
-
-    @property
-    def active(self) -> bool:
-        """False when ``start`` is 1 (DeePMD: the feature is off)."""
-        return self.start != 1.0
-
-    def start_step(self, total_steps: int) -> Optional[int]:
-        """First displayed step of a run of ``total_steps`` steps, or None when off."""
-        if not self.active:
-            return None
-        return int(total_steps * self.start) if self.start < 1.0 else int(self.start)
+    best: Optional[str] = Field(None, description="file (in dir) rewritten whenever the monitored validation value "
+                                "improves")
 
 
 class NativeConfig(Strict):
@@ -365,6 +341,7 @@ class NativeConfig(Strict):
     tasks: Optional[Dict[str, TaskConfig]] = Field(None, description="multi-task training: task -> data, loss, prob")
     full_validation: Optional[FullValidationConfig] = Field(
         None, description="evaluate the whole validation set periodically, val.log, best checkpoints")
+    finetune: Optional[str] = Field(None, description="pretrained model to start from (as mlpot train --finetune)")
 
     @field_validator("model")
     @classmethod

@@ -16,6 +16,7 @@ from typing import Callable, Dict, List, Optional, Tuple
 import torch
 
 from mlpot.data import keys as K
+from mlpot.errors import ConfigError
 from mlpot.training.data_setup import MultiTaskData, TrainingData
 from mlpot.training.distributed import shard_indices
 from mlpot.training.logging import format_loss_breakdown
@@ -62,24 +63,32 @@ class Tasks:
         self.stages = list(stages)
         self.labels: Dict[str, Tuple[str, ...]] = {
             name: tuple(dict.fromkeys(label for stage in self.stages
-                                      for label in WeightedLoss(stage.loss or loss.terms, loss.type, file=file).metric_labels))
+                                      for label in WeightedLoss(stage.loss or loss.terms, loss.type, file=file,
+                                                                type_map=self.heads[name].type_map).metric_labels))
             for name, loss in self.loss_configs.items()}
         self.all_labels = tuple(dict.fromkeys(label for labels in self.labels.values() for label in labels))
 
     def losses(self, stage) -> Dict[str, WeightedLoss]:
         """The loss of every task in ``stage`` (its own terms or the task's)."""
         return {name: WeightedLoss(stage.loss or loss.terms, loss.type, loss.intensive_ener_virial, file=self.file,
-                                   atom_ener_coeff=loss.atom_ener_coeff)
+                                   atom_ener_coeff=loss.atom_ener_coeff, type_map=self.heads[name].type_map)
                 for name, loss in self.loss_configs.items()}
 
     def check_loss_inputs(self) -> None:
         """DataError naming the system and key when a loss option needs a per-atom input
         (atom_ener_coeff, atom_weight, drdq) that the training or validation data lack;
-        ConfigError when a term's label is in no frame of the training data."""
+        ConfigError when a term's label is in no frame of the training data, or when a term needs
+        forces, virial or stress of an energy-only model."""
         for name, loss in self.loss_configs.items():
             for stage in self.stages:
+                derived = [term for term, fn in WeightedLoss(stage.loss or loss.terms, loss.type, file=self.file,
+                                                             type_map=self.heads[name].type_map).fns.items()
+                           if fn.label in (K.FORCES, K.VIRIAL, K.STRESS)]
+                if derived and not getattr(self.heads[name], "energy_derivatives", True):
+                    raise ConfigError(f"the model is energy-only (no forces, virial or stress: do_derivatives false), "
+                                      f"so the loss cannot compare {derived[0]}", file=self.file, key=["loss", "terms", derived[0]])
                 checker = WeightedLoss(stage.loss or loss.terms, loss.type, file=self.file,
-                                       atom_ener_coeff=loss.atom_ener_coeff)
+                                       atom_ener_coeff=loss.atom_ener_coeff, type_map=self.heads[name].type_map)
                 checker.check_labels(self.data[name].train.frames,
                                      f"training data of task {name!r}" if self.multi_task else "training data")
                 for dataset in (self.data[name].train, self.data[name].valid):
@@ -119,12 +128,17 @@ class Tasks:
         return out or None
 
     def _validate_task(self, task: str, loss: WeightedLoss, lr_ratio: float, debug) -> Optional[Dict[str, float]]:
+        return self.evaluate(task, "valid", loss, lr_ratio, debug)
+
+    def evaluate(self, task: str, split: str, loss: WeightedLoss, lr_ratio: float, debug) -> Optional[Dict[str, float]]:
+        """lcurve values and pooled <label>_rmse/_mae of one task's ``valid`` or ``test`` data (None without)."""
         data, head, labels = self.data[task], self.heads[task], self.labels[task]
-        if data.valid_sampler is None:
+        sampler, dataset = getattr(data, f"{split}_sampler"), getattr(data, split)
+        if sampler is None:
             return None
         lcurve, pooled = AtomWeightedMean(), PooledErrors()
-        for indices in data.valid_batches():
-            batch = data.valid_batch(indices)
+        for indices in data.valid_batches(sampler):
+            batch = data._batch(dataset, indices)
             pred = loss.prepare(predict(head, batch, labels, create_graph=False), batch)
             with torch.no_grad():
                 total, weighted, _ = loss({k: v.detach() for k, v in pred.items()}, batch, lr_ratio)

@@ -44,7 +44,8 @@ import torch
 
 from mlpot.errors import CheckpointError, MlpotError
 from mlpot.models.output_bias import energy_bias, refit_energy_bias
-from mlpot.training.checkpoint import CheckpointManager, load_checkpoint, restore_trainer_state, trainer_state
+from mlpot.training.checkpoint import (CheckpointManager, load_checkpoint, restore_trainer_state, save_checkpoint,
+                                       trainer_state)
 from mlpot.training.data_setup import TrainingData, build_training_data
 from mlpot.training.distributed import DistInfo, init_distributed, shard_indices
 from mlpot.training.early_stopping import EarlyStopping
@@ -53,6 +54,7 @@ from mlpot.training.full_validation import FullValidation
 from mlpot.training.logging import TrainingLog, WindowMean, format_loss_breakdown
 from mlpot.training.losses import WeightedLoss, label_error_sums
 from mlpot.training.metrics import lcurve_values
+from mlpot.training.monitor import ValidationMonitor
 from mlpot.training.optim import build_training_optimizer, current_lr
 from mlpot.training.schema import NativeConfig
 from mlpot.training.stages import StagePlan, apply_model_options, apply_stage_lr
@@ -114,6 +116,9 @@ class Trainer:
         cp = config.checkpoint
         self.checkpoints = CheckpointManager(self.out / cp.dir, cp.prefix, cp.keep)
         self.full_validation = FullValidation.for_trainer(self, checkpoint)  # val.log, best checkpoints
+        self.monitor = ValidationMonitor(config.training.monitor, config.training.early_stopping)
+        if checkpoint is not None and checkpoint.get("monitor"):
+            self.monitor.load_state_dict(checkpoint["monitor"])
         self.last_checkpoint: Optional[Path] = None
         self.losses: Dict[str, WeightedLoss] = {}
 
@@ -152,7 +157,7 @@ class Trainer:
     task_sampler = property(lambda self: self.tasks.sampler)
 
     def state_dict(self) -> dict:
-        return trainer_state(self)
+        return {**trainer_state(self), "monitor": self.monitor.state_dict()}
 
     def _write(self, line: str) -> None:
         self.log.write(line)
@@ -300,20 +305,26 @@ class Trainer:
                     self.log.epoch_done(self.step // self.steps_per_epoch - 1, train["loss"])
                 valid_epoch = epoch_end and cfg.training.valid_epochs is not None and \
                     (self.step // self.steps_per_epoch - 1) % cfg.training.valid_epochs == 0
-                valid, validated = None, self.step == 1 or self.step % valid_freq == 0 or end or valid_epoch
+                valid, validated = None, self._validation_due(end, valid_freq) or valid_epoch
                 if validated:
                     valid = self.validate() if self.dist.is_main else None
-                    if self.optimizer_setup.plateau and valid is not None:
-                        self.scheduler.step(valid.get("rmse", train["loss"]))
-                if self._display_due(end) or valid_epoch:
+                    self._after_validation(valid, train)
+                if self._display_due(end) or valid_epoch or (valid is not None and cfg.training.valid_every_epochs):
                     train = {**train, **window.pop()} if window is not None else train
                     self.log.display(self.step, self.epoch, self.plan[self.stage_index].name, train, valid)
                     last = valid or train
                 self.full_validation.run(self.step, self.state_dict)
-                stop = validated and self._patience_exhausted(valid)
+                if cfg.training.max_time is not None and time.perf_counter() - start_time > cfg.training.max_time:
+                    self.monitor.stop_reason = self.monitor.stop_reason or f"max_time {cfg.training.max_time:g} s reached"
+                stop = self.monitor.stop_reason is not None  # decided on rank 0, which validates
+                if self.dist.enabled:
+                    stop = bool(self.dist.sum(torch.tensor(float(stop), device=self.dist.device)) > 0)
+                stop = (validated and self._patience_exhausted(valid)) or stop
                 if self.step % cfg.checkpoint.every == 0 or end or stop:
                     self.save()
                 if stop:
+                    if self.monitor.stop_reason is not None:
+                        self.log.write(f"stopping after step {self.step}: {self.monitor.stop_reason}")
                     break
             self.log.profile(None)
             if cfg.training.change_bias_after_training and self.dist.is_main:
@@ -322,6 +333,8 @@ class Trainer:
             if cfg.logging.time_training and self.step > start_step:
                 self.log.write(f"average training time: {(time.perf_counter() - start_time) / (self.step - start_step):.4f} "
                                f"s/step ({self.step - start_step} steps)")
+            if self.dist.is_main and any(data.test is not None for data in self.task_data.values()):
+                self.test()
         finally:
             self.log.close()
         return last
@@ -345,6 +358,58 @@ class Trainer:
         if isinstance(self.scheduler, torch.optim.lr_scheduler.LambdaLR):
             self.scheduler.last_epoch = self.step
         return False
+
+    def _validation_due(self, end: bool, valid_freq: int) -> bool:
+        every = self.config.training.valid_every_epochs
+        if every is not None:
+            return end or self.step % (every * self.steps_per_epoch) == 0
+        return self.step == 1 or self.step % valid_freq == 0 or end
+
+    def _after_validation(self, valid: Optional[Dict[str, float]], train: Dict[str, float]) -> None:
+        """The monitored value: plateau schedule step, best checkpoint, early stopping (rank 0 decides)."""
+        if valid is None:
+            return
+        try:
+            value = self.monitor.value(valid) if self.config.training.monitor is not None else valid.get("rmse", train["loss"])
+        except KeyError as error:
+            raise MlpotError(f"training.monitor: {error.args[0]}") from None
+        if self.optimizer_setup.plateau:
+            self.scheduler.step(value)
+        if self.monitor.update(value, self.step) and self.config.checkpoint.best:
+            path = self.out / self.config.checkpoint.dir / self.config.checkpoint.best
+            save_checkpoint(path, self.state_dict())
+            self.log.debug(f"new best monitored value {value:.6g} at step {self.step}: {path}")
+
+    def best_checkpoint(self) -> Optional[Path]:
+        """The best checkpoint written (``checkpoint.best``), or None."""
+        if not self.config.checkpoint.best:
+            return None
+        path = self.out / self.config.checkpoint.dir / self.config.checkpoint.best
+        return path if path.exists() else None
+
+    def test(self) -> Dict[str, Dict[str, float]]:
+        """Evaluate ``data.test`` of every task with the best checkpoint's weights (else the final
+        ones, EMA when on); logs one line per task and returns {task: metrics}."""
+        best = self.best_checkpoint()
+        results: Dict[str, Dict[str, float]] = {}
+        state = load_checkpoint(best) if best is not None else None
+        backup = {k: v.detach().clone() for k, v in self.model.state_dict().items()} if state is not None else None
+        if state is not None:
+            self.model.load_state_dict(state.get("ema_state_dict") or state["model_state_dict"])
+        try:
+            self.model.eval()
+            with self.ema.applied(self.model) if self.ema is not None and state is None else contextlib.nullcontext():
+                for task in self.task_names:
+                    values = self.tasks.evaluate(task, "test", self.losses[task], self._lr_ratio(), self.log.debug)
+                    if values is not None:
+                        results[task] = values
+                        shown = ", ".join(f"{k} {v:.6g}" for k, v in values.items() if k.endswith(("_rmse", "_mae")))
+                        weights = f"best checkpoint {best.name}" if best is not None else "final weights"
+                        self.log.write(f"test{' of task ' + task if task else ''} ({weights}): {shown}")
+        finally:
+            if backup is not None:
+                self.model.load_state_dict(backup)
+        return results
 
     def save(self) -> Optional[Path]:
         """Write a checkpoint of the current state (rank 0 only)."""

@@ -1,113 +1,274 @@
-"""Building blocks shared by the equivariant message-passing models (NequIP, MACE).
+"""Building blocks shared by the equivariant message-passing models (NequIP and MACE).
 
-Invariant / per-type pieces (this module):
+One class per piece of maths, used by both families:
 
-* ``RadialMLP``: a bias-free MLP on edge invariants (NequIP's ``ScalarMLPFunction``): layers
-  ``y = x · (α W)`` with W ~ U(-√3, √3) and α = gain / sqrt(fan_in) ("forward" variance-preserving
-  init), gain = 1 on the first layer or without nonlinearity, sqrt(2) otherwise.
-* ``EdgeSphericalHarmonics``: e3nn real spherical harmonics of the edge directions.
-* ``PerTypeScaleShift``: E_i = α_{t_i} · x_i + E0_{t_i} in float64 (or the input precision if wider).
-* ``equivariant_gate`` / ``Gate``: e3nn's ``Gate`` nonlinearity.
+* ``RadialMLP``: a bias-free MLP on edge invariants, x_{k+1} = act(x_k) · (α_k W_k), with
+  NequIP's scaling (``ScalarMLPFunction``) or e3nn's (``FullyConnectedNet``, MACE);
+* ``IrrepsLinear``: e3nn's ``o3.Linear`` (no biases), on e3nn's flat layout (NequIP) or on a
+  channels-last layout (n, components, channels) when every irrep has the same multiplicity (MACE);
+* ``TypeSelfConnection``: the per-species self-interaction, e3nn's
+  ``FullyConnectedTensorProduct(x, a_t)`` with scalar attributes a_t of the atom type (NequIP:
+  its type embedding; MACE's ``skip_tp``: one-hot elements), i.e. one linear map per type;
+* ``EdgeSphericalHarmonics``: e3nn's real spherical harmonics of the edge directions;
+* ``PerTypeScaleShift``: E_i = α_{t_i} · x_i + E0_{t_i} in float64 (NequIP);
 * ``unique_pair_index``: the map from the directed edges of a full neighbour list onto unordered
-  pairs, so that functions of the edge length (radial MLPs) are evaluated once per pair.
+  pairs, so that functions of the edge length are evaluated once per pair.
 
-Equivariant linear maps and tensor products (``IrrepsLinear``, ``EdgeTensorProductScatter``,
-``TypeSelfConnection``) live in :mod:`mlpot.models.equivariant.tensor_products` and are
-re-exported here.
+Kept apart, with why: the uvu edge tensor products (NequIP's pair-wise
+:class:`~mlpot.models.equivariant.tensor_products.EdgeTensorProductScatter` on mixed multiplicities,
+MACE's padded-slot ``ChannelwiseTensorProduct`` on uniform channels: two algorithms for one
+contraction, each the faster for its model; ``tests/test_equivariant_blocks.py`` pins them
+together); MACE's scale/shift (E0_t + s · x + b with mace-torch's buffers, read from its files).
+The e3nn-compatible modules are written out rather than taken from e3nn for CPU speed (one matmul
+per irrep block, no generated per-path code); tests pin each against e3nn 0.6 with the same weights.
 
-Feature tensors follow e3nn's ``mul_ir`` layout: for irreps ``m0 x ir0 + m1 x ir1 + ...`` the
-last axis holds block k as (m_k, 2 l_k + 1) row-major. Shapes use n = atoms, E = edges.
+Feature layouts: e3nn ``mul_ir`` (block k is (m_k, 2 l_k + 1) row-major), or channels-last
+(n, D, C) with D the components of one channel's irreps. Shapes use n = atoms, E = edges.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Dict, Optional, Sequence, Tuple, Union
+from typing import List, Literal, Optional, Sequence, Tuple, Union
 
 import torch
 from e3nn import o3
-from e3nn.math import normalize2mom
 
-from mlpot.models.equivariant.tensor_products import EdgeTensorProductScatter, IrrepsLinear, TypeSelfConnection
+from mlpot.models.equivariant.activations import SCALAR_ACTIVATIONS, activation_constant
+from mlpot.models.equivariant.gate import Gate
+from mlpot.models.equivariant.tensor_products import EdgeTensorProductScatter
 
 __all__ = [
-    "RadialMLP", "EdgeSphericalHarmonics", "PerTypeScaleShift", "Gate", "SCALAR_ACTIVATIONS",
-    "unique_pair_index", "IrrepsLinear", "EdgeTensorProductScatter", "TypeSelfConnection",
+    "RadialMLP", "IrrepsLinear", "TypeSelfConnection", "EdgeSphericalHarmonics", "PerTypeScaleShift", "Gate",
+    "SCALAR_ACTIVATIONS", "activation_constant", "unique_pair_index", "EdgeTensorProductScatter",
 ]
 
-
-def _shifted_softplus(x: torch.Tensor) -> torch.Tensor:
-    return torch.nn.functional.softplus(x) - math.log(2.0)
-
-
-# elementwise nonlinearities by the names NequIP uses (``None``/"None"/"null": identity)
-SCALAR_ACTIVATIONS = {
-    "silu": torch.nn.functional.silu,
-    "mish": torch.nn.functional.mish,
-    "gelu": torch.nn.functional.gelu,
-    "ssp": _shifted_softplus,
-    "tanh": torch.tanh,
-    "sigmoid": torch.sigmoid,
-    "softplus": torch.nn.functional.softplus,
-    "abs": torch.abs,
-}
 _IDENTITY_NAMES = ("None", "null")
 
 
 class _ScaledLinear(torch.nn.Module):
     """y = x · (alpha W), W: (n_in, n_out) parameter, alpha a fixed float; no bias."""
 
-    def __init__(self, n_in: int, n_out: int, alpha: float, dtype: torch.dtype):
+    def __init__(self, n_in: int, n_out: int, alpha: float, weight: torch.Tensor):
         super().__init__()
         self.alpha = float(alpha)
-        self.weight = torch.nn.Parameter(torch.empty(n_in, n_out, dtype=dtype).uniform_(-math.sqrt(3.0), math.sqrt(3.0)))
+        self.weight = torch.nn.Parameter(weight)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.mm(x, self.weight * self.alpha)
+    def scaled(self, columns: Optional[torch.Tensor] = None) -> torch.Tensor:
+        weight = self.weight if columns is None else self.weight.index_select(1, columns)
+        return weight * self.alpha
 
     def extra_repr(self) -> str:
         return f"{self.weight.shape[0]} -> {self.weight.shape[1]}, alpha={self.alpha:.6g}"
 
 
 class RadialMLP(torch.nn.Module):
-    """Bias-free MLP ``input_dim -> [hidden_width] * hidden_depth -> output_dim`` (NequIP rule, module docstring).
+    """Bias-free MLP ``sizes[0] -> ... -> sizes[-1]``: x_{k+1} = act(x_k) · (α_k W_k), no activation
+    before the first layer or after the last; α_k = g_k / sqrt(fan_in_k) with g_0 = 1 and, after an
+    activation,
 
-    nonlinearity: a name of ``SCALAR_ACTIVATIONS``, None (no nonlinearity) or "None"/"null" (an
-    identity nonlinearity that still counts as one for the init gain [COMPAT: NequIP's string
-    options behave so]). forward(x (..., input_dim)) -> (..., output_dim), dimensionless.
+    * ``scaling="kaiming"`` (NequIP's ``ScalarMLPFunction``): g = sqrt(2), W ~ U(-√3, √3);
+    * ``scaling="moment"`` (e3nn's ``FullyConnectedNet``, MACE): g = the activation's second-moment
+      constant (``activation_constant``), W ~ N(0, 1).
+
+    nonlinearity: a ``SCALAR_ACTIVATIONS`` name, None (no nonlinearity, all gains 1) or "None"/"null"
+    (identity that still counts as one for the kaiming gain [COMPAT: NequIP's string options]).
+    Parameters ``layer{k}.weight`` (fan_in, fan_out), e3nn's names. forward(x (..., sizes[0]),
+    output_permutation) -> (..., sizes[-1]); ``output_permutation`` reorders the outputs
+    (out[..., k] = mlp(x)[..., perm[k]]) through the last layer's weight columns.
     """
 
-    def __init__(self, input_dim: int, output_dim: int, hidden_depth: int = 0, hidden_width: Optional[int] = None,
-                 nonlinearity: Optional[str] = "silu", dtype: Optional[torch.dtype] = None):
+    def __init__(self, sizes: Sequence[int], nonlinearity: Optional[str] = "silu",
+                 scaling: Literal["kaiming", "moment"] = "kaiming", dtype: Optional[torch.dtype] = None):
         super().__init__()
         dtype = dtype or torch.get_default_dtype()
-        if hidden_depth < 0 or (hidden_depth > 0 and not (hidden_width and hidden_width > 0)):
-            raise ValueError(f"hidden_depth {hidden_depth} needs a positive hidden_width, got {hidden_width}")
+        self.sizes = [int(s) for s in sizes]
+        if len(self.sizes) < 2 or min(self.sizes) < 1:
+            raise ValueError(f"an MLP needs at least an input and an output size, all positive; got {sizes}")
         if nonlinearity is not None and nonlinearity not in SCALAR_ACTIVATIONS and nonlinearity not in _IDENTITY_NAMES:
             raise ValueError(f"unknown nonlinearity {nonlinearity!r}; valid: {sorted(SCALAR_ACTIVATIONS)} or None")
-        self.dims = [int(input_dim)] + [int(hidden_width or 0)] * int(hidden_depth) + [int(output_dim)]
-        self.nonlinearity = nonlinearity
+        if scaling not in ("kaiming", "moment"):
+            raise ValueError(f"scaling must be 'kaiming' or 'moment', got {scaling!r}")
+        self.nonlinearity, self.scaling = nonlinearity, scaling
         self._act = SCALAR_ACTIVATIONS.get(nonlinearity) if nonlinearity is not None else None
-        layers = []
-        for index, (n_in, n_out) in enumerate(zip(self.dims, self.dims[1:])):
-            gain = 1.0 if nonlinearity is None or index == 0 else math.sqrt(2.0)
-            layers.append(_ScaledLinear(n_in, n_out, gain / math.sqrt(n_in), dtype))
-        self.layers = torch.nn.ModuleList(layers)
+        if nonlinearity is None:
+            hidden_gain = 1.0
+        elif scaling == "kaiming":
+            hidden_gain = math.sqrt(2.0)
+        else:
+            hidden_gain = activation_constant(self._act) if self._act is not None else 1.0
+        self.n_layers = len(self.sizes) - 1
+        for k, (n_in, n_out) in enumerate(zip(self.sizes, self.sizes[1:])):
+            weight = torch.empty(n_in, n_out, dtype=dtype)
+            weight = weight.uniform_(-math.sqrt(3.0), math.sqrt(3.0)) if scaling == "kaiming" else weight.normal_()
+            self.add_module(f"layer{k}", _ScaledLinear(n_in, n_out, (1.0 if k == 0 else hidden_gain) / math.sqrt(n_in), weight))
+
+    @property
+    def layers(self) -> List[_ScaledLinear]:
+        return [getattr(self, f"layer{k}") for k in range(self.n_layers)]
 
     def forward(self, x: torch.Tensor, output_permutation: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """x (..., input_dim) -> (..., output_dim); ``output_permutation`` (output_dim,) reorders the
-        outputs (out[..., k] = mlp(x)[..., perm[k]]) through the last layer's weight columns."""
         shape = x.shape[:-1]
         x = x.reshape(-1, x.shape[-1])
-        last = len(self.layers) - 1
-        for index, layer in enumerate(self.layers):
-            if index == last and output_permutation is not None:
-                x = torch.mm(x, (layer.weight * layer.alpha).index_select(1, output_permutation))
-            else:
-                x = layer(x)
-            if index < last and self._act is not None:
+        last = self.n_layers - 1
+        for k, layer in enumerate(self.layers):
+            x = torch.mm(x, layer.scaled(output_permutation if k == last else None))
+            if k < last and self._act is not None:
                 x = self._act(x)
         return x.reshape(shape + (x.shape[-1],))
+
+    def extra_repr(self) -> str:
+        return f"sizes={self.sizes}, nonlinearity={self.nonlinearity}, scaling={self.scaling}"
+
+
+def _linear_plan(irreps_in: o3.Irreps, irreps_out: o3.Irreps):
+    """Per output block: [(input block, weight offset, mul_in)] and the normalisation 1/sqrt(fan-in)."""
+    instructions = [(i_in, i_out) for i_in, (_, ir_in) in enumerate(irreps_in)
+                    for i_out, (_, ir_out) in enumerate(irreps_out) if ir_in == ir_out]
+    offsets, offset = [], 0
+    for i_in, i_out in instructions:
+        offsets.append(offset)
+        offset += irreps_in[i_in].mul * irreps_out[i_out].mul
+    plan = []
+    for i_out, (mul_out, ir_out) in enumerate(irreps_out):
+        sources = [(i_in, off, irreps_in[i_in].mul) for (i_in, o), off in zip(instructions, offsets) if o == i_out]
+        fan_in = sum(mul for _, _, mul in sources)
+        plan.append((sources, 1.0 / math.sqrt(fan_in) if fan_in > 0 else 1.0))
+    return plan, offset
+
+
+def _uniform_multiplicity(irreps: o3.Irreps) -> int:
+    muls = {mul for mul, _ in irreps}
+    if len(muls) != 1:
+        raise ValueError(f"the channels-last layout needs one multiplicity for every irrep, got {irreps}")
+    return muls.pop()
+
+
+class IrrepsLinear(torch.nn.Module):
+    """Equivariant linear map = e3nn ``o3.Linear(irreps_in, irreps_out)`` without biases:
+    out_w = Σ_u W_uw x_u / sqrt(Σ fan-in) per output block, from the input blocks of the same irrep.
+
+    ``weight`` (weight_numel,) has e3nn's layout (blocks (mul_in, mul_out) per instruction).
+    ``channels_last``: features are (n, D, C) (every irrep with multiplicity C; D = the summed
+    dimensions of the irreps of one channel) instead of e3nn's flat (n, irreps.dim).
+    forward(x, weight=None) -> (n, irreps_out.dim) or (n, D_out, C_out); ``weight`` overrides the
+    parameter. Output blocks without a source are zero.
+    """
+
+    def __init__(self, irreps_in, irreps_out, dtype=None, channels_last: bool = False):
+        super().__init__()
+        self.irreps_in, self.irreps_out = o3.Irreps(irreps_in), o3.Irreps(irreps_out)
+        self.channels_last = bool(channels_last)
+        self._plan, self.weight_numel = _linear_plan(self.irreps_in, self.irreps_out)
+        if self.channels_last:
+            _uniform_multiplicity(self.irreps_in), _uniform_multiplicity(self.irreps_out)
+            self._in_starts = [sum(ir.dim for _, ir in self.irreps_in[:k]) for k in range(len(self.irreps_in))]
+        else:
+            self._in_starts = [self.irreps_in[:k].dim for k in range(len(self.irreps_in))]
+        self.weight = torch.nn.Parameter(torch.randn(self.weight_numel, dtype=dtype or torch.get_default_dtype()))
+
+    def block_weight(self, weight: torch.Tensor, i_out: int) -> torch.Tensor:
+        """(Σ mul_in, mul_out) normalised weight of output block ``i_out`` (inputs stacked in order)."""
+        sources, norm = self._plan[i_out]
+        mul_out = self.irreps_out[i_out].mul
+        blocks = [weight.narrow(0, off, mul * mul_out).view(mul, mul_out) for _, off, mul in sources]
+        return (blocks[0] if len(blocks) == 1 else torch.cat(blocks, 0)) * norm
+
+    def block_weights(self, weight: torch.Tensor) -> List[Optional[torch.Tensor]]:
+        """``block_weight`` of every output block (None for blocks without a source)."""
+        return [self.block_weight(weight, i_out) if sources else None for i_out, (sources, _) in enumerate(self._plan)]
+
+    def apply_blocks(self, x: torch.Tensor, weights: Sequence[Optional[torch.Tensor]]) -> torch.Tensor:
+        """The map with given per-output-block weights (``block_weights`` layout)."""
+        n = x.shape[0]
+        out = []
+        for i_out, (mul_out, ir_out) in enumerate(self.irreps_out):
+            sources, _ = self._plan[i_out]
+            d = ir_out.dim
+            if weights[i_out] is None or mul_out == 0:
+                out.append(x.new_zeros((n, d, mul_out) if self.channels_last else (n, mul_out * d)))
+                continue
+            if self.channels_last:  # (n, d, C_in * k) @ (C_in * k, C_out)
+                inputs = [x.narrow(1, self._in_starts[i_in], d) for i_in, _, _ in sources]
+                out.append(torch.matmul(inputs[0] if len(inputs) == 1 else torch.cat(inputs, 2), weights[i_out]))
+                continue
+            inputs = [x.narrow(1, self._in_starts[i_in], mul * d).view(n, mul, d) for i_in, _, mul in sources]
+            stacked = inputs[0] if len(inputs) == 1 else torch.cat(inputs, 1)
+            if d == 1:
+                out.append(stacked.view(n, -1) @ weights[i_out])
+            else:  # (n, mul_in, d) -> (n, d, mul_in) @ (mul_in, mul_out) -> (n, mul_out, d)
+                out.append(torch.matmul(stacked.transpose(1, 2), weights[i_out]).transpose(1, 2).reshape(n, mul_out * d))
+        return out[0] if len(out) == 1 else torch.cat(out, 1)
+
+    def forward(self, x: torch.Tensor, weight: Optional[torch.Tensor] = None) -> torch.Tensor:
+        return self.apply_blocks(x, self.block_weights(self.weight if weight is None else weight))
+
+    def extra_repr(self) -> str:
+        return f"{self.irreps_in} -> {self.irreps_out}{', channels last' if self.channels_last else ''}"
+
+
+class TypeSelfConnection(torch.nn.Module):
+    """e3nn ``FullyConnectedTensorProduct(irreps_in, f"{n_attrs}x0e", irreps_out)`` applied to
+    (x_i, a_{t_i}) where a_t are per-type scalar attributes: NequIP's self-connection (its type
+    embedding as attributes) and MACE's ``skip_tp`` (one-hot elements, ``attributes=None``).
+
+    With scalar attributes the product is linear in x with weights W_t = Σ_v a_tv W_v / sqrt(n_attrs)
+    per type (times e3nn's 1/sqrt(fan-in)), so it is one ``IrrepsLinear`` per type on that type's
+    atoms. ``weight`` (weight_numel,) has e3nn's layout (per instruction (mul_in, n_attrs, mul_out)).
+    forward(x (n, irreps_in.dim) or channels-last (n, D_in, C_in), types (n,) or ``segments`` (atoms
+    per type, rows already sorted by type), attributes (n_types, n_attrs) or None for one-hot)
+    -> (n, irreps_out.dim) or (n, D_out, C_out).
+    """
+
+    def __init__(self, irreps_in, n_attrs: int, irreps_out, dtype=None, channels_last: bool = False):
+        super().__init__()
+        self.linear = IrrepsLinear(irreps_in, irreps_out, dtype=dtype, channels_last=channels_last)
+        self.irreps_in, self.irreps_out, self.n_attrs = self.linear.irreps_in, self.linear.irreps_out, int(n_attrs)
+        del self.linear.weight  # the per-type weights are computed from ``weight``
+        self.linear.register_parameter("weight", None)
+        self.weight_numel = self.linear.weight_numel * self.n_attrs
+        self.weight = torch.nn.Parameter(torch.randn(self.weight_numel, dtype=dtype or torch.get_default_dtype()))
+        self._instructions = [(i_in, i_out, off * self.n_attrs, mul) for i_out, (sources, _) in enumerate(self.linear._plan)
+                              for i_in, off, mul in sources]
+
+    def type_block_weights(self, attributes: Optional[torch.Tensor] = None) -> List[Optional[torch.Tensor]]:
+        """Per output block: (n_types, Σ mul_in, mul_out) weights of every type (None without a source)."""
+        per_instruction = {}
+        for i_in, i_out, offset, mul_in in self._instructions:
+            mul_out = self.irreps_out[i_out].mul
+            w = self.weight.narrow(0, offset, mul_in * self.n_attrs * mul_out).view(mul_in, self.n_attrs, mul_out)
+            w = w.transpose(0, 1) if attributes is None else torch.einsum("uvw,tv->tuw", w, attributes.to(w.dtype))
+            per_instruction[(i_in, i_out)] = w / math.sqrt(self.n_attrs)
+        out = []
+        for i_out, (sources, norm) in enumerate(self.linear._plan):
+            blocks = [per_instruction[(i_in, i_out)] for i_in, _, _ in sources]
+            out.append(None if not blocks else (blocks[0] if len(blocks) == 1 else torch.cat(blocks, 1)) * norm)
+        return out
+
+    def forward(self, x: torch.Tensor, types: Optional[torch.Tensor] = None, attributes: Optional[torch.Tensor] = None,
+                segments: Optional[Sequence[int]] = None) -> torch.Tensor:
+        weights = self.type_block_weights(attributes)
+        n_types = self.n_attrs if attributes is None else attributes.shape[0]
+        if n_types == 1:
+            return self.linear.apply_blocks(x, [None if w is None else w[0] for w in weights])
+        if getattr(self, "masked", False) and segments is None:  # sizes independent of the data (torch.export)
+            per_type = torch.stack([self.linear.apply_blocks(x, [None if w is None else w[t] for w in weights])
+                                    for t in range(n_types)])
+            index = types.view(1, -1, *([1] * (x.dim() - 1))).expand(1, *per_type.shape[1:])
+            return per_type.gather(0, index).squeeze(0)
+        order = None
+        if segments is None:
+            order = torch.argsort(types, stable=True)
+            segments = torch.bincount(types, minlength=n_types).tolist()
+            x = x.index_select(0, order)
+        pieces = [self.linear.apply_blocks(part, [None if w is None else w[t] for w in weights])
+                  for t, part in enumerate(x.split(list(segments))) if segments[t]]
+        out = torch.cat(pieces, 0) if pieces else self.linear.apply_blocks(x, [None] * len(weights))
+        if order is None:
+            return out
+        inverse = torch.empty_like(order)
+        inverse[order] = torch.arange(len(order), device=order.device)
+        return out.index_select(0, inverse)
 
 
 class EdgeSphericalHarmonics(torch.nn.Module):
@@ -177,129 +338,6 @@ class PerTypeScaleShift(torch.nn.Module):
         if self.shifts is not None:
             x = self._lookup(self.shifts.to(dtype), types) + x
         return x
-
-
-_MOMENT_CACHE: Dict[str, float] = {}
-
-
-def _second_moment_factor(name: str) -> float:
-    """e3nn's normalize2mom constant of an activation (1 / sqrt(E[f(z)^2]), z ~ N(0,1))."""
-    if name not in _MOMENT_CACHE:
-        _MOMENT_CACHE[name] = float(normalize2mom(SCALAR_ACTIVATIONS[name]).cst)
-    return _MOMENT_CACHE[name]
-
-
-def _activation_parity(name: str) -> int:
-    x = torch.linspace(0, 10, 256, dtype=torch.float64)
-    f = SCALAR_ACTIVATIONS[name]
-    if (f(x) - f(-x)).abs().max() < 1e-5:
-        return 1
-    if (f(x) + f(-x)).abs().max() < 1e-5:
-        return -1
-    return 0
-
-
-class Gate(torch.nn.Module):
-    """e3nn's ``Gate``: act(scalars) ⊕ act(gates) · gated (same semantics and irreps layout).
-
-    The input irreps are (scalars + gates + gated) sorted and simplified, as in e3nn; the output is
-    the activated scalars followed by the gated blocks. Activation names index
-    ``SCALAR_ACTIVATIONS``; each is normalised to unit second moment (e3nn ``normalize2mom``).
-    Written out (not e3nn's module) to slice columns instead of running e3nn's generated
-    extraction and element-wise tensor product. forward(x (n, irreps_in.dim)) -> (n, irreps_out.dim).
-    """
-
-    def __init__(self, irreps_scalars, act_scalars: Sequence[str], irreps_gates, act_gates: Sequence[str], irreps_gated):
-        super().__init__()
-        originals = [o3.Irreps(irreps_scalars), o3.Irreps(irreps_gates), o3.Irreps(irreps_gated)]
-        if originals[1].num_irreps != originals[2].num_irreps:
-            raise ValueError(f"{originals[1].num_irreps} gates for {originals[2].num_irreps} gated irreps")
-        if any(ir.l > 0 for _, ir in originals[0] + originals[1]):
-            raise ValueError("scalars and gates must be scalars (l = 0)")
-        parts = [irreps.simplify() for irreps in originals]
-        sorted_irreps, permutation, _ = sum(parts, o3.Irreps([])).sort()
-        self.irreps_in = sorted_irreps.simplify()
-        # column (start, length) of every part's blocks in the sorted input layout
-        starts = [sorted_irreps[:k].dim for k in range(len(sorted_irreps))]
-        offset, self._slices = 0, []
-        for part in parts:
-            blocks = [permutation[offset + k] for k in range(len(part))]
-            self._slices.append([(starts[b], sorted_irreps[b].dim) for b in blocks])
-            offset += len(part)
-        self._scalar_acts = _merged_activations(originals[0], act_scalars)
-        self._gate_acts = _merged_activations(originals[1], act_gates)
-        scalar_out = [(mul, (0, _output_parity(ir.p, name))) for (mul, ir), (name, _) in zip(parts[0], self._scalar_acts)]
-        gate_parity = [p for (mul, ir), (name, _) in zip(parts[1], self._gate_acts) for p in [_output_parity(ir.p, name)] * mul]
-        gated_out, cursor = [], 0
-        for mul, ir in parts[2]:
-            parities = set(gate_parity[cursor:cursor + mul])
-            cursor += mul
-            if len(parities) != 1:  # e3nn would split such a block; NequIP never builds one
-                raise ValueError("a gated block must take gates of one parity")
-            gated_out.append((mul, (ir.l, ir.p * parities.pop())))
-        self._scalar_muls = [mul for mul, _ in parts[0]]
-        self._gate_muls = [mul for mul, _ in parts[1]]
-        self._gated_blocks = [(mul, ir.dim) for mul, ir in parts[2]]
-        self.irreps_out = o3.Irreps(scalar_out) + o3.Irreps(gated_out)
-
-    def _take(self, x: torch.Tensor, part: int) -> torch.Tensor:
-        pieces = [x.narrow(-1, start, length) for start, length in self._slices[part]]
-        if not pieces:
-            return x.new_zeros(x.shape[:-1] + (0,))
-        return pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=-1)
-
-    @staticmethod
-    def _activate(x: torch.Tensor, muls, acts) -> torch.Tensor:
-        out, start = [], 0
-        for mul, (name, factor) in zip(muls, acts):
-            y = SCALAR_ACTIVATIONS[name](x.narrow(-1, start, mul))
-            out.append(y if factor is None else y * factor)
-            start += mul
-        if not out:
-            return x
-        return out[0] if len(out) == 1 else torch.cat(out, dim=-1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        scalars = self._activate(self._take(x, 0), self._scalar_muls, self._scalar_acts)
-        if not self._gated_blocks:
-            return scalars
-        gates = self._activate(self._take(x, 1), self._gate_muls, self._gate_acts)
-        gated = self._take(x, 2)
-        out, g_start, x_start = [scalars], 0, 0
-        for mul, dim in self._gated_blocks:
-            block = gated.narrow(-1, x_start, mul * dim).reshape(x.shape[0], mul, dim)
-            out.append((block * gates.narrow(-1, g_start, mul).unsqueeze(-1)).reshape(x.shape[0], mul * dim))
-            g_start += mul
-            x_start += mul * dim
-        return torch.cat(out, dim=-1)
-
-
-def _output_parity(p_in: int, name: str) -> int:
-    """Parity of act(x) for a scalar x of parity p_in (e3nn ``Activation`` rule)."""
-    p_out = _activation_parity(name) if p_in == -1 else p_in
-    if p_out == 0:
-        raise ValueError(f"activation {name!r} is neither even nor odd; it cannot act on odd scalars")
-    return p_out
-
-
-def _merged_activations(irreps: o3.Irreps, names: Sequence[str]):
-    """(name, factor or None) per block of ``irreps.simplify()``; factor None when within 1e-4 of 1 (e3nn)."""
-    if len(names) != len(irreps):
-        raise ValueError(f"{len(names)} activations for irreps {irreps}")
-    merged = []
-    for index, ((_, ir), name) in enumerate(zip(irreps, names)):
-        if index and irreps[index - 1].ir == ir:
-            if merged[-1] != name:
-                raise ValueError("consecutive blocks of one irrep need the same activation")
-            continue
-        merged.append(name)
-    result = []
-    for name in merged:
-        if name not in SCALAR_ACTIVATIONS:
-            raise ValueError(f"unknown activation {name!r}; valid: {sorted(SCALAR_ACTIVATIONS)}")
-        factor = _second_moment_factor(name)
-        result.append((name, None if abs(factor - 1.0) < 1e-4 else factor))
-    return result
 
 
 def unique_pair_index(edge_index: torch.Tensor, edge_shifts: torch.Tensor, n_atoms: int) -> Optional[Tuple[torch.Tensor, torch.Tensor]]:

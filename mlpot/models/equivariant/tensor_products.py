@@ -1,23 +1,22 @@
-"""e3nn-compatible equivariant linear maps and tensor products, written for CPU speed.
+"""NequIP's edge tensor product: m_i = Σ_j TP_uvu(x_j, Y_ij; w_ij), written for CPU speed.
 
-Each class computes exactly what an e3nn 0.6 module computes, with the same weight layout and
-normalisation constants, so weights trained by e3nn-based codes (NequIP, MACE) load unchanged;
-tests pin every class against its e3nn counterpart. They are written out rather than using
-e3nn's generated code because on CPU the message-passing step is dominated by layout shuffles:
-here an edge tensor product is one gather, one small batched matmul against Clebsch-Gordan
-blocks contracted with Y(r̂) beforehand, one multiply by the radial weights and one scatter, over
-unordered pairs when the neighbour list is full (``EdgeTensorProductScatter`` has the details).
-Custom autograd functions replace autograd's reductions over short axes, which are slow on CPU;
-they stay differentiable to any order (force training needs second derivatives).
+``EdgeTensorProductScatter`` computes exactly e3nn 0.6's ``o3.TensorProduct(irreps_in, irreps_sh,
+irreps_mid, [(i, j, k, "uvu", True)], shared_weights=False)`` on gathered neighbour features,
+summed onto the centre atoms (NequIP's ``TensorProductScatter``), with e3nn's weight layout and
+normalisation constants, so weights trained by NequIP load unchanged; a test pins it against e3nn.
+It is written out because on CPU the message-passing step is dominated by layout shuffles: here an
+edge tensor product is one gather, one small batched matmul against Clebsch-Gordan blocks
+contracted with Y(r̂) beforehand, one multiply by the radial weights and one scatter, over
+unordered pairs when the neighbour list is full. Custom autograd functions replace autograd's
+reductions over short axes, which are slow on CPU; they stay differentiable to any order (force
+training needs second derivatives).
 
-* ``IrrepsLinear`` = ``o3.Linear(irreps_in, irreps_out)`` without biases ("element" path
-  normalisation: out_w = Σ_u W_uw x_u / sqrt(Σ fan-in)).
-* ``EdgeTensorProductScatter`` = ``o3.TensorProduct(irreps_in, irreps_sh, irreps_mid,
-  [(i, j, k, "uvu", True)], shared_weights=False)`` on gathered neighbour features, summed onto
-  the centre atoms (NequIP's ``TensorProductScatter``).
-* ``TypeSelfConnection`` = ``o3.FullyConnectedTensorProduct(irreps_in, f"{d}x0e", irreps_out)``
-  with the scalar attributes of an atom given by its type (a per-type embedding table): the
-  product is then a linear map per type, applied to the atoms of each type.
+MACE's convolution (``mace.tensor_product.ChannelwiseTensorProduct``) is the same contraction
+computed another way (atoms' incoming edges in padded slots, one batched product per path over
+(neighbour, m1); uniform channels): each is the faster layout for its model (NequIP mixes
+multiplicities and uses the pair symmetry of full neighbour lists; MACE's uniform channels fit
+the padded slots), so both are kept and ``tests/test_equivariant_blocks.py`` pins them together.
+``uvu_instructions`` lists the paths for both.
 
 Layout: e3nn ``mul_ir`` (block k is (mul_k, 2 l_k + 1) row-major). n = atoms, E = edges.
 """
@@ -25,72 +24,13 @@ Layout: e3nn ``mul_ir`` (block k is (mul_k, 2 l_k + 1) row-major). n = atoms, E 
 from __future__ import annotations
 
 import math
-from typing import List, Tuple
 
 import torch
 from e3nn import o3
 
 from mlpot.nn import scatter_sum
 
-__all__ = ["IrrepsLinear", "EdgeTensorProductScatter", "TypeSelfConnection", "uvu_instructions"]
-
-
-def _linear_plan(irreps_in: o3.Irreps, irreps_out: o3.Irreps):
-    """Per output block: [(input block, weight offset, mul_in)] and the normalisation 1/sqrt(fan-in)."""
-    instructions = [(i_in, i_out) for i_in, (_, ir_in) in enumerate(irreps_in)
-                    for i_out, (_, ir_out) in enumerate(irreps_out) if ir_in == ir_out]
-    offsets, offset = [], 0
-    for i_in, i_out in instructions:
-        offsets.append(offset)
-        offset += irreps_in[i_in].mul * irreps_out[i_out].mul
-    plan = []
-    for i_out, (mul_out, ir_out) in enumerate(irreps_out):
-        sources = [(i_in, off, irreps_in[i_in].mul) for (i_in, o), off in zip(instructions, offsets) if o == i_out]
-        fan_in = sum(mul for _, _, mul in sources)
-        plan.append((sources, 1.0 / math.sqrt(fan_in) if fan_in > 0 else 1.0))
-    return plan, offset
-
-
-class IrrepsLinear(torch.nn.Module):
-    """Equivariant linear map = e3nn ``o3.Linear(irreps_in, irreps_out)`` without biases.
-
-    ``weight`` (weight_numel,) is laid out as e3nn's (blocks (mul_in, mul_out) per instruction).
-    forward(x (n, irreps_in.dim), weight=None) -> (n, irreps_out.dim); ``weight`` overrides the
-    parameter (used by ``TypeSelfConnection`` for per-type weights).
-    """
-
-    def __init__(self, irreps_in, irreps_out, dtype=None):
-        super().__init__()
-        self.irreps_in, self.irreps_out = o3.Irreps(irreps_in), o3.Irreps(irreps_out)
-        self._plan, self.weight_numel = _linear_plan(self.irreps_in, self.irreps_out)
-        self._in_starts = [self.irreps_in[:k].dim for k in range(len(self.irreps_in))]
-        self.weight = torch.nn.Parameter(torch.randn(self.weight_numel, dtype=dtype or torch.get_default_dtype()))
-
-    def block_weight(self, weight: torch.Tensor, i_out: int) -> torch.Tensor:
-        """(Σ mul_in, mul_out) normalised weight of output block ``i_out`` (inputs stacked in order)."""
-        sources, norm = self._plan[i_out]
-        mul_out = self.irreps_out[i_out].mul
-        blocks = [weight.narrow(0, off, mul * mul_out).view(mul, mul_out) for _, off, mul in sources]
-        return (blocks[0] if len(blocks) == 1 else torch.cat(blocks, 0)) * norm
-
-    def forward(self, x: torch.Tensor, weight: torch.Tensor = None) -> torch.Tensor:
-        weight = self.weight if weight is None else weight
-        n = x.shape[0]
-        out = []
-        for i_out, (mul_out, ir_out) in enumerate(self.irreps_out):
-            sources, _ = self._plan[i_out]
-            if not sources or mul_out == 0:
-                out.append(x.new_zeros(n, mul_out * ir_out.dim))
-                continue
-            d = ir_out.dim
-            inputs = [x.narrow(1, self._in_starts[i_in], mul * d).view(n, mul, d) for i_in, _, mul in sources]
-            stacked = inputs[0] if len(inputs) == 1 else torch.cat(inputs, 1)
-            w = self.block_weight(weight, i_out)
-            if d == 1:
-                out.append(stacked.view(n, -1) @ w)
-            else:  # (n, mul_in, d) -> (n, d, mul_in) @ (mul_in, mul_out) -> (n, mul_out, d)
-                out.append(torch.matmul(stacked.transpose(1, 2), w).transpose(1, 2).reshape(n, mul_out * d))
-        return out[0] if len(out) == 1 else torch.cat(out, 1)
+__all__ = ["EdgeTensorProductScatter", "uvu_instructions"]
 
 
 def uvu_instructions(irreps_in: o3.Irreps, irreps_sh: o3.Irreps, irreps_out: o3.Irreps):
@@ -316,51 +256,3 @@ class EdgeTensorProductScatter(torch.nn.Module):
             g, block, position = self._mid_sources[i_mid]
             out.append(sums[g][block].select(1, position).transpose(1, 2).reshape(n, mul * ir.dim))
         return torch.cat(out, 1) if len(out) > 1 else out[0]
-
-
-class TypeSelfConnection(torch.nn.Module):
-    """e3nn ``FullyConnectedTensorProduct(irreps_in, f"{n_attrs}x0e", irreps_out)`` applied to
-    (x_i, a_{t_i}) where a_t are per-type scalar attributes (NequIP's self-connection with the
-    type embedding as node attributes).
-
-    With scalar attributes the product is linear in x with weights W_t = Σ_v a_tv W_v / sqrt(n_attrs)
-    per type, so it is evaluated as one ``IrrepsLinear`` per type on that type's atoms.
-    ``weight`` (weight_numel,) has e3nn's layout (per instruction (mul_in, n_attrs, mul_out)).
-    forward(x (n, irreps_in.dim), types (n,), attributes (n_types, n_attrs)) -> (n, irreps_out.dim).
-    """
-
-    def __init__(self, irreps_in, n_attrs: int, irreps_out, dtype=None):
-        super().__init__()
-        self.linear = IrrepsLinear(irreps_in, irreps_out, dtype=dtype)
-        self.irreps_in, self.irreps_out, self.n_attrs = self.linear.irreps_in, self.linear.irreps_out, int(n_attrs)
-        del self.linear.weight  # the per-type weights are computed from ``weight``
-        self.linear.register_parameter("weight", None)
-        self.weight_numel = self.linear.weight_numel * self.n_attrs
-        self.weight = torch.nn.Parameter(torch.randn(self.weight_numel, dtype=dtype or torch.get_default_dtype()))
-        blocks, offset = [], 0  # e3nn's per-instruction blocks (mul_in, n_attrs, mul_out), in Linear's order
-        for i_in, (mul_in, ir_in) in enumerate(self.irreps_in):
-            for i_out, (mul_out, ir_out) in enumerate(self.irreps_out):
-                if ir_in == ir_out:
-                    blocks.append((offset, mul_in, mul_out))
-                    offset += mul_in * self.n_attrs * mul_out
-        self._blocks = blocks
-
-    def type_weights(self, attributes: torch.Tensor) -> torch.Tensor:
-        """(n_types, linear weight_numel): Σ_v a_tv W[u, v, w] / sqrt(n_attrs), per instruction."""
-        per_block = []
-        for offset, mul_in, mul_out in self._blocks:
-            w = self.weight.narrow(0, offset, mul_in * self.n_attrs * mul_out).view(mul_in, self.n_attrs, mul_out)
-            per_block.append(torch.einsum("uvw,tv->tuw", w, attributes).reshape(attributes.shape[0], mul_in * mul_out))
-        return torch.cat(per_block, 1) / math.sqrt(self.n_attrs)
-
-    def forward(self, x: torch.Tensor, types: torch.Tensor, attributes: torch.Tensor) -> torch.Tensor:
-        weights = self.type_weights(attributes.to(x.dtype))
-        n_types = attributes.shape[0]
-        if n_types == 1:
-            return self.linear(x, weights[0])
-        order = torch.argsort(types, stable=True)
-        counts = torch.bincount(types, minlength=n_types).tolist()
-        pieces = [self.linear(part, weights[t]) for t, part in enumerate(x.index_select(0, order).split(counts)) if counts[t]]
-        inverse = torch.empty_like(order)
-        inverse[order] = torch.arange(len(order), device=order.device)
-        return torch.cat(pieces, 0).index_select(0, inverse)

@@ -1,7 +1,9 @@
 """mace-torch's trained models as mlpot MACE models: the ``.model`` file and the training checkpoint.
 
 * ``load_mace_model_file(path, dtype)``: a ``.model`` (``torch.save`` of the whole module), read by
-  the restricted unpickler of ``_unpickle.py`` (no mace code is imported or run). Every
+  :mod:`mlpot.models.safe_pickle`'s restricted unpickler with the allow-list ``MACE_MODEL_FILE``
+  (mace, e3nn and a few torch module classes become inert records; no mace code is imported or run;
+  e3nn's generated-code archives are read for their tensors only). Every
   hyperparameter comes from the pickled module tree (``section_from_model_tree``).
 * ``load_mace_checkpoint(path, options, dtype)``: a ``mace_run_train`` checkpoint
   (``{"model": state_dict, ...}``, read with ``torch.load(weights_only=True)``) and the options it was
@@ -40,12 +42,23 @@ import torch
 from e3nn import o3
 
 from mlpot.errors import CheckpointError, ConfigError
-from mlpot.models.equivariant.mace._unpickle import PickledObject, module_state, read_pickled_module
 from mlpot.models.equivariant.mace.model import MACE
 from mlpot.models.equivariant.mace.section import build_mace
+from mlpot.models.safe_pickle import AllowList, PickledObject, archive_root, load_archive_pickle, module_state, open_archive
 
 __all__ = ["load_mace_model_file", "load_mace_checkpoint", "load_mace_state", "section_from_model_tree",
-           "section_from_run_train_options", "is_mace_model_file", "is_mace_checkpoint"]
+           "section_from_run_train_options", "is_mace_model_file", "is_mace_checkpoint", "read_pickled_module",
+           "MACE_MODEL_FILE"]
+
+# what a mace-torch .model may name: mace and e3nn classes (``__torch__``: TorchScript's names inside
+# e3nn's generated-code archives), torch containers, activations and torch.fx's module records
+MACE_MODEL_FILE = AllowList(
+    packages=("mace", "e3nn", "__torch__"),
+    modules={"torch.nn.modules.container": None, "torch.nn.modules.module": None, "torch.nn.modules.linear": None,
+             "torch.nn.modules.activation": None, "torch.fx.graph_module": frozenset({"reduce_graph_module", "GraphModule"}),
+             "torch.nn.functional": frozenset({"silu", "tanh", "relu", "gelu", "softplus", "sigmoid"}),
+             "torch": frozenset({"tanh", "abs", "sigmoid", "relu"})},
+    holds="a mace-torch model file holds only mace, e3nn and torch module classes (the file may be corrupted or malicious)")
 
 _DROPPED = re.compile(r"(.*\.output_mask|.*\.bias|.*conv_tp\.weight|.*\.weights_(\d+|max)_zeroed)$")
 _CHECKED = re.compile(r"(radial_embedding\.(bessel_fn\.(r_max|prefactor|n)|cutoff_fn\.(p|r_max))|pair_repulsion_fn\.p"
@@ -57,6 +70,17 @@ _W3J = re.compile(r"(interactions\.\d+\.conv_tp)\._compiled_main_left_right\._w3
 _U = re.compile(r"(products\.\d+\.symmetric_contractions\.contractions\.\d+)\.U_matrix_(\d+)$")
 _RADII = re.compile(r"(radial_embedding\.distance_transform|pair_repulsion_fn)\.covalent_radii$")
 _GATES = {"silu": "silu", "tanh": "tanh", "abs": "abs"}
+
+
+def read_pickled_module(path) -> PickledObject:
+    """The pickled module tree of a ``.model`` file as inert records (tensors are real)."""
+    source = str(path)
+    with open_archive(source, "not a torch.save zip archive (mace-torch .model files are)") as archive:
+        root = archive_root(archive, "data.pkl", source)
+        tree = load_archive_pickle(archive, f"{root}/data.pkl", lambda key: f"{root}/data/{key}", source, MACE_MODEL_FILE)
+    if not isinstance(tree, PickledObject):
+        raise CheckpointError(f"expected a pickled mace-torch module, found {type(tree).__name__}", file=source)
+    return tree
 
 
 def _irreps(record) -> o3.Irreps:
@@ -236,7 +260,7 @@ def load_mace_model_file(path, dtype: Optional[torch.dtype] = torch.float64) -> 
     source = str(path)
     root = read_pickled_module(source)
     section = section_from_model_tree(root, source)
-    state = module_state(root, source)
+    state = module_state(root, source, allow=MACE_MODEL_FILE)
     if dtype is None:
         dtype = state["node_embedding.linear.weight"].dtype
     try:

@@ -23,9 +23,9 @@ from typing import Dict, Optional, Sequence, Tuple
 import torch
 from e3nn import o3
 
-from mlpot.models.equivariant.mace.linear import ElementLinear, IrrepsLinear
+from mlpot.models.equivariant.blocks import RadialMLP
+from mlpot.models.equivariant.mace.linear import ChannelLinear, ElementLinear
 from mlpot.models.equivariant.mace.neighbours import PaddedEdges
-from mlpot.models.equivariant.mace.radial import RadialMLP
 from mlpot.models.equivariant.mace.tensor_product import ChannelwiseTensorProduct
 
 __all__ = ["InteractionBlock", "INTERACTIONS"]
@@ -59,16 +59,17 @@ class InteractionBlock(torch.nn.Module):
         self.node_blocks = [o3.Irrep(ir) for ir in node_blocks]
         self.target_blocks = [o3.Irrep(ir) for ir in target_blocks]
         self.hidden_blocks = [o3.Irrep(ir) for ir in hidden_blocks]
-        self.linear_up = IrrepsLinear(self.node_blocks, node_channels, self.node_blocks, node_channels, dtype)
+        self.linear_up = ChannelLinear(self.node_blocks, node_channels, self.node_blocks, node_channels, dtype)
         self.conv_tp = ChannelwiseTensorProduct(self.node_blocks, node_channels, sh_blocks, self.target_blocks, dtype)
-        self.conv_tp_weights = RadialMLP([num_basis] + list(radial_mlp) + [self.conv_tp.weight_numel], dtype=dtype)
-        self.linear = IrrepsLinear(self.conv_tp.blocks_out, node_channels, self.target_blocks, channels, dtype)
+        # e3nn's FullyConnectedNet(sizes, silu) without biases, as mace-torch builds its radial MLPs
+        self.conv_tp_weights = RadialMLP([num_basis] + list(radial_mlp) + [self.conv_tp.weight_numel], "silu", "moment", dtype)
+        self.linear = ChannelLinear(self.conv_tp.blocks_out, node_channels, self.target_blocks, channels, dtype)
         if self.residual:
             self.skip_tp = ElementLinear(self.node_blocks, node_channels, n_elements, self.hidden_blocks, channels, dtype)
         else:
             self.skip_tp = ElementLinear(self.target_blocks, channels, n_elements, self.target_blocks, channels, dtype)
         if self.density:
-            self.density_fn = RadialMLP([num_basis, 1], dtype=dtype)
+            self.density_fn = RadialMLP([num_basis, 1], "silu", "moment", dtype)
 
     def forward(self, node_feats: torch.Tensor, edge_sh: torch.Tensor, edge_feats: torch.Tensor,
                 envelope: Optional[torch.Tensor], edges: PaddedEdges,

@@ -32,14 +32,15 @@ from e3nn import o3
 from mlpot.data.keys import ATOM_ENERGY, ATOM_TYPES, BATCH, EDGE_INDEX, ENERGY
 from mlpot.errors import DataError
 from mlpot.models.base import AtomisticModel, edge_vectors, n_frames_of
-from mlpot.models.output_bias import OutputBias
+from mlpot.models.equivariant.blocks import EdgeSphericalHarmonics
 from mlpot.models.equivariant.mace.interaction import InteractionBlock
-from mlpot.models.equivariant.mace.linear import IrrepsLinear, irreps_of, to_flat
+from mlpot.models.equivariant.mace.linear import ChannelLinear, irreps_of, to_flat
 from mlpot.models.equivariant.mace.neighbours import PaddedEdges
 from mlpot.models.equivariant.mace.radial import RadialEmbedding
 from mlpot.models.equivariant.mace.readout import LinearReadout, NonLinearReadout
 from mlpot.models.equivariant.mace.symmetric_contraction import EquivariantProductBasis
 from mlpot.models.equivariant.mace.zbl import ZBLRepulsion
+from mlpot.models.output_bias import OutputBias
 from mlpot.nn import gather_rows, scatter_sum
 
 __all__ = ["MACE", "ScaleShiftMACE", "ElementOrder"]
@@ -99,7 +100,8 @@ class MACE(AtomisticModel):
         mlp_channels, mlp_blocks = _uniform_channels(o3.Irreps(MLP_irreps), "MLP_irreps")
         if any(ir != SCALAR for ir in mlp_blocks):
             raise ValueError(f"MLP_irreps must be even scalars (K x 0e), got {MLP_irreps}")
-        self.sh_irreps = o3.Irreps.spherical_harmonics(max_ell)
+        self.spherical_harmonics = EdgeSphericalHarmonics(max_ell)
+        self.sh_irreps = self.spherical_harmonics.irreps
         self.sh_blocks = [ir for _, ir in self.sh_irreps]
         target_blocks = sorted(self.sh_blocks, key=lambda ir: (ir.l, ir.p))
         if any(ir.p != (-1) ** ir.l for ir in hidden_blocks):  # odd-parity hidden features: both parities
@@ -107,7 +109,7 @@ class MACE(AtomisticModel):
         self.channels, self.pair_repulsion = channels, bool(pair_repulsion)
         self.use_last_readout_only = bool(use_last_readout_only)
         self.node_embedding = torch.nn.Module()
-        self.node_embedding.linear = IrrepsLinear([SCALAR], self.n_elements, [SCALAR], channels, dtype)
+        self.node_embedding.linear = ChannelLinear([SCALAR], self.n_elements, [SCALAR], channels, dtype)
         self.radial_embedding = RadialEmbedding(r_max, num_bessel, num_polynomial_cutoff, radial_type, distance_transform,
                                                 apply_cutoff, self.atomic_numbers_list, dtype)
         if self.pair_repulsion:
@@ -155,7 +157,7 @@ class MACE(AtomisticModel):
         vectors = -edge_vectors(batch, dtype)  # r_i - r_j: mace-torch's sender -> receiver vector
         lengths = torch.linalg.norm(vectors, dim=-1)
         element_i, element_j = order.elements.index_select(0, receiver), order.elements.index_select(0, sender)
-        edge_sh = o3.spherical_harmonics(self.sh_irreps, vectors, normalize=True, normalization="component")
+        edge_sh = self.spherical_harmonics(vectors)
         edge_feats, envelope = self.radial_embedding(lengths, element_i, element_j)
         n_atoms = order.elements.shape[0]
         edges = PaddedEdges(receiver, sender, n_atoms)

@@ -15,9 +15,8 @@
     q = 0.9183, p = 4.5791, a = 1.0805; ``Soft``: r' = p_0 + (r - p_0) s(r),
     s = (1 + tanh(alpha (r - m) / (p_1 - p_0)))/2, r_0 = R_i + R_j, p_0 = 3 r_0/4, p_1 = 4 r_0/3,
     m = (p_0 + p_1)/2, alpha = 4.
-* ``RadialMLP``: e3nn's ``FullyConnectedNet`` (no biases; layer k: x @ W_k / sqrt(fan_in), then
-  the activation scaled to unit second moment under a standard normal input, except after the last
-  layer), with e3nn's parameter names ``layer{k}.weight``.
+The radial MLP (e3nn's ``FullyConnectedNet``, no biases) is the shared
+:class:`mlpot.models.equivariant.blocks.RadialMLP` with ``scaling="moment"``.
 """
 
 from __future__ import annotations
@@ -27,19 +26,10 @@ from typing import Optional, Sequence, Tuple
 
 import torch
 from ase.data import covalent_radii
-from e3nn.math import normalize2mom
 
 from mlpot.nn import BesselBasis, GaussianBasis, PolynomialCutoff
 
-__all__ = ["RadialEmbedding", "RadialMLP", "ChebyshevPolynomials", "AgnesiTransform", "SoftTransform",
-           "activation_constant"]
-
-
-def activation_constant(function) -> float:
-    """e3nn's normalisation constant of an activation: 1 / sqrt(E[f(z)^2]) over its fixed sample of
-    z ~ N(0, 1); exactly 1 when within 1e-4 of it (e3nn then leaves the function unscaled)."""
-    normalized = normalize2mom(function)
-    return 1.0 if normalized._is_id else float(normalized.cst)
+__all__ = ["RadialEmbedding", "ChebyshevPolynomials", "AgnesiTransform", "SoftTransform"]
 
 
 class ChebyshevPolynomials(torch.nn.Module):
@@ -131,29 +121,3 @@ class RadialEmbedding(torch.nn.Module):
         if self.apply_cutoff:
             return features * envelope, None
         return features, envelope
-
-
-class RadialMLP(torch.nn.Module):
-    """e3nn ``FullyConnectedNet(sizes, act)`` without biases: (..., sizes[0]) -> (..., sizes[-1])."""
-
-    def __init__(self, sizes: Sequence[int], activation=torch.nn.functional.silu, dtype: torch.dtype = torch.float64):
-        super().__init__()
-        self.sizes = [int(s) for s in sizes]
-        self.activation = activation
-        self.constant = activation_constant(activation)
-        for k, (fan_in, fan_out) in enumerate(zip(self.sizes[:-1], self.sizes[1:])):
-            layer = torch.nn.Module()
-            layer.weight = torch.nn.Parameter(torch.randn(fan_in, fan_out, dtype=dtype))
-            self.add_module(f"layer{k}", layer)
-        self.n_layers = len(self.sizes) - 1
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for k in range(self.n_layers):
-            weight = getattr(self, f"layer{k}").weight
-            x = torch.matmul(x, weight / math.sqrt(weight.shape[0]))
-            if k < self.n_layers - 1:
-                x = self.activation(x) * self.constant
-        return x
-
-    def extra_repr(self) -> str:
-        return f"sizes={self.sizes}"

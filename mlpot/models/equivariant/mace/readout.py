@@ -14,8 +14,8 @@ from typing import Optional, Sequence
 import torch
 from e3nn import o3
 
-from mlpot.models.equivariant.mace.linear import IrrepsLinear
-from mlpot.models.equivariant.mace.radial import activation_constant
+from mlpot.models.equivariant.activations import activation_constant
+from mlpot.models.equivariant.mace.linear import ChannelLinear
 
 __all__ = ["LinearReadout", "NonLinearReadout", "GATES"]
 
@@ -28,7 +28,7 @@ class LinearReadout(torch.nn.Module):
 
     def __init__(self, blocks: Sequence[o3.Irrep], channels: int, dtype: torch.dtype = torch.float64):
         super().__init__()
-        self.linear = IrrepsLinear(blocks, channels, [SCALAR], 1, dtype)
+        self.linear = ChannelLinear(blocks, channels, [SCALAR], 1, dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.linear(x)[:, 0, 0]
@@ -45,8 +45,8 @@ class NonLinearReadout(torch.nn.Module):
         self.gate = gate
         self.activation = GATES[gate]
         self.constant = 1.0 if self.activation is None else activation_constant(self.activation)
-        self.linear_1 = IrrepsLinear(blocks, channels, [SCALAR], mlp_channels, dtype)
-        self.linear_2 = IrrepsLinear([SCALAR], mlp_channels, [SCALAR], 1, dtype)
+        self.linear_1 = ChannelLinear(blocks, channels, [SCALAR], mlp_channels, dtype)
+        self.linear_2 = ChannelLinear([SCALAR], mlp_channels, [SCALAR], 1, dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         hidden = self.linear_1(x)

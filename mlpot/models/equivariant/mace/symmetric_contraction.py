@@ -29,7 +29,7 @@ import torch
 from e3nn import o3
 
 from mlpot.models.equivariant.mace.coupling import u_matrix
-from mlpot.models.equivariant.mace.linear import IrrepsLinear
+from mlpot.models.equivariant.mace.linear import ChannelLinear
 
 __all__ = ["Contraction", "SymmetricContraction", "EquivariantProductBasis"]
 
@@ -166,7 +166,7 @@ class EquivariantProductBasis(torch.nn.Module):
         super().__init__()
         self.use_sc = bool(use_sc)
         self.symmetric_contractions = SymmetricContraction(blocks_in, blocks_out, correlation, n_elements, channels, dtype)
-        self.linear = IrrepsLinear(blocks_out, channels, blocks_out, channels, dtype)
+        self.linear = ChannelLinear(blocks_out, channels, blocks_out, channels, dtype)
 
     def forward(self, x: torch.Tensor, sc: Optional[torch.Tensor], segments: Sequence[int]) -> torch.Tensor:
         out = self.linear(self.symmetric_contractions(x, segments))

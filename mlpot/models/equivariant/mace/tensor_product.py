@@ -28,6 +28,7 @@ from e3nn import o3
 
 from mlpot.models.equivariant.mace.linear import block_slices
 from mlpot.models.equivariant.mace.neighbours import PaddedEdges
+from mlpot.models.equivariant.tensor_products import uvu_instructions
 from mlpot.nn import gather_rows
 
 __all__ = ["ChannelwiseTensorProduct", "tp_paths"]
@@ -36,11 +37,11 @@ PathSpec = Tuple[int, int, o3.Irrep]  # (input block, harmonic block, output irr
 
 
 def tp_paths(blocks_in: Sequence[o3.Irrep], blocks_sh: Sequence[o3.Irrep], target: Sequence[o3.Irrep]) -> List[PathSpec]:
-    """Paths in mace-torch's order: by (input block, harmonic block, l3), then sorted stably by l3's irrep."""
-    target = set(o3.Irrep(ir) for ir in target)
-    paths = [(i, j, ir_out) for i, ir_in in enumerate(blocks_in) for j, ir_sh in enumerate(blocks_sh)
-             for ir_out in ir_in * ir_sh if ir_out in target]
-    return sorted(paths, key=lambda path: (path[2].l, path[2].p))
+    """Paths in mace-torch's order: by (input block, harmonic block, l3), then sorted stably by l3's
+    irrep; the same paths and order as NequIP's (``uvu_instructions``, one channel per block)."""
+    single = lambda blocks: o3.Irreps([(1, o3.Irrep(ir)) for ir in blocks])  # noqa: E731
+    mid, instructions = uvu_instructions(single(blocks_in), single(blocks_sh), single(target))
+    return [(i, j, mid[k].ir) for i, j, k in sorted(instructions, key=lambda ins: ins[2])]
 
 
 class ChannelwiseTensorProduct(torch.nn.Module):

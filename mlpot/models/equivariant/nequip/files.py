@@ -7,7 +7,9 @@
   Hyperparameters come from ``model/config.yaml`` (YAML, read with ``safe_load``); weights from the
   pickled eager model, read as a tree of inert records (the code snapshot inside is never imported).
 
-Both archives are zip files whose pickles are read by :mod:`.safe_pickle`'s allow-listed unpickler;
+Both archives are zip files whose pickles are read by :mod:`mlpot.models.safe_pickle`'s restricted
+unpickler with NequIP's allow-list (``NEQUIP_CHECKPOINT``: containers and tensors only;
+``NEQUIP_PACKAGE``: also inert records of NequIP/e3nn/torch.nn classes);
 weight names are mapped by :mod:`.parameter_names` and every weight, shape and constant buffer is
 checked, so a file of a different architecture is an error, never a silently different model.
 Errors are ``CheckpointError`` naming the file.
@@ -16,8 +18,6 @@ Errors are ``CheckpointError`` naming the file.
 from __future__ import annotations
 
 import re
-import zipfile
-from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
 import torch
@@ -29,51 +29,52 @@ from mlpot.models.equivariant.nequip.builder import build_nequip, validate_nequi
 from mlpot.models.equivariant.nequip.model import NequIPModel, per_edge_type_cutoff_matrix
 from mlpot.models.equivariant.nequip.parameter_names import (CHECKED_NEQUIP_BUFFERS, IGNORED_NEQUIP_BUFFERS, WIGNER_BUFFER,
                                                              bessel_frequencies, nequip_section_from_config, nequip_to_mlpot_name)
-from mlpot.models.equivariant.nequip.safe_pickle import Record, module_state_dict, safe_load
 from mlpot.models.equivariant.nequip.zbl import ZBL_UNITS
+from mlpot.models.safe_pickle import AllowList, PickledObject, archive_root, load_archive_pickle, module_state, open_archive
 
-__all__ = ["load_nequip_checkpoint", "load_nequip_package", "read_nequip_checkpoint", "read_nequip_package"]
+__all__ = ["load_nequip_checkpoint", "load_nequip_package", "read_nequip_checkpoint", "read_nequip_package",
+           "NEQUIP_CHECKPOINT", "NEQUIP_PACKAGE", "nequip_file_kind", "load_nequip_file", "package_metadata"]
 
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
-_MODEL_RECORDS = ("nequip", "e3nn", "torch.nn.modules", "torch.nn.functional", "torch.nn.parameter")
+# what NequIP's archives may name: a Lightning checkpoint holds containers and tensors only; a
+# package's eager model is a pickled module tree of NequIP, e3nn and torch.nn classes
+NEQUIP_CHECKPOINT = AllowList(holds="a NequIP checkpoint holds only weights and known containers")
+NEQUIP_PACKAGE = AllowList(packages=("nequip", "e3nn", "torch.nn.modules", "torch.nn.functional", "torch.nn.parameter"),
+                           holds="a NequIP package holds only NequIP, e3nn and torch.nn module classes")
+_NOT_ZIP = "not a zip archive (expected a NequIP .ckpt or .nequip.zip)"
 
 
-def _open_zip(path) -> zipfile.ZipFile:
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError("file not found", file=str(path))
+def nequip_file_kind(path) -> Optional[str]:
+    """"package" or "checkpoint" when ``path`` is a NequIP 0.19 package or Lightning checkpoint, else None.
+
+    Decided from the archive's structure: a package has ``model/eager_model.pkl`` and
+    ``model/config.yaml``; a checkpoint's pickle (read as inert records: nothing runs) is a dict with
+    ``state_dict`` and ``hyper_parameters.model`` naming a ``nequip.`` builder.
+    """
+    import zipfile
+
     try:
-        return zipfile.ZipFile(path)
-    except zipfile.BadZipFile:
-        raise CheckpointError("not a zip archive (expected a NequIP .ckpt or .nequip.zip)", file=str(path)) from None
-
-
-def _archive_root(archive: zipfile.ZipFile, marker: str, path) -> str:
-    """Top folder of the archive entry ending with ``marker`` (e.g. 'data.pkl')."""
-    for name in archive.namelist():
-        parts = name.split("/")
-        if "/".join(parts[1:]) == marker:
-            root = parts[0]
-            order = f"{root}/byteorder"
-            if order in archive.namelist() and archive.read(order).decode().strip() != "little":
-                raise CheckpointError("big-endian archives are not supported", file=str(path))
-            return root
-    raise CheckpointError(f"no {marker} inside: not a NequIP file of the expected kind", file=str(path))
+        with zipfile.ZipFile(path) as archive:
+            names = set(archive.namelist())
+            if any(n.endswith("/model/eager_model.pkl") for n in names) and any(n.endswith("/model/config.yaml") for n in names):
+                return "package"
+            root = archive_root(archive, "data.pkl", path)
+            tree = load_archive_pickle(archive, f"{root}/data.pkl", lambda key: f"{root}/data/{key}", path,
+                                       AllowList(everything=True))
+    except (OSError, zipfile.BadZipFile, CheckpointError):
+        return None
+    model = ((tree.get("hyper_parameters") or {}) if isinstance(tree, dict) else {}).get("model")
+    if isinstance(tree, dict) and "state_dict" in tree and isinstance(model, dict) and \
+            str(model.get("_target_", "")).startswith("nequip."):
+        return "checkpoint"
+    return None
 
 
 def read_nequip_checkpoint(path) -> Tuple[Dict, Dict[str, torch.Tensor], Optional[List[torch.Tensor]]]:
     """(NequIP model config, energy-model weights by NequIP name, EMA weights or None) of a ``.ckpt``."""
-    with _open_zip(path) as archive:
-        root = _archive_root(archive, "data.pkl", path)
-        names = set(archive.namelist())
-
-        def storage(key: str) -> bytes:
-            entry = f"{root}/data/{key}"
-            if entry not in names:
-                raise CheckpointError(f"missing storage record {entry}", file=str(path))
-            return archive.read(entry)
-
-        checkpoint = safe_load(archive.read(f"{root}/data.pkl"), storage, path)
+    with open_archive(path, _NOT_ZIP) as archive:
+        root = archive_root(archive, "data.pkl", path)
+        checkpoint = load_archive_pickle(archive, f"{root}/data.pkl", lambda key: f"{root}/data/{key}", path, NEQUIP_CHECKPOINT)
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint or "hyper_parameters" not in checkpoint:
         raise CheckpointError("not a Lightning checkpoint (no state_dict / hyper_parameters)", file=str(path))
     config = (checkpoint["hyper_parameters"] or {}).get("model")
@@ -101,27 +102,20 @@ def _energy_model_weights(state: Dict, prefix: str, path) -> Dict[str, torch.Ten
 
 def read_nequip_package(path) -> Tuple[Dict, Dict[str, torch.Tensor]]:
     """(NequIP model config, energy-model weights by NequIP name) of a ``.nequip.zip`` package."""
-    with _open_zip(path) as archive:
-        root = _archive_root(archive, "model/eager_model.pkl", path)
-        names = set(archive.namelist())
+    with open_archive(path, _NOT_ZIP) as archive:
+        root = archive_root(archive, "model/eager_model.pkl", path)
         try:
             config = yaml.safe_load(archive.read(f"{root}/model/config.yaml"))
         except (KeyError, yaml.YAMLError) as error:
             raise CheckpointError(f"cannot read model/config.yaml: {error}", file=str(path)) from None
-
-        def storage(key: str) -> bytes:
-            entry = f"{root}/.data/{key}.storage"
-            if entry not in names:
-                raise CheckpointError(f"missing storage record {entry}", file=str(path))
-            return archive.read(entry)
-
-        tree = safe_load(archive.read(f"{root}/model/eager_model.pkl"), storage, path, record_prefixes=_MODEL_RECORDS)
+        tree = load_archive_pickle(archive, f"{root}/model/eager_model.pkl", lambda key: f"{root}/.data/{key}.storage", path,
+                                   NEQUIP_PACKAGE)
     model = ((config or {}).get("training_module") or {}).get("model") if isinstance(config, dict) else None
     if not isinstance(model, dict):
         raise CheckpointError("model/config.yaml has no training_module.model", file=str(path), key="training_module.model")
-    if not isinstance(tree, Record):
+    if not isinstance(tree, PickledObject):
         raise CheckpointError("the eager model is not a pickled module", file=str(path))
-    state = module_state_dict(tree)
+    state = module_state(tree, str(path), persistent_only=True, allow=NEQUIP_PACKAGE)
     models = {k.split(".", 1)[0] for k in state}
     if models != {"sole_model"}:
         raise CheckpointError(f"not supported yet: packages of several models ({sorted(models)})", file=str(path))
@@ -219,3 +213,22 @@ def load_nequip_package(path, dtype: Optional[torch.dtype] = None) -> NequIPMode
     """NequIPModel of a NequIP 0.19 ``.nequip.zip`` package; ``dtype`` overrides the file's ``model_dtype``."""
     config, weights = read_nequip_package(path)
     return _build(config, weights, None, path, dtype)
+
+
+def load_nequip_file(path, dtype: Optional[torch.dtype] = None) -> Optional[NequIPModel]:
+    """The model of a NequIP package or checkpoint (``nequip_file_kind``), None for any other file."""
+    kind = nequip_file_kind(path)
+    if kind == "package":
+        return load_nequip_package(path, dtype)
+    return load_nequip_checkpoint(path, dtype) if kind == "checkpoint" else None
+
+
+def package_metadata(path) -> Dict:
+    """``type_names`` and ``r_max`` of the model of a NequIP package (its ``model/config.yaml``) or
+    checkpoint (``hyper_parameters.model``), read without building the model."""
+    kind = nequip_file_kind(path)
+    if kind is None:
+        raise CheckpointError("not a NequIP package or checkpoint", file=str(path))
+    config = read_nequip_package(path)[0] if kind == "package" else read_nequip_checkpoint(path)[0]
+    section = nequip_section_from_config(config, path)
+    return {"type_names": list(section["type_names"]), "r_max": float(section["r_max"])}

@@ -74,7 +74,8 @@ class InteractionLayer(torch.nn.Module):
         self.linear_in = IrrepsLinear(self.irreps_in, self.irreps_in, dtype=dtype)
         # the edge attributes are e3nn spherical harmonics with component normalisation: Y_0 = 1
         self.tensor_product = EdgeTensorProductScatter(self.irreps_in, self.irreps_sh, conv_out, constant_l0=True)
-        self.radial_mlp = RadialMLP(n_radial, self.tensor_product.weight_numel, radial_mlp_depth, radial_mlp_width, "silu", dtype=dtype)
+        self.radial_mlp = RadialMLP([n_radial] + [radial_mlp_width] * radial_mlp_depth + [self.tensor_product.weight_numel], "silu",
+                                    dtype=dtype)
         self.linear_out = IrrepsLinear(self.tensor_product.irreps_mid.simplify(), conv_out, dtype=dtype)
         self.self_connection = TypeSelfConnection(self.irreps_in, n_attrs, conv_out, dtype=dtype) if use_sc else None
 

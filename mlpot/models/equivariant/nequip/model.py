@@ -77,7 +77,7 @@ class NequIPModel(AtomisticModel):
         self.cutoff = float(section.r_max)
         self.config = section.model_dump()
         self.model_dtype = dtype
-        self.do_derivatives = section.do_derivatives
+        self.energy_derivatives = section.do_derivatives  # do_derivatives: false -> an energy-only model
         n_types, features = len(self.type_map), section.feature_multiplicities()
         n_attrs = section.type_embed_num_features or features[0]
         self.type_embedding = torch.nn.Embedding(n_types, n_attrs, dtype=dtype)
@@ -101,8 +101,9 @@ class NequIPModel(AtomisticModel):
             layers.append(layer)
             irreps = layer.irreps_out
         self.layers = torch.nn.ModuleList(layers)
-        self.readout = RadialMLP(irreps.dim, 1, section.readout_mlp_hidden_layers_depth,
-                                 section.readout_mlp_hidden_layers_width or irreps.dim, section.readout_mlp_nonlinearity, dtype=dtype)
+        readout_width = section.readout_mlp_hidden_layers_width or irreps.dim
+        self.readout = RadialMLP([irreps.dim] + [readout_width] * section.readout_mlp_hidden_layers_depth + [1],
+                                 section.readout_mlp_nonlinearity, dtype=dtype)
         self.scale_shift = PerTypeScaleShift(self.type_map, section.per_type_energy_scales, section.per_type_energy_shifts,
                                              section.per_type_energy_scales_trainable, section.per_type_energy_shifts_trainable)
         zbl = section.pair_potential
@@ -143,7 +144,19 @@ class NequIPModel(AtomisticModel):
         envelope = polynomial_cutoff(scaled, self.cutoff, self.polynomial_p)
         return basis.to(self.model_dtype) * envelope.to(self.model_dtype).unsqueeze(-1)
 
+    def set_export_mode(self, enabled: bool = True) -> "NequIPModel":
+        """Shapes that depend only on the input sizes, for ``torch.export`` (the generic ``mlpot compile``):
+        no atom-type range check, every directed edge evaluated (no unordered-pair halving), the
+        self-connection by masks instead of per-type slices. The numbers are the same."""
+        self.export_mode = bool(enabled)
+        for layer in self.layers:
+            if layer.self_connection is not None:
+                layer.self_connection.masked = bool(enabled)
+        return self
+
     def _check(self, batch: Batch) -> None:
+        if getattr(self, "export_mode", False):
+            return
         types = batch[ATOM_TYPES]
         if types.numel() and (int(types.max()) >= len(self.type_map) or int(types.min()) < 0):
             raise DataError(f"atom type {int(types.max())} out of range for type_names {self.type_map}", key=ATOM_TYPES)
@@ -154,7 +167,8 @@ class NequIPModel(AtomisticModel):
         types = batch[ATOM_TYPES]
         centre, neighbour = batch[EDGE_INDEX][0], batch[EDGE_INDEX][1]
         vectors = edge_vectors(batch)
-        pairs = unique_pair_index(batch[EDGE_INDEX], batch[EDGE_SHIFTS], types.shape[0]) if self.pairs_symmetric else None
+        pairs = unique_pair_index(batch[EDGE_INDEX], batch[EDGE_SHIFTS], types.shape[0]) \
+            if self.pairs_symmetric and not getattr(self, "export_mode", False) else None
         both = pairs is not None and bool((torch.bincount(pairs[1], minlength=len(pairs[0])) == 2).all())
         if both:
             representative = pairs[0]

@@ -12,10 +12,10 @@ Weights: NequIP names are taken relative to the energy model (``...model.func.``
 | ``type_embed.embed_module.weight``                          | ``type_embedding.weight``               |
 | ``bessel_encode.bessel_weights`` (1, N), n                  | ``bessel.weights`` (N,), n π / r_max    |
 | ``layer{i}_convnet.conv.linear_1.weight``                   | ``layers.{i}.linear_in.weight``         |
-| ``layer{i}_convnet.conv.edge_mlp.mlp.{2k}.weight``          | ``layers.{i}.radial_mlp.layers.{k}.weight`` |
+| ``layer{i}_convnet.conv.edge_mlp.mlp.{2k}.weight``          | ``layers.{i}.radial_mlp.layer{k}.weight`` |
 | ``layer{i}_convnet.conv.linear_2.weight``                   | ``layers.{i}.linear_out.weight``        |
 | ``layer{i}_convnet.conv.sc.weight``                         | ``layers.{i}.self_connection.weight``   |
-| ``per_atom_energy_readout.mlp_module.mlp.{j}.weight`` [1]   | ``readout.layers.{k}.weight``           |
+| ``per_atom_energy_readout.mlp_module.mlp.{j}.weight`` [1]   | ``readout.layer{k}.weight``             |
 | ``per_type_energy_scale_shift.scales`` / ``.shifts`` (T, 1) | ``scale_shift.scales`` / ``.shifts`` (T,) |
 
 [1] j = 2k with a nonlinearity between layers, j = k without one; ``mlp.weights.{k}`` when NequIP
@@ -33,9 +33,9 @@ import math
 import re
 from typing import Any, Dict, List, Optional, Tuple
 
-from mlpot.errors import CheckpointError
+from mlpot.errors import CheckpointError, ConfigError, suggest
 
-__all__ = ["nequip_section_from_config", "nequip_to_mlpot_name", "IGNORED_NEQUIP_BUFFERS", "CHECKED_NEQUIP_BUFFERS", "WIGNER_BUFFER"]
+__all__ = ["nequip_section_from_config", "nequip_to_mlpot_name", "apply_modifier", "MODIFIERS", "IGNORED_NEQUIP_BUFFERS", "CHECKED_NEQUIP_BUFFERS", "WIGNER_BUFFER"]
 
 _BUILDERS = {"nequip.model.NequIPGNNModel": None, "nequip.model.PresetNequIPGNNModel": "preset"}
 _ZBL_TARGETS = ("nequip.nn.pair_potential.ZBL", "nequip.nn.ZBL")
@@ -47,8 +47,30 @@ CHECKED_NEQUIP_BUFFERS = ("edge_norm._rmax_recip", "pair_potential.atomic_number
 WIGNER_BUFFER = re.compile(r".*\._compiled_[a-z_]+\._w3j_(\d+)_(\d+)_(\d+)$")
 
 
-def _apply_modifier(section: Dict[str, Any], modifier: Dict[str, Any], file) -> None:
+MODIFIERS = {"modify_PerTypeScaleShift": {"scales", "shifts", "scales_trainable", "shifts_trainable"},
+             "enable_ForceStressOutput": set(), "disable_ForceStressOutput": set()}
+_ACCELERATION_MODIFIERS = ("enable_OpenEquivariance", "enable_CuEquivariance", "enable_TritonContracter")
+
+
+def apply_modifier(section: Dict[str, Any], modifier: Dict[str, Any], file=None, key: str = "modifiers",
+                   check_only: bool = False) -> None:
+    """Apply one of NequIP's persistent modifiers to a section dict in place (``modify_PerTypeScaleShift``:
+    new scales/shifts for the types given, on top of the section's; ``enable|disable_ForceStressOutput``:
+    ``do_derivatives``). ConfigError at ``key`` for unknown or unsupported modifiers and arguments."""
     name = modifier.get("modifier")
+    if name in _ACCELERATION_MODIFIERS:
+        raise ConfigError(f"not supported yet: modifier {name} (NequIP's GPU tensor-product kernels)", file=file,
+                          key=f"{key}.modifier")
+    if name not in MODIFIERS:
+        hint = suggest(str(name), list(MODIFIERS))
+        raise ConfigError(f"unknown model modifier {name!r}; valid: {sorted(MODIFIERS)}", file=file, key=f"{key}.modifier",
+                          hint=f"did you mean {hint!r}?" if hint else None)
+    unknown = sorted(set(modifier) - {"modifier"} - MODIFIERS[name])
+    if unknown:
+        hint = suggest(unknown[0], sorted(MODIFIERS[name]))
+        raise ConfigError("unknown key", file=file, key=f"{key}.{unknown[0]}", hint=f"did you mean {hint!r}?" if hint else None)
+    if check_only:
+        return
     if name == "modify_PerTypeScaleShift":
         for kind in ("scales", "shifts"):
             if modifier.get(kind) is not None:
@@ -58,10 +80,8 @@ def _apply_modifier(section: Dict[str, Any], modifier: Dict[str, Any], file) -> 
                 base.update(new if isinstance(new, dict) else {t: new for t in names})
                 section[f"per_type_energy_{kind}"] = base
             section[f"per_type_energy_{kind}_trainable"] = bool(modifier.get(f"{kind}_trainable", False))
-    elif name in ("enable_ForceStressOutput", "disable_ForceStressOutput"):
-        section["do_derivatives"] = name == "enable_ForceStressOutput"
     else:
-        raise CheckpointError(f"not supported yet: model modifier {name!r}", file=file, key="training_module.model.modifiers")
+        section["do_derivatives"] = name == "enable_ForceStressOutput"
 
 
 def nequip_section_from_config(model: Dict[str, Any], file=None) -> Dict[str, Any]:
@@ -88,8 +108,11 @@ def nequip_section_from_config(model: Dict[str, Any], file=None) -> Dict[str, An
         if pair_target not in _ZBL_TARGETS:
             raise CheckpointError(f"not supported yet: pair_potential {pair_target!r}", file=file, key="training_module.model.pair_potential")
         section["pair_potential"] = {"type": "zbl", **pair}
-    for modifier in modifiers:
-        _apply_modifier(section, modifier, file)
+    for index, modifier in enumerate(modifiers):
+        try:
+            apply_modifier(section, modifier, file, key=f"training_module.model.modifiers.{index}")
+        except ConfigError as error:
+            raise CheckpointError(error.message, file=file, key=error.key) from None
     return section
 
 
@@ -114,7 +137,7 @@ def nequip_to_mlpot_name(name: str, section) -> Optional[Tuple[str, str]]:
         return f"layers.{match.group(1)}.{target}.weight", "copy"
     match = re.fullmatch(r"layer(\d+)_convnet\.conv\.edge_mlp\.mlp\.(\d+)\.weight", name)
     if match and int(match.group(2)) % 2 == 0:
-        return f"layers.{match.group(1)}.radial_mlp.layers.{int(match.group(2)) // 2}.weight", "copy"
+        return f"layers.{match.group(1)}.radial_mlp.layer{int(match.group(2)) // 2}.weight", "copy"
     match = re.fullmatch(r"per_atom_energy_readout\.mlp_module\.mlp\.(?:weights\.)?(\d+)(?:\.weight)?", name)
     if match:
         position = int(match.group(1))
@@ -122,7 +145,7 @@ def nequip_to_mlpot_name(name: str, section) -> Optional[Tuple[str, str]]:
         n_layers = section.readout_mlp_hidden_layers_depth + 1
         for k in range(n_layers):
             if (k if fused else _readout_index(k, section)) == position:
-                return f"readout.layers.{k}.weight", "copy"
+                return f"readout.layer{k}.weight", "copy"
         return None
     match = re.fullmatch(r"per_type_energy_scale_shift\.(scales|shifts)", name)
     if match:

@@ -2,13 +2,12 @@
 
 Per directed edge (each pair is counted twice, half the energy each):
 
-    E_ij = ½ k Z_i Z_j / r · φ(r / a) · u(r / r_c),   a = 0.46850 / (Z_i^0.23 + Z_j^0.23) Å,
-    φ(x) = 0.18175 e^{-3.19980 x} + 0.50986 e^{-0.94229 x} + 0.28022 e^{-0.40290 x} + 0.02817 e^{-0.20162 x},
+    E_ij = ½ V_ZBL(r) · u(r / r_c)
 
-k = 14.399645 eV·Å (``units: metal``) or 332.06371 kcal/mol·Å (``units: real``), LAMMPS' constants;
-u is the model's polynomial envelope at the (per-edge-type) cutoff with its own order p, not LAMMPS'
-inner/outer switching [COMPAT]. E_i = Σ_j E_ij (centre atoms). Written by hand: the formula is
-four exponentials and no library evaluates NequIP's envelope variant.
+with V_ZBL the universal ZBL kernel of :mod:`mlpot.models.pair` (``ZBL_UNIVERSAL``; k = 14.399645
+eV·Å for ``units: metal`` or 332.06371 kcal/mol·Å for ``units: real``, LAMMPS' constants) and u
+the model's polynomial envelope at the (per-edge-type) cutoff with its own order p, not LAMMPS'
+inner/outer switching [COMPAT]. E_i = Σ_j E_ij (centre atoms).
 """
 
 from __future__ import annotations
@@ -18,22 +17,13 @@ from typing import Sequence
 import torch
 from ase.data import atomic_numbers as ASE_ATOMIC_NUMBERS
 
+from mlpot.models.pair import zbl_pair_energy
 from mlpot.nn import polynomial_cutoff, scatter_sum
 from mlpot.units import LAMMPS_QQR2E_METAL, LAMMPS_QQR2E_REAL
 
-__all__ = ["ZBL", "ZBL_UNITS", "zbl_pair_energy"]
+__all__ = ["ZBL", "ZBL_UNITS"]
 
 ZBL_UNITS = {"metal": LAMMPS_QQR2E_METAL, "real": LAMMPS_QQR2E_REAL}
-_SCREENING = ((0.18175, -3.19980), (0.50986, -0.94229), (0.28022, -0.40290), (0.02817, -0.20162))
-_SCREENING_LENGTH = 0.46850  # Å
-_Z_EXPONENT = 0.23
-
-
-def zbl_pair_energy(distance: torch.Tensor, z_i: torch.Tensor, z_j: torch.Tensor, coulomb: float) -> torch.Tensor:
-    """Unscreened-by-envelope ZBL energy k Z_i Z_j / r φ(r/a) of pairs, (n,) in k's energy unit; distance in Å."""
-    x = (torch.pow(z_i, _Z_EXPONENT) + torch.pow(z_j, _Z_EXPONENT)) * distance / _SCREENING_LENGTH
-    phi = sum(c * torch.exp(d * x) for c, d in _SCREENING)
-    return coulomb * z_i * z_j / distance * phi
 
 
 class ZBL(torch.nn.Module):
