@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Optional
 
 import yaml
 
-from mlpot.errors import ConfigError
+from mlpot.errors import ConfigError, KeyMap, in_file
 
 
 def add_arguments(parser) -> None:
@@ -20,12 +21,17 @@ def add_arguments(parser) -> None:
     parser.add_argument("-o", "--output", type=Path, default=None, help="native YAML to write (default: stdout)")
 
 
-def convert_file(path: Path) -> dict:
-    """The native config dict of a peer config file (format detected from its content)."""
-    from mlpot.config import deepmd
+def convert_file(path: Path, keys: Optional[KeyMap] = None) -> dict:
+    """The native config dict of a peer config file (format detected from its content).
 
-    if deepmd.is_deepmd_config(path):
-        return deepmd.convert(path)
+    A missing, empty or malformed file is an error saying so (line and column of a syntax error).
+    ``keys``, when given, receives the translations native key -> the key as written in the file.
+    """
+    from mlpot.config import deepmd, read_yaml
+
+    content = read_yaml(path)
+    if deepmd.is_deepmd_config(content):
+        return deepmd.convert(path, keys=keys)
     raise ConfigError(
         "not a recognised peer config (expected a DeePMD-kit input with model/descriptor and "
         "training/training_data)", file=str(path),
@@ -35,8 +41,10 @@ def convert_file(path: Path) -> dict:
 def run(args) -> int:
     from mlpot.config import validate_config
 
-    native = convert_file(args.config)
-    validate_config(native, file=str(args.config))
+    keys = KeyMap()
+    native = convert_file(args.config, keys)
+    with in_file(args.config, keys):
+        validate_config(native, file=str(args.config))
     text = yaml.safe_dump(native, sort_keys=False, default_flow_style=None)
     if args.output is None:
         sys.stdout.write(text)
