@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
@@ -167,15 +167,17 @@ def predict_batch(model, batch: Dict[str, "torch.Tensor"], virial: bool = True) 
     return {key: value.detach().cpu() for key, value in outputs.items() if torch.is_tensor(value)}
 
 
-def iterate_predictions(model, frames: Sequence[dict], batch_size: int = 8):
+def iterate_predictions(model, frames: Sequence[dict], batch_size: int = 8, min_distance: Optional[float] = None):
     """Yield (frame, prediction) for each frame; prediction holds numpy ``energy`` (), ``forces``
-    (n_atoms, 3) and, for periodic frames, ``virial`` (3, 3) and ``stress`` (3, 3) eV/Å^3."""
+    (n_atoms, 3) and, for periodic frames, ``virial`` (3, 3) and ``stress`` (3, 3) eV/Å^3.
+    Atoms closer than ``min_distance`` Å (default ``MIN_SANE_DISTANCE``) are a DataError."""
     import torch
 
-    from mlpot.data import AtomsDataset, collate
+    from mlpot.data import MIN_SANE_DISTANCE, AtomsDataset, collate
     from mlpot.data.keys import ENERGY, FORCES, PBC, PTR, STRESS, VIRIAL
 
-    dataset = AtomsDataset(frames, cutoff=model.cutoff, type_map=getattr(frames, "type_map", model.type_map))
+    dataset = AtomsDataset(frames, cutoff=model.cutoff, type_map=getattr(frames, "type_map", model.type_map),
+                           min_distance=MIN_SANE_DISTANCE if min_distance is None else min_distance)
     for start in range(0, len(dataset), batch_size):
         items = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
         batch = collate(items, dtype=torch.float64)
@@ -193,13 +195,15 @@ def iterate_predictions(model, frames: Sequence[dict], batch_size: int = 8):
             yield item, prediction
 
 
-def evaluate_frames(model, frames: Sequence[dict], name: str, batch_size: int = 8) -> SystemResult:
+def evaluate_frames(model, frames: Sequence[dict], name: str, batch_size: int = 8,
+                    min_distance: Optional[float] = None) -> SystemResult:
     """Run ``model`` over ``frames`` (read with the model's type_map) and collect the labels they
-    carry: energy, forces, and for periodic frames virial and stress."""
+    carry: energy, forces, and for periodic frames virial and stress (``min_distance``: see
+    :func:`iterate_predictions`)."""
     from mlpot.data.keys import ENERGY, FORCES, PBC, STRESS, VIRIAL, weight_key
 
     result = SystemResult(name, len(frames))
-    for frame, prediction in iterate_predictions(model, frames, batch_size):
+    for frame, prediction in iterate_predictions(model, frames, batch_size, min_distance):
         n_atoms = len(frame[FORCES]) if FORCES in frame else len(prediction["forces"])
         for key, label in ((ENERGY, "energy"), (FORCES, "forces"), (VIRIAL, "virial"), (STRESS, "stress")):
             if key not in frame or float(np.max(frame.get(weight_key(key), 1.0))) <= 0:

@@ -33,6 +33,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--batch-size", type=int, default=8, help="frames evaluated together")
     parser.add_argument("--plot", type=Path, default=None, help="write a parity plot PNG")
     parser.add_argument("--device", default="cpu", help="torch device")
+    parser.add_argument("--min-distance", type=float, default=None, metavar="ANGSTROM",
+                        help="atoms closer than this are an error naming file, frame and atoms (default 0.3 Å; 0: no check)")
 
 
 def _model_and_data(args):
@@ -68,7 +70,7 @@ def run(args) -> int:
         if args.numb_test > 0:
             frames = frames[: args.numb_test]
         name = frames.source or "system"
-        result = evaluate_frames(model, frames, name, batch_size=args.batch_size)
+        result = evaluate_frames(model, frames, name, batch_size=args.batch_size, min_distance=args.min_distance)
         errors = system_errors(result)
         all_errors.append(errors)
         header = ["-" * 15 + "output of dp test" + "-" * 15, f"testing system : {name}",

@@ -79,6 +79,8 @@ class DataConfig(Strict):
     stat_file_mode: Literal["update", "read"] = Field(
         "update", description="update: read what is there, write what is missing; read: never write (the "
         "statistics must be there)")
+    min_distance: float = Field(0.3, ge=0, description="Å (mlpot.data.MIN_SANE_DISTANCE): two atoms of a frame closer than this are a data error "
+                                "naming the file, frame and atoms (duplicated atoms, wrong units); 0: no check")
 
 
 class OptimizerGroup(Strict):
