@@ -82,6 +82,8 @@ def check_typed(section: Any, tables: Dict[str, Dict[str, DeepmdKey]], unbuilt, 
     kind = section.get("type", default_type)
     if kind is None:
         raise ConfigError("missing required key 'type'", file=file, key=path)
+    if not isinstance(kind, str):
+        raise ConfigError(f"expected a type name, got {kind!r}", file=file, key=path + ["type"])
     kind = aliases.get(kind, kind)
     if kind in unbuilt:
         raise ConfigError(f"not supported yet: {slash(path + ['type'])}={kind}", file=file, key=path + ["type"])

@@ -331,7 +331,7 @@ class FullValidationConfig(Strict):
 
 class NativeConfig(Strict):
     family: Optional[str] = None
-    seed: int = 0
+    seed: int = Field(0, ge=0, description="random seed (numpy and the samplers need a non-negative one)")
     dtype: Literal["float32", "float64"] = "float64"
     output_dir: str = "."
     model: Dict[str, Any]

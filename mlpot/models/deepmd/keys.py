@@ -245,6 +245,8 @@ def _typed_table(section: Any, tables: Dict[str, Dict[str, Key]], aliases: Dict[
     if not isinstance(section, dict):
         raise ConfigError(f"expected a mapping, got {type(section).__name__}", key=path)
     kind = section.get("type", default)
+    if not isinstance(kind, str):
+        raise ConfigError(f"expected a type name, got {kind!r}", key=f"{path}/type")
     kind = aliases.get(kind, kind)
     if kind in unbuilt:
         raise ConfigError(f"not supported yet: {path}/type={kind}", key=f"{path}/type")
@@ -273,6 +275,8 @@ def check_model_section(config: Any, path: str = "model") -> None:
     if not isinstance(config, dict):
         raise ConfigError(f"expected a mapping, got {type(config).__name__}", key=path)
     kind = config.get("type", "standard")
+    if not isinstance(kind, str):
+        raise ConfigError(f"expected a model type name, got {kind!r}", key=f"{path}/type")
     if kind in UNBUILT_MODELS:
         raise ConfigError(f"not supported yet: {path}/type={kind}", key=f"{path}/type")
     if kind not in MODEL_TYPE_KEYS:
