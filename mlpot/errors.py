@@ -135,11 +135,13 @@ class KeyMap:
     prefix and appends the rest in the user's spelling (``data.train.paths[0]`` ->
     ``training/training_data/systems[0]``), or drops the rest for an entry added with
     ``below=False`` (one user key stands for everything under the native one). Keys that were
-    copied unchanged need no entry.
+    copied unchanged need no entry. ``separator``: the peer's spelling of key paths (DeePMD: "/");
+    every other key of an error about the peer file is re-spelt with it.
     """
 
-    def __init__(self, pairs: Optional[Dict[str, str]] = None):
+    def __init__(self, pairs: Optional[Dict[str, str]] = None, separator: Optional[str] = None):
         self._map: Dict[str, Tuple[str, bool]] = {}
+        self.separator = separator
         for native, user in (pairs or {}).items():
             self.add(native, user)
 
@@ -157,7 +159,7 @@ class KeyMap:
                     if key.startswith(native) and key[len(native):len(native) + 1] in (".", "[")),
                    key=len, default=None)
         if best is None:
-            return None
+            return key.replace(".", self.separator) if self.separator else None
         user, below = self._map[best]
         return user + key[len(best):].replace(".", "/") if below else user
 

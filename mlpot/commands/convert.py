@@ -29,7 +29,7 @@ def convert_file(path: Path, keys: Optional[KeyMap] = None) -> dict:
     """
     from mlpot.config import deepmd, read_yaml
 
-    content = read_yaml(path)
+    content = read_yaml(path, finite=False)  # the values are checked by the front-end's own read
     if deepmd.is_deepmd_config(content):
         return deepmd.convert(path, keys=keys)
     raise ConfigError(
@@ -42,8 +42,8 @@ def run(args) -> int:
     from mlpot.config import validate_config
 
     keys = KeyMap()
-    native = convert_file(args.config, keys)
     with in_file(args.config, keys):
+        native = convert_file(args.config, keys)
         validate_config(native, file=str(args.config))
     text = yaml.safe_dump(native, sort_keys=False, default_flow_style=None)
     if args.output is None:

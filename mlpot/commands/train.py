@@ -1,10 +1,11 @@
 """``mlpot train CONFIG [--restart CKPT] [--init-model CKPT] [--finetune MODEL [--model-branch B|RANDOM]
-[--use-pretrain-script]] [--output-dir DIR] [--no-progress]``.
+[--use-pretrain-script]] [--output-dir DIR] [--force] [--no-progress]``.
 
 CONFIG is a native YAML, or a peer config (DeePMD-kit ``input.json``/``.yaml``) converted on the
 fly by ``mlpot convert``'s front-ends. Launch with ``torchrun --nproc-per-node N -m mlpot.cli train
 CONFIG`` for data-parallel training. ``--restart`` resumes exactly (use ``latest`` for the newest
-checkpoint in the output folder; without one, that is an error, never a silent start from scratch); ``--init-model`` takes only the weights (step 0, fresh optimizer).
+checkpoint in the output folder; without one, that is an error, never a silent start from
+scratch); ``--init-model`` takes only the weights (step 0, fresh optimizer).
 ``--finetune`` starts from a pretrained model with the input's type_map (a subset of the pretrained
 one) and a change-by-statistic of the energy bias on the new data (the model family's
 ``prepare_finetune`` hook; DeePMD: :mod:`mlpot.models.deepmd.finetune`).
@@ -51,7 +52,7 @@ def load_any_config(path: Path, keys: Optional[KeyMap] = None):
     """
     from mlpot.config import deepmd, load_config, read_yaml, validate_config
 
-    content = read_yaml(path)
+    content = read_yaml(path, finite=False)  # the values are checked when the file is read as its kind
     if path.suffix == ".json" or deepmd.is_deepmd_config(content):
         from mlpot.commands.convert import convert_file
 

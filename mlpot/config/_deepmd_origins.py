@@ -17,15 +17,14 @@ from mlpot.errors import KeyMap
 __all__ = ["key_origins"]
 
 # native key (relative to the section) -> DeePMD key, for the keys renamed by the translation
-_LR = {"type": "type", "start_lr": "start_lr", "stop_lr": "stop_lr", "stop_lr_ratio": "stop_lr_ratio",
-       "decay_steps": "decay_steps", "decay_rate": "decay_rate", "smooth": "smooth", "scale_by_worker": "scale_by_worker",
-       "warmup_ratio": "warmup_ratio", "warmup_start_factor": "warmup_start_factor",
-       "decay_phase_ratio": "decay_phase_ratio", "decay_type": "decay_type"}
+# (learning_rate keys keep their names: lr_schedule.<key> -> learning_rate/<key> by prefix)
 _TRAINING = {"numb_steps": "numb_steps", "sampler_epochs": "numb_epoch", "clip_grad_norm": "gradient_max_norm",
-             "change_bias_after_training": "change_bias_after_training", "compute_dtype": "mixed_precision/compute_prec"}
+             "change_bias_after_training": "change_bias_after_training",
+             "compute_dtype": "mixed_precision/compute_prec"}
 _LOGGING = {"lcurve": "disp_file", "disp_freq": "disp_freq", "disp_training": "disp_training",
-            "time_training": "time_training", "tensorboard": "tensorboard", "tensorboard_log_dir": "tensorboard_log_dir",
-            "tensorboard_freq": "tensorboard_freq", "disp_avg": "disp_avg", "profile_file": "profiling_file"}
+            "time_training": "time_training", "tensorboard": "tensorboard",
+            "tensorboard_log_dir": "tensorboard_log_dir", "tensorboard_freq": "tensorboard_freq",
+            "disp_avg": "disp_avg", "profile_file": "profiling_file"}
 _CHECKPOINT = {"prefix": "save_ckpt", "every": "save_freq", "keep": "max_ckpt_keep", "dir": "save_dir"}
 _DATA = {"paths": "systems", "batch_size": "batch_size", "set_prefix": "set_prefix", "auto_prob": "auto_prob",
          "sys_probs": "sys_probs", "numb_btch": "numb_btch"}
@@ -47,12 +46,12 @@ def key_origins(config: Dict[str, Any], native: Dict[str, Any], keys: Optional[K
     training = config.get("training") or {}
     keys.add("seed", "training/seed")
     keys.add("lr_schedule", "learning_rate")
-    for name, user in _LR.items():
-        keys.add(["lr_schedule", name], f"learning_rate/{user}")
     legacy_warmup = bool(training.get("warmup_steps")) and not (config.get("learning_rate") or {}).get("warmup_steps")
-    keys.add(["lr_schedule", "warmup_steps"], "training/warmup_steps" if legacy_warmup else "learning_rate/warmup_steps")
+    keys.add(["lr_schedule", "warmup_steps"],
+             "training/warmup_steps" if legacy_warmup else "learning_rate/warmup_steps")
     keys.add(["optimizer", "weight_decay"], "optimizer/weight_decay")
-    keys.add(["optimizer", "name"], "optimizer/type" if "type" in (config.get("optimizer") or {}) else "training/opt_type")
+    optimizer_type = "type" in (config.get("optimizer") or {})
+    keys.add(["optimizer", "name"], "optimizer/type" if optimizer_type else "training/opt_type")
     keys.add(["optimizer", "betas"], "optimizer/adam_beta1")
     for section, table, prefix in (("training", _TRAINING, "training"), ("logging", _LOGGING, "training"),
                                    ("checkpoint", _CHECKPOINT, "training")):

@@ -319,6 +319,8 @@ def _training_options(native: Dict[str, Any], training: Dict[str, Any], multi_ta
 def convert_dict(config: Dict[str, Any], base_dir: PathLike = ".", file: Optional[str] = None,
                  keys: Optional[KeyMap] = None) -> Dict[str, Any]:
     """Check and translate an in-memory DeePMD input dict (see :func:`convert`)."""
+    if keys is not None:
+        keys.separator = "/"  # DeePMD's spelling of key paths, for every error about the input
     checked = check_keys(config, file=file)
     native = to_native(checked, base_dir=base_dir, file=file)
     if keys is not None:
@@ -336,6 +338,8 @@ def convert(path: PathLike, keys: Optional[KeyMap] = None) -> Dict[str, Any]:
     receives the native key -> input key translations (:mod:`mlpot.config._deepmd_origins`).
     """
     path = Path(path)
+    if keys is not None:
+        keys.separator = "/"  # DeePMD's spelling of key paths, for every error about the input
     return convert_dict(load_file(path), base_dir=path.resolve().parent, file=str(path), keys=keys)
 
 

@@ -28,12 +28,12 @@ __all__ = ["load_config", "validate_config", "read_yaml"]
 PathLike = Union[str, os.PathLike]
 
 
-def read_yaml(path: PathLike) -> Dict[str, Any]:
+def read_yaml(path: PathLike, finite: bool = True) -> Dict[str, Any]:
     """The mapping in a YAML (or, by its ``.json`` suffix, JSON) config file.
 
     A missing file, a directory, a binary or empty file, a syntax error (with line and column), a
-    top level that is not a mapping or a number that is not finite (``NaN``, ``.inf``) raises
-    ConfigError naming the file (and the key). Every config front-end reads its files through here.
+    top level that is not a mapping or (``finite``) a number that is not finite (``NaN``, ``.inf``)
+    raises ConfigError naming the file (and the key). Every config front-end reads its files through here.
     """
     path = Path(path)
     kind = "JSON" if path.suffix.lower() == ".json" else "YAML"
@@ -64,7 +64,8 @@ def read_yaml(path: PathLike) -> Dict[str, Any]:
         raise ConfigError(f"empty file (comments only): expected a {kind} config", file=str(path))
     if not isinstance(data, dict):
         raise ConfigError(f"expected a mapping at the top level, got {type(data).__name__}", file=str(path))
-    _check_finite(data, [], str(path))
+    if finite:
+        _check_finite(data, [], str(path))
     return data
 
 

@@ -127,9 +127,10 @@ def read_torch_file(path: PathLike) -> Any:
         # weights_only refuses a global (a class, a function such as os.system) or a call of one
         found = re.search(r"GLOBAL ([\w.]+)", str(exc))
         if found or "reduce" in str(exc).lower():
-            raise CheckpointError("refused: the file holds a Python object" + (f" ({found.group(1)})" if found else "") +
-                                  " that loading would have to run code for; mlpot reads only tensors and plain "
-                                  "data from model files", file=str(path)) from None
+            name = f" ({found.group(1)})" if found else ""
+            raise CheckpointError(f"refused: the file holds a Python object{name} that loading would have to run "
+                                  "code for; mlpot reads only tensors and plain data from model files",
+                                  file=str(path)) from None
         raise CheckpointError(f"cannot read checkpoint (truncated or corrupt file: {type(exc).__name__})",
                               file=str(path)) from None
     except Exception as exc:  # zip/EOF errors of a truncated or corrupt file
@@ -203,8 +204,8 @@ def rng_state() -> dict:
     """The torch, numpy and python random states (restored by :func:`set_rng_state`), as tensors and
     plain lists, so that a checkpoint loads with ``weights_only``."""
     kind, keys, position, has_gauss, cached = np.random.get_state()
-    return {"torch": torch.get_rng_state(), "numpy": [kind, keys.tolist(), int(position), int(has_gauss), float(cached)],
-            "python": random.getstate()}
+    return {"torch": torch.get_rng_state(),
+            "numpy": [kind, keys.tolist(), int(position), int(has_gauss), float(cached)], "python": random.getstate()}
 
 
 def set_rng_state(state: dict) -> None:

@@ -358,21 +358,21 @@ def _cases() -> List[Case]:
     add(_dp_case("dp rcut <= 0", ["model", "descriptor", "rcut"], -4.0,
                  rf"{F}input\.json: model/descriptor/rcut: must be > 0"))
     add(_dp_case("dp numb_steps 'ten'", ["training", "numb_steps"], "ten",
-                 rf"{F}input\.json: training\.numb_steps: expected an integer, got 'ten'"))
+                 rf"{F}input\.json: training/numb_steps: expected an integer, got 'ten'"))
     add(_dp_case("dp rcut 'four'", ["model", "descriptor", "rcut"], "four",
                  rf"{F}input\.json: model[./]descriptor[./]rcut: .*'four'"))
     add(_dp_case("dp start_pref_f 'big'", ["loss", "start_pref_f"], "big",
-                 rf"{F}input\.json: loss\.start_pref_f: expected a number, got 'big'"))
+                 rf"{F}input\.json: loss/start_pref_f: expected a number, got 'big'"))
     add(_dp_case("dp start_lr -1", ["learning_rate", "start_lr"], -1.0,
                  rf"{F}input\.json: learning_rate/start_lr: .*greater than 0"))
     add(_dp_case("dp decay_steps 'x'", ["learning_rate", "decay_steps"], "x",
-                 rf"{F}input\.json: learning_rate\.decay_steps: expected an integer"))
+                 rf"{F}input\.json: learning_rate/decay_steps: expected an integer"))
     add(_dp_case("dp numb_steps 0", ["training", "numb_steps"], 0,
                  rf"{F}input\.json: training/numb_steps: .*greater than or equal to 1"))
     add(_dp_case("dp numb_steps 2.5", ["training", "numb_steps"], 2.5,
-                 rf"{F}input\.json: training\.numb_steps: expected an integer, got 2\.5"))
+                 rf"{F}input\.json: training/numb_steps: expected an integer, got 2\.5"))
     add(_dp_case("dp disp_avg 'no'", ["training", "disp_avg"], "no",
-                 rf"{F}input\.json: training\.disp_avg: expected true or false"))
+                 rf"{F}input\.json: training/disp_avg: expected true or false"))
     add(_dp_case("dp max_ckpt_keep 0", ["training", "max_ckpt_keep"], 0,
                  rf"{F}input\.json: training/max_ckpt_keep: .*greater than or equal to 1"))
     add(_dp_case("dp batch_size 0", ["training", "training_data", "batch_size"], 0,
@@ -384,25 +384,25 @@ def _cases() -> List[Case]:
     add(_dp_case("dp neuron negative", ["model", "descriptor", "neuron"], [-4],
                  rf"{F}input\.json: model/descriptor/neuron"))
     add(_dp_case("dp unknown key numb_step", ["training", "numb_step"], 3,
-                 rf"{F}input\.json: training\.numb_step: unknown key \(did you mean 'numb_steps'\?\)"))
+                 rf"{F}input\.json: training/numb_step: unknown key \(did you mean 'numb_steps'\?\)"))
     add(_dp_case("dp unknown descriptor type", ["model", "descriptor", "type"], "se_e2_x",
-                 rf"{F}input\.json: model\.descriptor\.type: unknown type 'se_e2_x'.*did you mean"))
+                 rf"{F}input\.json: model/descriptor/type: unknown type 'se_e2_x'.*did you mean"))
     add(_dp_case("dp system not found", ["training", "training_data", "systems"], ["sys4", "nowhere"],
                  rf"{F}input\.json: training/training_data/systems\[1\]: no such file or directory"))
     add(_dp_case("dp systems root without systems", ["training", "training_data", "systems"], "nowhere",
-                 rf"{F}input\.json: training\.training_data\.systems: no system \(folder with type\.raw\)"))
+                 rf"{F}input\.json: training/training_data/systems: no system \(folder with type\.raw\)"))
     add(_dp_case("dp type_map without an element of the data", ["model", "type_map"], ["C", "O"],
                  r"sys4/type_map\.raw: type_map: element\(s\) \['H'\] of type_map\.raw \['C', 'H'\] not in the type_map"))
     add(_dp_case("dp training_data a list", ["training", "training_data"], ["sys4"],
-                 rf"{F}input\.json: training\.training_data: expected a mapping, got list"))
+                 rf"{F}input\.json: training/training_data: expected a mapping, got list"))
     add(Case("dp NaN literal", "deepmd", _raw_file(
         "dp/nan.json",
         b'{"model": {"type_map": ["C", "H"], "descriptor": {"type": "se_e2_a", "sel": [4, 4], "rcut": 4.0, '
         b'"rcut_smth": 0.5, "neuron": [4], "axis_neuron": 2}, "fitting_net": {"neuron": [8]}}, '
         b'"learning_rate": {"start_lr": NaN}, "training": {"training_data": {"systems": ["sys4"]}, "numb_steps": 2}}',
-        _dp_outdir_train), rf"{F}nan\.json: learning_rate\.start_lr: expected a finite number, got nan"))
+        _dp_outdir_train), rf"{F}nan\.json: learning_rate/start_lr: expected a finite number, got nan"))
     add(Case("dp Infinity in loss", "deepmd", lambda ws: _dp_train(ws, _set(["loss", "limit_pref_f"], float("inf"))),
-             rf"{F}input\.json: loss\.limit_pref_f: expected a finite number, got inf"))
+             rf"{F}input\.json: loss/limit_pref_f: expected a finite number, got inf"))
     # ---- DeePMD input.json: the file itself --------------------------------------------------
     add(Case("dp JSON syntax error", "deepmd", _raw_file("dp/syntax.json", b'{"model": {,}', _train),
              rf"{F}syntax\.json: invalid JSON at line 1, column 12"))
@@ -419,7 +419,7 @@ def _cases() -> List[Case]:
              rf"{F}other\.json: not a recognised peer config"))
     add(Case("dp convert: numb_steps 'ten'", "deepmd",
              lambda ws: ["convert", ws.edit_dp(_set(["training", "numb_steps"], "ten"))],
-             rf"{F}input\.json: training\.numb_steps: expected an integer"))
+             rf"{F}input\.json: training/numb_steps: expected an integer"))
     add(Case("dp convert: missing system", "deepmd",
              lambda ws: ["convert", ws.edit_dp(_set(["training", "training_data", "systems"], ["x"]))],
              rf"{F}input\.json: training/training_data/systems\[0\]: no such file"))
