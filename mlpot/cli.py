@@ -3,7 +3,8 @@
 A thin dispatcher: each sub-command lives in ``mlpot/commands/<name>.py`` and exposes
 ``add_arguments(parser)`` and ``run(args) -> int``. Modules are imported only when their command
 runs, so ``mlpot --help`` stays fast. Errors derived from :class:`mlpot.errors.MlpotError` are
-printed as one short line (file, frame, key and what is wrong) with exit status 2.
+printed as one short line (file, frame, key and what is wrong) with exit status 2; so are errors of
+the operating system (a full disk, a folder that cannot be written), named by their file.
 """
 
 from __future__ import annotations
@@ -65,6 +66,10 @@ def main(argv: Optional[List[str]] = None) -> int:
         return int(_load(args.command).run(args) or 0)
     except MlpotError as exc:
         print(f"mlpot {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # the machine, not mlpot: no space left, no permission, a file removed meanwhile
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"mlpot {args.command}: error: {where}{exc.strerror or exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"mlpot {args.command}: interrupted", file=sys.stderr)

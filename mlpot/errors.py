@@ -2,12 +2,20 @@
 
 Every user-facing error names *where* the problem is: the file, the frame and the key path.
 The message format is ``<file>: <key path>: <what is wrong>`` so that a user can jump to it.
+
+The file is attached once per entry point rather than at every raise: :func:`in_file` is a context
+in which an error that names no file gets the entry point's file. A peer front-end that translates
+keys (DeePMD ``learning_rate/start_lr`` -> native ``lr_schedule.start_lr``) records the translation
+in a :class:`KeyMap`; handed to :func:`in_file`, it makes errors raised while validating or training
+the converted config name the key as the user wrote it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import difflib
-from typing import Iterable, Optional, Sequence, Union
+import os
+from typing import Dict, Iterable, Iterator, Optional, Sequence, Tuple, Union
 
 KeyPath = Union[str, Sequence[Union[str, int]], None]
 
@@ -19,6 +27,8 @@ __all__ = [
     "SCFNotConvergedError",
     "format_key_path",
     "suggest",
+    "KeyMap",
+    "in_file",
 ]
 
 
@@ -62,17 +72,29 @@ class _LocatedError(MlpotError):
         self.frame = frame
         self.hint = hint
         self.message = message
+        super().__init__(self._text())
+
+    def _text(self) -> str:
         where = []
         if self.file:
             where.append(self.file)
-        if frame is not None:
-            where.append(f"frame {frame}")
+        if self.frame is not None:
+            where.append(f"frame {self.frame}")
         if self.key:
             where.append(self.key)
-        text = ": ".join(where + [message]) if where else message
-        if hint:
-            text += f" ({hint})"
-        super().__init__(text)
+        text = ": ".join(where + [self.message]) if where else self.message
+        if self.hint:
+            text += f" ({self.hint})"
+        return text
+
+    def relocate(self, file: str, keys: Optional["KeyMap"] = None) -> None:
+        """Name ``file`` when the error names no file; with ``keys``, an error about ``file`` whose key
+        is a translated native key gets the user's key instead (see :func:`in_file`)."""
+        if not self.file:
+            self.file = str(file)
+        if keys is not None and self.key and _same_file(self.file, file):
+            self.key = keys.user_key(self.key) or self.key
+        self.args = (self._text(),)
 
 
 class ConfigError(_LocatedError, ValueError):
@@ -99,3 +121,55 @@ class SCFNotConvergedError(MlpotError, RuntimeError):
         super().__init__(
             message or f"SCF did not converge after {self.iterations} iterations (residual {self.residual:.3e})"
         )
+
+
+def _same_file(a: str, b: Union[str, os.PathLike]) -> bool:
+    return os.path.abspath(str(a)) == os.path.abspath(str(b))
+
+
+class KeyMap:
+    """Native key paths -> the key paths a user wrote in a peer file, for the keys a front-end translates.
+
+    ``add(native, user)`` records one translation (``"data.train.paths"`` ->
+    ``"training/training_data/systems"``); :meth:`user_key` maps a native key by its longest recorded
+    prefix and appends the rest in the user's spelling (``data.train.paths[0]`` ->
+    ``training/training_data/systems[0]``), or drops the rest for an entry added with
+    ``below=False`` (one user key stands for everything under the native one). Keys that were
+    copied unchanged need no entry. ``separator``: the peer's spelling of key paths (DeePMD: "/");
+    every other key of an error about the peer file is re-spelt with it.
+    """
+
+    def __init__(self, pairs: Optional[Dict[str, str]] = None, separator: Optional[str] = None):
+        self._map: Dict[str, Tuple[str, bool]] = {}
+        self.separator = separator
+        for native, user in (pairs or {}).items():
+            self.add(native, user)
+
+    def add(self, native: KeyPath, user: str, below: bool = True) -> None:
+        self._map[format_key_path(native)] = (user, below)
+
+    def __len__(self) -> int:
+        return len(self._map)
+
+    def user_key(self, key: str) -> Optional[str]:
+        """The user's key path of native ``key``, or None when ``key`` was not translated."""
+        if key in self._map:
+            return self._map[key][0]
+        best = max((native for native in self._map
+                    if key.startswith(native) and key[len(native):len(native) + 1] in (".", "[")),
+                   key=len, default=None)
+        if best is None:
+            return key.replace(".", self.separator) if self.separator else None
+        user, below = self._map[best]
+        return user + key[len(best):].replace(".", "/") if below else user
+
+
+@contextlib.contextmanager
+def in_file(path: Union[str, os.PathLike], keys: Optional[KeyMap] = None) -> Iterator[None]:
+    """A context in which every mlpot error that names no file names ``path`` (the file of the entry
+    point: a config, a model), and, with ``keys``, errors about ``path`` name the user's key paths."""
+    try:
+        yield
+    except _LocatedError as exc:
+        exc.relocate(str(path), keys)
+        raise

@@ -6,8 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from mlpot.data import AtomsDataset, FrameList, collate, concat_frame_lists, edge_vectors, read_frames, read_systems
+from mlpot.data import (AtomsDataset, FrameList, check_distances, collate, concat_frame_lists, edge_vectors, read_frames,
+                        read_systems)
 from mlpot.data import keys as K
+from mlpot.errors import DataError
 
 
 def test_collate_mixed_sizes_and_missing_labels(shared_data, dtype):
@@ -67,12 +69,30 @@ def test_dataset_caches_neighbor_lists(shared_data, monkeypatch):
     assert K.EDGE_INDEX not in frames[1]  # the source frames are not modified
 
 
-def test_close_atoms_warn():
-    frame = {K.POSITIONS: np.array([[0.0, 0.0, 0.0], [0.3, 0.0, 0.0]]), K.CELL: np.zeros((3, 3)),
-             K.PBC: np.zeros(3, bool), K.ATOM_TYPES: np.zeros(2, np.int64)}
-    dataset = AtomsDataset(FrameList([frame], ["H"], source="tiny.xyz"), cutoff=2.0)
-    with pytest.warns(UserWarning, match=r"tiny\.xyz: frame 0: atoms only 0\.300 Å apart"):
-        dataset[0]
+def test_close_atoms_are_a_data_error_naming_file_frame_and_atoms():
+    def frame(gap):
+        return {K.POSITIONS: np.array([[0.0, 0.0, 0.0], [1.0, 1.0, 1.0], [gap, 0.0, 0.0]]), K.CELL: np.zeros((3, 3)),
+                K.PBC: np.zeros(3, bool), K.ATOM_TYPES: np.array([0, 1, 1])}
+    dataset = AtomsDataset(FrameList([frame(1.5), frame(0.2)], ["H", "O"], source="tiny.xyz"), cutoff=2.0)
+    with pytest.raises(DataError, match=r"tiny\.xyz: frame 1: atom 0 \(H\) and atom 2 \(O\) are 0\.2000 Å apart, "
+                                        r"closer than min_distance = 0\.3 Å"):
+        dataset[1]
+    assert K.EDGE_INDEX in dataset[0]
+    with pytest.raises(DataError, match=r"tiny\.xyz: frame 1: atom 0 \(H\) and atom 2 \(O\)"):
+        dataset.check_distances()  # every frame, without building the neighbour lists at the cutoff
+    # two atoms on one site (0/0 in the descriptors: a NaN model) and the check turned off
+    with pytest.raises(DataError, match=r"are 0\.0000 Å apart"):
+        check_distances(FrameList([frame(0.0)], ["H", "O"], source="tiny.xyz"))
+    assert AtomsDataset(FrameList([frame(0.2)], ["H", "O"]), cutoff=2.0, min_distance=0.1)[0][K.FRAME_ID] == 0
+    check_distances(FrameList([frame(0.0)], ["H", "O"]), min_distance=0.0)
+
+
+def test_periodic_images_count_for_the_closest_pair():
+    cell = np.eye(3) * 5.0
+    frame = {K.POSITIONS: np.array([[0.05, 1.0, 1.0], [4.9, 1.0, 1.0]]), K.CELL: cell, K.PBC: np.ones(3, bool),
+             K.ATOM_TYPES: np.zeros(2, np.int64)}
+    with pytest.raises(DataError, match=r"atom 0 \(H\) and atom 1 \(H\) are 0\.1500 Å apart"):
+        check_distances(FrameList([frame], ["H"], source="box.xyz"))
 
 
 def test_dataset_precompute_and_pickle(shared_data):
@@ -85,12 +105,12 @@ def test_dataset_precompute_and_pickle(shared_data):
     np.testing.assert_array_equal(copy[3][K.EDGE_INDEX], dataset[3][K.EDGE_INDEX])
 
 
-def test_close_atoms_warning_names_the_system_after_concatenation():
+def test_close_atoms_error_names_the_system_after_concatenation():
     def frame(gap):
         return {K.POSITIONS: np.array([[0.0, 0.0, 0.0], [gap, 0.0, 0.0]]), K.CELL: np.zeros((3, 3)),
                 K.PBC: np.zeros(3, bool), K.ATOM_TYPES: np.zeros(2, np.int64)}
     first = FrameList([frame(1.0)], ["H"], source="a.xyz")
     second = FrameList([frame(1.0), frame(0.2)], ["H"], source="b.xyz")
     dataset = AtomsDataset(concat_frame_lists([first, second]), cutoff=2.0)
-    with pytest.warns(UserWarning, match=r"b\.xyz: frame 1: atoms only 0\.200 Å apart"):
+    with pytest.raises(DataError, match=r"b\.xyz: frame 1: atom 0 \(H\) and atom 1 \(H\) are 0\.2000 Å apart"):
         dataset[2]

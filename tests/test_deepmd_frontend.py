@@ -210,7 +210,7 @@ def test_convert_command_writes_loadable_yaml(tmp_path, water_input, capsys):
     water_input["model"]["descriptor"]["rcutt"] = 6.0
     source.write_text(json.dumps(water_input))
     assert main(["convert", str(source)]) == 2
-    assert "model.descriptor.rcutt: unknown key (did you mean 'rcut'?)" in capsys.readouterr().err
+    assert "model/descriptor/rcutt: unknown key (did you mean 'rcut'?)" in capsys.readouterr().err
 
 
 def test_example_input_json_matches_native_example():

@@ -211,11 +211,8 @@ def test_atomic_checkpoint_write_keeps_old_file(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == [target.name]  # no temporary left behind
 
 
-def test_nonfinite_loss_skips_update_and_stops(tmp_path, dataset, monkeypatch):
-    config = base_config(numb_steps=4, max_nonfinite=1)
-    config["ema"] = {"decay": 0.9}
-    path = write_config(tmp_path, config, dataset)
-    trainer = Trainer(load_config(path), progress=False)
+def _poison(monkeypatch, steps, term=None):
+    """Make the loss of the given training calls (1-based) NaN: the total, or one term's weighted value."""
     from mlpot.training import losses
 
     original = losses.WeightedLoss.__call__
@@ -225,19 +222,68 @@ def test_nonfinite_loss_skips_update_and_stops(tmp_path, dataset, monkeypatch):
         total, weighted, raw = original(self, pred, batch, lr_ratio, reduce)
         if total.requires_grad:  # training steps only (validation runs without a graph)
             calls["n"] += 1
-            if calls["n"] in (2, 3):
-                total = total * float("nan")
+            if calls["n"] in steps:
+                if term is None:
+                    total = total * float("nan")
+                else:
+                    weighted = dict(weighted, **{term: weighted[term] * float("nan")})
+                    total = sum(weighted.values())
         return total, weighted, raw
 
     monkeypatch.setattr(losses.WeightedLoss, "__call__", poisoned)
-    with pytest.raises(TrainingStopped, match=r"stopped after 2 steps with a non-finite loss"):
+
+
+def test_nonfinite_loss_skips_update_and_stops(tmp_path, dataset, monkeypatch):
+    config = base_config(numb_steps=4, max_nonfinite=1)
+    config["ema"] = {"decay": 0.9}
+    path = write_config(tmp_path, config, dataset)
+    trainer = Trainer(load_config(path), progress=False)
+    _poison(monkeypatch, (2, 3), term="forces")
+    with pytest.raises(TrainingStopped, match=r"stopped after 2 steps with a non-finite loss "
+                                              r"\(training.max_nonfinite = 1\), at step 3; the first was step 2, "
+                                              r"term forces"):
         trainer.run()
     assert trainer.nonfinite == 2
     log = (tmp_path / "out" / "debug.log").read_text()
-    assert "non-finite loss at step 2: update skipped (1 so far)" in log
+    assert "non-finite loss at step 2: update skipped (1 so far; first non-finite term: forces)" in log
     # only step 1 updated the weights
     assert all(int(state["step"]) == 1 for state in trainer.optimizer.state.values())
     assert trainer.ema.num_updates == 1
+
+
+def test_a_run_that_never_updates_is_an_error(tmp_path, dataset, monkeypatch):
+    """Non-finite losses on every step of a run shorter than max_nonfinite: an error, not exit 0."""
+    path = write_config(tmp_path, base_config(numb_steps=3), dataset)
+    trainer = Trainer(load_config(path), progress=False)
+    _poison(monkeypatch, (1, 2, 3))
+    with pytest.raises(TrainingStopped, match=r"no step of this run updated the model: all 3 had a non-finite loss "
+                                              r"\(the first at step 1, term the total\)"):
+        trainer.run()
+    assert not trainer.optimizer.state  # Adam never stepped
+
+
+def test_nonfinite_gradient_skips_the_update(tmp_path, dataset, monkeypatch):
+    path = write_config(tmp_path, base_config(numb_steps=2), dataset)
+    trainer = Trainer(load_config(path), progress=False)
+    original = torch.Tensor.backward
+
+    def nan_gradients(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        if trainer.step == 0:
+            next(p for p in trainer.model.parameters() if p.grad is not None).grad.fill_(float("nan"))
+
+    monkeypatch.setattr(torch.Tensor, "backward", nan_gradients)
+    trainer.run()
+    assert trainer.nonfinite == 1 and trainer.first_nonfinite == (1, "the gradient")
+    assert all(torch.isfinite(p).all() for p in trainer.model.parameters())
+
+
+def test_checkpoint_of_a_nan_model_is_refused(tmp_path):
+    save_checkpoint(tmp_path / "model.ckpt-1.pt", {"step": 1, "model_state_dict": {"w": torch.ones(2)}})
+    with pytest.raises(CheckpointError, match=r"model\.ckpt-2\.pt: not written: the model holds non-finite "
+                                              r"values \(NaN or inf\) in 'w'"):
+        save_checkpoint(tmp_path / "model.ckpt-2.pt", {"step": 2, "model_state_dict": {"w": torch.tensor([1.0, float("inf")])}})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.ckpt-1.pt"]
 
 
 def test_fully_frozen_model_is_a_config_error(tmp_path, dataset):

@@ -114,17 +114,19 @@ def predict_batch(model, batch: Dict[str, "torch.Tensor"], virial: bool = True,
 
 
 def iterate_predictions(model, frames: Sequence[dict], batch_size: int = 8,
-                        atom_chunk: Optional[int] = DEFAULT_ATOM_CHUNK):
+                        atom_chunk: Optional[int] = DEFAULT_ATOM_CHUNK, min_distance: Optional[float] = None):
     """Yield (frame, prediction) for each frame; prediction maps the model's batch keys to numpy
     arrays of that frame: frame-level outputs (``energy`` (), ``dipole`` (3,), ``dos`` (n_dos,), ...)
     and atom-level ones (``forces`` (n_atoms, 3), ``atomic_dipole`` (n_atoms, 3), ...); ``virial``
-    (3, 3) eV and ``stress`` (3, 3) eV/Å^3 only for batches of periodic frames."""
+    (3, 3) eV and ``stress`` (3, 3) eV/Å^3 only for batches of periodic frames. Atoms closer than
+    ``min_distance`` Å (default ``MIN_SANE_DISTANCE``) are a DataError."""
     import torch
 
-    from mlpot.data import AtomsDataset, collate
+    from mlpot.data import MIN_SANE_DISTANCE, AtomsDataset, collate
     from mlpot.data.keys import KEYS, PBC, PTR, STRESS, VIRIAL
 
-    dataset = AtomsDataset(frames, cutoff=model.cutoff, type_map=getattr(frames, "type_map", model.type_map))
+    dataset = AtomsDataset(frames, cutoff=model.cutoff, type_map=getattr(frames, "type_map", model.type_map),
+                           min_distance=MIN_SANE_DISTANCE if min_distance is None else min_distance)
     for start in range(0, len(dataset), batch_size):
         items = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
         batch = collate(items, dtype=torch.float64)
@@ -141,14 +143,15 @@ def iterate_predictions(model, frames: Sequence[dict], batch_size: int = 8,
 
 def evaluate_frames(model, frames: Sequence[dict], name: str, batch_size: int = 8, *, atomic: bool = False,
                     details: Optional[DetailWriter] = None, group: int = 0,
-                    atom_chunk: Optional[int] = DEFAULT_ATOM_CHUNK) -> SystemResult:
+                    atom_chunk: Optional[int] = DEFAULT_ATOM_CHUNK, min_distance: Optional[float] = None) -> SystemResult:
     """Score ``model`` on ``frames`` (read with the model's type_map) into a :class:`SystemResult`
     (running error sums; see :mod:`mlpot.calculators.scoring`): the labels the frames carry that
     the model predicts. atomic: test atomic labels (dp test ``-a``); details: write detail rows
-    there, as system number ``group`` of the run."""
+    there, as system number ``group`` of the run; ``min_distance``: see :func:`iterate_predictions`."""
     scorers = scorers_for(output_keys(model), selected_types(model), atomic)
     result = SystemResult(name, len(frames))
-    for index, (frame, prediction) in enumerate(iterate_predictions(model, frames, batch_size, atom_chunk)):
+    predictions = iterate_predictions(model, frames, batch_size, atom_chunk, min_distance)
+    for index, (frame, prediction) in enumerate(predictions):
         for scorer in scorers:
             scorer.score(frame, prediction, result, details, index, group)
     for scorer in scorers:

@@ -16,7 +16,8 @@ restricted unpickler that never runs code from the file. It returns the model in
 ``head=<task>`` (``mlpot freeze --head``, as ``dp freeze --head``) picks one, and its frozen file is
 an ordinary single-task model. The model is rebuilt from its config rather than unpickled, so a
 frozen file stays loadable as long as the config keys exist (and loading never executes code from
-the file: ``weights_only``).
+the file: ``weights_only``). A model holding NaN or infinity is neither loaded nor written (a
+CheckpointError naming the file and the entry).
 TorchScript is not used: the models take a dict batch whose optional keys TorchScript cannot type.
 """
 
@@ -32,7 +33,7 @@ import torch
 from mlpot.errors import CheckpointError
 from mlpot.models.compose import FROZEN_FORMAT
 from mlpot.models.equivariant.mace import is_mace_checkpoint, is_mace_model_file, load_mace_checkpoint, load_mace_model_file
-from mlpot.training.checkpoint import CHECKPOINT_FORMAT
+from mlpot.training.checkpoint import CHECKPOINT_FORMAT, check_finite_model
 
 __all__ = ["FROZEN_FORMAT", "freeze", "load_model", "read_model_file", "save_frozen", "apply_modifiers", "peer_model"]
 
@@ -43,18 +44,12 @@ PathLike = Union[str, os.PathLike]
 
 
 def read_model_file(path: PathLike) -> Dict[str, Any]:
-    """Load a frozen model or a checkpoint as a dict; a truncated or foreign file is a CheckpointError."""
-    path = Path(path)
-    if not path.exists():
-        raise CheckpointError("no such file", file=str(path))
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:
-        # not a plain-tensor file: a training checkpoint (it holds RNG states) or a broken file;
-        # the trainer's loader checks its format and names the file in its error
-        from mlpot.training.checkpoint import load_checkpoint
+    """Load a frozen model or a checkpoint as a dict, never running code from the file
+    (``mlpot.training.checkpoint.read_torch_file``); a missing, truncated, foreign or hostile file is a
+    CheckpointError naming it."""
+    from mlpot.training.checkpoint import read_torch_file
 
-        payload = load_checkpoint(path)
+    payload = read_torch_file(path)
     if not isinstance(payload, dict):
         raise CheckpointError("not an mlpot model file (expected a dict)", file=str(path))
     return payload
@@ -164,6 +159,7 @@ def load_model(path: PathLike, device: Union[str, torch.device] = "cpu", head: O
                 f"weights do not fit the model config (missing: {missing[:5]}, unexpected: {unexpected[:5]})",
                 file=str(path),
             )
+    check_finite_model({"state_dict": model.state_dict()}, path, "not loaded")
     if head is not None:
         model = select_head(model, head, str(path))
     return model.to(device).eval()
@@ -176,6 +172,7 @@ def save_frozen(payload: Dict[str, Any], path: PathLike) -> None:
 
     from mlpot.training.checkpoint import atomic_write_bytes
 
+    check_finite_model(payload, path)
     buffer = io.BytesIO()
     torch.save(payload, buffer)
     atomic_write_bytes(path, buffer.getvalue())

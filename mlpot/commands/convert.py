@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Optional
 
 import yaml
 
-from mlpot.errors import ConfigError
+from mlpot.errors import ConfigError, KeyMap, in_file
 
 
 def add_arguments(parser) -> None:
@@ -23,13 +24,19 @@ def add_arguments(parser) -> None:
     parser.add_argument("-o", "--output", type=Path, default=None, help="native YAML to write (default: stdout)")
 
 
-def convert_file(path: Path) -> dict:
-    """The native config dict of a peer config file (format detected from its content)."""
-    from mlpot.config import deepmd, mace, nequip
+def convert_file(path: Path, keys: Optional[KeyMap] = None) -> dict:
+    """The native config dict of a peer config file (format detected from its content).
 
-    if deepmd.is_deepmd_config(path):
-        return deepmd.convert(path)
-    if nequip.is_nequip_config(path):
+    A missing, empty or malformed file is an error saying so (line and column of a syntax error).
+    ``keys``, when given, receives the translations native key -> the key as written in the file
+    (DeePMD inputs).
+    """
+    from mlpot.config import deepmd, mace, nequip, read_yaml
+
+    content = read_yaml(path, finite=False)  # the values are checked by the front-end's own read
+    if deepmd.is_deepmd_config(content):
+        return deepmd.convert(path, keys=keys)
+    if nequip.is_nequip_config(content):
         native, notes, _ = nequip.convert(path)
         for note in notes:
             print(f"note: {note}", file=sys.stderr)
@@ -54,8 +61,10 @@ def run(args) -> int:
             print(f"note: {note}", file=sys.stderr)
         text = bands_config_to_yaml(config)
     else:
-        native = convert_file(args.config)
-        validate_config(native, file=str(args.config))
+        keys = KeyMap()
+        with in_file(args.config, keys):
+            native = convert_file(args.config, keys)
+            validate_config(native, file=str(args.config))
         text = yaml.safe_dump(native, sort_keys=False, default_flow_style=None)
     if args.output is None:
         sys.stdout.write(text)

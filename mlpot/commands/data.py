@@ -4,6 +4,9 @@ Prints frames, atoms per frame, elements, labels present (with frame counts), th
 energy bias per element, forces RMS and, at ``--cutoff``, neighbour counts and the minimum
 distance. A human table by default, JSON with ``--json``. Several paths are read as systems with
 one merged type map (a directory that is not a system is searched for DeePMD systems).
+
+Every frame is checked for atoms closer than ``--min-distance`` (default 0.3 Å, the training
+default): after the summary, such a pair is an error naming the file, frame and atoms (exit 2).
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ import json
 import sys
 from typing import List
 
-from mlpot.data import compute_statistics, read_systems
+from mlpot.data import MIN_SANE_DISTANCE, check_distances, compute_statistics, read_systems
 from mlpot.data.statistics import DatasetStatistics
 
 
@@ -28,6 +31,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     info.add_argument("--type-map", nargs="+", default=None, metavar="NAME",
                       help="type names in model order (DeePMD systems are re-mapped by name)")
     info.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    info.add_argument("--min-distance", type=float, default=MIN_SANE_DISTANCE, metavar="ANGSTROM",
+                      help=f"atoms closer than this are an error (default {MIN_SANE_DISTANCE} Å; 0: no check)")
     info.add_argument("--cache-dir", default=None, help="statistics file to read and write the statistics (HDF5 file .h5/.hdf5 or a directory)")
     parser.set_defaults(data_parser=parser)
 
@@ -59,7 +64,7 @@ def format_table(stats: DatasetStatistics, systems: List) -> str:
         lines.append(f"forces RMS       {_fmt(stats.forces_rms, 5)} eV/Å")
     if stats.cutoff is not None:
         lines.append(f"cutoff           {stats.cutoff:g} Å: mean neighbours {_fmt(stats.mean_neighbors, 5)}, "
-                     f"min distance {(f'{stats.min_distance:.6f}' if stats.min_distance else '-')} Å")
+                     f"min distance {(f'{stats.min_distance:.6f}' if stats.min_distance is not None else '-')} Å")
     header = f"{'element':<8} {'atoms':>9} {'energy bias/eV':>16} {'forces RMS':>11}"
     if stats.cutoff is not None:
         header += f" {'mean nbrs':>10} {'max nbrs':>9}"
@@ -92,4 +97,6 @@ def run(args: argparse.Namespace) -> int:
         sys.stdout.write("\n")
     else:
         print(format_table(stats, systems))
+    for system in systems:  # after the summary, which shows the minimum distance at --cutoff
+        check_distances(system, args.min_distance)
     return 0

@@ -44,6 +44,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--device", default="cpu", help="torch device")
     parser.add_argument("--mace-options", default=None,
                         help="options YAML of the run of a mace_run_train checkpoint given as MODEL")
+    parser.add_argument("--min-distance", type=float, default=None, metavar="ANGSTROM",
+                        help="atoms closer than this are an error naming file, frame and atoms (default 0.3 Å; 0: no check)")
 
 
 def _model_and_data(args):
@@ -82,7 +84,7 @@ def run(args) -> int:
             frames = frames[: args.numb_test]
         name = frames.source or "system"
         result = evaluate_frames(model, frames, name, batch_size=args.batch_size, atomic=args.atomic,
-                                 details=details, group=group, atom_chunk=atom_chunk)
+                                 details=details, group=group, atom_chunk=atom_chunk, min_distance=args.min_distance)
         errors = system_errors(result)
         all_errors.append(errors)
         per_system_only |= result.per_system_only

@@ -1,5 +1,5 @@
 """``mlpot train CONFIG [--restart CKPT] [--init-model CKPT] [--finetune MODEL [--model-branch B|RANDOM]
-[--use-pretrain-script]] [--output-dir DIR] [--no-progress]``, or ``mlpot train --config mace.yaml
+[--use-pretrain-script]] [--output-dir DIR] [--force] [--no-progress]``, or ``mlpot train --config mace.yaml
 [--<mace_run_train option> VALUE ...]``.
 
 CONFIG is a native YAML, or a peer config (DeePMD-kit ``input.json``/``.yaml``, a NequIP 0.19 YAML,
@@ -12,7 +12,10 @@ overrides after it (``trainer.max_epochs=3``, ``++ckpt_path=last.pt`` to resume)
 training) and ``name`` (the frozen model is also written as ``<model_dir>/<name>.pt``) apply to
 the run. Launch with ``torchrun --nproc-per-node N -m mlpot.cli train CONFIG`` for data-parallel
 training. ``--restart`` resumes exactly (use ``latest`` for the newest
-checkpoint in the output folder); ``--init-model`` takes only the weights (step 0, fresh optimizer).
+checkpoint in the output folder; without one, that is an error, never a silent start from
+scratch); ``--init-model`` takes only the weights (step 0, fresh optimizer). An output folder
+holding an earlier run's results is refused unless ``--restart`` or ``--force``
+(:mod:`mlpot.training.run_folder`).
 ``--finetune`` starts from a pretrained model with the input's type_map (a subset of the pretrained
 one) and a change-by-statistic of the energy bias on the new data (the model family's
 ``prepare_finetune`` hook; DeePMD: :mod:`mlpot.models.deepmd.finetune`).
@@ -21,14 +24,16 @@ After training the last checkpoint is frozen to ``model.pt`` (multi-task: ``mode
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
+from typing import Optional
 
-from mlpot.errors import ConfigError
+from mlpot.errors import ConfigError, KeyMap, in_file
 
 
 _OWN_VALUED = {"--restart", "--init-model", "--finetune", "--model-branch", "--output-dir", "--config", "--mace-options",
                "-cn", "--config-name", "-cp", "--config-path"}
-_OWN_FLAGS = {"--use-pretrain-script", "--no-progress", "-h", "--help"}
+_OWN_FLAGS = {"--use-pretrain-script", "--no-progress", "--force", "-h", "--help"}
 
 
 def split_arguments(argv):
@@ -59,7 +64,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--config", dest="mace_config", type=Path, default=None,
                         help="YAML of mace_run_train options (other --options as mace_run_train takes them)")
     parser.add_argument("--restart", default=None,
-                        help="checkpoint to resume exactly ('latest': the newest in the output folder)")
+                        help="checkpoint to resume exactly ('latest': the newest in the output folder; an error "
+                             "when there is none)")
     parser.add_argument("--init-model", default=None, help="checkpoint or frozen model to take the weights from")
     parser.add_argument("--finetune", default=None,
                         help="pretrained checkpoint or frozen model to fine-tune (DeePMD dp train --finetune)")
@@ -70,27 +76,35 @@ def add_arguments(parser) -> None:
     parser.add_argument("--output-dir", type=Path, default=None, help="override output_dir of the config")
     parser.add_argument("--mace-options", default=None,
                         help="options YAML of the mace_run_train checkpoint given to --finetune / --init-model")
+    parser.add_argument("--force", action="store_true",
+                        help="start a new run in an output folder that holds an earlier run's results "
+                             "(its checkpoints are removed, its logs overwritten)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
-def load_any_config(path: Path, overrides=(), output_dir=None):
+def load_any_config(path: Path, overrides=(), output_dir=None, keys: Optional[KeyMap] = None):
     """Native config of ``path``: native YAML validated directly, peer configs converted first. Returns
-    (config, restart checkpoint named by a NequIP ``++ckpt_path`` or None)."""
+    (config, restart checkpoint named by a NequIP ``++ckpt_path`` or None).
+
+    A missing, empty, binary or malformed file is an error saying so. ``keys`` receives the key
+    translations of a DeePMD config (native key -> the key in the file), for located errors later.
+    """
     from mlpot.config import deepmd, load_config, nequip, read_yaml, validate_config
 
-    if path.exists() and nequip.is_nequip_config(path):
+    content = read_yaml(path, finite=False)  # the values are checked when the file is read as its kind
+    if nequip.is_nequip_config(content):
         native, notes, restart = nequip.convert(path, overrides, output_dir=output_dir)
         for note in notes:
             print(f"note: {note}")
         return validate_config(native, file=str(path), base_dir=Path.cwd()), restart
     if overrides:
         raise ConfigError(f"overrides {list(overrides)} apply to NequIP configs only", file=str(path))
-    if path.suffix == ".json" or (path.exists() and deepmd.is_deepmd_config(path)):
+    if path.suffix == ".json" or deepmd.is_deepmd_config(content):
         from mlpot.commands.convert import convert_file
 
-        native = convert_file(path)
-        return validate_config(native, file=str(path), base_dir=Path.cwd()), None
-    read_yaml(path)  # a clear error for a missing or malformed file
+        native = convert_file(path, keys)
+        with in_file(path, keys):
+            return validate_config(native, file=str(path), base_dir=Path.cwd()), None
     return load_config(path), None
 
 
@@ -109,7 +123,7 @@ def config_file(args) -> Path:
     return Path(words[0])
 
 
-def load_train_config(args):
+def load_train_config(args, keys: Optional[KeyMap] = None):
     """(native config, run options) of the command line: a MACE-style front-end for ``--config`` or
     extra options, else the positional config file (NequIP ``-cn``/``-cp`` and overrides included).
     Run options: ``restart`` (NequIP ``++ckpt_path``, mace ``restart_latest``), ``finetune``,
@@ -123,7 +137,7 @@ def load_train_config(args):
         args.config = path
         if not (path.exists() and mace.is_mace_config(path)):
             output_dir = str(args.output_dir.resolve()) if args.output_dir else None
-            config, restart = load_any_config(path, args.overrides, output_dir=output_dir)
+            config, restart = load_any_config(path, args.overrides, output_dir=output_dir, keys=keys)
             return config, ({"restart": restart} if restart else {})
         mace_file = path
     elif args.config is not None and Path(args.config) != mace_file:
@@ -147,24 +161,42 @@ def _evaluate(model_file: Path, files, write=print) -> None:
         write("\n".join(format_report(errors, header=[f"test set {path}"])))
 
 
+def _restart_checkpoint(restart: Optional[str], config) -> Optional[str]:
+    """``--restart``'s checkpoint; ``latest`` is the newest in the output folder, an error if none."""
+    if restart != "latest":
+        return restart
+    from mlpot.training.checkpoint import CheckpointManager
+
+    cp = config.checkpoint
+    folder = Path(config.output_dir) / cp.dir
+    latest = CheckpointManager(folder, cp.prefix, cp.keep).latest()
+    if latest is None:
+        raise ConfigError(f"no checkpoint {cp.prefix}-<step>.pt in {folder} to resume from; run without "
+                          "--restart to start a new run", key="--restart")
+    return str(latest)
+
+
 def run(args) -> int:
-    from mlpot.training.trainer import Trainer
+    from mlpot.training.run_folder import claim_output_folder
 
-    config, run_options = load_train_config(args)
-    if args.restart is None and run_options.get("restart"):
-        args.restart = run_options["restart"]
-    if args.finetune is None and run_options.get("finetune"):
-        args.finetune = run_options["finetune"]
-    if args.output_dir is not None:
-        config.output_dir = str(args.output_dir.resolve())
-    restart = args.restart
-    if restart == "latest":
-        from mlpot.training.checkpoint import CheckpointManager
+    keys = KeyMap()
+    with in_file(args.mace_config or args.config or args.config_name or "command line", keys):
+        config, run_options = load_train_config(args, keys)
+        if args.restart is None and run_options.get("restart"):
+            args.restart = run_options["restart"]
+        if args.finetune is None and run_options.get("finetune"):
+            args.finetune = run_options["finetune"]
+        if args.output_dir is not None:
+            config.output_dir = str(args.output_dir.resolve())
+        restart = _restart_checkpoint(args.restart, config)
+        main = int(os.environ.get("RANK", "0")) == 0
+        with claim_output_folder(config, resuming=restart is not None, force=args.force, main=main) as folder:
+            return _train(args, config, restart, folder, run_options)
 
-        cp = config.checkpoint
-        latest = CheckpointManager(Path(config.output_dir) / cp.dir, cp.prefix, cp.keep).latest()
-        restart = str(latest) if latest else None
+
+def _train(args, config, restart: Optional[str], folder, run_options) -> int:
     from mlpot.calculators.export import freeze, load_model
+    from mlpot.training.trainer import Trainer
 
     init_weights = load_model(args.init_model, mace_options=args.mace_options).state_dict() if args.init_model else None
     finetune = (args.finetune or config.finetune) if restart is None else None
@@ -190,6 +222,7 @@ def run(args) -> int:
                               trainer._write if trainer.dist.is_main else (lambda line: None))
         if trainer.ema is not None:  # the average starts from the weights the plan set
             trainer.ema.reset(trainer.model)
+    folder.start()  # set-up done: --force now removes the earlier run's checkpoints
     trainer.run()
     if trainer.dist.is_main:
         # the frozen model of the checkpoint this run wrote last (EMA weights when EMA is on), not

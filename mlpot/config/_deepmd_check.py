@@ -9,13 +9,14 @@ on a ``type`` (descriptor, fitting_net, loss, learning_rate) go through :func:`c
 
 from __future__ import annotations
 
+import typing
 from typing import Any, Dict, List, Optional, Union
 
 from mlpot.config import _deepmd_keys as table
 from mlpot.config._deepmd_keys import IGNORED, UNSUPPORTED, DeepmdKey
 from mlpot.errors import ConfigError, suggest
 
-__all__ = ["check_section", "check_typed", "require_built", "check_descriptor", "slash"]
+__all__ = ["check_section", "check_typed", "require_built", "check_descriptor", "check_kind", "slash"]
 
 
 def slash(path: List[Union[str, int]]) -> str:
@@ -47,8 +48,31 @@ def check_section(
             raise ConfigError(f"not supported yet: {slash(path + [name])}{detail}", file=file, key=path + [key])
         if record.status == IGNORED:
             continue
+        check_kind(value, record.annotation, path + [key], file)
         out[name] = value
     return out
+
+
+_KIND_NAMES = {int: "an integer", float: "a number", bool: "true or false"}
+
+
+def check_kind(value: Any, kind: Any, path: List[Union[str, int]], file: Optional[str]) -> None:
+    """ConfigError at ``path`` when ``value`` is not of the key's ``kind`` (int, float, bool, or
+    Optional of one; ``Any`` accepts everything). An int is a number; a whole float is an integer;
+    a bool is neither (``"numb_steps": true`` is a mistake, not 1)."""
+    optional = typing.get_origin(kind) is Union and type(None) in typing.get_args(kind)
+    base = next((a for a in typing.get_args(kind) if a is not type(None)), None) if optional else kind
+    if base not in _KIND_NAMES or (optional and value is None):
+        return
+    if base is bool:
+        ok = isinstance(value, bool)
+    elif isinstance(value, bool) or not isinstance(value, (int, float)):
+        ok = False
+    else:
+        ok = base is float or isinstance(value, int) or float(value).is_integer()
+    if not ok:
+        raise ConfigError(f"expected {_KIND_NAMES[base]}{' or null' if optional else ''}, got {value!r}",
+                          file=file, key=path)
 
 
 def check_typed(section: Any, tables: Dict[str, Dict[str, DeepmdKey]], unbuilt, default_type, aliases, path, file):
@@ -58,6 +82,8 @@ def check_typed(section: Any, tables: Dict[str, Dict[str, DeepmdKey]], unbuilt, 
     kind = section.get("type", default_type)
     if kind is None:
         raise ConfigError("missing required key 'type'", file=file, key=path)
+    if not isinstance(kind, str):
+        raise ConfigError(f"expected a type name, got {kind!r}", file=file, key=path + ["type"])
     kind = aliases.get(kind, kind)
     if kind in unbuilt:
         raise ConfigError(f"not supported yet: {slash(path + ['type'])}={kind}", file=file, key=path + ["type"])

@@ -16,7 +16,7 @@ a test checks that the two agree.
 
 from __future__ import annotations
 
-from typing import Any, Dict
+from typing import Any, Dict, Optional
 
 from mlpot.models.compose import FROZEN_KEYS, LINEAR_KEYS
 from mlpot.models.deepmd.keys import (DESCRIPTOR_ALIASES, DESCRIPTOR_KEYS, FITTING_KEYS,
@@ -28,8 +28,13 @@ from mlpot.models.sections import IGNORED, REQUIRED, SUPPORTED, UNSUPPORTED, Key
 DeepmdKey = Key  # one record type for model keys (mlpot.models) and the front-end's own keys
 
 
-def _k(status: str, *aliases: str, default: Any = REQUIRED, note: str = "") -> Key:
-    return Key(default, tuple(aliases), status, note)
+def _k(status: str, *aliases: str, default: Any = REQUIRED, note: str = "", kind: Any = Any) -> Key:
+    """A front-end key; ``kind`` (int, float, bool or Optional of one) is the type its value must have
+    (checked by ``_deepmd_check``: an int for float is fine, a float for int only when whole)."""
+    return Key(default, tuple(aliases), status, note, kind)
+
+
+INT, NUM, FLAG = int, float, bool
 
 
 S, I, U = SUPPORTED, IGNORED, UNSUPPORTED
@@ -56,16 +61,16 @@ MODEL_TYPES: Dict[str, Dict[str, Key]] = {"linear_ener": LINEAR_KEYS, "pairtab":
 # ---- learning rate, loss, optimizer ------------------------------------------------------------
 LEARNING_RATE = {
     "type": _k(S, default="exp", note="exp"),
-    "start_lr": _k(S),
-    "stop_lr": _k(S),
-    "stop_lr_ratio": _k(S),
-    "decay_steps": _k(S),
-    "decay_rate": _k(S),
-    "smooth": _k(S, note="lr = start_lr * decay_rate^(t / decay_steps) without flooring"),
+    "start_lr": _k(S, kind=NUM),
+    "stop_lr": _k(S, kind=Optional[NUM]),
+    "stop_lr_ratio": _k(S, kind=Optional[NUM]),
+    "decay_steps": _k(S, kind=INT),
+    "decay_rate": _k(S, kind=Optional[NUM]),
+    "smooth": _k(S, note="lr = start_lr * decay_rate^(t / decay_steps) without flooring", kind=FLAG),
     "scale_by_worker": _k(S, note="linear / sqrt / none, by the data-parallel world size"),
-    "warmup_steps": _k(S, note="linear warm-up steps; the decay restarts after them (T = numb_steps - warmup)"),
-    "warmup_ratio": _k(S, note="warm-up steps = int(ratio * numb_steps); not together with warmup_steps"),
-    "warmup_start_factor": _k(S, note="warm-up starts at factor * start_lr (default 0)"),
+    "warmup_steps": _k(S, note="linear warm-up steps; the decay restarts after them (T = numb_steps - warmup)", kind=Optional[INT]),
+    "warmup_ratio": _k(S, note="warm-up steps = int(ratio * numb_steps); not together with warmup_steps", kind=Optional[NUM]),
+    "warmup_start_factor": _k(S, note="warm-up starts at factor * start_lr (default 0)", kind=NUM),
 }
 _LR_SHARED = ("type", "start_lr", "stop_lr", "stop_lr_ratio", "scale_by_worker", "warmup_steps", "warmup_ratio",
               "warmup_start_factor")
@@ -75,7 +80,7 @@ LEARNING_RATE_WSD = {name: LEARNING_RATE[name] for name in _LR_SHARED}
 LEARNING_RATE_WSD.update(
     {
         "type": _k(S, note="warm-up, stable at start_lr, then decay over the last floor(decay_phase_ratio * numb_steps) steps"),
-        "decay_phase_ratio": _k(S, note="default 0.1, in (0, 1]; a fraction of numb_steps (warm-up included)"),
+        "decay_phase_ratio": _k(S, note="default 0.1, in (0, 1]; a fraction of numb_steps (warm-up included)", kind=NUM),
         "decay_type": _k(S, note="inverse_linear (default, 1/lr linear in the progress), cosine or linear"),
     }
 )
@@ -85,39 +90,39 @@ LOSS_ENER = {"type": _k(S, default="ener")}
 for _term in _PREFACTOR_TERMS:
     _status = S if _term in ("e", "f", "v", "ae", "pf", "gf") else U
     _note = "Hessian loss: not built yet" if _status == U else ""
-    LOSS_ENER[f"start_pref_{_term}"] = _k(_status, default=0.0 if _status == U else REQUIRED, note=_note)
-    LOSS_ENER[f"limit_pref_{_term}"] = _k(_status, default=0.0 if _status == U else REQUIRED, note=_note)
+    LOSS_ENER[f"start_pref_{_term}"] = _k(_status, default=0.0 if _status == U else REQUIRED, kind=NUM, note=_note)
+    LOSS_ENER[f"limit_pref_{_term}"] = _k(_status, default=0.0 if _status == U else REQUIRED, kind=NUM, note=_note)
 LOSS_ENER.update(
     {
-        "relative_f": _k(S),
-        "enable_atom_ener_coeff": _k(S, note="energy = sum_i c_i E_i, c from atom_ener_coeff.npy (needed in every system)"),
-        "numb_generalized_coord": _k(S, note="generalised coordinates of the gf loss; drdq.npy holds natoms*3*N per frame"),
-        "use_huber": _k(S, note="Huber on E/N, force components (or |dF| with f_use_norm), virial/N and atomic energies; loss_func mse only; not with pf, gf or relative_f"),
+        "relative_f": _k(S, kind=Optional[NUM]),
+        "enable_atom_ener_coeff": _k(S, note="energy = sum_i c_i E_i, c from atom_ener_coeff.npy (needed in every system)", kind=FLAG),
+        "numb_generalized_coord": _k(S, note="generalised coordinates of the gf loss; drdq.npy holds natoms*3*N per frame", kind=INT),
+        "use_huber": _k(S, note="Huber on E/N, force components (or |dF| with f_use_norm), virial/N and atomic energies; loss_func mse only; not with pf, gf or relative_f", kind=FLAG),
         "huber_delta": _k(S, note="default 0.01; one number or [energy, force, virial]"),
         "loss_func": _k(S, note='"mse" (default) or "mae": |dE|/N, mean |dF| components, |dvirial|/N, mean |dE_i|, pf mean pref*|dF|; gf stays MSE; the MAE force term ignores relative_f (as DeePMD-kit)'),
-        "f_use_norm": _k(S, note="forces compared by the per-atom norm |F - F*|; needs loss_func mae or use_huber"),
-        "intensive_ener_virial": _k(S),
-        "use_default_pf": _k(S, note="pf term: a system without atom_pref.npy weighs every atom 1 (otherwise the term is off for it)"),
+        "f_use_norm": _k(S, note="forces compared by the per-atom norm |F - F*|; needs loss_func mae or use_huber", kind=FLAG),
+        "intensive_ener_virial": _k(S, kind=FLAG),
+        "use_default_pf": _k(S, note="pf term: a system without atom_pref.npy weighs every atom 1 (otherwise the term is off for it)", kind=FLAG),
     }
 )
 LOSS_TENSOR = {
     "type": _k(S),
-    "pref": _k(S, note="constant weight of the global-label MSE (native term dipole / polarizability)"),
-    "pref_atomic": _k(S, note="constant weight of the atomic-label MSE (atomic_dipole / atomic_polarizability)"),
-    "enable_atomic_weight": _k(S, note="atomic residuals times atom_weight.npy (needed in every system)"),
+    "pref": _k(S, note="constant weight of the global-label MSE (native term dipole / polarizability)", kind=NUM),
+    "pref_atomic": _k(S, note="constant weight of the atomic-label MSE (atomic_dipole / atomic_polarizability)", kind=NUM),
+    "enable_atomic_weight": _k(S, note="atomic residuals times atom_weight.npy (needed in every system)", kind=FLAG),
 }
 LOSS_DOS = {"type": _k(S)}
 _DOS_NATIVE = {"dos": "dos", "cdf": "dos_cdf", "ados": "atom_dos", "acdf": "atom_dos_cdf"}
 for _term, _native in _DOS_NATIVE.items():
-    LOSS_DOS[f"start_pref_{_term}"] = _k(S, note=f"native term {_native}, lr-coupled")
-    LOSS_DOS[f"limit_pref_{_term}"] = _k(S)
+    LOSS_DOS[f"start_pref_{_term}"] = _k(S, note=f"native term {_native}, lr-coupled", kind=NUM)
+    LOSS_DOS[f"limit_pref_{_term}"] = _k(S, kind=NUM)
 LOSSES = {"ener": LOSS_ENER, "tensor": LOSS_TENSOR, "dos": LOSS_DOS}
 UNBUILT_LOSSES = ("ener_spin", "property", "population", "dens")
 OPTIMIZER = {
     "type": _k(S, default="Adam", note="Adam, AdamW (any torch.optim name)"),
-    "adam_beta1": _k(S),
-    "adam_beta2": _k(S),
-    "weight_decay": _k(S),
+    "adam_beta1": _k(S, kind=NUM),
+    "adam_beta2": _k(S, kind=NUM),
+    "weight_decay": _k(S, kind=NUM),
 }
 
 # ---- training -----------------------------------------------------------------------------------
@@ -130,37 +135,37 @@ DATA_SECTION = {
     "sys_probs": _k(S, "sys_weights"),
     "rglob_patterns": _k(U, default=None, note="glob patterns of the recursive system search: not built (list the systems, or give one folder searched for type.raw)"),
 }
-VALIDATION_DATA = {**DATA_SECTION, "numb_btch": _k(S, "numb_batch")}
+VALIDATION_DATA = {**DATA_SECTION, "numb_btch": _k(S, "numb_batch", kind=INT)}
 TRAINING = {
     "training_data": _k(S),
     "validation_data": _k(S),
-    "numb_steps": _k(S, "stop_batch", "num_steps"),
-    "numb_epoch": _k(S, "num_epoch", "num_epochs", "numb_epochs", note="run length in passes over the training data: ceil(numb_epoch * ceil(max_k nbatch_k / p_k)) steps (DeePMD-kit 3.x); not together with numb_steps"),
-    "seed": _k(S),
+    "numb_steps": _k(S, "stop_batch", "num_steps", kind=INT),
+    "numb_epoch": _k(S, "num_epoch", "num_epochs", "numb_epochs", note="run length in passes over the training data: ceil(numb_epoch * ceil(max_k nbatch_k / p_k)) steps (DeePMD-kit 3.x); not together with numb_steps", kind=NUM),
+    "seed": _k(S, kind=Optional[INT]),
     "disp_file": _k(S),
-    "disp_freq": _k(S),
-    "save_freq": _k(S),
+    "disp_freq": _k(S, kind=INT),
+    "save_freq": _k(S, kind=INT),
     "save_ckpt": _k(S),
-    "max_ckpt_keep": _k(S),
+    "max_ckpt_keep": _k(S, kind=INT),
     "save_dir": _k(S, note="folder of the checkpoints, the checkpoint pointer file and the model.ckpt.pt link (native checkpoint.dir)"),
-    "disp_training": _k(S),
-    "time_training": _k(S),
-    "disp_avg": _k(S, note="training lcurve columns averaged over the steps since the previous display (multi-task: over the steps of each task)"),
-    "tensorboard": _k(S),
+    "disp_training": _k(S, kind=FLAG),
+    "time_training": _k(S, kind=FLAG),
+    "disp_avg": _k(S, note="training lcurve columns averaged over the steps since the previous display (multi-task: over the steps of each task)", kind=FLAG),
+    "tensorboard": _k(S, kind=FLAG),
     "tensorboard_log_dir": _k(S),
-    "tensorboard_freq": _k(S),
+    "tensorboard_freq": _k(S, kind=INT),
     "mixed_precision": _k(S, note="{output_prec: float32, compute_prec: float16 | bfloat16}: the model is built in float32 and its networks run under torch.autocast in compute_prec during training (DeePMD-kit: TF only)"),
-    "gradient_max_norm": _k(S),
-    "warmup_steps": _k(S, note="older spelling of learning_rate/warmup_steps (start factor 0)"),
+    "gradient_max_norm": _k(S, kind=Optional[NUM]),
+    "warmup_steps": _k(S, note="older spelling of learning_rate/warmup_steps (start factor 0)", kind=Optional[INT]),
     "stat_file": _k(S, note="HDF5 file (.h5/.hdf5) or directory: mlpot stores its neighbour and model statistics under its own 'mlpot' group there and reads them back (a file DeePMD-kit wrote keeps its content)"),
     "stat_file_mode": _k(S, note="update (default): read what is there, write what is missing; read: never write, the statistics must be there"),
     "opt_type": _k(S, note="Adam or AdamW; LKF not supported yet"),
-    "profiling": _k(S, note="torch.profiler Chrome trace of training steps 2-6"),
+    "profiling": _k(S, note="torch.profiler Chrome trace of training steps 2-6", kind=FLAG),
     "profiling_file": _k(S, note="trace file (default timeline.json)"),
-    "enable_profiler": _k(S, note="torch.profiler over training steps 2-6, written for TensorBoard under tensorboard_log_dir"),
-    "change_bias_after_training": _k(S, note="least-squares shift of the energy bias on the statistics sample after the last step (change-by-statistic); off unless set, as in DeePMD-kit (native configs: on by default)"),
-    "enable_ema": _k(S),
-    "ema_decay": _k(S),
+    "enable_profiler": _k(S, note="torch.profiler over training steps 2-6, written for TensorBoard under tensorboard_log_dir", kind=FLAG),
+    "change_bias_after_training": _k(S, note="least-squares shift of the energy bias on the statistics sample after the last step (change-by-statistic); off unless set, as in DeePMD-kit (native configs: on by default)", kind=FLAG),
+    "enable_ema": _k(S, kind=FLAG),
+    "ema_decay": _k(S, kind=NUM),
     "enable_compile": _k(I, note="mlpot does not use torch.compile for training"),
     "zero_stage": _k(U, default=0, note="ZeRO optimizer-state sharding across ranks: not built; plain DDP only"),
     "acc_freq": _k(U, default=1, note="gradient accumulation over several batches: not built yet"),

@@ -39,7 +39,7 @@ from mlpot.config._deepmd_validating import apply_validating
 from mlpot.config.loader import read_yaml
 from mlpot.data import keys as K
 from mlpot.data.deepmd_sources import find_deepmd_systems, split_hdf5_path
-from mlpot.errors import ConfigError, DataError, suggest
+from mlpot.errors import ConfigError, DataError, KeyMap, suggest
 
 __all__ = ["convert", "convert_dict", "check_keys", "is_deepmd_config", "load_file", "keys_markdown"]
 
@@ -316,19 +316,31 @@ def _training_options(native: Dict[str, Any], training: Dict[str, Any], multi_ta
         native["ema"] = {"decay": training.get("ema_decay", 0.999)}
 
 
-def convert_dict(config: Dict[str, Any], base_dir: PathLike = ".", file: Optional[str] = None) -> Dict[str, Any]:
+def convert_dict(config: Dict[str, Any], base_dir: PathLike = ".", file: Optional[str] = None,
+                 keys: Optional[KeyMap] = None) -> Dict[str, Any]:
     """Check and translate an in-memory DeePMD input dict (see :func:`convert`)."""
-    return to_native(check_keys(config, file=file), base_dir=base_dir, file=file)
+    if keys is not None:
+        keys.separator = "/"  # DeePMD's spelling of key paths, for every error about the input
+    checked = check_keys(config, file=file)
+    native = to_native(checked, base_dir=base_dir, file=file)
+    if keys is not None:
+        from mlpot.config._deepmd_origins import key_origins
+
+        key_origins(checked, native, keys)
+    return native
 
 
-def convert(path: PathLike) -> Dict[str, Any]:
+def convert(path: PathLike, keys: Optional[KeyMap] = None) -> Dict[str, Any]:
     """Read a DeePMD-kit ``input.json``/``.yaml`` and return the native config dict.
 
     Raises :class:`ConfigError` naming the file and key path for unknown keys (with a suggestion)
-    and for features not built yet (``not supported yet: <key path>``).
+    and for features not built yet (``not supported yet: <key path>``). ``keys``, when given,
+    receives the native key -> input key translations (:mod:`mlpot.config._deepmd_origins`).
     """
     path = Path(path)
-    return convert_dict(load_file(path), base_dir=path.resolve().parent, file=str(path))
+    if keys is not None:
+        keys.separator = "/"  # DeePMD's spelling of key paths, for every error about the input
+    return convert_dict(load_file(path), base_dir=path.resolve().parent, file=str(path), keys=keys)
 
 
 if __name__ == "__main__":  # pragma: no cover - regenerates docs/deepmd_keys.md tables

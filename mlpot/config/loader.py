@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import os
 import typing
 from pathlib import Path
@@ -27,28 +28,57 @@ __all__ = ["load_config", "validate_config", "read_yaml"]
 PathLike = Union[str, os.PathLike]
 
 
-def read_yaml(path: PathLike) -> Dict[str, Any]:
+def read_yaml(path: PathLike, finite: bool = True) -> Dict[str, Any]:
     """The mapping in a YAML (or, by its ``.json`` suffix, JSON) config file.
 
-    A missing file, a syntax error (with line and column) or a top level that is not a mapping
-    raises ConfigError naming the file. Every config front-end reads its files through here.
+    A missing file, a directory, a binary or empty file, a syntax error (with line and column), a
+    top level that is not a mapping or (``finite``) a number that is not finite (``NaN``, ``.inf``)
+    raises ConfigError naming the file (and the key). Every config front-end reads its files through here.
     """
     path = Path(path)
+    kind = "JSON" if path.suffix.lower() == ".json" else "YAML"
+    if path.is_dir():
+        raise ConfigError("a directory, not a config file", file=str(path))
+    if not path.exists():
+        raise ConfigError("file not found", file=str(path))
     try:
-        text = path.read_text()
+        raw = path.read_bytes()
     except OSError as exc:
         raise ConfigError(f"cannot read config: {exc.strerror}", file=str(path)) from None
     try:
-        data = json.loads(text) if path.suffix.lower() == ".json" else yaml.safe_load(text)
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"not a text file (byte {exc.start} is not UTF-8): expected a {kind} config",
+                          file=str(path)) from None
+    if not text.strip():
+        raise ConfigError(f"empty file: expected a {kind} config", file=str(path))
+    try:
+        data = json.loads(text) if kind == "JSON" else yaml.safe_load(text)
     except json.JSONDecodeError as exc:
         raise ConfigError(f"invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}", file=str(path)) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         raise ConfigError(f"invalid YAML{where}: {getattr(exc, 'problem', exc)}", file=str(path)) from None
+    if data is None:  # only comments
+        raise ConfigError(f"empty file (comments only): expected a {kind} config", file=str(path))
     if not isinstance(data, dict):
         raise ConfigError(f"expected a mapping at the top level, got {type(data).__name__}", file=str(path))
+    if finite:
+        _check_finite(data, [], str(path))
     return data
+
+
+def _check_finite(value: Any, key: list, file: str) -> None:
+    """No config key takes NaN or infinity (JSON ``NaN``/``Infinity``, YAML ``.nan``/``.inf``)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"expected a finite number, got {value}", file=file, key=key or None)
+    if isinstance(value, dict):
+        for name, item in value.items():
+            _check_finite(item, key + [str(name)], file)
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            _check_finite(item, key + [index], file)
 
 
 def _model_classes(annotation) -> list:

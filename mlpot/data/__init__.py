@@ -12,7 +12,7 @@ Public interface (see docs/data.md):
 * :func:`compute_statistics` — energy bias, forces RMS, neighbour statistics, cached on disk.
 """
 
-from mlpot.data.batching import MIN_SANE_DISTANCE, AtomsDataset, collate, concat_frame_lists
+from mlpot.data.batching import MIN_SANE_DISTANCE, AtomsDataset, check_distances, collate, concat_frame_lists
 from mlpot.data.frames import FrameList, numbers_from_type_map
 from mlpot.data.io import FORMATS, detect_format, merge_type_maps, read_frames, read_systems, write_frames
 from mlpot.data.neighbors import build_sel_matrix, edge_vectors, neighbor_counts, neighbor_list
@@ -24,7 +24,7 @@ __all__ = [
     "FrameList", "numbers_from_type_map",
     "FORMATS", "detect_format", "read_frames", "read_systems", "write_frames", "merge_type_maps",
     "neighbor_list", "edge_vectors", "build_sel_matrix", "neighbor_counts",
-    "AtomsDataset", "collate", "concat_frame_lists", "MIN_SANE_DISTANCE",
+    "AtomsDataset", "collate", "concat_frame_lists", "MIN_SANE_DISTANCE", "check_distances",
     "SystemSampler", "EpochSampler", "TaskSampler", "resolve_batch_sizes", "system_probabilities",
     "task_probabilities",
     "DatasetStatistics", "compute_statistics", "energy_bias_lstsq", "auto_sel",

@@ -8,7 +8,6 @@ the first dimension, frame-level keys stacked) with ``BATCH``, ``PTR`` and ``N_A
 
 from __future__ import annotations
 
-import warnings
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
@@ -17,14 +16,63 @@ import torch
 from mlpot.data import keys as K
 from mlpot.data.frames import FrameList
 from mlpot.data.neighbors import neighbor_list
+from mlpot.errors import DataError
 
-__all__ = ["AtomsDataset", "collate", "MIN_SANE_DISTANCE"]
+__all__ = ["AtomsDataset", "collate", "MIN_SANE_DISTANCE", "closest_pair", "check_distances"]
 
-# Å; closer atoms are almost surely a unit or parsing error (H2 bond: 0.74 Å)
-MIN_SANE_DISTANCE = 0.5
+# Å; closer atoms are a unit, parsing or duplication error, never physics (H2 bond: 0.74 Å); two
+# atoms on one site give NaN descriptors (0/0) and a NaN model, so they are refused, not warned about
+MIN_SANE_DISTANCE = 0.3
 
 # inputs that have a physical default when a frame lacks them (MACE-SCF: neutral, no field)
 _DEFAULT_ZERO_INPUTS = (K.TOTAL_CHARGE, K.EXTERNAL_FIELD)
+
+
+def closest_pair(positions: np.ndarray, cell: np.ndarray, edge_index: np.ndarray, shifts: np.ndarray):
+    """(distance Å, i, j) of the closest pair of an edge list (periodic images included), or None."""
+    if not edge_index.shape[1]:
+        return None
+    vectors = positions[edge_index[1]] - positions[edge_index[0]] + shifts @ cell
+    distances = np.sqrt((vectors ** 2).sum(1))
+    k = int(np.argmin(distances))
+    return float(distances[k]), int(edge_index[0, k]), int(edge_index[1, k])
+
+
+def _too_close(frame: dict, found, min_distance: float, type_map: Sequence[str], file, index: int) -> None:
+    if found is None or not found[0] < min_distance:
+        return
+    distance, i, j = found
+    types = frame[K.ATOM_TYPES]
+    name = (lambda a: f"atom {a} ({type_map[int(types[a])]})") if len(type_map) > int(max(types[i], types[j])) \
+        else (lambda a: f"atom {a}")
+    raise DataError(f"{name(min(i, j))} and {name(max(i, j))} are {distance:.4f} Å apart, closer than "
+                    f"min_distance = {min_distance:g} Å (duplicated atoms or wrong units?); fix the data or lower "
+                    "min_distance (native data.min_distance, --min-distance)", file=file, frame=index)
+
+
+def check_distances(frames: Sequence[dict], min_distance: float = MIN_SANE_DISTANCE, *,
+                    type_map: Optional[Sequence[str]] = None) -> None:
+    """DataError naming the file, frame and the two atoms of the first frame with two atoms closer
+    than ``min_distance`` (Å; 0 turns the check off). A neighbour list at ``min_distance`` per frame:
+    cheap, and all the frames are checked before a run starts."""
+    if not min_distance > 0:
+        return
+    type_map = list(type_map if type_map is not None else getattr(frames, "type_map", []))
+    for index, frame in enumerate(frames):
+        edge_index, shifts = neighbor_list(frame[K.POSITIONS], frame[K.CELL], frame[K.PBC], min_distance)
+        file, local = _frame_origin(frames, index)
+        _too_close(frame, closest_pair(frame[K.POSITIONS], frame[K.CELL], edge_index, shifts), min_distance,
+                   type_map, file, local)
+
+
+def _frame_origin(frames: Sequence[dict], index: int):
+    """(source file, frame index in it) of frame ``index``, local to its system after concatenation."""
+    offsets = getattr(frames, "offsets", None)
+    sources = getattr(frames, "sources", [])
+    if offsets and len(sources) == len(offsets) - 1:
+        system = int(np.searchsorted(offsets, index, side="right")) - 1
+        return sources[system], index - offsets[system]
+    return getattr(frames, "source", None) or "dataset", index
 
 
 class AtomsDataset(torch.utils.data.Dataset):
@@ -33,34 +81,37 @@ class AtomsDataset(torch.utils.data.Dataset):
     frames: a list of frames (e.g. a :class:`FrameList`, or several concatenated); ``type_map`` and
     ``source`` are taken from it when present. Items are new dicts (the frames are not modified)
     holding the frame's arrays plus ``EDGE_INDEX`` (2, n_edges), ``EDGE_SHIFTS`` (n_edges, 3) and
-    ``FRAME_ID`` () = the index in this dataset. ``warn_distance`` (Å) warns once per frame about
-    atoms closer than that.
+    ``FRAME_ID`` () = the index in this dataset. Two atoms closer than ``min_distance`` (Å, default
+    :data:`MIN_SANE_DISTANCE`; 0: no check) are a DataError naming the file, frame and atoms, raised
+    when the frame's neighbour list is built (:meth:`check_distances` checks every frame at once).
+    ``warn_distance`` is the former name of ``min_distance``.
     """
 
     def __init__(self, frames: Sequence[dict], cutoff: float, *, type_map: Optional[Sequence[str]] = None,
-                 warn_distance: float = MIN_SANE_DISTANCE):
+                 min_distance: float = MIN_SANE_DISTANCE, warn_distance: Optional[float] = None):
         self.frames = frames
         self.cutoff = float(cutoff)
         self.type_map = list(type_map if type_map is not None else getattr(frames, "type_map", []))
         self.source = getattr(frames, "source", None)
-        self.warn_distance = warn_distance
+        self.min_distance = float(min_distance if warn_distance is None else warn_distance)
         self._edges: List[Optional[tuple]] = [None] * len(frames)
 
     def __len__(self) -> int:
         return len(self.frames)
+
+    def check_distances(self) -> "AtomsDataset":
+        """Check every frame for atoms closer than ``min_distance`` (see :func:`check_distances`)."""
+        check_distances(self.frames, self.min_distance, type_map=self.type_map)
+        return self
 
     def edges(self, index: int):
         """(edge_index (2, E) int64, shifts (E, 3) float64) of frame ``index``; computed once."""
         if self._edges[index] is None:
             frame = self.frames[index]
             edge_index, shifts = neighbor_list(frame[K.POSITIONS], frame[K.CELL], frame[K.PBC], self.cutoff)
-            if edge_index.shape[1]:
-                vectors = (frame[K.POSITIONS][edge_index[1]] - frame[K.POSITIONS][edge_index[0]]
-                           + shifts @ frame[K.CELL])
-                closest = float(np.sqrt((vectors ** 2).sum(1).min()))
-                if closest < self.warn_distance:
-                    warnings.warn(f"{self._where(index)}: atoms only {closest:.3f} Å "
-                                  f"apart (below {self.warn_distance} Å); check units and positions")
+            if self.min_distance > 0:
+                found = closest_pair(frame[K.POSITIONS], frame[K.CELL], edge_index, shifts)
+                _too_close(frame, found, self.min_distance, self.type_map, *_frame_origin(self.frames, index))
             # cached compactly (int32 indices, int16 shifts: 14 instead of 40 bytes per edge;
             # 0.24 MB instead of 0.68 MB per 192-atom water frame at 6 Å)
             compact_index = edge_index.astype(np.int32) if len(frame[K.POSITIONS]) < 2**31 else edge_index
@@ -68,15 +119,6 @@ class AtomsDataset(torch.utils.data.Dataset):
             self._edges[index] = (compact_index, compact_shifts)
         edge_index, shifts = self._edges[index]
         return edge_index.astype(np.int64), shifts.astype(np.float64)
-
-    def _where(self, index: int) -> str:
-        """'<source>: frame <k>' for frame ``index``, local to its system after concatenation."""
-        offsets = getattr(self.frames, "offsets", None)
-        sources = getattr(self.frames, "sources", [])
-        if offsets and len(sources) == len(offsets) - 1:
-            system = int(np.searchsorted(offsets, index, side="right")) - 1
-            return f"{sources[system]}: frame {index - offsets[system]}"
-        return f"{self.source or 'dataset'}: frame {index}"
 
     def precompute(self, progress: bool = False) -> "AtomsDataset":
         """Build every neighbour list now (e.g. before forking DataLoader workers, whose caches

@@ -139,6 +139,9 @@ def read_systems(paths: Union[str, Path, Sequence[Union[str, Path]]], fmt: Optio
         else:
             expanded.append(path)
     systems = [read_frames(p, fmt, type_map=type_map, key_map=key_map, skip=skip) for p in expanded]
+    for path, system in zip(expanded, systems):
+        if len(system) == 0:
+            raise DataError("holds no frame (an empty file or system)", file=path)
     if type_map is None:
         common = merge_type_maps([s.type_map for s in systems])
         for system in systems:

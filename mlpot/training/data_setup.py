@@ -36,14 +36,14 @@ from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Un
 import numpy as np
 import torch
 
-from mlpot.data import (AtomsDataset, EpochSampler, SystemSampler, TaskSampler, collate, read_systems,
-                        resolve_batch_sizes, task_probabilities)
+from mlpot.data import (MIN_SANE_DISTANCE, AtomsDataset, EpochSampler, SystemSampler, TaskSampler, collate,
+                        read_systems, resolve_batch_sizes, task_probabilities)
 from mlpot.data import keys as K
 from mlpot.data.batching import concat_frame_lists
 from mlpot.data.frames import FrameList
 from mlpot.data.splits import split_indices
 from mlpot.data.stat_file import StatisticsFile
-from mlpot.errors import ConfigError
+from mlpot.errors import ConfigError, DataError
 
 from mlpot.training.schema import DataConfig, DataSection, NativeConfig
 
@@ -170,11 +170,13 @@ def _split_part(systems, split) -> FrameList:
     return FrameList([frames[i] for i in indices], frames.type_map, source=frames.source, sources=[])
 
 
-def _dataset(probe: DataProbe, type_map, cutoff: float, skip=()):
+def _dataset(probe: DataProbe, type_map, cutoff: float, skip=(), min_distance: float = MIN_SANE_DISTANCE):
+    """The systems of ``probe`` as one AtomsDataset, every frame checked for atoms closer than ``min_distance``."""
     systems = probe.systems(type_map, skip)
     sizes = [len(s) for s in systems]
     n_atoms = [int(round(np.mean([len(f[K.POSITIONS]) for f in s]))) for s in systems]
-    return systems, AtomsDataset(concat_frame_lists(systems), cutoff, type_map=type_map), sizes, n_atoms
+    dataset = AtomsDataset(concat_frame_lists(systems), cutoff, type_map=type_map, min_distance=min_distance)
+    return systems, dataset.check_distances(), sizes, n_atoms
 
 
 def _sampler(section: DataSection, sizes, n_atoms, seed: int, shuffle: bool):
@@ -243,13 +245,14 @@ def _probe(data_config: DataConfig, seed: int) -> DataProbe:
 
 
 def model_statistics(model: torch.nn.Module, samples, store: Optional[StatisticsFile], identity,
-                     log: Callable[[str], None] = lambda line: None) -> None:
+                     log: Callable[[str], None] = lambda line: None, data_key: str = "data.train") -> None:
     """``model.compute_statistics(samples)``, or the same result read from the statistics file.
 
     The record holds the model state entries that the statistics change (env-matrix mean/std,
     output biases, network centring...), under a hash of ``identity`` (the model section,
     precision, data files, statistics sample and seed), so a changed model or dataset never
-    reuses stale statistics. In ``read`` mode a missing record is a ConfigError.
+    reuses stale statistics. In ``read`` mode a missing record is a ConfigError. Statistics that are
+    not finite (absurd labels) are a DataError at ``data_key``: never trained on, never stored.
     """
     name = None
     if store is not None:
@@ -266,6 +269,10 @@ def model_statistics(model: torch.nn.Module, samples, store: Optional[Statistics
                               "(run once with stat_file_mode 'update')", key="data.stat_file")
     before = {k: v.detach().clone() for k, v in model.state_dict().items()}
     model.compute_statistics(samples)
+    for entry, value in model.state_dict().items():
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            raise DataError(f"the model's statistics of the training data are not finite ({entry!r}): check the "
+                            "labels (values of absurd size?) and the positions", key=data_key)
     if name is not None:
         changed = {k: v.detach().cpu().numpy() for k, v in model.state_dict().items() if not torch.equal(v, before[k])}
         store.write(name, changed)
@@ -287,7 +294,7 @@ def _datasets(model, probe: DataProbe, data_config: DataConfig, seed: int, devic
     data_stat_nbatch, 10 by default)."""
     cutoff = float(data_config.cutoff or model.cutoff)
     skip = tuple(key for key in _OPTIONAL_INPUTS if key not in model.input_keys)
-    _, train, sizes, n_atoms = _dataset(probe, list(model.type_map), cutoff, skip)
+    _, train, sizes, n_atoms = _dataset(probe, list(model.type_map), cutoff, skip, data_config.min_distance)
     sampler = _sampler(data_config.train, sizes, n_atoms, seed, shuffle=True)
     data = TrainingData(model, train, sampler, device=device)
     held_out = probe.held_out(list(model.type_map), skip)
@@ -298,12 +305,14 @@ def _datasets(model, probe: DataProbe, data_config: DataConfig, seed: int, devic
         data.valid_sampler = _sampler(section.model_copy(update={"sampler": "epoch"}), [len(held_out)], n_valid_atoms,
                                       seed + 1, shuffle=False)
     elif data_config.valid is not None:
-        _, valid, vsizes, vatoms = _dataset(DataProbe(data_config.valid), list(model.type_map), cutoff, skip)
+        _, valid, vsizes, vatoms = _dataset(DataProbe(data_config.valid), list(model.type_map), cutoff, skip,
+                                            data_config.min_distance)
         data.valid = valid
         data.valid_sampler = _sampler(data_config.valid, vsizes, vatoms, seed + 1, shuffle=False)
         data.numb_btch = data_config.valid.numb_btch
     if data_config.test is not None:
-        _, data.test, tsizes, tatoms = _dataset(DataProbe(data_config.test), list(model.type_map), cutoff, skip)
+        _, data.test, tsizes, tatoms = _dataset(DataProbe(data_config.test), list(model.type_map), cutoff, skip,
+                                              data_config.min_distance)
         data.test_sampler = EpochSampler(sum(tsizes), resolve_batch_sizes(data_config.test.batch_size,
                                                                           [max(1, int(np.mean(tatoms)))])[0], shuffle=False)
     n_batches = int(getattr(model, "statistics_batches", 10))
@@ -384,6 +393,6 @@ def _build_multi_task_data(config: NativeConfig, family, dtype: torch.dtype, wit
         # one record for the whole model, in the first task's statistics file
         store = next((_stat_file(task.data) for task in config.tasks.values() if task.data.stat_file), None)
         identity = {name: _statistics_identity(config, model, task.data, samples[name]) for name, task in config.tasks.items()}
-        model_statistics(model, samples, store, identity, log)
+        model_statistics(model, samples, store, identity, log, data_key="tasks")
     model.to(device)
     return MultiTaskData(model, tasks, sampler)

@@ -98,6 +98,8 @@ class DataConfig(Strict):
     stat_file_mode: Literal["update", "read"] = Field(
         "update", description="update: read what is there, write what is missing; read: never write (the "
         "statistics must be there)")
+    min_distance: float = Field(0.3, ge=0, description="Å (mlpot.data.MIN_SANE_DISTANCE): two atoms of a frame closer than this are a data error "
+                                "naming the file, frame and atoms (duplicated atoms, wrong units); 0: no check")
     valid_fraction: Optional[float] = Field(None, gt=0, lt=1, description="hold out this fraction of the training "
                                             "frames for validation (MACE's split, see data_setup.split_frames)")
     split_seed: Optional[int] = Field(None, description="seed of the valid_fraction split (default: the config seed)")
@@ -325,7 +327,7 @@ class CheckpointConfig(Strict):
 
 class NativeConfig(Strict):
     family: Optional[str] = None
-    seed: int = 0
+    seed: int = Field(0, ge=0, description="random seed (numpy and the samplers need a non-negative one)")
     dtype: Literal["float32", "float64"] = "float64"
     output_dir: str = "."
     model: Dict[str, Any]

@@ -3,9 +3,10 @@
 One step: draw the global batch (sampler), keep this rank's share, predict (forces/virial by
 autograd through ``mlpot.models.derivatives``), loss = Σ prefactor · term (prefactors may follow
 lr / start_lr, DeePMD), backward, sum gradients over ranks, clip, optimizer and lr-scheduler step,
-EMA update. A non-finite loss skips the update (logged and counted; training stops after
-``training.max_nonfinite`` such steps). Steps are counted from 0; DeePMD's displayed step is
-``step + 1``.
+EMA update. A non-finite loss (or gradient) skips the update (logged with its first non-finite
+term and counted); training stops with an error naming the step and that term after
+``training.max_nonfinite`` such steps, or at the end of a run in which no step updated the model.
+Steps are counted from 0; DeePMD's displayed step is ``step + 1``.
 
 Display (step 1, every ``logging.disp_freq`` steps and the last): lcurve.out row (training values
 of the current batch, or with ``logging.disp_avg`` their mean over the steps since the previous
@@ -42,7 +43,7 @@ from typing import Dict, List, Optional
 import numpy as np
 import torch
 
-from mlpot.errors import CheckpointError, MlpotError
+from mlpot.errors import CheckpointError, ConfigError
 from mlpot.models.output_bias import energy_bias, refit_energy_bias
 from mlpot.training.checkpoint import (CheckpointManager, load_checkpoint, restore_trainer_state, save_checkpoint,
                                        trainer_state)
@@ -65,8 +66,9 @@ __all__ = ["Trainer", "TrainingStopped", "predict"]
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
-class TrainingStopped(MlpotError, RuntimeError):
-    """Training stopped on purpose (too many non-finite losses)."""
+class TrainingStopped(ConfigError):
+    """Training stopped on purpose (too many non-finite losses); names the step and the first
+    non-finite loss term (a ConfigError at ``training.max_nonfinite``: the config file is named)."""
 
 
 class Trainer:
@@ -110,6 +112,7 @@ class Trainer:
         self.ema = ExponentialMovingAverage(self.model, config.ema.decay, config.ema.warmup) if config.ema else None
         self.step, self.epoch, self.nonfinite, self.stage_index = 0, 0, 0, -1
         self.early_stopping = EarlyStopping(config.training.patience)
+        self.first_nonfinite: Optional[tuple] = None  # (step, loss term) of the first skipped step
         self.last_task = self.task_names[0]
         if checkpoint is not None:
             restore_trainer_state(self, checkpoint, restart)
@@ -184,16 +187,13 @@ class Trainer:
     def _reduced(self, value: torch.Tensor) -> float:
         return float(self.dist.sum(value)) if self.dist.enabled else float(value.detach())
 
-    def _update(self, task: str, head: torch.nn.Module, total: torch.Tensor, finite: bool) -> None:
-        """Backward to the parameters only, gradient sum over ranks, clipping, optimizer and EMA step."""
+    def _update(self, task: str, head: torch.nn.Module, total: torch.Tensor, nonfinite: Optional[str]) -> None:
+        """Backward to the parameters only, gradient sum over ranks, clipping, optimizer and EMA step.
+        ``nonfinite``: the first non-finite loss term of this step (None when the loss is finite); such
+        a step, or one whose gradients are not finite, makes no update and is counted."""
         self.optimizer.zero_grad(set_to_none=True)
         trainable = [p for p in head.parameters() if p.requires_grad]
-        if not finite:
-            self.nonfinite += 1
-            self.log.debug(f"non-finite loss at step {self.step + 1}: update skipped ({self.nonfinite} so far)", warning=True)
-        elif not trainable:  # a multi-task head whose own parameters are all frozen
-            self.log.debug(f"step {self.step + 1}: task {task!r} has no trainable parameter, nothing to update")
-        else:
+        if nonfinite is None and trainable:
             # gradients of the parameters only: without ``inputs`` autograd also back-propagates
             # the force loss to the positions (and strain) leaves, through the second derivatives
             # of the environment; skipping that is 5-6 % of a water se_e2_a step
@@ -201,11 +201,34 @@ class Trainer:
             # only this task's head: the other heads keep no gradient, so Adam leaves them (and
             # their moments) untouched, on one rank or many (all ranks draw the same task)
             self.dist.sum_gradients(list(head.parameters()))
+            grads = [p.grad for p in trainable if p.grad is not None]
             if self.config.training.clip_grad_norm is not None:
-                torch.nn.utils.clip_grad_norm_(head.parameters(), self.config.training.clip_grad_norm)
+                norm = torch.nn.utils.clip_grad_norm_(head.parameters(), self.config.training.clip_grad_norm)
+            else:
+                norm = torch.nn.utils.get_total_norm(grads) if grads else torch.zeros(())
+            if not bool(torch.isfinite(norm)):
+                nonfinite = "the gradient"
+        if nonfinite is not None:
+            self.optimizer.zero_grad(set_to_none=True)
+            self.nonfinite += 1
+            if self.first_nonfinite is None:
+                self.first_nonfinite = (self.step + 1, nonfinite)
+            self.log.debug(f"non-finite loss at step {self.step + 1}: update skipped ({self.nonfinite} so far; "
+                           f"first non-finite term: {nonfinite})", warning=True)
+        elif not trainable:  # a multi-task head whose own parameters are all frozen
+            self.log.debug(f"step {self.step + 1}: task {task!r} has no trainable parameter, nothing to update")
+        else:
             self.optimizer.step()
             if self.ema is not None:
                 self.ema.update(self.model)
+
+    @staticmethod
+    def _first_nonfinite(weighted: Dict[str, torch.Tensor], total: float) -> Optional[str]:
+        """Name of the first loss term that is not finite ('the total' when only their sum is not), or None."""
+        if math.isfinite(total):
+            return None
+        return next((name for name, value in weighted.items() if not math.isfinite(float(value.detach()))),
+                    "the total")
 
     def train_step(self, metrics: bool = True) -> Dict[str, float]:
         """One optimisation step on the next global batch; returns display values of this batch
@@ -221,8 +244,8 @@ class Trainer:
         pred = loss.prepare(predict(head, batch, loss.labels, create_graph=True), batch)
         total, weighted, _ = loss(pred, batch, self._lr_ratio(), reduce=self.dist.sum if self.dist.enabled else None)
         global_total = self._reduced(total)
-        finite = math.isfinite(global_total)
-        self._update(task, head, total, finite)
+        skipped = self.nonfinite
+        self._update(task, head, total, self._first_nonfinite(weighted, global_total))
         if not self.optimizer_setup.plateau:
             self.scheduler.step()
         self.step += 1
@@ -240,9 +263,12 @@ class Trainer:
                     values.update(self.tasks.keys(other, self.tasks.batch_values(other, self.losses[other],
                                                                                  self._lr_ratio(), self.dist)))
         values.update(loss=global_total, lr=lr)
-        if not finite and self.nonfinite > self.config.training.max_nonfinite:
+        if self.nonfinite > skipped and self.nonfinite > self.config.training.max_nonfinite:
+            first_step, first_term = self.first_nonfinite
             raise TrainingStopped(f"stopped after {self.nonfinite} steps with a non-finite loss "
-                                  f"(training.max_nonfinite = {self.config.training.max_nonfinite})")
+                                  f"(training.max_nonfinite = {self.config.training.max_nonfinite}), at step "
+                                  f"{self.step}; the first was step {first_step}, term {first_term} (check the data "
+                                  "labels, the learning rate and the loss prefactors)", key="training.max_nonfinite")
         return values
 
     def validate(self) -> Optional[Dict[str, float]]:
@@ -280,7 +306,7 @@ class Trainer:
         valid_freq = cfg.training.valid_freq or cfg.logging.disp_freq
         last: Dict[str, float] = {}
         window = WindowMean() if cfg.logging.disp_avg else None  # disp_avg: metrics averaged over the window
-        start_time, start_step = time.perf_counter(), self.step
+        start_time, start_step, start_skipped = time.perf_counter(), self.step, self.nonfinite
         if self.step < self.total_steps and any(energy_bias(h) is not None for h in self.heads.values()):
             self.log.write("energy bias refit after the last step (change_bias_after_training): " + (
                 "on" if cfg.training.change_bias_after_training else
@@ -327,6 +353,12 @@ class Trainer:
                         self.log.write(f"stopping after step {self.step}: {self.monitor.stop_reason}")
                     break
             self.log.profile(None)
+            if self.step > start_step and self.nonfinite - start_skipped == self.step - start_step:
+                first_step, first_term = self.first_nonfinite
+                raise TrainingStopped(f"no step of this run updated the model: all {self.step - start_step} had a "
+                                      f"non-finite loss (the first at step {first_step}, term {first_term}); check "
+                                      "the data labels, the learning rate and the loss prefactors",
+                                      key="training.max_nonfinite")
             if cfg.training.change_bias_after_training and self.dist.is_main:
                 self.change_energy_bias()
                 self.save()

@@ -10,9 +10,10 @@ their neutral value (DeePMD's default, which requests nothing).
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional, Sequence, Union
+from typing import Annotated, Any, Dict, List, Optional, Sequence, Union
 
 import torch
+from pydantic import Field
 
 from mlpot.data.statistics import auto_sel
 from mlpot.errors import ConfigError, suggest
@@ -26,7 +27,7 @@ __all__ = ["DESCRIPTOR_KEYS", "DESCRIPTOR_ALIASES", "FITTING_KEYS", "STANDARD_KE
            "check_model_section"]
 
 Number = float
-Neurons = List[int]
+Neurons = List[Annotated[int, Field(ge=1)]]  # layer widths
 
 # ---- descriptors (model/descriptor) -----------------------------------------------------------------
 _SMOOTH_ENV: Dict[str, Key] = {
@@ -246,6 +247,8 @@ def _typed_table(section: Any, tables: Dict[str, Dict[str, Key]], aliases: Dict[
     if not isinstance(section, dict):
         raise ConfigError(f"expected a mapping, got {type(section).__name__}", key=path)
     kind = section.get("type", default)
+    if not isinstance(kind, str):
+        raise ConfigError(f"expected a type name, got {kind!r}", key=f"{path}/type")
     kind = aliases.get(kind, kind)
     if kind in unbuilt:
         raise ConfigError(f"not supported yet: {path}/type={kind}", key=f"{path}/type")
@@ -259,6 +262,11 @@ def _typed_table(section: Any, tables: Dict[str, Dict[str, Key]], aliases: Dict[
 def _check_descriptor(section: Any, path: str) -> None:
     table = _typed_table(section, DESCRIPTOR_KEYS, DESCRIPTOR_ALIASES, UNBUILT_DESCRIPTORS, None, path)
     values = read_section(section, path, table, "DescriptorSection")
+    rcut, rcut_smth = values.get("rcut"), values.get("rcut_smth")
+    if rcut is not None and not rcut > 0:
+        raise ConfigError(f"must be > 0 Å, got {rcut}", key=f"{path}/rcut")
+    if rcut is not None and rcut_smth is not None and not rcut_smth < rcut:
+        raise ConfigError(f"must be smaller than rcut ({rcut} Å), got {rcut_smth}", key=f"{path}/rcut_smth")
     for index, member in enumerate(values.get("list", []) if table is HYBRID else []):
         _check_descriptor(member, f"{path}/list[{index}]")
 
@@ -269,6 +277,8 @@ def check_model_section(config: Any, path: str = "model") -> None:
     if not isinstance(config, dict):
         raise ConfigError(f"expected a mapping, got {type(config).__name__}", key=path)
     kind = config.get("type", "standard")
+    if not isinstance(kind, str):
+        raise ConfigError(f"expected a model type name, got {kind!r}", key=f"{path}/type")
     if kind in UNBUILT_MODELS:
         raise ConfigError(f"not supported yet: {path}/type={kind}", key=f"{path}/type")
     if kind not in MODEL_TYPE_KEYS:
