@@ -30,6 +30,9 @@ COMMANDS = {
     "change-bias": ("mlpot.commands.change_bias", "change or set the per-type energy bias of a model from data or values (dp change-bias)"),
     "model-devi": ("mlpot.commands.model_devi", "model deviation of an ensemble (DeePMD-kit's dp model-devi, model_devi.out)"),
     "neighbor-stat": ("mlpot.commands.neighbor_stat", "min neighbour distance and max neighbours per type (dp neighbor-stat)"),
+    "md": ("mlpot.commands.md", "molecular dynamics with ASE (NVE, NVT, NPT): log, extxyz trajectory, energy drift, throughput"),
+    "compile": ("mlpot.commands.compile", "compile a model (torch.export + AOTInductor, .pt2) for fast MD in ASE and LAMMPS"),
+    "lammps": ("mlpot.commands.lammps", "run a model in LAMMPS (fix external), or write an example input / ML-IAP adapter"),
 }
 
 

@@ -10,6 +10,9 @@
 * ``mlpot plot parity PREFIX [--output PNG]``: reads ``PREFIX.e_peratom.out`` / ``.f.out`` /
   ``.v_peratom.out`` / ``.s.out`` (written by ``mlpot test --detail PREFIX``) and draws predicted
   against reference with the RMSE in each panel's title.
+* ``mlpot plot md LOG [--output PNG]``: an ``mlpot md`` log as two panels against time (ps): the
+  total energy per atom relative to its first value (meV/atom), with the least-squares drift line
+  and its slope (eV/atom/ps) in the title, and the temperature.
 
 matplotlib is used with the non-interactive Agg backend (no display needed).
 """
@@ -40,6 +43,9 @@ def add_arguments(parser) -> None:
     parity = sub.add_parser("parity", help="predicted vs reference from `mlpot test --detail PREFIX` files")
     parity.add_argument("prefix", help="detail-file prefix (e.g. detail for detail.f.out)")
     parity.add_argument("--output", "-o", type=Path, default=None, help="output PNG (default PREFIX.parity.png)")
+    md = sub.add_parser("md", help="total energy and temperature against time from an `mlpot md` log")
+    md.add_argument("log", type=Path, help="log written by mlpot md")
+    md.add_argument("--output", "-o", type=Path, default=None, help="output PNG (default <log stem>.png)")
 
 
 def _pyplot():
@@ -195,9 +201,52 @@ def plot_parity(panels: Sequence[Tuple[str, np.ndarray, np.ndarray]], output: Pa
     return Path(output)
 
 
+def plot_md(log: Path, output: Optional[Path] = None) -> Path:
+    """E_tot per atom (relative, meV/atom) with its drift line, and T, against time; returns the path."""
+    from mlpot.calculators.md import energy_drift, read_md_log
+
+    columns = read_md_log(log)
+    if not len(columns["step"]):
+        raise DataError("no records in the md log", file=str(log))
+    output = Path(output) if output is not None else default_output(Path(log))
+    n_atoms = _md_atoms(log)
+    time_ps, total = columns["time_ps"], columns["E_tot_eV"]
+    drift = energy_drift(time_ps, total, n_atoms)
+    relative = (total - total[0]) / n_atoms * 1e3
+    plt = _pyplot()
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(7, 5.5), sharex=True)
+    top.plot(time_ps, relative, linewidth=0.8, label="E_tot")
+    fit = np.polyfit(time_ps, relative, 1) if len(time_ps) > 1 else np.array([0.0, relative[0]])
+    top.plot(time_ps, np.polyval(fit, time_ps), "k--", linewidth=0.8, label=f"drift {drift:.2e} eV/atom/ps")
+    top.set_ylabel("E_tot - E_tot(0) (meV/atom)")
+    top.set_title(f"{Path(log).name}: {n_atoms} atoms, {len(time_ps)} samples over {time_ps[-1]:g} ps", fontsize=9)
+    top.legend(fontsize=8)
+    bottom.plot(time_ps, columns["T_K"], linewidth=0.8, color="tab:red")
+    bottom.set_ylabel("T (K)")
+    bottom.set_xlabel("time (ps)")
+    fig.tight_layout()
+    fig.savefig(output, dpi=120)
+    plt.close(fig)
+    return output
+
+
+def _md_atoms(log: Path) -> int:
+    """Atom count from the log's header line ``# atoms: N`` (1 when absent: per-frame energies)."""
+    with open(log) as handle:
+        for line in handle:
+            if not line.startswith("#"):
+                break
+            match = re.match(r"#\s*atoms:\s*(\d+)", line)
+            if match:
+                return int(match.group(1))
+    return 1
+
+
 def run(args) -> int:
     if args.plot_kind == "losses":
         output = plot_losses(args.log, args.output, args.min_epoch, args.max_epoch)
+    elif args.plot_kind == "md":
+        output = plot_md(args.log, args.output)
     else:
         output = plot_parity(parity_panels(args.prefix), args.output or Path(f"{args.prefix}.parity.png"))
     print(f"wrote {output}")

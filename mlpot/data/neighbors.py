@@ -13,7 +13,7 @@ Conventions: ``edge_index[0]`` = centre i, ``edge_index[1]`` = neighbour j,
 
 from __future__ import annotations
 
-from typing import Sequence, Tuple, Union
+from typing import Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -82,46 +82,54 @@ def edge_vectors(positions: torch.Tensor, edge_index: torch.Tensor, edge_shifts:
 
 
 def build_sel_matrix(edge_index: torch.Tensor, edge_distance: torch.Tensor, neighbor_types: torch.Tensor,
-                     n_atoms: int, sel: Union[Sequence[int], int], mixed_types: bool = False
-                     ) -> Tuple[torch.Tensor, torch.Tensor]:
+                     n_atoms: int, sel: Union[Sequence[int], int], mixed_types: bool = False,
+                     valid: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor]:
     """Padded neighbour matrix of edge indices, DeePMD layout.
 
     edge_index: (2, n_edges) int64; edge_distance: (n_edges,) Å; neighbor_types: (n_edges,) int64
     type of neighbour j; n_atoms: number of centre atoms; sel: per-type slots (list) or, with
-    ``mixed_types=True``, one int.
+    ``mixed_types=True``, one int; valid: optional (n_edges,) bool, edges to consider (the others
+    are ignored: e.g. those beyond a descriptor's rcut).
     Returns ``nlist`` (n_atoms, sum(sel)) int64 of edge indices (-1 = padding) — sections in type
     order, nearest first — and ``overflow``: neighbours dropped because a section was full,
     (n_types,) int64 per neighbour type, or a 0-d tensor when ``mixed_types``. DeePMD drops them
     silently; callers should warn when ``overflow.sum() > 0``.
+
+    Every intermediate has a shape fixed by n_atoms, n_edges and sel (no boolean indexing, no
+    value read back to Python), so the function traces into a graph with dynamic sizes
+    (``mlpot compile``): dropped and ignored edges are written to one spare slot that is cut off.
     """
     device = edge_index.device
     centre = edge_index[0].long()
-    if mixed_types:
-        sel_t = torch.tensor([int(sel)], device=device)
-        group_type = torch.zeros_like(centre)
-    else:
-        sel_t = torch.as_tensor(list(sel), device=device, dtype=torch.long)
-        group_type = neighbor_types.long()
-    n_types = sel_t.numel()
-    width = int(sel_t.sum())
+    sel_list = [int(sel)] if mixed_types else [int(s) for s in sel]
+    sel_t = torch.tensor(sel_list, device=device, dtype=torch.long)
+    group_type = torch.zeros_like(centre) if mixed_types else neighbor_types.long()
+    n_types, width = len(sel_list), sum(sel_list)
+    n_groups = n_atoms * n_types
     # one sort on a composite key (group, distance): group * span + distance with span larger than
     # any distance, in float64 (exact grouping up to ~1e7 groups at 1e-9 Å resolution); three
-    # stable sorts give the same order but take 5x longer
+    # stable sorts give the same order but take 5x longer. Ignored edges go to group n_groups.
     group_of_edge = centre * n_types + group_type
     distance = edge_distance.detach().to(torch.float64)
-    span = float(distance.max()) + 1.0 if distance.numel() else 1.0
+    if valid is not None:
+        group_of_edge = torch.where(valid, group_of_edge, torch.full_like(group_of_edge, n_groups))
+        distance = torch.where(valid, distance, torch.zeros_like(distance))
+    span = torch.cat([distance, distance.new_zeros(1)]).amax() + 1.0
     order = torch.argsort(group_of_edge.to(torch.float64) * span + distance, stable=True)
-    group = group_of_edge[order]
-    counts = torch.bincount(group, minlength=n_atoms * n_types)
+    group = group_of_edge.index_select(0, order)
+    counts = torch.zeros(n_groups + 1, dtype=torch.long, device=device).index_add_(0, group, torch.ones_like(group))
     group_start = torch.cumsum(counts, 0) - counts
-    rank = torch.arange(order.numel(), device=device) - group_start[group]
-    sorted_type = group_type[order]
-    keep = rank < sel_t[sorted_type]
+    rank = torch.arange(order.numel(), device=device) - group_start.index_select(0, group)
+    sorted_type = group_type.index_select(0, order)
+    considered = group < n_groups
+    keep = (rank < sel_t.index_select(0, sorted_type)) & considered
     section_offset = torch.cumsum(sel_t, 0) - sel_t
-    column = section_offset[sorted_type] + rank
-    nlist = torch.full((n_atoms, width), -1, dtype=torch.long, device=device)
-    nlist[centre[order][keep], column[keep]] = order[keep]
-    dropped = torch.bincount(sorted_type[~keep], minlength=n_types)
+    slot = centre.index_select(0, order) * width + section_offset.index_select(0, sorted_type) + rank
+    slot = torch.where(keep, slot, torch.full_like(slot, n_atoms * width))  # the spare slot
+    nlist = torch.full((n_atoms * width + 1,), -1, dtype=torch.long, device=device).scatter_(0, slot, order)
+    nlist = nlist[: n_atoms * width].view(n_atoms, width)
+    dropped = torch.zeros(n_types, dtype=torch.long, device=device).index_add_(
+        0, sorted_type, (considered & ~keep).to(torch.long))
     return nlist, (dropped.sum() if mixed_types else dropped)
 
 

@@ -7,6 +7,7 @@ from mlpot.nn.radial import BesselBasis, GaussianBasis, PolynomialCutoff, polyno
 from mlpot.nn.registry import Registry
 from mlpot.nn.scatter import gather_rows, scatter_sum, segment_sum
 from mlpot.nn.switch import smooth_switch
+from mlpot.nn.tracing import is_tracing
 
 __all__ = [
     "ACTIVATIONS",
@@ -28,4 +29,5 @@ __all__ = [
     "scatter_sum",
     "segment_sum",
     "smooth_switch",
+    "is_tracing",
 ]

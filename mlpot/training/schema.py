@@ -60,16 +60,16 @@ class DataSection(Strict):
                              "files; empty for a validation set held out of the training data (valid_fraction)")
     format: str = Field("auto", description="auto | deepmd | deepmd/npy | deepmd/raw | deepmd/hdf5 | extxyz")
     key_map: Dict[str, Optional[str]] = Field(default_factory=dict, description="file key -> batch key (null: unread)")
-    type_map: Optional[List[str]] = None
-    set_prefix: str = "set"
+    type_map: Optional[List[str]] = Field(None, description="unused by the trainer: the model's type_map defines the types")
+    set_prefix: str = Field("set", description="DeePMD set folder prefix")
     batch_size: Union[int, List[int], str] = Field(
         "auto", description="int | list | auto | auto:N | max:N | filter:N | mixed:N (N frames across systems)")
     sampler: Literal["deepmd", "epoch"] = Field("epoch", description="deepmd: random system per step; epoch: shuffled passes")
-    auto_prob: str = "prob_sys_size"
-    sys_probs: Optional[List[float]] = None
+    auto_prob: str = Field("prob_sys_size", description="DeePMD system probabilities: prob_uniform, prob_sys_size or prob_sys_size;s:e:w;...")
+    sys_probs: Optional[List[float]] = Field(None, description="explicit system probabilities (overrides auto_prob)")
     numb_btch: int = Field(1, ge=0, validation_alias=AliasChoices("numb_btch", "numb_batch"),
                            description="validation batches per evaluation (DeePMD); 0 = all")
-    shuffle: bool = True
+    shuffle: bool = Field(True, description="shuffle the epoch sampler")
     drop_last: bool = Field(False, description="epoch sampler: leave out a last batch shorter than batch_size (MACE)")
     isolated_atoms: Literal["keep", "exclude"] = Field("keep", description="exclude: ISOLATED_ATOM frames are not "
                                                        "batched (their energies stay visible to data hooks: MACE E0s)")
@@ -86,8 +86,8 @@ class DataSection(Strict):
 
 
 class DataConfig(Strict):
-    train: DataSection
-    valid: Optional[DataSection] = None
+    train: DataSection = Field(description="the training data")
+    valid: Optional[DataSection] = Field(None, description="the validation data (optional)")
     test: Optional[DataSection] = Field(None, description="evaluated once after training (with the best checkpoint's "
                                         "weights when checkpoint.best is set)")
     cutoff: Optional[float] = Field(None, gt=0, description="neighbour cutoff override in Å (default: the model's)")
@@ -116,37 +116,37 @@ class DataConfig(Strict):
 class OptimizerGroup(Strict):
     """A parameter group: parameters whose name matches any of ``params`` (fnmatch patterns)."""
 
-    name: str
-    params: List[str] = Field(min_length=1)
-    lr: Optional[float] = Field(None, gt=0)
-    weight_decay: Optional[float] = Field(None, ge=0)
-    kwargs: Dict[str, Any] = Field(default_factory=dict)
+    name: str = Field(description="group name (train_schedule group_lr uses it)")
+    params: List[str] = Field(min_length=1, description="fnmatch patterns over parameter names")
+    lr: Optional[float] = Field(None, gt=0, description="the group's lr (default: the optimizer's)")
+    weight_decay: Optional[float] = Field(None, ge=0, description="the group's weight decay")
+    kwargs: Dict[str, Any] = Field(default_factory=dict, description="other optimizer keywords for this group")
 
 
 class OptimizerConfig(Strict):
-    name: str = "adam"
+    name: str = Field("adam", description="any torch.optim class, case-insensitive (adam, adamw, sgd, ...)")
     lr: Optional[float] = Field(None, gt=0, description="default: lr_schedule.start_lr, else 1e-3")
-    weight_decay: Optional[float] = Field(None, ge=0)
-    betas: Optional[List[float]] = Field(None, min_length=2, max_length=2)
+    weight_decay: Optional[float] = Field(None, ge=0, description="weight decay of every group")
+    betas: Optional[List[float]] = Field(None, min_length=2, max_length=2, description="Adam-style (b1, b2)")
     kwargs: Dict[str, Any] = Field(default_factory=dict, description="any other optimizer keyword")
-    groups: List[OptimizerGroup] = Field(default_factory=list)
+    groups: List[OptimizerGroup] = Field(default_factory=list, description="parameter groups; parameters matching no group form the group 'default'")
 
 
 class LRScheduleConfig(Strict):
-    type: Literal["exp", "step", "cosine", "wsd", "plateau", "constant"] = "constant"
-    start_lr: Optional[float] = Field(None, gt=0)
-    stop_lr: Optional[float] = Field(None, ge=0)
+    type: Literal["exp", "step", "cosine", "wsd", "plateau", "constant"] = Field("constant", description="exp (DeePMD), step, cosine, wsd (warmup-stable-decay), plateau or constant")
+    start_lr: Optional[float] = Field(None, gt=0, description="first lr (default: optimizer.lr)")
+    stop_lr: Optional[float] = Field(None, ge=0, description="final lr of exp, cosine and wsd (exp default 1e-8, cosine/wsd 0)")
     stop_lr_ratio: Optional[float] = Field(None, gt=0, description="stop_lr = start_lr * ratio")
-    decay_steps: int = Field(5000, ge=1)
-    decay_rate: Optional[float] = Field(None, gt=0)
-    smooth: bool = False
-    warmup_steps: int = Field(0, ge=0)
-    warmup_ratio: Optional[float] = Field(None, ge=0, lt=1)
-    warmup_start_factor: float = Field(0.0, ge=0)
+    decay_steps: int = Field(5000, ge=1, description="exp: steps between two decays")
+    decay_rate: Optional[float] = Field(None, gt=0, description="exp: decay factor (default: (stop/start)^(decay_steps/steps))")
+    smooth: bool = Field(False, description="exp: decay every step instead of in stairs")
+    warmup_steps: int = Field(0, ge=0, description="linear warm-up steps (all types but plateau)")
+    warmup_ratio: Optional[float] = Field(None, ge=0, lt=1, description="warm-up as a fraction of the steps (instead of warmup_steps)")
+    warmup_start_factor: float = Field(0.0, ge=0, description="the warm-up starts at factor * start_lr")
     decay_phase_ratio: float = Field(0.1, gt=0, le=1, description="wsd: decay phase = floor(ratio * numb_steps)")
     decay_type: Literal["inverse_linear", "cosine", "linear"] = Field("inverse_linear", description="wsd decay rule")
-    step_size: int = Field(1000, ge=1)
-    gamma: float = Field(0.5, gt=0)
+    step_size: int = Field(1000, ge=1, description="step: steps between two decays")
+    gamma: float = Field(0.5, gt=0, description="step: decay factor")
     factor: float = Field(0.5, gt=0, lt=1, description="plateau")
     patience: int = Field(10, ge=0, description="plateau, in validations")
     min_lr: float = Field(0.0, ge=0, description="plateau")
@@ -154,7 +154,7 @@ class LRScheduleConfig(Strict):
     threshold_mode: Literal["rel", "abs"] = Field("rel", description="plateau: threshold relative to the best or absolute")
     cooldown: int = Field(0, ge=0, description="plateau: validations to wait after a reduction")
     eps: float = Field(0.0, ge=0, description="plateau: reductions smaller than this are skipped")
-    scale_by_worker: Literal["linear", "sqrt", "none"] = "none"
+    scale_by_worker: Literal["linear", "sqrt", "none"] = Field("none", description="multiply the lr by the number of processes (linear), its square root, or not")
     per_epoch: bool = Field(False, description="the schedule advances once per epoch: decay_steps, step_size and "
                             "warmup_steps count epochs (MACE's ExponentialLR)")
 
@@ -163,12 +163,12 @@ class LossTerm(Strict):
     """One loss term. ``weight`` is constant; with ``start_pref``/``limit_pref`` (DeePMD) the weight
     is ``limit + (start - limit) * lr / start_lr``."""
 
-    weight: float = Field(1.0, ge=0)
-    start_pref: Optional[float] = Field(None, ge=0)
-    limit_pref: Optional[float] = Field(None, ge=0)
+    weight: float = Field(1.0, ge=0, description="constant prefactor")
+    start_pref: Optional[float] = Field(None, ge=0, description="DeePMD prefactor at the start lr: p = limit + (start - limit) * lr / start_lr")
+    limit_pref: Optional[float] = Field(None, ge=0, description="DeePMD prefactor as the lr goes to 0")
     label: Optional[str] = Field(None, description="batch key compared (default: from the term name)")
-    function: Literal["mse", "mae", "huber"] = "mse"
-    huber_delta: float = Field(0.01, gt=0)
+    function: Literal["mse", "mae", "huber"] = Field("mse", description="residual function")
+    huber_delta: float = Field(0.01, gt=0, description="huber: the quadratic-to-linear switch")
     atom_norm: Optional[Literal["none", "per_atom", "sqrt", "per_atom_sq"]] = Field(
         None, description="residual divided by 1, N, sqrt(N) or N^2 (default: from the term name)")
     relative: Optional[float] = Field(None, gt=0, description="forces: divide by |F*| + relative")
@@ -194,7 +194,7 @@ class LossTerm(Strict):
 class LossConfig(Strict):
     type: Literal["native", "ener"] = Field("native", description="ener: DeePMD normalisation and metrics")
     terms: Dict[str, LossTerm] = Field(default_factory=dict, description="name -> weight or LossTerm")
-    intensive_ener_virial: bool = False
+    intensive_ener_virial: bool = Field(False, description="ener: divide the energy and virial MSE by N^2 instead of N")
     atom_ener_coeff: bool = Field(False, description="energy compared as sum_i c_i E_i, c = atom_ener_coeff of the data")
 
     @field_validator("terms", mode="before")
@@ -210,8 +210,8 @@ class LossConfig(Strict):
 class TaskConfig(Strict):
     """One task of multi-task training: its datasets, its loss and how often it is drawn."""
 
-    data: DataConfig
-    loss: LossConfig
+    data: DataConfig = Field(description="the task's datasets")
+    loss: LossConfig = Field(description="the task's loss")
     prob: Optional[float] = Field(None, ge=0, description="relative weight of training this task in a step "
                                   "(default: its number of training systems); weights are normalised")
 
@@ -223,12 +223,12 @@ class TaskConfig(Strict):
 
 
 class TrainingConfig(Strict):
-    numb_steps: Optional[int] = Field(None, ge=1, validation_alias=AliasChoices("numb_steps", "num_steps", "max_steps"))
-    numb_epochs: Optional[int] = Field(None, ge=1, validation_alias=AliasChoices("numb_epochs", "num_epochs", "max_epochs"))
+    numb_steps: Optional[int] = Field(None, ge=1, validation_alias=AliasChoices("numb_steps", "num_steps", "max_steps"), description="run length in steps (give one of numb_steps, numb_epochs, sampler_epochs)")
+    numb_epochs: Optional[int] = Field(None, ge=1, validation_alias=AliasChoices("numb_epochs", "num_epochs", "max_epochs"), description="run length in epochs")
     sampler_epochs: Optional[float] = Field(
         None, gt=0, description="run length in passes of DeePMD's system sampler (DeePMD-kit numb_epoch): "
         "ceil(sampler_epochs * ceil(max_k nbatch_k / p_k)) steps, counted once the training data are read")
-    clip_grad_norm: Optional[float] = Field(None, gt=0, validation_alias=AliasChoices("clip_grad_norm", "gradient_max_norm"))
+    clip_grad_norm: Optional[float] = Field(None, gt=0, validation_alias=AliasChoices("clip_grad_norm", "gradient_max_norm"), description="clip the gradient 2-norm to this value")
     max_nonfinite: int = Field(100, ge=0, description="stop after this many skipped non-finite steps")
     valid_freq: Optional[int] = Field(None, ge=1, description="validate every N steps (default disp_freq)")
     valid_epochs: Optional[int] = Field(None, ge=1, description="also validate after epoch e (0-based) when "
@@ -271,9 +271,9 @@ class TrainingConfig(Strict):
 class Stage(Strict):
     """A stage of ``train_schedule``: [start, end] inclusive in training units."""
 
-    name: str
-    start: int = Field(ge=0)
-    end: int = Field(ge=0)
+    name: str = Field(description="stage name (logs)")
+    start: int = Field(ge=0, description="first step or epoch of the stage, 0-based, inclusive")
+    end: int = Field(ge=0, description="last step or epoch of the stage, inclusive")
     lr: Optional[float] = Field(None, gt=0, description="base lr of the stage (groups keep their ratios)")
     group_lr: Dict[str, float] = Field(default_factory=dict, description="optimizer group name -> lr")
     loss: Optional[Dict[str, LossTerm]] = Field(None, description="replaces loss.terms")
@@ -292,24 +292,24 @@ class Stage(Strict):
 
 
 class EMAConfig(Strict):
-    decay: float = Field(0.999, gt=0, lt=1)
+    decay: float = Field(0.999, gt=0, lt=1, description="EMA decay")
     warmup: bool = Field(True, description="effective decay min(decay, (1+n)/(10+n))")
 
 
 class LoggingConfig(Strict):
-    disp_freq: int = Field(100, ge=1)
-    lcurve: Optional[str] = "lcurve.out"
-    metrics_csv: Optional[str] = "metrics.csv"
-    debug_log: Optional[str] = "debug.log"
-    tensorboard: bool = False
-    tensorboard_log_dir: str = "tensorboard"
-    tensorboard_freq: int = Field(1, ge=1)
-    progress_bar: bool = True
-    disp_training: bool = True
+    disp_freq: int = Field(100, ge=1, description="display and lcurve row every N steps (and at step 1 and the last)")
+    lcurve: Optional[str] = Field("lcurve.out", description="DeePMD lcurve.out file name (null: off)")
+    metrics_csv: Optional[str] = Field("metrics.csv", description="metrics CSV file name (null: off)")
+    debug_log: Optional[str] = Field("debug.log", description="debug log with the per-batch loss breakdown (null: off)")
+    tensorboard: bool = Field(False, description="write TensorBoard scalars (needs tensorboard)")
+    tensorboard_log_dir: str = Field("tensorboard", description="TensorBoard folder, relative to output_dir")
+    tensorboard_freq: int = Field(1, ge=1, description="TensorBoard scalars every N steps")
+    progress_bar: bool = Field(True, description="progress bar (on a TTY)")
+    disp_training: bool = Field(True, description="print the display lines")
     disp_avg: bool = Field(False, description="training columns of lcurve.out (and the CSV/TensorBoard training "
                            "values) averaged over the steps since the previous display instead of the current "
                            "batch's values (DeePMD training/disp_avg); costs the metrics on every step")
-    time_training: bool = True
+    time_training: bool = Field(True, description="print the average step time")
     profile_file: Optional[str] = Field(None, description="write a torch.profiler Chrome trace of training "
                                         "steps 2-6 to this file (DeePMD-kit training/profiling)")
     profile_tensorboard: bool = Field(False, description="profile the same training steps with torch.profiler and "
@@ -317,29 +317,30 @@ class LoggingConfig(Strict):
 
 
 class CheckpointConfig(Strict):
-    dir: str = "."
-    prefix: str = "model.ckpt"
+    dir: str = Field(".", description="checkpoint folder, relative to output_dir")
+    prefix: str = Field("model.ckpt", description="checkpoint files are <dir>/<prefix>-<step>.pt")
     every: int = Field(1000, ge=1, description="steps")
-    keep: int = Field(5, ge=1)
+    keep: int = Field(5, ge=1, description="checkpoints kept (the oldest are deleted)")
     best: Optional[str] = Field(None, description="file (in dir) rewritten whenever the monitored validation value "
                                 "improves")
 
 
 class NativeConfig(Strict):
-    family: Optional[str] = None
-    seed: int = Field(0, ge=0, description="random seed (numpy and the samplers need a non-negative one)")
-    dtype: Literal["float32", "float64"] = "float64"
-    output_dir: str = "."
-    model: Dict[str, Any]
+    family: Optional[str] = Field(None, description="informational: the peer format the config was converted from")
+    seed: int = Field(0, ge=0, description="seeds torch, numpy, python and the samplers (validation sampler: seed + 1; "
+                      "numpy needs a non-negative one)")
+    dtype: Literal["float32", "float64"] = Field("float64", description="model precision (networks with precision: default); data are always float64")
+    output_dir: str = Field(".", description="folder of logs, checkpoints and model.pt, relative to the YAML file")
+    model: Dict[str, Any] = Field(description="the model section, typed by its family")
     data: Optional[DataConfig] = Field(None, description="required unless tasks is given")
-    optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
-    lr_schedule: LRScheduleConfig = Field(default_factory=LRScheduleConfig)
-    loss: LossConfig = Field(default_factory=LossConfig)
-    training: TrainingConfig
-    train_schedule: List[Stage] = Field(default_factory=list)
-    ema: Optional[EMAConfig] = None
-    logging: LoggingConfig = Field(default_factory=LoggingConfig)
-    checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
+    optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig, description="the torch optimizer and its parameter groups")
+    lr_schedule: LRScheduleConfig = Field(default_factory=LRScheduleConfig, description="learning-rate schedule, stepped every training step")
+    loss: LossConfig = Field(default_factory=LossConfig, description="loss terms and their prefactors")
+    training: TrainingConfig = Field(description="run length and step options")
+    train_schedule: List[Stage] = Field(default_factory=list, description="stages with their own lr, loss terms and model options (default: one stage 'train')")
+    ema: Optional[EMAConfig] = Field(None, description="exponential moving average of the weights (validation and model.pt use it)")
+    logging: LoggingConfig = Field(default_factory=LoggingConfig, description="console, lcurve.out, CSV, TensorBoard, debug log, profiler")
+    checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig, description="training checkpoints")
     tasks: Optional[Dict[str, TaskConfig]] = Field(None, description="multi-task training: task -> data, loss, prob")
     full_validation: Optional[FullValidationConfig] = Field(
         None, description="evaluate the whole validation set periodically, val.log, best checkpoints")

@@ -127,14 +127,21 @@ class InvariantFitting(torch.nn.Module):
         return torch.cat(parts, dim=-1) if len(parts) > 1 else parts[0]
 
     def net_outputs(self, inputs: torch.Tensor, types: torch.Tensor) -> torch.Tensor:
-        """Raw net outputs (n_atoms, n_out) in the net dtype, one net per type."""
+        """Raw net outputs (n_atoms, n_out) in the net dtype, one net per type.
+
+        Each type's group gets two extra rows (atom 0's inputs, added into a spare output row that
+        is cut off): its size, known only from the data, is then at least 2, so that a graph tracer
+        (``mlpot compile``) needs no guard on it in the backward's broadcasting checks.
+        """
         if self.mixed_types:
             return self.nets[0](inputs)
-        out = inputs.new_zeros(inputs.shape[0], self.n_out)
+        n_atoms = inputs.shape[0]
+        two = torch.zeros(2, dtype=torch.long, device=inputs.device)
+        out = inputs.new_zeros(n_atoms + 1, self.n_out)
         for t, atoms in enumerate(_group_by_type(types, self.n_types)):
-            if atoms.numel():
-                out = out.index_add(0, atoms, self.nets[t](gather_rows(inputs, atoms)))
-        return out
+            rows = gather_rows(inputs, torch.cat([atoms, two]))
+            out = out.index_add(0, torch.cat([atoms, two + n_atoms]), self.nets[t](rows))
+        return out[:n_atoms]
 
     def forward(self, descriptor, rot, types, frame, fparam=None, aparam=None) -> torch.Tensor:
         inputs = self._inputs(descriptor, frame, fparam, aparam)

@@ -17,7 +17,7 @@ from mlpot.data.keys import APARAM, ATOM_ENERGY, ATOM_TYPES, BATCH, CELL, EDGE_I
 from mlpot.errors import DataError
 from mlpot.models.base import AtomisticModel, edge_vectors
 from mlpot.models.output_bias import OutputBias
-from mlpot.nn import scatter_sum
+from mlpot.nn import is_tracing, scatter_sum
 
 __all__ = ["StandardModel"]
 
@@ -39,10 +39,13 @@ class StandardModel(AtomisticModel):
         for t in atom_exclude_types:
             keep[int(t)] = False
         self.register_buffer("atom_keep", keep, persistent=False)
+        self.keeps_all_types = bool(keep.all())  # a Python flag: no buffer value read in forward
         self.output_keys = (fitting.atom_key, fitting.frame_key)
 
     def _check(self, batch: Dict[str, torch.Tensor]) -> None:
         types = batch[ATOM_TYPES]
+        if is_tracing():  # a compiled model checks its inputs before the call
+            return
         if types.numel() and (int(types.max()) >= len(self.type_map) or int(types.min()) < 0):
             raise DataError(
                 f"atom type {int(types.max())} out of range for type_map {self.type_map}", key=ATOM_TYPES
@@ -55,7 +58,7 @@ class StandardModel(AtomisticModel):
         descriptor, rot = self.descriptor(batch, vectors)
         types = batch[ATOM_TYPES]
         atomic = self.fitting(descriptor, rot, types, batch[BATCH], batch.get(FPARAM), batch.get(APARAM))
-        if not bool(self.atom_keep.all()):
+        if not self.keeps_all_types:
             keep = self.atom_keep[types].to(atomic.dtype).reshape((-1,) + (1,) * (atomic.dim() - 1))
             atomic = atomic * keep
         if self.fitting.atom_key == ATOM_ENERGY:

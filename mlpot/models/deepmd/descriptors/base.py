@@ -13,7 +13,7 @@ import torch
 
 from mlpot.data.keys import ATOM_TYPES
 from mlpot.models.deepmd.descriptors.env import EnvStatistics, environment_matrix, select_neighbors
-from mlpot.nn import Registry
+from mlpot.nn import Registry, is_tracing
 
 __all__ = ["Descriptor", "DESCRIPTORS", "EnvMatrixDescriptor"]
 
@@ -63,6 +63,7 @@ class EnvMatrixDescriptor(Descriptor):
             ti, tj = int(pair[0]), int(pair[1])
             excluded[ti, tj] = excluded[tj, ti] = True
         self.register_buffer("excluded_pairs", excluded, persistent=False)
+        self.has_excluded_pairs = bool(excluded.any())  # a Python flag: no buffer value read in forward
         # neighbour type of every slot (its section)
         self.register_buffer(
             "slot_types", torch.repeat_interleave(torch.arange(n_types), torch.tensor(self.sel, dtype=torch.long)), persistent=False
@@ -94,7 +95,10 @@ class EnvMatrixDescriptor(Descriptor):
         n_atoms = nlist.shape[0]
         per_section = torch.zeros(n_atoms, self.n_types, dtype=torch.long, device=nlist.device)
         per_section.index_add_(1, self.slot_types, (nlist >= 0).to(torch.long))
-        kept = per_section.amax(0).tolist() if n_atoms else [0] * self.n_types
+        if is_tracing():  # fixed shapes: every column (the dropped ones are padding for all atoms anyway)
+            kept = list(self.sel)
+        else:
+            kept = per_section.amax(0).tolist() if n_atoms else [0] * self.n_types
         columns, bounds, start = [], [], 0
         for (first, _), k in zip(self.section_bounds, kept):
             columns.append(torch.arange(first, first + k, device=nlist.device))
@@ -112,7 +116,7 @@ class EnvMatrixDescriptor(Descriptor):
         env = env.to(self.davg.dtype)
         width = env.shape[-1]
         env = (env - self.davg[types, :width].unsqueeze(1)) / self.dstd[types, :width].unsqueeze(1)
-        if bool(self.excluded_pairs.any()):
+        if self.has_excluded_pairs:
             excluded = self.excluded_pairs[types][:, slot_types] & (nlist >= 0)
             env = env * (~excluded).unsqueeze(-1).to(env.dtype)
         return env

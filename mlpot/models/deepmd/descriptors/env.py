@@ -19,7 +19,7 @@ import torch
 
 from mlpot.data.keys import ATOM_TYPES, EDGE_INDEX, POSITIONS
 from mlpot.data.neighbors import build_sel_matrix
-from mlpot.nn import smooth_switch
+from mlpot.nn import is_tracing, smooth_switch
 
 __all__ = ["select_neighbors", "environment_matrix", "EnvStatistics"]
 
@@ -42,20 +42,18 @@ def select_neighbors(
     n_atoms = batch[POSITIONS].shape[0]
     with torch.no_grad():
         distance = vectors.detach().norm(dim=-1)
-        inside = torch.nonzero(distance < rcut).squeeze(1)
-        edge_index = batch[EDGE_INDEX][:, inside]
-        neighbor_types = batch[ATOM_TYPES][edge_index[1]]
+        edge_index = batch[EDGE_INDEX]
+        neighbor_types = batch[ATOM_TYPES].index_select(0, edge_index[1])
         sel_arg = int(sel[0]) if mixed_types else [int(s) for s in sel]
-        nlist, overflow = build_sel_matrix(edge_index, distance[inside], neighbor_types, n_atoms, sel_arg, mixed_types=mixed_types)
-        if warn_overflow and bool(torch.as_tensor(overflow).sum() > 0):
+        nlist, overflow = build_sel_matrix(edge_index, distance, neighbor_types, n_atoms, sel_arg,
+                                           mixed_types=mixed_types, valid=distance < rcut)
+        if warn_overflow and not is_tracing() and bool(torch.as_tensor(overflow).sum() > 0):
             warnings.warn(
                 f"more neighbours than sel={list(sel)} within rcut={rcut} Å (dropped per type: "
                 f"{torch.as_tensor(overflow).tolist()}); energy is not conserved, increase sel",
                 RuntimeWarning,
                 stacklevel=3,
             )
-        if inside.numel():
-            nlist = torch.where(nlist >= 0, inside[nlist.clamp(min=0)], nlist)
     return nlist
 
 
@@ -156,7 +154,9 @@ def undirected_pair_key(edge_index: torch.Tensor, shifts: torch.Tensor) -> torch
     flip = (i > j) | ((i == j) & (first_nonzero < 0))
     a, b = torch.where(flip, j, i), torch.where(flip, i, j)
     s = torch.where(flip.unsqueeze(1), -s, s)
-    span = int(s.abs().max()) * 2 + 1 if s.numel() else 1
-    n = int(edge_index.max()) + 1 if edge_index.numel() else 1
-    code = ((s[:, 0] + span // 2) * span + (s[:, 1] + span // 2)) * span + (s[:, 2] + span // 2)
+    # spans as 0-d tensors (no value read back to Python: the key traces with dynamic sizes)
+    span = torch.cat([s.abs().reshape(-1), s.new_zeros(1)]).amax() * 2 + 1
+    n = torch.cat([edge_index.reshape(-1), edge_index.new_zeros(1)]).amax() + 1
+    half = span // 2
+    code = ((s[:, 0] + half) * span + (s[:, 1] + half)) * span + (s[:, 2] + half)
     return (a * n + b) * span ** 3 + code

@@ -188,7 +188,7 @@ class DescriptorSeAtten(EnvMatrixDescriptor):
         slot_edge = torch.where(mask, nlist, torch.full_like(nlist, n_edges))
         edge_types = torch.cat([types[batch[EDGE_INDEX][1]], types.new_full((1,), self.n_types)])
         neighbor_types = edge_types[slot_edge]
-        if bool(self.excluded_pairs.any()):
+        if self.has_excluded_pairs:
             excluded = self.excluded_pairs[types.unsqueeze(1), neighbor_types.clamp(max=self.n_types - 1)] & mask
             env = env * (~excluded).unsqueeze(-1).to(env.dtype)
             mask = mask & ~excluded

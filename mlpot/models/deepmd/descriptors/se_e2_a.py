@@ -146,9 +146,14 @@ class DescriptorSeA(EnvMatrixDescriptor):
         pad_row = pad_weight.to(env.dtype)  # (n_atoms, width)
         pad_inputs = (-self.davg[:, :1] / self.dstd[:, :1]).to(env.dtype)  # (n_types, 1)
         centre_types = range(1) if self.type_one_side else range(self.n_types)
+        two = torch.zeros(2, dtype=torch.long, device=env.device)
         for tj, (start, stop) in enumerate(bounds):
             mask, left = occupied[:, start:stop], weights[:, start:stop]
             radial = env[:, start:stop, 0].reshape(-1)  # s~ of every slot of the section, flat
+            # every group of rows below gets two extra rows (slot 0's input, written to a spare row
+            # that is cut off): its size, known only from the data, is then at least 2, so a graph
+            # tracer (mlpot compile) needs no guard on it in the backward's broadcasting checks
+            spare = n_atoms * (stop - start)
             pieces, positions = [], []  # net values of occupied slots, and their flat slot index
             pad_embedded = env.new_zeros(n_atoms, self.m1)
             for ti in centre_types:
@@ -161,25 +166,25 @@ class DescriptorSeA(EnvMatrixDescriptor):
                     same_slots = torch.nonzero(same.reshape(-1)).squeeze(1)
                     same_edges = nlist[:, start:stop].reshape(-1).index_select(0, same_slots)
                     unique, inverse = torch.unique(pair_key.index_select(0, same_edges), return_inverse=True)
-                    first = torch.full((len(unique),), same_slots.shape[0], dtype=torch.long, device=env.device)
+                    first = torch.full(unique.shape, same_slots.shape[0], dtype=torch.long, device=env.device)
                     first = first.scatter_reduce(0, inverse, torch.arange(same_slots.shape[0], device=env.device), "amin")
                     # gather_rows, not advanced indexing, for every gather here (see its docstring)
-                    inputs = gather_rows(radial, same_slots.index_select(0, first)).unsqueeze(1)
-                    pieces.append(gather_rows(net(inputs), inverse))
-                    positions.append(same_slots)
+                    inputs = gather_rows(radial, torch.cat([same_slots.index_select(0, first), two])).unsqueeze(1)
+                    pieces.append(gather_rows(net(inputs), torch.cat([inverse, two])))
+                    positions.append(torch.cat([same_slots, two + spare]))
                 if stop > start:
                     select_slots = torch.nonzero(select.reshape(-1)).squeeze(1)
-                    pieces.append(net(gather_rows(radial, select_slots).unsqueeze(1)))
-                    positions.append(select_slots)
+                    pieces.append(net(gather_rows(radial, torch.cat([select_slots, two])).unsqueeze(1)))
+                    positions.append(torch.cat([select_slots, two + spare]))
                 # padded slots: one net evaluation per centre type
                 pad_values = gather_rows(net(pad_inputs), types)  # (n_atoms, M1)
                 pad_embedded = pad_values if self.type_one_side else torch.where((types == ti).unsqueeze(1), pad_values, pad_embedded)
             if stop > start:
                 # one in-place scatter into a fresh zero block (out of place would copy the dense
                 # block); index_copy_, whose backward is a gather, not index_put (see nn.gather_rows)
-                embedded = env.new_zeros(n_atoms * (stop - start), self.m1)
+                embedded = env.new_zeros(spare + 1, self.m1)
                 embedded.index_copy_(0, torch.cat(positions), torch.cat(pieces))
-                out = out + torch.matmul(left.transpose(1, 2), embedded.view(n_atoms, stop - start, self.m1))
+                out = out + torch.matmul(left.transpose(1, 2), embedded[:spare].view(n_atoms, stop - start, self.m1))
             n_pad = (self.sel[tj] - mask.sum(1)).to(env.dtype)  # (n_atoms,) padded slots of the full section
             out = out + (n_pad.unsqueeze(1) * pad_row).unsqueeze(2) * pad_embedded.unsqueeze(1)
         return out
