@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from mlpot.errors import ConfigError
-from mlpot.models import deepmd
+from mlpot.models import deepmd, fixed_point
 from mlpot.models.base import AtomisticModel
 from mlpot.models.compose import build_frozen, build_linear_ener
 from mlpot.models.pair import build_pairtab, with_short_range_table
@@ -81,6 +81,12 @@ def _register_families() -> None:
                # family-neutral composites, spelt as DeePMD-kit's model types
                "linear_ener": functools.partial(build_linear_ener, build=build_model), "pairtab": build_pairtab,
                "frozen": functools.partial(build_frozen, build=build_model)})
+    # electrostatic models (fixed-point SCF, local charges, QEq) on any backbone, MACE-SCF's names as aliases
+    electrostatic = functools.partial(fixed_point.build_electrostatic_model, build=build_model)
+    names = [name for canonical, aliases in fixed_point.MODEL_TYPES.items() for name in (canonical, *aliases)]
+    _register(ModelFamily("electrostatic", tuple(names), check_section=fixed_point.check_section, build=build_model,
+                          resolve_from_data=fixed_point.resolve_from_data),
+              {name: electrostatic for name in names})
 
 
 def family_of(section: Mapping[str, Any]) -> ModelFamily:
