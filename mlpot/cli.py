@@ -51,7 +51,13 @@ def main(argv: Optional[List[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     command = next((a for a in argv if not a.startswith("-")), None)
     parser = build_parser(only=command if command in COMMANDS else "__none__")
+    peer: List[str] = []
+    splitter = getattr(_load(command), "split_peer_options", None) if command in COMMANDS else None
+    if splitter is not None:
+        # a command may take a peer's own options (MACE-SCF run_train options after --config)
+        argv, peer = splitter(argv)
     args = parser.parse_args(argv)
+    args.peer_options = peer
     if not args.command:
         parser.print_help()
         return 1

@@ -22,13 +22,18 @@ def add_arguments(parser) -> None:
 
 def convert_file(path: Path) -> dict:
     """The native config dict of a peer config file (format detected from its content)."""
-    from mlpot.config import deepmd
+    from mlpot.config import deepmd, macescf
 
     if deepmd.is_deepmd_config(path):
         return deepmd.convert(path)
+    if macescf.is_macescf_config(path):
+        native, notes = macescf.convert_run_train([], str(path))
+        for note in notes:
+            print(f"note: {note}", file=sys.stderr)
+        return native
     raise ConfigError(
         "not a recognised peer config (expected a DeePMD-kit input with model/descriptor and "
-        "training/training_data)", file=str(path),
+        "training/training_data, or a MACE-SCF config.yaml with heads and train_schedule)", file=str(path),
     )
 
 

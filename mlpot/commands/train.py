@@ -18,8 +18,34 @@ from pathlib import Path
 from mlpot.errors import ConfigError
 
 
+# mlpot train's own options and whether each takes a value; with --config the rest are run_train options
+_OWN_OPTIONS = {"--restart": True, "--init-model": True, "--finetune": True, "--model-branch": True,
+                "--use-pretrain-script": False, "--output-dir": True, "--no-progress": False, "--config": True}
+
+
+def split_peer_options(argv):
+    """(mlpot's arguments, MACE-SCF run_train options) of ``mlpot train --config config.yaml ...``;
+    without ``--config`` everything is mlpot's."""
+    if "--config" not in argv:
+        return argv, []
+    own, peer, index = [], [], 0
+    while index < len(argv):
+        token = argv[index]
+        name = token.split("=", 1)[0]
+        if name in _OWN_OPTIONS or token == "train":
+            takes = _OWN_OPTIONS.get(name, False) and "=" not in token
+            own += argv[index:index + 1 + int(takes)]
+            index += 1 + int(takes)
+        else:
+            peer.append(token)
+            index += 1
+    return own, peer
+
+
 def add_arguments(parser) -> None:
-    parser.add_argument("config", type=Path, help="native YAML or DeePMD input.json/.yaml")
+    parser.add_argument("config", type=Path, nargs="?", help="native YAML or DeePMD input.json/.yaml")
+    parser.add_argument("--config", dest="peer_config", type=Path, default=None,
+                        help="MACE-SCF config.yaml; any run_train option (--model FixedPoint, --train_file, ...) may follow")
     parser.add_argument("--restart", default=None,
                         help="checkpoint to resume exactly ('latest': the newest in the output folder)")
     parser.add_argument("--init-model", default=None, help="checkpoint or frozen model to take the weights from")
@@ -33,11 +59,17 @@ def add_arguments(parser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
-def load_any_config(path: Path):
-    """Native config of ``path``: native YAML validated directly, peer configs converted first."""
-    from mlpot.config import load_config, read_yaml, validate_config
-    from mlpot.config import deepmd
+def load_any_config(path: Path, peer_options=None):
+    """Native config of ``path``: native YAML validated directly, peer configs converted first.
 
+    peer_options: MACE-SCF run_train options (with ``--config path``, or a MACE-SCF YAML alone)."""
+    from mlpot.config import deepmd, load_config, macescf, read_yaml, validate_config
+
+    if peer_options is not None or (path.exists() and path.suffix in (".yaml", ".yml") and macescf.is_macescf_config(path)):
+        native, notes = macescf.convert_run_train(list(peer_options or []), str(path))
+        for note in notes:
+            print(f"note: {note}")
+        return validate_config(native, file=str(path), base_dir=Path.cwd())
     if path.suffix == ".json" or (path.exists() and deepmd.is_deepmd_config(path)):
         from mlpot.commands.convert import convert_file
 
@@ -50,7 +82,12 @@ def load_any_config(path: Path):
 def run(args) -> int:
     from mlpot.training.trainer import Trainer
 
-    config = load_any_config(args.config)
+    if args.peer_config is not None:
+        config = load_any_config(args.peer_config, args.peer_options)
+    elif args.config is None:
+        raise ConfigError("give a config file (or --config config.yaml with MACE-SCF run_train options)", key="config")
+    else:
+        config = load_any_config(args.config)
     if args.output_dir is not None:
         config.output_dir = str(args.output_dir.resolve())
     restart = args.restart

@@ -189,8 +189,15 @@ def _datasets(model, probe: DataProbe, data_config: DataConfig, seed: int, devic
     cutoff = float(data_config.cutoff or model.cutoff)
     skip = tuple(key for key in _OPTIONAL_INPUTS if key not in model.input_keys)
     _, train, sizes, n_atoms = _dataset(probe, list(model.type_map), cutoff, skip)
+    valid_split = None
+    if data_config.valid is None and data_config.valid_fraction:
+        train, valid_split, sizes, n_atoms = _split_fraction(train, data_config.valid_fraction, seed, cutoff)
     sampler = _sampler(data_config.train, sizes, n_atoms, seed, shuffle=True)
     data = TrainingData(model, train, sampler, device=device)
+    if valid_split is not None:
+        data.valid = valid_split
+        data.valid_sampler = EpochSampler(len(valid_split), data_config.valid_batch_size, shuffle=False, seed=seed + 1)
+        data.numb_btch = 0
     if data_config.valid is not None:
         _, valid, vsizes, vatoms = _dataset(DataProbe(data_config.valid), list(model.type_map), cutoff, skip)
         data.valid = valid
@@ -207,6 +214,22 @@ def _datasets(model, probe: DataProbe, data_config: DataConfig, seed: int, devic
             stop = min(size, start + bs)
             samples.append(collate([train[int(offsets[system] + i)] for i in range(start, stop)]))
     return data, samples
+
+
+def _split_fraction(dataset: AtomsDataset, fraction: float, seed: int, cutoff: float):
+    """(train, valid, sizes, mean atoms) with the last ``fraction`` of a seeded shuffle validating
+    (mace-torch's random_train_valid_split); the frames keep their order within each part."""
+    import random
+
+    indices = list(range(len(dataset)))
+    random.Random(seed).shuffle(indices)
+    n_valid = max(1, int(round(fraction * len(indices))))
+    train_index, valid_index = sorted(indices[: len(indices) - n_valid]), sorted(indices[len(indices) - n_valid:])
+    frames = dataset.frames
+    train = AtomsDataset([frames[i] for i in train_index], cutoff, type_map=dataset.type_map)
+    valid = AtomsDataset([frames[i] for i in valid_index], cutoff, type_map=dataset.type_map)
+    n_atoms = [int(round(np.mean([len(frames[i][K.POSITIONS]) for i in train_index])))]
+    return train, valid, [len(train_index)], n_atoms
 
 
 def build_training_data(config: NativeConfig, dtype: torch.dtype, *, file: Optional[str] = None,

@@ -71,6 +71,10 @@ class DataSection(Strict):
 class DataConfig(Strict):
     train: DataSection
     valid: Optional[DataSection] = None
+    valid_fraction: Optional[float] = Field(
+        None, gt=0, lt=1, description="without valid: this fraction of the training frames, drawn with the seed, "
+        "validates (mace-torch valid_fraction)")
+    valid_batch_size: int = Field(10, ge=1, description="batch size of the valid_fraction validation set")
     cutoff: Optional[float] = Field(None, gt=0, description="neighbour cutoff override in Å (default: the model's)")
     stat_file: Optional[str] = Field(
         None, description="statistics file (DeePMD-kit's stat_file): an HDF5 file (.h5/.hdf5) or a directory where the "
@@ -142,6 +146,9 @@ class LossTerm(Strict):
     atom_weight: bool = Field(False, description="atomic labels: residual times the per-atom atom_weight of the data")
     n_generalized: Optional[int] = Field(None, ge=1, description="generalized_force: generalised coordinates "
                                          "per frame (drdq holds n_atoms * 3 * n_generalized values)")
+    smooth: bool = Field(False, description="penalty terms (fixedpoint_scf_stability): softplus instead of relu")
+    beta: float = Field(10.0, gt=0, description="penalty terms: softplus sharpness")
+    offset: float = Field(1.0, description="penalty terms: value above which the prediction is penalised")
 
     @model_validator(mode="after")
     def _both_prefs(self):

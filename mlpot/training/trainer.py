@@ -158,6 +158,9 @@ class Trainer:
         if not setup.plateau or stage.lr is not None or stage.group_lr:
             apply_stage_lr(stage, self.optimizer, self.scheduler, setup.group_names, setup.initial_lrs)
         apply_model_options(self.model, stage.model_options, stage.name)
+        for task, head in self.heads.items():
+            if hasattr(head, "request_outputs"):
+                head.request_outputs(self.losses[task].labels)
         self.stage_index = index
 
     def _position(self) -> int:
@@ -263,6 +266,8 @@ class Trainer:
         """Train to the end; returns the last validation (or training) values."""
         cfg = self.config
         self._enter_stage(self.plan.index_at(self._position()))
+        for head in self.heads.values():
+            head.diagnostics = self.log.debug
         self.log.open(append=self.step > 0, task_labels=self.tasks.labels, total_steps=self.total_steps,
                       has_valid={name: data.valid_sampler is not None for name, data in self.task_data.items()},
                       initial_step=self.step, progress=self.progress)
@@ -298,10 +303,14 @@ class Trainer:
                     train = {**train, **window.pop()} if window is not None else train
                     self.log.display(self.step, self.epoch, self.plan[self.stage_index].name, train, valid)
                     last = valid or train
+                if self.step % self.steps_per_epoch == 0:
+                    self._model_report()
                 self.full_validation.run(self.step, self.state_dict)
                 if self.step % cfg.checkpoint.every == 0 or end:
                     self.save()
             self.log.profile(None)
+            if self.dist.is_main:
+                self._after_training()
             if cfg.training.change_bias_after_training and self.dist.is_main:
                 self.change_energy_bias()
                 self.save()
@@ -311,6 +320,31 @@ class Trainer:
         finally:
             self.log.close()
         return last
+
+    def _model_report(self) -> None:
+        """The model's end-of-epoch line (e.g. SCF convergence counts) to the console and debug log."""
+        report = self.model.epoch_report() if hasattr(self.model, "epoch_report") else None
+        if report:
+            self.log.write(f"epoch {self.epoch - 1}: {report}")
+            self.log.debug(report)
+
+    def _after_training(self) -> None:
+        """The model's post-training report (e.g. the SCF convergence summary) on the validation
+        batches (training batches without validation data), with the EMA weights when on."""
+        data = self.task_data[self.task_names[0]]
+        if not hasattr(self.model, "after_training") or self.multi_task:
+            return
+        if data.valid_sampler is not None:
+            batches = (data.valid_batch(indices) for indices in data.valid_batches())
+        else:
+            batches = iter(data.stat_samples)
+        self.model.eval()
+        with self.ema.applied(self.model) if self.ema is not None else contextlib.nullcontext():
+            report = self.model.after_training(batches)
+        if report:
+            for line in report.splitlines():
+                self.log.write(line)
+                self.log.debug(line)
 
     def save(self) -> Optional[Path]:
         """Write a checkpoint of the current state (rank 0 only)."""

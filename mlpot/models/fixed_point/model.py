@@ -19,7 +19,7 @@ and reported per epoch (``epoch_report``) and after training (``after_training``
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, Iterable, Optional, Sequence
+from typing import Any, Dict, Iterable, Optional, Sequence
 
 import torch
 
@@ -83,10 +83,8 @@ class FixedPointModel(AtomisticModel):
         self.inference = TrainingOptions("scf", scf)
         self.options = self.inference
         self.wanted: tuple = ()
-        self.default_outputs: set = set()  # always computed (return_electrostatic_potentials, compute_polarizability)
+        self.default_outputs: set = set()  # computed in evaluation (return_electrostatic_potentials, compute_polarizability)
         self.counter = SCFCounter()
-        self.log: Optional[Callable[[str], None]] = None
-        self.compute_polarizability = False
 
     # ---- engine hooks ----------------------------------------------------------------------
     def set_options(self, fixed_point_training_options: Optional[Dict[str, Any]] = None, **options) -> None:
@@ -96,13 +94,12 @@ class FixedPointModel(AtomisticModel):
 
     def request_outputs(self, labels: Iterable[str]) -> None:
         """Compute the optional outputs among ``labels`` (the loss terms' keys) from now on."""
-        wanted = set(labels) | self.default_outputs
+        wanted = set(labels)
         if K.ESPS in wanted:
             wanted.add(K.REFERENCE_ESPS)
         if K.FIELD_FEATURES in wanted:
             wanted.add(K.REFERENCE_FIELD_FEATURES)
         self.wanted = tuple(key for key in _EXTRA if key in wanted)
-        self.compute_polarizability = K.POLARIZABILITY in wanted
 
     def epoch_report(self) -> Optional[str]:
         """SCF convergence of the batches since the last report (train and validation), then reset."""
@@ -142,7 +139,7 @@ class FixedPointModel(AtomisticModel):
             external = pad_channels(features_to_channels(flat, len(self.widths), self.field_max_l))
         else:
             external = positions.new_zeros(positions.shape[0], len(self.widths), 4)
-        esps = K.ESPS in self.wanted or K.REFERENCE_ESPS in self.wanted
+        esps = bool({K.ESPS, K.REFERENCE_ESPS} & (set(self.wanted) | (set() if self.training else self.default_outputs)))
         operator = FieldOperator(batch, batch_method(self.method, batch[K.PBC]), self.sigma, self.receivers(esps),
                                  self.coulomb_options, self.dense_max_atoms)
         edges = edge_geometry(batch, self.cutoff, dtype=positions.dtype) if self.many_body else None
@@ -156,22 +153,24 @@ class FixedPointModel(AtomisticModel):
 
     def forward(self, batch: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
         batch = dict(batch)
-        if self.compute_polarizability:
+        wanted = set(self.wanted) | (set() if self.training else self.default_outputs)
+        polarizability = K.POLARIZABILITY in wanted
+        if polarizability:
             batch[K.EXTERNAL_FIELD] = _field_leaf(batch)
         state = self.local_state(batch)
         problem = self.problem(state, self.options.scf.constant_charge)
         result = run_mode(problem, self.options, training=self.options.mode != "scf",
                           allow_unconverged=self.allow_unconverged, initial_density=_initial_density(batch, problem),
-                          initial_fermi=batch.get(K.INITIAL_FERMI_LEVEL), log=self.log)
+                          initial_fermi=batch.get(K.INITIAL_FERMI_LEVEL), log=self.diagnostics)
         readout = self.readout if self.include_local_electron_energy else None
-        out = build_observables(batch, problem, readout, result.density, result.fermi_level, result.features, self.wanted)
+        out = build_observables(batch, problem, readout, result.density, result.fermi_level, result.features, wanted)
         if result.scf is not None:
             self.counter.add(result.scf, self.training, result.fallback)
             out[K.SCF_CONVERGED] = result.scf.converged.to(out[K.ENERGY].dtype)
             out[K.SCF_STEPS] = result.scf.steps
-        if K.SCF_STABILITY in self.wanted:
+        if K.SCF_STABILITY in wanted:
             out[K.SCF_STABILITY] = _stability(problem, result)
-        if self.compute_polarizability:
+        if polarizability:
             out[K.POLARIZABILITY] = _polarizability(out[K.DIPOLE], batch[K.EXTERNAL_FIELD], self.training)
         return out
 

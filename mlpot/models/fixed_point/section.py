@@ -160,7 +160,6 @@ def build_electrostatic_model(section: Dict[str, Any], dtype: torch.dtype = torc
                                 **common)
         model.default_outputs = ({"esps"} if values.return_electrostatic_potentials else set()) | \
             ({"polarizability"} if values.compute_polarizability else set())
-        model.request_outputs(())
         return model
     if kind == "qeq":
         return QEqModel(backbone, constant_charge=values.constant_charge, **common)
