@@ -49,32 +49,34 @@ def _dense_blocks(positions: torch.Tensor, mask: torch.Tensor, exponents: Sequen
     positions: (n_frames, n, 3) Å (padding anywhere); mask: (n_frames, n) real atoms. Row block r,
     atom i, entry [V, Gx, Gy, Gz]; column atom j, entry [q, dx, dy, dz]. With s = r_i - r_j:
     ``V = k (T0 q - T1 s.d)``, ``G = k ((T1 q - T2 s.d) s - T1 d)``; the diagonal (d = 0) carries
-    the self-terms where ``include_self``.
+    the self-terms where ``include_self``. All receivers are evaluated together (one kernel call).
     """
     n_frames, n = mask.shape
+    n_rec = len(exponents)
     separation = positions[:, :, None, :] - positions[:, None, :, :]  # (F, n, n, 3): r_i - r_j
     pair = mask[:, :, None] & mask[:, None, :]
     eye = torch.eye(n, dtype=torch.bool, device=mask.device)[None]
     off = pair & ~eye
     squared = (separation * separation).sum(-1)
     distance = torch.sqrt(torch.where(off, squared, torch.ones_like(squared)))  # safe at d = 0
-    identity = torch.eye(3, dtype=positions.dtype, device=positions.device)
+    exponent = torch.tensor(list(exponents), dtype=positions.dtype, device=positions.device).view(n_rec, 1, 1, 1)
+    t0, t1, t2 = erf_radial(distance.unsqueeze(0), exponent)  # (R, F, n, n)
+    zeros = [erf_radial_at_zero(float(a)) for a in exponents]
+    z0 = torch.tensor([z[0] for z in zeros], dtype=positions.dtype, device=positions.device).view(n_rec, 1, 1, 1)
+    z1 = torch.tensor([z[1] for z in zeros], dtype=positions.dtype, device=positions.device).view(n_rec, 1, 1, 1)
+    own = torch.tensor(list(include_self), dtype=torch.bool, device=mask.device).view(n_rec, 1, 1, 1)
+    keep_diag = (pair & eye).unsqueeze(0) & own
+    t0 = torch.where(off, t0, torch.where(keep_diag, z0.expand_as(t0), torch.zeros_like(t0)))
+    t1 = torch.where(off, t1, torch.where(keep_diag, z1.expand_as(t1), torch.zeros_like(t1)))
+    t2 = torch.where(off, t2, torch.zeros_like(t2))
+    top = torch.cat([t0[..., None], -t1[..., None] * separation], -1)  # (R, F, n, n, 4)
     outer = separation[..., :, None] * separation[..., None, :]
-    blocks = []
-    for exponent, own in zip(exponents, include_self):  # a handful of receiver widths
-        t0, t1, t2 = erf_radial(distance, exponent)
-        z0, z1 = erf_radial_at_zero(exponent)
-        keep_diag = pair & eye if own else torch.zeros_like(off)
-        t0 = torch.where(off, t0, torch.where(keep_diag, torch.full_like(t0, z0), torch.zeros_like(t0)))
-        t1 = torch.where(off, t1, torch.where(keep_diag, torch.full_like(t1, z1), torch.zeros_like(t1)))
-        t2 = torch.where(off, t2, torch.zeros_like(t2))
-        top = torch.cat([t0[..., None], -t1[..., None] * separation], -1)  # (F, n, n, 4)
-        grad_q = t1[..., None] * separation
-        grad_d = -t2[..., None, None] * outer - t1[..., None, None] * identity
-        bottom = torch.cat([grad_q[..., None], grad_d], -1)  # (F, n, n, 3, 4)
-        block = torch.cat([top[..., None, :], bottom], -2)  # (F, n, n, 4, 4)
-        blocks.append(block.permute(0, 1, 3, 2, 4).reshape(n_frames, 4 * n, 4 * n))
-    return COULOMB_CONSTANT * torch.cat(blocks, dim=1)
+    identity = torch.eye(3, dtype=positions.dtype, device=positions.device)
+    grad_d = -t2[..., None, None] * outer - t1[..., None, None] * identity
+    bottom = torch.cat([(t1[..., None] * separation)[..., None], grad_d], -1)  # (R, F, n, n, 3, 4)
+    block = torch.cat([top[..., None, :], bottom], -2)  # (R, F, n, n, 4, 4)
+    block = block.permute(1, 0, 2, 4, 3, 5).reshape(n_frames, n_rec * 4 * n, 4 * n)
+    return COULOMB_CONSTANT * block
 
 
 class FieldOperator:

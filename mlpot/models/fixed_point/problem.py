@@ -133,7 +133,9 @@ class SCFProblem:
         return density0 + change, features
 
     def fukui(self, density: torch.Tensor, fermi_atoms: torch.Tensor, create_graph: bool):
-        """(G, features, s (n,)) with s_i = d(dp_i,00)/d(mu_i): the charge response to the Fermi level."""
+        """(G, features, s (n,)) with s_i = d(sum_j dp_j,00)/d(mu_i) (MACE-SCF's definition; for
+        one-body updates d(dp_i,00)/d(mu_i)). ``create_graph``: the result is differentiable
+        (unrolled SCF). Reverse mode: forward-mode dual numbers measured 4x slower here."""
         with torch.enable_grad():
             mu = fermi_atoms if fermi_atoms.requires_grad and create_graph else fermi_atoms.detach().requires_grad_(True)
             mapped, features = self.apply(density, mu)
