@@ -28,8 +28,8 @@ def test_forces_match_finite_differences(mode, constant_charge):
         assert bool(out[K.SCF_CONVERGED].all())
         if constant_charge:
             torch.testing.assert_close(out[K.TOTAL_CHARGE], batch[K.TOTAL_CHARGE], atol=1e-10, rtol=0)
-    reference = finite_difference_forces(model, batch, delta=1e-5, atoms=[0, 4, 7])
-    torch.testing.assert_close(out[K.FORCES][[0, 4, 7]], reference[[0, 4, 7]], atol=1e-8, rtol=1e-6)
+    reference = finite_difference_forces(model, batch, delta=1e-5, atoms=[0, 7])  # one atom per frame
+    torch.testing.assert_close(out[K.FORCES][[0, 7]], reference[[0, 7]], atol=1e-8, rtol=1e-6)
 
 
 @pytest.mark.parametrize("constant_charge", [False, True], ids=["constant_fermi", "constant_charge"])

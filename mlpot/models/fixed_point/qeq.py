@@ -53,30 +53,31 @@ class QEqModel(ElectrostaticModel):
         species, frames = batch[K.ATOM_TYPES], batch[K.BATCH]
         n_atoms, n_frames = hidden.shape[0], batch[K.N_ATOMS].shape[0]
         chi, eta = self.parameters_of(hidden, species)
+        # Bound once: the residual is called again in backward, after this method has returned, so
+        # it must not read a name that is rebound below (the output Fermi level).
+        applied_fermi: Optional[torch.Tensor] = None
         if self.constant_charge:
             target = batch.get(K.TOTAL_CHARGE, hidden.new_zeros(n_frames)).to(hidden.dtype)
-            fermi = None
         else:
             if K.FERMI_LEVEL not in batch:
                 raise DataError("constant-Fermi QEq needs the Fermi level of every frame", key=K.FERMI_LEVEL)
-            fermi = batch[K.FERMI_LEVEL].to(hidden.dtype)
+            applied_fermi = batch[K.FERMI_LEVEL].to(hidden.dtype)
 
         def residual(y, tensors):
             chi_, eta_, *op_state = tensors
             charges = y[:n_atoms]
             potential = operator.fields(charges.unsqueeze(1), (0, 1), op_state)[0][0]
             stationarity = chi_ + eta_ * charges + potential
-            if fermi is not None:
-                return stationarity + gather_rows(fermi, frames)
+            if applied_fermi is not None:
+                return stationarity + gather_rows(applied_fermi, frames)
             lam = y[n_atoms:]
             return torch.cat([stationarity - gather_rows(lam, frames), scatter_sum(charges, frames, n_frames) - target])
 
         tensors = [chi, eta, *operator.state()]
-        root = _solve_affine(residual, tensors, n_atoms + (0 if fermi is not None else n_frames), hidden)
+        root = _solve_affine(residual, tensors, n_atoms + (0 if applied_fermi is not None else n_frames), hidden)
         y = implicit_root(residual, root, tensors)
         charges = y[:n_atoms]
-        if fermi is None:
-            fermi = -y[n_atoms:]
+        fermi = applied_fermi if applied_fermi is not None else -y[n_atoms:]
         n_coefficients = (self.density_max_l + 1) ** 2
         density = torch.cat([charges.unsqueeze(1), charges.new_zeros(n_atoms, n_coefficients - 1)], dim=1)
         return density, fermi, chi * charges + 0.5 * eta * charges * charges
