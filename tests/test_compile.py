@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from mlpot.calculators import MlpotCalculator
-from mlpot.calculators.compiled import compile_model, is_compiled_file, load_compiled
+from mlpot.calculators.compile import compile_model
+from mlpot.calculators.compiled import is_compiled_file, load_compiled
 from mlpot.cli import main
 from mlpot.errors import ConfigError, DataError
 

@@ -25,7 +25,8 @@ from mlpot.data.frames import FrameList
 from mlpot.errors import ConfigError, DataError
 from mlpot.models import build_model
 from mlpot.models.deepmd.descriptors.se_atten import NeighborAttentionLayer
-from mlpot.training.losses import GENERALIZED_FORCE, WeightedLoss, label_error_sums, rmse_mae
+from mlpot.training.losses import GENERALIZED_FORCE, WeightedLoss
+from mlpot.training.metrics import label_error_sums, rmse_mae
 
 # ---- tiny hand-made batches ----------------------------------------------------------------------
 

@@ -8,7 +8,8 @@ import torch
 from mlpot.training.schema import LossTerm
 from mlpot.data import keys as K
 from mlpot.errors import ConfigError
-from mlpot.training.losses import WeightedLoss, label_error_sums, rmse_mae
+from mlpot.training.losses import WeightedLoss
+from mlpot.training.metrics import label_error_sums, rmse_mae
 
 
 def make_batch(n_atoms, with_label, seed=0):

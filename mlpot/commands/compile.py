@@ -27,7 +27,7 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    from mlpot.calculators.compiled import compile_model
+    from mlpot.calculators.compile import compile_model
 
     start = time.perf_counter()
     metadata = compile_model(args.model, args.output, backend=args.backend, dtype=args.dtype, head=args.head,

@@ -31,7 +31,7 @@ def convert_file(path: Path, keys: Optional[KeyMap] = None) -> dict:
     ``keys``, when given, receives the translations native key -> the key as written in the file
     (DeePMD inputs).
     """
-    from mlpot.config import deepmd, mace, nequip, read_yaml
+    from mlpot.config import deepmd, mace, macescf, nequip, read_yaml
 
     content = read_yaml(path, finite=False)  # the values are checked by the front-end's own read
     if deepmd.is_deepmd_config(content):
@@ -41,12 +41,17 @@ def convert_file(path: Path, keys: Optional[KeyMap] = None) -> dict:
         for note in notes:
             print(f"note: {note}", file=sys.stderr)
         return native
+    if macescf.is_macescf_config(path):
+        native, notes = macescf.convert_run_train([], str(path))
+        for note in notes:
+            print(f"note: {note}", file=sys.stderr)
+        return native
     if mace.is_mace_config(path):
         return mace.MaceFrontEnd.from_sources(path).to_native()
     raise ConfigError(
         "not a recognised peer config (expected a DeePMD-kit input with model/descriptor and "
-        "training/training_data, a NequIP config with run, data, trainer and training_module, or a YAML "
-        "of mace_run_train options with train_file)", file=str(path),
+        "training/training_data, a NequIP config with run, data, trainer and training_module, or a MACE-SCF "
+        "config.yaml with heads and train_schedule, or a YAML of mace_run_train options with train_file)", file=str(path),
     )
 
 

@@ -3,12 +3,14 @@
 [--<mace_run_train option> VALUE ...]``.
 
 CONFIG is a native YAML, or a peer config (DeePMD-kit ``input.json``/``.yaml``, a NequIP 0.19 YAML,
-a YAML of mace_run_train options) converted on the fly by ``mlpot convert``'s front-ends. NequIP
-users' habits work too: ``mlpot train -cn config.yaml`` (``-cp DIR`` for its folder) and Hydra
-overrides after it (``trainer.max_epochs=3``, ``++ckpt_path=last.pt`` to resume); a config's
-``finetune`` (NequIP's ``ModelFromCheckpoint`` / ``ModelFromPackage``) works as ``--finetune``.
-``--config FILE`` and any other ``--option value`` are mace_run_train's (``mlpot.config.mace``): its
-``restart_latest``, ``foundation_model`` (as ``--finetune``), ``test_file`` (evaluated after
+a YAML of mace_run_train options, a MACE-SCF config.yaml) converted on the fly by ``mlpot
+convert``'s front-ends. NequIP users' habits work too: ``mlpot train -cn config.yaml`` (``-cp DIR``
+for its folder) and Hydra overrides after it (``trainer.max_epochs=3``, ``++ckpt_path=last.pt`` to
+resume); a config's ``finetune`` (NequIP's ``ModelFromCheckpoint`` / ``ModelFromPackage``) works as
+``--finetune``. ``--config FILE`` and any other ``--option value`` are mace_run_train's
+(``mlpot.config.mace``), or MACE-SCF run_train's when the file has ``heads`` and ``train_schedule``
+or ``--model`` names a MACE-SCF electrostatic model (``mlpot.config.macescf``). Of mace_run_train's
+options ``restart_latest``, ``foundation_model`` (as ``--finetune``), ``test_file`` (evaluated after
 training) and ``name`` (the frozen model is also written as ``<model_dir>/<name>.pt``) apply to
 the run. Launch with ``torchrun --nproc-per-node N -m mlpot.cli train CONFIG`` for data-parallel
 training. ``--restart`` resumes exactly (use ``latest`` for the newest
@@ -144,9 +146,31 @@ def load_train_config(args, keys: Optional[KeyMap] = None):
         raise ConfigError("give either a config file or mace_run_train options (--config FILE --option ...)",
                           key="config")
     args.config = mace_file or "command line"
+    if _is_macescf(mace_file, extra):
+        from mlpot.config import macescf
+
+        native, notes = macescf.convert_run_train(extra, str(mace_file) if mace_file else None)
+        for note in notes:
+            print(f"note: {note}")
+        return validate_config(native, file=str(args.config), base_dir=Path.cwd()), {}
     front = mace.MaceFrontEnd.from_sources(mace_file, extra)
     native = validate_config(front.to_native(), file=str(mace_file or "command line"), base_dir=Path.cwd())
     return native, front.run_options()
+
+
+def _is_macescf(config_file, options) -> bool:
+    """True for MACE-SCF's run_train: a config.yaml with heads and train_schedule, or ``--model`` naming
+    one of its electrostatic models (FixedPoint, LocalCharges, ...)."""
+    from mlpot.config import macescf
+
+    if config_file is not None and macescf.is_macescf_config(config_file):
+        return True
+    for index, token in enumerate(options):
+        name, _, value = token.partition("=")
+        if name == "--model":
+            value = value or (options[index + 1] if index + 1 < len(options) else "")
+            return value in macescf.MODEL_TYPES
+    return False
 
 
 def _evaluate(model_file: Path, files, write=print) -> None:

@@ -43,6 +43,7 @@ for _our, _names in {
     K.POLARIZABILITY: ["REF_polarizability", "polarizability"],
     K.ESPS: ["electrostatic_potentials", "REF_esps", "esps"],
     K.ATOM_ENERGY: ["REF_atom_energy", "atom_energy", "energies"],
+    K.MOL_ID: ["molID", "mol_id"],
 }.items():
     for _name in _names:
         DEFAULT_KEY_MAP[_name] = _our

@@ -41,6 +41,9 @@ __all__ = [
     "ATOM_DOS", "ATOM_PREF", "HESSIAN",
     # per-atom loss inputs
     "ATOM_ENER_COEFF", "ATOM_WEIGHT", "DRDQ",
+    # self-consistent electrostatics
+    "MOL_ID", "INITIAL_MULTIPOLES", "INITIAL_FERMI_LEVEL", "ELECTROSTATIC_ENERGY", "FIELD_FEATURES",
+    "REFERENCE_FIELD_FEATURES", "REFERENCE_ESPS", "SCF_STABILITY", "SCF_CONVERGED", "SCF_STEPS",
 ]
 
 
@@ -95,7 +98,9 @@ EDGE_INDEX = _key("edge_index", "edge", (), "int", "-", "(2, n_edges): row 0 cen
 EDGE_SHIFTS = _key("edge_shifts", "edge", (3,), "float", "-", "integer cell shifts of neighbour j (n_edges, 3)")
 FPARAM = _key("fparam", "frame", (-1,), "float", "any", "frame parameters (n_frames, numb_fparam)")
 APARAM = _key("aparam", "atom", (-1,), "float", "any", "atomic parameters (n_atoms, numb_aparam)")
-TOTAL_CHARGE = _key("total_charge", "frame", (), "float", "e", "net charge of the frame (n_frames,)")
+TOTAL_CHARGE = _key("total_charge", "frame", (), "float", "e",
+                    "net charge of the frame (n_frames,); an input of charge-aware models (default 0) and the "
+                    "target of the total_charge losses, hence its presence weight", gated=True)
 EXTERNAL_FIELD = _key(
     "external_field", "frame", (3,), "float", "V/Å",
     "gradient of the applied potential, i.e. minus the physical E-field (n_frames, 3)",
@@ -126,6 +131,29 @@ DOS = _key("dos", "frame", (-1,), "float", "states/eV", "density of states (n_fr
 ATOM_DOS = _key("atom_dos", "atom", (-1,), "float", "states/eV", "atomic DOS (n_atoms, numb_dos)", True)
 HESSIAN = _key("hessian", "frame", (-1,), "float", "eV/Å^2", "flattened Hessian (n_frames, (3N)^2)", True)
 ATOM_PREF = _key("atom_pref", "atom", (), "float", "-", "per-atom force weight (n_atoms,)")
+
+# ---- self-consistent electrostatic models: inputs, outputs, loss inputs --------------
+MOL_ID = _key("mol_id", "atom", (), "int", "-",
+              "molecule index of each atom within its frame (MACE-SCF molID; cluster_virial, molecular_forces losses)",
+              gated=True)
+INITIAL_MULTIPOLES = _key(
+    "initial_multipoles", "atom", (-1,), "float", "e, e·Å",
+    "initial SCF density [Q, d_y, d_z, d_x] (n_atoms, (L+1)^2), e.g. the previous MD step's converged one")
+INITIAL_FERMI_LEVEL = _key("initial_fermi_level", "frame", (), "float", "eV",
+                           "initial Fermi level of a constant-charge SCF (n_frames,)")
+ELECTROSTATIC_ENERGY = _key("electrostatic_energy", "frame", (), "float", "eV",
+                            "Coulomb energy of the model's density (n_frames,) (output)")
+FIELD_FEATURES = _key("field_features", "atom", (-1,), "float", "-",
+                      "normalised field features of the predicted density without the Fermi-level term "
+                      "(n_atoms, n_features) (output)")
+REFERENCE_FIELD_FEATURES = _key("reference_field_features", "atom", (-1,), "float", "-",
+                                "the same features of the reference multipoles (n_atoms, n_features) (output)")
+REFERENCE_ESPS = _key("reference_esps", "atom", (), "float", "V",
+                      "ESPs of the reference multipoles by the model's electrostatics (n_atoms,) (output)")
+SCF_STABILITY = _key("scf_stability", "frame", (), "float", "-",
+                     "|G(p + d) - G(p)|^2 / |d|^2 for a small random d at the final density (n_frames,) (output)")
+SCF_CONVERGED = _key("scf_converged", "frame", (), "float", "-", "1 where the frame's SCF converged (n_frames,) (output)")
+SCF_STEPS = _key("scf_steps", "frame", (), "int", "-", "SCF steps to convergence per frame (n_frames,) (output)")
 
 # ---- per-atom inputs of DeePMD loss options ------------------------------------------
 ATOM_ENER_COEFF = _key(

@@ -91,6 +91,22 @@ class AtomisticModel(torch.nn.Module):
         """Set data-dependent buffers (normalisation, output bias) from sample batches; returns a summary."""
         return {}
 
+    # ---- optional hooks of the training engine (no-ops by default) -----------------------
+    #: debug-log sink the trainer sets (a model may write diagnostic lines to it)
+    diagnostics: Optional[Callable[[str], None]] = None
+
+    def request_outputs(self, labels: Iterable[str]) -> None:
+        """The batch keys the current losses compare (called at each stage): a model computes
+        optional outputs (ESPs, polarizabilities, ...) only when asked."""
+
+    def epoch_report(self) -> Optional[str]:
+        """A line for the training log at the end of each epoch (e.g. SCF convergence counts), or None."""
+        return None
+
+    def after_training(self, batches: Iterable[Batch]) -> Optional[str]:
+        """A report printed after training, computed on ``batches`` (validation, else training), or None."""
+        return None
+
     def output_bias(self) -> Optional["OutputBias"]:
         """The model's per-type output bias (:class:`~mlpot.models.output_bias.OutputBias`) that
         the bias statistics (set/change-by-statistic, change_bias_after_training, fine-tuning,

@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 from mlpot.errors import ConfigError
-from mlpot.models import deepmd
+from mlpot.models import deepmd, fixed_point
 from mlpot.models.base import AtomisticModel
 from mlpot.models.compose import build_frozen, build_linear_ener
 from mlpot.models.equivariant.mace import build_mace
@@ -126,6 +126,12 @@ def _register_families() -> None:
                           resolve_from_data=nequip_family.resolve_from_data, prepare_finetune=nequip_family.prepare_finetune,
                           read_peer_file=nequip_family.read_peer_file, modify=nequip_family.modify),
               {"nequip": nequip_family.build})
+    # electrostatic models (fixed-point SCF, local charges, QEq) on any backbone, MACE-SCF's names as aliases
+    electrostatic = functools.partial(fixed_point.build_electrostatic_model, build=build_model)
+    names = [name for canonical, aliases in fixed_point.MODEL_TYPES.items() for name in (canonical, *aliases)]
+    _register(ModelFamily("electrostatic", tuple(names), check_section=fixed_point.check_section, build=build_model,
+                          resolve_from_data=fixed_point.resolve_from_data),
+              {name: electrostatic for name in names})
 
 
 def family_of(section: Mapping[str, Any]) -> ModelFamily:

@@ -34,9 +34,8 @@ data-parallel ranks each rank's value counts equally.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
-from typing import Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -44,9 +43,9 @@ import torch
 from mlpot.data import keys as K
 from mlpot.errors import ConfigError, DataError, suggest
 from mlpot.nn.scatter import scatter_sum
+from mlpot.training.structured_losses import cluster_virial_residual, molecular_forces_value, penalty_value
 
-__all__ = ["TERMS", "LossTermSpec", "LossTermFn", "WeightedLoss", "resolve_term", "label_error_sums", "rmse_mae",
-           "GENERALIZED_FORCE"]
+__all__ = ["TERMS", "LossTermSpec", "LossTermFn", "WeightedLoss", "resolve_term", "GENERALIZED_FORCE"]
 
 # metric name of the generalised-force error (DeePMD lcurve column rmse_gf); not a batch label
 GENERALIZED_FORCE = "generalized_force"
@@ -54,13 +53,23 @@ GENERALIZED_FORCE = "generalized_force"
 
 @dataclass(frozen=True)
 class LossTermSpec:
-    """Defaults of a named term: the label compared and how frame residuals are normalised."""
+    """Defaults of a named term: the label compared and how frame residuals are normalised.
+
+    ``target``: another prediction the label's prediction is compared with (instead of the data),
+    present where ``weight_label`` has a weight; ``truncate``: compare only the leading columns of
+    the label that the prediction has (multipoles up to the model's L); ``kind``: ``standard``,
+    ``cluster_virial``, ``molecular_forces`` or ``penalty`` (``structured_losses.py``).
+    """
 
     label: str
     atom_norm: str = "none"  # none | per_atom | sqrt | per_atom_sq
     atom_pref: bool = False  # DeePMD "pf": per-atom force weights from ATOM_PREF
     cumulative: bool = False  # DeePMD dos "cdf"/"acdf": compare running sums along the last axis
     generalized: bool = False  # DeePMD "gf": force residuals projected on DRDQ, per frame
+    target: Optional[str] = None
+    weight_label: Optional[str] = None
+    truncate: bool = False
+    kind: str = "standard"
 
 
 TERMS: Dict[str, LossTermSpec] = {
@@ -75,6 +84,14 @@ TERMS: Dict[str, LossTermSpec] = {
     "dipole_per_atom": LossTermSpec(K.DIPOLE, "per_atom"),
     "polarizability_per_atom": LossTermSpec(K.POLARIZABILITY, "per_atom"),
     "fermi_level_per_atom": LossTermSpec(K.FERMI_LEVEL, "per_atom"),
+    # self-consistent electrostatics (MACE-SCF names, spec mace_scf.md §4)
+    "atomic_multipoles": LossTermSpec(K.ATOMIC_MULTIPOLES, truncate=True),
+    "esps": LossTermSpec(K.ESPS, target=K.REFERENCE_ESPS, weight_label=K.ATOMIC_MULTIPOLES),
+    "field_features": LossTermSpec(K.FIELD_FEATURES, target=K.REFERENCE_FIELD_FEATURES, weight_label=K.ATOMIC_MULTIPOLES),
+    "cluster_virial": LossTermSpec(K.FORCES, kind="cluster_virial"),
+    "cluster_virial_per_atom": LossTermSpec(K.FORCES, "per_atom", kind="cluster_virial"),
+    "molecular_forces": LossTermSpec(K.FORCES, kind="molecular_forces"),
+    "fixedpoint_scf_stability": LossTermSpec(K.SCF_STABILITY, kind="penalty"),
     "dos_cdf": LossTermSpec(K.DOS, cumulative=True),
     "atom_dos_cdf": LossTermSpec(K.ATOM_DOS, cumulative=True),
     GENERALIZED_FORCE: LossTermSpec(K.FORCES, generalized=True),
@@ -123,7 +140,10 @@ class LossTermFn:
     def __init__(self, spec: LossTermSpec, function: str = "mse", atom_norm: Optional[str] = None,
                  huber_delta: float = 0.01, relative: Optional[float] = None, atom_weight: bool = False,
                  vector_norm: bool = False, atom_pref_default: Optional[float] = None,
-                 type_weights: Optional[Sequence[float]] = None):
+                 type_weights: Optional[Sequence[float]] = None,
+                 penalty: Tuple[float, bool, float] = (1.0, False, 10.0)):
+        self.spec = spec
+        self.penalty = penalty  # (offset, smooth, beta) of a penalty term
         self.label = spec.label
         self.level = K.level_of(spec.label)
         self.atom_pref = spec.atom_pref
@@ -146,7 +166,11 @@ class LossTermFn:
 
     def residual_and_weight(self, pred, batch) -> Tuple[torch.Tensor, torch.Tensor]:
         """(residual, weight) of matching shape (n_items, *components)."""
+        if self.spec.kind != "standard" or self.spec.target is not None:
+            return self._structured(pred, batch)
         target = batch[self.label]
+        if self.spec.truncate:
+            target = target[..., : pred[self.label].shape[-1]]
         residual = pred[self.label].to(target.dtype) - target
         if self.cumulative:  # cumsum(pred) - cumsum(label) = cumsum(pred - label)
             residual = residual.cumsum(dim=-1)
@@ -167,6 +191,24 @@ class LossTermFn:
             residual = residual / (target.norm(dim=-1, keepdim=True) + self.relative)
         if self.vector_norm:  # DeePMD f_use_norm: one entry |ΔF_k| per atom, shape (n_atoms, 1)
             residual = torch.linalg.vector_norm(residual, dim=-1, keepdim=True)
+        return residual, _expand(weight, residual)
+
+    def _structured(self, pred, batch) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Residuals of the terms of ``structured_losses.py`` and of prediction-vs-prediction terms."""
+        kind = self.spec.kind
+        if kind == "cluster_virial":
+            return cluster_virial_residual(pred, batch, per_atom=self.power > 0)
+        if kind == "molecular_forces":
+            return molecular_forces_value(pred, batch)
+        value = pred[self.label]
+        if kind == "penalty":
+            return value, torch.ones_like(value)
+        target = pred[self.spec.target].detach()
+        weight = batch[K.weight_key(self.spec.weight_label)].to(value.dtype)
+        weight = weight.reshape(weight.shape[0], -1).amax(1)
+        if K.level_of(self.label) == "atom":
+            weight = weight[batch[K.BATCH]]
+        residual = value - target
         return residual, _expand(weight, residual)
 
     def _atom_pref(self, batch, like: torch.Tensor) -> torch.Tensor:
@@ -205,6 +247,10 @@ class LossTermFn:
             prediction = pred[self.label]
             return (prediction * 0).sum(), prediction.new_zeros((), dtype=torch.float64)
         residual, weight = self.residual_and_weight(pred, batch)
+        if self.spec.kind in ("penalty", "molecular_forces"):  # already a penalty or a square
+            offset, smooth, beta = self.penalty
+            values = penalty_value(residual, offset, smooth, beta) if self.spec.kind == "penalty" else residual
+            return (weight * values).sum(), weight.sum().detach()
         if self.function == "mse":
             elementwise = residual.square()
         elif self.function == "mae":
@@ -261,7 +307,8 @@ class WeightedLoss:
             else:  # any name comparing an explicit label key
                 resolve_term(label, file=file)
                 base = TERMS.get(name, LossTermSpec(label))
-                spec = LossTermSpec(label, base.atom_norm, base.atom_pref, base.cumulative, base.generalized)
+                spec = LossTermSpec(label, base.atom_norm, base.atom_pref, base.cumulative, base.generalized,
+                                    base.target, base.weight_label, base.truncate, base.kind)
             atom_norm = term.atom_norm
             if atom_norm is None and loss_type == "ener" and spec.label in (K.ENERGY, K.VIRIAL):
                 atom_norm = "per_atom" if (intensive or term.function != "mse") else "sqrt"
@@ -269,7 +316,9 @@ class WeightedLoss:
                                         atom_weight=getattr(term, "atom_weight", False),
                                         vector_norm=getattr(term, "vector_norm", False),
                                         atom_pref_default=getattr(term, "atom_pref_default", None),
-                                        type_weights=_type_weights(getattr(term, "per_type", False), type_map, name, file))
+                                        type_weights=_type_weights(getattr(term, "per_type", False), type_map, name, file),
+                                        penalty=(getattr(term, "offset", 1.0), getattr(term, "smooth", False),
+                                                 getattr(term, "beta", 10.0)))
 
     @property
     def labels(self) -> Tuple[str, ...]:
@@ -397,37 +446,3 @@ def _type_weights(per_type, type_map: Optional[Sequence[str]], name: str, file: 
         raise ConfigError(f"give a positive weight for every type of {list(type_map)} (unknown {unknown}, missing {missing})",
                           file=file, key=key)
     return [float(per_type[t]) for t in type_map]
-
-
-def label_error_sums(pred, batch, labels: Iterable[str]) -> Dict[str, torch.Tensor]:
-    """Per-label sums for pooled metrics: ``{name: tensor([Σw r², Σw |r|, Σw])}`` (detached).
-
-    Names are the labels plus ``energy_per_atom`` (and ``virial_per_atom``) with residuals / N.
-    The name GENERALIZED_FORCE gives the error of the generalised forces Σ_i drdq_i^T ΔF_i (eV per
-    unit of the generalised coordinate), from frames that hold DRDQ. RMSE = sqrt(s0 / s2), MAE = s1 / s2.
-    """
-    out: Dict[str, torch.Tensor] = {}
-    with torch.no_grad():
-        for label in labels:
-            if label == GENERALIZED_FORCE:
-                present = K.FORCES in pred and K.FORCES in batch and K.DRDQ in batch
-                variants = [(label, TERMS[GENERALIZED_FORCE])] if present else []
-            elif label not in pred or label not in batch or K.weight_key(label) not in batch:
-                continue
-            else:
-                variants = [(label, LossTermSpec(label, "none"))]
-                if label in (K.ENERGY, K.VIRIAL):
-                    variants.append((f"{label}_per_atom", LossTermSpec(label, "per_atom")))
-            for name, spec in variants:
-                residual, weight = LossTermFn(spec).residual_and_weight(pred, batch)
-                out[name] = torch.stack([(weight * residual.square()).sum(), (weight * residual.abs()).sum(),
-                                         weight.sum()]).double()
-    return out
-
-
-def rmse_mae(sums: torch.Tensor) -> Tuple[float, float]:
-    """(RMSE, MAE) from :func:`label_error_sums` entries; nan when no entry carried the label."""
-    s0, s1, s2 = (float(v) for v in sums)
-    if s2 <= 0:
-        return math.nan, math.nan
-    return math.sqrt(s0 / s2), s1 / s2

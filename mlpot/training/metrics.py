@@ -26,10 +26,45 @@ import numpy as np
 import torch
 
 from mlpot.data import keys as K
-from mlpot.training.losses import GENERALIZED_FORCE, rmse_mae
+from mlpot.training.losses import GENERALIZED_FORCE, TERMS, LossTermFn, LossTermSpec
+
+
+def label_error_sums(pred, batch, labels: Iterable[str]) -> Dict[str, torch.Tensor]:
+    """Per-label sums for pooled metrics: ``{name: tensor([Σw r², Σw |r|, Σw])}`` (detached).
+
+    Names are the labels plus ``energy_per_atom`` (and ``virial_per_atom``) with residuals / N.
+    The name GENERALIZED_FORCE gives the error of the generalised forces Σ_i drdq_i^T ΔF_i (eV per
+    unit of the generalised coordinate), from frames that hold DRDQ. RMSE = sqrt(s0 / s2), MAE = s1 / s2.
+    """
+    out: Dict[str, torch.Tensor] = {}
+    with torch.no_grad():
+        for label in labels:
+            if label == GENERALIZED_FORCE:
+                present = K.FORCES in pred and K.FORCES in batch and K.DRDQ in batch
+                variants = [(label, TERMS[GENERALIZED_FORCE])] if present else []
+            elif label not in pred or label not in batch or K.weight_key(label) not in batch:
+                continue
+            else:
+                variants = [(label, LossTermSpec(label, "none", truncate=label == K.ATOMIC_MULTIPOLES))]
+                if label in (K.ENERGY, K.VIRIAL):
+                    variants.append((f"{label}_per_atom", LossTermSpec(label, "per_atom")))
+            for name, spec in variants:
+                residual, weight = LossTermFn(spec).residual_and_weight(pred, batch)
+                out[name] = torch.stack([(weight * residual.square()).sum(), (weight * residual.abs()).sum(),
+                                         weight.sum()]).double()
+    return out
+
+
+def rmse_mae(sums: torch.Tensor) -> Tuple[float, float]:
+    """(RMSE, MAE) from :func:`label_error_sums` entries; nan when no entry carried the label."""
+    s0, s1, s2 = (float(v) for v in sums)
+    if s2 <= 0:
+        return math.nan, math.nan
+    return math.sqrt(s0 / s2), s1 / s2
+
 
 __all__ = ["LCURVE_SHORT", "lcurve_keys", "lcurve_values", "AtomWeightedMean", "PooledErrors", "label_errors",
-           "combine_errors"]
+           "combine_errors", "label_error_sums", "rmse_mae"]
 
 # label -> (DeePMD short name, error-sum entry used for it)
 LCURVE_SHORT = {

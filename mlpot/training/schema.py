@@ -183,6 +183,9 @@ class LossTerm(Strict):
     per_type: Union[bool, Dict[str, float]] = Field(
         False, description="atomic labels: the term is the mean over atom types of the per-type means (true), or "
         "their weighted mean with these weights by type name (NequIP per_type_coeffs), types present in the batch")
+    smooth: bool = Field(False, description="penalty terms (fixedpoint_scf_stability): softplus instead of relu")
+    beta: float = Field(10.0, gt=0, description="penalty terms: softplus sharpness")
+    offset: float = Field(1.0, description="penalty terms: value above which the prediction is penalised")
 
     @model_validator(mode="after")
     def _both_prefs(self):

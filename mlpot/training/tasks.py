@@ -20,7 +20,8 @@ from mlpot.errors import ConfigError
 from mlpot.training.data_setup import MultiTaskData, TrainingData
 from mlpot.training.distributed import shard_indices
 from mlpot.training.logging import format_loss_breakdown
-from mlpot.training.losses import WeightedLoss, label_error_sums
+from mlpot.training.losses import WeightedLoss
+from mlpot.training.metrics import label_error_sums
 from mlpot.training.metrics import AtomWeightedMean, PooledErrors, lcurve_values
 
 __all__ = ["Tasks", "predict", "next_indices"]

@@ -45,7 +45,7 @@ import torch
 
 from mlpot.errors import CheckpointError, ConfigError
 from mlpot.models.output_bias import energy_bias, refit_energy_bias
-from mlpot.training.checkpoint import (CheckpointManager, load_checkpoint, restore_trainer_state, save_checkpoint,
+from mlpot.training.checkpoint import (CheckpointManager, load_checkpoint, restore_trainer_state,
                                        trainer_state)
 from mlpot.training.data_setup import TrainingData, build_training_data
 from mlpot.training.distributed import DistInfo, init_distributed, shard_indices
@@ -53,12 +53,14 @@ from mlpot.training.early_stopping import EarlyStopping
 from mlpot.training.ema import ExponentialMovingAverage
 from mlpot.training.full_validation import FullValidation
 from mlpot.training.logging import TrainingLog, WindowMean, format_loss_breakdown
-from mlpot.training.losses import WeightedLoss, label_error_sums
+from mlpot.training.losses import WeightedLoss
+from mlpot.training.metrics import label_error_sums
 from mlpot.training.metrics import lcurve_values
 from mlpot.training.monitor import ValidationMonitor
 from mlpot.training.optim import build_training_optimizer, current_lr
 from mlpot.training.schema import NativeConfig
 from mlpot.training.stages import StagePlan, apply_model_options, apply_stage_lr
+from mlpot.training.validation_flow import ValidationFlow
 from mlpot.training.tasks import Tasks, next_indices, predict
 
 __all__ = ["Trainer", "TrainingStopped", "predict"]
@@ -71,7 +73,7 @@ class TrainingStopped(ConfigError):
     non-finite loss term (a ConfigError at ``training.max_nonfinite``: the config file is named)."""
 
 
-class Trainer:
+class Trainer(ValidationFlow):
     """Train the model of ``config``.
 
     restart: checkpoint to resume exactly (weights, optimizer, schedules, RNG, sampler, step).
@@ -172,6 +174,9 @@ class Trainer:
         if not setup.plateau or stage.lr is not None or stage.group_lr:
             apply_stage_lr(stage, self.optimizer, self.scheduler, setup.group_names, setup.initial_lrs)
         apply_model_options(self.model, stage.model_options, stage.name)
+        for task, head in self.heads.items():
+            if hasattr(head, "request_outputs"):
+                head.request_outputs(self.losses[task].labels)
         self.stage_index = index
 
     def _position(self) -> int:
@@ -300,6 +305,8 @@ class Trainer:
         """Train to the end; returns the last validation (or training) values."""
         cfg = self.config
         self._enter_stage(self.plan.index_at(self._position()))
+        for head in self.heads.values():
+            head.diagnostics = self.log.debug
         self.log.open(append=self.step > 0, task_labels=self.tasks.labels, total_steps=self.total_steps,
                       has_valid={name: data.valid_sampler is not None for name, data in self.task_data.items()},
                       initial_step=self.step, progress=self.progress)
@@ -339,6 +346,8 @@ class Trainer:
                     train = {**train, **window.pop()} if window is not None else train
                     self.log.display(self.step, self.epoch, self.plan[self.stage_index].name, train, valid)
                     last = valid or train
+                if self.step % self.steps_per_epoch == 0:
+                    self._model_report()
                 self.full_validation.run(self.step, self.state_dict)
                 if cfg.training.max_time is not None and time.perf_counter() - start_time > cfg.training.max_time:
                     self.monitor.stop_reason = self.monitor.stop_reason or f"max_time {cfg.training.max_time:g} s reached"
@@ -359,6 +368,8 @@ class Trainer:
                                       f"non-finite loss (the first at step {first_step}, term {first_term}); check "
                                       "the data labels, the learning rate and the loss prefactors",
                                       key="training.max_nonfinite")
+            if self.dist.is_main:
+                self._after_training()
             if cfg.training.change_bias_after_training and self.dist.is_main:
                 self.change_energy_bias()
                 self.save()
@@ -370,78 +381,6 @@ class Trainer:
         finally:
             self.log.close()
         return last
-
-    def _patience_exhausted(self, valid: Optional[Dict[str, float]]) -> bool:
-        """Early stopping (``training.patience``) after a validation: True to stop the run; when a
-        later stage exists it is entered at its start instead (the steps in between are skipped)."""
-        exhausted = self.early_stopping.update(valid.get("rmse", math.nan) if valid else math.nan)
-        if self.dist.enabled:  # the main rank validated: every rank follows its decision
-            exhausted = self._reduced(torch.tensor(float(exhausted))) > 0
-        if not exhausted:
-            return False
-        if self.stage_index + 1 >= len(self.plan):
-            self.log.write(f"early stopping at step {self.step}: {self.early_stopping.count} validations without a "
-                           f"lower validation loss (training.patience)")
-            return True
-        stage = self.plan[self.stage_index + 1]
-        self.log.write(f"patience exhausted at step {self.step}: going on with stage {stage.name!r}")
-        self.step = stage.start * (self.steps_per_epoch if self.unit == "epochs" else 1)
-        self.epoch = self.step // self.steps_per_epoch
-        if isinstance(self.scheduler, torch.optim.lr_scheduler.LambdaLR):
-            self.scheduler.last_epoch = self.step
-        return False
-
-    def _validation_due(self, end: bool, valid_freq: int) -> bool:
-        every = self.config.training.valid_every_epochs
-        if every is not None:
-            return end or self.step % (every * self.steps_per_epoch) == 0
-        return self.step == 1 or self.step % valid_freq == 0 or end
-
-    def _after_validation(self, valid: Optional[Dict[str, float]], train: Dict[str, float]) -> None:
-        """The monitored value: plateau schedule step, best checkpoint, early stopping (rank 0 decides)."""
-        if valid is None:
-            return
-        try:
-            value = self.monitor.value(valid) if self.config.training.monitor is not None else valid.get("rmse", train["loss"])
-        except KeyError as error:
-            raise MlpotError(f"training.monitor: {error.args[0]}") from None
-        if self.optimizer_setup.plateau:
-            self.scheduler.step(value)
-        if self.monitor.update(value, self.step) and self.config.checkpoint.best:
-            path = self.out / self.config.checkpoint.dir / self.config.checkpoint.best
-            save_checkpoint(path, self.state_dict())
-            self.log.debug(f"new best monitored value {value:.6g} at step {self.step}: {path}")
-
-    def best_checkpoint(self) -> Optional[Path]:
-        """The best checkpoint written (``checkpoint.best``), or None."""
-        if not self.config.checkpoint.best:
-            return None
-        path = self.out / self.config.checkpoint.dir / self.config.checkpoint.best
-        return path if path.exists() else None
-
-    def test(self) -> Dict[str, Dict[str, float]]:
-        """Evaluate ``data.test`` of every task with the best checkpoint's weights (else the final
-        ones, EMA when on); logs one line per task and returns {task: metrics}."""
-        best = self.best_checkpoint()
-        results: Dict[str, Dict[str, float]] = {}
-        state = load_checkpoint(best) if best is not None else None
-        backup = {k: v.detach().clone() for k, v in self.model.state_dict().items()} if state is not None else None
-        if state is not None:
-            self.model.load_state_dict(state.get("ema_state_dict") or state["model_state_dict"])
-        try:
-            self.model.eval()
-            with self.ema.applied(self.model) if self.ema is not None and state is None else contextlib.nullcontext():
-                for task in self.task_names:
-                    values = self.tasks.evaluate(task, "test", self.losses[task], self._lr_ratio(), self.log.debug)
-                    if values is not None:
-                        results[task] = values
-                        shown = ", ".join(f"{k} {v:.6g}" for k, v in values.items() if k.endswith(("_rmse", "_mae")))
-                        weights = f"best checkpoint {best.name}" if best is not None else "final weights"
-                        self.log.write(f"test{' of task ' + task if task else ''} ({weights}): {shown}")
-        finally:
-            if backup is not None:
-                self.model.load_state_dict(backup)
-        return results
 
     def save(self) -> Optional[Path]:
         """Write a checkpoint of the current state (rank 0 only)."""

@@ -205,9 +205,16 @@ class MACE(AtomisticModel):
 
     def node_features(self, batch: Dict[str, torch.Tensor]) -> Tuple[torch.Tensor, o3.Irreps]:
         """Equivariant features of every layer per atom, batch order: ((n_atoms, node_irreps.dim), node_irreps)."""
-        order, features, _, _ = self._layers(batch)
+        _, features, irreps = self.energy_and_node_features(batch)
+        return features, irreps
+
+    def energy_and_node_features(self, batch: Dict[str, torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor, o3.Irreps]:
+        """Per-atom energy (n_atoms,) eV and the node features of :meth:`node_features` from one
+        evaluation (for models built on top of MACE that need both)."""
+        order, features, interaction_energy, e0 = self._layers(batch)
         flat = torch.cat([to_flat(f, blocks) for f, blocks in zip(features, self.layer_blocks)], dim=1)
-        return gather_rows(flat, order.inverse), self.node_irreps
+        atom_energy = gather_rows(self.combine(interaction_energy, e0), order.inverse)
+        return atom_energy, gather_rows(flat, order.inverse), self.node_irreps
 
     def extra_repr(self) -> str:
         return f"type_map={self.type_map}, cutoff={self.cutoff}, channels={self.channels}"

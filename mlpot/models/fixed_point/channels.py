@@ -1,0 +1,132 @@
+"""Channel layout of the fixed-point blocks: equivariant features with l <= 1 as (n, C, D).
+
+Every block of the fixed-point model (densities, field features, mixed backbone features,
+embeddings) holds C channels of one scalar (l = 0) and, when D = 4, one Cartesian vector (l = 1,
+odd parity) each: ``x[:, c, 0]`` is the scalar and ``x[:, c, 1:4]`` the vector (x, y, z), which
+is e3nn 0.6's own l = 1 order, so backbone irreps projected with e3nn land here unchanged.
+Linear maps act on the channel axis, separately per l, which keeps them equivariant; they may
+depend on the species (MACE-SCF's ``FCTP(x (x) onehot(Z))`` is exactly a per-species linear map).
+
+The stored density order [Q, d_y, d_z, d_x] and the field-feature layout of
+``mlpot.electrostatics`` (l = 0 of every width, then l = 1 of each width in (y, z, x)) are
+converted here, at the boundary, and nowhere else.
+
+Written by hand rather than with e3nn tensor products: for l <= 1 with uniform channels these
+maps are a few einsums, several times faster than e3nn's generic kernels on small blocks.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from e3nn import o3
+
+from mlpot.nn import gather_rows
+
+__all__ = [
+    "n_components", "density_to_channels", "channels_to_density", "features_to_channels", "ChannelLinear",
+    "IrrepsProjection", "channel_dot", "channel_irreps",
+]
+
+# stored [Q, d_y, d_z, d_x] -> channel [Q, x, y, z] and back
+_STORED_TO_CHANNEL = (0, 3, 1, 2)
+_CHANNEL_TO_STORED = (0, 2, 3, 1)
+_YZX_TO_XYZ = (2, 0, 1)
+
+
+def n_components(max_l: int) -> int:
+    """D = (max_l + 1)^2 components per channel (1 or 4)."""
+    if max_l not in (0, 1):
+        raise ValueError(f"channel blocks support l <= 1; got max_l = {max_l}")
+    return (max_l + 1) ** 2
+
+
+def _columns(x: torch.Tensor, order) -> torch.Tensor:
+    return x.index_select(-1, torch.tensor(order[: x.shape[-1]], device=x.device))
+
+
+def density_to_channels(density: torch.Tensor) -> torch.Tensor:
+    """(n, (L+1)^2) stored [Q, d_y, d_z, d_x] -> (n, 1, D) [Q, x, y, z]."""
+    return _columns(density, _STORED_TO_CHANNEL).unsqueeze(1)
+
+
+def channels_to_density(x: torch.Tensor) -> torch.Tensor:
+    """(n, 1, D) [Q, x, y, z] -> (n, D) stored [Q, d_y, d_z, d_x]."""
+    return _columns(x[:, 0], _CHANNEL_TO_STORED)
+
+
+def features_to_channels(features: torch.Tensor, n_widths: int, max_l: int) -> torch.Tensor:
+    """Field features (n, n_widths (max_l+1)^2) of ``mlpot.electrostatics`` -> (n, n_widths, D)."""
+    scalars = features[:, :n_widths].unsqueeze(-1)
+    if max_l == 0:
+        return scalars
+    vectors = features[:, n_widths:].reshape(-1, n_widths, 3)
+    return torch.cat([scalars, _columns(vectors, _YZX_TO_XYZ)], dim=-1)
+
+
+def channel_irreps(channels: int, max_l: int) -> o3.Irreps:
+    """e3nn irreps of a (C, D) block: C x 0e (+ C x 1o)."""
+    return o3.Irreps(f"{channels}x0e" + (f" + {channels}x1o" if max_l >= 1 else ""))
+
+
+class ChannelLinear(torch.nn.Module):
+    """y[:, o, l] = sum_c x[:, c, l] W_l[c, o] (+ b[o] on l = 0); W per species when ``n_species``.
+
+    (n, c_in, D) -> (n, c_out, D); ``species`` (n,) int64 indexes the per-species weights.
+    """
+
+    def __init__(self, c_in: int, c_out: int, max_l: int, n_species: int = 0, bias: bool = False,
+                 dtype: torch.dtype = torch.float64, scale: float = 1.0):
+        super().__init__()
+        self.c_in, self.c_out, self.max_l, self.n_species = int(c_in), int(c_out), int(max_l), int(n_species)
+        shape = ((self.n_species,) if self.n_species else ()) + (self.max_l + 1, self.c_in, self.c_out)
+        self.weight = torch.nn.Parameter(scale * torch.randn(shape, dtype=dtype) / self.c_in ** 0.5)
+        bias_shape = ((self.n_species,) if self.n_species else ()) + (self.c_out,)
+        self.bias = torch.nn.Parameter(torch.zeros(bias_shape, dtype=dtype)) if bias else None
+
+    def forward(self, x: torch.Tensor, species: Optional[torch.Tensor] = None) -> torch.Tensor:
+        if self.n_species:
+            weight = gather_rows(self.weight, species)  # (n, L+1, c_in, c_out)
+            out = [torch.einsum("ncd,nco->nod", x[:, :, :1], weight[:, 0])]
+            if x.shape[-1] > 1:
+                out.append(torch.einsum("ncd,nco->nod", x[:, :, 1:], weight[:, 1]))
+        else:
+            out = [torch.einsum("ncd,co->nod", x[:, :, :1], self.weight[0])]
+            if x.shape[-1] > 1:
+                out.append(torch.einsum("ncd,co->nod", x[:, :, 1:], self.weight[1]))
+        y = torch.cat(out, dim=-1)
+        if self.bias is not None:
+            bias = gather_rows(self.bias, species) if self.n_species else self.bias.expand(x.shape[0], -1)
+            y = torch.cat([y[:, :, :1] + bias.unsqueeze(-1), y[:, :, 1:]], dim=-1)
+        return y
+
+
+class IrrepsProjection(torch.nn.Module):
+    """Backbone features with any e3nn irreps -> (n, C, D) channels by an e3nn ``o3.Linear``.
+
+    Irreps of the input that have no l <= 1 counterpart (l >= 2, even vectors) do not contribute;
+    if the input has no odd vectors the l = 1 part is zero. ``bias``: a learned constant on the
+    scalars (so a projection of species-only features can be any per-species value).
+    """
+
+    def __init__(self, irreps_in, channels: int, max_l: int, bias: bool = True, dtype: torch.dtype = torch.float64):
+        super().__init__()
+        self.irreps_in = o3.Irreps(irreps_in)
+        self.channels, self.max_l = int(channels), int(max_l)
+        self.linear = o3.Linear(self.irreps_in, channel_irreps(self.channels, self.max_l), biases=bias).to(dtype)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        flat = self.linear(features)
+        scalars = flat[:, : self.channels].unsqueeze(-1)
+        if self.max_l == 0:
+            return scalars
+        return torch.cat([scalars, flat[:, self.channels:].reshape(-1, self.channels, 3)], dim=-1)
+
+
+def channel_dot(a: torch.Tensor, b: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Invariant per-channel products sum_l w_l[c] <a_c,l, b_c,l> (n, C); weights (L+1, C)."""
+    out = weights[0] * a[:, :, 0] * b[:, :, 0]
+    if a.shape[-1] > 1:
+        out = out + weights[1] * (a[:, :, 1:] * b[:, :, 1:]).sum(-1)
+    return out
