@@ -10,8 +10,8 @@ Invariants, for every example: ``mlpot train`` returns 0 or 2 and raises nothing
 on 2 the last line of stderr is ``mlpot train: error: ...`` naming a file of the workspace; every file
 that existed before is byte-identical afterwards; on 0 the model written loads (finite). A
 mutation that is certainly invalid (text, NaN or infinity in a number; any change of a DeePMD
-system; NaN or infinity in an extxyz file) must give 2. Removing a label file is left to the corpus
-(it needs the label gating of the dpfix branch). The default tier runs ``max_examples`` = 25 + 25 + 20 + 15 = 85 examples (derandomized:
+system; NaN or infinity in an extxyz file) must give 2. Removing a label file is left to the corpus.
+The default tier runs ``max_examples`` = 25 + 25 + 20 + 15 = 85 examples (derandomized:
 the same ones every run).
 """
 

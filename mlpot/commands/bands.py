@@ -15,6 +15,8 @@ driver (``mcOpts*.par``, ``<atom>ParamSteps.par``).
 
 from __future__ import annotations
 
+from mlpot.errors import ConfigError
+
 import argparse
 import sys
 from pathlib import Path
@@ -52,6 +54,9 @@ def load_band_config(path: Path):
     if deepseudopot.is_deepseudopot_inputs(path):
         return deepseudopot.convert(path)
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError("a folder without NN_config.par: neither a DeePseudopot inputs folder nor a native band "
+                          "config (YAML)", file=str(path))
     return validate_bands_config(read_yaml(path), file=str(path), base_dir=path.resolve().parent), []
 
 

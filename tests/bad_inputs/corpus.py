@@ -35,8 +35,6 @@ import yaml
 __all__ = ["Case", "CASES", "build_template", "Workspace", "MALICIOUS_MARKER", "plant_malicious"]
 
 MALICIOUS_MARKER = "PWNED_BY_A_MODEL_FILE"
-NEEDS_DPFIX = "needs the dpfix branch (label gating of losses.py)"
-NEEDS_BANDS = "needs the bands branch (bands/setup.load_model_state turns every read error into a CheckpointError)"
 
 
 class _RunsCode:
@@ -460,7 +458,7 @@ def _cases() -> List[Case]:
              r"sys4.*type"))
     add(Case("dp forces missing in every system", "deepmd",
              lambda ws: ([_npy(ws, s, "force").unlink() for s in ("sys4", "sys5")], _dp_outdir_train("dp/input.json"))[1],
-             rf"{F}input\.json: loss/start_pref_f: .*forces", xfail=NEEDS_DPFIX))
+             rf"{F}input\.json: loss/start_pref_f: .*forces"))
     # ---- output folders, restart, models given to train ----------------------------------------
     add(Case("dp output folder locked by a live run", "deepmd", _hold_lock,
              rf"{F}dp/out: output_dir: the output folder is in use by another mlpot run \(PID {os.getpid()}\)"))
@@ -538,7 +536,7 @@ def _cases() -> List[Case]:
     add(Case("native forces missing (extxyz without forces)", "native",
              lambda ws: ([_extxyz(ws, _strip_forces, n) for n in ("train.extxyz", "valid.extxyz")],
                          _train("native/config.yaml"))[1],
-             rf"{F}config\.yaml: loss\.terms\.forces: .*forces", xfail=NEEDS_DPFIX))
+             rf"{F}config\.yaml: loss\.terms\.forces: .*forces"))
     add(Case("native energies of 1e200 eV (non-finite data statistics)", "native",
              lambda ws: (_native_huge_energies(ws), _train("native/config.yaml"))[1],
              rf"{F}config\.yaml: data\.train: the model's statistics of the training data are not finite"))
@@ -598,7 +596,7 @@ def _cases() -> List[Case]:
     add(Case("bands: inputs folder missing", "deepseudopot",
              lambda ws: ["bands", "fit", "nowhere", "results", "--quiet"], r"nowhere", needs="bands"))
     add(Case("bands: eval of a model that runs code", "deepseudopot", _bands_eval_model, r"PPmodel\.pth",
-             needs="bands", xfail=NEEDS_BANDS))
+             needs="bands"))
     return cases
 
 
