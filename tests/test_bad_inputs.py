@@ -4,12 +4,15 @@ Every case runs in-process (``mlpot.cli.main``) on a fresh copy of a valid works
 exit with status 2; end stderr with one line ``mlpot <command>: error: <file>: <key or frame>: ...``
 matching the case's pattern; raise no exception (an escaped exception is a traceback); run no code
 from a model file; leave every file that existed before byte-identical. A few cases run again as
-subprocesses, where a traceback would really reach stderr.
+subprocesses, where a traceback would really reach stderr. With ``MLPOT_CORPUS_REPORT=FILE`` each
+case appends a JSON line (name, front-end, command, exit code, message) to FILE: the table of the
+corpus in the docs is made from it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import shutil
@@ -83,6 +86,15 @@ def _check_message(case, argv, stderr: str) -> None:
     assert re.search(case.expect, lines[-1]), f"{lines[-1]!r} does not match {case.expect!r}"
 
 
+def _report(case, argv, code: int, stderr: str) -> None:
+    report = os.environ.get("MLPOT_CORPUS_REPORT")
+    if report:
+        lines = stderr.strip().splitlines()
+        with open(report, "a") as handle:
+            handle.write(json.dumps({"name": case.name, "front_end": case.front_end, "command": argv[0], "code": code,
+                                     "message": lines[-1] if lines else "", "traceback": "Traceback" in stderr}) + "\n")
+
+
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
 def test_bad_input_is_a_clear_error(case, template, tmp_path, monkeypatch, capsys, request):
     with contextlib.ExitStack() as stack:
@@ -93,6 +105,7 @@ def test_bad_input_is_a_clear_error(case, template, tmp_path, monkeypatch, capsy
         capsys.readouterr()
         code = main(argv)
         stderr = capsys.readouterr().err
+        _report(case, argv, code, stderr)
         assert code == 2, stderr
         _check_message(case, argv, stderr)
         assert not ws.marker.exists(), "code from a model file ran"
