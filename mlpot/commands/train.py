@@ -137,7 +137,7 @@ def load_train_config(args, keys: Optional[KeyMap] = None):
     if mace_file is None and not extra:
         path = config_file(args)
         args.config = path
-        if not (path.exists() and mace.is_mace_config(path)):
+        if not (path.exists() and (mace.is_mace_config(path) or _is_macescf(path, ()))):
             output_dir = str(args.output_dir.resolve()) if args.output_dir else None
             config, restart = load_any_config(path, args.overrides, output_dir=output_dir, keys=keys)
             return config, ({"restart": restart} if restart else {})

@@ -75,7 +75,7 @@ def scf_options() -> Dict[str, Option]:
         "quadrupole_feature_corrections": (False, "bool", NOT_BUILT), "return_electrostatic_potentials": (False, "bool", ok),
         "override_pbc_checks": (False, "bool", ok), "allow_low_density_pbc": (False, "bool", ok),
         "low_density_pbc_max_volume_per_atom": (100.0, "float", ok), "field_feature_max_l": (1, "int", ok),
-        "field_feature_widths": ("[1.0, 2.0]", "list", ok), "field_feature_norms": ("None", "str", ok),
+        "field_feature_widths": ([1.0, 2.0], "list", ok), "field_feature_norms": ("None", "str", ok),
         "include_field_si": (False, "bool", ok), "field_norm_factor": (1.0, "float", ok),
         "fixedpoint_update_config": (None, "dict", ok), "field_readout_config": (None, "dict", ok),
         "include_local_electron_energy": (True, "bool", ok), "use_linear_local_charges": (False, "bool", ok),

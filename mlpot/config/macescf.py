@@ -115,7 +115,9 @@ def _schedule(options: Mapping[str, Any], file: Optional[str]) -> Dict[str, Any]
     if scheduler == "ReduceLROnPlateau":
         return {"type": "plateau", "factor": float(options["lr_factor"]), "patience": int(options["scheduler_patience"])}
     if scheduler == "ExponentialLR":
-        return {"type": "constant"}  # per-epoch gamma: not an mlpot step schedule
+        # mace-torch steps ExponentialLR once per epoch
+        return {"type": "exp", "per_epoch": True, "decay_steps": 1, "decay_rate": float(options["lr_scheduler_gamma"]),
+                "stop_lr": 0.0}
     raise ConfigError(f"expected ReduceLROnPlateau or ExponentialLR, got {scheduler!r}", file=file, key="--scheduler")
 
 
