@@ -1,5 +1,5 @@
 """Self-consistent (fixed-point) electrostatic models on any backbone, and the non-SCF electrostatic
-models beside them (spec mace_scf.md §2-4; docs/fixed_point.md).
+models beside them (spec mace_scf.md §2-4; docs/fixed_point_models.md).
 
 By concept: ``backbone`` (the interface and one adapter per backbone), ``channels`` (l <= 1
 equivariant blocks), ``readouts`` (local density readout, field energy readouts), ``updates``
