@@ -161,6 +161,8 @@ class _Resolver:
         if isinstance(value, str) and "${" in value:
             try:
                 return self.string(value, where)
+            except ConfigError:  # already located (ConfigError is a ValueError)
+                raise
             except ValueError as exc:
                 raise ConfigError(str(exc), key=_key(where)) from None
         return value

@@ -347,6 +347,60 @@ def _bands_eval_model(ws: Workspace) -> List[str]:
 F = r"(?:[\w./-]*/)?"  # an optional folder before a file name in a message
 
 
+# ---- the peers' front-ends (NequIP YAML, mace_run_train options, MACE-SCF run_train) -----------
+def _peer_files(ws: Workspace) -> Path:
+    """``peers/`` with a small water extxyz (REF_energy, REF_forces) and a NequIP tutorial config."""
+    from ase import Atoms
+    from ase.io import write
+
+    from tests.nequip_configs import tutorial
+
+    folder = ws.root / "peers"
+    folder.mkdir(exist_ok=True)
+    rng = np.random.default_rng(0)
+    frames = []
+    for _ in range(6):
+        atoms = Atoms("OH2", positions=[[0, 0, 0], [0.96, 0, 0], [-0.24, 0.93, 0]] + 0.05 * rng.normal(size=(3, 3)),
+                      cell=[6, 6, 6], pbc=True)
+        atoms.info["REF_energy"] = -10.0
+        atoms.arrays["REF_forces"] = rng.normal(size=(3, 3))
+        frames.append(atoms)
+    write(folder / "train.xyz", frames)
+    (folder / "nequip.yaml").write_text(tutorial("train.xyz"))
+    return folder
+
+
+def _peer_file(name: str, text: Callable[[Path], str], argv: Callable[[str], List[str]]):
+    def spoil(ws: Workspace) -> List[str]:
+        folder = _peer_files(ws)
+        (folder / name).write_text(text(folder))
+        return argv(f"peers/{name}")
+    return spoil
+
+
+def _peer_cases() -> List[Case]:
+    train = lambda path: ["train", path, "--no-progress"]  # noqa: E731
+    config = lambda path: ["train", "--config", path, "--no-progress"]  # noqa: E731
+    mace = "train_file: peers/train.xyz\n"
+    return [
+        Case("nequip: misspelt key", "nequip",
+             _peer_file("typo.yaml", lambda f: (f / "nequip.yaml").read_text().replace("num_layers:", "num_layer:"), train),
+             rf"{F}typo\.yaml: training_module\.model\.num_layer: interpolation \$\{{num_layers\}}"),
+        Case("nequip: -cn of a missing file", "nequip", lambda ws: ["train", "-cn", "nowhere.yaml", "--no-progress"],
+             r"nowhere\.yaml"),
+        Case("mace: unknown option", "mace", _peer_file("opts.yaml", lambda f: mace + "name: run\nhidden_irrep: 8x0e\n", config),
+             rf"{F}opts\.yaml: hidden_irrep: unknown mace_run_train option \(did you mean hidden_irreps\?\)"),
+        Case("mace: missing name", "mace", _peer_file("opts.yaml", lambda f: mace, config),
+             rf"{F}opts\.yaml: name: missing required option"),
+        Case("mace: max_L 'two'", "mace", _peer_file("opts.yaml", lambda f: mace + "name: run\n",
+                                                      lambda p: config(p) + ["--max_L", "two"]),
+             rf"{F}opts\.yaml: max_L: invalid value 'two'"),
+        Case("macescf: no heads", "macescf", lambda ws: ["train", "--train_file", str(_peer_files(ws) / "train.xyz"),
+                                                          "--model", "FixedPoint", "--no-progress"],
+             r"command line: heads: needs exactly one head"),
+    ]
+
+
 def _cases() -> List[Case]:
     cases: List[Case] = []
     add = cases.append
@@ -597,6 +651,7 @@ def _cases() -> List[Case]:
              lambda ws: ["bands", "fit", "nowhere", "results", "--quiet"], r"nowhere", needs="bands"))
     add(Case("bands: eval of a model that runs code", "deepseudopot", _bands_eval_model, r"PPmodel\.pth",
              needs="bands"))
+    cases += _peer_cases()
     return cases
 
 
