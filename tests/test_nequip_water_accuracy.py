@@ -1,8 +1,9 @@
 """NequIP on liquid water (slow): a NequIP 0.19 config (tests/nequip_water_config.yaml, hyperparameters
 stated there: 3 layers, l_max 1, 16 features, r_max 4.5 Å, float32, 8 epochs of 240 steps) trained
 unchanged with ``mlpot train -cn`` on deepmd_water data_0 + data_1 (as extxyz) reaches a force RMSE
-<= 0.10 eV/Å on data_3. The same config run by NequIP 0.19.1 itself is compared in
-docs/nequip_models.md ("Accuracy")."""
+<= 0.10 eV/Å on data_3. The same config run by NequIP 0.19.1 itself for the same steps
+(benchmarks/nequip_water_accuracy.py drives both codes) is compared in docs/nequip_models.md
+("Accuracy")."""
 
 import shutil
 from pathlib import Path
