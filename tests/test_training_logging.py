@@ -58,6 +58,13 @@ def test_validation_average_is_atom_weighted_and_csv_columns(tmp_path):
     csv.write({"step": 2})
     csv.close()
     assert (tmp_path / "m.csv").read_text().splitlines() == ["step,loss", "1,0.1", "2,nan"]
+    # a later row with new columns (the first validation) widens the file; nothing is dropped
+    csv = MetricsCSV(tmp_path / "m.csv", append=True)
+    csv.write({"step": 3, "loss": 0.2, "valid_forces_rmse": 0.5})
+    csv.write({"step": 4, "loss": 0.3})
+    csv.close()
+    assert (tmp_path / "m.csv").read_text().splitlines() == [
+        "step,loss,valid_forces_rmse", "1,0.1,nan", "2,nan,nan", "3,0.2,0.5", "4,0.3,nan"]
 
 
 def test_ema_decay_warmup_and_swap():

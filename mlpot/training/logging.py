@@ -109,7 +109,9 @@ class WindowMean:
 
 
 class MetricsCSV:
-    """CSV with the columns fixed at the first row; appended on restart (header kept)."""
+    """CSV of one row per display; appended on restart (header kept). A row with columns the file
+    lacks (the first validation after rows without one) widens the file: the header is rewritten
+    and the earlier rows get ``nan`` there, so no value is ever dropped."""
 
     def __init__(self, path, append: bool = False):
         self.path = Path(path)
@@ -127,8 +129,24 @@ class MetricsCSV:
         if self.columns is None:
             self.columns = list(row)
             self.writer.writerow(self.columns)
+        elif any(c not in self.columns for c in row):
+            self._widen([c for c in row if c not in self.columns])
         self.writer.writerow([_fmt(row.get(c, math.nan)) for c in self.columns])
         self.handle.flush()
+
+    def _widen(self, new_columns: List[str]) -> None:
+        self.handle.close()
+        with open(self.path, newline="") as handle:
+            rows = list(csv.reader(handle))[1:]
+        self.columns = list(self.columns) + new_columns
+        temporary = self.path.with_name(self.path.name + ".tmp")
+        with open(temporary, "w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(self.columns)
+            writer.writerows(r + ["nan"] * (len(self.columns) - len(r)) for r in rows)
+        os.replace(temporary, self.path)
+        self.handle = open(self.path, "a", newline="", buffering=1)
+        self.writer = csv.writer(self.handle)
 
     def close(self) -> None:
         self.handle.close()

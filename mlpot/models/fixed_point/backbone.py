@@ -14,7 +14,8 @@ else from two calls. Adapters:
 * DeePMD descriptor models (``standard`` with an ``ener`` fitting, e.g. se_e2_a):
   :class:`DeepmdFeatures` exposes the invariant descriptor (``dim_out`` x 0e) and the
   equivariant block G^T R (``dim_rot`` x 1o, Cartesian) next to the fitting's energy;
-* NequIP (its ``node_features``) satisfies the interface as it is;
+* NequIP (``energy_and_node_features``: one evaluation gives the atomic energies and the features of
+  the last layer with l > 0);
 * :class:`SpeciesBackbone`: features = one-hot species, energy = a per-species constant (no
   environment): the exact QEq limit and the synthetic tests.
 """

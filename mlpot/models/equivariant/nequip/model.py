@@ -206,12 +206,28 @@ class NequIPModel(AtomisticModel):
         features, _ = self._features(batch, layer + 1)
         return features[-1], self.layers[layer].irreps_out
 
-    def forward(self, batch: Batch) -> Batch:
-        """batch -> {ATOM_ENERGY (n_atoms,), ENERGY (n_frames,)} (module docstring)."""
+    @property
+    def node_irreps(self) -> o3.Irreps:
+        """Irreps of :meth:`node_features` by default (the last layer with l > 0 features)."""
+        return self.layers[max(len(self.layers) - 2, 0)].irreps_out
+
+    def energy_and_node_features(self, batch: Batch) -> Tuple[torch.Tensor, torch.Tensor, o3.Irreps]:
+        """(atomic energies (n_atoms,) eV, default node features, their irreps) from one evaluation
+        (the fixed-point electrostatic models sit on this)."""
         features, edges = self._features(batch)
+        layer = max(len(self.layers) - 2, 0)
+        return self._atomic_energy(batch, features, edges), features[layer], self.layers[layer].irreps_out
+
+    def _atomic_energy(self, batch: Batch, features: List[torch.Tensor], edges: dict) -> torch.Tensor:
         types = batch[ATOM_TYPES]
         atomic = self.scale_shift(self.readout(features[-1]).squeeze(-1), types)
         if self.zbl is not None:
             atomic = atomic + self.zbl(edges["lengths"], edges["scaled"] / self.cutoff, types, edges["centre"], edges["neighbour"],
                                        edges["both"]).to(atomic.dtype)
+        return atomic
+
+    def forward(self, batch: Batch) -> Batch:
+        """batch -> {ATOM_ENERGY (n_atoms,), ENERGY (n_frames,)} (module docstring)."""
+        features, edges = self._features(batch)
+        atomic = self._atomic_energy(batch, features, edges)
         return {ATOM_ENERGY: atomic, ENERGY: scatter_sum(atomic, batch[BATCH], batch[CELL].shape[0])}

@@ -1,0 +1,43 @@
+"""The fixed-point model on the real backbones (DeePMD se_e2_a, NequIP, MACE): forces by finite
+differences through the self-consistent solution, rotation equivariance of the dipole, and the l = 1
+channel actually carrying a dipole (the species backbone of the other tests has scalars only)."""
+
+import pytest
+import torch
+
+from fixed_point_helpers import cluster_batch, physical, scf_options, species_section
+from mlpot.data import keys as K
+from mlpot.models.derivatives import compute_derivatives
+from mlpot.models.registry import build_model
+from mlpot.testing import assert_equivariant_vector, finite_difference_forces
+
+BACKBONES = {
+    "se_e2_a": {"type_map": ["T0", "T1"], "descriptor": {"type": "se_e2_a", "sel": [12, 12], "rcut": 3.0,
+                                                         "rcut_smth": 0.5, "neuron": [4, 8], "axis_neuron": 2, "seed": 1},
+                "fitting_net": {"neuron": [8], "seed": 1}},
+    "nequip": {"type": "nequip", "type_names": ["T0", "T1"], "r_max": 3.0, "num_layers": 2, "l_max": 1, "num_features": 4,
+               "radial_mlp_depth": 1, "radial_mlp_width": 8, "num_bessels": 6, "avg_num_neighbors": 4.0, "seed": 3},
+    "mace": {"type": "mace", "model": "MACE", "hidden_irreps": "4x0e+4x1o", "r_max": 3.0, "max_ell": 1, "correlation": 2,
+             "num_interactions": 2, "radial_MLP": [8], "num_radial_basis": 4, "MLP_irreps": "4x0e", "atomic_numbers": [1, 8],
+             "E0s": {"1": -1.0, "8": -2.0}, "avg_num_neighbors": 4.0},
+}
+
+
+def model_on(backbone: str):
+    torch.manual_seed(0)
+    return physical(build_model(species_section(backbone=BACKBONES[backbone])))
+
+
+@pytest.mark.parametrize("backbone", sorted(BACKBONES))
+def test_scf_forces_and_dipole_on_real_backbones(backbone):
+    model = model_on(backbone)
+    batch = cluster_batch()
+    # constant Fermi level: at initialisation the charges of the se_e2_a and NequIP backbones barely
+    # respond to the Fermi level, so a constant-charge SCF has nothing to steer with
+    model.set_options(scf_options("implicit", constant_charge=False, mixing=0.3))
+    out = compute_derivatives(model, batch, forces=True)
+    assert bool(out[K.SCF_CONVERGED].all())
+    assert float(out[K.ATOMIC_MULTIPOLES][:, 1:].abs().max()) > 1e-6  # the l = 1 features reach atomic dipoles
+    reference = finite_difference_forces(model, batch, delta=3e-4, atoms=[0, 7])
+    torch.testing.assert_close(out[K.FORCES][[0, 7]], reference[[0, 7]], atol=1e-7, rtol=1e-5)
+    assert_equivariant_vector(model, cluster_batch(field=False), K.DIPOLE)
