@@ -18,8 +18,9 @@ from mlpot.training.logging import WindowMean
 from tests.test_deepmd_extra_keys import write_system
 
 
-def _input(tmp_path, **training):
-    """se_e2_a [4] / fitting [8] on two systems: 5 frames of 4 atoms, 3 frames of 5 atoms; batch 2."""
+def small_deepmd_input(tmp_path, **training):
+    """se_e2_a [4] / fitting [8] on two systems written to ``tmp_path`` (5 frames of 4 atoms, 3 frames
+    of 5 atoms; batch 2): a small DeePMD-kit input dict, ``training`` keys overriding."""
     if not (tmp_path / "sys4").exists():
         write_system(tmp_path / "sys4", 4, 5, seed=1)
         write_system(tmp_path / "sys5", 5, 3, seed=2)
@@ -40,7 +41,7 @@ def _input(tmp_path, **training):
 def _trainer(tmp_path, **training):
     from mlpot.training.trainer import Trainer
 
-    config = _input(tmp_path, **training)
+    config = small_deepmd_input(tmp_path, **training)
     native = deepmd.convert_dict(config, base_dir=tmp_path)
     native["output_dir"] = str(tmp_path / "out")
     native["logging"]["debug_log"] = None
@@ -60,7 +61,7 @@ def _total_steps(tmp_path, config) -> int:
 
 
 def test_numb_epoch_gives_deepmd_step_count(tmp_path):
-    config = _input(tmp_path)
+    config = small_deepmd_input(tmp_path)
     del config["training"]["numb_steps"]
     # nb = [ceil(5/2), ceil(3/2)] = [3, 2]; prob_sys_size p = [3/5, 2/5]: max nb/p = 5 batches per epoch
     config["training"]["numb_epoch"] = 2
@@ -78,7 +79,7 @@ def test_numb_epoch_gives_deepmd_step_count(tmp_path):
 
 
 def test_numb_epoch_errors(tmp_path):
-    config = _input(tmp_path, numb_epoch=1)
+    config = small_deepmd_input(tmp_path, numb_epoch=1)
     with pytest.raises(ConfigError, match="training/numb_steps or training/numb_epoch, not both") as info:
         deepmd.convert_dict(config, base_dir=tmp_path)
     assert "training.numb_epoch" in str(info.value) or "training/numb_epoch" in str(info.value)
@@ -92,7 +93,7 @@ def test_numb_epoch_errors(tmp_path):
 
 
 def test_numb_epoch_run_trains_that_many_steps_and_save_dir_holds_checkpoints(tmp_path):
-    config = _input(tmp_path, save_dir="ckpts")
+    config = small_deepmd_input(tmp_path, save_dir="ckpts")
     del config["training"]["numb_steps"]
     config["training"]["numb_epoch"] = 1  # 5 steps
     native = deepmd.convert_dict(config, base_dir=tmp_path)

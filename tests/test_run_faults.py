@@ -29,7 +29,7 @@ import torch
 from mlpot.cli import main
 from mlpot.errors import CheckpointError
 from mlpot.training.checkpoint import CheckpointManager, load_checkpoint
-from tests.bad_inputs.corpus import Workspace, build_template
+from tests.bad_inputs.corpus import Workspace, build_template, fresh_workspace
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -189,10 +189,7 @@ def template(tmp_path_factory) -> Workspace:
 
 @pytest.fixture
 def ws(template, tmp_path, monkeypatch) -> Workspace:
-    root = tmp_path / "ws"
-    shutil.copytree(template.root, root)
-    monkeypatch.chdir(root)
-    return Workspace(root)
+    return fresh_workspace(template, tmp_path, monkeypatch)
 
 
 def test_stale_lock_of_a_dead_process_is_taken_over(ws):

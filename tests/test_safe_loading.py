@@ -13,7 +13,6 @@ from __future__ import annotations
 import io
 import os
 import random
-import shutil
 
 import numpy as np
 import pytest
@@ -22,7 +21,7 @@ import torch
 from mlpot.cli import main
 from mlpot.errors import CheckpointError
 from mlpot.training.checkpoint import load_checkpoint, read_torch_file
-from tests.bad_inputs.corpus import Workspace, build_template, plant_malicious
+from tests.bad_inputs.corpus import Workspace, build_template, fresh_workspace, plant_malicious
 
 
 @pytest.fixture(scope="module")
@@ -32,10 +31,7 @@ def template(tmp_path_factory) -> Workspace:
 
 @pytest.fixture
 def ws(template, tmp_path, monkeypatch) -> Workspace:
-    root = tmp_path / "ws"
-    shutil.copytree(template.root, root)
-    monkeypatch.chdir(root)
-    return Workspace(root)
+    return fresh_workspace(template, tmp_path, monkeypatch)
 
 
 def _frozen_model_input(ws: Workspace) -> list:

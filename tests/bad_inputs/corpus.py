@@ -101,6 +101,14 @@ class Workspace:
         return f"native/{name}"
 
 
+def fresh_workspace(template: "Workspace", tmp_path: Path, monkeypatch) -> "Workspace":
+    """A copy of the template workspace under ``tmp_path``, made the current folder."""
+    root = tmp_path / "ws"
+    shutil.copytree(template.root, root)
+    monkeypatch.chdir(root)
+    return Workspace(root)
+
+
 @dataclass
 class Case:
     name: str
@@ -113,20 +121,10 @@ class Case:
 
 # ---- the valid workspace ------------------------------------------------------------------------
 def _write_dp(folder: Path) -> None:
-    from tests.test_deepmd_extra_keys import write_system
+    from tests.test_deepmd_training_keys import small_deepmd_input
 
-    write_system(folder / "sys4", 4, 5, seed=1)
-    write_system(folder / "sys5", 5, 3, seed=2)
-    config = {
-        "model": {"type_map": ["C", "H"],
-                  "descriptor": {"type": "se_e2_a", "sel": [4, 4], "rcut": 4.0, "rcut_smth": 0.5,
-                                 "neuron": [4], "axis_neuron": 2, "seed": 1},
-                  "fitting_net": {"neuron": [8], "seed": 1}},
-        "learning_rate": {"start_lr": 1e-3, "stop_lr": 1e-5, "decay_steps": 2},
-        "loss": {"start_pref_e": 0.02, "limit_pref_e": 1.0, "start_pref_f": 100, "limit_pref_f": 1.0},
-        "training": {"training_data": {"systems": ["sys4", "sys5"], "batch_size": 2},
-                     "numb_steps": 4, "seed": 3, "disp_freq": 2, "save_freq": 2},
-    }
+    config = small_deepmd_input(folder, numb_steps=4, disp_freq=2, save_freq=2)
+    del config["training"]["change_bias_after_training"]  # the workspace input keeps DeePMD's own keys only
     (folder / "input.json").write_text(json.dumps(config, indent=1))
 
 
