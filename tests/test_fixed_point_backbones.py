@@ -41,3 +41,23 @@ def test_scf_forces_and_dipole_on_real_backbones(backbone):
     reference = finite_difference_forces(model, batch, delta=3e-4, atoms=[0, 7])
     torch.testing.assert_close(out[K.FORCES][[0, 7]], reference[[0, 7]], atol=1e-7, rtol=1e-5)
     assert_equivariant_vector(model, cluster_batch(field=False), K.DIPOLE)
+
+
+def test_ase_calculator_reads_the_applied_fermi_level():
+    """A constant-Fermi model in the ASE calculator: atoms.info["fermi_level"] is the applied μ."""
+    from ase import Atoms
+
+    from fixed_point_helpers import fixed_point_model
+    from mlpot.calculators import MlpotCalculator
+
+    model = fixed_point_model()
+    model.set_options(scf_options("scf", constant_charge=False))
+    atoms = Atoms("HOHO", positions=[[0, 0, 0], [1.1, 0, 0], [0, 1.2, 0.1], [1.0, 1.1, 0.9]])
+    atoms.calc = MlpotCalculator(model, type_dict={"H": 0, "O": 1})
+    charge = {}
+    for mu in (-0.5, 0.5):
+        atoms.info["fermi_level"] = mu
+        atoms.calc.reset()
+        charge[mu] = float(atoms.calc.get_property("charges", atoms).sum())
+        assert atoms.calc.results["fermi_level"] == pytest.approx(mu)
+    assert charge[0.5] < charge[-0.5]  # a higher electron chemical potential fills the atoms

@@ -22,6 +22,7 @@ Results (ASE units: eV, Å, e):
 
 Inputs read from the Atoms: total charge (e) from ``atoms.info["total_charge"]`` or ``["charge"]``,
 external field (V/Å, the gradient of the applied potential) from ``atoms.info["external_field"]``,
+the applied Fermi level (eV, constant-Fermi electrostatic models) from ``atoms.info["fermi_level"]``,
 DeePMD ``fparam`` from ``atoms.info`` and ``aparam`` from ``atoms.arrays``.
 
 Neighbour lists are kept between calls (:class:`mlpot.data.verlet.VerletList`, ``skin`` Å) and

@@ -23,6 +23,7 @@ __all__ = ["structure_batch", "inputs_from_info", "INFO_NAMES"]
 INFO_NAMES = {
     K.TOTAL_CHARGE: ("total_charge", "charge"),
     K.EXTERNAL_FIELD: ("external_field", "the_external_field"),
+    K.FERMI_LEVEL: ("fermi_level", "the_fermi_level"),  # the applied one, for constant-Fermi models
     K.FPARAM: ("fparam",),
     K.APARAM: ("aparam",),
 }
@@ -30,8 +31,8 @@ INFO_NAMES = {
 
 def inputs_from_info(info: Mapping, arrays: Optional[Mapping] = None) -> Dict[str, np.ndarray]:
     """Optional inputs of one frame from ``atoms.info`` (and ``atoms.arrays`` for aparam), as
-    float64 arrays with the key's per-frame shape: TOTAL_CHARGE (), EXTERNAL_FIELD (3,),
-    FPARAM (k,), APARAM (n_atoms, k)."""
+    float64 arrays with the key's per-frame shape: TOTAL_CHARGE () e, EXTERNAL_FIELD (3,) V/Å,
+    FERMI_LEVEL () eV, FPARAM (k,), APARAM (n_atoms, k)."""
     found: Dict[str, np.ndarray] = {}
     for key, names in INFO_NAMES.items():
         source = arrays if key == K.APARAM and arrays is not None else info
@@ -39,7 +40,7 @@ def inputs_from_info(info: Mapping, arrays: Optional[Mapping] = None) -> Dict[st
             if name in source and source[name] is not None:
                 value = np.asarray(source[name], dtype=np.float64)
                 found[key] = value.reshape(-1, value.shape[-1] if value.ndim else 1) if key == K.APARAM \
-                    else (value.reshape(()) if key == K.TOTAL_CHARGE else value.reshape(-1))
+                    else (value.reshape(()) if key in (K.TOTAL_CHARGE, K.FERMI_LEVEL) else value.reshape(-1))
                 break
     return found
 
