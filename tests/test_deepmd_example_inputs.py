@@ -19,7 +19,7 @@ import torch
 from mlpot.config import deepmd, validate_config
 from mlpot.errors import ConfigError
 from tests.test_deepmd_extra_keys import write_system
-from tests.test_deepmd_training_keys import _input
+from tests.test_deepmd_training_keys import small_deepmd_input
 
 
 def _native(tmp_path, config):
@@ -37,7 +37,7 @@ def _trainer(native, stdout=None):
 
 
 def test_type_map_comes_from_the_data_when_the_input_leaves_it_out(tmp_path):
-    config = _input(tmp_path)
+    config = small_deepmd_input(tmp_path)
     del config["model"]["type_map"]
     for system in ("sys4", "sys5"):
         (tmp_path / system / "type_map.raw").write_text("C\nH\n")
@@ -51,7 +51,7 @@ def test_type_map_comes_from_the_data_when_the_input_leaves_it_out(tmp_path):
 
 @pytest.mark.parametrize("alias", ["num_epoch", "num_epochs", "numb_epochs"])
 def test_num_epoch_aliases(tmp_path, alias):
-    config = _input(tmp_path)
+    config = small_deepmd_input(tmp_path)
     del config["training"]["numb_steps"]
     config["training"][alias] = 2
     assert deepmd.convert_dict(config, base_dir=tmp_path)["training"]["sampler_epochs"] == 2.0
@@ -60,7 +60,7 @@ def test_num_epoch_aliases(tmp_path, alias):
 def test_early_dpa1_keys_of_the_se_atten_torch_example(tmp_path):
     """examples/water/se_atten/input_torch.json: post_ln true, ffn false, ffn_embed_dim, head_num 1
     describe mlpot's attention layer; other values are "not supported yet"."""
-    config = _input(tmp_path)
+    config = small_deepmd_input(tmp_path)
     config["model"]["descriptor"] = {"type": "dpa1", "sel": 8, "rcut_smth": 0.5, "rcut": 4.0, "neuron": [4, 8],
                                      "tebd_dim": 4, "axis_neuron": 2, "type_one_side": True, "attn": 8,
                                      "attn_layer": 1, "attn_dotr": True, "attn_mask": False, "post_ln": True,
@@ -94,7 +94,7 @@ def test_nvnmd_and_dpa4_keys_are_named(tmp_path):
     assert deepmd.is_deepmd_config(path)
     with pytest.raises(ConfigError, match=r"train_cnn\.json: nvnmd: not supported yet: nvnmd"):
         deepmd.convert(path)
-    config = _input(tmp_path)
+    config = small_deepmd_input(tmp_path)
     config["model"]["use_compile"] = True
     with pytest.raises(ConfigError, match=r"not supported yet: model/use_compile \(a key of model/type dpa4"):
         deepmd.convert_dict(config, base_dir=tmp_path)
@@ -114,7 +114,7 @@ def test_stat_file_is_written_then_read_instead_of_recomputed(tmp_path, monkeypa
     if name.endswith("hdf5"):  # a file DeePMD-kit wrote there keeps its content
         with h5py.File(stat_file, "w") as handle:
             handle.create_dataset("O H/some/deepmd/record", data=np.arange(3))
-    native = _native(tmp_path, _input(tmp_path, stat_file=name))
+    native = _native(tmp_path, small_deepmd_input(tmp_path, stat_file=name))
     native["training"]["numb_steps"] = 1
     log = io.StringIO()
     first = _trainer(native, log)
@@ -140,7 +140,7 @@ def test_stat_file_is_written_then_read_instead_of_recomputed(tmp_path, monkeypa
 
 
 def test_enable_profiler_writes_a_tensorboard_trace(tmp_path):
-    native = _native(tmp_path, _input(tmp_path, enable_profiler=True))
+    native = _native(tmp_path, small_deepmd_input(tmp_path, enable_profiler=True))
     assert native["logging"]["profile_tensorboard"]
     native["training"]["numb_steps"] = 7
     _trainer(native).run()
@@ -151,7 +151,7 @@ def test_enable_profiler_writes_a_tensorboard_trace(tmp_path):
 def test_change_bias_after_training_is_off_for_deepmd_inputs_and_the_log_says_so(tmp_path):
     import io
 
-    config = _input(tmp_path)
+    config = small_deepmd_input(tmp_path)
     del config["training"]["change_bias_after_training"]
     native = _native(tmp_path, config)
     assert native["training"]["change_bias_after_training"] is False  # DeePMD-kit's default
