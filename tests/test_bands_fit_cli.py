@@ -104,6 +104,14 @@ def test_fit_bad_config_is_one_line_error(shared_data, tmp_path, capsys):
     assert "max_num_epoch: line 12: unknown key (did you mean 'max_num_epochs'?)" in capsys.readouterr().err
 
 
+def test_epochs_without_a_learning_rate_is_one_line_error(shared_data, tmp_path, capsys):
+    """--epochs on a folder that sets no optimizer_lr (a pre-fit-only folder) names the option."""
+    inputs = _inputs(shared_data, tmp_path, "")
+    assert main(["bands", "fit", str(inputs), str(tmp_path / "r"), "--epochs", "2"]) == 2
+    err = capsys.readouterr().err
+    assert "--epochs: training.lr is required when training.epochs > 0: give a learning rate" in err and "Traceback" not in err
+
+
 def test_stale_adam_state_with_sgd_is_a_clear_error(shared_data, tmp_path, capsys):
     inputs = _inputs(shared_data, tmp_path, TRAIN + "optimizer = sgd\n")
     params = [torch.nn.Parameter(torch.zeros(3))]

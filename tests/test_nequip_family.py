@@ -77,6 +77,20 @@ def test_persistent_modifiers_on_a_trained_model(reference):
         family.modify(model, [{"modifier": "modify_PerTypeScaleShif"}])
 
 
+def test_modifiers_on_a_model_trained_from_a_config(reference):
+    """A model built from a native section keeps its native-only keys (data_statistics, modifiers) in
+    its config; modifying it (mlpot package build --modifiers) works on top of the trained values."""
+    model = load_model(reference / "model.nequip.zip")
+    section = {**model.config, "data_statistics": {"manager": "common"},
+               "modifiers": [{"modifier": "modify_PerTypeScaleShift", "shifts": {"H": -187.0}}]}
+    trained = family.build(section, torch.float64)
+    trained.load_state_dict(model.state_dict())
+    trained.config = section  # as training leaves it: the resolved section, native-only keys included
+    shifted = family.modify(trained, [{"modifier": "modify_PerTypeScaleShift", "shifts": {"O": -90.0}}])
+    assert "data_statistics" not in shifted.config and "modifiers" not in shifted.config
+    assert shifted.scale_shift.shifts.detach().tolist() == pytest.approx([-90.0, float(model.scale_shift.shifts[1].detach())])
+
+
 def test_finetune_from_a_nequip_package_through_the_config(reference, tmp_path, capsys, monkeypatch):
     config = yaml.safe_load((reference / "config.yaml").read_text())
     config["data"]["split_dataset"]["file_path"] = str(reference / "water.xyz")

@@ -108,6 +108,17 @@ def _plot(args, setup) -> int:
     return 0
 
 
+def _set_epochs(config, epochs: int, inputs) -> None:
+    """``--epochs`` as the training length; a config that cannot train that long (no learning rate)
+    is a ConfigError naming the option, not a validation traceback."""
+    try:
+        config.training.epochs = epochs
+    except ValueError as exc:  # pydantic's ValidationError of the assignment
+        reason = "; ".join(str(e.get("msg", e)).removeprefix("Value error, ") for e in exc.errors())
+        raise ConfigError(f"{reason}: give a learning rate (optimizer_lr in NN_config.par, training.lr in a native "
+                          "config)", file=str(inputs), key="--epochs") from None
+
+
 def run(args) -> int:
     from mlpot.bands.setup import load_setup
 
@@ -120,7 +131,7 @@ def run(args) -> int:
         from mlpot.bands.fit import BandFit
 
         if args.epochs is not None:
-            config.training.epochs = args.epochs
+            _set_epochs(config, args.epochs, args.inputs)
         BandFit(config, args.results, notes, quiet=args.quiet, restart=args.restart).run()
         return 0
     if args.bands_command == "zunger-mc":

@@ -178,7 +178,9 @@ def modify(model: NequIPModel, modifiers: List[Dict[str, Any]]) -> NequIPModel:
     """A copy of ``model`` with NequIP's persistent modifiers applied (``modify_PerTypeScaleShift`` on top
     of the trained values, ``enable|disable_ForceStressOutput``)."""
     _check_modifiers(modifiers, key="modifiers")
-    section = {**copy.deepcopy(model.config), **_trained_scale_shift(model)}
+    # the native-only keys are done with: statistics resolved, earlier modifiers in the trained values
+    section = {k: v for k, v in {**copy.deepcopy(model.config), **_trained_scale_shift(model)}.items()
+               if k not in _EXTRA_KEYS}
     for index, modifier in enumerate(modifiers):
         apply_modifier(section, modifier, None, key=f"modifiers.{index}")
     new = build_nequip(section, model.dtype)
