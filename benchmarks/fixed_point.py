@@ -252,7 +252,9 @@ def memory_single(kind: str, n_frames: int, mode: str) -> dict:
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     frames = large_clusters(n_frames) if kind == "clusters" else water_boxes(n_frames)
     batches = collated(frames, n_frames)
-    section = model_section() if kind == "clusters" else model_section(fermi_level_offset=0.0)
+    # the boxes have no multipoles or Fermi levels: no data-derived feature norms or density scaling
+    section = model_section() if kind == "clusters" else \
+        model_section(fermi_level_offset=0.0, field_feature_norms=None, atom_density_scaling=None)
     model = build(section, batches)
     model.set_options(training_options(mode, steps=100))
     model.train()
