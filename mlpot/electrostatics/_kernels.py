@@ -83,9 +83,12 @@ def erf_radial(distance: torch.Tensor, exponent) -> Radial:
     a1 = exponent * _TWO_OVER_SQRT_PI
     a3 = -2.0 * exponent**3 * _TWO_OVER_SQRT_PI
     a5 = 4.0 * exponent**5 * _TWO_OVER_SQRT_PI
-    s0 = a1 * _horner(u_series, _SERIES[0])
-    s1 = a3 * _horner(u_series, _SERIES[1])
-    s2 = a5 * _horner(u_series, _SERIES[2])
+    # the series of F_2 only; F_1, F_0 by the (stable) downward recursion F_n = (2u F_(n+1) + e^-u) / (2n + 1)
+    f2 = _horner(u_series, _SERIES[2])
+    decay = torch.exp(-u_series)
+    f1 = (2.0 * u_series * f2 + decay) / 3.0
+    f0 = 2.0 * u_series * f1 + decay
+    s0, s1, s2 = a1 * f0, a3 * f1, a5 * f2
     d_safe = torch.where(short, torch.ones_like(distance) * 2.0 * math.sqrt(_SERIES_SWITCH) / exponent, distance)
     c0, c1, c2 = erfc_radial(d_safe, exponent)
     inv_d = 1.0 / d_safe

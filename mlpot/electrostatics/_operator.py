@@ -8,7 +8,7 @@ new density:
 * isolated frames (``realspace`` handling) with at most ``dense_max_atoms`` atoms: the dense
   per-frame interaction blocks ``K_f`` (4 n_f x 4 n_f per receiver width, from the pair kernels of
   ``_kernels.py``), stacked over frames padded to the largest one; one batched matmul per
-  application. Memory sum_f n_f^2: linear in the frames of a batch, never a batch-wide matrix.
+  receiver per application. Memory sum_f n_f^2: linear in the frames of a batch, never a batch-wide matrix.
 * every other frame (periodic, slab, molecule in box, or large): the frame solver
   (``_solver.frame_fields``: Ewald / PME / real space) called on each application (matrix-free).
 
@@ -33,6 +33,9 @@ from mlpot.units import COULOMB_CONSTANT
 
 __all__ = ["FieldOperator", "padded_index", "frame_energy_from_fields"]
 
+_CROSS_LEFT, _CROSS_RIGHT = [0, 0, 1], [1, 2, 2]  # the off-diagonal products xy, xz, yz
+_SYMMETRIC_3X3 = [0, 3, 4, 3, 1, 5, 4, 5, 2]  # [xx, yy, zz, xy, xz, yz] -> row-major 3 x 3
+
 
 def padded_index(batch: Dict[str, torch.Tensor]) -> Tuple[torch.Tensor, int]:
     """(flat index frame * n_max + local of each atom (n_atoms,), n_max): the padded layout."""
@@ -43,8 +46,8 @@ def padded_index(batch: Dict[str, torch.Tensor]) -> Tuple[torch.Tensor, int]:
 
 
 def _dense_blocks(positions: torch.Tensor, mask: torch.Tensor, exponents: Sequence[float],
-                  include_self: Sequence[bool]) -> torch.Tensor:
-    """Interaction blocks (n_frames, n_rec * 4 n, 4 n) of isolated frames, padded to n atoms.
+                  include_self: Sequence[bool]) -> List[torch.Tensor]:
+    """Interaction blocks of isolated frames padded to n atoms: one (n_frames, 4 n, 4 n) per receiver.
 
     positions: (n_frames, n, 3) Å (padding anywhere); mask: (n_frames, n) real atoms. Row block r,
     atom i, entry [V, Gx, Gy, Gz]; column atom j, entry [q, dx, dy, dz]. With s = r_i - r_j:
@@ -57,11 +60,12 @@ def _dense_blocks(positions: torch.Tensor, mask: torch.Tensor, exponents: Sequen
     pair = mask[:, :, None] & mask[:, None, :]
     eye = torch.eye(n, dtype=torch.bool, device=mask.device)[None]
     off = pair & ~eye
-    squared = (separation * separation).sum(-1)
+    squares = separation * separation  # (F, n, n, 3): xx, yy, zz
+    squared = squares.sum(-1)
     distance = torch.sqrt(torch.where(off, squared, torch.ones_like(squared)))  # safe at d = 0
     exponent = torch.tensor(list(exponents), dtype=positions.dtype, device=positions.device).view(n_rec, 1, 1, 1)
-    t0, t1, t2 = erf_radial(distance.unsqueeze(0), exponent)  # (R, F, n, n)
-    zeros = [erf_radial_at_zero(float(a)) for a in exponents]
+    t0, t1, t2 = (COULOMB_CONSTANT * t for t in erf_radial(distance.unsqueeze(0), exponent))  # (R, F, n, n)
+    zeros = [[COULOMB_CONSTANT * z for z in erf_radial_at_zero(float(a))] for a in exponents]
     z0 = torch.tensor([z[0] for z in zeros], dtype=positions.dtype, device=positions.device).view(n_rec, 1, 1, 1)
     z1 = torch.tensor([z[1] for z in zeros], dtype=positions.dtype, device=positions.device).view(n_rec, 1, 1, 1)
     own = torch.tensor(list(include_self), dtype=torch.bool, device=mask.device).view(n_rec, 1, 1, 1)
@@ -69,14 +73,19 @@ def _dense_blocks(positions: torch.Tensor, mask: torch.Tensor, exponents: Sequen
     t0 = torch.where(off, t0, torch.where(keep_diag, z0.expand_as(t0), torch.zeros_like(t0)))
     t1 = torch.where(off, t1, torch.where(keep_diag, z1.expand_as(t1), torch.zeros_like(t1)))
     t2 = torch.where(off, t2, torch.zeros_like(t2))
-    top = torch.cat([t0[..., None], -t1[..., None] * separation], -1)  # (R, F, n, n, 4)
-    outer = separation[..., :, None] * separation[..., None, :]
-    identity = torch.eye(3, dtype=positions.dtype, device=positions.device)
-    grad_d = -t2[..., None, None] * outer - t1[..., None, None] * identity
-    bottom = torch.cat([(t1[..., None] * separation)[..., None], grad_d], -1)  # (R, F, n, n, 3, 4)
-    block = torch.cat([top[..., None, :], bottom], -2)  # (R, F, n, n, 4, 4)
-    block = block.permute(1, 0, 2, 4, 3, 5).reshape(n_frames, n_rec * 4 * n, 4 * n)
-    return COULOMB_CONSTANT * block
+    # assembled from (R, F, n, n, <=6) pieces: no (R, F, n, n, 4, 4) broadcast products, whose
+    # backward (forces) and double backward (force training) reduce over the full block
+    t1_s = t1.unsqueeze(-1) * separation  # (R, F, n, n, 3)
+    cross = separation[..., _CROSS_LEFT] * separation[..., _CROSS_RIGHT]  # (F, n, n, 3): xy, xz, yz
+    t2_e = t2.unsqueeze(-1)
+    hessian = torch.cat([-t2_e * squares - t1.unsqueeze(-1), -t2_e * cross], -1)  # (R, F, n, n, 6)
+    hessian = hessian.index_select(-1, torch.tensor(_SYMMETRIC_3X3, device=mask.device))  # (R, F, n, n, 9)
+    top = torch.cat([t0.unsqueeze(-1), -t1_s], -1)  # (R, F, n, n, 4)
+    bottom = torch.cat([t1_s.unsqueeze(-1), hessian.unflatten(-1, (3, 3))], -1)  # (R, F, n, n, 3, 4)
+    block = torch.cat([top.unsqueeze(-2), bottom], -2)  # (R, F, n, n, 4, 4)
+    # one tensor per receiver: an SCF step reads the feature receivers only, and a slice of one
+    # joint tensor would cost a zero-filled gradient of the whole block per step in the backward
+    return [b.reshape(n_frames, 4 * n, 4 * n) for b in block.permute(0, 1, 2, 4, 3, 5).unbind(0)]
 
 
 class FieldOperator:
@@ -124,9 +133,10 @@ class FieldOperator:
                                     exponents, [r.include_self for r in self.receivers])
 
     def state(self) -> List[torch.Tensor]:
-        """The geometry tensors the fields depend on: [blocks (if any), positions, cells]; pass a
-        list of the same layout to :meth:`fields` to evaluate with substitutes (implicit gradients)."""
-        return ([self.blocks] if self.blocks is not None else []) + [self.positions, self.cells]
+        """The geometry tensors the fields depend on: [blocks (one per receiver, if any), positions,
+        cells]; pass a list of the same layout to :meth:`fields` to evaluate with substitutes
+        (implicit gradients)."""
+        return list(self.blocks or []) + [self.positions, self.cells]
 
     def fields(self, multipoles: torch.Tensor, select: Optional[Tuple[int, int]] = None,
                state: Optional[Sequence[torch.Tensor]] = None) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -145,20 +155,20 @@ class FieldOperator:
         (e, e·Å): the operator itself, without reordering (the SCF hot path)."""
         blocks, positions, cells = self.blocks, self.positions, self.cells
         if state is not None:
-            blocks, positions, cells = (state[0], state[1], state[2]) if self.blocks is not None else (None, state[0], state[1])
+            n_blocks = len(self.blocks or [])
+            blocks, positions, cells = list(state[:n_blocks]) or None, state[n_blocks], state[n_blocks + 1]
         start, stop = select if select is not None else (0, len(self.receivers))
         n_rec = stop - start
+        rows = 4 * self.n_max if blocks is not None else 0
         if blocks is not None and not self.free_frames and self.dense_identity:
-            rows = 4 * self.n_max
-            applied = torch.bmm(blocks[:, start * rows: stop * rows], cartesian.view(-1, rows, 1))
-            return applied.view(-1, n_rec, self.n_max, 4).transpose(0, 1).reshape(n_rec, -1, 4)
+            x = cartesian.view(-1, rows, 1)
+            return torch.stack([torch.bmm(b, x) for b in blocks[start:stop]]).view(n_rec, -1, 4)
         out = cartesian.new_zeros(n_rec, self.n_atoms, 4)
         if blocks is not None:
-            n_frames, rows = len(self.dense_frames), 4 * self.n_max
+            n_frames = len(self.dense_frames)
             padded = cartesian.new_zeros(n_frames * self.n_max, 4).index_copy(
-                0, self.dense_slots, cartesian.index_select(0, self.dense_atoms))
-            applied = torch.bmm(blocks[:, start * rows: stop * rows], padded.view(n_frames, rows, 1))
-            applied = applied.view(n_frames, n_rec, self.n_max, 4).transpose(0, 1).reshape(n_rec, -1, 4)
+                0, self.dense_slots, cartesian.index_select(0, self.dense_atoms)).view(n_frames, rows, 1)
+            applied = torch.stack([torch.bmm(b, padded) for b in blocks[start:stop]]).view(n_rec, -1, 4)
             out = out.index_copy(1, self.dense_atoms, applied.index_select(1, self.dense_slots))
         receivers = self.receivers[start:stop]
         for frame in self.free_frames:  # frames, each with its own k-set / neighbour list
@@ -171,7 +181,7 @@ class FieldOperator:
 
     def dense_bytes(self) -> float:
         """Bytes held by the dense blocks (for memory reports)."""
-        return 0.0 if self.blocks is None else float(self.blocks.numel() * self.blocks.element_size())
+        return float(sum(b.numel() * b.element_size() for b in self.blocks or []))
 
 
 def frame_energy_from_fields(multipoles: torch.Tensor, potential: torch.Tensor, gradient: torch.Tensor,
