@@ -80,9 +80,8 @@ dynamics.run(args["steps"])
 print("steps_per_second", args["steps"] / (time.perf_counter() - start))
 """
 
-# makes `import deepmd.pt` skip its compiled op library (built for another torch)
-STUB = ("import types\nstub = types.ModuleType('deepmd.pt.cxx_op')\nstub.ENABLE_CUSTOMIZED_OP = False\n"
-        "stub.__all__ = ['ENABLE_CUSTOMIZED_OP']\nsys.modules['deepmd.pt.cxx_op'] = stub\n")
+# the launcher's first lines: make `import deepmd.pt` skip its compiled op library (built for another torch)
+STUB = DP_LAUNCHER.split("from deepmd.main")[0]
 
 
 def write_structures(folder: Path) -> dict:
