@@ -54,3 +54,31 @@ def test_train_tells_mace_scf_from_mace_run_train(run_folder):
     assert _is_macescf(None, ["--model=LocalCharges"]) and _is_macescf(None, ["--model", "FixedPoint"])
     assert not _is_macescf(None, ["--model", "MACE", "--train_file", "x.xyz"])
     assert not _is_macescf(Path(run_folder / "train.xyz"), ())
+
+
+def test_fixed_point_config_without_atomic_numbers_takes_the_elements_of_the_training_file(tmp_path, shared_data,
+                                                                                           monkeypatch, capsys):
+    """run_train without --atomic_numbers: the MACE backbone's element table is that of train_file
+    (as MACE-SCF's run_train collects it), and the frozen model carries it."""
+    from ase.io import read
+
+    from mlpot.calculators.export import load_model
+    from mlpot.cli import main
+
+    frames = read(shared_data("water_clusters_aims/water_clusters.xyz"), index=":3")
+    write(tmp_path / "train.xyz", frames)
+    (tmp_path / "config.yaml").write_text(
+        "model: FixedPoint\ntrain_file: train.xyz\nvalid_fraction: 0.0\nr_max: 3.0\nnum_channels: 4\nmax_L: 0\n"
+        "num_interactions: 1\natomic_multipoles_max_l: 1\nelectrostatic_pbc_method: realspace\nbatch_size: 3\n"
+        "optimizer: adam\ndefault_dtype: float64\n"
+        "heads:\n  DFT:\n    info_keys: {energy: AIMS_energy, total_charge: total_charge, fermi_level: the_fermi_level,\n"
+        "                external_field: the_external_field}\n"
+        "    arrays_keys: {forces: AIMS_forces, atomic_multipoles: AIMS_atom_multipoles}\n"
+        "train_schedule:\n  0: {name: direct, start: 0, end: 0, loss: {energy_per_atom: 1.0, forces: 1.0},\n"
+        "      fixed_point_training_options: {mode: direct}}\n")
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "--config", "config.yaml", "--no-progress"]) == 0
+    assert "from the training data: model.backbone.atomic_numbers = [1, 8]" in capsys.readouterr().out
+    model = load_model(tmp_path / "model.pt")
+    assert model.type_map == ["H", "O"]
+    assert model.config["backbone"]["atomic_numbers"] == [1, 8]

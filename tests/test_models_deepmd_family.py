@@ -146,7 +146,7 @@ def test_atom_exclude_types_zero_atomic_outputs():
     ({"descriptor": dict(SE_A, type="se_e2_aa")}, r"unknown descriptor 'se_e2_aa'.*did you mean 'se_e2_a'"),
     ({"fitting_net": {"neuron": [8], "dim_case_embd": 2}}, r"not supported yet: model/fitting_net/dim_case_embd"),
     ({"use_srtab": "table.txt"}, r"model/smin_alpha: required with use_srtab"),
-    ({"descriptor": dict(SE_A, sel="auto")}, r"model/descriptor/sel: sel 'auto' needs neighbour statistics"),
+    ({"descriptor": dict(SE_A, sel="auto")}, r"model/descriptor/sel: 'auto' needs the neighbour statistics of the training data"),
     ({"descriptor": dict(SE_A, sel=[1, 2, 3])}, r"model/descriptor/sel: has 3 entries but type_map has 2 types"),
     ({"fitting_net": {"type": "dipole", "neuron": [8]}, "descriptor": SE_R}, r"needs a descriptor with an equivariant block"),
 ])

@@ -1,6 +1,11 @@
-"""``mlpot train CONFIG [--restart CKPT] [--init-model CKPT] [--finetune MODEL [--model-branch B|RANDOM]
-[--use-pretrain-script]] [--output-dir DIR] [--force] [--no-progress]``, or ``mlpot train --config mace.yaml
-[--<mace_run_train option> VALUE ...]``.
+"""``mlpot train CONFIG [-r/--restart CKPT | -i/--init-model CKPT | -f/--init-frz-model MODEL |
+-t/--finetune MODEL [--model-branch B|RANDOM]] [--use-pretrain-script] [--force-load] [-o/--output
+out.json] [--skip-neighbor-stat] [-l/--log-path FILE] [-v/--log-level L] [-m/--mpi-log master]
+[--output-dir DIR] [--force] [--no-progress]``, or ``mlpot train --config mace.yaml [--<mace_run_train
+option> VALUE ...]``.
+
+Every option of DeePMD-kit 3.2's ``dp train`` works as there (:mod:`mlpot.commands._dp_train`: what
+each maps to, and the few not built, each an error "not supported yet: <option>").
 
 CONFIG is a native YAML, or a peer config (DeePMD-kit ``input.json``/``.yaml``, a NequIP 0.19 YAML,
 a YAML of mace_run_train options, a MACE-SCF config.yaml) converted on the fly by ``mlpot
@@ -30,12 +35,13 @@ import os
 from pathlib import Path
 from typing import Optional
 
+from mlpot.commands import _dp_train as dp
 from mlpot.errors import ConfigError, KeyMap, in_file
 
 
 _OWN_VALUED = {"--restart", "--init-model", "--finetune", "--model-branch", "--output-dir", "--config", "--mace-options",
-               "-cn", "--config-name", "-cp", "--config-path"}
-_OWN_FLAGS = {"--use-pretrain-script", "--no-progress", "--force", "-h", "--help"}
+               "-cn", "--config-name", "-cp", "--config-path"} | dp.VALUED
+_OWN_FLAGS = {"--use-pretrain-script", "--no-progress", "--force", "-h", "--help"} | dp.FLAGS
 
 
 def split_arguments(argv):
@@ -65,16 +71,12 @@ def add_arguments(parser) -> None:
     parser.add_argument("-cp", "--config-path", default=None, help="folder of --config-name")
     parser.add_argument("--config", dest="mace_config", type=Path, default=None,
                         help="YAML of mace_run_train options (other --options as mace_run_train takes them)")
-    parser.add_argument("--restart", default=None,
-                        help="checkpoint to resume exactly ('latest': the newest in the output folder; an error "
-                             "when there is none)")
-    parser.add_argument("--init-model", default=None, help="checkpoint or frozen model to take the weights from")
-    parser.add_argument("--finetune", default=None,
-                        help="pretrained checkpoint or frozen model to fine-tune (DeePMD dp train --finetune)")
+    dp.add_arguments(parser)
     parser.add_argument("--model-branch", default=None,
                         help="head of a multi-task pretrained model, or RANDOM to re-initialise the fitting net")
     parser.add_argument("--use-pretrain-script", action="store_true",
-                        help="take the model section from the pretrained model (type_map from the input)")
+                        help="take the model section from the pretrained model (--finetune: type_map from the "
+                             "input; --init-model/--init-frz-model: that model's whole section)")
     parser.add_argument("--output-dir", type=Path, default=None, help="override output_dir of the config")
     parser.add_argument("--mace-options", default=None,
                         help="options YAML of the mace_run_train checkpoint given to --finetune / --init-model")
@@ -129,7 +131,7 @@ def load_train_config(args, keys: Optional[KeyMap] = None):
     """(native config, run options) of the command line: a MACE-style front-end for ``--config`` or
     extra options, else the positional config file (NequIP ``-cn``/``-cp`` and overrides included).
     Run options: ``restart`` (NequIP ``++ckpt_path``, mace ``restart_latest``), ``finetune``,
-    ``model_file``, ``test_files``."""
+    ``model_file``, ``test_files``, ``deepmd_input`` (the file, when it is a DeePMD-kit input)."""
     from mlpot.config import mace, validate_config
 
     extra = list(getattr(args, "extra", None) or [])
@@ -138,9 +140,14 @@ def load_train_config(args, keys: Optional[KeyMap] = None):
         path = config_file(args)
         args.config = path
         if not (path.exists() and (mace.is_mace_config(path) or _is_macescf(path, ()))):
+            from mlpot.config import deepmd
+
             output_dir = str(args.output_dir.resolve()) if args.output_dir else None
             config, restart = load_any_config(path, args.overrides, output_dir=output_dir, keys=keys)
-            return config, ({"restart": restart} if restart else {})
+            options = {"restart": restart} if restart else {}
+            if deepmd.is_deepmd_config(path):
+                options["deepmd_input"] = path
+            return config, options
         mace_file = path
     elif args.config is not None and Path(args.config) != mace_file:
         raise ConfigError("give either a config file or mace_run_train options (--config FILE --option ...)",
@@ -203,9 +210,11 @@ def _restart_checkpoint(restart: Optional[str], config) -> Optional[str]:
 def run(args) -> int:
     from mlpot.training.run_folder import claim_output_folder
 
+    dp.check_options(args)
     keys = KeyMap()
-    with in_file(args.mace_config or args.config or args.config_name or "command line", keys):
+    with dp.console(args), in_file(args.mace_config or args.config or args.config_name or "command line", keys):
         config, run_options = load_train_config(args, keys)
+        dp.check_input_options(args, "deepmd_input" in run_options)
         if args.restart is None and run_options.get("restart"):
             args.restart = run_options["restart"]
         if args.finetune is None and run_options.get("finetune"):
@@ -218,35 +227,54 @@ def run(args) -> int:
             return _train(args, config, restart, folder, run_options)
 
 
+def _initial_weights(args, config, restart: Optional[str]):
+    """(state dict the model starts from or None, fine-tuning plan or None) of ``--init-model`` /
+    ``--init-frz-model`` (``--use-pretrain-script``: its model section too) or ``--finetune``."""
+    from mlpot.calculators.export import load_model
+
+    init_weights = None
+    if args.init_model:
+        initial = load_model(args.init_model, mace_options=args.mace_options)
+        if args.use_pretrain_script:
+            config.model = dp.pretrained_section(initial, args.init_model)
+        init_weights = initial.state_dict()
+    finetune = (args.finetune or config.finetune) if restart is None else None
+    if not finetune:
+        return init_weights, None
+    from mlpot.models.registry import family_of
+
+    if args.init_model:
+        raise ConfigError("--finetune and --init-model exclude each other", key="--finetune")
+    if args.finetune is None and not Path(finetune).is_absolute():
+        finetune = str(Path.cwd() / finetune)
+    family = family_of(config.model)
+    if family.prepare_finetune is None:
+        raise ConfigError(f"not supported yet: --finetune with a {family.name} model", key="--finetune")
+    plan = family.prepare_finetune(config, load_model(finetune, mace_options=args.mace_options),
+                                   branch=args.model_branch,
+                                   use_pretrain_script=args.use_pretrain_script, file=str(args.config),
+                                   pretrained_file=str(finetune))
+    return plan.weights, plan
+
+
 def _train(args, config, restart: Optional[str], folder, run_options) -> int:
-    from mlpot.calculators.export import freeze, load_model
+    from mlpot.calculators.export import freeze
     from mlpot.training.trainer import Trainer
 
-    init_weights = load_model(args.init_model, mace_options=args.mace_options).state_dict() if args.init_model else None
-    finetune = (args.finetune or config.finetune) if restart is None else None
-    if finetune:
-        from mlpot.models.registry import family_of
-
-        if args.init_model:
-            raise ConfigError("--finetune and --init-model exclude each other", key="--finetune")
-        if args.finetune is None and not Path(finetune).is_absolute():
-            finetune = str(Path.cwd() / finetune)
-        family = family_of(config.model)
-        if family.prepare_finetune is None:
-            raise ConfigError(f"not supported yet: --finetune with a {family.name} model", key="--finetune")
-        plan = family.prepare_finetune(config, load_model(finetune, mace_options=args.mace_options),
-                                       branch=args.model_branch,
-                                       use_pretrain_script=args.use_pretrain_script, file=str(args.config),
-                                       pretrained_file=str(finetune))
-        init_weights = plan.weights
+    init_weights, plan = _initial_weights(args, config, restart)
     trainer = Trainer(config, restart=restart, init_weights=init_weights, progress=not args.no_progress,
-                      file=str(args.config))
-    if finetune:
+                      file=str(args.config), force_load=args.force_load,
+                      resolve_from_data=not args.skip_neighbor_stat)
+    if plan is not None:
         plan.after_statistics(trainer.model, trainer.data.stat_samples,
                               trainer._write if trainer.dist.is_main else (lambda line: None))
         if trainer.ema is not None:  # the average starts from the weights the plan set
             trainer.ema.reset(trainer.model)
     folder.start()  # set-up done: --force now removes the earlier run's checkpoints
+    if trainer.dist.is_main and run_options.get("deepmd_input"):
+        # DeePMD-kit's out.json (-o): where dp writes it, the working directory, unless --output-dir
+        out_json = Path(args.output) if args.output else Path(config.output_dir) / "out.json"
+        dp.write_out_json(out_json, run_options["deepmd_input"], trainer.model.config)
     trainer.run()
     if trainer.dist.is_main:
         # the frozen model of the checkpoint this run wrote last (EMA weights when EMA is on), not

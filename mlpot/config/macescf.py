@@ -6,8 +6,8 @@ This module turns the options into the native config (translation only, no data 
 
 * ``--model`` FixedPoint | LocalCharges | LocalSplitCharges | FixedChargeBaselinedMACE | MACEQEq:
   an electrostatic model (``models/fixed_point``) on a MACE backbone built from the mace-torch
-  options (``E0s`` "average" and ``avg_num_neighbors`` are computed from the training data by the
-  family's data hook);
+  options (``atomic_numbers`` when not given, ``E0s`` "average" and ``avg_num_neighbors`` are
+  computed from the training data by the family's data hook, as run_train does);
 * data: ``train_file`` / ``valid_file`` (or ``valid_fraction``) as extxyz with the key map of
   ``heads``; ``batch_size`` / ``valid_batch_size``;
 * ``train_schedule`` -> native stages (epochs, inclusive), the stage's ``fixed_point_training_options``

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
@@ -345,9 +345,12 @@ def _log_resolved(before, after, log: Callable[[str], None]) -> None:
 
 def build_training_data(config: NativeConfig, dtype: torch.dtype, *, file: Optional[str] = None,
                         with_statistics: bool = True, device: Optional[torch.device] = None,
-                        log: Callable[[str], None] = lambda line: None) -> Union[TrainingData, MultiTaskData]:
+                        log: Callable[[str], None] = lambda line: None,
+                        resolve_from_data: bool = True) -> Union[TrainingData, MultiTaskData]:
     """Build the model and the data of ``config``; ``with_statistics`` runs model.compute_statistics
     (or reads its result from ``data.stat_file``). ``log`` receives one-line notes.
+    ``resolve_from_data`` False builds the model section as given: the family's data hook (DeePMD
+    ``sel: "auto"`` from the neighbour statistics...) is skipped (``dp train --skip-neighbor-stat``).
 
     With ``config.tasks`` (multi-task) the result is a :class:`MultiTaskData`.
     """
@@ -355,6 +358,8 @@ def build_training_data(config: NativeConfig, dtype: torch.dtype, *, file: Optio
 
     device = device or torch.device("cpu")
     family = family_of(config.model)
+    if not resolve_from_data:
+        family = replace(family, resolve_from_data=None)
     if config.tasks is not None:
         return _build_multi_task_data(config, family, dtype, with_statistics, device, log)
     probe = _probe(config.data, config.seed)

@@ -78,13 +78,16 @@ class Trainer(ValidationFlow):
 
     restart: checkpoint to resume exactly (weights, optimizer, schedules, RNG, sampler, step).
     init_weights: a state dict that initialises the model (step 0, fresh optimizer; ``mlpot train
-    --init-model`` loads it from a checkpoint or frozen model). progress: show a tqdm bar (only on a
-    TTY). file: config file name for messages.
+    --init-model`` loads it from a checkpoint or frozen model). force_load: weights that
+    ``init_weights`` lacks keep their fresh initialisation (listed) instead of being an error
+    (DeePMD-kit's ``--force-load``). resolve_from_data: False skips the model family's data hook
+    (``dp train --skip-neighbor-stat``). progress: show a tqdm bar (only on a TTY). file: config
+    file name for messages.
     """
 
     def __init__(self, config: NativeConfig, *, restart: Optional[str] = None,
                  init_weights: Optional[Dict[str, torch.Tensor]] = None, progress: bool = True,
-                 file: Optional[str] = None, stdout=None):
+                 file: Optional[str] = None, stdout=None, force_load: bool = False, resolve_from_data: bool = True):
         self.config, self.file, self.progress = config, file, progress
         self.dist: DistInfo = init_distributed()
         self.out = Path(config.output_dir)
@@ -97,14 +100,14 @@ class Trainer(ValidationFlow):
         self._seed(config.seed)
         self.data: TrainingData = build_training_data(
             config, _DTYPES[config.dtype], file=file, with_statistics=checkpoint is None and init_weights is None,
-            device=self.dist.device, log=self.log.write)
+            device=self.dist.device, log=self.log.write, resolve_from_data=resolve_from_data)
         self.model = self.data.model
         if config.training.compute_dtype is not None:
             from mlpot.nn import set_compute_dtype
 
             set_compute_dtype(self.model, getattr(torch, config.training.compute_dtype))
         if init_weights is not None:
-            self._init_weights(init_weights)
+            self._init_weights(init_weights, force_load)
         self._set_length(config)
         self.tasks = Tasks(self.data, config, self.plan.stages, file)
         self.tasks.check_loss_inputs()
@@ -148,9 +151,17 @@ class Trainer(ValidationFlow):
         np.random.seed(seed % 2**32)
         random.seed(seed)
 
-    def _init_weights(self, state: Dict[str, torch.Tensor]) -> None:
-        missing, unexpected = self.model.load_state_dict(state, strict=False)
-        if missing or unexpected:
+    def _init_weights(self, state: Dict[str, torch.Tensor], force_load: bool = False) -> None:
+        try:
+            missing, unexpected = self.model.load_state_dict(state, strict=False)
+        except RuntimeError as exc:  # a tensor of another shape: torch's first "size mismatch" line
+            detail = next((line.strip() for line in str(exc).splitlines() if "size mismatch" in line), str(exc))
+            raise CheckpointError(f"weights do not fit the configured model: {detail}") from None
+        if missing and force_load and not unexpected:
+            # named by their first three levels, as DeePMD-kit's --force-load lists them
+            groups = sorted({".".join(name.split(".")[:3]) + ".*" for name in missing})
+            self.log.write(f"force-load: not in the weights file, freshly initialised: {', '.join(groups)}")
+        elif missing or unexpected:
             raise CheckpointError(f"weights do not fit the configured model (missing {missing[:3]}, "
                                   f"unexpected {unexpected[:3]})")
 

@@ -228,9 +228,10 @@ def resolve_sel(sel: Any, n_types: int, path: str, max_neighbors: Optional[Seque
             raise ConfigError(f"expected a list of ints, an int or 'auto[:factor]', got {sel!r}", key=f"{path}/sel")
         factor = float(sel.split(":", 1)[1]) if ":" in sel else 1.1
         if max_neighbors is None:
-            raise ConfigError("sel 'auto' needs neighbour statistics from the training data; resolve it with "
-                              "mlpot.models.deepmd.builders.resolve_auto_sel(model_config, max_neighbors) before "
-                              "build_model", key=f"{path}/sel")
+            raise ConfigError("'auto' needs the neighbour statistics of the training data, which mlpot train "
+                              "computes unless --skip-neighbor-stat: give sel as numbers, or (in Python) resolve "
+                              "it with mlpot.models.deepmd.builders.resolve_auto_sel(model_config, max_neighbors) "
+                              "before build_model", key=f"{path}/sel")
         return auto_sel(max_neighbors, factor)
     if isinstance(sel, int) and not isinstance(sel, bool):
         return [sel] * n_types

@@ -2,9 +2,10 @@
 ``resolve_from_data`` hook).
 
 The backbone's own data-dependent keys: DeePMD ``sel: "auto"`` (the DeePMD hook on the backbone
-section), and for a MACE backbone ``E0s: "average"`` (least-squares energy per element over the
-training frames, as mace-torch) and ``avg_num_neighbors: "auto"`` (mean neighbour count within
-``r_max``).
+section), and for a MACE backbone ``atomic_numbers`` when absent (the sorted elements of the
+training files, as mace_run_train and MACE-SCF's run_train take them without ``--atomic_numbers``),
+``E0s: "average"`` (least-squares energy per element over the training frames, as mace-torch) and
+``avg_num_neighbors: "auto"`` (mean neighbour count within ``r_max``).
 """
 
 from __future__ import annotations
@@ -25,9 +26,11 @@ __all__ = ["resolve_from_data"]
 def _mace_statistics(backbone: Dict[str, Any], probe) -> Dict[str, Any]:
     from ase.data import chemical_symbols
 
-    numbers = sorted(int(z) for z in backbone.get("atomic_numbers") or [])
+    numbers = sorted(int(z) for z in backbone.get("atomic_numbers") or probe.atomic_numbers())
     if not numbers:
-        raise ConfigError("needs the element table (list of atomic numbers)", key="model.backbone.atomic_numbers")
+        raise ConfigError("needs the element table (list of atomic numbers): the training data hold no atoms",
+                          key="model.backbone.atomic_numbers")
+    backbone["atomic_numbers"] = numbers
     type_map = [chemical_symbols[z] for z in numbers]
     frames = [frame for system in probe.systems(type_map) for frame in system]
     if backbone.get("E0s") == "average":
