@@ -13,7 +13,13 @@ new density:
   (``_solver.frame_fields``: Ewald / PME / real space) called on each application (matrix-free).
 
 Both paths are differentiable in positions and cell (forces, stress) and in the density; the
-dense path is pinned to the frame solver by ``tests/test_fixed_point_operator.py``.
+dense path is pinned to the frame solver by ``tests/test_fixed_point_operator.py``. Dense blocks
+take position derivatives in one of two ways: while a batch's blocks are at most
+``graph_block_bytes`` (16 MiB: ~100-atom frames), through the autograd graph of their build
+(fastest; force training keeps ~20x the blocks' size); beyond, the blocks are constants and
+:class:`_DenseFields` takes the position derivatives from pair sums recomputed in the backward
+(``_realspace.realspace_potentials``, memory linear in the atoms; issue #14: one 260-atom frame of
+force training 686 -> 339 MB).
 Receivers, units and the stored order are those of ``_solver.py``: potentials V (V) and Cartesian
 gradients G (V/Å) at every atom; densities (n_atoms, (L+1)^2) [Q, d_y, d_z, d_x].
 """
@@ -28,11 +34,13 @@ from mlpot.data.keys import BATCH, CELL, PBC, POSITIONS, PTR
 from mlpot.electrostatics._coulomb import resolve_handling
 from mlpot.electrostatics._density import gaussian_kernel_exponent, split_multipoles
 from mlpot.electrostatics._kernels import erf_radial, erf_radial_at_zero
+from mlpot.electrostatics._realspace import all_pairs, realspace_potentials
 from mlpot.electrostatics._solver import CoulombOptions, Receiver, frame_fields
 from mlpot.units import COULOMB_CONSTANT
 
 __all__ = ["FieldOperator", "padded_index", "frame_energy_from_fields"]
 
+GRAPH_BLOCK_BYTES = 16 * 2**20  # dense blocks of a batch up to this size are built with an autograd graph
 _CROSS_LEFT, _CROSS_RIGHT = [0, 0, 1], [1, 2, 2]  # the off-diagonal products xy, xz, yz
 _SYMMETRIC_3X3 = [0, 3, 4, 3, 1, 5, 4, 5, 2]  # [xx, yy, zz, xy, xz, yz] -> row-major 3 x 3
 
@@ -99,7 +107,7 @@ class FieldOperator:
 
     def __init__(self, batch: Dict[str, torch.Tensor], method: str, sigma: float,
                  receivers: Sequence[Tuple[float, bool]], options: CoulombOptions = CoulombOptions(),
-                 dense_max_atoms: int = 400):
+                 dense_max_atoms: int = 400, graph_block_bytes: float = GRAPH_BLOCK_BYTES):
         self.positions = batch[POSITIONS]
         self.cells = batch[CELL].to(self.positions.dtype)
         self.ptr = [int(v) for v in batch[PTR]]
@@ -111,6 +119,9 @@ class FieldOperator:
         dense = [f for f, (h, n) in enumerate(zip(self.handlings, sizes)) if h == "realspace" and 0 < n <= dense_max_atoms]
         self.free_frames = [f for f in range(len(sizes)) if f not in set(dense)]
         self.dense_frames = dense
+        # blocks with an autograd graph only while small: force training keeps ~20x their size
+        block_bytes = 16 * len(self.receivers) * self.positions.element_size() * len(dense) * max([sizes[f] for f in dense] or [0]) ** 2
+        self.graph_blocks = bool(dense) and torch.is_grad_enabled() and self.positions.requires_grad and block_bytes <= graph_block_bytes
         self._build_dense(dense, sizes)
 
     def _build_dense(self, frames: List[int], sizes: List[int]) -> None:
@@ -122,21 +133,28 @@ class FieldOperator:
         atoms = torch.cat([torch.arange(self.ptr[f], self.ptr[f + 1], device=device) for f in frames])
         slot = torch.cat([torch.arange(sizes[f], device=device) + k * self.n_max for k, f in enumerate(frames)])
         self.dense_atoms, self.dense_slots = atoms, slot
+        pairs = [all_pairs(sizes[f], device) for f in frames]
+        self.dense_pairs = (torch.cat([i + self.ptr[f] for (i, _), f in zip(pairs, frames)]),
+                            torch.cat([j + self.ptr[f] for (_, j), f in zip(pairs, frames)]), None)
         # every frame dense and all of the same size: padded layout = batch layout (no copies)
         self.dense_identity = len(frames) == len(sizes) and all(sizes[f] == self.n_max for f in frames)
         n_pad = len(frames) * self.n_max
-        padded = self.positions.new_zeros(n_pad, 3).index_copy(0, slot, self.positions.index_select(0, atoms))
+        positions = self.positions.detach()
+        padded = positions.new_zeros(n_pad, 3).index_copy(0, slot, positions.index_select(0, atoms))
         mask = torch.zeros(n_pad, dtype=torch.bool, device=device)
         mask[slot] = True
-        exponents = [gaussian_kernel_exponent(self.sigma, r.width) for r in self.receivers]
-        self.blocks = _dense_blocks(padded.view(len(frames), self.n_max, 3), mask.view(len(frames), self.n_max),
-                                    exponents, [r.include_self for r in self.receivers])
+        self.exponents = [gaussian_kernel_exponent(self.sigma, r.width) for r in self.receivers]
+        if self.graph_blocks:
+            padded = self.positions.new_zeros(n_pad, 3).index_copy(0, slot, self.positions.index_select(0, atoms))
+        with torch.set_grad_enabled(self.graph_blocks):  # else constants: position derivatives by _DenseFields
+            self.blocks = _dense_blocks(padded.view(len(frames), self.n_max, 3), mask.view(len(frames), self.n_max),
+                                        self.exponents, [r.include_self for r in self.receivers])
 
     def state(self) -> List[torch.Tensor]:
-        """The geometry tensors the fields depend on: [blocks (one per receiver, if any), positions,
-        cells]; pass a list of the same layout to :meth:`fields` to evaluate with substitutes
-        (implicit gradients)."""
-        return list(self.blocks or []) + [self.positions, self.cells]
+        """The geometry tensors the fields depend on: [blocks (one per receiver, when built with a
+        graph), positions, cells]; pass substitutes of the same values (e.g. shifted by zero-valued
+        perturbations: implicit gradients) to :meth:`fields` to differentiate with respect to them."""
+        return (list(self.blocks) if self.graph_blocks else []) + [self.positions, self.cells]
 
     def fields(self, multipoles: torch.Tensor, select: Optional[Tuple[int, int]] = None,
                state: Optional[Sequence[torch.Tensor]] = None) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -155,21 +173,15 @@ class FieldOperator:
         (e, e·Å): the operator itself, without reordering (the SCF hot path)."""
         blocks, positions, cells = self.blocks, self.positions, self.cells
         if state is not None:
-            n_blocks = len(self.blocks or [])
-            blocks, positions, cells = list(state[:n_blocks]) or None, state[n_blocks], state[n_blocks + 1]
+            n_blocks = len(self.blocks) if self.graph_blocks else 0
+            blocks, positions, cells = list(state[:n_blocks]) or self.blocks, state[n_blocks], state[n_blocks + 1]
         start, stop = select if select is not None else (0, len(self.receivers))
-        n_rec = stop - start
-        rows = 4 * self.n_max if blocks is not None else 0
-        if blocks is not None and not self.free_frames and self.dense_identity:
-            x = cartesian.view(-1, rows, 1)
-            return torch.stack([torch.bmm(b, x) for b in blocks[start:stop]]).view(n_rec, -1, 4)
-        out = cartesian.new_zeros(n_rec, self.n_atoms, 4)
-        if blocks is not None:
-            n_frames = len(self.dense_frames)
-            padded = cartesian.new_zeros(n_frames * self.n_max, 4).index_copy(
-                0, self.dense_slots, cartesian.index_select(0, self.dense_atoms)).view(n_frames, rows, 1)
-            applied = torch.stack([torch.bmm(b, padded) for b in blocks[start:stop]]).view(n_rec, -1, 4)
-            out = out.index_copy(1, self.dense_atoms, applied.index_select(1, self.dense_slots))
+        if blocks is None:
+            out = cartesian.new_zeros(stop - start, self.n_atoms, 4)
+        elif not self.graph_blocks and torch.is_grad_enabled() and positions.requires_grad:
+            out = _DenseFields.apply(self, (start, stop), cartesian, positions)
+        else:
+            out = self.dense_product(cartesian, (start, stop), blocks)
         receivers = self.receivers[start:stop]
         for frame in self.free_frames:  # frames, each with its own k-set / neighbour list
             lo, hi = self.ptr[frame], self.ptr[frame + 1]
@@ -179,9 +191,72 @@ class FieldOperator:
             out = out.index_copy(1, torch.arange(lo, hi, device=out.device), block)
         return out
 
+    def dense_product(self, cartesian: torch.Tensor, select: Tuple[int, int],
+                      blocks: Optional[Sequence[torch.Tensor]] = None) -> torch.Tensor:
+        """The dense frames' part of :meth:`apply` by the blocks (default the stored ones; zeros at
+        other atoms): derivatives through the blocks' own graph, if any."""
+        start, stop = select
+        blocks = self.blocks if blocks is None else blocks
+        n_rec, rows = stop - start, 4 * self.n_max
+        if not self.free_frames and self.dense_identity:
+            x = cartesian.view(-1, rows, 1)
+            return torch.stack([torch.bmm(b, x) for b in blocks[start:stop]]).view(n_rec, -1, 4)
+        n_frames = len(self.dense_frames)
+        padded = cartesian.new_zeros(n_frames * self.n_max, 4).index_copy(
+            0, self.dense_slots, cartesian.index_select(0, self.dense_atoms)).view(n_frames, rows, 1)
+        applied = torch.stack([torch.bmm(b, padded) for b in blocks[start:stop]]).view(n_rec, -1, 4)
+        return cartesian.new_zeros(n_rec, self.n_atoms, 4).index_copy(1, self.dense_atoms, applied.index_select(1, self.dense_slots))
+
+    def dense_pair_product(self, positions: torch.Tensor, cartesian: torch.Tensor, weights: torch.Tensor,
+                           select: Tuple[int, int]) -> torch.Tensor:
+        """sum over dense atoms and receivers of weights . fields(cartesian) by pair sums at ``positions``
+        (no self-terms: they do not depend on positions); differentiable to any order, memory linear
+        in the atoms (``realspace_potentials`` recomputes its chunks in the backward)."""
+        start, stop = select
+        v, g = realspace_potentials(positions, cartesian[:, 0], cartesian[:, 1:], self.dense_pairs,
+                                    self.exponents[start:stop])
+        return (weights[..., 0] * v).sum() + (weights[..., 1:] * g).sum()
+
     def dense_bytes(self) -> float:
         """Bytes held by the dense blocks (for memory reports)."""
         return float(sum(b.numel() * b.element_size() for b in self.blocks or []))
+
+
+class _DenseFields(torch.autograd.Function):
+    """Fields of the dense frames: values from the stored blocks, position derivatives from pair sums.
+
+    The stored blocks K_r (one per receiver) are constants, so nothing of size n^2 enters the graph.
+    Backward of y_r = K_r(positions) x with incoming g_r: the density gradient sum_r K_r^T g_r =
+    sum_r K_r g_r (each block is symmetric: [V, G] from [q, d] is the Hessian-type Coulomb form),
+    again through this function (so it is differentiable in positions); the position gradient is the
+    partial derivative of sum_r g_r . K_r(positions) x evaluated by ``dense_pair_product`` (any order).
+    """
+
+    @staticmethod
+    def forward(ctx, operator, select, cartesian, positions):
+        ctx.operator, ctx.select = operator, select
+        ctx.save_for_backward(cartesian, positions)
+        return operator.dense_product(cartesian, select)
+
+    @staticmethod
+    def backward(ctx, grad):
+        cartesian, positions = ctx.saved_tensors
+        operator, (start, stop) = ctx.operator, ctx.select
+        grad_density = grad_positions = None
+        if ctx.needs_input_grad[2]:
+            parts = [_DenseFields.apply(operator, (r, r + 1), grad[r - start].contiguous(), positions)[0]
+                     for r in range(start, stop)]  # receivers, not atoms
+            grad_density = torch.stack(parts).sum(0)
+        if ctx.needs_input_grad[3]:
+            create = torch.is_grad_enabled()
+            with torch.enable_grad():
+                # partial derivative: a zero-valued perturbation, so paths through cartesian are not counted
+                shift = torch.zeros_like(positions, requires_grad=True)
+                inputs = (cartesian, grad) if create else (cartesian.detach(), grad.detach())
+                base = positions if create else positions.detach()
+                energy = operator.dense_pair_product(base + shift, *inputs, (start, stop))
+                (grad_positions,) = torch.autograd.grad(energy, shift, create_graph=create)
+        return None, None, grad_density, grad_positions
 
 
 def frame_energy_from_fields(multipoles: torch.Tensor, potential: torch.Tensor, gradient: torch.Tensor,

@@ -7,7 +7,7 @@ One section class for the fixed-point model and the non-SCF models (``type``: ``
 ``backbone`` (the backbone's own model section: ``type: species``, a DeePMD ``standard`` section
 or ``type: mace`` with mace-torch's options), ``hidden_channels``, ``local_density_channels``,
 ``kspace_solver``, ``dense_max_atoms``, ``allow_unconverged``, ``scf`` (inference SCF options),
-``scf_convergence_summary``, ``compat`` (the original's Omega^0.3333 and vacuum permittivity).
+``scf_convergence_summary``, ``update_feature_norms``, ``compat`` (the original's Omega^0.3333 and vacuum permittivity).
 Unknown keys raise with the closest valid one; keys the original documents but mlpot does not
 build raise "not supported yet".
 """
@@ -63,6 +63,9 @@ class ElectrostaticSection(BaseModel):
     local_density_channels: int = Field(16, ge=1)
     use_linear_local_charges: bool = False
     atom_density_scaling: Union[None, Literal["average"], Dict[str, float]] = None
+    update_feature_norms: Union[None, Literal["average"], List[float]] = Field(
+        "average", description="divisors of the mixed features h (l = 0, l = 1) inside the update; 'average': "
+                               "from the data, bounded by the SCF gain (statistics.update_feature_norms)")
     fixedpoint_update_config: Dict[str, Any] = Field(default_factory=lambda: {
         "type": "OneBodyVariableUpdate", "potential_embedding_cls": "BiasedLinearPotentialEmbedding",
         "nonlinearity_cls": "NoNonLinearity"})

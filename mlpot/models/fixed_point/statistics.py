@@ -4,7 +4,8 @@
   statistics, ``fermi_level_offset`` (mean training Fermi level unless given), the
   ``field_feature_norms`` ("average": RMS of the reference features, spec §2.4), the
   ``atom_density_scaling`` ("average": per-element RMS of the reference multipoles) and the
-  neighbour-count normalisation of many-body blocks.
+  neighbour-count normalisation of many-body blocks; and (``update_feature_norms``, default
+  "average") the divisors of the mixed features h inside the update (:func:`update_feature_norms`).
 * :class:`SCFCounter`: converged / diverged / other frames and steps of every SCF solve, split
   into training and validation batches; the trainer prints one line per epoch.
 * :func:`scf_convergence_summary`: MACE-SCF's post-training table (100 steps, tolerance 1e-7,
@@ -24,7 +25,11 @@ from mlpot.data import keys as K
 from mlpot.electrostatics import FrameWiseElectrostatics, expand_feature_norms
 from mlpot.errors import ConfigError
 
-__all__ = ["SCFCounter", "fixed_point_statistics", "scf_convergence_summary", "density_scaling_average"]
+__all__ = ["SCFCounter", "fixed_point_statistics", "scf_convergence_summary", "density_scaling_average",
+           "update_feature_norms"]
+
+RESPONSE_BOUND = 0.5  # largest |eigenvalue| of the SCF Jacobian dG/dp that the initial h normalisation allows
+_POWER_ITERATIONS = 30
 
 
 class SCFCounter:
@@ -114,6 +119,11 @@ def fixed_point_statistics(model, batches: List[dict]) -> Dict[str, Any]:
     elif isinstance(scaling, dict):
         values = [float(scaling.get(name, 1.0)) for name in model.type_map]
         model.local_density.density_scaling.copy_(torch.tensor(values, dtype=model.local_density.density_scaling.dtype))
+    hidden_norms = config.get("update_feature_norms", "average")
+    if hidden_norms == "average" and hasattr(model.update, "hidden_norms"):
+        summary["update_feature_norms"] = update_feature_norms(model, batches)
+    elif isinstance(hidden_norms, (list, tuple)):
+        model.update.hidden_norms.copy_(torch.tensor([float(v) for v in hidden_norms], dtype=model.update.hidden_norms.dtype))
     neighbours = [batch[K.EDGE_INDEX].shape[1] / max(1, batch[K.POSITIONS].shape[0]) for batch in batches if K.EDGE_INDEX in batch]
     if neighbours:
         for module in model.modules():
@@ -122,6 +132,67 @@ def fixed_point_statistics(model, batches: List[dict]) -> Dict[str, Any]:
     summary.update(fermi_level_offset=offset, field_feature_norms=model.field_feature_norms.tolist(),
                    atom_density_scaling=model.local_density.density_scaling.tolist())
     return summary
+
+
+def _mixed_features(model, batches: List[dict]) -> torch.Tensor:
+    with torch.no_grad():
+        return torch.cat([model.mixer(model.backbone.local_outputs(batch).features) for batch in batches])
+
+
+def _scf_jacobian_radius(model, batch: dict) -> float:
+    """|largest eigenvalue| of dG/dp at the local density of ``batch`` (constant Fermi level), by power
+    iteration on vector-Jacobian products (G is affine in p for the default update: exact)."""
+    with torch.no_grad():
+        state = model.local_state(batch)
+    problem = model.problem(state, False)
+    fermi = state.fermi_reference if state.fermi_reference is not None else \
+        torch.full((state.n_frames,), float(model.fermi_level_offset), dtype=state.density0.dtype)
+    mu = state.atoms(fermi)
+    density = state.density0.detach().requires_grad_(True)
+    with torch.enable_grad():
+        mapped, _ = problem.apply(density, mu)
+    vector = torch.randn(density.shape, dtype=density.dtype, generator=torch.Generator().manual_seed(0))
+    ratios = []
+    for _ in range(_POWER_ITERATIONS):  # iterations, not atoms
+        vector = vector / vector.norm().clamp_min(1e-300)
+        (image,) = torch.autograd.grad(mapped, density, vector, retain_graph=True)
+        ratios.append(float(image.norm()))
+        vector = image
+    return max(ratios[-5:])  # complex or +- pairs make single ratios oscillate
+
+
+def update_feature_norms(model, batches: List[dict]) -> List[float]:
+    """Divisors of h per l inside the update, from the data, bounded by the SCF gain they give.
+
+    The update's linear response (softness dq/d(V + mu), polarisability) is quadratic in h, whose
+    size depends on the backbone: at initialisation the Fermi response of a frame is ~1e-11 e/eV
+    on se_e2_a and ~1e-6 on NequIP (h RMS 1e-5..1e-2), ~1e-2 on MACE (h RMS 0.5), so a
+    constant-charge SCF has nothing to steer with. Here, for a fresh model (mixer bias zero): the
+    update's weights get physical signs (``physical_signs``: responses of one sign per frame, no
+    positive feedback) and the mixer a scalar bias of the RMS of its scalars (atoms without
+    neighbours, whose se_e2_a / NequIP features vanish, respond too); then h is divided by its RMS per l and, where the SCF Jacobian dG/dp
+    of the first batch then exceeds RESPONSE_BOUND in modulus, by sqrt(radius / RESPONSE_BOUND)
+    more (two rounds: exact for affine updates): linear mixing converges at any mixing parameter
+    at initialisation, and the Fermi response is as large as that allows. Returns the divisors.
+    """
+    update = model.update
+    bias = getattr(model.mixer.linear, "bias", None)
+    hidden = _mixed_features(model, batches)
+    if bias is not None and bias.numel() and not bool(bias.detach().any()):
+        update.physical_signs()
+        with torch.no_grad():
+            bias.fill_(float(hidden[..., 0].pow(2).mean().sqrt()))
+        hidden = _mixed_features(model, batches)
+    rms = [float(hidden[..., 0].pow(2).mean().sqrt())]
+    rms.append(float(hidden[..., 1:].pow(2).mean().sqrt()) if hidden.shape[-1] > 1 else 1.0)
+    norms = torch.tensor([r if r > 1e-12 else 1.0 for r in rms], dtype=update.hidden_norms.dtype)
+    update.hidden_norms.copy_(norms)
+    for _ in range(2):
+        radius = max(_scf_jacobian_radius(model, batch) for batch in batches[:1])
+        if radius <= RESPONSE_BOUND:
+            break
+        update.hidden_norms.mul_((radius / RESPONSE_BOUND) ** 0.5)
+    return update.hidden_norms.tolist()
 
 
 def _percentile(values: List[int], q: float) -> float:

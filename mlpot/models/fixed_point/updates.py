@@ -122,6 +122,29 @@ class OneBodyVariableUpdate(torch.nn.Module):
         self.density_max_l = int(density_max_l)
         # small output so the initial update is a gentle perturbation of the local density
         self.out = ChannelLinear(channels, 1, 1, n_species, dtype=dtype, scale=0.1)
+        # divisors of h per l (l = 0, l = 1) inside the update: ones until the data statistics set
+        # them (``statistics.update_feature_norms``); the readouts see h itself
+        self.register_buffer("hidden_norms", torch.ones(2, dtype=dtype))
+
+    @torch.no_grad()
+    def physical_signs(self) -> None:
+        """Make the weights' signs give a physical linear response for any h: dq_i/d(V + mu) <= 0
+        (softness) and dd_i/dG <= 0 (polarisability), i.e. W_Z >= 0, product weights >= 0, output
+        weights <= 0 (data initialisation, ``statistics.update_feature_norms``). With random signs
+        (MACE-SCF's init) the per-atom responses cancel in a frame's Fermi response and feed the
+        Coulomb field back positively, which no mixing converges."""
+        self.embedding.field.weight.abs_()
+        self.product_weights.abs_()
+        self.out.weight.copy_(-self.out.weight.abs())
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        state_dict.setdefault(prefix + "hidden_norms", torch.ones_like(self.hidden_norms))  # models saved before it existed
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def normalised(self, hidden: torch.Tensor) -> torch.Tensor:
+        """h / hidden_norms per l: (n, C, D) -> (n, C, D)."""
+        divisors = torch.cat([self.hidden_norms[:1], self.hidden_norms[1:].expand(3)])
+        return hidden / divisors[: hidden.shape[-1]]
 
     def mixed(self, features, hidden, species, edges: Optional[EdgeGeometry]):
         return self.embedding(features, hidden, species)
@@ -130,6 +153,7 @@ class OneBodyVariableUpdate(torch.nn.Module):
                 edges: Optional[EdgeGeometry] = None) -> torch.Tensor:
         """features (n, n_widths, 4) (l = 1 zero when field_feature_max_l = 0), hidden (n, C, 4),
         species (n,) -> dp (n, (L+1)^2) stored order."""
+        hidden = self.normalised(hidden)
         m = self.mixed(features, hidden, species, edges)
         s = self.nonlinearity(channel_dot(hidden, m, self.product_weights))
         change = self.out(hidden * s.unsqueeze(-1), species)
