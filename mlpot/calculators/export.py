@@ -132,6 +132,31 @@ def peer_model(path: PathLike):
     return model
 
 
+def _deepmd_model(path: Path, payload: Optional[Dict[str, Any]]):
+    """A DeePMD-kit frozen model (``payload`` None: the file is looked at) or training checkpoint
+    (``payload``: its content) as an mlpot DeePMD model, built from the model section the file
+    stores through the DeePMD-kit front-end; None for any other file. Nothing from the file runs
+    (``mlpot.models.deepmd.peer_files``)."""
+    from mlpot.config.deepmd import trained_model_section
+    from mlpot.models import build_model
+    from mlpot.models.deepmd.peer_files import (deepmd_checkpoint, is_deepmd_checkpoint, is_deepmd_frozen_file,
+                                                read_deepmd_frozen)
+    from mlpot.models.deepmd.peer_names import deepmd_state_dict
+
+    if payload is None:
+        if not is_deepmd_frozen_file(path):
+            return None
+        parts = read_deepmd_frozen(path)
+    elif is_deepmd_checkpoint(payload):
+        parts = deepmd_checkpoint(payload, str(path))
+    else:
+        return None
+    section, dtype = trained_model_section(parts.model_params, file=str(path))
+    model = build_model(section, dtype=_DTYPES[dtype])
+    model.load_state_dict(deepmd_state_dict(model, parts.tensors, str(path)))
+    return model
+
+
 def load_model(path: PathLike, device: Union[str, torch.device] = "cpu", head: Optional[str] = None,
                mace_options=None):
     """The model stored in ``path`` (frozen file, checkpoint or peer model file), in eval mode on ``device``.
@@ -145,11 +170,13 @@ def load_model(path: PathLike, device: Union[str, torch.device] = "cpu", head: O
 
     path = Path(path)
     model = _mace_model(path, None, mace_options) if path.is_file() else None
+    if model is None and path.is_file():
+        model = _deepmd_model(path, None)
     if model is None:
         model = peer_model(path)
     if model is None:
         payload = read_model_file(path)
-        model = _mace_model(path, payload, mace_options)
+        model = _mace_model(path, payload, mace_options) or _deepmd_model(path, payload)
     if model is None:
         config, state, dtype, _ = _model_parts(payload, str(path))
         model = build_model(config, dtype=_DTYPES.get(dtype, torch.float64))
