@@ -151,6 +151,25 @@ def test_mlpot_test_ase_calculator_and_md(tmp_path, shared_data, reference, fram
     assert len(log.read_text().splitlines()) >= 3
 
 
+def test_training_starts_from_a_deepmd_kit_model(tmp_path, shared_data, monkeypatch):
+    """``mlpot train input.json -f frozen.pth --use-pretrain-script`` (dp train --init-frz-model):
+    the DeePMD-kit model's section and weights; its statistics are kept, not recomputed."""
+    import json
+
+    model = json.loads((FILES / "deepmd_reference.json").read_text())["models"]["se_e2_a"]
+    config = {"model": model, "learning_rate": {"type": "exp", "start_lr": 1e-3, "decay_steps": 1},
+              "loss": {"type": "ener"},
+              "training": {"training_data": {"systems": [str(shared_data("deepmd_water/data_3"))], "batch_size": 1},
+                           "numb_steps": 1, "disp_freq": 1, "save_freq": 1}}
+    (tmp_path / "input.json").write_text(json.dumps(config))
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "input.json", "-f", str(FILES / "se_atten.pth"), "--use-pretrain-script", "--no-progress"]) == 0
+    trained, pretrained = load_model(tmp_path / "model.pt"), load_model(FILES / "se_atten.pth")
+    assert trained.config["descriptor"]["type"] == "se_atten"
+    assert torch.equal(trained.descriptor.dstd, pretrained.descriptor.dstd)
+    assert torch.equal(trained.fitting.bias_atom, pretrained.fitting.bias_atom)
+
+
 # ---- what is not read ----------------------------------------------------------------------------
 def _edited_checkpoint(tmp_path, edit) -> Path:
     payload = read_model_file(FILES / "se_e2_a.ckpt.pt")
