@@ -9,9 +9,11 @@ A frozen file (``torch.save`` of a plain dict, no pickled classes) holds:
   number of parameters, the mlpot version, the source checkpoint and its step, the time of freezing.
 
 ``load_model(path)`` accepts a frozen file, a training checkpoint, mace-torch's ``.model`` file and
-mace_run_train checkpoint, or a peer's trained model that a model family reads (``read_peer_file``:
-NequIP ``.ckpt`` Lightning checkpoints and ``.nequip.zip`` packages); peer files are read with a
-restricted unpickler that never runs code from the file. It returns the model in eval mode;
+mace_run_train checkpoint, DeePMD-kit's PyTorch checkpoints (``model.ckpt-*.pt``) and frozen
+``.pth`` models (found by content; ``mlpot.models.deepmd.peer_files``), or a peer's trained model
+that a model family reads (``read_peer_file``: NequIP ``.ckpt`` Lightning checkpoints and
+``.nequip.zip`` packages); peer files are read with ``weights_only`` loading or a restricted
+unpickler, never running code from the file. It returns the model in eval mode;
 ``freeze`` turns any of them into a frozen file. A multi-task checkpoint holds every task's head:
 ``head=<task>`` (``mlpot freeze --head``, as ``dp freeze --head``) picks one, and its frozen file is
 an ordinary single-task model. The model is rebuilt from its config rather than unpickled, so a
@@ -132,12 +134,38 @@ def peer_model(path: PathLike):
     return model
 
 
+def _deepmd_model(path: Path, payload: Optional[Dict[str, Any]]):
+    """A DeePMD-kit frozen model (``payload`` None: the file is looked at) or training checkpoint
+    (``payload``: its content) as an mlpot DeePMD model, built from the model section the file
+    stores through the DeePMD-kit front-end; None for any other file. Nothing from the file runs
+    (``mlpot.models.deepmd.peer_files``)."""
+    from mlpot.config.deepmd import trained_model_section
+    from mlpot.models import build_model
+    from mlpot.models.deepmd.peer_files import (deepmd_checkpoint, is_deepmd_checkpoint, is_deepmd_frozen_file,
+                                                read_deepmd_frozen)
+    from mlpot.models.deepmd.peer_names import deepmd_state_dict
+
+    if payload is None:
+        if not is_deepmd_frozen_file(path):
+            return None
+        parts = read_deepmd_frozen(path)
+    elif is_deepmd_checkpoint(payload):
+        parts = deepmd_checkpoint(payload, str(path))
+    else:
+        return None
+    section, dtype = trained_model_section(parts.model_params, file=str(path))
+    model = build_model(section, dtype=_DTYPES[dtype])
+    model.load_state_dict(deepmd_state_dict(model, parts.tensors, str(path)))
+    return model
+
+
 def load_model(path: PathLike, device: Union[str, torch.device] = "cpu", head: Optional[str] = None,
                mace_options=None):
     """The model stored in ``path`` (frozen file, checkpoint or peer model file), in eval mode on ``device``.
 
     head: task of a multi-task checkpoint to return (its single-task head); None returns the whole
-    multi-task model (which runs its first task). mace-torch's files load too: a ``.model`` file
+    multi-task model (which runs its first task). DeePMD-kit's checkpoints and frozen ``.pth`` files
+    load as mlpot DeePMD models (``_deepmd_model``). mace-torch's files load too: a ``.model`` file
     (read by a restricted unpickler, its code never runs) and a mace_run_train checkpoint, which
     needs ``mace_options``, the options YAML (or dict) of its run (``mlpot.models.equivariant.mace``).
     """
@@ -145,11 +173,15 @@ def load_model(path: PathLike, device: Union[str, torch.device] = "cpu", head: O
 
     path = Path(path)
     model = _mace_model(path, None, mace_options) if path.is_file() else None
+    if model is None and path.is_file():
+        model = _deepmd_model(path, None)
     if model is None:
         model = peer_model(path)
     if model is None:
         payload = read_model_file(path)
         model = _mace_model(path, payload, mace_options)
+        if model is None:
+            model = _deepmd_model(path, payload)
     if model is None:
         config, state, dtype, _ = _model_parts(payload, str(path))
         model = build_model(config, dtype=_DTYPES.get(dtype, torch.float64))

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Union
+from typing import Any, Dict, List, Optional, Tuple, Union
 
 
 from mlpot.config import _deepmd_keys as table
@@ -41,7 +41,8 @@ from mlpot.data import keys as K
 from mlpot.data.deepmd_sources import find_deepmd_systems, split_hdf5_path
 from mlpot.errors import ConfigError, DataError, KeyMap, suggest
 
-__all__ = ["convert", "convert_dict", "check_keys", "is_deepmd_config", "load_file", "keys_markdown"]
+__all__ = ["convert", "convert_dict", "check_keys", "check_model", "trained_model_section", "is_deepmd_config",
+           "load_file", "keys_markdown"]
 
 PathLike = Union[str, Path]
 
@@ -105,6 +106,14 @@ def check_keys(config: Dict[str, Any], file: Optional[str] = None) -> Dict[str, 
             if isinstance(holder, dict) and holder.get(key) is not None:
                 raise ConfigError("a multi-task key: needs model/model_dict (or model/fitting_net_dict)",
                                   file=file, key=([section] if section else []) + [key])
+    out["model"] = check_model(raw_model, file)
+    return _check_rest(out, file)
+
+
+def check_model(raw_model: Dict[str, Any], file: Optional[str] = None) -> Dict[str, Any]:
+    """Check a single-task ``model`` section key by key (as :func:`check_keys` does) and return it
+    cleaned: the native model section (``to_native`` adds only a ``type_map`` read from the data).
+    Composite model types (frozen, pairtab, linear_ener) are checked by ``build_model``."""
     model_type = raw_model.get("type", "standard") if isinstance(raw_model, dict) else "standard"
     if model_type != "standard":
         from mlpot.models import MODELS
@@ -112,9 +121,7 @@ def check_keys(config: Dict[str, Any], file: Optional[str] = None) -> Dict[str, 
         if model_type not in MODELS:
             status = "not supported yet" if model_type in table.UNBUILT_MODELS else "unknown model type"
             raise ConfigError(f"{status}: model/type={model_type}", file=file, key=["model", "type"])
-        # composite models (frozen, pairtab, linear_ener) are checked key by key by build_model
-        out["model"] = {k: v for k, v in raw_model.items() if not str(k).startswith("_comment")}
-        return _check_rest(out, file)
+        return {k: v for k, v in raw_model.items() if not str(k).startswith("_comment")}
     for key, owner in table.COMPOSITE_MODEL_KEYS.items():
         if isinstance(raw_model, dict) and raw_model.get(key) is not None:
             raise ConfigError(f"belongs to model/type \"{owner}\", not to a standard model (descriptor + fitting_net)",
@@ -130,8 +137,28 @@ def check_keys(config: Dict[str, Any], file: Optional[str] = None) -> Dict[str, 
     from mlpot.models.deepmd.fitting import FITTINGS
 
     require_built(model["fitting_net"]["type"], FITTINGS, ["model", "fitting_net"], file)
-    out["model"] = model
-    return _check_rest(out, file)
+    return model
+
+
+def trained_model_section(model_params: Dict[str, Any], file: Optional[str] = None) -> Tuple[Dict[str, Any], str]:
+    """(native model section, dtype name) of the model section that a DeePMD-kit trained file stores
+    (``model_params``: the input's ``model`` with DeePMD-kit's defaults filled in, as in ``out.json``).
+
+    Checked key by key as an input is (``check_model``); ConfigError naming ``file`` for keys of
+    features not built yet and "not supported yet" for model kinds whose trained files mlpot does
+    not read (multi-task, composite model types).
+    """
+    if not isinstance(model_params, dict):
+        raise ConfigError(f"expected a mapping, got {type(model_params).__name__}", file=file, key="model")
+    if multitask.is_multi_task(model_params):
+        raise ConfigError("not supported yet: multi-task DeePMD-kit models", file=file, key=["model", "model_dict"])
+    section = check_model(copy.deepcopy(model_params), file)
+    if section.get("type", "standard") != "standard":
+        raise ConfigError(f"not supported yet: DeePMD-kit trained files of model/type={section['type']}", file=file,
+                          key=["model", "type"])
+    if not section.get("type_map"):
+        raise ConfigError("missing required key 'type_map'", file=file, key=["model", "type_map"])
+    return section, model_dtype(section)
 
 
 def _check_rest(out: Dict[str, Any], file: Optional[str]) -> Dict[str, Any]:

@@ -1,7 +1,9 @@
 """Activation functions by DeePMD-kit name (``activation_function`` keys).
 
-Names follow DeePMD-kit: tanh (default), gelu (erf form), gelu_tf (tanh approximation, as
-TensorFlow's ``gelu(approximate=True)``), relu, relu6, softplus, sigmoid, silu, linear / none.
+Names follow DeePMD-kit: tanh (default), gelu and gelu_tf (both the tanh approximation
+0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))), as in every DeePMD-kit backend: TensorFlow's custom
+op and ``gelu(approximate=True)``, PyTorch's ``gelu(approximate="tanh")``), relu, relu6, softplus,
+sigmoid, silu, linear / none.
 """
 
 from __future__ import annotations
@@ -18,8 +20,7 @@ Activation = Callable[[torch.Tensor], torch.Tensor]
 
 ACTIVATIONS: Registry[Activation] = Registry("activation function")
 ACTIVATIONS.register("tanh", torch.tanh)
-ACTIVATIONS.register("gelu", lambda x: torch.nn.functional.gelu(x))
-ACTIVATIONS.register("gelu_tf", lambda x: torch.nn.functional.gelu(x, approximate="tanh"))
+ACTIVATIONS.register("gelu", lambda x: torch.nn.functional.gelu(x, approximate="tanh"), aliases=("gelu_tf",))
 ACTIVATIONS.register("relu", torch.relu)
 ACTIVATIONS.register("relu6", lambda x: torch.nn.functional.relu6(x))
 ACTIVATIONS.register("softplus", lambda x: torch.nn.functional.softplus(x))

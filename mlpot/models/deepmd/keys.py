@@ -190,6 +190,10 @@ STANDARD_KEYS: Dict[str, Key] = {
     "use_compile": unsupported(False, note="a key of model/type dpa4 (DPA-4/SeZM), not built"),
     "enable_tf32": unsupported(True, note="a key of model/type dpa4 (DPA-4/SeZM), not built"),
     "lora": unsupported(None, note="a key of model/type dpa4 (DPA-4/SeZM), not built"),
+    "bridging_method": unsupported("None", note="DeePMD-kit 3.2's short-range bridging (ZBL through a linear_ener "
+                                   "composition) is not built; its trained files store the default \"None\""),
+    "bridging_r_inner": ignored(note="Å, read only with bridging_method (not built)"),
+    "bridging_r_outer": ignored(note="Å, read only with bridging_method (not built)"),
 }
 MULTI_TASK_KEYS: Dict[str, Key] = {
     "type": key(REQUIRED, annotation=str),

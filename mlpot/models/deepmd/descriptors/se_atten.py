@@ -131,7 +131,9 @@ class DescriptorSeAtten(EnvMatrixDescriptor):
         self.tebd_input_mode, self.type_one_side = tebd_input_mode, bool(type_one_side)
         self.smooth, self.concat_output_tebd = bool(smooth_type_embedding), bool(concat_output_tebd)
         seed = None if seed is None else int(seed)
-        self.type_embedding = TypeEmbedding(n_types, [int(tebd_dim)], use_tebd_bias=use_tebd_bias, trainable=trainable,
+        # DeePMD-kit's PyTorch type embedding of dpa1 has a linear layer (its TypeEmbedNet), not tanh
+        self.type_embedding = TypeEmbedding(n_types, [int(tebd_dim)], activation_function="linear",
+                                            use_tebd_bias=use_tebd_bias, trainable=trainable,
                                             seed=None if seed is None else seed + 2, dtype=dtype)
         tebd_width = int(tebd_dim) * (1 if self.type_one_side else 2)
         net = dict(activation=activation_function, resnet_dt=resnet_dt, trainable=trainable, dtype=dtype)
