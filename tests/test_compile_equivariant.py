@@ -117,6 +117,41 @@ def test_compiled_model_in_the_lammps_driver(compiled, tmp_path):
     lmp.close()
 
 
+def _fixed_shape_branches(monkeypatch):
+    """The branches a tracer takes, in plain eager evaluation (``is_tracing`` forced on where it is read)."""
+    from mlpot.models.equivariant import blocks
+    from mlpot.models.equivariant.mace import model as mace_model, neighbours
+    from mlpot.models.equivariant.nequip import model as nequip_model
+
+    for module in (blocks, mace_model, neighbours, nequip_model):
+        monkeypatch.setattr(module, "is_tracing", lambda: True)
+
+
+@pytest.mark.parametrize("variant", ["mace:" + name for name in ("density", "agnostic_product", "soft_zbl",
+                                                                  "correlation_list", "one_layer")]
+                         + ["nequip:" + name for name in ("zbl", "per_l_features")])
+def test_fixed_shape_branches_give_the_eager_numbers(variant, monkeypatch):
+    """Every variant's traced branches (per-edge rows, per-element gathers, all directed edges) give
+    the eager energies and forces; tracing each would take a minute."""
+    from mlpot.models.derivatives import compute_derivatives
+    from mlpot.testing import random_batch
+
+    family, name = variant.split(":")
+    if family == "mace":
+        from test_mace_model import VARIANTS, small_model
+
+        model, batch = small_model(**VARIANTS[name]), random_batch(2, [7, 9], n_types=2, cutoff=3.5, box=4.0, seed=3)
+    else:
+        from test_nequip_model import VARIANTS, make_model
+
+        model, batch = make_model(**VARIANTS[name]), random_batch(2, [8, 6], cutoff=3.5, seed=3)
+    eager = compute_derivatives(model, batch, forces=True, virial=True)
+    _fixed_shape_branches(monkeypatch)
+    fixed = compute_derivatives(model, batch, forces=True, virial=True)
+    for key in (K.ENERGY, K.ATOM_ENERGY, K.FORCES, K.VIRIAL):
+        torch.testing.assert_close(fixed[key], eager[key], rtol=1e-12, atol=1e-12)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("family", FAMILIES)
 def test_float32_exported_program_agrees_within_1e_5(tmp_path, family):

@@ -76,7 +76,8 @@ class ElementLinear(TypeSelfConnection):
         super().__init__(irreps_of(channels_in, blocks_in), n_elements, irreps_of(channels_out, blocks_out), dtype=dtype,
                          channels_last=True)
 
-    def forward(self, x: torch.Tensor, segments: Optional[Sequence[int]], elements: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, segments: Optional[Sequence[int]],
+                elements: Optional[torch.Tensor] = None) -> torch.Tensor:
         """x: (n, D_in, C_in), rows sorted by element with ``segments`` rows per element; elements (n,)
         the element of each row (used when ``segments`` is None: a traced model)."""
         return super().forward(x, elements, segments=segments)
