@@ -155,6 +155,13 @@ class NequIPModel(AtomisticModel):
                 layer.self_connection.masked = bool(enabled)
         return self
 
+    def _apply(self, fn, *args, **kwargs):
+        """``.to(dtype)`` (e.g. a float64 file run in float32) moves ``model_dtype``, the network's
+        precision, along with the weights."""
+        module = super()._apply(fn, *args, **kwargs)
+        self.model_dtype = self.type_embedding.weight.dtype
+        return module
+
     def _fixed_shapes(self) -> bool:
         """Export mode, set by hand or under a graph tracer (``mlpot compile``: ``is_tracing``)."""
         return getattr(self, "export_mode", False) or is_tracing()
