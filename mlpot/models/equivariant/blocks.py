@@ -37,6 +37,7 @@ from e3nn import o3
 from mlpot.models.equivariant.activations import SCALAR_ACTIVATIONS, activation_constant
 from mlpot.models.equivariant.gate import Gate
 from mlpot.models.equivariant.tensor_products import EdgeTensorProductScatter
+from mlpot.nn import is_tracing
 
 __all__ = [
     "RadialMLP", "IrrepsLinear", "TypeSelfConnection", "EdgeSphericalHarmonics", "PerTypeScaleShift", "Gate",
@@ -251,7 +252,7 @@ class TypeSelfConnection(torch.nn.Module):
         n_types = self.n_attrs if attributes is None else attributes.shape[0]
         if n_types == 1:
             return self.linear.apply_blocks(x, [None if w is None else w[0] for w in weights])
-        if getattr(self, "masked", False) and segments is None:  # sizes independent of the data (torch.export)
+        if (getattr(self, "masked", False) or is_tracing()) and segments is None:  # sizes independent of the data
             per_type = torch.stack([self.linear.apply_blocks(x, [None if w is None else w[t] for w in weights])
                                     for t in range(n_types)])
             index = types.view(1, -1, *([1] * (x.dim() - 1))).expand(1, *per_type.shape[1:])

@@ -73,11 +73,13 @@ class InteractionBlock(torch.nn.Module):
 
     def forward(self, node_feats: torch.Tensor, edge_sh: torch.Tensor, edge_feats: torch.Tensor,
                 envelope: Optional[torch.Tensor], edges: PaddedEdges,
-                segments: Sequence[int]) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
-        """node_feats (n, D_node, C_node) sorted by element; edge_sh (n, K, D_sh), edge_feats
-        (n, K, num_basis) and envelope (n, K, 1) or None in the receivers' padded slots (``edges``).
+                segments: Optional[Sequence[int]],
+                elements: torch.Tensor) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """node_feats (n, D_node, C_node) sorted by element (``elements`` (n,), ``segments`` atoms per
+        element or None when traced); edge_sh (rows, K, D_sh), edge_feats (rows, K, num_basis) and
+        envelope (rows, K, 1) or None in the receivers' padded slots (``edges``).
         Returns A (n, D_target, C) and sc (n, D_hidden, C) or None."""
-        sc = self.skip_tp(node_feats, segments) if self.residual else None
+        sc = self.skip_tp(node_feats, segments, elements) if self.residual else None
         up = self.linear_up(node_feats)
         weights = self.conv_tp_weights(edge_feats)
         if self.density:
@@ -88,11 +90,11 @@ class InteractionBlock(torch.nn.Module):
                 edge_density = edge_density * envelope
         message = self.linear(self.conv_tp(up, edge_sh, weights, edges))
         if self.density:
-            message = message / (edge_density.sum(dim=1) + 1).unsqueeze(-1)
+            message = message / (edges.sum_rows(edge_density.sum(dim=1)) + 1).unsqueeze(-1)
         else:
             message = message / self.avg_num_neighbors
         if not self.residual:
-            message = self.skip_tp(message, segments)
+            message = self.skip_tp(message, segments, elements)
         return message, sc
 
     def extra_repr(self) -> str:

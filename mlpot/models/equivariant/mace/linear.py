@@ -19,7 +19,7 @@ layout, built from MACE's (blocks, channels) arguments:
 
 from __future__ import annotations
 
-from typing import List, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 from e3nn import o3
@@ -76,6 +76,8 @@ class ElementLinear(TypeSelfConnection):
         super().__init__(irreps_of(channels_in, blocks_in), n_elements, irreps_of(channels_out, blocks_out), dtype=dtype,
                          channels_last=True)
 
-    def forward(self, x: torch.Tensor, segments: Sequence[int]) -> torch.Tensor:
-        """x: (n, D_in, C_in), rows sorted by element with ``segments`` rows per element."""
-        return super().forward(x, segments=segments)
+    def forward(self, x: torch.Tensor, segments: Optional[Sequence[int]],
+                elements: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """x: (n, D_in, C_in), rows sorted by element with ``segments`` rows per element; elements (n,)
+        the element of each row (used when ``segments`` is None: a traced model)."""
+        return super().forward(x, elements, segments=segments)

@@ -41,7 +41,7 @@ from mlpot.models.equivariant.mace.readout import LinearReadout, NonLinearReadou
 from mlpot.models.equivariant.mace.symmetric_contraction import EquivariantProductBasis
 from mlpot.models.equivariant.mace.zbl import ZBLRepulsion
 from mlpot.models.output_bias import OutputBias
-from mlpot.nn import gather_rows, scatter_sum
+from mlpot.nn import gather_rows, is_tracing, scatter_sum
 
 __all__ = ["MACE", "ScaleShiftMACE", "ElementOrder"]
 
@@ -50,14 +50,17 @@ SCALAR = o3.Irrep("0e")
 
 class ElementOrder:
     """Atoms sorted by element: ``order`` (sorted -> batch index), ``inverse`` (batch -> sorted),
-    ``elements`` (element of each sorted atom) and ``segments`` (atoms per element, a list)."""
+    ``elements`` (element of each sorted atom) and ``segments`` (atoms per element, a list; None
+    under a graph tracer, where the counts are values of the data and the per-element slices give
+    way to fixed-shape branches)."""
 
     def __init__(self, elements: torch.Tensor, n_elements: int):
         self.order = torch.argsort(elements, stable=True)
         self.inverse = torch.empty_like(self.order)
-        self.inverse[self.order] = torch.arange(len(self.order), device=self.order.device)
+        self.inverse[self.order] = torch.arange(self.order.shape[0], device=self.order.device)
         self.elements = elements.index_select(0, self.order)
-        self.segments: List[int] = torch.bincount(elements, minlength=n_elements).tolist()
+        self.segments: Optional[List[int]] = None if is_tracing() else \
+            torch.bincount(elements, minlength=n_elements).tolist()
 
 
 def _uniform_channels(irreps: o3.Irreps, name: str) -> Tuple[int, List[o3.Irrep]]:
@@ -148,7 +151,7 @@ class MACE(AtomisticModel):
         sum (readouts + ZBL), per-atom E0)."""
         dtype = self.r_max.dtype
         types = batch[ATOM_TYPES]
-        if types.numel() and (int(types.max()) >= self.n_elements or int(types.min()) < 0):
+        if not is_tracing() and types.numel() and (int(types.max()) >= self.n_elements or int(types.min()) < 0):
             raise DataError(f"atom type {int(types.max())} outside the model's elements {self.type_map} "
                             "(read the data with type_map=model.type_map)", key=ATOM_TYPES)
         order = ElementOrder(types, self.n_elements)
@@ -170,8 +173,9 @@ class MACE(AtomisticModel):
         if self.pair_repulsion:
             energies.append(self.pair_repulsion_fn(lengths, element_i, element_j, receiver, n_atoms))
         for interaction, product in zip(self.interactions, self.products):
-            message, sc = interaction(node_feats, padded_sh, padded_feats, padded_envelope, edges, order.segments)
-            node_feats = product(message, sc, segments)
+            message, sc = interaction(node_feats, padded_sh, padded_feats, padded_envelope, edges, order.segments,
+                                      order.elements)
+            node_feats = product(message, sc, segments, order.elements)
             features.append(node_feats)
         for t, readout in enumerate(self.readouts):
             energies.append(readout(features[-1 if len(self.readouts) == 1 else t]))

@@ -136,26 +136,38 @@ class SymmetricContraction(torch.nn.Module):
                  for coeff, c in zip(entry["coefficients"], self.contractions)]
         return parts[0] if len(parts) == 1 else torch.cat(parts, dim=2)
 
-    def forward(self, x: torch.Tensor, segments: Sequence[int]) -> torch.Tensor:
-        """x: (n, D_in, C), rows sorted by element (``segments`` rows each) -> (n, D_out, C)."""
+    def forward(self, x: torch.Tensor, segments: Optional[Sequence[int]],
+                elements: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """x: (n, D_in, C), rows sorted by element (``segments`` rows each) -> (n, D_out, C).
+        ``segments`` None (a traced model: the counts are values of the data): every element's
+        weights on every row, each row keeping its own element's (``elements`` (n,))."""
         folded = [self.folded_weights(entry) if entry["active"] else None for entry in self.degrees]
+        if segments is None:
+            per_element = torch.stack(self._contract(x.permute(1, 2, 0), folded, range(self.contractions[0].n_elements)))
+            index = elements.view(1, 1, 1, -1).expand(1, *per_element.shape[1:])
+            return per_element.gather(0, index).squeeze(0).permute(2, 1, 0)
         outputs, start = [], 0
         for element, count in enumerate(segments):
-            if not count:
-                continue
-            features = x.narrow(0, start, count).permute(1, 2, 0)  # (D, C, n_e)
-            monomial, total = features, None
-            for entry, weights in zip(self.degrees, folded):
-                if entry["nu"] > 1:
-                    prefix, last = entry["prefix"].to(x.device), entry["last"].to(x.device)
-                    monomial = monomial.index_select(0, prefix) * features.index_select(0, last)
-                if weights is not None:
-                    term = torch.bmm(weights[element], monomial.transpose(0, 1))  # (C, D_out, n_e)
-                    total = term if total is None else total + term
-            outputs.append(total)
+            if count:
+                outputs.append(self._contract(x.narrow(0, start, count).permute(1, 2, 0), folded, [element])[0])
             start += count
         out = outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=2)
         return out.permute(2, 1, 0)
+
+    def _contract(self, features: torch.Tensor, folded: List[Optional[torch.Tensor]],
+                  elements: Sequence[int]) -> List[torch.Tensor]:
+        """features (D, C, n) -> (C, D_out, n) with the weights of each of ``elements``;
+        the monomials x^t, shared by all elements, are built once."""
+        monomial, totals = features, [None] * len(elements)
+        for entry, weights in zip(self.degrees, folded):
+            if entry["nu"] > 1:
+                prefix, last = entry["prefix"].to(features.device), entry["last"].to(features.device)
+                monomial = monomial.index_select(0, prefix) * features.index_select(0, last)
+            if weights is not None:
+                for k, element in enumerate(elements):
+                    term = torch.bmm(weights[element], monomial.transpose(0, 1))  # (C, D_out, n)
+                    totals[k] = term if totals[k] is None else totals[k] + term
+        return totals
 
 
 class EquivariantProductBasis(torch.nn.Module):
@@ -168,6 +180,7 @@ class EquivariantProductBasis(torch.nn.Module):
         self.symmetric_contractions = SymmetricContraction(blocks_in, blocks_out, correlation, n_elements, channels, dtype)
         self.linear = ChannelLinear(blocks_out, channels, blocks_out, channels, dtype)
 
-    def forward(self, x: torch.Tensor, sc: Optional[torch.Tensor], segments: Sequence[int]) -> torch.Tensor:
-        out = self.linear(self.symmetric_contractions(x, segments))
+    def forward(self, x: torch.Tensor, sc: Optional[torch.Tensor], segments: Optional[Sequence[int]],
+                elements: Optional[torch.Tensor] = None) -> torch.Tensor:
+        out = self.linear(self.symmetric_contractions(x, segments, elements))
         return out + sc if self.use_sc and sc is not None else out

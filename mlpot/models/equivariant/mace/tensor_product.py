@@ -86,18 +86,18 @@ class ChannelwiseTensorProduct(torch.nn.Module):
                 edges: PaddedEdges) -> torch.Tensor:
         """Messages summed at the receivers.
 
-        node_feats: (n_nodes, D_in, C); edge_sh: (n_nodes, K, D_sh) and edge_weights
-        (n_nodes, K, n_paths * C) in the receivers' padded slots (``edges``; zero in empty slots).
+        node_feats: (n_nodes, D_in, C); edge_sh: (n_rows, K, D_sh) and edge_weights
+        (n_rows, K, n_paths * C) in the receivers' padded slots (``edges``; zero in empty slots).
         Returns (n_nodes, D_out, C).
         """
-        n_nodes, width = edges.n_nodes, edges.width
+        n_nodes, n_rows, width = edges.n_nodes, edges.n_rows, edges.width
         if width == 0:
             return node_feats.new_zeros(n_nodes, self.dim_out, self.channels)
-        neighbours = gather_rows(node_feats, edges.sender_of_slot).view(n_nodes, width, self.dim_in, self.channels)
+        neighbours = gather_rows(node_feats, edges.sender_of_slot).view(n_rows, width, self.dim_in, self.channels)
         # split / unbind once: slicing per path would make autograd fill a full-size zero gradient per slice
         neighbour_blocks = torch.split(neighbours, [ir.dim for ir in self.blocks_in], dim=2)
         sh_blocks = torch.split(edge_sh, [ir.dim for ir in self.blocks_sh], dim=2)
-        path_weights = edge_weights.view(n_nodes, width, len(self.paths), self.channels).unbind(2)
+        path_weights = edge_weights.view(n_rows, width, len(self.paths), self.channels).unbind(2)
         coupling = self.coupling.to(edge_sh.dtype)
         messages = []
         for p, (i, j, _) in enumerate(self.paths):
@@ -105,8 +105,8 @@ class ChannelwiseTensorProduct(torch.nn.Module):
             # (n, K, d2) x (d1, d2, d3) -> (n, d3, K * d1): the 3j-weighted harmonics of the path
             angular = torch.einsum("nks,aso->noka", sh_blocks[j], coupling[a0:a1, s0:s1, o0:o1])
             products = path_weights[p].unsqueeze(2) * neighbour_blocks[i]  # (n, K, d1, C)
-            messages.append(torch.bmm(angular.reshape(n_nodes, o1 - o0, -1), products.view(n_nodes, -1, self.channels)))
-        return torch.cat(messages, dim=1)
+            messages.append(torch.bmm(angular.reshape(n_rows, o1 - o0, -1), products.view(n_rows, -1, self.channels)))
+        return edges.sum_rows(torch.cat(messages, dim=1))
 
     def extra_repr(self) -> str:
         return (f"{self.channels}x({'+'.join(map(str, self.blocks_in))}) x {'+'.join(map(str, self.blocks_sh))} -> "

@@ -34,7 +34,7 @@ from mlpot.models.equivariant.blocks import EdgeSphericalHarmonics, PerTypeScale
 from mlpot.models.equivariant.nequip.layers import InteractionLayer
 from mlpot.models.equivariant.nequip.section import NequIPModelSection
 from mlpot.models.equivariant.nequip.zbl import ZBL
-from mlpot.nn import BesselBasis, polynomial_cutoff, scatter_sum
+from mlpot.nn import BesselBasis, is_tracing, polynomial_cutoff, scatter_sum
 
 __all__ = ["NequIPModel", "hidden_irreps", "per_edge_type_cutoff_matrix"]
 
@@ -147,15 +147,27 @@ class NequIPModel(AtomisticModel):
     def set_export_mode(self, enabled: bool = True) -> "NequIPModel":
         """Shapes that depend only on the input sizes, for ``torch.export`` (the generic ``mlpot compile``):
         no atom-type range check, every directed edge evaluated (no unordered-pair halving), the
-        self-connection by masks instead of per-type slices. The numbers are the same."""
+        self-connection by masks instead of per-type slices. The numbers are the same. Under a graph
+        tracer (``mlpot.nn.is_tracing``: ``mlpot compile``) these branches are taken without it."""
         self.export_mode = bool(enabled)
         for layer in self.layers:
             if layer.self_connection is not None:
                 layer.self_connection.masked = bool(enabled)
         return self
 
+    def _apply(self, fn, *args, **kwargs):
+        """``.to(dtype)`` (e.g. a float64 file run in float32) moves ``model_dtype``, the network's
+        precision, along with the weights."""
+        module = super()._apply(fn, *args, **kwargs)
+        self.model_dtype = self.type_embedding.weight.dtype
+        return module
+
+    def _fixed_shapes(self) -> bool:
+        """Export mode, set by hand or under a graph tracer (``mlpot compile``: ``is_tracing``)."""
+        return getattr(self, "export_mode", False) or is_tracing()
+
     def _check(self, batch: Batch) -> None:
-        if getattr(self, "export_mode", False):
+        if self._fixed_shapes():  # a compiled model checks the types before the call
             return
         types = batch[ATOM_TYPES]
         if types.numel() and (int(types.max()) >= len(self.type_map) or int(types.min()) < 0):
@@ -168,7 +180,7 @@ class NequIPModel(AtomisticModel):
         centre, neighbour = batch[EDGE_INDEX][0], batch[EDGE_INDEX][1]
         vectors = edge_vectors(batch)
         pairs = unique_pair_index(batch[EDGE_INDEX], batch[EDGE_SHIFTS], types.shape[0]) \
-            if self.pairs_symmetric and not getattr(self, "export_mode", False) else None
+            if self.pairs_symmetric and not self._fixed_shapes() else None
         both = pairs is not None and bool((torch.bincount(pairs[1], minlength=len(pairs[0])) == 2).all())
         if both:
             representative = pairs[0]
