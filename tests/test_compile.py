@@ -62,6 +62,23 @@ def test_exported_program_agrees_with_eager_and_frozen(tmp_path, capsys):
         lonely.get_potential_energy()
 
 
+def test_failing_aotinductor_falls_back_to_the_exported_program(tmp_path, capsys, monkeypatch):
+    import torch._inductor
+
+    def broken_inductor(*args, **kwargs):
+        raise AssertionError("vectorised store")  # what Inductor's C++ code generator raised with 2 threads
+
+    monkeypatch.setattr(torch._inductor, "aoti_compile_and_package", broken_inductor)
+    model = _model()
+    frozen = _save_frozen(model, tmp_path / "frozen.pt")
+    assert main(["compile", str(frozen), "-o", str(tmp_path / "model.pt2")]) == 0
+    out = capsys.readouterr().out
+    assert "AOTInductor failed: AssertionError: vectorised store; wrote the export backend instead" in out
+    runner = load_compiled(tmp_path / "model.pt2")
+    assert runner.metadata["backend"] == "export" and "AOTInductor failed" in runner.metadata["fallback_reason"]
+    _assert_agree(tmp_path / "model.pt2", frozen, model, 1e-10)
+
+
 @pytest.mark.slow
 def test_float32_compiled_agrees_within_1e_5(tmp_path):
     model = _model()

@@ -153,8 +153,15 @@ def _save(program, output: Path, metadata: Dict[str, Any]) -> None:
     from torch._inductor import aoti_compile_and_package
 
     output.unlink(missing_ok=True)
-    aoti_compile_and_package(program, package_path=str(output),
-                                             inductor_configs={"aot_inductor.metadata": {"mlpot": text}})
+    try:
+        aoti_compile_and_package(program, package_path=str(output),
+                                 inductor_configs={"aot_inductor.metadata": {"mlpot": text}})
+    except Exception as error:  # Inductor's code generator fails in many ways (seen: a vectorisation
+        # assertion with 2 OpenMP threads that 1 thread does not hit); the exported program still runs
+        output.unlink(missing_ok=True)
+        reason = f"AOTInductor failed: {type(error).__name__}: {(str(error).strip().splitlines() or [''])[0][:300]}"
+        metadata.update(backend="export", fallback_reason=reason)
+        torch.export.save(program, str(output), extra_files={"mlpot.json": json.dumps(metadata)})
 
 
 def check_compiled(path: Path, eager, example: Dict[str, np.ndarray]) -> Dict[str, float]:

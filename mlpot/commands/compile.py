@@ -36,7 +36,9 @@ def run(args) -> int:
     print(f"compiled {args.model} ({metadata['family']}, {metadata['dtype']}, type_map {metadata['type_map']}, "
           f"cutoff {metadata['cutoff']} Å) into {args.output} with {metadata['backend']} in {seconds:.0f} s")
     if "fallback_reason" in metadata:
-        print(f"torch.export could not trace this model ({metadata['fallback_reason']}); wrote TorchScript instead")
+        print(f"{metadata['fallback_reason']}; wrote the {metadata['backend']} backend instead"
+              if metadata["backend"] == "export" else
+              f"torch.export could not trace this model ({metadata['fallback_reason']}); wrote TorchScript instead")
     if "check" in metadata:
         check = ", ".join(f"{key} {value:.1e}" for key, value in metadata["check"].items())
         print(f"largest relative difference to the eager model on two test structures: {check}")
