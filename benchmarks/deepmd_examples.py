@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import sys
 import tempfile
@@ -28,7 +27,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "benchmarks"), str(ROOT / "examples" / "deepmd_water")]
-from deepmd_test import DATA, DP_LAUNCHER, run  # noqa: E402
+from deepmd_test import DATA, DP_LAUNCHER, run, thread_env  # noqa: E402
 from example_inputs import MODELS, example_input, write_tables  # noqa: E402
 
 
@@ -58,8 +57,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     work = args.workdir or Path(tempfile.mkdtemp(prefix="deepmd_examples_"))
     threads = str(args.threads)
-    env = dict(os.environ, OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads, DP_INTRA_OP_PARALLELISM_THREADS=threads,
-               DP_INTER_OP_PARALLELISM_THREADS=threads, PYTHONPATH=str(ROOT))
+    env = thread_env(args.threads)
     tables = write_tables(work / "tables")
     test_data = str(args.data / "data_3")
     n_atoms = 192

@@ -62,6 +62,13 @@ def example_input(data: Path, steps: int) -> dict:
     }
 
 
+def thread_env(threads: int, inter_op: int = None) -> dict:
+    """The environment of a peer run with ``threads`` threads (OpenMP, MKL and DeePMD-kit's own pools)."""
+    threads = str(threads)
+    return dict(os.environ, OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads, DP_INTRA_OP_PARALLELISM_THREADS=threads,
+                DP_INTER_OP_PARALLELISM_THREADS=str(inter_op or threads), PYTHONPATH=str(ROOT))
+
+
 def run(command, cwd: Path, env: dict, log: Path) -> str:
     """Run ``command`` (list) in ``cwd``; output goes to ``log`` and is returned; fails loudly."""
     result = subprocess.run(command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -97,8 +104,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     work = args.workdir or Path(tempfile.mkdtemp(prefix="deepmd_test_bench_"))
     threads = str(args.threads)
-    env = dict(os.environ, OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads, DP_INTRA_OP_PARALLELISM_THREADS=threads,
-               DP_INTER_OP_PARALLELISM_THREADS=threads, PYTHONPATH=str(ROOT))
+    env = thread_env(args.threads)
     test_data = str(args.data / "data_3")
     config = json.dumps(example_input(args.data, args.steps), indent=1)
     tools = {}

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -31,7 +30,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from deepmd_test import DATA, DP_LAUNCHER, run  # noqa: E402
+from deepmd_test import DATA, DP_LAUNCHER, run, thread_env  # noqa: E402
 
 TIMESTEP_FS = 0.5
 
@@ -149,8 +148,7 @@ def main(argv=None):
     work = args.workdir or Path(tempfile.mkdtemp(prefix="md_water_bench_"))
     work.mkdir(parents=True, exist_ok=True)
     threads = str(args.threads)
-    env = dict(os.environ, OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads, DP_INTRA_OP_PARALLELISM_THREADS=threads,
-               DP_INTER_OP_PARALLELISM_THREADS="1", PYTHONPATH=str(ROOT))
+    env = thread_env(args.threads, inter_op=1)
     structures = write_structures(work)
     models = train_models(work, args, env)
     print(f"# velocity Verlet, {TIMESTEP_FS} fs, {args.steps} timed steps after {args.warmup}, {threads} thread(s), "
