@@ -20,6 +20,7 @@ from mlpot.models.deepmd.keys import STANDARD_KEYS, resolve_sel
 from mlpot.models.sections import read_section
 from mlpot.models.deepmd.descriptors import DESCRIPTORS
 from mlpot.models.deepmd.fitting import FITTINGS
+from mlpot.models.deepmd.spin import build_spin
 from mlpot.models.deepmd.standard import StandardModel
 
 __all__ = ["build_standard", "resolve_auto_sel", "descriptor_section"]
@@ -35,6 +36,8 @@ def descriptor_section(model_config: Dict[str, Any]) -> Dict[str, Any]:
 def build_standard(config: Dict[str, Any], dtype: torch.dtype) -> StandardModel:
     """A StandardModel (descriptor + fitting) from a ``standard`` model section."""
     values = read_section(config, "model", STANDARD_KEYS, "StandardModelSection")
+    if values["spin"] is not None:  # the virtual-atom wrapper builds its backbone with this function
+        return build_spin(config, dtype, build_standard)
     type_map = check_type_map(values["type_map"])
     n_types = len(type_map)
     section = dict(descriptor_section(config))

@@ -22,7 +22,7 @@ from mlpot.models.pair import PAIRTAB_KEYS
 from mlpot.models.sections import REQUIRED, Key, ignored, key, read_section, unsupported
 
 __all__ = ["DESCRIPTOR_KEYS", "DESCRIPTOR_ALIASES", "FITTING_KEYS", "STANDARD_KEYS", "TYPE_EMBEDDING_KEYS",
-           "LINEAR_KEYS", "PAIRTAB_KEYS", "FROZEN_KEYS", "MULTI_TASK_KEYS", "MODEL_TYPE_KEYS", "DPA1_LEGACY_KEYS",
+           "LINEAR_KEYS", "PAIRTAB_KEYS", "SPIN_KEYS", "FROZEN_KEYS", "MULTI_TASK_KEYS", "MODEL_TYPE_KEYS", "DPA1_LEGACY_KEYS",
            "UNBUILT_DESCRIPTORS", "UNBUILT_FITTINGS", "UNBUILT_MODELS", "resolve_precision", "resolve_sel",
            "check_model_section"]
 
@@ -156,6 +156,20 @@ del FIT_DOS["atom_ener"]
 FITTING_KEYS: Dict[str, Dict[str, Key]] = {"ener": FIT_ENER, "dipole": FIT_DIPOLE, "polar": FIT_POLAR, "dos": FIT_DOS}
 UNBUILT_FITTINGS = ("property", "population", "dens")
 
+# model/spin (DeePMD-kit 3.x virtual-atom spin model, mlpot.models.deepmd.spin)
+SPIN_KEYS = {
+    "use_spin": key(REQUIRED, note="one bool per type, or the indices (or names) of the magnetic types",
+                    annotation=list),
+    "virtual_scale": key(None, note="Å/μB: virtual atom at r + s·virtual_scale; one value per type, per magnetic "
+                         "type, or one for all", annotation=Any),
+    "spin_norm": key(None, note="TF form (with virtual_len): μB per magnetic type; virtual_scale = virtual_len / "
+                     "spin_norm", annotation=Any),
+    "virtual_len": key(None, note="TF form (with spin_norm): Å per magnetic type", annotation=Any),
+    "scheme": unsupported("deepspin", note='"deepspin" (virtual atoms, the default); "native" (DPA-4/SeZM spin '
+                          'descriptors) not built'),
+    "allow_missing_label": unsupported(False, note="systems without spin.npy (a DPA-4/SeZM option in DeePMD-kit)"),
+}
+
 # ---- model types (model) -----------------------------------------------------------------------
 STANDARD_KEYS: Dict[str, Key] = {
     "type": key("standard", note="standard; frozen, pairtab, linear_ener, multi-task: their own keys", annotation=str),
@@ -183,7 +197,9 @@ STANDARD_KEYS: Dict[str, Key] = {
     "modifier": unsupported(None, note="DPLR long range (dipole_charge modifier): not built yet"),
     "compress": unsupported(None, note="written by dp compress: compressed models are not built yet"),
     "use_compression": unsupported(None, note="compressed models are not built yet"),
-    "spin": unsupported(None, note="spin models (model/spin, ener_spin loss) are not built yet"),
+    "spin": key(None, note="spin model (use_spin, virtual_scale or TF virtual_len/spin_norm): virtual atoms at r + "
+                "s·virtual_scale on the magnetic atoms, loss type ener_spin (docs: DeePMD spin models)",
+                annotation=Optional[dict]),
     "finetune_head": unsupported(None, note="give the head with --model-branch"),
     "info": ignored(note="free metadata of the model (DeePMD-kit stores it, it changes nothing)"),
     "model_branch_alias": unsupported([], note="multi-task branch aliases"),
@@ -297,6 +313,8 @@ def check_model_section(config: Any, path: str = "model") -> None:
         read_section(values["fitting_net"], f"{path}/fitting_net", fitting, "FittingSection")
         if values["type_embedding"] is not None:
             read_section(values["type_embedding"], f"{path}/type_embedding", TYPE_EMBEDDING_KEYS, "TypeEmbeddingSection")
+        if values["spin"] is not None:
+            read_section(values["spin"], f"{path}/spin", SPIN_KEYS, "SpinSection")
     elif kind == "linear_ener":
         for index, member in enumerate(values["models"]):
             inherited = dict(member, type_map=member.get("type_map", values["type_map"])) \

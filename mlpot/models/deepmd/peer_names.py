@@ -134,10 +134,19 @@ def _ener_fitting(source: _FileTensors, fitting, out: Dict[str, torch.Tensor]) -
 
 
 def deepmd_state_dict(model: torch.nn.Module, tensors: Dict[str, torch.Tensor], file: str) -> Dict[str, torch.Tensor]:
-    """The state dict of ``model`` (a standard DeePMD model built from the file's model section, with
+    """A spin model (``mlpot.models.deepmd.spin``): DeePMD-kit's ``backbone_model.`` tensors are the
+    state of mlpot's ``backbone.`` (a standard model on the extended type map); otherwise:
+
+    The state dict of ``model`` (a standard DeePMD model built from the file's model section, with
     an ener fitting) holding the DeePMD-kit ``tensors`` (names as in the module docstring).
     CheckpointError naming ``file`` for a missing or misshapen parameter, a compressed model or a
     tensor mlpot has no place for; every parameter of ``model`` comes from the file."""
+    if hasattr(model, "backbone") and hasattr(model, "virtual_scale"):
+        prefix = "backbone_model."
+        if not tensors or any(not name.startswith(prefix) for name in tensors):
+            raise CheckpointError(f"a spin model's file keeps its weights under '{prefix}'", file=file)
+        inner = deepmd_state_dict(model.backbone, {n[len(prefix):]: v for n, v in tensors.items()}, file)
+        return {f"backbone.{name}": value for name, value in inner.items()}
     kind = model.config["descriptor"]["type"]
     fitting_kind = model.config["fitting_net"].get("type", "ener")
     if kind not in _BLOCKS or fitting_kind != "ener":
