@@ -51,10 +51,10 @@ SE_E2_A: Dict[str, Key] = {
     "axis_neuron": key(4, "n_axis_neuron", annotation=int),
     "type_one_side": key(False, annotation=bool),
     "tebd_input_mode": unsupported(None, note="a type-embedding key (se_e2_a takes model/type_embedding)"),
-    "spin": unsupported(None, note="spin models (model/spin) are not built yet"),
+    "spin": unsupported(None, note="a descriptor-level spin section (TF era): give it as model/spin"),
 }
 SE_E2_R: Dict[str, Key] = {**_SMOOTH_ENV, "type_one_side": key(False, annotation=bool),
-                           "spin": unsupported(None, note="spin models (model/spin) are not built yet")}
+                           "spin": unsupported(None, note="a descriptor-level spin section (TF era): give it as model/spin")}
 SE_E3: Dict[str, Key] = dict(_SMOOTH_ENV)
 _ATTENTION: Dict[str, Key] = {
     **_SMOOTH_ENV,

@@ -17,7 +17,7 @@ The names are those DeePMD-kit's files carry (read from its checkpoints and froz
 | ``atomic_model.out_std[0]`` | ``fitting.out_std`` |
 
 Inside every net DeePMD-kit's ``layers.<i>.{matrix,bias,idt}`` are mlpot's ``layers.<i>.{weight,bias,idt}``
-with the same (in, out) layout. Not read: ``min_nbor_dist``, the exclusion masks (``emask.type_mask``,
+with the same (in, out) layout. Not read: ``min_nbor_dist``, the exclusion masks (``emask.type_mask``, ``atom_excl`` / ``pair_excl``,
 rebuilt from the model section), ``sec`` (from ``sel``), the ``_networks`` aliases of ``networks``,
 and the tables of ``dp compress`` (``compress_info``, ``compress_data``, ``type_embd_data``), which
 must be empty: a compressed model is not supported yet. Any other tensor of the file is an error
@@ -35,7 +35,8 @@ from mlpot.errors import CheckpointError
 
 __all__ = ["deepmd_state_dict"]
 
-_IGNORED = re.compile(r"(^min_nbor_dist|\.emask\.type_mask|^atomic_model\.descriptor\.sec|\._networks\.\d+\..*)$")
+_IGNORED = re.compile(r"(^min_nbor_dist|\.emask\.type_mask|^atomic_model\.(atom|pair)_excl\.type_mask|"
+                      r"^atomic_model\.descriptor\.sec|\._networks\.\d+\..*)$")
 _COMPRESSION = re.compile(r"\.(compress_info\.\d+|compress_data\.\d+|type_embd_data)$")
 _BLOCKS = {"se_e2_a": "atomic_model.descriptor.sea.", "se_e2_r": "atomic_model.descriptor.",
            "se_atten": "atomic_model.descriptor.se_atten.", "se_atten_v2": "atomic_model.descriptor.se_atten."}
