@@ -139,7 +139,8 @@ def test_invariant_under_joint_rotation_of_positions_and_spins():
     torch.testing.assert_close(rotated[K.FORCE_MAG], out[K.FORCE_MAG] @ rotation.T, rtol=0, atol=1e-10)
     # turning the spins alone changes the energy: the model sees them
     spins_only = dict(batch, **{K.SPIN: batch[K.SPIN] @ rotation.T})
-    assert abs(float(model(spins_only)[K.ENERGY] - out[K.ENERGY])) > 1e-6
+    with torch.no_grad():
+        assert abs(float(model(spins_only)[K.ENERGY] - out[K.ENERGY])) > 1e-6
 
 
 def test_batch_equals_single_frames():
@@ -189,11 +190,12 @@ def _deepmd_input(tmp_path, steps):
     MAKE_DATA.write(tmp_path / "valid", n_frames=10, seed=1)
     config = {
         "model": {"type_map": ["Ni", "O"],
-                  "descriptor": {"type": "se_e2_a", "sel": [40, 40], "rcut_smth": 4.0, "rcut": 5.2, "neuron": [8, 16],
-                                 "resnet_dt": False, "axis_neuron": 4, "precision": "float64", "seed": 1},
+                  "descriptor": {"type": "se_e2_a", "sel": [48, 48], "rcut_smth": 4.0, "rcut": 5.2,
+                                 "neuron": [8, 16, 32], "resnet_dt": False, "axis_neuron": 8, "precision": "float64",
+                                 "seed": 1},
                   "fitting_net": {"neuron": [32, 32], "resnet_dt": True, "precision": "float64", "seed": 1},
                   "spin": {"use_spin": [True, False], "virtual_scale": [0.3140]}},
-        "learning_rate": {"type": "exp", "decay_steps": 40, "start_lr": 0.005, "stop_lr": 5e-5},
+        "learning_rate": {"type": "exp", "decay_steps": 40, "start_lr": 0.008, "stop_lr": 5e-5},
         "loss": {"type": "ener_spin", "start_pref_e": 0.02, "limit_pref_e": 1, "start_pref_fr": 1000,
                  "limit_pref_fr": 1, "start_pref_fm": 10000, "limit_pref_fm": 10},
         "training": {"training_data": {"systems": ["train"], "batch_size": 4}, "numb_steps": steps, "seed": 10,
@@ -212,19 +214,20 @@ def _label_rms(folder, name, magnetic_only=False):
 
 @pytest.mark.slow
 def test_training_from_deepmd_spin_input_learns_held_out_frames(tmp_path, monkeypatch, capsys):
-    """800 steps of the DeePMD-form input (ener_spin loss, lr-coupled prefactors): on 10 held-out
-    frames the real-force RMSE is below 0.35 of the label RMS and the magnetic-force RMSE (Ni)
-    below 0.5 of its label RMS (measured: see the report in the commit)."""
+    """800 steps of the DeePMD-form input (ener_spin loss, lr-coupled prefactors; ~1-3 min on one
+    CPU thread): on 10 held-out frames the real-force RMSE is below 0.2 of the label RMS and the
+    magnetic-force RMSE (Ni atoms) below 0.45 of its label RMS. Measured: 0.138 eV/Å against a label
+    RMS of 0.936 eV/Å (0.15), 0.0376 eV/μB against 0.111 eV/μB (0.34). The energy is not bounded:
+    without a virial term the strain dependence of E is barely constrained in 800 steps."""
     monkeypatch.chdir(tmp_path)
     assert main(["train", str(_deepmd_input(tmp_path, 800))]) == 0
-    assert "rmse_fr_trn" in (tmp_path / "lcurve.out").read_text().splitlines()[0].replace(" ", " ")
     capsys.readouterr()
     assert main(["test", "model.ckpt.pt", "valid"]) == 0
     report = capsys.readouterr().out
     values = {line.split(":")[0].strip(): float(line.split(":")[1].split()[0]) for line in report.splitlines()
               if line.startswith("Force")}
-    assert values["Force atom RMSE"] < 0.35 * _label_rms(tmp_path / "valid", "force")
-    assert values["Force spin RMSE"] < 0.5 * _label_rms(tmp_path / "valid", "force_mag", magnetic_only=True)
+    assert values["Force atom RMSE"] < 0.2 * _label_rms(tmp_path / "valid", "force")
+    assert values["Force spin RMSE"] < 0.45 * _label_rms(tmp_path / "valid", "force_mag", magnetic_only=True)
 
 
 def test_short_training_and_dp_test_lines(tmp_path, monkeypatch, capsys):
@@ -245,3 +248,38 @@ def test_short_training_and_dp_test_lines(tmp_path, monkeypatch, capsys):
     assert lines["Force spin RMSE"] == pytest.approx(np.sqrt(np.mean((fm[:, 3:] - fm[:, :3]) ** 2)), rel=1e-5)
     fr = np.loadtxt(tmp_path / "detail.fr.out")
     assert fr.shape == (80, 6)
+
+
+def test_ener_spin_loss_value_by_hand(tmp_path):
+    """ener_spin -> native terms; the loss is DeePMD-kit's: p_e ΔE²/N + p_fr mean ΔF_r² + p_fm mean ΔF_m²
+    over the magnetic atoms only, p = limit + (start - limit) lr/start_lr."""
+    from mlpot.config import deepmd, validate_config
+    from mlpot.training.losses import WeightedLoss
+
+    config = json.loads(_deepmd_input(tmp_path, 10).read_text())
+    config["loss"]["start_pref_v"] = config["loss"]["limit_pref_v"] = 0.0
+    native = deepmd.convert_dict(config, base_dir=tmp_path)
+    assert native["loss"]["terms"] == {"energy": {"start_pref": 0.02, "limit_pref": 1.0},
+                                       "forces": {"start_pref": 1000.0, "limit_pref": 1.0},
+                                       "force_mag": {"start_pref": 10000.0, "limit_pref": 10.0}}
+    loss_config = validate_config(native).loss
+    loss = WeightedLoss(loss_config.terms, loss_config.type)
+    f64 = dict(dtype=torch.float64)
+    gen = torch.Generator().manual_seed(0)
+    n_atoms = torch.tensor([4, 4])
+    mask = torch.tensor([1.0, 1.0, 0.0, 0.0] * 2, **f64)
+    batch = {K.N_ATOMS: n_atoms, K.BATCH: torch.repeat_interleave(torch.arange(2), n_atoms),
+             K.ENERGY: torch.tensor([1.0, -2.0], **f64), K.FORCES: torch.randn(8, 3, generator=gen, **f64),
+             K.FORCE_MAG: torch.randn(8, 3, generator=gen, **f64) * mask[:, None]}
+    for label in (K.ENERGY, K.FORCES, K.FORCE_MAG):
+        batch[K.weight_key(label)] = torch.ones(2, **f64)
+    pred = {K.ENERGY: torch.tensor([1.3, -2.5], **f64), K.FORCES: torch.randn(8, 3, generator=gen, **f64),
+            K.FORCE_MAG: torch.randn(8, 3, generator=gen, **f64) * mask[:, None], K.MAG_MASK: mask}
+    ratio = 0.25
+    total, _, _ = loss(pred, batch, lr_ratio=ratio)
+    p_e, p_fr, p_fm = (limit + (start - limit) * ratio for start, limit in ((0.02, 1.0), (1000.0, 1.0), (10000.0, 10.0)))
+    magnetic = mask.bool()
+    expected = (p_e * ((pred[K.ENERGY] - batch[K.ENERGY]) ** 2).mean() / 4
+                + p_fr * ((pred[K.FORCES] - batch[K.FORCES]) ** 2).mean()
+                + p_fm * ((pred[K.FORCE_MAG] - batch[K.FORCE_MAG])[magnetic] ** 2).mean())
+    assert float(total) == pytest.approx(float(expected), rel=1e-12)

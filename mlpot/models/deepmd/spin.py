@@ -202,12 +202,7 @@ class SpinModel(AtomisticModel):
         batches = [dict(b) for b in batches]
         if not batches:
             raise DataError("compute_statistics needs at least one sample batch")
-        extended = [self.extended_batch(b) for b in batches]
-        for ext, real in zip(extended, batches):
-            for name, value in real.items():
-                if name not in ext and value.dim() and value.shape[0] == real[CELL].shape[0]:
-                    ext[name] = value  # frame-level labels (ENERGY and weights) for the bias
-        samples = [(b, edge_vectors(b)) for b in extended]
+        samples = [(ext, edge_vectors(ext)) for ext in map(self.extended_batch, batches)]
         summary = {"descriptor": self.backbone.descriptor.compute_statistics(samples)}
         summary["fitting"] = self.backbone.fitting.compute_output_statistics(
             batches, protection=self.backbone.data_stat_protect, output_bias=output_bias)
