@@ -283,3 +283,33 @@ def test_ener_spin_loss_value_by_hand(tmp_path):
                 + p_fr * ((pred[K.FORCES] - batch[K.FORCES]) ** 2).mean()
                 + p_fm * ((pred[K.FORCE_MAG] - batch[K.FORCE_MAG])[magnetic] ** 2).mean())
     assert float(total) == pytest.approx(float(expected), rel=1e-12)
+
+
+def test_deepmd_example_spin_inputs_convert_and_build(tmp_path):
+    """The model and loss sections of DeePMD-kit's examples/spin/se_e2_a inputs (PyTorch form with
+    virtual_scale; TensorFlow form with virtual_len / spin_norm) convert and build."""
+    from mlpot.config import deepmd
+
+    MAKE_DATA.write(tmp_path / "data", n_frames=2, seed=0)
+    descriptor = {"type": "se_e2_a", "sel": [60, 60], "rcut_smth": 5.4, "rcut": 5.6, "neuron": [25, 50, 100],
+                  "resnet_dt": False, "axis_neuron": 16, "seed": 1, "_comment": " that's all"}
+    torch_form = {"type_map": ["Ni", "O"], "descriptor": descriptor, "data_stat_nbatch": 10,
+                  "fitting_net": {"neuron": [240, 240, 240], "resnet_dt": True, "seed": 1},
+                  "spin": {"use_spin": [True, False], "virtual_scale": [0.3140], "_comment": " that's all"}}
+    tf_form = dict(torch_form, descriptor=dict(descriptor, type_one_side=True, precision="float64"),
+                   spin={"use_spin": [True, False], "virtual_len": [0.4], "spin_norm": [1.2737]})
+    for model, scale in ((torch_form, 0.314), (tf_form, 0.4 / 1.2737)):
+        config = {"model": model,
+                  "learning_rate": {"type": "exp", "decay_steps": 5000, "start_lr": 0.001, "stop_lr": 3.51e-8},
+                  "loss": {"type": "ener_spin", "start_pref_e": 0.02, "limit_pref_e": 1, "start_pref_fr": 1000,
+                           "limit_pref_fr": 1, "start_pref_fm": 1000, "limit_pref_fm": 1},
+                  "training": {"training_data": {"systems": ["data"], "batch_size": 3}, "numb_steps": 100000,
+                               "seed": 10, "disp_file": "lcurve.out", "disp_freq": 100, "save_freq": 10000}}
+        native = deepmd.convert_dict(config, base_dir=tmp_path)
+        assert native["loss"]["terms"]["force_mag"] == {"start_pref": 1000.0, "limit_pref": 1.0}
+        built = build_model(native["model"], dtype=torch.float64)
+        assert built.virtual_scale.tolist() == pytest.approx([scale, 0.0])
+        assert built.backbone.descriptor.sel == [60] * 4
+    config["loss"]["start_pref_fq"] = 1.0
+    with pytest.raises(ConfigError, match="start_pref_fq"):
+        deepmd.convert_dict(config, base_dir=tmp_path)
