@@ -110,6 +110,8 @@ DPA2_FLAT_KEYS: Dict[str, Key] = {
                                                  "DPA-2): not built"),
 }
 
+_FLAT_ONLY = ("repformer_do_bn_mode", "repformer_bn_momentum", "repformer_add_type_ebd_to_seq")
+
 
 def nest_dpa2_section(section: Dict[str, Any], path: str = "model/descriptor") -> Dict[str, Any]:
     """A dpa2 section in the nested layout of DeePMD-kit 3.x (a copy; nested sections pass unchanged).
@@ -125,8 +127,8 @@ def nest_dpa2_section(section: Dict[str, Any], path: str = "model/descriptor") -
     for name in flat:
         value = section[name]
         record = DPA2_FLAT_KEYS[name]
-        if record.status != "ignored" or name == "repformer_bn_momentum":
-            if not record.requests_nothing(value):
+        if name in _FLAT_ONLY:  # no nested spelling: not built (an error unless neutral), or without effect
+            if record.status != "ignored" and not record.requests_nothing(value):
                 raise ConfigError(f"not supported yet: {path}/{name}={value!r} ({record.note})", key=f"{path}/{name}")
             continue
         block, nested = _FLAT_RENAMED.get(name) or (name.split("_", 1)[0], name.split("_", 1)[1])

@@ -206,6 +206,8 @@ class RepformerBlock(EnvMatrixDescriptor):
     ``smooth`` added.
     """
 
+    mixed_types = True
+
     def __init__(self, n_types: int, options: dict, *, exclude_types=(), env_protection: float = 0.0,
                  dtype: torch.dtype = torch.float64, trainable: bool = True, generator=None,
                  path: str = "model/descriptor/repformer"):

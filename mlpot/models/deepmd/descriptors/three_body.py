@@ -31,6 +31,8 @@ class ThreeBodyBlock(EnvMatrixDescriptor):
     """forward(batch, vectors (n_edges, 3) Å, table (n_types + 1, tebd_dim) type embeddings with a zero
     padding row) -> (n_atoms, neuron[-1]). Buffers davg/dstd (n_types, 4) 1/Å."""
 
+    mixed_types = True
+
     def __init__(self, n_types: int, rcut: float, rcut_smth: float, nsel: int, neuron, tebd_dim: int, *,
                  tebd_input_mode: str = "concat", set_davg_zero: bool = True, activation_function: str = "tanh",
                  resnet_dt: bool = False, smooth: bool = True, exclude_types=(), env_protection: float = 0.0,
