@@ -16,6 +16,12 @@ Output: g1 (n_atoms, g1_dim) [+ tebd(t_i) with ``concat_output_tebd``] and the r
 the repformer and three-body cutoffs must not exceed it). The receptive field is repinit/rcut +
 nlayers x repformer/rcut: the repformer layers read g1 of neighbours, which mlpot takes from the
 same atoms of the frame (periodic images share their atom's g1).
+
+Deviation from DeePMD-kit (se_atten's, see there): an empty repinit slot takes the zero type
+embedding, DeePMD-kit the type of the frame's first atom. The results differ only when repinit's
+padded rows are non-zero (``set_davg_zero`` false) and the padded embedding is not switched off
+(concat, or strip without ``smooth``); giving padded slots that type reproduces such a DeePMD-kit
+file to 1e-11 eV (checked on a 4-step water model).
 """
 
 from __future__ import annotations
