@@ -9,7 +9,8 @@ types t_j, t_k (type embeddings tebd):
 * ``strip``:  G_ijk = N_s(e_ijk) ⊙ (1 + N_t([tebd(t_j), tebd(t_k)]) [· w_ij w_ik when smooth]).
 
 The output D_i = (1 / s^2) sum_jk e_ijk G_ijk, (n_atoms, M). Empty slots have a = 0 (davg has no
-angular part), so they add nothing whatever embedding they take (here the zero padding row).
+angular part), so they add nothing whatever embedding they take (here the zero padding row): the
+sums run over the slots occupied for some atom of the batch only (s stays nsel).
 Excluded pairs (``exclude_types``, centre-neighbour) have their rows zeroed.
 """
 
@@ -22,7 +23,7 @@ import torch
 from mlpot.data.keys import ATOM_TYPES, EDGE_INDEX
 from mlpot.models.deepmd.descriptors.base import EnvMatrixDescriptor
 from mlpot.models.deepmd.descriptors.env import environment_matrix, select_neighbors
-from mlpot.nn import EmbeddingNet, gather_rows, smooth_switch
+from mlpot.nn import EmbeddingNet, gather_rows, is_tracing, smooth_switch
 
 __all__ = ["ThreeBodyBlock"]
 
@@ -72,14 +73,18 @@ class ThreeBodyBlock(EnvMatrixDescriptor):
             excluded = self.excluded_pairs[types.unsqueeze(1), neighbor_types.clamp(max=self.n_types - 1)] & mask
             env = env * (~excluded).unsqueeze(-1).to(env.dtype)
             mask = mask & ~excluded
-        angular = env[..., 1:]
-        angle = torch.matmul(angular, angular.transpose(1, 2))  # (n, s, s)
         n_atoms, n_slots = nlist.shape
+        if not is_tracing():  # the slots are filled nearest first: drop the columns empty for every atom
+            kept = int((nlist >= 0).sum(1).max()) if n_atoms else 0
+            env, mask, slot_edge, neighbor_types = (x[:, :kept] for x in (env, mask, slot_edge, neighbor_types))
+        angular = env[..., 1:]
+        angle = torch.matmul(angular, angular.transpose(1, 2))  # (n, k, k), k <= s
         if self.tebd_input_mode == "concat":
             tebd = gather_rows(table, neighbor_types)  # (n, s, tebd_dim)
             width = tebd.shape[-1]
-            g = self.embedding(torch.cat([angle.unsqueeze(-1), tebd.unsqueeze(2).expand(n_atoms, n_slots, n_slots, width),
-                                          tebd.unsqueeze(1).expand(n_atoms, n_slots, n_slots, width)], dim=-1))
+            shape = angle.shape + (width,)
+            g = self.embedding(torch.cat([angle.unsqueeze(-1), tebd.unsqueeze(2).expand(shape),
+                                          tebd.unsqueeze(1).expand(shape)], dim=-1))
         else:
             g_radial = self.embedding(angle.unsqueeze(-1))
             n_rows = table.shape[0]
