@@ -246,7 +246,7 @@ class RepformerBlock(EnvMatrixDescriptor):
         return env, nlist
 
     def _pairs(self, batch, vectors):
-        """(g2 input (n, s, 1), h2 (n, s, 3), mask, sw, neighbour atom per slot (n_atoms = empty))."""
+        """(g2 input (n, s, 1), h2 (n, s, 3), mask, sw, neighbour atom per slot (0 on empty slots))."""
         env, nlist = self.raw_environment(batch, vectors)
         types = batch[ATOM_TYPES]
         mask = nlist >= 0
@@ -264,7 +264,8 @@ class RepformerBlock(EnvMatrixDescriptor):
             g2_in, h2 = distance.unsqueeze(-1) * keep / self.rcut, slot_vectors * keep / self.rcut
         else:
             g2_in, h2 = env[..., :1], env[..., 1:]
-        slot_atom = torch.cat([batch[EDGE_INDEX][1], types.new_full((1,), types.shape[0])])[slot_edge]
+        # empty slots read atom 0 (as in DeePMD-kit); every use of a neighbour's g1 is masked
+        slot_atom = torch.cat([batch[EDGE_INDEX][1], types.new_zeros(1)])[slot_edge]
         return g2_in, h2, mask, sw, slot_atom
 
     def forward(self, batch, vectors, g1) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -272,7 +273,7 @@ class RepformerBlock(EnvMatrixDescriptor):
         g1 = self.act(g1)
         g2 = self.act(self.g2_embd(g2_in))
         for layer in self.layers:
-            gg1 = gather_rows(torch.cat([g1, g1.new_zeros(1, g1.shape[1])]), slot_atom) if layer.needs_neighbors else None
+            gg1 = gather_rows(g1, slot_atom) if layer.needs_neighbors else None
             g1, g2, h2 = layer(g1, gg1, g2, h2, mask, sw)
         rot = pair_moment(g2, h2, mask, sw, self.smooth, self.sqrt_nnei).transpose(1, 2)
         return g1, rot
