@@ -167,6 +167,7 @@ def _small_example_input(shared_data) -> dict:
         "loss": {"type": "ener", "start_pref_e": 0.02, "limit_pref_e": 1, "start_pref_f": 1000, "limit_pref_f": 1,
                  "start_pref_v": 0, "limit_pref_v": 0},
         "training": {
+            "stat_file": "./dpa2.hdf5",
             "training_data": {"systems": [str(shared_data("deepmd_water/data_0"))], "batch_size": 1},
             "validation_data": {"systems": [str(shared_data("deepmd_water/data_3"))], "batch_size": 1},
             "numb_steps": 3, "warmup_steps": 0, "gradient_max_norm": 5.0, "seed": 10, "disp_file": "lcurve.out",
@@ -179,6 +180,7 @@ def test_dpa2_example_input_trains_freezes_and_tests(tmp_path, shared_data, monk
     (tmp_path / "input.json").write_text(json.dumps(_small_example_input(shared_data), indent=1))
     monkeypatch.chdir(tmp_path)
     assert main(["train", "input.json"]) == 0
+    assert (tmp_path / "dpa2.hdf5").exists()  # the statistics file of the example input
     rows = np.loadtxt(tmp_path / "lcurve.out")
     assert rows[:, 0].tolist() == [1, 2, 3] and np.isfinite(rows).all()
     assert 0.1 < rows[-1, 5] < 3.0  # force RMSE (eV/Å) of a barely trained model on water
