@@ -127,6 +127,9 @@ def test_flat_keys_of_early_inputs_build_the_same_model():
     (lambda d: d["repformer"].update(update_style="res_sum"), "update_style: expected one of res_avg"),
     (lambda d: d["repformer"].update(update_residual_init="uniform"), "update_residual_init: expected 'norm'"),
     (lambda d: d["repformer"].update(g3_dim=4), "g3_dim"),
+    (lambda d: d["repformer"].update(axis_neuron=6), "repformer/axis_neuron: must not exceed the widths"),
+    (lambda d: d["repformer"].update(nlayers=0), "repformer/nlayers: must be a positive int"),
+    (lambda d: d["repinit"].update(axis_neuron=12), "repinit/axis_neuron.*must not exceed neuron"),
     (lambda d: d.update(repformer_do_bn_mode="uniform"), "not supported yet: model/descriptor/repformer_do_bn_mode"),
     (lambda d: d.update(repformer_nlayers=3), "given twice: as repformer_nlayers and repformer/nlayers"),
 ])

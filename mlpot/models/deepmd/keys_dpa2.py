@@ -163,6 +163,15 @@ def read_dpa2_section(section: Dict[str, Any], path: str = "model/descriptor") -
     for block in ("repinit", "repformer"):
         if not 0 <= values[block]["rcut_smth"] < values[block]["rcut"]:
             raise ConfigError(f"must be in [0, rcut), got {values[block]['rcut_smth']}", key=f"{path}/{block}/rcut_smth")
+    for name in ("nlayers", "g1_dim", "g2_dim", "axis_neuron", "attn1_hidden", "attn1_nhead", "attn2_hidden",
+                 "attn2_nhead"):
+        if not isinstance(repformer[name], int) or repformer[name] < 1:
+            raise ConfigError(f"must be a positive int, got {repformer[name]!r}", key=f"{path}/repformer/{name}")
+    widths = [repformer[w] for w, used in (("g2_dim", repformer["update_g1_has_grrg"]),
+                                           ("g1_dim", repformer["update_g1_has_drrd"])) if used]
+    if widths and repformer["axis_neuron"] > min(widths):
+        raise ConfigError(f"must not exceed the widths it splits (g2_dim for grrg, g1_dim for drrd: {min(widths)}), "
+                          f"got {repformer['axis_neuron']}", key=f"{path}/repformer/axis_neuron")
     if repinit["tebd_input_mode"] not in ("concat", "strip"):
         raise ConfigError(f"expected 'concat' or 'strip', got {repinit['tebd_input_mode']!r}",
                           key=f"{path}/repinit/tebd_input_mode")
