@@ -187,8 +187,8 @@ def _dipole_fitting(state, params):
     params["fitting_net"] = {"type": "dipole", "neuron": [8, 8], "resnet_dt": True, "precision": "float64"}
 
 
-def _dpa2(state, params):
-    params["descriptor"]["type"] = "dpa2"
+def _dpa3(state, params):
+    params["descriptor"]["type"] = "dpa3"
 
 
 def _compressed(state, params):
@@ -206,7 +206,7 @@ def _per_slot_statistics(state, params):
 @pytest.mark.parametrize("edit, error, message", [
     (_multi_task, CheckpointError, "not supported yet: multi-task DeePMD-kit checkpoints"),
     (_dipole_fitting, CheckpointError, "not supported yet: DeePMD-kit files of a se_e2_a descriptor with a dipole"),
-    (_dpa2, ConfigError, "not supported yet: model/descriptor/type=dpa2"),
+    (_dpa3, ConfigError, "not supported yet: model/descriptor/type=dpa3"),
     (_compressed, CheckpointError, r"not supported yet: compressed DeePMD-kit models \(dp compress\)"),
     (_unknown_tensor, CheckpointError, "not supported yet: DeePMD-kit parameter atomic_model.fitting_net.case_embd"),
     (_per_slot_statistics, CheckpointError, "not supported yet: .*sea.mean differs between the neighbour slots"),

@@ -22,6 +22,7 @@ from mlpot.models.compose import FROZEN_KEYS, LINEAR_KEYS
 from mlpot.models.deepmd.keys import (DESCRIPTOR_ALIASES, DESCRIPTOR_KEYS, FITTING_KEYS,
                                       MULTI_TASK_KEYS, SPIN_KEYS, STANDARD_KEYS, UNBUILT_DESCRIPTORS, UNBUILT_FITTINGS,
                                       UNBUILT_MODELS)
+from mlpot.models.deepmd.keys_dpa2 import DPA2_FLAT_KEYS, DPA2_TABLES, nest_dpa2_section
 from mlpot.models.pair import PAIRTAB_KEYS
 from mlpot.models.sections import IGNORED, REQUIRED, SUPPORTED, UNSUPPORTED, Key
 
@@ -230,6 +231,8 @@ def all_tables() -> Dict[str, Dict[str, DeepmdKey]]:
     tables = {"(top level)": TOP, "model": MODEL}
     tables.update({f"model[type={name}]": keys for name, keys in MODEL_TYPES.items()})
     tables.update({f"model/descriptor[{name}]": table for name, table in DESCRIPTORS.items()})
+    tables.update({f"model/descriptor[dpa2]/{block}": table for block, table in DPA2_TABLES.items()})
+    tables["model/descriptor[dpa2] (older flat keys)"] = DPA2_FLAT_KEYS
     tables.update({f"model/fitting_net[{name}]": table for name, table in FITTINGS.items()})
     tables["model/spin"] = SPIN_KEYS
     tables.update({f"learning_rate[{name}]": table for name, table in LEARNING_RATES.items()})

@@ -9,7 +9,7 @@ The component registries are filled here, explicitly and in one place: descripto
 from mlpot.models.deepmd.builders import build_standard
 from mlpot.models.deepmd.data_hooks import prepare_finetune_hook as prepare_finetune
 from mlpot.models.deepmd.data_hooks import resolve_from_data
-from mlpot.models.deepmd.descriptors import (DESCRIPTORS, DescriptorHybrid, DescriptorSeA, DescriptorSeAtten,
+from mlpot.models.deepmd.descriptors import (DESCRIPTORS, DescriptorDPA2, DescriptorHybrid, DescriptorSeA, DescriptorSeAtten,
                                              DescriptorSeAttenV2, DescriptorSeE3, DescriptorSeR)
 from mlpot.models.deepmd.fitting import FITTINGS, DosFitting, EnerFitting
 from mlpot.models.deepmd.keys import check_model_section
@@ -27,6 +27,7 @@ def _register_components() -> None:
     DESCRIPTORS.register("se_atten", DescriptorSeAtten, aliases=("dpa1",))
     DESCRIPTORS.register("se_atten_v2", DescriptorSeAttenV2)
     DESCRIPTORS.register("hybrid", DescriptorHybrid)
+    DESCRIPTORS.register("dpa2", DescriptorDPA2)
     FITTINGS.register("ener", EnerFitting)
     FITTINGS.register("dos", DosFitting)
     FITTINGS.register("dipole", DipoleFitting)

@@ -94,6 +94,8 @@ def resolve_auto_sel(model_config: Dict[str, Any], max_neighbors: Sequence[int])
     section = descriptor_section(config)
     sections = section.get("list", [section]) if section.get("type") == "hybrid" else [section]
     for sub in sections:
+        if sub.get("type") == "dpa2":  # nsel of each block, given as numbers
+            continue
         if isinstance(sub.get("sel", "auto"), str):  # a descriptor without sel: "auto" (DeePMD-kit 3.x)
             sub["sel"] = resolve_sel(sub.get("sel", "auto"), len(config["type_map"]), "model/descriptor", max_neighbors)
     return config

@@ -29,7 +29,8 @@ def _descriptor_parts(descriptor: Any) -> List[Dict[str, Any]]:
 
 def _max_neighbors(section: Dict[str, Any], probe) -> Optional[np.ndarray]:
     """Neighbour counts per type at the descriptor cutoff, or None when no part asks for ``sel: auto``."""
-    parts = _descriptor_parts(section.get("descriptor"))
+    # DPA-2 gives its blocks' neighbour counts (nsel) as numbers
+    parts = [part for part in _descriptor_parts(section.get("descriptor")) if part.get("type") != "dpa2"]
     if not any(isinstance(part.get("sel", "auto"), str) for part in parts):  # no sel: "auto" (DeePMD-kit 3.x)
         return None
     rcut = max(float(part.get("rcut", 6.0)) for part in parts)

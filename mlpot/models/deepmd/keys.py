@@ -18,6 +18,7 @@ from pydantic import Field
 from mlpot.data.statistics import auto_sel
 from mlpot.errors import ConfigError, suggest
 from mlpot.models.compose import FROZEN_KEYS, LINEAR_KEYS
+from mlpot.models.deepmd.keys_dpa2 import DPA2, read_dpa2_section
 from mlpot.models.pair import PAIRTAB_KEYS
 from mlpot.models.sections import REQUIRED, Key, ignored, key, read_section, unsupported
 
@@ -105,12 +106,12 @@ HYBRID: Dict[str, Key] = {"type": key(REQUIRED), "list": key(REQUIRED, annotatio
 
 DESCRIPTOR_KEYS: Dict[str, Dict[str, Key]] = {
     "se_e2_a": SE_E2_A, "se_e2_r": SE_E2_R, "se_e3": SE_E3, "se_atten": SE_ATTEN, "se_atten_v2": SE_ATTEN_V2,
-    "hybrid": HYBRID,
+    "hybrid": HYBRID, "dpa2": DPA2,
 }
 DESCRIPTOR_ALIASES = {"se_a": "se_e2_a", "se_r": "se_e2_r", "se_at": "se_e3", "se_a_3be": "se_e3", "se_t": "se_e3",
                       "dpa1": "se_atten"}
 # descriptor types of DeePMD-kit that mlpot does not build (any section of them is refused)
-UNBUILT_DESCRIPTORS = ("dpa2", "dpa3", "dpa4", "se_e3_tebd", "se_a_tpe", "se_a_ebd", "se_a_ebd_v2", "se_a_mask",
+UNBUILT_DESCRIPTORS = ("dpa3", "dpa4", "se_e3_tebd", "se_a_tpe", "se_a_ebd", "se_a_ebd_v2", "se_a_mask",
                        "loc_frame", "se_a_tebd_v2")
 
 # model/type_embedding (TensorFlow-era section for se_e2_a; DeePMD-kit docs "type embedding approach")
@@ -282,6 +283,9 @@ def _typed_table(section: Any, tables: Dict[str, Dict[str, Key]], aliases: Dict[
 
 def _check_descriptor(section: Any, path: str) -> None:
     table = _typed_table(section, DESCRIPTOR_KEYS, DESCRIPTOR_ALIASES, UNBUILT_DESCRIPTORS, None, path)
+    if table is DPA2:  # nested blocks, each with its own cutoffs (checked there)
+        read_dpa2_section(section, path)
+        return
     values = read_section(section, path, table, "DescriptorSection")
     rcut, rcut_smth = values.get("rcut"), values.get("rcut_smth")
     if rcut is not None and not rcut > 0:

@@ -39,7 +39,8 @@ _IGNORED = re.compile(r"(^min_nbor_dist|\.emask\.type_mask|^atomic_model\.(atom|
                       r"^atomic_model\.descriptor\.sec|\._networks\.\d+\..*)$")
 _COMPRESSION = re.compile(r"\.(compress_info\.\d+|compress_data\.\d+|type_embd_data)$")
 _BLOCKS = {"se_e2_a": "atomic_model.descriptor.sea.", "se_e2_r": "atomic_model.descriptor.",
-           "se_atten": "atomic_model.descriptor.se_atten.", "se_atten_v2": "atomic_model.descriptor.se_atten."}
+           "se_atten": "atomic_model.descriptor.se_atten.", "se_atten_v2": "atomic_model.descriptor.se_atten.",
+           "dpa2": "atomic_model.descriptor."}
 _TYPE_EMBEDDING = "atomic_model.descriptor.type_embedding.embedding.embedding_net."
 _FITTING = "atomic_model.fitting_net."
 
@@ -80,7 +81,8 @@ def _net(source: _FileTensors, prefix: str, module: torch.nn.Module, target: str
         out[target + key] = source.take(prefix + name, value.shape)
 
 
-def _env_statistics(source: _FileTensors, block: str, descriptor, out: Dict[str, torch.Tensor]) -> None:
+def _env_statistics(source: _FileTensors, block: str, descriptor, out: Dict[str, torch.Tensor],
+                    target: str = "descriptor.") -> None:
     """davg/dstd from the block's mean/stddev (n_types, nnei, width): one row per centre type."""
     n_types = descriptor.davg.shape[0]
     for deepmd_name, name in (("mean", "davg"), ("stddev", "dstd")):
@@ -94,7 +96,7 @@ def _env_statistics(source: _FileTensors, block: str, descriptor, out: Dict[str,
                                   "centre type (mlpot keeps one row per centre type)", file=source.file)
         row = getattr(descriptor, name).clone()
         row[:, : value.shape[2]] = value[:, 0]
-        out[f"descriptor.{name}"] = row
+        out[f"{target}{name}"] = row
 
 
 def _se_e2(source: _FileTensors, block: str, descriptor, out: Dict[str, torch.Tensor]) -> None:
@@ -123,6 +125,30 @@ def _se_atten(source: _FileTensors, block: str, descriptor, out: Dict[str, torch
             _net(source, f"{prefix}attention_layer.{part}.", getattr(layer, part), f"descriptor.attention.{index}.{part}.", out)
         out[f"descriptor.attention.{index}.ln_weight"] = source.take(f"{prefix}attn_layer_norm.matrix", layer.ln_weight.shape)
         out[f"descriptor.attention.{index}.ln_bias"] = source.take(f"{prefix}attn_layer_norm.bias", layer.ln_bias.shape)
+
+
+def _dpa2(source: _FileTensors, block: str, descriptor, out: Dict[str, torch.Tensor]) -> None:
+    """DPA-2: the type embedding, the repinit (se_atten) and three-body blocks, the linear maps, and
+    the repformer stack, whose module names are DeePMD-kit's (``weight`` spelled ``matrix``)."""
+    _net(source, _TYPE_EMBEDDING, descriptor.type_embedding, "descriptor.type_embedding.", out)
+    for name, module in (("repinit", descriptor.repinit), ("repinit_three_body", descriptor.three_body)):
+        if module is None:
+            continue
+        target = f"descriptor.{'repinit' if name == 'repinit' else 'three_body'}."
+        _env_statistics(source, f"{block}{name}.", module, out, target)
+        _net(source, f"{block}{name}.filter_layers.networks.0.", module.embedding, f"{target}embedding.", out)
+        if module.type_pair_embedding is not None:
+            _net(source, f"{block}{name}.filter_layers_strip.networks.0.", module.type_pair_embedding,
+                 f"{target}type_pair_embedding.", out)
+    for name, module in (("g1_shape_tranform", descriptor.g1_shape_transform), ("tebd_transform", descriptor.tebd_transform)):
+        if module is not None:
+            _net(source, f"{block}{name}.", module, f"descriptor.{name.replace('tranform', 'transform')}.", out)
+    repformers = descriptor.repformers
+    _env_statistics(source, f"{block}repformers.", repformers, out, "descriptor.repformers.")
+    for name in repformers.state_dict():
+        if name not in ("davg", "dstd"):
+            out[f"descriptor.repformers.{name}"] = source.take(
+                f"{block}repformers." + re.sub(r"(^|\.)weight$", r"\1matrix", name), repformers.state_dict()[name].shape)
 
 
 def _ener_fitting(source: _FileTensors, fitting, out: Dict[str, torch.Tensor]) -> None:
@@ -156,10 +182,13 @@ def deepmd_state_dict(model: torch.nn.Module, tensors: Dict[str, torch.Tensor], 
     source = _FileTensors(tensors, file)
     out: Dict[str, torch.Tensor] = {}
     block = _BLOCKS[kind]
-    _env_statistics(source, block, model.descriptor, out)
-    if kind in ("se_e2_a", "se_e2_r"):
+    if kind == "dpa2":
+        _dpa2(source, block, model.descriptor, out)
+    elif kind in ("se_e2_a", "se_e2_r"):
+        _env_statistics(source, block, model.descriptor, out)
         _se_e2(source, block, model.descriptor, out)
     else:
+        _env_statistics(source, block, model.descriptor, out)
         _se_atten(source, block, model.descriptor, out)
     _ener_fitting(source, model.fitting, out)
     source.check_all_read()

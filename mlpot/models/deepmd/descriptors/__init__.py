@@ -1,6 +1,7 @@
 """DeePMD-style descriptors; ``DESCRIPTORS`` is filled in ``mlpot.models.deepmd``."""
 
 from mlpot.models.deepmd.descriptors.base import DESCRIPTORS, Descriptor, EnvMatrixDescriptor
+from mlpot.models.deepmd.descriptors.dpa2 import DescriptorDPA2
 from mlpot.models.deepmd.descriptors.hybrid import DescriptorHybrid
 from mlpot.models.deepmd.descriptors.se_e2_a import DescriptorSeA
 from mlpot.models.deepmd.descriptors.se_e2_r import DescriptorSeR
@@ -8,4 +9,4 @@ from mlpot.models.deepmd.descriptors.se_e3 import DescriptorSeE3
 from mlpot.models.deepmd.descriptors.se_atten import DescriptorSeAtten, DescriptorSeAttenV2
 
 __all__ = ["DESCRIPTORS", "Descriptor", "EnvMatrixDescriptor", "DescriptorSeA", "DescriptorSeR", "DescriptorHybrid",
-           "DescriptorSeE3", "DescriptorSeAtten", "DescriptorSeAttenV2"]
+           "DescriptorSeE3", "DescriptorSeAtten", "DescriptorSeAttenV2", "DescriptorDPA2"]

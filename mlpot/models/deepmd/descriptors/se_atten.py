@@ -114,7 +114,7 @@ class DescriptorSeAtten(EnvMatrixDescriptor):
                  attn_mask: bool = False, concat_output_tebd: bool = True, trainable_ln: bool = True,
                  ln_eps: Optional[float] = None, use_tebd_bias: bool = False, smooth_type_embedding: bool = False,
                  dtype: torch.dtype = torch.float64, config: Optional[Dict[str, Any]] = None,
-                 path: str = "model/descriptor"):
+                 path: str = "model/descriptor", own_type_embedding: bool = True):
         super().__init__()
         nsel = int(sum(sel)) if isinstance(sel, (list, tuple)) else int(sel)
         if nsel <= 0:
@@ -127,14 +127,16 @@ class DescriptorSeAtten(EnvMatrixDescriptor):
         self.neuron = [int(n) for n in neuron]
         self.m1, self.m2 = self.neuron[-1], int(axis_neuron)
         if self.m2 > self.m1:
-            raise ConfigError(f"axis_neuron ({self.m2}) must not exceed neuron[-1] ({self.m1})", key=key_path(path, "axis_neuron"))
+            raise ConfigError(f"axis_neuron ({self.m2}) must not exceed neuron[-1] ({self.m1})", key=f"{path}/axis_neuron")
         self.tebd_input_mode, self.type_one_side = tebd_input_mode, bool(type_one_side)
         self.smooth, self.concat_output_tebd = bool(smooth_type_embedding), bool(concat_output_tebd)
         seed = None if seed is None else int(seed)
         # DeePMD-kit's PyTorch type embedding of dpa1 has a linear layer (its TypeEmbedNet), not tanh
+        # without own_type_embedding (a block of DPA-2) the caller owns the embedding and calls _atom_rows
         self.type_embedding = TypeEmbedding(n_types, [int(tebd_dim)], activation_function="linear",
                                             use_tebd_bias=use_tebd_bias, trainable=trainable,
-                                            seed=None if seed is None else seed + 2, dtype=dtype)
+                                            seed=None if seed is None else seed + 2, dtype=dtype) \
+            if own_type_embedding else None
         tebd_width = int(tebd_dim) * (1 if self.type_one_side else 2)
         net = dict(activation=activation_function, resnet_dt=resnet_dt, trainable=trainable, dtype=dtype)
         if tebd_input_mode == "concat":
