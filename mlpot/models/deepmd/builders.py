@@ -41,12 +41,13 @@ def build_standard(config: Dict[str, Any], dtype: torch.dtype) -> StandardModel:
     if values["pair_exclude_types"]:
         section["exclude_types"] = list(section.get("exclude_types", [])) + list(values["pair_exclude_types"])
     descriptor_cls = DESCRIPTORS.get(section["type"], key="model/descriptor/type")
-    if values["type_embedding"] is not None:  # TF-style type embedding section: se_e2_a only
+    if values["type_embedding"] is not None:  # TF-style type embedding section: se_e2_a, se_a_ebd_v2
         if not isinstance(values["type_embedding"], dict):
             raise ConfigError("needs a mapping", key="model/type_embedding")
-        if section["type"] not in ("se_e2_a", "se_a"):
+        if section["type"] not in ("se_e2_a", "se_a", "se_a_ebd_v2", "se_a_tpe_v2"):
             raise ConfigError(f"not supported yet: model/type_embedding with descriptor type {section['type']!r} "
-                              "(se_e2_a only; se_atten has its own type embedding)", key="model/type_embedding")
+                              "(se_e2_a and se_a_ebd_v2 only; se_atten and se_e3_tebd have their own type embedding)",
+                              key="model/type_embedding")
         descriptor = descriptor_cls.from_config(section, n_types, dtype, type_embedding=values["type_embedding"])
     else:
         descriptor = descriptor_cls.from_config(section, n_types, dtype)

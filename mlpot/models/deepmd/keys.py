@@ -53,6 +53,8 @@ SE_E2_A: Dict[str, Key] = {
     "tebd_input_mode": unsupported(None, note="a type-embedding key (se_e2_a takes model/type_embedding)"),
     "spin": unsupported(None, note="spin models (model/spin) are not built yet"),
 }
+# se_a_ebd_v2 (TF): se_e2_a's keys; the type embedding (model/type_embedding) enters in strip mode
+SE_A_EBD_V2: Dict[str, Key] = {name: value for name, value in SE_E2_A.items() if name != "tebd_input_mode"}
 SE_E2_R: Dict[str, Key] = {**_SMOOTH_ENV, "type_one_side": key(False, annotation=bool),
                            "spin": unsupported(None, note="spin models (model/spin) are not built yet")}
 SE_E3: Dict[str, Key] = dict(_SMOOTH_ENV)
@@ -101,16 +103,29 @@ SE_ATTEN: Dict[str, Key] = {
 # se_atten_v2 = se_atten with strip mode and smooth type embedding fixed on, davg not forced to 0
 SE_ATTEN_V2: Dict[str, Key] = {**_ATTENTION, "set_davg_zero": key(False, annotation=bool),
                                "tebd_input_mode": key("strip", note='"strip" only (v2 is strip + smooth)', annotation=str)}
+# se_e3_tebd (DeePMD-kit 3.x PT): se_e3's three-body embedding with a type embedding, one mixed section
+SE_E3_TEBD: Dict[str, Key] = {
+    **_SMOOTH_ENV,
+    "sel": key("auto", note='int (the nearest sel neighbours of any type), a list (summed) or "auto[:factor]"'),
+    "set_davg_zero": key(True, annotation=bool),
+    "tebd_dim": key(8, annotation=int),
+    "tebd_input_mode": key("concat", note='"concat" or "strip"', annotation=str),
+    "smooth": key(True, note="strip mode: the type-pair embedding is multiplied by sw_j sw_k", annotation=bool),
+    "concat_output_tebd": key(True, annotation=bool),
+    "use_econf_tebd": unsupported(False, note="electronic-configuration type embedding: not built; the learned embedding is used"),
+    "use_tebd_bias": key(True, note="bias in the type-embedding layer (true by default for se_e3_tebd)", annotation=bool),
+    "type_map": ignored(note="taken from model/type_map"),
+}
 HYBRID: Dict[str, Key] = {"type": key(REQUIRED), "list": key(REQUIRED, annotation=list)}
 
 DESCRIPTOR_KEYS: Dict[str, Dict[str, Key]] = {
     "se_e2_a": SE_E2_A, "se_e2_r": SE_E2_R, "se_e3": SE_E3, "se_atten": SE_ATTEN, "se_atten_v2": SE_ATTEN_V2,
-    "hybrid": HYBRID,
+    "se_e3_tebd": SE_E3_TEBD, "se_a_ebd_v2": SE_A_EBD_V2, "hybrid": HYBRID,
 }
 DESCRIPTOR_ALIASES = {"se_a": "se_e2_a", "se_r": "se_e2_r", "se_at": "se_e3", "se_a_3be": "se_e3", "se_t": "se_e3",
-                      "dpa1": "se_atten"}
+                      "dpa1": "se_atten", "se_a_tpe_v2": "se_a_ebd_v2"}
 # descriptor types of DeePMD-kit that mlpot does not build (any section of them is refused)
-UNBUILT_DESCRIPTORS = ("dpa2", "dpa3", "dpa4", "se_e3_tebd", "se_a_tpe", "se_a_ebd", "se_a_ebd_v2", "se_a_mask",
+UNBUILT_DESCRIPTORS = ("dpa2", "dpa3", "dpa4", "se_a_tpe", "se_a_ebd", "se_a_mask",
                        "loc_frame", "se_a_tebd_v2")
 
 # model/type_embedding (TensorFlow-era section for se_e2_a; DeePMD-kit docs "type embedding approach")
@@ -179,7 +194,8 @@ STANDARD_KEYS: Dict[str, Key] = {
     "sw_rmax": key(None, note="Å, network only above", annotation=Optional[Number]),
     "type_embedding": key(None, note="TF-style type embedding (neuron, activation_function, resnet_dt, precision, "
                           "trainable, seed, use_tebd_bias) for se_e2_a: one shared embedding net on [s~, tebd(t_j) "
-                          "(, tebd(t_i))] and one fitting net reading tebd(t_i)", annotation=Optional[dict]),
+                          "(, tebd(t_i))] and one fitting net reading tebd(t_i); for se_a_ebd_v2 (strip mode) "
+                          "N_s(s~)(1 + N_t(tebd(t_j) (, tebd(t_i))))", annotation=Optional[dict]),
     "modifier": unsupported(None, note="DPLR long range (dipole_charge modifier): not built yet"),
     "compress": unsupported(None, note="written by dp compress: compressed models are not built yet"),
     "use_compression": unsupported(None, note="compressed models are not built yet"),
