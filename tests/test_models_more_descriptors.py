@@ -178,23 +178,173 @@ WATER_DESCRIPTORS = {
 }
 
 
+def train_freeze_test(folder, model, data, batch_size=1, n_test=1):
+    """``model`` (a DeePMD-kit model section) trained 3 steps on ``data`` through ``mlpot train
+    input.json``, frozen and tested in ``folder`` (the working directory); ``dp test``'s forces
+    (n_test * n_atoms, 6) are returned, with the Force RMSE line printed."""
+    config = {
+        "model": model,
+        "learning_rate": {"type": "exp", "start_lr": 1e-3, "stop_lr": 1e-4, "decay_steps": 2},
+        "loss": {"type": "ener", "start_pref_e": 0.2, "limit_pref_e": 1, "start_pref_f": 100, "limit_pref_f": 1},
+        "training": {"training_data": {"systems": [data], "batch_size": batch_size}, "numb_steps": 3,
+                     "disp_freq": 1, "save_freq": 3, "seed": 1},
+    }
+    (folder / "input.json").write_text(json.dumps(config))
+    assert main(["train", "input.json", "--no-progress"]) == 0
+    assert main(["freeze", "-o", "frozen.pth"]) == 0
+    assert main(["test", "-m", "frozen.pth", "-s", data, "-n", str(n_test), "-d", "detail"]) == 0
+    return np.loadtxt(folder / "detail.f.out")
+
+
 @pytest.mark.parametrize("name", sorted(WATER_DESCRIPTORS))
 def test_deepmd_input_trains_freezes_and_tests(name, tmp_path, shared_data, monkeypatch, capsys):
     """A DeePMD-kit input.json with the descriptor: mlpot train (3 steps), freeze, test."""
-    data = str(shared_data("deepmd_water/data_3"))
-    config = {
-        "model": {"type_map": ["O", "H"], "descriptor": dict(WATER_DESCRIPTORS[name], rcut_smth=0.5, seed=1),
-                  "fitting_net": {"neuron": [8], "seed": 1}},
-        "learning_rate": {"type": "exp", "start_lr": 1e-3, "stop_lr": 1e-4, "decay_steps": 2},
-        "loss": {"type": "ener", "start_pref_e": 0.2, "limit_pref_e": 1, "start_pref_f": 100, "limit_pref_f": 1},
-        "training": {"training_data": {"systems": [data], "batch_size": 1}, "numb_steps": 3, "disp_freq": 1,
-                     "save_freq": 3, "seed": 1},
-    }
-    (tmp_path / "input.json").write_text(json.dumps(config))
     monkeypatch.chdir(tmp_path)
-    assert main(["train", "input.json", "--no-progress"]) == 0
-    assert main(["freeze", "-o", "frozen.pth"]) == 0
-    assert main(["test", "-m", "frozen.pth", "-s", data, "-n", "1", "-d", "detail"]) == 0
-    forces = np.loadtxt(tmp_path / "detail.f.out")
+    model = {"type_map": ["O", "H"], "descriptor": dict(WATER_DESCRIPTORS[name], rcut_smth=0.5, seed=1),
+             "fitting_net": {"neuron": [8], "seed": 1}}
+    forces = train_freeze_test(tmp_path, model, str(shared_data("deepmd_water/data_3")))
     assert forces.shape == (192, 6) and np.isfinite(forces).all() and np.abs(forces[:, 3:]).max() > 0
     assert "Force  RMSE" in capsys.readouterr().out
+
+
+# ---- se_a_mask -------------------------------------------------------------------------------
+def mask_model(dtype=torch.float64, **extra):
+    precision = "float64" if dtype == torch.float64 else "float32"
+    section = {"type": "se_a_mask", "sel": [6, 6], "neuron": [4, 8], "axis_neuron": 2, "seed": 1,
+               "precision": precision, **extra}
+    model = build_model({"type_map": ["A", "B"], "descriptor": section,
+                         "fitting_net": {"neuron": [8, 8], "seed": 2, "precision": precision, "numb_aparam": 1,
+                                         "use_aparam_as_mask": True}})
+    batch = masked_batch(2, [7, 6], seed=5, dtype=dtype)
+    model.compute_statistics([batch])
+    return model
+
+
+def masked_batch(n_frames, n_atoms, seed, dtype=torch.float64, mask=None):
+    """Non-periodic random frames with aparam: the given mask (n_atoms_total,) or 1 except every 4th atom."""
+    batch = T.random_batch(n_frames, n_atoms, seed=seed, dtype=dtype, periodic=False, box=4.0, cutoff=1001.0)
+    n = batch[K.POSITIONS].shape[0]
+    if mask is None:
+        mask = torch.ones(n)
+        mask[::4] = 0
+    batch[K.APARAM] = torch.as_tensor(mask, dtype=dtype).reshape(n, 1)
+    return batch
+
+
+def test_se_a_mask_forces_invariance_and_batches(dtype):
+    model = mask_model(dtype)
+    batch = masked_batch(2, [7, 6], seed=1, dtype=dtype)
+    if dtype == torch.float64:
+        T.assert_forces_match_fd(model, batch, atol=1e-7, rtol=1e-5)
+    else:
+        T.assert_forces_match_fd(model, batch, delta=2e-3, atol=5e-3, rtol=5e-2, atoms=[0, 3, 9])
+    batch = masked_batch(3, [7, 6, 5], seed=3, dtype=dtype)
+    T.assert_invariant(model, batch, **tolerances(dtype))
+    T.assert_batch_consistent(model, batch, **tolerances(dtype))
+
+
+def test_se_a_mask_virtual_atoms_change_nothing():
+    """A frame with masked atoms (aparam 0) = the frame without them: energy, forces on the real
+    atoms; the masked atoms get zero force and zero energy wherever they are."""
+    from mlpot.models.derivatives import compute_derivatives
+
+    model = mask_model()
+    full = masked_batch(1, 9, seed=8, mask=[1, 0, 1, 1, 0, 1, 1, 1, 0])
+    real = torch.tensor([0, 2, 3, 5, 6, 7])
+    frame = {K.POSITIONS: full[K.POSITIONS][real].numpy(), K.CELL: np.zeros((3, 3)), K.PBC: np.zeros(3, bool),
+             K.ATOM_TYPES: full[K.ATOM_TYPES][real].numpy()}
+    from mlpot.data import AtomsDataset, collate
+
+    alone = collate([AtomsDataset([frame], 1001.0)[0]])
+    alone[K.APARAM] = torch.ones(6, 1, dtype=torch.float64)
+    out_full, out_alone = compute_derivatives(model, full), compute_derivatives(model, alone)
+    torch.testing.assert_close(out_full[K.ENERGY], out_alone[K.ENERGY], atol=1e-12, rtol=0)
+    torch.testing.assert_close(out_full[K.FORCES][real], out_alone[K.FORCES], atol=1e-12, rtol=0)
+    assert out_full[K.FORCES][[1, 4, 8]].abs().max() == 0 and out_full[K.ATOM_ENERGY][[1, 4, 8]].abs().max() == 0
+    moved = dict(full)
+    moved[K.POSITIONS] = full[K.POSITIONS].clone()
+    moved[K.POSITIONS][4] += torch.tensor([0.3, -0.2, 0.5], dtype=torch.float64)  # a virtual atom moves
+    torch.testing.assert_close(model(moved)[K.ENERGY], out_full[K.ENERGY].detach(), atol=1e-12, rtol=0)
+
+
+def test_se_a_mask_matches_the_formula():
+    """A_i = Σ_j R_ijᵀ G(1/r_ij) / Σsel over the real neighbours j, R = (1/r, x/r², y/r², z/r²), no switch."""
+    model = mask_model()
+    batch = masked_batch(1, 8, seed=9)
+    desc, types = model.descriptor, batch[K.ATOM_TYPES]
+    real = batch[K.APARAM][:, 0] != 0
+    positions = batch[K.POSITIONS]
+    d, _ = desc(batch, edge_vectors(batch))
+    for i in range(len(types)):
+        a_matrix = torch.zeros(4, desc.m1, dtype=torch.float64)
+        for j in range(len(types)):
+            if j == i or not (real[i] and real[j]):
+                continue
+            v = positions[j] - positions[i]
+            r = v.norm()
+            row = torch.cat([(1 / r).reshape(1), v / r**2])
+            g = desc.embeddings[desc._net_index(int(types[i]), int(types[j]))](row[:1])
+            a_matrix = a_matrix + row.unsqueeze(1) * g.unsqueeze(0)
+        a_matrix = a_matrix / sum(desc.sel)
+        expected = (a_matrix.T @ a_matrix[:, : desc.m2]).reshape(-1)
+        torch.testing.assert_close(d[i].detach(), expected.detach(), atol=1e-12, rtol=1e-10)
+
+
+def test_se_a_mask_errors():
+    with pytest.raises(ConfigError, match="use_aparam_as_mask"):
+        build_model({"type_map": ["A"], "descriptor": {"type": "se_a_mask", "sel": [4]}, "fitting_net": {"neuron": [4]}})
+    with pytest.raises(ConfigError, match="numb_aparam = 1"):
+        build_model({"type_map": ["A"], "descriptor": {"type": "se_a_mask", "sel": [4]},
+                     "fitting_net": {"neuron": [4], "use_aparam_as_mask": True}})
+    with pytest.raises(ConfigError, match="rcut"):  # DeePMD-kit's se_a_mask has no cutoff key
+        build_model({"type_map": ["A"], "descriptor": {"type": "se_a_mask", "sel": [4], "rcut": 6.0},
+                     "fitting_net": {"neuron": [4], "numb_aparam": 1, "use_aparam_as_mask": True}})
+    from mlpot.errors import DataError
+
+    periodic = T.random_batch(1, 5, seed=1)
+    periodic[K.APARAM] = torch.ones(5, 1, dtype=torch.float64)
+    with pytest.raises(DataError, match="non-periodic"):
+        mask_model()(periodic)
+
+
+def _padded_system(source, folder, n_frames=4, n_virtual=2):
+    """A deepmd/npy copy of ``n_frames`` frames of a non-periodic system with ``n_virtual`` extra
+    virtual H atoms (aparam 0, zero force) placed 3 Å beyond the molecule: se_a_mask's data layout."""
+    types = np.loadtxt(source / "type.raw", dtype=int).tolist() + [1] * n_virtual
+    coord = np.load(source / "set.000" / "coord.npy")[:n_frames].reshape(n_frames, -1, 3)
+    force = np.load(source / "set.000" / "force.npy")[:n_frames].reshape(n_frames, -1, 3)
+    far = coord.max(axis=1, keepdims=True) + 3.0 + np.arange(n_virtual).reshape(1, -1, 1)
+    (folder / "set.000").mkdir(parents=True)
+    (folder / "nopbc").write_text("")
+    (folder / "type.raw").write_text("\n".join(map(str, types)) + "\n")
+    (folder / "type_map.raw").write_text((source / "type_map.raw").read_text())
+    np.save(folder / "set.000" / "coord.npy", np.concatenate([coord, np.broadcast_to(far, (n_frames, n_virtual, 3))], 1).reshape(n_frames, -1))
+    np.save(folder / "set.000" / "force.npy", np.concatenate([force, np.zeros((n_frames, n_virtual, 3))], 1).reshape(n_frames, -1))
+    np.save(folder / "set.000" / "energy.npy", np.load(source / "set.000" / "energy.npy")[:n_frames])
+    np.save(folder / "set.000" / "aparam.npy", np.array([[1.0] * (len(types) - n_virtual) + [0.0] * n_virtual] * n_frames))
+    return str(folder)
+
+
+def test_se_a_mask_input_trains_freezes_and_tests(tmp_path, shared_data, monkeypatch, capsys):
+    """DeePMD-kit's zinc_protein se_a_mask layout (the mask is aparam) on a molecule padded with
+    virtual atoms: mlpot train (3 steps), freeze, test."""
+    data = _padded_system(shared_data("deepmd_nopbc/C1H4O2"), tmp_path / "padded")
+    monkeypatch.chdir(tmp_path)
+    model = {"type_map": ["C", "H", "O"],
+             "descriptor": {"type": "se_a_mask", "sel": [1, 6, 2], "neuron": [4, 8], "axis_neuron": 4,
+                            "resnet_dt": True, "seed": 1},
+             "fitting_net": {"neuron": [8], "resnet_dt": True, "seed": 1, "numb_aparam": 1, "use_aparam_as_mask": True}}
+    forces = train_freeze_test(tmp_path, model, data, batch_size=2, n_test=2).reshape(2, 9, 6)
+    assert np.abs(forces[:, 7:, 3:]).max() == 0 and np.abs(forces[:, :7, 3:]).max() > 0  # virtual atoms: no force
+    assert "Force  RMSE" in capsys.readouterr().out
+
+
+def test_all_pairs_neighbour_list_equals_vesin():
+    from vesin import NeighborList
+
+    from mlpot.data.neighbors import neighbor_list
+
+    positions = np.random.default_rng(0).uniform(0, 5, (9, 3))
+    edge_index, shifts = neighbor_list(positions, np.zeros((3, 3)), False, 1001.0)  # all pairs, no vesin
+    i, j = NeighborList(cutoff=20.0, full_list=True).compute(positions, np.zeros((3, 3)), False, quantities="ij")
+    assert sorted(zip(i.tolist(), j.tolist())) == list(zip(*edge_index.tolist())) and not shifts.any()

@@ -58,6 +58,9 @@ def build_standard(config: Dict[str, Any], dtype: torch.dtype) -> StandardModel:
         fitting_section = _with_preset_out_bias(fitting_section, values["preset_out_bias"], n_types)
     fitting_cls = FITTINGS.get(fitting_section.get("type", "ener"), key="model/fitting_net/type")
     fitting = fitting_cls.from_config(fitting_section, n_types, descriptor, dtype)
+    if getattr(descriptor, "needs_atom_mask", False) and not getattr(fitting, "use_aparam_as_mask", False):
+        raise ConfigError(f"descriptor type {section['type']} needs numb_aparam: 1 and use_aparam_as_mask: true "
+                          "(aparam marks real and virtual atoms)", key="model/fitting_net/use_aparam_as_mask")
     return StandardModel(type_map, descriptor, fitting, config, atom_exclude_types=values["atom_exclude_types"],
                          data_stat_protect=values["data_stat_protect"], data_stat_nbatch=values["data_stat_nbatch"])
 

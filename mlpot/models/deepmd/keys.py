@@ -55,6 +55,10 @@ SE_E2_A: Dict[str, Key] = {
 }
 # se_a_ebd_v2 (TF): se_e2_a's keys; the type embedding (model/type_embedding) enters in strip mode
 SE_A_EBD_V2: Dict[str, Key] = {name: value for name, value in SE_E2_A.items() if name != "tebd_input_mode"}
+# se_a_mask (TF): se_e2_a over every real atom of a non-periodic frame, no cutoff; aparam masks atoms
+SE_A_MASK: Dict[str, Key] = {name: SE_E2_A[name] for name in (
+    "type", "sel", "neuron", "axis_neuron", "activation_function", "resnet_dt", "type_one_side", "exclude_types",
+    "precision", "trainable", "seed")}
 SE_E2_R: Dict[str, Key] = {**_SMOOTH_ENV, "type_one_side": key(False, annotation=bool),
                            "spin": unsupported(None, note="spin models (model/spin) are not built yet")}
 SE_E3: Dict[str, Key] = dict(_SMOOTH_ENV)
@@ -120,12 +124,13 @@ HYBRID: Dict[str, Key] = {"type": key(REQUIRED), "list": key(REQUIRED, annotatio
 
 DESCRIPTOR_KEYS: Dict[str, Dict[str, Key]] = {
     "se_e2_a": SE_E2_A, "se_e2_r": SE_E2_R, "se_e3": SE_E3, "se_atten": SE_ATTEN, "se_atten_v2": SE_ATTEN_V2,
-    "se_e3_tebd": SE_E3_TEBD, "se_a_ebd_v2": SE_A_EBD_V2, "hybrid": HYBRID,
+    "se_e3_tebd": SE_E3_TEBD, "se_a_ebd_v2": SE_A_EBD_V2, "se_a_mask": SE_A_MASK,
+    "hybrid": HYBRID,
 }
 DESCRIPTOR_ALIASES = {"se_a": "se_e2_a", "se_r": "se_e2_r", "se_at": "se_e3", "se_a_3be": "se_e3", "se_t": "se_e3",
                       "dpa1": "se_atten", "se_a_tpe_v2": "se_a_ebd_v2"}
 # descriptor types of DeePMD-kit that mlpot does not build (any section of them is refused)
-UNBUILT_DESCRIPTORS = ("dpa2", "dpa3", "dpa4", "se_a_tpe", "se_a_ebd", "se_a_mask",
+UNBUILT_DESCRIPTORS = ("dpa2", "dpa3", "dpa4", "se_a_tpe", "se_a_ebd",
                        "loc_frame", "se_a_tebd_v2")
 
 # model/type_embedding (TensorFlow-era section for se_e2_a; DeePMD-kit docs "type embedding approach")
@@ -153,6 +158,9 @@ _FITTING: Dict[str, Key] = {
     "use_aparam_as_mask": unsupported(False, note="aparam as an atom mask (se_a_mask models): not built yet"),
 }
 FIT_ENER: Dict[str, Key] = {**_FITTING, "rcond": key(None, annotation=Optional[Number]),
+                            "use_aparam_as_mask": key(False, note="aparam (numb_aparam 1) marks real (non-zero) and "
+                                                      "virtual (0) atoms: not a net input; virtual atoms have no "
+                                                      "energy and no neighbours (se_a_mask models)", annotation=bool),
                             "atom_ener": key(None, annotation=Optional[List[Optional[Number]]]),
                             "preset_out_bias": key(None, note="per type: null or a value (set from model/preset_out_bias)",
                                                    annotation=Any)}
