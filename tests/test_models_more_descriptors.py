@@ -348,3 +348,146 @@ def test_all_pairs_neighbour_list_equals_vesin():
     edge_index, shifts = neighbor_list(positions, np.zeros((3, 3)), False, 1001.0)  # all pairs, no vesin
     i, j = NeighborList(cutoff=20.0, full_list=True).compute(positions, np.zeros((3, 3)), False, quantities="ij")
     assert sorted(zip(i.tolist(), j.tolist())) == list(zip(*edge_index.tolist())) and not shifts.any()
+
+
+# ---- loc_frame -------------------------------------------------------------------------------
+LOC_FRAME = {"type": "loc_frame", "sel_a": [4, 6], "sel_r": [16, 20], "rcut": 4.0,
+             "axis_rule": [0, 1, 0, 0, 1, 1, 0, 0, 0, 0, 1, 0]}  # DeePMD-kit's water rule (O: two H; H: O, H)
+
+
+def loc_frame_model(dtype=torch.float64, **extra):
+    model = build_model({"type_map": ["O", "H"], "descriptor": {**LOC_FRAME, **extra},
+                         "fitting_net": {"neuron": [8, 8], "seed": 2}}, dtype=dtype)
+    model.compute_statistics([loc_frame_batch(2, seed=5, dtype=dtype)])
+    return model
+
+
+def loc_frame_batch(n_frames, seed, dtype=torch.float64, sizes=(16, 14, 15)):
+    return T.random_batch(n_frames, list(sizes[:n_frames]), seed=seed, cutoff=4.0, box=6.0, dtype=dtype)
+
+
+def test_loc_frame_forces_virial_invariance_and_batches():
+    """float64; small steps (1e-5 Å, strain 1e-6): the descriptor is not smooth (hard cutoff, ranks)."""
+    model = loc_frame_model()
+    batch = loc_frame_batch(2, seed=1)
+    T.assert_forces_match_fd(model, batch, delta=1e-5, atol=1e-7, rtol=1e-5)
+    T.assert_virial_matches_finite_strain(model, batch, delta=1e-6, atol=1e-6, rtol=1e-5)
+    batch = loc_frame_batch(3, seed=3)
+    T.assert_invariant(model, batch, atol=1e-7, rtol=1e-6)
+    T.assert_batch_consistent(model, batch, atol=1e-7, rtol=1e-6)
+
+
+def test_loc_frame_float32_follows_float64():
+    """The same weights in float32 give the float64 energies, forces and virials (finite differences
+    in float32 need steps that cross the hard cutoff)."""
+    from mlpot.models.derivatives import compute_derivatives
+
+    model64 = loc_frame_model()
+    model32 = build_model(model64.config, dtype=torch.float32)
+    model32.load_state_dict({k: v.to(torch.float32) if v.is_floating_point() else v
+                             for k, v in model64.state_dict().items()})
+    batch = loc_frame_batch(2, seed=2)
+    out64 = compute_derivatives(model64, batch, virial=True)
+    out32 = compute_derivatives(model32, loc_frame_batch(2, seed=2, dtype=torch.float32), virial=True)
+    for key in (K.ENERGY, K.FORCES, K.VIRIAL):
+        torch.testing.assert_close(out32[key].detach().to(torch.float64), out64[key].detach(), atol=2e-3, rtol=1e-4)
+
+
+def _naive_loc_frame(desc, batch):
+    """The raw loc_frame descriptor by loops (module docstring of loc_frame)."""
+    types, vectors = batch[K.ATOM_TYPES], edge_vectors(batch).detach()
+    neighbour = batch[K.EDGE_INDEX][1]
+    rows = []
+    for i in range(len(types)):
+        a_slots, r_slots = [], []
+        for t in range(desc.n_types):
+            edges = [e for e in _edges_of(batch, vectors, i, desc.rcut) if types[neighbour[e]] == t]
+            found = [vectors[e] for e in edges]
+            a_slots += (found[: desc.sel_a[t]] + [None] * desc.sel_a[t])[: desc.sel_a[t]]
+            r_slots += (found[desc.sel_a[t]:] + [None] * desc.sel_r[t])[: desc.sel_r[t]]
+        rule = desc.config["axis_rule"][6 * int(types[i]): 6 * int(types[i]) + 6]
+
+        def axis(klass, kind, index):
+            sel = desc.sel_a if klass == 0 else desc.sel_r
+            return (a_slots if klass == 0 else r_slots)[sum(sel[:kind]) + index]
+
+        r1, r2 = axis(*rule[:3]), axis(*rule[3:])
+        if abs(float(r1 @ r2 / (r1.norm() * r2.norm())) + 1) < 1e-4:
+            r2 = axis(rule[3], rule[4], rule[5] + 1)
+        e_x = r1 / r1.norm()
+        e_y = r2 - (e_x @ r2) * e_x
+        e_y = e_y / e_y.norm()
+        rot = torch.stack([e_x, e_y, torch.linalg.cross(e_x, e_y)])
+        row = []
+        for v in a_slots:
+            if v is None:
+                row += [0.0] * 4
+            else:
+                x, y, z = (rot @ v).tolist()
+                r2_len = float(v @ v)
+                row += [r2_len ** -0.5, z / r2_len, x / r2_len, y / r2_len]
+        row += [0.0 if v is None else float(v.norm()) ** -1 for v in r_slots]
+        rows.append(row)
+    return torch.tensor(rows, dtype=torch.float64)
+
+
+def test_loc_frame_matches_the_formula_and_statistics():
+    model = loc_frame_model()
+    desc = model.descriptor
+    batch = loc_frame_batch(1, seed=7)
+    raw = desc.raw_descriptor(batch, edge_vectors(batch)).detach()
+    torch.testing.assert_close(raw, _naive_loc_frame(desc, batch), atol=1e-12, rtol=1e-10)
+    d, _ = desc(batch, edge_vectors(batch))
+    torch.testing.assert_close(d.detach(), (raw - desc.davg[batch[K.ATOM_TYPES]]) / desc.dstd[batch[K.ATOM_TYPES]])
+    # statistics: per type and column, mean and std (>= 1e-2) over the centre atoms
+    desc.compute_statistics([(batch, edge_vectors(batch))])
+    for t in range(2):
+        of_type = raw[batch[K.ATOM_TYPES] == t]
+        torch.testing.assert_close(desc.davg[t], of_type.mean(0))
+        torch.testing.assert_close(desc.dstd[t], of_type.std(0, unbiased=False).clamp(min=1e-2))
+
+
+def test_loc_frame_antiparallel_axis_atoms_use_the_backup():
+    """A linear H-O-H: the two H axis atoms of O are antiparallel, so the third H defines e_y."""
+    from mlpot.data import AtomsDataset, collate
+
+    model = loc_frame_model()
+    positions = np.array([[0.0, 0, 0], [1.0, 0, 0], [-1.0, 0, 0], [0.3, 1.2, 0.4], [2.0, 1.5, -0.5], [-1.5, 1.0, 1.5]])
+    frame = {K.POSITIONS: positions, K.CELL: np.zeros((3, 3)), K.PBC: np.zeros(3, bool),
+             K.ATOM_TYPES: np.array([0, 1, 1, 1, 0, 0])}
+    batch = collate([AtomsDataset([frame], 4.0)[0]])
+    raw = model.descriptor.raw_descriptor(batch, edge_vectors(batch)).detach()
+    torch.testing.assert_close(raw, _naive_loc_frame(model.descriptor, batch), atol=1e-12, rtol=1e-10)
+    # e_y of atom 0 from atom 3 (the backup): its local y' of H atom 3 is positive, z' zero
+    h3 = 4 * (model.descriptor.sel_a[0] + 2)  # a slot 2 of type H (nearest H atoms 1, 2, then 3)
+    assert raw[0, h3 + 3] > 0 and abs(raw[0, h3 + 1]) < 1e-12
+
+
+def test_loc_frame_errors():
+    with pytest.raises(ConfigError, match="not supported yet.*negative type"):
+        build_model({"type_map": ["O", "H"], "descriptor": {**LOC_FRAME, "axis_rule": [0, -1, 0, 0, 1, 1] * 2},
+                     "fitting_net": {}})
+    with pytest.raises(ConfigError, match="not in the a list"):
+        build_model({"type_map": ["O", "H"], "descriptor": {**LOC_FRAME, "axis_rule": [0, 1, 0, 0, 1, 9] * 2},
+                     "fitting_net": {}})
+    with pytest.raises(ConfigError, match="rcut_smth"):  # not a loc_frame key
+        build_model({"type_map": ["O", "H"], "descriptor": {**LOC_FRAME, "rcut_smth": 1.0}, "fitting_net": {}})
+    from mlpot.data import AtomsDataset, collate
+    from mlpot.errors import DataError
+
+    lonely = {K.POSITIONS: np.array([[0.0, 0, 0], [1.0, 0, 0]]), K.CELL: np.zeros((3, 3)), K.PBC: np.zeros(3, bool),
+              K.ATOM_TYPES: np.array([0, 1])}  # O has one H: no second axis atom
+    with pytest.raises(DataError, match="axis"):
+        loc_frame_model()(collate([AtomsDataset([lonely], 4.0)[0]]))
+
+
+def test_loc_frame_input_trains_freezes_and_tests(tmp_path, shared_data, monkeypatch, capsys):
+    """DeePMD-kit's water loc_frame layout (smaller sel and rcut): mlpot train (3 steps), freeze, test."""
+    monkeypatch.chdir(tmp_path)
+    model = {"type_map": ["O", "H"],
+             "descriptor": {"type": "loc_frame", "sel_a": [4, 8], "sel_r": [12, 20], "rcut": 4.0,
+                            "axis_rule": [0, 1, 0, 0, 1, 1, 0, 0, 0, 0, 1, 0]},
+             "fitting_net": {"neuron": [8], "seed": 1}}
+    forces = train_freeze_test(tmp_path, model, str(shared_data("deepmd_water/data_3")))
+    assert forces.shape == (192, 6) and np.isfinite(forces).all() and np.abs(forces[:, 3:]).max() > 0
+    assert "Force  RMSE" in capsys.readouterr().out

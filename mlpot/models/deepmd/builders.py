@@ -16,13 +16,13 @@ import torch
 
 from mlpot.errors import ConfigError
 from mlpot.models.base import check_type_map
-from mlpot.models.deepmd.keys import STANDARD_KEYS, resolve_sel
+from mlpot.models.deepmd.keys import DESCRIPTOR_ALIASES, DESCRIPTOR_KEYS, STANDARD_KEYS, resolve_sel
 from mlpot.models.sections import read_section
 from mlpot.models.deepmd.descriptors import DESCRIPTORS
 from mlpot.models.deepmd.fitting import FITTINGS
 from mlpot.models.deepmd.standard import StandardModel
 
-__all__ = ["build_standard", "resolve_auto_sel", "descriptor_section"]
+__all__ = ["build_standard", "resolve_auto_sel", "descriptor_section", "wants_auto_sel"]
 
 def descriptor_section(model_config: Dict[str, Any]) -> Dict[str, Any]:
     """The ``descriptor`` mapping of a standard model section (ConfigError when malformed)."""
@@ -86,6 +86,14 @@ def _with_preset_out_bias(fitting: Dict[str, Any], preset: Any, n_types: int) ->
     return dict(fitting, preset_out_bias=values)
 
 
+def wants_auto_sel(part: Dict[str, Any]) -> bool:
+    """True for a descriptor section with a ``sel`` key left at, or set to, "auto[:f]" (descriptor
+    types without ``sel``, e.g. loc_frame with sel_a / sel_r, never)."""
+    kind = part.get("type")
+    table = DESCRIPTOR_KEYS.get(DESCRIPTOR_ALIASES.get(kind, kind), {}) if isinstance(kind, str) else {}
+    return "sel" in table and isinstance(part.get("sel", "auto"), str)
+
+
 def resolve_auto_sel(model_config: Dict[str, Any], max_neighbors: Sequence[int]) -> Dict[str, Any]:
     """A copy of ``model_config`` with ``sel: "auto[:f]"`` replaced by the rule of spec §2.1.
 
@@ -95,6 +103,6 @@ def resolve_auto_sel(model_config: Dict[str, Any], max_neighbors: Sequence[int])
     section = descriptor_section(config)
     sections = section.get("list", [section]) if section.get("type") == "hybrid" else [section]
     for sub in sections:
-        if isinstance(sub.get("sel", "auto"), str):  # a descriptor without sel: "auto" (DeePMD-kit 3.x)
+        if wants_auto_sel(sub):  # a descriptor without sel: "auto" (DeePMD-kit 3.x)
             sub["sel"] = resolve_sel(sub.get("sel", "auto"), len(config["type_map"]), "model/descriptor", max_neighbors)
     return config

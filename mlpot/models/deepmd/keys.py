@@ -59,6 +59,15 @@ SE_A_EBD_V2: Dict[str, Key] = {name: value for name, value in SE_E2_A.items() if
 SE_A_MASK: Dict[str, Key] = {name: SE_E2_A[name] for name in (
     "type", "sel", "neuron", "axis_neuron", "activation_function", "resnet_dt", "type_one_side", "exclude_types",
     "precision", "trainable", "seed")}
+# loc_frame (TF): the local-frame descriptor of the original Deep Potential
+LOC_FRAME: Dict[str, Key] = {
+    "type": key(REQUIRED),
+    "sel_a": key(REQUIRED, note="per type: neighbours with full (local-frame) coordinates", annotation=List[int]),
+    "sel_r": key(REQUIRED, note="per type: the next neighbours, distance only", annotation=List[int]),
+    "rcut": key(6.0, note="Å, a hard cutoff (no switch)", annotation=Number),
+    "axis_rule": key(REQUIRED, note="6 ints per type: (class 0=a/1=r, type, index) of the two axis atoms; "
+                     "negative types not supported yet", annotation=List[int]),
+}
 SE_E2_R: Dict[str, Key] = {**_SMOOTH_ENV, "type_one_side": key(False, annotation=bool),
                            "spin": unsupported(None, note="spin models (model/spin) are not built yet")}
 SE_E3: Dict[str, Key] = dict(_SMOOTH_ENV)
@@ -125,13 +134,12 @@ HYBRID: Dict[str, Key] = {"type": key(REQUIRED), "list": key(REQUIRED, annotatio
 DESCRIPTOR_KEYS: Dict[str, Dict[str, Key]] = {
     "se_e2_a": SE_E2_A, "se_e2_r": SE_E2_R, "se_e3": SE_E3, "se_atten": SE_ATTEN, "se_atten_v2": SE_ATTEN_V2,
     "se_e3_tebd": SE_E3_TEBD, "se_a_ebd_v2": SE_A_EBD_V2, "se_a_mask": SE_A_MASK,
-    "hybrid": HYBRID,
+    "loc_frame": LOC_FRAME, "hybrid": HYBRID,
 }
 DESCRIPTOR_ALIASES = {"se_a": "se_e2_a", "se_r": "se_e2_r", "se_at": "se_e3", "se_a_3be": "se_e3", "se_t": "se_e3",
                       "dpa1": "se_atten", "se_a_tpe_v2": "se_a_ebd_v2"}
 # descriptor types of DeePMD-kit that mlpot does not build (any section of them is refused)
-UNBUILT_DESCRIPTORS = ("dpa2", "dpa3", "dpa4", "se_a_tpe", "se_a_ebd",
-                       "loc_frame", "se_a_tebd_v2")
+UNBUILT_DESCRIPTORS = ("dpa2", "dpa3", "dpa4", "se_a_tpe", "se_a_ebd", "se_a_tebd_v2")
 
 # model/type_embedding (TensorFlow-era section for se_e2_a; DeePMD-kit docs "type embedding approach")
 TYPE_EMBEDDING_KEYS: Dict[str, Key] = {
