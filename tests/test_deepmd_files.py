@@ -1,11 +1,12 @@
 """mlpot reads DeePMD-kit's trained files (3.x, PyTorch backend) and gives DeePMD-kit's numbers.
 
 ``tests/peer_models/deepmd/`` holds tiny water models (se_e2_a two- and one-sided, se_e2_r,
-se_atten, se_atten_v2, se_e3_tebd in concat and strip mode; ener fitting; float64) that DeePMD-kit 3.2 itself trained, froze and
-evaluated (``tests/peer_models/make_deepmd_models.py``, run with DeePMD-kit's Python; CI has no
-DeePMD-kit): each model's training checkpoint (DeePMD-kit's file, byte for byte), its frozen
-TorchScript archive (the data records of DeePMD-kit's file; mlpot never reads the code records)
-and ``dp test``'s energies, forces and virials on frames 0 and 2 of deepmd_water/data_3. Loaded by
+se_atten, se_atten_v2, se_e3_tebd in concat and strip mode; ener fitting; float64) that
+DeePMD-kit 3.2 itself trained, froze and evaluated (``tests/peer_models/make_deepmd_models.py``,
+run with DeePMD-kit's Python; CI has no DeePMD-kit): each model's training checkpoint (DeePMD-kit's
+file, byte for byte), its frozen TorchScript archive (the data records of DeePMD-kit's file; mlpot
+never reads the code records) and ``dp test``'s energies, forces and virials on frames 0 and 2 of
+deepmd_water/data_3. Loaded by
 ``load_model`` (behind ``mlpot test``, ``mlpot md``, ``mlpot freeze`` and the ASE calculator), the
 model must give DeePMD-kit's numbers to 1e-8 (eV, eV/Å, eV).
 

@@ -52,11 +52,11 @@ def neighbor_list(positions, cell, pbc, cutoff: float) -> Tuple[np.ndarray, np.n
 
 
 def _all_pairs(positions: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
-    """Every ordered pair of distinct, non-coincident atoms of a non-periodic frame, sorted by i
-    then j (a cutoff larger than the frame, e.g. se_a_mask's, makes vesin's cell grid slow)."""
+    """Every ordered pair of distinct atoms of a non-periodic frame (coincident ones included, as
+    vesin gives them), sorted by i then j: a cutoff larger than the frame (e.g. se_a_mask's) makes
+    vesin's cell grid slow."""
     i, j = np.nonzero(~np.eye(positions.shape[0], dtype=bool))
-    apart = np.linalg.norm(positions[j] - positions[i], axis=1) > 0
-    edge_index = np.stack([i[apart], j[apart]]).astype(np.int64)
+    edge_index = np.stack([i, j]).astype(np.int64)
     return edge_index, np.zeros((edge_index.shape[1], 3))
 
 

@@ -57,8 +57,11 @@ SE_E2_A: Dict[str, Key] = {
 SE_A_EBD_V2: Dict[str, Key] = {name: value for name, value in SE_E2_A.items() if name != "tebd_input_mode"}
 # se_a_mask (TF): se_e2_a over every real atom of a non-periodic frame, no cutoff; aparam masks atoms
 SE_A_MASK: Dict[str, Key] = {name: SE_E2_A[name] for name in (
-    "type", "sel", "neuron", "axis_neuron", "activation_function", "resnet_dt", "type_one_side", "exclude_types",
+    "type", "neuron", "axis_neuron", "activation_function", "resnet_dt", "type_one_side", "exclude_types",
     "precision", "trainable", "seed")}
+SE_A_MASK["sel"] = key(REQUIRED, note="a list per type (DeePMD-kit's zinc example: the atoms of each type in a padded "
+                       'frame); "auto" is not supported (there is no cutoff to count neighbours within)',
+                       annotation=List[int])
 # loc_frame (TF): the local-frame descriptor of the original Deep Potential
 LOC_FRAME: Dict[str, Key] = {
     "type": key(REQUIRED),
