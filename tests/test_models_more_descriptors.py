@@ -24,6 +24,9 @@ CASES = {
     "se_a_ebd_v2": {"type": "se_a_ebd_v2", "sel": [12, 12], "neuron": [4, 8], "axis_neuron": 2},
     "se_a_ebd_v2_one_side": {"type": "se_a_tpe_v2", "sel": [12, 12], "neuron": [4, 8], "axis_neuron": 2,
                              "type_one_side": True},
+    "se_a_tpe": {"type": "se_a_tpe", "sel": [12, 12], "neuron": [4, 8], "axis_neuron": 2, "type_nchanl": 3},
+    "se_a_tpe_one_side": {"type": "se_a_ebd", "sel": [12, 12], "neuron": [4, 8], "axis_neuron": 2, "type_nlayer": 1,
+                          "type_one_side": True},
 }
 
 
@@ -99,12 +102,38 @@ def _naive_se_e3_tebd(model, batch):
     return torch.stack(out)
 
 
-def _naive_se_a_ebd_v2(model, batch):
-    """D_i of se_a_ebd_v2 by loops: G = N_s(s~)(1 + N_t(tebd(t_j)[, tebd(t_i)])), padded slots with
-    the zero padding embedding, A = R~^T G / N_c over all sum(sel) slots, D = A^T A[:, :M2]."""
+def _ebd_v2_embedding(desc, s, tj, ti):
+    """se_a_ebd_v2: G = N_s(s~)(1 + N_t(tebd(t_j)[, tebd(t_i)])); padded slots have tj = n_types (zero row)."""
+    table = desc.type_embedding.table()
+    pair = table[tj] if desc.type_one_side else torch.cat([table[tj], table[ti]])
+    return desc.embeddings[0](s) * (1 + desc.type_pair_embedding(pair))
+
+
+def _tpe_embedding(desc, s, tj, ti):
+    """se_a_tpe: G[m] = mean_ab L(N(s~))[m, a, b] T(t_i)[a] T(t_j)[b] (one side: mean_a L[m, a] T(t_j)[a]),
+    T(t) = linear(tanh(... tanh(t / n_types ...))) written out from the layer weights."""
+    def embed(t):
+        x = torch.tensor([t / desc.n_types], dtype=torch.float64)
+        for layer in desc.type_layers:
+            x = x @ layer.weight + layer.bias
+            x = x if layer is desc.type_layers[-1] else torch.tanh(x)
+        return x
+
+    amplified = desc.amplify(desc.embeddings[0](s))
+    channels = desc.channels
+    if desc.type_one_side:
+        return (amplified.view(desc.m1, channels) * embed(tj)).mean(1)
+    return (amplified.view(desc.m1, channels, channels) * embed(ti)[:, None] * embed(tj)[None, :]).mean((1, 2))
+
+
+def _naive_se_a_typed(model, batch):
+    """D_i of se_a_ebd_v2 / se_a_tpe by loops: A = R~^T G / N_c over all sum(sel) slots (padded
+    slots: the row -davg/dstd; se_a_ebd_v2 gives them the padding type, se_a_tpe their section's),
+    D = A^T A[:, :M2], with tebd(t_i) appended for se_a_ebd_v2."""
     desc, types = model.descriptor, batch[K.ATOM_TYPES]
     vectors, neighbour = edge_vectors(batch).detach(), batch[K.EDGE_INDEX][1]
-    table = desc.type_embedding.table()
+    ebd_v2 = desc.type_embedding is not None
+    embedding = _ebd_v2_embedding if ebd_v2 else _tpe_embedding
     out = []
     for i in range(len(types)):
         a_matrix = torch.zeros(4, desc.m1, dtype=torch.float64)
@@ -113,14 +142,13 @@ def _naive_se_a_ebd_v2(model, batch):
             for slot in range(sel):
                 if slot < len(edges):
                     row, t_slot = _normalised_row(desc, vectors[edges[slot]], types[i]), tj
-                else:
-                    row, t_slot = -desc.davg[types[i]] / desc.dstd[types[i]], desc.n_types  # padding
-                pair = table[t_slot] if desc.type_one_side else torch.cat([table[t_slot], table[types[i]]])
-                g = desc.embeddings[0](row[:1]) * (1 + desc.type_pair_embedding(pair))
+                else:  # padding
+                    row, t_slot = -desc.davg[types[i]] / desc.dstd[types[i]], desc.n_types if ebd_v2 else tj
+                g = embedding(desc, row[:1], t_slot, int(types[i]))
                 a_matrix = a_matrix + row.unsqueeze(1) * g.unsqueeze(0)
         a_matrix = a_matrix / sum(desc.sel)
         d = (a_matrix.T @ a_matrix[:, : desc.m2]).reshape(-1)
-        out.append(torch.cat([d, table[types[i]]]))
+        out.append(torch.cat([d, desc.type_embedding.table()[types[i]]]) if ebd_v2 else d)
     return torch.stack(out)
 
 
@@ -130,13 +158,38 @@ def test_descriptor_matches_the_formula(case):
     batch = T.random_batch(1, 7, seed=6)
     model = small_model(case, sel=5 if case.startswith("se_e3") else [3, 3])
     d, _ = model.descriptor(batch, edge_vectors(batch))
-    naive = _naive_se_e3_tebd if case.startswith("se_e3") else _naive_se_a_ebd_v2
+    naive = _naive_se_e3_tebd if case.startswith("se_e3") else _naive_se_a_typed
     expected = naive(model, batch).detach()
     assert d.shape == expected.shape
     torch.testing.assert_close(d.detach(), expected, atol=1e-12, rtol=1e-10)
     if not case.startswith("se_e3"):  # the padded slots in closed form == DeePMD-kit's dense evaluation
         model.descriptor.skip_padding = False
         torch.testing.assert_close(model.descriptor(batch, edge_vectors(batch))[0].detach(), expected, atol=1e-12, rtol=1e-10)
+
+
+@pytest.mark.parametrize("one_side", [False, True])
+def test_se_a_ebd_v2_is_dpa1_without_attention_when_davg_is_zero(one_side):
+    """With set_davg_zero, padded slots add nothing in either model, so se_a_ebd_v2 (sel [8, 8]) with
+    the weights of a se_atten (DPA-1: attn_layer 0, strip, not smooth, sel 16) gives its descriptor:
+    DeePMD-kit's PT DPA-1, which mlpot reproduces to 1e-14 (test_deepmd_files.py), is the same model."""
+    common = {"rcut": 3.5, "rcut_smth": 1.0, "neuron": [4, 8], "axis_neuron": 2, "seed": 1, "set_davg_zero": True,
+              "type_one_side": one_side}
+    ebd = build_model({"type_map": ["A", "B"], "descriptor": {"type": "se_a_ebd_v2", "sel": [12, 12], **common},
+                       "fitting_net": {"neuron": [4]}}).descriptor
+    atten = build_model({"type_map": ["A", "B"], "descriptor": {
+        "type": "se_atten", "sel": 24, "attn_layer": 0, "tebd_dim": 8, "tebd_input_mode": "strip",
+        "smooth_type_embedding": False, **common}, "fitting_net": {"neuron": [4]}}).descriptor
+    batch = T.random_batch(2, [8, 7], seed=4)
+    ebd.compute_statistics([(batch, edge_vectors(batch))])
+    with torch.no_grad():
+        atten.dstd.copy_(ebd.dstd)
+        for target, source in ((atten.type_embedding, ebd.type_embedding), (atten.embedding, ebd.embeddings[0]),
+                               (atten.type_pair_embedding, ebd.type_pair_embedding)):
+            for parameter in source.parameters():
+                parameter.add_(0.2 * torch.randn_like(parameter))
+            target.load_state_dict(source.state_dict())
+    expected, _ = atten(batch, edge_vectors(batch))
+    torch.testing.assert_close(ebd(batch, edge_vectors(batch))[0], expected, atol=1e-13, rtol=1e-11)
 
 
 def test_se_e3_tebd_smooth_at_the_cutoff_and_excluded_pairs():
@@ -175,6 +228,7 @@ WATER_DESCRIPTORS = {
     "se_e3_tebd": {"type": "se_e3_tebd", "sel": 16, "rcut": 3.0, "neuron": [4, 8], "tebd_dim": 4,
                    "tebd_input_mode": "strip"},
     "se_a_ebd_v2": {"type": "se_a_ebd_v2", "sel": [8, 16], "rcut": 3.0, "neuron": [4, 8], "axis_neuron": 4},
+    "se_a_tpe": {"type": "se_a_tpe", "sel": [8, 16], "rcut": 3.0, "neuron": [4, 8], "axis_neuron": 4},
 }
 
 

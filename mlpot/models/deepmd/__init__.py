@@ -10,7 +10,7 @@ from mlpot.models.deepmd.builders import build_standard
 from mlpot.models.deepmd.data_hooks import prepare_finetune_hook as prepare_finetune
 from mlpot.models.deepmd.data_hooks import resolve_from_data
 from mlpot.models.deepmd.descriptors import (DESCRIPTORS, DescriptorHybrid, DescriptorLocFrame, DescriptorSeA,
-                                             DescriptorSeAEbdV2, DescriptorSeAMask, DescriptorSeAtten,
+                                             DescriptorSeAEbdV2, DescriptorSeAMask, DescriptorSeATpe, DescriptorSeAtten,
                                              DescriptorSeAttenV2, DescriptorSeE3, DescriptorSeE3Tebd, DescriptorSeR)
 from mlpot.models.deepmd.fitting import FITTINGS, DosFitting, EnerFitting
 from mlpot.models.deepmd.keys import check_model_section
@@ -31,6 +31,7 @@ def _register_components() -> None:
     DESCRIPTORS.register("se_a_ebd_v2", DescriptorSeAEbdV2, aliases=("se_a_tpe_v2",))
     DESCRIPTORS.register("se_a_mask", DescriptorSeAMask)
     DESCRIPTORS.register("loc_frame", DescriptorLocFrame)
+    DESCRIPTORS.register("se_a_tpe", DescriptorSeATpe, aliases=("se_a_ebd",))
     DESCRIPTORS.register("hybrid", DescriptorHybrid)
     FITTINGS.register("ener", EnerFitting)
     FITTINGS.register("dos", DosFitting)

@@ -71,6 +71,15 @@ LOC_FRAME: Dict[str, Key] = {
     "axis_rule": key(REQUIRED, note="6 ints per type: (class 0=a/1=r, type, index) of the two axis atoms; "
                      "negative types not supported yet", annotation=List[int]),
 }
+# se_a_tpe / se_a_ebd (TF): se_e2_a with its own scalar type embedding mixed into the embedding net
+SE_A_TPE: Dict[str, Key] = {
+    **SE_A_EBD_V2,
+    "type_nchanl": key(4, note="channels C of the type embedding", annotation=int),
+    "type_nlayer": key(2, note="tanh layers of the type embedding (then one linear layer)", annotation=int),
+    "numb_aparam": unsupported(0, note="aparam mixed into the neighbour type embedding: not built yet"),
+    "exclude_types": unsupported([], note="DeePMD-kit's TF se_a_tpe does not apply it"),
+    "env_protection": unsupported(0.0, note="DeePMD-kit's TF se_a_tpe does not apply it"),
+}
 SE_E2_R: Dict[str, Key] = {**_SMOOTH_ENV, "type_one_side": key(False, annotation=bool),
                            "spin": unsupported(None, note="spin models (model/spin) are not built yet")}
 SE_E3: Dict[str, Key] = dict(_SMOOTH_ENV)
@@ -136,13 +145,13 @@ HYBRID: Dict[str, Key] = {"type": key(REQUIRED), "list": key(REQUIRED, annotatio
 
 DESCRIPTOR_KEYS: Dict[str, Dict[str, Key]] = {
     "se_e2_a": SE_E2_A, "se_e2_r": SE_E2_R, "se_e3": SE_E3, "se_atten": SE_ATTEN, "se_atten_v2": SE_ATTEN_V2,
-    "se_e3_tebd": SE_E3_TEBD, "se_a_ebd_v2": SE_A_EBD_V2, "se_a_mask": SE_A_MASK,
+    "se_e3_tebd": SE_E3_TEBD, "se_a_ebd_v2": SE_A_EBD_V2, "se_a_tpe": SE_A_TPE, "se_a_mask": SE_A_MASK,
     "loc_frame": LOC_FRAME, "hybrid": HYBRID,
 }
 DESCRIPTOR_ALIASES = {"se_a": "se_e2_a", "se_r": "se_e2_r", "se_at": "se_e3", "se_a_3be": "se_e3", "se_t": "se_e3",
-                      "dpa1": "se_atten", "se_a_tpe_v2": "se_a_ebd_v2"}
+                      "dpa1": "se_atten", "se_a_tpe_v2": "se_a_ebd_v2", "se_a_ebd": "se_a_tpe"}
 # descriptor types of DeePMD-kit that mlpot does not build (any section of them is refused)
-UNBUILT_DESCRIPTORS = ("dpa2", "dpa3", "dpa4", "se_a_tpe", "se_a_ebd", "se_a_tebd_v2")
+UNBUILT_DESCRIPTORS = ("dpa2", "dpa3", "dpa4", "se_a_tebd_v2")
 
 # model/type_embedding (TensorFlow-era section for se_e2_a; DeePMD-kit docs "type embedding approach")
 TYPE_EMBEDDING_KEYS: Dict[str, Key] = {

@@ -219,14 +219,18 @@ class DescriptorSeA(EnvMatrixDescriptor):
             (env, nlist), bounds = self.normalized_environment(batch, vectors), None
         pair_key = undirected_pair_key(batch[EDGE_INDEX], batch[EDGE_SHIFTS])
         types = batch[ATOM_TYPES]
-        tebd = self.type_embedding.table() if self.type_embedding is not None else None
+        tebd = self._type_table()
         a_matrix = self.embedding_contraction(env, nlist, types, pair_key=pair_key, bounds=bounds, tebd=tebd) / self.n_slots  # (n_atoms, 4, M1)
         descriptor = torch.matmul(a_matrix.transpose(1, 2), a_matrix[:, :, : self.m2])  # (n_atoms, M1, M2)
         rot = a_matrix[:, 1:4, :].transpose(1, 2)  # (n_atoms, M1, 3)
         descriptor = descriptor.reshape(descriptor.shape[0], -1)
-        if tebd is not None:  # the fitting net reads the centre's type embedding too
+        if self.type_embedding is not None:  # the fitting net reads the centre's type embedding too
             descriptor = torch.cat([descriptor, tebd[types]], dim=-1)
         return descriptor, rot
+
+    def _type_table(self) -> Optional[torch.Tensor]:
+        """The per-type vectors handed to ``_embedding_net`` (the type embedding's table), or None."""
+        return self.type_embedding.table() if self.type_embedding is not None else None
 
 
 
