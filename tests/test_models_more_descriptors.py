@@ -545,3 +545,22 @@ def test_loc_frame_input_trains_freezes_and_tests(tmp_path, shared_data, monkeyp
     forces = train_freeze_test(tmp_path, model, str(shared_data("deepmd_water/data_3")))
     assert forces.shape == (192, 6) and np.isfinite(forces).all() and np.abs(forces[:, 3:]).max() > 0
     assert "Force  RMSE" in capsys.readouterr().out
+
+
+def test_se_e3_tebd_statistics_match_deepmd_kit(shared_data):
+    """davg/dstd of the mixed-type environment (padded slots pooled as zeros) from all 80 frames of
+    data_3 against those DeePMD-kit stored in its se_e3_tebd_strip checkpoint (sampled from the same
+    system): within 1 %."""
+    from pathlib import Path
+
+    from mlpot.calculators.export import load_model
+    from mlpot.data import AtomsDataset, collate, read_frames
+
+    model = load_model(Path(__file__).parent / "peer_models" / "deepmd" / "se_e3_tebd_strip.ckpt.pt")
+    desc = model.descriptor
+    stored = desc.davg.clone(), desc.dstd.clone()
+    frames = AtomsDataset(read_frames(shared_data("deepmd_water/data_3"), type_map=["O", "H"]), desc.rcut)
+    batches = [collate([frames[i]]) for i in range(len(frames))]
+    desc.compute_statistics([(batch, edge_vectors(batch)) for batch in batches])
+    torch.testing.assert_close(desc.davg[:, 0], stored[0][:, 0], rtol=1e-2, atol=0)
+    torch.testing.assert_close(desc.dstd, stored[1], rtol=1e-2, atol=0)
