@@ -564,3 +564,32 @@ def test_se_e3_tebd_statistics_match_deepmd_kit(shared_data):
     desc.compute_statistics([(batch, edge_vectors(batch)) for batch in batches])
     torch.testing.assert_close(desc.davg[:, 0], stored[0][:, 0], rtol=1e-2, atol=0)
     torch.testing.assert_close(desc.dstd, stored[1], rtol=1e-2, atol=0)
+
+
+COMPILED = {
+    "se_e3_tebd": {"type": "se_e3_tebd", "sel": 24, "rcut": 4.0, "rcut_smth": 1.0, "neuron": [4, 8], "tebd_dim": 4,
+                   "tebd_input_mode": "strip", "seed": 1},
+    "se_a_ebd_v2": {"type": "se_a_ebd_v2", "sel": [24, 24], "rcut": 4.0, "rcut_smth": 1.0, "neuron": [4, 8],
+                    "axis_neuron": 2, "seed": 1},
+    "se_a_tpe": {"type": "se_a_tpe", "sel": [24, 24], "rcut": 4.0, "rcut_smth": 1.0, "neuron": [4, 8],
+                 "axis_neuron": 2, "seed": 1},
+    "loc_frame": {"type": "loc_frame", "sel_a": [4, 4], "sel_r": [20, 20], "rcut": 4.0,
+                  "axis_rule": [0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 1]},
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(COMPILED))
+def test_compiled_model_agrees(name, tmp_path, monkeypatch):
+    """``mlpot compile`` (torch.export) of each descriptor: compiled = frozen = eager within 1e-10 on a
+    structure of another size than the traced one (~15 s each)."""
+    import test_calculators_neighbours as neighbours
+    from test_compile import _assert_agree, _save_frozen
+
+    from mlpot.calculators.compile import compile_model
+
+    monkeypatch.setattr(neighbours, "SE_A", COMPILED[name])
+    model = neighbours._model()
+    frozen = _save_frozen(model, tmp_path / "frozen.pt")
+    compile_model(frozen, tmp_path / "model.pt2", backend="export")
+    _assert_agree(tmp_path / "model.pt2", frozen, model, 1e-10)

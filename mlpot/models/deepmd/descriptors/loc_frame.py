@@ -129,7 +129,7 @@ class DescriptorLocFrame(Descriptor):
         a_part = torch.stack([inverse, local[..., 2] / r2_len, local[..., 0] / r2_len, local[..., 1] / r2_len], -1)
         a_part = (a_part * occupied.unsqueeze(-1).to(a_part.dtype))[:, : self.n_a]
         r_part = (inverse * occupied.to(inverse.dtype))[:, self.n_a:]
-        return torch.cat([a_part.reshape(len(types), -1), r_part], dim=-1)
+        return torch.cat([a_part.flatten(1), r_part], dim=-1)
 
     def forward(self, batch: Dict[str, torch.Tensor], vectors: torch.Tensor) -> Tuple[torch.Tensor, None]:
         types = batch[ATOM_TYPES]

@@ -191,7 +191,7 @@ class DescriptorSeAtten(MixedTypesDescriptor):
         for layer in self.attention:
             g = layer(g, mask, sw, directions)
         a_matrix = torch.matmul(env.transpose(1, 2), g) / self.sel[0]  # (n_atoms, 4, M1)
-        descriptor = torch.matmul(a_matrix.transpose(1, 2), a_matrix[:, :, : self.m2]).reshape(len(types), -1)
+        descriptor = torch.matmul(a_matrix.transpose(1, 2), a_matrix[:, :, : self.m2]).flatten(1)
         return descriptor, a_matrix
 
     def forward(self, batch: Dict[str, torch.Tensor], vectors: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
