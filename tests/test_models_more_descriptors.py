@@ -593,3 +593,22 @@ def test_compiled_model_agrees(name, tmp_path, monkeypatch):
     frozen = _save_frozen(model, tmp_path / "frozen.pt")
     compile_model(frozen, tmp_path / "model.pt2", backend="export")
     _assert_agree(tmp_path / "model.pt2", frozen, model, 1e-10)
+
+
+def test_type_map_change_remaps_se_e3_tebd_and_refuses_se_a_tpe():
+    """Fine-tuning to a reordered type_map: se_e3_tebd's type embedding rows follow the names (same
+    energy for the relabelled frame); se_a_tpe's embedding reads the type index, so it is refused."""
+    from mlpot.models.deepmd.finetune import remap_state_dict
+
+    batch = T.random_batch(2, [8, 7], seed=2)
+    swapped = dict(batch)
+    swapped[K.ATOM_TYPES] = 1 - batch[K.ATOM_TYPES]
+    for case in ("se_e3_tebd", "se_e3_tebd_strip", "se_a_ebd_v2"):
+        old = small_model(case)
+        config = dict(old.config, type_map=["B", "A"])
+        new = build_model(config)
+        new.load_state_dict(remap_state_dict(old, new, [1, 0]))
+        torch.testing.assert_close(new(swapped)[K.ENERGY], old(batch)[K.ENERGY], atol=1e-10, rtol=0)
+    old = small_model("se_a_tpe")
+    with pytest.raises(ConfigError, match="not supported yet: changing the type_map of descriptor 'se_a_tpe'"):
+        remap_state_dict(old, build_model(dict(old.config, type_map=["B", "A"])), [1, 0])

@@ -31,6 +31,7 @@ class DescriptorSeATpe(DescriptorSeA):
     """se_a_tpe descriptor (module docstring): forward as se_e2_a -> (D (n_atoms, M1*M2), rot (n_atoms, M1, 3))."""
 
     KEYS = SE_A_TPE
+    type_order_fixed = True  # T reads t / n_types: a type_map change cannot be remapped (finetune)
 
     def __init__(self, n_types: int, sel, type_nchanl: int = 4, type_nlayer: int = 2, **kwargs: Any):
         super().__init__(n_types, sel, **kwargs)
