@@ -1,11 +1,12 @@
 """mlpot reads DeePMD-kit's trained files (3.x, PyTorch backend) and gives DeePMD-kit's numbers.
 
 ``tests/peer_models/deepmd/`` holds tiny water models (se_e2_a two- and one-sided, se_e2_r,
-se_atten, se_atten_v2; ener fitting; float64) that DeePMD-kit 3.2 itself trained, froze and
-evaluated (``tests/peer_models/make_deepmd_models.py``, run with DeePMD-kit's Python; CI has no
-DeePMD-kit): each model's training checkpoint (DeePMD-kit's file, byte for byte), its frozen
-TorchScript archive (the data records of DeePMD-kit's file; mlpot never reads the code records)
-and ``dp test``'s energies, forces and virials on frames 0 and 2 of deepmd_water/data_3. Loaded by
+se_atten, se_atten_v2, se_e3_tebd in concat and strip mode; ener fitting; float64) that
+DeePMD-kit 3.2 itself trained, froze and evaluated (``tests/peer_models/make_deepmd_models.py``,
+run with DeePMD-kit's Python; CI has no DeePMD-kit): each model's training checkpoint (DeePMD-kit's
+file, byte for byte), its frozen TorchScript archive (the data records of DeePMD-kit's file; mlpot
+never reads the code records) and ``dp test``'s energies, forces and virials on frames 0 and 2 of
+deepmd_water/data_3. Loaded by
 ``load_model`` (behind ``mlpot test``, ``mlpot md``, ``mlpot freeze`` and the ASE calculator), the
 model must give DeePMD-kit's numbers to 1e-8 (eV, eV/Å, eV).
 
@@ -37,7 +38,7 @@ from mlpot.data import read_frames
 from mlpot.errors import CheckpointError, ConfigError
 
 FILES = Path(__file__).parent / "peer_models" / "deepmd"
-MODELS = ["se_e2_a", "se_e2_a_one_side", "se_e2_r", "se_atten", "se_atten_v2"]
+MODELS = ["se_e2_a", "se_e2_a_one_side", "se_e2_r", "se_atten", "se_atten_v2", "se_e3_tebd", "se_e3_tebd_strip"]
 KINDS = {"checkpoint": ".ckpt.pt", "frozen": ".pth"}
 FRAMES = (0, 2)  # frames of data_3 that DeePMD-kit evaluated (make_deepmd_models.FRAMES)
 TOLERANCE = 1e-8
@@ -64,7 +65,8 @@ def predictions(model, frames):
 @pytest.mark.parametrize("name", MODELS)
 def test_reproduces_deepmd_kit(name, kind, reference, frames):
     model = load_model(FILES / f"{name}{KINDS[kind]}")
-    assert model.type_map == ["O", "H"] and model.cutoff == 3.5 and model.dtype == torch.float64
+    rcut = 3.0 if name.startswith("se_e3_tebd") else 3.5
+    assert model.type_map == ["O", "H"] and model.cutoff == rcut and model.dtype == torch.float64
     out = predictions(model, frames)
     errors = {key: np.abs(out[key] - reference[f"{name}/{key}"]) for key in out}
     assert errors["energy"].max() < TOLERANCE, errors["energy"]

@@ -131,6 +131,17 @@ MODELS = {
                                      "g1_out_conv": True, "g1_out_mlp": False}},
         "fitting_net": FITTING,
     },
+    "se_e3_tebd": {
+        "descriptor": {"type": "se_e3_tebd", "sel": 20, "rcut_smth": 0.5, "rcut": 3.0, "neuron": [4, 8],
+                       "tebd_dim": 4, "seed": 1, "precision": "float64"},
+        "fitting_net": FITTING,
+    },
+    "se_e3_tebd_strip": {
+        "descriptor": {"type": "se_e3_tebd", "sel": 20, "rcut_smth": 0.5, "rcut": 3.0, "neuron": [4, 8],
+                       "tebd_dim": 4, "tebd_input_mode": "strip", "set_davg_zero": False, "resnet_dt": True,
+                       "seed": 2, "precision": "float64"},
+        "fitting_net": FITTING,
+    },
 }
 
 # records of a TorchScript archive that hold data (everything else is code/debug information)

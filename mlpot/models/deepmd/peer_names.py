@@ -5,10 +5,10 @@ The names are those DeePMD-kit's files carry (read from its checkpoints and froz
 
 | DeePMD-kit | mlpot |
 |---|---|
-| ``atomic_model.descriptor.sea.`` (se_e2_a), ``atomic_model.descriptor.`` (se_e2_r), ``atomic_model.descriptor.se_atten.`` (se_atten, se_atten_v2): the descriptor block, below | ``descriptor.`` |
+| ``atomic_model.descriptor.sea.`` (se_e2_a), ``atomic_model.descriptor.`` (se_e2_r), ``atomic_model.descriptor.se_atten.`` (se_atten, se_atten_v2), ``atomic_model.descriptor.se_ttebd.`` (se_e3_tebd): the descriptor block, below | ``descriptor.`` |
 | block ``mean`` / ``stddev`` (n_types, nnei, 4 or 1): one row per centre type repeated over the neighbour slots | ``davg`` / ``dstd`` (n_types, 4): that row (checked equal over the slots) |
 | block ``filter_layers.networks.<k>`` (se_e2_a / se_e2_r) | ``embeddings.<k'>``: k = t_nei * n_types + t_centre, k' = t_centre * n_types + t_nei (``type_one_side``: k = k' = t_nei) |
-| block ``filter_layers.networks.0`` / ``filter_layers_strip.networks.0`` (se_atten) | ``embedding`` / ``type_pair_embedding`` |
+| block ``filter_layers.networks.0`` / ``filter_layers_strip.networks.0`` (se_atten, se_e3_tebd) | ``embedding`` / ``type_pair_embedding`` |
 | block ``dpa1_attention.attention_layers.<l>.attention_layer.{in_proj,out_proj}`` | ``attention.<l>.{in_proj,out_proj}`` |
 | block ``dpa1_attention.attention_layers.<l>.attn_layer_norm.{matrix,bias}`` | ``attention.<l>.ln_{weight,bias}`` |
 | ``atomic_model.descriptor.type_embedding.embedding.embedding_net`` | ``descriptor.type_embedding`` |
@@ -40,7 +40,8 @@ _IGNORED = re.compile(r"(^min_nbor_dist|\.emask\.type_mask|^atomic_model\.(atom|
 _COMPRESSION = re.compile(r"\.(compress_info\.\d+|compress_data\.\d+|type_embd_data)$")
 _BLOCKS = {"se_e2_a": "atomic_model.descriptor.sea.", "se_e2_r": "atomic_model.descriptor.",
            "se_atten": "atomic_model.descriptor.se_atten.", "se_atten_v2": "atomic_model.descriptor.se_atten.",
-           "dpa2": "atomic_model.descriptor."}
+           "dpa2": "atomic_model.descriptor.",
+           "se_e3_tebd": "atomic_model.descriptor.se_ttebd."}
 _TYPE_EMBEDDING = "atomic_model.descriptor.type_embedding.embedding.embedding_net."
 _FITTING = "atomic_model.fitting_net."
 
@@ -113,12 +114,17 @@ def _se_e2(source: _FileTensors, block: str, descriptor, out: Dict[str, torch.Te
         _net(source, f"{block}filter_layers.networks.{deepmd_index}.", net, f"descriptor.embeddings.{index}.", out)
 
 
-def _se_atten(source: _FileTensors, block: str, descriptor, out: Dict[str, torch.Tensor]) -> None:
+def _type_embedded_nets(source: _FileTensors, block: str, descriptor, out: Dict[str, torch.Tensor]) -> None:
+    """The type embedding and the one embedding net (+ the strip-mode type-pair net) of se_atten / se_e3_tebd."""
     _net(source, _TYPE_EMBEDDING, descriptor.type_embedding, "descriptor.type_embedding.", out)
     _net(source, f"{block}filter_layers.networks.0.", descriptor.embedding, "descriptor.embedding.", out)
     if descriptor.type_pair_embedding is not None:
         _net(source, f"{block}filter_layers_strip.networks.0.", descriptor.type_pair_embedding,
              "descriptor.type_pair_embedding.", out)
+
+
+def _se_atten(source: _FileTensors, block: str, descriptor, out: Dict[str, torch.Tensor]) -> None:
+    _type_embedded_nets(source, block, descriptor, out)
     for index, layer in enumerate(descriptor.attention):
         prefix = f"{block}dpa1_attention.attention_layers.{index}."
         for part in ("in_proj", "out_proj"):
@@ -187,6 +193,8 @@ def deepmd_state_dict(model: torch.nn.Module, tensors: Dict[str, torch.Tensor], 
     elif kind in ("se_e2_a", "se_e2_r"):
         _env_statistics(source, block, model.descriptor, out)
         _se_e2(source, block, model.descriptor, out)
+    elif kind == "se_e3_tebd":
+        _type_embedded_nets(source, block, model.descriptor, out)
     else:
         _env_statistics(source, block, model.descriptor, out)
         _se_atten(source, block, model.descriptor, out)

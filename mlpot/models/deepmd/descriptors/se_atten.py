@@ -36,14 +36,13 @@ from typing import Any, Dict, Optional, Tuple
 
 import torch
 
-from mlpot.data.keys import ATOM_TYPES, EDGE_INDEX
+from mlpot.data.keys import ATOM_TYPES
 from mlpot.errors import ConfigError
-from mlpot.models.deepmd.keys import SE_ATTEN, SE_ATTEN_V2, resolve_precision
+from mlpot.models.deepmd.keys import SE_ATTEN, SE_ATTEN_V2
 from mlpot.models.sections import read_section
-from mlpot.models.deepmd.descriptors.base import DESCRIPTORS, EnvMatrixDescriptor
-from mlpot.models.deepmd.descriptors.env import environment_matrix, select_neighbors
+from mlpot.models.deepmd.descriptors.base import DESCRIPTORS, MixedTypesDescriptor
 from mlpot.models.deepmd.type_embedding import TypeEmbedding
-from mlpot.nn import EmbeddingNet, MLPLayer, gather_rows, map_row_chunks, smooth_switch
+from mlpot.nn import EmbeddingNet, MLPLayer, gather_rows, map_row_chunks
 
 __all__ = ["DescriptorSeAtten", "DescriptorSeAttenV2", "NeighborAttentionLayer"]
 
@@ -96,14 +95,12 @@ class NeighborAttentionLayer(torch.nn.Module):
         return torch.nn.functional.layer_norm(out, out.shape[-1:], self.ln_weight, self.ln_bias, self.ln_eps)
 
 
-class DescriptorSeAtten(EnvMatrixDescriptor):
+class DescriptorSeAtten(MixedTypesDescriptor):
     """se_atten / dpa1 descriptor (see the module docstring).
 
     forward(batch, vectors (n_edges, 3) Å) -> (D (n_atoms, M1*M2 [+ tebd_dim]), rot (n_atoms, M1, 3)).
     Buffers davg/dstd (n_types, 4) per centre type as in se_e2_a; ``sel`` is one int (a list is summed).
     """
-
-    mixed_types = True
 
     def __init__(self, n_types: int, sel, rcut: float = 6.0, rcut_smth: float = 0.5, neuron=(10, 20, 40),
                  axis_neuron: int = 4, activation_function: str = "tanh", resnet_dt: bool = False,
@@ -167,40 +164,6 @@ class DescriptorSeAtten(EnvMatrixDescriptor):
             values["tebd_input_mode"] = "strip" if stripped else "concat"
         return cls._build(values, n_types, dtype, section, path)
 
-    @classmethod
-    def _build(cls, values, n_types, dtype, section, path):
-        dtype = resolve_precision(values.pop("precision"), dtype, path)
-        if isinstance(values["sel"], str):
-            raise ConfigError("sel 'auto' must be resolved from data first (mlpot.models.deepmd.builders.resolve_auto_sel)", key=f"{path}/sel")
-        return cls(n_types, dtype=dtype, config=dict(section), path=path, **values)
-
-    # ---- environment ---------------------------------------------------------------------------
-    def raw_environment(self, batch, vectors) -> Tuple[torch.Tensor, torch.Tensor]:
-        """(raw env matrix (n_atoms, sel, 4), nlist (n_atoms, sel) edge indices, nearest first, any type)."""
-        nlist = select_neighbors(batch, vectors, self.rcut, self.sel, mixed_types=True)
-        env = environment_matrix(vectors, nlist, self.rcut, self.rcut_smth, env_protection=self.env_protection)
-        return env, nlist
-
-    def _environment(self, batch, vectors):
-        """Normalised env (excluded pairs zeroed), occupancy mask, switch sw, neighbour types (pad = n_types)."""
-        env, nlist = self.raw_environment(batch, vectors)
-        types = batch[ATOM_TYPES]
-        env = (env.to(self.davg.dtype) - self.davg[types].unsqueeze(1)) / self.dstd[types].unsqueeze(1)
-        mask = nlist >= 0
-        # per-edge tables with one trailing padding entry, so empty slots (and edge-free batches) index it
-        n_edges = vectors.shape[0]
-        slot_edge = torch.where(mask, nlist, torch.full_like(nlist, n_edges))
-        edge_types = torch.cat([types[batch[EDGE_INDEX][1]], types.new_full((1,), self.n_types)])
-        neighbor_types = edge_types[slot_edge]
-        if self.has_excluded_pairs:
-            excluded = self.excluded_pairs[types.unsqueeze(1), neighbor_types.clamp(max=self.n_types - 1)] & mask
-            env = env * (~excluded).unsqueeze(-1).to(env.dtype)
-            mask = mask & ~excluded
-            neighbor_types = torch.where(mask, neighbor_types, torch.full_like(neighbor_types, self.n_types))
-        distance = gather_rows(torch.cat([torch.linalg.vector_norm(vectors, dim=-1), vectors.new_full((1,), 2.0 * self.rcut + 1.0)]), slot_edge)
-        sw = torch.where(mask, smooth_switch(distance, self.rcut_smth, self.rcut), torch.zeros_like(distance)).to(env.dtype)
-        return env, mask, sw, neighbor_types
-
     def _embedding(self, env, types, neighbor_types, sw, table):
         """G (n_atoms, sel, M1) from s~ and the type embeddings (tebd_input_mode)."""
         n_atoms, nsel, _ = env.shape
@@ -230,12 +193,12 @@ class DescriptorSeAtten(EnvMatrixDescriptor):
         for layer in self.attention:
             g = layer(g, mask, sw, directions)
         a_matrix = torch.matmul(env.transpose(1, 2), g) / self.sel[0]  # (n_atoms, 4, M1)
-        descriptor = torch.matmul(a_matrix.transpose(1, 2), a_matrix[:, :, : self.m2]).reshape(len(types), -1)
+        descriptor = torch.matmul(a_matrix.transpose(1, 2), a_matrix[:, :, : self.m2]).flatten(1)
         return descriptor, a_matrix
 
     def forward(self, batch: Dict[str, torch.Tensor], vectors: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         types = batch[ATOM_TYPES]
-        env, mask, sw, neighbor_types = self._environment(batch, vectors)
+        env, mask, sw, neighbor_types = self.mixed_environment(batch, vectors)
         table = self.type_embedding.table()
         # inference inside mlpot.nn.atom_chunks: the sel x sel attention graphs are kept (and
         # recomputed in the backward pass) one chunk of atoms at a time
