@@ -188,15 +188,15 @@ def deepmd_state_dict(model: torch.nn.Module, tensors: Dict[str, torch.Tensor], 
     source = _FileTensors(tensors, file)
     out: Dict[str, torch.Tensor] = {}
     block = _BLOCKS[kind]
-    if kind == "dpa2":
+    if kind == "dpa2":  # statistics per block
         _dpa2(source, block, model.descriptor, out)
-    elif kind in ("se_e2_a", "se_e2_r"):
+    else:
         _env_statistics(source, block, model.descriptor, out)
+    if kind in ("se_e2_a", "se_e2_r"):
         _se_e2(source, block, model.descriptor, out)
     elif kind == "se_e3_tebd":
         _type_embedded_nets(source, block, model.descriptor, out)
-    else:
-        _env_statistics(source, block, model.descriptor, out)
+    elif kind != "dpa2":
         _se_atten(source, block, model.descriptor, out)
     _ener_fitting(source, model.fitting, out)
     source.check_all_read()

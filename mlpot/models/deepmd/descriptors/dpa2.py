@@ -110,7 +110,7 @@ class DescriptorDPA2(Descriptor):
     def forward(self, batch: Dict[str, torch.Tensor], vectors: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         types = batch[ATOM_TYPES]
         table = self.type_embedding.table()
-        env, mask, sw, neighbor_types = self.repinit._environment(batch, vectors)
+        env, mask, sw, neighbor_types = self.repinit.mixed_environment(batch, vectors)
         g1, _ = self.repinit._atom_rows(env, mask, sw, neighbor_types, types, table)
         if self.three_body is not None:
             g1 = torch.cat([g1, self.three_body(batch, vectors, table)], dim=-1)
