@@ -181,8 +181,11 @@ STANDARD_KEYS: Dict[str, Key] = {
                           "trainable, seed, use_tebd_bias) for se_e2_a: one shared embedding net on [s~, tebd(t_j) "
                           "(, tebd(t_i))] and one fitting net reading tebd(t_i)", annotation=Optional[dict]),
     "modifier": unsupported(None, note="DPLR long range (dipole_charge modifier): not built yet"),
-    "compress": unsupported(None, note="written by dp compress: compressed models are not built yet"),
-    "use_compression": unsupported(None, note="compressed models are not built yet"),
+    "compress": key(None, note="written by mlpot compress (as dp compress): model_file, min_nbor_dist (Å), table_config "
+                    "[extrapolate, step, coarse step, check frequency]; the embedding nets are then tables, filled from "
+                    "the compressed model file (mlpot.models.deepmd.compression)", annotation=Optional[dict]),
+    "use_compression": unsupported(None, note="not a key of DeePMD-kit 3.2's model section; compress a frozen model "
+                                   "with mlpot compress"),
     "spin": unsupported(None, note="spin models (model/spin, ener_spin loss) are not built yet"),
     "finetune_head": unsupported(None, note="give the head with --model-branch"),
     "info": ignored(note="free metadata of the model (DeePMD-kit stores it, it changes nothing)"),

@@ -12,6 +12,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import torch
 
 from mlpot.data.keys import ATOM_TYPES
+from mlpot.errors import ConfigError
 from mlpot.models.deepmd.descriptors.env import EnvStatistics, environment_matrix, select_neighbors
 from mlpot.nn import Registry, is_tracing
 
@@ -122,6 +123,9 @@ class EnvMatrixDescriptor(Descriptor):
         return env
 
     def compute_statistics(self, samples, protection: float = 1e-2) -> Dict[str, Any]:
+        if getattr(self, "compressed", False):  # the tables were built from the statistics they hold
+            raise ConfigError("a compressed model (tables from mlpot compress) cannot be trained or have its "
+                              "statistics recomputed: use the model before compression", key="model/compress")
         stats = EnvStatistics(self.n_types)
         with torch.no_grad():
             for batch, vectors in samples:

@@ -208,18 +208,25 @@ class DescriptorSeAtten(EnvMatrixDescriptor):
                 parts.append(gather_rows(table, types).unsqueeze(1).expand(n_atoms, nsel, -1))
             return self.embedding(torch.cat(parts, dim=-1))
         g_radial = self.embedding(env[..., :1])
+        # a compressed descriptor stores the type-pair net's values (mlpot.models.deepmd.compression)
+        pair_values = self.type_pair_table if self.type_pair_embedding is None else self.type_pair_values(table)
         if self.type_one_side:
-            g_types = gather_rows(self.type_pair_embedding(table), neighbor_types)
+            g_types = gather_rows(pair_values, neighbor_types)
         else:
-            # every (neighbour type incl. padding, centre type) pair once: (n_types + 1, n_types, M1)
-            n_rows = table.shape[0]
-            pairs = torch.cat([table.unsqueeze(1).expand(n_rows, self.n_types, -1),
-                               table[: self.n_types].unsqueeze(0).expand(n_rows, self.n_types, -1)], dim=-1)
-            g_types = gather_rows(self.type_pair_embedding(pairs).reshape(n_rows * self.n_types, -1),
-                                  neighbor_types * self.n_types + types.unsqueeze(1))
+            g_types = gather_rows(pair_values, neighbor_types * self.n_types + types.unsqueeze(1))
         if self.smooth:
             g_types = g_types * sw.unsqueeze(-1)
         return g_radial * g_types + g_radial
+
+    def type_pair_values(self, table: torch.Tensor) -> torch.Tensor:
+        """strip mode: the type-pair net on every (neighbour type incl. padding[, centre type]) pair,
+        (n_types + 1 [x n_types], M1), rows neighbour_type [* n_types + centre_type]; table: type embeddings."""
+        if self.type_one_side:
+            return self.type_pair_embedding(table)
+        n_rows = table.shape[0]
+        pairs = torch.cat([table.unsqueeze(1).expand(n_rows, self.n_types, -1),
+                           table[: self.n_types].unsqueeze(0).expand(n_rows, self.n_types, -1)], dim=-1)
+        return self.type_pair_embedding(pairs).reshape(n_rows * self.n_types, -1)
 
     def _atom_rows(self, env, mask, sw, neighbor_types, types, table) -> Tuple[torch.Tensor, torch.Tensor]:
         """(D without tebd (n, M1*M2), A = R~^T G / N_c (n, 4, M1)) of n centre atoms; rows independent."""
