@@ -31,7 +31,7 @@ DESCRIPTORS = {
     "se_e2_a_one_side": {"type": "se_e2_a", "sel": [46, 92], "axis_neuron": 4, "type_one_side": True, **SMALL},
     "se_e2_a": {"type": "se_e2_a", "sel": [46, 92], "axis_neuron": 4, **SMALL},
     "se_e2_r": {"type": "se_e2_r", "sel": [46, 92], **SMALL},
-    "se_e3": {"type": "se_e3", "sel": [20, 40], "rcut_smth": 0.5, "rcut": 4.0, "neuron": [4, 8, 16], "seed": 1},
+    "se_e3": {"type": "se_e3", "sel": [12, 24], "rcut_smth": 0.5, "rcut": 3.0, "neuron": [4, 8, 16], "seed": 1},
     "se_atten_v2": {"type": "se_atten_v2", "sel": 120, "axis_neuron": 4, "attn_layer": 0, **SMALL},
     "se_atten_strip_one_side": {"type": "se_atten", "sel": 120, "axis_neuron": 4, "attn_layer": 0,
                                 "tebd_input_mode": "strip", "type_one_side": True, **SMALL},
@@ -186,3 +186,14 @@ def test_compressed_model_is_not_trained_and_checks_its_range(water):
     with pytest.raises(ConfigError, match=r"model/compress/table_config"):
         build_model(bad, dtype=torch.float64)
     assert math.isfinite(float(compute_derivatives(model, water[1])[K.ENERGY].detach()))
+
+
+@pytest.mark.slow
+def test_compressed_model_compiles(tmp_path, water):
+    """mlpot compile (torch.export backend) traces the tables' autograd functions: same numbers."""
+    from mlpot.calculators.compile import compile_model
+
+    model = _model(DESCRIPTORS["se_e2_a"], water[:1])
+    compress_model(model, WATER_MIN_NBOR_DIST)
+    check = compile_model(model, tmp_path / "compressed.pt2", backend="export")["check"]
+    assert check["forces"] < 1e-10 and check["energy"] < 1e-8

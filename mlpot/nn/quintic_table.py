@@ -11,15 +11,14 @@ it is C^2 across knots and its error is O(h^6 f^(6)). The grid has three uniform
 
 Outside ``[lower_ext, upper_ext]`` the table is constant (its end value; derivative 0).
 
-Evaluation is a gather of the six coefficient rows of each input's interval and Horner's rule.
+Evaluation is one fused gather-and-sum (``embedding_bag``) of the six coefficient rows of each input's interval,
 :meth:`QuinticTable.forward` returns the values (differentiable in x: a custom autograd function
 computes f and f' in one pass and keeps only f'); :meth:`QuinticTable.contract` fuses the table
-with a contraction ``sum_k left[a, k, :]^T f(x[a, k])`` (a: rows, k: columns of one row), over
-chunks of rows, recomputing the table in the backward pass, so that neither f(x) nor f'(x) of all
-inputs is held in memory. Both are first-derivative only (second derivatives through them raise).
+with a contraction ``sum_k left[a, k, :]^T f(x[a, k])`` (a: rows, k: columns of one row); its backward
+pass evaluates f' in chunks of rows, so f'(x) of all inputs is never held in memory. Both are first-derivative only (second derivatives through them raise).
 
-Storage: buffers ``coefficients`` (6, n_variants * n, width) power-major (row v * n + i is interval i
-of variant v) and ``knots`` (n + 1,); ``grid`` (9,) = (lower_ext, lower, upper, upper_ext, fine
+Storage: buffers ``coefficients`` (n_variants * n, 6, width) (row v * n + i is interval i of variant
+v, then the powers 0..5) and ``knots`` (n + 1,); ``grid`` (9,) = (lower_ext, lower, upper, upper_ext, fine
 step, coarse step, n_lower, n_fine, n_upper), all float64. They are resized from a state dict on
 loading, so a table built empty loads any table's content.
 """
@@ -32,9 +31,11 @@ from typing import Callable, Optional, Tuple
 
 import torch
 
+from mlpot.nn.tracing import is_tracing
+
 __all__ = ["QuinticTable", "quintic_hermite_coefficients"]
 
-CHUNK_ROWS = 4096  # inputs per chunk of the fused contraction (per-chunk tensors ~ rows x width x 8 B)
+CHUNK_ROWS = 2048  # inputs per chunk of the contraction's backward pass (temporaries ~ rows x width x 8 B)
 
 
 def quintic_hermite_coefficients(values: torch.Tensor, first: torch.Tensor, second: torch.Tensor,
@@ -84,40 +85,43 @@ class _TableValues(torch.autograd.Function):
         return (grad * derivative).sum(-1), None, None
 
 
+def _input_gradient(x, left, grad, variant, table) -> torch.Tensor:
+    """d/dx of sum(grad * contraction) for rows of x (rows, k): sum_w left[a,k,w] sum_m grad[a,w,m] f'(x[a,k])_m,
+    the width m summed first (a matmul)."""
+    _, derivative = table.evaluate(x, variant, derivative=True, values=False)
+    projected = torch.bmm(derivative.view(x.shape[0], x.shape[1], -1), grad.transpose(1, 2))  # (rows, k, w)
+    return (projected * left).sum(-1)
+
+
 class _TableContraction(torch.autograd.Function):
-    """out[a] = sum_k left[a, k, :]^T f(x[a, k]), (rows, w, width), chunked; backward recomputes f, f'."""
+    """out[a] = sum_k left[a, k, :]^T f(x[a, k]), (rows, w, width). f(x) is kept for the backward pass,
+    which evaluates f'(x) in chunks of rows (the chunk's temporaries stay in cache)."""
 
     @staticmethod
     def forward(ctx, x, left, table, variant):
-        n_rows, n_cols, w = left.shape
-        out = left.new_empty(n_rows, w, table.width)
-        step = max(1, CHUNK_ROWS // max(n_cols, 1))
-        for start in range(0, n_rows, step):
-            stop = min(start + step, n_rows)
-            values = table.evaluate(x[start:stop], None if variant is None else variant[start:stop])
-            torch.bmm(left[start:stop].transpose(1, 2), values.view(stop - start, n_cols, -1), out=out[start:stop])
-        ctx.table, ctx.step = table, step
-        ctx.save_for_backward(x, left, variant)
-        return out
+        n_rows, n_cols, _ = left.shape
+        values = table.evaluate(x, variant).view(n_rows, n_cols, table.width)
+        ctx.table = table
+        ctx.save_for_backward(x, left, variant, values)
+        return torch.bmm(left.transpose(1, 2), values)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad):
-        x, left, variant = ctx.saved_tensors
-        table, step = ctx.table, ctx.step
+        x, left, variant, values = ctx.saved_tensors
+        table = ctx.table
+        grad_left = torch.bmm(values, grad.transpose(1, 2)) if ctx.needs_input_grad[1] else None
+        if not ctx.needs_input_grad[0]:
+            return None, grad_left, None, None
         n_rows, n_cols, _ = left.shape
-        grad_x = torch.empty_like(x) if ctx.needs_input_grad[0] else None
-        grad_left = torch.empty_like(left) if ctx.needs_input_grad[1] else None
+        if is_tracing():  # a graph tracer (mlpot compile): one chunk, no loop over a symbolic size
+            return _input_gradient(x, left, grad, variant, table), grad_left, None, None
+        grad_x = torch.empty_like(x)
+        step = max(1, CHUNK_ROWS // max(n_cols, 1))
         for start in range(0, n_rows, step):
             stop = min(start + step, n_rows)
-            values, derivative = table.evaluate(x[start:stop], None if variant is None else variant[start:stop],
-                                                derivative=True)
-            g = grad[start:stop]  # (chunk, w, width)
-            if grad_left is not None:
-                torch.bmm(values.view(stop - start, n_cols, -1), g.transpose(1, 2), out=grad_left[start:stop])
-            if grad_x is not None:
-                weighted = torch.bmm(left[start:stop], g)  # (chunk, n_cols, width)
-                grad_x[start:stop] = (weighted.view_as(derivative) * derivative).sum(-1).view(stop - start, n_cols)
+            grad_x[start:stop] = _input_gradient(x[start:stop], left[start:stop], grad[start:stop],
+                                                 None if variant is None else variant[start:stop], table)
         return grad_x, grad_left, None, None
 
 
@@ -133,7 +137,7 @@ class QuinticTable(torch.nn.Module):
         super().__init__()
         self.width, self.n_variants, self.name = int(width), int(n_variants), name
         self.check_frequency, self._calls = int(check_frequency), 0
-        self.register_buffer("coefficients", torch.zeros(6, 0, self.width, dtype=dtype))
+        self.register_buffer("coefficients", torch.zeros(0, 6, self.width, dtype=dtype))
         self.register_buffer("knots", torch.zeros(0, dtype=torch.float64))
         self.register_buffer("grid", torch.zeros(9, dtype=torch.float64))
         self._read_grid()
@@ -161,7 +165,7 @@ class QuinticTable(torch.nn.Module):
         for function in functions:
             values, first, second = _derivatives(function, knots.to(dtype))
             tables.append(quintic_hermite_coefficients(values.double(), first.double(), second.double(), knots.diff()))
-        self.coefficients = torch.cat(tables, dim=1).to(dtype).contiguous()
+        self.coefficients = torch.cat(tables, dim=1).transpose(0, 1).to(dtype).contiguous()
         self.knots = knots
         self.grid = torch.tensor([lower_ext, lower, upper, upper + n_upper * coarse_step, step, coarse_step,
                                   n_lower, n_fine, n_upper], dtype=torch.float64)
@@ -201,28 +205,32 @@ class QuinticTable(torch.nn.Module):
         index = index.to(torch.long).clamp_(0, self.n_intervals - 1)
         t = (clamped - self.knots.index_select(0, index).to(x.dtype)).unsqueeze(1)
         if variant is not None and self.n_variants > 1:
-            per_row = flat.shape[0] // max(variant.shape[0], 1)
-            index = index + (variant * self.n_intervals).repeat_interleave(per_row)
+            offsets = (variant * self.n_intervals).unsqueeze(1).expand(variant.shape[0], flat.shape[0] // variant.shape[0])
+            index = index + offsets.reshape(-1)
         inside = ((flat >= self.lower_ext) & (flat <= self.upper_ext)).unsqueeze(1)
         return index, t, inside
 
-    def evaluate(self, x: torch.Tensor, variant: Optional[torch.Tensor] = None, derivative: bool = False):
-        """f(x) (x.numel(), width) by Horner's rule, and f'(x) (0 outside the table) when ``derivative``."""
+    def evaluate(self, x: torch.Tensor, variant: Optional[torch.Tensor] = None, derivative: bool = False,
+                 values: bool = True):
+        """f(x) (x.numel(), width), or (f(x) or None, f'(x)) when ``derivative`` (f' is 0 outside the table).
+
+        One ``embedding_bag`` per output: the six coefficient rows of each input's interval summed
+        with weights t^p (or p t^(p-1)), a fused gather and sum that never holds the gathered rows.
+        """
         index, t, inside = self.locate(x, variant)
-        c = self.coefficients
-        values = c[5].index_select(0, index)
-        slope = values.clone() if derivative else None
-        for power in range(4, -1, -1):
-            values = torch.addcmul(c[power].index_select(0, index), values, t)
-            if derivative and power > 0:
-                slope = torch.addcmul(values, slope, t)
-        if derivative:
-            return values, slope * inside.to(slope.dtype)
-        return values
+        table = self.coefficients.view(-1, self.width)  # row 6 * interval + power
+        bags = index.unsqueeze(1) * 6 + torch.arange(6, device=x.device)
+        t_powers = torch.cat([torch.ones_like(t), t.expand(-1, 5).cumprod(1)], dim=1)  # (n, 6): t^0 .. t^5
+        out = torch.nn.functional.embedding_bag(bags, table, per_sample_weights=t_powers, mode="sum") if values else None
+        if not derivative:
+            return out
+        factors = torch.arange(6, dtype=t.dtype, device=x.device)[1:]
+        slopes = torch.cat([torch.zeros_like(t), t_powers[:, :5] * factors * inside.to(t.dtype)], dim=1)  # p t^(p-1)
+        return out, torch.nn.functional.embedding_bag(bags, table, per_sample_weights=slopes, mode="sum")
 
     def _check(self, x: torch.Tensor) -> None:
         self._calls += 1
-        if self.check_frequency <= 0 or self._calls % self.check_frequency or x.numel() == 0:
+        if self.check_frequency <= 0 or is_tracing() or self._calls % self.check_frequency or x.numel() == 0:
             return
         low, high = float(x.detach().min()), float(x.detach().max())
         if low < self.lower_ext or high > self.upper_ext:
