@@ -111,6 +111,17 @@ def test_compressed_matches_exact_on_water(water, name):
                                compute_derivatives(model, water[0], forces=True)[K.FORCES], rtol=0, atol=0)
 
 
+def test_float32_model_tables_are_built_in_float64(water):
+    """A float32 model's tables come from a float64 copy of its nets (the Hermite coefficients divide
+    by h^5): compressed and exact differ at float32 rounding only."""
+    model = _model(DESCRIPTORS["se_e2_a"], water[:1], dtype=torch.float32)
+    exact = compute_derivatives(model, water[0], forces=True)[K.FORCES]
+    compress_model(model, WATER_MIN_NBOR_DIST)
+    assert model.descriptor.tables[0].coefficients.dtype == torch.float32
+    out = compute_derivatives(model, water[0], forces=True)[K.FORCES]
+    assert (out - exact).abs().max() < 1e-6 * max(1.0, float(exact.abs().max()))  # seen: 3e-8 on 0.06 eV/Å
+
+
 @pytest.mark.parametrize("name", ["se_e2_a", "se_e3", "se_atten_v2"])
 def test_compressed_forces_and_virial_are_derivatives(name):
     descriptor = dict(DESCRIPTORS[name], rcut=3.5, rcut_smth=0.5)

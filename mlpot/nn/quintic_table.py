@@ -145,7 +145,7 @@ class QuinticTable(torch.nn.Module):
     # ---- building -------------------------------------------------------------------------------
     def build(self, functions, lower: float, upper: float, step: float, coarse_step: float, extrapolate: float,
               extrapolate_lower: bool = False) -> None:
-        """Tabulate ``functions`` (one callable x (n,) -> (n, width) per variant) on
+        """Tabulate ``functions`` (one callable x (n,) float64 -> (n, width) per variant) on
         [lower, upper] with ``step``, then up to extrapolate * upper (and down to extrapolate * lower
         when ``extrapolate_lower``) with ``coarse_step``."""
         if len(functions) != self.n_variants:
@@ -163,7 +163,7 @@ class QuinticTable(torch.nn.Module):
         dtype = self.coefficients.dtype
         tables = []
         for function in functions:
-            values, first, second = _derivatives(function, knots.to(dtype))
+            values, first, second = _derivatives(function, knots)  # float64 (functions of float64 inputs)
             tables.append(quintic_hermite_coefficients(values.double(), first.double(), second.double(), knots.diff()))
         self.coefficients = torch.cat(tables, dim=1).transpose(0, 1).to(dtype).contiguous()
         self.knots = knots

@@ -22,6 +22,7 @@ so a compressed file loads through the ordinary ``load_model`` path.
 
 from __future__ import annotations
 
+import copy
 import math
 from typing import Any, Dict, List, Optional
 
@@ -29,7 +30,7 @@ import torch
 
 from mlpot.errors import ConfigError
 from mlpot.models.deepmd.descriptors import (DescriptorHybrid, DescriptorSeA, DescriptorSeAtten, DescriptorSeE3)
-from mlpot.nn import smooth_switch
+from mlpot.nn import set_compute_dtype, smooth_switch
 from mlpot.nn.quintic_table import QuinticTable
 
 __all__ = ["COMPRESS_KEYS", "compress_model", "prepare_compressed", "check_compressible"]
@@ -85,6 +86,10 @@ def _radial_bounds(descriptor, min_nbor_dist: float):
 
 
 def _net_function(net):
+    """x (n,) -> (n, M1) of a float64 copy of ``net``: the table is built in float64 whatever the
+    model precision (its Hermite coefficients divide by h^5), then stored in the model's."""
+    net = copy.deepcopy(net).to(torch.float64)
+    set_compute_dtype(net, None)  # full precision, not a mixed-precision compute dtype
     return lambda x: net(x.unsqueeze(-1))
 
 
