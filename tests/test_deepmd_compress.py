@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -239,3 +240,26 @@ def test_compressed_model_compiles(tmp_path, water):
     compress_model(model, WATER_MIN_NBOR_DIST)
     check = compile_model(model, tmp_path / "compressed.pt2", backend="export")["check"]
     assert check["forces"] < 1e-10 and check["energy"] < 1e-8
+
+
+PEER_MODELS = Path(__file__).parent / "peer_models" / "deepmd"
+
+
+@pytest.mark.parametrize("name", ["se_e2_a.pth", "se_e2_r.ckpt.pt", "se_atten_v2.pth", "se_atten.pth"])
+def test_compress_deepmd_kit_files(tmp_path, water, capsys, name):
+    """DeePMD-kit's frozen models and checkpoints store min_nbor_dist: no -t needed (as dp compress)."""
+    source = PEER_MODELS / name
+    exact = load_model(source)
+    descriptor = exact.descriptor
+    if getattr(descriptor, "attention", None):  # tiny se_atten of the peer files: attention layers, refused
+        assert main(["compress", "-i", str(source), "-o", str(tmp_path / "c.pt")]) == 2
+        kind = name.split(".")[0]
+        assert f"cannot compress descriptor {kind}: attn_layer is {len(descriptor.attention)}" in capsys.readouterr().err
+        return
+    assert main(["compress", "-i", str(source), "-o", str(tmp_path / "c.pt")]) == 0
+    assert "min_nbor_dist 0.876" in capsys.readouterr().out  # Å, stored by dp train
+    compressed = load_model(tmp_path / "c.pt")
+    for batch in water:
+        difference = (compute_derivatives(compressed, batch, forces=True)[K.FORCES]
+                      - compute_derivatives(exact, batch, forces=True)[K.FORCES]).abs().max()
+        assert difference < 1e-6

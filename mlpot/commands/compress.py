@@ -4,9 +4,10 @@ Tabulates the embedding nets of a DeePMD model's descriptor (se_e2_a, se_e2_r, s
 se_atten_v2 with attn_layer 0 in strip mode; hybrids of them) as piecewise quintic polynomials
 (``mlpot.models.deepmd.compression``) and writes a frozen model that loads wherever a frozen model
 does. MODEL defaults to ``frozen_model.pth`` (DeePMD-kit PT's name), else ``frozen_model.pt``
-(``mlpot freeze``'s). The table range needs the smallest neighbour distance of the training data:
-as ``dp compress``, it is computed from the training systems of ``-t`` (a DeePMD-kit input.json or
-native YAML), or given directly with ``--min-nbor-dist`` (Å).
+(``mlpot freeze``'s). The table range needs the smallest neighbour distance of the training data
+(min_nbor_dist): as ``dp compress``, the value a DeePMD-kit file stores, else the one computed from
+the training systems of ``-t`` (a DeePMD-kit input.json or native YAML); ``--min-nbor-dist`` (Å)
+gives it directly.
 """
 
 from __future__ import annotations
@@ -63,6 +64,28 @@ def training_min_nbor_dist(script: Path, rcut: float, type_map) -> float:
     return float(distance)
 
 
+def stored_min_nbor_dist(path: Path):
+    """The ``min_nbor_dist`` (Å) a DeePMD-kit frozen model or checkpoint stores (what ``dp compress``
+    reads first), or None for other files (mlpot's files do not store it)."""
+    from mlpot.calculators.export import read_model_file
+    from mlpot.errors import CheckpointError
+    from mlpot.models.deepmd.peer_files import (deepmd_checkpoint, is_deepmd_checkpoint, is_deepmd_frozen_file,
+                                                read_deepmd_frozen)
+
+    if is_deepmd_frozen_file(path):
+        tensors = read_deepmd_frozen(path).tensors
+    else:
+        try:
+            payload = read_model_file(path)
+        except CheckpointError:  # not a torch file: load_model says what it is
+            return None
+        if not is_deepmd_checkpoint(payload):
+            return None
+        tensors = deepmd_checkpoint(payload, str(path)).tensors
+    value = tensors.get("min_nbor_dist")
+    return float(value) if value is not None and value.numel() == 1 else None
+
+
 def _input(args) -> Path:
     if args.input is not None:
         return Path(args.input)
@@ -78,6 +101,8 @@ def run(args) -> int:
 
     source = _input(args)
     min_nbor_dist = args.min_nbor_dist
+    if min_nbor_dist is None and Path(source).is_file():
+        min_nbor_dist = stored_min_nbor_dist(source)
     if min_nbor_dist is None:
         if args.training_script is None:
             raise ConfigError("the model does not store min_nbor_dist: give the training script (-t input.json, "
