@@ -153,6 +153,7 @@ class DescriptorSeAtten(EnvMatrixDescriptor):
         self.dim_out = self.m1 * self.m2 + (int(tebd_dim) if self.concat_output_tebd else 0)
         self.dim_rot = self.m1
         self.config = dict(config or {})
+        self.compressed = False  # True: embedding is a QuinticTable (mlpot.models.deepmd.compression)
 
     @classmethod
     def from_config(cls, section: Dict[str, Any], n_types: int, dtype: torch.dtype, path: str = "model/descriptor"):
@@ -208,8 +209,7 @@ class DescriptorSeAtten(EnvMatrixDescriptor):
                 parts.append(gather_rows(table, types).unsqueeze(1).expand(n_atoms, nsel, -1))
             return self.embedding(torch.cat(parts, dim=-1))
         g_radial = self.embedding(env[..., :1])
-        # a compressed descriptor stores the type-pair net's values (mlpot.models.deepmd.compression)
-        pair_values = self.type_pair_table if self.type_pair_embedding is None else self.type_pair_values(table)
+        pair_values = self.type_pair_values(table)
         if self.type_one_side:
             g_types = gather_rows(pair_values, neighbor_types)
         else:
@@ -252,7 +252,7 @@ class DescriptorSeAtten(EnvMatrixDescriptor):
 
     def _atom_rows(self, env, mask, sw, neighbor_types, types, table) -> Tuple[torch.Tensor, torch.Tensor]:
         """(D without tebd (n, M1*M2), A = R~^T G / N_c (n, 4, M1)) of n centre atoms; rows independent."""
-        if self.type_pair_embedding is None:  # compressed (strip, no attention layer): table fused with R~^T G
+        if self.compressed:  # strip, no attention layer: the table fused with R~^T G
             a_matrix = self._tabulated_contraction(env, sw, neighbor_types, types) / self.sel[0]
         else:
             g = self._embedding(env, types, neighbor_types, sw, table)
