@@ -155,7 +155,7 @@ def test_cli_compress_then_test(tmp_path, water, shared_data, capsys, monkeypatc
         from mlpot.commands.compress import run
         from argparse import Namespace
         run(Namespace(input=str(frozen), output=tmp_path / "x.pt", step=0.01, extrapolate=5, frequency=-1,
-                      training_script=None, min_nbor_dist=None))
+                      training_script=None, min_nbor_dist=None, head=None))
     assert main(["compress", "-t", str(script), "-o", "compressed.pt"]) == 0  # -i defaults to frozen_model.pt
     message = capsys.readouterr().out
     distance = float(message.split("min_nbor_dist ")[1].split()[0])
@@ -219,6 +219,15 @@ def test_refuses_descriptors_that_are_not_tabulated(descriptor, message):
     model = build_model({"type_map": ["O", "H"], "descriptor": descriptor,
                          "fitting_net": {"neuron": [8]}}, dtype=torch.float64)
     with pytest.raises(ConfigError, match=message):
+        compress_model(model, 0.9)
+
+
+def test_refuses_models_other_than_standard():
+    member = {"type_map": ["O", "H"], "descriptor": {"type": "se_e2_r", "sel": [4, 8], "rcut": 3.0, "neuron": [4]},
+              "fitting_net": {"neuron": [4]}}
+    model = build_model({"type": "linear_ener", "type_map": ["O", "H"], "models": [member, member], "weights": "mean"},
+                        dtype=torch.float64)
+    with pytest.raises(ConfigError, match="not supported yet: compressing a model of type linear_ener"):
         compress_model(model, 0.9)
 
 

@@ -10,7 +10,7 @@ calculator, ``mlpot md``, LAMMPS) reads it like any frozen model.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Dict
+from typing import Any, Dict, Optional
 
 from mlpot.calculators.export import PathLike, load_model, write_frozen
 
@@ -18,21 +18,22 @@ __all__ = ["compress"]
 
 
 def compress(input: PathLike, output: PathLike, min_nbor_dist: float, step: float = 0.01, extrapolate: float = 5,
-             frequency: int = -1) -> Dict[str, Any]:
+             frequency: int = -1, head: Optional[str] = None) -> Dict[str, Any]:
     """Write the compressed model of ``input`` to ``output``; returns the frozen file's metadata.
 
     min_nbor_dist: Å, the smallest neighbour distance of the training data (sets the table range);
     step: fine table step in normalised s~ units (coarse step 10 x step, up to ``extrapolate`` x the
-    upper bound); frequency: check the table range every that many evaluations (-1: never).
+    upper bound); frequency: check the table range every that many evaluations (-1: never); head:
+    the task of a multi-task model to compress (its single-task model is written, as dp compress --head).
     The written file is loaded back once, so a file that was written is known to load.
     """
     from mlpot.models.deepmd.compression import compress_model
 
     input, output = Path(input), Path(output)
-    model = compress_model(load_model(input), min_nbor_dist, step=step, extrapolate=extrapolate, frequency=frequency,
+    model = compress_model(load_model(input, head=head), min_nbor_dist, step=step, extrapolate=extrapolate, frequency=frequency,
                            model_file=str(input))
     dtype = str(model.dtype).removeprefix("torch.")
-    metadata = write_frozen(model, output, dtype, {"source": str(input.resolve()), "step": None, "head": None,
+    metadata = write_frozen(model, output, dtype, {"source": str(input.resolve()), "step": None, "head": head,
                                                    "compress": model.config["compress"]})
     load_model(output)
     return metadata

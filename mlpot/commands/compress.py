@@ -31,6 +31,8 @@ def add_arguments(parser) -> None:
                         help="check the table range every that many evaluations (-1: never)")
     parser.add_argument("-t", "--training-script", default=None,
                         help="training input (input.json or native YAML): its training data give min_nbor_dist")
+    parser.add_argument("--head", "--model-branch", default=None,
+                        help="task of a multi-task model to compress (its single-task model is written)")
     parser.add_argument("--min-nbor-dist", type=float, default=None,
                         help="smallest neighbour distance of the training data, Å (instead of -t)")
 
@@ -107,10 +109,10 @@ def run(args) -> int:
         if args.training_script is None:
             raise ConfigError("the model does not store min_nbor_dist: give the training script (-t input.json, "
                               "whose training data give it) or --min-nbor-dist", key="--training-script")
-        model = load_model(source)
+        model = load_model(source, head=args.head)
         min_nbor_dist = training_min_nbor_dist(Path(args.training_script), float(model.cutoff), list(model.type_map))
     metadata = compress(source, args.output, min_nbor_dist, step=args.step, extrapolate=args.extrapolate,
-                        frequency=args.frequency)
+                        frequency=args.frequency, head=args.head)
     print(f"compressed {source} into {args.output}: min_nbor_dist {min_nbor_dist:.6f} Å, table_config "
           f"{metadata['compress']['table_config']} (extrapolate, step, coarse step, check frequency), "
           f"{metadata['num_parameters']} parameters left")
