@@ -242,6 +242,9 @@ def test_compressed_model_is_not_trained_and_checks_its_range(water):
         compute_derivatives(model, water[0], forces=True)
     with pytest.raises(ConfigError, match="compressed model .* cannot be trained"):
         model.compute_statistics(water[:1])
+    with pytest.raises(ConfigError, match="a compressed model is for inference"):
+        compute_derivatives(model.train(), water[0], forces=True)
+    model.eval()
     bad = dict(model.config, compress={"table_config": [5, 0.01]})
     with pytest.raises(ConfigError, match=r"model/compress/table_config"):
         build_model(bad, dtype=torch.float64)

@@ -11,15 +11,18 @@ it is C^2 across knots and its error is O(h^6 f^(6)). The grid has three uniform
 
 Outside ``[lower_ext, upper_ext]`` the table is constant (its end value; derivative 0).
 
-Evaluation is one fused gather-and-sum (``embedding_bag``) of the six coefficient rows of each input's interval,
-:meth:`QuinticTable.forward` returns the values (differentiable in x: a custom autograd function
-computes f and f' in one pass and keeps only f'); :meth:`QuinticTable.contract` fuses the table
-with a contraction ``sum_k left[a, k, :]^T f(x[a, k])`` (a: rows, k: columns of one row); its backward
-pass evaluates f' in chunks of rows, so f'(x) of all inputs is never held in memory. Both are first-derivative only (second derivatives through them raise).
+Evaluation is one fused gather-and-sum (``embedding_bag``) of the six coefficient rows of each
+input's interval with weights t^p. :meth:`QuinticTable.forward` returns the values (differentiable
+in x: a custom autograd function computes f and f' and keeps only f'); :meth:`QuinticTable.contract`
+fuses the table with a contraction ``sum_k left[a, k, :]^T f(x[a, k])`` (a: rows, k: columns of one
+row): it keeps f(x) and its backward pass evaluates f' in chunks of rows, so neither f'(x) of all
+inputs nor the (rows, k, w, width) products are held. Both give first derivatives only (second
+derivatives through them raise): tables are for inference.
 
 Storage: buffers ``coefficients`` (n_variants * n, 6, width) (row v * n + i is interval i of variant
 v, then the powers 0..5) and ``knots`` (n + 1,); ``grid`` (9,) = (lower_ext, lower, upper, upper_ext, fine
-step, coarse step, n_lower, n_fine, n_upper), all float64. They are resized from a state dict on
+step, coarse step, n_lower, n_fine, n_upper); knots and grid in float64, the coefficients in the
+model's precision (computed in float64). They are resized from a state dict on
 loading, so a table built empty loads any table's content.
 """
 
@@ -31,6 +34,7 @@ from typing import Callable, Optional, Tuple
 
 import torch
 
+from mlpot.errors import ConfigError
 from mlpot.nn.tracing import is_tracing
 
 __all__ = ["QuinticTable", "quintic_hermite_coefficients"]
@@ -137,6 +141,7 @@ class QuinticTable(torch.nn.Module):
         super().__init__()
         self.width, self.n_variants, self.name = int(width), int(n_variants), name
         self.check_frequency, self._calls = int(check_frequency), 0
+        self.training = False  # for inference only: evaluating in training mode is an error
         self.register_buffer("coefficients", torch.zeros(0, 6, self.width, dtype=dtype))
         self.register_buffer("knots", torch.zeros(0, dtype=torch.float64))
         self.register_buffer("grid", torch.zeros(9, dtype=torch.float64))
@@ -229,6 +234,9 @@ class QuinticTable(torch.nn.Module):
         return out, torch.nn.functional.embedding_bag(bags, table, per_sample_weights=slopes, mode="sum")
 
     def _check(self, x: torch.Tensor) -> None:
+        if self.training:  # its autograd functions give no second derivatives: no force-trained parameters
+            raise ConfigError(f"{self.name}: a compressed model is for inference (eval mode); train the model "
+                              "before compression", key="model/compress")
         self._calls += 1
         if self.check_frequency <= 0 or is_tracing() or self._calls % self.check_frequency or x.numel() == 0:
             return

@@ -111,6 +111,8 @@ def _install(descriptor, path: str, frequency: int) -> List[QuinticTable]:
     if not isinstance(descriptor, DescriptorSeAtten):
         descriptor.embeddings = torch.nn.ModuleList()
         descriptor.tables = torch.nn.ModuleList(tables)
+    for table in tables:
+        table.train(descriptor.training)  # the mode of the model it joins
     descriptor.compressed = True
     return tables
 
