@@ -16,6 +16,7 @@ import torch
 
 from mlpot.errors import ConfigError
 from mlpot.models.base import check_type_map
+from mlpot.models.deepmd.compression import prepare_compressed
 from mlpot.models.deepmd.keys import DESCRIPTOR_ALIASES, DESCRIPTOR_KEYS, STANDARD_KEYS, resolve_sel
 from mlpot.models.sections import read_section
 from mlpot.models.deepmd.descriptors import DESCRIPTORS
@@ -54,6 +55,8 @@ def build_standard(config: Dict[str, Any], dtype: torch.dtype) -> StandardModel:
         descriptor = descriptor_cls.from_config(section, n_types, dtype, type_embedding=values["type_embedding"])
     else:
         descriptor = descriptor_cls.from_config(section, n_types, dtype)
+    if values["compress"] is not None:  # a compressed model: empty tables, filled by its state dict
+        prepare_compressed(descriptor, values["compress"])
     fitting_section = values["fitting_net"]
     if not isinstance(fitting_section, dict):
         raise ConfigError("needs a mapping", key="model/fitting_net")

@@ -240,8 +240,11 @@ STANDARD_KEYS: Dict[str, Key] = {
                           "(, tebd(t_i))] and one fitting net reading tebd(t_i); for se_a_ebd_v2 (strip mode) "
                           "N_s(s~)(1 + N_t(tebd(t_j) (, tebd(t_i))))", annotation=Optional[dict]),
     "modifier": unsupported(None, note="DPLR long range (dipole_charge modifier): not built yet"),
-    "compress": unsupported(None, note="written by dp compress: compressed models are not built yet"),
-    "use_compression": unsupported(None, note="compressed models are not built yet"),
+    "compress": key(None, note="written by mlpot compress (as dp compress): model_file, min_nbor_dist (Å), table_config "
+                    "[extrapolate, step, coarse step, check frequency]; the embedding nets are then tables, filled from "
+                    "the compressed model file (mlpot.models.deepmd.compression)", annotation=Optional[dict]),
+    "use_compression": unsupported(None, note="not a key of DeePMD-kit 3.2's model section; compress a frozen model "
+                                   "with mlpot compress"),
     "spin": key(None, note="spin model (use_spin, virtual_scale or TF virtual_len/spin_norm): virtual atoms at r + "
                 "s·virtual_scale on the magnetic atoms, loss type ener_spin (docs: DeePMD spin models)",
                 annotation=Optional[dict]),

@@ -124,6 +124,9 @@ class EnvMatrixDescriptor(Descriptor):
         return env
 
     def compute_statistics(self, samples, protection: float = 1e-2) -> Dict[str, Any]:
+        if getattr(self, "compressed", False):  # the tables were built from the statistics they hold
+            raise ConfigError("a compressed model (tables from mlpot compress) cannot be trained or have its "
+                              "statistics recomputed: use the model before compression", key="model/compress")
         stats = EnvStatistics(self.n_types)
         with torch.no_grad():
             for batch, vectors in samples:

@@ -152,6 +152,7 @@ class DescriptorSeAtten(MixedTypesDescriptor):
         self.dim_out = self.m1 * self.m2 + (int(tebd_dim) if self.concat_output_tebd else 0)
         self.dim_rot = self.m1
         self.config = dict(config or {})
+        self.compressed = False  # True: embedding is a QuinticTable (mlpot.models.deepmd.compression)
 
     @classmethod
     def from_config(cls, section: Dict[str, Any], n_types: int, dtype: torch.dtype, path: str = "model/descriptor"):
@@ -173,26 +174,57 @@ class DescriptorSeAtten(MixedTypesDescriptor):
                 parts.append(gather_rows(table, types).unsqueeze(1).expand(n_atoms, nsel, -1))
             return self.embedding(torch.cat(parts, dim=-1))
         g_radial = self.embedding(env[..., :1])
+        pair_values = self.type_pair_values(table)
         if self.type_one_side:
-            g_types = gather_rows(self.type_pair_embedding(table), neighbor_types)
+            g_types = gather_rows(pair_values, neighbor_types)
         else:
-            # every (neighbour type incl. padding, centre type) pair once: (n_types + 1, n_types, M1)
-            n_rows = table.shape[0]
-            pairs = torch.cat([table.unsqueeze(1).expand(n_rows, self.n_types, -1),
-                               table[: self.n_types].unsqueeze(0).expand(n_rows, self.n_types, -1)], dim=-1)
-            g_types = gather_rows(self.type_pair_embedding(pairs).reshape(n_rows * self.n_types, -1),
-                                  neighbor_types * self.n_types + types.unsqueeze(1))
+            g_types = gather_rows(pair_values, neighbor_types * self.n_types + types.unsqueeze(1))
         if self.smooth:
             g_types = g_types * sw.unsqueeze(-1)
         return g_radial * g_types + g_radial
 
+    def type_pair_values(self, table: torch.Tensor) -> torch.Tensor:
+        """strip mode: the type-pair net on every (neighbour type incl. padding[, centre type]) pair,
+        (n_types + 1 [x n_types], M1), rows neighbour_type [* n_types + centre_type]; table: type embeddings."""
+        if self.type_one_side:
+            return self.type_pair_embedding(table)
+        n_rows = table.shape[0]
+        pairs = torch.cat([table.unsqueeze(1).expand(n_rows, self.n_types, -1),
+                           table[: self.n_types].unsqueeze(0).expand(n_rows, self.n_types, -1)], dim=-1)
+        return self.type_pair_embedding(pairs).reshape(n_rows * self.n_types, -1)
+
+    def _tabulated_contraction(self, env, sw, neighbor_types, types) -> torch.Tensor:
+        """R~^T G (n, 4, M1) of a compressed strip descriptor without materialising G.
+
+        G_k = N_s(s~_k) ⊙ (1 + w_k N_t[c_k]) with c_k the slot's type class (neighbour type, padding =
+        n_types; with the centre type unless type_one_side) and w = sw (smooth) or 1, so
+        R~^T G = sum_k R~_k^T N_s(s~_k) + sum_c (sum_{k in c} w_k R~_k^T N_s(s~_k)) ⊙ N_t[c]: one
+        table contraction (``QuinticTable.contract``) against [R~, w R~ 1(c_k = c) for every c].
+        """
+        n_atoms, nsel, width = env.shape
+        classes = self.n_types + 1
+        onehot = (neighbor_types.unsqueeze(-1) == torch.arange(classes, device=env.device)).to(env.dtype)
+        weighted = env * sw.unsqueeze(-1) if self.smooth else env
+        left = torch.cat([env.unsqueeze(2), weighted.unsqueeze(2) * onehot.unsqueeze(-1)], dim=2)
+        out = self.embedding.contract(env[..., 0], left.reshape(n_atoms, nsel, (classes + 1) * width))
+        out = out.view(n_atoms, classes + 1, width, self.m1)
+        pair = self.type_pair_table  # rows: class [* n_types + centre type]
+        if self.type_one_side:
+            per_class = pair.unsqueeze(0)  # (1, classes, M1)
+        else:
+            per_class = pair.view(classes, self.n_types, self.m1).index_select(1, types).transpose(0, 1)
+        return out[:, 0] + (out[:, 1:] * per_class.unsqueeze(2)).sum(1)
+
     def _atom_rows(self, env, mask, sw, neighbor_types, types, table) -> Tuple[torch.Tensor, torch.Tensor]:
         """(D without tebd (n, M1*M2), A = R~^T G / N_c (n, 4, M1)) of n centre atoms; rows independent."""
-        g = self._embedding(env, types, neighbor_types, sw, table)
-        directions = torch.nn.functional.normalize(env[..., 1:4], dim=-1)
-        for layer in self.attention:
-            g = layer(g, mask, sw, directions)
-        a_matrix = torch.matmul(env.transpose(1, 2), g) / self.sel[0]  # (n_atoms, 4, M1)
+        if self.compressed:  # strip, no attention layer: the table fused with R~^T G
+            a_matrix = self._tabulated_contraction(env, sw, neighbor_types, types) / self.sel[0]
+        else:
+            g = self._embedding(env, types, neighbor_types, sw, table)
+            directions = torch.nn.functional.normalize(env[..., 1:4], dim=-1)
+            for layer in self.attention:
+                g = layer(g, mask, sw, directions)
+            a_matrix = torch.matmul(env.transpose(1, 2), g) / self.sel[0]  # (n_atoms, 4, M1)
         descriptor = torch.matmul(a_matrix.transpose(1, 2), a_matrix[:, :, : self.m2]).flatten(1)
         return descriptor, a_matrix
 

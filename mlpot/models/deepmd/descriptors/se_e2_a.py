@@ -88,6 +88,7 @@ class DescriptorSeA(EnvMatrixDescriptor):
         self.dim_out = self.m1 * self.m2 + (self.type_embedding.dim_out if self.type_embedding is not None else 0)
         self.dim_rot = self.m1
         self.config = dict(config or {})
+        self.tables = None  # compressed: one QuinticTable per neighbour type (mlpot.models.deepmd.compression)
 
     KEYS = SE_E2_A  # the key table of the section
     STRIP = False  # se_a_ebd_v2: always a type embedding, in strip mode
@@ -159,6 +160,8 @@ class DescriptorSeA(EnvMatrixDescriptor):
         if weights is None:
             weights = env
             pad_weight = -self.davg[types, : env.shape[-1]] / self.dstd[types, : env.shape[-1]]
+        if self.tables is not None:
+            return self._tabulated_contraction(env, weights, pad_weight, types, bounds)
         n_atoms, _, width = weights.shape
         occupied = nlist >= 0
         if not self.skip_padding:  # DeePMD-kit's dense evaluation over all N_c slots (reference)
@@ -210,6 +213,25 @@ class DescriptorSeA(EnvMatrixDescriptor):
                 out = out + torch.matmul(left.transpose(1, 2), embedded[:spare].view(n_atoms, stop - start, self.m1))
             n_pad = (self.sel[tj] - mask.sum(1)).to(env.dtype)  # (n_atoms,) padded slots of the full section
             out = out + (n_pad.unsqueeze(1) * pad_row).unsqueeze(2) * pad_embedded.unsqueeze(1)
+        return out
+
+    def _tabulated_contraction(self, env, weights, pad_weight, types, bounds) -> torch.Tensor:
+        """``embedding_contraction`` of a compressed descriptor: each section's table fused with the
+        contraction over its columns (``QuinticTable.contract``; the padded slots among them hold the
+        padding row and take part), the section's remaining sel[t] - columns padded slots in closed
+        form. Without type_one_side the table's variant is the centre type."""
+        out = env.new_zeros(weights.shape[0], weights.shape[2], self.m1)
+        variant = None if self.type_one_side else types
+        pad_inputs = (-self.davg[:, :1] / self.dstd[:, :1]).to(env.dtype)  # (n_types, 1)
+        all_types = None if self.type_one_side else torch.arange(self.n_types, device=env.device)
+        for tj, (start, stop) in enumerate(bounds):
+            table = self.tables[tj]
+            if stop > start:
+                out = out + table.contract(env[:, start:stop, 0], weights[:, start:stop], variant)
+            n_pad = self.sel[tj] - (stop - start)
+            if n_pad:
+                pad_embedded = gather_rows(table(pad_inputs, all_types), types)  # (n_atoms, M1)
+                out = out + (n_pad * pad_weight.to(env.dtype)).unsqueeze(2) * pad_embedded.unsqueeze(1)
         return out
 
     def forward(self, batch: Dict[str, torch.Tensor], vectors: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
