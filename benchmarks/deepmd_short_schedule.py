@@ -34,23 +34,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "benchmarks"), str(ROOT / "examples" / "deepmd_water")]
 from deepmd_examples import test_figures  # noqa: E402
 from deepmd_test import DP_LAUNCHER, run, thread_env  # noqa: E402
-from example_inputs import example_input  # noqa: E402
+from example_inputs import example_input, nopbc_input  # noqa: E402
 
 SHARED = ROOT.parent / "shared" / "data"
-
-
-def nopbc_input(data: Path, steps: int) -> dict:
-    """DeePMD-kit's examples/nopbc/train/input.json with ``steps`` steps (the slow tier's input)."""
-    return {"model": {"type_map": ["C", "H", "O"],
-                      "descriptor": {"type": "se_e2_a", "sel": [40, 80, 40], "rcut_smth": 1.0, "rcut": 6.0,
-                                     "neuron": [25, 50, 100], "resnet_dt": False, "axis_neuron": 12,
-                                     "type_one_side": True, "seed": 1},
-                      "fitting_net": {"neuron": [240, 240, 240], "resnet_dt": True, "seed": 1}},
-            "learning_rate": {"type": "exp", "decay_steps": 100, "start_lr": 0.001, "stop_lr": 3.51e-8},
-            "loss": {"type": "ener", "start_pref_e": 0.02, "limit_pref_e": 1, "start_pref_f": 1000,
-                     "limit_pref_f": 1, "start_pref_v": 0, "limit_pref_v": 0},
-            "training": {"training_data": {"systems": str(data), "batch_size": "auto"}, "numb_steps": steps,
-                         "seed": 10, "disp_freq": max(1, steps // 10), "save_freq": steps}}
 
 
 def case(name: str, steps: int):
