@@ -57,7 +57,9 @@ class StandardModel(AtomisticModel):
         vectors = edge_vectors(batch)
         descriptor, rot = self.descriptor(batch, vectors)
         types = batch[ATOM_TYPES]
-        atomic = self.fitting(descriptor, rot, types, batch[BATCH], batch.get(FPARAM), batch.get(APARAM))
+        vacuum = getattr(self.descriptor, "vacuum_descriptor", None)  # atom_ener's isolated-atom input
+        extra = {"vacuum": vacuum()} if vacuum is not None and getattr(self.fitting, "atom_ener", None) else {}
+        atomic = self.fitting(descriptor, rot, types, batch[BATCH], batch.get(FPARAM), batch.get(APARAM), **extra)
         if not self.keeps_all_types:
             keep = self.atom_keep[types].to(atomic.dtype).reshape((-1,) + (1,) * (atomic.dim() - 1))
             atomic = atomic * keep

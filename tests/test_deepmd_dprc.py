@@ -1,0 +1,153 @@
+"""DeePMD-kit's pairwise DPRc model (model/type pairwise_dprc): E = E_qm + sum_l E_qmmm,l.
+
+A synthetic QM/MM system: one QM water (types O, H) among MM waters (types OW, HW), aparam the
+residue index (0 = QM). Tiny se_atten sub-models, float64.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+
+from mlpot.data import AtomsDataset, collate
+from mlpot.data import keys as K
+from mlpot.errors import ConfigError
+from mlpot.models import build_model
+from mlpot.models.derivatives import compute_derivatives
+from mlpot.testing import assert_forces_match_fd, assert_invariant, assert_virial_matches_finite_strain
+
+TYPE_MAP = ["O", "H", "OW", "HW"]
+QM_QM = [[0, 0], [0, 1], [1, 1]]
+MM_MM = [[2, 2], [2, 3], [3, 3]]
+WATER = np.array([[0.0, 0.0, 0.0], [0.96, 0.0, 0.0], [-0.24, 0.93, 0.0]])
+
+
+def _descriptor(rcut, exclude):
+    return {"type": "se_atten", "sel": 24, "rcut": rcut, "rcut_smth": 0.5, "attn_layer": 0, "neuron": [4, 8],
+            "axis_neuron": 4, "tebd_dim": 4, "set_davg_zero": False, "exclude_types": exclude, "seed": 1}
+
+
+def dprc_section():
+    """The layout of DeePMD-kit's doc/model/pairwise-dprc.md example, with tiny nets."""
+    return {"type": "pairwise_dprc", "type_map": TYPE_MAP, "type_embedding": {"neuron": [4]},
+            "qm_model": {"descriptor": _descriptor(4.0, MM_MM),
+                         "fitting_net": {"neuron": [8], "seed": 1, "atom_ener": [None, None, 0.0, 0.0]}},
+            "qmmm_model": {"descriptor": _descriptor(5.0, QM_QM + MM_MM),
+                           "fitting_net": {"neuron": [8], "seed": 2, "atom_ener": [0.0, 0.0, 0.0, 0.0]}}}
+
+
+def qmmm_frame(n_mm=3, seed=0):
+    """(positions (n, 3) Å, types (n,), residue index (n,)): a QM water at the origin, MM waters
+    2.6-3.2 Å away in random directions."""
+    rng = np.random.default_rng(seed)
+    positions, types, residue = [WATER], [[0, 1, 1]], [[0, 0, 0]]
+    for l in range(1, n_mm + 1):
+        direction = rng.normal(size=3)
+        centre = direction / np.linalg.norm(direction) * rng.uniform(2.6, 3.2)
+        positions.append(centre + WATER @ _rotation(rng).T)
+        types.append([2, 3, 3])
+        residue.append([l] * 3)
+    return np.concatenate(positions), np.concatenate(types), np.concatenate(residue)
+
+
+def _rotation(rng):
+    q, r = np.linalg.qr(rng.normal(size=(3, 3)))
+    return q * np.sign(np.diag(r))
+
+
+def make_batch(frames, cutoff=5.0, box=None):
+    """Collated batch of (positions, types, residue) frames; aparam = residue index."""
+    cell = np.eye(3) * box if box else np.zeros((3, 3))
+    items = [{K.POSITIONS: p, K.ATOM_TYPES: t.astype(np.int64), K.CELL: cell, K.PBC: np.array([box is not None] * 3),
+              K.APARAM: r.astype(float).reshape(-1, 1)} for p, t, r in frames]
+    dataset = AtomsDataset(items, cutoff, type_map=TYPE_MAP)
+    return collate([dataset[i] for i in range(len(items))])
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    built = build_model(dprc_section(), torch.float64)
+    with torch.no_grad():  # non-trivial fitting biases and type embeddings
+        for parameter in built.parameters():
+            parameter.add_(0.3 * torch.randn_like(parameter))
+    return built
+
+
+def _sub_energy(member, frame, keep):
+    p, t, r = frame
+    return float(member(make_batch([(p[keep], t[keep], r[keep])]))[K.ENERGY][0])
+
+
+def test_energy_is_qm_term_plus_one_qmmm_term_per_residue(model):
+    """E equals the documented formula evaluated by hand: the QM model on the QM water alone plus
+    the QM/MM model on (QM water + MM water l) for each l, each from its own neighbour list."""
+    frame = qmmm_frame()
+    with torch.no_grad():
+        energy = float(model(make_batch([frame]))[K.ENERGY][0])
+        residue = frame[2]
+        e_qm = _sub_energy(model.qm_model, frame, residue == 0)
+        e_qmmm = [_sub_energy(model.qmmm_model, frame, (residue == 0) | (residue == l)) for l in (1, 2, 3)]
+    assert all(abs(e) > 1e-3 for e in e_qmmm)  # every MM water is in range and contributes
+    assert energy == pytest.approx(e_qm + sum(e_qmmm), abs=1e-10)
+
+
+def test_mm_atoms_far_from_qm_have_no_energy_and_mm_mm_pairs_are_excluded(model):
+    """An MM water beyond the QM/MM cutoff adds exactly 0 (atom_ener 0, MM-MM pairs excluded);
+    moving two MM waters relative to each other changes nothing when no QM atom is near."""
+    p, t, r = qmmm_frame(n_mm=2)
+    far = (WATER + [11.0, 0.0, 0.0], np.array([2, 3, 3]), np.array([3, 3, 3]))
+    far2 = (WATER + [11.0, 2.9, 0.0], np.array([2, 3, 3]), np.array([4, 4, 4]))
+    with torch.no_grad():
+        near = model(make_batch([(p, t, r)]))
+        both = model(make_batch([(np.concatenate([p, far[0], far2[0]]), np.concatenate([t, far[1], far2[1]]),
+                                  np.concatenate([r, far[2], far2[2]]))]))
+        moved = model(make_batch([(np.concatenate([p, far[0], far2[0] + [0.0, -0.6, 0.3]]),
+                                   np.concatenate([t, far[1], far2[1]]), np.concatenate([r, far[2], far2[2]]))]))
+    assert float(both[K.ENERGY][0]) == pytest.approx(float(near[K.ENERGY][0]), abs=1e-12)
+    assert torch.all(both[K.ATOM_ENERGY][len(p):] == 0)
+    assert float(moved[K.ENERGY][0]) == pytest.approx(float(both[K.ENERGY][0]), abs=1e-12)
+    assert float(near[K.ATOM_ENERGY][3:].abs().min()) > 0  # near MM atoms do carry QM/MM energy
+
+
+def test_forces_virial_and_invariance(model):
+    """F = -dE/dR and the virial by finite differences (two frames, one periodic-free, one in a
+    periodic box); rotation/translation/permutation invariance of E and the per-atom energies."""
+    batch = make_batch([qmmm_frame(seed=1), qmmm_frame(n_mm=2, seed=2)])
+    assert_forces_match_fd(model, batch)
+    assert_invariant(model, batch)
+    periodic = make_batch([qmmm_frame(seed=3)], box=11.0)
+    assert_virial_matches_finite_strain(model, periodic)
+    forces = compute_derivatives(model, batch, forces=True)[K.FORCES]
+    torch.testing.assert_close(forces.sum(0), torch.zeros(3, dtype=forces.dtype), atol=1e-10, rtol=0)
+
+
+def test_statistics_fit_the_qm_bias_only(model):
+    """compute_statistics: the QM model's bias of the QM types comes from the labels, MM types keep
+    atom_ener 0; the QM/MM model's bias stays 0."""
+    local = copy.deepcopy(model)
+    batch = make_batch([qmmm_frame(seed=s) for s in range(3)])
+    batch[K.ENERGY] = torch.tensor([-10.0, -10.5, -9.5], dtype=torch.float64)
+    local.compute_statistics([batch])
+    bias = local.qm_model.fitting.bias_atom[:, 0]
+    assert bias[2] == 0 and bias[3] == 0 and bias[0] != 0
+    assert torch.all(local.qmmm_model.fitting.bias_atom == 0)
+
+
+def test_bad_sections_name_the_key():
+    section = dprc_section()
+    section["use_srtab"] = "table.txt"
+    with pytest.raises(ConfigError, match="not supported yet") as error:
+        build_model(section, torch.float64)
+    assert "use_srtab" in str(error.value)
+    section = dprc_section()
+    section["qm_model"]["descriptor"]["rcutt"] = 3.0
+    with pytest.raises(ConfigError, match="qm_model/descriptor"):
+        build_model(section, torch.float64)
+    section = dprc_section()
+    section["qmmm_model"] = {"type": "linear_ener", "models": [], "weights": "sum"}
+    with pytest.raises(ConfigError, match="not supported yet: model/qmmm_model/type=linear_ener"):
+        build_model(section, torch.float64)
