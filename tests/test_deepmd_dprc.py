@@ -151,3 +151,88 @@ def test_bad_sections_name_the_key():
     section["qmmm_model"] = {"type": "linear_ener", "models": [], "weights": "sum"}
     with pytest.raises(ConfigError, match="not supported yet: model/qmmm_model/type=linear_ener"):
         build_model(section, torch.float64)
+
+
+# ---- DeePMD-form inputs through mlpot train / freeze / test -------------------------------------
+def write_system(path, n_frames=6, seed=0, drdq=False):
+    """A synthetic DeePMD system: one QM water and three MM waters in a 20 Å box, aparam = residue
+    index, labels from a smooth analytic QM/MM pair energy (eV, eV/Å); with ``drdq`` one generalised
+    coordinate, the QM O-H1 distance (drdq.npy: natoms*3 per frame)."""
+    frames = [qmmm_frame(seed=seed + k) for k in range(n_frames)]
+    positions = torch.tensor(np.stack([f[0] for f in frames]) + 10.0, requires_grad=True)
+    types, residue = frames[0][1], frames[0][2]
+    qm = torch.tensor(residue == 0)
+    distance = torch.linalg.vector_norm(positions[:, :, None] - positions[:, None], dim=-1)
+    pair = (qm[:, None] & ~qm[None, :]).to(torch.float64)
+    energy = (0.5 * torch.exp(-(distance - 2.5) ** 2) * pair).sum((1, 2)) - 3.0
+    forces = -torch.autograd.grad(energy.sum(), positions)[0]
+    path.mkdir(parents=True)
+    (path / "type_map.raw").write_text("\n".join(TYPE_MAP) + "\n")
+    np.savetxt(path / "type.raw", types, fmt="%d")
+    data = {"coord": positions.detach().reshape(n_frames, -1), "energy": energy.detach(),
+            "force": forces.reshape(n_frames, -1), "box": np.tile(np.eye(3).reshape(1, 9) * 20.0, (n_frames, 1)),
+            "aparam": np.tile(residue.astype(float), (n_frames, 1))}
+    if drdq:
+        grad = np.zeros((n_frames, len(types), 3))
+        bond = positions.detach().numpy()[:, 1] - positions.detach().numpy()[:, 0]
+        unit = bond / np.linalg.norm(bond, axis=1, keepdims=True)
+        grad[:, 0], grad[:, 1] = -unit, unit
+        data["drdq"] = grad.reshape(n_frames, -1)
+    (path / "set.000").mkdir()
+    for name, value in data.items():
+        np.save(path / "set.000" / f"{name}.npy", np.asarray(value, dtype=np.float64))
+    return path
+
+
+def _input(model, systems, valid):
+    return {"model": model,
+            "learning_rate": {"type": "exp", "start_lr": 1e-3, "stop_lr": 1e-4, "decay_steps": 5},
+            "loss": {"type": "ener", "start_pref_e": 0.02, "limit_pref_e": 1, "start_pref_f": 1000, "limit_pref_f": 1},
+            "training": {"training_data": {"systems": systems, "batch_size": 2},
+                         "validation_data": {"systems": valid, "batch_size": 2},
+                         "numb_steps": 4, "disp_freq": 2, "save_freq": 2, "seed": 1}}
+
+
+def test_pairwise_input_trains_freezes_and_tests(tmp_path, monkeypatch, capsys):
+    """The doc/model/pairwise-dprc.md layout (type_embedding + se_atten sub-models, aparam residue
+    index) on a synthetic QM/MM dataset: train, freeze, test."""
+    from mlpot.cli import main
+
+    train = [str(write_system(tmp_path / "train", seed=0))]
+    valid = [str(write_system(tmp_path / "valid", n_frames=2, seed=20))]
+    (tmp_path / "input.json").write_text(__import__("json").dumps(_input(dprc_section(), train, valid)))
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "input.json", "--no-progress"]) == 0
+    rows = np.loadtxt(tmp_path / "lcurve.out")
+    assert np.isfinite(rows).all()
+    assert main(["freeze", "-o", "frozen.pth"]) == 0
+    assert main(["test", "-m", "frozen.pth", "-s", valid[0]]) == 0
+    assert "Force  RMSE" in capsys.readouterr().out
+
+
+def test_hybrid_dprc_input_with_generalized_force_loss_trains(tmp_path, monkeypatch):
+    """DeePMD-kit's non-pairwise DPRc form (doc/model/dprc.md, se_e2_a version): a standard model with a hybrid of a
+    QM/QM and a QM/MM descriptor (exclude_types), atom_ener 0 for MM types, and the generalised
+    force loss (start_pref_gf, numb_generalized_coord, drdq.npy)."""
+    from mlpot.cli import main
+
+    qm, mm = (0, 1), (2, 3)
+    qm_qm = [[a, b] for a in qm for b in qm if a <= b]
+    mm_mm = [[a, b] for a in mm for b in mm if a <= b]
+    qm_mm = [[a, b] for a in qm for b in mm]
+    part = {"type": "se_e2_a", "neuron": [4, 8], "axis_neuron": 4, "set_davg_zero": True, "seed": 1}
+    model = {"type_map": TYPE_MAP,
+             "descriptor": {"type": "hybrid", "list": [
+                 dict(part, sel=[4, 8, 0, 0], rcut=4.0, rcut_smth=0.5, exclude_types=mm_mm + qm_mm),
+                 dict(part, sel=[4, 8, 6, 12], rcut=5.0, rcut_smth=0.5, exclude_types=qm_qm + mm_mm)]},
+             "fitting_net": {"neuron": [8], "seed": 1, "atom_ener": [None, None, 0.0, 0.0]}}
+    train = [str(write_system(tmp_path / "train", seed=0, drdq=True))]
+    valid = [str(write_system(tmp_path / "valid", n_frames=2, seed=20, drdq=True))]
+    config = _input(model, train, valid)
+    config["loss"].update(start_pref_gf=1.0, limit_pref_gf=1.0, numb_generalized_coord=1)
+    (tmp_path / "input.json").write_text(__import__("json").dumps(config))
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "input.json", "--no-progress"]) == 0
+    header = (tmp_path / "lcurve.out").read_text().splitlines()[0]
+    assert "rmse_gf_val" in header
+    assert np.isfinite(np.loadtxt(tmp_path / "lcurve.out")).all()
