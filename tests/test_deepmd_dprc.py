@@ -236,3 +236,11 @@ def test_hybrid_dprc_input_with_generalized_force_loss_trains(tmp_path, monkeypa
     header = (tmp_path / "lcurve.out").read_text().splitlines()[0]
     assert "rmse_gf_val" in header
     assert np.isfinite(np.loadtxt(tmp_path / "lcurve.out")).all()
+
+
+def test_sub_model_wrappers_are_not_supported_yet():
+    section = dprc_section()
+    section["qm_model"]["spin"] = {"use_spin": [True, False, False, False], "virtual_scale": [0.3]}
+    with pytest.raises(ConfigError, match="not supported yet") as error:
+        build_model(section, torch.float64)
+    assert "model/qm_model" in str(error.value)

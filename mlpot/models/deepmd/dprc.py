@@ -11,7 +11,8 @@ one QM/MM term per MM residue l:
 0 for the QM residue, 1, 2, ... for MM residues (DeePMD-kit's doc/model/pairwise-dprc.md). Nothing
 is subtracted: the QM/MM sub-model is made blind to QM-QM and MM-MM pairs by its descriptor's
 ``exclude_types`` and vanishes for far residues by ``atom_ener`` 0 for every type (its fitting net's
-vacuum output removed), as DeePMD-kit's example inputs set; those are configuration, honoured as
+vacuum output removed, the vacuum input keeping se_atten's type embedding as in DeePMD-kit TF),
+as DeePMD-kit's example inputs set; those are configuration, honoured as
 given. Per-atom energy: E_i = E_i^qm (QM atoms) + sum_l E_i^(qmmm, l); MM atoms of residue l get
 their QM/MM-model energy of sub-frame l only.
 
@@ -243,5 +244,9 @@ def build_pairwise_dprc(config: Dict[str, Any], dtype: torch.dtype,
             members.append(build(section, dtype))
         except ConfigError as error:
             raise ConfigError(str(error), key=f"model/{name}") from error
+    for name, member in zip(("qm_model", "qmmm_model"), members):
+        if not hasattr(member, "use_tf_vacuum"):  # e.g. a use_srtab or spin wrapper
+            raise ConfigError(f"not supported yet: a {type(member).__name__} as a pairwise_dprc sub-model", key=f"model/{name}")
+        member.use_tf_vacuum()  # a TF-only model: TF's atom_ener vacuum (far residues add exactly 0)
     return PairwiseDPRcModel(type_map, members[0], members[1], config, data_stat_nbatch=values["data_stat_nbatch"])
 
