@@ -77,20 +77,22 @@ def model():
     return built
 
 
-def _sub_energy(member, frame, keep):
+def _sub_energy(member, frame, keep, box):
     p, t, r = frame
-    return float(member(make_batch([(p[keep], t[keep], r[keep])]))[K.ENERGY][0])
+    return float(member(make_batch([(p[keep], t[keep], r[keep])], box=box))[K.ENERGY][0])
 
 
-def test_energy_is_qm_term_plus_one_qmmm_term_per_residue(model):
+@pytest.mark.parametrize("box", [None, 7.0])
+def test_energy_is_qm_term_plus_one_qmmm_term_per_residue(model, box):
     """E equals the documented formula evaluated by hand: the QM model on the QM water alone plus
-    the QM/MM model on (QM water + MM water l) for each l, each from its own neighbour list."""
+    the QM/MM model on (QM water + MM water l) for each l, each from its own neighbour list (in a
+    7 Å periodic box the QM atoms also see MM images across the boundary)."""
     frame = qmmm_frame()
     with torch.no_grad():
-        energy = float(model(make_batch([frame]))[K.ENERGY][0])
+        energy = float(model(make_batch([frame], box=box))[K.ENERGY][0])
         residue = frame[2]
-        e_qm = _sub_energy(model.qm_model, frame, residue == 0)
-        e_qmmm = [_sub_energy(model.qmmm_model, frame, (residue == 0) | (residue == l)) for l in (1, 2, 3)]
+        e_qm = _sub_energy(model.qm_model, frame, residue == 0, box)
+        e_qmmm = [_sub_energy(model.qmmm_model, frame, (residue == 0) | (residue == l), box) for l in (1, 2, 3)]
     assert all(abs(e) > 1e-3 for e in e_qmmm)  # every MM water is in range and contributes
     assert energy == pytest.approx(e_qm + sum(e_qmmm), abs=1e-10)
 
