@@ -25,17 +25,18 @@ MM_MM = [[2, 2], [2, 3], [3, 3]]
 WATER = np.array([[0.0, 0.0, 0.0], [0.96, 0.0, 0.0], [-0.24, 0.93, 0.0]])
 
 
-def _descriptor(rcut, exclude):
-    return {"type": "se_atten", "sel": 24, "rcut": rcut, "rcut_smth": 0.5, "attn_layer": 0, "neuron": [4, 8],
-            "axis_neuron": 4, "tebd_dim": 4, "set_davg_zero": False, "exclude_types": exclude, "seed": 1}
+def _descriptor(rcut, exclude, kind="se_atten", davg_zero=True):
+    return {"type": kind, "sel": 24, "rcut": rcut, "rcut_smth": 0.5, "attn_layer": 0, "neuron": [4, 8],
+            "axis_neuron": 4, "set_davg_zero": davg_zero, "exclude_types": exclude, "seed": 1}
 
 
-def dprc_section():
-    """The layout of DeePMD-kit's doc/model/pairwise-dprc.md example, with tiny nets."""
+def dprc_section(kind="se_atten"):
+    """The layout of DeePMD-kit's doc/model/pairwise-dprc.md example, with tiny nets (the QM/MM
+    part with set_davg_zero, which atom_ener needs)."""
     return {"type": "pairwise_dprc", "type_map": TYPE_MAP, "type_embedding": {"neuron": [4]},
-            "qm_model": {"descriptor": _descriptor(4.0, MM_MM),
+            "qm_model": {"descriptor": _descriptor(4.0, MM_MM, kind, davg_zero=False),
                          "fitting_net": {"neuron": [8], "seed": 1, "atom_ener": [None, None, 0.0, 0.0]}},
-            "qmmm_model": {"descriptor": _descriptor(5.0, QM_QM + MM_MM),
+            "qmmm_model": {"descriptor": _descriptor(5.0, QM_QM + MM_MM, kind),
                            "fitting_net": {"neuron": [8], "seed": 2, "atom_ener": [0.0, 0.0, 0.0, 0.0]}}}
 
 
@@ -67,14 +68,17 @@ def make_batch(frames, cutoff=5.0, box=None):
     return collate([dataset[i] for i in range(len(items))])
 
 
-@pytest.fixture(scope="module")
-def model():
+def _perturbed(built):
     torch.manual_seed(0)
-    built = build_model(dprc_section(), torch.float64)
     with torch.no_grad():  # non-trivial fitting biases and type embeddings
         for parameter in built.parameters():
             parameter.add_(0.3 * torch.randn_like(parameter))
     return built
+
+
+@pytest.fixture(scope="module")
+def model():
+    return _perturbed(build_model(dprc_section(), torch.float64))
 
 
 def _sub_energy(member, frame, keep, box):
@@ -82,11 +86,12 @@ def _sub_energy(member, frame, keep, box):
     return float(member(make_batch([(p[keep], t[keep], r[keep])], box=box))[K.ENERGY][0])
 
 
-@pytest.mark.parametrize("box", [None, 7.0])
-def test_energy_is_qm_term_plus_one_qmmm_term_per_residue(model, box):
+@pytest.mark.parametrize("box,kind", [(None, "se_atten"), (7.0, "se_atten"), (None, "se_atten_v2")])
+def test_energy_is_qm_term_plus_one_qmmm_term_per_residue(model, box, kind):
     """E equals the documented formula evaluated by hand: the QM model on the QM water alone plus
     the QM/MM model on (QM water + MM water l) for each l, each from its own neighbour list (in a
     7 Å periodic box the QM atoms also see MM images across the boundary)."""
+    model = model if kind == "se_atten" else _perturbed(build_model(dprc_section(kind), torch.float64))
     frame = qmmm_frame()
     with torch.no_grad():
         energy = float(model(make_batch([frame], box=box))[K.ENERGY][0])
@@ -137,6 +142,12 @@ def test_statistics_fit_the_qm_bias_only(model):
     bias = local.qm_model.fitting.bias_atom[:, 0]
     assert bias[2] == 0 and bias[3] == 0 and bias[0] != 0
     assert torch.all(local.qmmm_model.fitting.bias_atom == 0)
+    assert local.qm_model.descriptor.davg.abs().max() > 0  # env statistics of the QM sub-frames
+    # after the statistics, an MM water out of range still adds exactly 0
+    p, t, r = qmmm_frame(n_mm=1)
+    far = (np.concatenate([p, WATER + [11.0, 0.0, 0.0]]), np.concatenate([t, [2, 3, 3]]), np.concatenate([r, [2, 2, 2]]))
+    with torch.no_grad():
+        assert torch.equal(local(make_batch([far]))[K.ENERGY], local(make_batch([(p, t, r)]))[K.ENERGY])
 
 
 def test_bad_sections_name_the_key():
