@@ -221,6 +221,13 @@ def test_pairwise_input_trains_freezes_and_tests(tmp_path, monkeypatch, capsys):
     assert main(["freeze", "-o", "frozen.pth"]) == 0
     assert main(["test", "-m", "frozen.pth", "-s", valid[0]]) == 0
     assert "Force  RMSE" in capsys.readouterr().out
+    # change-bias refits the QM sub-model's bias (MM types keep atom_ener 0)
+    assert main(["change-bias", "frozen.pth", "-s", valid[0], "-m", "set", "-o", "changed.pth"]) == 0
+    from mlpot.calculators import load_model
+
+    bias = load_model(tmp_path / "changed.pth").qm_model.fitting.bias_atom[:, 0]
+    assert bias[2] == 0 and bias[3] == 0
+    assert torch.all(bias[:2] != load_model(tmp_path / "frozen.pth").qm_model.fitting.bias_atom[:2, 0])
 
 
 def test_hybrid_dprc_input_with_generalized_force_loss_trains(tmp_path, monkeypatch):
