@@ -232,8 +232,8 @@ def test_registered_composite_model_types_pass_through(water_input):
     """frozen/pairtab/linear_ener models are registered by the models layer, which checks their keys."""
     water_input["model"] = {"type": "frozen", "model_file": "graph.pt", "_comment": "x"}
     assert deepmd.convert_dict(water_input)["model"] == {"type": "frozen", "model_file": "graph.pt"}
-    water_input["model"] = {"type": "pairwise_dprc"}
-    with pytest.raises(ConfigError, match="not supported yet: model/type=pairwise_dprc"):
+    water_input["model"] = {"type": "zbl"}
+    with pytest.raises(ConfigError, match="not supported yet: model/type=zbl"):
         deepmd.convert_dict(water_input)
 
 

@@ -20,7 +20,7 @@ from typing import Any, Dict, Optional
 
 from mlpot.models.compose import FROZEN_KEYS, LINEAR_KEYS
 from mlpot.models.deepmd.keys import (DESCRIPTOR_ALIASES, DESCRIPTOR_KEYS, FITTING_KEYS,
-                                      MULTI_TASK_KEYS, SPIN_KEYS, STANDARD_KEYS, UNBUILT_DESCRIPTORS, UNBUILT_FITTINGS,
+                                      MULTI_TASK_KEYS, PAIRWISE_DPRC_KEYS, SPIN_KEYS, STANDARD_KEYS, UNBUILT_DESCRIPTORS, UNBUILT_FITTINGS,
                                       UNBUILT_MODELS)
 from mlpot.models.deepmd.keys_dpa2 import DPA2_FLAT_KEYS, DPA2_TABLES, nest_dpa2_section
 from mlpot.models.pair import PAIRTAB_KEYS
@@ -53,11 +53,14 @@ MODEL: Dict[str, Key] = {
     "model_file": _k(S, note="model/type frozen; an error in a standard model"),
     "models": _k(S, note="model/type linear_ener; an error in a standard model"),
     "weights": _k(S, note="model/type linear_ener (a list, \"mean\" or \"sum\"); an error in a standard model"),
+    "qm_model": _k(S, note="model/type pairwise_dprc; an error in a standard model"),
+    "qmmm_model": _k(S, note="model/type pairwise_dprc; an error in a standard model"),
 }
 # keys of the composite model types, meaningless in a standard model
-COMPOSITE_MODEL_KEYS = {"tab_file": "pairtab", "model_file": "frozen", "models": "linear_ener", "weights": "linear_ener"}
+COMPOSITE_MODEL_KEYS = {"tab_file": "pairtab", "model_file": "frozen", "models": "linear_ener", "weights": "linear_ener",
+                        "qm_model": "pairwise_dprc", "qmmm_model": "pairwise_dprc"}
 MODEL_TYPES: Dict[str, Dict[str, Key]] = {"linear_ener": LINEAR_KEYS, "pairtab": PAIRTAB_KEYS, "frozen": FROZEN_KEYS,
-                                          "multi_task": MULTI_TASK_KEYS}
+                                          "multi_task": MULTI_TASK_KEYS, "pairwise_dprc": PAIRWISE_DPRC_KEYS}
 
 # ---- learning rate, loss, optimizer ------------------------------------------------------------
 LEARNING_RATE = {

@@ -110,7 +110,7 @@ def _register(family: ModelFamily, builders: Mapping[str, Callable[..., Atomisti
 
 def _register_families() -> None:
     # composite builders build their members through build_model, handed to them here
-    _register(ModelFamily("deepmd", ("standard", "multi_task", "linear_ener", "pairtab", "frozen"),
+    _register(ModelFamily("deepmd", ("standard", "multi_task", "linear_ener", "pairtab", "frozen", "pairwise_dprc"),
                           check_section=deepmd.check_model_section, build=build_model,
                           resolve_from_data=deepmd.resolve_from_data,
                           prepare_finetune=functools.partial(deepmd.prepare_finetune, build=build_model)),
@@ -118,7 +118,8 @@ def _register_families() -> None:
                "multi_task": functools.partial(deepmd.build_multi_task, build=build_model),
                # family-neutral composites, spelt as DeePMD-kit's model types
                "linear_ener": functools.partial(build_linear_ener, build=build_model), "pairtab": build_pairtab,
-               "frozen": functools.partial(build_frozen, build=build_model)})
+               "frozen": functools.partial(build_frozen, build=build_model),
+               "pairwise_dprc": functools.partial(deepmd.build_pairwise_dprc, build=build_model)})
     _register(ModelFamily("mace", ("mace",), check_section=mace_hooks.check_section, build=build_mace,
                           resolve_from_data=mace_hooks.resolve_from_data, prepare_finetune=mace_hooks.prepare_finetune),
               {"mace": build_mace})

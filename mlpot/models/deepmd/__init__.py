@@ -1,5 +1,5 @@
 """The DeePMD family: descriptors, fitting nets, type embedding, the standard and multi-task models,
-their model-section keys, and fine-tuning by type name.
+their model-section keys, the pairwise DPRc model, and fine-tuning by type name.
 
 The component registries are filled here, explicitly and in one place: descriptors by name
 (``DESCRIPTORS``, aliases as in DeePMD-kit) and fitting nets (``FITTINGS``). The family's hooks for
@@ -9,6 +9,7 @@ The component registries are filled here, explicitly and in one place: descripto
 from mlpot.models.deepmd.builders import build_standard
 from mlpot.models.deepmd.data_hooks import prepare_finetune_hook as prepare_finetune
 from mlpot.models.deepmd.data_hooks import resolve_from_data
+from mlpot.models.deepmd.dprc import build_pairwise_dprc
 from mlpot.models.deepmd.descriptors import (DESCRIPTORS, DescriptorDPA2, DescriptorHybrid, DescriptorLocFrame, DescriptorSeA,
                                              DescriptorSeAEbdV2, DescriptorSeAMask, DescriptorSeATpe, DescriptorSeAtten,
                                              DescriptorSeAttenV2, DescriptorSeE3, DescriptorSeE3Tebd, DescriptorSeR)
@@ -17,7 +18,7 @@ from mlpot.models.deepmd.keys import check_model_section
 from mlpot.models.deepmd.multitask import build_multi_task
 from mlpot.models.deepmd.tensor_fitting import DipoleFitting, PolarFitting
 
-__all__ = ["DESCRIPTORS", "FITTINGS", "build_standard", "build_multi_task", "check_model_section", "resolve_from_data",
+__all__ = ["DESCRIPTORS", "FITTINGS", "build_standard", "build_multi_task", "build_pairwise_dprc", "check_model_section", "resolve_from_data",
            "prepare_finetune"]
 
 

@@ -149,12 +149,17 @@ class InvariantFitting(torch.nn.Module):
             out = out.index_add(0, torch.cat([atoms, two + n_atoms]), self.nets[t](rows))
         return out[:n_atoms]
 
-    def forward(self, descriptor, rot, types, frame, fparam=None, aparam=None) -> torch.Tensor:
+    def forward(self, descriptor, rot, types, frame, fparam=None, aparam=None, vacuum=None) -> torch.Tensor:
+        """``vacuum``: the descriptor of an isolated atom per type (n_types, dim_descrpt), zero
+        when None (se_atten keeps its appended type embedding there)."""
         inputs = self._inputs(descriptor, frame, fparam, aparam)
         out = self.net_outputs(inputs, types)
         if self.atom_ener is not None:
             # remove the vacuum contribution: an isolated atom of a preset type has energy = its bias
-            vacuum = self.net_outputs(torch.zeros_like(inputs[:1]).expand(self.n_types, -1).contiguous(), torch.arange(self.n_types, device=types.device))
+            zero = torch.zeros_like(inputs[:1]).expand(self.n_types, -1)
+            if vacuum is not None:
+                zero = torch.cat([vacuum.to(zero.dtype), zero[:, vacuum.shape[1]:]], dim=1)
+            vacuum = self.net_outputs(zero.contiguous(), torch.arange(self.n_types, device=types.device))
             preset = torch.tensor([a is not None for a in self.atom_ener], device=types.device)
             out = out - torch.where(preset[types].unsqueeze(-1), gather_rows(vacuum, types), torch.zeros_like(out))
         out = out.to(torch.float64) + self.bias_atom[types]

@@ -23,7 +23,7 @@ from mlpot.models.pair import PAIRTAB_KEYS
 from mlpot.models.sections import REQUIRED, Key, ignored, key, read_section, unsupported
 
 __all__ = ["DESCRIPTOR_KEYS", "DESCRIPTOR_ALIASES", "FITTING_KEYS", "STANDARD_KEYS", "TYPE_EMBEDDING_KEYS",
-           "LINEAR_KEYS", "PAIRTAB_KEYS", "SPIN_KEYS", "FROZEN_KEYS", "MULTI_TASK_KEYS", "MODEL_TYPE_KEYS", "DPA1_LEGACY_KEYS",
+           "LINEAR_KEYS", "PAIRTAB_KEYS", "SPIN_KEYS", "FROZEN_KEYS", "MULTI_TASK_KEYS", "PAIRWISE_DPRC_KEYS", "MODEL_TYPE_KEYS", "DPA1_LEGACY_KEYS",
            "UNBUILT_DESCRIPTORS", "UNBUILT_FITTINGS", "UNBUILT_MODELS", "resolve_precision", "resolve_sel",
            "check_model_section"]
 
@@ -266,10 +266,29 @@ MULTI_TASK_KEYS: Dict[str, Key] = {
     "model_dict": key(REQUIRED, note="task -> model section; descriptor/type_map may name a shared_dict entry",
                       annotation=dict),
 }
+# model/type pairwise_dprc (built in mlpot.models.deepmd.dprc)
+PAIRWISE_DPRC_KEYS: Dict[str, Key] = {
+    "type": key(REQUIRED, annotation=str),
+    "type_map": key(REQUIRED, note="QM and MM types together", annotation=List[str]),
+    "qm_model": key(REQUIRED, note="a standard model section (descriptor + fitting_net): sees the QM atoms only",
+                    annotation=dict),
+    "qmmm_model": key(REQUIRED, note="a standard model section: sees the QM atoms with one MM residue at a time",
+                      annotation=dict),
+    "type_embedding": key(None, note="DeePMD-kit's shared type embedding; mlpot: neuron[-1] becomes each se_atten "
+                          "sub-descriptor's tebd_dim (one embedding per sub-model, not shared)",
+                          annotation=Optional[dict]),
+    "data_stat_nbatch": key(10, note="batches per system for the statistics", annotation=int),
+    "data_stat_nsample": ignored(note="TF-only statistics option"),
+    "data_stat_protect": key(1e-2, annotation=float),
+    "use_srtab": unsupported(None, note="short-range table of a pairwise_dprc model"),
+    "smin_alpha": unsupported(None), "sw_rmin": unsupported(None), "sw_rmax": unsupported(None),
+    "spin": unsupported(None, note="spin in a pairwise_dprc model"),
+    "compress": unsupported(None, note="compression of a pairwise_dprc model"),
+}
 MODEL_TYPE_KEYS: Dict[str, Dict[str, Key]] = {"standard": STANDARD_KEYS, "linear_ener": LINEAR_KEYS,
                                               "pairtab": PAIRTAB_KEYS, "frozen": FROZEN_KEYS,
-                                              "multi_task": MULTI_TASK_KEYS}
-UNBUILT_MODELS = ("pairwise_dprc", "zbl", "multi", "dpa4", "sezm")
+                                              "multi_task": MULTI_TASK_KEYS, "pairwise_dprc": PAIRWISE_DPRC_KEYS}
+UNBUILT_MODELS = ("zbl", "multi", "dpa4", "sezm")
 
 
 _PRECISIONS = {"float64": torch.float64, "float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -371,3 +390,12 @@ def check_model_section(config: Any, path: str = "model") -> None:
             inherited = dict(member, type_map=member.get("type_map", values["type_map"])) \
                 if isinstance(member, dict) and member.get("type") != "frozen" else member
             check_model_section(inherited, f"{path}/models/{index}")
+    elif kind == "pairwise_dprc":
+        if values["type_embedding"] is not None:
+            read_section(values["type_embedding"], f"{path}/type_embedding", TYPE_EMBEDDING_KEYS, "TypeEmbeddingSection")
+        for name in ("qm_model", "qmmm_model"):
+            member = values[name]
+            if isinstance(member, dict) and member.get("type", "standard") != "standard":
+                raise ConfigError(f"not supported yet: {path}/{name}/type={member['type']} (a standard model section)",
+                                  key=f"{path}/{name}/type")
+            check_model_section(dict(member, type_map=values["type_map"]), f"{path}/{name}")

@@ -41,6 +41,13 @@ class StandardModel(AtomisticModel):
         self.register_buffer("atom_keep", keep, persistent=False)
         self.keeps_all_types = bool(keep.all())  # a Python flag: no buffer value read in forward
         self.output_keys = (fitting.atom_key, fitting.frame_key)
+        self.tf_vacuum = False  # see use_tf_vacuum
+
+    def use_tf_vacuum(self) -> None:
+        """``atom_ener``'s vacuum input as in DeePMD-kit TF: the descriptor of an isolated atom keeps
+        se_atten's appended type embedding (DeePMD-kit PT, the default here, zeroes it). The
+        TF-only pairwise_dprc model sets it on its sub-models."""
+        self.tf_vacuum = hasattr(self.descriptor, "vacuum_descriptor") and getattr(self.fitting, "atom_ener", None) is not None
 
     def _check(self, batch: Dict[str, torch.Tensor]) -> None:
         types = batch[ATOM_TYPES]
@@ -57,7 +64,8 @@ class StandardModel(AtomisticModel):
         vectors = edge_vectors(batch)
         descriptor, rot = self.descriptor(batch, vectors)
         types = batch[ATOM_TYPES]
-        atomic = self.fitting(descriptor, rot, types, batch[BATCH], batch.get(FPARAM), batch.get(APARAM))
+        extra = {"vacuum": self.descriptor.vacuum_descriptor()} if self.tf_vacuum else {}
+        atomic = self.fitting(descriptor, rot, types, batch[BATCH], batch.get(FPARAM), batch.get(APARAM), **extra)
         if not self.keeps_all_types:
             keep = self.atom_keep[types].to(atomic.dtype).reshape((-1,) + (1,) * (atomic.dim() - 1))
             atomic = atomic * keep

@@ -74,7 +74,8 @@ class EnvMatrixDescriptor(Descriptor):
 
     def raw_environment(self, batch, vectors) -> Tuple[torch.Tensor, torch.Tensor]:
         """(raw env matrix (n_atoms, n_slots, 4|1) float64-or-input dtype, nlist (n_atoms, n_slots))."""
-        nlist = select_neighbors(batch, vectors, self.rcut, self.sel)
+        nlist = select_neighbors(batch, vectors, self.rcut, self.sel,
+                                 excluded=self.excluded_pairs if self.has_excluded_pairs else None)
         env = environment_matrix(vectors, nlist, self.rcut, self.rcut_smth, env_protection=self.env_protection, radial_only=self.radial_only)
         return env, nlist
 
@@ -93,7 +94,8 @@ class EnvMatrixDescriptor(Descriptor):
         ``sel[t] - (nlist[:, section t] >= 0).sum(1)``. On water (sel [46, 92]) this keeps
         ~80 % of the columns and saves that share of every dense (atoms x slots x M1) tensor.
         """
-        nlist = select_neighbors(batch, vectors, self.rcut, self.sel)
+        nlist = select_neighbors(batch, vectors, self.rcut, self.sel,
+                                 excluded=self.excluded_pairs if self.has_excluded_pairs else None)
         n_atoms = nlist.shape[0]
         per_section = torch.zeros(n_atoms, self.n_types, dtype=torch.long, device=nlist.device)
         per_section.index_add_(1, self.slot_types, (nlist >= 0).to(torch.long))

@@ -13,7 +13,7 @@ slots, padded ones included [COMPAT].
 from __future__ import annotations
 
 import warnings
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -33,12 +33,16 @@ def select_neighbors(
     *,
     mixed_types: bool = False,
     warn_overflow: bool = True,
+    excluded: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     """Padded neighbour list of EDGE indices, (n_atoms, sum(sel)) int64, -1 = empty slot.
 
     Only edges shorter than ``rcut`` (Å) are used, so one edge list built at a larger cutoff serves
     several descriptors (hybrid). Neighbours beyond ``sel`` are dropped as in DeePMD-kit [COMPAT]
-    but reported with a warning.
+    but reported with a warning. ``excluded`` (n_types, n_types) bool, the descriptor's
+    ``exclude_types`` pairs: with per-type sel, dropped neighbours of excluded pairs change nothing
+    (a centre type excludes all or none of a neighbour type) and are not reported (DPRc inputs give
+    sel 0 to the excluded MM types).
     """
     n_atoms = batch[POSITIONS].shape[0]
     with torch.no_grad():
@@ -48,6 +52,10 @@ def select_neighbors(
         sel_arg = int(sel[0]) if mixed_types else [int(s) for s in sel]
         nlist, overflow = build_sel_matrix(edge_index, distance, neighbor_types, n_atoms, sel_arg,
                                            mixed_types=mixed_types, valid=distance < rcut)
+        if excluded is not None and not mixed_types and bool(torch.as_tensor(overflow).sum() > 0):
+            kept = ~excluded[batch[ATOM_TYPES].index_select(0, edge_index[0]), neighbor_types]
+            overflow = build_sel_matrix(edge_index, distance, neighbor_types, n_atoms, sel_arg,
+                                        mixed_types=False, valid=(distance < rcut) & kept)[1]
         if warn_overflow and not is_tracing() and bool(torch.as_tensor(overflow).sum() > 0):
             warnings.warn(
                 f"more neighbours than sel={list(sel)} within rcut={rcut} Å (dropped per type: "

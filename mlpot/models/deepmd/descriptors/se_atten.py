@@ -241,6 +241,14 @@ class DescriptorSeAtten(MixedTypesDescriptor):
         return descriptor, a_matrix[:, 1:4, :].transpose(1, 2)
 
 
+    def vacuum_descriptor(self) -> torch.Tensor:
+        """D of an atom without neighbours per type, (n_types, dim_out): zero but for the appended
+        tebd(t_i) (DeePMD-kit TF keeps the type embedding in the vacuum input of ``atom_ener``)."""
+        table = self.type_embedding.table()[: self.n_types]
+        zeros = table.new_zeros(self.n_types, self.m1 * self.m2)
+        return torch.cat([zeros, table], dim=-1) if self.concat_output_tebd else zeros
+
+
 class DescriptorSeAttenV2(DescriptorSeAtten):
     """se_atten_v2: se_atten with ``tebd_input_mode = "strip"`` and smooth type embedding, davg not forced to 0."""
 
