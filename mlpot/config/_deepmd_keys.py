@@ -180,7 +180,7 @@ TRAINING = {
     "ema_decay": _k(S, kind=NUM),
     "enable_compile": _k(I, note="mlpot does not use torch.compile for training"),
     "zero_stage": _k(U, default=0, note="ZeRO optimizer-state sharding across ranks: not built; plain DDP only"),
-    "acc_freq": _k(U, default=1, note="gradient accumulation over several batches: not built yet"),
+    "acc_freq": _k(S, note="gradient accumulation: the optimizer steps every acc_freq batches on the sum of their gradients; the lr schedule (and the lr-coupled loss prefactors) advance per optimizer step, numb_steps counts batches (DeePMD-kit 3.x, Paddle backend)", kind=INT),
     "data_dict": _k(S, note="multi-task: task -> {training_data, validation_data, stat_file}"),
     "model_prob": _k(S, note="multi-task: task -> weight of drawing the task per step (normalised; default: number of training systems)"),
     "fitting_weight": _k(S, note="multi-task, TF 2.x name of model_prob (default 1 per task; a task left out is never drawn)"),
