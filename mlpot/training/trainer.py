@@ -114,6 +114,10 @@ class Trainer(ValidationFlow):
         setup = build_training_optimizer(self.model, config.optimizer, config.lr_schedule, self.total_steps,
                                          self.dist.world_size, file, steps_per_epoch=self.steps_per_epoch)
         self.optimizer, self.scheduler, self.optimizer_setup = setup.optimizer, setup.scheduler, setup
+        if hasattr(self.optimizer, "update_from_batch") and (self.dist.enabled or self.multi_task
+                                                              or config.training.acc_freq > 1):
+            raise ConfigError("not supported yet: the LKF optimizer with several ranks, multi-task models or "
+                              "acc_freq > 1", file=file, key="optimizer.name")
         self.ema = ExponentialMovingAverage(self.model, config.ema.decay, config.ema.warmup) if config.ema else None
         self.step, self.epoch, self.nonfinite, self.stage_index = 0, 0, 0, -1
         self.accumulated = 0  # batches whose gradients the current acc_freq window holds
@@ -274,11 +278,18 @@ class Trainer(ValidationFlow):
         batch = data.train_batch(shard_indices(next_indices(data), self.dist))
         lr = current_lr(self.optimizer)
         self.model.train()
-        pred = loss.prepare(predict(head, batch, loss.labels, create_graph=True), batch)
+        def predict_batch():
+            return predict(head, batch, loss.labels, create_graph=True)
+        # optimizers that run the model on the batch themselves (LKF): their last prediction is shown
+        batch_update = getattr(self.optimizer, "update_from_batch", None)
+        raw = batch_update(predict_batch, batch, self.step / self.total_steps) if batch_update else predict_batch()
+        pred = loss.prepare(raw, batch)
         total, weighted, _ = loss(pred, batch, self._lr_ratio(), reduce=self.dist.sum if self.dist.enabled else None)
         global_total = self._reduced(total)
         skipped = self.nonfinite
-        stepped = self._update(task, head, total, self._first_nonfinite(weighted, global_total))
+        stepped = batch_update is not None or self._update(task, head, total, self._first_nonfinite(weighted, global_total))
+        if batch_update is not None and self.ema is not None:
+            self.ema.update(self.model)
         if stepped and not self.optimizer_setup.plateau:
             self.scheduler.step()
         self.step += 1
