@@ -98,3 +98,18 @@ def test_acc_freq_converted_and_checked(tmp_path):
     native = deepmd.convert_dict(config, base_dir=tmp_path)
     with pytest.raises(ConfigError, match="acc_freq"):
         validate_config(native)
+
+
+def test_acc_freq_with_multitask_is_not_supported_yet(tmp_path, shared_data):
+    from mlpot.training.trainer import Trainer
+    from tests.test_deepmd_multitask import _native, _subset, pytorch_input
+
+    source = shared_data("deepmd_water/data_0")
+    systems = {"a": _subset(source, tmp_path / "sys_a", [0, 1]), "b": _subset(source, tmp_path / "sys_b", [2]),
+               "valid": _subset(source, tmp_path / "sys_valid", [3])}
+    config = pytorch_input(systems, steps=2)
+    config["training"]["acc_freq"] = 2
+    native = _native(config, tmp_path)
+    assert native.training.acc_freq == 2
+    with pytest.raises(ConfigError, match="not supported yet: acc_freq > 1 with multi-task"):
+        Trainer(native, progress=False)

@@ -69,6 +69,36 @@ def test_forgetting_factor_schedule_and_state_dict():
         LKF([weight], force_atoms=10, atoms_per_group=6)
 
 
+def _toy(weights):
+    """A linear 'model' on one frame of 4 atoms: E = c·w, F = M w; labels E = 1 eV, random forces."""
+    from mlpot.data import keys as K
+
+    gen = torch.Generator().manual_seed(1)
+    c, M = torch.randn(5, generator=gen, dtype=torch.float64), torch.randn(12, 5, generator=gen, dtype=torch.float64)
+    w = torch.nn.Parameter(torch.randn(5, generator=gen, dtype=torch.float64))
+    batch = {K.N_ATOMS: torch.tensor([4]), K.ENERGY: torch.tensor([1.0], dtype=torch.float64),
+             K.FORCES: torch.randn(4, 3, generator=gen, dtype=torch.float64),
+             K.weight_key(K.ENERGY): torch.tensor([weights[0]], dtype=torch.float64),
+             K.weight_key(K.FORCES): torch.tensor([weights[1]], dtype=torch.float64)}
+    return c, w, batch, lambda: {K.ENERGY: (c @ w)[None], K.FORCES: (M @ w).reshape(4, 3)}
+
+
+def test_energy_measurement_with_the_sign_trick():
+    """Energy label only (force weight 0): one batch update is the Kalman update of the per-atom
+    energy, w1 = w0 + (E - Ê)/N · (c/N) / (λ + |c/N|²), whatever the sign of the residual; missing
+    labels (weight 0) leave the weights unchanged."""
+    c, w, batch, predict = _toy((1.0, 0.0))
+    w0, n = w.detach().clone(), 4.0
+    energy = float(c @ w0)
+    LKF([w], kalman_lambda=0.98).update_from_batch(predict, batch, progress=0.0)
+    expected = w0 + (1.0 - energy) / n * (c / n) / (0.98 + float((c / n).dot(c / n)))
+    torch.testing.assert_close(w.detach(), expected, rtol=0, atol=1e-14)
+    c, w, batch, predict = _toy((0.0, 0.0))
+    w0 = w.detach().clone()
+    LKF([w]).update_from_batch(predict, batch, progress=0.5)
+    assert torch.equal(w.detach(), w0)
+
+
 def water_input(shared_data, optimizer=None, **training):
     """Tiny se_e2_a (embedding [4, 8], fitting [16]) on data_0 of the water example, batch 1."""
     config = {
@@ -152,3 +182,5 @@ def test_lkf_keys_of_both_input_forms(tmp_path, shared_data):
         deepmd.convert_dict(water_input(shared_data, optimizer={"type": "Adam", "kf_blocksize": 8}), base_dir=tmp_path)
     with pytest.raises(ConfigError, match="LKF optimizer with .*acc_freq"):
         _train(tmp_path, water_input(shared_data, opt_type="LKF", acc_freq=2), 0)
+    with pytest.raises(ConfigError, match="clipping has no effect on the LKF"):
+        _train(tmp_path, water_input(shared_data, opt_type="LKF", gradient_max_norm=1.0), 0)

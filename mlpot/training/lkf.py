@@ -25,6 +25,7 @@ over the selected outputs with ``s`` the sign of each residual, so every residua
 ``|label − ŷ|`` and the update moves each output towards its label. Energies are taken per atom;
 the residual is the mean of ``|e|`` times √(n_frames); the prefactors go from ``start_pref_*`` to
 ``limit_pref_*`` geometrically over the run (``pref(t) = start (limit/start)^t``, t = step / steps).
+Frames whose energy or force label is missing (weight 0) add nothing to those measurements.
 The lr is not used (it stays in the param groups for display and the lr-coupled loss prefactors).
 """
 
@@ -137,22 +138,26 @@ class LKF(torch.optim.Optimizer):
         pref_f = o["start_f"] * (o["limit_f"] / o["start_f"]) ** progress
         n_atoms = batch[K.N_ATOMS]
         frames = int(n_atoms.numel())
+        # frames without the label (weight 0) add nothing to a measurement
+        ones = torch.ones(frames, dtype=batch[K.ENERGY].dtype, device=n_atoms.device)
+        e_weight, f_weight = (batch.get(K.weight_key(key), ones) for key in (K.ENERGY, K.FORCES))
         pred = predict()
-        per_atom = pref_e * pred[K.ENERGY] / n_atoms
-        residual = pref_e * (batch[K.ENERGY] - pred[K.ENERGY].detach()) / n_atoms
+        per_atom = pref_e * e_weight * pred[K.ENERGY] / n_atoms
+        residual = pref_e * e_weight * (batch[K.ENERGY] - pred[K.ENERGY].detach()) / n_atoms
         sign = torch.where(residual < 0, -1.0, 1.0).to(per_atom.dtype)
         self._measure((sign * per_atom).sum(), float(residual.abs().mean()) * math.sqrt(frames), 1.0)
         # the same atom indices (drawn with replacement below the smallest frame) in every frame
         offsets = torch.cumsum(n_atoms, 0) - n_atoms
         picks = torch.randint(0, int(n_atoms.min()), (o["force_atoms"],)).reshape(-1, o["per_group"])
         mean_atoms = float(n_atoms.double().mean())
+        row_weight = (pref_f * f_weight)[:, None, None].expand(frames, o["per_group"], 1).reshape(-1, 1)
         for group in picks:
             pred = predict()
             rows = (offsets[:, None] + group.to(offsets.device)[None, :]).reshape(-1)
-            chosen = pred[K.FORCES].index_select(0, rows)
-            residual = pref_f * (batch[K.FORCES].index_select(0, rows) - chosen.detach())
+            chosen = row_weight * pred[K.FORCES].index_select(0, rows)
+            residual = row_weight * batch[K.FORCES].index_select(0, rows) - chosen.detach()
             sign = torch.where(residual < 0, -1.0, 1.0).to(chosen.dtype)
             error = float(residual.abs().mean()) / mean_atoms * math.sqrt(frames)
-            self._measure((sign * pref_f * chosen).sum(), error, mean_atoms * o["per_group"] * 3)
+            self._measure((sign * chosen).sum(), error, mean_atoms * o["per_group"] * 3)
         self._opt_called = True  # torch's lr schedulers warn when they step before the optimizer has
         return {key: value.detach() for key, value in pred.items()}

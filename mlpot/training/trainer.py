@@ -118,6 +118,12 @@ class Trainer(ValidationFlow):
                                                               or config.training.acc_freq > 1):
             raise ConfigError("not supported yet: the LKF optimizer with several ranks, multi-task models or "
                               "acc_freq > 1", file=file, key="optimizer.name")
+        if hasattr(self.optimizer, "update_from_batch") and config.training.clip_grad_norm is not None:
+            raise ConfigError("gradient clipping has no effect on the LKF optimizer: remove clip_grad_norm "
+                              "(DeePMD-kit gradient_max_norm)", file=file, key="training.clip_grad_norm")
+        if config.training.acc_freq > 1 and self.multi_task:
+            raise ConfigError("not supported yet: acc_freq > 1 with multi-task models", file=file,
+                              key="training.acc_freq")
         self.ema = ExponentialMovingAverage(self.model, config.ema.decay, config.ema.warmup) if config.ema else None
         self.step, self.epoch, self.nonfinite, self.stage_index = 0, 0, 0, -1
         self.accumulated = 0  # batches whose gradients the current acc_freq window holds
