@@ -134,10 +134,15 @@ LOSS_ENER_SPIN["loss_func"] = _k(S, note='"mse" (default) or "mae" (|dE|/N, mean
 LOSSES = {"ener": LOSS_ENER, "ener_spin": LOSS_ENER_SPIN, "tensor": LOSS_TENSOR, "dos": LOSS_DOS}
 UNBUILT_LOSSES = ("property", "population", "dens")
 OPTIMIZER = {
-    "type": _k(S, default="Adam", note="Adam, AdamW (any torch.optim name)"),
+    "type": _k(S, default="Adam", note="Adam, AdamW or LKF (layer-wise Kalman filter: energy and force losses, one rank, single task)"),
     "adam_beta1": _k(S, kind=NUM),
     "adam_beta2": _k(S, kind=NUM),
     "weight_decay": _k(S, kind=NUM),
+    "kf_blocksize": _k(S, note="LKF: the largest block of weights sharing one Kalman covariance (default 5120)", kind=INT),
+    "kf_start_pref_e": _k(S, note="LKF: energy prefactor at the start, geometric towards kf_limit_pref_e (default 1)", kind=NUM),
+    "kf_limit_pref_e": _k(S, note="LKF: energy prefactor at the end of training (default 1)", kind=NUM),
+    "kf_start_pref_f": _k(S, note="LKF: force prefactor at the start (default 1)", kind=NUM),
+    "kf_limit_pref_f": _k(S, note="LKF: force prefactor at the end of training (default 1)", kind=NUM),
 }
 
 # ---- training -----------------------------------------------------------------------------------
@@ -174,7 +179,7 @@ TRAINING = {
     "warmup_steps": _k(S, note="older spelling of learning_rate/warmup_steps (start factor 0)", kind=Optional[INT]),
     "stat_file": _k(S, note="HDF5 file (.h5/.hdf5) or directory: mlpot stores its neighbour and model statistics under its own 'mlpot' group there and reads them back (a file DeePMD-kit wrote keeps its content)"),
     "stat_file_mode": _k(S, note="update (default): read what is there, write what is missing; read: never write, the statistics must be there"),
-    "opt_type": _k(S, note="Adam or AdamW; LKF not supported yet"),
+    "opt_type": _k(S, note="Adam, AdamW or LKF (layer-wise Kalman filter: energy and force losses, one rank, single task)"),
     "profiling": _k(S, note="torch.profiler Chrome trace of training steps 2-6", kind=FLAG),
     "profiling_file": _k(S, note="trace file (default timeline.json)"),
     "enable_profiler": _k(S, note="torch.profiler over training steps 2-6, written for TensorBoard under tensorboard_log_dir", kind=FLAG),
@@ -183,16 +188,16 @@ TRAINING = {
     "ema_decay": _k(S, kind=NUM),
     "enable_compile": _k(I, note="mlpot does not use torch.compile for training"),
     "zero_stage": _k(U, default=0, note="ZeRO optimizer-state sharding across ranks: not built; plain DDP only"),
-    "acc_freq": _k(U, default=1, note="gradient accumulation over several batches: not built yet"),
+    "acc_freq": _k(S, note="gradient accumulation: the optimizer steps every acc_freq batches on the sum of their gradients; the lr schedule (and the lr-coupled loss prefactors) advance per optimizer step, numb_steps counts batches (DeePMD-kit 3.x, Paddle backend)", kind=INT),
     "data_dict": _k(S, note="multi-task: task -> {training_data, validation_data, stat_file}"),
     "model_prob": _k(S, note="multi-task: task -> weight of drawing the task per step (normalised; default: number of training systems)"),
     "fitting_weight": _k(S, note="multi-task, TF 2.x name of model_prob (default 1 per task; a task left out is never drawn)"),
     "num_epoch_dict": _k(U, default=None, note="multi-task run length in epochs per task: not built (give numb_steps)"),
-    "kf_blocksize": _k(U, default=None, note="LKF (Kalman filter) optimizer: not built yet"),
-    "kf_start_pref_e": _k(U, default=None, note="LKF optimizer: not built yet"),
-    "kf_limit_pref_e": _k(U, default=None, note="LKF optimizer: not built yet"),
-    "kf_start_pref_f": _k(U, default=None, note="LKF optimizer: not built yet"),
-    "kf_limit_pref_f": _k(U, default=None, note="LKF optimizer: not built yet"),
+    "kf_blocksize": _k(S, note="older form of optimizer/kf_blocksize (opt_type LKF)", kind=INT),
+    "kf_start_pref_e": _k(S, note="older form of optimizer/kf_start_pref_e (opt_type LKF)", kind=NUM),
+    "kf_limit_pref_e": _k(S, note="older form of optimizer/kf_limit_pref_e (opt_type LKF)", kind=NUM),
+    "kf_start_pref_f": _k(S, note="older form of optimizer/kf_start_pref_f (opt_type LKF)", kind=NUM),
+    "kf_limit_pref_f": _k(S, note="older form of optimizer/kf_limit_pref_f (opt_type LKF)", kind=NUM),
 }
 # training/data_dict/<task> (multi-task)
 TASK_DATA = {

@@ -239,7 +239,7 @@ def to_native(config: Dict[str, Any], base_dir: PathLike = ".", file: Optional[s
     base, training = Path(base_dir), config["training"]
     optimizer = dict(config.get("optimizer") or {})
     opt_name = optimizer.pop("type", training.get("opt_type", "Adam"))
-    if opt_name not in ("Adam", "AdamW"):
+    if opt_name not in ("Adam", "AdamW", "LKF"):
         raise ConfigError(f"not supported yet: optimizer/type={opt_name}", file=file, key=["optimizer", "type"])
     multi_task = "model_dict" in config["model"]
     if multi_task:
@@ -256,11 +256,7 @@ def to_native(config: Dict[str, Any], base_dir: PathLike = ".", file: Optional[s
         "dtype": model_dtype(dtype_model),
         "output_dir": ".",
         "model": multitask.native_model(config) if multi_task else copy.deepcopy(config["model"]),
-        "optimizer": {
-            "name": opt_name.lower(),
-            "betas": [optimizer.get("adam_beta1", 0.9), optimizer.get("adam_beta2", 0.999)],
-            "weight_decay": optimizer.get("weight_decay", 0.0),
-        },
+        "optimizer": _optimizer_section(opt_name, optimizer, training, file),
         "lr_schedule": lr_schedule(config["learning_rate"], training, file),
         "training": _run_length(training, multi_task, file),
         **_logging_and_checkpoints(training),
@@ -273,6 +269,29 @@ def to_native(config: Dict[str, Any], base_dir: PathLike = ".", file: Optional[s
     _training_options(native, training, multi_task, file)
     apply_validating(config, native, file)  # validating -> full_validation
     return native
+
+
+_KF_KEYS = {"kf_blocksize": "block_size", "kf_start_pref_e": "start_pref_e", "kf_limit_pref_e": "limit_pref_e",
+            "kf_start_pref_f": "start_pref_f", "kf_limit_pref_f": "limit_pref_f"}
+
+
+def _optimizer_section(name: str, optimizer: Dict[str, Any], training: Dict[str, Any], file: Optional[str]):
+    """The native optimizer: Adam/AdamW with their betas and weight decay, or the LKF with its kf_*
+    keys, from the ``optimizer`` section (DeePMD-kit 3.1.3+) or, older form, from ``training``."""
+    kf = [key for key in optimizer if key in _KF_KEYS]
+    if name != "LKF":
+        if kf:
+            raise ConfigError(f"optimizer/{kf[0]} belongs to the LKF optimizer, not {name}", file=file,
+                              key=["optimizer", kf[0]])
+        return {"name": name.lower(), "betas": [optimizer.get("adam_beta1", 0.9), optimizer.get("adam_beta2", 0.999)],
+                "weight_decay": optimizer.get("weight_decay", 0.0)}
+    adam = [key for key in optimizer if key not in _KF_KEYS]
+    if adam:
+        raise ConfigError(f"optimizer/{adam[0]} is not an option of the LKF optimizer", file=file,
+                          key=["optimizer", adam[0]])
+    given = {**{key: training[key] for key in _KF_KEYS if training.get(key) is not None}, **optimizer}
+    options = {native: given[key] for key, native in _KF_KEYS.items() if given.get(key) is not None}
+    return {"name": "lkf", "kwargs": options}
 
 
 def _run_length(training: Dict[str, Any], multi_task: bool, file: Optional[str]) -> Dict[str, Any]:
@@ -330,6 +349,8 @@ def _training_options(native: Dict[str, Any], training: Dict[str, Any], multi_ta
         native["checkpoint"]["dir"] = training["save_dir"]
     if training.get("disp_avg"):
         native["logging"]["disp_avg"] = True
+    if int(training.get("acc_freq", 1)) != 1:
+        native["training"]["acc_freq"] = int(training["acc_freq"])
     if training.get("gradient_max_norm") is not None:
         native["training"]["clip_grad_norm"] = training["gradient_max_norm"]
     # DeePMD-kit's default is off; an unchanged input gets DeePMD-kit's behaviour (the refit is

@@ -22,6 +22,7 @@ import torch
 
 from mlpot.errors import ConfigError
 from mlpot.nn.registry import Registry, check_option_names
+from mlpot.training.lkf import LKF
 from mlpot.training.schedules import SCHEDULES, build_schedule
 
 __all__ = ["OPTIMIZERS", "build_optimizer", "build_lr_scheduler", "ScheduleFactor", "current_lr", "OptimizerSetup",
@@ -29,12 +30,13 @@ __all__ = ["OPTIMIZERS", "build_optimizer", "build_lr_scheduler", "ScheduleFacto
 
 
 def _optimizer_classes() -> Registry[type]:
-    """Every optimizer class of ``torch.optim``, by its class name (matched case-insensitively)."""
+    """Every optimizer class of ``torch.optim``, by its class name (matched case-insensitively), and LKF."""
     registry: Registry[type] = Registry("optimizer")
     for name in sorted(dir(torch.optim)):
         obj = getattr(torch.optim, name)
         if isinstance(obj, type) and issubclass(obj, torch.optim.Optimizer) and obj is not torch.optim.Optimizer:
             registry.register(obj.__name__, obj)
+    registry.register("LKF", LKF)  # layer-wise Kalman filter (DeePMD-kit): updates from a batch, see trainer
     return registry
 
 

@@ -232,6 +232,8 @@ class TrainingConfig(Strict):
         None, gt=0, description="run length in passes of DeePMD's system sampler (DeePMD-kit numb_epoch): "
         "ceil(sampler_epochs * ceil(max_k nbatch_k / p_k)) steps, counted once the training data are read")
     clip_grad_norm: Optional[float] = Field(None, gt=0, validation_alias=AliasChoices("clip_grad_norm", "gradient_max_norm"), description="clip the gradient 2-norm to this value")
+    acc_freq: int = Field(1, ge=1, description="gradient accumulation: the optimizer steps every acc_freq batches "
+                          "on the sum of their gradients; the lr schedule counts optimizer steps (DeePMD-kit acc_freq)")
     max_nonfinite: int = Field(100, ge=0, description="stop after this many skipped non-finite steps")
     valid_freq: Optional[int] = Field(None, ge=1, description="validate every N steps (default disp_freq)")
     valid_epochs: Optional[int] = Field(None, ge=1, description="also validate after epoch e (0-based) when "

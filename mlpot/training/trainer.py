@@ -114,8 +114,19 @@ class Trainer(ValidationFlow):
         setup = build_training_optimizer(self.model, config.optimizer, config.lr_schedule, self.total_steps,
                                          self.dist.world_size, file, steps_per_epoch=self.steps_per_epoch)
         self.optimizer, self.scheduler, self.optimizer_setup = setup.optimizer, setup.scheduler, setup
+        if hasattr(self.optimizer, "update_from_batch") and (self.dist.enabled or self.multi_task
+                                                              or config.training.acc_freq > 1):
+            raise ConfigError("not supported yet: the LKF optimizer with several ranks, multi-task models or "
+                              "acc_freq > 1", file=file, key="optimizer.name")
+        if hasattr(self.optimizer, "update_from_batch") and config.training.clip_grad_norm is not None:
+            raise ConfigError("gradient clipping has no effect on the LKF optimizer: remove clip_grad_norm "
+                              "(DeePMD-kit gradient_max_norm)", file=file, key="training.clip_grad_norm")
+        if config.training.acc_freq > 1 and self.multi_task:
+            raise ConfigError("not supported yet: acc_freq > 1 with multi-task models", file=file,
+                              key="training.acc_freq")
         self.ema = ExponentialMovingAverage(self.model, config.ema.decay, config.ema.warmup) if config.ema else None
         self.step, self.epoch, self.nonfinite, self.stage_index = 0, 0, 0, -1
+        self.accumulated = 0  # batches whose gradients the current acc_freq window holds
         self.early_stopping = EarlyStopping(config.training.patience)
         self.first_nonfinite: Optional[tuple] = None  # (step, loss term) of the first skipped step
         self.last_task = self.task_names[0]
@@ -196,47 +207,63 @@ class Trainer(ValidationFlow):
     def _lr_ratio(self) -> float:
         """lr / start_lr for the lr-coupled loss prefactors; 1 during warm-up, so the prefactors stay
         at their start values there (DeePMD-kit PT passes start_lr to the loss while step < warmup)."""
-        if self.step < self.optimizer_setup.warmup_steps:
+        if self.step // self.config.training.acc_freq < self.optimizer_setup.warmup_steps:
             return 1.0
         return current_lr(self.optimizer) / self.optimizer.param_groups[0]["initial_lr"]
 
     def _reduced(self, value: torch.Tensor) -> float:
         return float(self.dist.sum(value)) if self.dist.enabled else float(value.detach())
 
-    def _update(self, task: str, head: torch.nn.Module, total: torch.Tensor, nonfinite: Optional[str]) -> None:
-        """Backward to the parameters only, gradient sum over ranks, clipping, optimizer and EMA step.
-        ``nonfinite``: the first non-finite loss term of this step (None when the loss is finite); such
-        a step, or one whose gradients are not finite, makes no update and is counted."""
-        self.optimizer.zero_grad(set_to_none=True)
+    def _update(self, task: str, head: torch.nn.Module, total: torch.Tensor, nonfinite: Optional[str]) -> bool:
+        """Backward to the parameters only; every ``training.acc_freq``-th batch (DeePMD-kit's gradient
+        accumulation: the gradients of the window's batches are summed, not averaged) the gradient sum
+        over ranks, clipping, optimizer and EMA step. ``nonfinite``: the first non-finite loss term of
+        this batch (None when the loss is finite); such a batch adds no gradient and is counted, and
+        an update whose gradients are not finite is skipped and counted. True at the end of a window
+        (the lr scheduler steps then: the schedule counts optimizer steps, as DeePMD-kit's does)."""
+        acc = self.config.training.acc_freq
+        if self.step % acc == 0:
+            self.optimizer.zero_grad(set_to_none=True)
+            self.accumulated = 0
         trainable = [p for p in head.parameters() if p.requires_grad]
         if nonfinite is None and trainable:
             # gradients of the parameters only: without ``inputs`` autograd also back-propagates
             # the force loss to the positions (and strain) leaves, through the second derivatives
             # of the environment; skipping that is 5-6 % of a water se_e2_a step
             total.backward(inputs=trainable)
-            # only this task's head: the other heads keep no gradient, so Adam leaves them (and
-            # their moments) untouched, on one rank or many (all ranks draw the same task)
-            self.dist.sum_gradients(list(head.parameters()))
-            grads = [p.grad for p in trainable if p.grad is not None]
-            if self.config.training.clip_grad_norm is not None:
-                norm = torch.nn.utils.clip_grad_norm_(head.parameters(), self.config.training.clip_grad_norm)
-            else:
-                norm = torch.nn.utils.get_total_norm(grads) if grads else torch.zeros(())
-            if not bool(torch.isfinite(norm)):
-                nonfinite = "the gradient"
-        if nonfinite is not None:
-            self.optimizer.zero_grad(set_to_none=True)
-            self.nonfinite += 1
-            if self.first_nonfinite is None:
-                self.first_nonfinite = (self.step + 1, nonfinite)
-            self.log.debug(f"non-finite loss at step {self.step + 1}: update skipped ({self.nonfinite} so far; "
-                           f"first non-finite term: {nonfinite})", warning=True)
-        elif not trainable:  # a multi-task head whose own parameters are all frozen
+            self.accumulated += 1
+        elif nonfinite is not None:
+            self._count_nonfinite(nonfinite)
+        if (self.step + 1) % acc:
+            return False
+        if not trainable:  # a multi-task head whose own parameters are all frozen
             self.log.debug(f"step {self.step + 1}: task {task!r} has no trainable parameter, nothing to update")
+            return True
+        if not self.accumulated:
+            return True
+        # only this task's head: the other heads keep no gradient, so Adam leaves them (and
+        # their moments) untouched, on one rank or many (all ranks draw the same task)
+        self.dist.sum_gradients(list(head.parameters()))
+        grads = [p.grad for p in trainable if p.grad is not None]
+        if self.config.training.clip_grad_norm is not None:
+            norm = torch.nn.utils.clip_grad_norm_(head.parameters(), self.config.training.clip_grad_norm)
+        else:
+            norm = torch.nn.utils.get_total_norm(grads) if grads else torch.zeros(())
+        if not bool(torch.isfinite(norm)):
+            self.optimizer.zero_grad(set_to_none=True)
+            self._count_nonfinite("the gradient")
         else:
             self.optimizer.step()
             if self.ema is not None:
                 self.ema.update(self.model)
+        return True
+
+    def _count_nonfinite(self, term: str) -> None:
+        self.nonfinite += 1
+        if self.first_nonfinite is None:
+            self.first_nonfinite = (self.step + 1, term)
+        self.log.debug(f"non-finite loss at step {self.step + 1}: update skipped ({self.nonfinite} so far; "
+                       f"first non-finite term: {term})", warning=True)
 
     @staticmethod
     def _first_nonfinite(weighted: Dict[str, torch.Tensor], total: float) -> Optional[str]:
@@ -257,12 +284,19 @@ class Trainer(ValidationFlow):
         batch = data.train_batch(shard_indices(next_indices(data), self.dist))
         lr = current_lr(self.optimizer)
         self.model.train()
-        pred = loss.prepare(predict(head, batch, loss.labels, create_graph=True), batch)
+        def predict_batch():
+            return predict(head, batch, loss.labels, create_graph=True)
+        # optimizers that run the model on the batch themselves (LKF): their last prediction is shown
+        batch_update = getattr(self.optimizer, "update_from_batch", None)
+        raw = batch_update(predict_batch, batch, self.step / self.total_steps) if batch_update else predict_batch()
+        pred = loss.prepare(raw, batch)
         total, weighted, _ = loss(pred, batch, self._lr_ratio(), reduce=self.dist.sum if self.dist.enabled else None)
         global_total = self._reduced(total)
         skipped = self.nonfinite
-        self._update(task, head, total, self._first_nonfinite(weighted, global_total))
-        if not self.optimizer_setup.plateau:
+        stepped = batch_update is not None or self._update(task, head, total, self._first_nonfinite(weighted, global_total))
+        if batch_update is not None and self.ema is not None:
+            self.ema.update(self.model)
+        if stepped and not self.optimizer_setup.plateau:
             self.scheduler.step()
         self.step += 1
         self.epoch = self.step // self.steps_per_epoch  # completed (nominal) epochs
