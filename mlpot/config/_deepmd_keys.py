@@ -19,7 +19,7 @@ from __future__ import annotations
 from typing import Any, Dict, Optional
 
 from mlpot.models.compose import FROZEN_KEYS, LINEAR_KEYS
-from mlpot.models.deepmd.keys import (DESCRIPTOR_ALIASES, DESCRIPTOR_KEYS, FITTING_KEYS,
+from mlpot.models.deepmd.keys import (DESCRIPTOR_ALIASES, DESCRIPTOR_KEYS, FITTING_KEYS, MODIFIER_KEYS,
                                       MULTI_TASK_KEYS, STANDARD_KEYS, UNBUILT_DESCRIPTORS, UNBUILT_FITTINGS,
                                       UNBUILT_MODELS)
 from mlpot.models.pair import PAIRTAB_KEYS
@@ -220,6 +220,7 @@ def all_tables() -> Dict[str, Dict[str, DeepmdKey]]:
     tables.update({f"model[type={name}]": keys for name, keys in MODEL_TYPES.items()})
     tables.update({f"model/descriptor[{name}]": table for name, table in DESCRIPTORS.items()})
     tables.update({f"model/fitting_net[{name}]": table for name, table in FITTINGS.items()})
+    tables.update({f"model/modifier[{name}]": table for name, table in MODIFIER_KEYS.items()})
     tables.update({f"learning_rate[{name}]": table for name, table in LEARNING_RATES.items()})
     tables.update({f"loss[{name}]": table for name, table in LOSSES.items()})
     tables["optimizer"] = OPTIMIZER

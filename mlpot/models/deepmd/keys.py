@@ -24,7 +24,7 @@ from mlpot.models.sections import REQUIRED, Key, ignored, key, read_section, uns
 __all__ = ["DESCRIPTOR_KEYS", "DESCRIPTOR_ALIASES", "FITTING_KEYS", "STANDARD_KEYS", "TYPE_EMBEDDING_KEYS",
            "LINEAR_KEYS", "PAIRTAB_KEYS", "FROZEN_KEYS", "MULTI_TASK_KEYS", "MODEL_TYPE_KEYS", "DPA1_LEGACY_KEYS",
            "UNBUILT_DESCRIPTORS", "UNBUILT_FITTINGS", "UNBUILT_MODELS", "resolve_precision", "resolve_sel",
-           "check_model_section"]
+           "check_model_section", "MODIFIER_KEYS", "UNBUILT_MODIFIERS", "read_modifier_section"]
 
 Number = float
 Neurons = List[Annotated[int, Field(ge=1)]]  # layer widths
@@ -156,6 +156,33 @@ del FIT_DOS["atom_ener"]
 FITTING_KEYS: Dict[str, Dict[str, Key]] = {"ener": FIT_ENER, "dipole": FIT_DIPOLE, "polar": FIT_POLAR, "dos": FIT_DOS}
 UNBUILT_FITTINGS = ("property", "population", "dens")
 
+DIPOLE_CHARGE_KEYS: Dict[str, Key] = {
+    "type": key(REQUIRED, note="dipole_charge (DPLR)", annotation=str),
+    "model_name": key(REQUIRED, note="the DW (dipole) model: an mlpot frozen file (`mlpot freeze`), path relative to "
+                      "the working directory as in DeePMD-kit (a TF .pb is not read)",
+                      annotation=str),
+    "model_charge_map": key(REQUIRED, note="e, charge of the WC of each sel_type of the DW model, in its order",
+                            annotation=List[float]),
+    "sys_charge_map": key(REQUIRED, note="e, ion charge per type of type_map", annotation=List[float]),
+    "ewald_h": key(1.0, note="Å, reciprocal grid spacing: Miller indices up to K/2 along each cell vector, K = its length / ewald_h "
+                   "rounded up to an even integer (DeePMD-kit's rule)",
+                   annotation=float),
+    "ewald_beta": key(0.4, note="1/Å, Gaussian spread of the reciprocal kernel exp(-pi^2 m^2/beta^2)/m^2",
+                      annotation=float),
+    "efield": key(None, note="mlpot key: uniform external field [Ex, Ey, Ez] V/Å on ions and WCs, energy "
+                  "-sum q r.E (DeePMD-kit puts it in LAMMPS `fix dplr ... efield`); a per-frame external_field "
+                  "input (gradient of the potential) adds to it", annotation=Optional[List[float]]),
+}
+MODIFIER_KEYS: Dict[str, Dict[str, Key]] = {"dipole_charge": DIPOLE_CHARGE_KEYS}
+UNBUILT_MODIFIERS = ("dipole_charge_beta", "dipole_charge_electrode")  # ec-MLP's variants of DeePMD-kit TF
+
+
+def read_modifier_section(section: Any, path: str = "model/modifier") -> Dict[str, Any]:
+    """The values of a ``model/modifier`` section (defaults filled); ConfigErrors name ``path/<key>``."""
+    table = _typed_table(section, MODIFIER_KEYS, {}, UNBUILT_MODIFIERS, None, path)
+    return read_section(section, path, table, "ModifierSection")
+
+
 # ---- model types (model) -----------------------------------------------------------------------
 STANDARD_KEYS: Dict[str, Key] = {
     "type": key("standard", note="standard; frozen, pairtab, linear_ener, multi-task: their own keys", annotation=str),
@@ -180,7 +207,8 @@ STANDARD_KEYS: Dict[str, Key] = {
     "type_embedding": key(None, note="TF-style type embedding (neuron, activation_function, resnet_dt, precision, "
                           "trainable, seed, use_tebd_bias) for se_e2_a: one shared embedding net on [s~, tebd(t_j) "
                           "(, tebd(t_i))] and one fitting net reading tebd(t_i)", annotation=Optional[dict]),
-    "modifier": unsupported(None, note="DPLR long range (dipole_charge modifier): not built yet"),
+    "modifier": key(None, note="DPLR long range: type dipole_charge (model_name, model_charge_map, sys_charge_map, "
+                    "ewald_h, ewald_beta; mlpot: efield), see model/modifier[dipole_charge]", annotation=Optional[dict]),
     "compress": unsupported(None, note="written by dp compress: compressed models are not built yet"),
     "use_compression": unsupported(None, note="compressed models are not built yet"),
     "spin": unsupported(None, note="spin models (model/spin, ener_spin loss) are not built yet"),
@@ -297,6 +325,8 @@ def check_model_section(config: Any, path: str = "model") -> None:
         read_section(values["fitting_net"], f"{path}/fitting_net", fitting, "FittingSection")
         if values["type_embedding"] is not None:
             read_section(values["type_embedding"], f"{path}/type_embedding", TYPE_EMBEDDING_KEYS, "TypeEmbeddingSection")
+        if values["modifier"] is not None:
+            read_modifier_section(values["modifier"], f"{path}/modifier")
     elif kind == "linear_ener":
         for index, member in enumerate(values["models"]):
             inherited = dict(member, type_map=member.get("type_map", values["type_map"])) \
