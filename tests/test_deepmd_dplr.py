@@ -219,13 +219,48 @@ def test_missing_or_wrong_dw_model_names_model_name(dw_file, tmp_path):
         build_model(dplr_section(path), F64)
 
 
-def test_frozen_dplr_model_reloads_with_the_same_energy_and_forces(dw_file, tmp_path):
+def test_frozen_dplr_model_is_self_contained(dw_file, tmp_path):
+    """The frozen file holds the DW weights and the build records the DW section: it loads without
+    model_name's file (as DeePMD-kit's frozen DPLR model holds its DW model), but cannot be trained so."""
+    import shutil
+
     from mlpot.calculators.export import load_model
+
+    dw_copy = tmp_path / "dw_copy.pth"
+    shutil.copy(dw_file, dw_copy)
+    model = build_model(dplr_section(dw_copy), F64)
+    assert model.config["modifier"]["dw_model"]["model_config"]["fitting_net"]["type"] == "dipole"
+    path = tmp_path / "dplr.pth"
+    torch.save({"format": FROZEN_FORMAT, "format_version": 1, "model_config": model.config, "dtype": "float64",
+                "state_dict": model.state_dict(), "metadata": {}}, path)
+    dw_copy.unlink()
+    loaded = load_model(path)
+    batch = water_like_batch()
+    torch.testing.assert_close(compute_derivatives(loaded, batch)[K.FORCES], compute_derivatives(model, batch)[K.FORCES])
+    with pytest.raises(ConfigError, match=r"model/modifier/model_name: .*dw_copy.pth: no such file; training needs"):
+        build_model(model.config, F64).compute_statistics([batch])
+
+
+def test_ase_calculator_on_a_frozen_dplr_model_gives_short_plus_long_range_and_reads_the_field(dw_file, tmp_path):
+    from ase import Atoms
+
+    from mlpot.calculators.ase import MlpotCalculator
 
     model = build_model(dplr_section(dw_file), F64)
     path = tmp_path / "dplr.pth"
     torch.save({"format": FROZEN_FORMAT, "format_version": 1, "model_config": model.config, "dtype": "float64",
                 "state_dict": model.state_dict(), "metadata": {}}, path)
-    loaded = load_model(path)
-    batch = water_like_batch()
-    torch.testing.assert_close(compute_derivatives(loaded, batch)[K.FORCES], compute_derivatives(model, batch)[K.FORCES])
+    batch = water_like_batch(1)
+    atoms = Atoms("OH2" * 3, positions=batch[K.POSITIONS].numpy(), cell=batch[K.CELL][0].numpy(), pbc=True)
+    atoms.calc = MlpotCalculator(str(path))
+    reference = compute_derivatives(model, batch)
+    short = model.members[0](batch)[K.ENERGY] + model.bias_atom[batch[K.ATOM_TYPES], 0].sum()
+    long = model.members[1](batch)[K.ENERGY]
+    assert atoms.get_potential_energy() == pytest.approx(float((short + long).detach()), abs=1e-9)
+    np.testing.assert_allclose(atoms.get_forces(), reference[K.FORCES].detach().numpy(), atol=1e-9)
+    field = [0.0, 0.0, 0.1]
+    with_field = build_model(dplr_section(dw_file, efield=field), F64)
+    with_field.load_state_dict(model.state_dict())
+    atoms.info["external_field"] = [-x for x in field]  # mlpot's input: the potential gradient
+    atoms.calc.reset()
+    assert atoms.get_potential_energy() == pytest.approx(float(with_field(batch)[K.ENERGY][0]), abs=1e-9)

@@ -29,6 +29,7 @@ term by term DeePMD-kit's loss of the short-range model on the modified labels
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import torch
@@ -38,7 +39,7 @@ from mlpot.electrostatics import gaussian_charge_reciprocal_potentials, half_spa
 from mlpot.errors import CheckpointError, ConfigError, DataError
 from mlpot.models.base import AtomisticModel
 from mlpot.models.compose import FrozenModel, LinearEnergyModel, build_frozen
-from mlpot.models.deepmd.keys import read_modifier_section
+from mlpot.models.deepmd.keys import read_modifier_section, resolve_precision
 from mlpot.nn import gather_rows, is_tracing, scatter_sum
 
 __all__ = ["DipoleChargeLongRange", "build_dipole_charge", "deepmd_ewald_grid", "with_dipole_charge_modifier"]
@@ -78,15 +79,25 @@ class DipoleChargeLongRange(AtomisticModel):
         wc_charge[list(sel_types)] = torch.tensor([float(q) for q in model_charge_map], dtype=torch.float64)
         has_wc = torch.zeros(n_types, dtype=torch.bool)
         has_wc[list(sel_types)] = True
-        self.register_buffer("ion_charge", torch.tensor([float(q) for q in sys_charge_map], dtype=torch.float64))
-        self.register_buffer("wc_charge", wc_charge)
+        # settings of the model section, not state: rebuilt from the section, never read from weights
+        self.register_buffer("ion_charge", torch.tensor([float(q) for q in sys_charge_map], dtype=torch.float64),
+                             persistent=False)
+        self.register_buffer("wc_charge", wc_charge, persistent=False)
         self.register_buffer("has_wc", has_wc, persistent=False)
         field = [0.0, 0.0, 0.0] if efield is None else [float(e) for e in efield]
-        self.register_buffer("efield", torch.tensor(field, dtype=torch.float64))
+        self.register_buffer("efield", torch.tensor(field, dtype=torch.float64), persistent=False)
 
     @property
     def input_keys(self):
         return (EXTERNAL_FIELD,)
+
+    def compute_statistics(self, batches, **kwargs) -> Dict[str, Any]:
+        """Nothing to fit (no trainable parameter); refuses to train with a DW model whose weights are not
+        read from ``model_name`` (a frozen DPLR section rebuilt without its file)."""
+        if not getattr(self.dipole_model, "weights_from_file", True):
+            raise ConfigError(f"{self.dipole_model.model_file}: no such file; training needs the DW model's weights",
+                              key=f"{_PATH}/model_name")
+        return {}
 
     def _check_neutral(self, charges: torch.Tensor, frame: torch.Tensor, n_frames: int) -> None:
         """DataError naming the first frame whose ions + WCs carry a net charge (> 1e-6 e)."""
@@ -136,6 +147,15 @@ class DipoleChargeLongRange(AtomisticModel):
 
 
 def _dipole_model(values: Dict[str, Any], dtype: torch.dtype, build: Callable[..., AtomisticModel]) -> FrozenModel:
+    """The DW model: from the ``model_name`` file, else (a frozen DPLR file being loaded, whose weights
+    hold the DW weights) rebuilt from the ``dw_model`` section the build recorded; ``weights_from_file``
+    tells which."""
+    embedded = values.get("dw_model")
+    if embedded is not None and not Path(values["model_name"]).is_file():
+        model = build(embedded["model_config"], resolve_precision(embedded.get("precision"), dtype, f"{_PATH}/dw_model"))
+        frozen = FrozenModel(model.eval(), values["model_name"])
+        frozen.weights_from_file = False
+        return frozen
     try:
         frozen = build_frozen({"type": "frozen", "model_file": values["model_name"]}, dtype, build)
     except (ConfigError, CheckpointError) as error:  # the reader names model/model_file: name the modifier's key
@@ -143,6 +163,7 @@ def _dipole_model(values: Dict[str, Any], dtype: torch.dtype, build: Callable[..
     if ATOMIC_DIPOLE not in frozen.output_keys:
         raise ConfigError(f"{values['model_name']} is not a dipole model (outputs {list(frozen.output_keys)}); "
                           "train one with fitting_net type dipole and freeze it", key=f"{_PATH}/model_name")
+    frozen.weights_from_file = True
     return frozen
 
 
@@ -166,6 +187,7 @@ def build_dipole_charge(section: Dict[str, Any], type_map: Sequence[str], dtype:
     if values["efield"] is not None and len(values["efield"]) != 3:
         raise ConfigError(f"expected [Ex, Ey, Ez] in V/Å; got {values['efield']}", key=f"{_PATH}/efield")
     frozen = _dipole_model(values, dtype, build)
+    section["dw_model"] = {"model_config": frozen.model.config, "precision": str(frozen.model.dtype).removeprefix("torch.")}
     if list(frozen.type_map) != list(type_map):
         raise ConfigError(f"the DW model's type_map {frozen.type_map} differs from model/type_map {list(type_map)}",
                           key=f"{_PATH}/model_name")

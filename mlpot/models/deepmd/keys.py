@@ -172,6 +172,9 @@ DIPOLE_CHARGE_KEYS: Dict[str, Key] = {
     "efield": key(None, note="mlpot key: uniform external field [Ex, Ey, Ez] V/Å on ions and WCs, energy "
                   "-sum q r.E (DeePMD-kit puts it in LAMMPS `fix dplr ... efield`); a per-frame external_field "
                   "input (gradient of the potential) adds to it", annotation=Optional[List[float]]),
+    "dw_model": key(None, note="mlpot, written by the build (not an input key): the DW model's section and precision, "
+                    "so that a frozen DPLR file, which holds the DW weights, loads without model_name",
+                    annotation=Optional[dict]),
 }
 MODIFIER_KEYS: Dict[str, Dict[str, Key]] = {"dipole_charge": DIPOLE_CHARGE_KEYS}
 UNBUILT_MODIFIERS = ("dipole_charge_beta", "dipole_charge_electrode")  # ec-MLP's variants of DeePMD-kit TF
