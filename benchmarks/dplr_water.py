@@ -11,7 +11,8 @@ DeePMD-kit's two-step DPLR workflow (doc/model/dplr.md), run by mlpot on DeePMD-
 2. Energy models (``ener.json``) on ``deepmd_water`` data_0 + data_1 (240 frames of 64 H2O, 12.44 Å):
    the DPLR model (same input with ``model/modifier`` dipole_charge, beta 0.4 1/Å, h 1 Å, charges
    O 6, H 1, WC -8) and the same input without the modifier (short range only), the same steps and
-   seed. decay_steps = steps / 40, so the learning rate falls from 1e-3 to 3.51e-8 in both.
+   seed. decay_steps = steps / 40, so the learning rate falls from 1e-3 to ``--stop-lr`` (the example's
+   3.51e-8 by default; short runs want a larger one) in both.
 3. Both frozen models are evaluated on every frame of the held-out data_3 (80 frames, the same
    energy/force labels): energy RMSE per atom and force RMSE (as ``mlpot test``).
 
@@ -106,7 +107,31 @@ def long_range_size(model_file: Path, system: Path) -> dict:
     return {"e_lr_std_per_atom": float(np.std(energies)), "f_lr_rms": float(np.sqrt(np.mean(np.concatenate(forces) ** 2)))}
 
 
-def run_comparison(workdir: Path, dw_steps: int, steps: int, models=("short_range", "dplr")) -> dict:
+def scaled_dw(source: Path, scale: float, target: Path) -> Path:
+    """A frozen DW model predicting ``scale`` times what ``source`` predicts: the last (linear) layer of
+    each fitting net scaled, i.e. the DW model of the labels times ``scale`` (the dipole fitting has no
+    output bias). ``--dw-label-scale 0.25`` reads the dataset's atomic dipoles as the sum of the four
+    Wannier-centre displacements of each O rather than their centroid (module docstring)."""
+    import re
+
+    import torch
+
+    payload = torch.load(source, map_location="cpu", weights_only=True)
+    state = payload["state_dict"]
+    last = {}
+    for name in state:
+        match = re.match(r"(.*fitting\.nets\.\d+\.layers\.)(\d+)\.(weight|bias)$", name)
+        if match:
+            last[match.group(1)] = max(last.get(match.group(1), 0), int(match.group(2)))
+    for prefix, index in last.items():
+        for kind in ("weight", "bias"):
+            state[f"{prefix}{index}.{kind}"] = state[f"{prefix}{index}.{kind}"] * scale
+    torch.save(payload, target)
+    return target
+
+
+def run_comparison(workdir: Path, dw_steps: int, steps: int, models=("short_range", "dplr"), dw_label_scale: float = 1.0,
+                   stop_lr: float = 3.51e-8) -> dict:
     """Steps 1-3 of the module docstring in ``workdir`` for ``models``; the numbers as a dict. A DW model
     already frozen in ``workdir/dw/dw.pth`` is reused (its folder's input gives its steps)."""
     workdir.mkdir(parents=True, exist_ok=True)
@@ -135,7 +160,13 @@ def run_comparison(workdir: Path, dw_steps: int, steps: int, models=("short_rang
     ener["training"]["validation_data"]["systems"] = [str(water / "data_3")]
     ener["training"]["numb_steps"] = steps
     ener["learning_rate"]["decay_steps"] = max(1, steps // 40)
-    ener["model"]["modifier"]["model_name"] = str(workdir / "dw" / "dw.pth")
+    ener["learning_rate"]["stop_lr"] = stop_lr
+    results["stop_lr"] = stop_lr
+    dw_model = workdir / "dw" / "dw.pth"
+    if dw_label_scale != 1.0:
+        dw_model = scaled_dw(dw_model, dw_label_scale, workdir / "dw" / f"dw_x{dw_label_scale:g}.pth")
+        results["dw_label_scale"] = dw_label_scale
+    ener["model"]["modifier"]["model_name"] = str(dw_model)
     short = copy.deepcopy(ener)
     del short["model"]["modifier"]
     for name, config in (("short_range", short), ("dplr", ener)):
@@ -154,7 +185,8 @@ def run_comparison(workdir: Path, dw_steps: int, steps: int, models=("short_rang
 def report(results: dict) -> None:
     print(f"DW model: {results['dw_steps']} steps, {results['dw_wall']:.0f} s; validation atomic-dipole RMSE "
           f"{results['dw_rmse']:.4f} Å (label RMS on O {results['dw_label_rms']:.4f} Å)")
-    print(f"energy models: {results['steps']} steps each; data_3 (80 frames, held out):")
+    print(f"energy models: {results['steps']} steps each, lr 1e-3 to {results['stop_lr']:.3g}; data_3 (80 frames, "
+          "held out):")
     for name in ("short_range", "dplr"):
         if f"{name}_wall" not in results:
             continue
@@ -172,10 +204,15 @@ def main(argv=None) -> None:
     parser.add_argument("--workdir", type=Path, default=None, help="default: a fresh temporary folder")
     parser.add_argument("--models", nargs="+", choices=["short_range", "dplr"], default=["short_range", "dplr"],
                         help="energy models to train (two processes may share a workdir once dw/dw.pth exists)")
+    parser.add_argument("--dw-label-scale", type=float, default=1.0,
+                        help="WC displacement = DW prediction x this (0.25: labels are sums over the 4 WCs)")
+    parser.add_argument("--stop-lr", type=float, default=3.51e-8,
+                        help="final learning rate of the energy models (the example's 3.51e-8 suits long runs)")
     args = parser.parse_args(argv)
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="dplr_water_"))
     print(f"work folder {workdir}")
-    report(run_comparison(workdir.resolve(), args.dw_steps, args.steps, tuple(args.models)))
+    report(run_comparison(workdir.resolve(), args.dw_steps, args.steps, tuple(args.models), args.dw_label_scale,
+                          args.stop_lr))
 
 
 if __name__ == "__main__":
