@@ -263,4 +263,19 @@ def test_ase_calculator_on_a_frozen_dplr_model_gives_short_plus_long_range_and_r
     with_field.load_state_dict(model.state_dict())
     atoms.info["external_field"] = [-x for x in field]  # mlpot's input: the potential gradient
     atoms.calc.reset()
-    assert atoms.get_potential_energy() == pytest.approx(float(with_field(batch)[K.ENERGY][0]), abs=1e-9)
+    assert atoms.get_potential_energy() == pytest.approx(float(with_field(batch)[K.ENERGY][0].detach()), abs=1e-9)
+
+
+def test_example_inputs_convert_and_check():
+    """examples/deepmd_water_dplr: the DW input and the DPLR energy input pass the DeePMD front-end."""
+    from pathlib import Path
+
+    from mlpot.config.deepmd import convert
+    from mlpot.models.registry import check_model_section
+
+    folder = Path(__file__).resolve().parents[1] / "examples" / "deepmd_water_dplr"
+    ener = convert(folder / "ener.json")
+    check_model_section(ener["model"])
+    assert ener["model"]["modifier"]["ewald_beta"] == 0.4 and ener["model"]["modifier"]["model_name"] == "dw.pth"
+    dw = convert(folder / "dw.json")
+    assert dw["model"]["fitting_net"]["type"] == "dipole"
