@@ -177,6 +177,14 @@ def test_net_charge_is_an_error_naming_the_frame(dw_file):
         model(batch)
 
 
+def test_non_periodic_frame_is_an_error_naming_the_frame(dw_file):
+    model = build_model(dplr_section(dw_file), F64)
+    batch = water_like_batch()
+    batch[K.PBC] = torch.tensor([[True, True, True], [True, True, False]])
+    with pytest.raises(DataError, match=r"frame 1: .*periodic in all three directions"):
+        model(batch)
+
+
 def test_deepmd_input_with_modifier_converts_and_builds(dw_file, tmp_path):
     from mlpot.config.deepmd import convert_dict
 

@@ -34,7 +34,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import torch
 
-from mlpot.data.keys import ATOM_ENERGY, ATOM_TYPES, ATOMIC_DIPOLE, BATCH, CELL, ENERGY, EXTERNAL_FIELD, POSITIONS
+from mlpot.data.keys import ATOM_ENERGY, ATOM_TYPES, ATOMIC_DIPOLE, BATCH, CELL, ENERGY, EXTERNAL_FIELD, PBC, POSITIONS
 from mlpot.electrostatics import gaussian_charge_reciprocal_potentials, half_space_miller_kvectors
 from mlpot.errors import CheckpointError, ConfigError, DataError
 from mlpot.models.base import AtomisticModel
@@ -109,6 +109,17 @@ class DipoleChargeLongRange(AtomisticModel):
                             "reciprocal sum needs neutral frames (check model/modifier/sys_charge_map and "
                             "model_charge_map against the atom types)", frame=f, key=ATOM_TYPES)
 
+    @staticmethod
+    def _check_periodic(batch: Dict[str, torch.Tensor], cells: torch.Tensor) -> None:
+        """DataError naming the first frame that is not periodic in all directions (or has no cell volume)."""
+        periodic = torch.linalg.det(cells.detach()).abs() > 1e-6
+        if PBC in batch:
+            periodic = periodic & batch[PBC].to(torch.bool).all(dim=-1)
+        bad = torch.nonzero(~periodic).flatten()
+        if bad.numel():
+            raise DataError("the DPLR reciprocal sum needs a frame periodic in all three directions with a cell",
+                            frame=int(bad[0]), key=PBC)
+
     def sites(self, batch: Dict[str, torch.Tensor]):
         """Ions then WCs: positions (n_atoms + n_wc, 3) Å, charges (n_atoms + n_wc,) e, owner atom
         (n_atoms + n_wc,) and frame (n_atoms + n_wc,) of each site. WCs differentiable through the DW model."""
@@ -128,6 +139,7 @@ class DipoleChargeLongRange(AtomisticModel):
         n_frames, n_atoms = cells.shape[0], batch[POSITIONS].shape[0]
         if not is_tracing():
             self._check_neutral(charges, frame, n_frames)
+            self._check_periodic(batch, cells)
         order = torch.argsort(frame, stable=True)  # sites grouped by frame
         bounds = torch.searchsorted(frame[order], torch.arange(n_frames + 1, device=frame.device)).tolist()
         potentials = []
