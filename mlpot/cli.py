@@ -22,6 +22,7 @@ COMMANDS = {
     "train": ("mlpot.commands.train", "train a model from a native YAML, DeePMD input.json, NequIP or MACE-SCF config"),
     "test": ("mlpot.commands.test", "evaluate a model on a dataset (RMSE/MAE per label, detail files, parity plot)"),
     "freeze": ("mlpot.commands.freeze", "turn a training checkpoint into a standalone model file"),
+    "compress": ("mlpot.commands.compress", "tabulate a DeePMD model's embedding nets for faster inference (dp compress)"),
     "package": ("mlpot.commands.package", "a self-contained model file with modifiers and metadata (nequip-package)"),
     "convert": ("mlpot.commands.convert", "convert a peer config (DeePMD, NequIP, MACE-SCF) into native YAML"),
     "data": ("mlpot.commands.data", "inspect datasets (`mlpot data info PATH...`)"),

@@ -4,7 +4,8 @@ Every model test uses these checks:
 
 * ``finite_difference_forces`` / ``assert_forces_match_fd``: F = -dE/dR by central differences;
 * ``assert_virial_matches_finite_strain``: Ξ = -dE/dε by central differences of a symmetric strain
-  applied to positions and cell;
+  applied to positions and cell; ``assert_derivatives_match_fd``: both, with the usual float64 /
+  float32 steps and tolerances;
 * ``random_rotation``, ``assert_invariant`` (rotation, translation, permutation of atoms within
   each frame), ``assert_equivariant_vector`` / ``assert_equivariant_tensor`` (rank 1 and 2 outputs);
 * ``assert_batch_consistent``: a batch gives the same outputs as its frames one at a time;
@@ -26,6 +27,7 @@ from mlpot.models.derivatives import compute_derivatives
 
 __all__ = [
     "finite_difference_forces", "assert_forces_match_fd", "finite_strain_virial", "assert_virial_matches_finite_strain",
+    "assert_derivatives_match_fd",
     "random_rotation", "rotate_batch", "translate_batch", "permute_batch", "split_batch",
     "assert_invariant", "assert_equivariant_vector", "assert_equivariant_tensor", "assert_batch_consistent",
 ]
@@ -95,6 +97,18 @@ def assert_virial_matches_finite_strain(model, batch: Batch, *, delta: float = 1
     periodic = volume > 1e-12
     expected = -numeric[periodic] / volume[periodic][:, None, None]
     torch.testing.assert_close(out[K.STRESS].detach().to(torch.float64)[periodic], expected, atol=atol, rtol=rtol)
+
+
+def assert_derivatives_match_fd(model, batch: Batch, dtype: torch.dtype = torch.float64) -> None:
+    """Forces and virial by finite differences for a model of precision ``dtype``: float64 with a
+    1e-4 Å / 1e-5 strain step and ~1e-7 tolerances; float32 with 2e-3 steps and percent-level
+    tolerances (forces on atoms 0, 3 and 9 only)."""
+    if dtype == torch.float64:
+        assert_forces_match_fd(model, batch, atol=1e-7, rtol=1e-5)
+        assert_virial_matches_finite_strain(model, batch, atol=1e-7, rtol=1e-5)
+    else:
+        assert_forces_match_fd(model, batch, delta=2e-3, atol=5e-3, rtol=5e-2, atoms=[0, 3, 9])
+        assert_virial_matches_finite_strain(model, batch, delta=2e-3, atol=2e-2, rtol=5e-2)
 
 
 def random_rotation(dtype: torch.dtype = torch.float64, seed: int = 0) -> torch.Tensor:

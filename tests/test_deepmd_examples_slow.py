@@ -35,7 +35,7 @@ STEPS = int(os.environ.get("MLPOT_EXAMPLE_STEPS", "300"))
 LIGHT = os.environ.get("MLPOT_EXAMPLE_ATTENTION", "0") != "1"
 
 sys.path.insert(0, str(REPO / "examples" / "deepmd_water"))
-from example_inputs import example_input, write_tables  # noqa: E402
+from example_inputs import example_input, nopbc_input, write_tables  # noqa: E402
 
 # DeePMD-kit 3.2 (pure-PyTorch path) on the zbl example with attn_layer 0, 300 steps, 2 threads, as
 # printed by `python benchmarks/deepmd_examples.py zbl --steps 300 --light` (2026-12-07): the
@@ -44,6 +44,13 @@ from example_inputs import example_input, write_tables  # noqa: E402
 # DeePMD-kit itself ends with a constant offset of several eV/atom at this step count.
 DEEPMD_ZBL_300_STEPS = {"energy_per_atom": 3.9364, "forces": 2.2281}  # mlpot then: 3.7817, 2.2381
 ZBL_STEPS = 300
+# DeePMD-kit 3.2 on the nopbc example input (300 steps, decay_steps 100, batch_size auto), tested on
+# 200 frames of C1H4O2: medians over 9 seeds (descriptor/fitting seeds 1-8 and the example's 1,
+# training seeds 10-18), `python benchmarks/deepmd_short_schedule.py nopbc` (2026-12-07). The spread
+# is wide (forces 1.68-2.42 eV/Å, energy 0.69-2.37 eV/atom); mlpot's medians over the same seeds:
+# 2.38 eV/Å and 0.57 eV/atom (label RMS force 3.45 eV/Å).
+DEEPMD_NOPBC_300_STEPS = {"energy_per_atom": 1.54, "forces": 2.27}
+NOPBC_STEPS = 300
 
 
 def _mlpot(*args, cwd):
@@ -116,19 +123,12 @@ def test_composite_model_is_within_1_5x_of_its_best_member(runs, name):
 
 def test_nopbc_example_trains(tmp_path, shared_data):
     data = shared_data("deepmd_nopbc")
-    config = {"model": {"type_map": ["C", "H", "O"],
-                        "descriptor": {"type": "se_e2_a", "sel": [40, 80, 40], "rcut_smth": 1.0, "rcut": 6.0,
-                                       "neuron": [25, 50, 100], "resnet_dt": False, "axis_neuron": 12,
-                                       "type_one_side": True, "seed": 1},
-                        "fitting_net": {"neuron": [240, 240, 240], "resnet_dt": True, "seed": 1}},
-              "learning_rate": {"type": "exp", "decay_steps": 100, "start_lr": 0.001, "stop_lr": 3.51e-8},
-              "loss": {"type": "ener", "start_pref_e": 0.02, "limit_pref_e": 1, "start_pref_f": 1000, "limit_pref_f": 1,
-                       "start_pref_v": 0, "limit_pref_v": 0},
-              "training": {"training_data": {"systems": str(data), "batch_size": "auto"}, "numb_steps": STEPS,
-                           "seed": 10, "disp_freq": max(1, STEPS // 10), "save_freq": STEPS}}
+    config = nopbc_input(data, NOPBC_STEPS)
     (tmp_path / "input.json").write_text(json.dumps(config))
     _mlpot("train", "input.json", "--no-progress", cwd=tmp_path)
     _mlpot("freeze", "model.ckpt.pt", "-o", "model.pt", cwd=tmp_path)
     errors = _errors(_mlpot("test", "model.pt", data / "C1H4O2", "-n", "200", cwd=tmp_path))
-    forces = np.concatenate([np.load(p).reshape(-1) for p in (data / "C1H4O2").glob("set.*/force.npy")])
-    assert errors["forces"] < 0.5 * float(np.sqrt(np.mean(forces ** 2))), errors
+    # The example's schedule (1e-3 to 3.51e-8 with decay_steps 100) leaves 100 steps at a useful lr in
+    # a 300-step run, so neither code gets far: DeePMD-kit's own figures are the reference.
+    for key, reference in DEEPMD_NOPBC_300_STEPS.items():
+        assert errors[key] <= 1.25 * reference, (key, errors, DEEPMD_NOPBC_300_STEPS)

@@ -1,11 +1,12 @@
 """mlpot reads DeePMD-kit's trained files (3.x, PyTorch backend) and gives DeePMD-kit's numbers.
 
 ``tests/peer_models/deepmd/`` holds tiny water models (se_e2_a two- and one-sided, se_e2_r,
-se_atten, se_atten_v2; ener fitting; float64) that DeePMD-kit 3.2 itself trained, froze and
-evaluated (``tests/peer_models/make_deepmd_models.py``, run with DeePMD-kit's Python; CI has no
-DeePMD-kit): each model's training checkpoint (DeePMD-kit's file, byte for byte), its frozen
-TorchScript archive (the data records of DeePMD-kit's file; mlpot never reads the code records)
-and ``dp test``'s energies, forces and virials on frames 0 and 2 of deepmd_water/data_3. Loaded by
+se_atten, se_atten_v2, se_e3_tebd in concat and strip mode; ener fitting; float64) that
+DeePMD-kit 3.2 itself trained, froze and evaluated (``tests/peer_models/make_deepmd_models.py``,
+run with DeePMD-kit's Python; CI has no DeePMD-kit): each model's training checkpoint (DeePMD-kit's
+file, byte for byte), its frozen TorchScript archive (the data records of DeePMD-kit's file; mlpot
+never reads the code records) and ``dp test``'s energies, forces and virials on frames 0 and 2 of
+deepmd_water/data_3. Loaded by
 ``load_model`` (behind ``mlpot test``, ``mlpot md``, ``mlpot freeze`` and the ASE calculator), the
 model must give DeePMD-kit's numbers to 1e-8 (eV, eV/Å, eV).
 
@@ -37,7 +38,7 @@ from mlpot.data import read_frames
 from mlpot.errors import CheckpointError, ConfigError
 
 FILES = Path(__file__).parent / "peer_models" / "deepmd"
-MODELS = ["se_e2_a", "se_e2_a_one_side", "se_e2_r", "se_atten", "se_atten_v2"]
+MODELS = ["se_e2_a", "se_e2_a_one_side", "se_e2_r", "se_atten", "se_atten_v2", "se_e3_tebd", "se_e3_tebd_strip"]
 KINDS = {"checkpoint": ".ckpt.pt", "frozen": ".pth"}
 FRAMES = (0, 2)  # frames of data_3 that DeePMD-kit evaluated (make_deepmd_models.FRAMES)
 TOLERANCE = 1e-8
@@ -64,7 +65,8 @@ def predictions(model, frames):
 @pytest.mark.parametrize("name", MODELS)
 def test_reproduces_deepmd_kit(name, kind, reference, frames):
     model = load_model(FILES / f"{name}{KINDS[kind]}")
-    assert model.type_map == ["O", "H"] and model.cutoff == 3.5 and model.dtype == torch.float64
+    rcut = 3.0 if name.startswith("se_e3_tebd") else 3.5
+    assert model.type_map == ["O", "H"] and model.cutoff == rcut and model.dtype == torch.float64
     out = predictions(model, frames)
     errors = {key: np.abs(out[key] - reference[f"{name}/{key}"]) for key in out}
     assert errors["energy"].max() < TOLERANCE, errors["energy"]
@@ -187,8 +189,8 @@ def _dipole_fitting(state, params):
     params["fitting_net"] = {"type": "dipole", "neuron": [8, 8], "resnet_dt": True, "precision": "float64"}
 
 
-def _dpa2(state, params):
-    params["descriptor"]["type"] = "dpa2"
+def _dpa3(state, params):
+    params["descriptor"]["type"] = "dpa3"
 
 
 def _compressed(state, params):
@@ -206,7 +208,7 @@ def _per_slot_statistics(state, params):
 @pytest.mark.parametrize("edit, error, message", [
     (_multi_task, CheckpointError, "not supported yet: multi-task DeePMD-kit checkpoints"),
     (_dipole_fitting, CheckpointError, "not supported yet: DeePMD-kit files of a se_e2_a descriptor with a dipole"),
-    (_dpa2, ConfigError, "not supported yet: model/descriptor/type=dpa2"),
+    (_dpa3, ConfigError, "not supported yet: model/descriptor/type=dpa3"),
     (_compressed, CheckpointError, r"not supported yet: compressed DeePMD-kit models \(dp compress\)"),
     (_unknown_tensor, CheckpointError, "not supported yet: DeePMD-kit parameter atomic_model.fitting_net.case_embd"),
     (_per_slot_statistics, CheckpointError, "not supported yet: .*sea.mean differs between the neighbour slots"),

@@ -137,12 +137,12 @@ def test_unbuilt_feature_errors(water_input):
     with pytest.raises(ConfigError, match="not supported yet: model/descriptor/use_econf_tebd"):
         deepmd.convert_dict(bad, file="input.json")
     bad = copy.deepcopy(water_input)
-    bad["model"]["descriptor"]["type"] = "dpa2"
-    with pytest.raises(ConfigError, match="not supported yet: model/descriptor/type=dpa2"):
+    bad["model"]["descriptor"]["type"] = "dpa3"
+    with pytest.raises(ConfigError, match="not supported yet: model/descriptor/type=dpa3"):
         deepmd.convert_dict(bad)
     bad = copy.deepcopy(water_input)
-    bad["model"]["spin"] = {"use_spin": [True, False]}
-    with pytest.raises(ConfigError, match="not supported yet: model/spin"):
+    bad["model"]["spin"] = {"use_spin": [True, False], "virtual_scale": 0.3, "scheme": "native"}
+    with pytest.raises(ConfigError, match="not supported yet: model/spin/scheme"):
         deepmd.convert_dict(bad)
     # a composite model's key in a standard model is an error naming its model type, never ignored
     bad = copy.deepcopy(water_input)

@@ -102,6 +102,21 @@ def example_input(name: str, data: Path, tables: Path, steps: int, light: bool =
     }
 
 
+def nopbc_input(data: Path, steps: int) -> dict:
+    """DeePMD-kit's examples/nopbc/train/input.json (se_e2_a on C/H/O molecules, ``batch_size`` auto)
+    for ``steps`` steps, its systems under ``data`` (../shared/data/deepmd_nopbc)."""
+    return {"model": {"type_map": ["C", "H", "O"],
+                      "descriptor": {"type": "se_e2_a", "sel": [40, 80, 40], "rcut_smth": 1.0, "rcut": 6.0,
+                                     "neuron": [25, 50, 100], "resnet_dt": False, "axis_neuron": 12,
+                                     "type_one_side": True, "seed": 1},
+                      "fitting_net": {"neuron": [240, 240, 240], "resnet_dt": True, "seed": 1}},
+            "learning_rate": {"type": "exp", "decay_steps": 100, "start_lr": 0.001, "stop_lr": 3.51e-8},
+            "loss": {"type": "ener", "start_pref_e": 0.02, "limit_pref_e": 1, "start_pref_f": 1000,
+                     "limit_pref_f": 1, "start_pref_v": 0, "limit_pref_v": 0},
+            "training": {"training_data": {"systems": str(data), "batch_size": "auto"}, "numb_steps": steps,
+                         "seed": 10, "disp_freq": max(1, steps // 10), "save_freq": steps}}
+
+
 def write_tables(folder: Path) -> Path:
     """The zbl and D2 tables of ``make_tables.py`` in ``folder`` (returned)."""
     subprocess.run([sys.executable, str(HERE / "make_tables.py"), str(folder)], check=True, capture_output=True)

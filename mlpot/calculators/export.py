@@ -37,7 +37,8 @@ from mlpot.models.compose import FROZEN_FORMAT
 from mlpot.models.equivariant.mace import is_mace_checkpoint, is_mace_model_file, load_mace_checkpoint, load_mace_model_file
 from mlpot.training.checkpoint import CHECKPOINT_FORMAT, check_finite_model
 
-__all__ = ["FROZEN_FORMAT", "freeze", "load_model", "read_model_file", "save_frozen", "apply_modifiers", "peer_model"]
+__all__ = ["FROZEN_FORMAT", "freeze", "load_model", "read_model_file", "save_frozen", "write_frozen", "apply_modifiers",
+           "peer_model"]
 
 FORMAT_VERSION = 1  # FROZEN_FORMAT (the file's "format" entry) is defined once, in mlpot.models.compose
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
@@ -236,8 +237,6 @@ def freeze(checkpoint: PathLike, output: PathLike, head: Optional[str] = None, m
     writing, so a frozen file that was written is known to load. mace-torch files (``.model``, or a
     checkpoint with ``mace_options``) and NequIP files freeze into an mlpot model of the same numbers.
     """
-    from mlpot import __version__
-
     checkpoint, output = Path(checkpoint), Path(output)
     model = select_head(load_model(checkpoint, mace_options=mace_options), head, str(checkpoint))
     if _pickled_format(checkpoint) in (FROZEN_FORMAT, CHECKPOINT_FORMAT):
@@ -245,23 +244,28 @@ def freeze(checkpoint: PathLike, output: PathLike, head: Optional[str] = None, m
     else:  # a peer's file
         dtype, step = str(model.dtype).removeprefix("torch."), None
     model = apply_modifiers(model, modifiers)
-    config = model.config
+    return write_frozen(model, output, dtype, {"source": str(checkpoint.resolve()), "step": step, "head": head,
+                                               **(extra_metadata or {})})
+
+
+def write_frozen(model, output: PathLike, dtype: str, metadata: Dict[str, Any]) -> Dict[str, Any]:
+    """Write ``model`` (its ``config`` and state dict) as a frozen file; returns the metadata (type_map,
+    cutoff, parameter count, version, time of writing, then ``metadata``: source, step, head...)."""
+    from mlpot import __version__
+
     metadata = {
         "type_map": list(model.type_map),
         "cutoff": float(model.cutoff),
         "num_parameters": int(model.num_parameters()),
         "energy_derivatives": bool(getattr(model, "energy_derivatives", True)),
         "mlpot_version": __version__,
-        "source": str(checkpoint.resolve()),
-        "step": step,
-        "head": head,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        **(extra_metadata or {}),
+        **metadata,
     }
     frozen = {
         "format": FROZEN_FORMAT,
         "format_version": FORMAT_VERSION,
-        "model_config": config,
+        "model_config": model.config,
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         "dtype": dtype,
         "metadata": metadata,

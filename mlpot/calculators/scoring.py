@@ -46,6 +46,9 @@ REPORT_LINES = {
     "energy_mae": "Energy MAE         : {} eV", "energy_rmse": "Energy RMSE        : {} eV",
     "energy_mae_per_atom": "Energy MAE/Natoms  : {} eV", "energy_rmse_per_atom": "Energy RMSE/Natoms : {} eV",
     "forces_mae": "Force  MAE         : {} eV/A", "forces_rmse": "Force  RMSE        : {} eV/A",
+    # spin models (dp test's lines): real forces, and magnetic forces of the magnetic atoms
+    "force_r_mae": "Force atom MAE      : {} eV/A", "force_r_rmse": "Force atom RMSE     : {} eV/A",
+    "force_m_mae": "Force spin MAE      : {} eV/uB", "force_m_rmse": "Force spin RMSE     : {} eV/uB",
     "virial_mae": "Virial MAE         : {} eV", "virial_rmse": "Virial RMSE        : {} eV",
     "virial_mae_per_atom": "Virial MAE/Natoms  : {} eV", "virial_rmse_per_atom": "Virial RMSE/Natoms : {} eV",
     "stress_mae": "Stress MAE         : {} eV/A^3", "stress_rmse": "Stress RMSE        : {} eV/A^3",
@@ -165,11 +168,14 @@ class EnergyScorer:
 
     footer: Sequence[str] = ()
 
-    def __init__(self, atomic: bool = False):
+    def __init__(self, atomic: bool = False, spin: bool = False):
         self.atomic = bool(atomic)
+        self.spin = bool(spin)  # a spin model: real and magnetic forces (dp test's force_r / force_m)
 
     def score(self, frame, pred, result: SystemResult, details: Optional[DetailWriter], index: int, group: int) -> None:
         n_atoms = len(frame[K.POSITIONS])
+        if self.spin:
+            self._score_spin(frame, pred, result, details)
         periodic = bool(np.all(frame[K.PBC]))
         if _has(frame, K.ENERGY):
             ref, out = np.reshape(frame[K.ENERGY], 1), np.reshape(pred[K.ENERGY], 1)
@@ -179,7 +185,7 @@ class EnergyScorer:
                 details.system_rows("e", result.name, ("data_e", "pred_e"), np.concatenate([ref, out])[None])
                 details.system_rows("e_peratom", result.name, ("data_e", "pred_e"),
                                     np.concatenate([ref, out])[None] / n_atoms)
-        if _has(frame, K.FORCES) and K.FORCES in pred:  # energy-only models have none
+        if _has(frame, K.FORCES) and K.FORCES in pred and not self.spin:  # energy-only models have none
             ref, out = np.asarray(frame[K.FORCES]), np.asarray(pred[K.FORCES])
             result.add(K.FORCES, out - ref)
             if details:
@@ -202,6 +208,23 @@ class EnergyScorer:
         if self.atomic and _has(frame, K.ATOM_ENERGY) and K.ATOM_ENERGY in pred:
             result.add(K.ATOM_ENERGY, np.ravel(pred[K.ATOM_ENERGY]) - np.ravel(frame[K.ATOM_ENERGY]),
                        per_system_only=True)
+
+    @staticmethod
+    def _score_spin(frame, pred, result: SystemResult, details: Optional[DetailWriter]) -> None:
+        """Real forces (eV/Å) of every atom, magnetic forces (eV/μB) of the magnetic atoms only
+        (MAG_MASK), as ``dp test`` reports a spin model; detail files ``.fr`` and ``.fm``."""
+        for label, name, short in ((K.FORCES, "force_r", "f"), (K.FORCE_MAG, "force_m", "fm")):
+            if not (_has(frame, label) and label in pred):
+                continue
+            ref, out = np.asarray(frame[label]).reshape(-1, 3), np.asarray(pred[label]).reshape(-1, 3)
+            if label == K.FORCE_MAG:
+                magnetic = np.asarray(pred[K.MAG_MASK]).reshape(-1) > 0
+                ref, out = ref[magnetic], out[magnetic]
+            result.add(name, out - ref)
+            if details:
+                names = [f"data_{short}{c}" for c in _XYZ] + [f"pred_{short}{c}" for c in _XYZ]
+                details.system_rows("fr" if label == K.FORCES else "fm", result.name, names,
+                                    np.concatenate([ref, out], axis=1))
 
     def finish(self, result: SystemResult) -> None:
         pass
@@ -255,11 +278,14 @@ class DosScorer:
 
     footer: Sequence[str] = ()
 
-    def __init__(self, atomic: bool = False):
+    def __init__(self, atomic: bool = False, spin: bool = False):
         self.atomic = bool(atomic)
+        self.spin = bool(spin)  # a spin model: real and magnetic forces (dp test's force_r / force_m)
 
     def score(self, frame, pred, result: SystemResult, details: Optional[DetailWriter], index: int, group: int) -> None:
         n_atoms = len(frame[K.POSITIONS])
+        if self.spin:
+            self._score_spin(frame, pred, result, details)
         if _has(frame, K.DOS):
             ref, out = np.ravel(frame[K.DOS]), np.ravel(pred[K.DOS])
             result.add(K.DOS, out - ref)
@@ -284,7 +310,7 @@ def scorers_for(output_keys: Sequence[str], selected: np.ndarray, atomic: bool =
     keys = set(output_keys) or {K.ENERGY}
     scorers: list = []
     if K.ENERGY in keys:
-        scorers.append(EnergyScorer(atomic))
+        scorers.append(EnergyScorer(atomic, spin=K.MAG_MASK in keys))
     for label, atom_label in ((K.DIPOLE, K.ATOMIC_DIPOLE), (K.POLARIZABILITY, K.ATOMIC_POLARIZABILITY)):
         if label in keys or atom_label in keys:
             scorers.append(TensorScorer(label, atom_label, selected, atomic))

@@ -107,8 +107,16 @@ def require_built(kind: str, registry, path, file) -> None:
 def check_descriptor(section: Any, path, file) -> Dict[str, Any]:
     from mlpot.models.deepmd.descriptors import DESCRIPTORS
 
+    if isinstance(section, dict) and section.get("type") == "dpa2":  # the older flat keys, nested
+        try:
+            section = table.nest_dpa2_section(section, slash(path))
+        except ConfigError as error:
+            raise ConfigError(error.message, file=file, key=path + [str(error.key).rsplit("/", 1)[-1]]) from None
     out = check_typed(section, table.DESCRIPTORS, table.UNBUILT_DESCRIPTORS, None, table.DESCRIPTOR_ALIASES, path, file)
     require_built(out["type"], DESCRIPTORS, path, file)
+    if out["type"] == "dpa2":
+        for block, keys in table.DPA2_TABLES.items():
+            out[block] = check_section(out[block], keys, path + [block], file)
     if out["type"] == "hybrid":
         members = out.get("list")
         if not isinstance(members, list) or not members:

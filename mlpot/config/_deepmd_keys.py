@@ -20,8 +20,9 @@ from typing import Any, Dict, Optional
 
 from mlpot.models.compose import FROZEN_KEYS, LINEAR_KEYS
 from mlpot.models.deepmd.keys import (DESCRIPTOR_ALIASES, DESCRIPTOR_KEYS, FITTING_KEYS, MODIFIER_KEYS,
-                                      MULTI_TASK_KEYS, STANDARD_KEYS, UNBUILT_DESCRIPTORS, UNBUILT_FITTINGS,
+                                      MULTI_TASK_KEYS, SPIN_KEYS, STANDARD_KEYS, UNBUILT_DESCRIPTORS, UNBUILT_FITTINGS,
                                       UNBUILT_MODELS)
+from mlpot.models.deepmd.keys_dpa2 import DPA2_FLAT_KEYS, DPA2_TABLES, nest_dpa2_section
 from mlpot.models.pair import PAIRTAB_KEYS
 from mlpot.models.sections import IGNORED, REQUIRED, SUPPORTED, UNSUPPORTED, Key
 
@@ -116,8 +117,19 @@ _DOS_NATIVE = {"dos": "dos", "cdf": "dos_cdf", "ados": "atom_dos", "acdf": "atom
 for _term, _native in _DOS_NATIVE.items():
     LOSS_DOS[f"start_pref_{_term}"] = _k(S, note=f"native term {_native}, lr-coupled", kind=NUM)
     LOSS_DOS[f"limit_pref_{_term}"] = _k(S, kind=NUM)
-LOSSES = {"ener": LOSS_ENER, "tensor": LOSS_TENSOR, "dos": LOSS_DOS}
-UNBUILT_LOSSES = ("ener_spin", "property", "population", "dens")
+# ener_spin (spin models): the ener terms with the real force fr and the magnetic force fm
+LOSS_ENER_SPIN = {"type": _k(S)}
+for _term, _note in (("e", ""), ("fr", "real force (native term forces)"),
+                     ("fm", "magnetic force -dE/ds on the magnetic atoms (native term force_mag, force_mag.npy)"),
+                     ("v", ""), ("ae", ""),
+                     ("pf", "atom_pref-weighted real force as in the ener loss (DeePMD-kit 3.2 PT accepts it "
+                            "without applying it)")):
+    LOSS_ENER_SPIN[f"start_pref_{_term}"] = _k(S, kind=NUM, note=_note)
+    LOSS_ENER_SPIN[f"limit_pref_{_term}"] = _k(S, kind=NUM)
+LOSS_ENER_SPIN.update({name: LOSS_ENER[name] for name in ("enable_atom_ener_coeff", "intensive_ener_virial")})
+LOSS_ENER_SPIN["loss_func"] = _k(S, note='"mse" (default) or "mae" (|dE|/N, mean |dF_r|, mean |dF_m| over magnetic atoms, |dvirial|/N)')
+LOSSES = {"ener": LOSS_ENER, "ener_spin": LOSS_ENER_SPIN, "tensor": LOSS_TENSOR, "dos": LOSS_DOS}
+UNBUILT_LOSSES = ("property", "population", "dens")
 OPTIMIZER = {
     "type": _k(S, default="Adam", note="Adam, AdamW (any torch.optim name)"),
     "adam_beta1": _k(S, kind=NUM),
@@ -219,8 +231,11 @@ def all_tables() -> Dict[str, Dict[str, DeepmdKey]]:
     tables = {"(top level)": TOP, "model": MODEL}
     tables.update({f"model[type={name}]": keys for name, keys in MODEL_TYPES.items()})
     tables.update({f"model/descriptor[{name}]": table for name, table in DESCRIPTORS.items()})
+    tables.update({f"model/descriptor[dpa2]/{block}": table for block, table in DPA2_TABLES.items()})
+    tables["model/descriptor[dpa2] (older flat keys)"] = DPA2_FLAT_KEYS
     tables.update({f"model/fitting_net[{name}]": table for name, table in FITTINGS.items()})
     tables.update({f"model/modifier[{name}]": table for name, table in MODIFIER_KEYS.items()})
+    tables["model/spin"] = SPIN_KEYS
     tables.update({f"learning_rate[{name}]": table for name, table in LEARNING_RATES.items()})
     tables.update({f"loss[{name}]": table for name, table in LOSSES.items()})
     tables["optimizer"] = OPTIMIZER

@@ -19,6 +19,9 @@ __all__ = ["data_section", "loss_section", "lr_schedule", "warmup", "mixed_preci
 _DEFAULT_PREFACTORS = {"e": (0.02, 1.0), "f": (1000.0, 1.0), "v": (0.0, 0.0), "ae": (0.0, 0.0), "pf": (0.0, 0.0)}
 # DeePMD loss-term suffix -> batch label it weighs (native loss names are the batch keys)
 _ENER_TERMS = {"e": "energy", "f": "forces", "v": "virial", "ae": "atom_energy", "pf": "atom_pref"}
+# ener_spin loss (spin models): suffix -> (native term, DeePMD-kit's default start and limit prefactors)
+_SPIN_TERMS = {"e": ("energy", (0.02, 1.0)), "fr": ("forces", (1000.0, 1.0)), "fm": ("force_mag", (10000.0, 10.0)),
+               "v": ("virial", (0.0, 0.0)), "ae": ("atom_energy", (0.0, 0.0)), "pf": ("atom_pref", (0.0, 0.0))}
 # dos loss (spec 4.3): DeePMD suffix -> native term name, default (start, limit) prefactors
 _DOS_TERMS = {"dos": ("dos", (0.0, 0.0)), "cdf": ("dos_cdf", (0.0, 0.0)),
               "ados": ("atom_dos", (1.0, 1.0)), "acdf": ("atom_dos_cdf", (0.0, 0.0))}
@@ -152,7 +155,7 @@ def loss_function(loss: Dict[str, Any], terms: Dict[str, Any]) -> None:
             if name in terms:
                 terms[name].update(function="huber", huber_delta=delta)
     elif function == "mae":
-        for name in ("energy", "forces", "virial", "atom_energy", "atom_pref"):
+        for name in ("energy", "forces", "force_mag", "virial", "atom_energy", "atom_pref"):
             if name in terms:
                 terms[name]["function"] = "mae"
         if "forces" in terms:
@@ -168,6 +171,8 @@ def loss_section(loss: Dict[str, Any], fitting_type: str = "ener") -> Dict[str, 
         return tensor_loss(loss, fitting_type)
     if kind == "dos":
         return dos_loss(loss)
+    if kind == "ener_spin":
+        return spin_loss(loss)
     if kind != "ener":
         raise ConfigError(f"not supported yet: loss/type={kind}", key=["loss", "type"])
     terms: Dict[str, Any] = {}
@@ -193,6 +198,21 @@ def loss_section(loss: Dict[str, Any], fitting_type: str = "ener") -> Dict[str, 
     loss_function(loss, terms)
     return {"type": "ener", "terms": terms, "intensive_ener_virial": bool(loss.get("intensive_ener_virial", False)),
             # E = sum_i c_i E_i with c from atom_ener_coeff.npy (e.g. reaction energies)
+            "atom_ener_coeff": bool(loss.get("enable_atom_ener_coeff", False))}
+
+
+def spin_loss(loss: Dict[str, Any]) -> Dict[str, Any]:
+    """DeePMD ener_spin -> native ener loss: e, fr (real force: native forces), fm (magnetic force on
+    the magnetic atoms: native force_mag), v, ae, pf terms with lr-coupled prefactors, each on only when
+    its start and limit prefactors are non-zero (DeePMD-kit PT); loss_func mse or mae."""
+    terms: Dict[str, Any] = {}
+    for suffix, (label, (start, limit)) in _SPIN_TERMS.items():
+        start = float(loss.get(f"start_pref_{suffix}", start))
+        limit = float(loss.get(f"limit_pref_{suffix}", limit))
+        if start != 0.0 and limit != 0.0:
+            terms[label] = {"start_pref": start, "limit_pref": limit}
+    loss_function(loss, terms)
+    return {"type": "ener", "terms": terms, "intensive_ener_virial": bool(loss.get("intensive_ener_virial", False)),
             "atom_ener_coeff": bool(loss.get("enable_atom_ener_coeff", False))}
 
 

@@ -137,6 +137,8 @@ def check_model(raw_model: Dict[str, Any], file: Optional[str] = None) -> Dict[s
     from mlpot.models.deepmd.fitting import FITTINGS
 
     require_built(model["fitting_net"]["type"], FITTINGS, ["model", "fitting_net"], file)
+    if model.get("spin") is not None:
+        model["spin"] = check_section(model["spin"], table.SPIN_KEYS, ["model", "spin"], file)
     return model
 
 

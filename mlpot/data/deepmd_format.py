@@ -48,6 +48,7 @@ _LABEL_FILES = {
     "dos": (K.DOS, False, (-1,)),
     "atom_dos": (K.ATOM_DOS, True, (-1,)),
     "hessian": (K.HESSIAN, False, (-1,)),
+    "force_mag": (K.FORCE_MAG, True, (3,)),
 }
 # inputs (no weight)
 _INPUT_FILES = {
@@ -57,6 +58,7 @@ _INPUT_FILES = {
     "drdq": (K.DRDQ, True, (-1,)),
     "fparam": (K.FPARAM, False, (-1,)),
     "aparam": (K.APARAM, True, (-1,)),
+    "spin": (K.SPIN, True, (3,)),
 }
 _FILES = {**_LABEL_FILES, **_INPUT_FILES}
 _STEM_OF = {key: stem for stem, (key, _, _) in _FILES.items()}

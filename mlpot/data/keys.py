@@ -34,11 +34,11 @@ __all__ = [
     # structure / inputs
     "POSITIONS", "ATOM_TYPES", "NUMBERS", "CELL", "PBC", "BATCH", "N_ATOMS", "PTR",
     "EDGE_INDEX", "EDGE_SHIFTS", "FPARAM", "APARAM", "TOTAL_CHARGE", "FERMI_LEVEL",
-    "EXTERNAL_FIELD", "FRAME_ID", "ISOLATED_ATOM",
+    "EXTERNAL_FIELD", "FRAME_ID", "ISOLATED_ATOM", "SPIN", "MAG_MASK",
     # labels
     "ENERGY", "ATOM_ENERGY", "FORCES", "VIRIAL", "STRESS", "CHARGES", "ATOMIC_MULTIPOLES",
     "DIPOLE", "ATOMIC_DIPOLE", "POLARIZABILITY", "ATOMIC_POLARIZABILITY", "ESPS", "DOS",
-    "ATOM_DOS", "ATOM_PREF", "HESSIAN",
+    "ATOM_DOS", "ATOM_PREF", "HESSIAN", "FORCE_MAG",
     # per-atom loss inputs
     "ATOM_ENER_COEFF", "ATOM_WEIGHT", "DRDQ",
     # self-consistent electrostatics
@@ -105,6 +105,11 @@ EXTERNAL_FIELD = _key(
     "external_field", "frame", (3,), "float", "V/Å",
     "gradient of the applied potential, i.e. minus the physical E-field (n_frames, 3)",
 )
+SPIN = _key("spin", "atom", (3,), "float", "μB",
+            "atomic spin (magnetic moment) vector (n_atoms, 3); zero on non-magnetic atoms (deepmd spin.npy); "
+            "an input of spin models")
+MAG_MASK = _key("mag_mask", "atom", (), "float", "-",
+                "1 on atoms of a magnetic type (DeePMD use_spin), 0 elsewhere (n_atoms,) (output of spin models)")
 
 # ---- labels ---------------------------------------------------------------------------
 ENERGY = _key("energy", "frame", (), "float", "eV", "total energy (n_frames,)", True)
@@ -130,6 +135,9 @@ ESPS = _key("esps", "atom", (), "float", "V", "electrostatic potential at each n
 DOS = _key("dos", "frame", (-1,), "float", "states/eV", "density of states (n_frames, numb_dos)", True)
 ATOM_DOS = _key("atom_dos", "atom", (-1,), "float", "states/eV", "atomic DOS (n_atoms, numb_dos)", True)
 HESSIAN = _key("hessian", "frame", (-1,), "float", "eV/Å^2", "flattened Hessian (n_frames, (3N)^2)", True)
+FORCE_MAG = _key("force_mag", "atom", (3,), "float", "eV/μB",
+                 "magnetic force -dE/d(spin) (n_atoms, 3) (deepmd force_mag.npy); compared on magnetic atoms only",
+                 True)
 ATOM_PREF = _key("atom_pref", "atom", (), "float", "-", "per-atom force weight (n_atoms,)")
 
 # ---- self-consistent electrostatic models: inputs, outputs, loss inputs --------------

@@ -36,6 +36,8 @@ def neighbor_list(positions, cell, pbc, cutoff: float) -> Tuple[np.ndarray, np.n
     if positions.shape[0] == 0:
         return np.zeros((2, 0), dtype=np.int64), np.zeros((0, 3))
     if not pbc.any():
+        if np.linalg.norm(np.ptp(positions, axis=0)) < cutoff:  # every pair is within the cutoff
+            return _all_pairs(positions)
         # the cell plays no role; vesin needs no box when nothing is periodic
         cell = np.zeros((3, 3))
     elif abs(np.linalg.det(cell)) < 1e-12:
@@ -47,6 +49,15 @@ def neighbor_list(positions, cell, pbc, cutoff: float) -> Tuple[np.ndarray, np.n
     edge_index = np.stack([i.astype(np.int64), j.astype(np.int64)])
     order = np.lexsort((edge_index[1], edge_index[0]))
     return edge_index[:, order], shifts[order].astype(np.float64)
+
+
+def _all_pairs(positions: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    """Every ordered pair of distinct atoms of a non-periodic frame (coincident ones included, as
+    vesin gives them), sorted by i then j: a cutoff larger than the frame (e.g. se_a_mask's) makes
+    vesin's cell grid slow."""
+    i, j = np.nonzero(~np.eye(positions.shape[0], dtype=bool))
+    edge_index = np.stack([i, j]).astype(np.int64)
+    return edge_index, np.zeros((edge_index.shape[1], 3))
 
 
 def _complete_cell(cell: np.ndarray, pbc: np.ndarray, positions: np.ndarray) -> np.ndarray:

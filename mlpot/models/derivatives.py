@@ -4,9 +4,11 @@ A symmetric strain ε (n_frames, 3, 3), zero-valued but requiring grad, displace
 cell: R' = R (1 + ε), h' = h (1 + ε). Then
 
 * FORCES = -dE/dR, (n_atoms, 3) eV/Å;
-* VIRIAL Ξ = -dE/dε (transposed to DeePMD's Ξ_ab = -sum_k dE/dr_ka r_kb; symmetric for
+* VIRIAL Ξ = -dE/dε (a general strain for a model with ``symmetric_virial = False``; transposed to DeePMD's Ξ_ab = -sum_k dE/dr_ka r_kb; symmetric for
   rotation-invariant energies), (n_frames, 3, 3) eV — also for non-periodic frames, where it
   equals -sum_k r_k ⊗ dE/dr_k as in DeePMD-kit;
+* with forces, for every (input, output) of ``model.input_derivatives`` (a spin model: SPIN ->
+  FORCE_MAG), output = -dE/d(input) of the input's shape (the magnetic force, eV/μB);
 * STRESS = -Ξ / V for frames with a non-singular cell (n_frames, 3, 3) eV/Å^3; zero for frames
   without one (isolated molecules have no volume).
 
@@ -47,9 +49,16 @@ def compute_derivatives(model, batch: Dict[str, torch.Tensor], forces: bool = Tr
     if need_strain:
         n_frames = cell.shape[0]
         strain = torch.zeros(n_frames, 3, 3, dtype=positions.dtype, device=positions.device, requires_grad=True)
-        symmetric = 0.5 * (strain + strain.transpose(1, 2))
+        # a spin model strains positions but not spins: its virial is not symmetric (DeePMD-kit keeps it)
+        symmetric = 0.5 * (strain + strain.transpose(1, 2)) if getattr(model, "symmetric_virial", True) else strain
         inputs[POSITIONS] = positions + torch.bmm(positions.unsqueeze(1), symmetric[batch[BATCH]]).squeeze(1)
         inputs[CELL] = cell + torch.bmm(cell, symmetric)
+    extra = dict(getattr(model, "input_derivatives", {})) if forces else {}
+    extra_inputs = []
+    for name in extra:
+        if name in inputs:
+            inputs[name] = inputs[name].detach().to(positions.dtype).requires_grad_(True)
+            extra_inputs.append(name)
     outputs = dict(model(inputs))
     if not (forces or need_strain):
         return outputs
@@ -57,13 +66,15 @@ def compute_derivatives(model, batch: Dict[str, torch.Tensor], forces: bool = Tr
         raise ValueError(f"forces, virial and stress are derivatives of an energy; this model returns "
                          f"{sorted(outputs)} (a dipole, polarizability or DOS model has none to derive)")
     energy = outputs[ENERGY]
-    wrt = ([positions] if forces else []) + ([strain] if need_strain else [])
+    wrt = ([positions] if forces else []) + ([strain] if need_strain else []) + [inputs[n] for n in extra_inputs]
     grads = torch.autograd.grad(energy.sum(), wrt, create_graph=create_graph, allow_unused=True)
     grads = [torch.zeros_like(w) if g is None else g for g, w in zip(grads, wrt)]
     if forces:
         outputs[FORCES] = -grads[0]
+    for offset, name in enumerate(extra_inputs):
+        outputs[extra[name]] = -grads[len(grads) - len(extra_inputs) + offset]
     if need_strain:
-        virial_value = -grads[-1].transpose(1, 2)
+        virial_value = -grads[1 if forces else 0].transpose(1, 2)
         if virial:
             outputs[VIRIAL] = virial_value
         if stress:

@@ -27,6 +27,8 @@ from typing import Callable, Iterator, Optional, Sequence, Tuple
 
 import torch
 
+from mlpot.nn.tracing import is_tracing
+
 __all__ = ["atom_chunks", "atom_chunk_size", "map_row_chunks"]
 
 _ATOM_CHUNK: contextvars.ContextVar[Optional[int]] = contextvars.ContextVar("mlpot_atom_chunk", default=None)
@@ -90,10 +92,12 @@ def map_row_chunks(function: Callable[..., Tuple[torch.Tensor, ...]], rows: Sequ
     rows: tensors whose first dimension is the same n_rows (sliced per chunk); shared: tensors
     passed whole to every call; function returns a tuple of tensors with n_chunk rows each and may
     use the parameters of ``module`` (if any requires grad, or no gradient is being recorded, or
-    ``chunk`` is None or not less than n_rows: one plain call). chunk: rows per call (default
+    ``chunk`` is None or not less than n_rows, or while a graph tracer runs: one plain call). chunk: rows per call (default
     :func:`atom_chunk_size`). See the module docstring.
     """
     chunk = atom_chunk_size() if chunk is None else chunk
+    if is_tracing():  # a traced graph takes any number of rows: one plain call, no guard on n_rows
+        return tuple(function(*rows, *shared))
     n_rows = int(rows[0].shape[0])
     if (not chunk or chunk >= n_rows or not torch.is_grad_enabled()
             or (module is not None and any(p.requires_grad for p in module.parameters()))):

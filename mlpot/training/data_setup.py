@@ -51,7 +51,7 @@ __all__ = ["TrainingData", "MultiTaskData", "build_training_data"]
 
 
 # optional model inputs: read only when the model declares them (model.input_keys)
-_OPTIONAL_INPUTS = (K.FPARAM, K.APARAM)
+_OPTIONAL_INPUTS = (K.FPARAM, K.APARAM, K.SPIN)
 
 
 def split_frames(frames: FrameList, fraction: float, seed: int) -> Tuple[FrameList, FrameList]:

@@ -16,8 +16,7 @@ Registered term names (``TERMS``) give the label and default normalisation; any 
 (``weight``) or DeePMD prefactors p = limit + (start - limit) · lr / start_lr.
 ``dos_cdf``/``atom_dos_cdf`` compare cumulative sums along the energy axis (DeePMD dos loss "cdf").
 
-DeePMD loss options (spec deepmd.md §4.2-4.3), each reading a per-atom input of the data:
-
+DeePMD loss options (spec deepmd.md §4.2-4.3), each reading a per-atom input (term force_mag: MAG_MASK):
 * ``generalized_force`` (gf): the residual of frame f is the generalised force error
   Σ_i drdq_i^T (F_i - F_i*), one entry per generalised coordinate (n_frames, n_gen); the term is
   its mean square over frames carrying both forces and ``drdq`` (find_drdq gating).
@@ -43,7 +42,7 @@ import torch
 from mlpot.data import keys as K
 from mlpot.errors import ConfigError, DataError, suggest
 from mlpot.nn.scatter import scatter_sum
-from mlpot.training.structured_losses import cluster_virial_residual, molecular_forces_value, penalty_value
+from mlpot.training.structured_losses import cluster_virial_residual, magnetic_residual, molecular_forces_value, penalty_value
 
 __all__ = ["TERMS", "LossTermSpec", "LossTermFn", "WeightedLoss", "resolve_term", "GENERALIZED_FORCE"]
 
@@ -58,7 +57,7 @@ class LossTermSpec:
     ``target``: another prediction the label's prediction is compared with (instead of the data),
     present where ``weight_label`` has a weight; ``truncate``: compare only the leading columns of
     the label that the prediction has (multipoles up to the model's L); ``kind``: ``standard``,
-    ``cluster_virial``, ``molecular_forces`` or ``penalty`` (``structured_losses.py``).
+    ``cluster_virial``, ``molecular_forces``, ``magnetic`` or ``penalty`` (``structured_losses.py``).
     """
 
     label: str
@@ -95,6 +94,7 @@ TERMS: Dict[str, LossTermSpec] = {
     "dos_cdf": LossTermSpec(K.DOS, cumulative=True),
     "atom_dos_cdf": LossTermSpec(K.ATOM_DOS, cumulative=True),
     GENERALIZED_FORCE: LossTermSpec(K.FORCES, generalized=True),
+    "force_mag": LossTermSpec(K.FORCE_MAG, kind="magnetic"),
 }
 _LABEL_TERMS = {label: LossTermSpec(label) for label in K.LABELS} | {K.TOTAL_CHARGE: LossTermSpec(K.TOTAL_CHARGE)}
 
@@ -200,6 +200,8 @@ class LossTermFn:
             return cluster_virial_residual(pred, batch, per_atom=self.power > 0)
         if kind == "molecular_forces":
             return molecular_forces_value(pred, batch)
+        if kind == "magnetic":  # DeePMD ener_spin fm
+            return magnetic_residual(pred, batch)
         value = pred[self.label]
         if kind == "penalty":
             return value, torch.ones_like(value)

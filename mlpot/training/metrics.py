@@ -45,7 +45,8 @@ def label_error_sums(pred, batch, labels: Iterable[str]) -> Dict[str, torch.Tens
             elif label not in pred or label not in batch or K.weight_key(label) not in batch:
                 continue
             else:
-                variants = [(label, LossTermSpec(label, "none", truncate=label == K.ATOMIC_MULTIPOLES))]
+                kind = "magnetic" if label == K.FORCE_MAG else "standard"  # magnetic atoms only
+                variants = [(label, LossTermSpec(label, "none", truncate=label == K.ATOMIC_MULTIPOLES, kind=kind))]
                 if label in (K.ENERGY, K.VIRIAL):
                     variants.append((f"{label}_per_atom", LossTermSpec(label, "per_atom")))
             for name, spec in variants:
@@ -73,22 +74,31 @@ LCURVE_SHORT = {
     K.VIRIAL: ("v", "virial_per_atom"),
     K.ATOM_ENERGY: ("ae", K.ATOM_ENERGY),
     GENERALIZED_FORCE: ("gf", GENERALIZED_FORCE),
+    K.FORCE_MAG: ("fm", K.FORCE_MAG),
 }
+
+
+def _short(label: str, labels) -> Tuple[str, str]:
+    """(lcurve short name, error-sum entry) of a label; with a magnetic-force term the forces are
+    the real forces of a spin model, ``fr`` (DeePMD ener_spin)."""
+    if label == K.FORCES and K.FORCE_MAG in labels:
+        return "fr", K.FORCES
+    return LCURVE_SHORT.get(label, (label, label))
 
 
 def lcurve_keys(labels: Iterable[str]) -> List[str]:
     """Metric keys of lcurve.out for the loss labels (``rmse`` first)."""
-    keys = ["rmse"]
-    for label in labels:
-        keys.append("rmse_" + LCURVE_SHORT.get(label, (label, label))[0])
+    labels = list(labels)
+    keys = ["rmse"] + ["rmse_" + _short(label, labels)[0] for label in labels]
     return list(dict.fromkeys(keys))
 
 
 def lcurve_values(total_loss: float, sums: Mapping[str, torch.Tensor], labels: Iterable[str]) -> Dict[str, float]:
     """{lcurve key: value} of one batch; nan for labels missing from the batch."""
     out = {"rmse": math.sqrt(total_loss) if total_loss >= 0 else math.nan}
+    labels = list(labels)
     for label in labels:
-        short, entry = LCURVE_SHORT.get(label, (label, label))
+        short, entry = _short(label, labels)
         out["rmse_" + short] = rmse_mae(sums[entry])[0] if entry in sums else math.nan
     return out
 

@@ -4,6 +4,8 @@
   dF_m = sum_{i in m} (F_i - F*_i), R_m = mean position of m;
   ``cluster_virial``: W_g = sum_{m in g} R_m . dF_m per frame (``/ N_g`` for ``_per_atom``);
   ``molecular_forces``: per frame and Cartesian direction sum_m dF_m^2 / N_g (already a square).
+* ``magnetic`` (DeePMD ener_spin ``fm``): the magnetic-force residual F_m - F_m* (n_atoms, 3) eV/μB,
+  weighted by the frame's force_mag weight times the predicted ``MAG_MASK`` (magnetic atoms only);
 * ``penalty`` terms (``fixedpoint_scf_stability``): a predicted per-frame value x above an
   ``offset`` is penalised by softplus(beta (x - offset)) / beta (``smooth``) or relu(x - offset).
 
@@ -19,7 +21,8 @@ import torch
 from mlpot.data import keys as K
 from mlpot.nn import scatter_sum
 
-__all__ = ["molecule_force_residuals", "cluster_virial_residual", "molecular_forces_value", "penalty_value"]
+__all__ = ["molecule_force_residuals", "cluster_virial_residual", "molecular_forces_value", "penalty_value",
+           "magnetic_residual"]
 
 
 def molecule_force_residuals(pred, batch) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -49,6 +52,15 @@ def cluster_virial_residual(pred, batch, per_atom: bool) -> Tuple[torch.Tensor, 
     if per_atom:
         virial = virial / batch[K.N_ATOMS].to(virial.dtype)
     return virial, _frame_weight(batch, virial.dtype)
+
+
+def magnetic_residual(pred, batch) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(F_m - F_m* (n_atoms, 3) eV/μB, weight (n_atoms, 3): frame weight of FORCE_MAG x MAG_MASK)."""
+    target = batch[K.FORCE_MAG]
+    residual = pred[K.FORCE_MAG].to(target.dtype) - target
+    weight = batch[K.weight_key(K.FORCE_MAG)].to(target.dtype).index_select(0, batch[K.BATCH])
+    weight = weight * pred[K.MAG_MASK].to(target.dtype)
+    return residual, weight.unsqueeze(-1).expand_as(residual)
 
 
 def molecular_forces_value(pred, batch) -> Tuple[torch.Tensor, torch.Tensor]:

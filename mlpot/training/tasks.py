@@ -29,7 +29,7 @@ __all__ = ["Tasks", "predict", "next_indices"]
 
 def predict(model: torch.nn.Module, batch: Dict[str, torch.Tensor], labels, create_graph: bool) -> Dict[str, torch.Tensor]:
     """Model outputs for ``labels``: forces/virial/stress by autograd when a label needs them."""
-    forces, virial, stress = K.FORCES in labels, K.VIRIAL in labels, K.STRESS in labels
+    forces, virial, stress = K.FORCES in labels or K.FORCE_MAG in labels, K.VIRIAL in labels, K.STRESS in labels
     if forces or virial or stress:
         from mlpot.models.derivatives import compute_derivatives
 

@@ -14,7 +14,8 @@ input.json``, ``dp --pt freeze -o frozen.pth`` and ``dp --pt test -m <file> -s F
 detail`` on both the checkpoint and the frozen model (FRAMES_DIR: the frames ``FRAMES`` of
 ``--data``, copied unchanged into ``--work/frames``), and writes into ``deepmd/`` beside this script:
 
-* ``<name>.ckpt.pt``: DeePMD-kit's training checkpoint ``model.ckpt-<N>.pt``, byte for byte;
+* ``<name>.ckpt.pt``: DeePMD-kit's training checkpoint ``model.ckpt-<N>.pt``, byte for byte (not for
+  the models of ``FROZEN_ONLY``);
 * ``<name>.pth``: DeePMD-kit's frozen TorchScript archive with only the records mlpot reads
   (``data.pkl``, ``data/*``, ``constants.pkl``, ``extra/*``, version and byte-order files), copied
   unchanged into a new zip: its ``code/`` folder (TorchScript source and debug information, ~120 kB
@@ -49,6 +50,9 @@ OUT = HERE / "deepmd"
 # has no pair closer than 1e-3 Å to rcut
 FRAMES = (0, 2)
 STEPS = 4
+# models whose training checkpoint (with its optimizer state, ~250 kB for these) is not kept: their
+# frozen archive carries the same weights, and dp test gives the same numbers for both (checked)
+FROZEN_ONLY = ("dpa2_attn", "dpa2_incr")
 
 FITTING = {"type": "ener", "neuron": [8, 8], "resnet_dt": True, "seed": 3, "precision": "float64"}
 MODELS = {
@@ -78,6 +82,64 @@ MODELS = {
         "descriptor": {"type": "se_atten_v2", "sel": 36, "rcut_smth": 0.5, "rcut": 3.5, "neuron": [4, 8],
                        "axis_neuron": 4, "attn": 8, "attn_layer": 1, "tebd_dim": 4, "seed": 1,
                        "precision": "float64"},
+        "fitting_net": FITTING,
+    },
+    # DPA-2 (nested repinit/repformer sections of DeePMD-kit 3.x), three option sets between them
+    "dpa2": {  # the form of examples/water/dpa2/input_torch_small.json: three-body repinit, res_residual
+        "descriptor": {"type": "dpa2", "seed": 1, "precision": "float64",
+                       "repinit": {"tebd_dim": 4, "rcut": 3.5, "rcut_smth": 0.5, "nsel": 30, "neuron": [4, 8],
+                                   "axis_neuron": 4, "activation_function": "tanh", "use_three_body": True,
+                                   "three_body_sel": 18, "three_body_rcut": 3.0, "three_body_rcut_smth": 2.5,
+                                   "three_body_neuron": [2, 4]},
+                       "repformer": {"rcut": 2.5, "rcut_smth": 2.0, "nsel": 12, "nlayers": 2, "g1_dim": 16,
+                                     "g2_dim": 8, "attn2_hidden": 4, "attn2_nhead": 2, "attn1_hidden": 8,
+                                     "attn1_nhead": 2, "axis_neuron": 2, "update_h2": False,
+                                     "update_g1_has_conv": True, "update_g1_has_grrg": True,
+                                     "update_g1_has_drrd": True, "update_g1_has_attn": False,
+                                     "update_g2_has_g1g1": False, "update_g2_has_attn": False,
+                                     "update_style": "res_residual", "update_residual": 0.1,
+                                     "update_residual_init": "norm", "attn2_has_gate": True, "use_sqrt_nnei": True,
+                                     "g1_out_conv": True, "g1_out_mlp": True},
+                       "add_tebd_to_repinit_out": False},
+        "fitting_net": FITTING,
+    },
+    "dpa2_attn": {  # strip repinit, every repformer update (attention on g1, g2 and h2), res_avg
+        "descriptor": {"type": "dpa2", "seed": 2, "precision": "float64", "concat_output_tebd": False,
+                       "add_tebd_to_repinit_out": True,
+                       "repinit": {"tebd_dim": 4, "rcut": 3.5, "rcut_smth": 0.5, "nsel": 30, "neuron": [4, 8],
+                                   "axis_neuron": 4, "tebd_input_mode": "strip", "resnet_dt": True},
+                       "repformer": {"rcut": 2.5, "rcut_smth": 1.0, "nsel": 12, "nlayers": 2, "g1_dim": 16,
+                                     "g2_dim": 8, "attn2_hidden": 4, "attn2_nhead": 2, "attn1_hidden": 8,
+                                     "attn1_nhead": 2, "axis_neuron": 2, "update_h2": True,
+                                     "update_g1_has_attn": True, "update_g2_has_g1g1": True,
+                                     "update_g2_has_attn": True, "attn2_has_gate": False, "update_style": "res_avg",
+                                     "use_sqrt_nnei": False, "g1_out_conv": False, "g1_out_mlp": False,
+                                     "set_davg_zero": False, "activation_function": "gelu"}},
+        "fitting_net": FITTING,
+    },
+    "dpa2_incr": {  # not smooth, res_incr, direct_dist, strip three-body repinit, type_one_side, exclude_types
+        "descriptor": {"type": "dpa2", "seed": 3, "precision": "float64", "smooth": False,
+                       "exclude_types": [[0, 0]],
+                       "repinit": {"tebd_dim": 4, "rcut": 3.5, "rcut_smth": 0.5, "nsel": 30, "neuron": [4, 8],
+                                   "axis_neuron": 4, "tebd_input_mode": "strip", "type_one_side": True,
+                                   "use_three_body": True, "three_body_sel": 18,
+                                   "three_body_rcut": 3.0, "three_body_rcut_smth": 2.0, "three_body_neuron": [2, 4]},
+                       "repformer": {"rcut": 2.5, "rcut_smth": 2.0, "nsel": 12, "nlayers": 2, "g1_dim": 16,
+                                     "g2_dim": 8, "attn2_hidden": 4, "attn2_nhead": 1, "attn1_hidden": 8,
+                                     "attn1_nhead": 1, "axis_neuron": 2, "update_h2": True, "direct_dist": True,
+                                     "update_style": "res_incr", "trainable_ln": False, "ln_eps": 1e-4,
+                                     "g1_out_conv": True, "g1_out_mlp": False}},
+        "fitting_net": FITTING,
+    },
+    "se_e3_tebd": {
+        "descriptor": {"type": "se_e3_tebd", "sel": 20, "rcut_smth": 0.5, "rcut": 3.0, "neuron": [4, 8],
+                       "tebd_dim": 4, "seed": 1, "precision": "float64"},
+        "fitting_net": FITTING,
+    },
+    "se_e3_tebd_strip": {
+        "descriptor": {"type": "se_e3_tebd", "sel": 20, "rcut_smth": 0.5, "rcut": 3.0, "neuron": [4, 8],
+                       "tebd_dim": 4, "tebd_input_mode": "strip", "set_davg_zero": False, "resnet_dt": True,
+                       "seed": 2, "precision": "float64"},
         "fitting_net": FITTING,
     },
 }
@@ -147,7 +209,8 @@ def make(name: str, model: dict, command: list, data: Path, frames: Path, work: 
     for key in frozen:
         if not np.allclose(frozen[key], checkpoint[key], rtol=0, atol=1e-10):
             raise RuntimeError(f"{name}: dp test gives other {key} for the checkpoint and the frozen model")
-    shutil.copyfile(folder / f"model.ckpt-{STEPS}.pt", OUT / f"{name}.ckpt.pt")
+    if name not in FROZEN_ONLY:
+        shutil.copyfile(folder / f"model.ckpt-{STEPS}.pt", OUT / f"{name}.ckpt.pt")
     strip_code(folder / "frozen.pth", OUT / f"{name}.pth")
     return frozen
 

@@ -16,13 +16,15 @@ import torch
 
 from mlpot.errors import ConfigError
 from mlpot.models.base import check_type_map
-from mlpot.models.deepmd.keys import STANDARD_KEYS, resolve_sel
+from mlpot.models.deepmd.compression import prepare_compressed
+from mlpot.models.deepmd.keys import DESCRIPTOR_ALIASES, DESCRIPTOR_KEYS, STANDARD_KEYS, resolve_sel
 from mlpot.models.sections import read_section
 from mlpot.models.deepmd.descriptors import DESCRIPTORS
 from mlpot.models.deepmd.fitting import FITTINGS
+from mlpot.models.deepmd.spin import build_spin
 from mlpot.models.deepmd.standard import StandardModel
 
-__all__ = ["build_standard", "resolve_auto_sel", "descriptor_section"]
+__all__ = ["build_standard", "resolve_auto_sel", "descriptor_section", "wants_auto_sel"]
 
 def descriptor_section(model_config: Dict[str, Any]) -> Dict[str, Any]:
     """The ``descriptor`` mapping of a standard model section (ConfigError when malformed)."""
@@ -35,21 +37,26 @@ def descriptor_section(model_config: Dict[str, Any]) -> Dict[str, Any]:
 def build_standard(config: Dict[str, Any], dtype: torch.dtype) -> StandardModel:
     """A StandardModel (descriptor + fitting) from a ``standard`` model section."""
     values = read_section(config, "model", STANDARD_KEYS, "StandardModelSection")
+    if values["spin"] is not None:  # the virtual-atom wrapper builds its backbone with this function
+        return build_spin(config, dtype, build_standard)
     type_map = check_type_map(values["type_map"])
     n_types = len(type_map)
     section = dict(descriptor_section(config))
     if values["pair_exclude_types"]:
         section["exclude_types"] = list(section.get("exclude_types", [])) + list(values["pair_exclude_types"])
     descriptor_cls = DESCRIPTORS.get(section["type"], key="model/descriptor/type")
-    if values["type_embedding"] is not None:  # TF-style type embedding section: se_e2_a only
+    if values["type_embedding"] is not None:  # TF-style type embedding section: se_e2_a, se_a_ebd_v2
         if not isinstance(values["type_embedding"], dict):
             raise ConfigError("needs a mapping", key="model/type_embedding")
-        if section["type"] not in ("se_e2_a", "se_a"):
+        if section["type"] not in ("se_e2_a", "se_a", "se_a_ebd_v2", "se_a_tpe_v2"):
             raise ConfigError(f"not supported yet: model/type_embedding with descriptor type {section['type']!r} "
-                              "(se_e2_a only; se_atten has its own type embedding)", key="model/type_embedding")
+                              "(se_e2_a and se_a_ebd_v2 only; se_atten and se_e3_tebd have their own type embedding)",
+                              key="model/type_embedding")
         descriptor = descriptor_cls.from_config(section, n_types, dtype, type_embedding=values["type_embedding"])
     else:
         descriptor = descriptor_cls.from_config(section, n_types, dtype)
+    if values["compress"] is not None:  # a compressed model: empty tables, filled by its state dict
+        prepare_compressed(descriptor, values["compress"])
     fitting_section = values["fitting_net"]
     if not isinstance(fitting_section, dict):
         raise ConfigError("needs a mapping", key="model/fitting_net")
@@ -57,6 +64,9 @@ def build_standard(config: Dict[str, Any], dtype: torch.dtype) -> StandardModel:
         fitting_section = _with_preset_out_bias(fitting_section, values["preset_out_bias"], n_types)
     fitting_cls = FITTINGS.get(fitting_section.get("type", "ener"), key="model/fitting_net/type")
     fitting = fitting_cls.from_config(fitting_section, n_types, descriptor, dtype)
+    if getattr(descriptor, "needs_atom_mask", False) and not getattr(fitting, "use_aparam_as_mask", False):
+        raise ConfigError(f"descriptor type {section['type']} needs numb_aparam: 1 and use_aparam_as_mask: true "
+                          "(aparam marks real and virtual atoms)", key="model/fitting_net/use_aparam_as_mask")
     return StandardModel(type_map, descriptor, fitting, config, atom_exclude_types=values["atom_exclude_types"],
                          data_stat_protect=values["data_stat_protect"], data_stat_nbatch=values["data_stat_nbatch"])
 
@@ -82,6 +92,14 @@ def _with_preset_out_bias(fitting: Dict[str, Any], preset: Any, n_types: int) ->
     return dict(fitting, preset_out_bias=values)
 
 
+def wants_auto_sel(part: Dict[str, Any]) -> bool:
+    """True for a descriptor section with a ``sel`` key left at, or set to, "auto[:f]" (descriptor
+    types without ``sel``, e.g. loc_frame with sel_a / sel_r, never)."""
+    kind = part.get("type")
+    table = DESCRIPTOR_KEYS.get(DESCRIPTOR_ALIASES.get(kind, kind), {}) if isinstance(kind, str) else {}
+    return "sel" in table and isinstance(part.get("sel", "auto"), str)
+
+
 def resolve_auto_sel(model_config: Dict[str, Any], max_neighbors: Sequence[int]) -> Dict[str, Any]:
     """A copy of ``model_config`` with ``sel: "auto[:f]"`` replaced by the rule of spec §2.1.
 
@@ -91,6 +109,6 @@ def resolve_auto_sel(model_config: Dict[str, Any], max_neighbors: Sequence[int])
     section = descriptor_section(config)
     sections = section.get("list", [section]) if section.get("type") == "hybrid" else [section]
     for sub in sections:
-        if isinstance(sub.get("sel", "auto"), str):  # a descriptor without sel: "auto" (DeePMD-kit 3.x)
+        if wants_auto_sel(sub):  # a descriptor without sel: "auto" (DeePMD-kit 3.x)
             sub["sel"] = resolve_sel(sub.get("sel", "auto"), len(config["type_map"]), "model/descriptor", max_neighbors)
     return config

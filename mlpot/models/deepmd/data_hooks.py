@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from mlpot.models.base import FineTune
-from mlpot.models.deepmd.builders import resolve_auto_sel
+from mlpot.models.deepmd.builders import resolve_auto_sel, wants_auto_sel
 from mlpot.models.deepmd.multitask import resolve_task_section, shared_reference
 
 __all__ = ["resolve_from_data", "FineTune", "prepare_finetune_hook"]
@@ -30,7 +30,7 @@ def _descriptor_parts(descriptor: Any) -> List[Dict[str, Any]]:
 def _max_neighbors(section: Dict[str, Any], probe) -> Optional[np.ndarray]:
     """Neighbour counts per type at the descriptor cutoff, or None when no part asks for ``sel: auto``."""
     parts = _descriptor_parts(section.get("descriptor"))
-    if not any(isinstance(part.get("sel", "auto"), str) for part in parts):  # no sel: "auto" (DeePMD-kit 3.x)
+    if not any(wants_auto_sel(part) for part in parts):  # no sel: "auto" (DeePMD-kit 3.x)
         return None
     rcut = max(float(part.get("rcut", 6.0)) for part in parts)
     return np.asarray(probe.max_neighbors(rcut, list(section["type_map"])))

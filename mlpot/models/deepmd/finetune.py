@@ -180,9 +180,12 @@ def remap_state_dict(old: torch.nn.Module, new: torch.nn.Module, index: List[int
             rows.add(prefix + "layers.0.weight")
         elif hasattr(module, "davg") and hasattr(module, "sel") and not hasattr(module, "descriptors"):
             rows |= {prefix + "davg", prefix + "dstd"}
+            kind = module.config.get("type", type(module).__name__) if isinstance(getattr(module, "config", None), dict) else type(module).__name__
+            if getattr(module, "type_order_fixed", False):
+                raise ConfigError(f"not supported yet: changing the type_map of descriptor {kind!r} (its type "
+                                  "embedding reads the type index itself)", file=file, key="model/type_map")
             if getattr(module, "mixed_types", False):
                 continue
-            kind = module.config.get("type", type(module).__name__) if isinstance(getattr(module, "config", None), dict) else type(module).__name__
             if dropped:
                 raise ConfigError(f"not supported yet: dropping pretrained types with descriptor {kind!r} "
                                   "(per-type sel: the padded slots of every type and sum(sel) enter the "

@@ -26,6 +26,7 @@ from mlpot.data.keys import (
     APARAM, ATOM_DOS, ATOM_ENERGY, DOS, ENERGY, FPARAM,
 )
 from mlpot.errors import ConfigError
+from mlpot.models.deepmd.descriptors.env import atom_mask
 from mlpot.models.deepmd.keys import FIT_DOS, FIT_ENER, resolve_precision
 from mlpot.models.output_bias import OutputBias, set_by_statistic
 from mlpot.models.sections import read_section
@@ -73,11 +74,16 @@ class InvariantFitting(torch.nn.Module):
     def __init__(self, n_types: int, dim_descrpt: int, n_out: int = 1, neuron=(120, 120, 120), *,
                  activation_function: str = "tanh", resnet_dt: bool = True, numb_fparam: int = 0, numb_aparam: int = 0,
                  rcond: Optional[float] = None, atom_ener: Optional[Sequence[Optional[float]]] = None,
-                 preset_out_bias: Optional[Sequence[Any]] = None,
+                 preset_out_bias: Optional[Sequence[Any]] = None, use_aparam_as_mask: bool = False,
                  trainable=True, seed: Optional[int] = None, mixed_types: bool = False, dtype=torch.float64):
         super().__init__()
         self.n_types, self.dim_descrpt, self.n_out = int(n_types), int(dim_descrpt), int(n_out)
         self.numb_fparam, self.numb_aparam = int(numb_fparam), int(numb_aparam)
+        # se_a_mask: aparam[:, 0] marks real (non-zero) and virtual (0) atoms; not a net input
+        self.use_aparam_as_mask = bool(use_aparam_as_mask)
+        if self.use_aparam_as_mask and self.numb_aparam != 1:
+            raise ConfigError(f"use_aparam_as_mask needs numb_aparam = 1 (the mask), got {self.numb_aparam}",
+                              key="model/fitting_net/numb_aparam")
         self.rcond = rcond
         self.mixed_types = bool(mixed_types)
         self.atom_ener = list(atom_ener) if atom_ener else None
@@ -88,7 +94,7 @@ class InvariantFitting(torch.nn.Module):
             if a is not None and p is not None:
                 raise ConfigError(f"type {t} has both atom_ener and preset_out_bias; give one",
                                   key="model/preset_out_bias")
-        in_dim = self.dim_descrpt + self.numb_fparam + self.numb_aparam
+        in_dim = self.dim_descrpt + self.numb_fparam + (0 if self.use_aparam_as_mask else self.numb_aparam)
         n_nets = 1 if self.mixed_types else self.n_types
         self.nets = torch.nn.ModuleList(
             FittingNet(in_dim, list(neuron), self.n_out, activation=activation_function, resnet_dt=resnet_dt,
@@ -120,7 +126,7 @@ class InvariantFitting(torch.nn.Module):
             if fparam is None:
                 raise ConfigError(f"the model needs fparam ({self.numb_fparam} per frame) but the batch has none", key=FPARAM)
             parts.append(gather_rows((fparam.to(self.net_dtype) - self.fparam_avg) * self.fparam_inv_std, frame))
-        if self.numb_aparam:
+        if self.numb_aparam and not self.use_aparam_as_mask:
             if aparam is None:
                 raise ConfigError(f"the model needs aparam ({self.numb_aparam} per atom) but the batch has none", key=APARAM)
             parts.append((aparam.to(self.net_dtype) - self.aparam_avg) * self.aparam_inv_std)
@@ -151,13 +157,17 @@ class InvariantFitting(torch.nn.Module):
             vacuum = self.net_outputs(torch.zeros_like(inputs[:1]).expand(self.n_types, -1).contiguous(), torch.arange(self.n_types, device=types.device))
             preset = torch.tensor([a is not None for a in self.atom_ener], device=types.device)
             out = out - torch.where(preset[types].unsqueeze(-1), gather_rows(vacuum, types), torch.zeros_like(out))
-        return out.to(torch.float64) + self.bias_atom[types]
+        out = out.to(torch.float64) + self.bias_atom[types]
+        if self.use_aparam_as_mask:  # virtual atoms have no energy
+            out = out * atom_mask(aparam).unsqueeze(-1).to(out.dtype)
+        return out
 
     # ---- statistics ------------------------------------------------------------------------
     def output_bias(self) -> OutputBias:
         """The per-type bias ``bias_atom`` as an :class:`~mlpot.models.output_bias.OutputBias`
         (presets from ``atom_ener`` / ``preset_out_bias`` fixed)."""
-        return OutputBias(self.bias_atom, self.frame_key, self._fixed_bias(), self.rcond, self.out_std)
+        coefficients = (lambda batch: atom_mask(batch.get(APARAM)).to(torch.float64)) if self.use_aparam_as_mask else None
+        return OutputBias(self.bias_atom, self.frame_key, self._fixed_bias(), self.rcond, self.out_std, coefficients)
 
     def set_bias_by_statistic(self, batches: Sequence[Dict[str, torch.Tensor]]) -> Optional[Dict[str, Any]]:
         """Set ``bias_atom`` and ``out_std`` to the least-squares per-type fit of the raw frame
@@ -180,7 +190,8 @@ class InvariantFitting(torch.nn.Module):
             with torch.no_grad():
                 for t, row in enumerate(self._fixed_bias()):
                     self.bias_atom[t] = 0.0 if row is None else torch.as_tensor(row, dtype=torch.float64)
-        for name, key, width in (("fparam", FPARAM, self.numb_fparam), ("aparam", APARAM, self.numb_aparam)):
+        for name, key, width in (("fparam", FPARAM, self.numb_fparam),
+                                 ("aparam", APARAM, 0 if self.use_aparam_as_mask else self.numb_aparam)):
             if not width:
                 continue
             data = [b[key].detach().to(torch.float64).reshape(-1, width) for b in batches if key in b]

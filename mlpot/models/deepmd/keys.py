@@ -18,11 +18,12 @@ from pydantic import Field
 from mlpot.data.statistics import auto_sel
 from mlpot.errors import ConfigError, suggest
 from mlpot.models.compose import FROZEN_KEYS, LINEAR_KEYS
+from mlpot.models.deepmd.keys_dpa2 import DPA2, read_dpa2_section
 from mlpot.models.pair import PAIRTAB_KEYS
 from mlpot.models.sections import REQUIRED, Key, ignored, key, read_section, unsupported
 
 __all__ = ["DESCRIPTOR_KEYS", "DESCRIPTOR_ALIASES", "FITTING_KEYS", "STANDARD_KEYS", "TYPE_EMBEDDING_KEYS",
-           "LINEAR_KEYS", "PAIRTAB_KEYS", "FROZEN_KEYS", "MULTI_TASK_KEYS", "MODEL_TYPE_KEYS", "DPA1_LEGACY_KEYS",
+           "LINEAR_KEYS", "PAIRTAB_KEYS", "SPIN_KEYS", "FROZEN_KEYS", "MULTI_TASK_KEYS", "MODEL_TYPE_KEYS", "DPA1_LEGACY_KEYS",
            "UNBUILT_DESCRIPTORS", "UNBUILT_FITTINGS", "UNBUILT_MODELS", "resolve_precision", "resolve_sel",
            "check_model_section", "MODIFIER_KEYS", "UNBUILT_MODIFIERS", "read_modifier_section"]
 
@@ -51,10 +52,37 @@ SE_E2_A: Dict[str, Key] = {
     "axis_neuron": key(4, "n_axis_neuron", annotation=int),
     "type_one_side": key(False, annotation=bool),
     "tebd_input_mode": unsupported(None, note="a type-embedding key (se_e2_a takes model/type_embedding)"),
-    "spin": unsupported(None, note="spin models (model/spin) are not built yet"),
+    "spin": unsupported(None, note="a descriptor-level spin section (TF era): give it as model/spin"),
+}
+# se_a_ebd_v2 (TF): se_e2_a's keys; the type embedding (model/type_embedding) enters in strip mode
+SE_A_EBD_V2: Dict[str, Key] = {name: value for name, value in SE_E2_A.items() if name != "tebd_input_mode"}
+# se_a_mask (TF): se_e2_a over every real atom of a non-periodic frame, no cutoff; aparam masks atoms
+SE_A_MASK: Dict[str, Key] = {name: SE_E2_A[name] for name in (
+    "type", "neuron", "axis_neuron", "activation_function", "resnet_dt", "type_one_side", "exclude_types",
+    "precision", "trainable", "seed")}
+SE_A_MASK["sel"] = key(REQUIRED, note="a list per type (DeePMD-kit's zinc example: the atoms of each type in a padded "
+                       'frame); "auto" is not supported (there is no cutoff to count neighbours within)',
+                       annotation=List[int])
+# loc_frame (TF): the local-frame descriptor of the original Deep Potential
+LOC_FRAME: Dict[str, Key] = {
+    "type": key(REQUIRED),
+    "sel_a": key(REQUIRED, note="per type: neighbours with full (local-frame) coordinates", annotation=List[int]),
+    "sel_r": key(REQUIRED, note="per type: the next neighbours, distance only", annotation=List[int]),
+    "rcut": key(6.0, note="Å, a hard cutoff (no switch)", annotation=Number),
+    "axis_rule": key(REQUIRED, note="6 ints per type: (class 0=a/1=r, type, index) of the two axis atoms; "
+                     "negative types not supported yet", annotation=List[int]),
+}
+# se_a_tpe / se_a_ebd (TF): se_e2_a with its own scalar type embedding mixed into the embedding net
+SE_A_TPE: Dict[str, Key] = {
+    **SE_A_EBD_V2,
+    "type_nchanl": key(4, note="channels C of the type embedding", annotation=int),
+    "type_nlayer": key(2, note="tanh layers of the type embedding (then one linear layer)", annotation=int),
+    "numb_aparam": unsupported(0, note="aparam mixed into the neighbour type embedding: not built yet"),
+    "exclude_types": unsupported([], note="DeePMD-kit's TF se_a_tpe does not apply it"),
+    "env_protection": unsupported(0.0, note="DeePMD-kit's TF se_a_tpe does not apply it"),
 }
 SE_E2_R: Dict[str, Key] = {**_SMOOTH_ENV, "type_one_side": key(False, annotation=bool),
-                           "spin": unsupported(None, note="spin models (model/spin) are not built yet")}
+                           "spin": unsupported(None, note="a descriptor-level spin section (TF era): give it as model/spin")}
 SE_E3: Dict[str, Key] = dict(_SMOOTH_ENV)
 _ATTENTION: Dict[str, Key] = {
     **_SMOOTH_ENV,
@@ -101,17 +129,30 @@ SE_ATTEN: Dict[str, Key] = {
 # se_atten_v2 = se_atten with strip mode and smooth type embedding fixed on, davg not forced to 0
 SE_ATTEN_V2: Dict[str, Key] = {**_ATTENTION, "set_davg_zero": key(False, annotation=bool),
                                "tebd_input_mode": key("strip", note='"strip" only (v2 is strip + smooth)', annotation=str)}
+# se_e3_tebd (DeePMD-kit 3.x PT): se_e3's three-body embedding with a type embedding, one mixed section
+SE_E3_TEBD: Dict[str, Key] = {
+    **_SMOOTH_ENV,
+    "sel": key("auto", note='int (the nearest sel neighbours of any type), a list (summed) or "auto[:factor]"'),
+    "set_davg_zero": key(True, annotation=bool),
+    "tebd_dim": key(8, annotation=int),
+    "tebd_input_mode": key("concat", note='"concat" or "strip"', annotation=str),
+    "smooth": key(True, note="strip mode: the type-pair embedding is multiplied by sw_j sw_k", annotation=bool),
+    "concat_output_tebd": key(True, annotation=bool),
+    "use_econf_tebd": unsupported(False, note="electronic-configuration type embedding: not built; the learned embedding is used"),
+    "use_tebd_bias": key(True, note="bias in the type-embedding layer (true by default for se_e3_tebd)", annotation=bool),
+    "type_map": ignored(note="taken from model/type_map"),
+}
 HYBRID: Dict[str, Key] = {"type": key(REQUIRED), "list": key(REQUIRED, annotation=list)}
 
 DESCRIPTOR_KEYS: Dict[str, Dict[str, Key]] = {
     "se_e2_a": SE_E2_A, "se_e2_r": SE_E2_R, "se_e3": SE_E3, "se_atten": SE_ATTEN, "se_atten_v2": SE_ATTEN_V2,
-    "hybrid": HYBRID,
+    "se_e3_tebd": SE_E3_TEBD, "se_a_ebd_v2": SE_A_EBD_V2, "se_a_tpe": SE_A_TPE, "se_a_mask": SE_A_MASK,
+    "loc_frame": LOC_FRAME, "hybrid": HYBRID, "dpa2": DPA2,
 }
 DESCRIPTOR_ALIASES = {"se_a": "se_e2_a", "se_r": "se_e2_r", "se_at": "se_e3", "se_a_3be": "se_e3", "se_t": "se_e3",
-                      "dpa1": "se_atten"}
+                      "dpa1": "se_atten", "se_a_tpe_v2": "se_a_ebd_v2", "se_a_ebd": "se_a_tpe"}
 # descriptor types of DeePMD-kit that mlpot does not build (any section of them is refused)
-UNBUILT_DESCRIPTORS = ("dpa2", "dpa3", "dpa4", "se_e3_tebd", "se_a_tpe", "se_a_ebd", "se_a_ebd_v2", "se_a_mask",
-                       "loc_frame", "se_a_tebd_v2")
+UNBUILT_DESCRIPTORS = ("dpa3", "dpa4", "se_a_tebd_v2")
 
 # model/type_embedding (TensorFlow-era section for se_e2_a; DeePMD-kit docs "type embedding approach")
 TYPE_EMBEDDING_KEYS: Dict[str, Key] = {
@@ -138,6 +179,9 @@ _FITTING: Dict[str, Key] = {
     "use_aparam_as_mask": unsupported(False, note="aparam as an atom mask (se_a_mask models): not built yet"),
 }
 FIT_ENER: Dict[str, Key] = {**_FITTING, "rcond": key(None, annotation=Optional[Number]),
+                            "use_aparam_as_mask": key(False, note="aparam (numb_aparam 1) marks real (non-zero) and "
+                                                      "virtual (0) atoms: not a net input; virtual atoms have no "
+                                                      "energy and no neighbours (se_a_mask models)", annotation=bool),
                             "atom_ener": key(None, annotation=Optional[List[Optional[Number]]]),
                             "preset_out_bias": key(None, note="per type: null or a value (set from model/preset_out_bias)",
                                                    annotation=Any)}
@@ -186,6 +230,20 @@ def read_modifier_section(section: Any, path: str = "model/modifier") -> Dict[st
     return read_section(section, path, table, "ModifierSection")
 
 
+# model/spin (DeePMD-kit 3.x virtual-atom spin model, mlpot.models.deepmd.spin)
+SPIN_KEYS = {
+    "use_spin": key(REQUIRED, note="one bool per type, or the indices (or names) of the magnetic types",
+                    annotation=list),
+    "virtual_scale": key(None, note="Å/μB: virtual atom at r + s·virtual_scale; one value per type, per magnetic "
+                         "type, or one for all", annotation=Any),
+    "spin_norm": key(None, note="TF form (with virtual_len): μB per magnetic type; virtual_scale = virtual_len / "
+                     "spin_norm", annotation=Any),
+    "virtual_len": key(None, note="TF form (with spin_norm): Å per magnetic type", annotation=Any),
+    "scheme": unsupported("deepspin", note='"deepspin" (virtual atoms, the default); "native" (DPA-4/SeZM spin '
+                          'descriptors) not built'),
+    "allow_missing_label": unsupported(False, note="systems without spin.npy (a DPA-4/SeZM option in DeePMD-kit)"),
+}
+
 # ---- model types (model) -----------------------------------------------------------------------
 STANDARD_KEYS: Dict[str, Key] = {
     "type": key("standard", note="standard; frozen, pairtab, linear_ener, multi-task: their own keys", annotation=str),
@@ -209,12 +267,18 @@ STANDARD_KEYS: Dict[str, Key] = {
     "sw_rmax": key(None, note="Å, network only above", annotation=Optional[Number]),
     "type_embedding": key(None, note="TF-style type embedding (neuron, activation_function, resnet_dt, precision, "
                           "trainable, seed, use_tebd_bias) for se_e2_a: one shared embedding net on [s~, tebd(t_j) "
-                          "(, tebd(t_i))] and one fitting net reading tebd(t_i)", annotation=Optional[dict]),
+                          "(, tebd(t_i))] and one fitting net reading tebd(t_i); for se_a_ebd_v2 (strip mode) "
+                          "N_s(s~)(1 + N_t(tebd(t_j) (, tebd(t_i))))", annotation=Optional[dict]),
     "modifier": key(None, note="DPLR long range: type dipole_charge (model_name, model_charge_map, sys_charge_map, "
                     "ewald_h, ewald_beta; mlpot: efield), see model/modifier[dipole_charge]", annotation=Optional[dict]),
-    "compress": unsupported(None, note="written by dp compress: compressed models are not built yet"),
-    "use_compression": unsupported(None, note="compressed models are not built yet"),
-    "spin": unsupported(None, note="spin models (model/spin, ener_spin loss) are not built yet"),
+    "compress": key(None, note="written by mlpot compress (as dp compress): model_file, min_nbor_dist (Å), table_config "
+                    "[extrapolate, step, coarse step, check frequency]; the embedding nets are then tables, filled from "
+                    "the compressed model file (mlpot.models.deepmd.compression)", annotation=Optional[dict]),
+    "use_compression": unsupported(None, note="not a key of DeePMD-kit 3.2's model section; compress a frozen model "
+                                   "with mlpot compress"),
+    "spin": key(None, note="spin model (use_spin, virtual_scale or TF virtual_len/spin_norm): virtual atoms at r + "
+                "s·virtual_scale on the magnetic atoms, loss type ener_spin (docs: DeePMD spin models)",
+                annotation=Optional[dict]),
     "finetune_head": unsupported(None, note="give the head with --model-branch"),
     "info": ignored(note="free metadata of the model (DeePMD-kit stores it, it changes nothing)"),
     "model_branch_alias": unsupported([], note="multi-task branch aliases"),
@@ -297,6 +361,9 @@ def _typed_table(section: Any, tables: Dict[str, Dict[str, Key]], aliases: Dict[
 
 def _check_descriptor(section: Any, path: str) -> None:
     table = _typed_table(section, DESCRIPTOR_KEYS, DESCRIPTOR_ALIASES, UNBUILT_DESCRIPTORS, None, path)
+    if table is DPA2:  # nested blocks, each with its own cutoffs (checked there)
+        read_dpa2_section(section, path)
+        return
     values = read_section(section, path, table, "DescriptorSection")
     rcut, rcut_smth = values.get("rcut"), values.get("rcut_smth")
     if rcut is not None and not rcut > 0:
@@ -330,6 +397,8 @@ def check_model_section(config: Any, path: str = "model") -> None:
             read_section(values["type_embedding"], f"{path}/type_embedding", TYPE_EMBEDDING_KEYS, "TypeEmbeddingSection")
         if values["modifier"] is not None:
             read_modifier_section(values["modifier"], f"{path}/modifier")
+        if values["spin"] is not None:
+            read_section(values["spin"], f"{path}/spin", SPIN_KEYS, "SpinSection")
     elif kind == "linear_ener":
         for index, member in enumerate(values["models"]):
             inherited = dict(member, type_map=member.get("type_map", values["type_map"])) \

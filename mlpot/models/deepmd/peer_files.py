@@ -12,7 +12,7 @@ Two kinds of file, both zip archives written by torch:
   ``__torch__.*`` names; :mod:`mlpot.models.safe_pickle` reads it as inert records (nothing of
   the archive's ``code/`` folder is read, compiled or run). Every module's attributes are in its
   record: the weights, and the model section as the JSON string ``model_def_script`` of the top
-  module.
+  module (of its ``backbone_model`` for a spin model, ``SpinEnergyModel``).
 
 Both give a :class:`DeepmdFile`: the model section and the tensors named as the checkpoint names
 them without its ``model.Default.`` prefix (``atomic_model.descriptor.sea.mean``...), so one
@@ -110,6 +110,22 @@ def _as_built(params: Dict[str, Any], tensors: Dict[str, torch.Tensor]) -> Dict[
     return params
 
 
+def _spin_input_section(built: Dict[str, Any]) -> Dict[str, Any]:
+    """The model section of a spin model's input from the one its frozen backbone stores (DeePMD-kit
+    3.x: type map with the "<name>_spin" types, se_e2_a sel doubled, the spin pair and atom exclusions
+    added; ``mlpot.models.deepmd.spin`` adds them again)."""
+    params = json.loads(json.dumps(built))
+    n_types = len(params["type_map"]) // 2
+    params["type_map"] = params["type_map"][:n_types]
+    descriptor = params["descriptor"]
+    if descriptor.get("type") in ("se_e2_a", "se_a") and isinstance(descriptor.get("sel"), list):
+        descriptor["sel"] = descriptor["sel"][:n_types]
+    descriptor["exclude_types"] = []
+    params["pair_exclude_types"] = [p for p in params.get("pair_exclude_types", []) if max(p) < n_types]
+    params["atom_exclude_types"] = [t for t in params.get("atom_exclude_types", []) if t < n_types]
+    return params
+
+
 def _module_tensors(record: PickledObject, prefix: str = "") -> Dict[str, torch.Tensor]:
     """Every tensor attribute of a TorchScript module record and its sub-modules, by dotted path.
     A scripted module pickles one dict of attributes (parameters, buffers, plain tensors and
@@ -133,14 +149,18 @@ def read_deepmd_frozen(path) -> DeepmdFile:
         tree = load_archive_pickle(archive, f"{root}/data.pkl", lambda key: f"{root}/data/{key}", source, FROZEN_ARCHIVE)
     if not isinstance(tree, PickledObject) or not tree.qualname.startswith("__torch__.deepmd."):
         raise CheckpointError("not a DeePMD-kit frozen model (expected a scripted deepmd module)", file=source)
-    script = tree.attr("model_def_script")
+    spin = tree.class_name == "SpinEnergyModel"
+    script = tree.attr("backbone_model").attr("model_def_script") if spin else tree.attr("model_def_script")
     try:
         params = json.loads(script) if isinstance(script, str) else None
     except json.JSONDecodeError:
         params = None
     if not isinstance(params, dict):
         raise CheckpointError("the frozen model holds no model section (model_def_script)", file=source)
-    if tree.class_name != "EnergyModel":
+    if tree.class_name not in ("EnergyModel", "SpinEnergyModel"):
         raise CheckpointError(f"not supported yet: DeePMD-kit {tree.class_name} files (energy models only)", file=source)
     tensors = _module_tensors(tree)
+    if spin:  # the spin wrapper's own tensors follow from model/spin; its backbone stores the built section
+        tensors = {name: value for name, value in tensors.items() if name not in ("virtual_scale_mask", "spin_mask")}
+        params = _spin_input_section(params)
     return DeepmdFile(source, "frozen", _as_built(params, tensors), tensors)

@@ -5,10 +5,10 @@ The names are those DeePMD-kit's files carry (read from its checkpoints and froz
 
 | DeePMD-kit | mlpot |
 |---|---|
-| ``atomic_model.descriptor.sea.`` (se_e2_a), ``atomic_model.descriptor.`` (se_e2_r), ``atomic_model.descriptor.se_atten.`` (se_atten, se_atten_v2): the descriptor block, below | ``descriptor.`` |
+| ``atomic_model.descriptor.sea.`` (se_e2_a), ``atomic_model.descriptor.`` (se_e2_r), ``atomic_model.descriptor.se_atten.`` (se_atten, se_atten_v2), ``atomic_model.descriptor.se_ttebd.`` (se_e3_tebd): the descriptor block, below | ``descriptor.`` |
 | block ``mean`` / ``stddev`` (n_types, nnei, 4 or 1): one row per centre type repeated over the neighbour slots | ``davg`` / ``dstd`` (n_types, 4): that row (checked equal over the slots) |
 | block ``filter_layers.networks.<k>`` (se_e2_a / se_e2_r) | ``embeddings.<k'>``: k = t_nei * n_types + t_centre, k' = t_centre * n_types + t_nei (``type_one_side``: k = k' = t_nei) |
-| block ``filter_layers.networks.0`` / ``filter_layers_strip.networks.0`` (se_atten) | ``embedding`` / ``type_pair_embedding`` |
+| block ``filter_layers.networks.0`` / ``filter_layers_strip.networks.0`` (se_atten, se_e3_tebd) | ``embedding`` / ``type_pair_embedding`` |
 | block ``dpa1_attention.attention_layers.<l>.attention_layer.{in_proj,out_proj}`` | ``attention.<l>.{in_proj,out_proj}`` |
 | block ``dpa1_attention.attention_layers.<l>.attn_layer_norm.{matrix,bias}`` | ``attention.<l>.ln_{weight,bias}`` |
 | ``atomic_model.descriptor.type_embedding.embedding.embedding_net`` | ``descriptor.type_embedding`` |
@@ -17,7 +17,7 @@ The names are those DeePMD-kit's files carry (read from its checkpoints and froz
 | ``atomic_model.out_std[0]`` | ``fitting.out_std`` |
 
 Inside every net DeePMD-kit's ``layers.<i>.{matrix,bias,idt}`` are mlpot's ``layers.<i>.{weight,bias,idt}``
-with the same (in, out) layout. Not read: ``min_nbor_dist``, the exclusion masks (``emask.type_mask``,
+with the same (in, out) layout. Not read: ``min_nbor_dist``, the exclusion masks (``emask.type_mask``, ``atom_excl`` / ``pair_excl``,
 rebuilt from the model section), ``sec`` (from ``sel``), the ``_networks`` aliases of ``networks``,
 and the tables of ``dp compress`` (``compress_info``, ``compress_data``, ``type_embd_data``), which
 must be empty: a compressed model is not supported yet. Any other tensor of the file is an error
@@ -35,10 +35,13 @@ from mlpot.errors import CheckpointError
 
 __all__ = ["deepmd_state_dict"]
 
-_IGNORED = re.compile(r"(^min_nbor_dist|\.emask\.type_mask|^atomic_model\.descriptor\.sec|\._networks\.\d+\..*)$")
+_IGNORED = re.compile(r"(^min_nbor_dist|\.emask\.type_mask|^atomic_model\.(atom|pair)_excl\.type_mask|"
+                      r"^atomic_model\.descriptor\.sec|\._networks\.\d+\..*)$")
 _COMPRESSION = re.compile(r"\.(compress_info\.\d+|compress_data\.\d+|type_embd_data)$")
 _BLOCKS = {"se_e2_a": "atomic_model.descriptor.sea.", "se_e2_r": "atomic_model.descriptor.",
-           "se_atten": "atomic_model.descriptor.se_atten.", "se_atten_v2": "atomic_model.descriptor.se_atten."}
+           "se_atten": "atomic_model.descriptor.se_atten.", "se_atten_v2": "atomic_model.descriptor.se_atten.",
+           "dpa2": "atomic_model.descriptor.",
+           "se_e3_tebd": "atomic_model.descriptor.se_ttebd."}
 _TYPE_EMBEDDING = "atomic_model.descriptor.type_embedding.embedding.embedding_net."
 _FITTING = "atomic_model.fitting_net."
 
@@ -79,7 +82,8 @@ def _net(source: _FileTensors, prefix: str, module: torch.nn.Module, target: str
         out[target + key] = source.take(prefix + name, value.shape)
 
 
-def _env_statistics(source: _FileTensors, block: str, descriptor, out: Dict[str, torch.Tensor]) -> None:
+def _env_statistics(source: _FileTensors, block: str, descriptor, out: Dict[str, torch.Tensor],
+                    target: str = "descriptor.") -> None:
     """davg/dstd from the block's mean/stddev (n_types, nnei, width): one row per centre type."""
     n_types = descriptor.davg.shape[0]
     for deepmd_name, name in (("mean", "davg"), ("stddev", "dstd")):
@@ -93,7 +97,7 @@ def _env_statistics(source: _FileTensors, block: str, descriptor, out: Dict[str,
                                   "centre type (mlpot keeps one row per centre type)", file=source.file)
         row = getattr(descriptor, name).clone()
         row[:, : value.shape[2]] = value[:, 0]
-        out[f"descriptor.{name}"] = row
+        out[f"{target}{name}"] = row
 
 
 def _se_e2(source: _FileTensors, block: str, descriptor, out: Dict[str, torch.Tensor]) -> None:
@@ -110,18 +114,47 @@ def _se_e2(source: _FileTensors, block: str, descriptor, out: Dict[str, torch.Te
         _net(source, f"{block}filter_layers.networks.{deepmd_index}.", net, f"descriptor.embeddings.{index}.", out)
 
 
-def _se_atten(source: _FileTensors, block: str, descriptor, out: Dict[str, torch.Tensor]) -> None:
+def _type_embedded_nets(source: _FileTensors, block: str, descriptor, out: Dict[str, torch.Tensor]) -> None:
+    """The type embedding and the one embedding net (+ the strip-mode type-pair net) of se_atten / se_e3_tebd."""
     _net(source, _TYPE_EMBEDDING, descriptor.type_embedding, "descriptor.type_embedding.", out)
     _net(source, f"{block}filter_layers.networks.0.", descriptor.embedding, "descriptor.embedding.", out)
     if descriptor.type_pair_embedding is not None:
         _net(source, f"{block}filter_layers_strip.networks.0.", descriptor.type_pair_embedding,
              "descriptor.type_pair_embedding.", out)
+
+
+def _se_atten(source: _FileTensors, block: str, descriptor, out: Dict[str, torch.Tensor]) -> None:
+    _type_embedded_nets(source, block, descriptor, out)
     for index, layer in enumerate(descriptor.attention):
         prefix = f"{block}dpa1_attention.attention_layers.{index}."
         for part in ("in_proj", "out_proj"):
             _net(source, f"{prefix}attention_layer.{part}.", getattr(layer, part), f"descriptor.attention.{index}.{part}.", out)
         out[f"descriptor.attention.{index}.ln_weight"] = source.take(f"{prefix}attn_layer_norm.matrix", layer.ln_weight.shape)
         out[f"descriptor.attention.{index}.ln_bias"] = source.take(f"{prefix}attn_layer_norm.bias", layer.ln_bias.shape)
+
+
+def _dpa2(source: _FileTensors, block: str, descriptor, out: Dict[str, torch.Tensor]) -> None:
+    """DPA-2: the type embedding, the repinit (se_atten) and three-body blocks, the linear maps, and
+    the repformer stack, whose module names are DeePMD-kit's (``weight`` spelled ``matrix``)."""
+    _net(source, _TYPE_EMBEDDING, descriptor.type_embedding, "descriptor.type_embedding.", out)
+    for name, module in (("repinit", descriptor.repinit), ("repinit_three_body", descriptor.three_body)):
+        if module is None:
+            continue
+        target = f"descriptor.{'repinit' if name == 'repinit' else 'three_body'}."
+        _env_statistics(source, f"{block}{name}.", module, out, target)
+        _net(source, f"{block}{name}.filter_layers.networks.0.", module.embedding, f"{target}embedding.", out)
+        if module.type_pair_embedding is not None:
+            _net(source, f"{block}{name}.filter_layers_strip.networks.0.", module.type_pair_embedding,
+                 f"{target}type_pair_embedding.", out)
+    for name, module in (("g1_shape_tranform", descriptor.g1_shape_transform), ("tebd_transform", descriptor.tebd_transform)):
+        if module is not None:
+            _net(source, f"{block}{name}.", module, f"descriptor.{name.replace('tranform', 'transform')}.", out)
+    repformers = descriptor.repformers
+    _env_statistics(source, f"{block}repformers.", repformers, out, "descriptor.repformers.")
+    for name in repformers.state_dict():
+        if name not in ("davg", "dstd"):
+            out[f"descriptor.repformers.{name}"] = source.take(
+                f"{block}repformers." + re.sub(r"(^|\.)weight$", r"\1matrix", name), repformers.state_dict()[name].shape)
 
 
 def _ener_fitting(source: _FileTensors, fitting, out: Dict[str, torch.Tensor]) -> None:
@@ -134,10 +167,19 @@ def _ener_fitting(source: _FileTensors, fitting, out: Dict[str, torch.Tensor]) -
 
 
 def deepmd_state_dict(model: torch.nn.Module, tensors: Dict[str, torch.Tensor], file: str) -> Dict[str, torch.Tensor]:
-    """The state dict of ``model`` (a standard DeePMD model built from the file's model section, with
+    """A spin model (``mlpot.models.deepmd.spin``): DeePMD-kit's ``backbone_model.`` tensors are the
+    state of mlpot's ``backbone.`` (a standard model on the extended type map); otherwise:
+
+    The state dict of ``model`` (a standard DeePMD model built from the file's model section, with
     an ener fitting) holding the DeePMD-kit ``tensors`` (names as in the module docstring).
     CheckpointError naming ``file`` for a missing or misshapen parameter, a compressed model or a
     tensor mlpot has no place for; every parameter of ``model`` comes from the file."""
+    if hasattr(model, "backbone") and hasattr(model, "virtual_scale"):
+        prefix = "backbone_model."
+        if not tensors or any(not name.startswith(prefix) for name in tensors):
+            raise CheckpointError(f"a spin model's file keeps its weights under '{prefix}'", file=file)
+        inner = deepmd_state_dict(model.backbone, {n[len(prefix):]: v for n, v in tensors.items()}, file)
+        return {f"backbone.{name}": value for name, value in inner.items()}
     kind = model.config["descriptor"]["type"]
     fitting_kind = model.config["fitting_net"].get("type", "ener")
     if kind not in _BLOCKS or fitting_kind != "ener":
@@ -146,10 +188,15 @@ def deepmd_state_dict(model: torch.nn.Module, tensors: Dict[str, torch.Tensor], 
     source = _FileTensors(tensors, file)
     out: Dict[str, torch.Tensor] = {}
     block = _BLOCKS[kind]
-    _env_statistics(source, block, model.descriptor, out)
+    if kind == "dpa2":  # statistics per block
+        _dpa2(source, block, model.descriptor, out)
+    else:
+        _env_statistics(source, block, model.descriptor, out)
     if kind in ("se_e2_a", "se_e2_r"):
         _se_e2(source, block, model.descriptor, out)
-    else:
+    elif kind == "se_e3_tebd":
+        _type_embedded_nets(source, block, model.descriptor, out)
+    elif kind != "dpa2":
         _se_atten(source, block, model.descriptor, out)
     _ener_fitting(source, model.fitting, out)
     source.check_all_read()

@@ -11,11 +11,13 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-from mlpot.data.keys import ATOM_TYPES
+from mlpot.data.keys import ATOM_TYPES, EDGE_INDEX
+from mlpot.errors import ConfigError
+from mlpot.models.deepmd.keys import resolve_precision
 from mlpot.models.deepmd.descriptors.env import EnvStatistics, environment_matrix, select_neighbors
-from mlpot.nn import Registry, is_tracing
+from mlpot.nn import Registry, gather_rows, is_tracing, smooth_switch
 
-__all__ = ["Descriptor", "DESCRIPTORS", "EnvMatrixDescriptor"]
+__all__ = ["Descriptor", "DESCRIPTORS", "EnvMatrixDescriptor", "MixedTypesDescriptor"]
 
 DESCRIPTORS: Registry[Any] = Registry("descriptor")
 
@@ -122,6 +124,9 @@ class EnvMatrixDescriptor(Descriptor):
         return env
 
     def compute_statistics(self, samples, protection: float = 1e-2) -> Dict[str, Any]:
+        if getattr(self, "compressed", False):  # the tables were built from the statistics they hold
+            raise ConfigError("a compressed model (tables from mlpot compress) cannot be trained or have its "
+                              "statistics recomputed: use the model before compression", key="model/compress")
         stats = EnvStatistics(self.n_types)
         with torch.no_grad():
             for batch, vectors in samples:
@@ -131,3 +136,49 @@ class EnvMatrixDescriptor(Descriptor):
         self.davg.copy_(davg.to(self.davg.dtype))
         self.dstd.copy_(dstd.to(self.dstd.dtype))
         return {"davg": davg.tolist(), "dstd": dstd.tolist()}
+
+
+class MixedTypesDescriptor(EnvMatrixDescriptor):
+    """Common part of the type-embedding descriptors (se_atten, se_e3_tebd): one neighbour section.
+
+    Every atom keeps its ``sel[0]`` nearest neighbours of any type; davg/dstd stay per centre type.
+    Subclasses call ``_init_env`` with sel ``[nsel, 0, ...]`` and then set ``self.sel = [nsel]``.
+    """
+
+    mixed_types = True
+
+    @classmethod
+    def _build(cls, values, n_types, dtype, section, path):
+        """The descriptor from its read section ``values`` ("type" removed): precision, then the
+        constructor; sel "auto" must have been resolved from data before."""
+        dtype = resolve_precision(values.pop("precision"), dtype, path)
+        if isinstance(values["sel"], str):
+            raise ConfigError("sel 'auto' must be resolved from data first (mlpot.models.deepmd.builders.resolve_auto_sel)", key=f"{path}/sel")
+        return cls(n_types, dtype=dtype, config=dict(section), path=path, **values)
+
+    def raw_environment(self, batch, vectors) -> Tuple[torch.Tensor, torch.Tensor]:
+        """(raw env matrix (n_atoms, sel, 4), nlist (n_atoms, sel) edge indices, nearest first, any type)."""
+        nlist = select_neighbors(batch, vectors, self.rcut, self.sel, mixed_types=True)
+        env = environment_matrix(vectors, nlist, self.rcut, self.rcut_smth, env_protection=self.env_protection)
+        return env, nlist
+
+    def mixed_environment(self, batch, vectors) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Normalised env (n_atoms, sel, 4) with excluded pairs zeroed, occupancy mask (n_atoms, sel)
+        bool, switch sw = w(r) (n_atoms, sel) (0 on empty slots) and neighbour types (pad = n_types)."""
+        env, nlist = self.raw_environment(batch, vectors)
+        types = batch[ATOM_TYPES]
+        env = (env.to(self.davg.dtype) - self.davg[types].unsqueeze(1)) / self.dstd[types].unsqueeze(1)
+        mask = nlist >= 0
+        # per-edge tables with one trailing padding entry, so empty slots (and edge-free batches) index it
+        n_edges = vectors.shape[0]
+        slot_edge = torch.where(mask, nlist, torch.full_like(nlist, n_edges))
+        edge_types = torch.cat([types[batch[EDGE_INDEX][1]], types.new_full((1,), self.n_types)])
+        neighbor_types = edge_types[slot_edge]
+        if self.has_excluded_pairs:
+            excluded = self.excluded_pairs[types.unsqueeze(1), neighbor_types.clamp(max=self.n_types - 1)] & mask
+            env = env * (~excluded).unsqueeze(-1).to(env.dtype)
+            mask = mask & ~excluded
+            neighbor_types = torch.where(mask, neighbor_types, torch.full_like(neighbor_types, self.n_types))
+        distance = gather_rows(torch.cat([torch.linalg.vector_norm(vectors, dim=-1), vectors.new_full((1,), 2.0 * self.rcut + 1.0)]), slot_edge)
+        sw = torch.where(mask, smooth_switch(distance, self.rcut_smth, self.rcut), torch.zeros_like(distance)).to(env.dtype)
+        return env, mask, sw, neighbor_types

@@ -19,9 +19,10 @@ import torch
 
 from mlpot.data.keys import ATOM_TYPES, EDGE_INDEX, POSITIONS
 from mlpot.data.neighbors import build_sel_matrix
+from mlpot.errors import DataError
 from mlpot.nn import is_tracing, smooth_switch
 
-__all__ = ["select_neighbors", "environment_matrix", "EnvStatistics"]
+__all__ = ["select_neighbors", "environment_matrix", "EnvStatistics", "atom_mask"]
 
 
 def select_neighbors(
@@ -55,6 +56,15 @@ def select_neighbors(
                 stacklevel=3,
             )
     return nlist
+
+
+def atom_mask(aparam) -> torch.Tensor:
+    """Real (True) / virtual (False) atoms of se_a_mask models, (n_atoms,) bool, from aparam
+    (n_atoms, 1): the value truncated to an integer, non-zero = real (DeePMD-kit casts it to int)."""
+    if aparam is None:
+        raise DataError("se_a_mask / use_aparam_as_mask models need aparam (1 per atom, 0 = virtual atom)",
+                        key="aparam")
+    return aparam.reshape(aparam.shape[0], -1)[:, 0].trunc() != 0
 
 
 def environment_matrix(

@@ -36,14 +36,13 @@ from typing import Any, Dict, Optional, Tuple
 
 import torch
 
-from mlpot.data.keys import ATOM_TYPES, EDGE_INDEX
+from mlpot.data.keys import ATOM_TYPES
 from mlpot.errors import ConfigError
-from mlpot.models.deepmd.keys import SE_ATTEN, SE_ATTEN_V2, resolve_precision
+from mlpot.models.deepmd.keys import SE_ATTEN, SE_ATTEN_V2
 from mlpot.models.sections import read_section
-from mlpot.models.deepmd.descriptors.base import DESCRIPTORS, EnvMatrixDescriptor
-from mlpot.models.deepmd.descriptors.env import environment_matrix, select_neighbors
+from mlpot.models.deepmd.descriptors.base import DESCRIPTORS, MixedTypesDescriptor
 from mlpot.models.deepmd.type_embedding import TypeEmbedding
-from mlpot.nn import EmbeddingNet, MLPLayer, gather_rows, map_row_chunks, smooth_switch
+from mlpot.nn import EmbeddingNet, MLPLayer, gather_rows, map_row_chunks
 
 __all__ = ["DescriptorSeAtten", "DescriptorSeAttenV2", "NeighborAttentionLayer"]
 
@@ -96,14 +95,12 @@ class NeighborAttentionLayer(torch.nn.Module):
         return torch.nn.functional.layer_norm(out, out.shape[-1:], self.ln_weight, self.ln_bias, self.ln_eps)
 
 
-class DescriptorSeAtten(EnvMatrixDescriptor):
+class DescriptorSeAtten(MixedTypesDescriptor):
     """se_atten / dpa1 descriptor (see the module docstring).
 
     forward(batch, vectors (n_edges, 3) Å) -> (D (n_atoms, M1*M2 [+ tebd_dim]), rot (n_atoms, M1, 3)).
     Buffers davg/dstd (n_types, 4) per centre type as in se_e2_a; ``sel`` is one int (a list is summed).
     """
-
-    mixed_types = True
 
     def __init__(self, n_types: int, sel, rcut: float = 6.0, rcut_smth: float = 0.5, neuron=(10, 20, 40),
                  axis_neuron: int = 4, activation_function: str = "tanh", resnet_dt: bool = False,
@@ -114,7 +111,7 @@ class DescriptorSeAtten(EnvMatrixDescriptor):
                  attn_mask: bool = False, concat_output_tebd: bool = True, trainable_ln: bool = True,
                  ln_eps: Optional[float] = None, use_tebd_bias: bool = False, smooth_type_embedding: bool = False,
                  dtype: torch.dtype = torch.float64, config: Optional[Dict[str, Any]] = None,
-                 path: str = "model/descriptor"):
+                 path: str = "model/descriptor", own_type_embedding: bool = True):
         super().__init__()
         nsel = int(sum(sel)) if isinstance(sel, (list, tuple)) else int(sel)
         if nsel <= 0:
@@ -127,14 +124,16 @@ class DescriptorSeAtten(EnvMatrixDescriptor):
         self.neuron = [int(n) for n in neuron]
         self.m1, self.m2 = self.neuron[-1], int(axis_neuron)
         if self.m2 > self.m1:
-            raise ConfigError(f"axis_neuron ({self.m2}) must not exceed neuron[-1] ({self.m1})", key=key_path(path, "axis_neuron"))
+            raise ConfigError(f"axis_neuron ({self.m2}) must not exceed neuron[-1] ({self.m1})", key=f"{path}/axis_neuron")
         self.tebd_input_mode, self.type_one_side = tebd_input_mode, bool(type_one_side)
         self.smooth, self.concat_output_tebd = bool(smooth_type_embedding), bool(concat_output_tebd)
         seed = None if seed is None else int(seed)
         # DeePMD-kit's PyTorch type embedding of dpa1 has a linear layer (its TypeEmbedNet), not tanh
+        # without own_type_embedding (a block of DPA-2) the caller owns the embedding and calls _atom_rows
         self.type_embedding = TypeEmbedding(n_types, [int(tebd_dim)], activation_function="linear",
                                             use_tebd_bias=use_tebd_bias, trainable=trainable,
-                                            seed=None if seed is None else seed + 2, dtype=dtype)
+                                            seed=None if seed is None else seed + 2, dtype=dtype) \
+            if own_type_embedding else None
         tebd_width = int(tebd_dim) * (1 if self.type_one_side else 2)
         net = dict(activation=activation_function, resnet_dt=resnet_dt, trainable=trainable, dtype=dtype)
         if tebd_input_mode == "concat":
@@ -153,6 +152,7 @@ class DescriptorSeAtten(EnvMatrixDescriptor):
         self.dim_out = self.m1 * self.m2 + (int(tebd_dim) if self.concat_output_tebd else 0)
         self.dim_rot = self.m1
         self.config = dict(config or {})
+        self.compressed = False  # True: embedding is a QuinticTable (mlpot.models.deepmd.compression)
 
     @classmethod
     def from_config(cls, section: Dict[str, Any], n_types: int, dtype: torch.dtype, path: str = "model/descriptor"):
@@ -165,40 +165,6 @@ class DescriptorSeAtten(EnvMatrixDescriptor):
             values["tebd_input_mode"] = "strip" if stripped else "concat"
         return cls._build(values, n_types, dtype, section, path)
 
-    @classmethod
-    def _build(cls, values, n_types, dtype, section, path):
-        dtype = resolve_precision(values.pop("precision"), dtype, path)
-        if isinstance(values["sel"], str):
-            raise ConfigError("sel 'auto' must be resolved from data first (mlpot.models.deepmd.builders.resolve_auto_sel)", key=f"{path}/sel")
-        return cls(n_types, dtype=dtype, config=dict(section), path=path, **values)
-
-    # ---- environment ---------------------------------------------------------------------------
-    def raw_environment(self, batch, vectors) -> Tuple[torch.Tensor, torch.Tensor]:
-        """(raw env matrix (n_atoms, sel, 4), nlist (n_atoms, sel) edge indices, nearest first, any type)."""
-        nlist = select_neighbors(batch, vectors, self.rcut, self.sel, mixed_types=True)
-        env = environment_matrix(vectors, nlist, self.rcut, self.rcut_smth, env_protection=self.env_protection)
-        return env, nlist
-
-    def _environment(self, batch, vectors):
-        """Normalised env (excluded pairs zeroed), occupancy mask, switch sw, neighbour types (pad = n_types)."""
-        env, nlist = self.raw_environment(batch, vectors)
-        types = batch[ATOM_TYPES]
-        env = (env.to(self.davg.dtype) - self.davg[types].unsqueeze(1)) / self.dstd[types].unsqueeze(1)
-        mask = nlist >= 0
-        # per-edge tables with one trailing padding entry, so empty slots (and edge-free batches) index it
-        n_edges = vectors.shape[0]
-        slot_edge = torch.where(mask, nlist, torch.full_like(nlist, n_edges))
-        edge_types = torch.cat([types[batch[EDGE_INDEX][1]], types.new_full((1,), self.n_types)])
-        neighbor_types = edge_types[slot_edge]
-        if self.has_excluded_pairs:
-            excluded = self.excluded_pairs[types.unsqueeze(1), neighbor_types.clamp(max=self.n_types - 1)] & mask
-            env = env * (~excluded).unsqueeze(-1).to(env.dtype)
-            mask = mask & ~excluded
-            neighbor_types = torch.where(mask, neighbor_types, torch.full_like(neighbor_types, self.n_types))
-        distance = gather_rows(torch.cat([torch.linalg.vector_norm(vectors, dim=-1), vectors.new_full((1,), 2.0 * self.rcut + 1.0)]), slot_edge)
-        sw = torch.where(mask, smooth_switch(distance, self.rcut_smth, self.rcut), torch.zeros_like(distance)).to(env.dtype)
-        return env, mask, sw, neighbor_types
-
     def _embedding(self, env, types, neighbor_types, sw, table):
         """G (n_atoms, sel, M1) from s~ and the type embeddings (tebd_input_mode)."""
         n_atoms, nsel, _ = env.shape
@@ -208,32 +174,63 @@ class DescriptorSeAtten(EnvMatrixDescriptor):
                 parts.append(gather_rows(table, types).unsqueeze(1).expand(n_atoms, nsel, -1))
             return self.embedding(torch.cat(parts, dim=-1))
         g_radial = self.embedding(env[..., :1])
+        pair_values = self.type_pair_values(table)
         if self.type_one_side:
-            g_types = gather_rows(self.type_pair_embedding(table), neighbor_types)
+            g_types = gather_rows(pair_values, neighbor_types)
         else:
-            # every (neighbour type incl. padding, centre type) pair once: (n_types + 1, n_types, M1)
-            n_rows = table.shape[0]
-            pairs = torch.cat([table.unsqueeze(1).expand(n_rows, self.n_types, -1),
-                               table[: self.n_types].unsqueeze(0).expand(n_rows, self.n_types, -1)], dim=-1)
-            g_types = gather_rows(self.type_pair_embedding(pairs).reshape(n_rows * self.n_types, -1),
-                                  neighbor_types * self.n_types + types.unsqueeze(1))
+            g_types = gather_rows(pair_values, neighbor_types * self.n_types + types.unsqueeze(1))
         if self.smooth:
             g_types = g_types * sw.unsqueeze(-1)
         return g_radial * g_types + g_radial
 
+    def type_pair_values(self, table: torch.Tensor) -> torch.Tensor:
+        """strip mode: the type-pair net on every (neighbour type incl. padding[, centre type]) pair,
+        (n_types + 1 [x n_types], M1), rows neighbour_type [* n_types + centre_type]; table: type embeddings."""
+        if self.type_one_side:
+            return self.type_pair_embedding(table)
+        n_rows = table.shape[0]
+        pairs = torch.cat([table.unsqueeze(1).expand(n_rows, self.n_types, -1),
+                           table[: self.n_types].unsqueeze(0).expand(n_rows, self.n_types, -1)], dim=-1)
+        return self.type_pair_embedding(pairs).reshape(n_rows * self.n_types, -1)
+
+    def _tabulated_contraction(self, env, sw, neighbor_types, types) -> torch.Tensor:
+        """R~^T G (n, 4, M1) of a compressed strip descriptor without materialising G.
+
+        G_k = N_s(s~_k) ⊙ (1 + w_k N_t[c_k]) with c_k the slot's type class (neighbour type, padding =
+        n_types; with the centre type unless type_one_side) and w = sw (smooth) or 1, so
+        R~^T G = sum_k R~_k^T N_s(s~_k) + sum_c (sum_{k in c} w_k R~_k^T N_s(s~_k)) ⊙ N_t[c]: one
+        table contraction (``QuinticTable.contract``) against [R~, w R~ 1(c_k = c) for every c].
+        """
+        n_atoms, nsel, width = env.shape
+        classes = self.n_types + 1
+        onehot = (neighbor_types.unsqueeze(-1) == torch.arange(classes, device=env.device)).to(env.dtype)
+        weighted = env * sw.unsqueeze(-1) if self.smooth else env
+        left = torch.cat([env.unsqueeze(2), weighted.unsqueeze(2) * onehot.unsqueeze(-1)], dim=2)
+        out = self.embedding.contract(env[..., 0], left.reshape(n_atoms, nsel, (classes + 1) * width))
+        out = out.view(n_atoms, classes + 1, width, self.m1)
+        pair = self.type_pair_table  # rows: class [* n_types + centre type]
+        if self.type_one_side:
+            per_class = pair.unsqueeze(0)  # (1, classes, M1)
+        else:
+            per_class = pair.view(classes, self.n_types, self.m1).index_select(1, types).transpose(0, 1)
+        return out[:, 0] + (out[:, 1:] * per_class.unsqueeze(2)).sum(1)
+
     def _atom_rows(self, env, mask, sw, neighbor_types, types, table) -> Tuple[torch.Tensor, torch.Tensor]:
         """(D without tebd (n, M1*M2), A = R~^T G / N_c (n, 4, M1)) of n centre atoms; rows independent."""
-        g = self._embedding(env, types, neighbor_types, sw, table)
-        directions = torch.nn.functional.normalize(env[..., 1:4], dim=-1)
-        for layer in self.attention:
-            g = layer(g, mask, sw, directions)
-        a_matrix = torch.matmul(env.transpose(1, 2), g) / self.sel[0]  # (n_atoms, 4, M1)
-        descriptor = torch.matmul(a_matrix.transpose(1, 2), a_matrix[:, :, : self.m2]).reshape(len(types), -1)
+        if self.compressed:  # strip, no attention layer: the table fused with R~^T G
+            a_matrix = self._tabulated_contraction(env, sw, neighbor_types, types) / self.sel[0]
+        else:
+            g = self._embedding(env, types, neighbor_types, sw, table)
+            directions = torch.nn.functional.normalize(env[..., 1:4], dim=-1)
+            for layer in self.attention:
+                g = layer(g, mask, sw, directions)
+            a_matrix = torch.matmul(env.transpose(1, 2), g) / self.sel[0]  # (n_atoms, 4, M1)
+        descriptor = torch.matmul(a_matrix.transpose(1, 2), a_matrix[:, :, : self.m2]).flatten(1)
         return descriptor, a_matrix
 
     def forward(self, batch: Dict[str, torch.Tensor], vectors: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         types = batch[ATOM_TYPES]
-        env, mask, sw, neighbor_types = self._environment(batch, vectors)
+        env, mask, sw, neighbor_types = self.mixed_environment(batch, vectors)
         table = self.type_embedding.table()
         # inference inside mlpot.nn.atom_chunks: the sel x sel attention graphs are kept (and
         # recomputed in the backward pass) one chunk of atoms at a time

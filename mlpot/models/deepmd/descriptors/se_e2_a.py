@@ -16,7 +16,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import torch
 
 from mlpot.data.keys import ATOM_TYPES, EDGE_INDEX, EDGE_SHIFTS
-from mlpot.models.deepmd.keys import SE_E2_A, TYPE_EMBEDDING_KEYS, resolve_precision, resolve_sel
+from mlpot.models.deepmd.keys import SE_A_EBD_V2, SE_E2_A, TYPE_EMBEDDING_KEYS, resolve_precision, resolve_sel
 from mlpot.models.sections import read_section
 from mlpot.models.deepmd.descriptors.base import DESCRIPTORS, EnvMatrixDescriptor
 from mlpot.errors import ConfigError
@@ -24,7 +24,7 @@ from mlpot.models.deepmd.descriptors.env import undirected_pair_key
 from mlpot.models.deepmd.type_embedding import TypeEmbedding
 from mlpot.nn import EmbeddingNet, gather_rows
 
-__all__ = ["DescriptorSeA"]
+__all__ = ["DescriptorSeA", "DescriptorSeAEbdV2"]
 
 class DescriptorSeA(EnvMatrixDescriptor):
     """se_e2_a descriptor.
@@ -52,6 +52,7 @@ class DescriptorSeA(EnvMatrixDescriptor):
         dtype: torch.dtype = torch.float64,
         config: Optional[Dict[str, Any]] = None,
         type_embedding: Optional[Dict[str, Any]] = None,
+        tebd_input_mode: str = "concat",
     ):
         super().__init__()
         self._init_env(n_types, rcut, rcut_smth, sel, env_protection, set_davg_zero, exclude_types, dtype)
@@ -65,10 +66,17 @@ class DescriptorSeA(EnvMatrixDescriptor):
         n_nets = n_types if self.type_one_side else n_types * n_types
         in_dim = 1
         self.type_embedding = None
+        self.tebd_input_mode, self.type_pair_embedding = tebd_input_mode, None
         if type_embedding is not None:
             # TF-style model/type_embedding: one embedding net for all type pairs and one fitting net
             self.type_embedding = TypeEmbedding(n_types, dtype=dtype, **type_embedding)
-            n_nets, in_dim = 1, 1 + self.type_embedding.dim_out * (1 if self.type_one_side else 2)
+            tebd_width = self.type_embedding.dim_out * (1 if self.type_one_side else 2)
+            n_nets, in_dim = 1, 1 + tebd_width
+            if tebd_input_mode == "strip":  # se_a_ebd_v2: N_s(s~) (1 + N_t(type embeddings))
+                in_dim = 1
+                self.type_pair_embedding = EmbeddingNet(
+                    tebd_width, self.neuron, activation=activation_function, resnet_dt=resnet_dt, trainable=trainable,
+                    dtype=dtype, seed=None if seed is None else int(seed) + 1)
             self.mixed_types = True  # tells the fitting to build one shared net
         self.embeddings = torch.nn.ModuleList(
             EmbeddingNet(
@@ -80,13 +88,21 @@ class DescriptorSeA(EnvMatrixDescriptor):
         self.dim_out = self.m1 * self.m2 + (self.type_embedding.dim_out if self.type_embedding is not None else 0)
         self.dim_rot = self.m1
         self.config = dict(config or {})
+        self.tables = None  # compressed: one QuinticTable per neighbour type (mlpot.models.deepmd.compression)
+
+    KEYS = SE_E2_A  # the key table of the section
+    STRIP = False  # se_a_ebd_v2: always a type embedding, in strip mode
 
     @classmethod
     def from_config(cls, section: Dict[str, Any], n_types: int, dtype: torch.dtype, path: str = "model/descriptor",
                     type_embedding: Optional[Dict[str, Any]] = None):
-        """``type_embedding``: the TF-style ``model/type_embedding`` section (se_e2_a only)."""
-        values = read_section(section, path, SE_E2_A, "SeE2ASection")
+        """``type_embedding``: the TF-style ``model/type_embedding`` section (se_e2_a, se_a_ebd_v2)."""
+        values = read_section(section, path, cls.KEYS, f"{cls.__name__}Section")
         values.pop("type")
+        if cls.STRIP:
+            values["tebd_input_mode"] = "strip"
+            if type_embedding is None:  # DeePMD-kit's TF default for it: one linear layer of width 8, no bias
+                type_embedding = {"neuron": [8], "activation_function": "linear"}
         dtype = resolve_precision(values.pop("precision"), dtype, path)
         values["sel"] = resolve_sel(values["sel"], n_types, path)
         if type_embedding is not None:
@@ -101,17 +117,24 @@ class DescriptorSeA(EnvMatrixDescriptor):
     def _net_index(self, ti: int, tj: int) -> int:
         return tj if self.type_one_side else ti * self.n_types + tj
 
-    def _embedding_net(self, ti: int, tj: int, tebd: Optional[torch.Tensor]):
+    def _embedding_net(self, ti: int, tj: int, tebd: Optional[torch.Tensor], padded: bool = False):
         """The embedding of s~ for centre type ti and neighbour type tj: (rows, 1) -> (rows, M1).
 
-        With a type embedding ``tebd`` (n_types + 1, tebd_dim), the shared net reads
-        [s~, tebd(tj)] (type_one_side) or [s~, tebd(tj), tebd(ti)]; padded slots of section tj
-        keep the section's type, as DeePMD-kit's TF se_a with type embedding does.
+        With a type embedding ``tebd`` (n_types + 1, tebd_dim; last row 0), ``concat`` mode: the
+        shared net reads [s~, tebd(tj)] (type_one_side) or [s~, tebd(tj), tebd(ti)], and padded
+        slots of section tj keep the section's type, as DeePMD-kit's TF se_a with type embedding
+        does; ``strip`` mode (se_a_ebd_v2): N_s(s~) (1 + N_t(tebd(tj) [, tebd(ti)])), where padded
+        slots (``padded``) take the zero padding row, as there.
         """
         if tebd is None:
             return self.embeddings[self._net_index(ti, tj)]
         shared = self.embeddings[0]
+        if self.type_pair_embedding is not None:
+            tj = self.n_types if padded else tj
         types_part = tebd[tj] if self.type_one_side else torch.cat([tebd[tj], tebd[ti]])
+        if self.type_pair_embedding is not None:
+            scale = 1.0 + self.type_pair_embedding(types_part.unsqueeze(0))  # (1, M1)
+            return lambda s: shared(s) * scale
         return lambda s: shared(torch.cat([s, types_part.expand(s.shape[0], -1)], dim=-1))
 
     def embedding_contraction(self, env: torch.Tensor, nlist: torch.Tensor, types: torch.Tensor,
@@ -137,6 +160,8 @@ class DescriptorSeA(EnvMatrixDescriptor):
         if weights is None:
             weights = env
             pad_weight = -self.davg[types, : env.shape[-1]] / self.dstd[types, : env.shape[-1]]
+        if self.tables is not None:
+            return self._tabulated_contraction(env, weights, pad_weight, types, bounds)
         n_atoms, _, width = weights.shape
         occupied = nlist >= 0
         if not self.skip_padding:  # DeePMD-kit's dense evaluation over all N_c slots (reference)
@@ -177,7 +202,8 @@ class DescriptorSeA(EnvMatrixDescriptor):
                     pieces.append(net(gather_rows(radial, torch.cat([select_slots, two])).unsqueeze(1)))
                     positions.append(torch.cat([select_slots, two + spare]))
                 # padded slots: one net evaluation per centre type
-                pad_values = gather_rows(net(pad_inputs), types)  # (n_atoms, M1)
+                pad_net = self._embedding_net(ti, tj, tebd, padded=True) if self.type_pair_embedding is not None else net
+                pad_values = gather_rows(pad_net(pad_inputs), types)  # (n_atoms, M1)
                 pad_embedded = pad_values if self.type_one_side else torch.where((types == ti).unsqueeze(1), pad_values, pad_embedded)
             if stop > start:
                 # one in-place scatter into a fresh zero block (out of place would copy the dense
@@ -189,6 +215,25 @@ class DescriptorSeA(EnvMatrixDescriptor):
             out = out + (n_pad.unsqueeze(1) * pad_row).unsqueeze(2) * pad_embedded.unsqueeze(1)
         return out
 
+    def _tabulated_contraction(self, env, weights, pad_weight, types, bounds) -> torch.Tensor:
+        """``embedding_contraction`` of a compressed descriptor: each section's table fused with the
+        contraction over its columns (``QuinticTable.contract``; the padded slots among them hold the
+        padding row and take part), the section's remaining sel[t] - columns padded slots in closed
+        form. Without type_one_side the table's variant is the centre type."""
+        out = env.new_zeros(weights.shape[0], weights.shape[2], self.m1)
+        variant = None if self.type_one_side else types
+        pad_inputs = (-self.davg[:, :1] / self.dstd[:, :1]).to(env.dtype)  # (n_types, 1)
+        all_types = None if self.type_one_side else torch.arange(self.n_types, device=env.device)
+        for tj, (start, stop) in enumerate(bounds):
+            table = self.tables[tj]
+            if stop > start:
+                out = out + table.contract(env[:, start:stop, 0], weights[:, start:stop], variant)
+            n_pad = self.sel[tj] - (stop - start)
+            if n_pad:
+                pad_embedded = gather_rows(table(pad_inputs, all_types), types)  # (n_atoms, M1)
+                out = out + (n_pad * pad_weight.to(env.dtype)).unsqueeze(2) * pad_embedded.unsqueeze(1)
+        return out
+
     def forward(self, batch: Dict[str, torch.Tensor], vectors: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         if self.skip_padding:
             env, nlist, bounds = self.compact_environment(batch, vectors)
@@ -196,13 +241,27 @@ class DescriptorSeA(EnvMatrixDescriptor):
             (env, nlist), bounds = self.normalized_environment(batch, vectors), None
         pair_key = undirected_pair_key(batch[EDGE_INDEX], batch[EDGE_SHIFTS])
         types = batch[ATOM_TYPES]
-        tebd = self.type_embedding.table() if self.type_embedding is not None else None
+        tebd = self._type_table()
         a_matrix = self.embedding_contraction(env, nlist, types, pair_key=pair_key, bounds=bounds, tebd=tebd) / self.n_slots  # (n_atoms, 4, M1)
         descriptor = torch.matmul(a_matrix.transpose(1, 2), a_matrix[:, :, : self.m2])  # (n_atoms, M1, M2)
         rot = a_matrix[:, 1:4, :].transpose(1, 2)  # (n_atoms, M1, 3)
         descriptor = descriptor.reshape(descriptor.shape[0], -1)
-        if tebd is not None:  # the fitting net reads the centre's type embedding too
+        if self.type_embedding is not None:  # the fitting net reads the centre's type embedding too
             descriptor = torch.cat([descriptor, tebd[types]], dim=-1)
         return descriptor, rot
 
+    def _type_table(self) -> Optional[torch.Tensor]:
+        """The per-type vectors handed to ``_embedding_net`` (the type embedding's table), or None."""
+        return self.type_embedding.table() if self.type_embedding is not None else None
 
+
+
+
+class DescriptorSeAEbdV2(DescriptorSeA):
+    """se_a_ebd_v2 (alias se_a_tpe_v2, DeePMD-kit TF backend): se_e2_a with a type embedding in
+    ``strip`` mode, G_ij = N_s(s~_ij) (1 + N_t(tebd(t_j) [, tebd(t_i)])), one fitting net reading
+    tebd(t_i) too. The type embedding is ``model/type_embedding`` when given, else one linear layer
+    of width 8 without bias (DeePMD-kit's default there). The keys are se_e2_a's."""
+
+    KEYS = SE_A_EBD_V2
+    STRIP = True

@@ -69,6 +69,7 @@ class DescriptorSeE3(EnvMatrixDescriptor):
         self.dim_out = self.m1
         self.dim_rot = 0
         self.config = dict(config or {})
+        self.tables = None  # compressed: one QuinticTable of θ per type pair (mlpot.models.deepmd.compression)
 
     @classmethod
     def from_config(cls, section: Dict[str, Any], n_types: int, dtype: torch.dtype, path: str = "model/descriptor"):
@@ -82,13 +83,17 @@ class DescriptorSeE3(EnvMatrixDescriptor):
         env, _ = self.normalized_environment(batch, vectors)
         angular = env[..., 1:4]  # (n_atoms, n_slots, 3)
         out = env.new_zeros(env.shape[0], self.m1)
-        for net, (tj, tk) in zip(self.embeddings, self.type_pairs):
+        for index, (tj, tk) in enumerate(self.type_pairs):
             (start_j, stop_j), (start_k, stop_k) = self.section_bounds[tj], self.section_bounds[tk]
             if stop_j == start_j or stop_k == start_k:
                 continue
             theta = torch.einsum("ajm,akm->ajk", angular[:, start_j:stop_j], angular[:, start_k:stop_k])
-            embedded = net(theta.unsqueeze(-1))  # (n_atoms, sel_j, sel_k, M1)
-            block = torch.einsum("ajk,ajkm->am", theta, embedded)
+            if self.tables is not None:  # the table fused with the θ-weighted sum: no (sel_j, sel_k, M1) block
+                flat = theta.reshape(theta.shape[0], -1)
+                block = self.tables[index].contract(flat, flat.unsqueeze(-1))[:, 0]
+            else:
+                embedded = self.embeddings[index](theta.unsqueeze(-1))  # (n_atoms, sel_j, sel_k, M1)
+                block = torch.einsum("ajk,ajkm->am", theta, embedded)
             out = out + block / float((stop_j - start_j) * (stop_k - start_k))
         return out, None
 
