@@ -19,7 +19,7 @@ from __future__ import annotations
 from typing import Any, Dict, Optional
 
 from mlpot.models.compose import FROZEN_KEYS, LINEAR_KEYS
-from mlpot.models.deepmd.keys import (DESCRIPTOR_ALIASES, DESCRIPTOR_KEYS, FITTING_KEYS,
+from mlpot.models.deepmd.keys import (DESCRIPTOR_ALIASES, DESCRIPTOR_KEYS, FITTING_KEYS, MODIFIER_KEYS,
                                       MULTI_TASK_KEYS, PAIRWISE_DPRC_KEYS, SPIN_KEYS, STANDARD_KEYS, UNBUILT_DESCRIPTORS, UNBUILT_FITTINGS,
                                       UNBUILT_MODELS)
 from mlpot.models.deepmd.keys_dpa2 import DPA2_FLAT_KEYS, DPA2_TABLES, nest_dpa2_section
@@ -242,6 +242,7 @@ def all_tables() -> Dict[str, Dict[str, DeepmdKey]]:
     tables.update({f"model/descriptor[dpa2]/{block}": table for block, table in DPA2_TABLES.items()})
     tables["model/descriptor[dpa2] (older flat keys)"] = DPA2_FLAT_KEYS
     tables.update({f"model/fitting_net[{name}]": table for name, table in FITTINGS.items()})
+    tables.update({f"model/modifier[{name}]": table for name, table in MODIFIER_KEYS.items()})
     tables["model/spin"] = SPIN_KEYS
     tables.update({f"learning_rate[{name}]": table for name, table in LEARNING_RATES.items()})
     tables.update({f"loss[{name}]": table for name, table in LOSSES.items()})

@@ -35,6 +35,7 @@ from mlpot.electrostatics._features import (
     n_field_features,
     potential_to_features,
 )
+from mlpot.electrostatics._kspace import gaussian_charge_reciprocal_potentials, half_space_miller_kvectors
 from mlpot.electrostatics._operator import FieldOperator, frame_energy_from_fields, padded_index
 from mlpot.electrostatics._solver import CoulombOptions, cutoff_rule_kmax, ewald_parameters
 
@@ -45,4 +46,5 @@ __all__ = [
     "receiver_scale", "self_interaction", "split_multipoles", "average_field_feature_norms",
     "expand_feature_norms", "external_field_features", "fermi_level_features", "n_field_features",
     "potential_to_features", "FieldOperator", "frame_energy_from_fields", "padded_index", "CoulombOptions", "cutoff_rule_kmax", "ewald_parameters",
+    "gaussian_charge_reciprocal_potentials", "half_space_miller_kvectors",
 ]

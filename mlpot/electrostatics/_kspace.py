@@ -24,7 +24,8 @@ from torch.utils.checkpoint import checkpoint
 
 from mlpot.units import EPSILON0
 
-__all__ = ["reciprocal_cell", "half_space_kvectors", "kspace_potentials"]
+__all__ = ["reciprocal_cell", "half_space_kvectors", "half_space_miller_kvectors", "kspace_potentials",
+           "gaussian_charge_reciprocal_potentials"]
 
 #: entries of one (k chunk x atoms) phase matrix; ~ 8 MB per float64 matrix
 _CHUNK_ENTRIES = 1 << 20
@@ -35,19 +36,33 @@ def reciprocal_cell(cell: torch.Tensor) -> torch.Tensor:
     return 2.0 * math.pi * torch.linalg.inv(cell).transpose(0, 1)
 
 
+def half_space_miller_kvectors(cell: torch.Tensor, max_index: Sequence[int]) -> torch.Tensor:
+    """Reciprocal vectors k = 2 pi n inv(cell)^T of the Miller box |n_a| <= max_index[a], k != 0, in a
+    half space (n_k, 3) 1/Å, differentiable in cell.
+
+    Half space: n1 > 0, or n1 = 0 and n2 > 0, or n1 = n2 = 0 and n3 > 0 (each +-k pair once).
+    A box rather than a sphere is DeePMD-kit's DPLR grid (``ewald_h``); ``half_space_kvectors`` cuts
+    the same box to a sphere.
+    """
+    return _miller_half_space(cell, max_index) @ reciprocal_cell(cell)
+
+
+def _miller_half_space(cell: torch.Tensor, max_index: Sequence[int]) -> torch.Tensor:
+    """Integer Miller indices (n_k, 3), in the cell's dtype, of the half box (see above)."""
+    ranges = [torch.arange(-int(mi), int(mi) + 1, device=cell.device) for mi in max_index]
+    n = torch.cartesian_prod(*ranges)
+    half = (n[:, 0] > 0) | ((n[:, 0] == 0) & (n[:, 1] > 0)) | ((n[:, 0] == 0) & (n[:, 1] == 0) & (n[:, 2] > 0))
+    return n[half].to(cell.dtype)
+
+
 def half_space_kvectors(cell: torch.Tensor, k_cutoff: float) -> torch.Tensor:
     """Reciprocal vectors with 0 < |k| <= k_cutoff in a half space (n_k, 3) 1/Å, differentiable in cell.
 
-    Half space: n1 > 0, or n1 = 0 and n2 > 0, or n1 = n2 = 0 and n3 > 0 (each +-k pair once).
-    Miller ranges |n_i| <= ceil(k_cutoff |a_i| / 2 pi) per frame (no batch-wide maximum).
+    Miller ranges |n_i| <= ceil(k_cutoff |a_i| / 2 pi) per frame (no batch-wide maximum), cut to the sphere.
     """
     recip = reciprocal_cell(cell)
     lengths = torch.linalg.norm(cell.detach(), dim=1)
-    m = [int(math.ceil(float(k_cutoff) * float(length) / (2 * math.pi))) for length in lengths]
-    ranges = [torch.arange(-mi, mi + 1, device=cell.device) for mi in m]
-    n = torch.cartesian_prod(*ranges)
-    half = (n[:, 0] > 0) | ((n[:, 0] == 0) & (n[:, 1] > 0)) | ((n[:, 0] == 0) & (n[:, 1] == 0) & (n[:, 2] > 0))
-    n = n[half].to(cell.dtype)
+    n = _miller_half_space(cell, [int(math.ceil(float(k_cutoff) * float(length) / (2 * math.pi))) for length in lengths])
     k_norm = torch.linalg.norm(n @ recip.detach(), dim=1)
     n = n[k_norm <= k_cutoff]
     return n @ recip
@@ -104,3 +119,19 @@ def kspace_potentials(
         potential = potential + v
         gradient = gradient + g
     return potential, gradient
+
+
+def gaussian_charge_reciprocal_potentials(
+    positions: torch.Tensor, charges: torch.Tensor, cell: torch.Tensor, kvectors: torch.Tensor, beta: float
+) -> torch.Tensor:
+    """Reciprocal-space Ewald potentials (n_atoms,) V of point charges with splitting parameter beta.
+
+    positions (n_atoms, 3) Å; charges (n_atoms,) e; cell (3, 3) Å rows; kvectors (n_k, 3) 1/Å (half
+    space); beta 1/Å. The kernel is ``exp(-k^2 / (4 beta^2)) / k^2`` (damping variance 1/(2 beta^2)),
+    i.e. the field of Gaussian charges of width 1/(2 beta) with k = 0 dropped, so
+    ``0.5 sum_i q_i V_i = (1 / (2 pi Omega)) sum_{m != 0} exp(-pi^2 m^2 / beta^2) / m^2 |S(m)|^2`` (times
+    k_e), DeePMD-kit's DPLR energy (its own Gaussian self-energy included, no real-space part).
+    """
+    zeros = torch.zeros_like(positions)
+    potential, _ = kspace_potentials(positions, charges, zeros, cell, kvectors, [1.0 / (2.0 * float(beta) ** 2)])
+    return potential[0]

@@ -41,6 +41,7 @@ from mlpot.models.compose import build_frozen, build_linear_ener
 from mlpot.models.equivariant.mace import build_mace
 from mlpot.models.equivariant.mace import hooks as mace_hooks
 from mlpot.models.equivariant.nequip import family as nequip_family
+from mlpot.models.deepmd.dplr import with_dipole_charge_modifier
 from mlpot.models.pair import build_pairtab, with_short_range_table
 from mlpot.nn import Registry
 
@@ -114,7 +115,8 @@ def _register_families() -> None:
                           check_section=deepmd.check_model_section, build=build_model,
                           resolve_from_data=deepmd.resolve_from_data,
                           prepare_finetune=functools.partial(deepmd.prepare_finetune, build=build_model)),
-              {"standard": with_short_range_table(deepmd.build_standard),  # use_srtab: mlpot.models.pair
+              {"standard": with_dipole_charge_modifier(with_short_range_table(deepmd.build_standard), build_model),
+               # use_srtab: mlpot.models.pair; modifier (DPLR): mlpot.models.deepmd.dplr
                "multi_task": functools.partial(deepmd.build_multi_task, build=build_model),
                # family-neutral composites, spelt as DeePMD-kit's model types
                "linear_ener": functools.partial(build_linear_ener, build=build_model), "pairtab": build_pairtab,

@@ -25,7 +25,7 @@ from mlpot.models.sections import REQUIRED, Key, ignored, key, read_section, uns
 __all__ = ["DESCRIPTOR_KEYS", "DESCRIPTOR_ALIASES", "FITTING_KEYS", "STANDARD_KEYS", "TYPE_EMBEDDING_KEYS",
            "LINEAR_KEYS", "PAIRTAB_KEYS", "SPIN_KEYS", "FROZEN_KEYS", "MULTI_TASK_KEYS", "PAIRWISE_DPRC_KEYS", "MODEL_TYPE_KEYS", "DPA1_LEGACY_KEYS",
            "UNBUILT_DESCRIPTORS", "UNBUILT_FITTINGS", "UNBUILT_MODELS", "resolve_precision", "resolve_sel",
-           "check_model_section"]
+           "check_model_section", "MODIFIER_KEYS", "UNBUILT_MODIFIERS", "read_modifier_section"]
 
 Number = float
 Neurons = List[Annotated[int, Field(ge=1)]]  # layer widths
@@ -200,6 +200,36 @@ del FIT_DOS["atom_ener"]
 FITTING_KEYS: Dict[str, Dict[str, Key]] = {"ener": FIT_ENER, "dipole": FIT_DIPOLE, "polar": FIT_POLAR, "dos": FIT_DOS}
 UNBUILT_FITTINGS = ("property", "population", "dens")
 
+DIPOLE_CHARGE_KEYS: Dict[str, Key] = {
+    "type": key(REQUIRED, note="dipole_charge (DPLR)", annotation=str),
+    "model_name": key(REQUIRED, note="the DW (dipole) model: an mlpot frozen file (`mlpot freeze`), path relative to "
+                      "the working directory as in DeePMD-kit (a TF .pb is not read)",
+                      annotation=str),
+    "model_charge_map": key(REQUIRED, note="e, charge of the WC of each sel_type of the DW model, in its order",
+                            annotation=List[float]),
+    "sys_charge_map": key(REQUIRED, note="e, ion charge per type of type_map", annotation=List[float]),
+    "ewald_h": key(1.0, note="Å, reciprocal grid spacing: Miller indices up to K/2 along each cell vector, K = its length / ewald_h "
+                   "rounded up to an even integer (DeePMD-kit's rule)",
+                   annotation=float),
+    "ewald_beta": key(0.4, note="1/Å, Gaussian spread of the reciprocal kernel exp(-pi^2 m^2/beta^2)/m^2",
+                      annotation=float),
+    "efield": key(None, note="mlpot key: uniform external field [Ex, Ey, Ez] V/Å on ions and WCs, energy "
+                  "-sum q r.E (DeePMD-kit puts it in LAMMPS `fix dplr ... efield`); a per-frame external_field "
+                  "input (gradient of the potential) adds to it", annotation=Optional[List[float]]),
+    "dw_model": key(None, note="mlpot, written by the build (not an input key): the DW model's section and precision, "
+                    "so that a frozen DPLR file, which holds the DW weights, loads without model_name",
+                    annotation=Optional[dict]),
+}
+MODIFIER_KEYS: Dict[str, Dict[str, Key]] = {"dipole_charge": DIPOLE_CHARGE_KEYS}
+UNBUILT_MODIFIERS = ("dipole_charge_beta", "dipole_charge_electrode")  # ec-MLP's variants of DeePMD-kit TF
+
+
+def read_modifier_section(section: Any, path: str = "model/modifier") -> Dict[str, Any]:
+    """The values of a ``model/modifier`` section (defaults filled); ConfigErrors name ``path/<key>``."""
+    table = _typed_table(section, MODIFIER_KEYS, {}, UNBUILT_MODIFIERS, None, path)
+    return read_section(section, path, table, "ModifierSection")
+
+
 # model/spin (DeePMD-kit 3.x virtual-atom spin model, mlpot.models.deepmd.spin)
 SPIN_KEYS = {
     "use_spin": key(REQUIRED, note="one bool per type, or the indices (or names) of the magnetic types",
@@ -239,7 +269,8 @@ STANDARD_KEYS: Dict[str, Key] = {
                           "trainable, seed, use_tebd_bias) for se_e2_a: one shared embedding net on [s~, tebd(t_j) "
                           "(, tebd(t_i))] and one fitting net reading tebd(t_i); for se_a_ebd_v2 (strip mode) "
                           "N_s(s~)(1 + N_t(tebd(t_j) (, tebd(t_i))))", annotation=Optional[dict]),
-    "modifier": unsupported(None, note="DPLR long range (dipole_charge modifier): not built yet"),
+    "modifier": key(None, note="DPLR long range: type dipole_charge (model_name, model_charge_map, sys_charge_map, "
+                    "ewald_h, ewald_beta; mlpot: efield), see model/modifier[dipole_charge]", annotation=Optional[dict]),
     "compress": key(None, note="written by mlpot compress (as dp compress): model_file, min_nbor_dist (Å), table_config "
                     "[extrapolate, step, coarse step, check frequency]; the embedding nets are then tables, filled from "
                     "the compressed model file (mlpot.models.deepmd.compression)", annotation=Optional[dict]),
@@ -383,6 +414,8 @@ def check_model_section(config: Any, path: str = "model") -> None:
         read_section(values["fitting_net"], f"{path}/fitting_net", fitting, "FittingSection")
         if values["type_embedding"] is not None:
             read_section(values["type_embedding"], f"{path}/type_embedding", TYPE_EMBEDDING_KEYS, "TypeEmbeddingSection")
+        if values["modifier"] is not None:
+            read_modifier_section(values["modifier"], f"{path}/modifier")
         if values["spin"] is not None:
             read_section(values["spin"], f"{path}/spin", SPIN_KEYS, "SpinSection")
     elif kind == "linear_ener":
