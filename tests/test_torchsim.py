@@ -103,6 +103,24 @@ def test_torch_sim_validates_the_model(model):
     assert wrapped.compute_stress and wrapped.compute_forces and wrapped.dtype == torch.float64
 
 
+def test_float32_model(model, water):
+    """dtype=torch.float32 converts (a copy of) the model and returns float32 outputs near float64's."""
+    import copy
+
+    from torch_sim.models.interface import validate_model_outputs
+
+    validate_model_outputs(MlpotTorchSimModel(copy.deepcopy(model), dtype=torch.float32, type_dict={"Si": 0, "Fe": 1}),
+                           CPU, torch.float32)
+    systems = [water[0], _strained(water[0])]
+    wrapped = MlpotTorchSimModel(copy.deepcopy(model), dtype=torch.float32)
+    single = wrapped(ts.io.atoms_to_state(systems, CPU, torch.float32))
+    double = MlpotTorchSimModel(model)(ts.io.atoms_to_state(systems, CPU, torch.float64))
+    assert single["energy"].dtype == single["forces"].dtype == single["stress"].dtype == torch.float32
+    assert float((single["energy"].double() - double["energy"]).abs().max()) < 1e-3
+    assert float((single["forces"].double() - double["forces"]).abs().max()) < 1e-4
+    assert next(model.parameters()).dtype == torch.float64  # the fixture's model is untouched
+
+
 def test_periodic_batch_equals_ase_calculator(model, water):
     systems = [water[0], _strained(water[0])]
     wrapped = MlpotTorchSimModel(model, dtype=torch.float64)
@@ -120,8 +138,10 @@ def test_isolated_molecules_equal_ase_calculator(model):
     assert "stress" not in output
     _assert_matches_ase(model, systems, output, stress=False)
     np.testing.assert_allclose(output["forces"][3:].sum(0).numpy(), 0.0, atol=1e-10)  # no net force
+    wrapped = MlpotTorchSimModel(model, compute_stress=False)
+    wrapped.compute_stress = True  # torch-sim's validate_model_outputs sets it so
     with pytest.raises(ValueError, match="stress needs a periodic state .*compute_stress=False"):
-        MlpotTorchSimModel(model)(state)
+        wrapped(state)
 
 
 def test_batch_of_n_equals_n_single_runs(model, water):

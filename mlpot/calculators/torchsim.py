@@ -19,7 +19,7 @@ one after another) or a peer's model file; ``head``, ``mace_options`` and ``type
 ({symbol: type index}) as there. Atomic numbers map onto the model's ``type_map`` by element
 symbol. Conventions: torch-sim stores cells as columns (``state.cell[s] = h^T``); mlpot's batch
 takes rows (``state.row_vector_cell``). torch-sim 0.3 has one ``pbc`` flag per state, so periodic
-and isolated systems go in separate states.
+and isolated systems go in separate states (a per-direction ``pbc`` of later versions is passed on).
 
 Neighbour lists: one :class:`mlpot.data.verlet.VerletList` (``skin`` Å) per system, kept between
 calls while the number of systems is unchanged; the edges of all systems are concatenated with
@@ -93,13 +93,13 @@ class SystemNeighbours:
                 for s, neighbours in enumerate(self.lists)]
 
 
-def systems_batch(positions: torch.Tensor, cells: torch.Tensor, pbc: bool, system_idx: torch.Tensor,
+def systems_batch(positions: torch.Tensor, cells: torch.Tensor, pbc: np.ndarray, system_idx: torch.Tensor,
                   types: torch.Tensor, numbers: torch.Tensor,
                   edges: Sequence[Tuple[np.ndarray, np.ndarray]]) -> Dict[str, torch.Tensor]:
     """One mlpot batch of several systems (keys of :mod:`mlpot.data.keys`).
 
-    positions: (n_atoms, 3) Å; cells: (n_systems, 3, 3) Å, rows = lattice vectors; pbc: one flag
-    for every system; system_idx: (n_atoms,) system of each atom, sorted; types, numbers:
+    positions: (n_atoms, 3) Å; cells: (n_systems, 3, 3) Å, rows = lattice vectors; pbc: (3,) bool,
+    the same for every system; system_idx: (n_atoms,) system of each atom, sorted; types, numbers:
     (n_atoms,) model types and atomic numbers; edges: per system, local (edge_index, shifts) of
     :class:`SystemNeighbours`. Floats become float64 (models convert to their own precision).
     """
@@ -115,7 +115,7 @@ def systems_batch(positions: torch.Tensor, cells: torch.Tensor, pbc: bool, syste
         K.ATOM_TYPES: types,
         K.NUMBERS: numbers,
         K.CELL: cells.to(torch.float64),
-        K.PBC: torch.full((n_systems, 3), bool(pbc), dtype=torch.bool, device=device),
+        K.PBC: torch.as_tensor(np.array(pbc, dtype=bool)).to(device).expand(n_systems, 3),
         K.BATCH: system_idx,
         K.PTR: ptr,
         K.N_ATOMS: counts,
@@ -133,12 +133,10 @@ class _Adapter:
         self._runner = load_runner(model, device=device, head=head, dtype=_DTYPE_NAMES[dtype],
                                    mace_options=mace_options)
         self._device = torch.device(device)
-        compiled = str(getattr(self._runner, "kind", "")).startswith("compiled")
-        self._dtype = getattr(torch, dtype) if isinstance(dtype, str) else (
-            dtype if dtype is not None and not compiled else self._runner.dtype)
+        self._dtype = getattr(torch, _DTYPE_NAMES[dtype]) if dtype is not None else self._runner.dtype
         self._compute_stress = bool(compute_stress)
         self._compute_forces = True
-        self._compiled = compiled
+        self._compiled = str(getattr(self._runner, "kind", "")).startswith("compiled")  # one frame per call
         self.type_map = list(self._runner.type_map)
         self._lookup = type_lookup(self.type_map, type_dict).to(self._device)
         self._type_numbers = torch.as_tensor(numbers_from_type_map(self.type_map)).to(self._device)
@@ -163,9 +161,10 @@ class _Adapter:
 
     def _evaluate(self, state) -> Dict[str, torch.Tensor]:
         """The adapter's forward (see the module docstring for shapes and units)."""
-        pbc = bool(state.pbc) if not torch.is_tensor(state.pbc) else bool(state.pbc.all())
-        if self._compute_stress and not pbc:
-            raise ValueError("stress needs a periodic state (state.pbc is False): build MlpotTorchSimModel "
+        pbc = state.pbc.detach().cpu().numpy() if torch.is_tensor(state.pbc) else state.pbc
+        pbc = np.broadcast_to(np.asarray(pbc, dtype=bool), (3,))
+        if self._compute_stress and not pbc.all():
+            raise ValueError(f"stress needs a periodic state (state.pbc is {state.pbc}): build MlpotTorchSimModel "
                              "with compute_stress=False for isolated systems")
         positions = state.positions.detach().to(self._device)
         cells = state.row_vector_cell.detach().to(self._device, torch.float64)  # (n_systems, 3, 3) rows
@@ -179,7 +178,7 @@ class _Adapter:
         ptr = np.concatenate([[0], counts.cumsum(0).cpu().numpy()])
         positions_np = positions.to(torch.float64).cpu().numpy()
         cells_np = cells.cpu().numpy()
-        edges = self.neighbours.edges(positions_np, cells_np, np.full(3, pbc), ptr)
+        edges = self.neighbours.edges(positions_np, cells_np, pbc, ptr)
         if self._compiled:
             outputs = self._per_system(positions_np, cells_np, pbc, types, numbers, ptr, edges)
         else:
@@ -198,8 +197,8 @@ class _Adapter:
         parts = []
         for s, (edge_index, shifts) in enumerate(edges):
             atoms = slice(ptr[s], ptr[s + 1])
-            batch = structure_batch(positions[atoms], types_np[atoms], numbers_np[atoms], cells[s], np.full(3, pbc),
-                                    edge_index, shifts, device=self._device)
+            batch = structure_batch(positions[atoms], types_np[atoms], numbers_np[atoms], cells[s], pbc, edge_index,
+                                    shifts, device=self._device)
             parts.append(self._runner(batch, virial=self._compute_stress))
         return {key: torch.cat([part[key] for part in parts]) for key in parts[0]}
 
@@ -231,8 +230,6 @@ def _model_class():
                      mace_options=None):
             ModelInterface.__init__(self)
             self._setup(model, device, dtype, compute_stress, type_dict, head, skin, mace_options)
-
-        compute_stress = _Adapter.compute_stress
 
         def forward(self, state, **kwargs) -> Dict[str, torch.Tensor]:
             """state: a ``SimState`` (or its dict). Returns energy (n_systems,) eV, forces
