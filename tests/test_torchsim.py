@@ -189,6 +189,18 @@ def test_unknown_element_is_an_error(model):
         MlpotTorchSimModel(model, dtype=torch.float16)
 
 
+def test_model_without_forces_is_an_error():
+    class DipoleRunner:  # a runner (load_runner takes it as it is) of a model with no energy
+        type_map, cutoff, dtype, kind = ["O", "H"], 3.0, torch.float64, "eager"
+
+        def __call__(self, batch, virial=True):
+            return {K.DIPOLE: torch.zeros(int(batch[K.N_ATOMS].numel()), 3, dtype=torch.float64)}
+
+    state = ts.io.atoms_to_state([molecule("H2O")], CPU, torch.float64)
+    with pytest.raises(ValueError, match=r"needs energy and forces; this model returns \['dipole'\]"):
+        MlpotTorchSimModel(DipoleRunner(), compute_stress=False)(state)
+
+
 def test_missing_torch_sim_names_the_package(monkeypatch):
     import sys
 

@@ -184,6 +184,9 @@ class _Adapter:
         else:
             batch = systems_batch(positions, cells, pbc, system_idx, types, numbers, edges)
             outputs = self._runner(batch, virial=self._compute_stress)
+        if K.ENERGY not in outputs or K.FORCES not in outputs:
+            raise ValueError(f"a torch-sim model needs energy and forces; this model returns {sorted(outputs)} "
+                             "(dipole, polarizability, DOS and energy-only models are not supported)")
         results = {"energy": outputs[K.ENERGY].to(self._dtype), "forces": outputs[K.FORCES].to(self._dtype)}
         if self._compute_stress:
             virial = outputs[K.VIRIAL].to(torch.float64)
