@@ -129,6 +129,9 @@ def test_periodic_batch_equals_ase_calculator(model, water):
     assert output["energy"].shape == (2,) and output["forces"].shape == (384, 3) and output["stress"].shape == (2, 3, 3)
     assert abs(float(output["energy"][1] - output["energy"][0])) > 1e-3  # the two systems differ
     _assert_matches_ase(model, systems, output, stress=True)
+    as_dict = {name: getattr(state, name) for name in ("positions", "masses", "cell", "pbc", "atomic_numbers",
+                                                       "system_idx")}
+    assert torch.equal(wrapped(as_dict)["forces"], output["forces"])  # a state dict works too
 
 
 def test_isolated_molecules_equal_ase_calculator(model):
