@@ -25,12 +25,11 @@ import torch
 
 from mlpot.data import AtomsDataset, collate, read_frames
 from mlpot.data import keys as K
-from mlpot.models.registry import build_model
 
 pytest.importorskip("tblite")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples" / "charge_transfer"))
 import push_pull  # noqa: E402
-from test_fixed_point_charge_transfer import CUTOFF, errors, local_floors, train  # noqa: E402
+from test_fixed_point_charge_transfer import CUTOFF, build_models, errors, local_floors, train  # noqa: E402
 
 TYPE_MAP = ["C", "H", "N", "O"]
 BACKBONE = {"type_map": TYPE_MAP, "descriptor": {"type": "se_e2_a", "sel": [10, 12, 3, 3], "rcut": CUTOFF, "rcut_smth": 0.5,
@@ -109,3 +108,25 @@ def test_far_end_response_is_not_uniform(chains):
     index = {(m.info["donor"], m.info["acceptor"]): i for i, m in enumerate(molecules)}
     change = reference[index["NH2", "NO2"]][:4] - reference[index["NH2", "H"]][:4]
     assert change[[0, 2]].min() > 2 * change[[1, 3]].max() > 0.0
+
+
+@pytest.mark.slow
+def test_fixed_point_far_end_response(chains):
+    """SLOW_TIMING"""
+    molecules, frames, batch, far = chains
+    reference = [frame[K.CHARGES] for frame in frames]
+    pairs = response_pairs(molecules)
+    uniform_floor = response_error([np.zeros_like(q) for q in reference], reference, pairs, uniform=True)
+    split = np.cumsum([len(q) for q in reference])[:-1]
+    local, fixed_point = build_models(BACKBONE)
+    local_q, local_e = train(local, batch, 1500)
+    fp_q, fp_e = train(fixed_point, batch, FP_STEPS)
+    results = {}
+    for name, charges, energies in (("LocalCharges", local_q, local_e), ("fixed point", fp_q, fp_e)):
+        far_rmse, energy_rmse = errors(charges, energies, batch, far)
+        response = response_error(np.split(charges.numpy(), split), reference, pairs)
+        results[name] = response
+        print(f"{name}: far-end response error {response:.4f} e, far-end charge RMSE {far_rmse:.4f} e, "
+              f"energy RMSE {energy_rmse:.3f} eV")
+    assert results["LocalCharges"] >= uniform_floor - 1e-9  # the bound holds for LocalCharges
+    FP_ASSERT

@@ -83,21 +83,22 @@ def push_pull(donor: str, acceptor: str, n_double_bonds: int) -> Atoms:
 def make_frames(lengths: Sequence[int] = (4, 5), donors: Sequence[str] = DONORS,
                 acceptors: Sequence[str] = ACCEPTORS) -> List[Atoms]:
     """Every (n, donor, acceptor) molecule, neutral, labelled (energy, forces, Mulliken charges)."""
-    frames = []
-    for n, donor, acceptor in itertools.product(lengths, donors, acceptors):
-        atoms = label(push_pull(donor, acceptor, n), 0.0)
-        atoms.info.update(donor=donor, acceptor=acceptor, n_double_bonds=int(n))
-        atoms.pbc = False
-        frames.append(atoms)
-    return frames
+    return [_labelled(donor, acceptor, n) for n, donor, acceptor in itertools.product(lengths, donors, acceptors)]
+
+
+def _labelled(donor: str, acceptor: str, n_double_bonds: int) -> Atoms:
+    atoms = label(push_pull(donor, acceptor, n_double_bonds), 0.0)
+    atoms.info.update(donor=donor, acceptor=acceptor, n_double_bonds=int(n_double_bonds))
+    atoms.pbc = False
+    return atoms
 
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("output", type=Path)
+    for end, groups in (("donors", DONORS), ("acceptors", ACCEPTORS)):
+        parser.add_argument(f"--{end}", nargs="+", default=list(groups), choices=sorted(GROUP_BONDS))
     parser.add_argument("--lengths", type=int, nargs="+", default=[4, 5], help="numbers of C=C bonds")
-    parser.add_argument("--donors", nargs="+", default=list(DONORS), choices=sorted(GROUP_BONDS))
-    parser.add_argument("--acceptors", nargs="+", default=list(ACCEPTORS), choices=sorted(GROUP_BONDS))
     args = parser.parse_args(argv)
     import ase.io
 
