@@ -87,14 +87,15 @@ def local_floors(frames, far):
     return float(np.sqrt((strict[far] ** 2).mean())), float(np.sqrt((shifted[far] ** 2).mean()))
 
 
-def build_models(backbone):
-    """LocalCharges and the fixed-point model (constant-charge SCF, linearize_solve) on ``backbone``
-    (an se_e2_a section), charges only (l = 0), Coulomb in real space (molecules)."""
+def build_models(backbone, update="OneBodyVariableUpdate"):
+    """LocalCharges and the fixed-point model (constant-charge SCF, linearize_solve, the ``update`` rule)
+    on ``backbone`` (an se_e2_a section), charges only (l = 0), Coulomb in real space (molecules)."""
     section = {"backbone": backbone, "atomic_multipoles_max_l": 0, "hidden_channels": 8, "electrostatic_pbc_method": "realspace"}
     torch.manual_seed(0)
     local = build_model({"type": "local_charges", **section})
     torch.manual_seed(0)
-    fixed_point = build_model({"type": "fixed_point", **section, "field_feature_max_l": 0, "fermi_level_offset": 0.0})
+    fixed_point = build_model({"type": "fixed_point", **section, "field_feature_max_l": 0, "fermi_level_offset": 0.0,
+                               "fixedpoint_update_config": {"type": update}})
     fixed_point.set_options({"mode": "linearize_solve", "scf": {"num_scf_steps": 100, "mixing_parameter": 0.5,
                                                                 "constant_charge": True, "scf_tolerance": 1e-6}})
     return local, fixed_point

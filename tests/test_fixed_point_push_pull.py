@@ -2,18 +2,26 @@
 X-(CH=CH)_4-Y, X in (H, NH2, OH), Y in (H, NO2, CN, CHO), labelled with GFN2-xTB
 (examples/charge_transfer/push_pull.py, generated into tmp_path, ~1 s).
 
-Every frame has total charge 0, and almost every atom (236 of 243) is more than 2 rc from one of
-the two end groups, so its environment within rc is the same in the frames that differ only by that
-far group, while its Mulliken charge changes with it (a donor at one end, an acceptor at the
-other). Unlike the protonated Schiff bases (test_fixed_point_charge_transfer.py), the far-end
-response is not uniform: along the chain it alternates (the even carbons, counted from X, take the
-compensating charge, the odd ones almost none), so a uniform shift per frame, MACE-SCF
-LocalCharges' only non-local ingredient, recovers less of it. Floors (exact, as in that file):
+Every frame has total charge 0, and 236 of the 243 atoms are more than 2 rc from one of the two
+end groups, so their environments within rc are the same in the frames that differ only by that far
+group, while their Mulliken charges change with it (up to 0.015 e). Unlike the protonated Schiff
+bases (test_fixed_point_charge_transfer.py), the far-end response is not uniform: along the chain
+it alternates (for NH2-...-Y, Y = NO2 vs H, the even carbons counted from X gain 0.009-0.012 e, the
+odd ones 0.003-0.004 e), so a uniform shift per frame, MACE-SCF LocalCharges' only non-local
+ingredient, cannot reproduce all of it.
 
-* strictly local model: 0.0054 e RMS over the far atoms;
-* local + the best uniform shift per frame (least squares; a bound for LocalCharges): 0.0033 e.
-
-MEASURED_PLACEHOLDER
+The measure: the error of the charge change q_a - q_b between two frames that differ in one end
+group only, over the atoms > 2 rc from it (30 pairs, 286 atoms). The fit error of an environment,
+common to both frames, cancels; a strictly local model predicts no change at all (error 0.0061 e,
+exact); removing each pair's mean error bounds every uniform-shift model (0.0020 e, exact).
+Measured (slow test, all 12 frames trained, same se_e2_a backbone, rc 3 Å): LocalCharges
+(1500 Adam steps) 0.0027 e, fixed point (constant-charge SCF, one-body update, 1000 steps)
+0.0037 e; energy RMSE 0.026 / 0.019 eV. The fixed-point model captures part of the non-local
+response but less than LocalCharges' uniform shift. Likely why: inside the chain (carbons 3-5 of 8,
+counted from 0 at X) the carbons have the same environment within rc up to a 180° rotation, so equal
+invariant features and equal one-body softness, and a one-body response to the potential is smooth
+along the chain where the reference alternates.
+Held-out frames and a many-body update: docs/fixed_point_models.md.
 """
 
 import sys
@@ -112,15 +120,16 @@ def test_far_end_response_is_not_uniform(chains):
 
 @pytest.mark.slow
 def test_fixed_point_far_end_response(chains):
-    """SLOW_TIMING"""
+    """~5 min on one core: LocalCharges 1500 Adam steps (~0.5-2 min), fixed point 1000 steps (~4-6 min)."""
     molecules, frames, batch, far = chains
     reference = [frame[K.CHARGES] for frame in frames]
     pairs = response_pairs(molecules)
-    uniform_floor = response_error([np.zeros_like(q) for q in reference], reference, pairs, uniform=True)
+    zero = [np.zeros_like(q) for q in reference]
+    strict, uniform_floor = response_error(zero, reference, pairs), response_error(zero, reference, pairs, uniform=True)
     split = np.cumsum([len(q) for q in reference])[:-1]
     local, fixed_point = build_models(BACKBONE)
     local_q, local_e = train(local, batch, 1500)
-    fp_q, fp_e = train(fixed_point, batch, FP_STEPS)
+    fp_q, fp_e = train(fixed_point, batch, 1000)
     results = {}
     for name, charges, energies in (("LocalCharges", local_q, local_e), ("fixed point", fp_q, fp_e)):
         far_rmse, energy_rmse = errors(charges, energies, batch, far)
@@ -129,4 +138,6 @@ def test_fixed_point_far_end_response(chains):
         print(f"{name}: far-end response error {response:.4f} e, far-end charge RMSE {far_rmse:.4f} e, "
               f"energy RMSE {energy_rmse:.3f} eV")
     assert results["LocalCharges"] >= uniform_floor - 1e-9  # the bound holds for LocalCharges
-    FP_ASSERT
+    assert results["LocalCharges"] < 0.6 * strict  # the uniform shift captures most of the response (0.0027 e)
+    # the fixed point captures part of it (0.0037 e), NOT more than LocalCharges (module docstring)
+    assert results["fixed point"] < 0.75 * strict
