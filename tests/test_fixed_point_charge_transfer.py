@@ -101,15 +101,15 @@ def build_models(backbone, update="OneBodyVariableUpdate"):
     return local, fixed_point
 
 
-def train(model, batch, steps, lr=0.01, charge_weight=100.0):
-    """Adam on charge_weight (charge error, e)^2 + (energy error per atom, eV)^2 over all frames at once."""
+def train(model, batch, steps, lr=0.01):
+    """Adam on 100 (charge error)^2 + (energy error per atom)^2 over all frames at once."""
     torch.manual_seed(0)
     model.compute_statistics([batch])
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     for _ in range(steps):
         optimizer.zero_grad()
         out = model(batch)
-        loss = charge_weight * (out[K.CHARGES] - batch[K.CHARGES]).pow(2).mean() + \
+        loss = 100 * (out[K.CHARGES] - batch[K.CHARGES]).pow(2).mean() + \
             ((out[K.ENERGY] - batch[K.ENERGY]) / batch[K.N_ATOMS]).pow(2).mean()
         loss.backward()
         optimizer.step()
