@@ -147,7 +147,7 @@ def test_fixed_point_far_end_response(chains):
 
 @pytest.mark.slow
 def test_many_body_fixed_point_beats_uniform_shift_bound(chains):
-    """~15 min on one loaded core (1000 steps). With ManyBodyUpdate (the update of each atom sees its
+    """~9-15 min on one core (1000 steps; 559 s measured). With ManyBodyUpdate (the update of each atom sees its
     neighbours' potential features), the far-end charge RMSE goes below the exact bound of every
     local + uniform-shift model, LocalCharges included (measured 0.0029 e vs 0.0033 e; strictly local
     floor 0.0054 e; energy RMSE 0.019 eV)."""
