@@ -87,6 +87,20 @@ def local_floors(frames, far):
     return float(np.sqrt((strict[far] ** 2).mean())), float(np.sqrt((shifted[far] ** 2).mean()))
 
 
+def build_models(backbone, update="OneBodyVariableUpdate"):
+    """LocalCharges and the fixed-point model (constant-charge SCF, linearize_solve, the ``update`` rule)
+    on ``backbone`` (an se_e2_a section), charges only (l = 0), Coulomb in real space (molecules)."""
+    section = {"backbone": backbone, "atomic_multipoles_max_l": 0, "hidden_channels": 8, "electrostatic_pbc_method": "realspace"}
+    torch.manual_seed(0)
+    local = build_model({"type": "local_charges", **section})
+    torch.manual_seed(0)
+    fixed_point = build_model({"type": "fixed_point", **section, "field_feature_max_l": 0, "fermi_level_offset": 0.0,
+                               "fixedpoint_update_config": {"type": update}})
+    fixed_point.set_options({"mode": "linearize_solve", "scf": {"num_scf_steps": 100, "mixing_parameter": 0.5,
+                                                                "constant_charge": True, "scf_tolerance": 1e-6}})
+    return local, fixed_point
+
+
 def train(model, batch, steps, lr=0.01):
     """Adam on 100 (charge error)^2 + (energy error per atom)^2 over all frames at once."""
     torch.manual_seed(0)
@@ -121,14 +135,8 @@ def test_fixed_point_resolves_far_end_charges(chains):
     """~110 s: LocalCharges 300 Adam steps (~17 s), fixed point 200 SCF steps (~90 s)."""
     frames, batch, far = chains
     strict_floor, shift_floor = local_floors(frames, far.numpy())
-    section = {"backbone": BACKBONE, "atomic_multipoles_max_l": 0, "hidden_channels": 8, "electrostatic_pbc_method": "realspace"}
-    torch.manual_seed(0)
-    local = build_model({"type": "local_charges", **section})
+    local, fixed_point = build_models(BACKBONE)
     local_q, local_e = train(local, batch, 300)
-    torch.manual_seed(0)
-    fixed_point = build_model({"type": "fixed_point", **section, "field_feature_max_l": 0, "fermi_level_offset": 0.0})
-    fixed_point.set_options({"mode": "linearize_solve", "scf": {"num_scf_steps": 100, "mixing_parameter": 0.5,
-                                                                "constant_charge": True, "scf_tolerance": 1e-6}})
     fp_q, fp_e = train(fixed_point, batch, 200)
     local_far, local_energy = errors(local_q, local_e, batch, far)
     fp_far, fp_energy = errors(fp_q, fp_e, batch, far)
