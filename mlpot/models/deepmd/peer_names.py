@@ -192,12 +192,12 @@ def deepmd_state_dict(model: torch.nn.Module, tensors: Dict[str, torch.Tensor], 
         _dpa2(source, block, model.descriptor, out)
     else:
         _env_statistics(source, block, model.descriptor, out)
-    if kind in ("se_e2_a", "se_e2_r"):
-        _se_e2(source, block, model.descriptor, out)
-    elif kind == "se_e3_tebd":
-        _type_embedded_nets(source, block, model.descriptor, out)
-    elif kind != "dpa2":
-        _se_atten(source, block, model.descriptor, out)
+        if kind in ("se_e2_a", "se_e2_r"):
+            _se_e2(source, block, model.descriptor, out)
+        elif kind == "se_e3_tebd":
+            _type_embedded_nets(source, block, model.descriptor, out)
+        else:
+            _se_atten(source, block, model.descriptor, out)
     _ener_fitting(source, model.fitting, out)
     source.check_all_read()
     state = model.state_dict()
