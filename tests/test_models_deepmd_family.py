@@ -1,5 +1,6 @@
 """se_e2_r, hybrid, dipole, polar and dos fittings: physics checks; build_model key handling."""
 
+import math
 import numpy as np
 import pytest
 import torch
@@ -261,3 +262,28 @@ def test_preset_out_bias_survives_refit_and_rejects_bad_input():
     with pytest.raises(ConfigError, match="both atom_ener and preset_out_bias"):
         build_model({"type_map": ["A", "B", "C"], "descriptor": dict(SE_A, sel=[8, 8, 8]),
                      "fitting_net": {"neuron": [8], "atom_ener": [1.0], "preset_out_bias": [2.0, None, None]}})
+
+
+def test_sel_auto_of_mixed_type_descriptors_counts_all_neighbours_together(shared_data):
+    """se_atten / DPA-1 and se_e3_tebd resolve "auto" from the largest total neighbour count of one
+    atom (DeePMD-kit's mixed-type neighbour statistics, `neighbor-stat --mixed-type`), which is
+    smaller than the sum of the per-type maxima; se_e2_a keeps one count per type."""
+    from mlpot.commands.neighbor_stat import neighbor_stat
+    from mlpot.models.deepmd.data_hooks import resolve_from_data
+    from mlpot.data import compute_statistics, read_systems
+
+    system = shared_data("deepmd_water/data_3")
+    _, (total,), _ = neighbor_stat([system], 6.0, ["O", "H"], mixed_type=True)
+    _, per_type, _ = neighbor_stat([system], 6.0, ["O", "H"])
+    assert total < sum(per_type)
+
+    class Probe:
+        def statistics(self, cutoff, type_map):
+            return compute_statistics(read_systems([system], type_map=type_map), type_map, cutoff=cutoff)
+
+    for kind in ("se_atten", "dpa1", "se_e3_tebd"):
+        section = {"type_map": ["O", "H"], "descriptor": {"type": kind, "sel": "auto", "rcut": 6.0},
+                   "fitting_net": {"neuron": [8]}}
+        assert resolve_from_data(section, {"": Probe()})["descriptor"]["sel"] == math.ceil(total * 1.1 / 4) * 4
+    section = {"type_map": ["O", "H"], "descriptor": dict(SE_A, sel="auto:1.0", rcut=6.0), "fitting_net": {"neuron": [8]}}
+    assert resolve_from_data(section, {"": Probe()})["descriptor"]["sel"] == [math.ceil(n / 4) * 4 for n in per_type]

@@ -32,17 +32,14 @@ def neighbor_stat(systems, rcut: float, type_map=None, mixed_type: bool = False,
     """(min_nbor_dist Å or None when no pair is closer than ``rcut``, max_nbor_size list per type,
     type names) of the frames of ``systems``."""
     from mlpot.data import compute_statistics, read_systems
-    from mlpot.data.keys import ATOM_TYPES
 
     if rcut <= 0:
         raise ConfigError(f"rcut must be positive, got {rcut}", key="rcut")
     frame_lists = read_systems(systems, fmt, type_map=type_map)
     names = list(frame_lists[0].type_map) if frame_lists else list(type_map or [])
-    if mixed_type:
-        # one type: shallow copies with every atom of type 0 (the data are not modified)
-        frame_lists = [[{**frame, ATOM_TYPES: frame[ATOM_TYPES] * 0} for frame in frames] for frames in frame_lists]
-        names = ["*"]
     stats = compute_statistics(frame_lists, names, cutoff=rcut)
+    if mixed_type:
+        return stats.min_distance, [stats.max_neighbors_total], ["*"]
     return stats.min_distance, list(stats.max_neighbors_per_type), names
 
 

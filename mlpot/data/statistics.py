@@ -63,6 +63,7 @@ class DatasetStatistics:
     mean_neighbors_per_type: Optional[List[Optional[float]]] = None  # per centre type
     mean_neighbors_connected: Optional[float] = None  # over the atoms with at least one neighbour
     max_neighbors_per_type: Optional[List[int]] = None  # per neighbour type (DeePMD neighbour stat)
+    max_neighbors_total: Optional[int] = None  # over all neighbour types (DeePMD's mixed-type neighbour stat)
     min_distance: Optional[float] = None
     sources: List[str] = dataclasses.field(default_factory=list)
     from_cache: bool = dataclasses.field(default=False, compare=False)
@@ -157,7 +158,7 @@ def compute_statistics(data, type_map: Sequence[str], cutoff: Optional[float] = 
     name = _record_name(sources, cutoff, type_map, len(frames)) if store is not None and sources else None
     if name is not None:
         record = store.read_json(name)
-        if record is not None:
+        if record is not None and (cutoff is None or "max_neighbors_total" in record):  # older records lack it
             stats = DatasetStatistics.from_dict(record)
             stats.from_cache = True
             return stats
@@ -215,6 +216,7 @@ def _neighbor_statistics(stats, frames, n_types, cutoff, dataset) -> None:
     """Streams over frames: one neighbour list at a time (never all in memory unless cached)."""
     use_cache = dataset is not None and abs(dataset.cutoff - cutoff) < 1e-12
     max_per_type = np.zeros(n_types, dtype=np.int64)
+    max_total = 0
     sum_per_centre = np.zeros(n_types)
     atoms_per_centre = np.zeros(n_types)
     connected = 0
@@ -227,6 +229,7 @@ def _neighbor_statistics(stats, frames, n_types, cutoff, dataset) -> None:
         types = frame[K.ATOM_TYPES]
         table = neighbor_counts(edge_index, types[edge_index[1]], len(types), n_types)
         max_per_type = np.maximum(max_per_type, table.max(0, initial=0))
+        max_total = max(max_total, int(table.sum(1).max(initial=0)))
         sum_per_centre += np.bincount(types, weights=table.sum(1), minlength=n_types)
         atoms_per_centre += np.bincount(types, minlength=n_types)
         connected += int(np.count_nonzero(table.sum(1)))
@@ -236,6 +239,7 @@ def _neighbor_statistics(stats, frames, n_types, cutoff, dataset) -> None:
             min_distance = min(min_distance, float(np.sqrt((vectors ** 2).sum(1).min())))
     stats.cutoff = cutoff
     stats.max_neighbors_per_type = max_per_type.tolist()
+    stats.max_neighbors_total = max_total
     stats.mean_neighbors = float(sum_per_centre.sum() / max(atoms_per_centre.sum(), 1))
     stats.mean_neighbors_connected = float(sum_per_centre.sum() / max(connected, 1))
     stats.mean_neighbors_per_type = [float(s / a) if a else None for s, a in zip(sum_per_centre, atoms_per_centre)]

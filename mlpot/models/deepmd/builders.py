@@ -10,7 +10,7 @@ built give "not supported yet: model/<key>"; ``_comment*`` keys are ignored.
 from __future__ import annotations
 
 import copy
-from typing import Any, Dict, Sequence
+from typing import Any, Dict, Optional, Sequence
 
 import torch
 
@@ -100,15 +100,30 @@ def wants_auto_sel(part: Dict[str, Any]) -> bool:
     return "sel" in table and isinstance(part.get("sel", "auto"), str)
 
 
-def resolve_auto_sel(model_config: Dict[str, Any], max_neighbors: Sequence[int]) -> Dict[str, Any]:
+# descriptors whose neighbours share one list whatever their type (DeePMD-kit's mixed_types()):
+# their sel is one number, and "auto" counts all neighbours together
+MIXED_TYPE_DESCRIPTORS = ("se_atten", "se_atten_v2", "se_e3_tebd")
+
+
+def resolve_auto_sel(model_config: Dict[str, Any], max_neighbors: Sequence[int],
+                     max_total: Optional[int] = None) -> Dict[str, Any]:
     """A copy of ``model_config`` with ``sel: "auto[:f]"`` replaced by the rule of spec §2.1.
 
-    max_neighbors: maximum neighbour count per type within the descriptor's rcut (from data).
+    max_neighbors: maximum neighbour count per type within the descriptor's rcut (from data);
+    max_total: maximum count of all neighbours of one atom (from data), which a mixed-type
+    descriptor (se_atten / DPA-1, se_atten_v2, se_e3_tebd) resolves "auto" from, as DeePMD-kit's
+    neighbour statistics do [COMPAT]; without it the sum of the per-type maxima (an upper bound).
     """
     config = copy.deepcopy(model_config)
     section = descriptor_section(config)
     sections = section.get("list", [section]) if section.get("type") == "hybrid" else [section]
     for sub in sections:
-        if wants_auto_sel(sub):  # a descriptor without sel: "auto" (DeePMD-kit 3.x)
-            sub["sel"] = resolve_sel(sub.get("sel", "auto"), len(config["type_map"]), "model/descriptor", max_neighbors)
+        if not wants_auto_sel(sub):  # a descriptor without sel: "auto" (DeePMD-kit 3.x)
+            continue
+        path = "model/descriptor"
+        if DESCRIPTOR_ALIASES.get(sub["type"], sub["type"]) in MIXED_TYPE_DESCRIPTORS:
+            total = int(sum(max_neighbors)) if max_total is None else int(max_total)
+            sub["sel"] = resolve_sel(sub.get("sel", "auto"), 1, path, [total])[0]
+        else:
+            sub["sel"] = resolve_sel(sub.get("sel", "auto"), len(config["type_map"]), path, max_neighbors)
     return config

@@ -28,17 +28,23 @@ def _descriptor_parts(descriptor: Any) -> List[Dict[str, Any]]:
 
 
 def _max_neighbors(section: Dict[str, Any], probe) -> Optional[np.ndarray]:
-    """Neighbour counts per type at the descriptor cutoff, or None when no part asks for ``sel: auto``."""
+    """Maximum neighbour counts at the descriptor cutoff, per type and (last entry) of all types
+    together, or None when no part asks for ``sel: auto``."""
     parts = _descriptor_parts(section.get("descriptor"))
     if not any(wants_auto_sel(part) for part in parts):  # no sel: "auto" (DeePMD-kit 3.x)
         return None
     rcut = max(float(part.get("rcut", 6.0)) for part in parts)
-    return np.asarray(probe.max_neighbors(rcut, list(section["type_map"])))
+    stats = probe.statistics(rcut, list(section["type_map"]))
+    return np.asarray([*stats.max_neighbors_per_type, stats.max_neighbors_total])
+
+
+def _resolve(section: Dict[str, Any], counts: np.ndarray) -> Dict[str, Any]:
+    return resolve_auto_sel(section, counts[:-1], int(counts[-1]))
 
 
 def _resolve_single(section: Dict[str, Any], probe) -> Dict[str, Any]:
     counts = _max_neighbors(section, probe)
-    return section if counts is None else resolve_auto_sel(section, counts)
+    return section if counts is None else _resolve(section, counts)
 
 
 def _resolve_multi_task(model: Dict[str, Any], probes: Mapping[str, Any]) -> Dict[str, Any]:
@@ -53,11 +59,11 @@ def _resolve_multi_task(model: Dict[str, Any], probes: Mapping[str, Any]) -> Dic
             key = shared_reference(section["descriptor"], shared, f"model/model_dict/{name}/descriptor")
             shared_counts[key] = np.maximum(shared_counts.get(key, counts), counts)
         else:
-            model["model_dict"][name] = resolve_auto_sel(resolve_task_section(name, section, shared), counts)
+            model["model_dict"][name] = _resolve(resolve_task_section(name, section, shared), counts)
     for key, counts in shared_counts.items():
         type_map = next(resolve_task_section(n, s, shared)["type_map"] for n, s in model["model_dict"].items()
                         if isinstance(s.get("descriptor"), str) and s["descriptor"].partition(":")[0] == key)
-        shared[key] = resolve_auto_sel({"type_map": type_map, "descriptor": shared[key]}, counts)["descriptor"]
+        shared[key] = _resolve({"type_map": type_map, "descriptor": shared[key]}, counts)["descriptor"]
     return model
 
 
