@@ -313,3 +313,34 @@ def test_deepmd_example_spin_inputs_convert_and_build(tmp_path):
     config["loss"]["start_pref_fq"] = 1.0
     with pytest.raises(ConfigError, match="start_pref_fq"):
         deepmd.convert_dict(config, base_dir=tmp_path)
+
+
+def test_ase_calculator_reads_spins_and_returns_magnetic_forces():
+    """The ASE calculator takes the spins from atoms.arrays["spin"] (or non-collinear
+    initial_magmoms) and gives dp test's energy, real and magnetic forces on DeePMD-kit's frozen spin
+    model; without spins it is an error naming the key."""
+    from ase import Atoms
+
+    from mlpot.calculators.ase import MlpotCalculator
+
+    ref = np.load(FILES / "deepmd_spin_reference.npz")
+    symbols = [["Ni", "O"][t] for t in ref["types"]]
+    calc = MlpotCalculator(FILES / "spin_se_e2_a.pth")
+    for frame in range(len(ref["coord"])):
+        atoms = Atoms(symbols=symbols, positions=ref["coord"][frame].reshape(-1, 3), cell=ref["box"][frame].reshape(3, 3),
+                      pbc=True)
+        spins = ref["spin"][frame].reshape(-1, 3)
+        if frame % 2:
+            atoms.set_array("spin", spins)
+        else:
+            atoms.set_initial_magnetic_moments(spins)
+        atoms.calc = calc
+        assert abs(atoms.get_potential_energy() - ref["energy"][frame]) < 1e-10
+        np.testing.assert_allclose(atoms.get_forces(), ref["force"][frame].reshape(-1, 3), rtol=0, atol=1e-10)
+        magnetic = calc.results["mag_mask"].astype(bool)
+        np.testing.assert_allclose(calc.results["force_mag"][magnetic], ref["force_mag"].reshape(len(ref["coord"]), -1, 3)[frame],
+                                   rtol=0, atol=1e-10)
+    atoms = Atoms(symbols=symbols, positions=ref["coord"][0].reshape(-1, 3), cell=ref["box"][0].reshape(3, 3), pbc=True)
+    atoms.calc = MlpotCalculator(FILES / "spin_se_e2_a.pth")
+    with pytest.raises(DataError, match="spin"):
+        atoms.get_potential_energy()

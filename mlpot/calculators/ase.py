@@ -18,12 +18,14 @@ Results (ASE units: eV, Å, e):
   (n_atoms, 3, 3) eV and ``stresses`` per atom (n_atoms, 6) eV/Å^3 (= -sym(Ξ_i)/V, Voigt);
 * every other output of the model, under ASE-style names (:data:`RESULT_NAMES`): ``charges``,
   ``atomic_multipoles``, ``dipole``, ``polarizability``, ``fermi_level``, ``atomic_dipoles``,
-  ``atomic_polarizabilities``, ``dos``, ``atom_dos``, ``esps``.
+  ``atomic_polarizabilities``, ``dos``, ``atom_dos``, ``esps``; for spin models ``force_mag``
+  (magnetic force -dE/ds, (n_atoms, 3) eV/μB, zero on non-magnetic atoms) and ``mag_mask``.
 
 Inputs read from the Atoms: total charge (e) from ``atoms.info["total_charge"]`` or ``["charge"]``,
 external field (V/Å, the gradient of the applied potential) from ``atoms.info["external_field"]``,
 the applied Fermi level (eV, constant-Fermi electrostatic models) from ``atoms.info["fermi_level"]``,
-DeePMD ``fparam`` from ``atoms.info`` and ``aparam`` from ``atoms.arrays``.
+DeePMD ``fparam`` from ``atoms.info`` and ``aparam`` from ``atoms.arrays``, atomic spin vectors
+(μB, spin models) from ``atoms.arrays["spin"]`` or non-collinear ``initial_magmoms`` (n_atoms, 3).
 
 Neighbour lists are kept between calls (:class:`mlpot.data.verlet.VerletList`, ``skin`` Å) and
 rebuilt only when an atom has moved more than skin/2; each call filters the cached list to the
@@ -60,6 +62,8 @@ RESULT_NAMES = {
     K.DOS: "dos",
     K.ATOM_DOS: "atom_dos",
     K.ESPS: "esps",
+    K.FORCE_MAG: "force_mag",  # spin models: -dE/ds, eV/μB
+    K.MAG_MASK: "mag_mask",
 }
 _VOIGT = ([0, 1, 2, 1, 0, 0], [0, 1, 2, 2, 2, 1])
 _BASE = ["energy", "free_energy", "forces", "virial", "stress", "energies", "virials", "stresses"]

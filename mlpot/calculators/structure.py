@@ -4,8 +4,8 @@ The drivers hold arrays (positions, types, cell, periodicity) and a neighbour li
 :class:`mlpot.data.verlet.VerletList`; :func:`structure_batch` turns them into the batch dictionary
 a model reads (keys of :mod:`mlpot.data.keys`, one frame), without going through the training
 data path (no per-call Dataset or numpy collation). :func:`inputs_from_info` reads the optional
-frame inputs — total charge (e), external field (V/Å), DeePMD fparam/aparam — from an ASE
-``atoms.info`` / ``atoms.arrays`` under the names the readers accept.
+frame inputs — total charge (e), external field (V/Å), DeePMD fparam/aparam, atomic spins (μB,
+spin models) — from an ASE ``atoms.info`` / ``atoms.arrays`` under the names the readers accept.
 """
 
 from __future__ import annotations
@@ -19,27 +19,34 @@ from mlpot.data import keys as K
 
 __all__ = ["structure_batch", "inputs_from_info", "INFO_NAMES"]
 
-# batch key -> names looked up in atoms.info (frame inputs) or atoms.arrays (APARAM), first match wins
+# batch key -> names looked up in atoms.info (frame inputs) or atoms.arrays (per-atom inputs,
+# ARRAY_KEYS), first match wins
 INFO_NAMES = {
     K.TOTAL_CHARGE: ("total_charge", "charge"),
     K.EXTERNAL_FIELD: ("external_field", "the_external_field"),
     K.FERMI_LEVEL: ("fermi_level", "the_fermi_level"),  # the applied one, for constant-Fermi models
     K.FPARAM: ("fparam",),
     K.APARAM: ("aparam",),
+    # spin vectors (n_atoms, 3) μB; ASE keeps non-collinear initial magnetic moments as (n_atoms, 3)
+    K.SPIN: ("spin", "spins", "initial_magmoms"),
 }
+ARRAY_KEYS = (K.APARAM, K.SPIN)
 
 
 def inputs_from_info(info: Mapping, arrays: Optional[Mapping] = None) -> Dict[str, np.ndarray]:
-    """Optional inputs of one frame from ``atoms.info`` (and ``atoms.arrays`` for aparam), as
-    float64 arrays with the key's per-frame shape: TOTAL_CHARGE () e, EXTERNAL_FIELD (3,) V/Å,
-    FERMI_LEVEL () eV, FPARAM (k,), APARAM (n_atoms, k)."""
+    """Optional inputs of one frame from ``atoms.info`` (and ``atoms.arrays`` for aparam and spins),
+    as float64 arrays with the key's per-frame shape: TOTAL_CHARGE () e, EXTERNAL_FIELD (3,) V/Å,
+    FERMI_LEVEL () eV, FPARAM (k,), APARAM (n_atoms, k), SPIN (n_atoms, 3) μB (collinear magnetic
+    moments, one number per atom, are not spin vectors and are not read)."""
     found: Dict[str, np.ndarray] = {}
     for key, names in INFO_NAMES.items():
-        source = arrays if key == K.APARAM and arrays is not None else info
+        source = (arrays or {}) if key in ARRAY_KEYS else info
         for name in names:
             if name in source and source[name] is not None:
                 value = np.asarray(source[name], dtype=np.float64)
-                found[key] = value.reshape(-1, value.shape[-1] if value.ndim else 1) if key == K.APARAM \
+                if key == K.SPIN and (value.ndim != 2 or value.shape[1] != 3):
+                    continue
+                found[key] = value.reshape(-1, value.shape[-1] if value.ndim else 1) if key in ARRAY_KEYS \
                     else (value.reshape(()) if key in (K.TOTAL_CHARGE, K.FERMI_LEVEL) else value.reshape(-1))
                 break
     return found
