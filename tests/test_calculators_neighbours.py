@@ -74,6 +74,35 @@ def test_verlet_list_gives_the_from_scratch_pairs():
         VerletList(4.0, skin=-1.0)
 
 
+def _pair_set(positions, cell, edges, shifts):
+    vectors = positions[edges[1]] - positions[edges[0]] + shifts @ cell
+    return sorted(zip(edges[0].tolist(), edges[1].tolist(), np.round(vectors, 9).tolist()))
+
+
+def test_verlet_list_keeps_its_pairs_when_atoms_are_wrapped_into_the_cell():
+    """torch-sim and LAMMPS wrap positions into the cell: a jump by a lattice vector is not a move,
+    the cached shifts follow it, and the pairs (with their vectors) equal a from-scratch list; the
+    list rebuilds exactly as often as on the unwrapped trajectory."""
+    rng = np.random.default_rng(3)
+    atoms = _atoms(repeat=(2, 2, 1))
+    atoms.cell[2] = [0.4, 0.3, atoms.cell[2, 2]]  # a non-orthogonal cell
+    wrapped, unwrapped = VerletList(cutoff=4.0, skin=0.6), VerletList(cutoff=4.0, skin=0.6)
+    drift = np.array([0.04, -0.03, 0.02])  # atoms at the faces cross them
+    positions = atoms.positions.copy()
+    crossings = 0
+    for step in range(40):
+        positions = positions + drift + rng.normal(0, 0.02, positions.shape)
+        atoms.positions = positions
+        atoms.wrap()
+        crossings += int(np.any(np.abs(atoms.positions - positions) > 1e-9))
+        edges, shifts = wrapped.update(atoms.positions, atoms.cell.array, atoms.pbc)
+        reference = neighbor_list(atoms.positions, atoms.cell.array, atoms.pbc, 4.0)
+        assert _pair_set(atoms.positions, atoms.cell.array, edges, shifts) == \
+            _pair_set(atoms.positions, atoms.cell.array, *reference)
+        unwrapped.update(positions, atoms.cell.array, atoms.pbc)
+    assert crossings > 10 and wrapped.rebuilds == unwrapped.rebuilds <= 15
+
+
 def test_md_with_reused_lists_equals_from_scratch_evaluation(model):
     """Langevin MD through a calculator with a skin; at every step, a fresh calculator (skin 0:
     new list each call) gives the same energy and forces."""

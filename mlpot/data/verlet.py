@@ -3,7 +3,10 @@
 ``VerletList(cutoff, skin)`` builds the vesin list (``mlpot.data.neighbors.neighbor_list``) at
 ``cutoff + skin`` and keeps it until some atom has moved more than ``skin / 2`` from where it was at
 the last build (then no pair can have come from beyond ``cutoff + skin`` to inside ``cutoff``), or
-until the cell, the periodicity or the number of atoms changes. Every call filters the cached pairs
+until the cell, the periodicity or the number of atoms changes. An atom that was wrapped back into
+the cell (torch-sim and LAMMPS wrap positions; a jump by whole lattice vectors along periodic
+directions) does not count as moved: the cached pairs' cell shifts absorb the jump (S_ij += n_i - n_j
+for integer jumps n), so wrapping never forces a rebuild. Every call filters the cached pairs
 by their current length, so a model always sees exactly the pairs with ``0 < |r_ij| < cutoff`` —
 the same set a from-scratch list gives, in the same order (sorted by centre, then neighbour).
 
@@ -50,7 +53,25 @@ class VerletList:
         if positions.shape[0] == 0:
             return False
         moved = positions - self._reference
-        return float(np.einsum("ij,ij->i", moved, moved).max()) > (0.5 * self.skin) ** 2
+        jumps = self._lattice_jumps(moved, cell, pbc)
+        if jumps is not None:
+            moved = moved - jumps @ cell
+        if float(np.einsum("ij,ij->i", moved, moved).max()) > (0.5 * self.skin) ** 2:
+            return True
+        if jumps is not None:  # wrapped atoms: move the reference and the pairs' shifts with them
+            self._reference = self._reference + jumps @ cell
+            edge_index, shifts = self._edges
+            self._edges = (edge_index, shifts + jumps[edge_index[0]] - jumps[edge_index[1]])
+        return False
+
+    @staticmethod
+    def _lattice_jumps(moved: np.ndarray, cell: np.ndarray, pbc: np.ndarray) -> Optional[np.ndarray]:
+        """Whole lattice vectors (n_atoms, 3) float of each displacement along periodic directions, or
+        None when no atom jumped (or the cell is singular)."""
+        if not pbc.any() or abs(np.linalg.det(cell)) < 1e-12:
+            return None
+        jumps = np.rint(moved @ np.linalg.inv(cell)) * pbc
+        return jumps if np.any(jumps) else None
 
     def update(self, positions, cell, pbc) -> Tuple[np.ndarray, np.ndarray]:
         """Pairs (i, j, shift) with 0 < |r_ij| < cutoff at these positions (see the module docstring)."""
