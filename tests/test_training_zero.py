@@ -1,8 +1,8 @@
-"""ZeRO stage 1 (``training.zero_stage``, DeePMD-kit's key): two gloo CPU processes.
+"""ZeRO stages 1-2 (``training.zero_stage``, DeePMD-kit's key): two gloo CPU processes.
 
-Stage 1 shards the Adam state over the ranks and must leave every weight as stage 0 leaves it; its
-checkpoints hold the whole (consolidated) optimizer state, so a run restarts from them on two
-ranks or on one to the same weights.
+Stage 1 shards the Adam state over the ranks, stage 2 the summed gradients too; both must leave
+every weight as stage 0 leaves it. Checkpoints hold the whole (consolidated) optimizer state, so a
+run restarts from them on two ranks or on one to the same weights.
 """
 
 import os
@@ -24,7 +24,8 @@ STEPS = 4
 
 
 def _config(stage: int) -> dict:
-    config = base_config(numb_steps=STEPS, zero_stage=stage)
+    # clipping on (the gradient norm is ~1e2): stage 2 clips with the norm summed from the shards
+    config = base_config(numb_steps=STEPS, zero_stage=stage, clip_grad_norm=1.0)
     config["data"]["train"]["batch_size"] = 4
     config["checkpoint"] = {"every": 2, "keep": 5}
     return config
@@ -35,19 +36,20 @@ def _weights(trainer) -> dict:
 
 
 def _worker(rank: int, root: str, port: int) -> None:
-    """One of two ranks: stage 0, stage 1, stage 1 restarted at step 2; weights and Adam shards to disk."""
+    """One of two ranks: stages 0, 1, 2, stage 1 restarted at step 2; weights, Adam and gradient shards to disk."""
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1",
                       MASTER_PORT=str(port))
     torch.set_num_threads(1)
     root, result = Path(root), {}
-    runs = (("zero0", None), ("zero1", None), ("resumed", root / "zero1" / "out" / "model.ckpt-2.pt"))
+    runs = (("zero0", None), ("zero1", None), ("zero2", None), ("resumed", root / "zero1" / "out" / "model.ckpt-2.pt"))
     for name, restart in runs:
         trainer = Trainer(load_config(root / name / "config.yaml"), restart=restart, progress=False)
         trainer.run()
         result[name] = _weights(trainer)
+        optimizer = trainer.optimizer
+        params = [p for group in optimizer.param_groups for p in group["params"]]
+        result[f"{name}_with_grad"] = [i for i, p in enumerate(params) if p.grad is not None]  # of the last step
         if name == "zero1":
-            optimizer = trainer.optimizer
-            params = [p for group in optimizer.param_groups for p in group["params"]]
             result["owned"] = [i for i, p in enumerate(params) if optimizer._param_to_rank[p] == rank]
             result["with_state"] = sorted(i for i, p in enumerate(params) if p in optimizer.optim.state)
             result["state_numel"] = sum(t.numel() for s in optimizer.optim.state.values() for t in s.values()
@@ -67,7 +69,7 @@ def _free_port() -> int:
 def zero_runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("zero")
     make_dataset(root)
-    for name, stage in (("zero0", 0), ("zero1", 1), ("resumed", 1)):
+    for name, stage in (("zero0", 0), ("zero1", 1), ("zero2", 2), ("resumed", 1)):
         write_config(root / name, _config(stage), root)
     mp.spawn(_worker, args=(str(root), _free_port()), nprocs=2, join=True)
     return root, [torch.load(root / f"rank{r}.pt") for r in range(2)]
@@ -77,7 +79,7 @@ def test_stage1_same_weights_and_sharded_adam_state(zero_runs):
     _, ranks = zero_runs
     for result in ranks:  # rank by rank: the bias refit after training is rank 0's alone
         reference = result["zero0"]
-        for name in ("zero1", "resumed"):
+        for name in ("zero1", "zero2", "resumed"):
             for key, value in reference.items():
                 torch.testing.assert_close(result[name][key], value, rtol=0, atol=1e-12, msg=f"{name} {key}")
     # each rank holds the Adam moments of its own parameters only; together they hold all of them
@@ -86,6 +88,10 @@ def test_stage1_same_weights_and_sharded_adam_state(zero_runs):
         assert 0 < result["state_numel"] < result["all_numel"]
     assert sorted(ranks[0]["owned"] + ranks[1]["owned"]) == list(range(len(ranks[0]["owned"] + ranks[1]["owned"])))
     assert ranks[0]["state_numel"] + ranks[1]["state_numel"] == ranks[0]["all_numel"]
+    # stage 2: after the step each rank keeps only the summed gradients of its own parameters
+    for result in ranks:
+        assert result["zero1_with_grad"] == result["zero0_with_grad"] == list(range(len(result["zero0_with_grad"])))
+        assert result["zero2_with_grad"] == result["owned"]
 
 
 def test_stage1_checkpoint_restarts_on_one_process(zero_runs, monkeypatch):
@@ -107,14 +113,12 @@ def test_stage1_checkpoint_restarts_on_one_process(zero_runs, monkeypatch):
         torch.testing.assert_close(value, ranks[0]["zero1"][key], rtol=0, atol=1e-12, msg=key)
 
 
-def test_zero_stage_keys_and_unbuilt_stages(tmp_path):
+def test_zero_stage_keys_and_unbuilt_stage(tmp_path):
     make_dataset(tmp_path)
-    for stage, message in ((2, "not supported yet: zero_stage = 2 \\(gradient sharding"),
-                           (3, "not supported yet: zero_stage = 3 \\(parameter sharding")):
-        path = write_config(tmp_path / f"s{stage}", _config(stage), tmp_path)
-        with pytest.raises(ConfigError, match=message) as info:
-            Trainer(load_config(path), progress=False)
-        assert "training.zero_stage" in str(info.value)
+    path = write_config(tmp_path / "s3", _config(3), tmp_path)
+    with pytest.raises(ConfigError, match="training.zero_stage: not supported yet: zero_stage = 3 \\(parameter "
+                       "sharding .* use zero_stage 2"):
+        Trainer(load_config(path), progress=False)
     path = write_config(tmp_path / "s4", _config(4), tmp_path)
     with pytest.raises(ConfigError, match="zero_stage"):
         load_config(path)

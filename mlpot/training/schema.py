@@ -235,7 +235,7 @@ class TrainingConfig(Strict):
     acc_freq: int = Field(1, ge=1, description="gradient accumulation: the optimizer steps every acc_freq batches "
                           "on the sum of their gradients; the lr schedule counts optimizer steps (DeePMD-kit acc_freq)")
     zero_stage: int = Field(0, ge=0, le=3, description="ZeRO stage of data-parallel training (DeePMD-kit "
-                            "zero_stage): 1 shards the optimizer state over the ranks; 2-3 not built; no effect in "
+                            "zero_stage): 1 shards the optimizer state over the ranks, 2 the gradients too; 3 not built; no effect in "
                             "one process")
     max_nonfinite: int = Field(100, ge=0, description="stop after this many skipped non-finite steps")
     valid_freq: Optional[int] = Field(None, ge=1, description="validate every N steps (default disp_freq)")

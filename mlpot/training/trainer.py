@@ -61,7 +61,7 @@ from mlpot.training.optim import build_training_optimizer, current_lr
 from mlpot.training.schema import NativeConfig
 from mlpot.training.stages import StagePlan, apply_model_options, apply_stage_lr
 from mlpot.training.validation_flow import ValidationFlow
-from mlpot.training.zero import check_zero_stage, gather_optimizer_state
+from mlpot.training.zero import check_zero_stage, gather_optimizer_state, reduce_gradients
 from mlpot.training.tasks import Tasks, next_indices, predict
 
 __all__ = ["Trainer", "TrainingStopped", "predict"]
@@ -249,12 +249,8 @@ class Trainer(ValidationFlow):
             return True
         # only this task's head: the other heads keep no gradient, so Adam leaves them (and
         # their moments) untouched, on one rank or many (all ranks draw the same task)
-        self.dist.sum_gradients(list(head.parameters()))
-        grads = [p.grad for p in trainable if p.grad is not None]
-        if self.config.training.clip_grad_norm is not None:
-            norm = torch.nn.utils.clip_grad_norm_(head.parameters(), self.config.training.clip_grad_norm)
-        else:
-            norm = torch.nn.utils.get_total_norm(grads) if grads else torch.zeros(())
+        # summed over ranks (zero_stage 2: each onto the rank that owns it), clipped; the global norm
+        norm = reduce_gradients(head.parameters(), self.optimizer, self.dist, self.config.training.clip_grad_norm)
         if not bool(torch.isfinite(norm)):
             self.optimizer.zero_grad(set_to_none=True)
             self._count_nonfinite("the gradient")
