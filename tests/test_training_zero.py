@@ -129,3 +129,17 @@ def test_zero_stage_keys_and_unbuilt_stage(tmp_path):
     assert convert_dict(deepmd)["training"]["zero_stage"] == 1
     assert yaml.safe_dump(convert_dict({**deepmd, "training": {**deepmd["training"], "zero_stage": 0}})).count(
         "zero_stage") == 0
+
+
+def test_stage_in_effect_and_refused_combinations():
+    from mlpot.training.zero import check_zero_stage
+
+    plain = dict(multi_task=False, lkf=False, full_validation=False)
+    assert check_zero_stage(2, world_size=1, **plain) == 0  # one process: nothing to shard (DeePMD-kit)
+    assert check_zero_stage(2, world_size=2, **plain) == 2 and check_zero_stage(0, world_size=2, **plain) == 0
+    for flag, what in (("multi_task", "multi-task models"), ("lkf", "the LKF optimizer"),
+                       ("full_validation", "full validation")):
+        with pytest.raises(ConfigError, match=rf"in.yaml: training.zero_stage: not supported yet: zero_stage = 1 "
+                                              rf"with {what}"):
+            check_zero_stage(1, world_size=2, file="in.yaml", **{**plain, flag: True})
+        assert check_zero_stage(1, world_size=1, **{**plain, flag: True}) == 0
