@@ -131,12 +131,6 @@ def test_typo_key_errors_with_suggestion(water_input, where, typo, suggestion):
 
 def test_unbuilt_feature_errors(water_input):
     bad = copy.deepcopy(water_input)
-    bad["model"]["descriptor"]["use_econf_tebd"] = True
-    bad["model"]["descriptor"]["type"] = "se_atten"
-    bad["model"]["descriptor"]["sel"] = 120
-    with pytest.raises(ConfigError, match="not supported yet: model/descriptor/use_econf_tebd"):
-        deepmd.convert_dict(bad, file="input.json")
-    bad = copy.deepcopy(water_input)
     bad["model"]["descriptor"]["type"] = "dpa3"
     with pytest.raises(ConfigError, match="not supported yet: model/descriptor/type=dpa3"):
         deepmd.convert_dict(bad)

@@ -120,7 +120,6 @@ def test_flat_keys_of_early_inputs_build_the_same_model():
 
 
 @pytest.mark.parametrize("edit, message", [
-    (lambda d: d.update(use_econf_tebd=True), "not supported yet: model/descriptor/use_econf_tebd"),
     (lambda d: d["repinit"].update(nsel="auto"), r"model/descriptor/repinit/nsel: not supported yet: 'auto'"),
     (lambda d: d["repformer"].update(rcut=4.0), "repformer rcut/nsel .* must not exceed repinit's"),
     (lambda d: d["repinit"].update(three_body_rcut=5.0), "three_body_rcut: must not exceed repinit/rcut"),

@@ -219,8 +219,9 @@ def test_keys_and_errors():
         small_model("se_a_ebd_v2", tebd_input_mode="concat")
     with pytest.raises(ConfigError, match="tebd_input_mode"):
         small_model("se_e3_tebd", tebd_input_mode="mixed")
-    with pytest.raises(ConfigError, match="not supported yet.*use_econf_tebd"):
-        small_model("se_e3_tebd", use_econf_tebd=True)
+    with pytest.raises(ConfigError, match=r"model/type_map: use_econf_tebd needs element symbols as types; not "
+                       r"elements: \['A'\]"):
+        small_model("se_e3_tebd", use_econf_tebd=True)  # types A, B: A is no element (B is boron)
     assert small_model("se_e3_tebd", concat_output_tebd=False).descriptor.dim_out == 8
 
 

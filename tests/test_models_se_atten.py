@@ -150,8 +150,8 @@ def test_descriptor_shapes_and_keys():
     no_tebd = build_model(small_config("concat", concat_output_tebd=False, sel=[10, 10, 4]))
     assert no_tebd.descriptor.dim_out == 24 and no_tebd.descriptor.sel == [24]
     assert len(model.fitting.nets) == 1  # mixed types: one shared fitting net
-    with pytest.raises(ConfigError, match="not supported yet: model/descriptor/use_econf_tebd"):
-        build_model(small_config("concat", use_econf_tebd=True))
+    with pytest.raises(ConfigError, match="model/type_map: use_econf_tebd needs element symbols"):
+        build_model(small_config("concat", use_econf_tebd=True))  # types A, B, C are not elements
     with pytest.raises(ConfigError, match="tebd_input_mode"):
         build_model(small_config("v2", tebd_input_mode="concat"))
     with pytest.raises(ConfigError, match="attn_layers"):

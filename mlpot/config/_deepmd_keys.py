@@ -187,7 +187,7 @@ TRAINING = {
     "enable_ema": _k(S, kind=FLAG),
     "ema_decay": _k(S, kind=NUM),
     "enable_compile": _k(I, note="mlpot does not use torch.compile for training"),
-    "zero_stage": _k(U, default=0, note="ZeRO optimizer-state sharding across ranks: not built; plain DDP only"),
+    "zero_stage": _k(S, note="ZeRO stage of torchrun data-parallel training: 0 plain, 1 optimizer state sharded over the ranks (ZeroRedundancyOptimizer; checkpoints hold the consolidated state), 2 the gradients too (each summed onto its owner rank after the backward, not by FSDP2, whose freed parameters break the force loss's second backward); no effect in one process, as in DeePMD-kit; 3 (parameter sharding): not supported yet", kind=INT),
     "acc_freq": _k(S, note="gradient accumulation: the optimizer steps every acc_freq batches on the sum of their gradients; the lr schedule (and the lr-coupled loss prefactors) advance per optimizer step, numb_steps counts batches (DeePMD-kit 3.x, Paddle backend)", kind=INT),
     "data_dict": _k(S, note="multi-task: task -> {training_data, validation_data, stat_file}"),
     "model_prob": _k(S, note="multi-task: task -> weight of drawing the task per step (normalised; default: number of training systems)"),

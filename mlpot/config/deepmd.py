@@ -349,6 +349,8 @@ def _training_options(native: Dict[str, Any], training: Dict[str, Any], multi_ta
         native["checkpoint"]["dir"] = training["save_dir"]
     if training.get("disp_avg"):
         native["logging"]["disp_avg"] = True
+    if int(training.get("zero_stage", 0)) != 0:
+        native["training"]["zero_stage"] = int(training["zero_stage"])
     if int(training.get("acc_freq", 1)) != 1:
         native["training"]["acc_freq"] = int(training["acc_freq"])
     if training.get("gradient_max_norm") is not None:

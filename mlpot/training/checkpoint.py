@@ -34,6 +34,7 @@ import numpy as np
 import torch
 
 from mlpot.errors import CheckpointError
+from mlpot.training.zero import optimizer_state
 
 __all__ = ["CHECKPOINT_FORMAT", "atomic_write_bytes", "save_checkpoint", "load_checkpoint", "read_torch_file",
            "check_finite_model", "CheckpointManager", "rng_state", "set_rng_state", "trainer_state",
@@ -243,7 +244,7 @@ def trainer_state(trainer) -> Dict[str, Any]:
     return {**sampler_state,
             "model_config": trainer.model.config, "dtype": trainer.config.dtype,
             "model_state_dict": trainer.model.state_dict(), "ema_state_dict": ema_weights,
-            "optimizer": trainer.optimizer.state_dict(), "scheduler": _scheduler_state(trainer.scheduler),
+            "optimizer": optimizer_state(trainer.optimizer), "scheduler": _scheduler_state(trainer.scheduler),
             "ema": trainer.ema.state_dict() if trainer.ema else None,
             "rng": rng_state(), "step": trainer.step, "epoch": trainer.epoch, "nonfinite": trainer.nonfinite,
             "full_validation": trainer.full_validation.state_dict(),

@@ -22,7 +22,7 @@ import torch.distributed as dist
 
 from mlpot.errors import ConfigError
 
-__all__ = ["DistInfo", "init_distributed", "shard_indices"]
+__all__ = ["DistInfo", "init_distributed", "shard_indices", "copy_flat"]
 
 
 @dataclass
@@ -59,11 +59,7 @@ class DistInfo:
                 p.grad = torch.zeros_like(p)
         flat = torch.cat([p.grad.reshape(-1) for p in params])
         dist.all_reduce(flat, op=dist.ReduceOp.SUM)
-        offset = 0
-        for p in params:
-            n = p.numel()
-            p.grad.copy_(flat[offset:offset + n].view_as(p))
-            offset += n
+        copy_flat(flat, [p.grad for p in params])
 
     def barrier(self) -> None:
         if self.enabled:
@@ -78,6 +74,14 @@ class DistInfo:
         if self.enabled and dist.is_initialized():
             dist.barrier()
             dist.destroy_process_group()
+
+
+def copy_flat(flat: torch.Tensor, tensors: Sequence[torch.Tensor]) -> None:
+    """Copy the concatenation ``flat`` (sum of numels,) back into ``tensors``, in order."""
+    offset = 0
+    for tensor in tensors:
+        tensor.copy_(flat[offset:offset + tensor.numel()].view_as(tensor))
+        offset += tensor.numel()
 
 
 def init_distributed() -> DistInfo:

@@ -24,6 +24,7 @@ from mlpot.errors import ConfigError
 from mlpot.nn.registry import Registry, check_option_names
 from mlpot.training.lkf import LKF
 from mlpot.training.schedules import SCHEDULES, build_schedule
+from mlpot.training.zero import sharded_optimizer
 
 __all__ = ["OPTIMIZERS", "build_optimizer", "build_lr_scheduler", "ScheduleFactor", "current_lr", "OptimizerSetup",
            "build_training_optimizer"]
@@ -49,13 +50,15 @@ def build_optimizer(
     *,
     key: str = "optimizer.name",
     file: Optional[str] = None,
+    shard: int = 0,
     **kwargs,
 ) -> torch.optim.Optimizer:
     """A ``torch.optim`` optimizer by case-insensitive name (``adam``, ``AdamW``, ``sgd``, ...).
 
     kwargs go to the optimizer's constructor (``lr``, ``betas``, ``weight_decay``, ...); a keyword
     the class does not accept raises ConfigError naming it. Adam and AdamW use the fused kernel
-    unless ``fused`` or ``foreach`` is given.
+    unless ``fused`` or ``foreach`` is given. shard: the ZeRO stage (1: the optimizer state is
+    sharded over the ranks of the process group, 2: the gradients too; :mod:`mlpot.training.zero`).
     """
     cls = OPTIMIZERS.get(str(name), key=key, file=file)
     params = list(params_or_groups)
@@ -66,7 +69,7 @@ def build_optimizer(
         if tensors and all(torch.is_floating_point(t) and t.device.type in ("cpu", "cuda") for t in tensors):
             kwargs["fused"] = True
     try:
-        return cls(params, **kwargs)
+        return sharded_optimizer(cls, params, shard, **kwargs) if shard else cls(params, **kwargs)
     except TypeError as exc:
         raise ConfigError(f"invalid options for optimizer {cls.__name__}: {exc}", file=file, key=key) from None
 
@@ -184,11 +187,13 @@ def _schedule_options(sched, base_lr: float, total_steps: int):
 
 
 def build_training_optimizer(model: torch.nn.Module, optimizer_cfg, schedule_cfg, total_steps: int,
-                             world_size: int = 1, file: Optional[str] = None, steps_per_epoch: int = 1) -> OptimizerSetup:
+                             world_size: int = 1, file: Optional[str] = None, steps_per_epoch: int = 1,
+                             zero_stage: int = 0) -> OptimizerSetup:
     """The optimizer and scheduler of the native ``optimizer`` and ``lr_schedule`` sections for
     ``model``'s trainable parameters over ``total_steps`` steps (``lr_schedule.per_epoch``: the
     schedule counts epochs of ``steps_per_epoch`` steps); the base lr is scaled by the number of
-    data-parallel workers (``scale_by_worker`` linear | sqrt | none)."""
+    data-parallel workers (``scale_by_worker`` linear | sqrt | none); ``zero_stage`` 1-2 (in effect,
+    see :func:`~mlpot.training.zero.check_zero_stage`) shards the optimizer state (and gradients)."""
     base_lr = optimizer_cfg.lr or schedule_cfg.start_lr or 1e-3
     base_lr *= {"linear": world_size, "sqrt": math.sqrt(world_size), "none": 1.0}[schedule_cfg.scale_by_worker]
     groups, names = _parameter_groups(model, optimizer_cfg, base_lr, file)
@@ -197,7 +202,7 @@ def build_training_optimizer(model: torch.nn.Module, optimizer_cfg, schedule_cfg
         kwargs["weight_decay"] = optimizer_cfg.weight_decay
     if optimizer_cfg.betas is not None:
         kwargs["betas"] = tuple(optimizer_cfg.betas)
-    optimizer = build_optimizer(optimizer_cfg.name, groups, file=file, lr=base_lr, **kwargs)
+    optimizer = build_optimizer(optimizer_cfg.name, groups, file=file, lr=base_lr, shard=zero_stage, **kwargs)
     initial_lrs = [g["lr"] for g in optimizer.param_groups]
     per_unit = max(1, int(steps_per_epoch)) if schedule_cfg.per_epoch else 1
     warmup, options = _schedule_options(schedule_cfg, base_lr, -(-total_steps // per_unit))

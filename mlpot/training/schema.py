@@ -234,6 +234,9 @@ class TrainingConfig(Strict):
     clip_grad_norm: Optional[float] = Field(None, gt=0, validation_alias=AliasChoices("clip_grad_norm", "gradient_max_norm"), description="clip the gradient 2-norm to this value")
     acc_freq: int = Field(1, ge=1, description="gradient accumulation: the optimizer steps every acc_freq batches "
                           "on the sum of their gradients; the lr schedule counts optimizer steps (DeePMD-kit acc_freq)")
+    zero_stage: int = Field(0, ge=0, le=3, description="ZeRO stage of data-parallel training (DeePMD-kit "
+                            "zero_stage): 1 shards the optimizer state over the ranks, 2 the gradients too; 3 not built; no effect in "
+                            "one process")
     max_nonfinite: int = Field(100, ge=0, description="stop after this many skipped non-finite steps")
     valid_freq: Optional[int] = Field(None, ge=1, description="validate every N steps (default disp_freq)")
     valid_epochs: Optional[int] = Field(None, ge=1, description="also validate after epoch e (0-based) when "

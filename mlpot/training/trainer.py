@@ -61,6 +61,7 @@ from mlpot.training.optim import build_training_optimizer, current_lr
 from mlpot.training.schema import NativeConfig
 from mlpot.training.stages import StagePlan, apply_model_options, apply_stage_lr
 from mlpot.training.validation_flow import ValidationFlow
+from mlpot.training.zero import check_zero_stage, gather_optimizer_state, reduce_gradients
 from mlpot.training.tasks import Tasks, next_indices, predict
 
 __all__ = ["Trainer", "TrainingStopped", "predict"]
@@ -111,8 +112,13 @@ class Trainer(ValidationFlow):
         self._set_length(config)
         self.tasks = Tasks(self.data, config, self.plan.stages, file)
         self.tasks.check_loss_inputs()
+        fv = config.full_validation
+        zero = check_zero_stage(config.training.zero_stage, world_size=self.dist.world_size, multi_task=self.multi_task,
+                                lkf=config.optimizer.name.lower() == "lkf", full_validation=fv is not None and fv.active,
+                                file=file)
         setup = build_training_optimizer(self.model, config.optimizer, config.lr_schedule, self.total_steps,
-                                         self.dist.world_size, file, steps_per_epoch=self.steps_per_epoch)
+                                         self.dist.world_size, file, steps_per_epoch=self.steps_per_epoch,
+                                         zero_stage=zero)
         self.optimizer, self.scheduler, self.optimizer_setup = setup.optimizer, setup.scheduler, setup
         if hasattr(self.optimizer, "update_from_batch") and (self.dist.enabled or self.multi_task
                                                               or config.training.acc_freq > 1):
@@ -243,12 +249,8 @@ class Trainer(ValidationFlow):
             return True
         # only this task's head: the other heads keep no gradient, so Adam leaves them (and
         # their moments) untouched, on one rank or many (all ranks draw the same task)
-        self.dist.sum_gradients(list(head.parameters()))
-        grads = [p.grad for p in trainable if p.grad is not None]
-        if self.config.training.clip_grad_norm is not None:
-            norm = torch.nn.utils.clip_grad_norm_(head.parameters(), self.config.training.clip_grad_norm)
-        else:
-            norm = torch.nn.utils.get_total_norm(grads) if grads else torch.zeros(())
+        # summed over ranks (zero_stage 2: each onto the rank that owns it), clipped; the global norm
+        norm = reduce_gradients(head.parameters(), self.optimizer, self.dist, self.config.training.clip_grad_norm)
         if not bool(torch.isfinite(norm)):
             self.optimizer.zero_grad(set_to_none=True)
             self._count_nonfinite("the gradient")
@@ -342,6 +344,11 @@ class Trainer(ValidationFlow):
                                f"{', '.join(f'{t} {v:+.6g}' for t, v in zip(head.type_map, shifts[task]))} eV")
         return shifts
 
+    def _change_bias_and_save(self) -> None:
+        if self.dist.is_main:
+            self.change_energy_bias()
+        self.save()  # on every rank: a sharded optimizer state is gathered first
+
     # ---- the loop ------------------------------------------------------------------------
     def _display_due(self, end: bool) -> bool:
         return self.step == 1 or self.step % self.config.logging.disp_freq == 0 or end
@@ -415,9 +422,8 @@ class Trainer(ValidationFlow):
                                       key="training.max_nonfinite")
             if self.dist.is_main:
                 self._after_training()
-            if cfg.training.change_bias_after_training and self.dist.is_main:
-                self.change_energy_bias()
-                self.save()
+            if cfg.training.change_bias_after_training:
+                self._change_bias_and_save()
             if cfg.logging.time_training and self.step > start_step:
                 self.log.write(f"average training time: {(time.perf_counter() - start_time) / (self.step - start_step):.4f} "
                                f"s/step ({self.step - start_step} steps)")
@@ -428,7 +434,8 @@ class Trainer(ValidationFlow):
         return last
 
     def save(self) -> Optional[Path]:
-        """Write a checkpoint of the current state (rank 0 only)."""
+        """Write a checkpoint of the current state (rank 0 writes; every rank calls it)."""
+        gather_optimizer_state(self.optimizer)
         if not self.dist.is_main:
             return None
         self.last_checkpoint = self.checkpoints.save(self.step, self.state_dict())

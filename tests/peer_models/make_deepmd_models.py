@@ -52,7 +52,7 @@ FRAMES = (0, 2)
 STEPS = 4
 # models whose training checkpoint (with its optimizer state, ~250 kB for these) is not kept: their
 # frozen archive carries the same weights, and dp test gives the same numbers for both (checked)
-FROZEN_ONLY = ("dpa2_attn", "dpa2_incr")
+FROZEN_ONLY = ("dpa2_attn", "dpa2_incr", "se_e3_tebd_econf", "dpa2_econf")
 
 FITTING = {"type": "ener", "neuron": [8, 8], "resnet_dt": True, "seed": 3, "precision": "float64"}
 MODELS = {
@@ -140,6 +140,28 @@ MODELS = {
         "descriptor": {"type": "se_e3_tebd", "sel": 20, "rcut_smth": 0.5, "rcut": 3.0, "neuron": [4, 8],
                        "tebd_dim": 4, "tebd_input_mode": "strip", "set_davg_zero": False, "resnet_dt": True,
                        "seed": 2, "precision": "float64"},
+        "fitting_net": FITTING,
+    },
+    # use_econf_tebd: the type embedding reads each element's electronic-configuration vector
+    "se_atten_econf": {
+        "descriptor": {"type": "se_atten", "sel": 36, "rcut_smth": 0.5, "rcut": 3.5, "neuron": [4, 8],
+                       "axis_neuron": 4, "attn": 8, "attn_layer": 1, "tebd_dim": 4, "seed": 4,
+                       "use_econf_tebd": True, "use_tebd_bias": True, "precision": "float64"},
+        "fitting_net": FITTING,
+    },
+    "se_e3_tebd_econf": {
+        "descriptor": {"type": "se_e3_tebd", "sel": 20, "rcut_smth": 0.5, "rcut": 3.0, "neuron": [4, 8],
+                       "tebd_dim": 4, "tebd_input_mode": "strip", "seed": 5, "use_econf_tebd": True,
+                       "precision": "float64"},
+        "fitting_net": FITTING,
+    },
+    "dpa2_econf": {
+        "descriptor": {"type": "dpa2", "seed": 6, "precision": "float64", "use_econf_tebd": True,
+                       "repinit": {"tebd_dim": 4, "rcut": 3.5, "rcut_smth": 0.5, "nsel": 30, "neuron": [4, 8],
+                                   "axis_neuron": 4},
+                       "repformer": {"rcut": 2.5, "rcut_smth": 2.0, "nsel": 12, "nlayers": 1, "g1_dim": 16,
+                                     "g2_dim": 8, "attn2_hidden": 4, "attn2_nhead": 2, "attn1_hidden": 8,
+                                     "attn1_nhead": 2, "axis_neuron": 2}},
         "fitting_net": FITTING,
     },
 }

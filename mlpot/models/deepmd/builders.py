@@ -23,6 +23,7 @@ from mlpot.models.deepmd.descriptors import DESCRIPTORS
 from mlpot.models.deepmd.fitting import FITTINGS
 from mlpot.models.deepmd.spin import build_spin
 from mlpot.models.deepmd.standard import StandardModel
+from mlpot.models.deepmd.type_embedding import set_econf_inputs
 
 __all__ = ["build_standard", "resolve_auto_sel", "descriptor_section", "wants_auto_sel"]
 
@@ -55,6 +56,7 @@ def build_standard(config: Dict[str, Any], dtype: torch.dtype) -> StandardModel:
         descriptor = descriptor_cls.from_config(section, n_types, dtype, type_embedding=values["type_embedding"])
     else:
         descriptor = descriptor_cls.from_config(section, n_types, dtype)
+    set_econf_inputs(descriptor, type_map)  # use_econf_tebd: the elements' configuration vectors
     if values["compress"] is not None:  # a compressed model: empty tables, filled by its state dict
         prepare_compressed(descriptor, values["compress"])
     fitting_section = values["fitting_net"]

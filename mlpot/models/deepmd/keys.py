@@ -102,7 +102,7 @@ _ATTENTION: Dict[str, Key] = {
     "concat_output_tebd": key(True, annotation=bool),
     "trainable_ln": key(True, annotation=bool),
     "ln_eps": key(None, annotation=Optional[Number]),
-    "use_econf_tebd": unsupported(False, note="electronic-configuration type embedding (DPA-2/3 era): not built; the learned embedding is used"),
+    "use_econf_tebd": key(False, note="input of the type embedding: the element's electronic-configuration vector (118 entries, mlpot.models.deepmd.econf) instead of a one-hot vector; types must be element symbols", annotation=bool),
     "use_tebd_bias": key(False, note="bias in the type-embedding layer", annotation=bool),
     "type_map": ignored(note="taken from model/type_map"),
 }
@@ -138,7 +138,7 @@ SE_E3_TEBD: Dict[str, Key] = {
     "tebd_input_mode": key("concat", note='"concat" or "strip"', annotation=str),
     "smooth": key(True, note="strip mode: the type-pair embedding is multiplied by sw_j sw_k", annotation=bool),
     "concat_output_tebd": key(True, annotation=bool),
-    "use_econf_tebd": unsupported(False, note="electronic-configuration type embedding: not built; the learned embedding is used"),
+    "use_econf_tebd": key(False, note="input of the type embedding: the element's electronic-configuration vector (118 entries, mlpot.models.deepmd.econf) instead of a one-hot vector; types must be element symbols", annotation=bool),
     "use_tebd_bias": key(True, note="bias in the type-embedding layer (true by default for se_e3_tebd)", annotation=bool),
     "type_map": ignored(note="taken from model/type_map"),
 }
@@ -159,7 +159,7 @@ TYPE_EMBEDDING_KEYS: Dict[str, Key] = {
     "neuron": key([8], annotation=Neurons), "activation_function": key("tanh", annotation=str),
     "resnet_dt": key(False, annotation=bool), "precision": key("default", annotation=str),
     "trainable": key(True, annotation=bool), "seed": key(None, annotation=Optional[int]),
-    "use_tebd_bias": key(False, annotation=bool), "use_econf_tebd": unsupported(False, note="electronic-configuration type embedding: not built"),
+    "use_tebd_bias": key(False, annotation=bool), "use_econf_tebd": key(False, note="electronic-configuration input (as for se_atten); checked against DeePMD-kit only through its PyTorch descriptors (this section is TensorFlow-era)", annotation=bool),
 }
 
 # ---- fittings (model/fitting_net) ----------------------------------------------------------------

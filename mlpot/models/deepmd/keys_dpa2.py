@@ -34,8 +34,8 @@ DPA2: Dict[str, Key] = {
     "seed": key(None, note="initial weights (mlpot's own random streams, not DeePMD-kit's)", annotation=Optional[int]),
     "add_tebd_to_repinit_out": key(False, note="add a linear map of the centre's type embedding to the repinit "
                                    "output", annotation=bool),
-    "use_econf_tebd": unsupported(False, note="electronic-configuration type embedding: not built; the learned "
-                                  "embedding is used"),
+    "use_econf_tebd": key(False, note="input of the type embedding: the element's electronic-configuration vector "
+                          "(118 entries) instead of a one-hot vector; types must be element symbols", annotation=bool),
     "use_tebd_bias": key(False, note="bias in the type-embedding layer", annotation=bool),
     "type_map": ignored(note="taken from model/type_map"),
 }

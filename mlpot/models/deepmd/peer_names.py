@@ -114,9 +114,21 @@ def _se_e2(source: _FileTensors, block: str, descriptor, out: Dict[str, torch.Te
         _net(source, f"{block}filter_layers.networks.{deepmd_index}.", net, f"descriptor.embeddings.{index}.", out)
 
 
+def _type_embedding(source: _FileTensors, embedding, out: Dict[str, torch.Tensor]) -> None:
+    """The type-embedding net; use_econf_tebd: the input rows (electronic configurations of the
+    type_map's elements) that a frozen archive holds must be mlpot's own (mlpot.models.deepmd.econf)."""
+    _net(source, _TYPE_EMBEDDING, embedding, "descriptor.type_embedding.", out)
+    name = _TYPE_EMBEDDING.replace("embedding_net.", "econf_tebd")
+    if name in source.tensors:  # frozen archives only (an attribute, not in the training state dict)
+        rows = source.take(name, embedding.inputs.shape)
+        if not torch.allclose(rows.to(embedding.inputs.dtype), embedding.inputs, rtol=0, atol=1e-12):
+            raise CheckpointError(f"DeePMD-kit parameter {name}: the electronic-configuration rows of the file differ "
+                                  "from mlpot's for the model's type_map", file=source.file)
+
+
 def _type_embedded_nets(source: _FileTensors, block: str, descriptor, out: Dict[str, torch.Tensor]) -> None:
     """The type embedding and the one embedding net (+ the strip-mode type-pair net) of se_atten / se_e3_tebd."""
-    _net(source, _TYPE_EMBEDDING, descriptor.type_embedding, "descriptor.type_embedding.", out)
+    _type_embedding(source, descriptor.type_embedding, out)
     _net(source, f"{block}filter_layers.networks.0.", descriptor.embedding, "descriptor.embedding.", out)
     if descriptor.type_pair_embedding is not None:
         _net(source, f"{block}filter_layers_strip.networks.0.", descriptor.type_pair_embedding,
@@ -136,7 +148,7 @@ def _se_atten(source: _FileTensors, block: str, descriptor, out: Dict[str, torch
 def _dpa2(source: _FileTensors, block: str, descriptor, out: Dict[str, torch.Tensor]) -> None:
     """DPA-2: the type embedding, the repinit (se_atten) and three-body blocks, the linear maps, and
     the repformer stack, whose module names are DeePMD-kit's (``weight`` spelled ``matrix``)."""
-    _net(source, _TYPE_EMBEDDING, descriptor.type_embedding, "descriptor.type_embedding.", out)
+    _type_embedding(source, descriptor.type_embedding, out)
     for name, module in (("repinit", descriptor.repinit), ("repinit_three_body", descriptor.three_body)):
         if module is None:
             continue

@@ -58,7 +58,8 @@ class DescriptorDPA2(Descriptor):
         self.n_types = int(n_types)
         tebd_dim = int(ri["tebd_dim"])
         self.type_embedding = TypeEmbedding(n_types, [tebd_dim], activation_function="linear",
-                                            use_tebd_bias=values["use_tebd_bias"], trainable=trainable,
+                                            use_tebd_bias=values["use_tebd_bias"], use_econf_tebd=values["use_econf_tebd"],
+                                            trainable=trainable,
                                             seed=None if seed is None else seed + 2, dtype=dtype)
         self.repinit = DescriptorSeAtten(
             n_types, ri["nsel"], rcut=ri["rcut"], rcut_smth=ri["rcut_smth"], neuron=ri["neuron"],

@@ -109,7 +109,8 @@ class DescriptorSeAtten(MixedTypesDescriptor):
                  tebd_input_mode: str = "concat", attn: int = 128, attn_layer: int = 2, attn_dotr: bool = True,
                  scaling_factor: float = 1.0, normalize: bool = True, temperature: Optional[float] = None,
                  attn_mask: bool = False, concat_output_tebd: bool = True, trainable_ln: bool = True,
-                 ln_eps: Optional[float] = None, use_tebd_bias: bool = False, smooth_type_embedding: bool = False,
+                 ln_eps: Optional[float] = None, use_tebd_bias: bool = False, use_econf_tebd: bool = False,
+                 smooth_type_embedding: bool = False,
                  dtype: torch.dtype = torch.float64, config: Optional[Dict[str, Any]] = None,
                  path: str = "model/descriptor", own_type_embedding: bool = True):
         super().__init__()
@@ -131,7 +132,7 @@ class DescriptorSeAtten(MixedTypesDescriptor):
         # DeePMD-kit's PyTorch type embedding of dpa1 has a linear layer (its TypeEmbedNet), not tanh
         # without own_type_embedding (a block of DPA-2) the caller owns the embedding and calls _atom_rows
         self.type_embedding = TypeEmbedding(n_types, [int(tebd_dim)], activation_function="linear",
-                                            use_tebd_bias=use_tebd_bias, trainable=trainable,
+                                            use_tebd_bias=use_tebd_bias, use_econf_tebd=use_econf_tebd, trainable=trainable,
                                             seed=None if seed is None else seed + 2, dtype=dtype) \
             if own_type_embedding else None
         tebd_width = int(tebd_dim) * (1 if self.type_one_side else 2)

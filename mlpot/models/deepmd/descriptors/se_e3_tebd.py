@@ -47,7 +47,8 @@ class DescriptorSeE3Tebd(MixedTypesDescriptor):
                  tebd_dim: int = 8, tebd_input_mode: str = "concat", resnet_dt: bool = False,
                  set_davg_zero: bool = True, activation_function: str = "tanh", env_protection: float = 0.0,
                  smooth: bool = True, exclude_types=(), trainable: bool = True, seed: Optional[int] = None,
-                 concat_output_tebd: bool = True, use_tebd_bias: bool = True, dtype: torch.dtype = torch.float64,
+                 concat_output_tebd: bool = True, use_tebd_bias: bool = True, use_econf_tebd: bool = False,
+                 dtype: torch.dtype = torch.float64,
                  config: Optional[Dict[str, Any]] = None, path: str = "model/descriptor"):
         super().__init__()
         nsel = int(sum(sel)) if isinstance(sel, (list, tuple)) else int(sel)
@@ -64,7 +65,7 @@ class DescriptorSeE3Tebd(MixedTypesDescriptor):
         self.m1 = self.neuron[-1]
         seed = None if seed is None else int(seed)
         self.type_embedding = TypeEmbedding(n_types, [int(tebd_dim)], activation_function="linear",
-                                            use_tebd_bias=use_tebd_bias, trainable=trainable,
+                                            use_tebd_bias=use_tebd_bias, use_econf_tebd=use_econf_tebd, trainable=trainable,
                                             seed=None if seed is None else seed + 2, dtype=dtype)
         net = dict(activation=activation_function, resnet_dt=resnet_dt, trainable=trainable, dtype=dtype)
         concat = tebd_input_mode == "concat"
