@@ -45,7 +45,7 @@ DESCRIPTORS: Dict[str, Dict[str, Key]] = DESCRIPTOR_KEYS
 FITTINGS: Dict[str, Dict[str, Key]] = FITTING_KEYS
 # the standard model's keys plus the keys of the input layout that the front-end handles itself
 MODEL: Dict[str, Key] = {
-    **STANDARD_KEYS,
+    **{name: record for name, record in STANDARD_KEYS.items() if name != "nvnmd"},  # native only: from the nvnmd section
     "shared_dict": _k(S, note="multi-task: name -> descriptor section or type_map list, referenced by name from model_dict"),
     "model_dict": _k(S, note="multi-task (PyTorch layout): task -> model section; descriptor/type_map may name a shared_dict entry (share level 0)"),
     "fitting_net_dict": _k(S, note="multi-task (TF 2.x layout): task -> fitting_net, one shared descriptor"),

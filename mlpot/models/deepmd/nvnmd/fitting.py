@@ -1,0 +1,62 @@
+"""NVNMD's energy fitting net: DeePMD-kit's TF ``ener`` fitting with the tanh4 activation, and
+its quantised (QNN) forward emulated in software.
+
+Layout as DeePMD-kit's TF fitting: one net per type, hidden layers y = tanh4(x W + b) with a skip
+(y + x) on hidden layers after the first whose width equals the previous one's, a linear output
+layer, no time step. Quantised mode (``quantize``), per layer, with q23 = rounding to 23 fraction
+bits (``mlpot.nn.quantize.fixed_point``): x, W and b in q23; x W with W rounded to 20 fraction
+bits (DeePMD-kit's matmul_fitnet_nvnmd keeps NBIT_FIT_SHORT_FL = 19 bits plus sign; rounding, not
+flooring, matches its energies: 2e-4 eV on 192 water atoms, against 2.4e-3 eV), then q23; q23(x W + b); q23(tanh4(.)) on hidden
+layers. Gradients pass straight through the roundings.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from mlpot.errors import ConfigError
+from mlpot.models.deepmd.fitting import EnerFitting
+from mlpot.nn import FittingNet
+from mlpot.nn.quantize import fixed_point, tanh4
+
+__all__ = ["NvnmdEnerFitting", "QuantizedFittingNet"]
+
+NBIT_DATA, NBIT_WEIGHT = 23, 20
+
+
+class QuantizedFittingNet(FittingNet):
+    """A ``FittingNet`` whose forward is NVNMD's quantised one when ``quantize`` is set."""
+
+    quantize = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.quantize:
+            return super().forward(x)
+        y = fixed_point(x, NBIT_DATA)
+        for layer in self.layers:
+            weight = fixed_point(fixed_point(layer.weight, NBIT_DATA), NBIT_WEIGHT)
+            hidden = fixed_point(fixed_point(y @ weight, NBIT_DATA) + fixed_point(layer.bias, NBIT_DATA), NBIT_DATA)
+            out = fixed_point(tanh4(hidden), NBIT_DATA) if layer.activation_name is not None else hidden
+            y = y + out if layer.skip else out
+        return y
+
+
+class NvnmdEnerFitting(EnerFitting):
+    """``ener`` fitting of an NVNMD model (built by ``mlpot.models.deepmd.nvnmd.build_nvnmd``)."""
+
+    def setup_nvnmd(self, quantize: bool, path: str = "model/fitting_net") -> None:
+        """Check the net against the hardware's, switch the first layer's skip off (TF layout) and
+        set the quantised mode."""
+        first = self.nets[0].layers[0]
+        if first.activation_name != "tanh4":
+            raise ConfigError(f"NVNMD fitting nets use activation_function tanh4, got {first.activation_name!r}",
+                              key=f"{path}/activation_function")
+        if any(layer.idt is not None for net in self.nets for layer in net.layers):
+            raise ConfigError("NVNMD fitting nets have no time step: set resnet_dt false", key=f"{path}/resnet_dt")
+        if self.numb_fparam or self.numb_aparam or self.mixed_types:
+            raise ConfigError("NVNMD fitting nets take the descriptor only (no fparam / aparam)", key=path)
+        for net in self.nets:
+            net.__class__ = QuantizedFittingNet  # same parameters, NVNMD's forward
+            net.layers[0].skip = False
+            net.quantize = bool(quantize)
+        self.quantize = bool(quantize)
