@@ -4,9 +4,11 @@ its quantised (QNN) forward emulated in software.
 Layout as DeePMD-kit's TF fitting: one net per type, hidden layers y = tanh4(x W + b) with a skip
 (y + x) on hidden layers after the first whose width equals the previous one's, a linear output
 layer, no time step. Quantised mode (``quantize``), per layer, with q23 = rounding to 23 fraction
-bits (``mlpot.nn.quantize.fixed_point``): x, W and b in q23; x W with W rounded to 20 fraction
-bits (DeePMD-kit's matmul_fitnet_nvnmd keeps NBIT_FIT_SHORT_FL = 19 bits plus sign; rounding, not
-flooring, matches its energies: 2e-4 eV on 192 water atoms, against 2.4e-3 eV), then q23; q23(x W + b); q23(tanh4(.)) on hidden
+bits (``mlpot.nn.quantize.fixed_point``): x, W and b in q23; x W with each column of W scaled by
+the power of two that bounds it and floored to 20 fraction bits there (DeePMD-kit's
+matmul_fitnet_nvnmd: NBIT_FIT_SHORT_FL = 19 bits plus sign; probed through its op, this matches
+its hidden layers to 1e-7; its output layer, normw 0, differs from it by about 6e-5 per atom, for
+reasons not found), then q23; q23(x W + b); q23(tanh4(.)) on hidden
 layers. Gradients pass straight through the roundings.
 """
 
@@ -34,11 +36,18 @@ class QuantizedFittingNet(FittingNet):
             return super().forward(x)
         y = fixed_point(x, NBIT_DATA)
         for layer in self.layers:
-            weight = fixed_point(fixed_point(layer.weight, NBIT_DATA), NBIT_WEIGHT)
+            weight = _short_weight(fixed_point(layer.weight, NBIT_DATA))
             hidden = fixed_point(fixed_point(y @ weight, NBIT_DATA) + fixed_point(layer.bias, NBIT_DATA), NBIT_DATA)
             out = fixed_point(tanh4(hidden), NBIT_DATA) if layer.activation_name is not None else hidden
             y = y + out if layer.skip else out
         return y
+
+
+def _short_weight(weight: torch.Tensor) -> torch.Tensor:
+    """W as the product unit reads it: per output column, scaled by the power of two 2^e that
+    bounds the column (e = ceil(log2 max |W|)), floored to 20 fraction bits, scaled back."""
+    scale = torch.exp2(torch.ceil(torch.log2(weight.detach().abs().amax(dim=0).clamp(min=2.0**-60))))
+    return fixed_point(weight / scale, NBIT_WEIGHT, "floor") * scale
 
 
 class NvnmdEnerFitting(EnerFitting):
