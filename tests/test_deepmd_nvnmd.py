@@ -215,3 +215,51 @@ def test_reproduces_deepmd_kit_tf(stage, tolerance, frames):
     energy, forces = _predict(model, frames)
     assert np.abs(energy - reference[f"{stage}/energy"]).max() < tolerance[0]
     assert np.abs(forces - reference[f"{stage}/forces"]).max() < tolerance[1]
+
+
+def _small_section(**descriptor) -> dict:
+    section = _section()
+    section["descriptor"].update(sel=[12, 12], rcut=3.5, **descriptor)
+    return section
+
+
+def test_continuous_model_forces_virial_and_invariance():
+    import mlpot.testing as T
+
+    model = build_model(_small_section())
+    with torch.no_grad():
+        model.descriptor.davg.copy_(torch.tensor([[0.1, 0.0, 0.0, 0.0]] * 2))
+        model.descriptor.dstd.copy_(torch.tensor([[0.2, 0.15, 0.15, 0.15]] * 2))
+    batch = T.random_batch(2, [8, 7], seed=1)
+    T.assert_derivatives_match_fd(model, batch)
+    T.assert_invariant(model, batch, atol=1e-9, rtol=1e-7)
+
+
+@pytest.mark.parametrize("descriptor, fitting, key, message", [
+    ({"type_one_side": False}, {}, "model/descriptor/type_one_side", "NVNMD needs type_one_side true"),
+    ({"resnet_dt": True}, {}, "model/descriptor/resnet_dt", "NVNMD needs resnet_dt"),
+    ({"activation_function": "gelu"}, {}, "model/descriptor/activation_function", "needs activation_function tanh"),
+    ({}, {"activation_function": "tanh"}, "model/fitting_net/activation_function", "use activation_function tanh4"),
+    ({}, {"numb_fparam": 1}, "model/fitting_net", "descriptor only"),
+    ({"type": "se_e2_r"}, {}, "model/descriptor/type", "uses descriptor se_e2_a"),
+])
+def test_native_nvnmd_sections_are_checked(descriptor, fitting, key, message):
+    section = _small_section(**descriptor)
+    section["fitting_net"].update(fitting)
+    with pytest.raises(ConfigError, match=message) as error:
+        build_model(section)
+    assert key in str(error.value).replace(".", "/")
+
+
+def test_quantised_model_without_tables_and_compression_are_refused(frames):
+    from mlpot.models.deepmd.compression import compress_model
+
+    qnn = build_model(_section(quantize=True))
+    with pytest.raises(ConfigError, match="has no tables: give nvnmd/map_file"):
+        _predict(qnn, frames[:1])
+    with pytest.raises(ConfigError, match="not supported yet: compressing an NVNMD model"):
+        compress_model(build_model(_section()), 0.9)
+    section = _section()
+    section["nvnmd"]["map_file"] = "map.npy"
+    with pytest.raises(ConfigError, match="quantised descriptor only"):
+        build_model(section)

@@ -44,7 +44,8 @@ class DescriptorSeANvnmd(DescriptorSeA):
 
     def setup_nvnmd(self, quantize: bool, max_nnei: int, path: str = "model/descriptor") -> None:
         """Check the section against what the hardware computes and set the NVNMD parts up."""
-        checks = (("type_one_side", self.type_one_side, True), ("resnet_dt", self.embeddings[0].layers[0].idt is not None, False),
+        time_step = any(layer.idt is not None for net in self.embeddings for layer in net.layers)
+        checks = (("type_one_side", self.type_one_side, True), ("resnet_dt", time_step, False),
                   ("exclude_types", self.has_excluded_pairs, False), ("env_protection", self.env_protection != 0.0, False),
                   ("type_embedding", self.type_embedding is not None, False))
         for name, value, wanted in checks:
