@@ -86,6 +86,12 @@ def test_cubic_table_reproduces_a_cubic_and_its_slope():
     assert torch.allclose(y, torch.as_tensor(f(x.detach().numpy())), atol=1e-12)
     (slope,) = torch.autograd.grad(y.sum(), x)
     assert torch.allclose(slope, torch.as_tensor(df(x.detach().numpy())), atol=1e-12)
+    # with a slope table (here of 2 x + 5, a made-up slope) the value stays, the derivative is the table's
+    slope_coef = torch.as_tensor(_hermite(fine, (2 * fine + 5)[:, None], np.full((17, 1), 2.0), segments))
+    y2 = cubic_table(x, coef, segments, slope=slope_coef)[:, 0]
+    assert torch.equal(y2, y)
+    (slope2,) = torch.autograd.grad(y2.sum(), x)
+    assert torch.allclose(slope2, 2 * x.detach() + 5, atol=1e-12)
 
 
 def _cnn_and_qnn(frames):
@@ -106,7 +112,7 @@ def test_quantised_model_agrees_with_the_continuous_one(frames):
     e_qnn, f_qnn = _predict(qnn, frames)
     assert np.all(e_qnn != e_cnn)  # the quantisation does change the numbers...
     assert np.abs(e_qnn - e_cnn).max() / 192 < 2e-6  # ...by 1.7e-7 eV/atom (23 fraction bits, tables)
-    assert np.abs(f_qnn - f_cnn).max() < 0.01 * np.abs(f_cnn).max()  # measured 6e-5 of 0.06 eV/Å
+    assert np.abs(f_qnn - f_cnn).max() < 1e-3 * np.abs(f_cnn).max()  # measured 1.2e-5 of 0.06 eV/Å
     seen = []
     qnn.descriptor.register_forward_hook(lambda module, inputs, output: seen.append(output[0].detach()))
     _predict(qnn, frames[:1])
@@ -208,7 +214,7 @@ def _reference_model(reference, quantize: bool):
     return qnn
 
 
-@pytest.mark.parametrize("stage, tolerance", [("cnn", (1e-9, 1e-12)), ("qnn", (1e-4, 5e-5))])  # measured: 1e-11, 2e-16; 4e-5, 1.2e-5
+@pytest.mark.parametrize("stage, tolerance", [("cnn", (1e-9, 1e-12)), ("qnn", (1e-4, 5e-6))])  # measured: 1e-11, 2e-16; 4e-5, 8e-7
 def test_reproduces_deepmd_kit_tf(stage, tolerance, frames):
     reference = dict(np.load(REFERENCE))
     model = _reference_model(reference, quantize=stage == "qnn")

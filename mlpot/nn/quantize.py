@@ -57,14 +57,13 @@ def tanh4(x: torch.Tensor) -> torch.Tensor:
 
 
 def cubic_table(x: torch.Tensor, coef: torch.Tensor, segments: Sequence[Sequence[float]],
-                variant: Optional[torch.Tensor] = None) -> torch.Tensor:
+                variant: Optional[torch.Tensor] = None, slope: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Piecewise cubic lookup: x (n,) -> (n, n_columns) from coef (n_rows, 4 * n_columns), whose
-    columns run (a, b, c, d) per output column; differentiable in x (the cubic's own slope).
+    columns run (a, b, c, d) per output column; differentiable in x: by the cubic's own slope, or,
+    with ``slope`` (a table of the same layout for dy/dx), by that table's value.
     ``variant`` (n,) long: several tables stacked in coef, one block of rows per variant, each
     laid out as ``segments`` say; entry i reads block variant[i]."""
-    n_columns = coef.shape[1] // 4
     block = max(int(row1) for *_, row1 in segments)
-    coef = coef.reshape(coef.shape[0], n_columns, 4)
     row = torch.zeros_like(x, dtype=torch.long)
     offset = torch.zeros_like(x)
     chosen = torch.zeros_like(x, dtype=torch.bool)
@@ -78,6 +77,14 @@ def cubic_table(x: torch.Tensor, coef: torch.Tensor, segments: Sequence[Sequence
         chosen = chosen | inside
     if variant is not None:
         row = row + variant * block
-    a, b, c, d = coef.index_select(0, row).unbind(-1)  # each (n, n_columns)
+    if slope is None:
+        return _cubic(coef, row, offset)
+    offset = offset.detach()
+    return _cubic(coef, row, offset) + _cubic(slope, row, offset) * (x - x.detach()).unsqueeze(1)
+
+
+def _cubic(coef: torch.Tensor, row: torch.Tensor, offset: torch.Tensor) -> torch.Tensor:
+    """d + t (c + t (b + a t)) of the rows ``row`` of coef at t = offset: (n, n_columns)."""
+    a, b, c, d = coef.reshape(coef.shape[0], -1, 4).index_select(0, row).unbind(-1)
     t = offset.unsqueeze(1)
     return d + t * (c + t * (b + a * t))

@@ -11,7 +11,8 @@ Differences from se_e2_a (``DescriptorSeA``), per the NVNMD training code (npj C
 Quantised mode (QNN, ``quantize``) emulates the hardware's arithmetic in software: per slot u = r^2
 and the vector r_ij as short floats (``mlpot.nn.quantize.short_float``); s~ and h~ = s/r / dstd_1
 read from the u -> (s, h) table of the centre type, G from the s -> G table of the neighbour type
-(cubic pieces, ``tables.py``); R~ = (s~, h~ x, h~ y, h~ z) in short floats; sum_k R~^T G rounded
+(cubic pieces, ``tables.py``; their derivatives from the slope tables, as DeePMD-kit's backward
+reads them); R~ = (s~, h~ x, h~ y, h~ z) in short floats; sum_k R~^T G rounded
 to 23 fraction bits; A = that / N_X in short floats; A^T A in short floats; D floored to 23
 fraction bits. Padded slots have u = 0 and r = 0, so their row is (s~(0), 0, 0, 0) = (-davg/dstd,
 0, 0, 0) as in the continuous model. The tables are buffers (saved with the model); they come from
@@ -65,9 +66,9 @@ class DescriptorSeANvnmd(DescriptorSeA):
         self.quantize = bool(quantize)
         if self.quantize:
             dtype = self.davg.dtype
-            self.register_buffer("s_table", torch.zeros(self.n_types * U_ROWS, 4, dtype=dtype))
-            self.register_buffer("h_table", torch.zeros(self.n_types * U_ROWS, 4, dtype=dtype))
-            self.register_buffer("g_table", torch.zeros(self.n_types * S_ROWS, 4 * self.m1, dtype=dtype))
+            for name, width in (("s", 4), ("h", 4), ("g", 4 * self.m1)):  # values and slopes (map.npy's *_grad)
+                self.register_buffer(f"{name}_table", torch.zeros(self.n_types * U_ROWS, width, dtype=dtype))
+                self.register_buffer(f"{name}_slope", torch.zeros(self.n_types * U_ROWS, width, dtype=dtype))
             self.register_buffer("u_segments", torch.zeros(1, 5, dtype=torch.float64))
             self.register_buffer("s_segments", torch.zeros(2, 5, dtype=torch.float64))
             self.register_buffer("tables_ready", torch.zeros((), dtype=torch.bool))
@@ -75,9 +76,11 @@ class DescriptorSeANvnmd(DescriptorSeA):
     def set_tables(self, tables: Dict[str, Any]) -> None:
         """Fill the table buffers from a DeePMD-kit map.npy dictionary (``tables.py``)."""
         dtype = self.davg.dtype
-        for name, key, width in (("s_table", "s", 4), ("h_table", "h", 4), ("g_table", "g", 4 * self.m1)):
-            value = torch.as_tensor(_stack(tables[key], self.n_types, width, key), dtype=dtype)
-            getattr(self, name).copy_(value)
+        for key, width in (("s", 4), ("h", 4), ("g", 4 * self.m1)):
+            for name, entry in ((f"{key}_table", key), (f"{key}_slope", f"{key}_grad")):
+                if entry not in tables:
+                    raise ConfigError(f"the map has no {entry!r} table", key="model/nvnmd/map_file")
+                getattr(self, name).copy_(torch.as_tensor(_stack(tables[entry], self.n_types, width, entry), dtype=dtype))
         self.u_segments.copy_(torch.as_tensor(tables["cfg_u2s"], dtype=torch.float64).reshape(1, 5))
         self.s_segments.copy_(torch.as_tensor(tables["cfg_s2g"], dtype=torch.float64).reshape(2, 5))
         self.tables_ready.fill_(True)
@@ -99,12 +102,13 @@ class DescriptorSeANvnmd(DescriptorSeA):
         rij = short_float(rij, NBIT_MANTISSA)
         centre = batch[ATOM_TYPES].repeat_interleave(n_slots)
         u_segments = self._segments("u_segments")
-        s = short_float(cubic_table(u, self.s_table, u_segments, variant=centre), NBIT_MANTISSA)
-        h = short_float(cubic_table(u, self.h_table, u_segments, variant=centre), NBIT_MANTISSA)
+        s = short_float(cubic_table(u, self.s_table, u_segments, centre, self.s_slope), NBIT_MANTISSA)
+        h = short_float(cubic_table(u, self.h_table, u_segments, centre, self.h_slope), NBIT_MANTISSA)
         rxyz = short_float(h.reshape(n_atoms, n_slots, 1) * rij, NBIT_MANTISSA)
         env = torch.cat([s.reshape(n_atoms, n_slots, 1), rxyz], dim=-1)  # (n_atoms, n_slots, 4)
         neighbour = self.slot_types.repeat(n_atoms)
-        g = short_float(cubic_table(s.reshape(-1), self.g_table, self._segments("s_segments"), variant=neighbour), NBIT_MANTISSA)
+        g = cubic_table(s.reshape(-1), self.g_table, self._segments("s_segments"), neighbour, self.g_slope)
+        g = short_float(g, NBIT_MANTISSA)
         gr = fixed_point(torch.matmul(env.transpose(1, 2), g.reshape(n_atoms, n_slots, self.m1)), NBIT_FRACTION)
         return short_float(gr / self.nix, NBIT_MANTISSA)
 
