@@ -7,8 +7,7 @@ layer, no time step. Quantised mode (``quantize``), per layer, with q23 = roundi
 bits (``mlpot.nn.quantize.fixed_point``): x, W and b in q23; x W with each column of W scaled by
 the power of two that bounds it and floored to 20 fraction bits there (DeePMD-kit's
 matmul_fitnet_nvnmd: NBIT_FIT_SHORT_FL = 19 bits plus sign; probed through its op, this matches
-its hidden layers to 1e-7; its output layer, normw 0, differs from it by about 6e-5 per atom, for
-reasons not found), then q23; q23(x W + b); q23(tanh4(.)) on hidden
+it to 1e-7, in the hidden layers and in the one-column output layer), then q23; q23(x W + b); q23(tanh4(.)) on hidden
 layers. Gradients pass straight through the roundings.
 """
 
