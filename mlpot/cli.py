@@ -20,6 +20,7 @@ from mlpot.errors import MlpotError
 # command name -> (module, one-line help)
 COMMANDS = {
     "train": ("mlpot.commands.train", "train a model from a native YAML, DeePMD input.json, NequIP or MACE-SCF config"),
+    "train-nvnmd": ("mlpot.commands.train_nvnmd", "NVNMD's two training stages, continuous (-s s1) then quantised (-s s2) (dp train-nvnmd)"),
     "test": ("mlpot.commands.test", "evaluate a model on a dataset (RMSE/MAE per label, detail files, parity plot)"),
     "freeze": ("mlpot.commands.freeze", "turn a training checkpoint into a standalone model file"),
     "compress": ("mlpot.commands.compress", "tabulate a DeePMD model's embedding nets for faster inference (dp compress)"),

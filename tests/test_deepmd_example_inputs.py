@@ -1,6 +1,6 @@
 """DeePMD-kit's own example inputs run unchanged (issue: inputs read wrong, refused, or accepted and
 ignored): type_map from the data, num_epoch aliases, the early DPA-1 keys of examples/water/se_atten,
-NVNMD and DPA-4 keys named in the error, stat_file written and read back, enable_profiler, and
+NVNMD inputs sent to mlpot train-nvnmd and DPA-4 keys named in the error, stat_file written and read back, enable_profiler, and
 DeePMD-kit's default for change_bias_after_training.
 
 Tiny runs on the synthetic systems of ``tests.test_deepmd_extra_keys.write_system``.
@@ -92,7 +92,8 @@ def test_nvnmd_and_dpa4_keys_are_named(tmp_path):
     path = tmp_path / "train_cnn.json"
     path.write_text(json.dumps(nvnmd))
     assert deepmd.is_deepmd_config(path)
-    with pytest.raises(ConfigError, match=r"train_cnn\.json: nvnmd: not supported yet: nvnmd"):
+    with pytest.raises(ConfigError, match=r"train_cnn\.json: nvnmd.enable: an NVNMD input \(no model section\) is trained "
+                                          r"by mlpot train-nvnmd"):
         deepmd.convert(path)
     config = small_deepmd_input(tmp_path)
     config["model"]["use_compile"] = True

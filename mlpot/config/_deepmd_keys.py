@@ -45,7 +45,7 @@ DESCRIPTORS: Dict[str, Dict[str, Key]] = DESCRIPTOR_KEYS
 FITTINGS: Dict[str, Dict[str, Key]] = FITTING_KEYS
 # the standard model's keys plus the keys of the input layout that the front-end handles itself
 MODEL: Dict[str, Key] = {
-    **STANDARD_KEYS,
+    **{name: record for name, record in STANDARD_KEYS.items() if name != "nvnmd"},  # native only: from the nvnmd section
     "shared_dict": _k(S, note="multi-task: name -> descriptor section or type_map list, referenced by name from model_dict"),
     "model_dict": _k(S, note="multi-task (PyTorch layout): task -> model section; descriptor/type_map may name a shared_dict entry (share level 0)"),
     "fitting_net_dict": _k(S, note="multi-task (TF 2.x layout): task -> fitting_net, one shared descriptor"),
@@ -168,6 +168,7 @@ TRAINING = {
     "save_ckpt": _k(S),
     "max_ckpt_keep": _k(S, kind=INT),
     "save_dir": _k(S, note="folder of the checkpoints, the checkpoint pointer file and the model.ckpt.pt link (native checkpoint.dir)"),
+    "numb_test": _k(I, note="deprecated since DeePMD-kit v2.0 (no effect there; its input conversion drops it, with a warning)"),
     "disp_training": _k(S, kind=FLAG),
     "time_training": _k(S, kind=FLAG),
     "disp_avg": _k(S, note="training lcurve columns averaged over the steps since the previous display (multi-task: over the steps of each task)", kind=FLAG),
@@ -212,9 +213,28 @@ TOP = {
     "training": _k(S),
     "optimizer": _k(S),
     "validating": _k(S, note="full validation of the whole validation set, val.log and best checkpoints (table `validating`)"),
-    "nvnmd": _k(U, default=None, note="NVNMD (quantised networks for the NVNMD hardware): the CNN->QNN flow is not built"),
+    "nvnmd": _k(S, note="NVNMD (quantised networks for the NVNMD hardware), emulated in software: table `nvnmd`; the two stages are `mlpot train-nvnmd -s s1|s2`"),
     "loss_dict": _k(S, note="multi-task: task -> loss section (TF 2.x layout: a task left out gets the default loss)"),
     "learning_rate_dict": _k(S, note="multi-task, TF 2.x: accepted when every task has the same schedule (one optimizer); per-task schedules not supported yet"),
+}
+
+# ---- nvnmd (DeePMD-kit TF; translated by _deepmd_nvnmd.py, built by mlpot.models.deepmd.nvnmd) --------
+NVNMD = {
+    "version": _k(S, default=0, note="0: se_a model, up to 4 types; 1 (se_atten, 32 types): not supported yet", kind=INT),
+    "max_nnei": _k(S, default=128, note="128 or 256: the largest sel entry allowed", kind=INT),
+    "net_size": _k(S, default=128, note="width of the 3 fitting layers; NVNMD builds 128 only", kind=INT),
+    "map_file": _k(S, default="none", note="map.npy: tables of the quantised descriptor (relative to the input's folder)"),
+    "config_file": _k(S, default="none", note="config.npy: read and checked against the model (sel, rcut, rcut_smth, neuron, axis_neuron)"),
+    "weight_file": _k(S, default="none", note="weight.npy of the first stage: read by mlpot train-nvnmd -s s2; in mlpot train not supported yet"),
+    "enable": _k(S, default=False, note="NVNMD model (else the nvnmd section must keep its defaults); an input without model section needs it for mlpot train", kind=FLAG),
+    "restore_descriptor": _k(S, default=False, note="mlpot train-nvnmd -s s2 (from weight.npy, embedding frozen); in mlpot train not supported yet", kind=FLAG),
+    "restore_fitting_net": _k(S, default=False, note="mlpot train-nvnmd -s s2 (from weight.npy, trained further); in mlpot train not supported yet", kind=FLAG),
+    "quantize_descriptor": _k(S, default=False, note="quantised descriptor: map tables, short floats (20 fraction bits), 23-bit fixed point", kind=FLAG),
+    "quantize_fitting_net": _k(S, default=False, note="quantised fitting nets: 23-bit fixed point, weights rounded to 20 bits in the products", kind=FLAG),
+    "sel": _k(S, note="NVNMD input without model section: the se_e2_a sel (each at most max_nnei)"),
+    "rcut": _k(S, note="NVNMD input without model section: Å", kind=NUM),
+    "rcut_smth": _k(S, note="NVNMD input without model section: Å", kind=NUM),
+    "type_map": _k(S, note="NVNMD input without model section (else from the data)"),
 }
 
 # ---- validating (DeePMD-kit 3.2 full validation; checked and converted by _deepmd_validating.py) ------
@@ -252,4 +272,5 @@ def all_tables() -> Dict[str, Dict[str, DeepmdKey]]:
     tables["training/validation_data"] = VALIDATION_DATA
     tables["training/data_dict/<task>"] = TASK_DATA
     tables["validating"] = VALIDATING
+    tables["nvnmd"] = NVNMD
     return tables

@@ -31,6 +31,7 @@ from typing import Any, Dict, List, Optional, Tuple, Union
 
 from mlpot.config import _deepmd_keys as table
 from mlpot.config._deepmd_check import check_descriptor, check_section, check_typed, require_built
+from mlpot.config._deepmd_nvnmd import expand_nvnmd
 from mlpot.config import _deepmd_multitask as multitask
 from mlpot.config._deepmd_sections import (data_section, epochs, loss_section, lr_schedule, mixed_precision,
                                            model_dtype, type_map_from_data)
@@ -86,19 +87,27 @@ def is_deepmd_config(path_or_dict: Union[PathLike, Dict[str, Any]]) -> bool:
 
 
 
-def check_keys(config: Dict[str, Any], file: Optional[str] = None) -> Dict[str, Any]:
+def check_keys(config: Dict[str, Any], file: Optional[str] = None, base_dir: PathLike = ".") -> Dict[str, Any]:
     """Validate a DeePMD input dict key by key; return a cleaned deep copy.
 
     Comments are dropped, aliases renamed to canonical names, ignored keys removed. Raises
-    :class:`ConfigError` for unknown keys (with a suggestion) and for features not built yet.
+    :class:`ConfigError` for unknown keys (with a suggestion) and for features not built yet. An
+    ``nvnmd`` section becomes ``model`` / ``model/nvnmd`` (``_deepmd_nvnmd``; its files are relative
+    to ``base_dir``).
     """
     config = copy.deepcopy(config)
+    nvnmd_options = None
+    if isinstance(config, dict) and "nvnmd" in config:
+        config = expand_nvnmd(config, file, Path(base_dir))
+        nvnmd_options = config["model"].pop("nvnmd", None) if isinstance(config.get("model"), dict) else None
     out = check_section(config, table.TOP, [], file)
     for required in ("model", "training"):
         if required not in out:
             raise ConfigError(f"missing required section '{required}'", file=file, key=required)
     raw_model = out["model"]
     if multitask.is_multi_task(raw_model):
+        if nvnmd_options is not None:
+            raise ConfigError("not supported yet: nvnmd with a multi-task model", file=file, key="nvnmd")
         return multitask.check_multi_task(out, file)
     for section, keys in multitask.MULTI_TASK_ONLY.items():
         holder = out if not section else out.get(section)
@@ -107,6 +116,8 @@ def check_keys(config: Dict[str, Any], file: Optional[str] = None) -> Dict[str, 
                 raise ConfigError("a multi-task key: needs model/model_dict (or model/fitting_net_dict)",
                                   file=file, key=([section] if section else []) + [key])
     out["model"] = check_model(raw_model, file)
+    if nvnmd_options is not None:
+        out["model"]["nvnmd"] = nvnmd_options
     return _check_rest(out, file)
 
 
@@ -373,7 +384,7 @@ def convert_dict(config: Dict[str, Any], base_dir: PathLike = ".", file: Optiona
     """Check and translate an in-memory DeePMD input dict (see :func:`convert`)."""
     if keys is not None:
         keys.separator = "/"  # DeePMD's spelling of key paths, for every error about the input
-    checked = check_keys(config, file=file)
+    checked = check_keys(config, file=file, base_dir=base_dir)
     native = to_native(checked, base_dir=base_dir, file=file)
     if keys is not None:
         from mlpot.config._deepmd_origins import key_origins

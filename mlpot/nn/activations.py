@@ -3,7 +3,8 @@
 Names follow DeePMD-kit: tanh (default), gelu and gelu_tf (both the tanh approximation
 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))), as in every DeePMD-kit backend: TensorFlow's custom
 op and ``gelu(approximate=True)``, PyTorch's ``gelu(approximate="tanh")``), relu, relu6, softplus,
-sigmoid, silu, linear / none.
+sigmoid, silu, linear / none; and tanh4, NVNMD's quartic hardware activation (``mlpot.nn.quantize``),
+which the NVNMD fitting nets use (not a name DeePMD-kit's activation_function accepts).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from typing import Callable
 
 import torch
 
+from mlpot.nn.quantize import tanh4
 from mlpot.nn.registry import Registry
 
 __all__ = ["ACTIVATIONS", "get_activation"]
@@ -27,6 +29,7 @@ ACTIVATIONS.register("softplus", lambda x: torch.nn.functional.softplus(x))
 ACTIVATIONS.register("sigmoid", torch.sigmoid)
 ACTIVATIONS.register("silu", lambda x: torch.nn.functional.silu(x))
 ACTIVATIONS.register("linear", lambda x: x, aliases=("none",))
+ACTIVATIONS.register("tanh4", tanh4)
 
 
 def get_activation(name: str | None, *, key=None) -> Activation:

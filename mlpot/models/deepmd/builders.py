@@ -46,6 +46,15 @@ def build_standard(config: Dict[str, Any], dtype: torch.dtype) -> StandardModel:
     if values["pair_exclude_types"]:
         section["exclude_types"] = list(section.get("exclude_types", [])) + list(values["pair_exclude_types"])
     descriptor_cls = DESCRIPTORS.get(section["type"], key="model/descriptor/type")
+    if values["nvnmd"] is not None:  # NVNMD: its own descriptor and fitting classes
+        from mlpot.models.deepmd.nvnmd import build_nvnmd
+
+        for name in ("type_embedding", "compress", "use_srtab", "preset_out_bias", "modifier"):
+            if values.get(name) is not None:
+                raise ConfigError(f"not supported yet: model/{name} with model/nvnmd", key=f"model/{name}")
+        descriptor, fitting = build_nvnmd(values["nvnmd"], section, values["fitting_net"], n_types, dtype)
+        return StandardModel(type_map, descriptor, fitting, config, atom_exclude_types=values["atom_exclude_types"],
+                             data_stat_protect=values["data_stat_protect"], data_stat_nbatch=values["data_stat_nbatch"])
     if values["type_embedding"] is not None:  # TF-style type embedding section: se_e2_a, se_a_ebd_v2
         if not isinstance(values["type_embedding"], dict):
             raise ConfigError("needs a mapping", key="model/type_embedding")

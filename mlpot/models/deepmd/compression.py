@@ -192,6 +192,9 @@ def compress_model(model, min_nbor_dist: float, step: float = 0.01, extrapolate:
                           key="model/type")
     if model.config.get("compress") is not None:
         raise ConfigError("the model is already compressed", key="model/compress")
+    if model.config.get("nvnmd") is not None:
+        raise ConfigError("not supported yet: compressing an NVNMD model (its quantised stage has its own tables: "
+                          "mlpot train-nvnmd -s s2)", key="model/nvnmd")
     if not (min_nbor_dist > 0):
         raise ConfigError(f"min_nbor_dist must be positive, got {min_nbor_dist}", key="min_nbor_dist")
     check_compressible(descriptor)

@@ -259,6 +259,9 @@ STANDARD_KEYS: Dict[str, Key] = {
     "preset_out_bias": key(None, note='{"energy": [null or value per type]} (PT): fixed bias of those types, subtracted '
                            "before the least-squares fit of the rest and kept by change_bias_after_training; the vacuum "
                            "output is not removed (unlike atom_ener)", annotation=Any),
+    "nvnmd": key(None, note="NVNMD options (mlpot.models.deepmd.nvnmd): the hardware's se_a descriptor and tanh4 fitting, "
+                 "continuous or quantised; written by the DeePMD-kit front-end from an input's nvnmd section",
+                 annotation=Optional[dict]),
     "srtab_add_bias": key(True, note="add the type bias to the table part of the blend (TF)", annotation=bool),
     "use_srtab": key(None, note="pair table file (DeePMD-kit table format), blended in at short range",
                      annotation=Optional[str]),
