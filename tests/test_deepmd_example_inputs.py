@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import json
+from types import SimpleNamespace
 
 import h5py
 import numpy as np
@@ -172,9 +173,9 @@ def test_a_descriptor_without_sel_is_sel_auto_as_in_deepmd_kit_3():
     from mlpot.models.deepmd import resolve_from_data
 
     class Probe:
-        def max_neighbors(self, cutoff, type_map):
+        def statistics(self, cutoff, type_map):
             assert cutoff == 4.0 and list(type_map) == ["C", "H"]
-            return np.array([5, 9])
+            return SimpleNamespace(max_neighbors_per_type=[5, 9], max_neighbors_total=12)
 
     section = {"type_map": ["C", "H"], "descriptor": {"type": "se_e2_a", "rcut": 4.0, "neuron": [4], "axis_neuron": 2},
                "fitting_net": {"neuron": [4]}}
