@@ -21,9 +21,10 @@ def test_value_and_slope_equal_forward_and_autograd(activation, resnet_dt):
     reference = net(x)
     slope = torch.stack([torch.autograd.grad(reference[:, m].sum(), x, retain_graph=True)[0][:, 0]
                          for m in range(reference.shape[1])], dim=1)
-    values, slopes = net.value_and_slope(x.detach())
-    torch.testing.assert_close(values, reference.detach(), atol=1e-14, rtol=0)
-    torch.testing.assert_close(slopes, slope, atol=1e-13, rtol=1e-12)
+    for chunk in (2048, 10):  # one chunk, several
+        values, slopes = net.value_and_slope(x.detach(), chunk=chunk)
+        torch.testing.assert_close(values, reference.detach(), atol=1e-14, rtol=0)
+        torch.testing.assert_close(slopes, slope, atol=1e-13, rtol=1e-12)
     with pytest.raises(ValueError, match="one input"):
         EmbeddingNet(2, [4]).value_and_slope(torch.zeros(3, 2, dtype=torch.float64))
 

@@ -135,28 +135,36 @@ class MLP(torch.nn.Module):
         return y.to(x.dtype)  # a no-op in full precision
 
     @torch.no_grad()
-    def value_and_slope(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    def value_and_slope(self, x: torch.Tensor, chunk: int = 2048) -> Tuple[torch.Tensor, torch.Tensor]:
         """f(x) and df/dx of a net of one input: x (n, 1) -> two (n, out_dim) tensors, no graph.
 
         Forward-mode differentiation layer by layer (tangent dy = act'(z) (dx W) [* idt] + skip(dx)),
-        in place: the first derivative for an inference backward pass that needs nothing else of
-        the net (``mlpot.nn.gathered_contraction``). Same numbers as ``forward`` and autograd, to
-        rounding. Full precision only (``compute_dtype`` None).
+        in place, ``chunk`` rows at a time (the layers' temporaries stay in cache): the first
+        derivative for an inference backward pass that needs nothing else of the net
+        (``mlpot.nn.gathered_contraction``). Same numbers as ``forward`` and autograd, to rounding.
+        Full precision only (``compute_dtype`` None).
         """
         if self.in_dim != 1 or self.compute_dtype is not None:
             raise ValueError("value_and_slope needs a net of one input in full precision")
+        if x.shape[0] <= chunk:
+            return self._value_and_slope(x)
+        values, slopes = x.new_empty(x.shape[0], self.out_dim), x.new_empty(x.shape[0], self.out_dim)
+        for start in range(0, x.shape[0], chunk):
+            values[start:start + chunk], slopes[start:start + chunk] = self._value_and_slope(x[start:start + chunk])
+        return values, slopes
+
+    def _value_and_slope(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         y, dy = x, torch.ones_like(x)
         for layer in self.layers:
             z = torch.addmm(layer.bias, y, layer.weight) if layer.bias is not None else y @ layer.weight
-            dz = dy @ layer.weight
-            if layer.activation is torch.tanh:  # (1 - t^2) dz, the common case, without a graph
+            if layer.activation is torch.tanh:  # (1 - t^2) (dy W) in one pass, the common case
                 t = torch.tanh(z)
-                dz.addcmul_(dz * t, t, value=-1.0)
+                dz = torch.ops.aten.tanh_backward(dy @ layer.weight, t)
             else:  # elementwise activation: its Jacobian is diagonal, so the JVP equals the VJP
                 with torch.enable_grad():
                     z.requires_grad_(True)
                     t = layer.activation(z)
-                    (dz,) = torch.autograd.grad(t, z, dz)
+                    (dz,) = torch.autograd.grad(t, z, dy @ layer.weight)
                 t = t.detach()
             if layer.idt is not None:
                 t.mul_(layer.idt)
