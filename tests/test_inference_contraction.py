@@ -97,3 +97,19 @@ def test_inference_path_equals_the_autograd_path(descriptor_type, type_one_side,
     calls.clear()
     compute_derivatives(model, batch, create_graph=True)
     assert not calls
+
+
+def test_single_frame_edge_vectors_equal_the_per_edge_cell_path():
+    """One frame: one cell for all edges (MD); values and position/cell gradients as the batched path."""
+    from mlpot.data.neighbors import edge_vectors as per_edge_cell
+    from mlpot.models.base import edge_vectors
+
+    batch = T.random_batch(1, 9, seed=4)
+    weight = torch.randn(batch[K.EDGE_SHIFTS].shape[0], 3, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    results = []
+    for function in (edge_vectors, lambda b: per_edge_cell(b[K.POSITIONS], b[K.EDGE_INDEX], b[K.EDGE_SHIFTS], b[K.CELL], b[K.BATCH])):
+        positions, cell = batch[K.POSITIONS].clone().requires_grad_(True), batch[K.CELL].clone().requires_grad_(True)
+        vectors = function(dict(batch, **{K.POSITIONS: positions, K.CELL: cell}))
+        results.append((vectors.detach(), *torch.autograd.grad((vectors * weight).sum(), [positions, cell])))
+    for fast, reference in zip(*results):
+        torch.testing.assert_close(fast, reference, atol=1e-13, rtol=1e-13)
