@@ -99,6 +99,16 @@ def test_inference_path_equals_the_autograd_path(descriptor_type, type_one_side,
     assert not calls
 
 
+def test_mixed_precision_nets_keep_the_autograd_path(monkeypatch):
+    from mlpot.nn import set_compute_dtype
+
+    model = _model("se_e2_a", True)
+    set_compute_dtype(model, torch.bfloat16)
+    monkeypatch.setattr(DescriptorSeA, "_row_contraction", lambda self, *a: pytest.fail("row path in bfloat16"))
+    forces = compute_derivatives(model, T.random_batch(1, 8, seed=3))[K.FORCES]
+    assert forces.dtype == torch.float64 and bool(torch.isfinite(forces).all())
+
+
 def test_single_frame_edge_vectors_equal_the_per_edge_cell_path():
     """One frame: one cell for all edges (MD); values and position/cell gradients as the batched path."""
     from mlpot.data.neighbors import edge_vectors as per_edge_cell

@@ -221,11 +221,13 @@ class DescriptorSeA(EnvMatrixDescriptor):
     def _first_derivatives_only(self) -> bool:
         """Where the hand-written first-derivative path applies: inside ``first_derivatives_only``
         (forces or virials without a graph of them: evaluation, MD), eager (a graph tracer keeps
-        the autograd path), plain se_e2_a nets (no type embedding of any kind, padding skipped), not compressed:
+        the autograd path), plain se_e2_a nets in full precision (no type embedding of any kind,
+        padding skipped), not compressed:
         tables keep their own fused contraction (``QuinticTable.contract``), which costs less per
         slot than the row path's gathers (measured on water)."""
         return (only_first_derivatives() and not is_tracing() and self.tables is None and self.skip_padding
-                and self.type_embedding is None and type(self)._embedding_net is DescriptorSeA._embedding_net)
+                and self.type_embedding is None and type(self)._embedding_net is DescriptorSeA._embedding_net
+                and all(net.compute_dtype is None for net in self.embeddings))
 
     def _section_rows(self, occupied, edges, types, tj, pair_key):
         """The distinct net inputs of section tj: (row_slots (n_rows + 1,) flat slot of each row's input,
