@@ -135,12 +135,13 @@ class MLP(torch.nn.Module):
         return y.to(x.dtype)  # a no-op in full precision
 
     @torch.no_grad()
-    def value_and_slope(self, x: torch.Tensor, chunk: int = 2048) -> Tuple[torch.Tensor, torch.Tensor]:
+    def value_and_slope(self, x: torch.Tensor, chunk: int = 1024) -> Tuple[torch.Tensor, torch.Tensor]:
         """f(x) and df/dx of a net of one input: x (n, 1) -> two (n, out_dim) tensors, no graph.
 
         Forward-mode differentiation layer by layer (tangent dy = act'(z) (dx W) [* idt] + skip(dx)),
-        in place, ``chunk`` rows at a time (the layers' temporaries stay in cache): the first
-        derivative for an inference backward pass that needs nothing else of the net
+        values and tangents stacked (one matmul per layer) and updated in place, ``chunk`` rows at a
+        time (the layers' temporaries stay in cache): the first derivative for an inference
+        backward pass that needs nothing else of the net
         (``mlpot.nn.gathered_contraction``). Same numbers as ``forward`` and autograd, to rounding.
         Full precision only (``compute_dtype`` None).
         """
@@ -154,28 +155,31 @@ class MLP(torch.nn.Module):
         return values, slopes
 
     def _value_and_slope(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        y, dy = x, torch.ones_like(x)
+        n = x.shape[0]
+        y = torch.cat([x, torch.ones_like(x)])  # rows [:n] the values, [n:] the tangents: one matmul each layer
         for layer in self.layers:
-            z = torch.addmm(layer.bias, y, layer.weight) if layer.bias is not None else y @ layer.weight
-            if layer.activation is torch.tanh:  # (1 - t^2) (dy W) in one pass, the common case
-                t = torch.tanh(z)
-                dz = torch.ops.aten.tanh_backward(dy @ layer.weight, t)
+            z = y @ layer.weight
+            value, tangent = z[:n], z[n:]
+            if layer.bias is not None:
+                value += layer.bias
+            if layer.activation is torch.tanh:  # t and (1 - t^2) tangent, in place, the common case
+                torch.tanh(value, out=value)
+                torch.ops.aten.tanh_backward.grad_input(tangent, value, grad_input=tangent)
             else:  # elementwise activation: its Jacobian is diagonal, so the JVP equals the VJP
                 with torch.enable_grad():
-                    z.requires_grad_(True)
-                    t = layer.activation(z)
-                    (dz,) = torch.autograd.grad(t, z, dy @ layer.weight)
-                t = t.detach()
+                    pre = value.clone().requires_grad_(True)
+                    post = layer.activation(pre)
+                    (slope,) = torch.autograd.grad(post, pre, tangent)
+                value.copy_(post.detach())
+                tangent.copy_(slope)
             if layer.idt is not None:
-                t.mul_(layer.idt)
-                dz.mul_(layer.idt)
+                z.mul_(layer.idt)
             if layer.skip:
-                n = layer.n_in
-                for half in ((slice(None),) if layer.n_out == n else (slice(0, n), slice(n, 2 * n))):
-                    t[:, half] += y
-                    dz[:, half] += dy
-            y, dy = t, dz
-        return y, dy
+                width = layer.n_in
+                for half in ((slice(None),) if layer.n_out == width else (slice(0, width), slice(width, 2 * width))):
+                    z[:, half] += y
+            y = z
+        return y[:n], y[n:]
 
 
 class EmbeddingNet(MLP):
