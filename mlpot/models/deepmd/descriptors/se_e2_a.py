@@ -6,7 +6,10 @@ DeePMD-kit (index m1 * M2 + m2). N_c = sum(sel) and padded slots take part [COMP
 
 Speed: embedding nets are evaluated once per neighbour-type section (type_one_side) or per
 (centre type, neighbour type) pair on dense padded blocks, and the contraction R~^T G is one
-batched matmul per block — no scatter over edges.
+batched matmul per block — no scatter over edges. Forces without a graph of them (evaluation,
+MD: ``first_derivatives_only``) take the row path: each net runs once per distinct input, its
+value and its slope dG/ds~ in one forward-mode pass, and the contraction has a hand-written
+backward (``mlpot.nn.gathered_contraction``); training keeps autograd (second derivatives).
 """
 
 from __future__ import annotations
