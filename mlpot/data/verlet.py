@@ -44,7 +44,7 @@ class VerletList:
         self._cell: Optional[np.ndarray] = None
         self._pbc: Optional[np.ndarray] = None
         self._edges: Tuple[np.ndarray, np.ndarray] = (np.zeros((2, 0), np.int64), np.zeros((0, 3)))
-        self._offsets = np.zeros((0, 3))  # shifts @ cell of the cached pairs (the cell is fixed until a rebuild)
+        self._offsets = np.zeros((0, 3))  # shifts @ cell of the cached pairs, set whenever the shifts change
 
     def _needs_rebuild(self, positions: np.ndarray, cell: np.ndarray, pbc: np.ndarray) -> bool:
         if self._reference is None or self.skin == 0.0 or self._reference.shape != positions.shape:
@@ -63,6 +63,7 @@ class VerletList:
             self._reference = self._reference + jumps @ cell
             edge_index, shifts = self._edges
             self._edges = (edge_index, shifts + jumps[edge_index[0]] - jumps[edge_index[1]])
+            self._offsets = self._edges[1] @ cell
         return False
 
     @staticmethod
