@@ -44,6 +44,7 @@ class VerletList:
         self._cell: Optional[np.ndarray] = None
         self._pbc: Optional[np.ndarray] = None
         self._edges: Tuple[np.ndarray, np.ndarray] = (np.zeros((2, 0), np.int64), np.zeros((0, 3)))
+        self._offsets = np.zeros((0, 3))  # shifts @ cell of the cached pairs, set whenever the shifts change
 
     def _needs_rebuild(self, positions: np.ndarray, cell: np.ndarray, pbc: np.ndarray) -> bool:
         if self._reference is None or self.skin == 0.0 or self._reference.shape != positions.shape:
@@ -62,6 +63,7 @@ class VerletList:
             self._reference = self._reference + jumps @ cell
             edge_index, shifts = self._edges
             self._edges = (edge_index, shifts + jumps[edge_index[0]] - jumps[edge_index[1]])
+            self._offsets = self._edges[1] @ cell
         return False
 
     @staticmethod
@@ -82,12 +84,15 @@ class VerletList:
         if self._needs_rebuild(positions, cell, pbc):
             self._edges = neighbor_list(positions, cell, pbc, self.cutoff + self.skin)
             self._reference, self._cell, self._pbc = positions.copy(), cell.copy(), pbc.copy()
+            self._offsets = self._edges[1] @ cell
             self.rebuilds += 1
             if self.skin == 0.0:
                 return self._edges
         edge_index, shifts = self._edges
         if edge_index.shape[1] == 0:
             return edge_index, shifts
-        vectors = positions[edge_index[1]] - positions[edge_index[0]] + shifts @ cell
+        vectors = np.take(positions, edge_index[1], axis=0)
+        vectors -= np.take(positions, edge_index[0], axis=0)
+        vectors += self._offsets
         inside = np.einsum("ij,ij->i", vectors, vectors) < self.cutoff ** 2
         return edge_index[:, inside], shifts[inside]

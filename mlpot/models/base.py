@@ -15,6 +15,7 @@ import torch
 
 from mlpot.data.keys import BATCH, CELL, EDGE_INDEX, EDGE_SHIFTS, POSITIONS
 from mlpot.data.neighbors import edge_vectors as _edge_vectors
+from mlpot.nn.tracing import is_tracing
 
 if TYPE_CHECKING:
     from mlpot.models.output_bias import OutputBias
@@ -45,7 +46,10 @@ def edge_vectors(batch: Batch, dtype: torch.dtype | None = None) -> torch.Tensor
     Differentiable in POSITIONS and CELL (n_frames, 3, 3); thin wrapper of
     ``mlpot.data.neighbors.edge_vectors`` reading the batch keys.
     """
-    vectors = _edge_vectors(batch[POSITIONS], batch[EDGE_INDEX], batch[EDGE_SHIFTS], batch[CELL].to(batch[POSITIONS].dtype), batch[BATCH])
+    cell = batch[CELL].to(batch[POSITIONS].dtype)
+    if cell.shape[0] == 1 and not is_tracing():  # one frame (MD): one cell for all edges, not one per edge
+        cell = cell[0]
+    vectors = _edge_vectors(batch[POSITIONS], batch[EDGE_INDEX], batch[EDGE_SHIFTS], cell, batch[BATCH])
     return vectors if dtype is None else vectors.to(dtype)
 
 

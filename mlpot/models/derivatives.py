@@ -26,6 +26,7 @@ from typing import Dict
 import torch
 
 from mlpot.data.keys import BATCH, CELL, ENERGY, FORCES, PBC, POSITIONS, STRESS, VIRIAL
+from mlpot.nn.gathered_contraction import first_derivatives_only
 
 __all__ = ["compute_derivatives"]
 
@@ -59,7 +60,9 @@ def compute_derivatives(model, batch: Dict[str, torch.Tensor], forces: bool = Tr
         if name in inputs:
             inputs[name] = inputs[name].detach().to(positions.dtype).requires_grad_(True)
             extra_inputs.append(name)
-    outputs = dict(model(inputs))
+    # no graph of the derivatives (evaluation, MD): models may take first-derivative-only paths
+    with first_derivatives_only(not create_graph and (forces or need_strain)):
+        outputs = dict(model(inputs))
     if not (forces or need_strain):
         return outputs
     if ENERGY not in outputs:

@@ -35,6 +35,7 @@ from typing import Callable, Optional, Tuple
 import torch
 
 from mlpot.errors import ConfigError
+from mlpot.nn.gathered_contraction import slope_gradient
 from mlpot.nn.tracing import is_tracing
 
 __all__ = ["QuinticTable", "quintic_hermite_coefficients"]
@@ -93,8 +94,7 @@ def _input_gradient(x, left, grad, variant, table) -> torch.Tensor:
     """d/dx of sum(grad * contraction) for rows of x (rows, k): sum_w left[a,k,w] sum_m grad[a,w,m] f'(x[a,k])_m,
     the width m summed first (a matmul)."""
     _, derivative = table.evaluate(x, variant, derivative=True, values=False)
-    projected = torch.bmm(derivative.view(x.shape[0], x.shape[1], -1), grad.transpose(1, 2))  # (rows, k, w)
-    return (projected * left).sum(-1)
+    return slope_gradient(derivative.view(x.shape[0], x.shape[1], -1), left, grad)
 
 
 class _TableContraction(torch.autograd.Function):

@@ -6,7 +6,10 @@ DeePMD-kit (index m1 * M2 + m2). N_c = sum(sel) and padded slots take part [COMP
 
 Speed: embedding nets are evaluated once per neighbour-type section (type_one_side) or per
 (centre type, neighbour type) pair on dense padded blocks, and the contraction R~^T G is one
-batched matmul per block — no scatter over edges.
+batched matmul per block — no scatter over edges. Forces without a graph of them (evaluation,
+MD: ``first_derivatives_only``) take the row path: each net runs once per distinct input, its
+value and its slope dG/ds~ in one forward-mode pass, and the contraction has a hand-written
+backward (``mlpot.nn.gathered_contraction``); training keeps autograd (second derivatives).
 """
 
 from __future__ import annotations
@@ -22,7 +25,8 @@ from mlpot.models.deepmd.descriptors.base import DESCRIPTORS, EnvMatrixDescripto
 from mlpot.errors import ConfigError
 from mlpot.models.deepmd.descriptors.env import undirected_pair_key
 from mlpot.models.deepmd.type_embedding import TypeEmbedding
-from mlpot.nn import EmbeddingNet, gather_rows
+from mlpot.nn import EmbeddingNet, gather_rows, is_tracing
+from mlpot.nn.gathered_contraction import gathered_contraction, only_first_derivatives
 
 __all__ = ["DescriptorSeA", "DescriptorSeAEbdV2"]
 
@@ -160,6 +164,8 @@ class DescriptorSeA(EnvMatrixDescriptor):
         if weights is None:
             weights = env
             pad_weight = -self.davg[types, : env.shape[-1]] / self.dstd[types, : env.shape[-1]]
+        if pair_key is not None and tebd is None and self._first_derivatives_only():
+            return self._row_contraction(env, weights, pad_weight, nlist, types, pair_key, bounds)
         if self.tables is not None:
             return self._tabulated_contraction(env, weights, pad_weight, types, bounds)
         n_atoms, _, width = weights.shape
@@ -212,6 +218,80 @@ class DescriptorSeA(EnvMatrixDescriptor):
                 embedded.index_copy_(0, torch.cat(positions), torch.cat(pieces))
                 out = out + torch.matmul(left.transpose(1, 2), embedded[:spare].view(n_atoms, stop - start, self.m1))
             n_pad = (self.sel[tj] - mask.sum(1)).to(env.dtype)  # (n_atoms,) padded slots of the full section
+            out = out + (n_pad.unsqueeze(1) * pad_row).unsqueeze(2) * pad_embedded.unsqueeze(1)
+        return out
+
+    def _first_derivatives_only(self) -> bool:
+        """Where the hand-written first-derivative path applies: inside ``first_derivatives_only``
+        (forces or virials without a graph of them: evaluation, MD), eager (a graph tracer keeps
+        the autograd path), plain se_e2_a nets in full precision (no type embedding of any kind,
+        padding skipped), not compressed:
+        tables keep their own fused contraction (``QuinticTable.contract``), which costs less per
+        slot than the row path's gathers (measured on water)."""
+        return (only_first_derivatives() and not is_tracing() and self.tables is None and self.skip_padding
+                and self.type_embedding is None and type(self)._embedding_net is DescriptorSeA._embedding_net
+                and all(net.compute_dtype is None for net in self.embeddings))
+
+    def _section_rows(self, occupied, edges, types, tj, pair_key):
+        """The distinct net inputs of section tj: (row_slots (n_rows + 1,) flat slot of each row's input,
+        slot_rows (n_atoms * k,) row of every slot, row_types (n_rows + 1,) centre type), rows grouped
+        by centre type; the last row is the placeholder of the empty slots (slot_rows n_rows). Same-type pairs (i, j), (j, i) share a row (equal s~ and net)."""
+        flat = occupied.reshape(-1)
+        centre = types.unsqueeze(1).expand(occupied.shape).reshape(-1)
+        same = flat & (centre == tj)
+        same_slots, other_slots = torch.nonzero(same).squeeze(1), torch.nonzero(flat & ~same).squeeze(1)
+        unique, inverse = torch.unique(pair_key.index_select(0, edges.reshape(-1).index_select(0, same_slots)),
+                                       return_inverse=True)
+        first = torch.full(unique.shape, flat.shape[0], dtype=torch.long, device=flat.device)
+        first = first.scatter_reduce(0, inverse, torch.arange(same_slots.shape[0], device=flat.device), "amin")
+        row_slots = torch.cat([same_slots.index_select(0, first), other_slots])
+        n_rows, n_same = row_slots.shape[0], unique.shape[0]
+        slot_rows = torch.full_like(flat, n_rows, dtype=torch.long)
+        slot_rows[same_slots] = inverse
+        slot_rows[other_slots] = torch.arange(n_same, n_rows, device=flat.device)
+        row_types = centre.index_select(0, row_slots)
+        if not self.type_one_side:  # one net per centre type: contiguous groups of rows
+            order = torch.argsort(row_types, stable=True)
+            position = torch.empty(n_rows + 1, dtype=torch.long, device=flat.device)
+            position[torch.cat([order, order.new_tensor([n_rows])])] = torch.arange(n_rows + 1, device=flat.device)
+            row_slots, row_types, slot_rows = row_slots[order], row_types[order], position[slot_rows]
+        # the placeholder row of the empty slots (input: slot 0's, last group's net): see gathered_contraction
+        row_slots = torch.cat([row_slots, row_slots.new_zeros(1)])
+        return row_slots, slot_rows, torch.cat([row_types, row_types.new_full((1,), self.n_types - 1)])
+
+    def _row_evaluator(self, tj: int, row_types: torch.Tensor):
+        """x (n_rows,) -> (G, dG/dx), each (n_rows, M1), by the net(s) of section tj: one net, or one
+        per centre type on the contiguous groups of ``row_types``."""
+        if self.type_one_side:
+            return lambda x: self.embeddings[tj].value_and_slope(x.unsqueeze(1))
+        counts = torch.bincount(row_types, minlength=self.n_types).tolist()
+
+        def evaluate(x):
+            pieces = [self.embeddings[self._net_index(ti, tj)].value_and_slope(part.unsqueeze(1))
+                      for ti, part in enumerate(torch.split(x, counts)) if counts[ti]]
+            return torch.cat([p[0] for p in pieces]), torch.cat([p[1] for p in pieces])
+        return evaluate
+
+    def _row_contraction(self, env, weights, pad_weight, nlist, types, pair_key, bounds) -> torch.Tensor:
+        """``embedding_contraction`` for inference (``_first_derivatives_only``): per section, the nets
+        on the distinct inputs (``_section_rows``), values and slopes in one pass, and the
+        contraction with a hand-written backward (``mlpot.nn.gathered_contraction``); every padded
+        slot of the full section in closed form. First derivatives only."""
+        n_atoms, _, width = weights.shape
+        out = env.new_zeros(n_atoms, width, self.m1)
+        pad_inputs = (-self.davg[:, :1] / self.dstd[:, :1]).to(env.dtype)  # (n_types, 1)
+        pad_row = pad_weight.to(env.dtype)
+        for tj, (start, stop) in enumerate(bounds):
+            occupied = nlist[:, start:stop] >= 0
+            if stop > start:
+                with torch.no_grad():
+                    row_slots, slot_rows, row_types = self._section_rows(occupied, nlist[:, start:stop], types, tj, pair_key)
+                x = gather_rows(env[:, start:stop, 0].reshape(-1), row_slots)
+                out = out + gathered_contraction(x, weights[:, start:stop], slot_rows, self._row_evaluator(tj, row_types))
+            with torch.no_grad():  # G at the padding input, per centre type
+                evaluate = self._row_evaluator(tj, torch.arange(self.n_types, device=env.device))
+                pad_embedded = gather_rows(evaluate(pad_inputs[:, 0])[0], types)  # (n_atoms, M1)
+            n_pad = (self.sel[tj] - occupied.sum(1)).to(env.dtype)
             out = out + (n_pad.unsqueeze(1) * pad_row).unsqueeze(2) * pad_embedded.unsqueeze(1)
         return out
 

@@ -1,0 +1,119 @@
+"""A contraction of per-row function values gathered into padded slots, with a hand-written backward.
+
+``gathered_contraction(x, left, slot_rows, evaluate)`` computes, for every block a (a centre atom),
+
+    out[a] = sum_k left[a, k, :]^T f(x[slot_rows[a, k]])            (a: blocks, k: slots)
+
+where f: R -> R^width is given through ``evaluate(x) -> (f(x), f'(x))`` on the rows x, and a slot
+whose row is the last one, ``n_rows``, a placeholder, holds f = 0 (an empty slot). The rows are
+the distinct inputs (a descriptor's embedding-net inputs, one per neighbour pair), the slots the
+padded (blocks x slots) layout of the contraction, so several slots may share a row.
+
+Why: forces need only df/dx, and f of one variable gives it by forward-mode differentiation in the
+same pass as f (``MLP.value_and_slope``, or a table's derivative). Keeping f and f' per row, the
+backward pass is two small matrix products per block and no reverse pass through f: no saved
+activations, no dense (blocks x slots x width) gradient, no scatter of it back to the rows. The
+forward keeps the gathered f (it made it anyway); the backward gathers f' in chunks of blocks, so
+they stay in cache.
+
+First derivatives only: for inference. The gradient reaches ``x`` and ``left``, not the
+parameters of f. Second derivatives through it would silently miss the f'' terms when taken with
+respect to chosen inputs (PyTorch prunes ``once_differentiable``'s error node there), so callers
+use it only inside :func:`first_derivatives_only`, which the code that takes the derivatives opens
+when it builds no graph of them (``mlpot.models.derivatives.compute_derivatives`` with
+``create_graph=False``; its graph is freed by the gradient call, so nothing can differentiate
+through it afterwards).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+from typing import Callable, Iterator, Tuple
+
+import torch
+
+from mlpot.nn.tracing import is_tracing
+
+__all__ = ["gathered_contraction", "slope_gradient", "first_derivatives_only", "only_first_derivatives", "CHUNK_SLOTS"]
+
+_FIRST_ONLY: contextvars.ContextVar[bool] = contextvars.ContextVar("mlpot_first_derivatives_only", default=False)
+
+
+@contextlib.contextmanager
+def first_derivatives_only(enabled: bool = True) -> Iterator[None]:
+    """Within the block the caller takes at most first derivatives of what it computes, and builds
+    no graph of them: models may use first-derivative-only paths (see the module docstring)."""
+    token = _FIRST_ONLY.set(bool(enabled))
+    try:
+        yield
+    finally:
+        _FIRST_ONLY.reset(token)
+
+
+def only_first_derivatives() -> bool:
+    """True inside :func:`first_derivatives_only`."""
+    return _FIRST_ONLY.get()
+
+CHUNK_SLOTS = 4096  # slots per chunk of the backward pass (its gathered rows: slots x width x 8 B)
+
+Evaluate = Callable[[torch.Tensor], Tuple[torch.Tensor, torch.Tensor]]
+
+
+def slope_gradient(slopes: torch.Tensor, left: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+    """d/dx[a, k] of sum(grad * out) for out[a] = sum_k left[a, k]^T f(x[a, k]), given the slopes
+    f'(x): (a, k, width), left (a, k, w), grad (a, w, width) -> (a, k); the width summed first."""
+    return (torch.bmm(slopes, grad.transpose(1, 2)) * left).sum(-1)
+
+
+def _rows_in_slots(x, left, slot_rows, evaluate):
+    """(f of every slot (blocks, slots, width), f' per row (n_rows + 1, width)), empty slots 0."""
+    values, slopes = evaluate(x)
+    for table in (values, slopes):  # the last row is the empty slot's: f = f' = 0 there
+        table[-1].zero_()
+    return values.index_select(0, slot_rows).view(left.shape[0], left.shape[1], -1), slopes
+
+
+class _GatheredContraction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, left, slot_rows, evaluate):
+        gathered, slopes = _rows_in_slots(x, left, slot_rows, evaluate)
+        ctx.save_for_backward(left, slot_rows, gathered, slopes)  # f gathered once, f' per row
+        return torch.bmm(left.transpose(1, 2), gathered)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        left, slot_rows, gathered_values, slopes = ctx.saved_tensors
+        n_blocks, n_slots, _ = left.shape
+        grad_left = torch.empty_like(left)
+        grad_slot = left.new_empty(n_blocks, n_slots)
+        rows = slot_rows.view(n_blocks, n_slots)
+        step = n_blocks if is_tracing() else max(1, CHUNK_SLOTS // max(n_slots, 1))
+        for start in range(0, n_blocks, step):
+            stop = min(start + step, n_blocks)
+            chunk_rows, chunk_grad = rows[start:stop].reshape(-1), grad[start:stop].transpose(1, 2)
+            torch.bmm(gathered_values[start:stop], chunk_grad, out=grad_left[start:stop])
+            gathered = slopes.index_select(0, chunk_rows).view(stop - start, n_slots, -1)
+            grad_slot[start:stop] = slope_gradient(gathered, left[start:stop], grad[start:stop])
+        grad_x = None
+        if ctx.needs_input_grad[0]:
+            grad_x = grad_slot.new_zeros(slopes.shape[0]).index_add_(0, slot_rows, grad_slot.view(-1))
+            grad_x[-1] = 0.0  # the empty slot's row is no input
+        return grad_x, (grad_left if ctx.needs_input_grad[1] else None), None, None
+
+
+def gathered_contraction(x: torch.Tensor, left: torch.Tensor, slot_rows: torch.Tensor,
+                         evaluate: Evaluate) -> torch.Tensor:
+    """sum_k left[a, k, :]^T f(x[slot_rows[a, k]]) (see the module docstring).
+
+    x: (n_rows + 1,) inputs of f, the last one a placeholder (any finite value) for the empty
+    slots; left: (n_blocks, n_slots, w); slot_rows: (n_blocks * n_slots,) int64 in [0, n_rows],
+    n_rows = empty slot; evaluate: x -> (f(x), f'(x)), each (n_rows + 1, width), new tensors
+    computed without a graph (their last row is zeroed in place). Returns (n_blocks, w, width),
+    differentiable once in x and left (the placeholder gets gradient 0).
+    """
+    if slot_rows.shape != (left.shape[0] * left.shape[1],) or x.dim() != 1:
+        raise ValueError(f"x must be 1-d and slot_rows of shape ({left.shape[0] * left.shape[1]},); got "
+                         f"x {tuple(x.shape)}, slot_rows {tuple(slot_rows.shape)}")
+    return _GatheredContraction.apply(x, left.contiguous(), slot_rows, evaluate)
