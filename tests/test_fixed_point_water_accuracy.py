@@ -6,7 +6,7 @@ fitting [16, 16], rc 4 Å), float64, batches of 6. The fixed-point model trains 
 then 20 epochs ``unroll_scf`` (10 steps, mixing 0.3, from the data's density and Fermi level) at
 constant total charge; ``local_charges`` on the same backbone trains the same 120 epochs with the
 same loss (10 (E/N)² + 100 F² + 100 p²). Both run through native configs and ``mlpot train``
-(~10.5 min together at 1 thread on a 2-core machine under a load average of 8). Measured (docs/fixed_point_models.md,
+(5.1-10.5 min together at 1 thread on a shared 2-core machine, load average 7-9). Measured (docs/fixed_point_models.md,
 2026-12-07): fixed point E 60 meV/atom, F 0.21 eV/Å, q 0.061 e, dipole 0.44 e·Å, SCF converged on
 30/30 validation frames (median 33 steps); local_charges E 126 meV/atom, F 0.26 eV/Å, q 0.051 e,
 dipole 0.25 e·Å. The bounds below leave ~40 % margin on those numbers.
