@@ -20,7 +20,7 @@ measurement runs in a fresh subprocess; the figure is the resident-set growth (r
 the RSS after setup), so it counts everything the step allocates (torch CPU tensors included).
 Issue #14's limit: 2 GB for 4 frames of ~240 atoms.
 
-    OMP_NUM_THREADS=1 PYTHONPATH=. python benchmarks/fixed_point.py [--frames 32] [--steps 1 5 10 20]
+    OMP_NUM_THREADS=1 PYTHONPATH=. python benchmarks/fixed_point.py [--frames 32] [--steps 1 5 10 20] [--cpu-time]
     OMP_NUM_THREADS=1 PYTHONPATH=. python benchmarks/fixed_point.py --memory [--memory-frames 1 2 4 8]
 """
 
@@ -139,13 +139,17 @@ def epoch_times(batches, repeats: int):
     return rows
 
 
+CLOCK = {"clock": time.perf_counter}  # --cpu-time: time.process_time (steadier on a shared machine)
+
+
 def _best(fn, repeats: int) -> float:
+    clock = CLOCK["clock"]
     fn()
     best = float("inf")
     for _ in range(repeats):
-        start = time.perf_counter()
+        start = clock()
         fn()
-        best = min(best, time.perf_counter() - start)
+        best = min(best, clock() - start)
     return best
 
 
@@ -195,7 +199,8 @@ def run_speed(args) -> None:
         print(f"{mode:<16} {seconds:>10.3f} {seconds / direct:>10.2f}  {report}", flush=True)
     for size in args.ratio_backbones:
         base, ratios = scf_ratios(batches, args.steps, args.repeats, size)
-        print(f"K-step SCF (unroll_scf, K map evaluations) energy + forces / local backbone energy + forces; "
+        print(f"K-step SCF (unroll_scf, K map evaluations) energy + forces / local backbone energy + forces "
+              f"({'CPU' if args.cpu_time else 'wall'} time); "
               f"backbone {size} {BACKBONES[size]}: {base:.4f} s over all batches")
         print(f"{'K':>4} {'fermi (s)':>10} {'ratio':>7} {'charge (s)':>10} {'ratio':>7} {'target':>7}")
         for k, fermi, charge in ratios:
@@ -311,11 +316,14 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--ratio-backbones", nargs="+", default=list(BACKBONES), choices=list(BACKBONES),
                         help="backbone sizes of the SCF cost ratio")
+    parser.add_argument("--cpu-time", action="store_true", help="SCF cost ratios in CPU time (process_time), not wall time")
     parser.add_argument("--memory", action="store_true", help="peak memory against atoms per batch instead")
     parser.add_argument("--memory-frames", type=int, nargs="+", default=[1, 2, 4, 8], help="~240-atom frames per batch")
     parser.add_argument("--box-frames", type=int, nargs="+", default=[1, 2, 4, 8, 10], help="192-atom boxes per batch")
     parser.add_argument("--single", nargs=3, metavar=("KIND", "N", "MODE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.cpu_time:
+        CLOCK["clock"] = time.process_time
     if args.single:
         print(json.dumps(memory_single(args.single[0], int(args.single[1]), args.single[2])))
     elif args.memory:

@@ -124,3 +124,26 @@ def test_polarizability_is_minus_dipole_field_derivative():
         minus[K.EXTERNAL_FIELD][:, b] -= h
         column = -(model(plus)[K.DIPOLE] - model(minus)[K.DIPOLE]).detach() / (2 * h)
         torch.testing.assert_close(alpha[:, :, b], column, atol=1e-7, rtol=1e-5)
+
+
+def test_constant_charge_fukui_slope_computed_once_for_an_affine_update(monkeypatch):
+    """An update affine in the features has one Fukui slope for every density: the SCF that computes
+    it once gives the per-step SCF's density, Fermi level, forces and parameter gradients (truncated
+    unrolled SCF, where every step's slope enters the result)."""
+    from mlpot.models.fixed_point.updates import OneBodyVariableUpdate
+
+    assert not fixed_point_model(fixedpoint_update_config={"nonlinearity_cls": "MLPNonLinearity"}).update.affine_in_features
+    assert not fixed_point_model(fixedpoint_update_config={"potential_embedding_cls": "tanh"}).update.affine_in_features
+    batch, runs = cluster_batch(), []
+    for per_step in (False, True):
+        if per_step:
+            monkeypatch.setattr(OneBodyVariableUpdate, "affine_in_features", property(lambda self: False))
+        model = fixed_point_model()
+        model.set_options(scf_options("unroll_scf", True, steps=6, tolerance=1e-300, mixing=0.3))
+        out = compute_derivatives(model, batch, forces=True, create_graph=True)
+        objective = out[K.ENERGY].sum() + out[K.FERMI_LEVEL].sum() + 10.0 * out[K.FORCES].pow(2).sum()
+        grads = torch.autograd.grad(objective, [p for p in model.parameters() if p.requires_grad], allow_unused=True)
+        runs.append([t.detach() for t in [out[K.ATOMIC_MULTIPOLES], out[K.FERMI_LEVEL], out[K.FORCES]] + [g for g in grads if g is not None]])
+    assert float((runs[0][1] - batch[K.FERMI_LEVEL]).abs().max()) > 1e-3  # the Newton steps moved mu
+    for fixed, per_step in zip(*runs):
+        torch.testing.assert_close(fixed, per_step, atol=1e-12 * float(per_step.abs().max()) + 1e-14, rtol=1e-10)

@@ -41,8 +41,6 @@ from mlpot.units import COULOMB_CONSTANT
 __all__ = ["FieldOperator", "padded_index", "frame_energy_from_fields"]
 
 GRAPH_BLOCK_BYTES = 16 * 2**20  # dense blocks of a batch up to this size are built with an autograd graph
-_CROSS_LEFT, _CROSS_RIGHT = [0, 0, 1], [1, 2, 2]  # the off-diagonal products xy, xz, yz
-_SYMMETRIC_3X3 = [0, 3, 4, 3, 1, 5, 4, 5, 2]  # [xx, yy, zz, xy, xz, yz] -> row-major 3 x 3
 
 
 def padded_index(batch: Dict[str, torch.Tensor]) -> Tuple[torch.Tensor, int]:
@@ -68,8 +66,7 @@ def _dense_blocks(positions: torch.Tensor, mask: torch.Tensor, exponents: Sequen
     pair = mask[:, :, None] & mask[:, None, :]
     eye = torch.eye(n, dtype=torch.bool, device=mask.device)[None]
     off = pair & ~eye
-    squares = separation * separation  # (F, n, n, 3): xx, yy, zz
-    squared = squares.sum(-1)
+    squared = (separation * separation).sum(-1)
     distance = torch.sqrt(torch.where(off, squared, torch.ones_like(squared)))  # safe at d = 0
     exponent = torch.tensor(list(exponents), dtype=positions.dtype, device=positions.device).view(n_rec, 1, 1, 1)
     t0, t1, t2 = (COULOMB_CONSTANT * t for t in erf_radial(distance.unsqueeze(0), exponent))  # (R, F, n, n)
@@ -81,19 +78,20 @@ def _dense_blocks(positions: torch.Tensor, mask: torch.Tensor, exponents: Sequen
     t0 = torch.where(off, t0, torch.where(keep_diag, z0.expand_as(t0), torch.zeros_like(t0)))
     t1 = torch.where(off, t1, torch.where(keep_diag, z1.expand_as(t1), torch.zeros_like(t1)))
     t2 = torch.where(off, t2, torch.zeros_like(t2))
-    # assembled from (R, F, n, n, <=6) pieces: no (R, F, n, n, 4, 4) broadcast products, whose
-    # backward (forces) and double backward (force training) reduce over the full block
-    t1_s = t1.unsqueeze(-1) * separation  # (R, F, n, n, 3)
-    cross = separation[..., _CROSS_LEFT] * separation[..., _CROSS_RIGHT]  # (F, n, n, 3): xy, xz, yz
-    t2_e = t2.unsqueeze(-1)
-    hessian = torch.cat([-t2_e * squares - t1.unsqueeze(-1), -t2_e * cross], -1)  # (R, F, n, n, 6)
-    hessian = hessian.index_select(-1, torch.tensor(_SYMMETRIC_3X3, device=mask.device))  # (R, F, n, n, 9)
-    top = torch.cat([t0.unsqueeze(-1), -t1_s], -1)  # (R, F, n, n, 4)
-    bottom = torch.cat([t1_s.unsqueeze(-1), hessian.unflatten(-1, (3, 3))], -1)  # (R, F, n, n, 3, 4)
-    block = torch.cat([top.unsqueeze(-2), bottom], -2)  # (R, F, n, n, 4, 4)
+    # assembled from (R, F, n, n) pieces straight into the (R, F, n, 4, n, 4) layout by two stacks:
+    # no (R, F, n, n, 4, 4) broadcast products, whose backward (forces) and double backward (force
+    # training) reduce over the full block, and no permuted copy of it
+    t1_s = (t1.unsqueeze(-1) * separation).unbind(-1)  # 3 x (R, F, n, n)
+    t2_s = (t2.unsqueeze(-1) * separation).unbind(-1)
+    s = separation.unbind(-1)  # 3 x (F, n, n)
+    # G_a = T1 s_a q - sum_b H_ab d_b, H_ab = T2 s_a s_b + T1 delta_ab (symmetric: 6 products)
+    hessian = {(a, b): -(t2_s[a] * s[b]) - t1 if a == b else -(t2_s[a] * s[b]) for a in range(3) for b in range(a, 3)}
+    rows = [torch.stack([t0, -t1_s[0], -t1_s[1], -t1_s[2]], -1)]
+    rows += [torch.stack([t1_s[a], *(hessian[min(a, b), max(a, b)] for b in range(3))], -1) for a in range(3)]
+    block = torch.stack(rows, 3)  # (R, F, n, 4, n, 4)
     # one tensor per receiver: an SCF step reads the feature receivers only, and a slice of one
     # joint tensor would cost a zero-filled gradient of the whole block per step in the backward
-    return [b.reshape(n_frames, 4 * n, 4 * n) for b in block.permute(0, 1, 2, 4, 3, 5).unbind(0)]
+    return [b.reshape(n_frames, 4 * n, 4 * n) for b in block.unbind(0)]
 
 
 class FieldOperator:

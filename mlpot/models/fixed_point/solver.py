@@ -8,7 +8,8 @@ change is c_g = mean over atoms and components of |p_t - p_(t-1)|.
   frame has |Q| > 10 e or c_g > 1.
 * Constant charge (target Q* = ``total_charge``): before the loop and at every step the Fukui
   weights w_i = s_i / S_g (s_i = d dp_i,00 / d mu_i, S_g = sum over the frame) redistribute the
-  charge deficit onto the input density; after the update a Newton step on mu,
+  charge deficit onto the input density (s is computed once when the update is affine in the
+  features, ``affine_in_features``: it is then the same at every step); after the update a Newton step on mu,
   d mu = (Q* - Q) / S_g clamped to [-1, 1] (unclamped on the last step or after divergence).
   When |S_g| < 1e-6 the step is sign(Q* - Q) (the original always steps -1 [BUG]). Converged when
   c_g < tol and |Q - Q*| < 1e-3 for every frame (checked before mu is updated); diverged when
@@ -93,9 +94,12 @@ def converge(problem: SCFProblem, density: torch.Tensor, fermi_level: torch.Tens
     diverged = torch.zeros(n_frames, dtype=torch.bool, device=device)
     features = None
     last = num_steps - 1
+    # an update affine in the features has one Fukui slope for every density and mu: computed once
+    fixed_slope = constant_charge and graph != "last" and bool(getattr(problem.update, "affine_in_features", False))
+    slope = None
     if constant_charge:
         with _grad_context(graph, 0, last):
-            density_in = _redistribute(problem, density, fermi_level, target, graph == "full")
+            density_in, slope = _redistribute(problem, density, fermi_level, target, graph == "full")
     else:
         density_in = density
     taken = 1
@@ -104,7 +108,7 @@ def converge(problem: SCFProblem, density: torch.Tensor, fermi_level: torch.Tens
             if graph == "last" and step == last:
                 density_in, fermi_level = density_in.detach(), fermi_level.detach()
             atoms_mu = state.atoms(fermi_level)
-            if constant_charge:
+            if constant_charge and not fixed_slope:
                 mapped, features, slope = problem.fukui(density_in, atoms_mu, create_graph=graph != "none")
             else:
                 mapped, features = problem.apply(density_in, atoms_mu)
@@ -142,9 +146,9 @@ def converge(problem: SCFProblem, density: torch.Tensor, fermi_level: torch.Tens
 
 
 def _redistribute(problem: SCFProblem, density, fermi_level, target, create_graph: bool):
-    """Input density with the charge deficit spread by the Fukui weights at (p, mu) (pre-loop)."""
+    """(Input density with the charge deficit spread by the Fukui weights at (p, mu), the slope s (n,)) (pre-loop)."""
     _, _, slope = problem.fukui(density, problem.state.atoms(fermi_level), create_graph=create_graph)
-    return _shifted(problem, density, slope, problem.state.frame_sum(slope), target)
+    return _shifted(problem, density, slope, problem.state.frame_sum(slope), target), slope
 
 
 def _shifted(problem: SCFProblem, density, slope, frame_slope, target):

@@ -33,6 +33,7 @@ class LinearPotentialEmbedding(torch.nn.Module):
     """m = W_Z f: (n, n_widths, D) -> (n, C, D)."""
 
     biased = False
+    affine = True  # m is affine in f
 
     def __init__(self, n_widths: int, channels: int, n_species: int, dtype: torch.dtype = torch.float64):
         super().__init__()
@@ -57,6 +58,7 @@ class TanhPotentialEmbedding(LinearPotentialEmbedding):
     """m = W_Z squash(f) + Lin(h), squash at scales w_j = 10^(j/4), j = 0..4 (module docstring)."""
 
     biased = True
+    affine = False
     scales = tuple(10.0 ** (j / 4.0) for j in range(5))
 
     def __init__(self, n_widths: int, channels: int, n_species: int, dtype: torch.dtype = torch.float64):
@@ -76,6 +78,8 @@ class TanhPotentialEmbedding(LinearPotentialEmbedding):
 
 
 class NoNonLinearity(torch.nn.Module):
+    affine = True
+
     def __init__(self, channels: int, dtype: torch.dtype = torch.float64):
         super().__init__()
 
@@ -91,6 +95,8 @@ class MLPNonLinearity(torch.nn.Module):
         self.net = torch.nn.Sequential(torch.nn.Linear(channels, hidden, dtype=dtype), torch.nn.SiLU(),
                                        torch.nn.Linear(hidden, hidden, dtype=dtype), torch.nn.SiLU(),
                                        torch.nn.Linear(hidden, channels, dtype=dtype))
+
+    affine = False
 
     def forward(self, s):
         return self.net(s)
@@ -140,6 +146,13 @@ class OneBodyVariableUpdate(torch.nn.Module):
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         state_dict.setdefault(prefix + "hidden_norms", torch.ones_like(self.hidden_norms))  # models saved before it existed
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    @property
+    def affine_in_features(self) -> bool:
+        """dp is affine in the features f (affine embedding, no nonlinearity; the many-body
+        convolution is linear): d dp / d f, hence the Fukui slope d dp_00 / d mu, does not depend on
+        the density or mu, and a constant-charge SCF computes it once (``solver.py``)."""
+        return bool(self.embedding.affine and self.nonlinearity.affine)
 
     def normalised(self, hidden: torch.Tensor) -> torch.Tensor:
         """h / hidden_norms per l: (n, C, D) -> (n, C, D)."""
