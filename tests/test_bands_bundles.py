@@ -45,4 +45,6 @@ def test_ingaasp_fit_improves_without_oscillation(shared_data, tmp_path):
     rmse = np.genfromtxt(out / "metrics.csv", delimiter=",", names=True)["rmse_eV"]
     print("ingaasp weighted RMSE per epoch (eV):", [round(float(r), 4) for r in rmse])
     assert len(rmse) == 30 and rmse[-1] < rmse[0] - 0.01
-    assert np.all(np.diff(rmse) < 1e-4), "the curve oscillates"
+    # no oscillation: a rise of at most 1 meV between epochs (the shipped lr rises by 60-200 meV at
+    # once); the exact curve depends on the thread count through the 1000-epoch pre-fit's best epoch
+    assert np.all(np.diff(rmse) < 1e-3), "the curve oscillates"
