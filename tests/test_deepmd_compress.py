@@ -138,6 +138,21 @@ def test_compressed_forces_and_virial_are_derivatives(name):
     assert_virial_matches_finite_strain(model, batch, atol=1e-6, rtol=1e-5)
 
 
+@pytest.mark.parametrize("name", ["se_e2_a", "se_atten_v2"])
+def test_compressed_model_refuses_second_derivatives(name):
+    """Tables give first derivatives only: a Hessian (forces with create_graph, then their gradient
+    with respect to the positions alone or to every input) raises instead of missing terms."""
+    descriptor = dict(DESCRIPTORS[name], rcut=3.5, rcut_smth=0.5)
+    descriptor["sel"] = 24 if name == "se_atten_v2" else [12, 12]
+    batch = random_batch(1, 10, 2, cutoff=3.5, dtype=torch.float64, seed=3)
+    model = compress_model(_model(descriptor, [batch]), 0.8)
+    assert compute_derivatives(model, dict(batch), forces=True)[K.FORCES].abs().max() > 0  # first derivatives work
+    with pytest.raises(RuntimeError, match="first derivatives only"):
+        inputs = dict(batch, **{K.POSITIONS: batch[K.POSITIONS].clone().requires_grad_(True)})
+        forces = compute_derivatives(model, inputs, forces=True, create_graph=True)[K.FORCES]
+        torch.autograd.grad(forces[0, 0], inputs[K.POSITIONS])
+
+
 def _frozen(tmp_path, water, descriptor):
     model = _model(descriptor, water[:1])
     path = tmp_path / "frozen_model.pt"

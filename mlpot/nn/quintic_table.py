@@ -74,6 +74,20 @@ def _derivatives(function: Callable[[torch.Tensor], torch.Tensor], x: torch.Tens
     return values.detach(), first_values.detach(), second_values.detach()
 
 
+def _first_derivatives_only(backward):
+    """A backward that refuses to build a graph of itself (create_graph=True: Hessians, force
+    training): torch's ``once_differentiable`` lets some second-derivative requests through with
+    silently missing terms, so the refusal is explicit; otherwise it runs without a graph."""
+
+    def guarded(ctx, *grads):
+        if torch.is_grad_enabled():
+            raise RuntimeError("compressed (tabulated) embedding nets give first derivatives only: second "
+                               "derivatives (Hessians, training) need the uncompressed model")
+        return backward(ctx, *grads)
+
+    return guarded
+
+
 class _TableValues(torch.autograd.Function):
     """f(x) from the table, (rows, width); saves f'(x) for the backward pass (first derivatives only)."""
 
@@ -84,7 +98,7 @@ class _TableValues(torch.autograd.Function):
         return values
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
+    @_first_derivatives_only
     def backward(ctx, grad):
         (derivative,) = ctx.saved_tensors
         return (grad * derivative).sum(-1), None, None
@@ -110,7 +124,7 @@ class _TableContraction(torch.autograd.Function):
         return torch.bmm(left.transpose(1, 2), values)
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
+    @_first_derivatives_only
     def backward(ctx, grad):
         x, left, variant, values = ctx.saved_tensors
         table = ctx.table
