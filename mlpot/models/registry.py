@@ -58,9 +58,6 @@ class DataProbe(Protocol):
 
     cutoff: Optional[float]
 
-    def max_neighbors(self, cutoff: float, type_map: Sequence[str]) -> np.ndarray:
-        """Maximum neighbour count per neighbour type within ``cutoff`` Å over all centres."""
-
     def mean_neighbors(self, cutoff: float, type_map: Sequence[str]) -> float:
         """Mean neighbour count within ``cutoff`` Å over the atoms that have at least one neighbour."""
 

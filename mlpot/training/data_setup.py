@@ -126,9 +126,6 @@ class DataProbe:
 
         return compute_statistics(self.frames(type_map), list(type_map), float(self.cutoff or cutoff), cache=self.store)
 
-    def max_neighbors(self, cutoff: float, type_map: Sequence[str]) -> np.ndarray:
-        return np.asarray(self.statistics(cutoff, type_map).max_neighbors_per_type)
-
     def mean_neighbors(self, cutoff: float, type_map: Sequence[str]) -> float:
         """Mean neighbour count within ``cutoff`` Å over the training atoms that have at least one."""
         return float(self.statistics(cutoff, type_map).mean_neighbors_connected)
