@@ -66,6 +66,10 @@ def test_gathered_contraction_gradcheck():
     assert torch.autograd.gradcheck(lambda p, q: gathered_contraction(p, q, slot_rows, evaluate), (a, b))
     with pytest.raises(ValueError, match="slot_rows of shape"):
         gathered_contraction(x, left, slot_rows[:-1], evaluate)
+    with pytest.raises(RuntimeError, match="first derivatives only"):  # no graph of its backward
+        out = gathered_contraction(a, b, slot_rows, evaluate)
+        (grad_x,) = torch.autograd.grad(out.sum(), a, create_graph=True)
+        torch.autograd.grad(grad_x.sum(), b)
 
 
 def _model(descriptor_type, type_one_side):

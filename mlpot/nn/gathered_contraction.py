@@ -17,10 +17,10 @@ forward keeps the gathered f (it made it anyway); the backward gathers f' in chu
 they stay in cache.
 
 First derivatives only: for inference. The gradient reaches ``x`` and ``left``, not the
-parameters of f. Second derivatives through it would silently miss the f'' terms when taken with
-respect to chosen inputs (PyTorch prunes ``once_differentiable``'s error node there), so callers
-use it only inside :func:`first_derivatives_only`, which the code that takes the derivatives opens
-when it builds no graph of them (``mlpot.models.derivatives.compute_derivatives`` with
+parameters of f. Second derivatives through it would miss the f'' terms, so its backward refuses
+to build a graph (:func:`no_double_backward`), and callers use it only inside
+:func:`first_derivatives_only`, which the code that takes the derivatives opens when it builds no
+graph of them (``mlpot.models.derivatives.compute_derivatives`` with
 ``create_graph=False``; its graph is freed by the gradient call, so nothing can differentiate
 through it afterwards).
 """
@@ -35,7 +35,8 @@ import torch
 
 from mlpot.nn.tracing import is_tracing
 
-__all__ = ["gathered_contraction", "slope_gradient", "first_derivatives_only", "only_first_derivatives", "CHUNK_SLOTS"]
+__all__ = ["gathered_contraction", "slope_gradient", "first_derivatives_only", "only_first_derivatives",
+           "no_double_backward", "CHUNK_SLOTS"]
 
 _FIRST_ONLY: contextvars.ContextVar[bool] = contextvars.ContextVar("mlpot_first_derivatives_only", default=False)
 
@@ -54,6 +55,24 @@ def first_derivatives_only(enabled: bool = True) -> Iterator[None]:
 def only_first_derivatives() -> bool:
     """True inside :func:`first_derivatives_only`."""
     return _FIRST_ONLY.get()
+
+
+def no_double_backward(message: str):
+    """Decorator of an ``autograd.Function.backward`` that gives first derivatives only: it raises
+    ``RuntimeError(message)`` when a graph of it is asked for (create_graph=True: Hessians, force
+    training) and otherwise runs without one. Used in place of ``once_differentiable``, whose error
+    node PyTorch prunes when second derivatives are taken with respect to chosen inputs, so that the
+    missing terms would go unnoticed."""
+
+    def decorate(backward):
+        def guarded(ctx, *grads):
+            if torch.is_grad_enabled():
+                raise RuntimeError(message)
+            return backward(ctx, *grads)
+
+        return guarded
+
+    return decorate
 
 CHUNK_SLOTS = 4096  # slots per chunk of the backward pass (its gathered rows: slots x width x 8 B)
 
@@ -82,7 +101,8 @@ class _GatheredContraction(torch.autograd.Function):
         return torch.bmm(left.transpose(1, 2), gathered)
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
+    @no_double_backward("the inference contraction gives first derivatives only: use it inside "
+                        "first_derivatives_only, without create_graph")
     def backward(ctx, grad):
         left, slot_rows, gathered_values, slopes = ctx.saved_tensors
         n_blocks, n_slots, _ = left.shape

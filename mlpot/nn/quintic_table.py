@@ -35,7 +35,7 @@ from typing import Callable, Optional, Tuple
 import torch
 
 from mlpot.errors import ConfigError
-from mlpot.nn.gathered_contraction import slope_gradient
+from mlpot.nn.gathered_contraction import no_double_backward, slope_gradient
 from mlpot.nn.tracing import is_tracing
 
 __all__ = ["QuinticTable", "quintic_hermite_coefficients"]
@@ -74,18 +74,9 @@ def _derivatives(function: Callable[[torch.Tensor], torch.Tensor], x: torch.Tens
     return values.detach(), first_values.detach(), second_values.detach()
 
 
-def _first_derivatives_only(backward):
-    """A backward that refuses to build a graph of itself (create_graph=True: Hessians, force
-    training): torch's ``once_differentiable`` lets some second-derivative requests through with
-    silently missing terms, so the refusal is explicit; otherwise it runs without a graph."""
-
-    def guarded(ctx, *grads):
-        if torch.is_grad_enabled():
-            raise RuntimeError("compressed (tabulated) embedding nets give first derivatives only: second "
-                               "derivatives (Hessians, training) need the uncompressed model")
-        return backward(ctx, *grads)
-
-    return guarded
+_FIRST_DERIVATIVES_ONLY = no_double_backward(
+    "compressed (tabulated) embedding nets give first derivatives only: second derivatives (Hessians, "
+    "training) need the uncompressed model")
 
 
 class _TableValues(torch.autograd.Function):
@@ -98,7 +89,7 @@ class _TableValues(torch.autograd.Function):
         return values
 
     @staticmethod
-    @_first_derivatives_only
+    @_FIRST_DERIVATIVES_ONLY
     def backward(ctx, grad):
         (derivative,) = ctx.saved_tensors
         return (grad * derivative).sum(-1), None, None
@@ -124,7 +115,7 @@ class _TableContraction(torch.autograd.Function):
         return torch.bmm(left.transpose(1, 2), values)
 
     @staticmethod
-    @_first_derivatives_only
+    @_FIRST_DERIVATIVES_ONLY
     def backward(ctx, grad):
         x, left, variant, values = ctx.saved_tensors
         table = ctx.table
