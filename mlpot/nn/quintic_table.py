@@ -38,7 +38,7 @@ from mlpot.errors import ConfigError
 from mlpot.nn.gathered_contraction import no_double_backward, slope_gradient
 from mlpot.nn.tracing import is_tracing
 
-__all__ = ["QuinticTable", "quintic_hermite_coefficients"]
+__all__ = ["QuinticTable", "quintic_hermite_coefficients", "function_derivatives"]
 
 CHUNK_ROWS = 2048  # inputs per chunk of the contraction's backward pass (temporaries ~ rows x width x 8 B)
 
@@ -59,9 +59,9 @@ def quintic_hermite_coefficients(values: torch.Tensor, first: torch.Tensor, seco
     return torch.stack([y0, d0, 0.5 * s0, a3, a4, a5])
 
 
-def _derivatives(function: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor):
-    """f, f', f'' of a function of one variable applied row-wise: x (n,) -> three (n, width) tensors
-    (forward-mode differentiation, exact for any differentiable torch function)."""
+def function_derivatives(function: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor):
+    """f, f', f'' of a function of one variable applied row-wise: x (n,) or (n, 1) -> three (n, width)
+    tensors without a graph (forward-mode differentiation, exact for any differentiable torch function)."""
     from torch.func import jvp
 
     ones = torch.ones_like(x)
@@ -173,7 +173,7 @@ class QuinticTable(torch.nn.Module):
         dtype = self.coefficients.dtype
         tables = []
         for function in functions:
-            values, first, second = _derivatives(function, knots)  # float64 (functions of float64 inputs)
+            values, first, second = function_derivatives(function, knots)  # float64 (functions of float64 inputs)
             tables.append(quintic_hermite_coefficients(values.double(), first.double(), second.double(), knots.diff()))
         self.coefficients = torch.cat(tables, dim=1).transpose(0, 1).to(dtype).contiguous()
         self.knots = knots

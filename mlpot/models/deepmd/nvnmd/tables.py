@@ -21,28 +21,18 @@ second derivatives), as DeePMD-kit writes them. Rows (a, b, c, d) per column, on
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Dict, Tuple
+from typing import Any, Dict, Tuple
 
 import numpy as np
 import torch
 
 from mlpot.nn import smooth_switch
+from mlpot.nn.quintic_table import function_derivatives
 
 __all__ = ["build_tables", "s_range"]
 
 U_MAX, U_STEPS = 64.0, 512  # r up to rc_max = 8 Å
 S_SPAN, S_STEPS = 16.0, 4096
-
-
-def _derivatives(f: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> Tuple[torch.Tensor, ...]:
-    """(f, f', f'') of an elementwise-in-rows map f: (n, 1) -> (n, m), by forward-mode autodiff."""
-    ones = torch.ones_like(x)
-
-    def first(z):
-        return torch.func.jvp(f, (z,), (ones,))
-
-    (value, slope), (_, curvature) = first(x), torch.func.jvp(lambda z: first(z)[1], (x,), (ones,))
-    return value, slope, curvature
 
 
 def _hermite(nodes: np.ndarray, y: np.ndarray, dy: np.ndarray, segments) -> np.ndarray:
@@ -83,7 +73,7 @@ def build_tables(descriptor, min_nbor_dist: float) -> Dict[str, Any]:
                 r = torch.sqrt(x)
                 s = smooth_switch(r.clamp(descriptor.rcut_smth, descriptor.rcut), descriptor.rcut_smth, descriptor.rcut) / r.clamp(d, descriptor.rcut)
                 return (s - davg[0]) / dstd[0] if column == 0 else s / r.clamp(d, descriptor.rcut) / dstd[1]
-            values = [v.detach().numpy().copy() for v in _derivatives(radial, u)]
+            values = [v.detach().numpy().copy() for v in function_derivatives(radial, u)]
             values[0][0] = (-davg[0] / dstd[0]).item() if column == 0 else 0.0
             values[1][0] = values[2][0] = 0.0
             table[name].append(_hermite(nodes, values[0], values[1], cfg_u2s))
@@ -96,7 +86,7 @@ def build_tables(descriptor, min_nbor_dist: float) -> Dict[str, Any]:
     table["g"], table["g_grad"] = [], []
     for t in range(descriptor.n_types):
         net = descriptor.embeddings[t]
-        values = [v.detach().double().numpy() for v in _derivatives(lambda x: net(x.to(descriptor.davg.dtype)).double(), s)]
+        values = [v.detach().double().numpy() for v in function_derivatives(lambda x: net(x.to(descriptor.davg.dtype)).double(), s)]
         table["g"].append(_hermite(s.squeeze(1).numpy(), values[0], values[1], cfg_s2g))
         table["g_grad"].append(_hermite(s.squeeze(1).numpy(), values[1], values[2], cfg_s2g))
     table["cfg_u2s"], table["cfg_s2g"] = cfg_u2s, cfg_s2g
