@@ -64,6 +64,8 @@ def main(argv=None):
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--cross", action="store_true", help="also mlpot from DeePMD-kit's untrained checkpoint")
     parser.add_argument("--deepmd", type=Path, default=Path("/work/peers/deepmd"), help="DeePMD-kit 3.2 venv")
+    parser.add_argument("--only", choices=["mlpot", "deepmd-kit"], default=None,
+                        help="run one code only (two 1-thread lanes side by side on a 2-core machine)")
     parser.add_argument("--workdir", type=Path, default=None)
     args = parser.parse_args(argv)
     work = args.workdir or Path(tempfile.mkdtemp(prefix="short_schedule_"))
@@ -71,6 +73,8 @@ def main(argv=None):
     base, test_system, frames, n_atoms = case(args.case, args.steps)
     python = args.deepmd / "bin" / "python"
     tools = ["mlpot"] + (["deepmd-kit"] + (["mlpot from dp init"] if args.cross else []) if python.exists() else [])
+    if args.only:
+        tools = [args.only]
     mlpot = [sys.executable, "-m", "mlpot.cli"]
     dp = [str(python), "dp_launcher.py", "--pt"]
     results = {tool: [] for tool in tools}
