@@ -315,7 +315,9 @@ PAIRWISE_DPRC_KEYS: Dict[str, Key] = {
     "data_stat_nsample": ignored(note="TF-only statistics option"),
     "data_stat_protect": key(1e-2, annotation=float),
     "use_srtab": unsupported(None, note="short-range table of a pairwise_dprc model"),
-    "smin_alpha": unsupported(None), "sw_rmin": unsupported(None), "sw_rmax": unsupported(None),
+    **{name: unsupported(None, note=f"{what} of the short-range table (use_srtab) of a pairwise_dprc model")
+       for name, what in (("smin_alpha", "switch parameter"), ("sw_rmin", "inner switching radius"),
+                          ("sw_rmax", "outer switching radius"))},
     "spin": unsupported(None, note="spin in a pairwise_dprc model"),
     "compress": unsupported(None, note="compression of a pairwise_dprc model"),
 }
