@@ -49,7 +49,8 @@ def training_systems(script: Path):
     training = content.get("training") if isinstance(content, dict) else None
     if isinstance(training, dict) and isinstance(training.get("training_data"), dict):
         return resolve_systems(training["training_data"].get("systems"), Path(script).resolve().parent,
-                               ["training", "training_data", "systems"], str(script))
+                               ["training", "training_data", "systems"], str(script),
+                               training["training_data"].get("rglob_patterns"))
     config = load_config(script)
     if config.data is None:
         raise ConfigError("no training data (multi-task inputs: give --min-nbor-dist)", file=str(script), key="data")

@@ -66,7 +66,8 @@ def _stage_input(path: Path, folder: Path, step: str) -> dict:
         data = training.get(name) if isinstance(training, dict) else None
         if isinstance(data, dict) and "systems" in data:
             data["systems"] = [str(p) for p in resolve_systems(data["systems"], path.resolve().parent,
-                                                               ["training", name, "systems"], str(path))]
+                                                               ["training", name, "systems"], str(path),
+                                                               data.pop("rglob_patterns", None))]
     folder.mkdir(parents=True, exist_ok=True)
     with open(folder / "train.json", "w") as handle:
         json.dump(content, handle, indent=2)

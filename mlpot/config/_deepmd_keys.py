@@ -153,7 +153,7 @@ DATA_SECTION = {
     "batch_size": _k(S, note='int, list, "auto", "auto:N", "max:N", "filter:N", "mixed:N" (N frames drawn across systems)'),
     "auto_prob": _k(S, "auto_prob_style"),
     "sys_probs": _k(S, "sys_weights"),
-    "rglob_patterns": _k(U, default=None, note="glob patterns of the recursive system search: not built (list the systems, or give one folder searched for type.raw)"),
+    "rglob_patterns": _k(S, note="glob patterns of the recursive system search: below systems (one folder or a list of folders) every folder matching a pattern at any depth (Path.rglob, the root itself excluded) that holds type.raw; sorted (DeePMD-kit: set order); not for HDF5 files"),
 }
 VALIDATION_DATA = {**DATA_SECTION, "numb_btch": _k(S, "numb_batch", kind=INT)}
 TRAINING = {

@@ -37,9 +37,34 @@ def absolute_system(system: str, base: Path) -> str:
     return str((base / system).resolve())
 
 
-def resolve_systems(systems: Any, base: Path, path: List[str], file: Optional[str]) -> List[str]:
+def glob_systems(systems: Any, patterns: Any, base: Path, path: List[str], file: Optional[str]) -> List[str]:
+    """DeePMD-kit's ``rglob_patterns`` search: below each root folder (``systems``: one folder or a
+    list of them), every folder matching one of the glob ``patterns`` at any depth
+    (``Path.rglob(pattern)``, the root itself excluded) that holds ``type.raw``; duplicates dropped,
+    sorted (DeePMD-kit keeps them in set order)."""
+    key = path[:-1] + ["rglob_patterns"]
+    if not isinstance(patterns, list) or not patterns or not all(isinstance(p, str) and p for p in patterns):
+        raise ConfigError(f"expected a non-empty list of glob patterns, got {patterns!r}", file=file, key=key)
+    roots = [systems] if isinstance(systems, str) else systems
+    if not isinstance(roots, list) or not roots or not all(isinstance(r, str) for r in roots):
+        raise ConfigError("expected a folder or a non-empty list of folders", file=file, key=path)
+    found = set()
+    for root in (base / r for r in roots):
+        if split_hdf5_path(root) is not None or not root.is_dir():
+            raise ConfigError(f"rglob_patterns search needs a folder; {root} is not one", file=file, key=path)
+        found.update(str(d.resolve()) for pattern in patterns for d in root.rglob(pattern) if (d / "type.raw").is_file())
+    if not found:
+        raise ConfigError(f"no system (folder with type.raw) matching {patterns} under {', '.join(roots)}",
+                          file=file, key=key)
+    return sorted(found)
+
+
+def resolve_systems(systems: Any, base: Path, path: List[str], file: Optional[str], patterns: Any = None) -> List[str]:
     """System folders as absolute paths; a single string is a root searched for ``type.raw``
-    (an HDF5 file or ``file.h5#/group``: every group below holding ``type.raw``)."""
+    (an HDF5 file or ``file.h5#/group``: every group below holding ``type.raw``); with ``patterns``
+    (DeePMD ``rglob_patterns``) the folders matching them below each root (:func:`glob_systems`)."""
+    if patterns is not None:
+        return glob_systems(systems, patterns, base, path, file)
     if isinstance(systems, str) and split_hdf5_path(base / systems) is not None:
         root = absolute_system(systems, base)
         try:
@@ -67,7 +92,7 @@ def data_section(section: Dict[str, Any], base: Path, path: List[str], file: Opt
         # DeePMD systems are detected by type.raw; "auto" also lets an extxyz file stand in for a
         # system (an mlpot extension, cf. DeePMD-kit PR #5984)
         "format": "auto",
-        "paths": resolve_systems(section.get("systems"), base, path + ["systems"], file),
+        "paths": resolve_systems(section.get("systems"), base, path + ["systems"], file, section.get("rglob_patterns")),
         "batch_size": batch_size,
         "set_prefix": section.get("set_prefix", "set"),
         # DeePMD draws a random system per step, then the next batch of that system (spec 5.3)
