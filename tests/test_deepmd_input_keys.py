@@ -7,10 +7,16 @@ against DeePMD-kit 3.2 (PyTorch backend) where noted.
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
+import torch
 
+from mlpot.calculators.export import freeze, load_model
 from mlpot.config import deepmd, validate_config
+from mlpot.data import AtomsDataset, collate, read_systems
+from mlpot.data import keys as K
 from mlpot.errors import ConfigError
+from mlpot.models import build_model
 from tests.test_deepmd_extra_keys import write_system
 from tests.test_deepmd_training_keys import small_deepmd_input
 
@@ -59,3 +65,73 @@ def test_rglob_patterns_errors(tmp_path, patterns, match):
     with pytest.raises(ConfigError, match=match) as info:
         deepmd.convert_dict(config, base_dir=tmp_path)
     assert "training_data" in str(info.value) and "rglob_patterns" in str(info.value)
+
+
+def _fparam_trainer(tmp_path, systems=("sys4", "sys5")):
+    from mlpot.training.trainer import Trainer
+
+    config = small_deepmd_input(tmp_path, numb_steps=2)
+    config["model"]["fitting_net"].update(numb_fparam=1, default_fparam=[0.7])
+    config["training"]["training_data"]["systems"] = list(systems)
+    native = deepmd.convert_dict(config, base_dir=tmp_path)
+    native["output_dir"] = str(tmp_path / "out")
+    return Trainer(validate_config(native), progress=False)
+
+
+def _energies(model, frames, fparam=None):
+    """Energies (n_frames,) eV of ``frames`` (FrameList of one system); ``fparam`` (n_frames, 1) or None."""
+    batch = collate(list(AtomsDataset([{k: v for k, v in f.items() if k != K.FPARAM} for f in frames],
+                                      cutoff=model.cutoff)), dtype=torch.float64)
+    if fparam is not None:
+        batch[K.FPARAM] = torch.as_tensor(fparam, dtype=torch.float64)
+    with torch.no_grad():
+        return model(batch)[K.ENERGY].numpy()
+
+
+def test_default_fparam_trains_without_fparam_npy_and_is_frozen_with_the_model(tmp_path):
+    """No system has fparam.npy: the statistics see the default on every frame, fparam_avg 0.7 and
+    fparam_inv_std 1/data_stat_protect = 100 (DeePMD-kit 3.2's checkpoint of this input holds the same
+    numbers); training runs, and a frame without fparam gives the energy of fparam = 0.7 exactly, before
+    and after freezing (inference without fparam, as DeePMD-kit's DeepPot)."""
+    trainer = _fparam_trainer(tmp_path)
+    trainer.run()
+    fitting = trainer.model.fitting
+    assert fitting.fparam_avg.tolist() == pytest.approx([0.7])
+    assert fitting.fparam_inv_std.tolist() == pytest.approx([100.0])
+    frames = read_systems([str(tmp_path / "sys5")], None, type_map=["C", "H"])[0]
+    model = trainer.model.eval()
+    default = _energies(model, frames)
+    assert np.allclose(default, _energies(model, frames, [[0.7]] * 3), rtol=0, atol=1e-12)
+    assert np.abs(default - _energies(model, frames, [[0.2]] * 3)).max() > 1e-4  # fparam does enter
+    checkpoint = max((tmp_path / "out").rglob("*.pt"), key=lambda p: p.stat().st_mtime)
+    freeze(checkpoint, tmp_path / "frozen.pt")
+    frozen = load_model(tmp_path / "frozen.pt")
+    assert frozen.fitting.default_fparam.tolist() == [0.7]
+    assert np.allclose(_energies(frozen, frames), _energies(frozen, frames, [[0.7]] * 3), rtol=0, atol=1e-12)
+
+
+def test_default_fparam_mixed_systems_and_tensor_fittings(tmp_path):
+    """sys5 has fparam.npy (0.2, 0.4, 0.6), sys4 none: sys4's 5 frames count with 0.7 in the statistics,
+    fparam_avg = (5 * 0.7 + 1.2) / 8 (DeePMD-kit 3.2 is order-dependent here: it overwrites every
+    sample with the default when the first system lacks fparam.npy, else stops with KeyError 'fparam').
+    A dipole fitting takes the default the same way; a wrong length is refused."""
+    write_system(tmp_path / "sys4", 4, 5, seed=1)
+    write_system(tmp_path / "sys5", 5, 3, seed=2)
+    np.save(tmp_path / "sys5" / "set.000" / "fparam.npy", np.array([[0.2], [0.4], [0.6]]))
+    trainer = _fparam_trainer(tmp_path)
+    assert trainer.model.fitting.fparam_avg.item() == pytest.approx((5 * 0.7 + 1.2) / 8)
+    descriptor = {"type": "se_e2_a", "sel": [4, 4], "rcut": 4.0, "rcut_smth": 0.5, "neuron": [4, 8], "axis_neuron": 2,
+                  "seed": 1}
+    fitting = {"type": "dipole", "neuron": [8], "seed": 1, "numb_fparam": 2, "default_fparam": [0.3, -1.0]}
+    model = build_model({"type_map": ["C", "H"], "descriptor": descriptor, "fitting_net": fitting}).eval()
+    frames = read_systems([str(tmp_path / "sys4")], None, type_map=["C", "H"])[0]
+    batch = collate(list(AtomsDataset(list(frames), cutoff=model.cutoff)), dtype=torch.float64)
+    with torch.no_grad():
+        default = model(batch)[K.DIPOLE]
+        batch[K.FPARAM] = torch.tensor([[0.3, -1.0]] * 5, dtype=torch.float64)
+        explicit = model(batch)[K.DIPOLE]
+        batch[K.FPARAM] = torch.tensor([[0.3, 1.0]] * 5, dtype=torch.float64)
+        other = model(batch)[K.DIPOLE]
+    assert torch.equal(default, explicit) and (default - other).abs().max() > 1e-6
+    with pytest.raises(ConfigError, match="default_fparam.*has 1 values, expected numb_fparam = 2"):
+        build_model({"type_map": ["C", "H"], "descriptor": descriptor, "fitting_net": {**fitting, "default_fparam": [1.0]}})

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from mlpot.data.keys import (
-    APARAM, ATOM_DOS, ATOM_ENERGY, DOS, ENERGY, FPARAM,
+    APARAM, ATOM_DOS, ATOM_ENERGY, DOS, ENERGY, FPARAM, N_ATOMS,
 )
 from mlpot.errors import ConfigError
 from mlpot.models.deepmd.descriptors.env import atom_mask
@@ -75,6 +75,7 @@ class InvariantFitting(torch.nn.Module):
                  activation_function: str = "tanh", resnet_dt: bool = True, numb_fparam: int = 0, numb_aparam: int = 0,
                  rcond: Optional[float] = None, atom_ener: Optional[Sequence[Optional[float]]] = None,
                  preset_out_bias: Optional[Sequence[Any]] = None, use_aparam_as_mask: bool = False,
+                 default_fparam: Optional[Sequence[float]] = None,
                  trainable=True, seed: Optional[int] = None, mixed_types: bool = False, dtype=torch.float64):
         super().__init__()
         self.n_types, self.dim_descrpt, self.n_out = int(n_types), int(dim_descrpt), int(n_out)
@@ -109,6 +110,12 @@ class InvariantFitting(torch.nn.Module):
         for name, width in (("fparam", self.numb_fparam), ("aparam", self.numb_aparam)):
             self.register_buffer(f"{name}_avg", torch.zeros(width, dtype=dtype))
             self.register_buffer(f"{name}_inv_std", torch.ones(width, dtype=dtype))
+        if default_fparam is not None and len(default_fparam) != self.numb_fparam:
+            raise ConfigError(f"has {len(default_fparam)} values, expected numb_fparam = {self.numb_fparam}",
+                              key="model/fitting_net/default_fparam")
+        # (numb_fparam,) fparam of frames that have none (rebuilt from the config: not in the state dict)
+        self.register_buffer("default_fparam", None if default_fparam is None else
+                             torch.tensor([float(v) for v in default_fparam], dtype=torch.float64), persistent=False)
 
     def _fixed_bias(self) -> List[Any]:
         """Per type the fixed bias (a float for ``atom_ener``, an (n_out,) list for
@@ -123,9 +130,13 @@ class InvariantFitting(torch.nn.Module):
     def _inputs(self, descriptor, frame, fparam, aparam) -> torch.Tensor:
         parts = [descriptor.to(self.net_dtype)]
         if self.numb_fparam:
-            if fparam is None:
+            if fparam is None and self.default_fparam is None:
                 raise ConfigError(f"the model needs fparam ({self.numb_fparam} per frame) but the batch has none", key=FPARAM)
-            parts.append(gather_rows((fparam.to(self.net_dtype) - self.fparam_avg) * self.fparam_inv_std, frame))
+            if fparam is None:  # default_fparam for every frame: (numb_fparam,) -> (n_atoms, numb_fparam)
+                row = (self.default_fparam.to(self.net_dtype) - self.fparam_avg) * self.fparam_inv_std
+                parts.append(row.expand(len(frame), -1))
+            else:
+                parts.append(gather_rows((fparam.to(self.net_dtype) - self.fparam_avg) * self.fparam_inv_std, frame))
         if self.numb_aparam and not self.use_aparam_as_mask:
             if aparam is None:
                 raise ConfigError(f"the model needs aparam ({self.numb_aparam} per atom) but the batch has none", key=APARAM)
@@ -200,6 +211,8 @@ class InvariantFitting(torch.nn.Module):
             if not width:
                 continue
             data = [b[key].detach().to(torch.float64).reshape(-1, width) for b in batches if key in b]
+            if key == FPARAM and self.default_fparam is not None:  # frames without fparam count with the default
+                data += [self.default_fparam.expand(len(b[N_ATOMS]), -1) for b in batches if key not in b]
             if not data:
                 raise ConfigError(f"numb_{name} = {width} but no sample batch has {key}", key=f"model/fitting_net/numb_{name}")
             stacked = torch.cat(data)

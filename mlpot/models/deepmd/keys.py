@@ -173,7 +173,11 @@ _FITTING: Dict[str, Key] = {
     "trainable": key(True, note="bool or one bool per layer", annotation=Union[bool, List[bool]]),
     "numb_fparam": key(0, annotation=int),
     "numb_aparam": key(0, annotation=int),
-    "default_fparam": unsupported(None, note="fparam used for frames without fparam.npy: not built; give fparam in every system"),
+    "default_fparam": key(None, note="numb_fparam values used for every frame without fparam: systems without "
+                          "fparam.npy (training, and the fparam statistics, where they count with it), inference "
+                          "without fparam; stored with the model (DeePMD-kit 3.2's statistics of a mix of systems "
+                          "with and without fparam.npy depend on their order)",
+                          annotation=Optional[List[Number]]),
     "dim_case_embd": unsupported(0, note="task embedding of a fitting shared between multi-task heads: not built (heads have their own fitting)"),
     "layer_name": unsupported(None, note="TF names for sharing fitting layers between models: not built"),
     "use_aparam_as_mask": unsupported(False, note="aparam as an atom mask (se_a_mask models): not built yet"),
