@@ -135,3 +135,78 @@ def test_default_fparam_mixed_systems_and_tensor_fittings(tmp_path):
     assert torch.equal(default, explicit) and (default - other).abs().max() > 1e-6
     with pytest.raises(ConfigError, match="default_fparam.*has 1 values, expected numb_fparam = 2"):
         build_model({"type_map": ["C", "H"], "descriptor": descriptor, "fitting_net": {**fitting, "default_fparam": [1.0]}})
+
+
+# ---- model_branch_alias, finetune_head ----------------------------------------------------------------
+_DESCRIPTOR = {"type": "se_e2_a", "sel": [4, 4], "rcut": 4.0, "rcut_smth": 0.5, "neuron": [4, 8], "axis_neuron": 2,
+               "seed": 1}
+
+
+def _multi_task_section(alias_b=("Default", "other")):
+    head = {"type_map": "types", "descriptor": "d", "fitting_net": {"neuron": [8], "seed": 2}}
+    return {"type": "multi_task", "shared_dict": {"types": ["C", "H"], "d": dict(_DESCRIPTOR)},
+            "model_dict": {"water_a": dict(head, model_branch_alias=["A"]),
+                           "water_b": dict(head, fitting_net={"neuron": [8], "seed": 3},
+                                           model_branch_alias=list(alias_b))}}
+
+
+def _sys4_batch(tmp_path, cutoff):
+    if not (tmp_path / "sys4").exists():
+        write_system(tmp_path / "sys4", 4, 5, seed=1)
+    frames = read_systems([str(tmp_path / "sys4")], None, type_map=["C", "H"])[0]
+    return collate(list(AtomsDataset(list(frames), cutoff=cutoff)), dtype=torch.float64)
+
+
+def test_model_branch_alias_names_a_head_wherever_a_head_is_chosen(tmp_path):
+    """A frozen multi-task file: --head by alias (and by name ignoring case) gives that head's energies;
+    with no head (freeze, change-bias) the branch aliased Default is used (as DeePMD-kit's DeepEval);
+    aliases stay in the config."""
+    from mlpot.calculators.export import FORMAT_VERSION, FROZEN_FORMAT, save_frozen, select_head
+
+    multi = build_model(_multi_task_section()).eval()
+    save_frozen({"format": FROZEN_FORMAT, "format_version": FORMAT_VERSION, "model_config": multi.config,
+                 "state_dict": multi.state_dict(), "dtype": "float64", "metadata": {"step": 0}}, tmp_path / "multi.pt")
+    batch = _sys4_batch(tmp_path, multi.cutoff)
+    with torch.no_grad():
+        expected = {task: multi.heads[task](batch)[K.ENERGY] for task in multi.tasks}
+        assert (expected["water_a"] - expected["water_b"]).abs().max() > 1e-3  # own fitting nets
+        for head, task in (("A", "water_a"), ("other", "water_b"), ("WATER_A", "water_a")):
+            model = load_model(tmp_path / "multi.pt", head=head)
+            assert torch.equal(model(batch)[K.ENERGY], expected[task]), head
+        model = select_head(load_model(tmp_path / "multi.pt"), None, "multi.pt")  # freeze / change-bias, no --head
+        assert torch.equal(model(batch)[K.ENERGY], expected["water_b"])
+    assert model.config["model_branch_alias"] == ["Default", "other"]  # kept with the head it names
+    with pytest.raises(Exception, match=r"no head 'B' \(heads: water_a \(alias: A\), water_b \(alias: Default, other\)\)"):
+        select_head(multi, "B", "multi.pt")
+    with pytest.raises(ConfigError, match="alias 'A' of branch 'water_b' is already the name or an alias of branch 'water_a'"):
+        build_model(_multi_task_section(alias_b=("A",)))
+
+
+def test_finetune_head_picks_the_pretrained_branch_unless_model_branch_is_given(tmp_path):
+    """model/finetune_head (a task or an alias) chooses the pretrained head when --model-branch is absent:
+    the fine-tuned model starts from that head's weights, so its energies are the head's; --model-branch
+    wins over it (DeePMD-kit 3.2's FinetuneRuleBuilder); RANDOM keeps the descriptor only."""
+    from mlpot.models.deepmd.finetune import prepare_finetune
+
+    multi = build_model(_multi_task_section()).eval()
+    config = small_deepmd_input(tmp_path)
+    config["model"]["descriptor"] = dict(_DESCRIPTOR)
+    config["model"]["finetune_head"] = "other"
+
+    def finetuned(branch=None, head="other"):
+        config["model"]["finetune_head"] = head
+        native = validate_config(deepmd.convert_dict(config, base_dir=tmp_path))
+        weights, random_fitting = prepare_finetune(native, multi, build=build_model, branch=branch,
+                                                   use_pretrain_script=True, pretrained_file="multi.pt")
+        model = build_model(native.model)
+        model.load_state_dict(weights)
+        with torch.no_grad():
+            return model.eval()(_sys4_batch(tmp_path, multi.cutoff))[K.ENERGY], random_fitting
+
+    with torch.no_grad():
+        expected = {task: multi.heads[task](_sys4_batch(tmp_path, multi.cutoff))[K.ENERGY] for task in multi.tasks}
+    assert torch.equal(finetuned()[0], expected["water_b"])
+    assert torch.equal(finetuned(branch="A")[0], expected["water_a"])
+    assert finetuned(head="RANDOM")[1] is True
+    with pytest.raises(ConfigError, match="model/finetune_head.*no branch 'nope'"):
+        finetuned(head="nope")

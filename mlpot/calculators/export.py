@@ -76,17 +76,22 @@ def _model_parts(payload: Dict[str, Any], file: str):
 
 
 def select_head(model, head: Optional[str], file: str):
-    """The head ``head`` of a multi-task model (the model itself when single-task and no head asked)."""
+    """The head ``head`` (a task or one of its ``model_branch_alias``) of a multi-task model (the model
+    itself when single-task and no head asked); no head asked: the branch named or aliased
+    ``Default`` if there is one (as DeePMD-kit's DeepEval)."""
     tasks = list(getattr(model, "tasks", []) or []) if hasattr(model, "heads") else []
     if not tasks:
         if head is not None:
             raise CheckpointError(f"--head {head!r} given, but this is a single-task model", file=file)
         return model
+    if head is None and "Default" in (*tasks, *getattr(model, "aliases", {})):
+        head = "Default"
     if head is None:
-        raise CheckpointError(f"a multi-task model: choose a head with --head (one of {', '.join(tasks)})", file=file)
-    if head not in tasks:
-        raise CheckpointError(f"no head {head!r} (heads: {', '.join(tasks)})", file=file)
-    return model.heads[head]
+        raise CheckpointError(f"a multi-task model: choose a head with --head (one of {model.head_names()})", file=file)
+    task = model.task_of(head)
+    if task is None:
+        raise CheckpointError(f"no head {head!r} (heads: {model.head_names()})", file=file)
+    return model.heads[task]
 
 
 def _mace_model(path: Path, payload: Optional[Dict[str, Any]], mace_options):

@@ -2,8 +2,9 @@
 
 ``mlpot train input --finetune pretrained [--model-branch BRANCH|RANDOM] [--use-pretrain-script]``:
 
-1. the pretrained model (checkpoint or frozen file; a multi-task one needs ``--model-branch`` to
-   pick a head) is loaded by the caller and handed to :func:`prepare_finetune`;
+1. the pretrained model (checkpoint or frozen file; a multi-task one needs ``--model-branch``, or
+   the input's ``model/finetune_head`` when it is not given, to pick a head: a task or one of its
+   ``model_branch_alias``) is loaded by the caller and handed to :func:`prepare_finetune`;
 2. the input's ``type_map`` must be a subset (any order) of the pretrained one: the per-type
    parameters and statistics (fitting nets, descriptor embedding nets, type-embedding rows, davg/dstd,
    bias_atom, out_std) and the per-type config lists (sel, atom_ener, preset_out_bias, exclude
@@ -40,31 +41,38 @@ __all__ = ["RANDOM_BRANCH", "prepare_finetune", "select_branch", "type_index", "
 
 RANDOM_BRANCH = "RANDOM"
 # keys that do not shape the network or its weights (the statistics are not recomputed)
-_IGNORED_KEYS = {"type_map", "seed", "data_stat_nbatch", "data_stat_protect", "data_bias_nsample"}
+_IGNORED_KEYS = {"type_map", "seed", "data_stat_nbatch", "data_stat_protect", "data_bias_nsample", "finetune_head",
+                 "model_branch_alias", "info"}
+# keys of the pretrained branch's section that name it, not the fine-tuned model
+_BRANCH_KEYS = ("finetune_head", "model_branch_alias")
 
 
 # ---- pretrained model and type_map --------------------------------------------------------
-def select_branch(model: torch.nn.Module, branch: Optional[str], file: str) -> Tuple[torch.nn.Module, bool]:
-    """(single-task model to start from, random_fitting) for ``--model-branch``.
+def select_branch(model: torch.nn.Module, branch: Optional[str], file: str,
+                  key: str = "--model-branch") -> Tuple[torch.nn.Module, bool]:
+    """(single-task model to start from, random_fitting) for ``--model-branch`` (or the input's
+    ``model/finetune_head``, named by ``key`` in errors).
 
-    A multi-task model needs a branch (one of its heads); ``RANDOM`` takes the first head of a
-    multi-task model (only its descriptor survives) or the single-task model itself.
+    A multi-task model needs a branch (one of its heads or their ``model_branch_alias``); ``RANDOM``
+    takes the first head of a multi-task model (only its descriptor survives) or the single-task
+    model itself; a single-task model is also branch ``Default`` (DeePMD-kit's name for it).
     """
     tasks = list(getattr(model, "tasks", []) or []) if hasattr(model, "heads") else []
     random_fitting = branch == RANDOM_BRANCH
     if not tasks:
-        if branch is not None and not random_fitting:
-            raise ConfigError(f"--model-branch {branch!r} given, but the pretrained model is single-task",
-                              file=file, key="--model-branch")
+        if branch not in (None, RANDOM_BRANCH, "Default"):
+            raise ConfigError(f"{key} {branch!r} given, but the pretrained model is single-task (branch Default)",
+                              file=file, key=key)
         return model, random_fitting
     if branch is None:
-        raise ConfigError(f"a multi-task pretrained model: choose a head with --model-branch "
-                          f"(one of {', '.join(tasks)}, or {RANDOM_BRANCH})", file=file, key="--model-branch")
+        raise ConfigError(f"a multi-task pretrained model: choose a head with --model-branch or model/finetune_head "
+                          f"(one of {model.head_names()}, or {RANDOM_BRANCH})", file=file, key=key)
     if random_fitting:
         return model.heads[tasks[0]], True
-    if branch not in tasks:
-        raise ConfigError(f"no branch {branch!r} (branches: {', '.join(tasks)})", file=file, key="--model-branch")
-    return model.heads[branch], False
+    task = model.task_of(branch)
+    if task is None:
+        raise ConfigError(f"no branch {branch!r} (branches: {model.head_names()})", file=file, key=key)
+    return model.heads[task], False
 
 
 def type_index(type_map: Sequence[str], pretrained: Sequence[str], file: Optional[str] = None) -> List[int]:
@@ -231,14 +239,16 @@ def prepare_finetune(config, pretrained: torch.nn.Module, *, build: Callable[...
     """
     if config.tasks is not None:
         raise ConfigError("not supported yet: fine-tuning into a multi-task input", file=file, key="model/model_dict")
-    model, random_fitting = select_branch(pretrained, branch, pretrained_file)
+    head = config.model.get("finetune_head") if branch is None else None  # --model-branch wins, as in DeePMD-kit
+    model, random_fitting = select_branch(pretrained, branch if head is None else head, pretrained_file,
+                                          "--model-branch" if head is None else "model/finetune_head")
     if not hasattr(model, "fitting") or not hasattr(model, "descriptor") or not isinstance(getattr(model, "config", None), dict):
         raise ConfigError("fine-tuning needs a standard (descriptor + fitting) pretrained model",
                           file=pretrained_file, key="model/type")
     section = dict(config.model)
     type_map = list(section.get("type_map") or model.type_map)
     index = type_index(type_map, model.type_map, file)
-    reference = remap_model_section(model.config, index, type_map)
+    reference = {k: v for k, v in remap_model_section(model.config, index, type_map).items() if k not in _BRANCH_KEYS}
     if use_pretrain_script:
         config.model = reference
     else:

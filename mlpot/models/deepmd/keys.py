@@ -286,9 +286,16 @@ STANDARD_KEYS: Dict[str, Key] = {
     "spin": key(None, note="spin model (use_spin, virtual_scale or TF virtual_len/spin_norm): virtual atoms at r + "
                 "s·virtual_scale on the magnetic atoms, loss type ener_spin (docs: DeePMD spin models)",
                 annotation=Optional[dict]),
-    "finetune_head": unsupported(None, note="give the head with --model-branch"),
+    "finetune_head": key(None, note="the head (task or model_branch_alias, or RANDOM: a fresh fitting net) of the multi-task "
+                         "pretrained model that mlpot train --finetune starts from when --model-branch is not given; no effect "
+                         "without --finetune (as in DeePMD-kit); fine-tuning into multi-task inputs: not supported yet", annotation=Optional[str]),
     "info": ignored(note="free metadata of the model (DeePMD-kit stores it, it changes nothing)"),
-    "model_branch_alias": unsupported([], note="multi-task branch aliases"),
+    "model_branch_alias": key([], note="multi-task (model_dict/<task>): other names of the task, accepted wherever a "
+                              "head is named (--head, --model-branch, finetune_head, the ASE calculator's head), then a "
+                              "name equal ignoring case; freeze and change-bias without a head take the branch named "
+                              "or aliased Default (as DeePMD-kit's DeepEval); an alias used twice is an error; in a "
+                              "single-task model kept as metadata (a head frozen from a multi-task model)",
+                              annotation=List[str]),
     "use_compile": unsupported(False, note="a key of model/type dpa4 (DPA-4/SeZM), not built"),
     "enable_tf32": unsupported(True, note="a key of model/type dpa4 (DPA-4/SeZM), not built"),
     "lora": unsupported(None, note="a key of model/type dpa4 (DPA-4/SeZM), not built"),

@@ -12,7 +12,8 @@ Each task becomes a :class:`~mlpot.models.deepmd.standard.StandardModel` (a *hea
 resolved section; ``heads[task].config`` is that complete single-task section, which
 ``mlpot freeze --head`` stores. Tasks naming the same shared descriptor hold the *same* descriptor
 module: its parameters and its davg/dstd buffers are one set of tensors, updated by every task's
-steps. Fitting nets and output biases are per task.
+steps. Fitting nets and output biases are per task. A task's ``model_branch_alias`` list names it too
+(``task_of``): wherever a head is chosen (``--head``, ``--model-branch``, ``finetune_head``).
 
 Statistics (``compute_statistics({task: sample batches})``): each descriptor's davg/dstd from the
 samples of every task that uses it, pooled (all their environments counted together); each head's
@@ -23,7 +24,7 @@ from __future__ import annotations
 
 import copy
 import re
-from typing import Any, Callable, Dict, List, Mapping, Sequence
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
 
 import torch
 
@@ -77,12 +78,13 @@ class MultiTaskModel(AtomisticModel):
     type_map: the first head's; cutoff: the largest head cutoff (Å).
     """
 
-    def __init__(self, heads: Mapping[str, StandardModel]):
+    def __init__(self, heads: Mapping[str, StandardModel], aliases: Optional[Mapping[str, str]] = None):
         super().__init__()
         if not heads:
             raise ConfigError("needs at least one task", key="model/model_dict")
         self.heads = torch.nn.ModuleDict(dict(heads))
         self.tasks: List[str] = list(heads)
+        self.aliases: Dict[str, str] = dict(aliases or {})  # model_branch_alias -> task
         self.active_task = self.tasks[0]
         first = self.heads[self.active_task]
         self.type_map = list(first.type_map)
@@ -92,6 +94,22 @@ class MultiTaskModel(AtomisticModel):
     def forward(self, batch: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
         """Outputs of head ``active_task`` (see StandardModel.forward)."""
         return self.heads[self.active_task](batch)
+
+    def task_of(self, name: str) -> Optional[str]:
+        """The task a head name means: a task, a ``model_branch_alias``, else the one task or alias
+        equal to it ignoring case (as DeePMD-kit's DeepEval); None when nothing matches."""
+        if name in self.heads:
+            return name
+        if name in self.aliases:
+            return self.aliases[name]
+        folded = {task for known, task in [(t, t) for t in self.tasks] + list(self.aliases.items())
+                  if known.lower() == str(name).lower()}
+        return folded.pop() if len(folded) == 1 else None
+
+    def head_names(self) -> str:
+        """The tasks with their aliases, for messages: ``a (alias: x, y), b``."""
+        listed = {task: [a for a, t in self.aliases.items() if t == task] for task in self.tasks}
+        return ", ".join(f"{t} (alias: {', '.join(a)})" if a else t for t, a in listed.items())
 
     def descriptor_users(self) -> List[List[str]]:
         """Tasks grouped by the descriptor module they use (one group per distinct module)."""
@@ -138,9 +156,11 @@ def build_multi_task(config: Dict[str, Any], dtype: torch.dtype, build: Callable
         raise ConfigError("expected a non-empty mapping task -> model section", key="model/model_dict")
     heads: Dict[str, StandardModel] = {}
     shared: Dict[str, StandardModel] = {}  # shared descriptor name -> first head that built it
+    aliases: Dict[str, str] = {}
     for task, section in model_dict.items():
         path = f"model/model_dict/{task}"
         resolved = resolve_task_section(task, section, shared_dict)
+        _add_aliases(aliases, task, resolved.get("model_branch_alias"), model_dict, f"{path}/model_branch_alias")
         if resolved.get("type", "standard") != "standard" or resolved.get("use_srtab"):
             raise ConfigError("not supported yet: a multi-task head other than a standard model "
                               "(descriptor + fitting_net, no use_srtab)", key=path)
@@ -158,7 +178,22 @@ def build_multi_task(config: Dict[str, Any], dtype: torch.dtype, build: Callable
                 _check_compatible(owner, head, name, path)
                 head.descriptor = owner.descriptor  # the same module: shared parameters and statistics
         heads[task] = head
-    return MultiTaskModel(heads)
+    return MultiTaskModel(heads, aliases)
+
+
+def _add_aliases(aliases: Dict[str, str], task: str, names: Any, model_dict: Mapping[str, Any], key: str) -> None:
+    """Record ``names`` (a task's model_branch_alias list) as aliases of ``task``; an alias that is a
+    task name or another alias is a ConfigError (DeePMD-kit: an assertion)."""
+    if names is None:
+        return
+    if not isinstance(names, list) or not all(isinstance(n, str) and n for n in names):
+        raise ConfigError(f"expected a list of branch names, got {names!r}", key=key)
+    for name in names:
+        if name in model_dict or name in aliases:
+            owner = name if name in model_dict else aliases[name]
+            raise ConfigError(f"alias {name!r} of branch {task!r} is already the name or an alias of branch "
+                              f"{owner!r}", key=key)
+        aliases[name] = task
 
 
 def _check_compatible(owner: StandardModel, head: StandardModel, name: str, path: str) -> None:
