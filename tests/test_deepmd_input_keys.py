@@ -210,3 +210,53 @@ def test_finetune_head_picks_the_pretrained_branch_unless_model_branch_is_given(
     assert finetuned(head="RANDOM")[1] is True
     with pytest.raises(ConfigError, match="model/finetune_head.*no branch 'nope'"):
         finetuned(head="nope")
+
+
+# ---- num_epoch_dict ----------------------------------------------------------------------------------
+def num_epoch_input(tmp_path, epochs):
+    """Tasks a (sys4: 5 frames, batch 2: 3 batches per pass) and b (sys5 + sys6: 2 + 4 batches, prob_sys_size:
+    ceil(max(2 / (2/6), 4 / (4/6))) = 6 steps per pass); ``epochs``: training/num_epoch_dict."""
+    for name, atoms, frames, seed in (("sys4", 4, 5, 1), ("sys5", 5, 3, 2), ("sys6", 6, 7, 3)):
+        if not (tmp_path / name).exists():
+            write_system(tmp_path / name, atoms, frames, seed=seed)
+    single = small_deepmd_input(tmp_path)
+    head = {"type_map": "types", "descriptor": "d", "fitting_net": {"neuron": [8], "seed": 1}}
+    loss = single["loss"]
+    return {"model": {"shared_dict": {"types": ["C", "H"], "d": single["model"]["descriptor"]},
+                      "model_dict": {"a": head, "b": dict(head, fitting_net={"neuron": [8], "seed": 2})}},
+            "learning_rate": single["learning_rate"], "loss_dict": {"a": loss, "b": loss},
+            "training": {"data_dict": {"a": {"training_data": {"systems": ["sys4"], "batch_size": 2}},
+                                       "b": {"training_data": {"systems": ["sys5", "sys6"], "batch_size": 2}}},
+                         "num_epoch_dict": epochs, "seed": 3, "disp_freq": 4, "save_freq": 100}}
+
+
+def test_num_epoch_dict_sets_the_run_length_and_the_task_probabilities(tmp_path):
+    """num_epoch_dict {a: 2.5, b: 0.75}: E_t L_t = 7.5 and 4.5, so ceil(12) = 12 steps with task
+    probabilities 0.625 / 0.375 -- DeePMD-kit 3.2 on this input logs model_prob=[0.625 0.375] and
+    num_steps=12 and trains 12 steps; the run here trains 12 steps too."""
+    from mlpot.training.trainer import Trainer
+
+    native = deepmd.convert_dict(num_epoch_input(tmp_path, {"a": 2.5, "b": 0.75}), base_dir=tmp_path)
+    assert native["training"]["task_epochs"] == {"a": 2.5, "b": 0.75} and "prob" not in native["tasks"]["a"]
+    native["output_dir"] = str(tmp_path / "out")
+    trainer = Trainer(validate_config(native), progress=False)
+    assert trainer.total_steps == 12
+    assert trainer.data.task_sampler.probabilities.tolist() == pytest.approx([0.625, 0.375], abs=1e-15)
+    trainer.run()
+    assert trainer.step == 12
+
+
+@pytest.mark.parametrize("edit, key, match", [
+    (lambda t: t.update(numb_steps=10), "numb_steps", "num_epoch_dict and numb_steps exclude each other"),
+    (lambda t: t.update(model_prob={"a": 1, "b": 1}), "model_prob", "num_epoch_dict and model_prob exclude each other"),
+    (lambda t: t.update(num_epoch_dict={"a": 1}), "num_epoch_dict.b", "missing the epochs of task 'b'"),
+    (lambda t: t.update(num_epoch_dict={"a": 1, "b": 0}), "num_epoch_dict.b", "expected a positive number, got 0"),
+    (lambda t: t.update(num_epoch_dict={"a": 1, "b": 1, "c": 1}), "num_epoch_dict", "'c' is not a task of the model"),
+    (lambda t: t.update(num_epoch_dict={}, numb_epoch=2), "numb_epoch", "numb_epoch is single-task only"),
+])
+def test_num_epoch_dict_errors(tmp_path, edit, key, match):
+    config = num_epoch_input(tmp_path, {"a": 1, "b": 1})
+    edit(config["training"])
+    with pytest.raises(ConfigError, match=match) as info:
+        deepmd.convert_dict(config, base_dir=tmp_path)
+    assert key in str(info.value)

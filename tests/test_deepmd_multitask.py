@@ -285,7 +285,8 @@ def test_resume_is_exact(systems, tmp_path):
      r"not supported yet: share level 1"),
     (lambda c: c["model"].update(type_map=["O", "H"]),
      r"model\.type_map: with model_dict, this belongs in each model_dict entry"),
-    (lambda c: c["training"].update(num_epoch_dict={"water_a": 1}), r"not supported yet: training/num_epoch_dict"),
+    (lambda c: c["training"].update(num_epoch_dict={"water_a": 1}),
+     r"training\.numb_steps: num_epoch_dict and numb_steps exclude each other"),
     (lambda c: c["model"]["model_dict"]["water_a"]["fitting_net"].update(nueron=[8]),
      r"model\.model_dict\.water_a\.fitting_net\.nueron: unknown key"),
 ])

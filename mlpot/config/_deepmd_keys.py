@@ -193,7 +193,7 @@ TRAINING = {
     "data_dict": _k(S, note="multi-task: task -> {training_data, validation_data, stat_file}"),
     "model_prob": _k(S, note="multi-task: task -> weight of drawing the task per step (normalised; default: number of training systems)"),
     "fitting_weight": _k(S, note="multi-task, TF 2.x name of model_prob (default 1 per task; a task left out is never drawn)"),
-    "num_epoch_dict": _k(U, default=None, note="multi-task run length in epochs per task: not built (give numb_steps)"),
+    "num_epoch_dict": _k(S, note="multi-task: task -> epochs (every task; not with numb_steps or model_prob): with L_t = ceil(max_k nbatch_k / p_k) the steps of one pass over task t's systems, the run is ceil(sum_t E_t L_t) steps and task t is drawn with probability E_t L_t / sum (DeePMD-kit 3.x)"),
     "kf_blocksize": _k(S, note="older form of optimizer/kf_blocksize (opt_type LKF)", kind=INT),
     "kf_start_pref_e": _k(S, note="older form of optimizer/kf_start_pref_e (opt_type LKF)", kind=NUM),
     "kf_limit_pref_e": _k(S, note="older form of optimizer/kf_limit_pref_e (opt_type LKF)", kind=NUM),

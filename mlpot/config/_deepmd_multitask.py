@@ -35,7 +35,7 @@ __all__ = ["MULTI_TASK_ONLY", "is_multi_task", "check_multi_task", "native_tasks
 
 # keys that exist only in multi-task inputs; a single-task input using them is an error
 MULTI_TASK_ONLY = {"model": ("shared_dict", "model_dict", "fitting_net_dict"), "": ("loss_dict", "learning_rate_dict"),
-                   "training": ("data_dict", "model_prob", "fitting_weight")}
+                   "training": ("data_dict", "model_prob", "fitting_weight", "num_epoch_dict")}
 # keys that a multi-task input must not use at the place the single-task input has them
 SINGLE_TASK_ONLY = {"": ("loss",), "training": ("training_data", "validation_data")}
 _TASK_MODEL_KEYS = {k: v for k, v in table.MODEL.items() if k not in MULTI_TASK_ONLY["model"]}
@@ -135,7 +135,8 @@ def _from_tf_layout(model: Dict[str, Any], out: Dict[str, Any], file: Optional[s
                           key=["training", "model_prob"])
     weights = training.pop("fitting_weight", None)
     if weights is None:
-        training["model_prob"] = {task: 1.0 for task in tasks}
+        if not training.get("num_epoch_dict"):  # num_epoch_dict sets the task weights itself
+            training["model_prob"] = {task: 1.0 for task in tasks}
     else:
         if not isinstance(weights, dict):
             raise ConfigError("expected a mapping task -> weight", file=file, key=["training", "fitting_weight"])
@@ -238,8 +239,35 @@ def check_multi_task(out: Dict[str, Any], file: Optional[str]) -> Dict[str, Any]
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
                 raise ConfigError(f"expected a non-negative number, got {value!r}", file=file,
                                   key=["training", "model_prob", task])
+    _check_epochs(training, tasks, file)
     out["training"] = training
     return out
+
+
+def _check_epochs(training: Dict[str, Any], tasks: List[str], file: Optional[str]) -> None:
+    """``num_epoch_dict`` (DeePMD-kit 3.x): positive epochs for every task, instead of numb_steps and
+    model_prob; ``{}`` (DeePMD-kit's default) is absent. ``numb_epoch`` is single-task only."""
+    epochs, key = training.get("num_epoch_dict"), ["training", "num_epoch_dict"]
+    if "numb_epoch" in training:
+        raise ConfigError("training/numb_epoch is single-task only (as in DeePMD-kit); multi-task inputs give "
+                          "num_epoch_dict", file=file, key=["training", "numb_epoch"])
+    if not epochs:
+        training.pop("num_epoch_dict", None)
+        return
+    if not isinstance(epochs, dict):
+        raise ConfigError("expected a mapping task -> epochs", file=file, key=key)
+    _check_task_keys(list(epochs), tasks, key, file)
+    for other in ("numb_steps", "model_prob"):
+        if training.get(other) is not None:
+            raise ConfigError(f"num_epoch_dict and {other} exclude each other (as in DeePMD-kit)", file=file,
+                              key=["training", other])
+    for task in tasks:
+        value = epochs.get(task)
+        if value is None:
+            raise ConfigError(f"missing the epochs of task '{task}' (num_epoch_dict needs every task)", file=file,
+                              key=key + [task])
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < float("inf"):
+            raise ConfigError(f"expected a positive number, got {value!r}", file=file, key=key + [task])
 
 
 def _rerooted(error: ConfigError, prefix: str, new_prefix: str) -> ConfigError:

@@ -18,7 +18,8 @@ __all__ = ["key_origins"]
 
 # native key (relative to the section) -> DeePMD key, for the keys renamed by the translation
 # (learning_rate keys keep their names: lr_schedule.<key> -> learning_rate/<key> by prefix)
-_TRAINING = {"numb_steps": "numb_steps", "sampler_epochs": "numb_epoch", "clip_grad_norm": "gradient_max_norm",
+_TRAINING = {"numb_steps": "numb_steps", "sampler_epochs": "numb_epoch", "task_epochs": "num_epoch_dict",
+             "clip_grad_norm": "gradient_max_norm",
              "change_bias_after_training": "change_bias_after_training", "zero_stage": "zero_stage",
              "compute_dtype": "mixed_precision/compute_prec"}
 _LOGGING = {"lcurve": "disp_file", "disp_freq": "disp_freq", "disp_training": "disp_training",

@@ -308,16 +308,15 @@ def _optimizer_section(name: str, optimizer: Dict[str, Any], training: Dict[str,
 def _run_length(training: Dict[str, Any], multi_task: bool, file: Optional[str]) -> Dict[str, Any]:
     """numb_steps, or numb_epoch as the engine's sampler_epochs (counted once the data are read)."""
     numb_steps, numb_epoch = training.get("numb_steps"), training.get("numb_epoch")
+    if multi_task and training.get("num_epoch_dict"):  # checked by _deepmd_multitask (every task, no numb_steps)
+        return {"task_epochs": {task: float(value) for task, value in training["num_epoch_dict"].items()}}
     if numb_steps is not None and numb_epoch is not None:
         # DeePMD-kit takes numb_steps and drops numb_epoch silently; one length only here
         raise ConfigError("give training/numb_steps or training/numb_epoch, not both", file=file,
                           key=["training", "numb_epoch"])
     if numb_steps is None and numb_epoch is None:
-        raise ConfigError("missing required key 'numb_steps' (or 'numb_epoch')", file=file,
-                          key=["training", "numb_steps"])
-    if numb_epoch is not None and multi_task:
-        raise ConfigError("not supported yet: training/numb_epoch with multi-task models (num_epoch_dict)",
-                          file=file, key=["training", "numb_epoch"])
+        raise ConfigError(f"missing required key 'numb_steps' (or {'num_epoch_dict' if multi_task else 'numb_epoch'})",
+                          file=file, key=["training", "numb_steps"])
     return {"numb_steps": int(numb_steps)} if numb_steps is not None else {"sampler_epochs": epochs(numb_epoch, file)}
 
 

@@ -16,8 +16,8 @@ from mlpot.data.batching import MIN_SANE_DISTANCE, AtomsDataset, check_distances
 from mlpot.data.frames import FrameList, numbers_from_type_map
 from mlpot.data.io import FORMATS, detect_format, merge_type_maps, read_frames, read_systems, write_frames
 from mlpot.data.neighbors import build_sel_matrix, edge_vectors, neighbor_counts, neighbor_list
-from mlpot.data.samplers import (EpochSampler, SystemSampler, TaskSampler, resolve_batch_sizes, system_probabilities,
-                                 task_probabilities)
+from mlpot.data.samplers import (EpochSampler, SystemSampler, TaskSampler, epoch_task_schedule, resolve_batch_sizes,
+                                 system_probabilities, task_probabilities)
 from mlpot.data.statistics import DatasetStatistics, auto_sel, compute_statistics, energy_bias_lstsq
 
 __all__ = [
@@ -26,6 +26,6 @@ __all__ = [
     "neighbor_list", "edge_vectors", "build_sel_matrix", "neighbor_counts",
     "AtomsDataset", "collate", "concat_frame_lists", "MIN_SANE_DISTANCE", "check_distances",
     "SystemSampler", "EpochSampler", "TaskSampler", "resolve_batch_sizes", "system_probabilities",
-    "task_probabilities",
+    "task_probabilities", "epoch_task_schedule",
     "DatasetStatistics", "compute_statistics", "energy_bias_lstsq", "auto_sel",
 ]

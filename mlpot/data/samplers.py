@@ -24,7 +24,7 @@ resume needs ``num_workers=0`` or a state taken from the sampler when the batch 
 from __future__ import annotations
 
 import math
-from typing import Dict, Iterator, List, Mapping, Optional, Sequence, Union
+from typing import Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -32,7 +32,7 @@ import torch
 from mlpot.errors import ConfigError
 
 __all__ = ["resolve_batch_sizes", "system_probabilities", "SystemSampler", "EpochSampler", "task_probabilities",
-           "TaskSampler"]
+           "epoch_task_schedule", "TaskSampler"]
 
 
 def resolve_batch_sizes(batch_size: Union[int, str, Sequence[int]], n_atoms: Sequence[int]) -> List[int]:
@@ -294,6 +294,19 @@ def task_probabilities(weights: Mapping[str, Optional[float]], n_systems: Mappin
         raise ConfigError(f"the task weights sum to {total}; at least one must be positive",
                           key=["training", "model_prob"])
     return {task: value / total for task, value in raw.items()}
+
+
+def epoch_task_schedule(epoch_steps: Mapping[str, int], epochs: Mapping[str, float]) -> Tuple[Dict[str, float], int]:
+    """(task probabilities, run length in steps) of a multi-task run given in epochs per task
+    (DeePMD-kit 3.x ``num_epoch_dict``): task t needs E_t L_t steps (L_t: the steps of one pass of
+    its system sampler, ``SystemSampler.steps_for_epochs(1)``); p_t = E_t L_t / sum, the run is
+    ceil(sum_t E_t L_t) steps."""
+    targets = {task: float(epochs[task]) * int(epoch_steps[task]) for task in epoch_steps}
+    total = sum(targets.values())
+    if not all(math.isfinite(v) and v > 0 for v in targets.values()):
+        raise ConfigError(f"every task needs a positive number of epochs and batches, got {targets}",
+                          key=["training", "num_epoch_dict"])
+    return {task: value / total for task, value in targets.items()}, math.ceil(total)
 
 
 class TaskSampler:

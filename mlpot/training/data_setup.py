@@ -37,7 +37,8 @@ import numpy as np
 import torch
 
 from mlpot.data import (MIN_SANE_DISTANCE, AtomsDataset, EpochSampler, SystemSampler, TaskSampler, collate,
-                        read_systems, resolve_batch_sizes, task_probabilities)
+                        read_systems, resolve_batch_sizes, task_probabilities,
+                        epoch_task_schedule)
 from mlpot.data import keys as K
 from mlpot.data.batching import concat_frame_lists
 from mlpot.data.frames import FrameList
@@ -229,6 +230,7 @@ class MultiTaskData:
     model: torch.nn.Module
     tasks: Dict[str, TrainingData]
     task_sampler: TaskSampler
+    epoch_steps: Optional[int] = None  # run length in steps from training.task_epochs
 
 
 def _stat_file(data_config: DataConfig) -> Optional[StatisticsFile]:
@@ -390,6 +392,12 @@ def _build_multi_task_data(config: NativeConfig, family, dtype: torch.dtype, wit
         tasks[name].stat_samples = samples[name]
     n_systems = {name: len(task.data.train.paths) for name, task in config.tasks.items()}
     probabilities = task_probabilities({name: task.prob for name, task in config.tasks.items()}, n_systems)
+    epoch_steps = None  # run length of training.task_epochs, which also sets the task probabilities
+    if config.training.task_epochs is not None:
+        probabilities, epoch_steps = epoch_task_schedule(
+            {name: tasks[name].train_sampler.steps_for_epochs(1.0) for name in config.tasks}, config.training.task_epochs)
+        log(f"task_epochs {config.training.task_epochs}: {epoch_steps} steps, task probabilities "
+            + ", ".join(f"{name} {p:.6g}" for name, p in probabilities.items()))
     sampler = TaskSampler(list(config.tasks), [probabilities[name] for name in config.tasks], seed=config.seed)
     if with_statistics:
         # one record for the whole model, in the first task's statistics file
@@ -397,4 +405,4 @@ def _build_multi_task_data(config: NativeConfig, family, dtype: torch.dtype, wit
         identity = {name: _statistics_identity(config, model, task.data, samples[name]) for name, task in config.tasks.items()}
         model_statistics(model, samples, store, identity, log, data_key="tasks")
     model.to(device)
-    return MultiTaskData(model, tasks, sampler)
+    return MultiTaskData(model, tasks, sampler, epoch_steps)

@@ -21,7 +21,7 @@ Units: learning rates are per optimizer step; ``cutoff`` is in Å; stage ``start
 from __future__ import annotations
 
 import re
-from typing import Any, Dict, List, Literal, Optional, Union
+from typing import Annotated, Any, Dict, List, Literal, Optional, Union
 
 from pydantic import AliasChoices, Field, field_validator, model_validator
 from pydantic_core import PydanticCustomError
@@ -231,6 +231,9 @@ class TrainingConfig(Strict):
     sampler_epochs: Optional[float] = Field(
         None, gt=0, description="run length in passes of DeePMD's system sampler (DeePMD-kit numb_epoch): "
         "ceil(sampler_epochs * ceil(max_k nbatch_k / p_k)) steps, counted once the training data are read")
+    task_epochs: Optional[Dict[str, Annotated[float, Field(gt=0)]]] = Field(
+        None, description="multi-task run length: task -> passes over its data (DeePMD-kit num_epoch_dict); with L_t "
+        "the sampler_epochs steps of one pass, the run is ceil(sum_t E_t L_t) steps, task t drawn with p_t ~ E_t L_t")
     clip_grad_norm: Optional[float] = Field(None, gt=0, validation_alias=AliasChoices("clip_grad_norm", "gradient_max_norm"), description="clip the gradient 2-norm to this value")
     acc_freq: int = Field(1, ge=1, description="gradient accumulation: the optimizer steps every acc_freq batches "
                           "on the sum of their gradients; the lr schedule counts optimizer steps (DeePMD-kit acc_freq)")
@@ -259,9 +262,9 @@ class TrainingConfig(Strict):
 
     @model_validator(mode="after")
     def _length(self):
-        given = [name for name in ("numb_steps", "numb_epochs", "sampler_epochs") if getattr(self, name) is not None]
+        given = [name for name in ("numb_steps", "numb_epochs", "sampler_epochs", "task_epochs") if getattr(self, name) is not None]
         if len(given) != 1:
-            raise ValueError("give exactly one of numb_steps, numb_epochs or sampler_epochs")
+            raise ValueError("give exactly one of numb_steps, numb_epochs or sampler_epochs (or task_epochs)")
         return self
 
     @property
@@ -270,8 +273,8 @@ class TrainingConfig(Strict):
 
     @property
     def length(self) -> Optional[int]:
-        """Length in ``unit``; None for ``sampler_epochs`` (known once the data are read)."""
-        if self.sampler_epochs is not None:
+        """Length in ``unit``; None for ``sampler_epochs`` and ``task_epochs`` (known once the data are read)."""
+        if self.sampler_epochs is not None or self.task_epochs is not None:
             return None
         return int(self.numb_steps if self.numb_steps is not None else self.numb_epochs)
 
@@ -388,12 +391,17 @@ class NativeConfig(Strict):
 
     @model_validator(mode="after")
     def _stages_contiguous(self):
-        if self.training.sampler_epochs is not None:
+        if self.training.sampler_epochs is not None or self.training.task_epochs is not None:
             if self.train_schedule:
                 raise ValueError("train_schedule needs training.numb_steps or numb_epochs (the length of "
-                                 "sampler_epochs is known only once the data are read)")
-            if self.tasks is not None:
-                raise ValueError("not supported yet: training.sampler_epochs (DeePMD numb_epoch) with multi-task training")
+                                 "sampler_epochs / task_epochs is known only once the data are read)")
+            if self.tasks is not None and self.training.sampler_epochs is not None:
+                raise ValueError("not supported yet: training.sampler_epochs (DeePMD numb_epoch) with multi-task "
+                                 "training (give training.task_epochs)")
+        if self.training.task_epochs is not None and (self.tasks is None or set(self.training.task_epochs) != set(self.tasks)
+                                                      or any(t.prob is not None for t in self.tasks.values())):
+            raise ValueError("training.task_epochs needs tasks, one entry per task, and no task prob "
+                             "(it sets the task weights)")
         expected = 0
         for index, stage in enumerate(self.train_schedule):
             if stage.start != expected:

@@ -157,6 +157,8 @@ class Trainer(ValidationFlow):
         training = config.training
         if training.sampler_epochs is not None:
             self.total_steps = self.data.train_sampler.steps_for_epochs(training.sampler_epochs)
+        elif training.task_epochs is not None:  # multi-task, counted by the data set-up
+            self.total_steps = self.data.epoch_steps
         elif self.unit == "steps":
             self.total_steps = training.numb_steps
         else:
