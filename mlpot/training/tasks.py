@@ -30,11 +30,12 @@ __all__ = ["Tasks", "predict", "next_indices"]
 def predict(model: torch.nn.Module, batch: Dict[str, torch.Tensor], labels, create_graph: bool) -> Dict[str, torch.Tensor]:
     """Model outputs for ``labels``: forces/virial/stress by autograd when a label needs them."""
     forces, virial, stress = K.FORCES in labels or K.FORCE_MAG in labels, K.VIRIAL in labels, K.STRESS in labels
-    if forces or virial or stress:
+    hessian = K.HESSIAN in labels and K.HESSIAN in batch  # (3N)² per frame: only where the data carry it
+    if forces or virial or stress or hessian:
         from mlpot.models.derivatives import compute_derivatives
 
         return compute_derivatives(model, batch, forces=forces, virial=virial, stress=stress,
-                                   create_graph=create_graph)
+                                   create_graph=create_graph, hessian=hessian)
     return model(batch)
 
 
