@@ -284,6 +284,8 @@ STANDARD_KEYS: Dict[str, Key] = {
                 annotation=Optional[dict]),
     "finetune_head": unsupported(None, note="give the head with --model-branch"),
     "info": ignored(note="free metadata of the model (DeePMD-kit stores it, it changes nothing)"),
+    "hessian_mode": ignored(note="set by DeePMD-kit 3.x training with an h loss term (its trained files); mlpot derives "
+                            "d²E/dR² on demand: h term in the loss, mlpot test on data with hessian.npy"),
     "model_branch_alias": unsupported([], note="multi-task branch aliases"),
     "use_compile": unsupported(False, note="a key of model/type dpa4 (DPA-4/SeZM), not built"),
     "enable_tf32": unsupported(True, note="a key of model/type dpa4 (DPA-4/SeZM), not built"),
