@@ -80,14 +80,14 @@ class Tasks:
         """DataError naming the system and key when a loss option needs a per-atom input
         (atom_ener_coeff, atom_weight, drdq) that the training or validation data lack;
         ConfigError when a term's label is in no frame of the training data, or when a term needs
-        forces, virial or stress of an energy-only model."""
+        forces, virial, stress or Hessians of an energy-only model."""
         for name, loss in self.loss_configs.items():
             for stage in self.stages:
                 derived = [term for term, fn in WeightedLoss(stage.loss or loss.terms, loss.type, file=self.file,
                                                              type_map=self.heads[name].type_map).fns.items()
-                           if fn.label in (K.FORCES, K.VIRIAL, K.STRESS)]
+                           if fn.label in (K.FORCES, K.VIRIAL, K.STRESS, K.HESSIAN)]
                 if derived and not getattr(self.heads[name], "energy_derivatives", True):
-                    raise ConfigError(f"the model is energy-only (no forces, virial or stress: do_derivatives false), "
+                    raise ConfigError(f"the model is energy-only (no forces, virial, stress or Hessian: do_derivatives false), "
                                       f"so the loss cannot compare {derived[0]}", file=self.file, key=["loss", "terms", derived[0]])
                 checker = WeightedLoss(stage.loss or loss.terms, loss.type, file=self.file,
                                        atom_ener_coeff=loss.atom_ener_coeff, type_map=self.heads[name].type_map)
