@@ -27,7 +27,7 @@ from mlpot.models.derivatives import compute_derivatives
 
 __all__ = [
     "finite_difference_forces", "assert_forces_match_fd", "finite_strain_virial", "assert_virial_matches_finite_strain",
-    "assert_derivatives_match_fd",
+    "assert_derivatives_match_fd", "finite_difference_hessian", "assert_hessian_matches_fd",
     "random_rotation", "rotate_batch", "translate_batch", "permute_batch", "split_batch",
     "assert_invariant", "assert_equivariant_vector", "assert_equivariant_tensor", "assert_batch_consistent",
 ]
@@ -62,6 +62,36 @@ def assert_forces_match_fd(model, batch: Batch, *, delta: float = 1e-4, atol: fl
     numeric = finite_difference_forces(model, batch, delta, atoms)
     rows = slice(None) if atoms is None else list(atoms)
     torch.testing.assert_close(analytic[rows], numeric[rows], atol=atol, rtol=rtol)
+
+
+def finite_difference_hessian(model, batch: Batch, delta: float = 1e-5) -> torch.Tensor:
+    """d²E/dR² per frame (n_frames, (3 N_max)²) eV/Å² in the HESSIAN layout (``mlpot.models.hessian``):
+    central differences of the autograd forces, column k of every frame from one displaced pair that
+    moves local coordinate k (atom k // 3, axis k % 3) of all frames at once (frames are independent)."""
+    n_atoms, ptr = batch[K.N_ATOMS].tolist(), batch[K.PTR].tolist()
+    size = 3 * max(n_atoms)
+    out = torch.zeros(len(n_atoms), size, size, dtype=torch.float64)
+    for column in range(size):
+        forces = []
+        for sign in (1.0, -1.0):
+            moved = batch[K.POSITIONS].detach().clone().reshape(-1)
+            for frame, (start, count) in enumerate(zip(ptr, n_atoms)):
+                if column < 3 * count:
+                    moved[3 * start + column] += sign * delta
+            forces.append(compute_derivatives(model, dict(batch, **{K.POSITIONS: moved.reshape(-1, 3)}),
+                                              forces=True)[K.FORCES].detach().to(torch.float64).reshape(-1))
+        derivative = -(forces[0] - forces[1]) / (2 * delta)
+        for frame, (start, count) in enumerate(zip(ptr, n_atoms)):
+            if column < 3 * count:
+                out[frame, : 3 * count, column] = derivative[3 * start: 3 * (start + count)]
+    rows = [out[frame, : 3 * count, : 3 * count].reshape(-1) for frame, count in enumerate(n_atoms)]
+    return torch.stack([torch.nn.functional.pad(row, (0, size * size - row.numel())) for row in rows])
+
+
+def assert_hessian_matches_fd(model, batch: Batch, *, delta: float = 1e-5, atol: float = 1e-6, rtol: float = 1e-5) -> None:
+    """Autograd Hessians (``compute_derivatives(hessian=True)``) equal finite differences of the forces."""
+    analytic = compute_derivatives(model, dict(batch), hessian=True)[K.HESSIAN].detach().to(torch.float64)
+    torch.testing.assert_close(analytic, finite_difference_hessian(model, batch, delta), atol=atol, rtol=rtol)
 
 
 def _strained(batch: Batch, strain: torch.Tensor) -> Batch:

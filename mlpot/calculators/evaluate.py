@@ -93,20 +93,23 @@ def inference(model, atom_chunk: Optional[int] = DEFAULT_ATOM_CHUNK) -> Iterator
 
 
 def predict_batch(model, batch: Dict[str, "torch.Tensor"], virial: bool = True,
-                  atom_chunk: Optional[int] = DEFAULT_ATOM_CHUNK) -> Dict[str, "torch.Tensor"]:
+                  atom_chunk: Optional[int] = DEFAULT_ATOM_CHUNK, hessian: bool = False) -> Dict[str, "torch.Tensor"]:
     """The model's outputs on a collated batch (with edges), detached and on the CPU; for energy
     models also forces (n_atoms, 3) eV/Å and, when ``virial``, virial (n_frames, 3, 3) eV and stress
-    (n_frames, 3, 3) eV/Å^3. The batch is moved to the model's device first. See the module docstring."""
+    (n_frames, 3, 3) eV/Å^3; with ``hessian`` the Hessians (n_frames, (3 N_max)²) eV/Å² (zero-padded
+    rows, ``mlpot.models.hessian``; a second derivative, so the forces' pass keeps its graph and
+    atoms are not chunked). The batch is moved to the model's device first. See the module docstring."""
     import torch
 
     from mlpot.models.derivatives import compute_derivatives
 
     device = next(iter(model.parameters()), torch.empty(0)).device
     batch = {key: value.to(device) for key, value in batch.items()}
-    with inference(model, atom_chunk):
+    hessian = hessian and predicts_energy(model)
+    with inference(model, None if hessian else atom_chunk):
         if predicts_energy(model):
             with torch.enable_grad():
-                outputs = compute_derivatives(model, batch, forces=True, virial=virial, stress=virial)
+                outputs = compute_derivatives(model, batch, forces=True, virial=virial, stress=virial, hessian=hessian)
         else:
             with torch.no_grad():
                 outputs = dict(model(batch))
@@ -117,13 +120,14 @@ def iterate_predictions(model, frames: Sequence[dict], batch_size: int = 8,
                         atom_chunk: Optional[int] = DEFAULT_ATOM_CHUNK, min_distance: Optional[float] = None):
     """Yield (frame, prediction) for each frame; prediction maps the model's batch keys to numpy
     arrays of that frame: frame-level outputs (``energy`` (), ``dipole`` (3,), ``dos`` (n_dos,), ...)
-    and atom-level ones (``forces`` (n_atoms, 3), ``atomic_dipole`` (n_atoms, 3), ...); ``virial``
+    and atom-level ones (``forces`` (n_atoms, 3), ``atomic_dipole`` (n_atoms, 3), ...), ``hessian``
+    ((3 N_max)², the frame's (3N)² first) for batches whose frames carry hessian labels; ``virial``
     (3, 3) eV and ``stress`` (3, 3) eV/Å^3 only for batches of periodic frames. Atoms closer than
     ``min_distance`` Å (default ``MIN_SANE_DISTANCE``) are a DataError."""
     import torch
 
     from mlpot.data import MIN_SANE_DISTANCE, AtomsDataset, collate
-    from mlpot.data.keys import KEYS, PBC, PTR, STRESS, VIRIAL
+    from mlpot.data.keys import HESSIAN, KEYS, PBC, PTR, STRESS, VIRIAL, weight_key
 
     dataset = AtomsDataset(frames, cutoff=model.cutoff, type_map=getattr(frames, "type_map", model.type_map),
                            min_distance=MIN_SANE_DISTANCE if min_distance is None else min_distance)
@@ -131,7 +135,8 @@ def iterate_predictions(model, frames: Sequence[dict], batch_size: int = 8,
         items = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
         batch = collate(items, dtype=torch.float64)
         periodic = bool(batch[PBC].all())
-        out = predict_batch(model, batch, virial=periodic, atom_chunk=atom_chunk)
+        hessian = HESSIAN in batch and bool(batch[weight_key(HESSIAN)].any())  # frames with hessian.npy
+        out = predict_batch(model, batch, virial=periodic, atom_chunk=atom_chunk, hessian=hessian)
         ptr = batch[PTR].numpy()
         levels = {key: KEYS[key].level for key in out if key in KEYS and KEYS[key].level in ("atom", "frame")}
         if not periodic:

@@ -3,7 +3,8 @@
 A scorer per model kind turns one frame's prediction and labels into error contributions:
 
 * energy models: energy and energy per atom (eV), forces (eV/Å, per component), virial and virial
-  per atom (eV, periodic frames only), stress (eV/Å^3); with ``atomic`` the atomic energies;
+  per atom (eV, periodic frames only), stress (eV/Å^3), Hessian entries (eV/Å², frames with
+  hessian.npy); with ``atomic`` the atomic energies;
 * tensor models (dipole, polarizability; any unit, that of the labels): the global tensor, also
   divided by sqrt(N_sel) and N_sel, N_sel the atoms of the model's selected types (``RMSE/sqrtN``,
   ``RMSE/N``); with ``atomic`` the atomic tensors of the selected atoms instead;
@@ -16,7 +17,8 @@ exactly the merge of DeePMD-kit's chunk errors. Systems combine weighted by n
 atomic DOS, atomic energy) stay out of the average.
 
 Detail files (``-d PREFIX``, :class:`DetailWriter`): energy models write ``PREFIX.e.out``,
-``.e_peratom.out``, ``.f.out``, ``.v.out``, ``.v_peratom.out``, ``.s.out`` (a ``# <system>:
+``.e_peratom.out``, ``.f.out``, ``.v.out``, ``.v_peratom.out``, ``.s.out``, ``.h.out`` (Hessian: one
+row per entry, data_h pred_h, (3N)² rows per frame in row-major order) (a ``# <system>:
 columns`` header per system); tensor models ``PREFIX.out`` (dp test's ``Path.with_suffix(".out")``;
 the k-th system after the first ``PREFIX.out.k``), one row per frame: the label components then
 the predicted ones (atomic: each selected atom's components, ``data_x1 data_y1 ... pred_z<N>``);
@@ -53,6 +55,7 @@ REPORT_LINES = {
     "virial_mae_per_atom": "Virial MAE/Natoms  : {} eV", "virial_rmse_per_atom": "Virial RMSE/Natoms : {} eV",
     "stress_mae": "Stress MAE         : {} eV/A^3", "stress_rmse": "Stress RMSE        : {} eV/A^3",
     "atom_energy_mae": "Atomic ener MAE    : {} eV", "atom_energy_rmse": "Atomic ener RMSE   : {} eV",
+    "hessian_mae": "Hessian MAE        : {} eV/A^2", "hessian_rmse": "Hessian RMSE       : {} eV/A^2",
     **{f"{prefix}{label}_rmse{suffix}": f"{title}  RMSE{tail} : {{}}"
        for label, title in ((K.DIPOLE, "Dipole"), (K.POLARIZABILITY, "Polarizability"))
        for prefix in ("", "atomic_")
@@ -205,6 +208,13 @@ class EnergyScorer:
                 details.system_rows(short, result.name, names, row)
                 if per_atom:
                     details.system_rows(f"{short}_peratom", result.name, names, row / n_atoms)
+        if _has(frame, K.HESSIAN) and K.HESSIAN in pred:  # the frame's (3N)² entries of the padded row
+            ref = np.ravel(frame[K.HESSIAN])
+            out = np.ravel(pred[K.HESSIAN])[: ref.size]
+            result.add(K.HESSIAN, out - ref)
+            if details:
+                details.system_rows("h", result.name, ("data_h", "pred_h (3Na*3Na matrix in row-major order)"),
+                                    np.stack([ref, out], axis=1))
         if self.atomic and _has(frame, K.ATOM_ENERGY) and K.ATOM_ENERGY in pred:
             result.add(K.ATOM_ENERGY, np.ravel(pred[K.ATOM_ENERGY]) - np.ravel(frame[K.ATOM_ENERGY]),
                        per_system_only=True)

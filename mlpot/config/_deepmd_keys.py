@@ -91,11 +91,13 @@ LEARNING_RATE_WSD.update(
 LEARNING_RATES = {"exp": LEARNING_RATE, "cosine": LEARNING_RATE_COSINE, "wsd": LEARNING_RATE_WSD}
 _PREFACTOR_TERMS = ("e", "f", "v", "ae", "pf", "gf", "h")
 LOSS_ENER = {"type": _k(S, default="ener")}
+_HESSIAN_NOTE = ("Hessian term: mean (H - H*)² over the (3N)² entries of d²E/dR² (autograd) against hessian.npy "
+                 "(eV/Å²), on when start or limit is non-zero; lcurve rmse_h; not with use_huber")
 for _term in _PREFACTOR_TERMS:
-    _status = S if _term in ("e", "f", "v", "ae", "pf", "gf") else U
-    _note = "Hessian loss: not built yet" if _status == U else ""
-    LOSS_ENER[f"start_pref_{_term}"] = _k(_status, default=0.0 if _status == U else REQUIRED, kind=NUM, note=_note)
-    LOSS_ENER[f"limit_pref_{_term}"] = _k(_status, default=0.0 if _status == U else REQUIRED, kind=NUM, note=_note)
+    _note = _HESSIAN_NOTE if _term == "h" else ""
+    _default = 0.0 if _term == "h" else REQUIRED
+    LOSS_ENER[f"start_pref_{_term}"] = _k(S, default=_default, kind=NUM, note=_note)
+    LOSS_ENER[f"limit_pref_{_term}"] = _k(S, default=_default, kind=NUM, note=_note)
 LOSS_ENER.update(
     {
         "relative_f": _k(S, kind=Optional[NUM]),

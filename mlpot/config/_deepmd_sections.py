@@ -154,10 +154,10 @@ def loss_function(loss: Dict[str, Any], terms: Dict[str, Any]) -> None:
 
     * mae: every term except gf (always MSE in DeePMD) compares |Δ|: energy and virial |Δ|/N
       (the ``ener`` loss normalises E and Ξ by N inside MAE/Huber), forces, atom_energy and
-      atom_pref component means. As in DeePMD the MAE force term takes the plain force difference
+      atom_pref component means, hessian the mean |ΔH| over the (3N)² entries. As in DeePMD the MAE force term takes the plain force difference
       (relative_f only enters the pf term there).
     * use_huber (mse only): Huber on E/N, the force components (or |ΔF_k|) and Ξ/N, and on the
-      atomic energies; DeePMD rejects it with pf, gf or relative_f, so does mlpot.
+      atomic energies; DeePMD rejects it with pf, gf, h or relative_f, so does mlpot.
     * f_use_norm: forces compared by |ΔF_k| per atom; only with mae or use_huber (DeePMD errors).
     """
     function = loss.get("loss_func", "mse")
@@ -168,8 +168,9 @@ def loss_function(loss: Dict[str, Any], terms: Dict[str, Any]) -> None:
         # DeePMD-kit applies use_huber in its mse branch only and silently ignores it with mae
         raise ConfigError("use_huber needs loss_func 'mse' (DeePMD-kit ignores it with 'mae')",
                           key=["loss", "use_huber"])
-    if huber and ("atom_pref" in terms or "generalized_force" in terms or loss.get("relative_f") is not None):
-        raise ConfigError("use_huber cannot be combined with the pf or gf terms or relative_f (as in DeePMD-kit)",
+    if huber and ("atom_pref" in terms or "generalized_force" in terms or "hessian" in terms
+                  or loss.get("relative_f") is not None):
+        raise ConfigError("use_huber cannot be combined with the pf, gf or h terms or relative_f (as in DeePMD-kit)",
                           key=["loss", "use_huber"])
     if loss.get("f_use_norm") and function != "mae" and not huber:
         raise ConfigError("f_use_norm needs loss_func 'mae' or use_huber true (as in DeePMD-kit)",
@@ -180,7 +181,7 @@ def loss_function(loss: Dict[str, Any], terms: Dict[str, Any]) -> None:
             if name in terms:
                 terms[name].update(function="huber", huber_delta=delta)
     elif function == "mae":
-        for name in ("energy", "forces", "force_mag", "virial", "atom_energy", "atom_pref"):
+        for name in ("energy", "forces", "force_mag", "virial", "atom_energy", "atom_pref", "hessian"):
             if name in terms:
                 terms[name]["function"] = "mae"
         if "forces" in terms:
@@ -220,6 +221,10 @@ def loss_section(loss: Dict[str, Any], fitting_type: str = "ener") -> Dict[str, 
             raise ConfigError("the generalised-force loss (start_pref_gf, limit_pref_gf) needs "
                               "numb_generalized_coord >= 1", key=["loss", "numb_generalized_coord"])
         terms["generalized_force"] = {"start_pref": start, "limit_pref": limit, "n_generalized": n_generalized}
+    start, limit = float(loss.get("start_pref_h", 0.0)), float(loss.get("limit_pref_h", 0.0))
+    if start != 0.0 or limit != 0.0:  # [COMPAT] h is on when start OR limit is non-zero (DeePMD-kit 3.x)
+        # d²E/dR² per frame against hessian.npy, mean square over the (3N)² entries (3.x "h" term, last as in lcurve)
+        terms["hessian"] = {"start_pref": start, "limit_pref": limit}
     loss_function(loss, terms)
     return {"type": "ener", "terms": terms, "intensive_ener_virial": bool(loss.get("intensive_ener_virial", False)),
             # E = sum_i c_i E_i with c from atom_ener_coeff.npy (e.g. reaction energies)

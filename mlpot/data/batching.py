@@ -150,7 +150,8 @@ def collate(frames: Sequence[dict], dtype: torch.dtype = torch.float64) -> Dict[
     frame-level keys stacked. Adds ``BATCH`` (n_atoms,), ``PTR`` (n_frames + 1,) and ``N_ATOMS``
     (n_frames,). A label (or gated input such as ``DRDQ``) present in some frames only is filled
     with zeros elsewhere and its ``<label>_weight`` is 0 there; ``TOTAL_CHARGE``/``EXTERNAL_FIELD``
-    default to zero and keys with a ``default`` in :mod:`mlpot.data.keys` to that value. Float
+    default to zero and keys with a ``default`` in :mod:`mlpot.data.keys` to that value; ``ragged``
+    frame keys (HESSIAN) are zero-padded to the widest frame. Float
     arrays become ``dtype``; keys unknown to :mod:`mlpot.data.keys` are dropped.
     """
     if not frames:
@@ -181,6 +182,9 @@ def collate(frames: Sequence[dict], dtype: torch.dtype = torch.float64) -> Dict[
                 parts.append(np.full(rows + example.shape[1 if spec.level == "atom" else 0:], spec.default or 0.0))
             else:
                 raise ValueError(f"key {key!r} is in some frames of the batch but not in frame {n}")
+        if spec.ragged:  # (3N)^2 Hessian rows of different frames: zero-padded to the widest
+            width = max(part.shape[-1] for part in parts)
+            parts = [np.pad(part, (0, width - part.shape[-1])) for part in parts]
         array = np.concatenate(parts) if spec.level in ("atom", "edge") else np.stack(parts)
         batch[key] = torch.as_tensor(array, dtype=_torch_dtype(spec.kind, dtype))
         if spec.label or spec.gated:

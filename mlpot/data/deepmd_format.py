@@ -134,6 +134,9 @@ def _reshape(array: np.ndarray, file: Path, key: str, n_atoms: int, atomic: bool
                             f"{rows * per_atom} (shape mismatch with type.raw/coord.npy)",
                             file=file, key=key)
         return array.reshape((n_frames, rows) + tuple(shape))
+    if key == "hessian" and columns != (3 * n_atoms) ** 2:
+        raise DataError(f"has {columns} values per frame, expected (3 x {n_atoms} atoms)^2 = {(3 * n_atoms) ** 2} "
+                        "(d²E/dR², row-major, eV/Å^2)", file=file, key=key)
     if shape == (-1,):
         return array
     if columns != int(np.prod(shape)):
@@ -220,6 +223,9 @@ def _read_columns(folders, suffix: str, raw: bool, types: np.ndarray, periodic: 
             per_atom = int(np.prod(shape)) if shape != (-1,) else 1
             sel = _selected_atoms(types, table.shape[1], per_atom) if atomic else None
             columns.setdefault(key, []).append(_reshape(table, folder.where(name), stem, n_atoms, atomic, shape, sel))
+        if folder.is_file("real_atom_types.npy") and K.HESSIAN in columns:
+            raise DataError("not supported yet: hessian.npy in a mixed-type system with virtual atoms "
+                            "(real_atom_types.npy)", file=folder.where(), key="hessian")
         if folder.is_file("real_atom_types.npy"):
             columns.setdefault("real_atom_types", []).append(
                 np.asarray(folder.table("real_atom_types.npy", False)).astype(np.int64))

@@ -56,6 +56,8 @@ class KeySpec:
     label: True for a learnable target that carries a ``<key>_weight``.
     gated: True for an input that carries a ``<key>_weight`` (present or not) without being a target.
     default: value of the key in a frame that lacks it (None: no default).
+    ragged: a frame-level key whose width depends on the frame's atom count (HESSIAN, (3N)^2 values):
+    batching pads each frame's row with zeros to the widest (mask the padding by N_ATOMS).
     """
 
     name: str
@@ -67,15 +69,16 @@ class KeySpec:
     label: bool = False
     gated: bool = False
     default: Optional[float] = None
+    ragged: bool = False
 
 
 KEYS: Dict[str, KeySpec] = {}
 
 
-def _key(name, level, shape, kind, unit, doc, label=False, gated=False, default=None) -> str:
+def _key(name, level, shape, kind, unit, doc, label=False, gated=False, default=None, ragged=False) -> str:
     if name in KEYS:
         raise ValueError(f"duplicate batch key {name!r}")
-    KEYS[name] = KeySpec(name, level, tuple(shape), kind, unit, doc, label, gated, default)
+    KEYS[name] = KeySpec(name, level, tuple(shape), kind, unit, doc, label, gated, default, ragged)
     return name
 
 
@@ -134,7 +137,10 @@ FERMI_LEVEL = _key("fermi_level", "frame", (), "float", "eV", "Fermi level (n_fr
 ESPS = _key("esps", "atom", (), "float", "V", "electrostatic potential at each nucleus (n_atoms,)", True)
 DOS = _key("dos", "frame", (-1,), "float", "states/eV", "density of states (n_frames, numb_dos)", True)
 ATOM_DOS = _key("atom_dos", "atom", (-1,), "float", "states/eV", "atomic DOS (n_atoms, numb_dos)", True)
-HESSIAN = _key("hessian", "frame", (-1,), "float", "eV/Å^2", "flattened Hessian (n_frames, (3N)^2)", True)
+HESSIAN = _key("hessian", "frame", (-1,), "float", "eV/Å^2",
+               "d^2E/dR^2 of each frame flattened row-major, (3N)^2 values in atom order (x, y, z per atom) "
+               "(deepmd hessian.npy); batched zero-padded to the widest frame (n_frames, (3 N_max)^2)",
+               True, ragged=True)
 FORCE_MAG = _key("force_mag", "atom", (3,), "float", "eV/μB",
                  "magnetic force -dE/d(spin) (n_atoms, 3) (deepmd force_mag.npy); compared on magnetic atoms only",
                  True)

@@ -10,7 +10,9 @@ cell: R' = R (1 + ε), h' = h (1 + ε). Then
 * with forces, for every (input, output) of ``model.input_derivatives`` (a spin model: SPIN ->
   FORCE_MAG), output = -dE/d(input) of the input's shape (the magnetic force, eV/μB);
 * STRESS = -Ξ / V for frames with a non-singular cell (n_frames, 3, 3) eV/Å^3; zero for frames
-  without one (isolated molecules have no volume).
+  without one (isolated molecules have no volume);
+* with ``hessian``: HESSIAN = d²E/dR² per frame (n_frames, (3 N_max)²) eV/Å², row-major, zero-padded
+  (``models/hessian.py``); the forces' pass then keeps its graph (a second derivative needs it).
 
 ``create_graph=True`` keeps the graph so a force or virial loss can be back-propagated (training);
 evaluation leaves it False, so no graph of second derivatives is built. A model without ENERGY
@@ -25,20 +27,23 @@ from typing import Dict
 
 import torch
 
-from mlpot.data.keys import BATCH, CELL, ENERGY, FORCES, PBC, POSITIONS, STRESS, VIRIAL
+from mlpot.data.keys import BATCH, CELL, ENERGY, FORCES, HESSIAN, PBC, POSITIONS, STRESS, VIRIAL
 from mlpot.nn.gathered_contraction import first_derivatives_only
 
 __all__ = ["compute_derivatives"]
 
 
 def compute_derivatives(model, batch: Dict[str, torch.Tensor], forces: bool = True, virial: bool = False,
-                        stress: bool = False, create_graph: bool = False) -> Dict[str, torch.Tensor]:
+                        stress: bool = False, create_graph: bool = False,
+                        hessian: bool = False) -> Dict[str, torch.Tensor]:
     """Model outputs plus FORCES / VIRIAL / STRESS (see module docstring).
 
     batch: a collated batch; ``model(batch)`` must return ENERGY (n_frames,) in eV.
     """
     if not getattr(model, "energy_derivatives", True):
-        forces = virial = stress = False
+        forces = virial = stress = hessian = False
+    forces = forces or hessian
+    graph = create_graph or hessian  # the Hessian differentiates the forces again
     need_strain = virial or stress
     positions = batch[POSITIONS]
     if forces and not positions.requires_grad:
@@ -61,7 +66,7 @@ def compute_derivatives(model, batch: Dict[str, torch.Tensor], forces: bool = Tr
             inputs[name] = inputs[name].detach().to(positions.dtype).requires_grad_(True)
             extra_inputs.append(name)
     # no graph of the derivatives (evaluation, MD): models may take first-derivative-only paths
-    with first_derivatives_only(not create_graph and (forces or need_strain)):
+    with first_derivatives_only(not graph and (forces or need_strain)):
         outputs = dict(model(inputs))
     if not (forces or need_strain):
         return outputs
@@ -70,10 +75,14 @@ def compute_derivatives(model, batch: Dict[str, torch.Tensor], forces: bool = Tr
                          f"{sorted(outputs)} (a dipole, polarizability or DOS model has none to derive)")
     energy = outputs[ENERGY]
     wrt = ([positions] if forces else []) + ([strain] if need_strain else []) + [inputs[n] for n in extra_inputs]
-    grads = torch.autograd.grad(energy.sum(), wrt, create_graph=create_graph, allow_unused=True)
+    grads = torch.autograd.grad(energy.sum(), wrt, create_graph=graph, allow_unused=True)
     grads = [torch.zeros_like(w) if g is None else g for g, w in zip(grads, wrt)]
     if forces:
         outputs[FORCES] = -grads[0]
+    if hessian:
+        from mlpot.models.hessian import hessian_from_forces
+
+        outputs[HESSIAN] = hessian_from_forces(outputs[FORCES], positions, batch, create_graph)
     for offset, name in enumerate(extra_inputs):
         outputs[extra[name]] = -grads[len(grads) - len(extra_inputs) + offset]
     if need_strain:

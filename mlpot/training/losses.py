@@ -8,8 +8,7 @@ A term compares one predicted batch key with the label of the same name. Every t
 
 so a frame without the label (w = 0) changes neither numerator nor denominator: a missing label
 never counts as zero. f is ``mse`` (r²), ``mae`` (|r|) or ``huber`` (delta). For frame-level labels
-the residual r is first divided by 1, N, sqrt(N) or N² (``atom_norm``), which gives MACE's
-``energy_per_atom`` ((ΔE/N)²) and DeePMD's legacy energy term (ΔE²/N, spec deepmd.md §4.2).
+the residual r is first divided by 1, N, sqrt(N) or N² (``atom_norm``): MACE's ``energy_per_atom`` ((ΔE/N)²), DeePMD's ΔE²/N.
 
 Registered term names (``TERMS``) give the label and default normalisation; any other label key of
 ``mlpot.data.keys`` is accepted as a term name with no normalisation. Term weights are constant
@@ -42,7 +41,8 @@ import torch
 from mlpot.data import keys as K
 from mlpot.errors import ConfigError, DataError, suggest
 from mlpot.nn.scatter import scatter_sum
-from mlpot.training.structured_losses import cluster_virial_residual, magnetic_residual, molecular_forces_value, penalty_value
+from mlpot.training.structured_losses import (cluster_virial_residual, hessian_residual, magnetic_residual,
+                                              molecular_forces_value, penalty_value)
 
 __all__ = ["TERMS", "LossTermSpec", "LossTermFn", "WeightedLoss", "resolve_term", "GENERALIZED_FORCE"]
 
@@ -57,7 +57,7 @@ class LossTermSpec:
     ``target``: another prediction the label's prediction is compared with (instead of the data),
     present where ``weight_label`` has a weight; ``truncate``: compare only the leading columns of
     the label that the prediction has (multipoles up to the model's L); ``kind``: ``standard``,
-    ``cluster_virial``, ``molecular_forces``, ``magnetic`` or ``penalty`` (``structured_losses.py``).
+    ``cluster_virial``, ``molecular_forces``, ``magnetic``, ``hessian`` or ``penalty`` (``structured_losses.py``).
     """
 
     label: str
@@ -95,6 +95,7 @@ TERMS: Dict[str, LossTermSpec] = {
     "atom_dos_cdf": LossTermSpec(K.ATOM_DOS, cumulative=True),
     GENERALIZED_FORCE: LossTermSpec(K.FORCES, generalized=True),
     "force_mag": LossTermSpec(K.FORCE_MAG, kind="magnetic"),
+    "hessian": LossTermSpec(K.HESSIAN, kind="hessian"),  # DeePMD "h": mean over the (3N)² entries
 }
 _LABEL_TERMS = {label: LossTermSpec(label) for label in K.LABELS} | {K.TOTAL_CHARGE: LossTermSpec(K.TOTAL_CHARGE)}
 
@@ -102,6 +103,7 @@ _LABEL_TERMS = {label: LossTermSpec(label) for label in K.LABELS} | {K.TOTAL_CHA
 _OPTION_OF = {K.ATOM_ENER_COEFF: "atom_ener_coeff (DeePMD loss/enable_atom_ener_coeff)",
               K.ATOM_WEIGHT: "atom_weight (DeePMD loss/enable_atomic_weight)"}
 
+_NORM_POWER = {"none": 0.0, "sqrt": 0.5, "per_atom": 1.0, "per_atom_sq": 2.0}  # residual / N^power
 # DeePMD "ener" loss (spec 4.2): energy and virial residuals scaled so that MSE gives ΔE²/N
 _DEEPMD_NORM = {(K.ENERGY, "mse", False): "sqrt", (K.VIRIAL, "mse", False): "sqrt"}
 
@@ -116,10 +118,6 @@ def resolve_term(name: str, *, file: Optional[str] = None) -> LossTermSpec:
     hint = suggest(name, valid)
     raise ConfigError(f"unknown loss term; valid: {', '.join(valid)}", file=file, key=["loss", "terms", name],
                       hint=f"did you mean {hint!r}?" if hint else None)
-
-
-def _norm_power(atom_norm: str) -> float:
-    return {"none": 0.0, "sqrt": 0.5, "per_atom": 1.0, "per_atom_sq": 2.0}[atom_norm]
 
 
 def _expand(weight: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -153,7 +151,7 @@ class LossTermFn:
         if self.atom_weight and self.level != "atom":
             raise ConfigError(f"atom_weight applies to atomic labels, not {spec.label!r}", key=["loss", "terms"])
         self.function = function
-        self.power = _norm_power(atom_norm or spec.atom_norm)
+        self.power = _NORM_POWER[atom_norm or spec.atom_norm]
         self.huber_delta = huber_delta
         self.relative = relative
         self.vector_norm = bool(vector_norm)
@@ -202,6 +200,8 @@ class LossTermFn:
             return molecular_forces_value(pred, batch)
         if kind == "magnetic":  # DeePMD ener_spin fm
             return magnetic_residual(pred, batch)
+        if kind == "hessian":
+            return hessian_residual(pred, batch)
         value = pred[self.label]
         if kind == "penalty":
             return value, torch.ones_like(value)
@@ -245,8 +245,8 @@ class LossTermFn:
         batch carries no label of any term still back-propagates (zero gradients, as DeePMD-kit's
         find_* = 0 terms do).
         """
-        if not self.present(batch):
-            prediction = pred[self.label]
+        if not self.present(batch):  # (a Hessian is only predicted for batches that carry it)
+            prediction = pred[self.label] if self.label in pred else next(iter(pred.values()))
             return (prediction * 0).sum(), prediction.new_zeros((), dtype=torch.float64)
         residual, weight = self.residual_and_weight(pred, batch)
         if self.spec.kind in ("penalty", "molecular_forces"):  # already a penalty or a square

@@ -2,7 +2,8 @@
 
 DeePMD names (specs/deepmd.md §4.2, §5.4): ``rmse`` = sqrt(total weighted loss); ``rmse_e`` =
 energy RMSE per atom (eV/atom); ``rmse_f`` = force-component RMSE (eV/Å); ``rmse_v`` = virial RMSE
-per atom (eV/atom); ``rmse_ae`` atomic energy; ``rmse_gf`` generalised force; any other label ``X``
+per atom (eV/atom); ``rmse_ae`` atomic energy; ``rmse_gf`` generalised force; ``rmse_h`` Hessian
+entries (eV/Å²); any other label ``X``
 is shown as ``rmse_X``.
 Validation averages each batch's values with weights equal to its atom count [COMPAT]
 (:class:`AtomWeightedMean`); the metrics CSV gets pooled RMSE and MAE per label
@@ -45,7 +46,8 @@ def label_error_sums(pred, batch, labels: Iterable[str]) -> Dict[str, torch.Tens
             elif label not in pred or label not in batch or K.weight_key(label) not in batch:
                 continue
             else:
-                kind = "magnetic" if label == K.FORCE_MAG else "standard"  # magnetic atoms only
+                # magnetic forces: magnetic atoms only; Hessians: the real (3N)² entries, not the padding
+                kind = {K.FORCE_MAG: "magnetic", K.HESSIAN: "hessian"}.get(label, "standard")
                 variants = [(label, LossTermSpec(label, "none", truncate=label == K.ATOMIC_MULTIPOLES, kind=kind))]
                 if label in (K.ENERGY, K.VIRIAL):
                     variants.append((f"{label}_per_atom", LossTermSpec(label, "per_atom")))
@@ -75,6 +77,7 @@ LCURVE_SHORT = {
     K.ATOM_ENERGY: ("ae", K.ATOM_ENERGY),
     GENERALIZED_FORCE: ("gf", GENERALIZED_FORCE),
     K.FORCE_MAG: ("fm", K.FORCE_MAG),
+    K.HESSIAN: ("h", K.HESSIAN),
 }
 
 

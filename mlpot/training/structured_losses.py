@@ -6,6 +6,8 @@
   ``molecular_forces``: per frame and Cartesian direction sum_m dF_m^2 / N_g (already a square).
 * ``magnetic`` (DeePMD ener_spin ``fm``): the magnetic-force residual F_m - F_m* (n_atoms, 3) eV/μB,
   weighted by the frame's force_mag weight times the predicted ``MAG_MASK`` (magnetic atoms only);
+* ``hessian`` (DeePMD ener ``h``): H - H* of every frame's (3N)² Hessian entries, eV/Å², the batch's
+  zero padding (frames of fewer atoms) weighted 0, so the term is the mean over the real entries;
 * ``penalty`` terms (``fixedpoint_scf_stability``): a predicted per-frame value x above an
   ``offset`` is penalised by softplus(beta (x - offset)) / beta (``smooth``) or relu(x - offset).
 
@@ -19,10 +21,11 @@ from typing import Tuple
 import torch
 
 from mlpot.data import keys as K
+from mlpot.models.hessian import hessian_entry_mask
 from mlpot.nn import scatter_sum
 
 __all__ = ["molecule_force_residuals", "cluster_virial_residual", "molecular_forces_value", "penalty_value",
-           "magnetic_residual"]
+           "magnetic_residual", "hessian_residual"]
 
 
 def molecule_force_residuals(pred, batch) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -61,6 +64,15 @@ def magnetic_residual(pred, batch) -> Tuple[torch.Tensor, torch.Tensor]:
     weight = batch[K.weight_key(K.FORCE_MAG)].to(target.dtype).index_select(0, batch[K.BATCH])
     weight = weight * pred[K.MAG_MASK].to(target.dtype)
     return residual, weight.unsqueeze(-1).expand_as(residual)
+
+
+def hessian_residual(pred, batch) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(H - H* (n_frames, (3 N_max)²) eV/Å², weight (n_frames, (3 N_max)²): the frame's HESSIAN
+    weight on its (3N)² entries, 0 on the padding)."""
+    target = batch[K.HESSIAN]
+    residual = pred[K.HESSIAN].to(target.dtype) - target
+    mask = hessian_entry_mask(batch[K.N_ATOMS], residual.shape[-1]).to(target.dtype)
+    return residual, batch[K.weight_key(K.HESSIAN)].to(target.dtype).unsqueeze(-1) * mask
 
 
 def molecular_forces_value(pred, batch) -> Tuple[torch.Tensor, torch.Tensor]:

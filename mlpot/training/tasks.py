@@ -30,11 +30,12 @@ __all__ = ["Tasks", "predict", "next_indices"]
 def predict(model: torch.nn.Module, batch: Dict[str, torch.Tensor], labels, create_graph: bool) -> Dict[str, torch.Tensor]:
     """Model outputs for ``labels``: forces/virial/stress by autograd when a label needs them."""
     forces, virial, stress = K.FORCES in labels or K.FORCE_MAG in labels, K.VIRIAL in labels, K.STRESS in labels
-    if forces or virial or stress:
+    hessian = K.HESSIAN in labels and K.HESSIAN in batch  # (3N)² per frame: only where the data carry it
+    if forces or virial or stress or hessian:
         from mlpot.models.derivatives import compute_derivatives
 
         return compute_derivatives(model, batch, forces=forces, virial=virial, stress=stress,
-                                   create_graph=create_graph)
+                                   create_graph=create_graph, hessian=hessian)
     return model(batch)
 
 
@@ -79,14 +80,14 @@ class Tasks:
         """DataError naming the system and key when a loss option needs a per-atom input
         (atom_ener_coeff, atom_weight, drdq) that the training or validation data lack;
         ConfigError when a term's label is in no frame of the training data, or when a term needs
-        forces, virial or stress of an energy-only model."""
+        forces, virial, stress or Hessians of an energy-only model."""
         for name, loss in self.loss_configs.items():
             for stage in self.stages:
                 derived = [term for term, fn in WeightedLoss(stage.loss or loss.terms, loss.type, file=self.file,
                                                              type_map=self.heads[name].type_map).fns.items()
-                           if fn.label in (K.FORCES, K.VIRIAL, K.STRESS)]
+                           if fn.label in (K.FORCES, K.VIRIAL, K.STRESS, K.HESSIAN)]
                 if derived and not getattr(self.heads[name], "energy_derivatives", True):
-                    raise ConfigError(f"the model is energy-only (no forces, virial or stress: do_derivatives false), "
+                    raise ConfigError(f"the model is energy-only (no forces, virial, stress or Hessian: do_derivatives false), "
                                       f"so the loss cannot compare {derived[0]}", file=self.file, key=["loss", "terms", derived[0]])
                 checker = WeightedLoss(stage.loss or loss.terms, loss.type, file=self.file,
                                        atom_ener_coeff=loss.atom_ener_coeff, type_map=self.heads[name].type_map)

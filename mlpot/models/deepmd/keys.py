@@ -290,15 +290,15 @@ STANDARD_KEYS: Dict[str, Key] = {
                          "pretrained model that mlpot train --finetune starts from when --model-branch is not given; no effect "
                          "without --finetune (as in DeePMD-kit); fine-tuning into multi-task inputs: not supported yet", annotation=Optional[str]),
     "info": ignored(note="free metadata of the model (DeePMD-kit stores it, it changes nothing)"),
+    "hessian_mode": ignored(note="set by DeePMD-kit 3.x training with an h loss term; mlpot derives d²E/dR² on demand"),
     "model_branch_alias": key([], note="multi-task (model_dict/<task>): other names of the task, accepted wherever a "
                               "head is named (--head, --model-branch, finetune_head, the ASE calculator's head), then a "
                               "name equal ignoring case; freeze and change-bias without a head take the branch named "
                               "or aliased Default (as DeePMD-kit's DeepEval); an alias used twice is an error; in a "
                               "single-task model kept as metadata (a head frozen from a multi-task model)",
                               annotation=List[str]),
-    "use_compile": unsupported(False, note="a key of model/type dpa4 (DPA-4/SeZM), not built"),
-    "enable_tf32": unsupported(True, note="a key of model/type dpa4 (DPA-4/SeZM), not built"),
-    "lora": unsupported(None, note="a key of model/type dpa4 (DPA-4/SeZM), not built"),
+    **{name: unsupported(default, note="a key of model/type dpa4 (DPA-4/SeZM), not built")
+       for name, default in (("use_compile", False), ("enable_tf32", True), ("lora", None))},
     "bridging_method": unsupported("None", note="DeePMD-kit 3.2's short-range bridging (ZBL through a linear_ener "
                                    "composition) is not built; its trained files store the default \"None\""),
     "bridging_r_inner": ignored(note="Å, read only with bridging_method (not built)"),

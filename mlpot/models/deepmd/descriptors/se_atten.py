@@ -222,7 +222,10 @@ class DescriptorSeAtten(MixedTypesDescriptor):
             a_matrix = self._tabulated_contraction(env, sw, neighbor_types, types) / self.sel[0]
         else:
             g = self._embedding(env, types, neighbor_types, sw, table)
-            directions = torch.nn.functional.normalize(env[..., 1:4], dim=-1)
+            # empty slots (env 0) get a unit stand-in, zeroed after: the norm's second derivative at 0
+            # is nan (Hessians), the values are those of normalising the zeros
+            empty = ~mask.unsqueeze(-1)
+            directions = torch.nn.functional.normalize(env[..., 1:4].masked_fill(empty, 1.0), dim=-1).masked_fill(empty, 0.0)
             for layer in self.attention:
                 g = layer(g, mask, sw, directions)
             a_matrix = torch.matmul(env.transpose(1, 2), g) / self.sel[0]  # (n_atoms, 4, M1)
