@@ -64,7 +64,7 @@ def main(argv=None):
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--cross", action="store_true", help="also mlpot from DeePMD-kit's untrained checkpoint")
     parser.add_argument("--deepmd", type=Path, default=Path("/work/peers/deepmd"), help="DeePMD-kit 3.2 venv")
-    parser.add_argument("--only", choices=["mlpot", "deepmd-kit"], default=None,
+    parser.add_argument("--only", choices=["mlpot", "deepmd-kit", "mlpot from dp init"], default=None,
                         help="run one code only (two 1-thread lanes side by side on a 2-core machine)")
     parser.add_argument("--workdir", type=Path, default=None)
     args = parser.parse_args(argv)
