@@ -197,11 +197,11 @@ def frame_subset(data: Path, folder: Path) -> Path:
     return folder
 
 
-def dp_test(command: list, model: str, prefix: str, data: Path, cwd: Path) -> dict:
+def dp_test(command: list, model: str, prefix: str, data: Path, cwd: Path, backend: str = "--pt") -> dict:
     """Energies, forces and virials ``dp test`` prints for the frames of ``data`` (its detail files
-    ``<prefix>.e.out``...; ``prefix`` without dots: dp replaces a suffix)."""
+    ``<prefix>.e.out``...; ``prefix`` without dots: dp replaces a suffix); ``backend``: ``--pt`` or ``--tf``."""
     n = len(FRAMES)
-    dp(command, ["--pt", "test", "-m", model, "-s", str(data), "-n", str(n), "-d", prefix], cwd)
+    dp(command, [backend, "test", "-m", model, "-s", str(data), "-n", str(n), "-d", prefix], cwd)
     energy = np.loadtxt(cwd / f"{prefix}.e.out", ndmin=2)
     forces = np.loadtxt(cwd / f"{prefix}.f.out", ndmin=2)
     virial = np.loadtxt(cwd / f"{prefix}.v.out", ndmin=2)

@@ -75,7 +75,8 @@ class InvariantFitting(torch.nn.Module):
                  activation_function: str = "tanh", resnet_dt: bool = True, numb_fparam: int = 0, numb_aparam: int = 0,
                  rcond: Optional[float] = None, atom_ener: Optional[Sequence[Optional[float]]] = None,
                  preset_out_bias: Optional[Sequence[Any]] = None, use_aparam_as_mask: bool = False,
-                 trainable=True, seed: Optional[int] = None, mixed_types: bool = False, dtype=torch.float64):
+                 trainable=True, seed: Optional[int] = None, mixed_types: bool = False, tf_resnet: bool = False,
+                 dtype=torch.float64):
         super().__init__()
         self.n_types, self.dim_descrpt, self.n_out = int(n_types), int(dim_descrpt), int(n_out)
         self.numb_fparam, self.numb_aparam = int(numb_fparam), int(numb_aparam)
@@ -98,7 +99,7 @@ class InvariantFitting(torch.nn.Module):
         n_nets = 1 if self.mixed_types else self.n_types
         self.nets = torch.nn.ModuleList(
             FittingNet(in_dim, list(neuron), self.n_out, activation=activation_function, resnet_dt=resnet_dt,
-                       trainable=trainable, dtype=dtype, seed=None if seed is None else int(seed) + t)
+                       tf_resnet=tf_resnet, trainable=trainable, dtype=dtype, seed=None if seed is None else int(seed) + t)
             for t in range(n_nets)
         )
         self.register_buffer("bias_atom", torch.zeros(n_types, self.n_out, dtype=torch.float64))

@@ -179,6 +179,9 @@ _FITTING: Dict[str, Key] = {
     "use_aparam_as_mask": unsupported(False, note="aparam as an atom mask (se_a_mask models): not built yet"),
 }
 FIT_ENER: Dict[str, Key] = {**_FITTING, "rcond": key(None, annotation=Optional[Number]),
+                            "tf_resnet": key(False, note="mlpot key, set when a DeePMD-kit TF graph (.pb) is read: "
+                                             "TF's fitting-net rule (no residual on the first hidden layer nor where "
+                                             "the width doubles); DeePMD-kit PT's rule when false", annotation=bool),
                             "use_aparam_as_mask": key(False, note="aparam (numb_aparam 1) marks real (non-zero) and "
                                                       "virtual (0) atoms: not a net input; virtual atoms have no "
                                                       "energy and no neighbours (se_a_mask models)", annotation=bool),

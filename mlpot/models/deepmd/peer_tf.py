@@ -1,0 +1,220 @@
+"""DeePMD-kit TensorFlow frozen models (``dp --tf freeze -o model.pb``), read without TensorFlow.
+
+The graph's constants (``mlpot.models.deepmd.tf_graph``) hold everything mlpot needs; nothing of
+the graph runs. The model section is the ``model`` of the training input that DeePMD-kit stores as
+the string constant ``train_attr/training_script`` (defaults filled in), checked against the
+graph's own attributes (``model_attr/tmap``, ``descrpt_attr/rcut``, ``descrpt_attr/sel``), and
+completed from the graph: ``type_one_side`` from the nets present, and ``fitting_net/tf_resnet``
+(TF's fitting-net skip rule, ``mlpot.nn.mlp``). Constant names -> mlpot's state dict:
+
+| DeePMD-kit TF graph | mlpot |
+|---|---|
+| ``descrpt_attr/t_avg`` / ``t_std`` (n_types, nnei * 4 or 1): per centre type, one row per neighbour slot | ``descriptor.davg`` / ``dstd`` (n_types, 4): that row (checked equal over the slots) |
+| ``filter_type_<c>/{matrix,bias,idt}_<l>_<n>`` (se_e2_a, se_e2_r) | ``descriptor.embeddings.<c * n_types + n>.layers.<l-1>.{weight,bias,idt}`` |
+| ``filter_type_all/{matrix,bias,idt}_<l>_<n>`` (type_one_side) | ``descriptor.embeddings.<n>.layers.<l-1>...`` |
+| ``filter_type_all/{matrix,bias,idt}_<l>_<j>_<k>`` (se_e3, j <= k) | ``descriptor.embeddings.<pair (j, k)>.layers.<l-1>...`` |
+| ``layer_<l>_type_<t>/{matrix,bias,idt}``, ``final_layer_type_<t>/{matrix,bias}`` | ``fitting.nets.<t>.layers.<l>``, ``fitting.nets.<t>.layers.<last>`` |
+| ``fitting_attr/t_bias_atom_e`` + ``model_attr/model_attr/t_out_bias`` | ``fitting.bias_atom`` (eV per atom) |
+| ``model_attr/model_attr/t_out_std`` | ``fitting.out_std``; TF multiplies the atomic output (bias_atom_e included) by it, so a value other than 1 is folded into each type's output layer and bias |
+| ``fitting_attr/t_fparam_avg`` / ``t_fparam_istd`` (and aparam) | ``fitting.fparam_avg`` / ``fparam_inv_std`` |
+
+Every float constant of rank >= 1 outside ``gradients/`` and every ``*_attr/`` constant must be read
+or known (``_KNOWN``): anything else is a "not supported yet" CheckpointError naming the file and
+the constant, never silently dropped. A compressed graph (``dp compress``: ``Tabulate*`` ops) is
+refused with the advice to give the uncompressed model (``mlpot compress`` compresses it).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any, Dict, List
+
+import numpy as np
+import torch
+
+from mlpot.errors import CheckpointError
+from mlpot.models.deepmd.peer_files import DeepmdFile
+from mlpot.models.deepmd.tf_graph import looks_like_graph, read_graph_constants
+
+__all__ = ["is_deepmd_tf_graph", "read_deepmd_tf_graph", "deepmd_tf_state_dict"]
+
+_SCRIPT = "train_attr/training_script"
+_OUT_BIAS, _OUT_STD = "model_attr/model_attr/t_out_bias", "model_attr/model_attr/t_out_std"
+# constants read for the model section or checks, or holding nothing mlpot needs
+_KNOWN = {_SCRIPT, "model_type", "model_attr/tmap", "model_attr/model_type", "model_attr/model_version",
+          "descrpt_attr/rcut", "descrpt_attr/ntypes", "descrpt_attr/sel", "descrpt_attr/original_sel",
+          "fitting_attr/dfparam", "fitting_attr/daparam", "train_attr/min_nbor_dist"}
+_DESCRIPTORS = ("se_e2_a", "se_e2_r", "se_e3")
+_ALIASES = {"se_a": "se_e2_a", "se_r": "se_e2_r", "se_at": "se_e3", "se_a_3be": "se_e3", "se_t": "se_e3"}
+
+
+def is_deepmd_tf_graph(path) -> bool:
+    """True for a file that starts as a TensorFlow GraphDef does (``tf_graph.looks_like_graph``)."""
+    return Path(path).is_file() and looks_like_graph(path)
+
+
+def _weight_like(name: str, value) -> bool:
+    if isinstance(value, (str, list)) or name.startswith("gradients/"):
+        return "_attr/" in name
+    return "_attr/" in name or (value.dtype.kind == "f" and value.ndim >= 1)
+
+
+def _graph_section(constants: Dict[str, Any], file: str) -> Dict[str, Any]:
+    """The model section of the training script, checked against the graph's attributes."""
+    script = constants.get(_SCRIPT)
+    try:
+        params = json.loads(script)["model"] if isinstance(script, str) else None
+    except (json.JSONDecodeError, KeyError, TypeError):
+        params = None
+    if not isinstance(params, dict):
+        raise CheckpointError(f"the graph holds no training input with a model section ({_SCRIPT})", file=file)
+    model_type = constants.get("model_attr/model_type", "ener")
+    if model_type != "ener":
+        raise CheckpointError(f"not supported yet: DeePMD-kit TF graphs of {model_type} models (ener only)", file=file)
+    tmap = constants.get("model_attr/tmap")
+    if isinstance(tmap, str) and params.get("type_map") and tmap.split() != list(params["type_map"]):
+        raise CheckpointError(f"model_attr/tmap {tmap.split()} differs from the training input's type_map "
+                              f"{params['type_map']}", file=file)
+    if isinstance(tmap, str) and not params.get("type_map"):
+        params["type_map"] = tmap.split()
+    descriptor = params.get("descriptor") if isinstance(params.get("descriptor"), dict) else {}
+    kind = _ALIASES.get(descriptor.get("type"), descriptor.get("type"))
+    if kind not in _DESCRIPTORS or "type_embedding" in params:
+        extra = " with a type embedding" if "type_embedding" in params else ""
+        raise CheckpointError(f"not supported yet: DeePMD-kit TF graphs of a {kind} descriptor{extra} "
+                              f"(read: {', '.join(_DESCRIPTORS)})", file=file)
+    fitting = params.get("fitting_net") if isinstance(params.get("fitting_net"), dict) else {}
+    if fitting.get("type", "ener") != "ener":
+        raise CheckpointError(f"not supported yet: DeePMD-kit TF graphs with a {fitting.get('type')} fitting", file=file)
+    sel = constants.get("descrpt_attr/sel")
+    if sel is not None and not isinstance(descriptor.get("sel"), list):
+        descriptor["sel"] = [int(s) for s in sel]
+    rcut = constants.get("descrpt_attr/rcut")
+    if rcut is not None and "rcut" in descriptor and abs(float(rcut) - float(descriptor["rcut"])) > 1e-12:
+        raise CheckpointError(f"descrpt_attr/rcut {float(rcut)} differs from the training input's rcut "
+                              f"{descriptor['rcut']}", file=file)
+    if kind in ("se_e2_a", "se_e2_r"):
+        descriptor["type_one_side"] = any(name.startswith("filter_type_all/") for name in constants)
+    params["fitting_net"] = {**fitting, "tf_resnet": True}
+    return params
+
+
+def read_deepmd_tf_graph(path) -> DeepmdFile:
+    """The :class:`DeepmdFile` of a DeePMD-kit TF frozen graph: the model section (module docstring)
+    and the graph's constants by name (numpy arrays, str for strings). Nothing of the graph runs."""
+    graph = read_graph_constants(path)
+    tabulated = sorted(op for op in graph.ops if op.startswith("Tabulate"))
+    if tabulated or graph.constants.get("model_type") == "compressed_model":
+        raise CheckpointError(f"not supported yet: compressed DeePMD-kit TF graphs (dp compress; ops {tabulated}): "
+                              "give the uncompressed model (mlpot compress can compress it)", file=graph.file)
+    params = _graph_section(dict(graph.constants), graph.file)
+    return DeepmdFile(graph.file, "tf_graph", params, graph.constants)
+
+
+class _GraphTensors:
+    """The graph's constants; ``take`` converts to a torch tensor of the target shape (TF stores an
+    embedding ``idt`` as (1, width)) and records what was read."""
+
+    def __init__(self, constants: Dict[str, Any], file: str):
+        self.constants, self.file, self.read = constants, file, set(_KNOWN)
+
+    def take(self, name: str, shape=None) -> torch.Tensor:
+        value = self.constants.get(name)
+        if value is None or isinstance(value, (str, list)):
+            raise CheckpointError(f"missing DeePMD-kit TF graph constant {name}", file=self.file)
+        array = np.asarray(value)
+        if shape is not None:
+            if [s for s in array.shape if s != 1] != [s for s in shape if s != 1]:
+                raise CheckpointError(f"DeePMD-kit TF graph constant {name} has shape {array.shape}, the model "
+                                      f"section gives {tuple(shape)}", file=self.file)
+            array = array.reshape(shape)
+        self.read.add(name)
+        return torch.from_numpy(np.array(array))
+
+    def check_all_read(self) -> None:
+        for name, value in self.constants.items():
+            if name not in self.read and _weight_like(name, value):
+                raise CheckpointError(f"not supported yet: DeePMD-kit TF graph constant {name} (mlpot's model has no "
+                                      "place for it)", file=self.file)
+
+
+def _net(source: _GraphTensors, module: torch.nn.Module, target: str, name, out: Dict[str, torch.Tensor]) -> None:
+    """Copy a net: ``name(layer index, kind)`` is the graph constant of mlpot's ``layers.<i>.<kind>``."""
+    for key, value in module.state_dict().items():
+        match = re.fullmatch(r"layers\.(\d+)\.(weight|bias|idt)", key)
+        kind = {"weight": "matrix"}.get(match.group(2), match.group(2))
+        out[target + key] = source.take(name(int(match.group(1)), kind), value.shape)
+
+
+def _statistics(source: _GraphTensors, descriptor, out: Dict[str, torch.Tensor]) -> None:
+    n_types, width = descriptor.davg.shape[0], 1 if descriptor.config.get("type") in ("se_e2_r", "se_r") else 4
+    for tf_name, name in (("t_avg", "davg"), ("t_std", "dstd")):
+        value = source.take(f"descrpt_attr/{tf_name}")
+        if value.numel() != n_types * sum(descriptor.sel) * width:
+            raise CheckpointError(f"DeePMD-kit TF graph constant descrpt_attr/{tf_name} has shape {tuple(value.shape)}, "
+                                  f"expected ({n_types}, {sum(descriptor.sel) * width})", file=source.file)
+        value = value.reshape(n_types, sum(descriptor.sel), width)
+        if not torch.equal(value, value[:, :1].expand_as(value)):
+            raise CheckpointError(f"not supported yet: descrpt_attr/{tf_name} differs between the neighbour slots of a "
+                                  "centre type (mlpot keeps one row per centre type)", file=source.file)
+        row = getattr(descriptor, name).clone()
+        row[:, :width] = value[:, 0]
+        out[f"descriptor.{name}"] = row
+
+
+def _embeddings(source: _GraphTensors, descriptor, kind: str, out: Dict[str, torch.Tensor]) -> None:
+    n_types = descriptor.n_types
+    for index, net in enumerate(descriptor.embeddings):
+        if kind == "se_e3":
+            scope, suffix = "filter_type_all", "{}_{}".format(*descriptor.type_pairs[index])
+        elif descriptor.type_one_side:
+            scope, suffix = "filter_type_all", str(index)
+        else:
+            centre, neighbour = divmod(index, n_types)
+            scope, suffix = f"filter_type_{centre}", str(neighbour)
+        _net(source, net, f"descriptor.embeddings.{index}.",
+             lambda layer, what: f"{scope}/{what}_{layer + 1}_{suffix}", out)
+
+
+def _fitting(source: _GraphTensors, fitting, out: Dict[str, torch.Tensor]) -> None:
+    n_types = fitting.n_types
+    for t, net in enumerate(fitting.nets):
+        last = len(net.layers) - 1
+        _net(source, net, f"fitting.nets.{t}.",
+             lambda layer, what: f"{'final_layer' if layer == last else f'layer_{layer}'}_type_{t}/{what}", out)
+    bias = source.take("fitting_attr/t_bias_atom_e", (n_types, 1)).to(torch.float64)
+    out_bias = source.take(_OUT_BIAS, (1, n_types, 1))[0] if _OUT_BIAS in source.constants else torch.zeros_like(bias)
+    std = source.take(_OUT_STD, (1, n_types, 1))[0] if _OUT_STD in source.constants else torch.ones_like(bias)
+    if not torch.equal(std, torch.ones_like(std)):  # TF: (net + bias_atom_e) * out_std + out_bias, per type
+        for t in range(n_types):
+            for key in (f"fitting.nets.{t}.layers.{len(fitting.nets[t].layers) - 1}.{p}" for p in ("weight", "bias")):
+                out[key] = out[key] * std[t]
+        bias = bias * std
+    out["fitting.bias_atom"] = bias + out_bias
+    out["fitting.out_std"] = std
+    for name, width in (("fparam", fitting.numb_fparam), ("aparam", fitting.numb_aparam)):
+        if width and not (name == "aparam" and fitting.use_aparam_as_mask):
+            out[f"fitting.{name}_avg"] = source.take(f"fitting_attr/t_{name}_avg", (width,))
+            out[f"fitting.{name}_inv_std"] = source.take(f"fitting_attr/t_{name}_istd", (width,))
+
+
+def deepmd_tf_state_dict(model: torch.nn.Module, constants: Dict[str, Any], file: str) -> Dict[str, torch.Tensor]:
+    """The state dict of ``model`` (built from the section of ``read_deepmd_tf_graph``) holding the
+    graph's constants (module docstring). CheckpointError naming ``file`` for a missing or misshapen
+    constant or one mlpot has no place for; every parameter of ``model`` comes from the graph."""
+    kind = model.config["descriptor"]["type"]
+    source = _GraphTensors(constants, file)
+    out: Dict[str, torch.Tensor] = {}
+    _statistics(source, model.descriptor, out)
+    _embeddings(source, model.descriptor, kind, out)
+    _fitting(source, model.fitting, out)
+    source.check_all_read()
+    state = model.state_dict()
+    unset: List[str] = [name for name, _ in model.named_parameters() if name not in out]
+    if unset:
+        raise CheckpointError(f"the graph gives no value for {unset[:5]}", file=file)
+    for name, value in out.items():
+        state[name] = value.to(state[name].dtype)
+    return state

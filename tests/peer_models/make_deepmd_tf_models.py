@@ -1,0 +1,139 @@
+"""Write the tiny DeePMD-kit TensorFlow frozen graphs and DeePMD-kit's own numbers that
+tests/test_deepmd_tf_files.py reads.
+
+Run with the Python of a DeePMD-kit with its TensorFlow backend, not mlpot's (CI has neither; the
+files this writes are committed):
+
+    export OMP_NUM_THREADS=1 TF_INTRA_OP_PARALLELISM_THREADS=1 TF_INTER_OP_PARALLELISM_THREADS=1 \\
+        DP_INTRA_OP_PARALLELISM_THREADS=1 DP_INTER_OP_PARALLELISM_THREADS=1
+    /work/peers/deepmd-tf/bin/python tests/peer_models/make_deepmd_tf_models.py \\
+        --dp /work/peers/deepmd-tf/bin/dp --data /work/shared/data/deepmd_water --work /tmp/deepmd_tf_models
+
+For each model of ``MODELS`` (water, O/H, float64, a few training steps on ``data_0`` so that nothing
+is at its initial value) it runs DeePMD-kit's command line in ``--work/<name>``: ``dp --tf train
+input.json``, ``dp --tf freeze -o model.pb`` and ``dp --tf test -m model.pb -s FRAMES_DIR -n 2 -d
+detail`` (FRAMES_DIR: frames 0 and 2 of ``data_3``, as for the PyTorch files), and writes into
+``deepmd/`` beside this script:
+
+* ``<name>.pb``: DeePMD-kit's frozen graph, byte for byte;
+* ``deepmd_tf_reference.npz``: per model ``<name>/energy`` (2,) eV, ``<name>/forces`` (2, 192, 3)
+  eV/Å and ``<name>/virial`` (2, 3, 3) eV, as ``dp --tf test`` printed them;
+* ``deepmd_tf_reference.json``: the DeePMD-kit and TensorFlow versions, the data, the frames and
+  each model's input.
+
+Nothing here copies DeePMD-kit code: it only runs DeePMD-kit's ``dp`` command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from make_deepmd_models import FRAMES, OUT, dp, dp_test, frame_subset  # noqa: E402
+
+STEPS = 4
+FITTING = {"type": "ener", "neuron": [8, 8], "resnet_dt": True, "seed": 3, "precision": "float64"}
+SE_A = {"type": "se_e2_a", "sel": [12, 24], "rcut_smth": 0.5, "rcut": 3.5, "neuron": [4, 8], "resnet_dt": False,
+        "axis_neuron": 4, "seed": 1, "precision": "float64"}
+MODELS = {
+    "tf_se_e2_a": {"descriptor": SE_A, "fitting_net": FITTING},
+    "tf_se_e2_a_one_side": {
+        "descriptor": {**SE_A, "rcut_smth": 1.0, "resnet_dt": True, "axis_neuron": 2, "type_one_side": True,
+                       "seed": 2, "activation_function": "gelu"},
+        # equal widths everywhere: the TF fitting net has no residual on its first layer
+        "fitting_net": {**FITTING, "neuron": [16, 16], "resnet_dt": False, "activation_function": "softplus"},
+    },
+    "tf_se_e2_r": {
+        "descriptor": {"type": "se_e2_r", "sel": [12, 24], "rcut_smth": 0.5, "rcut": 3.5, "neuron": [4, 8],
+                       "resnet_dt": False, "seed": 1, "precision": "float64"},
+        "fitting_net": FITTING,
+    },
+    "tf_se_e2_r_one_side": {
+        "descriptor": {"type": "se_e2_r", "sel": [12, 24], "rcut_smth": 0.5, "rcut": 3.5, "neuron": [4, 8],
+                       "resnet_dt": True, "type_one_side": True, "seed": 2, "precision": "float64"},
+        "fitting_net": FITTING,
+    },
+    "tf_se_e3": {
+        "descriptor": {"type": "se_e3", "sel": [8, 16], "rcut_smth": 0.5, "rcut": 3.0, "neuron": [2, 4, 8],
+                       "resnet_dt": False, "seed": 1, "precision": "float64"},
+        "fitting_net": FITTING,
+    },
+    "tf_se_atten": {
+        "descriptor": {"type": "se_atten", "sel": 36, "rcut_smth": 0.5, "rcut": 3.5, "neuron": [4, 8],
+                       "axis_neuron": 4, "attn": 8, "attn_layer": 1, "seed": 1, "precision": "float64"},
+        "type_embedding": {"neuron": [4], "seed": 1, "precision": "float64"},
+        "fitting_net": FITTING,
+    },
+    "tf_se_atten_v2": {
+        "descriptor": {"type": "se_atten_v2", "sel": 36, "rcut_smth": 0.5, "rcut": 3.5, "neuron": [4, 8],
+                       "axis_neuron": 4, "attn": 8, "attn_layer": 1, "seed": 1, "precision": "float64"},
+        "type_embedding": {"neuron": [4], "seed": 1, "precision": "float64"},
+        "fitting_net": FITTING,
+    },
+    "tf_se_a_tpe": {
+        "descriptor": {"type": "se_a_tpe", "sel": [12, 24], "rcut_smth": 0.5, "rcut": 3.5, "neuron": [4, 8],
+                       "resnet_dt": False, "axis_neuron": 4, "type_nchanl": 2, "type_nlayer": 1, "numb_aparam": 0,
+                       "seed": 1, "precision": "float64"},
+        "fitting_net": FITTING,
+    },
+}
+
+
+def training_input(model: dict, data: Path) -> dict:
+    return {
+        "model": {"type_map": ["O", "H"], **model},
+        "learning_rate": {"type": "exp", "decay_steps": 2, "start_lr": 1e-3, "stop_lr": 1e-4},
+        "loss": {"type": "ener", "start_pref_e": 0.2, "limit_pref_e": 1, "start_pref_f": 100, "limit_pref_f": 1,
+                 "start_pref_v": 0, "limit_pref_v": 0},
+        "training": {"training_data": {"systems": [str(data)], "batch_size": 1}, "numb_steps": STEPS, "seed": 1,
+                     "disp_freq": STEPS, "save_freq": STEPS},
+    }
+
+
+def make(name: str, model: dict, command: list, data: Path, frames: Path, work: Path) -> dict:
+    folder = work / name
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    (folder / "input.json").write_text(json.dumps(training_input(model, data), indent=1))
+    dp(command, ["--tf", "train", "input.json"], folder)
+    dp(command, ["--tf", "freeze", "-o", "model.pb"], folder)
+    numbers = dp_test(command, "model.pb", "detail", frames, folder, backend="--tf")
+    shutil.copyfile(folder / "model.pb", OUT / f"{name}.pb")
+    return numbers
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--dp", default="dp", help="how to run DeePMD-kit's dp (a command line)")
+    parser.add_argument("--data", type=Path, required=True, help="the deepmd_water folder (data_0, data_3)")
+    parser.add_argument("--work", type=Path, required=True, help="scratch folder outside the repository")
+    parser.add_argument("--only", nargs="*", default=list(MODELS), help="models to make")
+    args = parser.parse_args()
+    import deepmd
+    import tensorflow
+
+    command = shlex.split(args.dp)
+    reference_file = OUT / "deepmd_tf_reference.npz"
+    numbers = dict(np.load(reference_file)) if reference_file.exists() else {}
+    data = args.data.resolve()
+    frames = frame_subset(data / "data_3", args.work.resolve() / "frames")
+    for name in args.only:
+        for key, value in make(name, MODELS[name], command, data / "data_0", frames, args.work.resolve()).items():
+            numbers[f"{name}/{key}"] = value
+        print(name, "done", flush=True)
+        np.savez_compressed(reference_file, **numbers)
+    info = {"deepmd_kit": deepmd.__version__, "tensorflow": tensorflow.__version__, "data": "data_0",
+            "test_data": "data_3", "frames": list(FRAMES), "steps": STEPS,
+            "models": {name: training_input(MODELS[name], Path("DATA"))["model"] for name in MODELS}}
+    (OUT / "deepmd_tf_reference.json").write_text(json.dumps(info, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
