@@ -104,6 +104,15 @@ _ATTENTION: Dict[str, Key] = {
     "ln_eps": key(None, annotation=Optional[Number]),
     "use_econf_tebd": key(False, note="input of the type embedding: the element's electronic-configuration vector (118 entries, mlpot.models.deepmd.econf) instead of a one-hot vector; types must be element symbols", annotation=bool),
     "use_tebd_bias": key(False, note="bias in the type-embedding layer", annotation=bool),
+    "tebd_activation": key("linear", note="mlpot key, set when a DeePMD-kit TF graph (.pb) is read: the activation "
+                           "of the type-embedding layer (TF: model/type_embedding/activation_function; DeePMD-kit "
+                           "PT: linear)", annotation=str),
+    "normalize_eps": key(1e-12, note="mlpot key, set to 1e-6 when a DeePMD-kit TF graph is read: the L2 "
+                         "normalisations of q, k, v and of the neighbour directions divide by max(|x|, eps) "
+                         "(DeePMD-kit PT: 1e-12; TF: max(|x|^2, 1e-12))", annotation=Number),
+    "tf_smooth_switch": key(False, note="mlpot key, set when a DeePMD-kit TF graph is read: the smooth attention "
+                            "and strip type-pair weights use TF's clip(1 - (1 - rcut_smth s(r))^3, 0, 1) instead "
+                            "of the envelope w(r)", annotation=bool),
     "type_map": ignored(note="taken from model/type_map"),
 }
 # keys of the early PyTorch DPA-1 inputs (DeePMD-kit's examples/water/se_atten/input_torch.json): the

@@ -46,8 +46,10 @@ _OUT_BIAS, _OUT_STD = "model_attr/model_attr/t_out_bias", "model_attr/model_attr
 _KNOWN = {_SCRIPT, "model_type", "model_attr/tmap", "model_attr/model_type", "model_attr/model_version",
           "descrpt_attr/rcut", "descrpt_attr/ntypes", "descrpt_attr/sel", "descrpt_attr/original_sel",
           "fitting_attr/dfparam", "fitting_attr/daparam", "train_attr/min_nbor_dist"}
-_DESCRIPTORS = ("se_e2_a", "se_e2_r", "se_e3")
-_ALIASES = {"se_a": "se_e2_a", "se_r": "se_e2_r", "se_at": "se_e3", "se_a_3be": "se_e3", "se_t": "se_e3"}
+_DESCRIPTORS = ("se_e2_a", "se_e2_r", "se_e3", "se_atten", "se_atten_v2")
+_ATTENTION = ("se_atten", "se_atten_v2")
+_ALIASES = {"se_a": "se_e2_a", "se_r": "se_e2_r", "se_at": "se_e3", "se_a_3be": "se_e3", "se_t": "se_e3",
+            "dpa1": "se_atten"}
 
 
 def is_deepmd_tf_graph(path) -> bool:
@@ -81,10 +83,12 @@ def _graph_section(constants: Dict[str, Any], file: str) -> Dict[str, Any]:
         params["type_map"] = tmap.split()
     descriptor = params.get("descriptor") if isinstance(params.get("descriptor"), dict) else {}
     kind = _ALIASES.get(descriptor.get("type"), descriptor.get("type"))
-    if kind not in _DESCRIPTORS or "type_embedding" in params:
-        extra = " with a type embedding" if "type_embedding" in params else ""
+    if kind not in _DESCRIPTORS or (params.get("type_embedding") is not None) != (kind in _ATTENTION):
+        extra = " with a model/type_embedding" if params.get("type_embedding") is not None else ""
         raise CheckpointError(f"not supported yet: DeePMD-kit TF graphs of a {kind} descriptor{extra} "
-                              f"(read: {', '.join(_DESCRIPTORS)})", file=file)
+                              f"(read: {', '.join(_DESCRIPTORS)}; se_atten with model/type_embedding)", file=file)
+    if kind in _ATTENTION:
+        _attention_section(descriptor, params.pop("type_embedding"), file)
     fitting = params.get("fitting_net") if isinstance(params.get("fitting_net"), dict) else {}
     if fitting.get("type", "ener") != "ener":
         raise CheckpointError(f"not supported yet: DeePMD-kit TF graphs with a {fitting.get('type')} fitting", file=file)
@@ -99,6 +103,25 @@ def _graph_section(constants: Dict[str, Any], file: str) -> Dict[str, Any]:
         descriptor["type_one_side"] = any(name.startswith("filter_type_all/") for name in constants)
     params["fitting_net"] = {**fitting, "tf_resnet": True}
     return params
+
+
+def _attention_section(descriptor: Dict[str, Any], embedding: Dict[str, Any], file: str) -> None:
+    """se_atten / se_atten_v2 of TF in mlpot's terms: its type embedding is the model-level section
+    (one layer: tebd_dim = neuron[-1], its activation and bias); its attention always L2-normalises
+    q, k, v (and the neighbour directions of attn_dotr) as x / sqrt(max(|x|^2, 1e-12)), i.e. with a
+    floor of 1e-6 on |x|, and divides the logits by a temperature of 1 (no 1/sqrt(attn)); its layer
+    norm's eps defaults to 1e-3; its smooth weights are its own switch of s(r)
+    (``DescriptorSeAtten.tf_switch``)."""
+    neuron = list(embedding.get("neuron", [8]))
+    if len(neuron) != 1 or embedding.get("use_econf_tebd"):
+        raise CheckpointError(f"not supported yet: a TF type embedding of {len(neuron)} layers "
+                              f"(model/type_embedding/neuron {neuron}) or with use_econf_tebd; one layer is read",
+                              file=file)
+    descriptor.update(tebd_dim=int(neuron[0]), tebd_activation=embedding.get("activation_function", "tanh"),
+                      use_tebd_bias=bool(embedding.get("use_tebd_bias", False)), normalize=True, temperature=1.0,
+                      scaling_factor=1.0, normalize_eps=1e-6, tf_smooth_switch=True)
+    if descriptor.get("ln_eps") is None:
+        descriptor["ln_eps"] = 1e-3
 
 
 def read_deepmd_tf_graph(path) -> DeepmdFile:
@@ -178,16 +201,42 @@ def _embeddings(source: _GraphTensors, descriptor, kind: str, out: Dict[str, tor
              lambda layer, what: f"{scope}/{what}_{layer + 1}_{suffix}", out)
 
 
+def _attention(source: _GraphTensors, descriptor, out: Dict[str, torch.Tensor]) -> None:
+    """Type embedding, embedding net(s) and attention layers of se_atten / se_atten_v2."""
+    _net(source, descriptor.type_embedding, "descriptor.type_embedding.",
+         lambda layer, what: f"type_embed_net/{what}_{layer + 1}", out)
+    if "zeros" in source.constants and torch.count_nonzero(source.take("zeros")):  # the padding row
+        raise CheckpointError("the TF type embedding's padding row (constant zeros) is not zero", file=source.file)
+    _net(source, descriptor.embedding, "descriptor.embedding.", lambda layer, what: f"filter_type_all/{what}_{layer + 1}", out)
+    if descriptor.type_pair_embedding is not None:
+        _net(source, descriptor.type_pair_embedding, "descriptor.type_pair_embedding.",
+             lambda layer, what: f"filter_type_all/{what}_{layer + 1}_two_side_ebd", out)
+    for index, layer in enumerate(descriptor.attention):
+        scope, target = f"attention_layer_{index}/", f"descriptor.attention.{index}."
+        width, hidden = layer.in_proj.weight.shape[0], layer.hidden
+        for part in ("matrix", "bias"):
+            shape = (width, hidden) if part == "matrix" else (hidden,)
+            blocks = [source.take(f"{scope}c_{name}/{part}", shape) for name in ("query", "key", "value")]
+            out[f"{target}in_proj.{'weight' if part == 'matrix' else 'bias'}"] = torch.cat(blocks, dim=-1)
+        out[f"{target}out_proj.weight"] = source.take(f"{scope}c_out/matrix", layer.out_proj.weight.shape)
+        out[f"{target}out_proj.bias"] = source.take(f"{scope}c_out/bias", layer.out_proj.bias.shape)
+        out[f"{target}ln_weight"] = source.take(f"{scope}layer_normalization/gamma", layer.ln_weight.shape)
+        out[f"{target}ln_bias"] = source.take(f"{scope}layer_normalization/beta", layer.ln_bias.shape)
+
+
 def _fitting(source: _GraphTensors, fitting, out: Dict[str, torch.Tensor]) -> None:
     n_types = fitting.n_types
     for t, net in enumerate(fitting.nets):
-        last = len(net.layers) - 1
+        last, suffix = len(net.layers) - 1, "" if fitting.mixed_types else f"_type_{t}"
         _net(source, net, f"fitting.nets.{t}.",
-             lambda layer, what: f"{'final_layer' if layer == last else f'layer_{layer}'}_type_{t}/{what}", out)
+             lambda layer, what: f"{'final_layer' if layer == last else f'layer_{layer}'}{suffix}/{what}", out)
     bias = source.take("fitting_attr/t_bias_atom_e", (n_types, 1)).to(torch.float64)
     out_bias = source.take(_OUT_BIAS, (1, n_types, 1))[0] if _OUT_BIAS in source.constants else torch.zeros_like(bias)
     std = source.take(_OUT_STD, (1, n_types, 1))[0] if _OUT_STD in source.constants else torch.ones_like(bias)
     if not torch.equal(std, torch.ones_like(std)):  # TF: (net + bias_atom_e) * out_std + out_bias, per type
+        if fitting.mixed_types:
+            raise CheckpointError("not supported yet: a TF model_attr/t_out_std other than 1 with one fitting net "
+                                  "for all types", file=source.file)
         for t in range(n_types):
             for key in (f"fitting.nets.{t}.layers.{len(fitting.nets[t].layers) - 1}.{p}" for p in ("weight", "bias")):
                 out[key] = out[key] * std[t]
@@ -208,7 +257,10 @@ def deepmd_tf_state_dict(model: torch.nn.Module, constants: Dict[str, Any], file
     source = _GraphTensors(constants, file)
     out: Dict[str, torch.Tensor] = {}
     _statistics(source, model.descriptor, out)
-    _embeddings(source, model.descriptor, kind, out)
+    if kind in _ATTENTION:
+        _attention(source, model.descriptor, out)
+    else:
+        _embeddings(source, model.descriptor, kind, out)
     _fitting(source, model.fitting, out)
     source.check_all_read()
     state = model.state_dict()
