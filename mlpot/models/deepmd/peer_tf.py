@@ -10,6 +10,7 @@ completed from the graph: ``type_one_side`` from the nets present, and ``fitting
 | DeePMD-kit TF graph | mlpot |
 |---|---|
 | ``descrpt_attr/t_avg`` / ``t_std`` (n_types, nnei * 4 or 1): per centre type, one row per neighbour slot | ``descriptor.davg`` / ``dstd`` (n_types, 4): that row (checked equal over the slots) |
+| ``descrpt_attr/t_avg`` / ``t_std`` of loc_frame (n_types, dim_out) | ``descriptor.davg`` / ``dstd`` |
 | ``filter_type_<c>/{matrix,bias,idt}_<l>_<n>`` (se_e2_a, se_e2_r) | ``descriptor.embeddings.<c * n_types + n>.layers.<l-1>.{weight,bias,idt}`` |
 | ``filter_type_all/{matrix,bias,idt}_<l>_<n>`` (type_one_side) | ``descriptor.embeddings.<n>.layers.<l-1>...`` |
 | ``filter_type_all/{matrix,bias,idt}_<l>_<j>_<k>`` (se_e3, j <= k) | ``descriptor.embeddings.<pair (j, k)>.layers.<l-1>...`` |
@@ -29,13 +30,14 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Dict
 
 import numpy as np
 import torch
 
 from mlpot.errors import CheckpointError
 from mlpot.models.deepmd.peer_files import DeepmdFile
+from mlpot.models.deepmd.peer_names import filled_state
 from mlpot.models.deepmd.tf_graph import looks_like_graph, read_graph_constants
 
 __all__ = ["is_deepmd_tf_graph", "read_deepmd_tf_graph", "deepmd_tf_state_dict"]
@@ -46,7 +48,7 @@ _OUT_BIAS, _OUT_STD = "model_attr/model_attr/t_out_bias", "model_attr/model_attr
 _KNOWN = {_SCRIPT, "model_type", "model_attr/tmap", "model_attr/model_type", "model_attr/model_version",
           "descrpt_attr/rcut", "descrpt_attr/ntypes", "descrpt_attr/sel", "descrpt_attr/original_sel",
           "fitting_attr/dfparam", "fitting_attr/daparam", "train_attr/min_nbor_dist"}
-_DESCRIPTORS = ("se_e2_a", "se_e2_r", "se_e3", "se_atten", "se_atten_v2")
+_DESCRIPTORS = ("se_e2_a", "se_e2_r", "se_e3", "se_atten", "se_atten_v2", "loc_frame")
 _ATTENTION = ("se_atten", "se_atten_v2")
 _ALIASES = {"se_a": "se_e2_a", "se_r": "se_e2_r", "se_at": "se_e3", "se_a_3be": "se_e3", "se_t": "se_e3",
             "dpa1": "se_atten"}
@@ -172,6 +174,10 @@ def _net(source: _GraphTensors, module: torch.nn.Module, target: str, name, out:
 
 
 def _statistics(source: _GraphTensors, descriptor, out: Dict[str, torch.Tensor]) -> None:
+    if descriptor.config.get("type") == "loc_frame":  # one value per descriptor column and centre type
+        for tf_name, name in (("t_avg", "davg"), ("t_std", "dstd")):
+            out[f"descriptor.{name}"] = source.take(f"descrpt_attr/{tf_name}", getattr(descriptor, name).shape)
+        return
     n_types, width = descriptor.davg.shape[0], 1 if descriptor.config.get("type") in ("se_e2_r", "se_r") else 4
     for tf_name, name in (("t_avg", "davg"), ("t_std", "dstd")):
         value = source.take(f"descrpt_attr/{tf_name}")
@@ -259,14 +265,8 @@ def deepmd_tf_state_dict(model: torch.nn.Module, constants: Dict[str, Any], file
     _statistics(source, model.descriptor, out)
     if kind in _ATTENTION:
         _attention(source, model.descriptor, out)
-    else:
+    elif kind != "loc_frame":  # loc_frame has no net
         _embeddings(source, model.descriptor, kind, out)
     _fitting(source, model.fitting, out)
     source.check_all_read()
-    state = model.state_dict()
-    unset: List[str] = [name for name, _ in model.named_parameters() if name not in out]
-    if unset:
-        raise CheckpointError(f"the graph gives no value for {unset[:5]}", file=file)
-    for name, value in out.items():
-        state[name] = value.to(state[name].dtype)
-    return state
+    return filled_state(model, out, file)
