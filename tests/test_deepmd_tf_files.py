@@ -192,6 +192,8 @@ def _script(edit) -> bytes:
      "not supported yet: DeePMD-kit TF graphs of a se_a_mask descriptor"),
     ([_script(lambda m: m.update(type_embedding={"neuron": [4]}))],
      "not supported yet: DeePMD-kit TF graphs of a se_e2_a descriptor with a model/type_embedding"),
+    ([_string("model_attr/model_version", "0.9")],
+     "not supported yet: DeePMD-kit TF graph version 0.9 .*convert it with DeePMD-kit's dp convert-from"),
     ([_string("model_attr/tmap", "H O")], r"model_attr/tmap \['H', 'O'\] differs from the training input's type_map"),
 ])
 def test_unsupported_graphs_are_named(tmp_path, nodes, message):

@@ -15,7 +15,7 @@ completed from the graph: ``type_one_side`` from the nets present, and ``fitting
 | ``filter_type_all/{matrix,bias,idt}_<l>_<n>`` (type_one_side) | ``descriptor.embeddings.<n>.layers.<l-1>...`` |
 | ``filter_type_all/{matrix,bias,idt}_<l>_<j>_<k>`` (se_e3, j <= k) | ``descriptor.embeddings.<pair (j, k)>.layers.<l-1>...`` |
 | ``layer_<l>_type_<t>/{matrix,bias,idt}``, ``final_layer_type_<t>/{matrix,bias}`` | ``fitting.nets.<t>.layers.<l>``, ``fitting.nets.<t>.layers.<last>`` |
-| ``fitting_attr/t_bias_atom_e`` + ``model_attr/model_attr/t_out_bias`` | ``fitting.bias_atom`` (eV per atom) |
+| ``fitting_attr/t_bias_atom_e`` + ``model_attr/model_attr/t_out_bias`` | ``fitting.bias_atom`` (eV per atom); a graph without them (DeePMD-kit < 2.2, < 3.0) has its bias in the output layer |
 | ``model_attr/model_attr/t_out_std`` | ``fitting.out_std``; TF multiplies the atomic output (bias_atom_e included) by it, so a value other than 1 is folded into each type's output layer and bias |
 | ``fitting_attr/t_fparam_avg`` / ``t_fparam_istd`` (and aparam) | ``fitting.fparam_avg`` / ``fparam_inv_std`` |
 
@@ -43,11 +43,13 @@ from mlpot.models.deepmd.tf_graph import looks_like_graph, read_graph_constants
 __all__ = ["is_deepmd_tf_graph", "read_deepmd_tf_graph", "deepmd_tf_state_dict"]
 
 _SCRIPT = "train_attr/training_script"
+_BIAS_ATOM_E = "fitting_attr/t_bias_atom_e"
 _OUT_BIAS, _OUT_STD = "model_attr/model_attr/t_out_bias", "model_attr/model_attr/t_out_std"
 # constants read for the model section or checks, or holding nothing mlpot needs
 _KNOWN = {_SCRIPT, "model_type", "model_attr/tmap", "model_attr/model_type", "model_attr/model_version",
           "descrpt_attr/rcut", "descrpt_attr/ntypes", "descrpt_attr/sel", "descrpt_attr/original_sel",
           "fitting_attr/dfparam", "fitting_attr/daparam", "train_attr/min_nbor_dist"}
+_GRAPH_VERSIONS = ("1.0", "1.1")  # model_attr/model_version: DeePMD-kit 2.0, and 2.1 to 3.x
 _DESCRIPTORS = ("se_e2_a", "se_e2_r", "se_e3", "se_atten", "se_atten_v2", "loc_frame")
 _ATTENTION = ("se_atten", "se_atten_v2")
 _ALIASES = {"se_a": "se_e2_a", "se_r": "se_e2_r", "se_at": "se_e3", "se_a_3be": "se_e3", "se_t": "se_e3",
@@ -134,6 +136,11 @@ def read_deepmd_tf_graph(path) -> DeepmdFile:
     if tabulated or graph.constants.get("model_type") == "compressed_model":
         raise CheckpointError(f"not supported yet: compressed DeePMD-kit TF graphs (dp compress; ops {tabulated}): "
                               "give the uncompressed model (mlpot compress can compress it)", file=graph.file)
+    version = graph.constants.get("model_attr/model_version")
+    if version not in _GRAPH_VERSIONS:
+        raise CheckpointError(f"not supported yet: DeePMD-kit TF graph version {version or 'before 1.0'} (mlpot reads "
+                              f"{', '.join(_GRAPH_VERSIONS)}: DeePMD-kit 2.0 and later); convert it with DeePMD-kit's "
+                              "dp convert-from first", file=graph.file)
     params = _graph_section(dict(graph.constants), graph.file)
     return DeepmdFile(graph.file, "tf_graph", params, graph.constants)
 
@@ -236,7 +243,10 @@ def _fitting(source: _GraphTensors, fitting, out: Dict[str, torch.Tensor]) -> No
         last, suffix = len(net.layers) - 1, "" if fitting.mixed_types else f"_type_{t}"
         _net(source, net, f"fitting.nets.{t}.",
              lambda layer, what: f"{'final_layer' if layer == last else f'layer_{layer}'}{suffix}/{what}", out)
-    bias = source.take("fitting_attr/t_bias_atom_e", (n_types, 1)).to(torch.float64)
+    # graphs before DeePMD-kit 2.2 have no t_bias_atom_e: the bias is in the output layer's
+    # (DeePMD-kit TF reads such graphs so); before 3.0 no t_out_bias / t_out_std
+    bias = source.take(_BIAS_ATOM_E, (n_types, 1)).to(torch.float64) if _BIAS_ATOM_E in source.constants \
+        else torch.zeros(n_types, 1, dtype=torch.float64)
     out_bias = source.take(_OUT_BIAS, (1, n_types, 1))[0] if _OUT_BIAS in source.constants else torch.zeros_like(bias)
     std = source.take(_OUT_STD, (1, n_types, 1))[0] if _OUT_STD in source.constants else torch.ones_like(bias)
     if not torch.equal(std, torch.ones_like(std)):  # TF: (net + bias_atom_e) * out_std + out_bias, per type
