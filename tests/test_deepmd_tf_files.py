@@ -244,4 +244,9 @@ def test_mlpot_test_freeze_ase_and_compress(tmp_path, shared_data, reference, fr
     assert np.abs(atoms.get_forces() - reference["tf_se_e2_a/forces"][1]).max() < 1e-10
 
     assert stored_min_nbor_dist(FILES / "tf_se_e2_a.pb") == pytest.approx(0.89245151, abs=1e-8)
+    # mlpot compress of the graph (its min_nbor_dist): dp --tf compress's numbers, which equal the
+    # uncompressed ones to 5e-14 eV/Å for this model
+    assert main(["compress", "-i", str(FILES / "tf_se_e2_a.pb"), "-o", str(tmp_path / "compressed.pt")]) == 0
+    out = predictions(load_model(tmp_path / "compressed.pt"), frames)
+    assert np.abs(out["forces"] - reference["tf_se_e2_a/forces"]).max() < 1e-10
     assert freeze(FILES / "tf_se_e2_a.pb", tmp_path / "f2.pt")["type_map"] == ["O", "H"]
