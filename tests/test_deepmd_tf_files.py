@@ -77,6 +77,21 @@ def test_loc_frame_energy_and_the_forces_tf_gets_right(reference, frames):
     assert abs(finite_difference - tf_forces[0][atom, 0]) > 0.1
 
 
+@pytest.mark.parametrize("name, kind, label, width", [("tf_dipole", "dipole", "dipole", 3),
+                                                     ("tf_polar", "polar", "polarizability", 9)])
+def test_tensor_models(name, kind, label, width, shared_data, reference):
+    """se_e2_a + dipole (sel_type [0]) and polar (sel_type [0], fit_diag false, scale 2) graphs on
+    frames 0 and 2 of the water clusters' validation system, against dp --tf test."""
+    from mlpot.data import read_frames
+
+    every = read_frames(shared_data(f"deepmd_water_tensor/{kind}/validation_data_reformat/global_system"),
+                        type_map=["O", "H"])
+    model = load_model(FILES / f"{name}.pb")
+    assert model.config["fitting_net"]["type"] == kind and model.config["fitting_net"]["sel_type"] == [0]
+    out = predictions(model, [every[i] for i in (0, 2)], (label,))[label].reshape(2, width)
+    assert np.abs(out - reference[f"{name}/{label}"]).max() < 1e-12 * np.abs(out).max()
+
+
 def test_tf_fitting_rule_is_kept():
     """TF's fitting net has no residual on its first hidden layer (here 16 -> 16); PT's rule would
     add one: the same weights then give other energies."""
@@ -187,7 +202,8 @@ def _script(edit) -> bytes:
      r"compressed DeePMD-kit TF graphs .*give the uncompressed model \(mlpot compress can compress it\)"),
     ([_node("fitting_attr/t_foo", tensor=_tensor(2, [2], _field(6, struct.pack("<2d", 1, 2))))],
      "not supported yet: DeePMD-kit TF graph constant fitting_attr/t_foo"),
-    ([_string("model_attr/model_type", "dipole")], "not supported yet: DeePMD-kit TF graphs of dipole models"),
+    ([_string("model_attr/model_type", "dos")], "not supported yet: DeePMD-kit TF graphs of dos models"),
+    ([_string("model_attr/model_type", "dipole")], "not supported yet: a dipole model with a ener fitting"),
     ([_script(lambda m: m["descriptor"].update(type="se_a_mask"))],
      "not supported yet: DeePMD-kit TF graphs of a se_a_mask descriptor"),
     ([_script(lambda m: m.update(type_embedding={"neuron": [4]}))],

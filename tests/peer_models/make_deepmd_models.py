@@ -219,13 +219,17 @@ def strip_code(frozen: Path, output: Path) -> None:
                 target.writestr(info.filename, source.read(info.filename))
 
 
-def train_and_freeze(name: str, model: dict, command: list, data: Path, work: Path, backend: str, frozen: str) -> Path:
-    """``dp <backend> train`` of ``model`` on ``data`` in a fresh ``work/name``, then ``dp <backend>
-    freeze -o <frozen>``; returns the folder."""
+def train_and_freeze(name: str, model: dict, command: list, data: Path, work: Path, backend: str, frozen: str,
+                     loss: dict = None) -> Path:
+    """``dp <backend> train`` of ``model`` on ``data`` in a fresh ``work/name`` (``loss``: instead of
+    the energy loss), then ``dp <backend> freeze -o <frozen>``; returns the folder."""
     folder = work / name
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
-    (folder / "input.json").write_text(json.dumps(training_input(model, data), indent=1))
+    script = training_input(model, data)
+    if loss is not None:
+        script["loss"] = loss
+    (folder / "input.json").write_text(json.dumps(script, indent=1))
     dp(command, [backend, "train", "input.json"], folder)
     dp(command, [backend, "freeze", "-o", frozen], folder)
     return folder

@@ -21,6 +21,14 @@ detail`` (FRAMES_DIR: frames 0 and 2 of ``data_3``, as for the PyTorch files), a
 * ``deepmd_tf_reference.json``: the DeePMD-kit and TensorFlow versions, the data, the frames and
   each model's input.
 
+For each model of ``TENSOR_MODELS`` (a dipole and a polar fitting on se_e2_a) the same is done with
+the water clusters of ``deepmd_water_tensor`` (beside ``--data``): training on
+``<kind>/training_data_reformat/global_system`` with the tensor loss, ``dp --tf test`` on frames 0
+and 2 of its ``validation_data_reformat/global_system``; ``deepmd_tf_reference.npz`` gets
+``<name>/dipole`` (2, 3) or ``<name>/polarizability`` (2, 9). Their graphs are committed without
+the nodes under ``gradients/``, ``gradients_1/``... (TensorFlow's derivatives of each tensor
+component, which make the polar graph 875 kB; mlpot reads none of them), every other node unchanged.
+
 Not made: se_a_tpe, whose training fails inside DeePMD-kit 3.2's TF backend (a reshape of 55296
 values into 10616832, on this data with the defaults and with type_nchanl 2 / type_nlayer 1).
 
@@ -30,6 +38,7 @@ Nothing here copies DeePMD-kit code: it only runs DeePMD-kit's ``dp`` command.
 from __future__ import annotations
 
 import json
+import re
 import shlex
 import shutil
 import sys
@@ -38,7 +47,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from make_deepmd_models import (FRAMES, OUT, STEPS, dp_test, frame_subset, parse_arguments,  # noqa: E402
+from make_deepmd_models import (FRAMES, OUT, STEPS, dp, dp_test, frame_subset, parse_arguments,  # noqa: E402
                                 train_and_freeze, training_input)
 
 FITTING = {"type": "ener", "neuron": [8, 8], "resnet_dt": True, "seed": 3, "precision": "float64"}
@@ -85,6 +94,14 @@ MODELS = {
         "fitting_net": FITTING,
     },
 }
+TENSOR_FITTING = {"sel_type": [0], "neuron": [8, 8], "resnet_dt": True, "seed": 3, "precision": "float64"}
+# name: (model, folder of deepmd_water_tensor, label)
+TENSOR_MODELS = {
+    "tf_dipole": ({"descriptor": SE_A, "fitting_net": {"type": "dipole", **TENSOR_FITTING}}, "dipole", "dipole"),
+    "tf_polar": ({"descriptor": SE_A, "fitting_net": {"type": "polar", "fit_diag": False, "scale": 2.0,
+                                                      **TENSOR_FITTING}}, "polar", "polarizability"),
+}
+TENSOR_LOSS = {"type": "tensor", "pref": 1.0, "pref_atomic": 0.0}
 
 
 def make(name: str, model: dict, command: list, data: Path, frames: Path, work: Path) -> dict:
@@ -94,8 +111,35 @@ def make(name: str, model: dict, command: list, data: Path, frames: Path, work: 
     return numbers
 
 
+def strip_gradients(graph: Path, output: Path) -> None:
+    """Copy a frozen graph without its ``gradients/``, ``gradients_<k>/`` nodes (module docstring)."""
+    import tensorflow
+
+    definition = tensorflow.compat.v1.GraphDef()
+    definition.ParseFromString(graph.read_bytes())
+    kept = [node for node in definition.node if not re.match(r"gradients(_\d+)?/", node.name)]
+    del definition.node[:]
+    definition.node.extend(kept)
+    output.write_bytes(definition.SerializeToString())
+
+
+def make_tensor(name: str, command: list, tensor_data: Path, work: Path) -> dict:
+    model, kind, label = TENSOR_MODELS[name]
+    source = tensor_data / kind
+    validation = source / "validation_data_reformat" / "global_system"
+    frames = frame_subset(validation, work / f"frames_{kind}")
+    if (validation / "nopbc").exists():
+        shutil.copyfile(validation / "nopbc", frames / "nopbc")
+    folder = train_and_freeze(name, model, command, source / "training_data_reformat" / "global_system", work, "--tf",
+                              "model.pb", loss=TENSOR_LOSS)
+    dp(command, ["--tf", "test", "-m", "model.pb", "-s", str(frames), "-n", str(len(FRAMES)), "-d", "detail"], folder)
+    table = np.loadtxt(folder / "detail.out", ndmin=2)  # data columns, then as many predicted ones
+    strip_gradients(folder / "model.pb", OUT / f"{name}.pb")
+    return {label: table[:, table.shape[1] // 2:]}
+
+
 def main() -> None:
-    args = parse_arguments(__doc__, MODELS, "the deepmd_water folder (data_0, data_3)")
+    args = parse_arguments(__doc__, list(MODELS) + list(TENSOR_MODELS), "the deepmd_water folder (data_0, data_3)")
     import deepmd
     import tensorflow
 
@@ -105,13 +149,19 @@ def main() -> None:
     data = args.data.resolve()
     frames = frame_subset(data / "data_3", args.work.resolve() / "frames")
     for name in args.only:
-        for key, value in make(name, MODELS[name], command, data / "data_0", frames, args.work.resolve()).items():
+        if name in TENSOR_MODELS:
+            made = make_tensor(name, command, data.parent / "deepmd_water_tensor", args.work.resolve())
+        else:
+            made = make(name, MODELS[name], command, data / "data_0", frames, args.work.resolve())
+        for key, value in made.items():
             numbers[f"{name}/{key}"] = value
         print(name, "done", flush=True)
         np.savez_compressed(reference_file, **numbers)
     info = {"deepmd_kit": deepmd.__version__, "tensorflow": tensorflow.__version__, "data": "data_0",
             "test_data": "data_3", "frames": list(FRAMES), "steps": STEPS,
-            "models": {name: training_input(MODELS[name], Path("DATA"))["model"] for name in MODELS}}
+            "models": {name: training_input(MODELS[name], Path("DATA"))["model"] for name in MODELS},
+            "tensor_models": {name: {"model": {"type_map": ["O", "H"], **model}, "data": f"deepmd_water_tensor/{kind}",
+                                     "loss": TENSOR_LOSS} for name, (model, kind, _) in TENSOR_MODELS.items()}}
     (OUT / "deepmd_tf_reference.json").write_text(json.dumps(info, indent=1) + "\n")
 
 

@@ -182,15 +182,15 @@ _FITTING: Dict[str, Key] = {
     "trainable": key(True, note="bool or one bool per layer", annotation=Union[bool, List[bool]]),
     "numb_fparam": key(0, annotation=int),
     "numb_aparam": key(0, annotation=int),
+    "tf_resnet": key(False, note="mlpot key, set when a DeePMD-kit TF graph (.pb) is read: TF's fitting-net rule (no "
+                     "residual on the first hidden layer nor where the width doubles); DeePMD-kit PT's rule when false",
+                     annotation=bool),
     "default_fparam": unsupported(None, note="fparam used for frames without fparam.npy: not built; give fparam in every system"),
     "dim_case_embd": unsupported(0, note="task embedding of a fitting shared between multi-task heads: not built (heads have their own fitting)"),
     "layer_name": unsupported(None, note="TF names for sharing fitting layers between models: not built"),
     "use_aparam_as_mask": unsupported(False, note="aparam as an atom mask (se_a_mask models): not built yet"),
 }
 FIT_ENER: Dict[str, Key] = {**_FITTING, "rcond": key(None, annotation=Optional[Number]),
-                            "tf_resnet": key(False, note="mlpot key, set when a DeePMD-kit TF graph (.pb) is read: "
-                                             "TF's fitting-net rule (no residual on the first hidden layer nor where "
-                                             "the width doubles); DeePMD-kit PT's rule when false", annotation=bool),
                             "use_aparam_as_mask": key(False, note="aparam (numb_aparam 1) marks real (non-zero) and "
                                                       "virtual (0) atoms: not a net input; virtual atoms have no "
                                                       "energy and no neighbours (se_a_mask models)", annotation=bool),

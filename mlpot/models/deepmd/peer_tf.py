@@ -18,9 +18,11 @@ completed from the graph: ``type_one_side`` from the nets present, and ``fitting
 | ``fitting_attr/t_bias_atom_e`` + ``model_attr/model_attr/t_out_bias`` | ``fitting.bias_atom`` (eV per atom); a graph without them (DeePMD-kit < 2.2, < 3.0) has its bias in the output layer |
 | ``model_attr/model_attr/t_out_std`` | ``fitting.out_std``; TF multiplies the atomic output (bias_atom_e included) by it, so a value other than 1 is folded into each type's output layer and bias |
 | ``fitting_attr/t_fparam_avg`` / ``t_fparam_istd`` (and aparam) | ``fitting.fparam_avg`` / ``fparam_inv_std`` |
+| dipole / polar: ``layer_<l>_type_<t>``, ``final_layer_type_<t>`` for the types of ``sel_type`` | ``fitting.nets.<t>`` (the other types' nets zero: masked) |
+| polar: ``fitting_attr/t_constant_matrix`` (entry k for the type sel_type[k], as TF reads it) | ``fitting.constant_matrix`` (divided by mlpot's scale, which TF does not apply to the shift) |
 
-Every float constant of rank >= 1 outside ``gradients/`` and every ``*_attr/`` constant must be read
-or known (``_KNOWN``): anything else is a "not supported yet" CheckpointError naming the file and
+Every float constant named as DeePMD-kit names its variables (``matrix*``, ``bias*``, ``idt*``,
+``gamma``, ``beta``, ``t_*``) and every ``*_attr/`` constant must be read or known (``_KNOWN``): anything else is a "not supported yet" CheckpointError naming the file and
 the constant, never silently dropped. A compressed graph (``dp compress``: ``Tabulate*`` ops) is
 refused with the advice to give the uncompressed model (``mlpot compress`` compresses it).
 """
@@ -48,7 +50,9 @@ _OUT_BIAS, _OUT_STD = "model_attr/model_attr/t_out_bias", "model_attr/model_attr
 # constants read for the model section or checks, or holding nothing mlpot needs
 _KNOWN = {_SCRIPT, "model_type", "model_attr/tmap", "model_attr/model_type", "model_attr/model_version",
           "descrpt_attr/rcut", "descrpt_attr/ntypes", "descrpt_attr/sel", "descrpt_attr/original_sel",
-          "fitting_attr/dfparam", "fitting_attr/daparam", "train_attr/min_nbor_dist"}
+          "fitting_attr/dfparam", "fitting_attr/daparam", "train_attr/min_nbor_dist",
+          "model_attr/sel_type", "model_attr/output_dim", "descrpt_attr/ndescrpt"}
+_FITTINGS = ("ener", "dipole", "polar")
 _GRAPH_VERSIONS = ("1.0", "1.1")  # model_attr/model_version: DeePMD-kit 2.0, and 2.1 to 3.x
 _DESCRIPTORS = ("se_e2_a", "se_e2_r", "se_e3", "se_atten", "se_atten_v2", "loc_frame")
 _ATTENTION = ("se_atten", "se_atten_v2")
@@ -61,10 +65,17 @@ def is_deepmd_tf_graph(path) -> bool:
     return Path(path).is_file() and looks_like_graph(path)
 
 
+# the names DeePMD-kit gives its variables (frozen into constants); other float constants are the
+# literals of TF operations (x, y, Const, ones, padding_value...), part of the computation
+_VARIABLE = re.compile(r"^(matrix|bias|idt)(_\w+)?$|^(gamma|beta|zeros)$|^t_")
+
+
 def _weight_like(name: str, value) -> bool:
+    if "_attr/" in name:
+        return True
     if isinstance(value, (str, list)) or name.startswith("gradients/"):
-        return "_attr/" in name
-    return "_attr/" in name or (value.dtype.kind == "f" and value.ndim >= 1)
+        return False
+    return value.dtype.kind == "f" and bool(_VARIABLE.match(name.rsplit("/", 1)[-1]))
 
 
 def _graph_section(constants: Dict[str, Any], file: str) -> Dict[str, Any]:
@@ -77,8 +88,9 @@ def _graph_section(constants: Dict[str, Any], file: str) -> Dict[str, Any]:
     if not isinstance(params, dict):
         raise CheckpointError(f"the graph holds no training input with a model section ({_SCRIPT})", file=file)
     model_type = constants.get("model_attr/model_type", "ener")
-    if model_type != "ener":
-        raise CheckpointError(f"not supported yet: DeePMD-kit TF graphs of {model_type} models (ener only)", file=file)
+    if model_type not in _FITTINGS:
+        raise CheckpointError(f"not supported yet: DeePMD-kit TF graphs of {model_type} models (read: "
+                              f"{', '.join(_FITTINGS)})", file=file)
     tmap = constants.get("model_attr/tmap")
     if isinstance(tmap, str) and params.get("type_map") and tmap.split() != list(params["type_map"]):
         raise CheckpointError(f"model_attr/tmap {tmap.split()} differs from the training input's type_map "
@@ -94,8 +106,9 @@ def _graph_section(constants: Dict[str, Any], file: str) -> Dict[str, Any]:
     if kind in _ATTENTION:
         _attention_section(descriptor, params.pop("type_embedding"), file)
     fitting = params.get("fitting_net") if isinstance(params.get("fitting_net"), dict) else {}
-    if fitting.get("type", "ener") != "ener":
-        raise CheckpointError(f"not supported yet: DeePMD-kit TF graphs with a {fitting.get('type')} fitting", file=file)
+    if fitting.get("type", "ener") != model_type:
+        raise CheckpointError(f"not supported yet: a {model_type} model with a {fitting.get('type', 'ener')} fitting",
+                              file=file)
     sel = constants.get("descrpt_attr/sel")
     if sel is not None and not isinstance(descriptor.get("sel"), list):
         descriptor["sel"] = [int(s) for s in sel]
@@ -106,7 +119,24 @@ def _graph_section(constants: Dict[str, Any], file: str) -> Dict[str, Any]:
     if kind in ("se_e2_a", "se_e2_r"):
         descriptor["type_one_side"] = any(name.startswith("filter_type_all/") for name in constants)
     params["fitting_net"] = {**fitting, "tf_resnet": True}
+    if model_type == "polar":
+        _polar_section(params["fitting_net"], len(params["type_map"]))
     return params
+
+
+def _polar_section(fitting: Dict[str, Any], n_types: int) -> None:
+    """TF's polar fitting in mlpot's terms: the type of sel_type[k] is scaled by scale[k] and shifted
+    by t_constant_matrix[k] (entries taken by position in sel_type), the shift added after the scale
+    and always (zero unless shift_diag computed it); without fit_diag its matrix is M + M^T where
+    mlpot's is (M + M^T)/2, a factor 2 put into the scale."""
+    sel_type = [int(t) for t in (fitting.get("sel_type") or range(n_types))]
+    scale = fitting.get("scale", 1.0)
+    scale = [float(scale)] * n_types if not isinstance(scale, list) else [float(s) for s in scale]
+    factor = 1.0 if fitting.get("fit_diag", True) else 2.0
+    per_type = [1.0] * n_types
+    for index, t in enumerate(sel_type):
+        per_type[t] = scale[index] * factor
+    fitting.update(scale=per_type, shift_diag=True, sel_type=sel_type)
 
 
 def _attention_section(descriptor: Dict[str, Any], embedding: Dict[str, Any], file: str) -> None:
@@ -237,12 +267,31 @@ def _attention(source: _GraphTensors, descriptor, out: Dict[str, torch.Tensor]) 
         out[f"{target}ln_bias"] = source.take(f"{scope}layer_normalization/beta", layer.ln_bias.shape)
 
 
-def _fitting(source: _GraphTensors, fitting, out: Dict[str, torch.Tensor]) -> None:
-    n_types = fitting.n_types
+def _fitting_nets(source: _GraphTensors, fitting, out: Dict[str, torch.Tensor]) -> None:
+    """The per-type (or, with a type embedding, one) fitting nets; a tensor fitting has nets only
+    for its ``sel_type``: the others, masked by mlpot, are set to zero."""
+    selected = getattr(fitting, "selected", None)
     for t, net in enumerate(fitting.nets):
+        if selected is not None and not fitting.mixed_types and not bool(selected[t]):
+            out.update({f"fitting.nets.{t}.{key}": torch.zeros_like(value) for key, value in net.state_dict().items()})
+            continue
         last, suffix = len(net.layers) - 1, "" if fitting.mixed_types else f"_type_{t}"
         _net(source, net, f"fitting.nets.{t}.",
              lambda layer, what: f"{'final_layer' if layer == last else f'layer_{layer}'}{suffix}/{what}", out)
+
+
+def _fitting(source: _GraphTensors, fitting, out: Dict[str, torch.Tensor]) -> None:
+    n_types = fitting.n_types
+    _fitting_nets(source, fitting, out)
+    if hasattr(fitting, "constant_matrix"):  # polar: TF's diagonal shift (scale folded in by _polar_section)
+        shift = source.take("fitting_attr/t_constant_matrix", (n_types,))
+        sel_type = [int(t) for t in torch.nonzero(fitting.selected).flatten()]
+        values = torch.zeros(n_types, dtype=torch.float64)
+        for index, t in enumerate(sel_type):  # TF reads entry sel_type.index(t) (module docstring)
+            values[t] = shift[index] / fitting.scale[t]
+        out["fitting.constant_matrix"] = values
+    if hasattr(fitting, "selected"):  # dipole, polar: no output bias
+        return
     # graphs before DeePMD-kit 2.2 have no t_bias_atom_e: the bias is in the output layer's
     # (DeePMD-kit TF reads such graphs so); before 3.0 no t_out_bias / t_out_std
     bias = source.take(_BIAS_ATOM_E, (n_types, 1)).to(torch.float64) if _BIAS_ATOM_E in source.constants \
