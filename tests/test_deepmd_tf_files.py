@@ -28,7 +28,7 @@ from test_deepmd_files import frames, predictions  # noqa: F401  (frames: the fi
 
 FILES = Path(__file__).parent / "peer_models" / "deepmd"
 MODELS = ["tf_se_e2_a", "tf_se_e2_a_one_side", "tf_se_e2_r", "tf_se_e2_r_one_side", "tf_se_e3", "tf_se_atten",
-          "tf_se_atten_v2"]
+          "tf_se_atten_variant", "tf_se_atten_strip", "tf_se_atten_v2"]
 
 
 @pytest.fixture(scope="module")
@@ -90,6 +90,19 @@ def test_tensor_models(name, kind, label, width, shared_data, reference):
     assert model.config["fitting_net"]["type"] == kind and model.config["fitting_net"]["sel_type"] == [0]
     out = predictions(model, [every[i] for i in (0, 2)], (label,))[label].reshape(2, width)
     assert np.abs(out - reference[f"{name}/{label}"]).max() < 1e-12 * np.abs(out).max()
+
+
+def test_se_a_mask(shared_data, reference):
+    """se_a_mask (no cutoff; aparam = 1: every atom real) on two 7-atom molecules of deepmd_nopbc."""
+    from mlpot.data import read_frames
+
+    every = read_frames(shared_data("deepmd_nopbc/C1H4O2"), type_map=["C", "H", "O"])
+    frames = [dict(every[i], aparam=np.ones((7, 1))) for i in (0, 2)]
+    model = load_model(FILES / "tf_se_a_mask.pb")
+    assert model.config["fitting_net"]["use_aparam_as_mask"] is True
+    out = predictions(model, frames, ("energy", "forces"))
+    assert np.abs(out["energy"] / reference["tf_se_a_mask/energy"] - 1).max() < 1e-14
+    assert np.abs(out["forces"] - reference["tf_se_a_mask/forces"]).max() < 1e-12
 
 
 def test_tf_fitting_rule_is_kept():
@@ -204,8 +217,8 @@ def _script(edit) -> bytes:
      "not supported yet: DeePMD-kit TF graph constant fitting_attr/t_foo"),
     ([_string("model_attr/model_type", "dos")], "not supported yet: DeePMD-kit TF graphs of dos models"),
     ([_string("model_attr/model_type", "dipole")], "not supported yet: a dipole model with a ener fitting"),
-    ([_script(lambda m: m["descriptor"].update(type="se_a_mask"))],
-     "not supported yet: DeePMD-kit TF graphs of a se_a_mask descriptor"),
+    ([_script(lambda m: m["descriptor"].update(type="se_a_tpe"))],
+     "not supported yet: DeePMD-kit TF graphs of a se_a_tpe descriptor"),
     ([_script(lambda m: m.update(type_embedding={"neuron": [4]}))],
      "not supported yet: DeePMD-kit TF graphs of a se_e2_a descriptor with a model/type_embedding"),
     ([_string("model_attr/model_version", "0.9")],

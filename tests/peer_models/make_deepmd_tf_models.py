@@ -29,6 +29,11 @@ and 2 of its ``validation_data_reformat/global_system``; ``deepmd_tf_reference.n
 the nodes under ``gradients/``, ``gradients_1/``... (TensorFlow's derivatives of each tensor
 component, which make the polar graph 875 kB; mlpot reads none of them), every other node unchanged.
 
+``tf_se_a_mask`` (se_a_mask, no cutoff, aparam as the atom mask) trains on the first 100 frames of
+``deepmd_nopbc/C1H4O2`` (beside ``--data``; 7-atom molecules) with aparam = 1 on every atom, and
+``dp --tf test`` evaluates its frames 0 and 2 one at a time (two at once fail inside DeePMD-kit 3.2,
+reshaping the atomic virials); ``<name>/energy`` (2,), ``<name>/forces`` (2, 7, 3).
+
 Not made: se_a_tpe, whose training fails inside DeePMD-kit 3.2's TF backend (a reshape of 55296
 values into 10616832, on this data with the defaults and with type_nchanl 2 / type_nlayer 1).
 
@@ -88,6 +93,20 @@ MODELS = {
         "type_embedding": {"neuron": [4], "seed": 1, "precision": "float64"},
         "fitting_net": FITTING,
     },
+    "tf_se_atten_variant": {  # type_one_side, two attention layers with attn_mask, no dotr, resnet_dt
+        "descriptor": {"type": "se_atten", "sel": 36, "rcut_smth": 0.5, "rcut": 3.5, "neuron": [4, 8],
+                       "axis_neuron": 4, "attn": 8, "attn_layer": 2, "attn_mask": True, "attn_dotr": False,
+                       "type_one_side": True, "resnet_dt": True, "seed": 2, "precision": "float64"},
+        "type_embedding": {"neuron": [2], "seed": 2, "precision": "float64"},
+        "fitting_net": FITTING,
+    },
+    "tf_se_atten_strip": {  # se_atten with the stripped type embedding, not smooth
+        "descriptor": {"type": "se_atten", "sel": 36, "rcut_smth": 0.5, "rcut": 3.5, "neuron": [4, 8],
+                       "axis_neuron": 4, "attn": 8, "attn_layer": 1, "tebd_input_mode": "strip",
+                       "seed": 3, "precision": "float64"},
+        "type_embedding": {"neuron": [4], "seed": 3, "precision": "float64"},
+        "fitting_net": FITTING,
+    },
     "tf_loc_frame": {  # the axis rule of DeePMD-kit's examples/water/loc_frame
         "descriptor": {"type": "loc_frame", "sel_a": [8, 16], "sel_r": [12, 24], "rcut": 3.5,
                        "axis_rule": [0, 1, 0, 0, 1, 1, 0, 0, 0, 0, 1, 0]},
@@ -102,6 +121,12 @@ TENSOR_MODELS = {
                                                       **TENSOR_FITTING}}, "polar", "polarizability"),
 }
 TENSOR_LOSS = {"type": "tensor", "pref": 1.0, "pref_atomic": 0.0}
+# se_a_mask (no cutoff, aparam marks real atoms): the 7-atom molecules of deepmd_nopbc/C1H4O2
+MASK_MODEL = {"type_map": ["C", "H", "O"],
+              "descriptor": {"type": "se_a_mask", "sel": [1, 4, 2], "neuron": [4, 8], "axis_neuron": 4,
+                             "resnet_dt": False, "seed": 1, "precision": "float64"},
+              "fitting_net": {**FITTING, "numb_aparam": 1, "use_aparam_as_mask": True}}
+MASK_TRAIN_FRAMES = 100
 
 
 def make(name: str, model: dict, command: list, data: Path, frames: Path, work: Path) -> dict:
@@ -138,8 +163,37 @@ def make_tensor(name: str, command: list, tensor_data: Path, work: Path) -> dict
     return {label: table[:, table.shape[1] // 2:]}
 
 
+def masked_copy(source: Path, folder: Path, frames) -> Path:
+    """A deepmd/npy copy of the ``frames`` of ``source`` with aparam = 1 on every atom (all real)."""
+    shutil.rmtree(folder, ignore_errors=True)
+    (folder / "set.000").mkdir(parents=True)
+    for name in ("type.raw", "type_map.raw", "nopbc"):
+        shutil.copyfile(source / name, folder / name)
+    for name in ("coord", "energy", "force"):
+        np.save(folder / "set.000" / f"{name}.npy", np.load(source / "set.000" / f"{name}.npy")[frames])
+    n_frames, n_atoms = np.load(folder / "set.000" / "coord.npy").shape[0], len((source / "type.raw").read_text().split())
+    np.save(folder / "set.000" / "aparam.npy", np.ones((n_frames, n_atoms)))
+    return folder
+
+
+def make_masked(name: str, command: list, source: Path, work: Path) -> dict:
+    """se_a_mask: ``dp --tf test`` one frame at a time (with two frames DeePMD-kit 3.2 fails reshaping
+    the atomic virials)."""
+    train = masked_copy(source, work / "mask_train", slice(0, MASK_TRAIN_FRAMES))
+    folder = train_and_freeze(name, MASK_MODEL, command, train, work, "--tf", "model.pb")  # its type_map wins
+    energy, forces = [], []
+    for frame in FRAMES:
+        frames = masked_copy(source, work / f"mask_frame_{frame}", [frame])
+        dp(command, ["--tf", "test", "-m", "model.pb", "-s", str(frames), "-n", "1", "-d", f"detail_{frame}"], folder)
+        energy.append(np.loadtxt(folder / f"detail_{frame}.e.out", ndmin=2)[0, 1])
+        forces.append(np.loadtxt(folder / f"detail_{frame}.f.out", ndmin=2)[:, 3:])
+    shutil.copyfile(folder / "model.pb", OUT / f"{name}.pb")
+    return {"energy": np.array(energy), "forces": np.stack(forces)}
+
+
 def main() -> None:
-    args = parse_arguments(__doc__, list(MODELS) + list(TENSOR_MODELS), "the deepmd_water folder (data_0, data_3)")
+    args = parse_arguments(__doc__, list(MODELS) + list(TENSOR_MODELS) + ["tf_se_a_mask"],
+                           "the deepmd_water folder (data_0, data_3)")
     import deepmd
     import tensorflow
 
@@ -149,7 +203,9 @@ def main() -> None:
     data = args.data.resolve()
     frames = frame_subset(data / "data_3", args.work.resolve() / "frames")
     for name in args.only:
-        if name in TENSOR_MODELS:
+        if name == "tf_se_a_mask":
+            made = make_masked(name, command, data.parent / "deepmd_nopbc" / "C1H4O2", args.work.resolve())
+        elif name in TENSOR_MODELS:
             made = make_tensor(name, command, data.parent / "deepmd_water_tensor", args.work.resolve())
         else:
             made = make(name, MODELS[name], command, data / "data_0", frames, args.work.resolve())
@@ -161,7 +217,9 @@ def main() -> None:
             "test_data": "data_3", "frames": list(FRAMES), "steps": STEPS,
             "models": {name: training_input(MODELS[name], Path("DATA"))["model"] for name in MODELS},
             "tensor_models": {name: {"model": {"type_map": ["O", "H"], **model}, "data": f"deepmd_water_tensor/{kind}",
-                                     "loss": TENSOR_LOSS} for name, (model, kind, _) in TENSOR_MODELS.items()}}
+                                     "loss": TENSOR_LOSS} for name, (model, kind, _) in TENSOR_MODELS.items()},
+            "tf_se_a_mask": {"model": MASK_MODEL, "data": "deepmd_nopbc/C1H4O2", "train_frames": MASK_TRAIN_FRAMES,
+                             "aparam": 1.0}}
     (OUT / "deepmd_tf_reference.json").write_text(json.dumps(info, indent=1) + "\n")
 
 

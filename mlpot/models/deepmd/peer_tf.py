@@ -11,7 +11,7 @@ completed from the graph: ``type_one_side`` from the nets present, and ``fitting
 |---|---|
 | ``descrpt_attr/t_avg`` / ``t_std`` (n_types, nnei * 4 or 1): per centre type, one row per neighbour slot | ``descriptor.davg`` / ``dstd`` (n_types, 4): that row (checked equal over the slots) |
 | ``descrpt_attr/t_avg`` / ``t_std`` of loc_frame (n_types, dim_out) | ``descriptor.davg`` / ``dstd`` |
-| ``filter_type_<c>/{matrix,bias,idt}_<l>_<n>`` (se_e2_a, se_e2_r) | ``descriptor.embeddings.<c * n_types + n>.layers.<l-1>.{weight,bias,idt}`` |
+| ``filter_type_<c>/{matrix,bias,idt}_<l>_<n>`` (se_e2_a, se_e2_r, se_a_mask: it has no statistics) | ``descriptor.embeddings.<c * n_types + n>.layers.<l-1>.{weight,bias,idt}`` |
 | ``filter_type_all/{matrix,bias,idt}_<l>_<n>`` (type_one_side) | ``descriptor.embeddings.<n>.layers.<l-1>...`` |
 | ``filter_type_all/{matrix,bias,idt}_<l>_<j>_<k>`` (se_e3, j <= k) | ``descriptor.embeddings.<pair (j, k)>.layers.<l-1>...`` |
 | ``layer_<l>_type_<t>/{matrix,bias,idt}``, ``final_layer_type_<t>/{matrix,bias}`` | ``fitting.nets.<t>.layers.<l>``, ``fitting.nets.<t>.layers.<last>`` |
@@ -51,10 +51,10 @@ _OUT_BIAS, _OUT_STD = "model_attr/model_attr/t_out_bias", "model_attr/model_attr
 _KNOWN = {_SCRIPT, "model_type", "model_attr/tmap", "model_attr/model_type", "model_attr/model_version",
           "descrpt_attr/rcut", "descrpt_attr/ntypes", "descrpt_attr/sel", "descrpt_attr/original_sel",
           "fitting_attr/dfparam", "fitting_attr/daparam", "train_attr/min_nbor_dist",
-          "model_attr/sel_type", "model_attr/output_dim", "descrpt_attr/ndescrpt"}
+          "model_attr/sel_type", "model_attr/output_dim", "descrpt_attr/ndescrpt", "fitting_attr/aparam_nall"}
 _FITTINGS = ("ener", "dipole", "polar")
 _GRAPH_VERSIONS = ("1.0", "1.1")  # model_attr/model_version: DeePMD-kit 2.0, and 2.1 to 3.x
-_DESCRIPTORS = ("se_e2_a", "se_e2_r", "se_e3", "se_atten", "se_atten_v2", "loc_frame")
+_DESCRIPTORS = ("se_e2_a", "se_e2_r", "se_e3", "se_atten", "se_atten_v2", "loc_frame", "se_a_mask")
 _ATTENTION = ("se_atten", "se_atten_v2")
 _ALIASES = {"se_a": "se_e2_a", "se_r": "se_e2_r", "se_at": "se_e3", "se_a_3be": "se_e3", "se_t": "se_e3",
             "dpa1": "se_atten"}
@@ -67,7 +67,7 @@ def is_deepmd_tf_graph(path) -> bool:
 
 # the names DeePMD-kit gives its variables (frozen into constants); other float constants are the
 # literals of TF operations (x, y, Const, ones, padding_value...), part of the computation
-_VARIABLE = re.compile(r"^(matrix|bias|idt)(_\w+)?$|^(gamma|beta|zeros)$|^t_")
+_VARIABLE = re.compile(r"^(matrix|bias|idt)(_\w+)?$|^(gamma|beta)$|^t_")
 
 
 def _weight_like(name: str, value) -> bool:
@@ -116,7 +116,7 @@ def _graph_section(constants: Dict[str, Any], file: str) -> Dict[str, Any]:
     if rcut is not None and "rcut" in descriptor and abs(float(rcut) - float(descriptor["rcut"])) > 1e-12:
         raise CheckpointError(f"descrpt_attr/rcut {float(rcut)} differs from the training input's rcut "
                               f"{descriptor['rcut']}", file=file)
-    if kind in ("se_e2_a", "se_e2_r"):
+    if kind in ("se_e2_a", "se_e2_r", "se_a_mask"):
         descriptor["type_one_side"] = any(name.startswith("filter_type_all/") for name in constants)
     params["fitting_net"] = {**fitting, "tf_resnet": True}
     if model_type == "polar":
@@ -211,6 +211,8 @@ def _net(source: _GraphTensors, module: torch.nn.Module, target: str, name, out:
 
 
 def _statistics(source: _GraphTensors, descriptor, out: Dict[str, torch.Tensor]) -> None:
+    if descriptor.config.get("type") == "se_a_mask":  # no statistics (davg 0, dstd 1), none in the graph
+        return
     if descriptor.config.get("type") == "loc_frame":  # one value per descriptor column and centre type
         for tf_name, name in (("t_avg", "davg"), ("t_std", "dstd")):
             out[f"descriptor.{name}"] = source.take(f"descrpt_attr/{tf_name}", getattr(descriptor, name).shape)
