@@ -27,7 +27,7 @@ from mlpot.models.deepmd.tf_graph import read_graph_constants
 from test_deepmd_files import frames, predictions  # noqa: F401  (frames: the fixture of frames 0 and 2)
 
 FILES = Path(__file__).parent / "peer_models" / "deepmd"
-MODELS = ["tf_se_e2_a", "tf_se_e2_a_one_side", "tf_se_e2_r", "tf_se_e2_r_one_side", "tf_se_e3", "tf_se_atten",
+MODELS = ["tf_se_e2_a", "tf_se_e2_a_one_side", "tf_se_e2_a_tebd", "tf_se_a_ebd_v2", "tf_se_e2_r", "tf_se_e2_r_one_side", "tf_se_e3", "tf_se_atten",
           "tf_se_atten_variant", "tf_se_atten_strip", "tf_se_atten_v2"]
 
 
@@ -219,8 +219,10 @@ def _script(edit) -> bytes:
     ([_string("model_attr/model_type", "dipole")], "not supported yet: a dipole model with a ener fitting"),
     ([_script(lambda m: m["descriptor"].update(type="se_a_tpe"))],
      "not supported yet: DeePMD-kit TF graphs of a se_a_tpe descriptor"),
+    ([_script(lambda m: (m["descriptor"].update(type="se_e3"), m.update(type_embedding={"neuron": [4]})))],
+     "not supported yet: DeePMD-kit TF graphs of a se_e3 descriptor with a model/type_embedding"),
     ([_script(lambda m: m.update(type_embedding={"neuron": [4]}))],
-     "not supported yet: DeePMD-kit TF graphs of a se_e2_a descriptor with a model/type_embedding"),
+     "missing DeePMD-kit TF graph constant type_embed_net/matrix_1"),
     ([_string("model_attr/model_version", "0.9")],
      "not supported yet: DeePMD-kit TF graph version 0.9 .*convert it with DeePMD-kit's dp convert-from"),
     ([_string("model_attr/tmap", "H O")], r"model_attr/tmap \['H', 'O'\] differs from the training input's type_map"),

@@ -107,6 +107,16 @@ MODELS = {
         "type_embedding": {"neuron": [4], "seed": 3, "precision": "float64"},
         "fitting_net": FITTING,
     },
+    "tf_se_e2_a_tebd": {  # se_e2_a with the model-level type embedding (examples/water/se_e2_a_tebd)
+        "descriptor": {**SE_A, "seed": 4},
+        "type_embedding": {"neuron": [2, 4], "seed": 4, "precision": "float64"},
+        "fitting_net": FITTING,
+    },
+    "tf_se_a_ebd_v2": {  # se_e2_a with the type embedding in strip mode
+        "descriptor": {**SE_A, "type": "se_a_ebd_v2", "seed": 5, "type_one_side": True},
+        "type_embedding": {"neuron": [4], "seed": 5, "precision": "float64"},
+        "fitting_net": FITTING,
+    },
     "tf_loc_frame": {  # the axis rule of DeePMD-kit's examples/water/loc_frame
         "descriptor": {"type": "loc_frame", "sel_a": [8, 16], "sel_r": [12, 24], "rcut": 3.5,
                        "axis_rule": [0, 1, 0, 0, 1, 1, 0, 0, 0, 0, 1, 0]},

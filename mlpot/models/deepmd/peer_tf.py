@@ -13,6 +13,8 @@ completed from the graph: ``type_one_side`` from the nets present, and ``fitting
 | ``descrpt_attr/t_avg`` / ``t_std`` of loc_frame (n_types, dim_out) | ``descriptor.davg`` / ``dstd`` |
 | ``filter_type_<c>/{matrix,bias,idt}_<l>_<n>`` (se_e2_a, se_e2_r, se_a_mask: it has no statistics) | ``descriptor.embeddings.<c * n_types + n>.layers.<l-1>.{weight,bias,idt}`` |
 | ``filter_type_all/{matrix,bias,idt}_<l>_<n>`` (type_one_side) | ``descriptor.embeddings.<n>.layers.<l-1>...`` |
+| ``type_embed_net/{matrix,bias,idt}_<l>``, ``filter_type_all/{matrix,bias,idt}_<l>`` (se_e2_a with model/type_embedding; se_atten) | ``descriptor.type_embedding.layers.<l-1>``, ``descriptor.embeddings.0`` (se_atten: ``descriptor.embedding``) |
+| ``filter_type_all/{matrix,bias,idt}_<l>_{one,two}_side_ebd`` (se_a_ebd_v2) | ``descriptor.type_pair_embedding.layers.<l-1>`` |
 | ``filter_type_all/{matrix,bias,idt}_<l>_<j>_<k>`` (se_e3, j <= k) | ``descriptor.embeddings.<pair (j, k)>.layers.<l-1>...`` |
 | ``layer_<l>_type_<t>/{matrix,bias,idt}``, ``final_layer_type_<t>/{matrix,bias}`` | ``fitting.nets.<t>.layers.<l>``, ``fitting.nets.<t>.layers.<last>`` |
 | ``fitting_attr/t_bias_atom_e`` + ``model_attr/model_attr/t_out_bias`` | ``fitting.bias_atom`` (eV per atom); a graph without them (DeePMD-kit < 2.2, < 3.0) has its bias in the output layer |
@@ -54,10 +56,10 @@ _KNOWN = {_SCRIPT, "model_type", "model_attr/tmap", "model_attr/model_type", "mo
           "model_attr/sel_type", "model_attr/output_dim", "descrpt_attr/ndescrpt", "fitting_attr/aparam_nall"}
 _FITTINGS = ("ener", "dipole", "polar")
 _GRAPH_VERSIONS = ("1.0", "1.1")  # model_attr/model_version: DeePMD-kit 2.0, and 2.1 to 3.x
-_DESCRIPTORS = ("se_e2_a", "se_e2_r", "se_e3", "se_atten", "se_atten_v2", "loc_frame", "se_a_mask")
+_DESCRIPTORS = ("se_e2_a", "se_e2_r", "se_e3", "se_atten", "se_atten_v2", "loc_frame", "se_a_mask", "se_a_ebd_v2")
 _ATTENTION = ("se_atten", "se_atten_v2")
 _ALIASES = {"se_a": "se_e2_a", "se_r": "se_e2_r", "se_at": "se_e3", "se_a_3be": "se_e3", "se_t": "se_e3",
-            "dpa1": "se_atten"}
+            "dpa1": "se_atten", "se_a_tpe_v2": "se_a_ebd_v2"}
 
 
 def is_deepmd_tf_graph(path) -> bool:
@@ -99,10 +101,12 @@ def _graph_section(constants: Dict[str, Any], file: str) -> Dict[str, Any]:
         params["type_map"] = tmap.split()
     descriptor = params.get("descriptor") if isinstance(params.get("descriptor"), dict) else {}
     kind = _ALIASES.get(descriptor.get("type"), descriptor.get("type"))
-    if kind not in _DESCRIPTORS or (params.get("type_embedding") is not None) != (kind in _ATTENTION):
+    if kind not in _DESCRIPTORS or (params.get("type_embedding") is None and kind in _ATTENTION) or \
+            (params.get("type_embedding") is not None and kind not in _ATTENTION + ("se_e2_a", "se_a_ebd_v2")):
         extra = " with a model/type_embedding" if params.get("type_embedding") is not None else ""
         raise CheckpointError(f"not supported yet: DeePMD-kit TF graphs of a {kind} descriptor{extra} "
-                              f"(read: {', '.join(_DESCRIPTORS)}; se_atten with model/type_embedding)", file=file)
+                              f"(read: {', '.join(_DESCRIPTORS)}; se_atten and se_e2_a with model/type_embedding)",
+                              file=file)
     if kind in _ATTENTION:
         _attention_section(descriptor, params.pop("type_embedding"), file)
     fitting = params.get("fitting_net") if isinstance(params.get("fitting_net"), dict) else {}
@@ -116,7 +120,7 @@ def _graph_section(constants: Dict[str, Any], file: str) -> Dict[str, Any]:
     if rcut is not None and "rcut" in descriptor and abs(float(rcut) - float(descriptor["rcut"])) > 1e-12:
         raise CheckpointError(f"descrpt_attr/rcut {float(rcut)} differs from the training input's rcut "
                               f"{descriptor['rcut']}", file=file)
-    if kind in ("se_e2_a", "se_e2_r", "se_a_mask"):
+    if kind in ("se_e2_a", "se_e2_r", "se_a_mask") and params.get("type_embedding") is None:
         descriptor["type_one_side"] = any(name.startswith("filter_type_all/") for name in constants)
     params["fitting_net"] = {**fitting, "tf_resnet": True}
     if model_type == "polar":
@@ -234,6 +238,16 @@ def _statistics(source: _GraphTensors, descriptor, out: Dict[str, torch.Tensor])
 
 def _embeddings(source: _GraphTensors, descriptor, kind: str, out: Dict[str, torch.Tensor]) -> None:
     n_types = descriptor.n_types
+    if getattr(descriptor, "type_embedding", None) is not None:  # se_e2_a + model/type_embedding: one net
+        _net(source, descriptor.type_embedding, "descriptor.type_embedding.",
+             lambda layer, what: f"type_embed_net/{what}_{layer + 1}", out)
+        _net(source, descriptor.embeddings[0], "descriptor.embeddings.0.",
+             lambda layer, what: f"filter_type_all/{what}_{layer + 1}", out)
+        if descriptor.type_pair_embedding is not None:  # se_a_ebd_v2 (strip)
+            side = "one" if descriptor.type_one_side else "two"
+            _net(source, descriptor.type_pair_embedding, "descriptor.type_pair_embedding.",
+                 lambda layer, what: f"filter_type_all/{what}_{layer + 1}_{side}_side_ebd", out)
+        return
     for index, net in enumerate(descriptor.embeddings):
         if kind == "se_e3":
             scope, suffix = "filter_type_all", "{}_{}".format(*descriptor.type_pairs[index])
