@@ -281,3 +281,19 @@ def test_mlpot_test_freeze_ase_and_compress(tmp_path, shared_data, reference, fr
     out = predictions(load_model(tmp_path / "compressed.pt"), frames)
     assert np.abs(out["forces"] - reference["tf_se_e2_a/forces"]).max() < 1e-10
     assert freeze(FILES / "tf_se_e2_a.pb", tmp_path / "f2.pt")["type_map"] == ["O", "H"]
+
+
+@pytest.mark.slow
+def test_compiled_graph_model(tmp_path, reference, frames):
+    """``mlpot compile model.pb`` (exported program, about a minute): dp --tf test's numbers."""
+    from ase import Atoms
+
+    from mlpot.calculators import MlpotCalculator
+
+    assert main(["compile", str(FILES / "tf_se_e2_a.pb"), "-o", str(tmp_path / "model.pt2"), "--backend", "export"]) == 0
+    frame = frames[1]
+    atoms = Atoms(["O" if t == 0 else "H" for t in frame["atom_types"]], positions=frame["positions"],
+                  cell=frame["cell"], pbc=True)
+    atoms.calc = MlpotCalculator(str(tmp_path / "model.pt2"))
+    assert abs(atoms.get_potential_energy() - reference["tf_se_e2_a/energy"][1]) < 1e-9
+    assert np.abs(atoms.get_forces() - reference["tf_se_e2_a/forces"][1]).max() < 1e-10
