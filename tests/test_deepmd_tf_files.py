@@ -23,7 +23,7 @@ import torch
 from mlpot.calculators.export import freeze, load_model, read_model_file
 from mlpot.cli import main
 from mlpot.errors import CheckpointError
-from mlpot.models.deepmd.tf_graph import read_graph_constants
+from mlpot.models.deepmd.tf_graph import looks_like_graph, read_graph_constants
 from test_deepmd_files import frames, predictions  # noqa: F401  (frames: the fixture of frames 0 and 2)
 
 FILES = Path(__file__).parent / "peer_models" / "deepmd"
@@ -181,6 +181,9 @@ def test_decoder_reads_every_encoding(tmp_path):
     assert c["c"].tolist() == [[1.5, -2.0]] and c["c"].dtype == np.float32
     assert c["d"].tolist() == [2**40, -1] and c["f"].tolist() == [0.25, 0.5] and c["e"] == "O H"
     assert read.ops == {"Const": 6, "MatMul": 1}
+    assert looks_like_graph(tmp_path / "g.pb") and not looks_like_graph(FILES / "se_e2_a.pth")
+    (tmp_path / "text").write_text("\n\n\nnot a graph\n")
+    assert not looks_like_graph(tmp_path / "text")
 
 
 def test_decoder_on_a_real_graph():

@@ -75,7 +75,7 @@ _VARIABLE = re.compile(r"^(matrix|bias|idt)(_\w+)?$|^(gamma|beta)$|^t_")
 def _weight_like(name: str, value) -> bool:
     if "_attr/" in name:
         return True
-    if isinstance(value, (str, list)) or name.startswith("gradients/"):
+    if isinstance(value, (str, list)) or re.match(r"gradients(_\d+)?/", name):
         return False
     return value.dtype.kind == "f" and bool(_VARIABLE.match(name.rsplit("/", 1)[-1]))
 
@@ -214,14 +214,14 @@ def _net(source: _GraphTensors, module: torch.nn.Module, target: str, name, out:
         out[target + key] = source.take(name(int(match.group(1)), kind), value.shape)
 
 
-def _statistics(source: _GraphTensors, descriptor, out: Dict[str, torch.Tensor]) -> None:
-    if descriptor.config.get("type") == "se_a_mask":  # no statistics (davg 0, dstd 1), none in the graph
+def _statistics(source: _GraphTensors, descriptor, kind: str, out: Dict[str, torch.Tensor]) -> None:
+    if kind == "se_a_mask":  # no statistics (davg 0, dstd 1), none in the graph
         return
-    if descriptor.config.get("type") == "loc_frame":  # one value per descriptor column and centre type
+    if kind == "loc_frame":  # one value per descriptor column and centre type
         for tf_name, name in (("t_avg", "davg"), ("t_std", "dstd")):
             out[f"descriptor.{name}"] = source.take(f"descrpt_attr/{tf_name}", getattr(descriptor, name).shape)
         return
-    n_types, width = descriptor.davg.shape[0], 1 if descriptor.config.get("type") in ("se_e2_r", "se_r") else 4
+    n_types, width = descriptor.davg.shape[0], 1 if kind == "se_e2_r" else 4
     for tf_name, name in (("t_avg", "davg"), ("t_std", "dstd")):
         value = source.take(f"descrpt_attr/{tf_name}")
         if value.numel() != n_types * sum(descriptor.sel) * width:
@@ -334,10 +334,10 @@ def deepmd_tf_state_dict(model: torch.nn.Module, constants: Dict[str, Any], file
     """The state dict of ``model`` (built from the section of ``read_deepmd_tf_graph``) holding the
     graph's constants (module docstring). CheckpointError naming ``file`` for a missing or misshapen
     constant or one mlpot has no place for; every parameter of ``model`` comes from the graph."""
-    kind = model.config["descriptor"]["type"]
+    kind = _ALIASES.get(model.config["descriptor"]["type"], model.config["descriptor"]["type"])
     source = _GraphTensors(constants, file)
     out: Dict[str, torch.Tensor] = {}
-    _statistics(source, model.descriptor, out)
+    _statistics(source, model.descriptor, kind, out)
     if kind in _ATTENTION:
         _attention(source, model.descriptor, out)
     elif kind != "loc_frame":  # loc_frame has no net

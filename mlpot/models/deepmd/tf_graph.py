@@ -219,17 +219,18 @@ def read_graph_constants(path) -> GraphConstants:
 
 
 def looks_like_graph(path) -> bool:
-    """True when the file starts as a GraphDef does: a node field (tag 0x0a) whose NodeDef starts
-    with its name (tag 0x0a); cheap, reads 64 bytes."""
+    """True when the file starts as a GraphDef does: a node field (tag 0x0a) whose NodeDef starts with
+    its name (tag 0x0a, printable text) followed by its op (tag 0x12); cheap, reads 512 bytes."""
     try:
         with open(path, "rb") as handle:
-            head = handle.read(64)
-    except OSError:
-        return False
-    if len(head) < 4 or head[0] != 0x0A:
-        return False
-    try:
+            head = handle.read(512)
+        if len(head) < 6 or head[0] != 0x0A:
+            return False
         _, pos = _varint(head, 1)
-    except _Truncated:
+        if head[pos] != 0x0A:
+            return False
+        size, pos = _varint(head, pos + 1)
+        name = head[pos:pos + size]
+        return 0 < size == len(name) and name.isascii() and name.decode().isprintable() and head[pos + size] == 0x12
+    except (OSError, _Truncated, IndexError):
         return False
-    return pos < len(head) and head[pos] == 0x0A
