@@ -253,10 +253,20 @@ def test_out_std_is_folded_into_the_output_layer(tmp_path, frames):
 
 
 # ---- the rest of mlpot takes .pb files ------------------------------------------------------------
-def test_mlpot_test_freeze_ase_and_compress(tmp_path, shared_data, reference, frames, capsys):
+def _check_ase_calculator(path, frame, reference):
+    """MlpotCalculator(path) on frame 2 of data_3 gives tf_se_e2_a's dp --tf test numbers."""
     from ase import Atoms
 
-    from mlpot.calculators.ase import MlpotCalculator
+    from mlpot.calculators import MlpotCalculator
+
+    atoms = Atoms(["O" if t == 0 else "H" for t in frame["atom_types"]], positions=frame["positions"],
+                  cell=frame["cell"], pbc=True)
+    atoms.calc = MlpotCalculator(str(path))
+    assert abs(atoms.get_potential_energy() - reference["tf_se_e2_a/energy"][1]) < 1e-9
+    assert np.abs(atoms.get_forces() - reference["tf_se_e2_a/forces"][1]).max() < 1e-10
+
+
+def test_mlpot_test_freeze_ase_and_compress(tmp_path, shared_data, reference, frames, capsys):
     from mlpot.commands.compress import stored_min_nbor_dist
 
     detail = tmp_path / "detail"
@@ -270,12 +280,7 @@ def test_mlpot_test_freeze_ase_and_compress(tmp_path, shared_data, reference, fr
     out = predictions(load_model(tmp_path / "frozen.pt"), frames[1:])
     assert np.abs(out["forces"] - reference["tf_se_atten/forces"][1:]).max() < 1e-10
 
-    frame = frames[1]
-    atoms = Atoms(["O" if t == 0 else "H" for t in frame["atom_types"]], positions=frame["positions"],
-                  cell=frame["cell"], pbc=True)
-    atoms.calc = MlpotCalculator(str(FILES / "tf_se_e2_a.pb"))
-    assert abs(atoms.get_potential_energy() - reference["tf_se_e2_a/energy"][1]) < 1e-9
-    assert np.abs(atoms.get_forces() - reference["tf_se_e2_a/forces"][1]).max() < 1e-10
+    _check_ase_calculator(FILES / "tf_se_e2_a.pb", frames[1], reference)
 
     assert stored_min_nbor_dist(FILES / "tf_se_e2_a.pb") == pytest.approx(0.89245151, abs=1e-8)
     # mlpot compress of the graph (its min_nbor_dist): dp --tf compress's numbers, which equal the
@@ -289,14 +294,5 @@ def test_mlpot_test_freeze_ase_and_compress(tmp_path, shared_data, reference, fr
 @pytest.mark.slow
 def test_compiled_graph_model(tmp_path, reference, frames):
     """``mlpot compile model.pb`` (exported program, about a minute): dp --tf test's numbers."""
-    from ase import Atoms
-
-    from mlpot.calculators import MlpotCalculator
-
     assert main(["compile", str(FILES / "tf_se_e2_a.pb"), "-o", str(tmp_path / "model.pt2"), "--backend", "export"]) == 0
-    frame = frames[1]
-    atoms = Atoms(["O" if t == 0 else "H" for t in frame["atom_types"]], positions=frame["positions"],
-                  cell=frame["cell"], pbc=True)
-    atoms.calc = MlpotCalculator(str(tmp_path / "model.pt2"))
-    assert abs(atoms.get_potential_energy() - reference["tf_se_e2_a/energy"][1]) < 1e-9
-    assert np.abs(atoms.get_forces() - reference["tf_se_e2_a/forces"][1]).max() < 1e-10
+    _check_ase_calculator(tmp_path / "model.pt2", frames[1], reference)
