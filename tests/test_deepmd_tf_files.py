@@ -24,7 +24,7 @@ from mlpot.calculators.export import freeze, load_model, read_model_file
 from mlpot.cli import main
 from mlpot.errors import CheckpointError
 from mlpot.models.deepmd.tf_graph import looks_like_graph, read_graph_constants
-from test_deepmd_files import frames, predictions  # noqa: F401  (frames: the fixture of frames 0 and 2)
+from test_deepmd_files import frames, predictions, train_from  # noqa: F401  (frames: the fixture of frames 0 and 2)
 
 FILES = Path(__file__).parent / "peer_models" / "deepmd"
 MODELS = ["tf_se_e2_a", "tf_se_e2_a_one_side", "tf_se_e2_a_tebd", "tf_se_a_ebd_v2", "tf_se_e2_r", "tf_se_e2_r_one_side", "tf_se_e3", "tf_se_atten",
@@ -289,6 +289,15 @@ def test_mlpot_test_freeze_ase_and_compress(tmp_path, shared_data, reference, fr
     out = predictions(load_model(tmp_path / "compressed.pt"), frames)
     assert np.abs(out["forces"] - reference["tf_se_e2_a/forces"]).max() < 1e-10
     assert freeze(FILES / "tf_se_e2_a.pb", tmp_path / "f2.pt")["type_map"] == ["O", "H"]
+
+
+def test_training_starts_from_a_graph(tmp_path, shared_data, monkeypatch):
+    """``mlpot train input.json -f model.pb --use-pretrain-script`` (dp train --init-frz-model): the
+    graph's model section, TF rules included, and its statistics are kept."""
+    trained, pretrained = train_from(FILES / "tf_se_atten.pb", tmp_path, shared_data, monkeypatch)
+    assert trained.config["fitting_net"]["tf_resnet"] and trained.config["descriptor"]["tf_smooth_switch"]
+    assert torch.equal(trained.descriptor.dstd, pretrained.descriptor.dstd)
+    assert torch.equal(trained.fitting.bias_atom, pretrained.fitting.bias_atom)
 
 
 @pytest.mark.slow
