@@ -24,8 +24,9 @@ completed from the graph: ``type_one_side`` from the nets present, and ``fitting
 | polar: ``fitting_attr/t_constant_matrix`` (entry k for the type sel_type[k], as TF reads it) | ``fitting.constant_matrix`` (divided by mlpot's scale, which TF does not apply to the shift) |
 
 Every float constant named as DeePMD-kit names its variables (``matrix*``, ``bias*``, ``idt*``,
-``gamma``, ``beta``, ``t_*``) and every ``*_attr/`` constant must be read or known (``_KNOWN``): anything else is a "not supported yet" CheckpointError naming the file and
-the constant, never silently dropped. A compressed graph (``dp compress``: ``Tabulate*`` ops) is
+``gamma``, ``beta``, ``t_*``) and every ``*_attr/`` constant must be read or known (``_KNOWN``):
+anything else is a "not supported yet" CheckpointError naming the file and the constant, never
+silently dropped. A compressed graph (``dp compress``: ``Tabulate*`` ops) is
 refused with the advice to give the uncompressed model (``mlpot compress`` compresses it).
 """
 
