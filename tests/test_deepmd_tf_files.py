@@ -92,6 +92,19 @@ def test_tensor_models(name, kind, label, width, shared_data, reference):
     assert np.abs(out - reference[f"{name}/{label}"]).max() < 1e-12 * np.abs(out).max()
 
 
+def test_float32_graph(reference, frames):
+    """A graph trained with precision float32 (descriptor and fitting): float32 weights, read into a
+    float32 model; dp --tf test's numbers to float32 rounding (measured 1e-11 relative energy,
+    1.3e-7 eV/Å forces)."""
+    assert read_graph_constants(FILES / "tf_se_e2_a_float32.pb").constants["layer_0_type_0/matrix"].dtype == np.float32
+    model = load_model(FILES / "tf_se_e2_a_float32.pb")
+    assert model.fitting.nets[0].layers[0].weight.dtype == torch.float32
+    out = predictions(model, frames)
+    assert np.abs(out["energy"] / reference["tf_se_e2_a_float32/energy"] - 1).max() < 1e-9
+    assert np.abs(out["forces"] - reference["tf_se_e2_a_float32/forces"]).max() < 1e-6
+    assert np.abs(out["virial"] - reference["tf_se_e2_a_float32/virial"]).max() < 1e-5
+
+
 def test_se_a_mask(shared_data, reference):
     """se_a_mask (no cutoff; aparam = 1: every atom real) on two 7-atom molecules of deepmd_nopbc."""
     from mlpot.data import read_frames

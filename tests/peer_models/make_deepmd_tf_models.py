@@ -117,6 +117,10 @@ MODELS = {
         "type_embedding": {"neuron": [4], "seed": 5, "precision": "float64"},
         "fitting_net": FITTING,
     },
+    "tf_se_e2_a_float32": {
+        "descriptor": {**SE_A, "precision": "float32", "seed": 6},
+        "fitting_net": {**FITTING, "precision": "float32"},
+    },
     "tf_loc_frame": {  # the axis rule of DeePMD-kit's examples/water/loc_frame
         "descriptor": {"type": "loc_frame", "sel_a": [8, 16], "sel_r": [12, 24], "rcut": 3.5,
                        "axis_rule": [0, 1, 0, 0, 1, 1, 0, 0, 0, 0, 1, 0]},
