@@ -27,7 +27,7 @@ from mlpot.models.deepmd.tf_graph import looks_like_graph, read_graph_constants
 from test_deepmd_files import frames, predictions, train_from  # noqa: F401  (frames: the fixture of frames 0 and 2)
 
 FILES = Path(__file__).parent / "peer_models" / "deepmd"
-MODELS = ["tf_se_e2_a", "tf_se_e2_a_one_side", "tf_se_e2_a_tebd", "tf_se_a_ebd_v2", "tf_se_e2_r", "tf_se_e2_r_one_side", "tf_se_e3", "tf_se_atten",
+MODELS = ["tf_se_e2_a", "tf_se_e2_a_one_side", "tf_se_e2_a_tebd", "tf_se_a_ebd_v2", "tf_hybrid", "tf_se_e2_r", "tf_se_e2_r_one_side", "tf_se_e3", "tf_se_atten",
           "tf_se_atten_variant", "tf_se_atten_strip", "tf_se_atten_v2"]
 
 
@@ -40,7 +40,7 @@ def reference():
 def test_reproduces_dp_tf_test(name, reference, frames):
     model = load_model(FILES / f"{name}.pb")
     assert model.type_map == ["O", "H"] and model.dtype == torch.float64
-    assert model.cutoff == (3.0 if name == "tf_se_e3" else 3.5)
+    assert model.cutoff == (3.0 if name == "tf_se_e3" else 3.5)  # hybrid: the largest member's
     out = predictions(model, frames)
     energy = reference[f"{name}/energy"]
     assert np.abs(out["energy"] / energy - 1).max() < 1e-14

@@ -121,6 +121,13 @@ MODELS = {
         "descriptor": {**SE_A, "precision": "float32", "seed": 6},
         "fitting_net": {**FITTING, "precision": "float32"},
     },
+    "tf_hybrid": {  # se_e2_a (two-sided) + se_e2_r (one-sided, a smaller cutoff)
+        "descriptor": {"type": "hybrid", "list": [
+            {**SE_A, "seed": 7},
+            {"type": "se_e2_r", "sel": [8, 16], "rcut_smth": 0.5, "rcut": 3.0, "neuron": [4, 8], "type_one_side": True,
+             "seed": 8, "precision": "float64"}]},
+        "fitting_net": FITTING,
+    },
     "tf_loc_frame": {  # the axis rule of DeePMD-kit's examples/water/loc_frame
         "descriptor": {"type": "loc_frame", "sel_a": [8, 16], "sel_r": [12, 24], "rcut": 3.5,
                        "axis_rule": [0, 1, 0, 0, 1, 1, 0, 0, 0, 0, 1, 0]},

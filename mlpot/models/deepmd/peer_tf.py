@@ -15,6 +15,7 @@ completed from the graph: ``type_one_side`` from the nets present, and ``fitting
 | ``filter_type_all/{matrix,bias,idt}_<l>_<n>`` (type_one_side) | ``descriptor.embeddings.<n>.layers.<l-1>...`` |
 | ``type_embed_net/{matrix,bias,idt}_<l>``, ``filter_type_all/{matrix,bias,idt}_<l>`` (se_e2_a with model/type_embedding; se_atten) | ``descriptor.type_embedding.layers.<l-1>``, ``descriptor.embeddings.0`` (se_atten: ``descriptor.embedding``) |
 | ``filter_type_all/{matrix,bias,idt}_<l>_{one,two}_side_ebd`` (se_a_ebd_v2) | ``descriptor.type_pair_embedding.layers.<l-1>`` |
+| hybrid (of se_e2_a, se_e2_r, se_e3): member i's ``descrpt_attr_<i>/``, ``filter_type_<c>_<i>/``, ``filter_type_all_<i>/`` | ``descriptor.descriptors.<i>.`` (as above) |
 | ``filter_type_all/{matrix,bias,idt}_<l>_<j>_<k>`` (se_e3, j <= k) | ``descriptor.embeddings.<pair (j, k)>.layers.<l-1>...`` |
 | ``layer_<l>_type_<t>/{matrix,bias,idt}``, ``final_layer_type_<t>/{matrix,bias}`` | ``fitting.nets.<t>.layers.<l>``, ``fitting.nets.<t>.layers.<last>`` |
 | ``fitting_attr/t_bias_atom_e`` + ``model_attr/model_attr/t_out_bias`` | ``fitting.bias_atom`` (eV per atom); a graph without them (DeePMD-kit < 2.2, < 3.0) has its bias in the output layer |
@@ -52,12 +53,14 @@ _BIAS_ATOM_E = "fitting_attr/t_bias_atom_e"
 _OUT_BIAS, _OUT_STD = "model_attr/model_attr/t_out_bias", "model_attr/model_attr/t_out_std"
 # constants read for the model section or checks, or holding nothing mlpot needs
 _KNOWN = {_SCRIPT, "model_type", "model_attr/tmap", "model_attr/model_type", "model_attr/model_version",
-          "descrpt_attr/rcut", "descrpt_attr/ntypes", "descrpt_attr/sel", "descrpt_attr/original_sel",
           "fitting_attr/dfparam", "fitting_attr/daparam", "train_attr/min_nbor_dist",
-          "model_attr/sel_type", "model_attr/output_dim", "descrpt_attr/ndescrpt", "fitting_attr/aparam_nall"}
+          "model_attr/sel_type", "model_attr/output_dim", "fitting_attr/aparam_nall"}
+_KNOWN_DESCRIPTOR_ATTR = re.compile(r"descrpt_attr(_\d+)?/(rcut|ntypes|sel|original_sel|ndescrpt)$")
 _FITTINGS = ("ener", "dipole", "polar")
 _GRAPH_VERSIONS = ("1.0", "1.1")  # model_attr/model_version: DeePMD-kit 2.0, and 2.1 to 3.x
-_DESCRIPTORS = ("se_e2_a", "se_e2_r", "se_e3", "se_atten", "se_atten_v2", "loc_frame", "se_a_mask", "se_a_ebd_v2")
+_DESCRIPTORS = ("se_e2_a", "se_e2_r", "se_e3", "se_atten", "se_atten_v2", "loc_frame", "se_a_mask", "se_a_ebd_v2",
+                "hybrid")
+_HYBRID_MEMBERS = ("se_e2_a", "se_e2_r", "se_e3")
 _ATTENTION = ("se_atten", "se_atten_v2")
 _ALIASES = {"se_a": "se_e2_a", "se_r": "se_e2_r", "se_at": "se_e3", "se_a_3be": "se_e3", "se_t": "se_e3",
             "dpa1": "se_atten", "se_a_tpe_v2": "se_a_ebd_v2"}
@@ -121,12 +124,29 @@ def _graph_section(constants: Dict[str, Any], file: str) -> Dict[str, Any]:
     if rcut is not None and "rcut" in descriptor and abs(float(rcut) - float(descriptor["rcut"])) > 1e-12:
         raise CheckpointError(f"descrpt_attr/rcut {float(rcut)} differs from the training input's rcut "
                               f"{descriptor['rcut']}", file=file)
+    if kind == "hybrid":
+        _hybrid_section(descriptor, constants, file)
     if kind in ("se_e2_a", "se_e2_r", "se_a_mask") and params.get("type_embedding") is None:
         descriptor["type_one_side"] = any(name.startswith("filter_type_all/") for name in constants)
     params["fitting_net"] = {**fitting, "tf_resnet": True}
     if model_type == "polar":
         _polar_section(params["fitting_net"], len(params["type_map"]))
     return params
+
+
+def _hybrid_section(descriptor: Dict[str, Any], constants: Dict[str, Any], file: str) -> None:
+    """A hybrid of se_e2_a / se_e2_r / se_e3: member i's constants carry the suffix ``_<i>``
+    (``descrpt_attr_<i>/t_avg``, ``filter_type_<c>_<i>/``, ``filter_type_all_<i>/``)."""
+    for index, member in enumerate(descriptor.get("list") or []):
+        kind = _ALIASES.get(member.get("type"), member.get("type"))
+        if kind not in _HYBRID_MEMBERS:
+            raise CheckpointError(f"not supported yet: a {kind} member of a hybrid descriptor in a DeePMD-kit TF graph "
+                                  f"(read: {', '.join(_HYBRID_MEMBERS)})", file=file)
+        sel = constants.get(f"descrpt_attr_{index}/sel")
+        if sel is not None and not isinstance(member.get("sel"), list):
+            member["sel"] = [int(s) for s in sel]
+        if kind != "se_e3":
+            member["type_one_side"] = any(name.startswith(f"filter_type_all_{index}/") for name in constants)
 
 
 def _polar_section(fitting: Dict[str, Any], n_types: int) -> None:
@@ -202,7 +222,7 @@ class _GraphTensors:
 
     def check_all_read(self) -> None:
         for name, value in self.constants.items():
-            if name not in self.read and _weight_like(name, value):
+            if name not in self.read and not _KNOWN_DESCRIPTOR_ATTR.match(name) and _weight_like(name, value):
                 raise CheckpointError(f"not supported yet: DeePMD-kit TF graph constant {name} (mlpot's model has no "
                                       "place for it)", file=self.file)
 
@@ -215,29 +235,32 @@ def _net(source: _GraphTensors, module: torch.nn.Module, target: str, name, out:
         out[target + key] = source.take(name(int(match.group(1)), kind), value.shape)
 
 
-def _statistics(source: _GraphTensors, descriptor, kind: str, out: Dict[str, torch.Tensor]) -> None:
+def _statistics(source: _GraphTensors, descriptor, kind: str, out: Dict[str, torch.Tensor], suffix: str = "",
+                target: str = "descriptor.") -> None:
     if kind == "se_a_mask":  # no statistics (davg 0, dstd 1), none in the graph
         return
     if kind == "loc_frame":  # one value per descriptor column and centre type
         for tf_name, name in (("t_avg", "davg"), ("t_std", "dstd")):
-            out[f"descriptor.{name}"] = source.take(f"descrpt_attr/{tf_name}", getattr(descriptor, name).shape)
+            out[f"{target}{name}"] = source.take(f"descrpt_attr{suffix}/{tf_name}", getattr(descriptor, name).shape)
         return
     n_types, width = descriptor.davg.shape[0], 1 if kind == "se_e2_r" else 4
     for tf_name, name in (("t_avg", "davg"), ("t_std", "dstd")):
-        value = source.take(f"descrpt_attr/{tf_name}")
+        value = source.take(f"descrpt_attr{suffix}/{tf_name}")
         if value.numel() != n_types * sum(descriptor.sel) * width:
-            raise CheckpointError(f"DeePMD-kit TF graph constant descrpt_attr/{tf_name} has shape {tuple(value.shape)}, "
+            raise CheckpointError(f"DeePMD-kit TF graph constant descrpt_attr{suffix}/{tf_name} has shape {tuple(value.shape)}, "
                                   f"expected ({n_types}, {sum(descriptor.sel) * width})", file=source.file)
         value = value.reshape(n_types, sum(descriptor.sel), width)
         if not torch.equal(value, value[:, :1].expand_as(value)):
-            raise CheckpointError(f"not supported yet: descrpt_attr/{tf_name} differs between the neighbour slots of a "
+            raise CheckpointError(f"not supported yet: descrpt_attr{suffix}/{tf_name} differs between the neighbour slots of a "
                                   "centre type (mlpot keeps one row per centre type)", file=source.file)
         row = getattr(descriptor, name).clone()
         row[:, :width] = value[:, 0]
-        out[f"descriptor.{name}"] = row
+        out[f"{target}{name}"] = row
 
 
-def _embeddings(source: _GraphTensors, descriptor, kind: str, out: Dict[str, torch.Tensor]) -> None:
+def _embeddings(source: _GraphTensors, descriptor, kind: str, out: Dict[str, torch.Tensor], member: str = "",
+                target: str = "descriptor.") -> None:
+    """The embedding nets; ``member``: ``_<i>`` for member i of a hybrid, ``target`` its prefix."""
     n_types = descriptor.n_types
     if getattr(descriptor, "type_embedding", None) is not None:  # se_e2_a + model/type_embedding: one net
         _net(source, descriptor.type_embedding, "descriptor.type_embedding.",
@@ -251,13 +274,13 @@ def _embeddings(source: _GraphTensors, descriptor, kind: str, out: Dict[str, tor
         return
     for index, net in enumerate(descriptor.embeddings):
         if kind == "se_e3":
-            scope, suffix = "filter_type_all", "{}_{}".format(*descriptor.type_pairs[index])
+            scope, suffix = f"filter_type_all{member}", "{}_{}".format(*descriptor.type_pairs[index])
         elif descriptor.type_one_side:
-            scope, suffix = "filter_type_all", str(index)
+            scope, suffix = f"filter_type_all{member}", str(index)
         else:
             centre, neighbour = divmod(index, n_types)
-            scope, suffix = f"filter_type_{centre}", str(neighbour)
-        _net(source, net, f"descriptor.embeddings.{index}.",
+            scope, suffix = f"filter_type_{centre}{member}", str(neighbour)
+        _net(source, net, f"{target}embeddings.{index}.",
              lambda layer, what: f"{scope}/{what}_{layer + 1}_{suffix}", out)
 
 
@@ -338,11 +361,18 @@ def deepmd_tf_state_dict(model: torch.nn.Module, constants: Dict[str, Any], file
     kind = _ALIASES.get(model.config["descriptor"]["type"], model.config["descriptor"]["type"])
     source = _GraphTensors(constants, file)
     out: Dict[str, torch.Tensor] = {}
-    _statistics(source, model.descriptor, kind, out)
-    if kind in _ATTENTION:
-        _attention(source, model.descriptor, out)
-    elif kind != "loc_frame":  # loc_frame has no net
-        _embeddings(source, model.descriptor, kind, out)
+    if kind == "hybrid":
+        for index, member in enumerate(model.descriptor.descriptors):
+            member_kind = _ALIASES.get(member.config["type"], member.config["type"])
+            target = f"descriptor.descriptors.{index}."
+            _statistics(source, member, member_kind, out, f"_{index}", target)
+            _embeddings(source, member, member_kind, out, f"_{index}", target)
+    else:
+        _statistics(source, model.descriptor, kind, out)
+        if kind in _ATTENTION:
+            _attention(source, model.descriptor, out)
+        elif kind != "loc_frame":  # loc_frame has no net
+            _embeddings(source, model.descriptor, kind, out)
     _fitting(source, model.fitting, out)
     source.check_all_read()
     return filled_state(model, out, file)
