@@ -215,7 +215,8 @@ UNBUILT_FITTINGS = ("property", "population", "dens")
 DIPOLE_CHARGE_KEYS: Dict[str, Key] = {
     "type": key(REQUIRED, note="dipole_charge (DPLR)", annotation=str),
     "model_name": key(REQUIRED, note="the DW (dipole) model: an mlpot frozen file (`mlpot freeze`), path relative to "
-                      "the working directory as in DeePMD-kit (a TF .pb is not read)",
+                      "the working directory as in DeePMD-kit (a DeePMD-kit TF .pb DW model: "
+                      "mlpot freeze dw.pb -o dw.pt first)",
                       annotation=str),
     "model_charge_map": key(REQUIRED, note="e, charge of the WC of each sel_type of the DW model, in its order",
                             annotation=List[float]),
