@@ -56,9 +56,9 @@ def frames(shared_data):
     return [every[i] for i in FRAMES]
 
 
-def predictions(model, frames):
+def predictions(model, frames, keys=("energy", "forces", "virial")):
     out = [prediction for _, prediction in iterate_predictions(model, frames)]
-    return {key: np.stack([p[key] for p in out]) for key in ("energy", "forces", "virial")}
+    return {key: np.stack([p[key] for p in out]) for key in keys}
 
 
 @pytest.mark.parametrize("kind", sorted(KINDS))
@@ -153,9 +153,9 @@ def test_mlpot_test_ase_calculator_and_md(tmp_path, shared_data, reference, fram
     assert len(log.read_text().splitlines()) >= 3
 
 
-def test_training_starts_from_a_deepmd_kit_model(tmp_path, shared_data, monkeypatch):
-    """``mlpot train input.json -f frozen.pth --use-pretrain-script`` (dp train --init-frz-model):
-    the DeePMD-kit model's section and weights; its statistics are kept, not recomputed."""
+def train_from(pretrained: Path, tmp_path, shared_data, monkeypatch):
+    """(trained, pretrained) models of one step of ``mlpot train input.json -f <pretrained>
+    --use-pretrain-script`` on data_3 in ``tmp_path``."""
     import json
 
     model = json.loads((FILES / "deepmd_reference.json").read_text())["models"]["se_e2_a"]
@@ -165,8 +165,14 @@ def test_training_starts_from_a_deepmd_kit_model(tmp_path, shared_data, monkeypa
                            "numb_steps": 1, "disp_freq": 1, "save_freq": 1}}
     (tmp_path / "input.json").write_text(json.dumps(config))
     monkeypatch.chdir(tmp_path)
-    assert main(["train", "input.json", "-f", str(FILES / "se_atten.pth"), "--use-pretrain-script", "--no-progress"]) == 0
-    trained, pretrained = load_model(tmp_path / "model.pt"), load_model(FILES / "se_atten.pth")
+    assert main(["train", "input.json", "-f", str(pretrained), "--use-pretrain-script", "--no-progress"]) == 0
+    return load_model(tmp_path / "model.pt"), load_model(pretrained)
+
+
+def test_training_starts_from_a_deepmd_kit_model(tmp_path, shared_data, monkeypatch):
+    """``mlpot train input.json -f frozen.pth --use-pretrain-script`` (dp train --init-frz-model):
+    the DeePMD-kit model's section and weights; its statistics are kept, not recomputed."""
+    trained, pretrained = train_from(FILES / "se_atten.pth", tmp_path, shared_data, monkeypatch)
     assert trained.config["descriptor"]["type"] == "se_atten"
     assert torch.equal(trained.descriptor.dstd, pretrained.descriptor.dstd)
     assert torch.equal(trained.fitting.bias_atom, pretrained.fitting.bias_atom)

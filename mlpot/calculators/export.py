@@ -150,18 +150,23 @@ def _deepmd_model(path: Path, payload: Optional[Dict[str, Any]]):
     from mlpot.models.deepmd.peer_files import (deepmd_checkpoint, is_deepmd_checkpoint, is_deepmd_frozen_file,
                                                 read_deepmd_frozen)
     from mlpot.models.deepmd.peer_names import deepmd_state_dict
+    from mlpot.models.deepmd.peer_tf import deepmd_tf_state_dict, is_deepmd_tf_graph, read_deepmd_tf_graph
 
     if payload is None:
-        if not is_deepmd_frozen_file(path):
+        if is_deepmd_tf_graph(path):
+            parts = read_deepmd_tf_graph(path)
+        elif not is_deepmd_frozen_file(path):
             return None
-        parts = read_deepmd_frozen(path)
+        else:
+            parts = read_deepmd_frozen(path)
     elif is_deepmd_checkpoint(payload):
         parts = deepmd_checkpoint(payload, str(path))
     else:
         return None
     section, dtype = trained_model_section(parts.model_params, file=str(path))
     model = build_model(section, dtype=_DTYPES[dtype])
-    model.load_state_dict(deepmd_state_dict(model, parts.tensors, str(path)))
+    to_state = deepmd_tf_state_dict if parts.kind == "tf_graph" else deepmd_state_dict
+    model.load_state_dict(to_state(model, parts.tensors, str(path)))
     return model
 
 

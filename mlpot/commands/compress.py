@@ -68,13 +68,18 @@ def training_min_nbor_dist(script: Path, rcut: float, type_map) -> float:
 
 
 def stored_min_nbor_dist(path: Path):
-    """The ``min_nbor_dist`` (Å) a DeePMD-kit frozen model or checkpoint stores (what ``dp compress``
-    reads first), or None for other files (mlpot's files do not store it)."""
+    """The ``min_nbor_dist`` (Å) a DeePMD-kit frozen model (.pth, TF .pb) or checkpoint stores (what
+    ``dp compress`` reads first), or None for other files (mlpot's files do not store it)."""
     from mlpot.calculators.export import read_model_file
     from mlpot.errors import CheckpointError
     from mlpot.models.deepmd.peer_files import (deepmd_checkpoint, is_deepmd_checkpoint, is_deepmd_frozen_file,
                                                 read_deepmd_frozen)
+    from mlpot.models.deepmd.peer_tf import is_deepmd_tf_graph
+    from mlpot.models.deepmd.tf_graph import read_graph_constants
 
+    if is_deepmd_tf_graph(path):
+        value = read_graph_constants(path).constants.get("train_attr/min_nbor_dist")
+        return float(value) if value is not None and getattr(value, "size", 0) == 1 else None
     if is_deepmd_frozen_file(path):
         tensors = read_deepmd_frozen(path).tensors
     else:

@@ -2,12 +2,16 @@
 
 One layer computes ``y = act(x W + b)``; with a time step (``resnet_dt``) y is multiplied by a
 trainable vector ``idt``; with ``resnet`` a skip is added when the width is kept (``y + x``) or doubled
-(``y + [x, x]``). The time step exists only on layers that have a skip (as in DeePMD-kit, where it
+(``y + [x, x]``; not with ``double_skip`` False). The time step exists only on layers that have a skip (as in DeePMD-kit, where it
 scales the residual branch). Initialisation: W ~ N(0, 1/sqrt(n_in + n_out)), b ~ N(0, 1),
 idt ~ N(0.1, 0.001), drawn from a generator seeded by ``seed`` when given.
 
 * ``EmbeddingNet``: every layer is a resnet layer (descriptor embedding nets).
 * ``FittingNet``: resnet hidden layers, then a linear output layer with bias (fitting nets).
+  ``tf_resnet``: DeePMD-kit TensorFlow's fitting-net rule instead of its PyTorch one: no skip on
+  the first hidden layer (even when its width equals the input's) and a skip only where the width
+  is kept, never where it doubles (the graphs of ``dp --tf freeze``, read by
+  ``mlpot.models.deepmd.peer_tf``).
 
 Mixed precision (DeePMD-kit's ``training/mixed_precision``): ``MLP.compute_dtype`` (None, or
 torch.float16 / torch.bfloat16) runs the layers under ``torch.autocast`` (matmuls and
@@ -47,6 +51,7 @@ class MLPLayer(torch.nn.Module):
         *,
         resnet: bool = False,
         resnet_dt: bool = False,
+        double_skip: bool = True,
         bias: bool = True,
         trainable: bool = True,
         dtype: torch.dtype = torch.float64,
@@ -56,7 +61,7 @@ class MLPLayer(torch.nn.Module):
         self.n_in, self.n_out = int(n_in), int(n_out)
         self.activation_name = activation
         self.activation = get_activation(activation)
-        self.skip = resnet and (n_out == n_in or n_out == 2 * n_in)
+        self.skip = resnet and (n_out == n_in or (double_skip and n_out == 2 * n_in))
         weight = torch.randn(n_in, n_out, generator=generator, dtype=torch.float64) / (n_in + n_out) ** 0.5
         self.weight = torch.nn.Parameter(weight.to(dtype), requires_grad=trainable)
         self.bias = (
@@ -86,7 +91,8 @@ class MLPLayer(torch.nn.Module):
 
 
 class MLP(torch.nn.Module):
-    """A stack of ``MLPLayer``; hidden widths ``neuron``, optional linear output of width ``out_dim``.
+    """A stack of ``MLPLayer``; hidden widths ``neuron``, optional linear output of width ``out_dim``;
+    ``tf_resnet``: DeePMD-kit TF's fitting-net skip rule (module docstring).
 
     ``trainable`` is one bool or one per layer (hidden layers, then the output layer).
     """
@@ -104,6 +110,7 @@ class MLP(torch.nn.Module):
         trainable: bool | Sequence[bool] = True,
         dtype: torch.dtype = torch.float64,
         seed: Optional[int] = None,
+        tf_resnet: bool = False,
     ):
         super().__init__()
         n_layers = len(neuron) + (out_dim is not None)
@@ -115,7 +122,8 @@ class MLP(torch.nn.Module):
         width = int(in_dim)
         for index, n_out in enumerate(neuron):
             layers.append(
-                MLPLayer(width, n_out, activation, resnet=resnet, resnet_dt=resnet_dt, trainable=flags[index], dtype=dtype, generator=generator)
+                MLPLayer(width, n_out, activation, resnet=resnet and not (tf_resnet and index == 0), resnet_dt=resnet_dt,
+                         double_skip=not tf_resnet, trainable=flags[index], dtype=dtype, generator=generator)
             )
             width = int(n_out)
         if out_dim is not None:

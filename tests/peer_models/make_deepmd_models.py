@@ -197,11 +197,11 @@ def frame_subset(data: Path, folder: Path) -> Path:
     return folder
 
 
-def dp_test(command: list, model: str, prefix: str, data: Path, cwd: Path) -> dict:
+def dp_test(command: list, model: str, prefix: str, data: Path, cwd: Path, backend: str = "--pt") -> dict:
     """Energies, forces and virials ``dp test`` prints for the frames of ``data`` (its detail files
-    ``<prefix>.e.out``...; ``prefix`` without dots: dp replaces a suffix)."""
+    ``<prefix>.e.out``...; ``prefix`` without dots: dp replaces a suffix); ``backend``: ``--pt`` or ``--tf``."""
     n = len(FRAMES)
-    dp(command, ["--pt", "test", "-m", model, "-s", str(data), "-n", str(n), "-d", prefix], cwd)
+    dp(command, [backend, "test", "-m", model, "-s", str(data), "-n", str(n), "-d", prefix], cwd)
     energy = np.loadtxt(cwd / f"{prefix}.e.out", ndmin=2)
     forces = np.loadtxt(cwd / f"{prefix}.f.out", ndmin=2)
     virial = np.loadtxt(cwd / f"{prefix}.v.out", ndmin=2)
@@ -219,13 +219,24 @@ def strip_code(frozen: Path, output: Path) -> None:
                 target.writestr(info.filename, source.read(info.filename))
 
 
-def make(name: str, model: dict, command: list, data: Path, frames: Path, work: Path) -> dict:
+def train_and_freeze(name: str, model: dict, command: list, data: Path, work: Path, backend: str, frozen: str,
+                     loss: dict = None) -> Path:
+    """``dp <backend> train`` of ``model`` on ``data`` in a fresh ``work/name`` (``loss``: instead of
+    the energy loss), then ``dp <backend> freeze -o <frozen>``; returns the folder."""
     folder = work / name
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
-    (folder / "input.json").write_text(json.dumps(training_input(model, data), indent=1))
-    dp(command, ["--pt", "train", "input.json"], folder)
-    dp(command, ["--pt", "freeze", "-o", "frozen.pth"], folder)
+    script = training_input(model, data)
+    if loss is not None:
+        script["loss"] = loss
+    (folder / "input.json").write_text(json.dumps(script, indent=1))
+    dp(command, [backend, "train", "input.json"], folder)
+    dp(command, [backend, "freeze", "-o", frozen], folder)
+    return folder
+
+
+def make(name: str, model: dict, command: list, data: Path, frames: Path, work: Path) -> dict:
+    folder = train_and_freeze(name, model, command, data, work, "--pt", "frozen.pth")
     frozen = dp_test(command, "frozen.pth", "detail_frozen", frames, folder)
     checkpoint = dp_test(command, f"model.ckpt-{STEPS}.pt", "detail_checkpoint", frames, folder)
     for key in frozen:
@@ -237,13 +248,18 @@ def make(name: str, model: dict, command: list, data: Path, frames: Path, work: 
     return frozen
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def parse_arguments(doc: str, models, data_help: str) -> argparse.Namespace:
+    """The command line of this script and of make_deepmd_tf_models.py: --dp, --data, --work, --only."""
+    parser = argparse.ArgumentParser(description=doc.split("\n")[0])
     parser.add_argument("--dp", default="dp", help="how to run DeePMD-kit's dp (a command line)")
-    parser.add_argument("--data", type=Path, required=True, help="a deepmd/npy water system (O, H)")
+    parser.add_argument("--data", type=Path, required=True, help=data_help)
     parser.add_argument("--work", type=Path, required=True, help="scratch folder outside the repository")
-    parser.add_argument("--only", nargs="*", default=sorted(MODELS), help="models to make")
-    args = parser.parse_args()
+    parser.add_argument("--only", nargs="*", default=list(models), help="models to make")
+    return parser.parse_args()
+
+
+def main() -> None:
+    args = parse_arguments(__doc__, sorted(MODELS), "a deepmd/npy water system (O, H)")
     import deepmd
     import torch
 

@@ -27,7 +27,8 @@ from mlpot.data.keys import (
 )
 from mlpot.errors import ConfigError
 from mlpot.models.deepmd.descriptors.env import atom_mask
-from mlpot.models.deepmd.keys import FIT_DOS, FIT_ENER, resolve_precision
+from mlpot.models.deepmd.keys import resolve_precision
+from mlpot.models.deepmd.keys_fitting import FIT_DOS, FIT_ENER
 from mlpot.models.output_bias import OutputBias, set_by_statistic
 from mlpot.models.sections import read_section
 from mlpot.nn import FittingNet, Registry, gather_rows
@@ -76,7 +77,8 @@ class InvariantFitting(torch.nn.Module):
                  rcond: Optional[float] = None, atom_ener: Optional[Sequence[Optional[float]]] = None,
                  preset_out_bias: Optional[Sequence[Any]] = None, use_aparam_as_mask: bool = False,
                  default_fparam: Optional[Sequence[float]] = None,
-                 trainable=True, seed: Optional[int] = None, mixed_types: bool = False, dtype=torch.float64):
+                 trainable=True, seed: Optional[int] = None, mixed_types: bool = False, tf_resnet: bool = False,
+                 dtype=torch.float64):
         super().__init__()
         self.n_types, self.dim_descrpt, self.n_out = int(n_types), int(dim_descrpt), int(n_out)
         self.numb_fparam, self.numb_aparam = int(numb_fparam), int(numb_aparam)
@@ -99,7 +101,7 @@ class InvariantFitting(torch.nn.Module):
         n_nets = 1 if self.mixed_types else self.n_types
         self.nets = torch.nn.ModuleList(
             FittingNet(in_dim, list(neuron), self.n_out, activation=activation_function, resnet_dt=resnet_dt,
-                       trainable=trainable, dtype=dtype, seed=None if seed is None else int(seed) + t)
+                       tf_resnet=tf_resnet, trainable=trainable, dtype=dtype, seed=None if seed is None else int(seed) + t)
             for t in range(n_nets)
         )
         self.register_buffer("bias_atom", torch.zeros(n_types, self.n_out, dtype=torch.float64))

@@ -10,7 +10,7 @@ their neutral value (DeePMD's default, which requests nothing).
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Dict, List, Optional, Sequence, Union
+from typing import Annotated, Any, Dict, List, Optional, Sequence
 
 import torch
 from pydantic import Field
@@ -19,6 +19,7 @@ from mlpot.data.statistics import auto_sel
 from mlpot.errors import ConfigError, suggest
 from mlpot.models.compose import FROZEN_KEYS, LINEAR_KEYS
 from mlpot.models.deepmd.keys_dpa2 import DPA2, read_dpa2_section
+from mlpot.models.deepmd.keys_fitting import FITTING_KEYS, UNBUILT_FITTINGS
 from mlpot.models.pair import PAIRTAB_KEYS
 from mlpot.models.sections import REQUIRED, Key, ignored, key, read_section, unsupported
 
@@ -104,6 +105,15 @@ _ATTENTION: Dict[str, Key] = {
     "ln_eps": key(None, annotation=Optional[Number]),
     "use_econf_tebd": key(False, note="input of the type embedding: the element's electronic-configuration vector (118 entries, mlpot.models.deepmd.econf) instead of a one-hot vector; types must be element symbols", annotation=bool),
     "use_tebd_bias": key(False, note="bias in the type-embedding layer", annotation=bool),
+    "tebd_activation": key("linear", note="mlpot key, set when a DeePMD-kit TF graph (.pb) is read: the activation "
+                           "of the type-embedding layer (TF: model/type_embedding/activation_function; DeePMD-kit "
+                           "PT: linear)", annotation=str),
+    "normalize_eps": key(1e-12, note="mlpot key, set to 1e-6 when a DeePMD-kit TF graph is read: the L2 "
+                         "normalisations of q, k, v and of the neighbour directions divide by max(|x|, eps) "
+                         "(DeePMD-kit PT: 1e-12; TF: max(|x|^2, 1e-12))", annotation=Number),
+    "tf_smooth_switch": key(False, note="mlpot key, set when a DeePMD-kit TF graph is read: the smooth attention "
+                            "and strip type-pair weights use TF's clip(1 - (1 - rcut_smth s(r))^3, 0, 1) instead "
+                            "of the envelope w(r)", annotation=bool),
     "type_map": ignored(note="taken from model/type_map"),
 }
 # keys of the early PyTorch DPA-1 inputs (DeePMD-kit's examples/water/se_atten/input_torch.json): the
@@ -162,52 +172,12 @@ TYPE_EMBEDDING_KEYS: Dict[str, Key] = {
     "use_tebd_bias": key(False, annotation=bool), "use_econf_tebd": key(False, note="electronic-configuration input (as for se_atten); checked against DeePMD-kit only through its PyTorch descriptors (this section is TensorFlow-era)", annotation=bool),
 }
 
-# ---- fittings (model/fitting_net) ----------------------------------------------------------------
-_FITTING: Dict[str, Key] = {
-    "type": key("ener", annotation=str),
-    "neuron": key([120, 120, 120], "n_neuron", annotation=Neurons),
-    "activation_function": key("tanh", annotation=str),
-    "resnet_dt": key(True, annotation=bool),
-    "precision": key("default", annotation=str),
-    "seed": key(None, annotation=Optional[int]),
-    "trainable": key(True, note="bool or one bool per layer", annotation=Union[bool, List[bool]]),
-    "numb_fparam": key(0, annotation=int),
-    "numb_aparam": key(0, annotation=int),
-    "default_fparam": key(None, note="numb_fparam values used for every frame without fparam: systems without "
-                          "fparam.npy (training, and the fparam statistics, where they count with it), inference "
-                          "without fparam; stored with the model (DeePMD-kit 3.2's statistics of a mix of systems "
-                          "with and without fparam.npy depend on their order)",
-                          annotation=Optional[List[Number]]),
-    "dim_case_embd": unsupported(0, note="task embedding of a fitting shared between multi-task heads: not built (heads have their own fitting)"),
-    "layer_name": unsupported(None, note="TF names for sharing fitting layers between models: not built"),
-    "use_aparam_as_mask": unsupported(False, note="aparam as an atom mask (se_a_mask models): not built yet"),
-}
-FIT_ENER: Dict[str, Key] = {**_FITTING, "rcond": key(None, annotation=Optional[Number]),
-                            "use_aparam_as_mask": key(False, note="aparam (numb_aparam 1) marks real (non-zero) and "
-                                                      "virtual (0) atoms: not a net input; virtual atoms have no "
-                                                      "energy and no neighbours (se_a_mask models)", annotation=bool),
-                            "atom_ener": key(None, annotation=Optional[List[Optional[Number]]]),
-                            "preset_out_bias": key(None, note="per type: null or a value (set from model/preset_out_bias)",
-                                                   annotation=Any)}
-_TENSOR: Dict[str, Key] = {
-    **_FITTING,
-    "r_differentiable": ignored(note="mlpot's tensor is always differentiable"),
-    "c_differentiable": ignored(note="mlpot's tensor is always differentiable"),
-    "exclude_types": unsupported(None, note="types whose tensor is zeroed: use sel_type (the types that carry it)"),
-}
-FIT_DIPOLE: Dict[str, Key] = {**_TENSOR, "sel_type": key(None, "dipole_type", annotation=Optional[List[int]])}
-FIT_POLAR: Dict[str, Key] = {**_TENSOR, "sel_type": key(None, "pol_type", annotation=Optional[List[int]]),
-                             "fit_diag": key(True, annotation=bool), "scale": key(1.0, annotation=Any),
-                             "shift_diag": key(True, annotation=bool)}
-FIT_DOS: Dict[str, Key] = {**FIT_ENER, "numb_dos": key(300, annotation=int)}
-del FIT_DOS["atom_ener"]
-FITTING_KEYS: Dict[str, Dict[str, Key]] = {"ener": FIT_ENER, "dipole": FIT_DIPOLE, "polar": FIT_POLAR, "dos": FIT_DOS}
-UNBUILT_FITTINGS = ("property", "population", "dens")
 
 DIPOLE_CHARGE_KEYS: Dict[str, Key] = {
     "type": key(REQUIRED, note="dipole_charge (DPLR)", annotation=str),
     "model_name": key(REQUIRED, note="the DW (dipole) model: an mlpot frozen file (`mlpot freeze`), path relative to "
-                      "the working directory as in DeePMD-kit (a TF .pb is not read)",
+                      "the working directory as in DeePMD-kit (a DeePMD-kit TF .pb DW model: "
+                      "mlpot freeze dw.pb -o dw.pt first)",
                       annotation=str),
     "model_charge_map": key(REQUIRED, note="e, charge of the WC of each sel_type of the DW model, in its order",
                             annotation=List[float]),

@@ -33,7 +33,7 @@ import torch
 
 from mlpot.errors import CheckpointError
 
-__all__ = ["deepmd_state_dict"]
+__all__ = ["deepmd_state_dict", "filled_state"]
 
 _IGNORED = re.compile(r"(^min_nbor_dist|\.emask\.type_mask|^atomic_model\.(atom|pair)_excl\.type_mask|"
                       r"^atomic_model\.descriptor\.sec|\._networks\.\d+\..*)$")
@@ -212,10 +212,16 @@ def deepmd_state_dict(model: torch.nn.Module, tensors: Dict[str, torch.Tensor], 
             _se_atten(source, block, model.descriptor, out)
     _ener_fitting(source, model.fitting, out)
     source.check_all_read()
+    return filled_state(model, out, file)
+
+
+def filled_state(model: torch.nn.Module, values: Dict[str, torch.Tensor], file: str) -> Dict[str, torch.Tensor]:
+    """``model``'s state dict with ``values`` (cast to each entry's dtype); CheckpointError naming
+    ``file`` when a parameter of ``model`` has no value (every one must come from the file)."""
     state = model.state_dict()
-    unset: List[str] = [name for name, _ in model.named_parameters() if name not in out]
+    unset: List[str] = [name for name, _ in model.named_parameters() if name not in values]
     if unset:
         raise CheckpointError(f"the file gives no value for {unset[:5]}", file=file)
-    for name, value in out.items():
+    for name, value in values.items():
         state[name] = value.to(state[name].dtype)
     return state

@@ -18,7 +18,8 @@ import torch
 from mlpot.data.keys import ATOM_TYPES, ATOMIC_DIPOLE, ATOMIC_POLARIZABILITY, BATCH, DIPOLE, POLARIZABILITY, weight_key
 from mlpot.errors import ConfigError
 from mlpot.models.deepmd.fitting import InvariantFitting
-from mlpot.models.deepmd.keys import FIT_DIPOLE, FIT_POLAR, resolve_precision
+from mlpot.models.deepmd.keys import resolve_precision
+from mlpot.models.deepmd.keys_fitting import FIT_DIPOLE, FIT_POLAR
 from mlpot.models.sections import read_section
 from mlpot.models.output_bias import least_squares_bias
 

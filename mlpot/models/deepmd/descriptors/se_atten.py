@@ -10,10 +10,12 @@ With R~ the normalised environment matrix (n_atoms, sel, 4), s~ = R~[..., 0], sw
   - ``strip``:  G_ij = N_s(s~_ij) ⊙ (1 + N_t([tebd(t_j), tebd(t_i)]) [· sw_ij when smooth]);
     N_t depends only on the type pair, so it is evaluated once per pair and gathered.
 * ``attn_layer`` gated self-attention layers over the neighbours of each atom (one head, width
-  ``attn``): q, k, v from one linear map of G, L2-normalised when ``normalize``, q scaled by
+  ``attn``): q, k, v from one linear map of G, L2-normalised when ``normalize`` (x / max(|x|,
+  ``normalize_eps``): 1e-12 as DeePMD-kit PT, 1e-6 as its TF backend), q scaled by
   (attn · scaling_factor)^-1/2 or by ``temperature``; logits l = q k^T. Non-smooth: empty keys
   get -inf; smooth (``smooth_type_embedding``, always on in v2): l -> (l + 20) sw_j sw_k - 20 and the
-  softmax weights are multiplied by sw_j sw_k again. Empty query rows are zeroed; with
+  softmax weights are multiplied by sw_j sw_k again (``tf_smooth_switch``, DeePMD-kit TF graphs: sw
+  is TF's clip(1 - (1 - rcut_smth s~raw)^3, 0, 1), ``tf_switch``, also in the strip embedding). Empty query rows are zeroed; with
   ``attn_dotr`` the weights are multiplied by r̂_j · r̂_k; with ``attn_mask`` the diagonal weights are
   then set to 0 (a neighbour does not attend to itself; the rows are not renormalised, as in
   DeePMD-kit's TensorFlow backend, the only one that builds it). G <- LayerNorm(G + out_proj(weights v)).
@@ -60,8 +62,10 @@ class NeighborAttentionLayer(torch.nn.Module):
     def __init__(self, width: int, hidden: int, *, normalize: bool = True, scaling_factor: float = 1.0,
                  temperature: Optional[float] = None, smooth: bool = False, dotr: bool = True,
                  mask_diagonal: bool = False, trainable_ln: bool = True, ln_eps: float = 1e-5, trainable: bool = True,
-                 dtype: torch.dtype = torch.float64, generator: Optional[torch.Generator] = None):
+                 normalize_eps: float = 1e-12, dtype: torch.dtype = torch.float64,
+                 generator: Optional[torch.Generator] = None):
         super().__init__()
+        self.normalize_eps = float(normalize_eps)
         self.hidden, self.normalize, self.smooth, self.dotr = int(hidden), bool(normalize), bool(smooth), bool(dotr)
         self.mask_diagonal = bool(mask_diagonal)
         self.scale = float(temperature) if temperature is not None else (self.hidden * float(scaling_factor)) ** -0.5
@@ -74,7 +78,7 @@ class NeighborAttentionLayer(torch.nn.Module):
     def forward(self, g, mask, sw, directions):
         q, k, v = self.in_proj(g).chunk(3, dim=-1)
         if self.normalize:
-            q, k, v = (torch.nn.functional.normalize(x, dim=-1) for x in (q, k, v))
+            q, k, v = (torch.nn.functional.normalize(x, dim=-1, eps=self.normalize_eps) for x in (q, k, v))
         logits = torch.matmul(q * self.scale, k.transpose(1, 2))  # (n_atoms, sel_query, sel_key)
         pair_sw = sw.unsqueeze(2) * sw.unsqueeze(1)
         query_mask = mask.unsqueeze(2)
@@ -110,7 +114,8 @@ class DescriptorSeAtten(MixedTypesDescriptor):
                  scaling_factor: float = 1.0, normalize: bool = True, temperature: Optional[float] = None,
                  attn_mask: bool = False, concat_output_tebd: bool = True, trainable_ln: bool = True,
                  ln_eps: Optional[float] = None, use_tebd_bias: bool = False, use_econf_tebd: bool = False,
-                 smooth_type_embedding: bool = False,
+                 smooth_type_embedding: bool = False, tebd_activation: str = "linear", normalize_eps: float = 1e-12,
+                 tf_smooth_switch: bool = False,
                  dtype: torch.dtype = torch.float64, config: Optional[Dict[str, Any]] = None,
                  path: str = "model/descriptor", own_type_embedding: bool = True):
         super().__init__()
@@ -128,10 +133,12 @@ class DescriptorSeAtten(MixedTypesDescriptor):
             raise ConfigError(f"axis_neuron ({self.m2}) must not exceed neuron[-1] ({self.m1})", key=f"{path}/axis_neuron")
         self.tebd_input_mode, self.type_one_side = tebd_input_mode, bool(type_one_side)
         self.smooth, self.concat_output_tebd = bool(smooth_type_embedding), bool(concat_output_tebd)
+        self.normalize_eps, self.tf_smooth_switch = float(normalize_eps), bool(tf_smooth_switch)
         seed = None if seed is None else int(seed)
-        # DeePMD-kit's PyTorch type embedding of dpa1 has a linear layer (its TypeEmbedNet), not tanh
+        # DeePMD-kit's PyTorch type embedding of dpa1 has a linear layer (its TypeEmbedNet); its TF
+        # one (model/type_embedding, read from .pb graphs) the section's activation, tanh by default
         # without own_type_embedding (a block of DPA-2) the caller owns the embedding and calls _atom_rows
-        self.type_embedding = TypeEmbedding(n_types, [int(tebd_dim)], activation_function="linear",
+        self.type_embedding = TypeEmbedding(n_types, [int(tebd_dim)], activation_function=tebd_activation,
                                             use_tebd_bias=use_tebd_bias, use_econf_tebd=use_econf_tebd, trainable=trainable,
                                             seed=None if seed is None else seed + 2, dtype=dtype) \
             if own_type_embedding else None
@@ -147,7 +154,8 @@ class DescriptorSeAtten(MixedTypesDescriptor):
         self.attention = torch.nn.ModuleList(
             NeighborAttentionLayer(self.m1, attn, normalize=normalize, scaling_factor=scaling_factor, temperature=temperature,
                                    smooth=self.smooth, dotr=attn_dotr, mask_diagonal=attn_mask, trainable_ln=trainable_ln,
-                                   ln_eps=1e-5 if ln_eps is None else ln_eps, trainable=trainable, dtype=dtype, generator=generator)
+                                   ln_eps=1e-5 if ln_eps is None else ln_eps, normalize_eps=normalize_eps, trainable=trainable,
+                                   dtype=dtype, generator=generator)
             for _ in range(int(attn_layer))
         )
         self.dim_out = self.m1 * self.m2 + (int(tebd_dim) if self.concat_output_tebd else 0)
@@ -225,7 +233,7 @@ class DescriptorSeAtten(MixedTypesDescriptor):
             # empty slots (env 0) get a unit stand-in, zeroed after: the norm's second derivative at 0
             # is nan (Hessians), the values are those of normalising the zeros
             empty = ~mask.unsqueeze(-1)
-            directions = torch.nn.functional.normalize(env[..., 1:4].masked_fill(empty, 1.0), dim=-1).masked_fill(empty, 0.0)
+            directions = torch.nn.functional.normalize(env[..., 1:4].masked_fill(empty, 1.0), dim=-1, eps=self.normalize_eps).masked_fill(empty, 0.0)
             for layer in self.attention:
                 g = layer(g, mask, sw, directions)
             a_matrix = torch.matmul(env.transpose(1, 2), g) / self.sel[0]  # (n_atoms, 4, M1)
@@ -235,6 +243,8 @@ class DescriptorSeAtten(MixedTypesDescriptor):
     def forward(self, batch: Dict[str, torch.Tensor], vectors: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         types = batch[ATOM_TYPES]
         env, mask, sw, neighbor_types = self.mixed_environment(batch, vectors)
+        if self.tf_smooth_switch:
+            sw = self.tf_switch(env, mask, types)
         table = self.type_embedding.table()
         # inference inside mlpot.nn.atom_chunks: the sel x sel attention graphs are kept (and
         # recomputed in the backward pass) one chunk of atoms at a time
@@ -244,6 +254,14 @@ class DescriptorSeAtten(MixedTypesDescriptor):
             descriptor = torch.cat([descriptor, gather_rows(table, types)], dim=-1)
         return descriptor, a_matrix[:, 1:4, :].transpose(1, 2)
 
+
+    def tf_switch(self, env: torch.Tensor, mask: torch.Tensor, types: torch.Tensor) -> torch.Tensor:
+        """DeePMD-kit TF's weight of the smooth attention (n_atoms, sel): clip(1 - (1 - rcut_smth s)^3,
+        0, 1) with s = s(r) the first column of the env matrix before normalisation (1/Å), 0 on
+        empty slots; it replaces the envelope w(r) when ``tf_smooth_switch`` (TF graphs)."""
+        raw = env[..., 0] * self.dstd[types, :1] + self.davg[types, :1]
+        uu = 1.0 - self.rcut_smth * raw
+        return (1.0 - uu * uu * uu).clamp(0.0, 1.0) * mask.to(env.dtype)
 
     def vacuum_descriptor(self) -> torch.Tensor:
         """D of an atom without neighbours per type, (n_types, dim_out): zero but for the appended
