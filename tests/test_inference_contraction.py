@@ -127,26 +127,3 @@ def test_single_frame_edge_vectors_equal_the_per_edge_cell_path():
         results.append((vectors.detach(), *torch.autograd.grad((vectors * weight).sum(), [positions, cell])))
     for fast, reference in zip(*results):
         torch.testing.assert_close(fast, reference, atol=1e-13, rtol=1e-13)
-
-
-@pytest.mark.parametrize("descriptor_type, type_one_side", [("se_e2_a", True), ("se_e2_a", False), ("se_e2_r", True)])
-def test_compressed_inference_rows_equal_the_table_contraction(descriptor_type, type_one_side, monkeypatch):
-    """A compressed model's inference (forces and virial, no graph of them) evaluates each table once
-    per distinct input on the row path; energy and gradients equal the per-slot table contraction
-    (the model called outside ``first_derivatives_only``) to rounding."""
-    from mlpot.models.deepmd.compression import compress_model
-
-    batch = T.random_batch(2, [9, 8], seed=12)
-    model = compress_model(_model(descriptor_type, type_one_side).eval(), 0.5)
-    calls = []
-    original = DescriptorSeA._row_contraction
-    monkeypatch.setattr(DescriptorSeA, "_row_contraction", lambda self, *a: calls.append(1) or original(self, *a))
-    positions = batch[K.POSITIONS].clone().requires_grad_(True)
-    energy = model(dict(batch, **{K.POSITIONS: positions}))[K.ENERGY]
-    assert not calls  # outside first_derivatives_only: the table contraction
-    (gradient,) = torch.autograd.grad(energy.sum(), positions)
-    fast = compute_derivatives(model, batch, virial=True)
-    assert calls
-    torch.testing.assert_close(fast[K.ENERGY], energy.detach(), atol=1e-12, rtol=1e-12)
-    torch.testing.assert_close(fast[K.FORCES], -gradient, atol=1e-12, rtol=1e-12)
-    T.assert_forces_match_fd(model, batch, atol=1e-6, rtol=1e-5)

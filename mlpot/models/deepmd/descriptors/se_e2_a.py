@@ -225,10 +225,10 @@ class DescriptorSeA(EnvMatrixDescriptor):
         """Where the hand-written first-derivative path applies: inside ``first_derivatives_only``
         (forces or virials without a graph of them: evaluation, MD), eager (a graph tracer keeps
         the autograd path), plain se_e2_a nets in full precision (no type embedding of any kind,
-        padding skipped), or their tables when compressed: each table then runs once per distinct
-        input, values and slopes together, instead of once per slot in ``QuinticTable.contract``
-        (half the table work on water; measured faster there)."""
-        return (only_first_derivatives() and not is_tracing() and self.skip_padding
+        padding skipped), not compressed:
+        tables keep their own fused contraction (``QuinticTable.contract``), which costs less per
+        slot than the row path's gathers (measured on water)."""
+        return (only_first_derivatives() and not is_tracing() and self.tables is None and self.skip_padding
                 and self.type_embedding is None and type(self)._embedding_net is DescriptorSeA._embedding_net
                 and all(net.compute_dtype is None for net in self.embeddings))
 
@@ -261,15 +261,7 @@ class DescriptorSeA(EnvMatrixDescriptor):
 
     def _row_evaluator(self, tj: int, row_types: torch.Tensor):
         """x (n_rows,) -> (G, dG/dx), each (n_rows, M1), by the net(s) of section tj: one net, or one
-        per centre type on the contiguous groups of ``row_types``; compressed: the section's table
-        (its variant the centre type)."""
-        if self.tables is not None:
-            table, variant = self.tables[tj], (None if self.type_one_side else row_types)
-
-            def tabulated(x):
-                table._check(x)
-                return table.evaluate(x, variant, derivative=True)
-            return tabulated
+        per centre type on the contiguous groups of ``row_types``."""
         if self.type_one_side:
             return lambda x: self.embeddings[tj].value_and_slope(x.unsqueeze(1))
         counts = torch.bincount(row_types, minlength=self.n_types).tolist()
