@@ -319,7 +319,7 @@ class DescriptorSeA(EnvMatrixDescriptor):
             env, nlist, bounds = self.compact_environment(batch, vectors)
         else:
             (env, nlist), bounds = self.normalized_environment(batch, vectors), None
-        pair_key = undirected_pair_key(batch[EDGE_INDEX], batch[EDGE_SHIFTS])
+        pair_key = self._pair_key(batch)
         types = batch[ATOM_TYPES]
         tebd = self._type_table()
         a_matrix = self.embedding_contraction(env, nlist, types, pair_key=pair_key, bounds=bounds, tebd=tebd) / self.n_slots  # (n_atoms, 4, M1)
@@ -329,6 +329,11 @@ class DescriptorSeA(EnvMatrixDescriptor):
         if self.type_embedding is not None:  # the fitting net reads the centre's type embedding too
             descriptor = torch.cat([descriptor, tebd[types]], dim=-1)
         return descriptor, rot
+
+    def _pair_key(self, batch: Dict[str, torch.Tensor]) -> Optional[torch.Tensor]:
+        """``undirected_pair_key`` of the edges (finds equal net inputs), or None when compressed: the
+        tables' contraction needs none."""
+        return undirected_pair_key(batch[EDGE_INDEX], batch[EDGE_SHIFTS]) if self.tables is None else None
 
     def _type_table(self) -> Optional[torch.Tensor]:
         """The per-type vectors handed to ``_embedding_net`` (the type embedding's table), or None."""
