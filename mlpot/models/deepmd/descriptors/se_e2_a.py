@@ -301,7 +301,7 @@ class DescriptorSeA(EnvMatrixDescriptor):
         row_slots = torch.cat(row_slots + [slot_rows.new_zeros(1)])  # the placeholder reads slot 0
 
         def evaluate(x):
-            values, slopes = x.new_empty(x.shape[0], self.m1), x.new_empty(x.shape[0], self.m1)
+            values, slopes = x.new_empty(2, x.shape[0], self.m1).unbind(0)  # one allocation (see gathered_contraction)
             for first, last, section in parts:  # the placeholder row is zeroed by gathered_contraction
                 section(x[first:last], values[first:last], slopes[first:last])
             return values, slopes
