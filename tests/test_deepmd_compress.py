@@ -97,6 +97,33 @@ def test_table_error_and_gradients():
     assert torch.autograd.grad(out.sum(), outside)[0].abs().max() == 0
 
 
+@pytest.mark.parametrize("chunk_rows", [2048, 7])  # one chunk of the backward, several
+def test_table_contraction_gradients_equal_autograd_through_the_values(monkeypatch, chunk_rows):
+    """QuinticTable.contract (its backward reuses the forward's lookup, in chunks of rows) against the
+    same sum written with the table's values (``forward``) and autograd; two variants, inputs inside,
+    in the coarse part and beyond the table (zero slope)."""
+    import mlpot.nn.quintic_table as quintic
+
+    monkeypatch.setattr(quintic, "CHUNK_ROWS", chunk_rows)
+    table = QuinticTable(3, n_variants=2)
+    table.build([lambda x: torch.stack([torch.sin(3 * x), torch.tanh(x), x * x], -1),
+                 lambda x: torch.stack([torch.cos(x), x, torch.exp(-x)], -1)], -1.0, 2.0, 0.01, 0.1, 5.0)
+    generator = torch.Generator().manual_seed(0)
+    x = (torch.rand(5, 4, dtype=torch.float64, generator=generator) * 13.0 - 1.5)
+    left = torch.randn(5, 4, 2, dtype=torch.float64, generator=generator)
+    weight = torch.randn(5, 2, 3, dtype=torch.float64, generator=generator)
+    variant = torch.tensor([0, 1, 1, 0, 1])
+    results = []
+    for contract in (lambda a, b: table.contract(a, b, variant),
+                     lambda a, b: torch.einsum("akw,akm->awm", b, table(a.unsqueeze(-1), variant))):
+        a, b = x.clone().requires_grad_(True), left.clone().requires_grad_(True)
+        out = contract(a, b)
+        results.append((out.detach(), *torch.autograd.grad((out * weight).sum(), [a, b])))
+    for fast, reference in zip(*results):
+        torch.testing.assert_close(fast, reference, atol=1e-13, rtol=1e-12)
+    assert results[0][1][x > 10.0].abs().max() == 0  # beyond the table: clamped, no slope
+
+
 @pytest.mark.parametrize("name", list(DESCRIPTORS))
 def test_compressed_matches_exact_on_water(water, name):
     model = _model(DESCRIPTORS[name], water[:1])

@@ -25,6 +25,9 @@ def test_value_and_slope_equal_forward_and_autograd(activation, resnet_dt):
         values, slopes = net.value_and_slope(x.detach(), chunk=chunk)
         torch.testing.assert_close(values, reference.detach(), atol=1e-14, rtol=0)
         torch.testing.assert_close(slopes, slope, atol=1e-13, rtol=1e-12)
+        out = (torch.full_like(values, float("nan")), torch.full_like(slopes, float("nan")))  # written into
+        assert net.value_and_slope(x.detach(), chunk=chunk, out=out) == out
+        assert torch.equal(out[0], values) and torch.equal(out[1], slopes)
     with pytest.raises(ValueError, match="one input"):
         EmbeddingNet(2, [4]).value_and_slope(torch.zeros(3, 2, dtype=torch.float64))
 
@@ -82,11 +85,13 @@ def _model(descriptor_type, type_one_side):
     return model
 
 
-@pytest.mark.parametrize("descriptor_type, type_one_side", [("se_e2_a", True), ("se_e2_a", False), ("se_e2_r", True)])
-def test_inference_path_equals_the_autograd_path(descriptor_type, type_one_side, monkeypatch):
+@pytest.mark.parametrize("descriptor_type, type_one_side, n_types", [
+    ("se_e2_a", True, 2), ("se_e2_a", False, 2), ("se_e2_r", True, 2), ("se_e2_a", False, 1), ("se_e2_r", True, 1)])
+def test_inference_path_equals_the_autograd_path(descriptor_type, type_one_side, n_types, monkeypatch):
     """Forces without a graph of them take the row path, equal to autograd; with create_graph
-    (training, Hessians) the autograd path runs, so second derivatives stay exact."""
-    batch = T.random_batch(2, [9, 8], seed=12)
+    (training, Hessians) the autograd path runs, so second derivatives stay exact. n_types 1: the
+    frames hold type A only, so section B has no column (all its slots padding)."""
+    batch = T.random_batch(2, [9, 8], n_types, seed=12)
     model = _model(descriptor_type, type_one_side)
     calls = []
     original = DescriptorSeA._row_contraction

@@ -12,9 +12,10 @@ padded (blocks x slots) layout of the contraction, so several slots may share a 
 Why: forces need only df/dx, and f of one variable gives it by forward-mode differentiation in the
 same pass as f (``MLP.value_and_slope``, or a table's derivative). Keeping f and f' per row, the
 backward pass is two small matrix products per block and no reverse pass through f: no saved
-activations, no dense (blocks x slots x width) gradient, no scatter of it back to the rows. The
-forward keeps the gathered f (it made it anyway); the backward gathers f' in chunks of blocks, so
-they stay in cache.
+activations, no dense (blocks x slots x width) gradient, no scatter of it back to the rows. Both
+passes gather f (and f') into the slots in chunks of blocks, so the gathered rows stay in cache
+and no (blocks x slots x width) tensor is ever held: with ~16 MB such tensors per 192-atom water
+frame, glibc's heap grew and was trimmed back every step (thousands of page faults).
 
 First derivatives only: for inference. The gradient reaches ``x`` and ``left``, not the
 parameters of f. Second derivatives through it would miss the f'' terms, so its backward refuses
@@ -85,37 +86,44 @@ def slope_gradient(slopes: torch.Tensor, left: torch.Tensor, grad: torch.Tensor)
     return (torch.bmm(slopes, grad.transpose(1, 2)) * left).sum(-1)
 
 
-def _rows_in_slots(x, left, slot_rows, evaluate):
-    """(f of every slot (blocks, slots, width), f' per row (n_rows + 1, width)), empty slots 0."""
-    values, slopes = evaluate(x)
-    for table in (values, slopes):  # the last row is the empty slot's: f = f' = 0 there
-        table[-1].zero_()
-    return values.index_select(0, slot_rows).view(left.shape[0], left.shape[1], -1), slopes
+def _chunks(n_blocks: int, n_slots: int):
+    """Block ranges of about CHUNK_SLOTS slots each (one range when a graph tracer records)."""
+    step = n_blocks if is_tracing() else max(1, CHUNK_SLOTS // max(n_slots, 1))
+    return [(start, min(start + step, n_blocks)) for start in range(0, n_blocks, step)]
+
+
+def _gather(table: torch.Tensor, rows: torch.Tensor, start: int, stop: int) -> torch.Tensor:
+    """Rows of ``table`` for the slots of blocks start:stop, (stop - start, n_slots, width)."""
+    return table.index_select(0, rows[start:stop].reshape(-1)).view(stop - start, rows.shape[1], -1)
 
 
 class _GatheredContraction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, left, slot_rows, evaluate):
-        gathered, slopes = _rows_in_slots(x, left, slot_rows, evaluate)
-        ctx.save_for_backward(left, slot_rows, gathered, slopes)  # f gathered once, f' per row
-        return torch.bmm(left.transpose(1, 2), gathered)
+        values, slopes = evaluate(x)
+        for table in (values, slopes):  # the last row is the empty slot's: f = f' = 0 there
+            table[-1].zero_()
+        n_blocks, n_slots, _ = left.shape
+        rows = slot_rows.view(n_blocks, n_slots)
+        out = left.new_empty(n_blocks, left.shape[2], values.shape[1])
+        for start, stop in _chunks(n_blocks, n_slots):  # f gathered a chunk at a time, never all slots
+            torch.bmm(left[start:stop].transpose(1, 2), _gather(values, rows, start, stop), out=out[start:stop])
+        ctx.save_for_backward(left, slot_rows, values, slopes)  # f and f' per row
+        return out
 
     @staticmethod
     @no_double_backward("the inference contraction gives first derivatives only: use it inside "
                         "first_derivatives_only, without create_graph")
     def backward(ctx, grad):
-        left, slot_rows, gathered_values, slopes = ctx.saved_tensors
+        left, slot_rows, values, slopes = ctx.saved_tensors
         n_blocks, n_slots, _ = left.shape
         grad_left = torch.empty_like(left)
         grad_slot = left.new_empty(n_blocks, n_slots)
         rows = slot_rows.view(n_blocks, n_slots)
-        step = n_blocks if is_tracing() else max(1, CHUNK_SLOTS // max(n_slots, 1))
-        for start in range(0, n_blocks, step):
-            stop = min(start + step, n_blocks)
-            chunk_rows, chunk_grad = rows[start:stop].reshape(-1), grad[start:stop].transpose(1, 2)
-            torch.bmm(gathered_values[start:stop], chunk_grad, out=grad_left[start:stop])
-            gathered = slopes.index_select(0, chunk_rows).view(stop - start, n_slots, -1)
-            grad_slot[start:stop] = slope_gradient(gathered, left[start:stop], grad[start:stop])
+        for start, stop in _chunks(n_blocks, n_slots):
+            chunk_grad = grad[start:stop].transpose(1, 2)
+            torch.bmm(_gather(values, rows, start, stop), chunk_grad, out=grad_left[start:stop])
+            grad_slot[start:stop] = slope_gradient(_gather(slopes, rows, start, stop), left[start:stop], grad[start:stop])
         grad_x = None
         if ctx.needs_input_grad[0]:
             grad_x = grad_slot.new_zeros(slopes.shape[0]).index_add_(0, slot_rows, grad_slot.view(-1))

@@ -143,8 +143,10 @@ class MLP(torch.nn.Module):
         return y.to(x.dtype)  # a no-op in full precision
 
     @torch.no_grad()
-    def value_and_slope(self, x: torch.Tensor, chunk: int = 1024) -> Tuple[torch.Tensor, torch.Tensor]:
-        """f(x) and df/dx of a net of one input: x (n, 1) -> two (n, out_dim) tensors, no graph.
+    def value_and_slope(self, x: torch.Tensor, chunk: int = 1024,
+                        out: Optional[Tuple[torch.Tensor, torch.Tensor]] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+        """f(x) and df/dx of a net of one input: x (n, 1) -> two (n, out_dim) tensors, no graph
+        (written into ``out``, two (n, out_dim) tensors, when given).
 
         Forward-mode differentiation layer by layer (tangent dy = act'(z) (dx W) [* idt] + skip(dx)),
         values and tangents stacked (one matmul per layer) and updated in place, ``chunk`` rows at a
@@ -155,9 +157,10 @@ class MLP(torch.nn.Module):
         """
         if self.in_dim != 1 or self.compute_dtype is not None:
             raise ValueError("value_and_slope needs a net of one input in full precision")
-        if x.shape[0] <= chunk:
+        if x.shape[0] <= chunk and out is None:
             return self._value_and_slope(x)
-        values, slopes = x.new_empty(x.shape[0], self.out_dim), x.new_empty(x.shape[0], self.out_dim)
+        values, slopes = out if out is not None else (x.new_empty(x.shape[0], self.out_dim),
+                                                      x.new_empty(x.shape[0], self.out_dim))
         for start in range(0, x.shape[0], chunk):
             values[start:start + chunk], slopes[start:start + chunk] = self._value_and_slope(x[start:start + chunk])
         return values, slopes

@@ -12,10 +12,12 @@ it is C^2 across knots and its error is O(h^6 f^(6)). The grid has three uniform
 Outside ``[lower_ext, upper_ext]`` the table is constant (its end value; derivative 0).
 
 Evaluation is one fused gather-and-sum (``embedding_bag``) of the six coefficient rows of each
-input's interval with weights t^p. :meth:`QuinticTable.forward` returns the values (differentiable
+input's interval with weights t^p (f' takes the five rows p >= 1, weights p t^(p-1)); the
+interval, the rows and the weights of an input (:meth:`QuinticTable.lookup`) are found once for
+f and f'. :meth:`QuinticTable.forward` returns the values (differentiable
 in x: a custom autograd function computes f and f' and keeps only f'); :meth:`QuinticTable.contract`
 fuses the table with a contraction ``sum_k left[a, k, :]^T f(x[a, k])`` (a: rows, k: columns of one
-row): it keeps f(x) and its backward pass evaluates f' in chunks of rows, so neither f'(x) of all
+row): it keeps f(x) and the lookup of x, and its backward pass evaluates f' in chunks of rows, so neither f'(x) of all
 inputs nor the (rows, k, w, width) products are held. Both give first derivatives only (second
 derivatives through them raise): tables are for inference.
 
@@ -95,42 +97,46 @@ class _TableValues(torch.autograd.Function):
         return (grad * derivative).sum(-1), None, None
 
 
-def _input_gradient(x, left, grad, variant, table) -> torch.Tensor:
-    """d/dx of sum(grad * contraction) for rows of x (rows, k): sum_w left[a,k,w] sum_m grad[a,w,m] f'(x[a,k])_m,
-    the width m summed first (a matmul)."""
-    _, derivative = table.evaluate(x, variant, derivative=True, values=False)
-    return slope_gradient(derivative.view(x.shape[0], x.shape[1], -1), left, grad)
+def _input_gradient(bags, slope_weights, left, grad, table) -> torch.Tensor:
+    """d/dx of sum(grad * contraction) for rows (rows, k) of inputs, given their ``QuinticTable.lookup``
+    (bags[:, 1:] and slope weights, flat): sum_w left[a,k,w] sum_m grad[a,w,m] f'(x[a,k])_m, the
+    width m summed first (a matmul)."""
+    derivative = table.bag_sum(bags, slope_weights)
+    return slope_gradient(derivative.view(left.shape[0], left.shape[1], -1), left, grad)
 
 
 class _TableContraction(torch.autograd.Function):
-    """out[a] = sum_k left[a, k, :]^T f(x[a, k]), (rows, w, width). f(x) is kept for the backward pass,
-    which evaluates f'(x) in chunks of rows (the chunk's temporaries stay in cache)."""
+    """out[a] = sum_k left[a, k, :]^T f(x[a, k]), (rows, w, width). f(x) and the table lookup of x are
+    kept for the backward pass, which evaluates f'(x) in chunks of rows (the chunk's temporaries stay
+    in cache) without locating x again."""
 
     @staticmethod
     def forward(ctx, x, left, table, variant):
         n_rows, n_cols, _ = left.shape
-        values = table.evaluate(x, variant).view(n_rows, n_cols, table.width)
+        bags, t_powers, slope_weights = table.lookup(x, variant)
+        values = table.bag_sum(bags, t_powers).view(n_rows, n_cols, table.width)
         ctx.table = table
-        ctx.save_for_backward(x, left, variant, values)
+        ctx.save_for_backward(left, values, bags[:, 1:].contiguous(), slope_weights)
         return torch.bmm(left.transpose(1, 2), values)
 
     @staticmethod
     @_FIRST_DERIVATIVES_ONLY
     def backward(ctx, grad):
-        x, left, variant, values = ctx.saved_tensors
+        left, values, bags, slope_weights = ctx.saved_tensors
         table = ctx.table
         grad_left = torch.bmm(values, grad.transpose(1, 2)) if ctx.needs_input_grad[1] else None
         if not ctx.needs_input_grad[0]:
             return None, grad_left, None, None
         n_rows, n_cols, _ = left.shape
         if is_tracing():  # a graph tracer (mlpot compile): one chunk, no loop over a symbolic size
-            return _input_gradient(x, left, grad, variant, table), grad_left, None, None
-        grad_x = torch.empty_like(x)
+            return _input_gradient(bags, slope_weights, left, grad, table).view(n_rows, n_cols), grad_left, None, None
+        grad_x = left.new_empty(n_rows, n_cols)
         step = max(1, CHUNK_ROWS // max(n_cols, 1))
         for start in range(0, n_rows, step):
             stop = min(start + step, n_rows)
-            grad_x[start:stop] = _input_gradient(x[start:stop], left[start:stop], grad[start:stop],
-                                                 None if variant is None else variant[start:stop], table)
+            flat = slice(start * n_cols, stop * n_cols)
+            grad_x[start:stop] = _input_gradient(bags[flat], slope_weights[flat], left[start:stop], grad[start:stop],
+                                                 table)
         return grad_x, grad_left, None, None
 
 
@@ -220,23 +226,31 @@ class QuinticTable(torch.nn.Module):
         inside = ((flat >= self.lower_ext) & (flat <= self.upper_ext)).unsqueeze(1)
         return index, t, inside
 
-    def evaluate(self, x: torch.Tensor, variant: Optional[torch.Tensor] = None, derivative: bool = False,
-                 values: bool = True):
-        """f(x) (x.numel(), width), or (f(x) or None, f'(x)) when ``derivative`` (f' is 0 outside the table).
-
-        One ``embedding_bag`` per output: the six coefficient rows of each input's interval summed
-        with weights t^p (or p t^(p-1)), a fused gather and sum that never holds the gathered rows.
-        """
+    def lookup(self, x: torch.Tensor, variant: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """What ``evaluate`` needs of x, computed once: (bags (n, 6) rows 6 * interval + power of the
+        coefficient table, t^0..t^5 (n, 6), slope weights p t^(p-1) for p = 1..5 (n, 5), 0 outside
+        the table), n = x.numel(); a function of x only (no graph)."""
         index, t, inside = self.locate(x, variant)
-        table = self.coefficients.view(-1, self.width)  # row 6 * interval + power
         bags = index.unsqueeze(1) * 6 + torch.arange(6, device=x.device)
         t_powers = torch.cat([torch.ones_like(t), t.expand(-1, 5).cumprod(1)], dim=1)  # (n, 6): t^0 .. t^5
-        out = torch.nn.functional.embedding_bag(bags, table, per_sample_weights=t_powers, mode="sum") if values else None
+        factors = torch.arange(1, 6, dtype=t.dtype, device=x.device)
+        return bags, t_powers, t_powers[:, :5] * factors * inside.to(t.dtype)  # a_0 drops out of f'
+
+    def bag_sum(self, bags: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        """sum_p weights[:, p] * coefficient row bags[:, p] -> (n, width): f with the t powers of
+        ``lookup``, f' with its slope weights and ``bags[:, 1:]``. One ``embedding_bag``, a fused
+        gather and sum that never holds the gathered rows."""
+        table = self.coefficients.view(-1, self.width)  # row 6 * interval + power
+        return torch.nn.functional.embedding_bag(bags, table, per_sample_weights=weights, mode="sum")
+
+    def evaluate(self, x: torch.Tensor, variant: Optional[torch.Tensor] = None, derivative: bool = False,
+                 values: bool = True):
+        """f(x) (x.numel(), width), or (f(x) or None, f'(x)) when ``derivative`` (f' is 0 outside the table)."""
+        bags, t_powers, slope_weights = self.lookup(x, variant)
+        out = self.bag_sum(bags, t_powers) if values else None
         if not derivative:
             return out
-        factors = torch.arange(6, dtype=t.dtype, device=x.device)[1:]
-        slopes = torch.cat([torch.zeros_like(t), t_powers[:, :5] * factors * inside.to(t.dtype)], dim=1)  # p t^(p-1)
-        return out, torch.nn.functional.embedding_bag(bags, table, per_sample_weights=slopes, mode="sum")
+        return out, self.bag_sum(bags[:, 1:].contiguous(), slope_weights)
 
     def _check(self, x: torch.Tensor) -> None:
         if self.training:  # its autograd functions give no second derivatives: no force-trained parameters

@@ -260,38 +260,71 @@ class DescriptorSeA(EnvMatrixDescriptor):
         return row_slots, slot_rows, torch.cat([row_types, row_types.new_full((1,), self.n_types - 1)])
 
     def _row_evaluator(self, tj: int, row_types: torch.Tensor):
-        """x (n_rows,) -> (G, dG/dx), each (n_rows, M1), by the net(s) of section tj: one net, or one
-        per centre type on the contiguous groups of ``row_types``."""
+        """(x (n,), values (n, M1), slopes (n, M1)) -> None: G and dG/dx at the inputs x written into
+        values and slopes, by the net(s) of section tj: one net, or one per centre type on the
+        contiguous groups of ``row_types`` (n,)."""
         if self.type_one_side:
-            return lambda x: self.embeddings[tj].value_and_slope(x.unsqueeze(1))
+            net = self.embeddings[tj]
+            return lambda x, values, slopes: net.value_and_slope(x.unsqueeze(1), out=(values, slopes))
         counts = torch.bincount(row_types, minlength=self.n_types).tolist()
 
-        def evaluate(x):
-            pieces = [self.embeddings[self._net_index(ti, tj)].value_and_slope(part.unsqueeze(1))
-                      for ti, part in enumerate(torch.split(x, counts)) if counts[ti]]
-            return torch.cat([p[0] for p in pieces]), torch.cat([p[1] for p in pieces])
+        def evaluate(x, values, slopes):
+            start = 0
+            for ti, count in enumerate(counts):
+                if count:
+                    part = slice(start, start + count)
+                    self.embeddings[self._net_index(ti, tj)].value_and_slope(x[part].unsqueeze(1),
+                                                                             out=(values[part], slopes[part]))
+                start += count
         return evaluate
 
+    def _layout_rows(self, nlist, types, pair_key, bounds):
+        """The distinct net inputs of all sections (``_section_rows``), for one contraction over all
+        columns of nlist (n_atoms, n_cols): (row_slots (n_rows + 1,) flat slot of each row's input,
+        slot_rows (n_atoms * n_cols,) row of every slot, evaluate: x (n_rows + 1,) -> (G, dG/dx)),
+        rows grouped by section; the last row is the placeholder of all empty slots."""
+        n_atoms, n_cols = nlist.shape
+        slot_rows = torch.empty(n_atoms, n_cols, dtype=torch.long, device=nlist.device)
+        row_slots, parts, offset = [], [], 0
+        for tj, (start, stop) in enumerate(bounds):
+            if stop == start:
+                continue
+            width = stop - start
+            slots, rows, row_types = self._section_rows(nlist[:, start:stop] >= 0, nlist[:, start:stop], types, tj,
+                                                        pair_key)
+            n_rows = slots.shape[0] - 1  # without the section's placeholder
+            row_slots.append(torch.div(slots[:-1], width, rounding_mode="floor") * n_cols + start + slots[:-1] % width)
+            slot_rows[:, start:stop] = torch.where(rows == n_rows, -1, rows + offset).view(n_atoms, width)
+            parts.append((offset, offset + n_rows, self._row_evaluator(tj, row_types[:-1])))
+            offset += n_rows
+        slot_rows = torch.where(slot_rows < 0, offset, slot_rows).view(-1)
+        row_slots = torch.cat(row_slots + [slot_rows.new_zeros(1)])  # the placeholder reads slot 0
+
+        def evaluate(x):
+            values, slopes = x.new_empty(2, x.shape[0], self.m1).unbind(0)  # one allocation (see gathered_contraction)
+            for first, last, section in parts:  # the placeholder row is zeroed by gathered_contraction
+                section(x[first:last], values[first:last], slopes[first:last])
+            return values, slopes
+        return row_slots, slot_rows, evaluate
+
     def _row_contraction(self, env, weights, pad_weight, nlist, types, pair_key, bounds) -> torch.Tensor:
-        """``embedding_contraction`` for inference (``_first_derivatives_only``): per section, the nets
-        on the distinct inputs (``_section_rows``), values and slopes in one pass, and the
-        contraction with a hand-written backward (``mlpot.nn.gathered_contraction``); every padded
-        slot of the full section in closed form. First derivatives only."""
-        n_atoms, _, width = weights.shape
-        out = env.new_zeros(n_atoms, width, self.m1)
-        pad_inputs = (-self.davg[:, :1] / self.dstd[:, :1]).to(env.dtype)  # (n_types, 1)
+        """``embedding_contraction`` for inference (``_first_derivatives_only``): the nets on the
+        distinct inputs of all sections (``_layout_rows``), values and slopes in one pass, and one
+        contraction over all columns with a hand-written backward (``mlpot.nn.gathered_contraction``);
+        every padded slot of the full sections in closed form. First derivatives only."""
+        with torch.no_grad():
+            row_slots, slot_rows, evaluate = self._layout_rows(nlist, types, pair_key, bounds)
+        x = gather_rows(env.reshape(-1), row_slots * env.shape[-1])  # s~: column 0 of the rows of env
+        out = gathered_contraction(x, weights, slot_rows, evaluate)
+        pad_inputs = (-self.davg[:, 0] / self.dstd[:, 0]).to(env.dtype)  # (n_types,)
         pad_row = pad_weight.to(env.dtype)
         for tj, (start, stop) in enumerate(bounds):
-            occupied = nlist[:, start:stop] >= 0
-            if stop > start:
-                with torch.no_grad():
-                    row_slots, slot_rows, row_types = self._section_rows(occupied, nlist[:, start:stop], types, tj, pair_key)
-                x = gather_rows(env[:, start:stop, 0].reshape(-1), row_slots)
-                out = out + gathered_contraction(x, weights[:, start:stop], slot_rows, self._row_evaluator(tj, row_types))
             with torch.no_grad():  # G at the padding input, per centre type
-                evaluate = self._row_evaluator(tj, torch.arange(self.n_types, device=env.device))
-                pad_embedded = gather_rows(evaluate(pad_inputs[:, 0])[0], types)  # (n_atoms, M1)
-            n_pad = (self.sel[tj] - occupied.sum(1)).to(env.dtype)
+                pad_values = env.new_empty(self.n_types, self.m1)
+                self._row_evaluator(tj, torch.arange(self.n_types, device=env.device))(
+                    pad_inputs, pad_values, torch.empty_like(pad_values))
+                pad_embedded = gather_rows(pad_values, types)  # (n_atoms, M1)
+            n_pad = (self.sel[tj] - (nlist[:, start:stop] >= 0).sum(1)).to(env.dtype)
             out = out + (n_pad.unsqueeze(1) * pad_row).unsqueeze(2) * pad_embedded.unsqueeze(1)
         return out
 
@@ -319,7 +352,7 @@ class DescriptorSeA(EnvMatrixDescriptor):
             env, nlist, bounds = self.compact_environment(batch, vectors)
         else:
             (env, nlist), bounds = self.normalized_environment(batch, vectors), None
-        pair_key = undirected_pair_key(batch[EDGE_INDEX], batch[EDGE_SHIFTS])
+        pair_key = self._pair_key(batch)
         types = batch[ATOM_TYPES]
         tebd = self._type_table()
         a_matrix = self.embedding_contraction(env, nlist, types, pair_key=pair_key, bounds=bounds, tebd=tebd) / self.n_slots  # (n_atoms, 4, M1)
@@ -329,6 +362,11 @@ class DescriptorSeA(EnvMatrixDescriptor):
         if self.type_embedding is not None:  # the fitting net reads the centre's type embedding too
             descriptor = torch.cat([descriptor, tebd[types]], dim=-1)
         return descriptor, rot
+
+    def _pair_key(self, batch: Dict[str, torch.Tensor]) -> Optional[torch.Tensor]:
+        """``undirected_pair_key`` of the edges (finds equal net inputs), or None when compressed: the
+        tables' contraction needs none."""
+        return undirected_pair_key(batch[EDGE_INDEX], batch[EDGE_SHIFTS]) if self.tables is None else None
 
     def _type_table(self) -> Optional[torch.Tensor]:
         """The per-type vectors handed to ``_embedding_net`` (the type embedding's table), or None."""

@@ -11,11 +11,10 @@ from typing import Any, Dict, Tuple
 
 import torch
 
-from mlpot.data.keys import ATOM_TYPES, EDGE_INDEX, EDGE_SHIFTS
+from mlpot.data.keys import ATOM_TYPES
 from mlpot.models.deepmd.keys import SE_E2_R, resolve_precision, resolve_sel
 from mlpot.models.sections import read_section
 from mlpot.models.deepmd.descriptors.base import DESCRIPTORS
-from mlpot.models.deepmd.descriptors.env import undirected_pair_key
 from mlpot.models.deepmd.descriptors.se_e2_a import DescriptorSeA
 
 __all__ = ["DescriptorSeR"]
@@ -48,7 +47,7 @@ class DescriptorSeR(DescriptorSeA):
         else:
             (env, nlist), bounds = self.normalized_environment(batch, vectors), None
         ones = torch.ones_like(env)
-        pair_key = undirected_pair_key(batch[EDGE_INDEX], batch[EDGE_SHIFTS])
+        pair_key = self._pair_key(batch)
         summed = self.embedding_contraction(env, nlist, batch[ATOM_TYPES], weights=ones, pad_weight=env.new_ones(env.shape[0], 1),
                                             pair_key=pair_key, bounds=bounds)
         return summed[:, 0] * (SE_R_FACTOR / self.n_slots), None
