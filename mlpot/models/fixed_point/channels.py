@@ -117,11 +117,31 @@ class IrrepsProjection(torch.nn.Module):
         self.linear = o3.Linear(self.irreps_in, channel_irreps(self.channels, self.max_l), biases=bias).to(dtype)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        flat = self.linear(features)
-        scalars = flat[:, : self.channels].unsqueeze(-1)
-        if self.max_l == 0:
-            return scalars
-        return torch.cat([scalars, flat[:, self.channels:].reshape(-1, self.channels, 3)], dim=-1)
+        """(n, irreps_in.dim) -> (n, C, D): the e3nn linear's instructions (same weights, path
+        weights and order of sums) evaluated as one matrix product per instruction, the input
+        split once (one concatenation in the backward, where e3nn's slices zero-fill a gradient
+        of the whole input per block: 2.6 -> 0.5 ms per call on se_e2_a's 1600 + 300 features)."""
+        linear, n = self.linear, features.shape[0]
+        pieces = features.split([mul_ir.dim for mul_ir in self.irreps_in], dim=1)
+        parts, bias_at = {}, 0
+        for k, ins in enumerate(linear.instructions):
+            if 0 in ins.path_shape:
+                continue
+            if ins.i_in == -1:
+                term = (ins.path_weight * linear.bias.narrow(-1, bias_at, ins.path_shape[0])).view(1, -1, 1)
+                bias_at += ins.path_shape[0]
+            else:
+                mul_ir, weight = self.irreps_in[ins.i_in], linear.weight_view_for_instruction(k)
+                if mul_ir.ir.dim == 1:
+                    term = (ins.path_weight * (pieces[ins.i_in] @ weight)).unsqueeze(-1)
+                else:
+                    x = pieces[ins.i_in].view(n, mul_ir.mul, mul_ir.ir.dim).transpose(1, 2)
+                    term = ins.path_weight * (x @ weight).transpose(1, 2)
+            parts[ins.i_out] = term if ins.i_out not in parts else parts[ins.i_out] + term
+        blocks = [parts[i] if i in parts else features.new_zeros(n, mul_ir.mul, mul_ir.ir.dim)
+                  for i, mul_ir in enumerate(linear.irreps_out)]
+        scalars = blocks[0].expand(n, -1, -1)
+        return scalars if self.max_l == 0 else torch.cat([scalars, blocks[1]], dim=-1)
 
 
 def channel_dot(a: torch.Tensor, b: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
