@@ -1,13 +1,13 @@
 """The fixed-point model's restructured blocks equal their defining formulas: the quadratic field
 readout (K^3 coupling contracted once per call), the affine form dp = J f + b of the one-body
-update (J once per SCF), and the channel projection (one matrix product per e3nn instruction),
-in values and in gradients."""
+update (J once per SCF), the channel projection (one matrix product per e3nn instruction) and
+several projections of the same features evaluated together, in values and in gradients."""
 
 import pytest
 import torch
 from e3nn import o3
 
-from mlpot.models.fixed_point.channels import IrrepsProjection, channel_irreps, density_to_channels
+from mlpot.models.fixed_point.channels import IrrepsProjection, channel_irreps, density_to_channels, joint_projection
 from mlpot.models.fixed_point.readouts import StrictQuadraticFieldEnergyReadout, pad_channels
 from mlpot.models.fixed_point.updates import OneBodyVariableUpdate
 
@@ -103,3 +103,21 @@ def test_projection_equals_e3nn_linear(irreps, channels, max_l, bias):
     inputs = [features, *projection.parameters()]
     for g, r in zip(torch.autograd.grad((weights * out).sum(), inputs), torch.autograd.grad((weights * reference).sum(), inputs)):
         torch.testing.assert_close(g, r, rtol=1e-12, atol=1e-12)
+
+
+def test_joint_projection_equals_separate_projections():
+    irreps = "12x0e + 3x1o + 2x2e"
+    projections = [IrrepsProjection(irreps, 4, 1, bias=True), IrrepsProjection(irreps, 6, 1, bias=True),
+                   IrrepsProjection(irreps, 1, 0, bias=False)]
+    for k, projection in enumerate(projections):
+        _randomise(projection, 10 + k)
+    features = _random(5, o3.Irreps(irreps).dim, seed=13).requires_grad_(True)
+    joint = joint_projection(features, projections)
+    for out, projection in zip(joint, projections):
+        torch.testing.assert_close(out, projection(features), rtol=1e-13, atol=1e-13)
+    weights = [_random(*out.shape, seed=14 + k) for k, out in enumerate(joint)]
+    (got,) = torch.autograd.grad(sum((w * out).sum() for w, out in zip(weights, joint)), features)
+    (want,) = torch.autograd.grad(sum((w * p(features)).sum() for w, p in zip(weights, projections)), features)
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    with pytest.raises(ValueError, match="same input irreps"):
+        joint_projection(features, [projections[0], IrrepsProjection("12x0e", 2, 1)])

@@ -144,10 +144,12 @@ class LocalDensityReadout(torch.nn.Module):
         self.out = ChannelLinear(mlp_channels, 1, 1, bias=True, dtype=dtype, scale=0.1)
 
     def forward(self, features: torch.Tensor, species: torch.Tensor) -> torch.Tensor:
+        return self.from_projection(self.project(features), species)
+
+    def from_projection(self, h: torch.Tensor, species: torch.Tensor) -> torch.Tensor:
+        """p0 (n, (L+1)^2) from the projected features h = ``self.project(features)`` (n, C, D)."""
         if self.linear:
-            x = self.project(features) * gather_rows(self.density_scaling, species)[:, None, None]
-            return channels_to_density(x)
-        h = self.project(features)
+            return channels_to_density(h * gather_rows(self.density_scaling, species)[:, None, None])
         scalars = h[:, :, 0]
         gated = torch.cat([torch.nn.functional.silu(scalars).unsqueeze(-1),
                            h[:, :, 1:] * torch.sigmoid(self.gates(scalars)).unsqueeze(-1)], dim=-1)
