@@ -202,10 +202,13 @@ class FieldOperator:
             x = cartesian.view(-1, rows, 1)
             return torch.stack([torch.bmm(b, x) for b in blocks[start:stop]]).view(n_rec, -1, 4)
         n_frames = len(self.dense_frames)
-        padded = cartesian.new_zeros(n_frames * self.n_max, 4).index_copy(
-            0, self.dense_slots, cartesian.index_select(0, self.dense_atoms)).view(n_frames, rows, 1)
-        applied = torch.stack([torch.bmm(b, padded) for b in blocks[start:stop]]).view(n_rec, -1, 4)
-        return cartesian.new_zeros(n_rec, self.n_atoms, 4).index_copy(1, self.dense_atoms, applied.index_select(1, self.dense_slots))
+        # every frame dense: the dense atoms are the batch's, in order (no gather in, no scatter out)
+        dense = cartesian if not self.free_frames else cartesian.index_select(0, self.dense_atoms)
+        padded = cartesian.new_zeros(n_frames * self.n_max, 4).index_copy(0, self.dense_slots, dense).view(n_frames, rows, 1)
+        applied = torch.stack([torch.bmm(b, padded) for b in blocks[start:stop]]).view(n_rec, -1, 4).index_select(1, self.dense_slots)
+        if not self.free_frames:
+            return applied
+        return cartesian.new_zeros(n_rec, self.n_atoms, 4).index_copy(1, self.dense_atoms, applied)
 
     def dense_pair_product(self, positions: torch.Tensor, cartesian: torch.Tensor, weights: torch.Tensor,
                            select: Tuple[int, int]) -> torch.Tensor:
