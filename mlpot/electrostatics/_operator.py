@@ -96,9 +96,10 @@ def _dense_blocks(positions: torch.Tensor, pairs: Tuple[torch.Tensor, torch.Tens
         values.append(diagonal.repeat(1, real.shape[0]))
         index.append((4 * n4 * real + 4 * (real % n_max)).unsqueeze(1).expand(-1, 4).flatten()
                      + (n4 + 1) * torch.arange(4, device=slots.device).repeat(real.shape[0]))
-    blocks = positions.new_zeros(n_rec, n_frames * n4 * n4).index_copy_(1, torch.cat(index), torch.cat(values, dim=1))
-    # one tensor per receiver: an SCF step reads the feature receivers only
-    return list(blocks.view(n_rec, n_frames, n4, n4).unbind(0))
+    index, values = torch.cat(index), torch.cat(values, dim=1)
+    # one tensor per receiver, each its own scatter: an SCF step reads the feature receivers only,
+    # and the backward gathers each block's gradient without first stacking them into one
+    return [positions.new_zeros(n_frames * n4 * n4).index_copy_(0, index, v).view(n_frames, n4, n4) for v in values]
 
 
 class FieldOperator:
