@@ -9,7 +9,7 @@ Default mode, on a fixed subset of the FHI-aims water clusters (``--frames`` fra
    epoch, with the SCF counts of that epoch;
 2. the cost of a K-step SCF forward + forces (``unroll_scf`` with K map evaluations, tolerance 0 so
    that every step runs, constant Fermi level and constant charge) relative to the local backbone
-   alone (its energy + forces), for K = 1, 5, 10, 20, next to issue #14's target 1 + 0.25 K, with
+   alone (its energy + forces), for K = 1, 3, 5, 10, 20, next to issue #14's target 1 + 0.25 K, with
    the small backbone and with the DeePMD-kit water example's (``--ratio-backbones``).
 
 ``--memory``: peak memory of one training step (forward, forces, loss, backward) in
@@ -20,7 +20,7 @@ measurement runs in a fresh subprocess; the figure is the resident-set growth (r
 the RSS after setup), so it counts everything the step allocates (torch CPU tensors included).
 Issue #14's limit: 2 GB for 4 frames of ~240 atoms.
 
-    OMP_NUM_THREADS=1 PYTHONPATH=. python benchmarks/fixed_point.py [--frames 32] [--steps 1 5 10 20] [--cpu-time]
+    OMP_NUM_THREADS=1 PYTHONPATH=. python benchmarks/fixed_point.py [--frames 32] [--steps 1 3 5 10 20] [--cpu-time] [--skip-epochs]
     OMP_NUM_THREADS=1 PYTHONPATH=. python benchmarks/fixed_point.py --memory [--memory-frames 1 2 4 8]
 """
 
@@ -190,13 +190,14 @@ def run_speed(args) -> None:
     atoms = sum(len(f["positions"]) for f in frames)
     print(f"threads={os.environ.get('OMP_NUM_THREADS', '?')} load={os.getloadavg()[0]:.2f} "
           f"frames={len(frames)} atoms={atoms} batches={len(batches)} (batch size {args.batch_size})")
-    print("training epoch (forces, 2nd derivatives, Adam), constant charge, from_data start, mixing 0.3, "
-          "unroll_scf 10 steps, implicit/linearize_solve up to 100 steps tol 1e-6")
-    print(f"{'mode':<16} {'epoch (s)':>10} {'vs direct':>10}  SCF")
-    rows = epoch_times(batches, args.repeats)
-    direct = rows[0][1]
-    for mode, seconds, report in rows:
-        print(f"{mode:<16} {seconds:>10.3f} {seconds / direct:>10.2f}  {report}", flush=True)
+    if not args.skip_epochs:
+        print("training epoch (forces, 2nd derivatives, Adam), constant charge, from_data start, mixing 0.3, "
+              "unroll_scf 10 steps, implicit/linearize_solve up to 100 steps tol 1e-6")
+        print(f"{'mode':<16} {'epoch (s)':>10} {'vs direct':>10}  SCF")
+        rows = epoch_times(batches, args.repeats)
+        direct = rows[0][1]
+        for mode, seconds, report in rows:
+            print(f"{mode:<16} {seconds:>10.3f} {seconds / direct:>10.2f}  {report}", flush=True)
     for size in args.ratio_backbones:
         base, ratios = scf_ratios(batches, args.steps, args.repeats, size)
         print(f"K-step SCF (unroll_scf, K map evaluations) energy + forces / local backbone energy + forces "
@@ -312,7 +313,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--frames", type=int, default=32, help="water clusters (the first N frames)")
     parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--steps", type=int, nargs="+", default=[1, 5, 10, 20], help="K: SCF map evaluations")
+    parser.add_argument("--steps", type=int, nargs="+", default=[1, 3, 5, 10, 20], help="K: SCF map evaluations")
+    parser.add_argument("--skip-epochs", action="store_true", help="only the SCF cost ratios, no training epochs")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--ratio-backbones", nargs="+", default=list(BACKBONES), choices=list(BACKBONES),
                         help="backbone sizes of the SCF cost ratio")

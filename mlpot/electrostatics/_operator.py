@@ -51,47 +51,55 @@ def padded_index(batch: Dict[str, torch.Tensor]) -> Tuple[torch.Tensor, int]:
     return frames * n_max + local, n_max
 
 
-def _dense_blocks(positions: torch.Tensor, mask: torch.Tensor, exponents: Sequence[float],
-                  include_self: Sequence[bool]) -> List[torch.Tensor]:
-    """Interaction blocks of isolated frames padded to n atoms: one (n_frames, 4 n, 4 n) per receiver.
+def _dense_blocks(positions: torch.Tensor, pairs: Tuple[torch.Tensor, torch.Tensor], slots: torch.Tensor,
+                  n_frames: int, n_max: int, exponents: Sequence[float], include_self: Sequence[bool]) -> List[torch.Tensor]:
+    """Interaction blocks of isolated frames padded to ``n_max`` atoms: one (n_frames, 4 n, 4 n) per receiver.
 
-    positions: (n_frames, n, 3) Å (padding anywhere); mask: (n_frames, n) real atoms. Row block r,
-    atom i, entry [V, Gx, Gy, Gz]; column atom j, entry [q, dx, dy, dz]. With s = r_i - r_j:
+    positions: (n_atoms, 3) Å (batch layout); pairs: (index_i, index_j) every unordered pair of
+    atoms of one dense frame (batch indices, i < j, (n_pairs,) each); slots: (n_atoms,) padded
+    slot frame * n_max + local of each atom (-1 outside the dense frames). Row block r, atom i,
+    entry [V, Gx, Gy, Gz]; column atom j, entry [q, dx, dy, dz]. With s = r_i - r_j:
     ``V = k (T0 q - T1 s.d)``, ``G = k ((T1 q - T2 s.d) s - T1 d)``; the diagonal (d = 0) carries
-    the self-terms where ``include_self``. All receivers are evaluated together (one kernel call).
+    the self-terms where ``include_self``. The kernels are evaluated once per unordered pair (the
+    block of (j, i) is the transpose of that of (i, j), bit for bit: every entry is even or odd in
+    s), for all receivers together, and scattered into the zero-padded blocks by one index_copy:
+    no (n_frames, n_max, n_max) intermediates, whose backward (forces) and double backward (force
+    training) would run over the padding.
     """
-    n_frames, n = mask.shape
-    n_rec = len(exponents)
-    separation = positions[:, :, None, :] - positions[:, None, :, :]  # (F, n, n, 3): r_i - r_j
-    pair = mask[:, :, None] & mask[:, None, :]
-    eye = torch.eye(n, dtype=torch.bool, device=mask.device)[None]
-    off = pair & ~eye
-    squared = (separation * separation).sum(-1)
-    distance = torch.sqrt(torch.where(off, squared, torch.ones_like(squared)))  # safe at d = 0
-    exponent = torch.tensor(list(exponents), dtype=positions.dtype, device=positions.device).view(n_rec, 1, 1, 1)
-    t0, t1, t2 = (COULOMB_CONSTANT * t for t in erf_radial(distance.unsqueeze(0), exponent))  # (R, F, n, n)
-    zeros = [[COULOMB_CONSTANT * z for z in erf_radial_at_zero(float(a))] for a in exponents]
-    z0 = torch.tensor([z[0] for z in zeros], dtype=positions.dtype, device=positions.device).view(n_rec, 1, 1, 1)
-    z1 = torch.tensor([z[1] for z in zeros], dtype=positions.dtype, device=positions.device).view(n_rec, 1, 1, 1)
-    own = torch.tensor(list(include_self), dtype=torch.bool, device=mask.device).view(n_rec, 1, 1, 1)
-    keep_diag = (pair & eye).unsqueeze(0) & own
-    t0 = torch.where(off, t0, torch.where(keep_diag, z0.expand_as(t0), torch.zeros_like(t0)))
-    t1 = torch.where(off, t1, torch.where(keep_diag, z1.expand_as(t1), torch.zeros_like(t1)))
-    t2 = torch.where(off, t2, torch.zeros_like(t2))
-    # assembled from (R, F, n, n) pieces straight into the (R, F, n, 4, n, 4) layout by two stacks:
-    # no (R, F, n, n, 4, 4) broadcast products, whose backward (forces) and double backward (force
-    # training) reduce over the full block, and no permuted copy of it
-    t1_s = (t1.unsqueeze(-1) * separation).unbind(-1)  # 3 x (R, F, n, n)
+    index_i, index_j = pairs
+    n_rec, n4 = len(exponents), 4 * n_max
+    separation = positions.index_select(0, index_i) - positions.index_select(0, index_j)  # (P, 3): r_i - r_j
+    distance = torch.sqrt((separation * separation).sum(-1))
+    exponent = torch.tensor(list(exponents), dtype=positions.dtype, device=positions.device).view(n_rec, 1)
+    t0, t1, t2 = (COULOMB_CONSTANT * t for t in erf_radial(distance.unsqueeze(0), exponent))  # (R, P)
+    t1_s = (t1.unsqueeze(-1) * separation).unbind(-1)  # 3 x (R, P)
     t2_s = (t2.unsqueeze(-1) * separation).unbind(-1)
-    s = separation.unbind(-1)  # 3 x (F, n, n)
+    s = separation.unbind(-1)  # 3 x (P,)
     # G_a = T1 s_a q - sum_b H_ab d_b, H_ab = T2 s_a s_b + T1 delta_ab (symmetric: 6 products)
     hessian = {(a, b): -(t2_s[a] * s[b]) - t1 if a == b else -(t2_s[a] * s[b]) for a in range(3) for b in range(a, 3)}
     rows = [torch.stack([t0, -t1_s[0], -t1_s[1], -t1_s[2]], -1)]
     rows += [torch.stack([t1_s[a], *(hessian[min(a, b), max(a, b)] for b in range(3))], -1) for a in range(3)]
-    block = torch.stack(rows, 3)  # (R, F, n, 4, n, 4)
-    # one tensor per receiver: an SCF step reads the feature receivers only, and a slice of one
-    # joint tensor would cost a zero-filled gradient of the whole block per step in the backward
-    return [b.reshape(n_frames, 4 * n, 4 * n) for b in block.unbind(0)]
+    entries = torch.stack(rows, -2)  # (R, P, 4, 4): rows [V, G], columns [q, d]
+    slot_i, slot_j = slots.index_select(0, index_i), slots.index_select(0, index_j)
+    # flat index of (frame, 4 a + row, 4 b + column) in (n_frames, 4 n, 4 n) for slots f n + a, f n + b
+    component = (n4 * torch.arange(4, device=slots.device)[:, None] + torch.arange(4, device=slots.device)).view(1, 16)
+    upper = (4 * n4 * slot_i + 4 * (slot_j % n_max)).unsqueeze(1) + component
+    lower = (4 * n4 * slot_j + 4 * (slot_i % n_max)).unsqueeze(1) + component
+    values = [entries.flatten(1), entries.transpose(-1, -2).flatten(1)]
+    index = [upper.flatten(), lower.flatten()]
+    own = [r for r, keep in enumerate(include_self) if keep]
+    real = slots[slots >= 0]
+    if own:  # self-terms on the diagonal: diag(T0(0), -T1(0), -T1(0), -T1(0)), constants
+        zeros = [[COULOMB_CONSTANT * z for z in erf_radial_at_zero(float(a))] for a in exponents]
+        diagonal = torch.tensor([[z[0], -z[1], -z[1], -z[1]] if r in own else [0.0] * 4 for r, z in enumerate(zeros)],
+                                dtype=positions.dtype, device=positions.device)
+        values.append(diagonal.repeat(1, real.shape[0]))
+        index.append((4 * n4 * real + 4 * (real % n_max)).unsqueeze(1).expand(-1, 4).flatten()
+                     + (n4 + 1) * torch.arange(4, device=slots.device).repeat(real.shape[0]))
+    index, values = torch.cat(index), torch.cat(values, dim=1)
+    # one tensor per receiver, each its own scatter: an SCF step reads the feature receivers only,
+    # and the backward gathers each block's gradient without first stacking them into one
+    return [positions.new_zeros(n_frames * n4 * n4).index_copy_(0, index, v).view(n_frames, n4, n4) for v in values]
 
 
 class FieldOperator:
@@ -136,16 +144,11 @@ class FieldOperator:
                             torch.cat([j + self.ptr[f] for (_, j), f in zip(pairs, frames)]), None)
         # every frame dense and all of the same size: padded layout = batch layout (no copies)
         self.dense_identity = len(frames) == len(sizes) and all(sizes[f] == self.n_max for f in frames)
-        n_pad = len(frames) * self.n_max
-        positions = self.positions.detach()
-        padded = positions.new_zeros(n_pad, 3).index_copy(0, slot, positions.index_select(0, atoms))
-        mask = torch.zeros(n_pad, dtype=torch.bool, device=device)
-        mask[slot] = True
         self.exponents = [gaussian_kernel_exponent(self.sigma, r.width) for r in self.receivers]
-        if self.graph_blocks:
-            padded = self.positions.new_zeros(n_pad, 3).index_copy(0, slot, self.positions.index_select(0, atoms))
+        slots = torch.full((self.n_atoms,), -1, dtype=torch.long, device=device).index_copy(0, atoms, slot)
         with torch.set_grad_enabled(self.graph_blocks):  # else constants: position derivatives by _DenseFields
-            self.blocks = _dense_blocks(padded.view(len(frames), self.n_max, 3), mask.view(len(frames), self.n_max),
+            positions = self.positions if self.graph_blocks else self.positions.detach()
+            self.blocks = _dense_blocks(positions, self.dense_pairs[:2], slots, len(frames), self.n_max,
                                         self.exponents, [r.include_self for r in self.receivers])
 
     def state(self) -> List[torch.Tensor]:
@@ -200,10 +203,13 @@ class FieldOperator:
             x = cartesian.view(-1, rows, 1)
             return torch.stack([torch.bmm(b, x) for b in blocks[start:stop]]).view(n_rec, -1, 4)
         n_frames = len(self.dense_frames)
-        padded = cartesian.new_zeros(n_frames * self.n_max, 4).index_copy(
-            0, self.dense_slots, cartesian.index_select(0, self.dense_atoms)).view(n_frames, rows, 1)
-        applied = torch.stack([torch.bmm(b, padded) for b in blocks[start:stop]]).view(n_rec, -1, 4)
-        return cartesian.new_zeros(n_rec, self.n_atoms, 4).index_copy(1, self.dense_atoms, applied.index_select(1, self.dense_slots))
+        # every frame dense: the dense atoms are the batch's, in order (no gather in, no scatter out)
+        dense = cartesian if not self.free_frames else cartesian.index_select(0, self.dense_atoms)
+        padded = cartesian.new_zeros(n_frames * self.n_max, 4).index_copy(0, self.dense_slots, dense).view(n_frames, rows, 1)
+        applied = torch.stack([torch.bmm(b, padded) for b in blocks[start:stop]]).view(n_rec, -1, 4).index_select(1, self.dense_slots)
+        if not self.free_frames:
+            return applied
+        return cartesian.new_zeros(n_rec, self.n_atoms, 4).index_copy(1, self.dense_atoms, applied)
 
     def dense_pair_product(self, positions: torch.Tensor, cartesian: torch.Tensor, weights: torch.Tensor,
                            select: Tuple[int, int]) -> torch.Tensor:

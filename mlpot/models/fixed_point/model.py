@@ -27,7 +27,7 @@ from mlpot.data import keys as K
 from mlpot.electrostatics import CoulombOptions, FieldOperator, batch_method, external_field_features
 from mlpot.models.base import AtomisticModel
 from mlpot.models.fixed_point.backbone import Backbone
-from mlpot.models.fixed_point.channels import IrrepsProjection, features_to_channels
+from mlpot.models.fixed_point.channels import IrrepsProjection, features_to_channels, joint_projection
 from mlpot.models.fixed_point.message import edge_geometry
 from mlpot.models.fixed_point.modes import run_mode
 from mlpot.models.fixed_point.observables import build_observables
@@ -131,7 +131,9 @@ class FixedPointModel(AtomisticModel):
         local = self.backbone.local_outputs(batch)
         species, frames = batch[K.ATOM_TYPES], batch[K.BATCH]
         n_atoms = batch[K.N_ATOMS].to(local.atom_energy.dtype)
-        density0 = self.local_density(local.features, species)
+        # the mixer and the local density's projection: one product per block of the backbone features
+        hidden, projected = joint_projection(local.features, [self.mixer, self.local_density.project])
+        density0 = self.local_density.from_projection(projected, species)
         positions = batch[K.POSITIONS]
         if K.EXTERNAL_FIELD in batch:
             field = batch[K.EXTERNAL_FIELD].to(positions.dtype).index_select(0, frames)
@@ -143,7 +145,7 @@ class FixedPointModel(AtomisticModel):
         operator = FieldOperator(batch, batch_method(self.method, batch[K.PBC]), self.sigma, self.receivers(esps),
                                  self.coulomb_options, self.dense_max_atoms)
         edges = edge_geometry(batch, self.cutoff, dtype=positions.dtype) if self.many_body else None
-        return LocalState(local.atom_energy.to(positions.dtype), self.mixer(local.features), density0, external, species,
+        return LocalState(local.atom_energy.to(positions.dtype), hidden, density0, external, species,
                           frames, n_atoms, operator, edges, _reference(batch, density0), _fermi_reference(batch),
                           batch.get(K.TOTAL_CHARGE, n_atoms.new_zeros(n_atoms.shape)).to(positions.dtype))
 

@@ -90,6 +90,9 @@ class SCFProblem:
         if self.field_max_l == 0:
             self.scales = torch.cat([self.scales, torch.zeros_like(receiver[:, 1:])], dim=1)
         self.fermi_scales = self.scales[:, 0]
+        # dp = J f + b once per SCF when the update is one-body and affine in f (``affine_form``)
+        affine = getattr(update, "affine_form", None)
+        self.affine = affine(state.hidden, state.species) if affine is not None else None
 
     # ---- tensors of the pure residual --------------------------------------------------
     def tensors(self) -> List[torch.Tensor]:
@@ -128,6 +131,10 @@ class SCFProblem:
         """(G(p, mu) (n, (L+1)^2), features of p (n, n_widths, 4))."""
         hidden, density0, _, _, edges, params = self._unpack(tensors)
         features = self.features(density, fermi_atoms, tensors)
+        if tensors is None and self.affine is not None:
+            slopes, constant = self.affine
+            change = torch.baddbmm(constant.unsqueeze(-1), slopes, features.reshape(features.shape[0], -1, 1))
+            return density0 + change.squeeze(-1), features
         args = (features, hidden, self.state.species, edges)
         change = self.update(*args) if params is None else functional_call(self.update, params, args, strict=False)
         return density0 + change, features

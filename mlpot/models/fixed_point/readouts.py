@@ -63,11 +63,17 @@ class StrictQuadraticFieldEnergyReadout(torch.nn.Module):
         self.environment = torch.nn.Parameter(torch.randn(k, channels, dtype=dtype) / (k * channels) ** 0.5)
 
     def forward(self, hidden, density, density0, features, species, edges=None):
-        a = self.induced(pad_channels(density_to_channels(density - density0)))
-        b = self.field(0.01 * features)
-        c = torch.einsum("ni,nj,ijk->nk", a[:, :, 0], b[:, :, 0], self.coupling[0])
-        c = c + torch.einsum("nid,njd,ijk->nk", a[:, :, 1:], b[:, :, 1:], self.coupling[1])
-        return torch.einsum("nk,nm,km->n", c, hidden[:, :, 0], self.environment)
+        """e_n = sum_k c_nk sum_m W_km h_nm0 (class docstring). a has one input channel (the induced
+        density x = p - p0) and b is linear in f, both without bias, so c is a bilinear form of
+        the invariants z = [x_0 f_w0, x_1.f_w1] (n, 2 n_widths): c = z Q with Q (2 n_widths, K) =
+        0.01 W_v,l (sum_i W_q,l[i] W_l[i]), and e = <z R, h_0> with R = Q W (2 n_widths, C):
+        the K^3 coupling is contracted once per call instead of once per atom."""
+        x = pad_channels(density_to_channels(density - density0))[:, 0]  # (n, 4) [x0, x]
+        z = torch.cat([x[:, :1] * features[:, :, 0], (x[:, None, 1:] * features[:, :, 1:]).sum(-1)], dim=1)
+        induced, field = self.induced.weight[:, 0], self.field.weight  # (2, K), (2, n_widths, K)
+        pair = torch.einsum("li,lijk->ljk", induced, self.coupling)  # (2, K, K)
+        q = (0.01 * torch.bmm(field, pair)).flatten(0, 1)  # (2 n_widths, K)
+        return ((z @ (q @ self.environment)) * hidden[:, :, 0]).sum(-1)
 
 
 class OneBodyMLPFieldReadout(torch.nn.Module):
@@ -138,10 +144,12 @@ class LocalDensityReadout(torch.nn.Module):
         self.out = ChannelLinear(mlp_channels, 1, 1, bias=True, dtype=dtype, scale=0.1)
 
     def forward(self, features: torch.Tensor, species: torch.Tensor) -> torch.Tensor:
+        return self.from_projection(self.project(features), species)
+
+    def from_projection(self, h: torch.Tensor, species: torch.Tensor) -> torch.Tensor:
+        """p0 (n, (L+1)^2) from the projected features h = ``self.project(features)`` (n, C, D)."""
         if self.linear:
-            x = self.project(features) * gather_rows(self.density_scaling, species)[:, None, None]
-            return channels_to_density(x)
-        h = self.project(features)
+            return channels_to_density(h * gather_rows(self.density_scaling, species)[:, None, None])
         scalars = h[:, :, 0]
         gated = torch.cat([torch.nn.functional.silu(scalars).unsqueeze(-1),
                            h[:, :, 1:] * torch.sigmoid(self.gates(scalars)).unsqueeze(-1)], dim=-1)

@@ -24,7 +24,7 @@ import torch
 
 from mlpot.models.fixed_point.channels import ChannelLinear, channel_dot, channels_to_density
 from mlpot.models.fixed_point.message import EdgeGeometry, EquivariantConvolution
-from mlpot.nn import Registry
+from mlpot.nn import Registry, gather_rows
 
 __all__ = ["POTENTIAL_EMBEDDINGS", "NONLINEARITIES", "UPDATES", "OneBodyVariableUpdate", "ManyBodyUpdate"]
 
@@ -153,6 +153,30 @@ class OneBodyVariableUpdate(torch.nn.Module):
         convolution is linear): d dp / d f, hence the Fukui slope d dp_00 / d mu, does not depend on
         the density or mu, and a constant-charge SCF computes it once (``solver.py``)."""
         return bool(self.embedding.affine and self.nonlinearity.affine)
+
+    def affine_form(self, hidden: torch.Tensor, species: torch.Tensor):
+        """(J (n, (L+1)^2, n_widths 4), b (n, (L+1)^2)) with dp = J f + b, f the features flattened
+        per atom (n, n_widths 4), for a one-body update affine in f (``affine_in_features``); None
+        otherwise. With h' = h / hidden_norms, w the product weights and m0 = Lin(h') (0 unbiased):
+        s_c = w_0c h'_c0 (W_Z,0 f_0 + m0_0)_c + w_1c h'_c1.(W_Z,1 f_1 + m0_1)_c and dp_l = sum_c
+        W_out,l[c] h'_cl s_c, so J and b are per-atom products computed once per SCF: each step
+        then costs one batched matrix-vector product instead of the embedding's, the products' and
+        the output's operations (equal to :meth:`forward` up to rounding)."""
+        if self.many_body or not self.affine_in_features or hidden.shape[-1] != 4:
+            return None
+        hidden = self.normalised(hidden)
+        m0 = self.embedding.hidden(hidden) if self.embedding.hidden is not None else torch.zeros_like(hidden)
+        s0 = channel_dot(hidden, m0, self.product_weights)  # (n, C)
+        field = gather_rows(self.embedding.field.weight, species)  # (n, 2, n_widths, C)
+        out = gather_rows(self.out.weight, species)[..., 0]  # (n, 2, C)
+        weighted = hidden * torch.cat([self.product_weights[:1], self.product_weights[1:].expand(3, -1)]).T  # w_lc h'_cl
+        slopes = torch.cat([field[:, :1], field[:, 1:].expand(-1, 3, -1, -1)], dim=1) * weighted.transpose(1, 2)[:, :, None]
+        slopes = slopes.permute(0, 2, 1, 3).flatten(1, 2)  # ds_c / df_(w, component): (n, n_widths 4, C)
+        gain = hidden.transpose(1, 2) * torch.cat([out[:, :1], out[:, 1:].expand(-1, 3, -1)], dim=1)  # (n, 4, C)
+        rows = torch.cat([gain @ slopes.transpose(1, 2), (gain @ s0.unsqueeze(-1))], dim=-1)  # (n, 4, n_widths 4 + 1)
+        width = (self.density_max_l + 1) ** 2
+        stored = channels_to_density(rows.transpose(1, 2).reshape(-1, 1, 4)[..., :width]).view(rows.shape[0], -1, width)
+        return stored[:, :-1].transpose(1, 2), stored[:, -1]
 
     def normalised(self, hidden: torch.Tensor) -> torch.Tensor:
         """h / hidden_norms per l: (n, C, D) -> (n, C, D)."""
