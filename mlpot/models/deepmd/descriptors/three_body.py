@@ -22,8 +22,8 @@ import torch
 
 from mlpot.data.keys import ATOM_TYPES, EDGE_INDEX
 from mlpot.models.deepmd.descriptors.base import EnvMatrixDescriptor
-from mlpot.models.deepmd.descriptors.env import environment_matrix, select_neighbors
-from mlpot.nn import EmbeddingNet, gather_rows, is_tracing, smooth_switch
+from mlpot.models.deepmd.descriptors.env import environment_matrix, occupied_slots, select_neighbors
+from mlpot.nn import EmbeddingNet, gather_rows, smooth_switch
 
 __all__ = ["ThreeBodyBlock"]
 
@@ -74,9 +74,8 @@ class ThreeBodyBlock(EnvMatrixDescriptor):
             env = env * (~excluded).unsqueeze(-1).to(env.dtype)
             mask = mask & ~excluded
         n_atoms, n_slots = nlist.shape
-        if not is_tracing():  # the slots are filled nearest first: drop the columns empty for every atom
-            kept = int((nlist >= 0).sum(1).max()) if n_atoms else 0
-            env, mask, slot_edge, neighbor_types = (x[:, :kept] for x in (env, mask, slot_edge, neighbor_types))
+        kept = occupied_slots(nlist >= 0)  # filled nearest first: drop the columns empty for every atom
+        env, mask, slot_edge, neighbor_types = (x[:, :kept] for x in (env, mask, slot_edge, neighbor_types))
         angular = env[..., 1:]
         angle = torch.matmul(angular, angular.transpose(1, 2))  # (n, k, k), k <= s
         if self.tebd_input_mode == "concat":
