@@ -171,6 +171,13 @@ class DescriptorSeAtten(MixedTypesDescriptor):
         """G (n_atoms, sel, M1) from s~ and the type embeddings (tebd_input_mode)."""
         n_atoms, nsel, _ = env.shape
         if self.tebd_input_mode == "concat":
+            width = table.shape[-1]
+            blocks = self.embedding.split_input([1, width] + ([] if self.type_one_side else [width]))
+            if blocks is not None:  # type terms of the first layer per type, gathered per slot
+                z = env[..., :1] * blocks[0][0] + gather_rows(table @ blocks[1], neighbor_types)
+                if not self.type_one_side:
+                    z = z + gather_rows(table @ blocks[2], types).unsqueeze(1)
+                return self.embedding.forward_preactivated(z)
             parts = [env[..., :1], gather_rows(table, neighbor_types)]
             if not self.type_one_side:
                 parts.append(gather_rows(table, types).unsqueeze(1).expand(n_atoms, nsel, -1))

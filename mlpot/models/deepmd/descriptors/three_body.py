@@ -61,6 +61,22 @@ class ThreeBodyBlock(EnvMatrixDescriptor):
         env = environment_matrix(vectors, nlist, self.rcut, self.rcut_smth, env_protection=self.env_protection)
         return env, nlist
 
+    def _concat_embedding(self, angle, table, neighbor_types) -> torch.Tensor:
+        """G_ijk = N([e_ijk, tebd(t_j), tebd(t_k)]), (n, k, k, M), from angle (n, k, k) and
+        neighbor_types (n, k). The first layer's type terms are taken per type and gathered per slot
+        (``EmbeddingNet.split_input``), not formed per slot pair."""
+        width = table.shape[-1]
+        blocks = self.embedding.split_input([1, width, width])
+        if blocks is None:
+            tebd = gather_rows(table, neighbor_types)  # (n, k, tebd_dim)
+            shape = angle.shape + (width,)
+            return self.embedding(torch.cat([angle.unsqueeze(-1), tebd.unsqueeze(2).expand(shape),
+                                             tebd.unsqueeze(1).expand(shape)], dim=-1))
+        w_angle, w_j, w_k = blocks
+        type_j, type_k = (gather_rows(table @ w, neighbor_types) for w in (w_j, w_k))  # (n, k, neuron[0])
+        return self.embedding.forward_preactivated(angle.unsqueeze(-1) * w_angle[0] + type_j.unsqueeze(2)
+                                                   + type_k.unsqueeze(1))
+
     def forward(self, batch, vectors, table) -> torch.Tensor:
         env, nlist = self.raw_environment(batch, vectors)
         types = batch[ATOM_TYPES]
@@ -79,11 +95,7 @@ class ThreeBodyBlock(EnvMatrixDescriptor):
         angular = env[..., 1:]
         angle = torch.matmul(angular, angular.transpose(1, 2))  # (n, k, k), k <= s
         if self.tebd_input_mode == "concat":
-            tebd = gather_rows(table, neighbor_types)  # (n, s, tebd_dim)
-            width = tebd.shape[-1]
-            shape = angle.shape + (width,)
-            g = self.embedding(torch.cat([angle.unsqueeze(-1), tebd.unsqueeze(2).expand(shape),
-                                          tebd.unsqueeze(1).expand(shape)], dim=-1))
+            g = self._concat_embedding(angle, table, neighbor_types)
         else:
             g_radial = self.embedding(angle.unsqueeze(-1))
             n_rows = table.shape[0]
