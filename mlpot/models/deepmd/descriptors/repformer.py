@@ -263,9 +263,10 @@ class RepformerBlock(EnvMatrixDescriptor):
         env = environment_matrix(vectors, nlist, self.rcut, self.rcut_smth, env_protection=self.env_protection)
         return env, nlist
 
-    def _pairs(self, batch, vectors):
-        """(g2 input (n, s, 1), h2 (n, s, 3), mask, sw, neighbour atom per slot (0 on empty slots))."""
-        env, nlist = self.raw_environment(batch, vectors)
+    def _pairs(self, batch, vectors, raw=None):
+        """(g2 input (n, s, 1), h2 (n, s, 3), mask, sw, neighbour atom per slot (0 on empty slots));
+        ``raw``: the (env, nlist) of ``raw_environment`` when the caller has it already."""
+        env, nlist = raw if raw is not None else self.raw_environment(batch, vectors)
         types = batch[ATOM_TYPES]
         mask = nlist >= 0
         env = (env.to(self.davg.dtype) - self.davg[types].unsqueeze(1)) / self.dstd[types].unsqueeze(1)
@@ -286,8 +287,8 @@ class RepformerBlock(EnvMatrixDescriptor):
         slot_atom = torch.cat([batch[EDGE_INDEX][1], types.new_zeros(1)])[slot_edge]
         return g2_in, h2, mask, sw, slot_atom
 
-    def forward(self, batch, vectors, g1) -> Tuple[torch.Tensor, torch.Tensor]:
-        g2_in, h2, mask, sw, slot_atom = self._pairs(batch, vectors)
+    def forward(self, batch, vectors, g1, raw=None) -> Tuple[torch.Tensor, torch.Tensor]:
+        g2_in, h2, mask, sw, slot_atom = self._pairs(batch, vectors, raw)
         n_slots = mask.shape[1]
         if self.drops_empty_slots:  # trailing slots empty for every atom add nothing: drop them
             kept = occupied_slots(mask)

@@ -77,8 +77,9 @@ class ThreeBodyBlock(EnvMatrixDescriptor):
         return self.embedding.forward_preactivated(angle.unsqueeze(-1) * w_angle[0] + type_j.unsqueeze(2)
                                                    + type_k.unsqueeze(1))
 
-    def forward(self, batch, vectors, table) -> torch.Tensor:
-        env, nlist = self.raw_environment(batch, vectors)
+    def forward(self, batch, vectors, table, raw: Optional[Tuple[torch.Tensor, torch.Tensor]] = None) -> torch.Tensor:
+        """``raw``: this block's ``raw_environment`` when the caller has it already."""
+        env, nlist = raw if raw is not None else self.raw_environment(batch, vectors)
         types = batch[ATOM_TYPES]
         env = (env.to(self.davg.dtype) - self.davg[types].unsqueeze(1)) / self.dstd[types].unsqueeze(1)
         mask = nlist >= 0
