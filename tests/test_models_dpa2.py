@@ -94,6 +94,35 @@ def test_message_passing_reaches_beyond_the_cutoff_and_is_smooth_at_the_repforme
         assert bound(float(jump)), (descriptor["seed"], float(jump))
 
 
+@pytest.mark.parametrize("descriptor", [
+    dict(SMOOTH, repformer=dict(REPFORMER, update_g1_has_attn=False, update_g2_has_attn=False, update_h2=False)),
+    ROUGH], ids=["smooth_no_attention", "rough"])
+def test_dropping_the_empty_trailing_slots_keeps_the_numbers(descriptor, monkeypatch):
+    # repinit, three-body and repformer evaluate only the leading slots that some atom occupies;
+    # with every slot kept (occupied_slots -> nsel) energies, forces and virials agree to rounding
+    from mlpot.models.deepmd.descriptors import env, repformer, se_atten, three_body
+
+    batch = T.random_batch(2, [8, 7], seed=1)
+    model = dpa2_model(descriptor)
+    calls = []
+
+    def patch(keep_all):
+        def occupied(mask):
+            kept = mask.shape[1] if keep_all else env.occupied_slots(mask)
+            calls.append((kept, mask.shape[1]))
+            return kept
+        for module in (repformer, se_atten, three_body):
+            monkeypatch.setattr(module, "occupied_slots", occupied)
+
+    patch(keep_all=False)
+    dropped = compute_derivatives(model, batch, forces=True, virial=True)
+    assert any(kept < width for kept, width in calls)  # the batch has trailing empty slots
+    patch(keep_all=True)
+    full = compute_derivatives(model, batch, forces=True, virial=True)
+    for key in (K.ENERGY, K.FORCES, K.VIRIAL):
+        torch.testing.assert_close(dropped[key], full[key], rtol=1e-12, atol=1e-12)
+
+
 def test_isolated_atoms_have_finite_energies_and_zero_forces():
     model = dpa2_model(ROUGH)
     lonely = T.random_batch(1, 3, box=30.0, seed=1)

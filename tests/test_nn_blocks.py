@@ -18,6 +18,18 @@ def test_resnet_rule_identity_doubled_and_none(dtype):
     torch.testing.assert_close(other(x), torch.tanh(x @ other.weight + other.bias))
 
 
+def test_split_input_equals_the_net_on_the_concatenation():
+    # a type-embedding part enters the first layer per type and is gathered: same values as the net
+    # on [x, tebd(t)] (DPA-2's repinit and three-body concat embeddings)
+    net = EmbeddingNet(5, [3, 6, 12], resnet_dt=True, seed=1)
+    x, table = torch.randn(7, 1, dtype=torch.float64), torch.randn(3, 4, dtype=torch.float64)
+    types = torch.tensor([0, 2, 1, 1, 0, 2, 2])
+    w_x, w_t = net.split_input([1, 4])
+    split = net.forward_preactivated(x * w_x[0] + gather_rows(table @ w_t, types))
+    torch.testing.assert_close(split, net(torch.cat([x, table[types]], dim=-1)), rtol=1e-14, atol=1e-14)
+    assert EmbeddingNet(4, [4, 8]).split_input([1, 3]) is None  # a first layer with a skip: not split
+
+
 def test_timestep_scales_the_activation_before_the_skip():
     layer = MLPLayer(3, 3, "tanh", resnet=True, resnet_dt=True)
     x = torch.randn(2, 3, dtype=torch.float64)

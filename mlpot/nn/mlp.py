@@ -142,6 +142,28 @@ class MLP(torch.nn.Module):
                 y = layer(y)
         return y.to(x.dtype)  # a no-op in full precision
 
+    def split_input(self, widths: Sequence[int]) -> Optional[Tuple[torch.Tensor, ...]]:
+        """The first layer's weight rows cut into blocks of ``widths`` (summing to in_dim), for an input
+        that is a concatenation of parts: x W = sum_p x_p W_p, so a part with few distinct rows (a type
+        embedding gathered per slot) is multiplied once per distinct row and gathered, and the
+        concatenation is never formed (``forward_preactivated``). None when the first layer has a
+        skip or the net runs in reduced precision (then call the net on the concatenation)."""
+        first = self.layers[0]
+        if first.skip or self.compute_dtype is not None:
+            return None
+        return tuple(first.weight.split([int(w) for w in widths], dim=0))
+
+    def forward_preactivated(self, z: torch.Tensor) -> torch.Tensor:
+        """The net from z = x W of its first layer (bias not added; see ``split_input``): (..., neuron[0])
+        -> (..., out_dim). Same values as ``forward(x)``, to rounding."""
+        first = self.layers[0]
+        y = first.activation(z if first.bias is None else z + first.bias)
+        if first.idt is not None:
+            y = y * first.idt
+        for layer in self.layers[1:]:
+            y = layer(y)
+        return y
+
     @torch.no_grad()
     def value_and_slope(self, x: torch.Tensor, chunk: int = 1024,
                         out: Optional[Tuple[torch.Tensor, torch.Tensor]] = None) -> Tuple[torch.Tensor, torch.Tensor]:

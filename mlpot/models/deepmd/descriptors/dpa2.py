@@ -85,6 +85,10 @@ class DescriptorDPA2(Descriptor):
         self.tebd_transform = MLPLayer(tebd_dim, g1_dim, None, **net) if values["add_tebd_to_repinit_out"] else None
         self.repformers = RepformerBlock(n_types, rf, exclude_types=exclude, env_protection=protection, dtype=dtype,
                                          trainable=trainable, generator=generator, path=f"{path}/repformer")
+        # three-body and repformer with one cutoff, sel and no exclusions (input_torch_small) read one
+        # environment matrix
+        self.share_environment = self.three_body is not None and not self.repformers.has_excluded_pairs and all(
+            getattr(self.three_body, key) == getattr(self.repformers, key) for key in ("rcut", "rcut_smth", "sel"))
         self.rcut, self.rcut_smth, self.sel = self.repinit.rcut, self.repinit.rcut_smth, list(self.repinit.sel)
         self.concat_output_tebd = bool(values["concat_output_tebd"])
         self.dim_out = g1_dim + (tebd_dim if self.concat_output_tebd else 0)
@@ -113,14 +117,16 @@ class DescriptorDPA2(Descriptor):
         table = self.type_embedding.table()
         env, mask, sw, neighbor_types = self.repinit.mixed_environment(batch, vectors)
         g1, _ = self.repinit._atom_rows(env, mask, sw, neighbor_types, types, table)
+        raw = None
         if self.three_body is not None:
-            g1 = torch.cat([g1, self.three_body(batch, vectors, table)], dim=-1)
+            raw = self.three_body.raw_environment(batch, vectors)
+            g1 = torch.cat([g1, self.three_body(batch, vectors, table, raw)], dim=-1)
         if self.g1_shape_transform is not None:
             g1 = self.g1_shape_transform(g1)
         tebd = gather_rows(table, types)
         if self.tebd_transform is not None:
             g1 = g1 + self.tebd_transform(tebd)
-        g1, rot = self.repformers(batch, vectors, g1)
+        g1, rot = self.repformers(batch, vectors, g1, raw if self.share_environment else None)
         if self.concat_output_tebd:
             g1 = torch.cat([g1, tebd], dim=-1)
         return g1, rot

@@ -22,7 +22,7 @@ from mlpot.data.neighbors import build_sel_matrix
 from mlpot.errors import DataError
 from mlpot.nn import is_tracing, smooth_switch
 
-__all__ = ["select_neighbors", "environment_matrix", "EnvStatistics", "atom_mask"]
+__all__ = ["select_neighbors", "environment_matrix", "EnvStatistics", "atom_mask", "occupied_slots"]
 
 
 def select_neighbors(
@@ -64,6 +64,17 @@ def select_neighbors(
                 stacklevel=3,
             )
     return nlist
+
+
+def occupied_slots(mask: torch.Tensor) -> int:
+    """Number of leading slots of ``mask`` (n_atoms, n_slots) bool (True = occupied) that hold every
+    occupied slot, at least 1: the trailing columns, empty for every atom, can be dropped wherever an
+    empty slot adds nothing. All n_slots while tracing (no size from the data) or without atoms."""
+    n_slots = mask.shape[1]
+    if is_tracing() or mask.shape[0] == 0 or n_slots == 0:
+        return n_slots
+    position = torch.arange(1, n_slots + 1, device=mask.device)
+    return max(int((mask.any(0) * position).max()), 1)
 
 
 def atom_mask(aparam) -> torch.Tensor:

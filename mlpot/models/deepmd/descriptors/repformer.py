@@ -23,20 +23,21 @@ N(0, update_residual) or constant). The output: g1 of the last layer, and the ro
 (H computed from the last g2, h2)^T, (n, g2_dim, 3).
 
 Empty and excluded slots (``exclude_types``) carry no weight anywhere; with ``smooth`` their number
-still enters the softmax denominators (the logit -20 of every empty slot), so the stack keeps all
-nsel slots.
+still enters the softmax denominators (the logit -20 of every empty slot), so a stack with attention
+layers keeps all nsel slots; the others drop the trailing slots empty for every atom (the averages
+still divide by nsel).
 """
 
 from __future__ import annotations
 
-from typing import List, Optional, Tuple
+from typing import List, NamedTuple, Optional, Tuple
 
 import torch
 
 from mlpot.data.keys import ATOM_TYPES, EDGE_INDEX
 from mlpot.errors import ConfigError
 from mlpot.models.deepmd.descriptors.base import EnvMatrixDescriptor
-from mlpot.models.deepmd.descriptors.env import environment_matrix, select_neighbors
+from mlpot.models.deepmd.descriptors.env import environment_matrix, occupied_slots, select_neighbors
 from mlpot.models.deepmd.descriptors.repformer_attention import (NeighborToAtomAttention, PairAttentionMap,
                                                                  PairAttentionValues, PairAttentionVectors)
 from mlpot.nn import MLPLayer, gather_rows, get_activation, smooth_switch
@@ -60,22 +61,38 @@ class LayerNorm(torch.nn.Module):
         return torch.nn.functional.layer_norm(x, x.shape[-1:], self.weight, self.bias, self.eps)
 
 
-def pair_moment(x, h2, mask, sw, smooth: bool, sqrt_nnei: bool) -> torch.Tensor:
-    """H = h2^T X, averaged over the slots (module docstring): x (n, s, d), h2 (n, s, 3) -> (n, 3, d)."""
-    n_slots = x.shape[1]
-    x = x * mask.unsqueeze(-1).to(x.dtype)
+class Slots(NamedTuple):
+    """Per-slot tensors shared by the layers, each (n, s): ``mask`` (occupied), ``sw`` (switch, 0 on
+    empty slots), and the slot weights of the two averages (0 on empty slots): ``moment`` of H
+    (sw / sqrt(nsel) or sw / nsel when smooth, else 1 / (1e-4 + sqrt(n_i)) or 1 / (1e-4 + n_i)) and
+    ``mean`` of the convolution (sw / nsel when smooth, else 1 / (1e-4 + n_i)). nsel counts every slot
+    of the neighbour list, also trailing empty ones the block dropped."""
+
+    mask: torch.Tensor
+    sw: torch.Tensor
+    moment: torch.Tensor
+    mean: torch.Tensor
+
+
+def slot_weights(mask, sw, n_slots: int, smooth: bool, sqrt_nnei: bool) -> Slots:
+    """The :class:`Slots` of mask (n, s) bool and sw (n, s), for a list of ``n_slots`` (nsel) slots."""
     if smooth:
-        x = x * sw.unsqueeze(-1)
-        scale = n_slots ** -0.5 if sqrt_nnei else 1.0 / n_slots
-        return torch.matmul(h2.transpose(1, 2), x) * scale
-    count = mask.sum(-1).to(x.dtype)
-    scale = 1.0 / (_EPSILON + (torch.sqrt(count) if sqrt_nnei else count))
-    return torch.matmul(h2.transpose(1, 2), x) * scale[:, None, None]
+        return Slots(mask, sw, sw * (n_slots ** -0.5 if sqrt_nnei else 1.0 / n_slots), sw * (1.0 / n_slots))
+    keep = mask.to(sw.dtype)
+    count = keep.sum(-1, keepdim=True)
+    mean = keep * (1.0 / (_EPSILON + count))
+    return Slots(mask, sw, keep * (1.0 / (_EPSILON + torch.sqrt(count))) if sqrt_nnei else mean, mean)
 
 
-def symmetrize(x, h2, mask, sw, axis: int, smooth: bool, sqrt_nnei: bool) -> torch.Tensor:
+def pair_moment(x, h2, weight) -> torch.Tensor:
+    """H = h2^T X, averaged over the slots (module docstring): x (n, s, d), h2 (n, s, 3), weight
+    (n, s) the ``moment`` slot weights -> (n, 3, d). The weights go on the small h2 (no pass over x)."""
+    return torch.matmul((h2 * weight.unsqueeze(-1)).transpose(1, 2), x)
+
+
+def symmetrize(x, h2, weight, axis: int) -> torch.Tensor:
     """grrg / drrd: H[:, :, :axis]^T H / 3 flattened, (n, axis * d)."""
-    moment = pair_moment(x, h2, mask, sw, smooth, sqrt_nnei)
+    moment = pair_moment(x, h2, weight)
     return (torch.matmul(moment[..., :axis].transpose(1, 2), moment) / 3.0).reshape(x.shape[0], -1)
 
 
@@ -157,18 +174,16 @@ class RepformerLayer(torch.nn.Module):
             out = out + weight * term
         return out
 
-    def _conv(self, gg1, g2, mask, sw):
-        """sum_j g2_ij ⊙ W gg1_ij (or W g2_ij ⊙ gg1_ij), averaged: (n, g2_dim or g1_dim)."""
-        neighbors = gg1 if self.out_conv else self.proj_g1g2(gg1)
-        neighbors = neighbors * mask.unsqueeze(-1).to(neighbors.dtype)
-        if self.smooth:
-            neighbors, scale = neighbors * sw.unsqueeze(-1), torch.full_like(sw[:, :1], 1.0 / sw.shape[1])
-        else:
-            scale = 1.0 / (_EPSILON + mask.sum(-1, keepdim=True).to(neighbors.dtype))
-        pair = self.proj_g1g2(g2) if self.out_conv else g2
-        return (pair * neighbors).sum(1) * scale
+    def _conv(self, gg1, g2, weight):
+        """sum_j g2_ij ⊙ W gg1_ij (or W g2_ij ⊙ gg1_ij), averaged with the ``mean`` slot weights
+        (n, s): (n, g2_dim or g1_dim). W has no bias, so the weights go on g2 (the narrower side)."""
+        pair = g2 * weight.unsqueeze(-1)
+        if self.out_conv:
+            return (self.proj_g1g2(pair) * gg1).sum(1)
+        return (pair * self.proj_g1g2(gg1)).sum(1)
 
-    def forward(self, g1, gg1, g2, h2, mask, sw) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def forward(self, g1, gg1, g2, h2, slots: Slots) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        mask, sw = slots.mask, slots.sw
         g1_terms, concat = [g1], ([] if self.out_mlp else [g1])
         if self.out_mlp:
             g1_terms.append(self.act(self.g1_self_mlp(g1)))
@@ -176,8 +191,8 @@ class RepformerLayer(torch.nn.Module):
         if self.update_pair:
             g2_terms.append(self.act(self.linear2(g2)))
             if self.has_g1g1:
-                pair = g1.unsqueeze(1) * gg1 * mask.unsqueeze(-1).to(g1.dtype)
-                g2_terms.append(self.proj_g1g1g2(pair * sw.unsqueeze(-1) if self.smooth else pair))
+                weight = sw if self.smooth else mask.to(g1.dtype)  # sw is 0 on empty slots
+                g2_terms.append(self.proj_g1g1g2(g1.unsqueeze(1) * (gg1 * weight.unsqueeze(-1))))
             if self.attn2g_map is not None:
                 weights = self.attn2g_map(g2, h2, mask, sw)
                 if self.has_g2_attn:
@@ -185,11 +200,11 @@ class RepformerLayer(torch.nn.Module):
                 if self.has_h2:
                     h2_terms.append(self.attn2_ev_apply(weights, h2))
         if self.has_conv:
-            (g1_terms if self.out_conv else concat).append(self._conv(gg1, g2, mask, sw))
+            (g1_terms if self.out_conv else concat).append(self._conv(gg1, g2, slots.mean))
         if self.has_grrg:
-            concat.append(symmetrize(g2, h2, mask, sw, self.axis, self.smooth, self.sqrt_nnei))
+            concat.append(symmetrize(g2, h2, slots.moment, self.axis))
         if self.has_drrd:
-            concat.append(symmetrize(gg1, h2, mask, sw, self.axis, self.smooth, self.sqrt_nnei))
+            concat.append(symmetrize(gg1, h2, slots.moment, self.axis))
         g1_terms.append(self.act(self.linear1(torch.cat(concat, dim=-1))))
         if self.has_attn:
             g1_terms.append(self.loc_attn(g1, gg1, mask, sw))
@@ -233,6 +248,9 @@ class RepformerBlock(EnvMatrixDescriptor):
             RepformerLayer(self.g1_dim, self.g2_dim, axis_neuron=o["axis_neuron"], update_pair=index < n_layers - 1,
                            options=o, dtype=dtype, trainable=trainable, generator=generator)
             for index in range(n_layers))
+        # with smooth, the empty slots enter the softmax denominators of the attention layers (logit -20)
+        self.drops_empty_slots = not (self.smooth and any(layer.attn2g_map is not None or layer.has_attn
+                                                          for layer in self.layers))
 
     def raw_environment(self, batch, vectors) -> Tuple[torch.Tensor, torch.Tensor]:
         """(raw env matrix (n_atoms, nsel, 4), nlist (n_atoms, nsel)); excluded pairs are empty slots."""
@@ -245,9 +263,10 @@ class RepformerBlock(EnvMatrixDescriptor):
         env = environment_matrix(vectors, nlist, self.rcut, self.rcut_smth, env_protection=self.env_protection)
         return env, nlist
 
-    def _pairs(self, batch, vectors):
-        """(g2 input (n, s, 1), h2 (n, s, 3), mask, sw, neighbour atom per slot (0 on empty slots))."""
-        env, nlist = self.raw_environment(batch, vectors)
+    def _pairs(self, batch, vectors, raw=None):
+        """(g2 input (n, s, 1), h2 (n, s, 3), mask, sw, neighbour atom per slot (0 on empty slots));
+        ``raw``: the (env, nlist) of ``raw_environment`` when the caller has it already."""
+        env, nlist = raw if raw is not None else self.raw_environment(batch, vectors)
         types = batch[ATOM_TYPES]
         mask = nlist >= 0
         env = (env.to(self.davg.dtype) - self.davg[types].unsqueeze(1)) / self.dstd[types].unsqueeze(1)
@@ -268,12 +287,17 @@ class RepformerBlock(EnvMatrixDescriptor):
         slot_atom = torch.cat([batch[EDGE_INDEX][1], types.new_zeros(1)])[slot_edge]
         return g2_in, h2, mask, sw, slot_atom
 
-    def forward(self, batch, vectors, g1) -> Tuple[torch.Tensor, torch.Tensor]:
-        g2_in, h2, mask, sw, slot_atom = self._pairs(batch, vectors)
+    def forward(self, batch, vectors, g1, raw=None) -> Tuple[torch.Tensor, torch.Tensor]:
+        g2_in, h2, mask, sw, slot_atom = self._pairs(batch, vectors, raw)
+        n_slots = mask.shape[1]
+        if self.drops_empty_slots:  # trailing slots empty for every atom add nothing: drop them
+            kept = occupied_slots(mask)
+            g2_in, h2, mask, sw, slot_atom = (x[:, :kept] for x in (g2_in, h2, mask, sw, slot_atom))
+        slots = slot_weights(mask, sw, n_slots, self.smooth, self.sqrt_nnei)
         g1 = self.act(g1)
         g2 = self.act(self.g2_embd(g2_in))
         for layer in self.layers:
             gg1 = gather_rows(g1, slot_atom) if layer.needs_neighbors else None
-            g1, g2, h2 = layer(g1, gg1, g2, h2, mask, sw)
-        rot = pair_moment(g2, h2, mask, sw, self.smooth, self.sqrt_nnei).transpose(1, 2)
+            g1, g2, h2 = layer(g1, gg1, g2, h2, slots)
+        rot = pair_moment(g2, h2, slots.moment).transpose(1, 2)
         return g1, rot

@@ -43,6 +43,7 @@ from mlpot.errors import ConfigError
 from mlpot.models.deepmd.keys import SE_ATTEN, SE_ATTEN_V2
 from mlpot.models.sections import read_section
 from mlpot.models.deepmd.descriptors.base import DESCRIPTORS, MixedTypesDescriptor
+from mlpot.models.deepmd.descriptors.env import occupied_slots
 from mlpot.models.deepmd.type_embedding import TypeEmbedding
 from mlpot.nn import EmbeddingNet, MLPLayer, gather_rows, map_row_chunks
 
@@ -178,6 +179,13 @@ class DescriptorSeAtten(MixedTypesDescriptor):
         """G (n_atoms, sel, M1) from s~ and the type embeddings (tebd_input_mode)."""
         n_atoms, nsel, _ = env.shape
         if self.tebd_input_mode == "concat":
+            width = table.shape[-1]
+            blocks = self.embedding.split_input([1, width] + ([] if self.type_one_side else [width]))
+            if blocks is not None:  # type terms of the first layer per type, gathered per slot
+                z = env[..., :1] * blocks[0][0] + gather_rows(table @ blocks[1], neighbor_types)
+                if not self.type_one_side:
+                    z = z + gather_rows(table @ blocks[2], types).unsqueeze(1)
+                return self.embedding.forward_preactivated(z)
             parts = [env[..., :1], gather_rows(table, neighbor_types)]
             if not self.type_one_side:
                 parts.append(gather_rows(table, types).unsqueeze(1).expand(n_atoms, nsel, -1))
@@ -225,7 +233,14 @@ class DescriptorSeAtten(MixedTypesDescriptor):
         return out[:, 0] + (out[:, 1:] * per_class.unsqueeze(2)).sum(1)
 
     def _atom_rows(self, env, mask, sw, neighbor_types, types, table) -> Tuple[torch.Tensor, torch.Tensor]:
-        """(D without tebd (n, M1*M2), A = R~^T G / N_c (n, 4, M1)) of n centre atoms; rows independent."""
+        """(D without tebd (n, M1*M2), A = R~^T G / N_c (n, 4, M1)) of n centre atoms; rows independent.
+
+        Without attention layers a slot with a zero env row adds nothing to R~^T G: the trailing slots
+        empty for every atom are dropped when their rows are zero (davg 0 or excluded; N_c stays sel)."""
+        if not self.attention:
+            kept = occupied_slots(mask)
+            if kept < mask.shape[1] and bool((env[:, kept:] == 0).all()):
+                env, mask, sw, neighbor_types = (x[:, :kept] for x in (env, mask, sw, neighbor_types))
         if self.compressed:  # strip, no attention layer: the table fused with R~^T G
             a_matrix = self._tabulated_contraction(env, sw, neighbor_types, types) / self.sel[0]
         else:

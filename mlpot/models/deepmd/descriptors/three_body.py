@@ -22,8 +22,8 @@ import torch
 
 from mlpot.data.keys import ATOM_TYPES, EDGE_INDEX
 from mlpot.models.deepmd.descriptors.base import EnvMatrixDescriptor
-from mlpot.models.deepmd.descriptors.env import environment_matrix, select_neighbors
-from mlpot.nn import EmbeddingNet, gather_rows, is_tracing, smooth_switch
+from mlpot.models.deepmd.descriptors.env import environment_matrix, occupied_slots, select_neighbors
+from mlpot.nn import EmbeddingNet, gather_rows, smooth_switch
 
 __all__ = ["ThreeBodyBlock"]
 
@@ -61,8 +61,25 @@ class ThreeBodyBlock(EnvMatrixDescriptor):
         env = environment_matrix(vectors, nlist, self.rcut, self.rcut_smth, env_protection=self.env_protection)
         return env, nlist
 
-    def forward(self, batch, vectors, table) -> torch.Tensor:
-        env, nlist = self.raw_environment(batch, vectors)
+    def _concat_embedding(self, angle, table, neighbor_types) -> torch.Tensor:
+        """G_ijk = N([e_ijk, tebd(t_j), tebd(t_k)]), (n, k, k, M), from angle (n, k, k) and
+        neighbor_types (n, k). The first layer's type terms are taken per type and gathered per slot
+        (``EmbeddingNet.split_input``), not formed per slot pair."""
+        width = table.shape[-1]
+        blocks = self.embedding.split_input([1, width, width])
+        if blocks is None:
+            tebd = gather_rows(table, neighbor_types)  # (n, k, tebd_dim)
+            shape = angle.shape + (width,)
+            return self.embedding(torch.cat([angle.unsqueeze(-1), tebd.unsqueeze(2).expand(shape),
+                                             tebd.unsqueeze(1).expand(shape)], dim=-1))
+        w_angle, w_j, w_k = blocks
+        type_j, type_k = (gather_rows(table @ w, neighbor_types) for w in (w_j, w_k))  # (n, k, neuron[0])
+        return self.embedding.forward_preactivated(angle.unsqueeze(-1) * w_angle[0] + type_j.unsqueeze(2)
+                                                   + type_k.unsqueeze(1))
+
+    def forward(self, batch, vectors, table, raw: Optional[Tuple[torch.Tensor, torch.Tensor]] = None) -> torch.Tensor:
+        """``raw``: this block's ``raw_environment`` when the caller has it already."""
+        env, nlist = raw if raw is not None else self.raw_environment(batch, vectors)
         types = batch[ATOM_TYPES]
         env = (env.to(self.davg.dtype) - self.davg[types].unsqueeze(1)) / self.dstd[types].unsqueeze(1)
         mask = nlist >= 0
@@ -74,17 +91,12 @@ class ThreeBodyBlock(EnvMatrixDescriptor):
             env = env * (~excluded).unsqueeze(-1).to(env.dtype)
             mask = mask & ~excluded
         n_atoms, n_slots = nlist.shape
-        if not is_tracing():  # the slots are filled nearest first: drop the columns empty for every atom
-            kept = int((nlist >= 0).sum(1).max()) if n_atoms else 0
-            env, mask, slot_edge, neighbor_types = (x[:, :kept] for x in (env, mask, slot_edge, neighbor_types))
+        kept = occupied_slots(nlist >= 0)  # filled nearest first: drop the columns empty for every atom
+        env, mask, slot_edge, neighbor_types = (x[:, :kept] for x in (env, mask, slot_edge, neighbor_types))
         angular = env[..., 1:]
         angle = torch.matmul(angular, angular.transpose(1, 2))  # (n, k, k), k <= s
         if self.tebd_input_mode == "concat":
-            tebd = gather_rows(table, neighbor_types)  # (n, s, tebd_dim)
-            width = tebd.shape[-1]
-            shape = angle.shape + (width,)
-            g = self.embedding(torch.cat([angle.unsqueeze(-1), tebd.unsqueeze(2).expand(shape),
-                                          tebd.unsqueeze(1).expand(shape)], dim=-1))
+            g = self._concat_embedding(angle, table, neighbor_types)
         else:
             g_radial = self.embedding(angle.unsqueeze(-1))
             n_rows = table.shape[0]
