@@ -217,8 +217,8 @@ def test_use_default_pf_weighs_atoms_one_without_atom_pref(water_input):
     ({"f_use_norm": True}, "f_use_norm", "needs loss_func 'mae' or use_huber"),
     ({"loss_func": "l1"}, "loss_func", "expected 'mse' or 'mae'"),
     ({"use_huber": True, "loss_func": "mae"}, "use_huber", "needs loss_func 'mse'"),
-    ({"use_huber": True, "relative_f": 0.1}, "use_huber", "pf or gf terms or relative_f"),
-    ({"use_huber": True, "start_pref_pf": 1.0, "limit_pref_pf": 1.0}, "use_huber", "pf or gf terms"),
+    ({"use_huber": True, "relative_f": 0.1}, "use_huber", "pf, gf or h terms or relative_f"),
+    ({"use_huber": True, "start_pref_pf": 1.0, "limit_pref_pf": 1.0}, "use_huber", "pf, gf or h terms"),
     ({"use_huber": True, "huber_delta": [0.1, 0.2]}, "huber_delta", "list \\[energy, force, virial\\]"),
 ])
 def test_invalid_loss_option_combinations_name_the_key(water_input, options, key, message):

@@ -15,8 +15,8 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -169,8 +169,11 @@ def test_hessian_file_of_wrong_width_names_file(tmp_path):
 @pytest.fixture(scope="module")
 def xtb_data(tmp_path_factory):
     pytest.importorskip("tblite")
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples" / "hessian"))
-    import make_dataset
+    # by file path: examples/charge_transfer has a make_dataset module too (sys.modules would mix them)
+    spec = importlib.util.spec_from_file_location(
+        "hessian_make_dataset", Path(__file__).resolve().parents[1] / "examples" / "hessian" / "make_dataset.py")
+    make_dataset = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(make_dataset)
 
     out = tmp_path_factory.mktemp("hessian_data")
     report = make_dataset.write_dataset(out, ("H2O",), n_frames=6, seed=0)

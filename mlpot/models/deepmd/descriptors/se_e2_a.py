@@ -164,7 +164,8 @@ class DescriptorSeA(EnvMatrixDescriptor):
         if weights is None:
             weights = env
             pad_weight = -self.davg[types, : env.shape[-1]] / self.dstd[types, : env.shape[-1]]
-        if pair_key is not None and tebd is None and self._first_derivatives_only():
+        # (the row path needs at least one occupied column: its placeholder row reads slot 0)
+        if pair_key is not None and tebd is None and env.shape[1] > 0 and self._first_derivatives_only():
             return self._row_contraction(env, weights, pad_weight, nlist, types, pair_key, bounds)
         if self.tables is not None:
             return self._tabulated_contraction(env, weights, pad_weight, types, bounds)
