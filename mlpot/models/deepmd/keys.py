@@ -10,16 +10,15 @@ their neutral value (DeePMD's default, which requests nothing).
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 import torch
-from pydantic import Field
 
 from mlpot.data.statistics import auto_sel
 from mlpot.errors import ConfigError, suggest
 from mlpot.models.compose import FROZEN_KEYS, LINEAR_KEYS
 from mlpot.models.deepmd.keys_dpa2 import DPA2, read_dpa2_section
-from mlpot.models.deepmd.keys_fitting import FITTING_KEYS, UNBUILT_FITTINGS
+from mlpot.models.deepmd.keys_fitting import FITTING_KEYS, UNBUILT_FITTINGS, Neurons, Number
 from mlpot.models.pair import PAIRTAB_KEYS
 from mlpot.models.sections import REQUIRED, Key, ignored, key, read_section, unsupported
 
@@ -28,8 +27,6 @@ __all__ = ["DESCRIPTOR_KEYS", "DESCRIPTOR_ALIASES", "FITTING_KEYS", "STANDARD_KE
            "UNBUILT_DESCRIPTORS", "UNBUILT_FITTINGS", "UNBUILT_MODELS", "resolve_precision", "resolve_sel",
            "check_model_section", "MODIFIER_KEYS", "UNBUILT_MODIFIERS", "read_modifier_section"]
 
-Number = float
-Neurons = List[Annotated[int, Field(ge=1)]]  # layer widths
 
 # ---- descriptors (model/descriptor) -----------------------------------------------------------------
 _SMOOTH_ENV: Dict[str, Key] = {

@@ -13,7 +13,7 @@ from pydantic import Field
 
 from mlpot.models.sections import Key, ignored, key, unsupported
 
-__all__ = ["FIT_ENER", "FIT_DIPOLE", "FIT_POLAR", "FIT_DOS", "FITTING_KEYS", "UNBUILT_FITTINGS"]
+__all__ = ["FIT_ENER", "FIT_DIPOLE", "FIT_POLAR", "FIT_DOS", "FITTING_KEYS", "UNBUILT_FITTINGS", "Number", "Neurons"]
 
 Number = float
 Neurons = List[Annotated[int, Field(ge=1)]]  # layer widths
