@@ -6,7 +6,9 @@ A frozen file (``torch.save`` of a plain dict, no pickled classes) holds:
 * ``model_config``: the model section (``build_model(model_config)`` rebuilds the architecture);
 * ``state_dict``: weights and data-derived buffers (davg/dstd, output bias), tensors only;
 * ``dtype``: the precision the model was trained in; ``metadata``: type_map, cutoff (Å),
-  number of parameters, the mlpot version, the source checkpoint and its step, the time of freezing.
+  number of parameters, the mlpot version, the source checkpoint and its step, the time of freezing;
+* ``training_record``: the model's training record (``mlpot.models.record``: min_nbor_dist Å,
+  hessian_mode), as in the checkpoint it was frozen from; absent in older files.
 
 ``load_model(path)`` accepts a frozen file, a training checkpoint, mace-torch's ``.model`` file and
 mace_run_train checkpoint, DeePMD-kit's PyTorch checkpoints (``model.ckpt-*.pt``) and frozen
@@ -35,6 +37,7 @@ import torch
 from mlpot.errors import CheckpointError
 from mlpot.models.compose import FROZEN_FORMAT
 from mlpot.models.equivariant.mace import is_mace_checkpoint, is_mace_model_file, load_mace_checkpoint, load_mace_model_file
+from mlpot.models.record import apply_training_record, training_record
 from mlpot.training.checkpoint import CHECKPOINT_FORMAT, check_finite_model
 
 __all__ = ["FROZEN_FORMAT", "freeze", "load_model", "read_model_file", "save_frozen", "write_frozen", "apply_modifiers",
@@ -167,7 +170,19 @@ def _deepmd_model(path: Path, payload: Optional[Dict[str, Any]]):
     model = build_model(section, dtype=_DTYPES[dtype])
     to_state = deepmd_tf_state_dict if parts.kind == "tf_graph" else deepmd_state_dict
     model.load_state_dict(to_state(model, parts.tensors, str(path)))
-    return model
+    return apply_training_record(model, deepmd_training_record(parts), str(path))
+
+
+def deepmd_training_record(parts) -> Dict[str, Any]:
+    """The training record of a DeePMD-kit file: its ``min_nbor_dist`` (PyTorch buffer, -1 when not
+    measured; TF ``train_attr/min_nbor_dist``) and its model section's ``hessian_mode``."""
+    value = parts.tensors.get("train_attr/min_nbor_dist" if parts.kind == "tf_graph" else "min_nbor_dist")
+    values = torch.as_tensor(value, dtype=torch.float64).reshape(-1) if isinstance(value, (torch.Tensor, float)) \
+        or hasattr(value, "dtype") else torch.empty(0)
+    record: Dict[str, Any] = {"hessian_mode": bool(parts.model_params.get("hessian_mode", False))}
+    if values.numel() == 1 and float(values[0]) > 0:
+        record["min_nbor_dist"] = float(values[0])
+    return record
 
 
 def load_model(path: PathLike, device: Union[str, torch.device] = "cpu", head: Optional[str] = None,
@@ -202,6 +217,7 @@ def load_model(path: PathLike, device: Union[str, torch.device] = "cpu", head: O
                 f"weights do not fit the model config (missing: {missing[:5]}, unexpected: {unexpected[:5]})",
                 file=str(path),
             )
+        apply_training_record(model, payload.get("training_record"), str(path))
     check_finite_model({"state_dict": model.state_dict()}, path, "not loaded")
     if head is not None:
         model = select_head(model, head, str(path))
@@ -279,6 +295,7 @@ def write_frozen(model, output: PathLike, dtype: str, metadata: Dict[str, Any]) 
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         "dtype": dtype,
         "metadata": metadata,
+        "training_record": training_record(model),
     }
     save_frozen(frozen, output)
     return metadata

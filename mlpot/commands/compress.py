@@ -5,9 +5,10 @@ se_atten_v2 with attn_layer 0 in strip mode; hybrids of them) as piecewise quint
 (``mlpot.models.deepmd.compression``) and writes a frozen model that loads wherever a frozen model
 does. MODEL defaults to ``frozen_model.pth`` (DeePMD-kit PT's name), else ``frozen_model.pt``
 (``mlpot freeze``'s). The table range needs the smallest neighbour distance of the training data
-(min_nbor_dist): as ``dp compress``, the value a DeePMD-kit file stores, else the one computed from
-the training systems of ``-t`` (a DeePMD-kit input.json or native YAML); ``--min-nbor-dist`` (Å)
-gives it directly.
+(min_nbor_dist): ``--min-nbor-dist`` (Å) gives it; else, as ``dp compress``, the value the model
+file stores (its training record: mlpot's files of a training that ran its neighbour statistics, i.e.
+without ``--skip-neighbor-stat``, and DeePMD-kit's files); else the one computed from the training
+systems of ``-t`` (a DeePMD-kit input.json or native YAML).
 """
 
 from __future__ import annotations
@@ -67,31 +68,14 @@ def training_min_nbor_dist(script: Path, rcut: float, type_map) -> float:
     return float(distance)
 
 
-def stored_min_nbor_dist(path: Path):
-    """The ``min_nbor_dist`` (Å) a DeePMD-kit frozen model (.pth, TF .pb) or checkpoint stores (what
-    ``dp compress`` reads first), or None for other files (mlpot's files do not store it)."""
-    from mlpot.calculators.export import read_model_file
-    from mlpot.errors import CheckpointError
-    from mlpot.models.deepmd.peer_files import (deepmd_checkpoint, is_deepmd_checkpoint, is_deepmd_frozen_file,
-                                                read_deepmd_frozen)
-    from mlpot.models.deepmd.peer_tf import is_deepmd_tf_graph
-    from mlpot.models.deepmd.tf_graph import read_graph_constants
+def stored_min_nbor_dist(path: Path, head=None):
+    """The ``min_nbor_dist`` (Å) the model file stores (what ``dp compress`` reads first), or None: the
+    model's training record (``mlpot.models.record``), read from mlpot's checkpoints and frozen files
+    of a training that ran its neighbour statistics and from DeePMD-kit's frozen models (.pth, TF .pb)
+    and checkpoints."""
+    from mlpot.calculators import load_model
 
-    if is_deepmd_tf_graph(path):
-        value = read_graph_constants(path).constants.get("train_attr/min_nbor_dist")
-        return float(value) if value is not None and getattr(value, "size", 0) == 1 else None
-    if is_deepmd_frozen_file(path):
-        tensors = read_deepmd_frozen(path).tensors
-    else:
-        try:
-            payload = read_model_file(path)
-        except CheckpointError:  # not a torch file: load_model says what it is
-            return None
-        if not is_deepmd_checkpoint(payload):
-            return None
-        tensors = deepmd_checkpoint(payload, str(path)).tensors
-    value = tensors.get("min_nbor_dist")
-    return float(value) if value is not None and value.numel() == 1 else None
+    return getattr(load_model(path, head=head), "min_nbor_dist", None)
 
 
 def _input(args) -> Path:
@@ -109,13 +93,14 @@ def run(args) -> int:
 
     source = _input(args)
     min_nbor_dist = args.min_nbor_dist
-    if min_nbor_dist is None and Path(source).is_file():
-        min_nbor_dist = stored_min_nbor_dist(source)
+    if min_nbor_dist is None:
+        model = load_model(source, head=args.head)
+        min_nbor_dist = getattr(model, "min_nbor_dist", None)
     if min_nbor_dist is None:
         if args.training_script is None:
-            raise ConfigError("the model does not store min_nbor_dist: give the training script (-t input.json, "
-                              "whose training data give it) or --min-nbor-dist", key="--training-script")
-        model = load_model(source, head=args.head)
+            raise ConfigError("the model does not store min_nbor_dist (trained with --skip-neighbor-stat, or by an "
+                              "older mlpot): give the training script (-t input.json, whose training data give it) "
+                              "or --min-nbor-dist", key="--training-script")
         min_nbor_dist = training_min_nbor_dist(Path(args.training_script), float(model.cutoff), list(model.type_map))
     metadata = compress(source, args.output, min_nbor_dist, step=args.step, extrapolate=args.extrapolate,
                         frequency=args.frequency, head=args.head)

@@ -68,6 +68,9 @@ class AtomisticModel(torch.nn.Module):
     energy_derivatives: False for an energy-only model (NequIP ``do_derivatives: false``): forces,
     virial and stress are then not computed (``compute_derivatives`` skips them), a loss on them is
     a configuration error and calculators report the energy only.
+    min_nbor_dist, hessian_mode: the training record (``mlpot.models.record``): the smallest
+    neighbour distance of the training data (Å; None: not known) and whether the training loss had
+    a Hessian term. Not weights: checkpoints and frozen files store them beside the state dict.
     """
 
     type_map: List[str]
@@ -76,6 +79,8 @@ class AtomisticModel(torch.nn.Module):
     output_keys: Tuple[str, ...] = ()
     statistics_batches: int = 10  # batches per training system in the data-statistics sample
     energy_derivatives: bool = True
+    min_nbor_dist: Optional[float] = None
+    hessian_mode: bool = False
 
     @property
     def input_keys(self) -> Tuple[str, ...]:

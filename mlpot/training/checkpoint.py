@@ -1,7 +1,8 @@
 """Training checkpoints: atomic writes, DeePMD-style naming, keep-last-N, safe loading.
 
 A checkpoint is a ``torch.save`` dict with ``format`` = :data:`CHECKPOINT_FORMAT` holding the model
-config and weights, optimizer, schedulers, EMA, RNG states (torch, numpy, python), sampler
+config and weights, the model's training record (``mlpot.models.record``: min_nbor_dist,
+hessian_mode), optimizer, schedulers, EMA, RNG states (torch, numpy, python), sampler
 positions and the step. Files are ``<prefix>-<step>.pt`` (DeePMD: ``model.ckpt-<step>.pt``), a
 symlink ``<prefix>.pt`` points to the newest and a text file ``checkpoint`` holds its name
 (specs/deepmd.md §5.4).
@@ -34,6 +35,7 @@ import numpy as np
 import torch
 
 from mlpot.errors import CheckpointError
+from mlpot.models.record import training_record
 from mlpot.training.zero import optimizer_state
 
 __all__ = ["CHECKPOINT_FORMAT", "atomic_write_bytes", "save_checkpoint", "load_checkpoint", "read_torch_file",
@@ -244,6 +246,7 @@ def trainer_state(trainer) -> Dict[str, Any]:
     return {**sampler_state,
             "model_config": trainer.model.config, "dtype": trainer.config.dtype,
             "model_state_dict": trainer.model.state_dict(), "ema_state_dict": ema_weights,
+            "training_record": training_record(trainer.model),
             "optimizer": optimizer_state(trainer.optimizer), "scheduler": _scheduler_state(trainer.scheduler),
             "ema": trainer.ema.state_dict() if trainer.ema else None,
             "rng": rng_state(), "step": trainer.step, "epoch": trainer.epoch, "nonfinite": trainer.nonfinite,

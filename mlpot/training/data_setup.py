@@ -287,13 +287,25 @@ def _statistics_identity(config: NativeConfig, model, data_config: DataConfig, s
             "sample": [int(b[K.ATOM_TYPES].shape[0]) for b in samples]}
 
 
-def _datasets(model, probe: DataProbe, data_config: DataConfig, seed: int, device) -> Tuple[TrainingData, list]:
+def _record_min_nbor_dist(model, train: AtomsDataset, store: Optional[StatisticsFile]) -> None:
+    """Set ``model.min_nbor_dist`` (Å, its training record): the smallest distance between two atoms
+    of the training frames within the dataset's cutoff, from the neighbour lists the training builds
+    anyway (built now and kept) or the statistics file; None when no two atoms are that close."""
+    from mlpot.data import compute_statistics
+
+    model.min_nbor_dist = compute_statistics(train, list(model.type_map), train.cutoff, cache=store).min_distance
+
+
+def _datasets(model, probe: DataProbe, data_config: DataConfig, seed: int, device,
+              neighbor_stat: bool = True) -> Tuple[TrainingData, list]:
     """Training/validation datasets and samplers of one model (or head) and the statistics samples:
     the first ``model.statistics_batches`` batches of every training system (DeePMD's
-    data_stat_nbatch, 10 by default)."""
+    data_stat_nbatch, 10 by default). ``neighbor_stat``: record the model's min_nbor_dist."""
     cutoff = float(data_config.cutoff or model.cutoff)
     skip = tuple(key for key in _OPTIONAL_INPUTS if key not in model.input_keys)
     _, train, sizes, n_atoms = _dataset(probe, list(model.type_map), cutoff, skip, data_config.min_distance)
+    if neighbor_stat:
+        _record_min_nbor_dist(model, train, probe.store)
     sampler = _sampler(data_config.train, sizes, n_atoms, seed, shuffle=True)
     data = TrainingData(model, train, sampler, device=device)
     held_out = probe.held_out(list(model.type_map), skip)
@@ -349,7 +361,8 @@ def build_training_data(config: NativeConfig, dtype: torch.dtype, *, file: Optio
     """Build the model and the data of ``config``; ``with_statistics`` runs model.compute_statistics
     (or reads its result from ``data.stat_file``). ``log`` receives one-line notes.
     ``resolve_from_data`` False builds the model section as given: the family's data hook (DeePMD
-    ``sel: "auto"`` from the neighbour statistics...) is skipped (``dp train --skip-neighbor-stat``).
+    ``sel: "auto"`` from the neighbour statistics...) is skipped (``dp train --skip-neighbor-stat``),
+    and so is the model's min_nbor_dist (``mlpot.models.record``), else measured on the training data.
 
     With ``config.tasks`` (multi-task) the result is a :class:`MultiTaskData`.
     """
@@ -360,12 +373,12 @@ def build_training_data(config: NativeConfig, dtype: torch.dtype, *, file: Optio
     if not resolve_from_data:
         family = replace(family, resolve_from_data=None)
     if config.tasks is not None:
-        return _build_multi_task_data(config, family, dtype, with_statistics, device, log)
+        return _build_multi_task_data(config, family, dtype, with_statistics, device, log, resolve_from_data)
     probe = _probe(config.data, config.seed)
     section = family.resolve_from_data(config.model, {"": probe}) if family.resolve_from_data else config.model
     _log_resolved(config.model, section, log)
     model = build_model(section, dtype=dtype)
-    data, samples = _datasets(model, probe, config.data, config.seed, device)
+    data, samples = _datasets(model, probe, config.data, config.seed, device, resolve_from_data)
     data.stat_samples = samples
     if with_statistics and hasattr(model, "compute_statistics"):
         model_statistics(model, samples, _stat_file(config.data),
@@ -375,7 +388,7 @@ def build_training_data(config: NativeConfig, dtype: torch.dtype, *, file: Optio
 
 
 def _build_multi_task_data(config: NativeConfig, family, dtype: torch.dtype, with_statistics: bool,
-                           device: torch.device, log: Callable[[str], None]) -> MultiTaskData:
+                           device: torch.device, log: Callable[[str], None], neighbor_stat: bool) -> MultiTaskData:
     """Heads, per-task data and the task sampler; statistics of shared modules pooled over tasks (the model's)."""
     from mlpot.models.registry import build_model
 
@@ -388,7 +401,8 @@ def _build_multi_task_data(config: NativeConfig, family, dtype: torch.dtype, wit
     for index, (name, task) in enumerate(config.tasks.items()):
         head = model.heads[name]
         # seeds 2k+2, 2k+3 for task k's train/valid samplers; the task choice uses the seed itself
-        tasks[name], samples[name] = _datasets(head, probes[name], task.data, config.seed + 2 * index + 2, device)
+        tasks[name], samples[name] = _datasets(head, probes[name], task.data, config.seed + 2 * index + 2, device,
+                                               neighbor_stat)
         tasks[name].stat_samples = samples[name]
     n_systems = {name: len(task.data.train.paths) for name, task in config.tasks.items()}
     probabilities = task_probabilities({name: task.prob for name, task in config.tasks.items()}, n_systems)

@@ -17,7 +17,8 @@ The names are those DeePMD-kit's files carry (read from its checkpoints and froz
 | ``atomic_model.out_std[0]`` | ``fitting.out_std`` |
 
 Inside every net DeePMD-kit's ``layers.<i>.{matrix,bias,idt}`` are mlpot's ``layers.<i>.{weight,bias,idt}``
-with the same (in, out) layout. Not read: ``min_nbor_dist``, the exclusion masks (``emask.type_mask``, ``atom_excl`` / ``pair_excl``,
+with the same (in, out) layout. Not weights: ``min_nbor_dist`` (the loader reads it into the model's
+training record, ``mlpot.models.record``). Not read: the exclusion masks (``emask.type_mask``, ``atom_excl`` / ``pair_excl``,
 rebuilt from the model section), ``sec`` (from ``sel``), the ``_networks`` aliases of ``networks``,
 and the tables of ``dp compress`` (``compress_info``, ``compress_data``, ``type_embd_data``), which
 must be empty: a compressed model is not supported yet. Any other tensor of the file is an error
