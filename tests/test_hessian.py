@@ -23,6 +23,7 @@ import numpy as np
 import pytest
 import torch
 
+from mlpot.calculators.export import read_model_file
 from mlpot.config._deepmd_sections import loss_section
 from mlpot.data import keys as K
 from mlpot.errors import ConfigError, DataError
@@ -196,12 +197,12 @@ def _input(tmp_path, data, descriptor, pref_h, steps, lr=(0.005, 1e-4)):
     return path
 
 
-def _hessian_rmse(tmp_path, data, capsys):
+def _hessian_rmse(tmp_path, data, capsys, *options):
     from mlpot.cli import main
 
     assert main(["freeze"]) == 0
     capsys.readouterr()
-    assert main(["test", "-m", "frozen_model.pt", "-s", str(data / "H2O"), "-d", "detail"]) == 0
+    assert main(["test", "-m", "frozen_model.pt", "-s", str(data / "H2O"), "-d", "detail", *options]) == 0
     report = capsys.readouterr().out
     line = next(line for line in report.splitlines() if line.startswith("Hessian RMSE"))
     return float(line.split(":")[1].split()[0]), report
@@ -220,7 +221,7 @@ def test_training_with_hessian_term_lowers_hessian_error(xtb_data, tmp_path, cap
         run.mkdir()
         monkeypatch.chdir(run)
         assert main(["train", str(_input(run, xtb_data, SE_A, pref_h, 30, lr=(0.01, 1e-3)))]) == 0
-        errors[pref_h], _ = _hessian_rmse(run, xtb_data, capsys)
+        errors[pref_h], _ = _hessian_rmse(run, xtb_data, capsys, "--hessian")  # pref 0: no hessian_mode
     print("Hessian RMSE (eV/Å²) without / with the h term:", errors)
     assert errors[100.0] < 0.5 * errors[0.0]  # measured 14.4 -> 4.0 eV/Å²
 
@@ -244,12 +245,13 @@ def test_deepmd_hessian_example_form_trains_and_tests(xtb_data, tmp_path, capsys
                           "g1_out_conv": True, "g1_out_mlp": True},
             "precision": "float64", "add_tebd_to_repinit_out": False}
     assert main(["train", str(_input(tmp_path, xtb_data, dpa2, 10.0, 2, lr=(1e-3, 3.51e-8)))]) == 0
+    assert read_model_file(tmp_path / "model.ckpt.pt")["training_record"]["hessian_mode"] is True
     lcurve = (tmp_path / "lcurve.out").read_text().splitlines()
     columns = lcurve[0].lstrip("#").split()
     assert "rmse_h_val" in columns and "rmse_h_trn" in columns
     values = np.loadtxt(tmp_path / "lcurve.out", ndmin=2)
     assert np.isfinite(values[:, columns.index("rmse_h_trn")]).all() and (values[:, columns.index("rmse_h_trn")] > 0).all()
-    rmse, report = _hessian_rmse(tmp_path, xtb_data, capsys)
+    rmse, report = _hessian_rmse(tmp_path, xtb_data, capsys)  # no --hessian: the model's hessian_mode
     assert "Hessian MAE        :" in report and rmse > 0
     detail = np.loadtxt(tmp_path / "detail.h.out")
     assert detail.shape == (6 * 81, 2)  # (3N)² rows per frame: data_h pred_h
@@ -258,6 +260,63 @@ def test_deepmd_hessian_example_form_trains_and_tests(xtb_data, tmp_path, capsys
     labels = np.load(xtb_data / "H2O" / "set.000" / "hessian.npy").reshape(-1)
     np.testing.assert_allclose(detail[:, 0], labels, rtol=1e-12)
     assert np.sqrt(np.mean((detail[:, 1] - detail[:, 0]) ** 2)) == pytest.approx(rmse, rel=1e-5)
+
+
+def test_mlpot_test_computes_hessians_for_hessian_mode_models_only():
+    """As dp test: Hessians only for a model trained with an h term (its hessian_mode), or with
+    ``hessian=True`` (mlpot test --hessian); never on frames without hessian.npy."""
+    from mlpot.calculators.evaluate import evaluate_frames, system_errors
+
+    batch, _, _ = _labelled()
+    rng = np.random.default_rng(1)
+    frames = [{K.POSITIONS: rng.uniform(0, 3, (n, 3)), K.ATOM_TYPES: np.array([0] + [1] * (n - 1)),
+               K.CELL: np.zeros((3, 3)), K.PBC: np.zeros(3, bool), K.HESSIAN: rng.normal(size=(3 * n) ** 2),
+               K.weight_key(K.HESSIAN): np.array(1.0)} for n in (3, 4)]
+    model = _model(DESCRIPTORS["se_e2_a"], batch)
+    assert model.hessian_mode is False
+    scores = {}
+    for mode, hessian in (("plain", None), ("forced", True), ("recorded", None), ("refused", False)):
+        model.hessian_mode = mode == "recorded"
+        scores[mode] = system_errors(evaluate_frames(model, frames, mode, hessian=hessian))
+    assert "hessian_rmse" not in scores["plain"] and "hessian_rmse" not in scores["refused"]
+    assert scores["forced"]["hessian_rmse"] == scores["recorded"]["hessian_rmse"]
+    rows = [compute_derivatives(model.eval(), dict(collate_one(frame, model)), hessian=True)[K.HESSIAN].detach().numpy()
+            .ravel() - frame[K.HESSIAN] for frame in frames]
+    expected = np.sqrt(np.mean(np.concatenate(rows) ** 2))
+    assert scores["recorded"]["hessian_rmse"][0] == pytest.approx(expected, rel=1e-12)
+
+
+def collate_one(frame, model):
+    from mlpot.data import AtomsDataset, collate
+
+    return collate([AtomsDataset([frame], model.cutoff, type_map=model.type_map)[0]])
+
+
+def test_hessian_mode_is_recorded_and_full_validation_logs_h(xtb_data, tmp_path, capsys, monkeypatch):
+    """An h term sets the model's hessian_mode (checkpoint and frozen file); val.log gets H columns
+    (meV/Å²) equal to mlpot test's Hessian errors of the same weights on the validation system."""
+    from mlpot.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    config = json.loads(_input(tmp_path, xtb_data, SE_A, 100.0, 2).read_text())
+    config["validating"] = {"full_validation": True, "validation_freq": 2, "full_val_start": 0}
+    (tmp_path / "input.json").write_text(json.dumps(config))
+    assert main(["train", "input.json", "--no-progress"]) == 0
+    assert read_model_file("model.ckpt-2.pt")["training_record"] == {"hessian_mode": True,
+                                                                      "min_nbor_dist": pytest.approx(0.9, abs=0.2)}
+    lines = (tmp_path / "val.log").read_text().splitlines()
+    assert lines[0].split()[-2:] == ["H_MAE(meV/Å²)", "H_RMSE(meV/Å²)"]
+    row = [line for line in lines if not line.startswith("#")][-1]
+    assert row.split()[0] == "2"
+    logged = [float(value) for value in row.split()[-2:]]
+    capsys.readouterr()
+    assert main(["test", "-m", "model.ckpt-2.pt", "-s", str(xtb_data / "val" / "H2O")]) == 0
+    report = capsys.readouterr().out
+    tested = [float(line.split(":")[1].split()[0]) * 1000 for line in report.splitlines()
+              if line.startswith(("Hessian MAE", "Hessian RMSE"))][:2]
+    assert logged == pytest.approx(tested, rel=2e-4) and tested[1] > 0  # 5 significant digits in the log
+    assert main(["test", "-m", "model.ckpt-2.pt", "-s", str(xtb_data / "val" / "H2O"), "--no-hessian"]) == 0
+    assert "Hessian" not in capsys.readouterr().out
 
 
 # ---- DeePMD-kit's own loss on the same predictions (peer venv; skipped where it is absent) --------

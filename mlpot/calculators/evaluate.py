@@ -38,6 +38,7 @@ __all__ = [
     "selected_types",
     "inference",
     "predict_batch",
+    "wants_hessian",
     "iterate_predictions",
     "evaluate_frames",
 ]
@@ -116,27 +117,37 @@ def predict_batch(model, batch: Dict[str, "torch.Tensor"], virial: bool = True,
     return {key: value.detach().cpu() for key, value in outputs.items() if torch.is_tensor(value)}
 
 
+def wants_hessian(model, hessian: Optional[bool] = None) -> bool:
+    """Whether evaluation computes Hessians: ``hessian`` when given (``mlpot test --hessian``), else
+    the model's training record (``hessian_mode``: trained with a Hessian loss term, as DeePMD-kit's
+    dp test decides); never for models without an energy."""
+    return bool(getattr(model, "hessian_mode", False) if hessian is None else hessian) and predicts_energy(model)
+
+
 def iterate_predictions(model, frames: Sequence[dict], batch_size: int = 8,
-                        atom_chunk: Optional[int] = DEFAULT_ATOM_CHUNK, min_distance: Optional[float] = None):
+                        atom_chunk: Optional[int] = DEFAULT_ATOM_CHUNK, min_distance: Optional[float] = None,
+                        hessian: Optional[bool] = None):
     """Yield (frame, prediction) for each frame; prediction maps the model's batch keys to numpy
     arrays of that frame: frame-level outputs (``energy`` (), ``dipole`` (3,), ``dos`` (n_dos,), ...)
     and atom-level ones (``forces`` (n_atoms, 3), ``atomic_dipole`` (n_atoms, 3), ...), ``hessian``
-    ((3 N_max)², the frame's (3N)² first) for batches whose frames carry hessian labels; ``virial``
-    (3, 3) eV and ``stress`` (3, 3) eV/Å^3 only for batches of periodic frames. Atoms closer than
-    ``min_distance`` Å (default ``MIN_SANE_DISTANCE``) are a DataError."""
+    ((3 N_max)², the frame's (3N)² first; 3N backward passes per frame) when :func:`wants_hessian`
+    and for batches whose frames carry hessian labels; ``virial`` (3, 3) eV and ``stress`` (3, 3)
+    eV/Å^3 only for batches of periodic frames. Atoms closer than ``min_distance`` Å (default
+    ``MIN_SANE_DISTANCE``) are a DataError."""
     import torch
 
     from mlpot.data import MIN_SANE_DISTANCE, AtomsDataset, collate
     from mlpot.data.keys import HESSIAN, KEYS, PBC, PTR, STRESS, VIRIAL, weight_key
 
+    hessian = wants_hessian(model, hessian)
     dataset = AtomsDataset(frames, cutoff=model.cutoff, type_map=getattr(frames, "type_map", model.type_map),
                            min_distance=MIN_SANE_DISTANCE if min_distance is None else min_distance)
     for start in range(0, len(dataset), batch_size):
         items = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
         batch = collate(items, dtype=torch.float64)
         periodic = bool(batch[PBC].all())
-        hessian = HESSIAN in batch and bool(batch[weight_key(HESSIAN)].any())  # frames with hessian.npy
-        out = predict_batch(model, batch, virial=periodic, atom_chunk=atom_chunk, hessian=hessian)
+        labelled = HESSIAN in batch and bool(batch[weight_key(HESSIAN)].any())  # frames with hessian.npy
+        out = predict_batch(model, batch, virial=periodic, atom_chunk=atom_chunk, hessian=hessian and labelled)
         ptr = batch[PTR].numpy()
         levels = {key: KEYS[key].level for key in out if key in KEYS and KEYS[key].level in ("atom", "frame")}
         if not periodic:
@@ -148,14 +159,16 @@ def iterate_predictions(model, frames: Sequence[dict], batch_size: int = 8,
 
 def evaluate_frames(model, frames: Sequence[dict], name: str, batch_size: int = 8, *, atomic: bool = False,
                     details: Optional[DetailWriter] = None, group: int = 0,
-                    atom_chunk: Optional[int] = DEFAULT_ATOM_CHUNK, min_distance: Optional[float] = None) -> SystemResult:
+                    atom_chunk: Optional[int] = DEFAULT_ATOM_CHUNK, min_distance: Optional[float] = None,
+                    hessian: Optional[bool] = None) -> SystemResult:
     """Score ``model`` on ``frames`` (read with the model's type_map) into a :class:`SystemResult`
     (running error sums; see :mod:`mlpot.calculators.scoring`): the labels the frames carry that
     the model predicts. atomic: test atomic labels (dp test ``-a``); details: write detail rows
-    there, as system number ``group`` of the run; ``min_distance``: see :func:`iterate_predictions`."""
+    there, as system number ``group`` of the run; ``min_distance``, ``hessian`` (None: the model's
+    hessian_mode): see :func:`iterate_predictions`."""
     scorers = scorers_for(output_keys(model), selected_types(model), atomic)
     result = SystemResult(name, len(frames))
-    predictions = iterate_predictions(model, frames, batch_size, atom_chunk, min_distance)
+    predictions = iterate_predictions(model, frames, batch_size, atom_chunk, min_distance, hessian)
     for index, (frame, prediction) in enumerate(predictions):
         for scorer in scorers:
             scorer.score(frame, prediction, result, details, index, group)

@@ -5,7 +5,11 @@ prints the number of test data and dp test's error lines for the model's kind: E
 Energy-per-atom, Force and (periodic frames with labels) Virial and Stress MAE/RMSE for energy
 models; ``Dipole``/``Polarizability`` RMSE, RMSE/sqrtN and RMSE/N for tensor models (atomic labels
 of the selected types with ``-a``); DOS MAE/RMSE, per atom and (``-a``) atomic, for DOS models;
-then a weighted average over all systems. ``-d PREFIX`` writes dp test's detail files (see
+then a weighted average over all systems. Hessians (``Hessian MAE/RMSE``, ``.h.out``: systems with
+hessian.npy) are computed, as by dp test, only for a model trained with a Hessian loss term
+(start_pref_h/limit_pref_h; its ``hessian_mode`` record, or DeePMD-kit's ``hessian_mode`` key):
+``--hessian`` forces them for any energy model, ``--no-hessian`` skips them (each costs 3N
+backward passes per frame). ``-d PREFIX`` writes dp test's detail files (see
 :mod:`mlpot.calculators.scoring`); ``--plot PNG`` draws a parity plot of an energy model's files.
 DeePMD's options ``-m MODEL`` and ``-s SYSTEM`` are accepted too. MODEL is a frozen model or a
 checkpoint, or a mace-torch ``.model`` file or mace_run_train checkpoint (with
@@ -15,6 +19,7 @@ per-atom work in chunks of ``--atom-chunk`` atoms: memory does not grow with the
 
 from __future__ import annotations
 
+import argparse
 import tempfile
 import time
 from pathlib import Path
@@ -44,6 +49,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--device", default="cpu", help="torch device")
     parser.add_argument("--mace-options", default=None,
                         help="options YAML of the run of a mace_run_train checkpoint given as MODEL")
+    parser.add_argument("--hessian", action=argparse.BooleanOptionalAction, default=None,
+                        help="compare Hessians with hessian.npy (3N backward passes per frame); default: only for "
+                        "a model trained with a Hessian loss term (its hessian_mode, as dp test)")
     parser.add_argument("--min-distance", type=float, default=None, metavar="ANGSTROM",
                         help="atoms closer than this are an error naming file, frame and atoms (default 0.3 Å; 0: no check)")
 
@@ -84,7 +92,8 @@ def run(args) -> int:
             frames = frames[: args.numb_test]
         name = frames.source or "system"
         result = evaluate_frames(model, frames, name, batch_size=args.batch_size, atomic=args.atomic,
-                                 details=details, group=group, atom_chunk=atom_chunk, min_distance=args.min_distance)
+                                 details=details, group=group, atom_chunk=atom_chunk, min_distance=args.min_distance,
+                                 hessian=args.hessian)
         errors = system_errors(result)
         all_errors.append(errors)
         per_system_only |= result.per_system_only

@@ -7,12 +7,15 @@ at most ``chunk_atoms`` atoms, in eval mode, with forces and virial by first der
 graph for a second one); the ``ema`` flow does the same with the EMA weights swapped in. The
 errors are those of ``dp test`` (:func:`mlpot.training.metrics.label_errors`, pooled over all
 frames): E = energy per atom, F = force components, V = virial per atom, S = stress = -virial /
-|det cell| (periodic frames carrying a virial, or a stress label, with a non-zero volume).
+|det cell| (periodic frames carrying a virial, or a stress label, with a non-zero volume); when the
+loss has a Hessian term (the model's ``hessian_mode``) also H = the (3N)² Hessian entries of the
+frames carrying hessian.npy (an mlpot extension: DeePMD-kit's val.log has no Hessian columns).
 
 ``val.log`` (DeePMD-kit's layout): a header ``# step E_MAE(meV/atom) E_RMSE(meV/atom) F_MAE(meV/Å)
 F_RMSE(meV/Å) S_MAE(meV/Å³) S_RMSE(meV/Å³)`` (V instead of S when the metric is V), each label
 centred in a column of max(len, 10) characters (step: max(4, digits of the run length)), one
-space between columns, then a comment line; each row starts with two spaces; numbers have 5
+space between columns (then ``H_MAE(meV/Å²) H_RMSE(meV/Å²)`` with a Hessian term), then a comment
+line; each row starts with two spaces; numbers have 5
 significant digits (``nan`` where the data lack the label). A row that makes a new best checkpoint
 is followed by ``# saved best checkpoint: <path> (<METRIC> = <value> <unit>)``.
 
@@ -66,12 +69,13 @@ def _error_name(family: str, stat: str) -> str:
     return f"{stem}_{stat.lower()}{per_atom}"
 
 
-def log_columns(metric: str) -> List[Tuple[str, str]]:
+def log_columns(metric: str, hessian: bool = False) -> List[Tuple[str, str]]:
     """(header label, error name) of the val.log columns for ``metric`` (``E:MAE`` ...): E, F and
-    one second-rank family, V when the metric is V, otherwise S."""
+    one second-rank family, V when the metric is V, otherwise S; then H (Hessian) with ``hessian``."""
     second = "V" if metric.startswith("V") else "S"
-    return [(f"{family}_{stat}({FAMILIES[family][2]})", _error_name(family, stat))
-            for family in ("E", "F", second) for stat in ("MAE", "RMSE")]
+    columns = [(f"{family}_{stat}({FAMILIES[family][2]})", _error_name(family, stat))
+               for family in ("E", "F", second) for stat in ("MAE", "RMSE")]
+    return columns + ([(f"H_{stat}(meV/Å²)", f"hessian_{stat.lower()}") for stat in ("MAE", "RMSE")] if hessian else [])
 
 
 def format_number(value: float) -> str:
@@ -136,11 +140,19 @@ def _chunk_errors(prediction: Dict[str, torch.Tensor], batch: Dict[str, torch.Te
         has &= volume > 0
         scale = -1.0 / volume[has, None, None]
         errors.update(label_errors("stress", pred[K.VIRIAL][has] * scale, reference[has] * scale))
+    if K.HESSIAN in prediction:  # the (3N)² entries of the frames with hessian.npy, eV/Å²
+        from mlpot.training.structured_losses import hessian_residual
+
+        residual, weight = hessian_residual(prediction, batch)
+        difference = residual.detach().cpu().double().numpy()[weight.detach().cpu().numpy() > 0]
+        if difference.size:
+            errors.update(label_errors("hessian", difference, np.zeros_like(difference)))
     return errors
 
 
-def validation_errors(model: torch.nn.Module, data, chunk_atoms: int = 1024) -> Dict[str, float]:
-    """``dp test`` errors of ``model`` over every frame of ``data.valid`` (eV, eV/Å, eV/Å^3).
+def validation_errors(model: torch.nn.Module, data, chunk_atoms: int = 1024, hessian: bool = False) -> Dict[str, float]:
+    """``dp test`` errors of ``model`` over every frame of ``data.valid`` (eV, eV/Å, eV/Å^3; with
+    ``hessian`` also ``hessian_mae``/``_rmse``, eV/Å², of the chunks carrying hessian.npy).
 
     data: a ``TrainingData`` (``valid`` dataset, ``valid_batch(indices)`` collating onto the
     device). Keys ``<label>_mae``/``_rmse`` (and ``_per_atom`` for energy and virial) for the
@@ -158,7 +170,9 @@ def validation_errors(model: torch.nn.Module, data, chunk_atoms: int = 1024) -> 
             for indices in _chunks(n_atoms, chunk_atoms):
                 batch = data.valid_batch(indices)
                 virial = K.VIRIAL in batch or K.STRESS in batch
-                prediction = compute_derivatives(model, batch, forces=True, virial=virial, create_graph=False)
+                prediction = compute_derivatives(model, batch, forces=True, virial=virial, create_graph=False,
+                                                 hessian=hessian and K.HESSIAN in batch
+                                                 and bool(batch[K.weight_key(K.HESSIAN)].any()))
                 chunk_errors.append(_chunk_errors(prediction, batch))
     finally:
         model.train(was_training)
@@ -177,7 +191,8 @@ class ValidationFlow:
     displayed step), ascending, at most ``max_best``; rank = position + 1.
     """
 
-    def __init__(self, name: str, config: FullValidationConfig, out: Path, best_dir: Path, total_steps: int):
+    def __init__(self, name: str, config: FullValidationConfig, out: Path, best_dir: Path, total_steps: int,
+                 hessian: bool = False):
         self.name, self.config, self.out = name, config, out
         log = Path(config.log_file)
         if name == "ema":
@@ -188,7 +203,7 @@ class ValidationFlow:
         self.pattern = re.compile(rf"^{re.escape(self.prefix)}-(\d+)\.t-(\d+)\.pt$")
         self.records: List[Tuple[float, int]] = []
         self.step_width = max(len("step"), len(str(total_steps)))
-        self.columns = log_columns(config.metric)
+        self.columns = log_columns(config.metric, hessian)
         self.fresh_log = True  # the first row of a fresh run replaces an old log
 
     # -- records and files
@@ -304,6 +319,7 @@ class FullValidation:
                  total_steps: int, out: Path, best_dir: Path, is_main: bool = True,
                  write: Callable[[str], None] = print, file: Optional[str] = None):
         self.config, self.model, self.data, self.ema, self.write = config, model, data, ema, write
+        self.hessian = bool(getattr(model, "hessian_mode", False))  # the loss has a Hessian term
         self.flows: List[ValidationFlow] = []
         self.start_step = config.start_step(total_steps) if config is not None else None
         if self.start_step is None or self.start_step > total_steps or not is_main:
@@ -314,7 +330,7 @@ class FullValidation:
             raise ConfigError("needs the ema section (EMA weights)", file=file, key=["full_validation", "ema"])
         self._check_labels(file)
         best_dir = out / best_dir
-        self.flows = [ValidationFlow(name, config, out, best_dir, total_steps)
+        self.flows = [ValidationFlow(name, config, out, best_dir, total_steps, self.hessian)
                       for name, on in (("live", config.live), ("ema", config.ema)) if on]
 
     @classmethod
@@ -368,7 +384,7 @@ class FullValidation:
         for flow in self.flows:
             weights = self.ema.applied(self.model) if flow.name == "ema" else contextlib.nullcontext()
             with weights:
-                errors = validation_errors(self.model, self.data, self.config.chunk_atoms)
+                errors = validation_errors(self.model, self.data, self.config.chunk_atoms, self.hessian)
             name = _error_name(*self.config.metric.split(":"))
             value = errors.get(name, math.nan)
             if math.isnan(value):

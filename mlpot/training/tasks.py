@@ -70,6 +70,12 @@ class Tasks:
             for name, loss in self.loss_configs.items()}
         self.all_labels = tuple(dict.fromkeys(label for labels in self.labels.values() for label in labels))
 
+    def record_hessian_mode(self) -> None:
+        """Set each head's ``hessian_mode`` (its training record, ``mlpot.models.record``): True when a
+        stage of its loss has a Hessian term (DeePMD-kit's hessian_mode; mlpot test then evaluates Hessians)."""
+        for name, head in self.heads.items():
+            head.hessian_mode = K.HESSIAN in self.labels[name]
+
     def losses(self, stage) -> Dict[str, WeightedLoss]:
         """The loss of every task in ``stage`` (its own terms or the task's)."""
         return {name: WeightedLoss(stage.loss or loss.terms, loss.type, loss.intensive_ener_virial, file=self.file,

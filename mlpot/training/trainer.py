@@ -112,6 +112,7 @@ class Trainer(ValidationFlow):
         self._set_length(config)
         self.tasks = Tasks(self.data, config, self.plan.stages, file)
         self.tasks.check_loss_inputs()
+        self.tasks.record_hessian_mode()
         fv = config.full_validation
         zero = check_zero_stage(config.training.zero_stage, world_size=self.dist.world_size, multi_task=self.multi_task,
                                 lkf=config.optimizer.name.lower() == "lkf", full_validation=fv is not None and fv.active,

@@ -257,7 +257,9 @@ STANDARD_KEYS: Dict[str, Key] = {
                          "pretrained model that mlpot train --finetune starts from when --model-branch is not given; no effect "
                          "without --finetune (as in DeePMD-kit); fine-tuning into multi-task inputs: not supported yet", annotation=Optional[str]),
     "info": ignored(note="free metadata of the model (DeePMD-kit stores it, it changes nothing)"),
-    "hessian_mode": ignored(note="set by DeePMD-kit 3.x training with an h loss term; mlpot derives d²E/dR² on demand"),
+    "hessian_mode": ignored(note="set by DeePMD-kit 3.x training with an h loss term; in an input ignored (mlpot "
+                            "records it from the loss), in a trained DeePMD-kit file read: mlpot test then "
+                            "evaluates Hessians, as dp test"),
     "model_branch_alias": key([], note="multi-task (model_dict/<task>): other names of the task, accepted wherever a "
                               "head is named (--head, --model-branch, finetune_head, the ASE calculator's head), then a "
                               "name equal ignoring case; freeze and change-bias without a head take the branch named "
