@@ -123,3 +123,25 @@ def test_files_without_record_load_and_bad_records_are_refused(trained, tmp_path
         with pytest.raises(CheckpointError, match=entry) as error:
             load_model(tmp_path / "bad.pt")
         assert "bad.pt" in str(error.value)
+
+
+def test_multi_task_record_holds_one_distance_per_task(tmp_path, shared_data, monkeypatch):
+    """Each task's head records the min_nbor_dist of its own training systems; ``freeze --head`` keeps it."""
+    from test_deepmd_multitask import _subset, pytorch_input
+
+    from mlpot.commands.neighbor_stat import neighbor_stat
+
+    source = shared_data("deepmd_water/data_0")
+    systems = {"a": _subset(source, tmp_path / "sys_a", [0, 1]), "b": _subset(source, tmp_path / "sys_b", [3]),
+               "valid": _subset(source, tmp_path / "sys_valid", [5])}
+    (tmp_path / "input.json").write_text(json.dumps(pytorch_input(systems, steps=1)))
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "input.json", "--no-progress"]) == 0
+    rcut = load_model("model.ckpt.pt", head="water_a").cutoff
+    expected = {task: neighbor_stat([systems[key]], rcut, ["O", "H"])[0] for task, key in (("water_a", "a"),
+                                                                                          ("water_b", "b"))}
+    assert expected["water_a"] != expected["water_b"]
+    record = read_model_file("model.ckpt.pt")["training_record"]
+    assert record == {"heads": {task: {"min_nbor_dist": value} for task, value in expected.items()}}
+    assert main(["freeze", "-o", "frozen_b.pt", "--head", "water_b"]) == 0
+    assert read_model_file("frozen_b.pt")["training_record"] == {"min_nbor_dist": expected["water_b"]}
