@@ -10,7 +10,10 @@
 * GFN2-xTB data (examples/hessian/make_dataset.py, tblite, written to tmp): training with the
   Hessian term lowers the Hessian RMSE against the same run without it; DeePMD-kit's example input
   form (dpa2, loss ener with h) trains, logs rmse_h, and ``mlpot test`` reports the Hessian lines
-  and writes the ``.h.out`` detail file.
+  and writes the ``.h.out`` detail file;
+* as dp test, ``mlpot test`` computes Hessians only for a model trained with an h term (its recorded
+  hessian_mode) or with ``--hessian``; with an h term val.log (full validation) has H_MAE/H_RMSE
+  columns equal to mlpot test's numbers.
 """
 
 from __future__ import annotations
