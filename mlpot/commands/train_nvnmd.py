@@ -108,8 +108,11 @@ def _write_stage_files(folder: Path, step: str, skip_stat: bool) -> None:
               "a larger rcut_smth narrows it")
     write_npy_dict(folder / "config.npy", hardware_config(model, options["version"], options["max_nnei"],
                                                           min_nbor_dist, s_min, s_max))
-    if step == "s1":
+    if step == "s1" and options["version"] == 0:
         write_npy_dict(folder / "map.npy", build_tables(model.descriptor, min_nbor_dist))
+    elif step == "s1":
+        print("note: map.npy (the tables of the quantised descriptor) is not written for nvnmd version 1: its "
+              "quantised stage is not supported yet")
     else:
         print("note: model.pb (the NVNMD hardware's binary model, dp train-nvnmd's last file) is not written: "
               "not supported yet")
@@ -139,5 +142,5 @@ def run(args) -> int:
         return status
     _write_stage_files(folder, step, args.skip_neighbor_stat)
     print(f"NVNMD stage {step} done: {folder}/ frozen_model.pt, weight.npy, config.npy"
-          + (", map.npy" if step == "s1" else ""))
+          + (", map.npy" if (folder / "map.npy").is_file() and step == "s1" else ""))
     return 0

@@ -222,7 +222,7 @@ TOP = {
 
 # ---- nvnmd (DeePMD-kit TF; translated by _deepmd_nvnmd.py, built by mlpot.models.deepmd.nvnmd) --------
 NVNMD = {
-    "version": _k(S, default=0, note="0: se_a model, up to 4 types; 1 (se_atten, 32 types): not supported yet", kind=INT),
+    "version": _k(S, default=0, note="0: se_a model, up to 4 types; 1: se_atten model, up to 32 types (continuous stage s1; its quantised stage s2 not supported yet)", kind=INT),
     "max_nnei": _k(S, default=128, note="128 or 256: the largest sel entry allowed", kind=INT),
     "net_size": _k(S, default=128, note="width of the 3 fitting layers; NVNMD builds 128 only", kind=INT),
     "map_file": _k(S, default="none", note="map.npy: tables of the quantised descriptor (relative to the input's folder)"),
@@ -233,7 +233,7 @@ NVNMD = {
     "restore_fitting_net": _k(S, default=False, note="mlpot train-nvnmd -s s2 (from weight.npy, trained further); in mlpot train not supported yet", kind=FLAG),
     "quantize_descriptor": _k(S, default=False, note="quantised descriptor: map tables, short floats (20 fraction bits), 23-bit fixed point", kind=FLAG),
     "quantize_fitting_net": _k(S, default=False, note="quantised fitting nets: 23-bit fixed point, weights rounded to 20 bits in the products", kind=FLAG),
-    "sel": _k(S, note="NVNMD input without model section: the se_e2_a sel (each at most max_nnei)"),
+    "sel": _k(S, note="NVNMD input without model section: version 0 the se_e2_a sel per type, version 1 one int (se_atten); at most max_nnei"),
     "rcut": _k(S, note="NVNMD input without model section: Å", kind=NUM),
     "rcut_smth": _k(S, note="NVNMD input without model section: Å", kind=NUM),
     "type_map": _k(S, note="NVNMD input without model section (else from the data)"),

@@ -5,7 +5,10 @@ Two input layouts, as DeePMD-kit reads them:
 * an NVNMD input (``train_cnn.json`` / ``train_qnn.json`` of its examples): no ``model``; the
   nvnmd section carries ``sel``, ``rcut``, ``rcut_smth`` (and ``type_map``) and the model is
   NVNMD's version-0 one: se_e2_a with neuron [8, 16, 32], axis_neuron 4, type_one_side, and
-  ``net_size``-wide tanh4 fitting nets ([net_size] * 3). It is what ``dp train-nvnmd`` (mlpot
+  ``net_size``-wide tanh4 fitting nets ([net_size] * 3); version 1 (``sel`` one int): se_atten in
+  strip mode without attention layers (attn_layer 0; two-sided type-pair net, as DeePMD-kit TF's
+  strip mode always builds it), the same widths, one fitting net reading [D, tebd(t_i)]; its
+  quantised stage is not supported yet. It is what ``dp train-nvnmd`` (mlpot
   train-nvnmd) trains; with ``mlpot train`` it needs ``enable: true``, as dp train cannot train it
   at all;
 * a model section and an nvnmd section (the ``train.json`` that train-nvnmd writes): with
@@ -40,8 +43,25 @@ def _file(value: str) -> Optional[str]:
     return None if value in (None, "none", "") else value
 
 
+def _descriptor(section: Dict[str, Any], file: Optional[str]) -> Dict[str, Any]:
+    """The descriptor of an NVNMD input without model section: version 0 se_e2_a (sel a list),
+    version 1 se_atten (sel one int)."""
+    sel = section["sel"]
+    common = {"sel": sel, "rcut": section["rcut"], "rcut_smth": section["rcut_smth"], "neuron": [8, 16, 32],
+              "axis_neuron": 4, "resnet_dt": False, "seed": 1}
+    if section["version"] == 0:
+        if not isinstance(sel, list):
+            raise ConfigError(f"version 0 takes sel per type (a list), got {sel!r}", file=file, key=["nvnmd", "sel"])
+        return {"type": "se_e2_a", "type_one_side": True, **common}
+    if isinstance(sel, bool) or not isinstance(sel, int):
+        raise ConfigError(f"version 1 takes one sel for all types (an int), got {sel!r}", file=file,
+                          key=["nvnmd", "sel"])
+    return {"type": "se_atten", "tebd_input_mode": "strip", "type_one_side": False, "attn": 128, "attn_layer": 0,
+            "attn_dotr": True, "attn_mask": False, **common}
+
+
 def nvnmd_model(section: Dict[str, Any], file: Optional[str]) -> Dict[str, Any]:
-    """The model section of an NVNMD input (version 0) from its nvnmd section."""
+    """The model section of an NVNMD input (version 0 or 1) from its nvnmd section."""
     for name in ("sel", "rcut", "rcut_smth"):
         if name not in section:
             raise ConfigError(f"missing required key '{name}' (an NVNMD input without model section)", file=file,
@@ -49,9 +69,7 @@ def nvnmd_model(section: Dict[str, Any], file: Optional[str]) -> Dict[str, Any]:
     if section["net_size"] != 128:
         raise ConfigError(f"NVNMD's fitting nets are 128 wide (net_size 128), got {section['net_size']}", file=file,
                           key=["nvnmd", "net_size"])
-    model = {"descriptor": {"type": "se_e2_a", "sel": section["sel"], "rcut": section["rcut"],
-                            "rcut_smth": section["rcut_smth"], "neuron": [8, 16, 32], "axis_neuron": 4,
-                            "type_one_side": True, "resnet_dt": False, "seed": 1},
+    model = {"descriptor": _descriptor(section, file),
              "fitting_net": {"type": "ener", "neuron": [section["net_size"]] * 3, "resnet_dt": False, "seed": 1}}
     if section.get("type_map"):
         model["type_map"] = list(section["type_map"])
@@ -67,8 +85,10 @@ def expand_nvnmd(config: Dict[str, Any], file: Optional[str] = None, base_dir: P
     if section["version"] not in (0, 1):
         raise ConfigError(f"expected 0 or 1, got {section['version']}", file=file, key=["nvnmd", "version"])
     if section["version"] == 1:
-        raise ConfigError("not supported yet: nvnmd/version=1 (NVNMD's se_atten variant, 32 types)", file=file,
-                          key=["nvnmd", "version"])
+        for name in ("quantize_descriptor", "quantize_fitting_net"):
+            if section[name]:
+                raise ConfigError(f"not supported yet: nvnmd version 1 quantised network (QNN: {name}; mlpot "
+                                  "train-nvnmd -s s2 of version 1)", file=file, key=["nvnmd", name])
     if section["max_nnei"] not in (128, 256):
         raise ConfigError(f"expected 128 or 256, got {section['max_nnei']}", file=file, key=["nvnmd", "max_nnei"])
     has_model = "model" in config
@@ -103,6 +123,9 @@ def expand_nvnmd(config: Dict[str, Any], file: Optional[str] = None, base_dir: P
         raise ConfigError("the tables are read by the quantised descriptor only: set quantize_descriptor true or "
                           "leave map_file out", file=file, key=["nvnmd", "map_file"])
     model = config["model"]
+    descriptor = model.get("descriptor")
+    if section["version"] == 1 and isinstance(descriptor, dict) and descriptor.get("type") in ("se_atten", "dpa1"):
+        descriptor["type_one_side"] = False  # DeePMD-kit TF's strip mode reads both types whatever it says
     fitting = model.setdefault("fitting_net", {})
     if fitting.get("activation_function", "tanh") != "tanh":
         raise ConfigError("NVNMD fitting nets use tanh4 (DeePMD-kit replaces the activation): leave "

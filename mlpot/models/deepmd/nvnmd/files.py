@@ -6,7 +6,12 @@ weight.npy names (version 0, type_one_side): ``descrpt_attr.t_avg`` / ``t_std`` 
 4 sum(sel)), ``filter_type_all.matrix_<l>_<t>`` / ``bias_<l>_<t>`` (embedding layer l = 1.. of
 neighbour type t), ``layer_<l>_type_<t>.matrix`` / ``bias`` (fitting hidden layer l = 0..),
 ``final_layer_type_<t>.matrix`` / ``bias``, ``t_bias_atom_e`` and ``fitting_attr.t_bias_atom_e``
-(n_types,) eV, ``train_attr.min_nbor_dist`` Å.
+(n_types,) eV, ``train_attr.min_nbor_dist`` Å. Version 1 (se_atten, one fitting net):
+``type_embed_net.matrix_1`` (n_types, 8), ``filter_type_all.matrix_<l>`` / ``bias_<l>`` (the s~
+net), ``filter_type_all.matrix_<l>_two_side_ebd`` / ``bias_<l>_two_side_ebd`` (the type-pair
+net), ``layer_0.matrix`` (M1 M2, n) for D and ``layer_0.tweight`` (8, n) for tebd(t_i) (mlpot's
+first layer is the two stacked), ``layer_<l>.matrix`` / ``bias``, ``final_layer.matrix`` /
+``bias``; DeePMD-kit 3.2 writes ``layer_0.matrix_1`` and reads either, as mlpot does.
 """
 
 from __future__ import annotations
@@ -47,8 +52,12 @@ def write_npy_dict(path, value: Dict[str, Any]) -> None:
 
 
 def _named_tensors(model):
-    """(weight.npy name, tensor of the model) pairs of an NVNMD StandardModel."""
+    """(weight.npy name, tensor of the model) pairs of an NVNMD StandardModel (views of the
+    parameters: copying into them sets the model)."""
     descriptor, fitting = model.descriptor, model.fitting
+    if getattr(descriptor, "mixed_types", False):
+        yield from _named_tensors_v1(descriptor, fitting)
+        return
     for t, net in enumerate(descriptor.embeddings):
         for index, layer in enumerate(net.layers):
             yield f"filter_type_all.matrix_{index + 1}_{t}", layer.weight
@@ -60,6 +69,24 @@ def _named_tensors(model):
             yield f"layer_{index}_type_{t}.bias", layer.bias
         yield f"final_layer_type_{t}.matrix", final.weight
         yield f"final_layer_type_{t}.bias", final.bias
+
+
+def _named_tensors_v1(descriptor, fitting):
+    yield "type_embed_net.matrix_1", descriptor.type_embedding.layers[0].weight
+    for suffix, net in (("", descriptor.embedding), ("_two_side_ebd", descriptor.type_pair_embedding)):
+        for index, layer in enumerate(net.layers):
+            yield f"filter_type_all.matrix_{index + 1}{suffix}", layer.weight
+            yield f"filter_type_all.bias_{index + 1}{suffix}", layer.bias
+    *hidden, final = fitting.nets[0].layers
+    n_descriptor = descriptor.m1 * descriptor.m2
+    yield "layer_0.matrix", hidden[0].weight[:n_descriptor]
+    yield "layer_0.tweight", hidden[0].weight[n_descriptor:]
+    for index, layer in enumerate(hidden):
+        if index:
+            yield f"layer_{index}.matrix", layer.weight
+        yield f"layer_{index}.bias", layer.bias
+    yield "final_layer.matrix", final.weight
+    yield "final_layer.bias", final.bias
 
 
 def export_weights(model, min_nbor_dist: float) -> Dict[str, np.ndarray]:
@@ -95,8 +122,10 @@ def import_weights(model, weights: Dict[str, Any], file: str = "weight.npy") -> 
 
 
 def _entry(weights: Dict[str, Any], name: str, shape, file: str) -> np.ndarray:
+    if name not in weights and f"{name}_1" in weights:  # DeePMD-kit 3.2's layer_0.matrix_1 (version 1)
+        name = f"{name}_1"
     if name not in weights:
-        raise ConfigError(f"has no {name!r} (the weights of an NVNMD version 0 model with this model section)",
+        raise ConfigError(f"has no {name!r} (the weights of an NVNMD model with this model section)",
                           file=file, key=name)
     value = np.asarray(weights[name], dtype=np.float64)
     if value.size == math.prod(shape) and value.shape != tuple(shape) and len(shape) == 1:
@@ -107,7 +136,8 @@ def _entry(weights: Dict[str, Any], name: str, shape, file: str) -> np.ndarray:
 
 
 def hardware_config(model, version: int, max_nnei: int, min_nbor_dist: float, s_min: float, s_max: float) -> Dict[str, Any]:
-    """config.npy dictionary: descriptor and fitting sizes, derived sizes and the number formats."""
+    """config.npy dictionary: descriptor and fitting sizes, derived sizes and the number formats
+    (version 1: sel one int, up to 32 types, the fitting's type-embedding width NTAVC)."""
     descriptor = model.descriptor
     sel = list(descriptor.sel)
     neuron = [layer.n_out for layer in model.fitting.nets[0].layers[:-1]]
@@ -119,6 +149,11 @@ def hardware_config(model, version: int, max_nnei: int, min_nbor_dist: float, s_
             "ntypex_max": 1, "ntype_max": 4, "dmin": float(min_nbor_dist), "smin": s_min, "smax": s_max}
     fitn = {"neuron": neuron, "resnet_dt": False, "NNODE_FITS": [descriptor.m1 * descriptor.m2] + neuron + [1],
             "nlayer_fit": len(neuron) + 1, "NLAYER": len(neuron) + 1}
+    if version == 1:
+        for name in ("ntypex", "ntypex_max"):
+            dscp.pop(name)
+        dscp.update(sel=sel[0], SEL=sel[0], ntype_max=32)
+        fitn["NTAVC"] = descriptor.type_embedding.dim_out
     nbit = {"NBIT_FLTF": 20, "NBIT_FIXD_FL": 23, "NBIT_FIT_DATA_FL": 23, "NBIT_FIT_SHORT_FL": 19}
     ctrl = {"MAX_NNEI": max_nnei, "VERSION": version}
     return {"dscp": dscp, "fitn": fitn, "dpin": {"type_map": list(model.type_map)}, "ctrl": ctrl, "nbit": nbit}

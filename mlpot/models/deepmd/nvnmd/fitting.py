@@ -52,16 +52,17 @@ def _short_weight(weight: torch.Tensor) -> torch.Tensor:
 class NvnmdEnerFitting(EnerFitting):
     """``ener`` fitting of an NVNMD model (built by ``mlpot.models.deepmd.nvnmd.build_nvnmd``)."""
 
-    def setup_nvnmd(self, quantize: bool, path: str = "model/fitting_net") -> None:
+    def setup_nvnmd(self, quantize: bool, path: str = "model/fitting_net", mixed_types: bool = False) -> None:
         """Check the net against the hardware's, switch the first layer's skip off (TF layout) and
-        set the quantised mode."""
+        set the quantised mode. ``mixed_types`` (version 1): one net for all types, reading
+        [D, tebd(t_i)]."""
         first = self.nets[0].layers[0]
         if first.activation_name != "tanh4":
             raise ConfigError(f"NVNMD fitting nets use activation_function tanh4, got {first.activation_name!r}",
                               key=f"{path}/activation_function")
         if any(layer.idt is not None for net in self.nets for layer in net.layers):
             raise ConfigError("NVNMD fitting nets have no time step: set resnet_dt false", key=f"{path}/resnet_dt")
-        if self.numb_fparam or self.numb_aparam or self.mixed_types:
+        if self.numb_fparam or self.numb_aparam or self.mixed_types != mixed_types:
             raise ConfigError("NVNMD fitting nets take the descriptor only (no fparam / aparam)", key=path)
         for net in self.nets:
             net.__class__ = QuantizedFittingNet  # same parameters, NVNMD's forward
