@@ -158,7 +158,14 @@ def test_two_stages_restore_the_first_and_write_deepmd_kit_files(tmp_path, share
 
 
 @pytest.mark.parametrize("change, key, message", [
-    ({"version": 1}, "nvnmd/version", "not supported yet: nvnmd/version=1"),
+    ({"version": 2}, "nvnmd/version", "expected 0 or 1, got 2"),
+    ({"version": 1}, "nvnmd/sel", "version 1 takes one sel for all types"),
+    ({"version": 1, "sel": 96, "quantize_descriptor": True}, "nvnmd/quantize_descriptor",
+     "not supported yet: nvnmd version 1 quantised network"),
+    ({"version": 1, "sel": 96, "quantize_fitting_net": True}, "nvnmd/quantize_fitting_net",
+     "not supported yet: nvnmd version 1 quantised network"),
+    ({"version": 1, "sel": 130}, "model/descriptor/sel", "sel = 130 exceeds nvnmd max_nnei = 128"),
+    ({"version": 1, "sel": 96, "type_map": [f"X{i}" for i in range(33)]}, "model/type_map", "at most 32 atom types"),
     ({"max_nnei": 64}, "nvnmd/max_nnei", "expected 128 or 256"),
     ({"net_size": 64}, "nvnmd/net_size", "128 wide"),
     ({"sel": [46, 130]}, "model/descriptor/sel", r"sel\[1\] = 130 exceeds nvnmd max_nnei = 128"),
@@ -268,4 +275,82 @@ def test_quantised_model_without_tables_and_compression_are_refused(frames):
     section = _section()
     section["nvnmd"]["map_file"] = "map.npy"
     with pytest.raises(ConfigError, match="quantised descriptor only"):
+        build_model(section)
+
+
+# ---- version 1: NVNMD's se_atten variant (continuous stage) ------------------------------------------
+
+NVNMD_V1 = {**NVNMD, "version": 1, "sel": 128}
+REFERENCE_V1 = Path(__file__).parent / "peer_models" / "deepmd" / "nvnmd_v1_reference.npz"
+_V1_NETS = ("type_embed_net", "filter_type_all", "layer_", "final_layer")
+
+
+def _v1_model(**nvnmd):
+    config = _input(["sys"], **{**NVNMD_V1, "enable": True, **nvnmd})
+    return build_model(deepmd.convert_dict(config, base_dir=".", file="train_cnn.json")["model"])
+
+
+def test_v1_reproduces_deepmd_kit_tf_cnn(frames):
+    """DeePMD-kit 3.2 TF's version-1 CNN (tests/peer_models/make_nvnmd_v1_reference.py) on the same
+    formula weights: measured 1.5e-11 eV and 1.7e-15 eV/Å."""
+    from tests.peer_models.nvnmd_weights import formula_weights
+
+    reference = dict(np.load(REFERENCE_V1))
+    model = _v1_model()
+    assert type(model.descriptor).__name__ == "DescriptorSeAttenNvnmd" and model.descriptor.nix == 128
+    shapes = {name: value.shape for name, value in export_weights(model, 1.0).items() if name.startswith(_V1_NETS)}
+    n_slots = model.descriptor.n_slots
+    weights = {**formula_weights(shapes), "descrpt_attr.t_avg": np.tile(reference["davg"], (1, n_slots)),
+               "descrpt_attr.t_std": np.tile(reference["dstd"], (1, n_slots)), "t_bias_atom_e": reference["bias"]}
+    weights["layer_0.matrix_1"] = weights.pop("layer_0.matrix")  # DeePMD-kit 3.2's spelling, read as well
+    import_weights(model, weights)
+    energy, forces = _predict(model, frames)
+    assert np.abs(energy - reference["cnn/energy"]).max() < 1e-9
+    assert np.abs(forces - reference["cnn/forces"]).max() < 1e-12
+    exported = export_weights(model, float(reference["min_nbor_dist"]))
+    assert np.array_equal(exported["layer_0.tweight"], weights["layer_0.tweight"])  # tebd rows of the first layer
+
+
+def test_v1_forces_and_invariance():
+    import mlpot.testing as T
+
+    model = _v1_model(sel=24, rcut=3.5)
+    with torch.no_grad():
+        model.descriptor.dstd.copy_(torch.tensor([[0.2, 0.15, 0.15, 0.15]] * 2))
+    batch = T.random_batch(2, [8, 7], seed=1)
+    T.assert_derivatives_match_fd(model, batch)
+    T.assert_invariant(model, batch, atol=1e-9, rtol=1e-7)
+
+
+def test_v1_first_stage_writes_deepmd_kit_files_and_second_is_refused(tmp_path, shared_data, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    config = _input([str(shared_data("deepmd_water/data_3"))], **NVNMD_V1)
+    (tmp_path / "train_cnn.json").write_text(json.dumps(config))
+    assert main(["train-nvnmd", "train_cnn.json", "-s", "s1", "--no-progress"]) == 0
+    assert "map.npy" in capsys.readouterr().out  # named as not written (the QNN stage is not built)
+    assert not (tmp_path / "nvnmd_cnn/map.npy").exists()
+    weights = read_npy_dict(tmp_path / "nvnmd_cnn/weight.npy")
+    assert weights["layer_0.tweight"].shape == (8, 128) and weights["type_embed_net.matrix_1"].shape == (2, 8)
+    assert weights["descrpt_attr.t_avg"].shape == (2, 512) and not weights["descrpt_attr.t_avg"].any()  # davg 0
+    hardware = read_npy_dict(tmp_path / "nvnmd_cnn/config.npy")
+    assert hardware["ctrl"]["VERSION"] == 1 and hardware["dscp"]["sel"] == 128 and hardware["fitn"]["NTAVC"] == 8
+    from mlpot.calculators.export import load_model
+
+    cnn = load_model(tmp_path / "nvnmd_cnn/frozen_model.pt")
+    restored = _v1_model()
+    import_weights(restored, weights)
+    frame = read_frames(shared_data("deepmd_water/data_3"), type_map=["O", "H"])[:1]
+    assert np.allclose(_predict(restored, frame)[0], _predict(cnn, frame)[0], rtol=0, atol=1e-9)
+    assert main(["train-nvnmd", "train_cnn.json", "-s", "s2", "--no-progress"]) != 0
+    assert "not supported yet: nvnmd version 1 quantised network" in capsys.readouterr().err
+
+
+def test_v1_model_section_is_checked():
+    section = {"type_map": ["O", "H"], "descriptor": {"type": "se_atten", "sel": 24, "rcut": 3.5, "neuron": [8, 16, 32],
+                                                      "axis_neuron": 4, "tebd_input_mode": "strip", "attn_layer": 2},
+               "fitting_net": {"neuron": [128] * 3, "activation_function": "tanh4"}, "nvnmd": {"version": 1}}
+    with pytest.raises(ConfigError, match="NVNMD version 1 needs attn_layer 0, got 2"):
+        build_model(section)
+    section["descriptor"].update(attn_layer=0, type="se_e2_a", sel=[12, 12])
+    with pytest.raises(ConfigError, match="NVNMD version 1 uses descriptor se_atten"):
         build_model(section)
