@@ -65,19 +65,41 @@ def _dp_test(dp, model: str, work: Path, name: str):
     return energy, forces
 
 
-def main() -> None:
+def prepare_work():
+    """(work folder, dp command) from the command line (--dp, --data, --work); a fresh work folder
+    holding frames 0 and 1 of the system --data in ``sys/``."""
     parser = argparse.ArgumentParser()
     parser.add_argument("--dp", required=True)
     parser.add_argument("--data", type=Path, required=True)
     parser.add_argument("--work", type=Path, required=True)
     args = parser.parse_args()
-    work, dp = args.work, [args.dp, "--tf"]
+    work, data = args.work, args.data
     shutil.rmtree(work, ignore_errors=True)
     (work / "sys/set.000").mkdir(parents=True)
     for name in ("type.raw", "type_map.raw"):
-        shutil.copy(args.data / name, work / "sys" / name)
+        shutil.copy(data / name, work / "sys" / name)
     for name in ("coord", "box", "energy", "force"):
-        np.save(work / f"sys/set.000/{name}.npy", np.load(args.data / f"set.000/{name}.npy")[:2])
+        np.save(work / f"sys/set.000/{name}.npy", np.load(data / f"set.000/{name}.npy")[:2])
+    return work, [args.dp, "--tf"]
+
+
+def restored_cnn(dp, work: Path) -> None:
+    """``cnn_ref/frozen_model.pb``: the continuous model of ``nvnmd_cnn/weight.npy`` (dp train with
+    restore_descriptor and restore_fitting_net at learning rate 1e-30, then dp freeze)."""
+    cnn = json.loads((work / "nvnmd_cnn/train.json").read_text())
+    cnn["nvnmd"].update(enable=True, restore_descriptor=True, restore_fitting_net=True, quantize_descriptor=False,
+                        quantize_fitting_net=False, weight_file="nvnmd_cnn/weight.npy", map_file="none",
+                        config_file="nvnmd_cnn/config.npy")
+    cnn["learning_rate"].update(start_lr=1e-30, stop_lr=1e-30)
+    cnn["training"].update(disp_file="cnn_ref/lcurve.out", save_ckpt="cnn_ref/model.ckpt")
+    (work / "cnn_ref.json").write_text(json.dumps(cnn, indent=1))
+    (work / "cnn_ref").mkdir()
+    _run(dp + ["train", "cnn_ref.json"], work)
+    _run(dp + ["freeze", "-c", "cnn_ref", "-o", "cnn_ref/frozen_model.pb", "-w", "cnn_ref/weight.npy"], work)
+
+
+def main() -> None:
+    work, dp = prepare_work()
     (work / "train_cnn.json").write_text(json.dumps(_input(1e-3), indent=1))
     _run(dp + ["train-nvnmd", "train_cnn.json", "-s", "s1"], work)
     weight_file = work / "nvnmd_cnn/weight.npy"
@@ -90,16 +112,7 @@ def main() -> None:
     mapt = ("from deepmd.tf.nvnmd.entrypoints.mapt import mapt; mapt(nvnmd_config='nvnmd_cnn/config.npy', "
             "nvnmd_weight='nvnmd_cnn/weight.npy', nvnmd_map='nvnmd_cnn/map.npy')")
     _run([sys.executable, "-c", mapt], work)
-    cnn = json.loads((work / "nvnmd_cnn/train.json").read_text())
-    cnn["nvnmd"].update(enable=True, restore_descriptor=True, restore_fitting_net=True, quantize_descriptor=False,
-                        quantize_fitting_net=False, weight_file="nvnmd_cnn/weight.npy", map_file="none",
-                        config_file="nvnmd_cnn/config.npy")
-    cnn["learning_rate"].update(start_lr=1e-30, stop_lr=1e-30)
-    cnn["training"].update(disp_file="cnn_ref/lcurve.out", save_ckpt="cnn_ref/model.ckpt")
-    (work / "cnn_ref.json").write_text(json.dumps(cnn, indent=1))
-    (work / "cnn_ref").mkdir()
-    _run(dp + ["train", "cnn_ref.json"], work)
-    _run(dp + ["freeze", "-c", "cnn_ref", "-o", "cnn_ref/frozen_model.pb", "-w", "cnn_ref/weight.npy"], work)
+    restored_cnn(dp, work)
     (work / "train_qnn.json").write_text(json.dumps(_input(1e-30), indent=1))
     _run(dp + ["train-nvnmd", "train_qnn.json", "-s", "s2"], work)
     out = {"davg": weights["descrpt_attr.t_avg"].reshape(2, -1, 4)[:, 0], "bias": weights["t_bias_atom_e"],

@@ -26,9 +26,7 @@ as dp test printed them. Nothing here copies DeePMD-kit code: it runs dp.
 
 from __future__ import annotations
 
-import argparse
 import json
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -36,7 +34,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from make_nvnmd_reference import _dp_test, _input, _run  # noqa: E402
+from make_nvnmd_reference import _dp_test, _input, prepare_work, restored_cnn  # noqa: E402
 from nvnmd_weights import formula_weights  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
@@ -46,18 +44,7 @@ NETS = ("type_embed_net", "filter_type_all", "layer_", "final_layer")
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--dp", required=True)
-    parser.add_argument("--data", type=Path, required=True)
-    parser.add_argument("--work", type=Path, required=True)
-    args = parser.parse_args()
-    work, dp = args.work, [args.dp, "--tf"]
-    shutil.rmtree(work, ignore_errors=True)
-    (work / "sys/set.000").mkdir(parents=True)
-    for name in ("type.raw", "type_map.raw"):
-        shutil.copy(args.data / name, work / "sys" / name)
-    for name in ("coord", "box", "energy", "force"):
-        np.save(work / f"sys/set.000/{name}.npy", np.load(args.data / f"set.000/{name}.npy")[:2])
+    work, dp = prepare_work()
     cnn_input = _input(1e-3)
     cnn_input["nvnmd"] = dict(NVNMD_V1)
     (work / "train_cnn.json").write_text(json.dumps(cnn_input, indent=1))
@@ -75,16 +62,7 @@ def main() -> None:
     holder = np.empty(1, dtype=object)
     holder[0] = weights
     np.save(weight_file, holder, allow_pickle=True)
-    cnn = json.loads((work / "nvnmd_cnn/train.json").read_text())
-    cnn["nvnmd"].update(enable=True, restore_descriptor=True, restore_fitting_net=True, quantize_descriptor=False,
-                        quantize_fitting_net=False, weight_file="nvnmd_cnn/weight.npy", map_file="none",
-                        config_file="nvnmd_cnn/config.npy")
-    cnn["learning_rate"].update(start_lr=1e-30, stop_lr=1e-30)
-    cnn["training"].update(disp_file="cnn_ref/lcurve.out", save_ckpt="cnn_ref/model.ckpt")
-    (work / "cnn_ref.json").write_text(json.dumps(cnn, indent=1))
-    (work / "cnn_ref").mkdir()
-    _run(dp + ["train", "cnn_ref.json"], work)
-    _run(dp + ["freeze", "-c", "cnn_ref", "-o", "cnn_ref/frozen_model.pb", "-w", "cnn_ref/weight.npy"], work)
+    restored_cnn(dp, work)
     out = {"davg": weights["descrpt_attr.t_avg"].reshape(2, -1, 4)[:, 0], "bias": weights["t_bias_atom_e"],
            "dstd": weights["descrpt_attr.t_std"].reshape(2, -1, 4)[:, 0],
            "min_nbor_dist": np.float64(weights["train_attr.min_nbor_dist"])}
