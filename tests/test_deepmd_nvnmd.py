@@ -160,10 +160,7 @@ def test_two_stages_restore_the_first_and_write_deepmd_kit_files(tmp_path, share
 @pytest.mark.parametrize("change, key, message", [
     ({"version": 2}, "nvnmd/version", "expected 0 or 1, got 2"),
     ({"version": 1}, "nvnmd/sel", "version 1 takes one sel for all types"),
-    ({"version": 1, "sel": 96, "quantize_descriptor": True}, "nvnmd/quantize_descriptor",
-     "not supported yet: nvnmd version 1 quantised network"),
-    ({"version": 1, "sel": 96, "quantize_fitting_net": True}, "nvnmd/quantize_fitting_net",
-     "not supported yet: nvnmd version 1 quantised network"),
+    ({"version": 1, "sel": 96, "quantize_descriptor": True}, "nvnmd/map_file", "needs the tables"),
     ({"version": 1, "sel": 130}, "model/descriptor/sel", "sel = 130 exceeds nvnmd max_nnei = 128"),
     ({"version": 1, "sel": 96, "type_map": [f"X{i}" for i in range(33)]}, "model/type_map", "at most 32 atom types"),
     ({"max_nnei": 64}, "nvnmd/max_nnei", "expected 128 or 256"),
@@ -322,27 +319,32 @@ def test_v1_forces_and_invariance():
     T.assert_invariant(model, batch, atol=1e-9, rtol=1e-7)
 
 
-def test_v1_first_stage_writes_deepmd_kit_files_and_second_is_refused(tmp_path, shared_data, monkeypatch, capsys):
+def test_v1_two_stages_write_deepmd_kit_files(tmp_path, shared_data, monkeypatch):
     monkeypatch.chdir(tmp_path)
     config = _input([str(shared_data("deepmd_water/data_3"))], **NVNMD_V1)
     (tmp_path / "train_cnn.json").write_text(json.dumps(config))
     assert main(["train-nvnmd", "train_cnn.json", "-s", "s1", "--no-progress"]) == 0
-    assert "map.npy" in capsys.readouterr().out  # named as not written (the QNN stage is not built)
-    assert not (tmp_path / "nvnmd_cnn/map.npy").exists()
     weights = read_npy_dict(tmp_path / "nvnmd_cnn/weight.npy")
     assert weights["layer_0.tweight"].shape == (8, 128) and weights["type_embed_net.matrix_1"].shape == (2, 8)
     assert weights["descrpt_attr.t_avg"].shape == (2, 512) and not weights["descrpt_attr.t_avg"].any()  # davg 0
     hardware = read_npy_dict(tmp_path / "nvnmd_cnn/config.npy")
     assert hardware["ctrl"]["VERSION"] == 1 and hardware["dscp"]["sel"] == 128 and hardware["fitn"]["NTAVC"] == 8
+    tables = read_npy_dict(tmp_path / "nvnmd_cnn/map.npy")
+    assert tables["gt"].shape == (9, 32) and tables["t_ebd"].shape == (3, 8) and not tables["t_ebd"][2].any()
+    assert [np.shape(g) for g in tables["g"]] == [(512, 128)] and tables["cfg_s2g"][0][0] == 0.0
     from mlpot.calculators.export import load_model
 
     cnn = load_model(tmp_path / "nvnmd_cnn/frozen_model.pt")
     restored = _v1_model()
     import_weights(restored, weights)
     frame = read_frames(shared_data("deepmd_water/data_3"), type_map=["O", "H"])[:1]
-    assert np.allclose(_predict(restored, frame)[0], _predict(cnn, frame)[0], rtol=0, atol=1e-9)
-    assert main(["train-nvnmd", "train_cnn.json", "-s", "s2", "--no-progress"]) != 0
-    assert "not supported yet: nvnmd version 1 quantised network" in capsys.readouterr().err
+    e_cnn, _ = _predict(cnn, frame)
+    assert np.allclose(_predict(restored, frame)[0], e_cnn, rtol=0, atol=1e-9)
+    assert main(["train-nvnmd", "train_cnn.json", "-s", "s2", "--no-progress"]) == 0
+    qnn = load_model(tmp_path / "nvnmd_qnn/frozen_model.pt")
+    assert qnn.descriptor.quantize and qnn.fitting.quantize
+    start = load_model(tmp_path / "nvnmd_qnn/restored_cnn.pt")
+    assert 0 < abs(_predict(start, frame)[0][0] - e_cnn[0]) / 192 < 2e-6  # the first stage, quantised
 
 
 def test_v1_model_section_is_checked():

@@ -95,7 +95,7 @@ def _write_stage_files(folder: Path, step: str, skip_stat: bool) -> None:
     from mlpot.calculators.export import load_model
     from mlpot.commands.compress import training_min_nbor_dist
     from mlpot.models.deepmd.nvnmd.files import export_weights, hardware_config, write_npy_dict
-    from mlpot.models.deepmd.nvnmd.tables import build_tables, s_range
+    from mlpot.models.deepmd.nvnmd.tables import build_tables, build_tables_v1, s_range
 
     os.replace(folder / "model.pt", folder / "frozen_model.pt")
     model = load_model(folder / "frozen_model.pt")
@@ -108,11 +108,9 @@ def _write_stage_files(folder: Path, step: str, skip_stat: bool) -> None:
               "a larger rcut_smth narrows it")
     write_npy_dict(folder / "config.npy", hardware_config(model, options["version"], options["max_nnei"],
                                                           min_nbor_dist, s_min, s_max))
-    if step == "s1" and options["version"] == 0:
-        write_npy_dict(folder / "map.npy", build_tables(model.descriptor, min_nbor_dist))
-    elif step == "s1":
-        print("note: map.npy (the tables of the quantised descriptor) is not written for nvnmd version 1: its "
-              "quantised stage is not supported yet")
+    if step == "s1":
+        tables = (build_tables if options["version"] == 0 else build_tables_v1)(model.descriptor, min_nbor_dist)
+        write_npy_dict(folder / "map.npy", tables)
     else:
         print("note: model.pb (the NVNMD hardware's binary model, dp train-nvnmd's last file) is not written: "
               "not supported yet")
@@ -142,5 +140,5 @@ def run(args) -> int:
         return status
     _write_stage_files(folder, step, args.skip_neighbor_stat)
     print(f"NVNMD stage {step} done: {folder}/ frozen_model.pt, weight.npy, config.npy"
-          + (", map.npy" if (folder / "map.npy").is_file() and step == "s1" else ""))
+          + (", map.npy" if step == "s1" else ""))
     return 0

@@ -7,8 +7,7 @@ Two input layouts, as DeePMD-kit reads them:
   NVNMD's version-0 one: se_e2_a with neuron [8, 16, 32], axis_neuron 4, type_one_side, and
   ``net_size``-wide tanh4 fitting nets ([net_size] * 3); version 1 (``sel`` one int): se_atten in
   strip mode without attention layers (attn_layer 0; two-sided type-pair net, as DeePMD-kit TF's
-  strip mode always builds it), the same widths, one fitting net reading [D, tebd(t_i)]; its
-  quantised stage is not supported yet. It is what ``dp train-nvnmd`` (mlpot
+  strip mode always builds it), the same widths, one fitting net reading [D, tebd(t_i)]. It is what ``dp train-nvnmd`` (mlpot
   train-nvnmd) trains; with ``mlpot train`` it needs ``enable: true``, as dp train cannot train it
   at all;
 * a model section and an nvnmd section (the ``train.json`` that train-nvnmd writes): with
@@ -84,11 +83,6 @@ def expand_nvnmd(config: Dict[str, Any], file: Optional[str] = None, base_dir: P
     section = {**NVNMD_DEFAULTS, **check_section(raw, table.NVNMD, ["nvnmd"], file)}
     if section["version"] not in (0, 1):
         raise ConfigError(f"expected 0 or 1, got {section['version']}", file=file, key=["nvnmd", "version"])
-    if section["version"] == 1:
-        for name in ("quantize_descriptor", "quantize_fitting_net"):
-            if section[name]:
-                raise ConfigError(f"not supported yet: nvnmd version 1 quantised network (QNN: {name}; mlpot "
-                                  "train-nvnmd -s s2 of version 1)", file=file, key=["nvnmd", name])
     if section["max_nnei"] not in (128, 256):
         raise ConfigError(f"expected 128 or 256, got {section['max_nnei']}", file=file, key=["nvnmd", "max_nnei"])
     has_model = "model" in config

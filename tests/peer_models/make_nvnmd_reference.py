@@ -41,6 +41,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from nvnmd_weights import formula_weights  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
+MAPT = ("from deepmd.tf.nvnmd.entrypoints.mapt import mapt; mapt(nvnmd_config='nvnmd_cnn/config.npy', "
+        "nvnmd_weight='nvnmd_cnn/weight.npy', nvnmd_map='nvnmd_cnn/map.npy')")
 NVNMD = {"version": 0, "max_nnei": 128, "net_size": 128, "sel": [46, 92], "rcut": 6.0, "rcut_smth": 0.5,
          "type_map": ["O", "H"]}
 
@@ -109,9 +111,7 @@ def main() -> None:
     holder = np.empty(1, dtype=object)
     holder[0] = weights
     np.save(weight_file, holder, allow_pickle=True)
-    mapt = ("from deepmd.tf.nvnmd.entrypoints.mapt import mapt; mapt(nvnmd_config='nvnmd_cnn/config.npy', "
-            "nvnmd_weight='nvnmd_cnn/weight.npy', nvnmd_map='nvnmd_cnn/map.npy')")
-    _run([sys.executable, "-c", mapt], work)
+    _run([sys.executable, "-c", MAPT], work)
     restored_cnn(dp, work)
     (work / "train_qnn.json").write_text(json.dumps(_input(1e-30), indent=1))
     _run(dp + ["train-nvnmd", "train_qnn.json", "-s", "s2"], work)

@@ -27,7 +27,7 @@ __all__ = ["NVNMD_MODEL_KEYS", "build_nvnmd", "DescriptorSeANvnmd", "DescriptorS
 _DESCRIPTOR_TYPES = {0: ("se_e2_a", "se_a"), 1: ("se_atten", "dpa1")}
 
 NVNMD_MODEL_KEYS = {
-    "version": key(0, note="0: se_a with up to 4 types; 1: se_atten with up to 32 types (continuous only)", annotation=int),
+    "version": key(0, note="0: se_a with up to 4 types; 1: se_atten with up to 32 types", annotation=int),
     "max_nnei": key(128, note="128 or 256; every sel entry must be at most this", annotation=int),
     "quantize_descriptor": key(False, note="quantised (QNN) descriptor: tables and short floats", annotation=bool),
     "quantize_fitting_net": key(False, note="quantised (QNN) fitting nets: 23-bit fixed point", annotation=bool),
@@ -51,9 +51,6 @@ def build_nvnmd(options: Dict[str, Any], descriptor_section: Dict[str, Any], fit
     if fitting_section.get("type", "ener") != "ener":
         raise ConfigError(f"NVNMD fits energies only (type ener), got {fitting_section.get('type')!r}",
                           key="model/fitting_net/type")
-    if version == 1 and values["quantize_fitting_net"]:
-        raise ConfigError("not supported yet: nvnmd version 1 quantised fitting net (QNN, quantize_fitting_net)",
-                          key="model/nvnmd/quantize_fitting_net")
     descriptor_cls = DescriptorSeANvnmd if version == 0 else DescriptorSeAttenNvnmd
     descriptor = descriptor_cls.from_config(descriptor_section, n_types, dtype)
     descriptor.setup_nvnmd(values["quantize_descriptor"], values["max_nnei"])
@@ -65,5 +62,5 @@ def build_nvnmd(options: Dict[str, Any], descriptor_section: Dict[str, Any], fit
 
         descriptor.set_tables(read_npy_dict(values["map_file"], "model/nvnmd/map_file"))
     fitting = NvnmdEnerFitting.from_config(fitting_section, n_types, descriptor, dtype)
-    fitting.setup_nvnmd(values["quantize_fitting_net"], mixed_types=version == 1)
+    fitting.setup_nvnmd(values["quantize_fitting_net"], tebd_width=descriptor.type_embedding.dim_out if version else 0)
     return descriptor, fitting

@@ -114,7 +114,8 @@ def import_weights(model, weights: Dict[str, Any], file: str = "weight.npy") -> 
             value = _entry(weights, name, (stat.shape[0], 4 * descriptor.n_slots), file)
             stat.copy_(torch.as_tensor(value.reshape(stat.shape[0], -1, 4)[:, 0, :]))
         for name, tensor in _named_tensors(model):
-            if name.startswith("filter_type_all") and name not in weights and getattr(descriptor, "quantize", False):
+            if name.startswith(("filter_type_all", "type_embed_net")) and name not in weights \
+                    and getattr(descriptor, "quantize", False):
                 continue  # a QNN's weight.npy: its descriptor is the tables, the embedding nets are not written
             tensor.copy_(torch.as_tensor(_entry(weights, name, tuple(tensor.shape), file)))
         bias = _entry(weights, "t_bias_atom_e", (descriptor.n_types,), file)
