@@ -24,7 +24,7 @@ from mlpot.config import deepmd
 from mlpot.data import read_frames
 from mlpot.errors import ConfigError
 from mlpot.models.deepmd.nvnmd.files import export_weights, import_weights, read_npy_dict
-from mlpot.models.deepmd.nvnmd.tables import build_tables
+from mlpot.models.deepmd.nvnmd.tables import build_tables, build_tables_v1
 from mlpot.models.registry import build_model
 from mlpot.nn.quantize import cubic_table, fixed_point, short_float, tanh4
 
@@ -283,13 +283,17 @@ _V1_NETS = ("type_embed_net", "filter_type_all", "layer_", "final_layer")
 
 
 def _v1_model(**nvnmd):
+    """A version-1 model of NVNMD_V1 (+ ``nvnmd`` keys); a quantised one without its tables (set_tables)."""
     config = _input(["sys"], **{**NVNMD_V1, "enable": True, **nvnmd})
-    return build_model(deepmd.convert_dict(config, base_dir=".", file="train_cnn.json")["model"])
+    section = deepmd.convert_dict(config, base_dir=".", file="train_cnn.json")["model"]
+    section["nvnmd"]["map_file"] = None
+    return build_model(section)
 
 
-def test_v1_reproduces_deepmd_kit_tf_cnn(frames):
-    """DeePMD-kit 3.2 TF's version-1 CNN (tests/peer_models/make_nvnmd_v1_reference.py) on the same
-    formula weights: measured 1.5e-11 eV and 1.7e-15 eV/Å."""
+@pytest.mark.parametrize("stage, tolerance", [("cnn", (1e-9, 1e-12)), ("qnn", (1e-4, 1e-5))])  # measured: 1.5e-11, 1.7e-15; 4.9e-5, 2.4e-6
+def test_v1_reproduces_deepmd_kit_tf(stage, tolerance, frames):
+    """DeePMD-kit 3.2 TF's version-1 CNN and QNN (tests/peer_models/make_nvnmd_v1_reference.py) on
+    the same formula weights; the QNN with mlpot's own tables."""
     from tests.peer_models.nvnmd_weights import formula_weights
 
     reference = dict(np.load(REFERENCE_V1))
@@ -301,11 +305,16 @@ def test_v1_reproduces_deepmd_kit_tf_cnn(frames):
                "descrpt_attr.t_std": np.tile(reference["dstd"], (1, n_slots)), "t_bias_atom_e": reference["bias"]}
     weights["layer_0.matrix_1"] = weights.pop("layer_0.matrix")  # DeePMD-kit 3.2's spelling, read as well
     import_weights(model, weights)
-    energy, forces = _predict(model, frames)
-    assert np.abs(energy - reference["cnn/energy"]).max() < 1e-9
-    assert np.abs(forces - reference["cnn/forces"]).max() < 1e-12
     exported = export_weights(model, float(reference["min_nbor_dist"]))
     assert np.array_equal(exported["layer_0.tweight"], weights["layer_0.tweight"])  # tebd rows of the first layer
+    if stage == "qnn":
+        qnn = _v1_model(quantize_descriptor=True, quantize_fitting_net=True, map_file="map.npy")
+        qnn.load_state_dict(model.state_dict(), strict=False)
+        qnn.descriptor.set_tables(build_tables_v1(model.descriptor, float(reference["min_nbor_dist"])))
+        model = qnn
+    energy, forces = _predict(model, frames)
+    assert np.abs(energy - reference[f"{stage}/energy"]).max() < tolerance[0]
+    assert np.abs(forces - reference[f"{stage}/forces"]).max() < tolerance[1]
 
 
 def test_v1_forces_and_invariance():
