@@ -6,7 +6,9 @@ short float, measured with its flt_nvnmd op); the quantised model (QNN) against 
 weights; DeePMD-kit's files); bad nvnmd keys; and DeePMD-kit 3.2's own TF numbers of the same
 weights (``test_reproduces_deepmd_kit_tf``: ``tests/peer_models/deepmd/nvnmd_reference.npz``, from
 ``tests/peer_models/make_nvnmd_reference.py``; the weights come from a formula, nothing large is
-committed).
+committed). Version 1 (se_atten, up to 32 types): DeePMD-kit's CNN and QNN of the same kind of
+weights (``nvnmd_v1_reference.npz`` from ``make_nvnmd_v1_reference.py``), forces and invariance,
+both train-nvnmd stages and their files, the checks of its input and model section.
 """
 
 from __future__ import annotations

@@ -222,7 +222,7 @@ TOP = {
 
 # ---- nvnmd (DeePMD-kit TF; translated by _deepmd_nvnmd.py, built by mlpot.models.deepmd.nvnmd) --------
 NVNMD = {
-    "version": _k(S, default=0, note="0: se_a model, up to 4 types; 1: se_atten model, up to 32 types (continuous stage s1; its quantised stage s2 not supported yet)", kind=INT),
+    "version": _k(S, default=0, note="0: se_a model, up to 4 types; 1: se_atten model (strip, no attention layer), up to 32 types; both stages", kind=INT),
     "max_nnei": _k(S, default=128, note="128 or 256: the largest sel entry allowed", kind=INT),
     "net_size": _k(S, default=128, note="width of the 3 fitting layers; NVNMD builds 128 only", kind=INT),
     "map_file": _k(S, default="none", note="map.npy: tables of the quantised descriptor (relative to the input's folder)"),
