@@ -11,10 +11,11 @@ Differences from se_e2_a (``DescriptorSeA``), per the NVNMD training code (npj C
 Quantised mode (QNN, ``quantize``) emulates the hardware's arithmetic in software: per slot u = r^2
 and the vector r_ij as short floats (``mlpot.nn.quantize.short_float``); s~ and h~ = s/r / dstd_1
 read from the u -> (s, h) table of the centre type, G from the s -> G table of the neighbour type
-(cubic pieces, ``tables.py``; their derivatives from the slope tables, as DeePMD-kit's backward
-reads them); R~ = (s~, h~ x, h~ y, h~ z) in short floats; sum_k R~^T G rounded
-to 23 fraction bits; A = that / N_X in short floats; A^T A in short floats; D floored to 23
-fraction bits. Padded slots have u = 0 and r = 0, so their row is (s~(0), 0, 0, 0) = (-davg/dstd,
+(cubic pieces, ``tables.py``, evaluated in short-float arithmetic as DeePMD-kit's map_flt_nvnmd;
+their derivatives from the slope tables, as DeePMD-kit's backward reads them); R~ = (s~, h~ x,
+h~ y, h~ z) in short floats; sum_k R~^T G with each term truncated to 23 fraction bits, the sum a
+short float (``fixed_matmul``); A = that / N_X in short floats; A^T A in NVNMD's short-float
+product (``float_matmul``); D floored to 23 fraction bits. Padded slots have u = 0 and r = 0, so their row is (s~(0), 0, 0, 0) = (-davg/dstd,
 0, 0, 0) as in the continuous model. The tables are buffers (saved with the model); they come from
 ``map_file`` or are built from the model's own embedding nets (``build_tables``).
 """
@@ -31,7 +32,7 @@ from mlpot.errors import ConfigError
 from mlpot.models.deepmd.descriptors.env import select_neighbors, undirected_pair_key
 from mlpot.models.deepmd.descriptors.se_e2_a import DescriptorSeA
 from mlpot.nn import gather_rows
-from mlpot.nn.quantize import cubic_table, fixed_point, short_float
+from mlpot.nn.quantize import cubic_table, fixed_matmul, fixed_point, float_matmul, float_mul, short_float
 
 __all__ = ["DescriptorSeANvnmd", "NBIT_FRACTION", "NBIT_MANTISSA", "U_ROWS", "S_ROWS"]
 
@@ -102,14 +103,13 @@ class DescriptorSeANvnmd(DescriptorSeA):
         rij = short_float(rij, NBIT_MANTISSA)
         centre = batch[ATOM_TYPES].repeat_interleave(n_slots)
         u_segments = self._segments("u_segments")
-        s = short_float(cubic_table(u, self.s_table, u_segments, centre, self.s_slope), NBIT_MANTISSA)
-        h = short_float(cubic_table(u, self.h_table, u_segments, centre, self.h_slope), NBIT_MANTISSA)
-        rxyz = short_float(h.reshape(n_atoms, n_slots, 1) * rij, NBIT_MANTISSA)
+        s = cubic_table(u, self.s_table, u_segments, centre, self.s_slope, hardware=True)
+        h = cubic_table(u, self.h_table, u_segments, centre, self.h_slope, hardware=True)
+        rxyz = float_mul(h.reshape(n_atoms, n_slots, 1), rij, NBIT_MANTISSA)
         env = torch.cat([s.reshape(n_atoms, n_slots, 1), rxyz], dim=-1)  # (n_atoms, n_slots, 4)
         neighbour = self.slot_types.repeat(n_atoms)
-        g = cubic_table(s.reshape(-1), self.g_table, self._segments("s_segments"), neighbour, self.g_slope)
-        g = short_float(g, NBIT_MANTISSA)
-        gr = fixed_point(torch.matmul(env.transpose(1, 2), g.reshape(n_atoms, n_slots, self.m1)), NBIT_FRACTION)
+        g = cubic_table(s.reshape(-1), self.g_table, self._segments("s_segments"), neighbour, self.g_slope, hardware=True)
+        gr = fixed_matmul(env.transpose(1, 2), g.reshape(n_atoms, n_slots, self.m1), NBIT_FRACTION, NBIT_MANTISSA)
         return short_float(gr / self.nix, NBIT_MANTISSA)
 
     def a_matrix(self, batch: Dict[str, torch.Tensor], vectors: torch.Tensor) -> torch.Tensor:
@@ -123,9 +123,8 @@ class DescriptorSeANvnmd(DescriptorSeA):
     def forward(self, batch: Dict[str, torch.Tensor], vectors: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         a_matrix = self.a_matrix(batch, vectors)
         n_atoms = a_matrix.shape[0]
-        full = torch.matmul(a_matrix.transpose(1, 2), a_matrix).reshape(n_atoms, self.m1 * self.m1)
-        if self.quantize:
-            full = short_float(full, NBIT_MANTISSA)
+        product = float_matmul if self.quantize else torch.matmul
+        full = product(a_matrix.transpose(1, 2), a_matrix).reshape(n_atoms, self.m1 * self.m1)
         descriptor = full.index_select(1, self.band_index)
         if self.quantize:
             descriptor = fixed_point(descriptor, NBIT_FRACTION, "floor")

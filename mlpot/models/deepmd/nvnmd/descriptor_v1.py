@@ -17,11 +17,11 @@ with s~ = R~[..., 0]:
 
 Quantised mode (QNN, ``quantize``), as DeePMD-kit's version-1 QNN: per slot u = r^2 and r_ij as
 short floats (``mlpot.nn.quantize.short_float``, 21-bit mantissa); the raw s and h = s/r from the
-one u -> (s, h) table, short floats; s~ = s / dstd[t_i, 0] and h~ = h / dstd[t_i, 1] (``dstd_inv``
-of the tables) as short-float products; R~ = (s~, h~ r_ij) in short floats; G = G_s(s~) from the
-s~ -> G_s table times gt[t_i, t_j] = 1 + N_t (the type-pair table), each factor and the product in
-short floats; sum_k R~^T G rounded to 23 fraction bits, A = that / N_X in short floats, A^T A in
-short floats, the band floored to 23 fraction bits; the appended type embedding is the tables'
+one u -> (s, h) table (short-float arithmetic, as version 0); s~ = s / dstd[t_i, 0] and h~ = h /
+dstd[t_i, 1] (``dstd_inv`` of the tables) as short-float products (``float_mul``); R~ = (s~, h~
+r_ij); G = G_s(s~) from the s~ -> G_s table times gt[t_i, t_j] = 1 + N_t (the type-pair table), a
+short-float product; sum_k R~^T G, A = that / N_X and A^T A as version 0 (``fixed_matmul``,
+``float_matmul``), the band floored to 23 fraction bits; the appended type embedding is the tables'
 ``t_ebd`` (so the type embedding net, like the embedding nets, is not trained in the QNN stage).
 Table derivatives come from the slope tables, the roundings pass gradients straight through.
 """
@@ -38,7 +38,7 @@ from mlpot.models.deepmd.descriptors.env import occupied_slots, select_neighbors
 from mlpot.models.deepmd.descriptors.se_atten import DescriptorSeAtten
 from mlpot.models.deepmd.nvnmd.descriptor import NBIT_FRACTION, NBIT_MANTISSA, S_ROWS, U_ROWS
 from mlpot.nn import gather_rows
-from mlpot.nn.quantize import cubic_table, fixed_point, short_float
+from mlpot.nn.quantize import cubic_table, fixed_matmul, fixed_point, float_matmul, float_mul, short_float
 
 __all__ = ["DescriptorSeAttenNvnmd", "NTYPE_MAX", "TEBD_WIDTH", "band_index"]
 
@@ -136,25 +136,24 @@ class DescriptorSeAttenNvnmd(DescriptorSeAtten):
         rij = short_float(rij, NBIT_MANTISSA)
         u_segments = self._segments("u_segments")
         inverse = self.dstd_inv.index_select(0, types).unsqueeze(1)  # (n_atoms, 1, 4)
-        s, h = (short_float(cubic_table(u, table, u_segments, None, slope), NBIT_MANTISSA).reshape(n_atoms, n_slots, 1)
+        s, h = (cubic_table(u, table, u_segments, None, slope, hardware=True).reshape(n_atoms, n_slots, 1)
                 for table, slope in ((self.s_table, self.s_slope), (self.h_table, self.h_slope)))
-        s = short_float(inverse[..., :1] * s, NBIT_MANTISSA)
-        h = short_float(inverse[..., 1:2] * h, NBIT_MANTISSA)
-        env = torch.cat([s, short_float(h * rij, NBIT_MANTISSA)], dim=-1)  # (n_atoms, n_slots, 4)
-        g_s = short_float(cubic_table(s.reshape(-1), self.g_table, self._segments("s_segments"), None, self.g_slope),
-                          NBIT_MANTISSA)
+        s = float_mul(inverse[..., :1], s, NBIT_MANTISSA)
+        h = float_mul(inverse[..., 1:2], h, NBIT_MANTISSA)
+        env = torch.cat([s, float_mul(h, rij, NBIT_MANTISSA)], dim=-1)  # (n_atoms, n_slots, 4)
+        g_s = cubic_table(s.reshape(-1), self.g_table, self._segments("s_segments"), None, self.g_slope, hardware=True)
         neighbour = torch.where(occupied, types.index_select(0, batch[EDGE_INDEX][1]).index_select(0, edges).reshape(n_atoms, n_slots),
                                 torch.full_like(nlist, self.n_types))
         pair = (types.unsqueeze(1) * (self.n_types + 1) + neighbour).reshape(-1)
-        g = short_float(g_s * short_float(self.gt.index_select(0, pair), NBIT_MANTISSA), NBIT_MANTISSA)
-        gr = fixed_point(torch.matmul(env.transpose(1, 2), g.reshape(n_atoms, n_slots, self.m1)), NBIT_FRACTION)
+        g = float_mul(g_s, self.gt.index_select(0, pair), NBIT_MANTISSA)
+        gr = fixed_matmul(env.transpose(1, 2), g.reshape(n_atoms, n_slots, self.m1), NBIT_FRACTION, NBIT_MANTISSA)
         return short_float(gr / self.nix, NBIT_MANTISSA)
 
     def forward(self, batch, vectors):
         if not self.quantize:
             return super().forward(batch, vectors)
         a_matrix = self._quantized_a(batch, vectors)
-        full = short_float(torch.matmul(a_matrix.transpose(1, 2), a_matrix).flatten(1), NBIT_MANTISSA)
+        full = float_matmul(a_matrix.transpose(1, 2), a_matrix, NBIT_MANTISSA).flatten(1)
         descriptor = fixed_point(full.index_select(1, self.band_index), NBIT_FRACTION, "floor")
         tebd = self.t_ebd_table.index_select(0, batch[ATOM_TYPES])
         return torch.cat([descriptor, tebd], dim=-1), a_matrix[:, 1:4, :].transpose(1, 2)

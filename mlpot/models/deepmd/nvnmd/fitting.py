@@ -20,7 +20,7 @@ import torch
 from mlpot.errors import ConfigError
 from mlpot.models.deepmd.fitting import EnerFitting
 from mlpot.nn import FittingNet
-from mlpot.nn.quantize import fixed_point, tanh4
+from mlpot.nn.quantize import fixed_point, tanh4_fixed
 
 __all__ = ["NvnmdEnerFitting", "QuantizedFittingNet"]
 
@@ -43,11 +43,11 @@ class QuantizedFittingNet(FittingNet):
                 y, tebd = y[:, : -self.tebd_width], y[:, -self.tebd_width:]
                 weight, extra = weight[: -self.tebd_width], fixed_point(tebd @ weight[-self.tebd_width:], NBIT_DATA)
             y = fixed_point(y, NBIT_DATA)
-            product = fixed_point(y @ _short_weight(fixed_point(weight, NBIT_DATA)), NBIT_DATA)
+            product = fixed_point(y @ _short_weight(fixed_point(weight, NBIT_DATA)), NBIT_DATA, "floor")
             if extra is not None:
                 product = product + extra
             hidden = fixed_point(product + fixed_point(layer.bias, NBIT_DATA), NBIT_DATA)
-            out = fixed_point(tanh4(hidden), NBIT_DATA) if layer.activation_name is not None else hidden
+            out = tanh4_fixed(hidden) if layer.activation_name is not None else hidden
             y = y + out if layer.skip else out
         return y
 
