@@ -1,16 +1,16 @@
 """NVNMD's energy fitting net: DeePMD-kit's TF ``ener`` fitting with the tanh4 activation, and
 its quantised (QNN) forward emulated in software.
 
-Layout as DeePMD-kit's TF fitting: one net per type, hidden layers y = tanh4(x W + b) with a skip
-(y + x) on hidden layers after the first whose width equals the previous one's, a linear output
-layer, no time step. Quantised mode (``quantize``), per layer, with q23 = rounding to 23 fraction
-bits (``mlpot.nn.quantize.fixed_point``): x, W and b in q23; x W with each column of W scaled by
-the power of two that bounds it and floored to 20 fraction bits there (DeePMD-kit's
-matmul_fitnet_nvnmd: NBIT_FIT_SHORT_FL = 19 bits plus sign; probed through its op, this matches
-it to 1e-7, in the hidden layers and in the one-column output layer), then q23; q23(x W + b); q23(tanh4(.)) on hidden
-layers. Version 1 (one net, input [D, tebd(t_i)]): the first layer adds q23(tebd W_t) (the
-``tweight`` rows, neither factor rounded) to q23(x W) before the bias. Gradients pass straight
-through the roundings.
+Layout as DeePMD-kit's TF fitting: one net per type (version 1: one for all), hidden layers
+y = tanh4(x W + b) with a skip (y + x) on hidden layers after the first whose width equals the
+previous one's, a linear output layer, no time step. Quantised mode (``quantize``), per layer,
+with q23 / f23 = rounding / flooring to 23 fraction bits (``mlpot.nn.quantize.fixed_point``): x, W
+and b in q23; f23(x W) with each column of W scaled by the power of two that bounds it and floored
+to 20 fraction bits there (DeePMD-kit's matmul_fitnet_nvnmd: NBIT_FIT_SHORT_FL = 19 bits plus
+sign; probed through its op, this equals it); q23(x W + b); on hidden layers tanh4 in its fixed-point
+evaluation (``tanh4_fixed``, equal to DeePMD-kit's tanh4_flt_nvnmd). Version 1 (input [D,
+tebd(t_i)]): the first layer adds q23(tebd W_t) (the ``tweight`` rows, neither factor rounded) to
+f23(x W) before the bias. Gradients pass straight through the roundings.
 """
 
 from __future__ import annotations
