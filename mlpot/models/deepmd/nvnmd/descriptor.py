@@ -99,8 +99,8 @@ class DescriptorSeANvnmd(DescriptorSeA):
         n_atoms, n_slots = nlist.shape
         occupied = (nlist >= 0).to(dtype).unsqueeze(-1)
         rij = gather_rows(vectors.to(dtype), nlist.clamp(min=0).reshape(-1)).reshape(n_atoms, n_slots, 3) * occupied
-        u = short_float((rij * rij).sum(-1), NBIT_MANTISSA).reshape(-1)
         rij = short_float(rij, NBIT_MANTISSA)
+        u = float_matmul(rij.unsqueeze(-2), rij.unsqueeze(-1), NBIT_MANTISSA).reshape(-1)  # r^2, DeePMD-kit's dotmul_flt
         centre = batch[ATOM_TYPES].repeat_interleave(n_slots)
         u_segments = self._segments("u_segments")
         s = cubic_table(u, self.s_table, u_segments, centre, self.s_slope, hardware=True)

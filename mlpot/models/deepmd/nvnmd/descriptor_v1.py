@@ -132,8 +132,8 @@ class DescriptorSeAttenNvnmd(DescriptorSeAtten):
         occupied = nlist >= 0
         edges = nlist.clamp(min=0).reshape(-1)
         rij = gather_rows(vectors.to(dtype), edges).reshape(n_atoms, n_slots, 3) * occupied.unsqueeze(-1).to(dtype)
-        u = short_float((rij * rij).sum(-1), NBIT_MANTISSA).reshape(-1)
         rij = short_float(rij, NBIT_MANTISSA)
+        u = float_matmul(rij.unsqueeze(-2), rij.unsqueeze(-1), NBIT_MANTISSA).reshape(-1)  # r^2, DeePMD-kit's dotmul_flt
         u_segments = self._segments("u_segments")
         inverse = self.dstd_inv.index_select(0, types).unsqueeze(1)  # (n_atoms, 1, 4)
         s, h = (cubic_table(u, table, u_segments, None, slope, hardware=True).reshape(n_atoms, n_slots, 1)
