@@ -1,8 +1,9 @@
 """Software emulation of fixed-point and short-float arithmetic (NVNMD's quantised networks).
 
-Every function keeps the shape and dtype of its input and has a straight-through gradient: the
-forward value is the quantised one, the backward is that of the unquantised expression (the
-identity for the rounding functions), so quantisation-aware training and forces by autograd work.
+Every function keeps the dtype of its input (the elementwise ones its shape) and has a
+straight-through gradient: the forward value is the quantised one, the backward is that of the
+unquantised expression (the identity for the rounding functions), so quantisation-aware training
+and forces by autograd work.
 
 * ``fixed_point(x, n, "round"|"floor")``: the nearest (or next lower) multiple of 2^-n
   (a fixed-point number with n fraction bits); e.g. n = 23: 1/3 -> 2796203 / 2^23.
