@@ -50,10 +50,7 @@ def fixed_point(x: torch.Tensor, nbit: int, mode: str = "round") -> torch.Tensor
 
 def short_float(x: torch.Tensor, nbit: int = 21) -> torch.Tensor:
     """x with an nbit-bit mantissa (cut toward zero); 0 stays 0; straight-through gradient."""
-    mantissa, exponent = torch.frexp(x.detach())
-    scale = float(2 ** int(nbit))
-    y = torch.ldexp(torch.trunc(mantissa * scale) / scale, exponent.to(x.dtype))
-    return _straight_through(x, y)
+    return _straight_through(x, _cut(x.detach(), nbit))
 
 
 def tanh4(x: torch.Tensor) -> torch.Tensor:
@@ -71,10 +68,8 @@ def _exponent(x: torch.Tensor) -> torch.Tensor:
 def float_add(a: torch.Tensor, b: torch.Tensor, nbit: int = 21) -> torch.Tensor:
     """NVNMD's short-float sum: a and b cut to nbit-bit mantissas, both truncated (toward zero) to
     the last mantissa bit of the larger exponent, added, the sum cut to nbit bits; gradient of a + b."""
-    a_s, b_s = short_float(a.detach(), nbit), short_float(b.detach(), nbit)
-    unit = torch.ldexp(torch.ones_like(a_s), (torch.maximum(_exponent(a_s), _exponent(b_s)) - nbit).to(a_s.dtype))
-    total = torch.trunc(a_s / unit) * unit + torch.trunc(b_s / unit) * unit
-    return _straight_through(a + b, short_float(total, nbit))
+    a_s, b_s = torch.broadcast_tensors(_cut(a.detach(), nbit), _cut(b.detach(), nbit))
+    return _straight_through(a + b, _add_cut(a_s, b_s, nbit))
 
 
 def float_mul(a: torch.Tensor, b: torch.Tensor, nbit: int = 21) -> torch.Tensor:
@@ -155,10 +150,42 @@ def _cubic(coef: torch.Tensor, row: torch.Tensor, offset: torch.Tensor) -> torch
     return d + t * (c + t * (b + a * t))
 
 
+_BITS = {torch.float64: (torch.int64, 53, 52, 1023), torch.float32: (torch.int32, 24, 23, 127)}
+
+
+def _cut(x: torch.Tensor, nbit: int = 21) -> torch.Tensor:
+    """``short_float``'s value (no gradient): the low mantissa bits cleared in the IEEE bit pattern
+    (DeePMD-kit's FLT_MASK), as frexp / trunc / ldexp for other dtypes."""
+    if x.dtype in _BITS and nbit < _BITS[x.dtype][1]:
+        int_type, digits, _, _ = _BITS[x.dtype]
+        mask = -(1 << (digits - int(nbit)))  # ...111000: clears the low digits - nbit bits
+        return (x.contiguous().view(int_type) & mask).view(x.dtype)
+    mantissa, exponent = torch.frexp(x)
+    return torch.ldexp(torch.trunc(mantissa * float(2 ** nbit)) / float(2 ** nbit), exponent.to(x.dtype))
+
+
+def _unit(a: torch.Tensor, b: torch.Tensor, nbit: int = 21) -> torch.Tensor:
+    """2^(E - nbit), E the larger frexp exponent of a and b (0 counts as the smallest number):
+    the last mantissa bit of the larger of two nbit-bit short floats."""
+    if a.dtype in _BITS:
+        int_type, _, fraction, _ = _BITS[a.dtype]
+        field = torch.maximum((a.contiguous().view(int_type) >> fraction) & (2 * _BITS[a.dtype][3] + 1),
+                              (b.contiguous().view(int_type) >> fraction) & (2 * _BITS[a.dtype][3] + 1))
+        return ((field - (nbit - 1)).clamp(min=1) << fraction).view(a.dtype)
+    return torch.ldexp(torch.ones_like(a), (torch.maximum(_exponent(a), _exponent(b)) - nbit).to(a.dtype))
+
+
+def _add_cut(a: torch.Tensor, b: torch.Tensor, nbit: int = 21) -> torch.Tensor:
+    """``float_add``'s value for a, b already cut to nbit bits."""
+    unit = _unit(a, b, nbit)
+    return _cut(torch.trunc(a / unit) * unit + torch.trunc(b / unit) * unit, nbit)
+
+
 def _cubic_hardware(coef: torch.Tensor, row: torch.Tensor, offset: torch.Tensor) -> torch.Tensor:
-    """``_cubic`` in NVNMD's short-float arithmetic (no gradient)."""
-    a, b, c, d = coef.detach().reshape(coef.shape[0], -1, 4).index_select(0, row).unbind(-1)
-    t = short_float(offset, 17).unsqueeze(1)
-    y = float_add(b, float_mul(a, t))
-    y = float_add(c, float_mul(y, t))
-    return float_add(d, float_mul(y, t))
+    """``_cubic`` in NVNMD's short-float arithmetic (``float_mul`` / ``float_add`` steps; no gradient)."""
+    with torch.no_grad():
+        a, b, c, d = _cut(coef.detach()).reshape(coef.shape[0], -1, 4).index_select(0, row).unbind(-1)
+        t = _cut(offset, 17).unsqueeze(1)
+        y = _add_cut(b, _cut(a * t))
+        y = _add_cut(c, _cut(y * t))
+        return _add_cut(d, _cut(y * t))
