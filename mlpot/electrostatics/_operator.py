@@ -33,7 +33,7 @@ import torch
 from mlpot.data.keys import BATCH, CELL, PBC, POSITIONS, PTR
 from mlpot.electrostatics._coulomb import resolve_handling
 from mlpot.electrostatics._density import gaussian_kernel_exponent, split_multipoles
-from mlpot.electrostatics._kernels import erf_radial, erf_radial_at_zero
+from mlpot.electrostatics._kernels import erf_radial, erf_radial_at_zero, erf_radial_third
 from mlpot.electrostatics._realspace import all_pairs, realspace_potentials
 from mlpot.electrostatics._solver import CoulombOptions, Receiver, frame_fields
 from mlpot.units import COULOMB_CONSTANT
@@ -67,19 +67,9 @@ def _dense_blocks(positions: torch.Tensor, pairs: Tuple[torch.Tensor, torch.Tens
     training) would run over the padding.
     """
     index_i, index_j = pairs
-    n_rec, n4 = len(exponents), 4 * n_max
+    n4 = 4 * n_max
     separation = positions.index_select(0, index_i) - positions.index_select(0, index_j)  # (P, 3): r_i - r_j
-    distance = torch.sqrt((separation * separation).sum(-1))
-    exponent = torch.tensor(list(exponents), dtype=positions.dtype, device=positions.device).view(n_rec, 1)
-    t0, t1, t2 = (COULOMB_CONSTANT * t for t in erf_radial(distance.unsqueeze(0), exponent))  # (R, P)
-    t1_s = (t1.unsqueeze(-1) * separation).unbind(-1)  # 3 x (R, P)
-    t2_s = (t2.unsqueeze(-1) * separation).unbind(-1)
-    s = separation.unbind(-1)  # 3 x (P,)
-    # G_a = T1 s_a q - sum_b H_ab d_b, H_ab = T2 s_a s_b + T1 delta_ab (symmetric: 6 products)
-    hessian = {(a, b): -(t2_s[a] * s[b]) - t1 if a == b else -(t2_s[a] * s[b]) for a in range(3) for b in range(a, 3)}
-    rows = [torch.stack([t0, -t1_s[0], -t1_s[1], -t1_s[2]], -1)]
-    rows += [torch.stack([t1_s[a], *(hessian[min(a, b), max(a, b)] for b in range(3))], -1) for a in range(3)]
-    entries = torch.stack(rows, -2)  # (R, P, 4, 4): rows [V, G], columns [q, d]
+    entries = _PairEntries.apply(separation, tuple(float(a) for a in exponents))  # (R, P, 4, 4)
     slot_i, slot_j = slots.index_select(0, index_i), slots.index_select(0, index_j)
     # flat index of (frame, 4 a + row, 4 b + column) in (n_frames, 4 n, 4 n) for slots f n + a, f n + b
     component = (n4 * torch.arange(4, device=slots.device)[:, None] + torch.arange(4, device=slots.device)).view(1, 16)
@@ -100,6 +90,71 @@ def _dense_blocks(positions: torch.Tensor, pairs: Tuple[torch.Tensor, torch.Tens
     # one tensor per receiver, each its own scatter: an SCF step reads the feature receivers only,
     # and the backward gathers each block's gradient without first stacking them into one
     return [positions.new_zeros(n_frames * n4 * n4).index_copy_(0, index, v).view(n_frames, n4, n4) for v in values]
+
+
+def _radial(distance: torch.Tensor, exponents: Sequence[float], third: bool = False):
+    """k (T0, T1, T2[, T3]) each (R, P) of ``erf(a d)/d`` for the receivers' exponents a (R,)."""
+    exponent = _radial_exponents(exponents, distance)
+    out = [COULOMB_CONSTANT * t for t in erf_radial(distance.unsqueeze(0), exponent)]
+    if third:
+        out.append(COULOMB_CONSTANT * erf_radial_third(distance.unsqueeze(0), exponent))
+    return out
+
+
+def _entry_formula(separation: torch.Tensor, exponents: Sequence[float], radial=None) -> torch.Tensor:
+    """Pair entries (R, P, 4, 4) of separations s = r_i - r_j (P, 3) Å: rows [V, Gx, Gy, Gz] at i,
+    columns [q, dx, dy, dz] of j: ``V = k (T0 q - T1 s.d)``, ``G = k ((T1 q - T2 s.d) s - T1 d)``."""
+    distance = torch.sqrt((separation * separation).sum(-1))
+    t0, t1, t2 = radial if radial is not None else _radial(distance, exponents)  # (R, P)
+    t1_s = (t1.unsqueeze(-1) * separation).unbind(-1)  # 3 x (R, P)
+    t2_s = (t2.unsqueeze(-1) * separation).unbind(-1)
+    s = separation.unbind(-1)  # 3 x (P,)
+    # G_a = T1 s_a q - sum_b H_ab d_b, H_ab = T2 s_a s_b + T1 delta_ab (symmetric: 6 products)
+    hessian = {(a, b): -(t2_s[a] * s[b]) - t1 if a == b else -(t2_s[a] * s[b]) for a in range(3) for b in range(a, 3)}
+    rows = [torch.stack([t0, -t1_s[0], -t1_s[1], -t1_s[2]], -1)]
+    rows += [torch.stack([t1_s[a], *(hessian[min(a, b), max(a, b)] for b in range(3))], -1) for a in range(3)]
+    return torch.stack(rows, -2)
+
+
+class _PairEntries(torch.autograd.Function):
+    """``_entry_formula`` with an analytic first derivative in the separations: with incoming W
+    (R, P, 4, 4) = [[w00, w_r], [w_c, M]] and T_(n+1) = T_n'/d,
+
+        dL/ds = sum_R s (w00 T1 + T2 ((w_c - w_r).s - tr M) - T3 s.M s) + T1 (w_c - w_r) - T2 (M + M^T) s
+
+    (~20 operations on (R, P) tensors instead of the formula's graph of ~150 nodes). A backward
+    that builds a graph (force training: second derivatives) differentiates the formula itself.
+    """
+
+    @staticmethod
+    def forward(ctx, separation, exponents):
+        distance = torch.sqrt((separation * separation).sum(-1))
+        t0, t1, t2 = _radial(distance, exponents)
+        ctx.exponents = exponents
+        ctx.save_for_backward(separation, distance, t1, t2)
+        return _entry_formula(separation, exponents, (t0, t1, t2))
+
+    @staticmethod
+    def backward(ctx, grad):
+        separation, distance, t1, t2 = ctx.saved_tensors
+        if torch.is_grad_enabled():  # create_graph: the formula's own graph, to any order
+            with torch.enable_grad():
+                entries = _entry_formula(separation, ctx.exponents)
+                (out,) = torch.autograd.grad(entries, separation, grad, create_graph=True)
+            return out, None
+        t3 = COULOMB_CONSTANT * erf_radial_third(distance.unsqueeze(0), _radial_exponents(ctx.exponents, distance))
+        s = separation.unsqueeze(0)  # (1, P, 3)
+        m = grad[..., 1:, 1:]
+        m_s, mt_s = (m * s.unsqueeze(-2)).sum(-1), (m * s.unsqueeze(-1)).sum(-2)  # (R, P, 3): M s, M^T s
+        diff = grad[..., 1:, 0] - grad[..., 0, 1:]
+        trace = m.diagonal(dim1=-2, dim2=-1).sum(-1)
+        scalar = grad[..., 0, 0] * t1 + t2 * ((diff * s).sum(-1) - trace) - t3 * (m_s * s).sum(-1)
+        out = scalar.unsqueeze(-1) * s + t1.unsqueeze(-1) * diff - t2.unsqueeze(-1) * (m_s + mt_s)
+        return out.sum(0), None
+
+
+def _radial_exponents(exponents: Sequence[float], like: torch.Tensor) -> torch.Tensor:
+    return torch.tensor(list(exponents), dtype=like.dtype, device=like.device).view(-1, 1)
 
 
 class FieldOperator:
