@@ -51,45 +51,47 @@ def padded_index(batch: Dict[str, torch.Tensor]) -> Tuple[torch.Tensor, int]:
     return frames * n_max + local, n_max
 
 
-def _dense_blocks(positions: torch.Tensor, pairs: Tuple[torch.Tensor, torch.Tensor], slots: torch.Tensor,
-                  n_frames: int, n_max: int, exponents: Sequence[float], include_self: Sequence[bool]) -> List[torch.Tensor]:
+def _dense_blocks(entries: torch.Tensor, pairs: Tuple[torch.Tensor, torch.Tensor], slots: torch.Tensor,
+                  n_frames: int, n_max: int, diagonals: Optional[torch.Tensor]) -> List[torch.Tensor]:
     """Interaction blocks of isolated frames padded to ``n_max`` atoms: one (n_frames, 4 n, 4 n) per receiver.
 
-    positions: (n_atoms, 3) Å (batch layout); pairs: (index_i, index_j) every unordered pair of
-    atoms of one dense frame (batch indices, i < j, (n_pairs,) each); slots: (n_atoms,) padded
-    slot frame * n_max + local of each atom (-1 outside the dense frames). Row block r, atom i,
-    entry [V, Gx, Gy, Gz]; column atom j, entry [q, dx, dy, dz]. With s = r_i - r_j:
-    ``V = k (T0 q - T1 s.d)``, ``G = k ((T1 q - T2 s.d) s - T1 d)``; the diagonal (d = 0) carries
-    the self-terms where ``include_self``. The kernels are evaluated once per unordered pair (the
-    block of (j, i) is the transpose of that of (i, j), bit for bit: every entry is even or odd in
-    s), for all receivers together, and scattered into the zero-padded blocks by one index_copy:
-    no (n_frames, n_max, n_max) intermediates, whose backward (forces) and double backward (force
-    training) would run over the padding.
+    entries: (R, P, 4, 4) of the pairs (``_PairEntries``); pairs: (index_i, index_j) every unordered
+    pair of atoms of one dense frame (batch indices, i < j, (n_pairs,) each); slots: (n_atoms,)
+    padded slot frame * n_max + local of each atom (-1 outside the dense frames); diagonals: (R, 4)
+    self-terms or None. Row block of atom i, entry [V, Gx, Gy, Gz]; column atom j, entry [q, dx, dy,
+    dz]; the block of (j, i) is the transpose of that of (i, j) (bit for bit: every entry is even or
+    odd in s), the diagonal (d = 0) carries the self-terms. Scattered into the zero-padded blocks
+    by one index_copy per receiver of the entries' rows (4 values each, at (frame, atom i, row,
+    atom j) of the (n_frames, n, 4, n) layout): no (n_frames, n_max, n_max) intermediates, whose
+    backward (forces) and double backward (force training) would run over the padding.
     """
     index_i, index_j = pairs
-    n4 = 4 * n_max
-    separation = positions.index_select(0, index_i) - positions.index_select(0, index_j)  # (P, 3): r_i - r_j
-    entries = _PairEntries.apply(separation, tuple(float(a) for a in exponents))  # (R, P, 4, 4)
+    n_rec = entries.shape[0]
     slot_i, slot_j = slots.index_select(0, index_i), slots.index_select(0, index_j)
-    # flat index of (frame, 4 a + row, 4 b + column) in (n_frames, 4 n, 4 n) for slots f n + a, f n + b
-    component = (n4 * torch.arange(4, device=slots.device)[:, None] + torch.arange(4, device=slots.device)).view(1, 16)
-    upper = (4 * n4 * slot_i + 4 * (slot_j % n_max)).unsqueeze(1) + component
-    lower = (4 * n4 * slot_j + 4 * (slot_i % n_max)).unsqueeze(1) + component
-    values = [entries.flatten(1), entries.transpose(-1, -2).flatten(1)]
-    index = [upper.flatten(), lower.flatten()]
-    own = [r for r, keep in enumerate(include_self) if keep]
-    real = slots[slots >= 0]
-    if own:  # self-terms on the diagonal: diag(T0(0), -T1(0), -T1(0), -T1(0)), constants
-        zeros = [[COULOMB_CONSTANT * z for z in erf_radial_at_zero(float(a))] for a in exponents]
-        diagonal = torch.tensor([[z[0], -z[1], -z[1], -z[1]] if r in own else [0.0] * 4 for r, z in enumerate(zeros)],
-                                dtype=positions.dtype, device=positions.device)
-        values.append(diagonal.repeat(1, real.shape[0]))
-        index.append((4 * n4 * real + 4 * (real % n_max)).unsqueeze(1).expand(-1, 4).flatten()
-                     + (n4 + 1) * torch.arange(4, device=slots.device).repeat(real.shape[0]))
-    index, values = torch.cat(index), torch.cat(values, dim=1)
+    # first row (component 0) of each 4 x 4 block in the (n_frames n 4 n, 4) view: 4 n slot_row + local_column
+    starts = [4 * n_max * slot_i + slot_j % n_max, 4 * n_max * slot_j + slot_i % n_max]
+    values = [entries, entries.transpose(-1, -2)]
+    if diagonals is not None:  # self-terms on the diagonal: constants
+        real = slots[slots >= 0]
+        starts.append(4 * n_max * real + real % n_max)
+        values.append(torch.diag_embed(diagonals.to(entries.dtype)).unsqueeze(1).expand(n_rec, real.shape[0], 4, 4))
+    index = (torch.cat(starts).unsqueeze(1) + n_max * torch.arange(4, device=slots.device)).flatten()
+    rows = torch.cat(values, dim=1).reshape(n_rec, -1, 4)  # (R, 4 (2 P + n_self), 4)
     # one tensor per receiver, each its own scatter: an SCF step reads the feature receivers only,
     # and the backward gathers each block's gradient without first stacking them into one
-    return [positions.new_zeros(n_frames * n4 * n4).index_copy_(0, index, v).view(n_frames, n4, n4) for v in values]
+    return [entries.new_zeros(n_frames * 4 * n_max * n_max, 4).index_copy_(0, index, r).view(n_frames, 4 * n_max, 4 * n_max)
+            for r in rows]
+
+
+def _self_diagonals(exponents: Sequence[float], include_self: Sequence[bool], like: torch.Tensor) -> Optional[torch.Tensor]:
+    """Self-terms diag(T0(0), -T1(0), -T1(0), -T1(0)) per receiver (R, 4) (zeros without), None if none has any."""
+    if not any(include_self):
+        return None
+    rows = []
+    for a, keep in zip(exponents, include_self):
+        z = [COULOMB_CONSTANT * v for v in erf_radial_at_zero(float(a))]
+        rows.append([z[0], -z[1], -z[1], -z[1]] if keep else [0.0] * 4)
+    return torch.tensor(rows, dtype=like.dtype, device=like.device)
 
 
 def _radial(distance: torch.Tensor, exponents: Sequence[float], third: bool = False):
@@ -163,17 +165,22 @@ class FieldOperator:
     batch: collated dict with POSITIONS (n_atoms, 3) Å, CELL (n_frames, 3, 3) Å, PBC, PTR, BATCH;
     method: the batch-level ``electrostatic_pbc_method`` (``batch_method`` applied); sigma: density
     width Å; receivers: (width Å, include_self) pairs; dense_max_atoms: largest isolated frame
-    stored as a dense block (0: always matrix-free).
+    stored as a dense block (0: always matrix-free); block_receivers: how many leading receivers
+    the dense frames hold as padded blocks (default all: those applied repeatedly, an SCF's
+    features); the others (applied once or twice: energy, ESPs) apply their pair entries directly
+    (pair sums: no padded block to fill, scatter and differentiate).
     """
 
     def __init__(self, batch: Dict[str, torch.Tensor], method: str, sigma: float,
                  receivers: Sequence[Tuple[float, bool]], options: CoulombOptions = CoulombOptions(),
-                 dense_max_atoms: int = 400, graph_block_bytes: float = GRAPH_BLOCK_BYTES):
+                 dense_max_atoms: int = 400, graph_block_bytes: float = GRAPH_BLOCK_BYTES,
+                 block_receivers: Optional[int] = None):
         self.positions = batch[POSITIONS]
         self.cells = batch[CELL].to(self.positions.dtype)
         self.ptr = [int(v) for v in batch[PTR]]
         self.sigma, self.options = float(sigma), options
         self.receivers = [Receiver(float(w), bool(own)) for w, own in receivers]
+        self.n_blocks = len(self.receivers) if block_receivers is None else min(int(block_receivers), len(self.receivers))
         self.n_atoms = self.positions.shape[0]
         sizes = [hi - lo for lo, hi in zip(self.ptr[:-1], self.ptr[1:])]
         self.handlings = [resolve_handling(method, batch[PBC][f], self.cells[f], frame=f) for f in range(len(sizes))]
@@ -186,7 +193,7 @@ class FieldOperator:
         self._build_dense(dense, sizes)
 
     def _build_dense(self, frames: List[int], sizes: List[int]) -> None:
-        self.blocks, self.dense_identity = None, False
+        self.blocks, self.pair_entries, self.dense_identity = None, None, False
         if not frames:
             return
         device = self.positions.device
@@ -201,16 +208,31 @@ class FieldOperator:
         self.dense_identity = len(frames) == len(sizes) and all(sizes[f] == self.n_max for f in frames)
         self.exponents = [gaussian_kernel_exponent(self.sigma, r.width) for r in self.receivers]
         slots = torch.full((self.n_atoms,), -1, dtype=torch.long, device=device).index_copy(0, atoms, slot)
+        self.diagonals = _self_diagonals(self.exponents, [r.include_self for r in self.receivers], self.positions)
+        if self.diagonals is not None:  # (R, n_atoms, 4): the self-terms of the pair receivers, zero outside dense frames
+            mask = torch.zeros(self.n_atoms, 1, dtype=self.positions.dtype, device=device).index_fill(0, atoms, 1.0)
+            self.self_terms = self.diagonals.unsqueeze(1) * mask
         with torch.set_grad_enabled(self.graph_blocks):  # else constants: position derivatives by _DenseFields
             positions = self.positions if self.graph_blocks else self.positions.detach()
-            self.blocks = _dense_blocks(positions, self.dense_pairs[:2], slots, len(frames), self.n_max,
-                                        self.exponents, [r.include_self for r in self.receivers])
+            index_i, index_j = self.dense_pairs[:2]
+            separation = positions.index_select(0, index_i) - positions.index_select(0, index_j)  # (P, 3): r_i - r_j
+            entries = _PairEntries.apply(separation, tuple(self.exponents))  # (R, P, 4, 4)
+            nb = self.n_blocks
+            diagonals = self.diagonals[:nb] if self.diagonals is not None and bool(self.diagonals[:nb].any()) else None
+            self.blocks = _dense_blocks(entries[:nb], (index_i, index_j), slots, len(frames), self.n_max, diagonals) if nb else []
+            self.pair_entries = entries[nb:] if nb < len(self.receivers) else None
 
     def state(self) -> List[torch.Tensor]:
-        """The geometry tensors the fields depend on: [blocks (one per receiver, when built with a
-        graph), positions, cells]; pass substitutes of the same values (e.g. shifted by zero-valued
-        perturbations: implicit gradients) to :meth:`fields` to differentiate with respect to them."""
-        return (list(self.blocks) if self.graph_blocks else []) + [self.positions, self.cells]
+        """The geometry tensors the fields depend on: [blocks (one per block receiver) and pair
+        entries of the others (when built with a graph), positions, cells]; pass substitutes of the
+        same values (e.g. shifted by zero-valued perturbations: implicit gradients) to :meth:`fields`
+        to differentiate with respect to them."""
+        return self._graph_tensors() + [self.positions, self.cells]
+
+    def _graph_tensors(self) -> List[torch.Tensor]:
+        if not self.graph_blocks:
+            return []
+        return list(self.blocks) + ([self.pair_entries] if self.pair_entries is not None else [])
 
     def fields(self, multipoles: torch.Tensor, select: Optional[Tuple[int, int]] = None,
                state: Optional[Sequence[torch.Tensor]] = None) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -227,17 +249,20 @@ class FieldOperator:
               state: Optional[Sequence[torch.Tensor]] = None) -> torch.Tensor:
         """[V, G_x, G_y, G_z] (n_sel, n_atoms, 4) of a density given as [q, d_x, d_y, d_z] (n_atoms, 4)
         (e, e·Å): the operator itself, without reordering (the SCF hot path)."""
-        blocks, positions, cells = self.blocks, self.positions, self.cells
+        blocks, pair_entries, positions, cells = self.blocks, self.pair_entries, self.positions, self.cells
         if state is not None:
-            n_blocks = len(self.blocks) if self.graph_blocks else 0
-            blocks, positions, cells = list(state[:n_blocks]) or self.blocks, state[n_blocks], state[n_blocks + 1]
+            n_graph = len(self._graph_tensors())
+            if n_graph:
+                blocks = list(state[:len(self.blocks)])
+                pair_entries = state[len(self.blocks)] if self.pair_entries is not None else None
+            positions, cells = state[n_graph], state[n_graph + 1]
         start, stop = select if select is not None else (0, len(self.receivers))
         if blocks is None:
             out = cartesian.new_zeros(stop - start, self.n_atoms, 4)
         elif not self.graph_blocks and torch.is_grad_enabled() and positions.requires_grad:
             out = _DenseFields.apply(self, (start, stop), cartesian, positions)
         else:
-            out = self.dense_product(cartesian, (start, stop), blocks)
+            out = self.dense_product(cartesian, (start, stop), blocks, pair_entries)
         receivers = self.receivers[start:stop]
         for frame in self.free_frames:  # frames, each with its own k-set / neighbour list
             lo, hi = self.ptr[frame], self.ptr[frame + 1]
@@ -248,20 +273,41 @@ class FieldOperator:
         return out
 
     def dense_product(self, cartesian: torch.Tensor, select: Tuple[int, int],
-                      blocks: Optional[Sequence[torch.Tensor]] = None) -> torch.Tensor:
-        """The dense frames' part of :meth:`apply` by the blocks (default the stored ones; zeros at
-        other atoms): derivatives through the blocks' own graph, if any."""
+                      blocks: Optional[Sequence[torch.Tensor]] = None, pair_entries: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """The dense frames' part of :meth:`apply` (R', n_atoms, 4) by the blocks and pair entries
+        (default the stored ones; zeros at other atoms): derivatives through their graph, if any."""
         start, stop = select
         blocks = self.blocks if blocks is None else blocks
-        n_rec, rows = stop - start, 4 * self.n_max
+        pair_entries = self.pair_entries if pair_entries is None else pair_entries
+        nb = self.n_blocks
+        parts = [self._block_product(cartesian, blocks[start:min(stop, nb)])] if start < nb else []
+        if stop > nb:
+            lo = max(start, nb)
+            parts.append(self._pair_product(cartesian, pair_entries[lo - nb:stop - nb], (lo, stop)))
+        return parts[0] if len(parts) == 1 else torch.cat(parts)
+
+    def _pair_product(self, cartesian: torch.Tensor, entries: torch.Tensor, select: Tuple[int, int]) -> torch.Tensor:
+        """Fields (R', n_atoms, 4) by pair sums over the entries (R', P, 4, 4) and the self-terms."""
+        index_i, index_j = self.dense_pairs[:2]
+        upper = (entries * cartesian.index_select(0, index_j).unsqueeze(-2)).sum(-1)  # (R', P, 4) at i
+        lower = (entries * cartesian.index_select(0, index_i).unsqueeze(-1)).sum(-2)  # at j: the transposed block
+        if self.diagonals is None:
+            base = cartesian.new_zeros(entries.shape[0], self.n_atoms, 4)
+        else:
+            base = self.self_terms[select[0]:select[1]] * cartesian
+        return base.index_add(1, index_i, upper).index_add(1, index_j, lower)
+
+    def _block_product(self, cartesian: torch.Tensor, blocks: Sequence[torch.Tensor]) -> torch.Tensor:
+        """Fields (R', n_atoms, 4) by the padded blocks (R' of them)."""
+        n_rec, rows = len(blocks), 4 * self.n_max
         if not self.free_frames and self.dense_identity:
             x = cartesian.view(-1, rows, 1)
-            return torch.stack([torch.bmm(b, x) for b in blocks[start:stop]]).view(n_rec, -1, 4)
+            return torch.stack([torch.bmm(b, x) for b in blocks]).view(n_rec, -1, 4)
         n_frames = len(self.dense_frames)
         # every frame dense: the dense atoms are the batch's, in order (no gather in, no scatter out)
         dense = cartesian if not self.free_frames else cartesian.index_select(0, self.dense_atoms)
         padded = cartesian.new_zeros(n_frames * self.n_max, 4).index_copy(0, self.dense_slots, dense).view(n_frames, rows, 1)
-        applied = torch.stack([torch.bmm(b, padded) for b in blocks[start:stop]]).view(n_rec, -1, 4).index_select(1, self.dense_slots)
+        applied = torch.stack([torch.bmm(b, padded) for b in blocks]).view(n_rec, -1, 4).index_select(1, self.dense_slots)
         if not self.free_frames:
             return applied
         return cartesian.new_zeros(n_rec, self.n_atoms, 4).index_copy(1, self.dense_atoms, applied)
@@ -277,8 +323,9 @@ class FieldOperator:
         return (weights[..., 0] * v).sum() + (weights[..., 1:] * g).sum()
 
     def dense_bytes(self) -> float:
-        """Bytes held by the dense blocks (for memory reports)."""
-        return float(sum(b.numel() * b.element_size() for b in self.blocks or []))
+        """Bytes held by the dense blocks and pair entries (for memory reports)."""
+        held = list(self.blocks or []) + ([self.pair_entries] if self.pair_entries is not None else [])
+        return float(sum(b.numel() * b.element_size() for b in held))
 
 
 class _DenseFields(torch.autograd.Function):
