@@ -26,6 +26,7 @@ gradients G (V/Å) at every atom; densities (n_atoms, (L+1)^2) [Q, d_y, d_z, d_x
 
 from __future__ import annotations
 
+import functools
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
@@ -92,6 +93,12 @@ def _self_diagonals(exponents: Sequence[float], include_self: Sequence[bool], li
         z = [COULOMB_CONSTANT * v for v in erf_radial_at_zero(float(a))]
         rows.append([z[0], -z[1], -z[1], -z[1]] if keep else [0.0] * 4)
     return torch.tensor(rows, dtype=like.dtype, device=like.device)
+
+
+@functools.lru_cache(maxsize=256)
+def _frame_pairs(n_atoms: int, device: torch.device) -> torch.Tensor:
+    """(2, n_pairs) local indices (i < j) of every unordered pair of an n-atom frame (cached per size)."""
+    return torch.stack(all_pairs(n_atoms, device))
 
 
 def _radial(distance: torch.Tensor, exponents: Sequence[float], third: bool = False):
@@ -179,13 +186,14 @@ class FieldOperator:
                  block_receivers: Optional[int] = None):
         self.positions = batch[POSITIONS]
         self.cells = batch[CELL].to(self.positions.dtype)
-        self.ptr = [int(v) for v in batch[PTR]]
+        self.ptr = [int(v) for v in batch[PTR].tolist()]
         self.sigma, self.options = float(sigma), options
         self.receivers = [Receiver(float(w), bool(own)) for w, own in receivers]
         self.n_blocks = len(self.receivers) if block_receivers is None else min(int(block_receivers), len(self.receivers))
         self.n_atoms = self.positions.shape[0]
         sizes = [hi - lo for lo, hi in zip(self.ptr[:-1], self.ptr[1:])]
-        self.handlings = [resolve_handling(method, batch[PBC][f], self.cells[f], frame=f) for f in range(len(sizes))]
+        pbcs, cells = batch[PBC].tolist(), self.cells.unbind(0)  # per frame, without a dispatch per element
+        self.handlings = [resolve_handling(method, pbcs[f], cells[f], frame=f) for f in range(len(sizes))]
         dense = [f for f, (h, n) in enumerate(zip(self.handlings, sizes)) if h == "realspace" and 0 < n <= dense_max_atoms]
         self.free_frames = [f for f in range(len(sizes)) if f not in set(dense)]
         self.dense_frames = dense
@@ -200,12 +208,20 @@ class FieldOperator:
             return
         device = self.positions.device
         self.n_max = max(sizes[f] for f in frames)
-        atoms = torch.cat([torch.arange(self.ptr[f], self.ptr[f + 1], device=device) for f in frames])
-        slot = torch.cat([torch.arange(sizes[f], device=device) + k * self.n_max for k, f in enumerate(frames)])
+        # atoms, padded slots and unordered pairs of the dense frames: a few batched operations, not per frame
+        counts = torch.tensor([sizes[f] for f in frames], device=device)
+        first = torch.tensor([self.ptr[f] for f in frames], device=device)
+        if len(frames) == len(sizes):  # every frame dense: the batch's atoms, in order
+            atoms = torch.arange(self.n_atoms, device=device)
+        else:
+            atoms = torch.cat([torch.arange(self.ptr[f], self.ptr[f + 1], device=device) for f in frames])
+        rank = torch.repeat_interleave(torch.arange(len(frames), device=device), counts)
+        slot = rank * self.n_max + atoms - first.index_select(0, rank)
         self.dense_atoms, self.dense_slots = atoms, slot
-        pairs = [all_pairs(sizes[f], device) for f in frames]
-        self.dense_pairs = (torch.cat([i + self.ptr[f] for (i, _), f in zip(pairs, frames)]),
-                            torch.cat([j + self.ptr[f] for (_, j), f in zip(pairs, frames)]), None)
+        pairs = [_frame_pairs(sizes[f], device) for f in frames]
+        offsets = torch.repeat_interleave(first, torch.tensor([p.shape[1] for p in pairs], device=device))
+        index = torch.cat(pairs, dim=1) + offsets
+        self.dense_pairs = (index[0], index[1], None)
         # every frame dense and all of the same size: padded layout = batch layout (no copies)
         self.dense_identity = len(frames) == len(sizes) and all(sizes[f] == self.n_max for f in frames)
         self.exponents = [gaussian_kernel_exponent(self.sigma, r.width) for r in self.receivers]
