@@ -37,6 +37,7 @@ from mlpot.electrostatics._density import gaussian_kernel_exponent, split_multip
 from mlpot.electrostatics._kernels import erf_radial, erf_radial_at_zero, erf_radial_third
 from mlpot.electrostatics._realspace import all_pairs, realspace_potentials
 from mlpot.electrostatics._solver import CoulombOptions, Receiver, frame_fields
+from mlpot.nn import is_tracing
 from mlpot.units import COULOMB_CONSTANT
 
 __all__ = ["FieldOperator", "padded_index", "frame_energy_from_fields"]
@@ -164,6 +165,14 @@ class _PairEntries(torch.autograd.Function):
         return out.sum(0), None
 
 
+def _pair_entries(separation: torch.Tensor, exponents: Tuple[float, ...]) -> torch.Tensor:
+    """Pair entries (R, P, 4, 4) of ``_entry_formula``: by :class:`_PairEntries` (analytic first
+    derivative), or by the formula's own graph under torch.func transforms and tracing."""
+    if is_tracing() or torch._C._are_functorch_transforms_active():
+        return _entry_formula(separation, exponents)
+    return _PairEntries.apply(separation, exponents)
+
+
 def _radial_exponents(exponents: Sequence[float], like: torch.Tensor) -> torch.Tensor:
     return torch.tensor(list(exponents), dtype=like.dtype, device=like.device).view(-1, 1)
 
@@ -234,7 +243,7 @@ class FieldOperator:
             positions = self.positions if self.graph_blocks else self.positions.detach()
             index_i, index_j = self.dense_pairs[:2]
             separation = positions.index_select(0, index_i) - positions.index_select(0, index_j)  # (P, 3): r_i - r_j
-            entries = _PairEntries.apply(separation, tuple(self.exponents))  # (R, P, 4, 4)
+            entries = _pair_entries(separation, tuple(self.exponents))  # (R, P, 4, 4)
             nb = self.n_blocks
             diagonals = self.diagonals[:nb] if self.diagonals is not None and bool(self.diagonals[:nb].any()) else None
             self.blocks = _dense_blocks(entries[:nb], (index_i, index_j), slots, len(frames), self.n_max, diagonals) if nb else []
