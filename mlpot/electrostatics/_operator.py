@@ -9,6 +9,10 @@ new density:
   per-frame interaction blocks ``K_f`` (4 n_f x 4 n_f per receiver width, from the pair kernels of
   ``_kernels.py``), stacked over frames padded to the largest one; one batched matmul per
   receiver per application. Memory sum_f n_f^2: linear in the frames of a batch, never a batch-wide matrix.
+  Only the ``block_receivers`` leading receivers (those applied at every SCF step) are padded
+  blocks; the others (energy, ESPs: applied once) are pair sums over the same pair entries. The
+  pair entries (R, P, 4, 4) are evaluated once per unordered pair for all receivers by
+  :class:`_PairEntries`, whose first derivative in the separations is analytic (T3).
 * every other frame (periodic, slab, molecule in box, or large): the frame solver
   (``_solver.frame_fields``: Ewald / PME / real space) called on each application (matrix-free).
 
