@@ -106,13 +106,10 @@ def _frame_pairs(n_atoms: int, device: torch.device) -> torch.Tensor:
     return torch.stack(all_pairs(n_atoms, device))
 
 
-def _radial(distance: torch.Tensor, exponents: Sequence[float], third: bool = False):
-    """k (T0, T1, T2[, T3]) each (R, P) of ``erf(a d)/d`` for the receivers' exponents a (R,)."""
+def _radial(distance: torch.Tensor, exponents: Sequence[float]):
+    """k (T0, T1, T2) each (R, P) of ``erf(a d)/d`` for the receivers' exponents a (R,); distance (P,) Å."""
     exponent = _radial_exponents(exponents, distance)
-    out = [COULOMB_CONSTANT * t for t in erf_radial(distance.unsqueeze(0), exponent)]
-    if third:
-        out.append(COULOMB_CONSTANT * erf_radial_third(distance.unsqueeze(0), exponent))
-    return out
+    return [COULOMB_CONSTANT * t for t in erf_radial(distance.unsqueeze(0), exponent)]
 
 
 def _entry_formula(separation: torch.Tensor, exponents: Sequence[float], radial=None) -> torch.Tensor:
