@@ -30,6 +30,7 @@ __all__ = [
     "erf_radial",
     "erfc_radial",
     "erf_radial_at_zero",
+    "erf_radial_third",
     "screened_radial",
     "multipole_field",
 ]
@@ -142,6 +143,23 @@ def erf_radial(distance: torch.Tensor, exponent) -> Radial:
     l1 = -inv_d3 - c1
     l2 = 3.0 * inv_d3 * inv_d * inv_d - c2
     return torch.where(short, s0, l0), torch.where(short, s1, l1), torch.where(short, s2, l2)
+
+
+def erf_radial_third(distance: torch.Tensor, exponent) -> torch.Tensor:
+    """T3 = (dT2/dd) / d of ``erf(a d)/d`` (1/Å^7), d >= 0: the radial function of the third
+    derivatives (``a^7 (-8) (2/sqrt(pi)) G_3(u)`` by the series for u < 1, ``-15/d^7`` minus that of
+    ``erfc(a d)/d`` elsewhere). Values only (the analytic backward of the dense pair entries)."""
+    exponent = torch.as_tensor(exponent, dtype=distance.dtype, device=distance.device)
+    u = (exponent * distance) ** 2
+    short = u < _SERIES_SWITCH
+    series = -8.0 * exponent**7 * _TWO_OVER_SQRT_PI * _horner(torch.where(short, u, torch.zeros_like(u)), _series(3))
+    d = torch.where(short, torch.ones_like(distance) * 2.0 * math.sqrt(_SERIES_SWITCH) / exponent, distance)
+    x = exponent * d
+    e = torch.exp(-x * x) * (_TWO_OVER_SQRT_PI * exponent)
+    inv_d2 = 1.0 / (d * d)
+    c0 = torch.erfc(x) / d
+    c3 = -((15.0 * (c0 + e) * inv_d2 + 10.0 * exponent**2 * e) * inv_d2 + 4.0 * exponent**4 * e) * inv_d2
+    return torch.where(short, series, -15.0 * inv_d2**3 / d - c3)
 
 
 def erf_radial_at_zero(exponent: float) -> Tuple[float, float]:

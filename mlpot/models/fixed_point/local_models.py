@@ -93,7 +93,7 @@ class ElectrostaticModel(AtomisticModel):
         n_frames = n_frames_of(batch)
         receivers = [(self.sigma, self.include_self_interaction)] + ([(0.0, True)] if K.ESPS in self.wanted else [])
         operator = FieldOperator(batch, batch_method(self.method, batch[K.PBC]), self.sigma, receivers,
-                                 self.coulomb_options, self.dense_max_atoms)
+                                 self.coulomb_options, self.dense_max_atoms, block_receivers=0)  # applied once: pair sums
         density, fermi, extra = self.density(batch, local.features, self.mixer(local.features), operator)
         potential, gradient = operator.fields(density, (0, 1))
         charges, dipoles = split_multipoles(density.to(positions.dtype))

@@ -142,8 +142,9 @@ class FixedPointModel(AtomisticModel):
         else:
             external = positions.new_zeros(positions.shape[0], len(self.widths), 4)
         esps = bool({K.ESPS, K.REFERENCE_ESPS} & (set(self.wanted) | (set() if self.training else self.default_outputs)))
+        # the SCF applies the feature receivers at every step (padded blocks), the energy's and ESPs' once (pair sums)
         operator = FieldOperator(batch, batch_method(self.method, batch[K.PBC]), self.sigma, self.receivers(esps),
-                                 self.coulomb_options, self.dense_max_atoms)
+                                 self.coulomb_options, self.dense_max_atoms, block_receivers=len(self.widths))
         edges = edge_geometry(batch, self.cutoff, dtype=positions.dtype) if self.many_body else None
         return LocalState(local.atom_energy.to(positions.dtype), hidden, density0, external, species,
                           frames, n_atoms, operator, edges, _reference(batch, density0), _fermi_reference(batch),
