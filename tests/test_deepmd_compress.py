@@ -97,10 +97,14 @@ def test_table_error_and_gradients():
     assert torch.autograd.grad(out.sum(), outside)[0].abs().max() == 0
 
 
-def test_table_contraction_gradients_equal_autograd_through_the_values():
-    """QuinticTable.contract (f and f' in one fused lookup, backward one batched matmul) against the
+@pytest.mark.parametrize("chunk_rows", [2048, 7])  # one chunk of the backward, several
+def test_table_contraction_gradients_equal_autograd_through_the_values(monkeypatch, chunk_rows):
+    """QuinticTable.contract (its backward reuses the forward's lookup, in chunks of rows) against the
     same sum written with the table's values (``forward``) and autograd; two variants, inputs inside,
     in the coarse part and beyond the table (zero slope)."""
+    import mlpot.nn.quintic_table as quintic
+
+    monkeypatch.setattr(quintic, "CHUNK_ROWS", chunk_rows)
     table = QuinticTable(3, n_variants=2)
     table.build([lambda x: torch.stack([torch.sin(3 * x), torch.tanh(x), x * x], -1),
                  lambda x: torch.stack([torch.cos(x), x, torch.exp(-x)], -1)], -1.0, 2.0, 0.01, 0.1, 5.0)

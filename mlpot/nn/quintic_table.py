@@ -14,13 +14,12 @@ Outside ``[lower_ext, upper_ext]`` the table is constant (its end value; derivat
 Evaluation is one fused gather-and-sum (``embedding_bag``) of the six coefficient rows of each
 input's interval with weights t^p (f' takes the five rows p >= 1, weights p t^(p-1)); the
 interval, the rows and the weights of an input (:meth:`QuinticTable.lookup`) are found once for
-f and f'. Where both are needed, one gather-and-sum of width 2 x width gives them together
-(:meth:`QuinticTable.values_and_slopes`, rows [a_p, (p + 1) a_(p+1)] of ``fused_coefficients``):
-:meth:`QuinticTable.forward` returns the values (differentiable in x: a custom autograd function
-keeps f'); :meth:`QuinticTable.contract` fuses the table with a contraction
-``sum_k left[a, k, :]^T f(x[a, k])`` (a: rows, k: columns of one row): it keeps f and f' of all
-inputs, and its backward pass is one batched matmul (no second lookup, no loop over chunks).
-Both give first derivatives only (second derivatives through them raise): tables are for inference.
+f and f'. :meth:`QuinticTable.forward` returns the values (differentiable
+in x: a custom autograd function computes f and f' and keeps only f'); :meth:`QuinticTable.contract`
+fuses the table with a contraction ``sum_k left[a, k, :]^T f(x[a, k])`` (a: rows, k: columns of one
+row): it keeps f(x) and the lookup of x, and its backward pass evaluates f' in chunks of rows, so neither f'(x) of all
+inputs nor the (rows, k, w, width) products are held. Both give first derivatives only (second
+derivatives through them raise): tables are for inference.
 
 Storage: buffers ``coefficients`` (n_variants * n, 6, width) (row v * n + i is interval i of variant
 v, then the powers 0..5) and ``knots`` (n + 1,); ``grid`` (9,) = (lower_ext, lower, upper, upper_ext, fine
@@ -38,10 +37,12 @@ from typing import Callable, Optional, Tuple
 import torch
 
 from mlpot.errors import ConfigError
-from mlpot.nn.gathered_contraction import no_double_backward
+from mlpot.nn.gathered_contraction import no_double_backward, slope_gradient
 from mlpot.nn.tracing import is_tracing
 
 __all__ = ["QuinticTable", "quintic_hermite_coefficients", "function_derivatives"]
+
+CHUNK_ROWS = 2048  # inputs per chunk of the contraction's backward pass (temporaries ~ rows x width x 8 B)
 
 
 def quintic_hermite_coefficients(values: torch.Tensor, first: torch.Tensor, second: torch.Tensor,
@@ -85,9 +86,9 @@ class _TableValues(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, table, variant):
-        both = table.values_and_slopes(x, variant)
-        ctx.save_for_backward(both[:, table.width:])
-        return both[:, : table.width]
+        values, derivative = table.evaluate(x, variant, derivative=True)
+        ctx.save_for_backward(derivative)
+        return values
 
     @staticmethod
     @_FIRST_DERIVATIVES_ONLY
@@ -96,32 +97,47 @@ class _TableValues(torch.autograd.Function):
         return (grad * derivative).sum(-1), None, None
 
 
+def _input_gradient(bags, slope_weights, left, grad, table) -> torch.Tensor:
+    """d/dx of sum(grad * contraction) for rows (rows, k) of inputs, given their ``QuinticTable.lookup``
+    (bags[:, 1:] and slope weights, flat): sum_w left[a,k,w] sum_m grad[a,w,m] f'(x[a,k])_m, the
+    width m summed first (a matmul)."""
+    derivative = table.bag_sum(bags, slope_weights)
+    return slope_gradient(derivative.view(left.shape[0], left.shape[1], -1), left, grad)
+
+
 class _TableContraction(torch.autograd.Function):
-    """out[a] = sum_k left[a, k, :]^T f(x[a, k]), (rows, w, width). The forward pass evaluates f and
-    f' together (one fused gather-and-sum, ``QuinticTable.values_and_slopes``) and keeps both, so the
-    backward pass is one batched matmul: [f; f'] (rows, 2k, width) times grad^T gives the gradient
-    of ``left`` and, weighted by left, that of x. Holds (rows, k, 2 width) values: 31 MB on a
-    192-atom water frame (M1 = 100)."""
+    """out[a] = sum_k left[a, k, :]^T f(x[a, k]), (rows, w, width). f(x) and the table lookup of x are
+    kept for the backward pass, which evaluates f'(x) in chunks of rows (the chunk's temporaries stay
+    in cache) without locating x again."""
 
     @staticmethod
     def forward(ctx, x, left, table, variant):
         n_rows, n_cols, _ = left.shape
-        both = table.values_and_slopes(x, variant).view(n_rows, n_cols, 2 * table.width)
-        ctx.save_for_backward(left, both)
-        return torch.bmm(left.transpose(1, 2), both[:, :, : table.width])
+        bags, t_powers, slope_weights = table.lookup(x, variant)
+        values = table.bag_sum(bags, t_powers).view(n_rows, n_cols, table.width)
+        ctx.table = table
+        ctx.save_for_backward(left, values, bags[:, 1:].contiguous(), slope_weights)
+        return torch.bmm(left.transpose(1, 2), values)
 
     @staticmethod
     @_FIRST_DERIVATIVES_ONLY
     def backward(ctx, grad):
-        left, both = ctx.saved_tensors
-        n_rows, n_cols, width = left.shape
+        left, values, bags, slope_weights = ctx.saved_tensors
+        table = ctx.table
+        grad_left = torch.bmm(values, grad.transpose(1, 2)) if ctx.needs_input_grad[1] else None
         if not ctx.needs_input_grad[0]:
-            grad_left = torch.bmm(both[:, :, : both.shape[2] // 2], grad.transpose(1, 2)) if ctx.needs_input_grad[1] else None
             return None, grad_left, None, None
-        # rows 2k, 2k + 1 of the view: f and f' of slot k; products (rows, k, 2, w)
-        products = torch.bmm(both.view(n_rows, 2 * n_cols, -1), grad.transpose(1, 2)).view(n_rows, n_cols, 2, width)
-        grad_left = products[:, :, 0] if ctx.needs_input_grad[1] else None
-        return (products[:, :, 1] * left).sum(-1), grad_left, None, None
+        n_rows, n_cols, _ = left.shape
+        if is_tracing():  # a graph tracer (mlpot compile): one chunk, no loop over a symbolic size
+            return _input_gradient(bags, slope_weights, left, grad, table).view(n_rows, n_cols), grad_left, None, None
+        grad_x = left.new_empty(n_rows, n_cols)
+        step = max(1, CHUNK_ROWS // max(n_cols, 1))
+        for start in range(0, n_rows, step):
+            stop = min(start + step, n_rows)
+            flat = slice(start * n_cols, stop * n_cols)
+            grad_x[start:stop] = _input_gradient(bags[flat], slope_weights[flat], left[start:stop], grad[start:stop],
+                                                 table)
+        return grad_x, grad_left, None, None
 
 
 class QuinticTable(torch.nn.Module):
@@ -226,33 +242,6 @@ class QuinticTable(torch.nn.Module):
         gather and sum that never holds the gathered rows."""
         table = self.coefficients.view(-1, self.width)  # row 6 * interval + power
         return torch.nn.functional.embedding_bag(bags, table, per_sample_weights=weights, mode="sum")
-
-    def fused_coefficients(self) -> torch.Tensor:
-        """(n_variants * n * 6, 2 width): row 6 * interval + p holds [a_p, (p + 1) a_(p+1)] (a_6 = 0),
-        so that one weighted sum with t^0..t^5 gives f and f' together. Cached per coefficient tensor."""
-        key = (self.coefficients.data_ptr(), self.coefficients._version, self.coefficients.dtype,
-               self.coefficients.device, tuple(self.coefficients.shape))
-        cached = getattr(self, "_fused", None)
-        if cached is None or cached[0] != key or is_tracing():
-            c = self.coefficients
-            powers = torch.arange(1, 6, dtype=c.dtype, device=c.device).view(1, 5, 1)
-            slopes = torch.cat([c[:, 1:] * powers, torch.zeros_like(c[:, :1])], dim=1)
-            cached = (key, torch.cat([c, slopes], dim=2).view(-1, 2 * self.width).contiguous())
-            if not is_tracing():
-                self._fused = cached
-        return cached[1]
-
-    def values_and_slopes(self, x: torch.Tensor, variant: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """[f(x), f'(x)] (x.numel(), 2 width) in one fused gather-and-sum (``fused_coefficients``);
-        f' is 0 outside the table. Equal to ``evaluate(x, variant, derivative=True)`` up to rounding."""
-        index, t, inside = self.locate(x, variant)
-        bags = index.unsqueeze(1) * 6 + torch.arange(6, device=x.device)
-        t_powers = torch.cat([torch.ones_like(t), t.expand(-1, 5).cumprod(1)], dim=1)  # (n, 6): t^0 .. t^5
-        both = torch.nn.functional.embedding_bag(bags, self.fused_coefficients(), per_sample_weights=t_powers,
-                                                 mode="sum")
-        if is_tracing() or not bool(inside.all()):
-            both[:, self.width:] *= inside.to(both.dtype)
-        return both
 
     def evaluate(self, x: torch.Tensor, variant: Optional[torch.Tensor] = None, derivative: bool = False,
                  values: bool = True):
