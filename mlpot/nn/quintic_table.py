@@ -37,7 +37,7 @@ from typing import Callable, Optional, Tuple
 import torch
 
 from mlpot.errors import ConfigError
-from mlpot.nn.gathered_contraction import no_double_backward, slope_gradient
+from mlpot.nn.gathered_contraction import no_double_backward, slope_gradient, weighted_row_sum
 from mlpot.nn.tracing import is_tracing
 
 __all__ = ["QuinticTable", "quintic_hermite_coefficients", "function_derivatives"]
@@ -243,16 +243,7 @@ class QuinticTable(torch.nn.Module):
         ``bags[j]``) and the coefficient table (MKL's sparse x dense kernel, 13 % faster than
         ``embedding_bag`` in float64 on the water example's contraction), else (other devices, graph
         tracers) one ``embedding_bag``. Same sums, in another order (rounding)."""
-        table = self.coefficients.view(-1, self.width)  # row 6 * interval + power
-        if bags.device.type != "cpu" or is_tracing():
-            return torch.nn.functional.embedding_bag(bags, table, per_sample_weights=weights, mode="sum")
-        n_rows, n_bag = bags.shape
-        rows = torch.arange(0, n_rows * n_bag + 1, n_bag, device=bags.device)
-        with warnings.catch_warnings():  # torch's one-time "Sparse CSR tensor support is in beta" notice
-            warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
-            matrix = torch.sparse_csr_tensor(rows, bags.reshape(-1), weights.reshape(-1), size=(n_rows, table.shape[0]),
-                                             check_invariants=False)
-        return matrix @ table
+        return weighted_row_sum(bags, weights, self.coefficients.view(-1, self.width))  # row 6 * interval + power
 
     def evaluate(self, x: torch.Tensor, variant: Optional[torch.Tensor] = None, derivative: bool = False,
                  values: bool = True):
