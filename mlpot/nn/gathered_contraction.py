@@ -103,7 +103,8 @@ def weighted_row_sum(columns: torch.Tensor, weights: torch.Tensor, table: torch.
     table (m, width) -> (n, width), without holding the (n, p, width) gathered rows.
 
     On CPU (eager) the product of a CSR matrix (row j: weights[j] at columns[j]; repeated columns
-    add) and ``table``, MKL's sparse x dense kernel; elsewhere, and under a graph tracer, one
+    add) and ``table``, MKL's sparse x dense kernel, written straight into a new tensor (``S @ table``
+    would zero-fill a result and copy it back: two more passes over it); elsewhere, and under a graph tracer, one
     ``embedding_bag`` with per-sample weights. No graph: for autograd functions' own passes.
     """
     if columns.device.type != "cpu" or is_tracing():
@@ -116,7 +117,8 @@ def weighted_row_sum(columns: torch.Tensor, weights: torch.Tensor, table: torch.
         warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
         matrix = torch.sparse_csr_tensor(starts, columns.reshape(-1), weights.reshape(-1).to(table.dtype),
                                          size=(n_rows, table.shape[0]), check_invariants=False)
-    return matrix @ table
+    out = table.new_empty(n_rows, table.shape[1])  # beta 0: written, not read (no zero fill, no copy back)
+    return torch.addmm(out, matrix, table, beta=0.0, out=out)
 
 
 class _GatheredContraction(torch.autograd.Function):
