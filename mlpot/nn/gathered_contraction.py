@@ -12,8 +12,10 @@ padded (blocks x slots) layout of the contraction, so several slots may share a 
 Why: forces need only df/dx, and f of one variable gives it by forward-mode differentiation in the
 same pass as f (``MLP.value_and_slope``, or a table's derivative). Keeping f and f' per row, the
 backward pass is two small matrix products per block and no reverse pass through f: no saved
-activations, no dense (blocks x slots x width) gradient, no scatter of it back to the rows. Both
-passes gather f (and f') into the slots in chunks of blocks, so the gathered rows stay in cache
+activations, no dense (blocks x slots x width) gradient, no scatter of it back to the rows. The
+forward pass on CPU is one sparse x dense product (:func:`weighted_row_sum`: out[a, w] = sum_k
+left[a, k, w] f(row_ak), no gathered rows at all); the backward pass (and the forward pass
+elsewhere) gathers f and f' into the slots in chunks of blocks, so the gathered rows stay in cache
 and no (blocks x slots x width) tensor is ever held: with ~16 MB such tensors per 192-atom water
 frame, glibc's heap grew and was trimmed back every step (thousands of page faults).
 
