@@ -167,12 +167,13 @@ def translate_batch(batch: Batch, shift: Sequence[float]) -> Batch:
     return out
 
 
-def permute_batch(batch: Batch, seed: int = 0) -> tuple:
-    """Shuffle atoms within each frame (and the edge order). Returns (batch, perm) with new[k] = old[perm[k]]."""
+def permute_batch(batch: Batch, seed: int = 0, perm: Optional[torch.Tensor] = None) -> tuple:
+    """Shuffle atoms within each frame (and the edge order). Returns (batch, perm) with new[k] = old[perm[k]];
+    ``perm`` (n_atoms,) given: that order of the atoms (it must keep them grouped by frame)."""
     generator = torch.Generator().manual_seed(seed)
     frame = batch[K.BATCH]
     keys = frame.to(torch.float64) * 2 + torch.rand(len(frame), generator=generator, dtype=torch.float64)
-    perm = torch.argsort(keys)  # stays grouped by frame
+    perm = torch.argsort(keys) if perm is None else perm  # stays grouped by frame
     inverse = torch.empty_like(perm)
     inverse[perm] = torch.arange(len(perm))
     out = {}

@@ -97,6 +97,28 @@ def test_table_error_and_gradients():
     assert torch.autograd.grad(out.sum(), outside)[0].abs().max() == 0
 
 
+@pytest.mark.parametrize("n_inputs", [0, 1, 257])
+def test_table_sparse_gather_sum_equals_embedding_bag(n_inputs):
+    """QuinticTable.bag_sum on CPU (a CSR x dense product) against one ``embedding_bag`` (its path on
+    other devices and in graph tracers), for f and f' weights, two variants, inputs inside, in the
+    coarse part and beyond the table; no inputs too."""
+    table = QuinticTable(4, n_variants=2)
+    table.build([lambda x: torch.stack([torch.sin(3 * x), torch.tanh(x), x * x, torch.exp(-x)], -1),
+                 lambda x: torch.stack([torch.cos(x), x, torch.exp(-x), x ** 3], -1)], -1.0, 2.0, 0.01, 0.1, 5.0)
+    generator = torch.Generator().manual_seed(1)
+    x = torch.rand(n_inputs, dtype=torch.float64, generator=generator) * 13.0 - 1.5
+    variant = torch.randint(0, 2, (n_inputs,), generator=generator)
+    bags, t_powers, slope_weights = table.lookup(x.unsqueeze(1), variant if n_inputs else None)
+    rows = table.coefficients.view(-1, table.width)
+    for index, weights in ((bags, t_powers), (bags[:, 1:].contiguous(), slope_weights)):
+        reference = torch.nn.functional.embedding_bag(index, rows, per_sample_weights=weights, mode="sum")
+        fast = table.bag_sum(index, weights)
+        assert fast.shape == (n_inputs, 4)
+        torch.testing.assert_close(fast, reference, rtol=1e-13, atol=1e-13)
+    if n_inputs > 1:
+        assert reference.abs().max() > 0.1
+
+
 @pytest.mark.parametrize("chunk_rows", [2048, 7])  # one chunk of the backward, several
 def test_table_contraction_gradients_equal_autograd_through_the_values(monkeypatch, chunk_rows):
     """QuinticTable.contract (its backward reuses the forward's lookup, in chunks of rows) against the

@@ -11,7 +11,7 @@ from mlpot.models import build_model
 from mlpot.models.derivatives import compute_derivatives
 from mlpot.models.deepmd.descriptors.se_e2_a import DescriptorSeA
 from mlpot.nn import EmbeddingNet
-from mlpot.nn.gathered_contraction import gathered_contraction
+from mlpot.nn.gathered_contraction import gathered_contraction, weighted_row_sum
 
 
 @pytest.mark.parametrize("activation, resnet_dt", [("tanh", False), ("tanh", True), ("gelu", True), ("linear", False)])
@@ -60,6 +60,25 @@ def test_gathered_contraction_value_and_gradients_equal_autograd():
     for fast, reference in zip(*grads):
         torch.testing.assert_close(fast, reference, atol=1e-13, rtol=1e-12)
     assert float(grads[0][1][-1]) == 0.0  # the placeholder row is no input
+
+
+@pytest.mark.parametrize("n_rows, n_terms", [(7, 5), (0, 5), (4, 0), (1, 1)])
+def test_weighted_row_sum_equals_embedding_bag(n_rows, n_terms):
+    """The CPU sparse x dense product against embedding_bag (its path elsewhere), with columns that
+    repeat within a row (they add), and empty shapes."""
+    generator = torch.Generator().manual_seed(2)
+    table = torch.randn(6, 3, dtype=torch.float64, generator=generator)
+    columns = torch.randint(0, 6, (n_rows, n_terms), generator=generator)
+    if n_rows and n_terms > 1:
+        columns[0, 1] = columns[0, 0]
+    weights = torch.randn(n_rows, n_terms, dtype=torch.float64, generator=generator)
+    out = weighted_row_sum(columns, weights, table)
+    expected = (weights.unsqueeze(-1) * table[columns]).sum(1)
+    assert out.shape == (n_rows, 3)
+    torch.testing.assert_close(out, expected, atol=1e-14, rtol=1e-13)
+    if n_terms:
+        reference = torch.nn.functional.embedding_bag(columns, table, per_sample_weights=weights, mode="sum")
+        torch.testing.assert_close(out, reference, atol=1e-14, rtol=1e-13)
 
 
 def test_gathered_contraction_gradcheck():

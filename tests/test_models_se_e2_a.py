@@ -319,3 +319,51 @@ def test_untrained_model_starts_at_the_label_mean_energy(shared_data, with_type_
         errors = torch.stack([(model(b)[K.ENERGY] - b[K.ENERGY])[0] for b in batches]) / 192
     assert abs(float(errors.mean())) < 1e-9
     assert float(errors.abs().max()) < 0.05  # per-frame spread of an untrained net, eV/atom
+
+
+def test_fitting_on_atoms_in_type_order_equals_the_gathered_groups(monkeypatch):
+    """In eval mode, atoms in type order take contiguous groups (split / cat) in the fitting; the
+    same frame in another order, or in train mode, takes the gathers: same energies, per-atom
+    energies, forces (inference and with a graph of them) and virial, to rounding."""
+    import mlpot.models.deepmd.fitting as fitting
+
+    batch = T.random_batch(1, 12, seed=3)
+    types = batch[K.ATOM_TYPES]
+    assert not bool((types[1:] >= types[:-1]).all()) and len(set(types.tolist())) == 2
+    ordered, perm = T.permute_batch(batch, perm=torch.argsort(types, stable=True))
+    model = small_model(type_one_side=False).eval()
+    groups = []
+    monkeypatch.setattr(fitting, "_group_by_type", lambda *a: groups.append(1) or _group(*a))
+    reference = compute_derivatives(model, batch, forces=True, virial=True)
+    assert len(groups) == 1  # the gathered path
+    for create_graph in (False, True):
+        out = compute_derivatives(model, ordered, forces=True, virial=True, create_graph=create_graph)
+        assert len(groups) == 1  # the contiguous path
+        torch.testing.assert_close(out[K.ENERGY], reference[K.ENERGY], rtol=1e-13, atol=0)
+        torch.testing.assert_close(out[K.ATOM_ENERGY], reference[K.ATOM_ENERGY][perm], rtol=1e-12, atol=1e-14)
+        torch.testing.assert_close(out[K.FORCES], reference[K.FORCES][perm], rtol=1e-10, atol=1e-13)
+        torch.testing.assert_close(out[K.VIRIAL], reference[K.VIRIAL], rtol=1e-10, atol=1e-13)
+    assert reference[K.FORCES].abs().max() > 1e-3
+    T.assert_forces_match_fd(model, ordered, atol=1e-7, rtol=1e-5)
+    model.train()  # training: every net gets its parameter gradient, through the gathers
+    torch.testing.assert_close(compute_derivatives(model, ordered)[K.FORCES], reference[K.FORCES][perm],
+                               rtol=1e-10, atol=1e-13)
+    assert len(groups) == 2
+
+
+def _group(types, n_types):
+    return [torch.nonzero(types == t).squeeze(1) for t in range(n_types)]
+
+
+@pytest.mark.parametrize("types", [[1, 1, 1], [0, 0, 1, 1, 1], [1, 0, 1], []])
+def test_fitting_net_outputs_are_the_per_type_nets(types):
+    """net_outputs on sorted types (one type absent too), unsorted types and no atoms: row i is the
+    net of type t_i at row i of the inputs."""
+    fitting = small_model().fitting.eval()
+    types = torch.tensor(types, dtype=torch.long)
+    inputs = torch.randn(len(types), fitting.nets[0].layers[0].weight.shape[0], dtype=torch.float64,
+                         generator=torch.Generator().manual_seed(0))
+    out = fitting.net_outputs(inputs, types)
+    assert out.shape == (len(types), 1)
+    for i, t in enumerate(types.tolist()):
+        torch.testing.assert_close(out[i], fitting.nets[t](inputs[i:i + 1])[0], rtol=1e-14, atol=1e-15)

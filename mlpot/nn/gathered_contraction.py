@@ -12,8 +12,10 @@ padded (blocks x slots) layout of the contraction, so several slots may share a 
 Why: forces need only df/dx, and f of one variable gives it by forward-mode differentiation in the
 same pass as f (``MLP.value_and_slope``, or a table's derivative). Keeping f and f' per row, the
 backward pass is two small matrix products per block and no reverse pass through f: no saved
-activations, no dense (blocks x slots x width) gradient, no scatter of it back to the rows. Both
-passes gather f (and f') into the slots in chunks of blocks, so the gathered rows stay in cache
+activations, no dense (blocks x slots x width) gradient, no scatter of it back to the rows. The
+forward pass on CPU is one sparse x dense product (:func:`weighted_row_sum`: out[a, w] = sum_k
+left[a, k, w] f(row_ak), no gathered rows at all); the backward pass (and the forward pass
+elsewhere) gathers f and f' into the slots in chunks of blocks, so the gathered rows stay in cache
 and no (blocks x slots x width) tensor is ever held: with ~16 MB such tensors per 192-atom water
 frame, glibc's heap grew and was trimmed back every step (thousands of page faults).
 
@@ -30,13 +32,14 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import warnings
 from typing import Callable, Iterator, Tuple
 
 import torch
 
 from mlpot.nn.tracing import is_tracing
 
-__all__ = ["gathered_contraction", "slope_gradient", "first_derivatives_only", "only_first_derivatives",
+__all__ = ["gathered_contraction", "slope_gradient", "weighted_row_sum", "first_derivatives_only", "only_first_derivatives",
            "no_double_backward", "CHUNK_SLOTS"]
 
 _FIRST_ONLY: contextvars.ContextVar[bool] = contextvars.ContextVar("mlpot_first_derivatives_only", default=False)
@@ -97,6 +100,29 @@ def _gather(table: torch.Tensor, rows: torch.Tensor, start: int, stop: int) -> t
     return table.index_select(0, rows[start:stop].reshape(-1)).view(stop - start, rows.shape[1], -1)
 
 
+def weighted_row_sum(columns: torch.Tensor, weights: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+    """out[j] = sum_p weights[j, p] * table[columns[j, p]]: columns (n, p) int64, weights (n, p),
+    table (m, width) -> (n, width), without holding the (n, p, width) gathered rows.
+
+    On CPU (eager) the product of a CSR matrix (row j: weights[j] at columns[j]; repeated columns
+    add) and ``table``, MKL's sparse x dense kernel, written straight into a new tensor (``S @ table``
+    would zero-fill a result and copy it back: two more passes over it); elsewhere, and under a graph tracer, one
+    ``embedding_bag`` with per-sample weights. No graph: for autograd functions' own passes.
+    """
+    if columns.device.type != "cpu" or is_tracing():
+        return torch.nn.functional.embedding_bag(columns, table, per_sample_weights=weights, mode="sum")
+    n_rows, n_terms = columns.shape
+    if n_terms == 0:
+        return table.new_zeros(n_rows, table.shape[1])
+    starts = torch.arange(0, n_rows * n_terms + 1, n_terms, device=columns.device)
+    with warnings.catch_warnings():  # torch's one-time "Sparse CSR tensor support is in beta" notice
+        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+        matrix = torch.sparse_csr_tensor(starts, columns.reshape(-1), weights.reshape(-1).to(table.dtype),
+                                         size=(n_rows, table.shape[0]), check_invariants=False)
+    out = table.new_empty(n_rows, table.shape[1])  # beta 0: written, not read (no zero fill, no copy back)
+    return torch.addmm(out, matrix, table, beta=0.0, out=out)
+
+
 class _GatheredContraction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, left, slot_rows, evaluate):
@@ -105,9 +131,15 @@ class _GatheredContraction(torch.autograd.Function):
             table[-1].zero_()
         n_blocks, n_slots, _ = left.shape
         rows = slot_rows.view(n_blocks, n_slots)
-        out = left.new_empty(n_blocks, left.shape[2], values.shape[1])
-        for start, stop in _chunks(n_blocks, n_slots):  # f gathered a chunk at a time, never all slots
-            torch.bmm(left[start:stop].transpose(1, 2), _gather(values, rows, start, stop), out=out[start:stop])
+        if left.device.type == "cpu" and not is_tracing():  # out[a, w] = sum_k left[a, k, w] f(row_ak): sparse x dense
+            width = left.shape[2]
+            columns = rows.unsqueeze(1).expand(n_blocks, width, n_slots).reshape(n_blocks * width, n_slots)
+            out = weighted_row_sum(columns, left.transpose(1, 2).reshape(n_blocks * width, n_slots), values)
+            out = out.view(n_blocks, width, values.shape[1])
+        else:
+            out = left.new_empty(n_blocks, left.shape[2], values.shape[1])
+            for start, stop in _chunks(n_blocks, n_slots):  # f gathered a chunk at a time, never all slots
+                torch.bmm(left[start:stop].transpose(1, 2), _gather(values, rows, start, stop), out=out[start:stop])
         ctx.save_for_backward(left, slot_rows, values, slopes)  # f and f' per row
         return out
 

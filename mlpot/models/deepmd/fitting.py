@@ -31,7 +31,7 @@ from mlpot.models.deepmd.keys import resolve_precision
 from mlpot.models.deepmd.keys_fitting import FIT_DOS, FIT_ENER
 from mlpot.models.output_bias import OutputBias, set_by_statistic
 from mlpot.models.sections import read_section
-from mlpot.nn import FittingNet, Registry, gather_rows
+from mlpot.nn import FittingNet, Registry, gather_rows, is_tracing
 
 __all__ = ["FITTINGS", "InvariantFitting", "EnerFitting", "DosFitting"]
 
@@ -148,13 +148,22 @@ class InvariantFitting(torch.nn.Module):
     def net_outputs(self, inputs: torch.Tensor, types: torch.Tensor) -> torch.Tensor:
         """Raw net outputs (n_atoms, n_out) in the net dtype, one net per type.
 
-        Each type's group gets two extra rows (atom 0's inputs, added into a spare output row that
-        is cut off): its size, known only from the data, is then at least 2, so that a graph tracer
-        (``mlpot compile``) needs no guard on it in the backward's broadcasting checks.
+        In evaluation (eval mode, eager), atoms in type order (one frame of typical data, ASE and
+        LAMMPS inputs) take contiguous groups: split, whose backward is one cat, in place of gathers
+        and a scatter back (-1.3 ms of 9.9 for the water example's forward + backward at 192
+        atoms). Otherwise (training: every net's parameters get a gradient, zero for an absent
+        type) each type's group gets two extra rows (atom 0's inputs, added into a spare output row
+        that is cut off): its size, known only from the data, is then at least 2, so that a graph
+        tracer (``mlpot compile``) needs no guard on it in the backward's broadcasting checks.
         """
         if self.mixed_types:
             return self.nets[0](inputs)
         n_atoms = inputs.shape[0]
+        if not self.training and not is_tracing() and bool((types[1:] >= types[:-1]).all()):
+            counts = torch.bincount(types, minlength=self.n_types).tolist()
+            parts = torch.split(inputs, counts)
+            outputs = [self.nets[t](part) for t, part in enumerate(parts) if counts[t]]
+            return torch.cat(outputs) if outputs else inputs.new_zeros(0, self.n_out)
         two = torch.zeros(2, dtype=torch.long, device=inputs.device)
         out = inputs.new_zeros(n_atoms + 1, self.n_out)
         for t, atoms in enumerate(_group_by_type(types, self.n_types)):
