@@ -1,10 +1,10 @@
 """DeePMD spin models through the MD engines (issue #15): LAMMPS (fix external; spins from
 ``atom_style spin`` or ``fix property/atom d2_spin 3``, magnetic forces into ``d2_force_mag``) and
-torch-sim (spins from ``state.spin`` or the model's ``spin``) give the ASE calculator's energy,
-real forces, magnetic forces and virial/stress to 1e-10 (float64) on DeePMD-kit's frozen spin test
-model (``tests/peer_models/deepmd/spin_se_e2_a.pth``, whose ASE numbers equal dp test's:
-tests/test_deepmd_spin.py); a short LAMMPS NVE run with fixed spins follows ASE's velocity Verlet;
-``mlpot lammps example/run`` of a spin model; the refusals (fix nve/spin, no spins, ML-IAP).
+torch-sim (spins from ``state.spin``, a dict state's ``"spin"`` or the model's ``spin``) give the
+ASE calculator's energy, real forces, magnetic forces and virial/stress to 1e-10 (float64) on
+DeePMD-kit's frozen spin test model (``tests/peer_models/deepmd/spin_se_e2_a.pth``, whose ASE
+numbers equal dp test's: tests/test_deepmd_spin.py); a short LAMMPS NVE run with fixed spins
+follows ASE's velocity Verlet; ``mlpot lammps example/run`` of a spin model; the refusals (fix nve/spin, no spins, ML-IAP).
 Each engine's tests are skipped where its package is absent."""
 
 from __future__ import annotations
@@ -193,6 +193,9 @@ def test_torchsim_spin_model_matches_ase(frames):
     print(f"torch-sim: |dE| {worst[0]:.1e} eV, |dF| {worst[1]:.1e} eV/Å, |dF_mag| {worst[2]:.1e} eV/μB, "
           f"|dstress| {worst[3]:.1e} eV/Å^3")
     assert (worst < TOL).all(), worst
+    as_dict = {name: getattr(state, name) for name in ("positions", "masses", "cell", "pbc", "atomic_numbers",
+                                                       "system_idx", "spin")}
+    np.testing.assert_array_equal(MlpotTorchSimModel(MODEL)(as_dict)["force_mag"], by_model["force_mag"])
     with pytest.raises(DataError, match="spin"):
         MlpotTorchSimModel(MODEL)(ts.io.atoms_to_state(systems, torch.device("cpu"), torch.float64))
 

@@ -267,7 +267,11 @@ def _model_class():
             """state: a ``SimState`` (or its dict). Returns energy (n_systems,) eV, forces
             (n_atoms, 3) eV/Å and, with compute_stress, stress (n_systems, 3, 3) eV/Å^3."""
             if not isinstance(state, SimState):
-                state = SimState(**state)
+                fields = dict(state)
+                spin = fields.pop("spin", None)
+                state = SimState(**fields)
+                if spin is not None:
+                    state.spin = spin
             return self._evaluate(state)
 
     MlpotTorchSimModel.__module__ = __name__
