@@ -19,7 +19,7 @@ xy xz yz; W = Ξ, DeePMD's sign, so LAMMPS' pressure is (N k T + tr W / 3) / V) 
 sees every atom (an error otherwise). A Python exception in the callback cannot cross LAMMPS's C
 code; the driver keeps it, makes the step's forces NaN and raises it when the command returns.
 
-Spin models (DeePMD spin, ``SpinEnergyModel``; docs/md_lammps.md "Spin models"): the callback reads
+Spin models (DeePMD spin; docs/md_lammps.md "Spin models through fix external"): the callback reads
 each atom's spin vector s (μB) from ``atom_style spin`` (s = sp · (spx, spy, spz), read through a
 ``compute <fix_id>_spin all property/atom spx spy spz sp`` the driver defines: this wheel's library
 interface does not expose ``sp`` or ``fm`` to ``extract_atom``) or, with any other atom style, from a
