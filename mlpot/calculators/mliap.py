@@ -19,7 +19,8 @@ LAMMPS per-pair forces fij = ∂E/∂rij (``data.update_pair_forces``: f_i += fi
 virial by LAMMPS's v_tally), the local atoms' energies (``data.eatoms``) and their sum
 (``data.energy``). This is exact for models whose atoms see only their own neighbours within the
 cutoff (DeePMD family); message-passing models (several interaction layers) would need the ghost
-atoms' own neighbours, which ML-IAP does not pass: the adapter refuses them.
+atoms' own neighbours, which ML-IAP does not pass: the adapter refuses them. It refuses spin models
+too: ML-IAP's data carry no per-atom spins.
 """
 
 from __future__ import annotations
@@ -49,6 +50,10 @@ def check_local_model(model) -> None:
     config = getattr(model, "config", None)
     family = family_of(config).name if config else ""
     layers = {"mace": len(getattr(model, "interactions", ())), "nequip": len(getattr(model, "layers", ()))}.get(family, 0)
+    if K.SPIN in tuple(getattr(model, "input_keys", ()) or ()):
+        raise ConfigError("ML-IAP passes no per-atom spins (its data hold pair vectors and element indices only), "
+                          "so a spin model cannot run there: use the fix external route (mlpot lammps) with "
+                          "atom_style spin or fix property/atom d2_spin 3", key="model")
     if family == "electrostatic":
         raise ConfigError("ML-IAP passes each atom's neighbours only; an electrostatic model couples every atom "
                           "(long-range and self-consistent charges): use the fix external route (mlpot lammps)",

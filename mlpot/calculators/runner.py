@@ -96,6 +96,11 @@ class EagerRunner:
         return per_atom
 
 
+def needs_spin(runner) -> bool:
+    """Whether the runner's model reads per-atom spins (K.SPIN, a DeePMD spin model)."""
+    return K.SPIN in tuple(getattr(getattr(runner, "model", None), "input_keys", ()) or ())
+
+
 def load_runner(model, device: Union[str, torch.device] = "cpu", head: Optional[str] = None,
                 dtype: Optional[str] = None, mace_options=None):
     """A runner for ``model``: an ``AtomisticModel``, a runner, or the path of a checkpoint, a

