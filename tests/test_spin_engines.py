@@ -221,3 +221,12 @@ def test_torchsim_spin_nve_runs_with_fixed_spins(frames):
                                                          system_idx=state.system_idx))
     totals = torch.stack(totals) / 8
     assert float((totals - totals[0]).abs().max()) < 1e-5
+
+
+def test_compile_refuses_spin_model(tmp_path):
+    """A compiled model has no spin input: compiling a spin model is refused by name, no file written."""
+    from mlpot.calculators.compile import compile_model
+
+    with pytest.raises(ConfigError, match="compiling spin models"):
+        compile_model(MODEL, tmp_path / "spin.pt2", backend="export")
+    assert not (tmp_path / "spin.pt2").exists()

@@ -117,6 +117,10 @@ def compile_model(model, output: Union[str, Path], backend: str = "aoti", dtype:
     if K.ENERGY not in (getattr(eager, "output_keys", ()) or (K.ENERGY,)):
         raise ConfigError("not supported yet: compiling models without an energy output (dipole, polar, dos)",
                           file=source, key="model")
+    unsupported = [key for key in getattr(eager, "input_keys", ()) if key not in COMPILED_INPUTS]
+    if K.SPIN in unsupported:  # its spins would have no slot in the compiled function's inputs
+        raise ConfigError("not supported yet: compiling spin models (a compiled model takes no per-atom spins); "
+                          "use the frozen model (mlpot freeze)", file=source, key="model/spin")
     example = example_structure(eager.type_map, eager.cutoff)
     arguments = _arguments(example, runner.device)
     function = _TensorFunction(eager).eval()
