@@ -4,8 +4,9 @@ DeePMD-kit's input_torch_small layout, whose repformer drops empty neighbour slo
 se_atten, se_atten_v2, hybrid and se_e2_a with exclude_types. The exported program (float64) agrees
 with the eager and the frozen model within 1e-10 relative on energy, atom energies, forces and
 virial on a periodic and a non-periodic structure with other atom and edge counts than the traced
-one. Tracing takes 15-35 s per model on a shared 2-core machine: slow tier. The default tier checks
-the fixed-shape branches a tracer takes against the eager numbers (seconds)."""
+one. Tracing takes 7-45 s per model on a shared 2-core machine: slow tier, as are float32 (1e-5)
+and the AOTInductor build of DPA-2. The default tier checks the fixed-shape branches a tracer takes
+against the eager numbers (seconds)."""
 
 from __future__ import annotations
 
@@ -13,12 +14,17 @@ import pytest
 import torch
 
 from mlpot import testing as T
+from mlpot.calculators.compile import compile_model
 from mlpot.data import keys as K
 from mlpot.models import build_model
 
 from test_compile import _save_frozen
 from test_compile_equivariant import assert_compiled_agrees
 from test_models_dpa2 import ROUGH, SMOOTH, _small_example_input
+
+# the dense structures of compile_model's own check (1.6 Å grid) exceed the small sels: the same
+# truncation in the compiled and the eager model
+pytestmark = pytest.mark.filterwarnings("ignore:more neighbours than sel")
 
 _SMALL = {"rcut": 3.5, "rcut_smth": 0.5, "neuron": [4, 8], "seed": 1}
 _ATTEN = dict(_SMALL, sel=24, axis_neuron=2, attn=8, attn_layer=1, tebd_dim=4)
@@ -73,11 +79,29 @@ def test_fixed_shape_branches_give_the_eager_numbers(name, monkeypatch):
 @pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(DESCRIPTORS))
 def test_exported_program_agrees_with_eager_and_frozen(name, tmp_path):
-    from mlpot.calculators.compile import compile_model
-
     model = deepmd_model(name)
     frozen = _save_frozen(model, tmp_path / "frozen.pt")
     metadata = compile_model(frozen, tmp_path / "model.pt2", backend="export")
     assert metadata["backend"] == "export" and "fallback_reason" not in metadata
     assert metadata["family"] == "deepmd" and max(metadata["check"].values()) < 1e-10
+    assert_compiled_agrees(tmp_path / "model.pt2", frozen, model, 1e-10)
+
+
+@pytest.mark.slow
+def test_float32_dpa2_exported_program_agrees_within_1e_5(tmp_path):
+    model = deepmd_model("dpa2")
+    frozen = _save_frozen(model, tmp_path / "frozen.pt")
+    metadata = compile_model(frozen, tmp_path / "model32.pt2", backend="export", dtype="float32")
+    assert metadata["dtype"] == "float32" and max(metadata["check"].values()) < 1e-5
+    assert_compiled_agrees(tmp_path / "model32.pt2", frozen, deepmd_model("dpa2").to(torch.float32), 1e-5,
+                           dtype="float32")
+
+
+@pytest.mark.slow
+def test_aotinductor_dpa2_package_agrees(tmp_path):
+    """The C++ build (AOTInductor) of the float64 DPA-2 model: minutes on a shared 2-core machine."""
+    model = deepmd_model("dpa2_example")
+    frozen = _save_frozen(model, tmp_path / "frozen.pt")
+    metadata = compile_model(frozen, tmp_path / "model.pt2", backend="aoti")
+    assert metadata["backend"] == "aoti" and max(metadata["check"].values()) < 1e-10
     assert_compiled_agrees(tmp_path / "model.pt2", frozen, model, 1e-10)
