@@ -227,6 +227,6 @@ def test_compile_refuses_spin_model(tmp_path):
     """A compiled model has no spin input: compiling a spin model is refused by name, no file written."""
     from mlpot.calculators.compile import compile_model
 
-    with pytest.raises(ConfigError, match="compiling spin models"):
+    with pytest.raises(ConfigError, match="compiling models that read per-atom spin"):
         compile_model(MODEL, tmp_path / "spin.pt2", backend="export")
     assert not (tmp_path / "spin.pt2").exists()

@@ -117,10 +117,10 @@ def compile_model(model, output: Union[str, Path], backend: str = "aoti", dtype:
     if K.ENERGY not in (getattr(eager, "output_keys", ()) or (K.ENERGY,)):
         raise ConfigError("not supported yet: compiling models without an energy output (dipole, polar, dos)",
                           file=source, key="model")
-    unsupported = [key for key in getattr(eager, "input_keys", ()) if key not in COMPILED_INPUTS]
-    if K.SPIN in unsupported:  # its spins would have no slot in the compiled function's inputs
-        raise ConfigError("not supported yet: compiling spin models (a compiled model takes no per-atom spins); "
-                          "use the frozen model (mlpot freeze)", file=source, key="model/spin")
+    per_atom = [key for key in (K.SPIN, K.APARAM) if key in getattr(eager, "input_keys", ())]
+    if per_atom:  # no slot for them in the compiled function's inputs
+        raise ConfigError(f"not supported yet: compiling models that read per-atom {' and '.join(per_atom)} "
+                          "(spin models, aparam); use the frozen model (mlpot freeze)", file=source, key="model")
     example = example_structure(eager.type_map, eager.cutoff)
     arguments = _arguments(example, runner.device)
     function = _TensorFunction(eager).eval()

@@ -52,11 +52,13 @@ def select_neighbors(
         sel_arg = int(sel[0]) if mixed_types else [int(s) for s in sel]
         nlist, overflow = build_sel_matrix(edge_index, distance, neighbor_types, n_atoms, sel_arg,
                                            mixed_types=mixed_types, valid=distance < rcut)
+        if not warn_overflow or is_tracing():  # the count below only feeds the warning (a value of the data)
+            return nlist
         if excluded is not None and not mixed_types and bool(torch.as_tensor(overflow).sum() > 0):
             kept = ~excluded[batch[ATOM_TYPES].index_select(0, edge_index[0]), neighbor_types]
             overflow = build_sel_matrix(edge_index, distance, neighbor_types, n_atoms, sel_arg,
                                         mixed_types=False, valid=(distance < rcut) & kept)[1]
-        if warn_overflow and not is_tracing() and bool(torch.as_tensor(overflow).sum() > 0):
+        if bool(torch.as_tensor(overflow).sum() > 0):
             warnings.warn(
                 f"more neighbours than sel={list(sel)} within rcut={rcut} Å (dropped per type: "
                 f"{torch.as_tensor(overflow).tolist()}); energy is not conserved, increase sel",
