@@ -109,7 +109,10 @@ def weighted_row_sum(columns: torch.Tensor, weights: torch.Tensor, table: torch.
     would zero-fill a result and copy it back: two more passes over it); elsewhere, and under a graph tracer, one
     ``embedding_bag`` with per-sample weights. No graph: for autograd functions' own passes.
     """
-    if columns.device.type != "cpu" or is_tracing():
+    if is_tracing():  # Inductor fuses the row gather into the sum (one loop; embedding_bag would be an extern call)
+        rows = table.index_select(0, columns.reshape(-1)).view(columns.shape[0], columns.shape[1], table.shape[1])
+        return (weights.to(table.dtype).unsqueeze(2) * rows).sum(1)
+    if columns.device.type != "cpu":
         return torch.nn.functional.embedding_bag(columns, table, per_sample_weights=weights, mode="sum")
     n_rows, n_terms = columns.shape
     if n_terms == 0:
