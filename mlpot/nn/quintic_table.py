@@ -107,6 +107,15 @@ def _input_gradient(bags, slope_weights, left, grad, table) -> torch.Tensor:
     return slope_gradient(derivative.view(left.shape[0], left.shape[1], -1), left, grad)
 
 
+def _traced_input_gradient(bags, slope_weights, left, grad, table) -> torch.Tensor:
+    """``_input_gradient`` under a graph tracer, as one sum Inductor fuses into a loop:
+    sum_m f'(x[a,k])_m sum_w left[a,k,w] grad[a,w,m], the derivative's gathered coefficient rows
+    inline (no f'(x) tensor, no bmm)."""
+    derivative = table.bag_sum(bags, slope_weights).view(left.shape[0], left.shape[1], -1)
+    projected = (left.unsqueeze(3) * grad.unsqueeze(1)).sum(2)  # (rows, k, width)
+    return (derivative * projected).sum(2)
+
+
 class _TableContraction(torch.autograd.Function):
     """out[a] = sum_k left[a, k, :]^T f(x[a, k]), (rows, w, width). f(x) and the table lookup of x are
     kept for the backward pass, which evaluates f'(x) in chunks of rows (the chunk's temporaries stay
@@ -131,7 +140,7 @@ class _TableContraction(torch.autograd.Function):
             return None, grad_left, None, None
         n_rows, n_cols, _ = left.shape
         if is_tracing():  # a graph tracer (mlpot compile): one chunk, no loop over a symbolic size
-            return _input_gradient(bags, slope_weights, left, grad, table).view(n_rows, n_cols), grad_left, None, None
+            return _traced_input_gradient(bags, slope_weights, left, grad, table), grad_left, None, None
         grad_x = left.new_empty(n_rows, n_cols)
         step = max(1, CHUNK_ROWS // max(n_cols, 1))
         for start in range(0, n_rows, step):

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from mlpot.nn.tracing import is_tracing
+
 __all__ = ["gather_rows", "scatter_sum", "segment_sum"]
 
 
@@ -22,8 +24,13 @@ def scatter_sum(src: torch.Tensor, index: torch.Tensor, dim_size: int) -> torch.
     """out[k] = sum of src[n] over n with index[n] == k.
 
     src: (n, *feature); index: (n,) int64 in [0, dim_size); returns (dim_size, *feature).
-    Differentiable in ``src`` (``index_add``), including double backward.
+    Differentiable in ``src`` (``index_add``), including double backward. Under a graph tracer a
+    single target (one frame) is a plain sum: Inductor's C++ code generator with more than one
+    OpenMP thread fails on an ``index_add`` into one element (the vectorised atomic add of a
+    constant index, torch 2.13).
     """
+    if isinstance(dim_size, int) and dim_size == 1 and is_tracing():
+        return src.sum(0, keepdim=True)
     out = src.new_zeros((dim_size,) + tuple(src.shape[1:]))
     return out.index_add(0, index, src)
 
