@@ -106,10 +106,13 @@ def weighted_row_sum(columns: torch.Tensor, weights: torch.Tensor, table: torch.
 
     On CPU (eager) the product of a CSR matrix (row j: weights[j] at columns[j]; repeated columns
     add) and ``table``, MKL's sparse x dense kernel, written straight into a new tensor (``S @ table``
-    would zero-fill a result and copy it back: two more passes over it); elsewhere, and under a graph tracer, one
-    ``embedding_bag`` with per-sample weights. No graph: for autograd functions' own passes.
+    would zero-fill a result and copy it back: two more passes over it); on other devices one
+    ``embedding_bag`` with per-sample weights; under a graph tracer the gathered rows times the
+    weights, summed, which Inductor compiles into one loop without holding the gathered rows (an
+    ``embedding_bag`` would stay an extern call that zero-fills its result). No graph: for autograd
+    functions' own passes.
     """
-    if is_tracing():  # Inductor fuses the row gather into the sum (one loop; embedding_bag would be an extern call)
+    if is_tracing():
         rows = table.index_select(0, columns.reshape(-1)).view(columns.shape[0], columns.shape[1], table.shape[1])
         return (weights.to(table.dtype).unsqueeze(2) * rows).sum(1)
     if columns.device.type != "cpu":
