@@ -2,7 +2,7 @@
 
 from mlpot.nn.activations import ACTIVATIONS, get_activation
 from mlpot.nn.chunking import atom_chunk_size, atom_chunks, map_row_chunks
-from mlpot.nn.mlp import MLP, EmbeddingNet, FittingNet, MLPLayer, child_seed, set_compute_dtype
+from mlpot.nn.mlp import MLP, EmbeddingNet, FittingNet, MLPLayer, set_compute_dtype
 from mlpot.nn.radial import BesselBasis, GaussianBasis, PolynomialCutoff, polynomial_cutoff
 from mlpot.nn.registry import Registry
 from mlpot.nn.scatter import gather_rows, scatter_sum, segment_sum
@@ -20,7 +20,6 @@ __all__ = [
     "EmbeddingNet",
     "set_compute_dtype",
     "FittingNet",
-    "child_seed",
     "BesselBasis",
     "GaussianBasis",
     "PolynomialCutoff",

@@ -4,9 +4,7 @@ One layer computes ``y = act(x W + b)``; with a time step (``resnet_dt``) y is m
 trainable vector ``idt``; with ``resnet`` a skip is added when the width is kept (``y + x``) or doubled
 (``y + [x, x]``; not with ``double_skip`` False). The time step exists only on layers that have a skip (as in DeePMD-kit, where it
 scales the residual branch). Initialisation: W ~ N(0, 1/sqrt(n_in + n_out)), b ~ N(0, 1),
-idt ~ N(0.1, 0.001), drawn from a generator seeded by ``seed`` when given. The networks of one
-model take their seeds from :func:`child_seed` (the model's seed, a role name, an index), so no two
-networks of a model, nor of two models with nearby seeds, start from the same random stream.
+idt ~ N(0.1, 0.001), drawn from a generator seeded by ``seed`` when given.
 
 * ``EmbeddingNet``: every layer is a resnet layer (descriptor embedding nets).
 * ``FittingNet``: resnet hidden layers, then a linear output layer with bias (fitting nets).
@@ -31,20 +29,7 @@ import torch
 
 from mlpot.nn.activations import get_activation
 
-__all__ = ["MLPLayer", "MLP", "EmbeddingNet", "FittingNet", "set_compute_dtype", "child_seed"]
-
-
-def child_seed(seed: Optional[int], role: str, index: int = 0) -> Optional[int]:
-    """The seed of network ``index`` of kind ``role`` (e.g. "embedding", "fitting") in a model seeded
-    ``seed``: a hash of all three (numpy's SeedSequence), not ``seed + index``, which would give
-    network 1 of seed s the stream of network 0 of seed s + 1 (DeePMD-kit also hashes (index, seed)).
-    None stays None (torch's global generator)."""
-    if seed is None:
-        return None
-    import numpy as np
-
-    entropy = [int(seed), int(index)] + [ord(c) for c in role]
-    return int(np.random.SeedSequence(entropy).generate_state(1, dtype=np.uint64)[0] >> 1)
+__all__ = ["MLPLayer", "MLP", "EmbeddingNet", "FittingNet", "set_compute_dtype"]
 
 
 def _generator(seed: Optional[int]) -> Optional[torch.Generator]:

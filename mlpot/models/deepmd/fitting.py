@@ -31,7 +31,7 @@ from mlpot.models.deepmd.keys import resolve_precision
 from mlpot.models.deepmd.keys_fitting import FIT_DOS, FIT_ENER
 from mlpot.models.output_bias import OutputBias, set_by_statistic
 from mlpot.models.sections import read_section
-from mlpot.nn import FittingNet, Registry, child_seed, gather_rows, is_tracing
+from mlpot.nn import FittingNet, Registry, gather_rows, is_tracing
 
 __all__ = ["FITTINGS", "InvariantFitting", "EnerFitting", "DosFitting"]
 
@@ -101,7 +101,7 @@ class InvariantFitting(torch.nn.Module):
         n_nets = 1 if self.mixed_types else self.n_types
         self.nets = torch.nn.ModuleList(
             FittingNet(in_dim, list(neuron), self.n_out, activation=activation_function, resnet_dt=resnet_dt,
-                       tf_resnet=tf_resnet, trainable=trainable, dtype=dtype, seed=child_seed(seed, "fitting", t))
+                       tf_resnet=tf_resnet, trainable=trainable, dtype=dtype, seed=None if seed is None else int(seed) + t)
             for t in range(n_nets)
         )
         self.register_buffer("bias_atom", torch.zeros(n_types, self.n_out, dtype=torch.float64))

@@ -38,7 +38,7 @@ from mlpot.models.deepmd.descriptors.three_body import ThreeBodyBlock
 from mlpot.models.deepmd.keys import resolve_precision
 from mlpot.models.deepmd.keys_dpa2 import read_dpa2_section
 from mlpot.models.deepmd.type_embedding import TypeEmbedding
-from mlpot.nn import MLPLayer, child_seed, gather_rows
+from mlpot.nn import MLPLayer, gather_rows
 
 __all__ = ["DescriptorDPA2"]
 
@@ -60,7 +60,7 @@ class DescriptorDPA2(Descriptor):
         self.type_embedding = TypeEmbedding(n_types, [tebd_dim], activation_function="linear",
                                             use_tebd_bias=values["use_tebd_bias"], use_econf_tebd=values["use_econf_tebd"],
                                             trainable=trainable,
-                                            seed=child_seed(seed, "type_embedding"), dtype=dtype)
+                                            seed=None if seed is None else seed + 2, dtype=dtype)
         self.repinit = DescriptorSeAtten(
             n_types, ri["nsel"], rcut=ri["rcut"], rcut_smth=ri["rcut_smth"], neuron=ri["neuron"],
             axis_neuron=ri["axis_neuron"], activation_function=ri["activation_function"], resnet_dt=ri["resnet_dt"],
@@ -76,9 +76,9 @@ class DescriptorDPA2(Descriptor):
                 tebd_dim, tebd_input_mode=ri["tebd_input_mode"], set_davg_zero=ri["set_davg_zero"],
                 activation_function=ri["activation_function"], resnet_dt=ri["resnet_dt"], smooth=values["smooth"],
                 exclude_types=exclude, env_protection=protection, trainable=trainable,
-                seed=child_seed(seed, "repinit"), dtype=dtype)
+                seed=None if seed is None else seed + 5, dtype=dtype)
             width += self.three_body.dim_out
-        generator = None if seed is None else torch.Generator().manual_seed(child_seed(seed, "repformer"))
+        generator = None if seed is None else torch.Generator().manual_seed(int(seed) + 3)
         g1_dim = int(rf["g1_dim"])
         net = dict(bias=False, trainable=trainable, dtype=dtype, generator=generator)
         self.g1_shape_transform = MLPLayer(width, g1_dim, None, **net) if width != g1_dim else None

@@ -22,7 +22,7 @@ import torch
 
 from mlpot.models.deepmd.descriptors.se_e2_a import DescriptorSeA
 from mlpot.models.deepmd.keys import SE_A_TPE
-from mlpot.nn import EmbeddingNet, MLPLayer, child_seed
+from mlpot.nn import EmbeddingNet, MLPLayer
 
 __all__ = ["DescriptorSeATpe"]
 
@@ -41,7 +41,7 @@ class DescriptorSeATpe(DescriptorSeA):
             1, self.neuron, activation=activation, resnet_dt=kwargs.get("resnet_dt", False), trainable=trainable,
             dtype=dtype, seed=seed)])
         self.channels = int(type_nchanl)
-        generator = None if seed is None else torch.Generator().manual_seed(child_seed(seed, "type_embedding"))
+        generator = None if seed is None else torch.Generator().manual_seed(int(seed) + 1)
         width = self.m1 * self.channels * (1 if self.type_one_side else self.channels)
         self.amplify = MLPLayer(self.m1, width, None, trainable=trainable, dtype=dtype, generator=generator)
         layers, n_in = [], 1

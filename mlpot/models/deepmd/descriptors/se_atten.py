@@ -45,7 +45,7 @@ from mlpot.models.sections import read_section
 from mlpot.models.deepmd.descriptors.base import DESCRIPTORS, MixedTypesDescriptor
 from mlpot.models.deepmd.descriptors.env import occupied_slots
 from mlpot.models.deepmd.type_embedding import TypeEmbedding
-from mlpot.nn import EmbeddingNet, MLPLayer, child_seed, gather_rows, map_row_chunks
+from mlpot.nn import EmbeddingNet, MLPLayer, gather_rows, map_row_chunks
 
 __all__ = ["DescriptorSeAtten", "DescriptorSeAttenV2", "NeighborAttentionLayer"]
 
@@ -141,7 +141,7 @@ class DescriptorSeAtten(MixedTypesDescriptor):
         # without own_type_embedding (a block of DPA-2) the caller owns the embedding and calls _atom_rows
         self.type_embedding = TypeEmbedding(n_types, [int(tebd_dim)], activation_function=tebd_activation,
                                             use_tebd_bias=use_tebd_bias, use_econf_tebd=use_econf_tebd, trainable=trainable,
-                                            seed=child_seed(seed, "type_embedding"), dtype=dtype) \
+                                            seed=None if seed is None else seed + 2, dtype=dtype) \
             if own_type_embedding else None
         tebd_width = int(tebd_dim) * (1 if self.type_one_side else 2)
         net = dict(activation=activation_function, resnet_dt=resnet_dt, trainable=trainable, dtype=dtype)
@@ -150,8 +150,8 @@ class DescriptorSeAtten(MixedTypesDescriptor):
             self.type_pair_embedding = None
         else:
             self.embedding = EmbeddingNet(1, self.neuron, seed=seed, **net)
-            self.type_pair_embedding = EmbeddingNet(tebd_width, self.neuron, seed=child_seed(seed, "type_pair_embedding"), **net)
-        generator = None if seed is None else torch.Generator().manual_seed(child_seed(seed, "attention"))
+            self.type_pair_embedding = EmbeddingNet(tebd_width, self.neuron, seed=None if seed is None else seed + 1, **net)
+        generator = None if seed is None else torch.Generator().manual_seed(seed + 3)
         self.attention = torch.nn.ModuleList(
             NeighborAttentionLayer(self.m1, attn, normalize=normalize, scaling_factor=scaling_factor, temperature=temperature,
                                    smooth=self.smooth, dotr=attn_dotr, mask_diagonal=attn_mask, trainable_ln=trainable_ln,

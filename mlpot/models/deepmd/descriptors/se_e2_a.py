@@ -25,7 +25,7 @@ from mlpot.models.deepmd.descriptors.base import DESCRIPTORS, EnvMatrixDescripto
 from mlpot.errors import ConfigError
 from mlpot.models.deepmd.descriptors.env import undirected_pair_key
 from mlpot.models.deepmd.type_embedding import TypeEmbedding
-from mlpot.nn import EmbeddingNet, child_seed, gather_rows, is_tracing
+from mlpot.nn import EmbeddingNet, gather_rows, is_tracing
 from mlpot.nn.gathered_contraction import gathered_contraction, only_first_derivatives
 
 __all__ = ["DescriptorSeA", "DescriptorSeAEbdV2"]
@@ -80,12 +80,12 @@ class DescriptorSeA(EnvMatrixDescriptor):
                 in_dim = 1
                 self.type_pair_embedding = EmbeddingNet(
                     tebd_width, self.neuron, activation=activation_function, resnet_dt=resnet_dt, trainable=trainable,
-                    dtype=dtype, seed=child_seed(seed, "type_pair_embedding"))
+                    dtype=dtype, seed=None if seed is None else int(seed) + 1)
             self.mixed_types = True  # tells the fitting to build one shared net
         self.embeddings = torch.nn.ModuleList(
             EmbeddingNet(
                 in_dim, self.neuron, activation=activation_function, resnet_dt=resnet_dt, trainable=trainable, dtype=dtype,
-                seed=child_seed(seed, "embedding", index),
+                seed=None if seed is None else int(seed) + index,
             )
             for index in range(n_nets)
         )

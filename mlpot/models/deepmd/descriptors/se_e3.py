@@ -24,7 +24,7 @@ import torch
 from mlpot.models.deepmd.keys import SE_E3, resolve_precision, resolve_sel
 from mlpot.models.sections import read_section
 from mlpot.models.deepmd.descriptors.base import DESCRIPTORS, EnvMatrixDescriptor
-from mlpot.nn import EmbeddingNet, child_seed
+from mlpot.nn import EmbeddingNet
 
 __all__ = ["DescriptorSeE3"]
 
@@ -62,7 +62,7 @@ class DescriptorSeE3(EnvMatrixDescriptor):
         self.embeddings = torch.nn.ModuleList(
             EmbeddingNet(
                 1, self.neuron, activation=activation_function, resnet_dt=resnet_dt, trainable=trainable, dtype=dtype,
-                seed=child_seed(seed, "embedding", tj * self.n_types + tk),
+                seed=None if seed is None else int(seed) + tj * self.n_types + tk,
             )
             for tj, tk in self.type_pairs
         )

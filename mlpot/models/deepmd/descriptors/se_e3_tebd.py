@@ -31,7 +31,7 @@ from mlpot.models.deepmd.descriptors.base import MixedTypesDescriptor
 from mlpot.models.deepmd.keys import SE_E3_TEBD
 from mlpot.models.deepmd.type_embedding import TypeEmbedding
 from mlpot.models.sections import read_section
-from mlpot.nn import EmbeddingNet, child_seed, gather_rows, is_tracing, map_row_chunks
+from mlpot.nn import EmbeddingNet, gather_rows, is_tracing, map_row_chunks
 
 __all__ = ["DescriptorSeE3Tebd"]
 
@@ -66,12 +66,12 @@ class DescriptorSeE3Tebd(MixedTypesDescriptor):
         seed = None if seed is None else int(seed)
         self.type_embedding = TypeEmbedding(n_types, [int(tebd_dim)], activation_function="linear",
                                             use_tebd_bias=use_tebd_bias, use_econf_tebd=use_econf_tebd, trainable=trainable,
-                                            seed=child_seed(seed, "type_embedding"), dtype=dtype)
+                                            seed=None if seed is None else seed + 2, dtype=dtype)
         net = dict(activation=activation_function, resnet_dt=resnet_dt, trainable=trainable, dtype=dtype)
         concat = tebd_input_mode == "concat"
         self.embedding = EmbeddingNet(1 + 2 * int(tebd_dim) if concat else 1, self.neuron, seed=seed, **net)
         self.type_pair_embedding = None if concat else EmbeddingNet(
-            2 * int(tebd_dim), self.neuron, seed=child_seed(seed, "embedding"), **net)
+            2 * int(tebd_dim), self.neuron, seed=None if seed is None else seed + 1, **net)
         self.dim_out = self.m1 + (int(tebd_dim) if self.concat_output_tebd else 0)
         self.dim_rot = 0
         self.config = dict(config or {})

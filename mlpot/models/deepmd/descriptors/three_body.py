@@ -23,7 +23,7 @@ import torch
 from mlpot.data.keys import ATOM_TYPES, EDGE_INDEX
 from mlpot.models.deepmd.descriptors.base import EnvMatrixDescriptor
 from mlpot.models.deepmd.descriptors.env import environment_matrix, occupied_slots, select_neighbors
-from mlpot.nn import EmbeddingNet, child_seed, gather_rows, smooth_switch
+from mlpot.nn import EmbeddingNet, gather_rows, smooth_switch
 
 __all__ = ["ThreeBodyBlock"]
 
@@ -53,7 +53,7 @@ class ThreeBodyBlock(EnvMatrixDescriptor):
         else:
             self.embedding = EmbeddingNet(1, self.neuron, seed=seed, **net)
             self.type_pair_embedding = EmbeddingNet(2 * int(tebd_dim), self.neuron,
-                                                    seed=child_seed(seed, "three_body"), **net)
+                                                    seed=None if seed is None else seed + 1, **net)
 
     def raw_environment(self, batch, vectors) -> Tuple[torch.Tensor, torch.Tensor]:
         """(raw env matrix (n_atoms, nsel, 4), nlist (n_atoms, nsel) edge indices, any type)."""
