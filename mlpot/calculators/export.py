@@ -177,8 +177,7 @@ def deepmd_training_record(parts) -> Dict[str, Any]:
     """The training record of a DeePMD-kit file: its ``min_nbor_dist`` (PyTorch buffer, -1 when not
     measured; TF ``train_attr/min_nbor_dist``) and its model section's ``hessian_mode``."""
     value = parts.tensors.get("train_attr/min_nbor_dist" if parts.kind == "tf_graph" else "min_nbor_dist")
-    values = torch.as_tensor(value, dtype=torch.float64).reshape(-1) if isinstance(value, (torch.Tensor, float)) \
-        or hasattr(value, "dtype") else torch.empty(0)
+    values = torch.empty(0) if value is None else torch.as_tensor(value, dtype=torch.float64).reshape(-1)
     record: Dict[str, Any] = {"hessian_mode": bool(parts.model_params.get("hessian_mode", False))}
     if values.numel() == 1 and float(values[0]) > 0:
         record["min_nbor_dist"] = float(values[0])

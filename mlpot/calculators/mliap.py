@@ -30,6 +30,7 @@ from typing import Any, Dict
 import numpy as np
 import torch
 
+from mlpot.calculators.runner import reads_spin
 from mlpot.data import keys as K
 from mlpot.data.frames import numbers_from_type_map
 from mlpot.errors import ConfigError
@@ -50,7 +51,7 @@ def check_local_model(model) -> None:
     config = getattr(model, "config", None)
     family = family_of(config).name if config else ""
     layers = {"mace": len(getattr(model, "interactions", ())), "nequip": len(getattr(model, "layers", ()))}.get(family, 0)
-    if K.SPIN in tuple(getattr(model, "input_keys", ()) or ()):
+    if reads_spin(model):
         raise ConfigError("ML-IAP passes no per-atom spins (its data hold pair vectors and element indices only), "
                           "so a spin model cannot run there: use the fix external route (mlpot lammps) with "
                           "atom_style spin or fix property/atom d2_spin 3", key="model")

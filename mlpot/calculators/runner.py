@@ -96,9 +96,14 @@ class EagerRunner:
         return per_atom
 
 
+def reads_spin(model) -> bool:
+    """Whether ``model`` reads per-atom spins (K.SPIN, a DeePMD spin model)."""
+    return K.SPIN in tuple(getattr(model, "input_keys", ()) or ())
+
+
 def needs_spin(runner) -> bool:
-    """Whether the runner's model reads per-atom spins (K.SPIN, a DeePMD spin model)."""
-    return K.SPIN in tuple(getattr(getattr(runner, "model", None), "input_keys", ()) or ())
+    """Whether the runner's model reads per-atom spins (a compiled runner's never does)."""
+    return reads_spin(getattr(runner, "model", None))
 
 
 def load_runner(model, device: Union[str, torch.device] = "cpu", head: Optional[str] = None,

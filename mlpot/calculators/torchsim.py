@@ -202,7 +202,7 @@ class _Adapter:
         edges = self.neighbours.edges(positions_np, cells_np, pbc, ptr)
         spins = self._spins(state, positions.shape[0])
         if self._compiled:
-            outputs = self._per_system(positions_np, cells_np, pbc, types, numbers, ptr, edges, spins)
+            outputs = self._per_system(positions_np, cells_np, pbc, types, numbers, ptr, edges)
         else:
             batch = systems_batch(positions, cells, pbc, system_idx, types, numbers, edges)
             if spins is not None:
@@ -221,15 +221,15 @@ class _Adapter:
             results["mag_mask"] = outputs[K.MAG_MASK].bool()
         return results
 
-    def _per_system(self, positions, cells, pbc, types, numbers, ptr, edges, spins=None) -> Dict[str, torch.Tensor]:
-        """A one-frame runner (compiled model): the systems one after another, outputs concatenated."""
+    def _per_system(self, positions, cells, pbc, types, numbers, ptr, edges) -> Dict[str, torch.Tensor]:
+        """A one-frame runner (compiled model): the systems one after another, outputs concatenated.
+        A compiled model takes no spins (``mlpot compile`` refuses spin models)."""
         types_np, numbers_np = types.cpu().numpy(), numbers.cpu().numpy()
         parts = []
         for s, (edge_index, shifts) in enumerate(edges):
             atoms = slice(ptr[s], ptr[s + 1])
-            inputs = None if spins is None else {K.SPIN: spins[atoms].cpu().numpy()}
             batch = structure_batch(positions[atoms], types_np[atoms], numbers_np[atoms], cells[s], pbc, edge_index,
-                                    shifts, inputs, device=self._device)
+                                    shifts, device=self._device)
             parts.append(self._runner(batch, virial=self._compute_stress))
         return {key: torch.cat([part[key] for part in parts]) for key in parts[0]}
 
